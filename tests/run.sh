@@ -1,0 +1,81 @@
+#!/bin/sh
+# tests/run.sh - THE test command: ./tests/run.sh [pytest args...]
+#
+# Makes a fresh Debian machine ready (as root) and runs pytest:
+#   1. apt-installs what the fixtures need, only when something is missing;
+#   2. keeps a venv with the test dependencies, reinstalled only when
+#      pyproject.toml changed since the last successful install;
+#   3. execs pytest from the repo root, so its exit code (5 = no tests
+#      collected included) is the script's exit code.
+# A second run with everything in place costs well under a second of set-up.
+#
+# Environment: JT_TEST_VENV  venv location (default /opt/jupyter-tunnel-test).
+# It must be executable by the non-root test users, who run Jupyter from it:
+# anything under /root (0700) is not.
+set -eu
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+venv=${JT_TEST_VENV:-/opt/jupyter-tunnel-test}
+# Debian's own Python: a pyenv/conda Python may live where test users can't go
+py=/usr/bin/python3
+
+say() { printf '[tests/run.sh] %s\n' "$*" >&2; }
+die() { say "ERROR: $*"; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "must run as root (it creates test users and starts sshd)"
+
+# run "$@" quietly; on failure show the tail of its output and stop
+quiet() {
+    log=$(mktemp /tmp/jt-run.XXXXXX)
+    if "$@" >"$log" 2>&1; then
+        rm -f "$log"
+    else
+        rc=$?
+        say "command failed ($rc): $*"
+        tail -n 40 "$log" >&2
+        rm -f "$log"
+        exit "$rc"
+    fi
+}
+
+# --- 1. system packages -------------------------------------------------------
+missing=
+[ -x /usr/sbin/sshd ] || missing="$missing openssh-server"
+command -v ssh >/dev/null 2>&1 && command -v ssh-keygen >/dev/null 2>&1 \
+    || missing="$missing openssh-client"
+command -v sshpass >/dev/null 2>&1 || missing="$missing sshpass"
+command -v pgrep >/dev/null 2>&1 || missing="$missing procps"
+[ -x "$py" ] || missing="$missing python3"
+# Debian splits ensurepip (needed by `python3 -m venv`) into python3-venv
+{ [ -x "$py" ] && "$py" -c 'import ensurepip' >/dev/null 2>&1; } || missing="$missing python3-venv"
+if [ -n "$missing" ]; then
+    say "installing:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    quiet apt-get update -q
+    # shellcheck disable=SC2086  # word splitting of the package list is wanted
+    quiet apt-get install -y -q --no-install-recommends $missing
+fi
+
+# --- 2. the test venv ---------------------------------------------------------
+stamp="$venv/.jupyter-tunnel-test-stamp"
+want=$(sha256sum "$repo/pyproject.toml" | cut -d' ' -f1)
+if ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
+    say "creating venv $venv"
+    rm -rf "$venv"
+    quiet "$py" -m venv "$venv"
+    rm -f "$stamp"
+fi
+if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+    say "installing test dependencies into $venv (pyproject.toml changed)"
+    # builds the project too, so a broken pyproject.toml fails here, loudly
+    quiet "$venv/bin/pip" install --disable-pip-version-check -q "$repo[test]"
+    # ...but the tests use this checkout (pytest's pythonpath = ["."]) and run
+    # the scripts from it: an installed copy would go stale at the next edit
+    # and could shadow the checkout in a subprocess, so remove it
+    quiet "$venv/bin/pip" uninstall --disable-pip-version-check -y -q jupyter-tunnel
+    printf '%s\n' "$want" >"$stamp"
+fi
+
+# --- 3. run -------------------------------------------------------------------
+cd "$repo"
+exec "$venv/bin/python" -m pytest "$@"
