@@ -75,6 +75,16 @@ def _die_with_parent() -> None:
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _note(config: pytest.Config, message: str) -> None:
+    """Tell the person at the terminal now: pytest captures fd 2 itself while fixtures run."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    if capture is None or reporter is None:
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(f"\n[conftest] {message}")
+
+
 def _run(argv: Sequence[str], what: str, input: Optional[str] = None) -> str:
     """Run a set-up command; fail the fixture with its output when it fails."""
     proc = subprocess.run(list(argv), input=input, capture_output=True, text=True)
@@ -116,7 +126,7 @@ def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def _session_lock() -> Iterator[None]:
+def _session_lock(pytestconfig: pytest.Config) -> Iterator[None]:
     """Check we can run at all, then hold the machine-wide test lock for the session."""
     # fail, never skip: a skipped integration test would pass for a green run
     if os.geteuid() != 0:
@@ -134,7 +144,7 @@ def _session_lock() -> Iterator[None]:
 
     try:
         if not try_lock():
-            sys.__stderr__.write(f"\nwaiting for another test session to release {LOCK_FILE}\n")
+            _note(pytestconfig, f"waiting for another test session to release {LOCK_FILE}")
             wait_for(try_lock, LOCK_TIMEOUT, interval=0.5, what=f"the test lock {LOCK_FILE}")
         yield
     finally:
@@ -185,14 +195,14 @@ def test_users(_session_lock: None) -> Dict[str, UserAccount]:
 
 
 @pytest.fixture(scope="session")
-def session_dir(_session_lock: None) -> Iterator[Path]:
+def session_dir(_session_lock: None, pytestconfig: pytest.Config) -> Iterator[Path]:
     """A short, world-readable temp dir for the session (ControlPath sockets need short paths)."""
     path = Path(tempfile.mkdtemp(prefix="jt-", dir="/tmp"))
     # 0755: sshd reads authorized_keys there as the logging-in user
     path.chmod(0o755)
     yield path
     if os.environ.get("JT_KEEP_TMP"):
-        sys.__stderr__.write(f"\nkept test files in {path}\n")
+        _note(pytestconfig, f"kept test files in {path}")
     else:
         shutil.rmtree(path, ignore_errors=True)
 
