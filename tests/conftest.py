@@ -522,7 +522,7 @@ class JupyterProc:
     base_url: str
     root_dir: Path
     runtime_file: Path
-    info: Dict[str, Any]  # the whole runtime file
+    info: Dict[str, Any] = field(repr=False)  # the whole runtime file
     log: Path
     proc: "subprocess.Popen[bytes]" = field(repr=False)
 
