@@ -1,0 +1,868 @@
+#!/usr/bin/env python3
+"""Put the local browser on a Jupyter server that already runs on a remote machine.
+
+The flow, with exactly one SSH login per hop for the whole run:
+
+1. connect once: start ONE OpenSSH master connection (``ssh -M -S SOCKET -N``) to the
+   last host given with ``-s``, through the others as jump hosts (``-J``).  Every later
+   step is multiplexed over it, so a password or 2FA prompt appears once.
+2. discover: run a small POSIX ``sh`` script on the remote through the master.  It prints
+   the runtime files (``jpserver-*.json``, ``nbserver-*.json``) of the live Jupyter servers;
+   the JSON is parsed here, so the remote needs neither ``python`` nor ``jupyter`` on PATH.
+3. choose: exactly one server is used; several must be told apart with ``--port``/``--dir``.
+4. forward: pick a free local port (the remote port or the next free one above it, so a
+   pinned browser tab keeps working) and add ``-L 127.0.0.1:LPORT:HOST:RPORT`` to the
+   running master (``ssh -O forward``).
+5. wait: poll ``/api/status`` through the tunnel until the server answers.
+6. browser: print the URL, open the browser, and stay until Ctrl+C, SIGTERM or SIGHUP.
+7. clean up: stop the master, reap every child, kill the ssh-agent this run started and
+   remove the private directory that held the control socket.
+
+Only the standard library and the system ``ssh`` are used: the system client is what
+honours ``~/.ssh/config``, ProxyJump, agents, ControlMaster and 2FA prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+__version__ = "0.1.0"
+
+# Exit codes (documented in README.md).
+EXIT_OK = 0
+EXIT_ERROR = 1  # anything not listed below
+EXIT_USAGE = 2  # bad option (argparse)
+EXIT_MISSING = 3  # a program we need (ssh, the browser, ssh-agent) is missing
+EXIT_CONNECT = 4  # the login failed: unreachable host, wrong password, refused key
+EXIT_NO_SERVER = 5  # no Jupyter server, or no single one to choose
+EXIT_PORT = 6  # no local port could be forwarded
+EXIT_TIMEOUT = 7  # the tunnel did not answer within --timeout
+EXIT_LOST = 8  # the connection dropped while the tunnel was up
+EXIT_INTERRUPTED = 130  # Ctrl+C (or SIGTERM/SIGHUP) before the tunnel was ready
+
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_SOCKET_PORT = 8888  # first local port tried for a unix-socket server
+NO_BROWSER = ("n", "none")
+# ssh appends ".<16 random chars>" to a ControlPath while binding it, and a unix socket path
+# is limited to 104-108 bytes: keep the private directory's path short.
+MAX_TMP_PREFIX = 60
+# How often the master is polled while it logs in.  A login takes 0.3 s or more, so 10 ms
+# adds at most a few percent and costs nothing measurable.
+POLL_INTERVAL = 0.01
+# Options every ssh of the run gets through the generated config file, not via "-o": ssh
+# passes only -l -p -J -F -v to the ssh it starts for a jump host, so a config file given
+# with -F is the one way to reach every hop.
+DEFAULT_SSH_OPTIONS = (
+    ("ConnectTimeout", "20"),  # per hop; an unreachable host fails in seconds, not minutes
+    ("ServerAliveInterval", "15"),  # notice a dead network instead of hanging forever
+    ("ServerAliveCountMax", "3"),
+)
+# Lines of ssh's stderr that never explain a failure.
+SSH_NOISE = (
+    "Warning: Permanently added",
+    "Connection closed by UNKNOWN port 65535",
+    "Pseudo-terminal will not be allocated",
+    "Killed by signal",
+)
+# Markers of the discovery script's output (see build_discovery_script).
+MARK = "::jupyter-tunnel::"
+
+ASKPASS_SCRIPT = r"""#!/bin/sh
+# jupyter-tunnel's SSH_ASKPASS helper.  ssh runs it (SSH_ASKPASS_REQUIRE=force) for every
+# prompt of every hop: a password prompt gets the password the user typed once, taken from
+# the environment (never a command line or a file); any other prompt (host key, 2FA code,
+# key passphrase) is asked on the terminal.
+case "$1" in
+  *assword*) printf '%s\n' "$JUPYTER_TUNNEL_PASSWORD"; exit 0;;
+esac
+{ : </dev/tty; } 2>/dev/null || exit 1
+printf '%s ' "$1" >/dev/tty
+case "$1" in
+  *"(yes/no"*) read -r answer </dev/tty;;
+  *) stty -echo </dev/tty; read -r answer </dev/tty; stty echo </dev/tty; printf '\n' >/dev/tty;;
+esac
+printf '%s\n' "$answer"
+"""
+
+
+class TunnelError(Exception):
+    """A failure to report as one ``Error:`` line, with the exit code to use."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Interrupted(Exception):
+    """Raised by the SIGTERM/SIGHUP handlers so that cleanup runs in ``finally``."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """The hosts to contact, in order: all but the last are jump hosts."""
+
+    hosts: tuple[str, ...]
+
+    @property
+    def target(self) -> str:
+        """The host the master logs into (where the Jupyter server runs)."""
+        return self.hosts[-1]
+
+    @property
+    def jumps(self) -> tuple[str, ...]:
+        """The jump hosts, first contacted first."""
+        return self.hosts[:-1]
+
+    def describe(self) -> str:
+        """``srv`` or ``srv via gw, head`` for messages."""
+        if not self.jumps:
+            return self.target
+        return f"{self.target} via {', '.join(self.jumps)}"
+
+
+@dataclass(frozen=True)
+class Server:
+    """A running Jupyter server, as its runtime file describes it."""
+
+    pid: int
+    port: int  # 0 when it listens on a unix socket only
+    host: str  # the address it listens on, as the remote side resolves it
+    base_url: str
+    token: str
+    root_dir: str
+    sock: str = ""
+    secure: bool = False
+    version: str = ""  # jupyter_server's version; notebook < 7 writes none
+    app: str = "server"  # lab, notebook or server, from its command line
+    source: str = ""  # the runtime file it came from
+
+    def describe(self) -> str:
+        """One line for lists: where it listens, what it is, where it serves from."""
+        where = f"socket {self.sock}" if self.sock else f"port {self.port}"
+        kind = self.app if not self.version else f"{self.app} (jupyter_server {self.version})"
+        if not self.version and self.source.endswith(".json") and "nbserver-" in self.source:
+            kind = f"{self.app} (notebook < 7)"
+        return f"{where}  {kind}  {self.root_dir or '?'}  pid {self.pid}"
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def parse_hosts(values: Iterable[str]) -> Route:
+    """Turn the ``-s`` values into a Route; ``"gw host"`` and ``gw,host`` also work."""
+    hosts: list[str] = []
+    for value in values:
+        hosts.extend(h for h in value.replace(",", " ").split() if h)
+    if not hosts:
+        raise TunnelError("no host given to -s/--host", EXIT_USAGE)
+    for host in hosts:
+        if host.startswith("-"):
+            # ssh would take it for an option: refuse instead of letting it change ssh's behaviour
+            raise TunnelError(f"invalid host name {host!r}", EXIT_USAGE)
+    return Route(tuple(hosts))
+
+
+def build_destination(host: str) -> list[str]:
+    """ssh arguments naming ``host``; ``[user@]host:port`` becomes an ``ssh://`` URI."""
+    name = host.rsplit("@", 1)[-1]
+    if name.count(":") == 1 and name.split(":")[1].isdigit():
+        return [f"ssh://{host}"]
+    return [host]
+
+
+def build_ssh_config(
+    user_config: str | None,
+    options: Sequence[str],
+    add_keys_to_agent: bool = False,
+    password: bool = False,
+) -> str:
+    """Text of the config file every ssh of the run reads with ``-F``.
+
+    ssh keeps the first value it reads for an option, so the order is: the user's ``-o``
+    options, the user's own config, our defaults, and the system config (as ssh itself
+    reads the user's file before the system one).
+    """
+    lines = ["# Written by jupyter-tunnel for one run; removed when it exits."]
+    if password:
+        # The password given with -p is the only answer: when it is wrong, asking again
+        # would only send it (or, once askpass gives up, an empty one) again and count
+        # more failures against the account.
+        lines.append("NumberOfPasswordPrompts 1")
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep:
+            key, _, value = option.strip().partition(" ")
+        lines.append(f"{key.strip()} {value.strip()}")
+    # an absolute path: a relative Include is taken relative to ~/.ssh
+    lines.append(f"Include {os.path.abspath(user_config) if user_config else '~/.ssh/config'}")
+    lines.extend(f"{key} {value}" for key, value in DEFAULT_SSH_OPTIONS)
+    if add_keys_to_agent:
+        # only for an agent this run started: adding keys to the user's own agent
+        # would change it behind their back
+        lines.append("AddKeysToAgent yes")
+    lines.append("Include /etc/ssh/ssh_config")
+    return "\n".join(lines) + "\n"
+
+
+def build_master_argv(ssh: str, config: str, control: str, route: Route) -> list[str]:
+    """argv of the one ssh that logs in and holds the connection for the run."""
+    argv = [ssh, "-F", config, "-M", "-S", control, "-N", "-T"]
+    # ControlPersist=no: the master stays our child so that we notice when it dies.
+    # ExitOnForwardFailure: a forward that cannot be set up is an error, not a warning.
+    argv += ["-o", "ControlPersist=no", "-o", "ExitOnForwardFailure=yes"]
+    if route.jumps:
+        argv += ["-J", ",".join(route.jumps)]
+    return argv + build_destination(route.target)
+
+
+def build_mux_argv(ssh: str, config: str, control: str, route: Route, *args: str) -> list[str]:
+    """argv of an ssh that only talks to the running master (no new login)."""
+    # ControlMaster=no: never become a master ourselves if the socket vanished
+    argv = [ssh, "-F", config, "-S", control, "-o", "ControlMaster=no", *args]
+    return argv + build_destination(route.target)
+
+
+def build_discovery_script() -> str:
+    """The POSIX sh script that lists the live Jupyter servers' runtime files.
+
+    It needs neither python nor jupyter on PATH: over a non-interactive ssh a venv or
+    conda jupyter usually is not.  The runtime directory follows jupyter_core's rules
+    ($JUPYTER_RUNTIME_DIR, else $JUPYTER_DATA_DIR/runtime, else the XDG data dir; macOS
+    hosts use ~/Library/Jupyter).  A file whose pid is dead (a SIGKILLed server leaves its
+    file behind) or not a Jupyter process (the pid was reused) is reported, not printed.
+    """
+    return f"""\
+M='{MARK}'
+found=0
+for d in "${{JUPYTER_RUNTIME_DIR:-}}" "${{JUPYTER_DATA_DIR:+$JUPYTER_DATA_DIR/runtime}}" \\
+         "${{XDG_DATA_HOME:-$HOME/.local/share}}/jupyter/runtime" \\
+         "$HOME/Library/Jupyter/runtime" "$HOME/Library/Application Support/Jupyter/runtime"; do
+  [ -n "$d" ] && [ -d "$d" ] || continue
+  for f in "$d"/jpserver-*.json "$d"/nbserver-*.json; do
+    [ -f "$f" ] || continue
+    found=1
+    pid=${{f##*/}}; pid=${{pid#*server-}}; pid=${{pid%.json}}
+    case $pid in ''|*[!0-9]*) continue;; esac
+    if ! kill -0 "$pid" 2>/dev/null; then echo "$M stale $f"; continue; fi
+    if [ -r "/proc/$pid/cmdline" ]; then cmd=$(tr '\\000' ' ' <"/proc/$pid/cmdline")
+    else cmd=$(ps -o command= -p "$pid" 2>/dev/null); fi
+    case $cmd in *jupyter*|*notebook*) ;; *) echo "$M foreign $f"; continue;; esac
+    echo "$M file $f"
+    echo "$M cmd $cmd"
+    cat "$f"; echo
+    echo "$M end"
+  done
+done
+if [ "$found" = 0 ] && command -v jupyter >/dev/null 2>&1; then
+  echo "$M list"
+  jupyter server list --json 2>/dev/null
+  echo "$M end"
+fi
+exit 0
+"""
+
+
+def parse_app(cmdline: str) -> str:
+    """``lab``, ``notebook`` or ``server`` from a Jupyter process's command line."""
+    if "jupyter-lab" in cmdline or "jupyterlab" in cmdline or "jupyter lab" in cmdline:
+        return "lab"
+    if "notebook" in cmdline:
+        return "notebook"
+    return "server"
+
+
+def parse_server(info: dict, source: str = "", cmdline: str = "") -> Server:
+    """A Server from the JSON of one runtime file (jpserver or nbserver)."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(str(info.get("url") or ""))
+    port = int(info.get("port") or 0)
+    if not port and url.port:
+        port = url.port
+    host = str(info.get("hostname") or url.hostname or "localhost")
+    base_url = str(info.get("base_url") or "/")
+    if not base_url.endswith("/"):
+        base_url += "/"
+    return Server(
+        pid=int(info.get("pid") or 0),
+        port=port,
+        host=host,
+        base_url=base_url,
+        token=str(info.get("token") or ""),
+        # notebook < 7 says notebook_dir, jupyter_server says root_dir
+        root_dir=str(info.get("root_dir") or info.get("notebook_dir") or ""),
+        sock=str(info.get("sock") or ""),
+        secure=bool(info.get("secure")),
+        version=str(info.get("version") or ""),
+        app=parse_app(cmdline) if cmdline else ("notebook" if "nbserver-" in source else "server"),
+        source=source,
+    )
+
+
+def parse_discovery(output: str) -> tuple[list[Server], list[str]]:
+    """Servers and warnings from the discovery script's output.
+
+    Anything outside the markers (a chatty ``.bashrc``, say) is ignored.  A runtime file
+    that is not valid JSON (a truncated write) is skipped with a warning, never a crash.
+    """
+    servers: list[Server] = []
+    warnings: list[str] = []
+    seen: set[tuple[int, int, str]] = set()
+    block: list[str] | None = None
+    source = cmdline = ""
+
+    def add(text: str, src: str, cmd: str) -> None:
+        try:
+            server = parse_server(json.loads(text), src, cmd)
+        except (ValueError, TypeError, AttributeError):
+            warnings.append(f"skipping unreadable Jupyter runtime file {src}")
+            return
+        key = (server.pid, server.port, server.sock)
+        if key not in seen:  # one file can be reached from two runtime dir rules
+            seen.add(key)
+            servers.append(server)
+
+    for line in output.splitlines():
+        if line.startswith(MARK):
+            word, _, arg = line[len(MARK):].strip().partition(" ")
+            if word in ("file", "list"):
+                block, source, cmdline = [], arg, ""
+            elif word == "cmd" and block is not None:
+                cmdline = arg
+            elif word == "end" and block is not None:
+                if source:
+                    add("\n".join(block), source, cmdline)
+                else:  # "jupyter server list --json": one object per line
+                    for item in block:
+                        if item.strip():
+                            add(item, "jupyter server list", "")
+                block = None
+        elif block is not None:
+            block.append(line)
+    return servers, warnings
+
+
+def select_servers(servers: Sequence[Server], port: int | None, directory: str | None) -> list[Server]:
+    """The servers that match ``--port`` and ``--dir`` (all of them when neither is given)."""
+    chosen = list(servers)
+    if port is not None:
+        chosen = [s for s in chosen if s.port == port]
+    if directory:
+        chosen = [s for s in chosen if directory in s.root_dir]
+    return chosen
+
+
+def candidate_ports(first: int, count: int = 100) -> range:
+    """Local ports to try: ``first`` and the ones above it (the original tool's rule)."""
+    first = max(1, min(first, 65535))
+    return range(first, min(first + count, 65536))
+
+
+def forward_target(server: Server) -> str:
+    """The ``host:port`` (or socket path) the remote side connects to for the forward."""
+    if server.sock:
+        return server.sock
+    host = server.host
+    if host in ("", "0.0.0.0", "*"):
+        host = "127.0.0.1"  # a server on every interface listens on loopback too
+    elif host in ("::", "[::]"):
+        host = "::1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{server.port}"
+
+
+def build_forward_spec(local_port: int, server: Server) -> str:
+    """The ``-L`` argument: bound to loopback only, so nobody else on the LAN can use it."""
+    return f"127.0.0.1:{local_port}:{forward_target(server)}"
+
+
+def build_url(local_port: int, server: Server, host: str = "localhost") -> str:
+    """The URL the browser opens: the server's base_url on the local port, with its token."""
+    from urllib.parse import quote
+
+    scheme = "https" if server.secure else "http"
+    url = f"{scheme}://{host}:{local_port}{server.base_url}"
+    if server.token:
+        url += f"?token={quote(server.token, safe='')}"
+    return url
+
+
+def parse_ssh_error(lines: Iterable[str]) -> str:
+    """ssh's own reason for a failure, from its stderr, without the noise lines."""
+    useful = [line.strip() for line in lines if line.strip() and not line.startswith(SSH_NOISE)]
+    if not useful:
+        return "ssh gave no reason"
+    return "; ".join(useful[:3])
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def _use_colour(stream) -> bool:
+    """Colour only on a terminal, and never when NO_COLOR is set (https://no-color.org)."""
+    return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def say(kind: str, text: str) -> None:
+    """Print ``Info:``, ``Warning:`` or ``Error:`` lines on stderr, as the original did."""
+    colours = {"Info": "32", "Warning": "33", "Error": "31"}
+    label = f"{kind}:"
+    if _use_colour(sys.stderr):
+        label = f"\033[{colours.get(kind, '0')}m{label}\033[0m"
+    print(f"{label} {text}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- I/O parts
+
+
+def which_or_fail(program: str, why: str) -> str:
+    """The full path of ``program``, or a TunnelError naming what needs it."""
+    path = shutil.which(program)
+    if not path:
+        raise TunnelError(f"{program} not found in PATH ({why})", EXIT_MISSING)
+    return path
+
+
+def make_private_dir() -> str:
+    """A fresh 0700 directory with a short path, for the control socket and friends."""
+    base = tempfile.gettempdir()
+    if len(base) > MAX_TMP_PREFIX and os.access("/tmp", os.W_OK):
+        base = "/tmp"  # macOS's $TMPDIR alone is ~49 bytes: too long for a socket path
+    return tempfile.mkdtemp(prefix="jt-", dir=base)  # mkdtemp makes it 0700
+
+
+def port_is_free(port: int) -> bool:
+    """Whether 127.0.0.1:port can be bound, as ssh binds its listeners."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # ssh sets SO_REUSEADDR, so a port whose last connection is in TIME_WAIT is free
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def probe_server(local_port: int, server: Server, timeout: float = 5.0) -> int | None:
+    """HTTP status of ``/api/status`` through the tunnel, or None when nothing answers.
+
+    ``Authorization: token`` works on notebook >= 5 and every jupyter_server (``Bearer``
+    only on jupyter_server >= 2), and the request does not count as activity, so probing
+    never defeats the server's idle culling.
+    """
+    import http.client
+
+    if server.secure:
+        import ssl
+
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # the server's own self-signed certificate
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            "127.0.0.1", local_port, timeout=timeout, context=context
+        )
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", local_port, timeout=timeout)
+    headers = {"Authorization": f"token {server.token}"} if server.token else {}
+    try:
+        conn.request("GET", f"{server.base_url}api/status", headers=headers)
+        return conn.getresponse().status
+    except (OSError, http.client.HTTPException):
+        # refused or reset: ssh accepted the local connection but the remote side could
+        # not connect (yet), and closed it
+        return None
+    finally:
+        conn.close()
+
+
+class Master:
+    """The one ssh connection of the run, and the multiplexed commands sent through it."""
+
+    def __init__(self, ssh: str, route: Route, directory: str, env: dict[str, str]) -> None:
+        self.ssh = ssh
+        self.route = route
+        self.config = os.path.join(directory, "ssh_config")
+        self.control = os.path.join(directory, "c")
+        self.env = env
+        self.process: subprocess.Popen | None = None
+        self.stderr: deque[str] = deque(maxlen=40)
+        self._reader: threading.Thread | None = None
+
+    def open(self) -> None:
+        """Start the master and wait until it has logged in (its control socket exists)."""
+        argv = build_master_argv(self.ssh, self.config, self.control, self.route)
+        # Not a new session and not a new process group: ssh asks for passwords on the
+        # terminal only from the terminal's foreground process group, so the master also
+        # gets the user's Ctrl+C (it then exits 255, which is fine).
+        self.process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, env=self.env,
+        )
+        # Drain stderr all the time: a full pipe would block ssh.
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+        while not os.path.exists(self.control):
+            if self.process.poll() is not None:
+                self._reader.join(timeout=1)
+                raise TunnelError(
+                    f"cannot connect to {self.route.describe()}: {parse_ssh_error(self.stderr)}",
+                    EXIT_CONNECT,
+                )
+            time.sleep(POLL_INTERVAL)
+
+    def _read_stderr(self) -> None:
+        """Keep the last lines ssh wrote, to explain a failure with ssh's own words."""
+        assert self.process is not None and self.process.stderr is not None
+        for raw in self.process.stderr:
+            self.stderr.append(raw.decode(errors="replace").rstrip())
+
+    def alive(self) -> bool:
+        """Whether the master process still runs."""
+        return self.process is not None and self.process.poll() is None
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the master to exit; True when it has."""
+        # ssh's stderr closes when it exits: joining the reader wakes up at once then.
+        # Not Popen.wait(): on Ctrl+C it waits another 0.25 s for the child to die too.
+        assert self._reader is not None
+        self._reader.join(timeout)
+        return not self.alive()
+
+    def run(self, command: str, stdin: str = "", timeout: float = 60.0) -> subprocess.CompletedProcess:
+        """Run ``command`` on the target through the master (no new login)."""
+        argv = build_mux_argv(self.ssh, self.config, self.control, self.route, "-T", "--")
+        return subprocess.run(
+            argv + [command], input=stdin.encode(), capture_output=True,
+            env=self.env, timeout=timeout,
+        )
+
+    def forward(self, spec: str) -> tuple[bool, str]:
+        """Ask the master to add ``-L spec``; returns (ok, ssh's message)."""
+        argv = build_mux_argv(self.ssh, self.config, self.control, self.route, "-O", "forward", "-L", spec)
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, env=self.env, timeout=30)
+        return done.returncode == 0, done.stderr.decode(errors="replace").strip()
+
+    def close(self) -> None:
+        """Stop the master: SIGTERM makes ssh kill its jump-host children and exit."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=1)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+
+
+def start_agent(directory: str) -> tuple[subprocess.Popen, str]:
+    """Start a private ssh-agent as our child (``-D``), so it can be killed at exit."""
+    agent = which_or_fail("ssh-agent", "needed to start an agent")
+    sock = os.path.join(directory, "a")
+    process = subprocess.Popen(
+        [agent, "-D", "-a", sock], stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while not os.path.exists(sock):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_process(process)
+            raise TunnelError("ssh-agent did not start", EXIT_ERROR)
+        time.sleep(POLL_INTERVAL / 5)
+    return process, sock
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 3.0) -> None:
+    """Terminate a child and reap it, killing it if it does not go."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def read_password() -> str:
+    """The SSH password, asked once without echo (or one line of stdin when not a TTY)."""
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass("SSH password: ")
+    return sys.stdin.readline().rstrip("\n")
+
+
+def discover(master: Master) -> list[Server]:
+    """The live Jupyter servers on the target, found through the master."""
+    try:
+        done = master.run("sh -s", stdin=build_discovery_script())
+    except subprocess.TimeoutExpired:
+        raise TunnelError(f"looking for Jupyter servers on {master.route.target} timed out", EXIT_ERROR)
+    if done.returncode != 0:
+        reason = parse_ssh_error(done.stderr.decode(errors="replace").splitlines())
+        raise TunnelError(f"cannot look for Jupyter servers on {master.route.target}: {reason}", EXIT_ERROR)
+    servers, warnings = parse_discovery(done.stdout.decode(errors="replace"))
+    for warning in warnings:
+        say("Warning", warning)
+    return servers
+
+
+def choose_server(servers: Sequence[Server], host: str, port: int | None, directory: str | None) -> Server:
+    """The one server to tunnel to, or a TunnelError that says how to choose."""
+    if not servers:
+        raise TunnelError(f"no Jupyter server is running on {host}", EXIT_NO_SERVER)
+    chosen = select_servers(servers, port, directory)
+    if len(chosen) == 1:
+        return chosen[0]
+    say("Info", f"Jupyter servers running on {host}:")
+    for server in servers:
+        print(f"    {server.describe()}", file=sys.stderr)
+    if not chosen:
+        raise TunnelError(f"no Jupyter server on {host} matches --port/--dir", EXIT_NO_SERVER)
+    raise TunnelError(
+        f"{len(chosen)} Jupyter servers are running on {host}: choose one with --port PORT or --dir TEXT",
+        EXIT_NO_SERVER,
+    )
+
+
+def add_forward(master: Master, server: Server, local_port: int | None) -> int:
+    """Forward a free local port to the server; returns the local port."""
+    if local_port is not None:
+        ports: Iterable[int] = [local_port]
+    else:
+        ports = candidate_ports(server.port or DEFAULT_SOCKET_PORT)
+    message = ""
+    for port in ports:
+        if not port_is_free(port):
+            message = "Address already in use"
+            continue
+        ok, message = master.forward(build_forward_spec(port, server))
+        if ok:
+            return port
+        if "already in use" not in message:  # not a race with another program: give up
+            break
+    if local_port is not None and "already in use" in message:
+        raise TunnelError(f"local port {local_port} is already in use", EXIT_PORT)
+    raise TunnelError(f"cannot forward a local port to the server: {message or 'no free port'}", EXIT_PORT)
+
+
+def wait_for_tunnel(master: Master, local_port: int, server: Server, timeout: float) -> int:
+    """Poll the server through the tunnel until it answers; returns the HTTP status."""
+    deadline = time.monotonic() + timeout
+    delay = POLL_INTERVAL
+    while True:
+        status = probe_server(local_port, server, timeout=max(0.5, min(5.0, deadline - time.monotonic())))
+        if status is not None:
+            return status
+        if not master.alive():
+            raise TunnelError(
+                f"the connection to {master.route.target} was lost: {parse_ssh_error(master.stderr)}",
+                EXIT_LOST,
+            )
+        if time.monotonic() + delay > deadline:
+            reason = parse_ssh_error(list(master.stderr)[-2:]) if master.stderr else "no answer"
+            raise TunnelError(
+                f"the Jupyter server did not answer through the tunnel within {timeout:g} s ({reason})",
+                EXIT_TIMEOUT,
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 0.25)
+
+
+def open_browser(browser: str | None, url: str) -> None:
+    """Open ``url`` in the browser, detached so it outlives neither Ctrl+C nor our exit."""
+    detached = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL, start_new_session=True)
+    if browser is not None:
+        subprocess.Popen([*shlex.split(browser), url], **detached)
+        return
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        # without a display, Python's webbrowser would run a text browser in this terminal
+        say("Info", "No graphical display: open the URL above in your browser.")
+        return
+    import webbrowser
+
+    try:
+        webbrowser.get()
+    except webbrowser.Error:
+        say("Warning", "No web browser found: open the URL above yourself.")
+        return
+    subprocess.Popen([sys.executable, "-m", "webbrowser", "-t", url], **detached)
+
+
+def _raise_interrupted(signum: int, _frame) -> None:
+    """Turn SIGTERM/SIGHUP into an exception, so that cleanup runs in ``finally``."""
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def run_tunnel(args: argparse.Namespace) -> int:
+    """Connect, discover, forward, wait, and stay until interrupted; returns the exit code."""
+    route = parse_hosts(args.host)  # checked by main already
+    ssh = which_or_fail("ssh", "the OpenSSH client")
+    browser = None
+    if args.browser is not None and args.browser.lower() not in NO_BROWSER:
+        browser = args.browser
+        which_or_fail(shlex.split(browser)[0], "given with -b/--browser")
+    password = read_password() if args.password else None
+
+    env = dict(os.environ)
+    directory = make_private_dir()
+    agent: subprocess.Popen | None = None
+    master: Master | None = None
+    ready = False
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_interrupted)
+    try:
+        if args.new_agent or not env.get("SSH_AUTH_SOCK"):
+            agent, env["SSH_AUTH_SOCK"] = start_agent(directory)
+            env.pop("SSH_AGENT_PID", None)
+        config_text = build_ssh_config(args.ssh_config, args.ssh_option,
+                                       add_keys_to_agent=agent is not None, password=password is not None)
+        with open(os.open(os.path.join(directory, "ssh_config"), os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write(config_text)
+        if password is not None:
+            askpass = os.path.join(directory, "askpass")
+            with open(os.open(askpass, os.O_WRONLY | os.O_CREAT, 0o700), "w") as f:
+                f.write(ASKPASS_SCRIPT)
+            # OpenSSH >= 8.4 sends every prompt of every hop to SSH_ASKPASS with "force";
+            # sshpass would answer only the first hop's prompt.
+            env.update(SSH_ASKPASS=askpass, SSH_ASKPASS_REQUIRE="force", JUPYTER_TUNNEL_PASSWORD=password)
+
+        master = Master(ssh, route, directory, env)
+        say("Info", f"Connecting to {route.describe()}...")
+        started = time.monotonic()
+        master.open()
+        say("Info", f"Connected in {time.monotonic() - started:.2f} s; looking for Jupyter servers on {route.target}...")
+        server = choose_server(discover(master), route.target, args.port, args.dir)
+        local_port = add_forward(master, server, args.local_port)
+        status = wait_for_tunnel(master, local_port, server, args.timeout)
+        url = build_url(local_port, server)
+        ready = True
+
+        say("Info", f"Jupyter {server.describe()} on {route.target}")
+        say("Info", f"Port used on localhost: {local_port}")
+        if status == 403:
+            say("Info", "The server asks for its password: the page will prompt for it.")
+        elif status != 200:
+            say("Warning", f"The server answered HTTP {status} to /api/status.")
+        print(url, flush=True)
+        if browser is not None or args.browser is None:
+            open_browser(browser, url)
+        say("Info", "Press Ctrl+C to close the tunnel.")
+        while not master.wait(5.0):  # a short period: a hop may hold ssh's stderr open
+            pass
+        raise TunnelError(
+            f"the connection to {route.target} was lost: {parse_ssh_error(master.stderr)}", EXIT_LOST
+        )
+    except (KeyboardInterrupt, Interrupted):
+        if ready:
+            say("Info", "Closing the tunnel.")
+            return EXIT_OK
+        say("Info", "Interrupted.")
+        return EXIT_INTERRUPTED
+    finally:
+        # No signal may cut the cleanup short: it is what leaves nothing behind.
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
+        if master is not None:
+            master.close()
+        if agent is not None:
+            stop_process(agent)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, with the original tool's option names."""
+    parser = argparse.ArgumentParser(
+        prog="jupyter-tunnel",
+        description=(
+            f"jupyter-tunnel {__version__}: create an SSH tunnel to a Jupyter server running "
+            "remotely and open the local web browser on it. One login per host for the whole run."
+        ),
+        epilog=(
+            "examples:\n"
+            "  on the intranet:        jupyter-tunnel -s user@server.ext\n"
+            "  through a gateway:      jupyter-tunnel -s user@gateway.ext user@server.ext\n"
+            "  no browser, fixed port: jupyter-tunnel -s gw server -b none --local-port 8888\n"
+            "\nexit codes: 0 closed normally, 2 bad option, 3 program missing, 4 cannot connect,\n"
+            "  5 no (single) server, 6 no local port, 7 no answer in time, 8 connection lost,\n"
+            "  130 interrupted before the tunnel was ready, 1 other errors"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-s", "--host", nargs="+", required=True, metavar="HOST",
+                        help="host(s) to contact in order: all but the last are jump hosts "
+                             "([user@]host[:port], names from ~/.ssh/config work)")
+    parser.add_argument("-b", "--browser", metavar="PROG",
+                        help='browser to start with the URL; "n" or "none": start none '
+                             "[default: the system's default browser]")
+    parser.add_argument("-n", "--node", metavar="NODE",
+                        help="Grid Engine node running the server (not supported yet)")
+    parser.add_argument("-a", "--ssha", dest="new_agent", action="store_true",
+                        help="start a fresh ssh-agent for this run even if one runs "
+                             "(one is started anyway when SSH_AUTH_SOCK is unset)")
+    parser.add_argument("-p", "--pass", "--sshp", dest="password", action="store_true",
+                        help="ask the SSH password once and answer every hop's password prompt with it "
+                             "(read from stdin when it is not a terminal)")
+    parser.add_argument("-F", "--ssh-config", metavar="FILE",
+                        help="ssh config file, used for every hop [default: ~/.ssh/config]")
+    parser.add_argument("-o", "--ssh-option", action="append", default=[], metavar="OPT",
+                        help="ssh option (Key=Value) for every hop; repeatable")
+    parser.add_argument("--port", type=int, metavar="RPORT",
+                        help="use the server listening on this remote port")
+    parser.add_argument("--dir", metavar="TEXT", help="use the server whose root directory contains TEXT")
+    parser.add_argument("--local-port", type=int, metavar="LPORT",
+                        help="local port to use [default: the remote port, or the next free one]")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                        help="give up when the server does not answer within SECONDS [default: %(default)g]")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.node:
+        parser.error("-n/--node (Grid Engine nodes) is not supported yet")
+    if args.local_port is not None and not 0 < args.local_port < 65536:
+        parser.error("--local-port must be between 1 and 65535")
+    if args.timeout <= 0:
+        parser.error("--timeout must be positive")
+    if args.ssh_config and not os.path.isfile(args.ssh_config):
+        parser.error(f"ssh config file not found: {args.ssh_config}")
+    try:
+        parse_hosts(args.host)
+    except TunnelError as error:
+        parser.error(str(error))
+    try:
+        return run_tunnel(args)
+    except TunnelError as error:
+        say("Error", str(error))
+        return error.code
+    except KeyboardInterrupt:
+        say("Info", "Interrupted.")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""Unit tests of jupyter_tunnel's pure parts, by tables: no network, no processes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import jupyter_tunnel as jt
+
+# Real runtime files (tokens trimmed), from ../shared/notes/jupyter-servers.md.
+JPSERVER = {
+    "base_url": "/", "hostname": "localhost", "password": False, "pid": 8818, "port": 44729,
+    "root_dir": "/tmp/w", "secure": False, "sock": "", "token": "5d24abc",
+    "url": "http://localhost:44729/", "version": "2.21.1",
+}
+NBSERVER = {
+    "base_url": "/", "hostname": "localhost", "notebook_dir": "/home/u/nb", "password": False,
+    "pid": 4242, "port": 8890, "secure": False, "sock": "", "token": "tok6",
+    "url": "http://localhost:8890/",
+}
+SOCKET = dict(JPSERVER, port=0, sock="/tmp/x.sock", url="http+unix://%2Ftmp%2Fx.sock/", pid=77)
+PORT0 = dict(NBSERVER, port=0, url="http://localhost:0/", pid=99)
+ALL_IFACES = dict(NBSERVER, hostname="0.0.0.0", url="http://0.0.0.0:18931/", port=18931, pid=5)
+BASE_URL = dict(JPSERVER, base_url="/jupyter/", url="http://localhost:44729/jupyter/", pid=8)
+FQDN = dict(JPSERVER, hostname="node1", url="http://node1:8888/", port=8888, pid=9)
+
+
+def block(path: str, info: dict | str, cmd: str = "/venv/bin/python /venv/bin/jupyter-lab") -> str:
+    """Discovery output for one runtime file, as the remote script prints it."""
+    text = info if isinstance(info, str) else json.dumps(info)
+    return f"{jt.MARK} file {path}\n{jt.MARK} cmd {cmd}\n{text}\n\n{jt.MARK} end\n"
+
+
+@pytest.mark.parametrize("values, hosts", [
+    (["srv"], ("srv",)),
+    (["gw", "srv"], ("gw", "srv")),
+    (["gw head srv"], ("gw", "head", "srv")),  # the original's space-separated list
+    (["gw,head", "u@srv:2222"], ("gw", "head", "u@srv:2222")),
+    (["a", "b", "c", "d"], ("a", "b", "c", "d")),
+])
+def test_parse_hosts(values, hosts):
+    assert jt.parse_hosts(values).hosts == hosts
+
+
+@pytest.mark.parametrize("values", [[""], [" , "], ["-oProxyCommand=x"]])
+def test_parse_hosts_rejects(values):
+    with pytest.raises(jt.TunnelError):
+        jt.parse_hosts(values)
+
+
+@pytest.mark.parametrize("host, argv", [
+    ("srv", ["srv"]),
+    ("user@srv", ["user@srv"]),
+    ("srv:2222", ["ssh://srv:2222"]),
+    ("user@srv:2222", ["ssh://user@srv:2222"]),
+    ("fe80::1", ["fe80::1"]),  # an IPv6 address is not host:port
+])
+def test_build_destination(host, argv):
+    assert jt.build_destination(host) == argv
+
+
+@pytest.mark.parametrize("hosts, jump", [
+    (("srv",), None),
+    (("gw", "srv"), "gw"),
+    (("gw", "head", "srv"), "gw,head"),
+    (("a", "b", "c", "srv"), "a,b,c"),
+])
+def test_build_master_argv(hosts, jump):
+    argv = jt.build_master_argv("/usr/bin/ssh", "/t/cfg", "/t/c", jt.Route(hosts))
+    assert argv[:8] == ["/usr/bin/ssh", "-F", "/t/cfg", "-M", "-S", "/t/c", "-N", "-T"]
+    assert argv[-1] == "srv"
+    assert "ControlPersist=no" in argv
+    if jump is None:
+        assert "-J" not in argv
+    else:
+        assert argv[argv.index("-J") + 1] == jump
+    assert "-A" not in argv  # ProxyJump needs no agent forwarding: never hand it to a gateway
+
+
+def test_build_mux_argv_never_becomes_master():
+    argv = jt.build_mux_argv("ssh", "cfg", "/t/c", jt.Route(("gw", "srv:22")), "-O", "forward")
+    assert argv == ["ssh", "-F", "cfg", "-S", "/t/c", "-o", "ControlMaster=no", "-O", "forward", "ssh://srv:22"]
+
+
+@pytest.mark.parametrize("user_config, options, agent, password, first, included", [
+    (None, [], False, False, None, "~/.ssh/config"),
+    ("/etc/x.cfg", ["Port=2222"], True, False, "Port 2222", "/etc/x.cfg"),
+    (None, ["User alice", "Compression=yes"], False, False, "User alice", "~/.ssh/config"),
+    (None, ["User alice"], False, True, "NumberOfPasswordPrompts 1", "~/.ssh/config"),
+])
+def test_build_ssh_config(user_config, options, agent, password, first, included):
+    lines = jt.build_ssh_config(user_config, options, agent, password).splitlines()
+    body = [line for line in lines if not line.startswith("#")]
+    if first:
+        assert body[0] == first  # -o options come first: ssh keeps the first value it reads
+    assert f"Include {included}" in body
+    assert body[-1] == "Include /etc/ssh/ssh_config"
+    assert body.index(f"Include {included}") < body.index("ServerAliveInterval 15")
+    assert ("AddKeysToAgent yes" in body) == agent
+
+
+@pytest.mark.parametrize("info, source, cmd, expect", [
+    (JPSERVER, "/r/jpserver-8818.json", "python jupyter-lab",
+     dict(pid=8818, port=44729, host="localhost", token="5d24abc", root_dir="/tmp/w", version="2.21.1", app="lab")),
+    (NBSERVER, "/r/nbserver-4242.json", "python /v/bin/jupyter-notebook",
+     dict(pid=4242, port=8890, root_dir="/home/u/nb", version="", app="notebook")),
+    (SOCKET, "/r/jpserver-77.json", "jupyter-server", dict(port=0, sock="/tmp/x.sock", app="server")),
+    (PORT0, "/r/nbserver-99.json", "", dict(port=0, app="notebook")),
+    (ALL_IFACES, "/r/nbserver-5.json", "", dict(host="0.0.0.0", port=18931)),
+    (BASE_URL, "/r/jpserver-8.json", "python -m jupyterlab", dict(base_url="/jupyter/", app="lab")),
+    (dict(JPSERVER, base_url="/x"), "", "", dict(base_url="/x/")),
+    (dict(JPSERVER, secure=True), "", "", dict(secure=True)),
+])
+def test_parse_server(info, source, cmd, expect):
+    server = jt.parse_server(info, source, cmd)
+    for key, value in expect.items():
+        assert getattr(server, key) == value, key
+
+
+def test_parse_discovery_reads_blocks_and_ignores_noise():
+    output = (
+        "Welcome from .bashrc\n"
+        + block("/r/jpserver-8818.json", JPSERVER)
+        + f"{jt.MARK} stale /r/jpserver-1.json\n"
+        + block("/r/nbserver-4242.json", NBSERVER, "python jupyter-notebook")
+        + block("/other/jpserver-8818.json", JPSERVER)  # the same file through another dir rule
+    )
+    servers, warnings = jt.parse_discovery(output)
+    assert [(s.pid, s.app) for s in servers] == [(8818, "lab"), (4242, "notebook")]
+    assert warnings == []
+
+
+def test_parse_discovery_truncated_file_is_a_warning():
+    output = block("/r/jpserver-1.json", '{"port": 88') + block("/r/jpserver-8818.json", JPSERVER)
+    servers, warnings = jt.parse_discovery(output)
+    assert [s.pid for s in servers] == [8818]
+    assert warnings == ["skipping unreadable Jupyter runtime file /r/jpserver-1.json"]
+
+
+def test_parse_discovery_server_list_fallback():
+    output = f"{jt.MARK} list\n{json.dumps(JPSERVER)}\n{json.dumps(BASE_URL)}\n{jt.MARK} end\n"
+    servers, _ = jt.parse_discovery(output)
+    assert [s.pid for s in servers] == [8818, 8]
+
+
+@pytest.mark.parametrize("port, directory, pids", [
+    (None, None, [8818, 4242]),
+    (8890, None, [4242]),
+    (None, "/tmp", [8818]),
+    (None, "nb", [4242]),
+    (1, None, []),
+    (44729, "nb", []),
+])
+def test_select_servers(port, directory, pids):
+    servers = [jt.parse_server(JPSERVER), jt.parse_server(NBSERVER)]
+    assert [s.pid for s in jt.select_servers(servers, port, directory)] == pids
+
+
+@pytest.mark.parametrize("first, expect", [
+    (8888, (8888, 8987)),
+    (65530, (65530, 65535)),
+    (0, (1, 100)),
+])
+def test_candidate_ports(first, expect):
+    ports = jt.candidate_ports(first)
+    assert (ports[0], ports[-1]) == expect
+
+
+@pytest.mark.parametrize("info, spec", [
+    (JPSERVER, "127.0.0.1:9000:localhost:44729"),
+    (ALL_IFACES, "127.0.0.1:9000:127.0.0.1:18931"),
+    (FQDN, "127.0.0.1:9000:node1:8888"),
+    (dict(JPSERVER, hostname="::", url="http://[::]:44729/"), "127.0.0.1:9000:[::1]:44729"),
+    (dict(JPSERVER, hostname="fe80::2"), "127.0.0.1:9000:[fe80::2]:44729"),
+    (SOCKET, "127.0.0.1:9000:/tmp/x.sock"),
+])
+def test_build_forward_spec(info, spec):
+    assert jt.build_forward_spec(9000, jt.parse_server(info)) == spec
+
+
+@pytest.mark.parametrize("info, url", [
+    (JPSERVER, "http://localhost:9000/?token=5d24abc"),
+    (BASE_URL, "http://localhost:9000/jupyter/?token=5d24abc"),
+    (dict(JPSERVER, token=""), "http://localhost:9000/"),
+    (dict(JPSERVER, secure=True), "https://localhost:9000/?token=5d24abc"),
+    (dict(JPSERVER, token="a+b/c"), "http://localhost:9000/?token=a%2Bb%2Fc"),
+])
+def test_build_url(info, url):
+    assert jt.build_url(9000, jt.parse_server(info)) == url
+
+
+@pytest.mark.parametrize("lines, reason", [
+    (["ssh: connect to host 127.0.0.4 port 1: Connection refused"],
+     "ssh: connect to host 127.0.0.4 port 1: Connection refused"),
+    (["Warning: Permanently added 'x' (ED25519) to the list of known hosts.",
+      "jtuser@127.0.0.1: Permission denied (password)."],
+     "jtuser@127.0.0.1: Permission denied (password)."),
+    ([], "ssh gave no reason"),
+    (["channel 0: open failed: connect failed: Connection refused", "stdio forwarding failed",
+      "kex_exchange_identification: Connection closed by remote host",
+      "Connection closed by UNKNOWN port 65535"],
+     "channel 0: open failed: connect failed: Connection refused; stdio forwarding failed; "
+     "kex_exchange_identification: Connection closed by remote host"),
+])
+def test_parse_ssh_error(lines, reason):
+    assert jt.parse_ssh_error(lines) == reason
+
+
+def test_discovery_script_is_posix_sh():
+    """The script parses under dash (Debian's sh), the strictest common /bin/sh."""
+    import shutil
+    import subprocess
+
+    sh = shutil.which("dash") or "/bin/sh"
+    done = subprocess.run([sh, "-n"], input=jt.build_discovery_script().encode(), capture_output=True)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-s"], "expected at least one argument"),
+    ([], "the following arguments are required: -s/--host"),
+    (["-s", "srv", "--bogus"], "unrecognized arguments: --bogus"),
+    (["-s", "srv", "--local-port", "70000"], "--local-port must be between 1 and 65535"),
+    (["-s", "srv", "--timeout", "0"], "--timeout must be positive"),
+    (["-s", "-x"], "expected at least one argument"),
+    (["-s", "srv", "-n", "node1"], "not supported yet"),
+])
+def test_usage_errors_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        jt.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_original_long_options_still_parse():
+    args = jt.build_parser().parse_args(["--host", "gw", "srv", "--ssha", "--sshp", "-b", "n"])
+    assert (args.host, args.new_agent, args.password, args.browser) == (["gw", "srv"], True, True, "n")
