@@ -1,0 +1,390 @@
+"""Integration tests: the real jupyter_tunnel.py, a real sshd on loopback, real Jupyter servers.
+
+Each test runs the script as a user would (a subprocess, ``-F`` the fixtures' ssh config)
+and checks what a user would: the printed URL answers through the tunnel, sshd saw one
+login per hop, and after Ctrl+C/SIGTERM/SIGHUP no process, socket or temp file is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from conftest import TEST_PASSWORD
+from helpers import http_get, port_is_free, wait_for
+
+SCRIPT = Path(__file__).resolve().parent.parent / "jupyter_tunnel.py"
+READY_TIMEOUT = 30.0
+
+pytestmark = pytest.mark.integration
+
+
+class Tunnel:
+    """A running jupyter_tunnel.py, with its output collected as it comes."""
+
+    def __init__(self, config: "str | os.PathLike[str]", *args: str, stdin: str | None = None, env: dict | None = None) -> None:
+        # A private short TMPDIR per run: whatever the tool leaves behind shows up there.
+        self.tmp = tempfile.mkdtemp(prefix="jtt-", dir="/tmp")
+        self.env = dict(os.environ, TMPDIR=self.tmp, NO_COLOR="1")
+        self.env.pop("SSH_AUTH_SOCK", None)
+        self.env.update(env or {})
+        self.argv = [sys.executable, str(SCRIPT), "-F", str(config), "-b", "none", *args]
+        self.process = subprocess.Popen(
+            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=self.env, text=True, start_new_session=True,
+        )
+        if stdin is not None:
+            self.process.stdin.write(stdin)
+        self.process.stdin.close()
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.stderr_lines: list[str] = []
+        threading.Thread(target=self._pump, args=(self.process.stdout, self.lines.put), daemon=True).start()
+        self._err = threading.Thread(target=self._pump, args=(self.process.stderr, self.stderr_lines.append),
+                                     daemon=True)
+        self._err.start()
+
+    @staticmethod
+    def _pump(stream, sink) -> None:
+        for line in stream:
+            sink(line.rstrip("\n"))
+
+    @property
+    def stderr(self) -> str:
+        """Everything the tool printed on stderr so far."""
+        return "\n".join(self.stderr_lines)
+
+    def url(self, timeout: float = READY_TIMEOUT) -> str:
+        """The URL printed on stdout once the tunnel answers."""
+        try:
+            return self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no URL within {timeout} s; stderr:\n{self.stderr}") from None
+
+    def wait(self, timeout: float = 30.0) -> int:
+        """Exit code of the tool (it must exit by itself within ``timeout``)."""
+        code = self.process.wait(timeout=timeout)
+        self._err.join(timeout=5)
+        return code
+
+    def stop(self, signum: int = signal.SIGINT, timeout: float = 10.0) -> int:
+        """Send ``signum`` as a terminal would (to the tool's process group) and wait."""
+        os.killpg(self.process.pid, signum)
+        return self.wait(timeout)
+
+    def leftovers(self) -> list[str]:
+        """Processes whose command line mentions this run's TMPDIR (master, hops, agent)."""
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if self.tmp in cmdline and state != "Z" and int(entry) != self.process.pid:
+                found.append(f"{entry}: {cmdline}")
+        return found
+
+    def assert_clean(self) -> None:
+        """Nothing of the run is left: no process, no control dir, no temp file."""
+        wait_for(lambda: not self.leftovers(), 10, what=f"processes of the run to go: {self.leftovers()}")
+        assert os.listdir(self.tmp) == [], "the run left files in its TMPDIR"
+
+    def kill(self) -> None:
+        """Last-resort cleanup for a failed test."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        for line in self.leftovers():
+            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def tunnel(sshd):
+    """Factory: start jupyter_tunnel.py with the fixtures' ssh config; killed at teardown."""
+    started: list[Tunnel] = []
+
+    def start(*args: str, **kwargs) -> Tunnel:
+        run = Tunnel(sshd.config, *args, **kwargs)
+        started.append(run)
+        return run
+
+    yield start
+    for run in started:
+        run.kill()
+
+
+def get_status(url: str) -> tuple[int, dict]:
+    """GET /api/status through the tunnel with the URL's token, as the browser's page does."""
+    parts = urllib.parse.urlsplit(url)
+    token = urllib.parse.parse_qs(parts.query).get("token", [""])[0]
+    status, body = http_get(f"{parts.scheme}://{parts.netloc}{parts.path}api/status",
+                            headers={"Authorization": f"token {token}"}, timeout=10)
+    return status, json.loads(body) if status == 200 else {}
+
+
+def local_port_of(url: str) -> int:
+    """The local port in a printed URL."""
+    return urllib.parse.urlsplit(url).port
+
+
+def runtime_dir(user: str) -> Path:
+    """The Jupyter runtime directory of a test user."""
+    return Path(pwd.getpwnam(user).pw_dir) / ".local/share/jupyter/runtime"
+
+
+def write_runtime_file(user: str, name: str, content: str) -> Path:
+    """Put a runtime file into a test user's runtime dir, owned by the user."""
+    entry = pwd.getpwnam(user)
+    directory = runtime_dir(user)
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chown(directory, entry.pw_uid, entry.pw_gid)
+    path = directory / name
+    path.write_text(content)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+    return path
+
+
+@pytest.mark.parametrize("hosts", [["srv"], ["gw", "srv"], ["gw", "head", "srv"]], ids=["direct", "1jump", "2jumps"])
+def test_tunnel_serves_the_page_with_one_login_per_hop(tunnel, sshd, jtuser_server, hosts):
+    offset = sshd.log_offset()
+    run = tunnel("-s", *hosts)
+    url = run.url()
+    assert url == f"http://localhost:{local_port_of(url)}/?token={jtuser_server.token}"
+    status, body = get_status(url)
+    assert status == 200 and "started" in body
+    assert f"Info: Port used on localhost: {local_port_of(url)}" in run.stderr
+    # the remote port or the next free one (the original's rule); here the "remote" server
+    # itself holds 127.0.0.1:port, so the tunnel gets the next one
+    assert local_port_of(url) == jtuser_server.port + 1
+    logins = sshd.logins_since(offset)
+    assert len(logins) == len(hosts), logins
+    assert all("Accepted publickey for jtuser" in line for line in logins)
+
+    assert run.stop(signal.SIGINT) == 0
+    assert "Traceback" not in run.stderr
+    run.assert_clean()
+    wait_for(lambda: port_is_free(local_port_of(url)), 5, what="the local port to be free again")
+    assert len(sshd.logins_since(offset)) == len(hosts)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_close_cleanly(tunnel, jtuser_server, signum):
+    run = tunnel("-s", "gw", "srv")
+    url = run.url()
+    assert get_status(url)[0] == 200
+    # only the tool gets the signal here, not its process group: it must stop the master itself
+    run.process.send_signal(signum)
+    assert run.wait(10) == 0
+    assert "Closing the tunnel" in run.stderr
+    run.assert_clean()
+
+
+def test_next_free_local_port_when_the_remote_one_is_taken(tunnel, jtuser_server):
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # earlier tests' TIME_WAIT
+        busy.bind(("127.0.0.1", jtuser_server.port + 1))
+        busy.listen()
+        run = tunnel("-s", "srv")
+        url = run.url()
+        assert local_port_of(url) == jtuser_server.port + 2
+        assert get_status(url)[0] == 200
+    assert run.stop() == 0
+    run.assert_clean()
+
+
+def test_busy_local_port_given_is_an_error(tunnel, jtuser_server):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        run = tunnel("-s", "srv", "--local-port", str(port))
+        assert run.wait() == 6
+    assert f"Error: local port {port} is already in use" in run.stderr
+    run.assert_clean()
+
+
+def test_password_once_for_every_hop(tunnel, sshd, jtuser_server):
+    offset = sshd.log_offset()
+    run = tunnel("-p", "-s", "pgw", "psrv", stdin=TEST_PASSWORD + "\n")
+    url = run.url()
+    assert get_status(url)[0] == 200
+    logins = sshd.logins_since(offset)
+    assert len(logins) == 2 and all("Accepted password for jtuser" in line for line in logins), logins
+    assert TEST_PASSWORD not in " ".join(run.argv)
+    for line in run.leftovers():  # the password is never on a command line
+        assert TEST_PASSWORD not in line
+    assert run.stop() == 0
+    run.assert_clean()
+
+
+def test_wrong_password_is_one_clear_error(tunnel, sshd):
+    offset = sshd.log_offset()
+    run = tunnel("-p", "-s", "pgw", "psrv", stdin="not-the-password\n")
+    assert run.wait() == 4
+    assert run.stderr.splitlines()[-1].startswith("Error: cannot connect to psrv via pgw: ")
+    assert "Permission denied" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert sshd.logins_since(offset) == []
+    run.assert_clean()
+    # a wrong password is tried once, not sent again and again (which can lock the account);
+    # sshd logs the failure when the connection closes
+    failures = wait_for(lambda: [line for line in Path(sshd.log).read_bytes()[offset:].decode().splitlines()
+                                 if "Failed password" in line], 5, what="sshd to log the failure")
+    assert len(failures) == 1, failures
+
+
+def test_no_server_running(tunnel):
+    run = tunnel("-s", "gw", "jtnone@srv")
+    assert run.wait() == 5
+    assert run.stderr.splitlines()[-1] == "Error: no Jupyter server is running on jtnone@srv"
+    run.assert_clean()
+
+
+def test_several_servers_listed_then_chosen_by_port(tunnel, start_jupyter):
+    first = start_jupyter("jtmulti", app="lab")
+    second = start_jupyter("jtmulti", app="server")
+    run = tunnel("-s", "jtmulti@srv")
+    assert run.wait() == 5
+    assert "Error: 2 Jupyter servers are running on jtmulti@srv: choose one with --port PORT or --dir TEXT" \
+        in run.stderr
+    assert f"port {first.port}  lab" in run.stderr and f"port {second.port}  server" in run.stderr
+    run.assert_clean()
+
+    run = tunnel("-s", "jtmulti@srv", "--port", str(second.port))
+    url = run.url()
+    assert url.endswith(f"?token={second.token}")
+    assert get_status(url)[0] == 200
+    assert run.stop() == 0
+    run.assert_clean()
+
+
+def test_stale_and_foreign_runtime_files_are_ignored(tunnel, jtuser_server):
+    # a SIGKILLed server leaves its file behind; a reused pid belongs to another program
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = write_runtime_file("jtuser", f"jpserver-{dead.pid}.json",
+                               json.dumps(dict(pid=dead.pid, port=1, url="http://localhost:1/", token="x")))
+    entry = pwd.getpwnam("jtuser")
+    foreign = subprocess.Popen(["sleep", "300"], user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
+    other = write_runtime_file("jtuser", f"jpserver-{foreign.pid}.json",
+                               json.dumps(dict(pid=foreign.pid, port=2, url="http://localhost:2/", token="y")))
+    try:
+        run = tunnel("-s", "srv")
+        url = run.url()
+        assert url.endswith(f"?token={jtuser_server.token}")
+        assert run.stop() == 0
+        run.assert_clean()
+    finally:
+        foreign.kill()
+        foreign.wait()
+        stale.unlink()
+        other.unlink()
+
+
+def test_server_that_does_not_answer_times_out(tunnel):
+    # a live "jupyter" process whose runtime file points at a port nobody listens on
+    entry = pwd.getpwnam("jtnone")
+    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "jupyter-fake"],
+                            user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    path = write_runtime_file("jtnone", f"jpserver-{fake.pid}.json",
+                              json.dumps(dict(pid=fake.pid, port=port, url=f"http://localhost:{port}/", token="t")))
+    try:
+        run = tunnel("-s", "jtnone@srv", "--timeout", "2")
+        assert run.wait() == 7
+        assert run.stderr.splitlines()[-1].startswith(
+            "Error: the Jupyter server did not answer through the tunnel within 2 s")
+        run.assert_clean()
+    finally:
+        fake.kill()
+        fake.wait()
+        path.unlink()
+
+
+def test_master_killed_is_reported_and_cleaned(tunnel, jtuser_server):
+    run = tunnel("-s", "gw", "srv")
+    run.url()
+    master = [line for line in run.leftovers() if " -M " in line]
+    assert len(master) == 1, run.leftovers()
+    os.kill(int(master[0].split(":")[0]), signal.SIGKILL)
+    assert run.wait() == 8
+    assert "Error: the connection to srv was lost" in run.stderr
+    run.assert_clean()
+
+
+def test_unreachable_host(tunnel):
+    run = tunnel("-s", "dead")
+    assert run.wait() == 4
+    assert run.stderr.splitlines()[-1].startswith("Error: cannot connect to dead: ")
+    assert "Connection refused" in run.stderr
+    run.assert_clean()
+
+
+def test_unreachable_host_behind_a_jump(tunnel):
+    run = tunnel("-s", "gw", "dead")
+    assert run.wait() == 4
+    assert run.stderr.splitlines()[-1].startswith("Error: cannot connect to dead via gw: ")
+    run.assert_clean()
+
+
+def test_ssh_missing(tunnel, sshd):
+    offset = sshd.log_offset()
+    run = tunnel("-s", "srv", env={"PATH": "/nonexistent"})
+    assert run.wait() == 3
+    assert run.stderr.strip() == "Error: ssh not found in PATH (the OpenSSH client)"
+    assert sshd.logins_since(offset) == []
+
+
+def test_browser_missing_fails_before_any_login(sshd):
+    offset = sshd.log_offset()
+    done = subprocess.run([sys.executable, str(SCRIPT), "-F", sshd.config, "-s", "srv", "-b", "no-such-browser"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 3
+    assert done.stderr.strip() == "Error: no-such-browser not found in PATH (given with -b/--browser)"
+    assert sshd.logins_since(offset) == []
+
+
+def test_browser_gets_the_url(tunnel, jtuser_server, tmp_path):
+    record = tmp_path / "opened"
+    browser = tmp_path / "browser"
+    browser.write_text(f'#!/bin/sh\necho "$@" > {record}.tmp && mv {record}.tmp {record}\n')
+    browser.chmod(0o755)
+    run = tunnel("-s", "srv", "-b", str(browser))
+    url = run.url()
+    wait_for(record.exists, 10, what="the browser to be started")
+    assert record.read_text().strip() == url
+    assert run.stop() == 0
+    run.assert_clean()
+
+
+def test_unknown_option_exits_2(sshd):
+    done = subprocess.run([sys.executable, str(SCRIPT), "-s", "srv", "--frobnicate"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "unrecognized arguments: --frobnicate" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_help_shows_version_and_examples():
+    done = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0
+    assert "jupyter-tunnel 0." in done.stdout
+    assert "through a gateway:" in done.stdout and "-s user@gateway.ext user@server.ext" in done.stdout
