@@ -116,11 +116,17 @@ class Route:
     """The hosts to contact, in order: all but the last are jump hosts."""
 
     hosts: tuple[str, ...]
+    node: str = ""  # a cluster node reached from the last host, which is then the head node
 
     @property
     def target(self) -> str:
-        """The host the master logs into (where the Jupyter server runs)."""
+        """The host the master logs into."""
         return self.hosts[-1]
+
+    @property
+    def server_host(self) -> str:
+        """Where the Jupyter server runs: the node, or else the target."""
+        return self.node or self.target
 
     @property
     def jumps(self) -> tuple[str, ...]:
@@ -132,6 +138,10 @@ class Route:
         if not self.jumps:
             return self.target
         return f"{self.target} via {', '.join(self.jumps)}"
+
+    def describe_server_host(self) -> str:
+        """``node1 (from head)`` when a node is involved, else the target."""
+        return f"{self.node} (from {self.target})" if self.node else self.target
 
 
 @dataclass(frozen=True)
@@ -162,18 +172,19 @@ class Server:
 # --------------------------------------------------------------------------- pure parts
 
 
-def parse_hosts(values: Iterable[str]) -> Route:
-    """Turn the ``-s`` values into a Route; ``"gw host"`` and ``gw,host`` also work."""
+def parse_hosts(values: Iterable[str], node: str | None = None) -> Route:
+    """Turn the ``-s`` values (and ``-n``) into a Route; ``"gw host"`` and ``gw,host`` work."""
     hosts: list[str] = []
     for value in values:
         hosts.extend(h for h in value.replace(",", " ").split() if h)
     if not hosts:
         raise TunnelError("no host given to -s/--host", EXIT_USAGE)
-    for host in hosts:
-        if host.startswith("-"):
+    node = (node or "").strip()
+    for host in [*hosts, node]:
+        if host.startswith("-") or any(c.isspace() for c in host):
             # ssh would take it for an option: refuse instead of letting it change ssh's behaviour
             raise TunnelError(f"invalid host name {host!r}", EXIT_USAGE)
-    return Route(tuple(hosts))
+    return Route(tuple(hosts), node)
 
 
 def build_destination(host: str) -> list[str]:
@@ -224,6 +235,11 @@ def build_master_argv(ssh: str, config: str, control: str, route: Route) -> list
     # ControlPersist=no: the master stays our child so that we notice when it dies.
     # ExitOnForwardFailure: a forward that cannot be set up is an error, not a warning.
     argv += ["-o", "ControlPersist=no", "-o", "ExitOnForwardFailure=yes"]
+    if route.node:
+        # The head needs the agent to log into the node.  A master with ForwardAgent=yes
+        # forwards it to no session by itself (-N opens none): only the discovery session,
+        # which asks with -A, gets it.  "-o" reaches the head only, never a jump host.
+        argv += ["-o", "ForwardAgent=yes"]
     if route.jumps:
         argv += ["-J", ",".join(route.jumps)]
     return argv + build_destination(route.target)
@@ -234,6 +250,15 @@ def build_mux_argv(ssh: str, config: str, control: str, route: Route, *args: str
     # ControlMaster=no: never become a master ourselves if the socket vanished
     argv = [ssh, "-F", config, "-S", control, "-o", "ControlMaster=no", *args]
     return argv + build_destination(route.target)
+
+
+def build_discovery_command(route: Route) -> str:
+    """The remote command that reads the discovery script on stdin (on the node with -n)."""
+    if not route.node:
+        # the script comes on stdin, so it runs the same whatever the login shell (csh, fish)
+        return "sh -s"
+    # BatchMode: a prompt on the head could never be answered, so fail instead of hanging
+    return f"ssh -o BatchMode=yes -T {shlex.quote(route.node)} sh -s"
 
 
 def build_discovery_script() -> str:
@@ -372,12 +397,28 @@ def candidate_ports(first: int, count: int = 100) -> range:
     return range(first, min(first + count, 65536))
 
 
-def forward_target(server: Server) -> str:
-    """The ``host:port`` (or socket path) the remote side connects to for the forward."""
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
+ANY_ADDRESS = ("", "0.0.0.0", "*", "::", "[::]")
+
+
+def forward_target(server: Server, node: str = "") -> str:
+    """The ``host:port`` (or socket path) the remote side connects to for the forward.
+
+    The remote sshd resolves the host name, so a name only the remote side knows works.
+    """
     if server.sock:
+        if node:
+            raise TunnelError(f"the server on {node} listens on a unix socket, which the head "
+                              "node cannot reach: start it with --ip=$(hostname --fqdn)", EXIT_NO_SERVER)
         return server.sock
     host = server.host
-    if host in ("", "0.0.0.0", "*"):
+    if node:
+        if host in LOOPBACK_NAMES:
+            raise TunnelError(f"the server on {node} listens on the node's loopback only, which the "
+                              "head node cannot reach: start it with --ip=$(hostname --fqdn)", EXIT_NO_SERVER)
+        if host in ANY_ADDRESS:
+            host = node  # listening on every interface: the node's name reaches it
+    elif host in ("", "0.0.0.0", "*"):
         host = "127.0.0.1"  # a server on every interface listens on loopback too
     elif host in ("::", "[::]"):
         host = "::1"
@@ -386,9 +427,9 @@ def forward_target(server: Server) -> str:
     return f"{host}:{server.port}"
 
 
-def build_forward_spec(local_port: int, server: Server) -> str:
+def build_forward_spec(local_port: int, server: Server, node: str = "") -> str:
     """The ``-L`` argument: bound to loopback only, so nobody else on the LAN can use it."""
-    return f"127.0.0.1:{local_port}:{forward_target(server)}"
+    return f"127.0.0.1:{local_port}:{forward_target(server, node)}"
 
 
 def build_url(local_port: int, server: Server, host: str = "localhost") -> str:
@@ -543,9 +584,11 @@ class Master:
         self._reader.join(timeout)
         return not self.alive()
 
-    def run(self, command: str, stdin: str = "", timeout: float = 60.0) -> subprocess.CompletedProcess:
+    def run(self, command: str, stdin: str = "", timeout: float = 60.0,
+            forward_agent: bool = False) -> subprocess.CompletedProcess:
         """Run ``command`` on the target through the master (no new login)."""
-        argv = build_mux_argv(self.ssh, self.config, self.control, self.route, "-T", "--")
+        options = ["-T", "-A"] if forward_agent else ["-T"]
+        argv = build_mux_argv(self.ssh, self.config, self.control, self.route, *options, "--")
         return subprocess.run(
             argv + [command], input=stdin.encode(), capture_output=True,
             env=self.env, timeout=timeout,
@@ -612,14 +655,21 @@ def read_password() -> str:
 
 
 def discover(master: Master) -> list[Server]:
-    """The live Jupyter servers on the target, found through the master."""
+    """The live Jupyter servers on the target (or its node), found through the master."""
+    route = master.route
+    where = route.describe_server_host()
     try:
-        done = master.run("sh -s", stdin=build_discovery_script())
+        # -A: with -n, the head logs into the node with the user's agent; the agent is
+        # forwarded to this one session only
+        done = master.run(build_discovery_command(route), stdin=build_discovery_script(),
+                          forward_agent=bool(route.node))
     except subprocess.TimeoutExpired:
-        raise TunnelError(f"looking for Jupyter servers on {master.route.target} timed out", EXIT_ERROR)
+        raise TunnelError(f"looking for Jupyter servers on {where} timed out", EXIT_ERROR)
     if done.returncode != 0:
         reason = parse_ssh_error(done.stderr.decode(errors="replace").splitlines())
-        raise TunnelError(f"cannot look for Jupyter servers on {master.route.target}: {reason}", EXIT_ERROR)
+        if route.node and master.alive():
+            raise TunnelError(f"cannot reach node {route.node} from {route.target}: {reason}", EXIT_CONNECT)
+        raise TunnelError(f"cannot look for Jupyter servers on {where}: {reason}", EXIT_ERROR)
     servers, warnings = parse_discovery(done.stdout.decode(errors="replace"))
     for warning in warnings:
         say("Warning", warning)
@@ -655,7 +705,7 @@ def add_forward(master: Master, server: Server, local_port: int | None) -> int:
         if not port_is_free(port):
             message = "Address already in use"
             continue
-        ok, message = master.forward(build_forward_spec(port, server))
+        ok, message = master.forward(build_forward_spec(port, server, master.route.node))
         if ok:
             return port
         if "already in use" not in message:  # not a race with another program: give up
@@ -716,7 +766,7 @@ def _raise_interrupted(signum: int, _frame) -> None:
 
 def run_tunnel(args: argparse.Namespace) -> int:
     """Connect, discover, forward, wait, and stay until interrupted; returns the exit code."""
-    route = parse_hosts(args.host)  # checked by main already
+    route = parse_hosts(args.host, args.node)  # checked by main already
     ssh = which_or_fail("ssh", "the OpenSSH client")
     browser = None
     if args.browser is not None and args.browser.lower() not in NO_BROWSER:
@@ -751,14 +801,15 @@ def run_tunnel(args: argparse.Namespace) -> int:
         say("Info", f"Connecting to {route.describe()}...")
         started = time.monotonic()
         master.open()
-        say("Info", f"Connected in {time.monotonic() - started:.2f} s; looking for Jupyter servers on {route.target}...")
-        server = choose_server(discover(master), route.target, args.port, args.dir)
+        say("Info", f"Connected in {time.monotonic() - started:.2f} s; "
+                    f"looking for Jupyter servers on {route.describe_server_host()}...")
+        server = choose_server(discover(master), route.server_host, args.port, args.dir)
         local_port = add_forward(master, server, args.local_port)
         status = wait_for_tunnel(master, local_port, server, args.timeout)
         url = build_url(local_port, server)
         ready = True
 
-        say("Info", f"Jupyter {server.describe()} on {route.target}")
+        say("Info", f"Jupyter {server.describe()} on {route.server_host}")
         say("Info", f"Port used on localhost: {local_port}")
         if status == 403:
             say("Info", "The server asks for its password: the page will prompt for it.")
@@ -816,7 +867,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help='browser to start with the URL; "n" or "none": start none '
                              "[default: the system's default browser]")
     parser.add_argument("-n", "--node", metavar="NODE",
-                        help="Grid Engine node running the server (not supported yet)")
+                        help="cluster node (Grid Engine, Slurm) running the server; the last -s host "
+                             "is then the head node, from which the node is reached")
     parser.add_argument("-a", "--ssha", dest="new_agent", action="store_true",
                         help="start a fresh ssh-agent for this run even if one runs "
                              "(one is started anyway when SSH_AUTH_SOCK is unset)")
@@ -842,8 +894,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.node:
-        parser.error("-n/--node (Grid Engine nodes) is not supported yet")
     if args.local_port is not None and not 0 < args.local_port < 65536:
         parser.error("--local-port must be between 1 and 65535")
     if args.timeout <= 0:
@@ -851,7 +901,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.ssh_config and not os.path.isfile(args.ssh_config):
         parser.error(f"ssh config file not found: {args.ssh_config}")
     try:
-        parse_hosts(args.host)
+        parse_hosts(args.host, args.node)
     except TunnelError as error:
         parser.error(str(error))
     try:

@@ -78,6 +78,22 @@ def test_build_master_argv(hosts, jump):
     assert "-A" not in argv  # ProxyJump needs no agent forwarding: never hand it to a gateway
 
 
+def test_master_forwards_the_agent_only_for_a_node():
+    plain = jt.build_master_argv("ssh", "cfg", "c", jt.Route(("gw", "head")))
+    node = jt.build_master_argv("ssh", "cfg", "c", jt.Route(("gw", "head"), "node1"))
+    assert "ForwardAgent=yes" not in plain
+    assert node[node.index("ForwardAgent=yes") - 1] == "-o"
+
+
+@pytest.mark.parametrize("route, command", [
+    (jt.Route(("srv",)), "sh -s"),
+    (jt.Route(("gw", "head"), "node1"), "ssh -o BatchMode=yes -T node1 sh -s"),
+    (jt.Route(("head",), "node 1;x"), "ssh -o BatchMode=yes -T 'node 1;x' sh -s"),
+])
+def test_build_discovery_command(route, command):
+    assert jt.build_discovery_command(route) == command
+
+
 def test_build_mux_argv_never_becomes_master():
     argv = jt.build_mux_argv("ssh", "cfg", "/t/c", jt.Route(("gw", "srv:22")), "-O", "forward")
     assert argv == ["ssh", "-F", "cfg", "-S", "/t/c", "-o", "ControlMaster=no", "-O", "forward", "ssh://srv:22"]
@@ -179,6 +195,20 @@ def test_build_forward_spec(info, spec):
     assert jt.build_forward_spec(9000, jt.parse_server(info)) == spec
 
 
+@pytest.mark.parametrize("info, spec", [
+    (FQDN, "127.0.0.1:9000:node1:8888"),
+    (ALL_IFACES, "127.0.0.1:9000:n7:18931"),  # every interface: the node's name reaches it
+])
+def test_build_forward_spec_through_head_to_node(info, spec):
+    assert jt.build_forward_spec(9000, jt.parse_server(info), node="n7") == spec
+
+
+@pytest.mark.parametrize("info", [JPSERVER, dict(JPSERVER, hostname="127.0.0.1"), SOCKET])
+def test_node_server_on_loopback_or_socket_is_an_error(info):
+    with pytest.raises(jt.TunnelError, match="--ip=\\$\\(hostname --fqdn\\)"):
+        jt.build_forward_spec(9000, jt.parse_server(info), node="n7")
+
+
 @pytest.mark.parametrize("info, url", [
     (JPSERVER, "http://localhost:9000/?token=5d24abc"),
     (BASE_URL, "http://localhost:9000/jupyter/?token=5d24abc"),
@@ -224,7 +254,7 @@ def test_discovery_script_is_posix_sh():
     (["-s", "srv", "--local-port", "70000"], "--local-port must be between 1 and 65535"),
     (["-s", "srv", "--timeout", "0"], "--timeout must be positive"),
     (["-s", "-x"], "expected at least one argument"),
-    (["-s", "srv", "-n", "node1"], "not supported yet"),
+    (["-s", "srv", "--node=-node1"], "invalid host name '-node1'"),
 ])
 def test_usage_errors_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
