@@ -78,6 +78,9 @@ SSH_NOISE = (
     "Pseudo-terminal will not be allocated",
     "Killed by signal",
 )
+# Running tunnels register in $XDG_RUNTIME_DIR/jupyter-tunnel (or ~/.cache/jupyter-tunnel);
+# this variable overrides the directory (the tests use it).
+REGISTRY_ENV = "JUPYTER_TUNNEL_REGISTRY"
 # Markers of the discovery script's output (see build_discovery_script).
 MARK = "::jupyter-tunnel::"
 
@@ -451,6 +454,19 @@ def parse_ssh_error(lines: Iterable[str]) -> str:
     return "; ".join(useful[:3])
 
 
+def build_state(pid: int, route: Route, server: Server, local_port: int, directory: str,
+                master_pid: int, agent_pid: int | None, started: float) -> dict:
+    """The registry entry of a running tunnel: what a user needs to pick it, never the token."""
+    return {
+        "pid": pid, "hosts": list(route.hosts), "node": route.node, "local_port": local_port,
+        "remote_host": route.server_host, "remote_port": server.port, "sock": server.sock,
+        "server_pid": server.pid, "root_dir": server.root_dir, "started": started,
+        # for cleaning up after a tunnel that was SIGKILLed: its ssh master (and agent)
+        # outlive it, and its private directory stays
+        "control_dir": directory, "master_pid": master_pid, "agent_pid": agent_pid,
+    }
+
+
 # --------------------------------------------------------------------------- messages
 
 
@@ -529,6 +545,109 @@ def probe_server(local_port: int, server: Server, timeout: float = 5.0) -> int |
         return None
     finally:
         conn.close()
+
+
+def registry_dir() -> str:
+    """The private per-user directory where running tunnels register themselves."""
+    if os.environ.get(REGISTRY_ENV):
+        return os.environ[REGISTRY_ENV]
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return os.path.join(runtime, "jupyter-tunnel")
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "jupyter-tunnel")
+
+
+def write_state(state: dict, directory: str | None = None) -> str:
+    """Register a running tunnel: write ``<pid>.json`` atomically (0600 in a 0700 dir)."""
+    directory = directory or registry_dir()
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    path = os.path.join(directory, f"{state['pid']}.json")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+def read_states(directory: str | None = None) -> list[dict]:
+    """Every registry entry, readable or not pruned yet (oldest first)."""
+    directory = directory or registry_dir()
+    states = []
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    for name in names:
+        if not name.endswith(".json") or name.startswith("."):
+            continue
+        try:
+            with open(os.path.join(directory, name)) as f:
+                state = json.load(f)
+            int(state["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        state["file"] = os.path.join(directory, name)
+        states.append(state)
+    return sorted(states, key=lambda state: state.get("started", 0))
+
+
+def process_cmdline(pid: int) -> str | None:
+    """The command line of our own user's process ``pid``, or None if there is none."""
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return None  # another user's process: never ours to look at or signal
+    except (OSError, OverflowError):
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        pass
+    done = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
+    return done.stdout.strip() or None  # no /proc (macOS): ps tells
+
+
+def is_tunnel_process(pid: int) -> bool:
+    """Whether ``pid`` is one of our user's jupyter-tunnel processes (not a reused pid)."""
+    cmdline = process_cmdline(pid) or ""
+    return any(name in cmdline for name in ("jupyter_tunnel.py", "jupyter-tunnel", "jupyter_tunnel")) \
+        and "shutdown" not in cmdline
+
+
+def clean_leftovers(state: dict) -> None:
+    """Remove what a dead (SIGKILLed) tunnel left: its ssh master, agent, directory, entry."""
+    control = state.get("control_dir") or ""
+    for key in ("master_pid", "agent_pid"):
+        pid = state.get(key)
+        # only a process that names the dead tunnel's private directory: never a reused pid
+        if isinstance(pid, int) and control and control in (process_cmdline(pid) or ""):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+    if control and os.path.basename(control).startswith("jt-"):
+        shutil.rmtree(control, ignore_errors=True)
+    try:
+        os.unlink(state["file"])
+    except (KeyError, OSError):
+        pass
+
+
+def prune_registry(directory: str | None = None) -> list[dict]:
+    """Clean up after every registered tunnel that is gone; returns the live entries."""
+    live = []
+    for state in read_states(directory):
+        if is_tunnel_process(int(state["pid"])):
+            live.append(state)
+        else:
+            clean_leftovers(state)
+    return live
 
 
 class Master:
@@ -775,10 +894,15 @@ def run_tunnel(args: argparse.Namespace) -> int:
     password = read_password() if args.password else None
 
     env = dict(os.environ)
+    prune_registry()  # a SIGKILLed tunnel's ssh master and files go now
     directory = make_private_dir()
     agent: subprocess.Popen | None = None
     master: Master | None = None
+    state_file = ""
     ready = False
+    # SIGINT explicitly too: a shell starts a background job with SIGINT ignored, and
+    # jupyter-tunnel-shutdown interrupts tunnels with it, as Ctrl+C would.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_interrupted)
     try:
@@ -808,6 +932,10 @@ def run_tunnel(args: argparse.Namespace) -> int:
         status = wait_for_tunnel(master, local_port, server, args.timeout)
         url = build_url(local_port, server)
         ready = True
+        assert master.process is not None
+        state_file = write_state(build_state(
+            os.getpid(), route, server, local_port, directory, master.process.pid,
+            agent.pid if agent else None, time.time()))
 
         say("Info", f"Jupyter {server.describe()} on {route.server_host}")
         say("Info", f"Port used on localhost: {local_port}")
@@ -839,6 +967,11 @@ def run_tunnel(args: argparse.Namespace) -> int:
         if agent is not None:
             stop_process(agent)
         shutil.rmtree(directory, ignore_errors=True)
+        if state_file:
+            try:
+                os.unlink(state_file)
+            except OSError:
+                pass
 
 
 def build_parser() -> argparse.ArgumentParser:

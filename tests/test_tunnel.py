@@ -38,7 +38,8 @@ class Tunnel:
     def __init__(self, config: "str | os.PathLike[str]", *args: str, stdin: str | None = None, env: dict | None = None) -> None:
         # A private short TMPDIR per run: whatever the tool leaves behind shows up there.
         self.tmp = tempfile.mkdtemp(prefix="jtt-", dir="/tmp")
-        self.env = dict(os.environ, TMPDIR=self.tmp, NO_COLOR="1")
+        self.registry = tempfile.mkdtemp(prefix="jtr-", dir="/tmp")
+        self.env = dict(os.environ, TMPDIR=self.tmp, NO_COLOR="1", JUPYTER_TUNNEL_REGISTRY=self.registry)
         self.env.pop("SSH_AUTH_SOCK", None)
         self.env.update(env or {})
         self.argv = [sys.executable, str(SCRIPT), "-F", str(config), "-b", "none", *args]
@@ -103,6 +104,11 @@ class Tunnel:
         """Nothing of the run is left: no process, no control dir, no temp file."""
         wait_for(lambda: not self.leftovers(), 10, what=f"processes of the run to go: {self.leftovers()}")
         assert os.listdir(self.tmp) == [], "the run left files in its TMPDIR"
+        assert os.listdir(self.registry) == [], "the run left its registry entry"
+
+    def states(self) -> list[dict]:
+        """The registry entries of running tunnels."""
+        return [json.loads((Path(self.registry) / name).read_text()) for name in os.listdir(self.registry)]
 
     def kill(self) -> None:
         """Last-resort cleanup for a failed test."""
@@ -112,6 +118,7 @@ class Tunnel:
         for line in self.leftovers():
             os.kill(int(line.split(":")[0]), signal.SIGKILL)
         shutil.rmtree(self.tmp, ignore_errors=True)
+        shutil.rmtree(self.registry, ignore_errors=True)
 
 
 @pytest.fixture
@@ -175,6 +182,11 @@ def test_tunnel_serves_the_page_with_one_login_per_hop(tunnel, sshd, jtuser_serv
     logins = sshd.logins_since(offset)
     assert len(logins) == len(hosts), logins
     assert all("Accepted publickey for jtuser" in line for line in logins)
+    # the tunnel is registered (for jupyter-tunnel-shutdown), without its token
+    [state] = run.states()
+    assert (state["pid"], state["hosts"], state["local_port"], state["remote_port"]) == \
+        (run.process.pid, hosts, local_port_of(url), jtuser_server.port)
+    assert jtuser_server.token not in json.dumps(state)
 
     assert run.stop(signal.SIGINT) == 0
     assert "Traceback" not in run.stderr
