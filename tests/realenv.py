@@ -1,0 +1,669 @@
+"""The real test environment as plain code: a real sshd, test users, real Jupyter servers.
+
+tests/conftest.py wraps these in pytest fixtures; benchmarks/ready.py uses them directly,
+so the benchmark measures exactly what the integration tests exercise.  Nothing here
+imports pytest: set-up failures raise SetupError (conftest turns it into pytest.fail).
+
+Everything runs on this machine, as root (tests/run.sh installs what is needed):
+
+* ``start_sshd(dir)``: one OpenSSH server listening on 127.0.0.1, .2 and .3 — distinct
+  addresses, because a jump hop that is the same user@host:port as the target fails
+  with "jumphost loop" — on two ports: ``port`` (public key) and ``pw_port``
+  (password only).  Its ``config`` is an ssh_config for ``ssh -F`` with the aliases
+  gw/head/srv (key), pgw/phead/psrv (password) and dead (connection refused).
+* ``setup_users()``: the test users, all with password ``TEST_PASSWORD``.
+* ``JupyterStarter``: the real ``jupyter server``/``jupyter lab`` of a venv, started as a
+  test user; they write their real runtime files.
+
+Users of this module on one machine are serialised by ``machine_lock()``: they share the
+users, their runtime directories and the one-server invariant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
+
+from helpers import free_port, http_get, tail, tcp_open, wait_for
+
+TEST_PASSWORD = "jt-Secret-pw1"
+SERVER_USER = "jtuser"  # exactly one Jupyter server during the session
+NO_SERVER_USER = "jtnone"  # never a Jupyter server
+MULTI_USER = "jtmulti"  # tests start several servers for it
+TEST_USERS = (SERVER_USER, NO_SERVER_USER, MULTI_USER)
+
+SSHD = "/usr/sbin/sshd"
+# one loopback address per "host", so that gw -> head -> srv are three distinct hops
+HOST_ADDRESSES = {"gw": "127.0.0.1", "head": "127.0.0.2", "srv": "127.0.0.3"}
+PASSWORD_ALIASES = {"pgw": "127.0.0.1", "phead": "127.0.0.2", "psrv": "127.0.0.3"}
+DEAD_ADDRESS = ("127.0.0.4", 1)  # nothing listens there: "Connection refused"
+LISTEN_ADDRESSES = tuple(sorted(set(HOST_ADDRESSES.values())))
+
+RUNTIME_SUBDIR = Path(".local/share/jupyter/runtime")  # jupyter_core's default
+JUPYTER_START_TIMEOUT = 60.0
+LOCK_FILE = "/tmp/jupyter-tunnel-tests.lock"
+LOCK_TIMEOUT = 1800.0  # a whole other test session may be running
+
+# "Accepted publickey for U from A port P ssh2: ..." / "Accepted password for ..." is
+# logged once per real login; "Accepted key ED25519 ... found at" (the key query) is not one
+_LOGIN_RE = re.compile(r"\bAccepted (?:publickey|password) for \S+ from ")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+class SetupError(Exception):
+    """The environment cannot be set up; the message says why and what to do."""
+
+
+def die_with_parent() -> None:
+    """preexec_fn: have the kernel SIGTERM the child when its parent dies, so a killed run leaks no daemons."""
+    # runs after subprocess has switched uid, which would otherwise clear the setting
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def run_setup(argv: Sequence[str], what: str, input: Optional[str] = None) -> str:
+    """Run a set-up command; SetupError with its output when it fails."""
+    proc = subprocess.run(list(argv), input=input, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SetupError(f"{what} failed ({proc.returncode}): {' '.join(argv)}\n{proc.stdout}{proc.stderr}")
+    return proc.stdout
+
+
+def stop_process(proc: "subprocess.Popen[Any]", timeout: float = 10.0, group: bool = False) -> None:
+    """SIGTERM `proc` (or its process group), wait, SIGKILL if it does not go."""
+    if proc.poll() is not None:
+        return
+    # the group only while its leader lives: afterwards its pid may belong to someone else
+    kill: Callable[[int, int], None] = os.killpg if group else os.kill
+    try:
+        kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        try:
+            kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+# --- session basics: lock, users ----------------------------------------------
+
+
+def check_can_run() -> None:
+    """SetupError unless we are root and sshd is installed."""
+    if os.geteuid() != 0:
+        raise SetupError("the integration tests must run as root (use ./tests/run.sh)")
+    if not os.access(SSHD, os.X_OK):
+        raise SetupError(f"{SSHD} is missing: install openssh-server (./tests/run.sh does)")
+
+
+@contextlib.contextmanager
+def machine_lock(on_wait: Callable[[str], None] = lambda message: None) -> Iterator[None]:
+    """Hold the machine-wide test lock; `on_wait` is told when another holder makes us wait."""
+    fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def try_lock() -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    try:
+        if not try_lock():
+            on_wait(f"waiting for another test session to release {LOCK_FILE}")
+            wait_for(try_lock, LOCK_TIMEOUT, interval=0.5, what=f"the test lock {LOCK_FILE}")
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@dataclass(frozen=True)
+class UserAccount:
+    """A local test user, as the fixtures set it up."""
+
+    name: str
+    uid: int
+    gid: int
+    home: Path
+
+    @property
+    def runtime_dir(self) -> Path:
+        """The user's default Jupyter runtime directory (where servers write jpserver-*.json)."""
+        return self.home / RUNTIME_SUBDIR
+
+    def runtime_files(self) -> List[Path]:
+        """The jpserver-*.json and nbserver-*.json files now in the runtime directory."""
+        if not self.runtime_dir.is_dir():
+            return []
+        return sorted(
+            p for p in self.runtime_dir.iterdir() if re.fullmatch(r"(jp|nb)server-\d+\.json", p.name)
+        )
+
+
+def setup_users() -> Dict[str, UserAccount]:
+    """Create the test users if missing, set their password, wipe their Jupyter runtime dirs."""
+    for name in TEST_USERS:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            run_setup(["useradd", "--create-home", "--shell", "/bin/sh", name], f"creating user {name}")
+    # also unlocks the accounts: useradd leaves "!" which sshd (UsePAM no) refuses
+    run_setup(["chpasswd"], "setting the test passwords", "".join(f"{n}:{TEST_PASSWORD}\n" for n in TEST_USERS))
+    users = {}
+    for name in TEST_USERS:
+        entry = pwd.getpwnam(name)
+        user = UserAccount(name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
+        # files left by earlier (killed) runs would look like servers to discovery
+        shutil.rmtree(user.runtime_dir, ignore_errors=True)
+        users[name] = user
+    return users
+
+
+def make_session_dir() -> Path:
+    """A short, world-readable temp dir (ControlPath sockets need short paths)."""
+    path = Path(tempfile.mkdtemp(prefix="jt-", dir="/tmp"))
+    # 0755: sshd reads authorized_keys there as the logging-in user
+    path.chmod(0o755)
+    return path
+
+
+# --- sshd --------------------------------------------------------------------
+
+
+@dataclass
+class SshServer:
+    """A running sshd and the client-side files to reach it (always use `ssh -F config`)."""
+
+    dir: Path
+    config: Path  # ssh_config for `ssh -F`: OpenSSH ignores $HOME, so tests never rely on ~/.ssh
+    sshd_config: Path
+    log: Path
+    port: int  # public-key logins
+    pw_port: int  # password-only logins
+    client_key: Path
+    known_hosts: Path
+    askpass: Path  # SSH_ASKPASS program answering password prompts from $JT_TEST_PASSWORD
+    proc: "subprocess.Popen[bytes]" = field(repr=False)
+
+    def log_offset(self) -> int:
+        """Current size of the sshd log, to pass to `logins_since` later."""
+        return self.log.stat().st_size
+
+    def logins_since(self, offset: int) -> List[str]:
+        """The "Accepted publickey/password for ..." lines (one per real login) logged after `offset`."""
+        with open(self.log, "rb") as f:
+            f.seek(offset)
+            data = f.read().decode("utf-8", errors="replace")
+        # a line still being written is not counted yet
+        lines = data.split("\n")[:-1]
+        return [line for line in lines if _LOGIN_RE.search(line)]
+
+    def ssh_argv(self, *args: str) -> List[str]:
+        """`ssh -F <config> args...`."""
+        return ["ssh", "-F", str(self.config), *args]
+
+    def ssh(
+        self, *args: str, env: Optional[Mapping[str, str]] = None, timeout: float = 30.0
+    ) -> "subprocess.CompletedProcess[str]":
+        """Run `ssh -F <config> args...` with no stdin; return the completed process (text output)."""
+        return subprocess.run(
+            self.ssh_argv(*args),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=dict(env) if env is not None else None,
+            timeout=timeout,
+        )
+
+    def askpass_env(
+        self, password: str = TEST_PASSWORD, prompt_log: Optional[Path] = None
+    ) -> Dict[str, str]:
+        """os.environ plus what makes ssh ask `askpass` for every password (works through -J hops)."""
+        env = dict(os.environ)
+        env.update(
+            SSH_ASKPASS=str(self.askpass),
+            # force: ask the program even with a terminal and without DISPLAY
+            SSH_ASKPASS_REQUIRE="force",
+            JT_TEST_PASSWORD=password,
+        )
+        if prompt_log is not None:
+            env["JT_ASKPASS_LOG"] = str(prompt_log)  # one line per prompt shown
+        else:
+            env.pop("JT_ASKPASS_LOG", None)
+        return env
+
+    def stop(self) -> None:
+        """Stop sshd (sessions it forked go with their connections)."""
+        stop_process(self.proc)
+
+
+_SSHD_CONFIG = """\
+# written by tests/realenv.py for one test session
+{listen}
+HostKey {dir}/host_ed25519
+PidFile {dir}/sshd.pid
+# one authorized_keys for every user; StrictModes no because it lives in /tmp
+AuthorizedKeysFile {dir}/authorized_keys
+StrictModes no
+# no PAM: sshd checks /etc/shadow itself, no pam_systemd/motd side effects
+UsePAM no
+PermitRootLogin no
+PubkeyAuthentication yes
+PasswordAuthentication yes
+PermitEmptyPasswords no
+KbdInteractiveAuthentication no
+AllowTcpForwarding yes
+AllowStreamLocalForwarding yes
+X11Forwarding no
+PrintMotd no
+PrintLastLog no
+UseDNS no
+# tests open many connections at once: don't let sshd drop them
+MaxStartups 100:30:200
+MaxSessions 50
+# VERBOSE logs one "Accepted publickey/password for" line per login: tests count them
+LogLevel VERBOSE
+Subsystem sftp /usr/lib/openssh/sftp-server
+
+# the password-only host: keys are refused there
+Match LocalPort {pw_port}
+    AuthenticationMethods password
+"""
+
+_SSH_CONFIG = """\
+# written by tests/realenv.py: use with `ssh -F {config}`
+{key_hosts}
+Host {key_aliases}
+    Port {port}
+    User {user}
+    IdentityFile {client_key}
+    IdentitiesOnly yes
+    PasswordAuthentication no
+    KbdInteractiveAuthentication no
+
+{password_hosts}
+Host {password_aliases}
+    Port {pw_port}
+    User {user}
+    PubkeyAuthentication no
+    PreferredAuthentications password
+
+Host dead
+    HostName {dead_host}
+    Port {dead_port}
+    User {user}
+
+Host *
+    UserKnownHostsFile {known_hosts}
+    GlobalKnownHostsFile /dev/null
+    StrictHostKeyChecking yes
+    UpdateHostKeys no
+    # not yes: the tool's password mode must be able to prompt
+    BatchMode no
+    ConnectTimeout 5
+    LogLevel ERROR
+"""
+
+_ASKPASS = """\
+#!/bin/sh
+# SSH_ASKPASS for the tests: ssh passes the prompt as $1. With SSH_ASKPASS_REQUIRE=force
+# every prompt comes here (host-key questions too), so answer password prompts only.
+if [ -n "${JT_ASKPASS_LOG:-}" ]; then printf '%s\\n' "$1" >>"$JT_ASKPASS_LOG"; fi
+case "$1" in
+    *[Pp]assword*) printf '%s\\n' "$JT_TEST_PASSWORD" ;;
+    *) echo "askpass: refusing to answer: $1" >&2; exit 1 ;;
+esac
+"""
+
+
+def known_hosts_text(host_key_pub: Path, ports: Iterable[int]) -> str:
+    """A known_hosts line giving the host key for every test address on `ports`."""
+    host_key = host_key_pub.read_text().split()[:2]
+    patterns = ",".join(f"[{a}]:{p}" for a in LISTEN_ADDRESSES for p in ports)
+    return f"{patterns} {' '.join(host_key)}\n"
+
+
+def ssh_config_text(d: Path, config: Path, port: int, pw_port: int, known_hosts: Path) -> str:
+    """The client config for `ssh -F`: aliases gw/head/srv on `port`, pgw/phead/psrv on `pw_port`."""
+
+    def host_blocks(aliases: Mapping[str, str]) -> str:
+        return "\n".join(f"Host {alias}\n    HostName {addr}" for alias, addr in aliases.items())
+
+    return _SSH_CONFIG.format(
+        config=config,
+        key_hosts=host_blocks(HOST_ADDRESSES),
+        key_aliases=" ".join(HOST_ADDRESSES),
+        password_hosts=host_blocks(PASSWORD_ALIASES),
+        password_aliases=" ".join(PASSWORD_ALIASES),
+        port=port,
+        pw_port=pw_port,
+        user=SERVER_USER,
+        client_key=d / "client_ed25519",
+        dead_host=DEAD_ADDRESS[0],
+        dead_port=DEAD_ADDRESS[1],
+        known_hosts=known_hosts,
+    )
+
+
+def _write_ssh_files(d: Path, port: int, pw_port: int) -> None:
+    """Write sshd_config, ssh_config, known_hosts and the askpass program into `d`."""
+    listen = "\n".join(f"ListenAddress {a}:{p}" for a in LISTEN_ADDRESSES for p in (port, pw_port))
+    (d / "sshd_config").write_text(_SSHD_CONFIG.format(listen=listen, dir=d, pw_port=pw_port))
+    (d / "known_hosts").write_text(known_hosts_text(d / "host_ed25519.pub", (port, pw_port)))
+    (d / "ssh_config").write_text(ssh_config_text(d, d / "ssh_config", port, pw_port, d / "known_hosts"))
+    askpass = d / "askpass.sh"
+    askpass.write_text(_ASKPASS)
+    askpass.chmod(0o755)
+
+
+def start_sshd(d: Path) -> SshServer:
+    """Start an sshd (key port and password port on 127.0.0.1-3) with its files in `d`; check logins work.
+
+    The caller stops it with `SshServer.stop()`.
+    """
+    # sshd's privilege-separation dir; a fresh container has no /run/sshd
+    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    os.chmod("/run/sshd", 0o755)
+    for key, comment in (("host_ed25519", "jt-host"), ("client_ed25519", "jt-client")):
+        run_setup(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(d / key)], "ssh-keygen")
+    shutil.copyfile(d / "client_ed25519.pub", d / "authorized_keys")
+    (d / "authorized_keys").chmod(0o644)  # read by sshd as the logging-in user
+
+    port = free_port(LISTEN_ADDRESSES)
+    pw_port = free_port(LISTEN_ADDRESSES, exclude=[port])
+    _write_ssh_files(d, port, pw_port)
+    run_setup([SSHD, "-t", "-f", str(d / "sshd_config")], "sshd -t (config check)")
+
+    log = d / "sshd.log"
+    log.touch()
+    with open(d / "sshd.out", "wb") as out:
+        proc = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(d / "sshd_config"), "-E", str(log)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
+    server = SshServer(
+        dir=d,
+        config=d / "ssh_config",
+        sshd_config=d / "sshd_config",
+        log=log,
+        port=port,
+        pw_port=pw_port,
+        client_key=d / "client_ed25519",
+        known_hosts=d / "known_hosts",
+        askpass=d / "askpass.sh",
+        proc=proc,
+    )
+    try:
+
+        def listening() -> bool:
+            if proc.poll() is not None:
+                raise SetupError(f"sshd exited with {proc.returncode}:\n{tail(log)}{tail(d / 'sshd.out')}")
+            return all(tcp_open(a, p) for a in LISTEN_ADDRESSES for p in (port, pw_port))
+
+        try:
+            wait_for(listening, 10, what=f"sshd to listen on {LISTEN_ADDRESSES} ports {port}, {pw_port}")
+        except AssertionError as err:
+            raise SetupError(str(err)) from None
+        _check_logins(server)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _check_logins(server: SshServer) -> None:
+    """Fail early and clearly unless jump hops and every test user can log in (run in parallel)."""
+    checks = {
+        "ssh -J gw,head srv": server.ssh_argv("-J", "gw,head", "srv", "true"),
+        f"{NO_SERVER_USER}@srv": server.ssh_argv(f"{NO_SERVER_USER}@srv", "true"),
+        f"{MULTI_USER}@srv": server.ssh_argv(f"{MULTI_USER}@srv", "true"),
+    }
+    procs = {
+        what: subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for what, argv in checks.items()
+    }
+    failures = []
+    for what, proc in procs.items():
+        try:
+            output, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+        if proc.returncode != 0:
+            failures.append(f"{what}: exit {proc.returncode}: {output.decode(errors='replace').strip()}")
+    if failures:
+        raise SetupError("sshd set-up check failed:\n" + "\n".join(failures) + f"\nsshd log:\n{tail(server.log)}")
+
+
+# --- Jupyter -----------------------------------------------------------------
+
+
+def check_venv(venv: Path, user: UserAccount) -> None:
+    """SetupError unless `venv` has jupyter and `user` can run its Python (they run Jupyter from it)."""
+    jupyter = venv / "bin" / "jupyter"
+    if not os.access(jupyter, os.X_OK):
+        raise SetupError(f"{jupyter} not found: run the tests with ./tests/run.sh (it makes the venv)")
+    try:
+        proc = subprocess.run(
+            [str(venv / "bin" / "python"), "-c", "import jupyter_core"],
+            user=user.uid,
+            group=user.gid,
+            extra_groups=[],
+            env=user_env(user, venv),
+            cwd="/",
+            capture_output=True,
+            text=True,
+        )
+        problem = proc.stderr.strip() if proc.returncode != 0 else ""
+    except PermissionError as err:
+        problem = str(err)
+    if problem:
+        raise SetupError(
+            f"the venv {venv} is not usable by user {user.name}: {problem}\n"
+            "(a Python under /root, e.g. pyenv's, is not: /root is 0700; ./tests/run.sh makes "
+            "the venv from /usr/bin/python3)"
+        )
+
+
+def user_env(user: UserAccount, venv: Path) -> Dict[str, str]:
+    """A minimal login-like environment for `user`, with the venv's bin first on PATH."""
+    return {
+        "HOME": str(user.home),
+        "USER": user.name,
+        "LOGNAME": user.name,
+        "SHELL": "/bin/sh",
+        "PATH": f"{venv}/bin:/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+    }
+
+
+@dataclass
+class JupyterProc:
+    """A real Jupyter server run as a test user, with what its runtime file says."""
+
+    user: str
+    app: str
+    pid: int
+    port: int
+    token: str
+    url: str
+    base_url: str
+    root_dir: Path
+    runtime_file: Path
+    info: Dict[str, Any] = field(repr=False)  # the whole runtime file
+    log: Path
+    proc: "subprocess.Popen[bytes]" = field(repr=False)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the server process is still running."""
+        return self.proc.poll() is None
+
+    def api(self, path: str = "", token: Optional[str] = None) -> "tuple[int, bytes]":
+        """GET <base_url>api/<path> directly (not through a tunnel), with `token` if given."""
+        headers = {"Authorization": f"token {token}"} if token else {}
+        return http_get(f"http://127.0.0.1:{self.port}{self.base_url}api/{path}".rstrip("/"), headers)
+
+    def stop(self) -> None:
+        """Stop the server like a user would (SIGTERM; SIGINT would ask for confirmation); SIGKILL after 10 s."""
+        stop_process(self.proc, group=True)
+        # after a SIGKILL the file stays behind: don't let it leak into later tests
+        self.runtime_file.unlink(missing_ok=True)
+
+    def kill(self) -> None:
+        """SIGKILL the server, leaving its runtime file behind as a real crash does."""
+        if self.proc.poll() is None:
+            os.killpg(self.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+@dataclass
+class _Launch:
+    """A Jupyter process started but maybe not ready yet."""
+
+    user: str
+    app: str
+    proc: "subprocess.Popen[bytes]"
+    runtime_file: Path
+    root_dir: Path
+    log: Path
+
+
+class JupyterStarter:
+    """Starts Jupyter servers as test users and stops them all at the end."""
+
+    def __init__(self, venv: Path, log_dir: Path, users: Mapping[str, UserAccount]) -> None:
+        self.venv = venv
+        self.log_dir = log_dir
+        self.users = users
+        self._launches: List[_Launch] = []
+        self._made_dirs: List[Path] = []
+
+    def start(
+        self,
+        user: str,
+        *,
+        app: str = "server",
+        args: Sequence[str] = (),
+        root_dir: Optional[Path] = None,
+    ) -> JupyterProc:
+        """Start `jupyter <app>` as `user` and return it once its runtime file and /api answer."""
+        return self._wait_ready(self._launch(user, app, args, root_dir))
+
+    def start_many(
+        self, count: int, user: str, *, app: str = "server", args: Sequence[str] = ()
+    ) -> List[JupyterProc]:
+        """Start `count` servers at once (each ~2 s of CPU) and return them when all are ready."""
+        launches = [self._launch(user, app, args, None) for _ in range(count)]
+        return [self._wait_ready(launch) for launch in launches]
+
+    def _launch(self, user: str, app: str, args: Sequence[str], root_dir: Optional[Path]) -> _Launch:
+        """Spawn the server process as `user`; don't wait for it."""
+        if app not in ("server", "lab"):
+            raise ValueError(f"app must be 'server' or 'lab', not {app!r}")
+        account = self.users[user]
+        if root_dir is None:
+            # a fresh directory the user owns, under its home, like a real notebook dir
+            root_dir = Path(tempfile.mkdtemp(prefix="jt-root-", dir=account.home))
+            os.chown(root_dir, account.uid, account.gid)
+            self._made_dirs.append(root_dir)
+        port = free_port()
+        log = Path(tempfile.mkstemp(prefix=f"jupyter-{user}-{app}-", suffix=".log", dir=self.log_dir)[1])
+        argv = [
+            str(self.venv / "bin" / "jupyter"),
+            app,
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={port}",  # jupyter_server moves on to the next port if this one got taken
+            f"--ServerApp.root_dir={root_dir}",
+            *args,
+        ]
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                user=account.uid,
+                group=account.gid,
+                extra_groups=[],
+                env=user_env(account, self.venv),
+                cwd=root_dir,
+                # its own process group: stopping it reaches any kernels too
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+        # `jupyter server` execs jupyter-server, so the pid (and the file name) is the child's
+        launch = _Launch(user, app, proc, account.runtime_dir / f"jpserver-{proc.pid}.json", Path(root_dir), log)
+        self._launches.append(launch)
+        return launch
+
+    def _wait_ready(self, launch: _Launch) -> JupyterProc:
+        """Wait until the runtime file parses and GET <url>api answers 200."""
+        proc, log = launch.proc, launch.log
+        what = f"jupyter {launch.app} of {launch.user}"
+
+        def ready() -> Optional[Dict[str, Any]]:
+            if proc.poll() is not None:
+                raise AssertionError(f"{what} exited with {proc.returncode}")
+            try:
+                info: Dict[str, Any] = json.loads(launch.runtime_file.read_text())
+                status, _ = http_get(f"http://127.0.0.1:{info['port']}{info['base_url']}api", timeout=2)
+            except (OSError, ValueError, KeyError):
+                return None  # not written yet / half written / not listening yet
+            return info if status == 200 else None
+
+        try:
+            info = wait_for(ready, JUPYTER_START_TIMEOUT, interval=0.1, what=f"{what} ({launch.runtime_file})")
+        except AssertionError as err:
+            stop_process(proc, group=True)
+            raise AssertionError(f"{err}\n--- {log} ---\n{tail(log)}") from None
+        return JupyterProc(
+            user=launch.user,
+            app=launch.app,
+            pid=proc.pid,
+            port=int(info["port"]),
+            token=str(info.get("token", "")),
+            url=str(info["url"]),
+            base_url=str(info["base_url"]),
+            root_dir=launch.root_dir,
+            runtime_file=launch.runtime_file,
+            info=info,
+            log=log,
+            proc=proc,
+        )
+
+    def stop_all(self) -> None:
+        """Stop every server started here (in parallel: each takes ~0.7 s) and remove their root dirs."""
+        for launch in self._launches:
+            if launch.proc.poll() is None:
+                try:
+                    os.killpg(launch.proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass  # exited meanwhile
+        for launch in self._launches:
+            stop_process(launch.proc, group=True)  # waits; SIGKILL if SIGTERM was not enough
+            launch.runtime_file.unlink(missing_ok=True)  # left by kill() or a SIGKILL
+        self._launches.clear()
+        for path in self._made_dirs:
+            shutil.rmtree(path, ignore_errors=True)
+        self._made_dirs.clear()
