@@ -38,7 +38,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 __version__ = "0.1.0"
 
@@ -68,9 +68,12 @@ POLL_INTERVAL = 0.01
 # with -F is the one way to reach every hop.
 DEFAULT_SSH_OPTIONS = (
     ("ConnectTimeout", "20"),  # per hop; an unreachable host fails in seconds, not minutes
-    ("ServerAliveInterval", "15"),  # notice a dead network instead of hanging forever
+    # ServerAliveInterval comes from --keepalive: a dead network is noticed after 3 intervals
     ("ServerAliveCountMax", "3"),
 )
+DEFAULT_KEEPALIVE = 10  # seconds: a dropped network is noticed within ~30 s
+DEFAULT_CHECK_INTERVAL = 10.0  # seconds between checks that the Jupyter server still runs
+MAX_BACKOFF = 30.0  # seconds: the longest wait between two reconnection attempts
 # Lines of ssh's stderr that never explain a failure.
 SSH_NOISE = (
     "Warning: Permanently added",
@@ -112,6 +115,10 @@ class TunnelError(Exception):
 
 class Interrupted(Exception):
     """Raised by the SIGTERM/SIGHUP handlers so that cleanup runs in ``finally``."""
+
+
+class ServerStopped(Exception):
+    """The Jupyter server stopped while the tunnel was up: a normal end."""
 
 
 @dataclass(frozen=True)
@@ -203,6 +210,8 @@ def build_ssh_config(
     options: Sequence[str],
     add_keys_to_agent: bool = False,
     password: bool = False,
+    keepalive: int = DEFAULT_KEEPALIVE,
+    batch: bool = False,
 ) -> str:
     """Text of the config file every ssh of the run reads with ``-F``.
 
@@ -211,6 +220,9 @@ def build_ssh_config(
     reads the user's file before the system one).
     """
     lines = ["# Written by jupyter-tunnel for one run; removed when it exits."]
+    if batch:
+        # reconnecting with no terminal: a prompt could never be answered, so fail fast
+        lines.append("BatchMode yes")
     if password:
         # The password given with -p is the only answer: when it is wrong, asking again
         # would only send it (or, once askpass gives up, an empty one) again and count
@@ -223,6 +235,7 @@ def build_ssh_config(
         lines.append(f"{key.strip()} {value.strip()}")
     # an absolute path: a relative Include is taken relative to ~/.ssh
     lines.append(f"Include {os.path.abspath(user_config) if user_config else '~/.ssh/config'}")
+    lines.append(f"ServerAliveInterval {keepalive}")
     lines.extend(f"{key} {value}" for key, value in DEFAULT_SSH_OPTIONS)
     if add_keys_to_agent:
         # only for an agent this run started: adding keys to the user's own agent
@@ -392,6 +405,25 @@ def select_servers(servers: Sequence[Server], port: int | None, directory: str |
     if directory:
         chosen = [s for s in chosen if directory in s.root_dir]
     return chosen
+
+
+def backoff_delays(first: float = 1.0, cap: float = MAX_BACKOFF) -> Iterator[float]:
+    """Waits before reconnection attempts: 0 (at once), then 1, 2, 4 ... capped at ``cap``."""
+    yield 0.0
+    delay = first
+    while True:
+        yield delay
+        delay = min(delay * 2, cap)
+
+
+def follow_server(servers: Sequence[Server], previous: Server) -> Server | None:
+    """After a reconnection: the same server, or the one that replaced it if unambiguous."""
+    for server in servers:
+        if (server.pid, server.port, server.sock) == (previous.pid, previous.port, previous.sock):
+            return server
+    if len(servers) == 1:
+        return servers[0]  # restarted (new pid, maybe new port and token): follow it
+    return None
 
 
 def candidate_ports(first: int, count: int = 100) -> range:
@@ -666,6 +698,8 @@ class Master:
     def open(self) -> None:
         """Start the master and wait until it has logged in (its control socket exists)."""
         argv = build_master_argv(self.ssh, self.config, self.control, self.route)
+        if os.path.exists(self.control):
+            os.unlink(self.control)  # left by a master that was killed: not a sign of login
         # Not a new session and not a new process group: ssh asks for passwords on the
         # terminal only from the terminal's foreground process group, so the master also
         # gets the user's Ctrl+C (it then exits 255, which is fine).
@@ -773,7 +807,7 @@ def read_password() -> str:
     return sys.stdin.readline().rstrip("\n")
 
 
-def discover(master: Master) -> list[Server]:
+def discover(master: Master, timeout: float = 60.0) -> list[Server]:
     """The live Jupyter servers on the target (or its node), found through the master."""
     route = master.route
     where = route.describe_server_host()
@@ -781,7 +815,7 @@ def discover(master: Master) -> list[Server]:
         # -A: with -n, the head logs into the node with the user's agent; the agent is
         # forwarded to this one session only
         done = master.run(build_discovery_command(route), stdin=build_discovery_script(),
-                          forward_agent=bool(route.node))
+                          forward_agent=bool(route.node), timeout=timeout)
     except subprocess.TimeoutExpired:
         raise TunnelError(f"looking for Jupyter servers on {where} timed out", EXIT_ERROR)
     if done.returncode != 0:
@@ -883,6 +917,160 @@ def _raise_interrupted(signum: int, _frame) -> None:
     raise Interrupted(signal.Signals(signum).name)
 
 
+def has_terminal() -> bool:
+    """Whether ssh could ask for a password or 2FA code on a terminal."""
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR))
+    except OSError:
+        return False
+    return True
+
+
+def server_stopped(master: Master, local_port: int, server: Server) -> bool:
+    """Whether the Jupyter server has stopped (the connection itself still up).
+
+    A probe that fails alone proves nothing (a busy server, a slow network); the server is
+    gone only when its runtime file is gone or its pid is dead, which discovery tells.
+    Neither request counts as activity, so idle culling still works.
+    """
+    if probe_server(local_port, server, timeout=10.0) is not None:
+        return False
+    try:
+        servers = discover(master, timeout=15.0)
+    except TunnelError:
+        return False  # the connection is in trouble: that is the master's watch
+    return all((s.pid, s.port, s.sock) != (server.pid, server.port, server.sock) for s in servers)
+
+
+class Tunnel:
+    """One run: the ssh master (re-opened when it drops), the forward and the registry entry."""
+
+    def __init__(self, args: argparse.Namespace, ssh: str, route: Route, directory: str,
+                 env: dict[str, str], agent: subprocess.Popen | None, password: str | None) -> None:
+        self.args = args
+        self.ssh = ssh
+        self.route = route
+        self.directory = directory
+        self.env = env
+        self.agent = agent
+        self.password = password
+        self.master: Master | None = None
+        self.server: Server | None = None
+        self.local_port: int | None = args.local_port
+        self.state_file = ""
+
+    def write_config(self, batch: bool = False) -> None:
+        """(Re)write the ssh config file of the run (see build_ssh_config)."""
+        text = build_ssh_config(self.args.ssh_config, self.args.ssh_option,
+                                add_keys_to_agent=self.agent is not None,
+                                password=self.password is not None,
+                                keepalive=self.args.keepalive, batch=batch)
+        path = os.path.join(self.directory, "ssh_config")
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(text)
+
+    def connect(self) -> None:
+        """Log in (the master) and forward the local port to the server; wait until it answers."""
+        self.master = Master(self.ssh, self.route, self.directory, self.env)
+        say("Info", f"Connecting to {self.route.describe()}...")
+        started = time.monotonic()
+        self.master.open()
+        say("Info", f"Connected in {time.monotonic() - started:.2f} s; "
+                    f"looking for Jupyter servers on {self.route.describe_server_host()}...")
+        servers = discover(self.master)
+        if self.server is None:
+            self.server = choose_server(servers, self.route.server_host, self.args.port, self.args.dir)
+        else:
+            server = follow_server(servers, self.server)
+            if server is None and not servers:
+                raise ServerStopped()
+            if server is None:
+                raise TunnelError(f"the Jupyter server on {self.route.server_host} is gone and "
+                                  f"{len(servers)} others run there: not following any", EXIT_NO_SERVER)
+            if (server.pid, server.port) != (self.server.pid, self.server.port):
+                say("Info", f"The Jupyter server was restarted: now {server.describe()}")
+            self.server = server
+        self.local_port = add_forward(self.master, self.server, self.local_port)
+        self.status = wait_for_tunnel(self.master, self.local_port, self.server, self.args.timeout)
+        assert self.master.process is not None
+        self.state_file = write_state(build_state(
+            os.getpid(), self.route, self.server, self.local_port, self.directory,
+            self.master.process.pid, self.agent.pid if self.agent else None, time.time()))
+
+    def announce(self) -> None:
+        """Tell the user where the tunnel is: the Info lines, the URL on stdout, the browser."""
+        assert self.server is not None and self.local_port is not None
+        url = build_url(self.local_port, self.server)
+        say("Info", f"Jupyter {self.server.describe()} on {self.route.server_host}")
+        say("Info", f"Port used on localhost: {self.local_port}")
+        if self.status == 403:
+            say("Info", "The server asks for its password: the page will prompt for it.")
+        elif self.status != 200:
+            say("Warning", f"The server answered HTTP {self.status} to /api/status.")
+        print(url, flush=True)
+
+    def stay(self) -> int:
+        """Watch the connection and the server until interrupted; reconnect when it drops."""
+        assert self.master is not None and self.server is not None and self.local_port is not None
+        while True:
+            if not self.master.wait(self.args.check_interval):
+                if server_stopped(self.master, self.local_port, self.server):
+                    raise ServerStopped()
+                continue
+            reason = parse_ssh_error(self.master.stderr)
+            if self.args.no_reconnect:
+                raise TunnelError(f"the connection to {self.route.target} was lost: {reason}", EXIT_LOST)
+            say("Warning", f"connection to {self.route.target} lost ({reason}); reconnecting...")
+            self.reconnect()
+
+    def reconnect(self) -> None:
+        """Log in again with backoff and forward the SAME local port (open tabs keep working)."""
+        old_url = build_url(self.local_port or 0, self.server) if self.server else ""
+        self.close_master()
+        batch = self.password is None and not has_terminal()
+        self.write_config(batch=batch)
+        for attempt, delay in enumerate(backoff_delays()):
+            if self.args.max_retries is not None and attempt >= self.args.max_retries:
+                raise TunnelError(f"could not reconnect to {self.route.target} after "
+                                  f"{self.args.max_retries} attempts", EXIT_LOST)
+            if delay:
+                say("Info", f"Retrying in {delay:g} s...")
+                time.sleep(delay)
+            try:
+                self.connect()
+            except TunnelError as error:
+                self.close_master()
+                if error.code in (EXIT_NO_SERVER, EXIT_PORT):
+                    raise
+                if batch and "Permission denied" in str(error):
+                    raise TunnelError(f"reconnecting to {self.route.target} needs a password or key "
+                                      "passphrase, and there is no terminal to ask it on", EXIT_LOST)
+                say("Warning", str(error))
+                continue
+            say("Info", "Reconnected.")
+            if self.server and build_url(self.local_port or 0, self.server) != old_url:
+                self.announce()  # the server was restarted: new token, new URL
+            return
+
+    def close_master(self) -> None:
+        """Stop the master of the moment (its forward goes with it)."""
+        if self.master is not None:
+            self.master.close()
+            self.master = None
+
+    def close(self) -> None:
+        """Leave nothing behind: master, agent, private directory, registry entry."""
+        self.close_master()
+        if self.agent is not None:
+            stop_process(self.agent)
+        shutil.rmtree(self.directory, ignore_errors=True)
+        if self.state_file:
+            try:
+                os.unlink(self.state_file)
+            except OSError:
+                pass
+
+
 def run_tunnel(args: argparse.Namespace) -> int:
     """Connect, discover, forward, wait, and stay until interrupted; returns the exit code."""
     route = parse_hosts(args.host, args.node)  # checked by main already
@@ -896,9 +1084,8 @@ def run_tunnel(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     prune_registry()  # a SIGKILLed tunnel's ssh master and files go now
     directory = make_private_dir()
+    tunnel: Tunnel | None = None
     agent: subprocess.Popen | None = None
-    master: Master | None = None
-    state_file = ""
     ready = False
     # SIGINT explicitly too: a shell starts a background job with SIGINT ignored, and
     # jupyter-tunnel-shutdown interrupts tunnels with it, as Ctrl+C would.
@@ -909,10 +1096,6 @@ def run_tunnel(args: argparse.Namespace) -> int:
         if args.new_agent or not env.get("SSH_AUTH_SOCK"):
             agent, env["SSH_AUTH_SOCK"] = start_agent(directory)
             env.pop("SSH_AGENT_PID", None)
-        config_text = build_ssh_config(args.ssh_config, args.ssh_option,
-                                       add_keys_to_agent=agent is not None, password=password is not None)
-        with open(os.open(os.path.join(directory, "ssh_config"), os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
-            f.write(config_text)
         if password is not None:
             askpass = os.path.join(directory, "askpass")
             with open(os.open(askpass, os.O_WRONLY | os.O_CREAT, 0o700), "w") as f:
@@ -920,38 +1103,19 @@ def run_tunnel(args: argparse.Namespace) -> int:
             # OpenSSH >= 8.4 sends every prompt of every hop to SSH_ASKPASS with "force";
             # sshpass would answer only the first hop's prompt.
             env.update(SSH_ASKPASS=askpass, SSH_ASKPASS_REQUIRE="force", JUPYTER_TUNNEL_PASSWORD=password)
-
-        master = Master(ssh, route, directory, env)
-        say("Info", f"Connecting to {route.describe()}...")
-        started = time.monotonic()
-        master.open()
-        say("Info", f"Connected in {time.monotonic() - started:.2f} s; "
-                    f"looking for Jupyter servers on {route.describe_server_host()}...")
-        server = choose_server(discover(master), route.server_host, args.port, args.dir)
-        local_port = add_forward(master, server, args.local_port)
-        status = wait_for_tunnel(master, local_port, server, args.timeout)
-        url = build_url(local_port, server)
+        tunnel = Tunnel(args, ssh, route, directory, env, agent, password)
+        tunnel.write_config()
+        tunnel.connect()
         ready = True
-        assert master.process is not None
-        state_file = write_state(build_state(
-            os.getpid(), route, server, local_port, directory, master.process.pid,
-            agent.pid if agent else None, time.time()))
-
-        say("Info", f"Jupyter {server.describe()} on {route.server_host}")
-        say("Info", f"Port used on localhost: {local_port}")
-        if status == 403:
-            say("Info", "The server asks for its password: the page will prompt for it.")
-        elif status != 200:
-            say("Warning", f"The server answered HTTP {status} to /api/status.")
-        print(url, flush=True)
+        tunnel.announce()
         if browser is not None or args.browser is None:
-            open_browser(browser, url)
+            assert tunnel.local_port is not None and tunnel.server is not None
+            open_browser(browser, build_url(tunnel.local_port, tunnel.server))
         say("Info", "Press Ctrl+C to close the tunnel.")
-        while not master.wait(5.0):  # a short period: a hop may hold ssh's stderr open
-            pass
-        raise TunnelError(
-            f"the connection to {route.target} was lost: {parse_ssh_error(master.stderr)}", EXIT_LOST
-        )
+        return tunnel.stay()
+    except ServerStopped:
+        say("Info", f"The Jupyter server on {route.server_host} has stopped; closing the tunnel.")
+        return EXIT_OK
     except (KeyboardInterrupt, Interrupted):
         if ready:
             say("Info", "Closing the tunnel.")
@@ -962,16 +1126,12 @@ def run_tunnel(args: argparse.Namespace) -> int:
         # No signal may cut the cleanup short: it is what leaves nothing behind.
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)
-        if master is not None:
-            master.close()
-        if agent is not None:
-            stop_process(agent)
-        shutil.rmtree(directory, ignore_errors=True)
-        if state_file:
-            try:
-                os.unlink(state_file)
-            except OSError:
-                pass
+        if tunnel is not None:
+            tunnel.close()
+        else:
+            if agent is not None:
+                stop_process(agent)
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1019,6 +1179,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="local port to use [default: the remote port, or the next free one]")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                         help="give up when the server does not answer within SECONDS [default: %(default)g]")
+    parser.add_argument("--keepalive", type=int, default=DEFAULT_KEEPALIVE, metavar="SECONDS",
+                        help="ssh keepalive interval: a dead connection is noticed after 3 of them "
+                             "[default: %(default)s]")
+    parser.add_argument("--no-reconnect", action="store_true",
+                        help="exit (code 8) when the connection drops instead of reconnecting")
+    parser.add_argument("--max-retries", type=int, metavar="N",
+                        help="give up (code 8) after N failed reconnection attempts [default: never]")
+    parser.add_argument("--check-interval", type=float, default=DEFAULT_CHECK_INTERVAL, metavar="SECONDS",
+                        help="how often to check that the Jupyter server still runs; the tunnel "
+                             "closes (code 0) when it has stopped [default: %(default)g]")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -1029,8 +1199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.local_port is not None and not 0 < args.local_port < 65536:
         parser.error("--local-port must be between 1 and 65535")
-    if args.timeout <= 0:
-        parser.error("--timeout must be positive")
+    for name in ("timeout", "keepalive", "check_interval"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.max_retries is not None and args.max_retries < 1:
+        parser.error("--max-retries must be at least 1")
     if args.ssh_config and not os.path.isfile(args.ssh_config):
         parser.error(f"ssh config file not found: {args.ssh_config}")
     try:

@@ -332,7 +332,7 @@ def test_server_that_does_not_answer_times_out(tunnel):
 
 
 def test_master_killed_is_reported_and_cleaned(tunnel, jtuser_server):
-    run = tunnel("-s", "gw", "srv")
+    run = tunnel("-s", "gw", "srv", "--no-reconnect")
     run.url()
     master = [line for line in run.leftovers() if " -M " in line]
     assert len(master) == 1, run.leftovers()

@@ -112,7 +112,7 @@ def test_build_ssh_config(user_config, options, agent, password, first, included
         assert body[0] == first  # -o options come first: ssh keeps the first value it reads
     assert f"Include {included}" in body
     assert body[-1] == "Include /etc/ssh/ssh_config"
-    assert body.index(f"Include {included}") < body.index("ServerAliveInterval 15")
+    assert body.index(f"Include {included}") < body.index("ServerAliveInterval 10")
     assert ("AddKeysToAgent yes" in body) == agent
 
 
@@ -171,6 +171,32 @@ def test_parse_discovery_server_list_fallback():
 def test_select_servers(port, directory, pids):
     servers = [jt.parse_server(JPSERVER), jt.parse_server(NBSERVER)]
     assert [s.pid for s in jt.select_servers(servers, port, directory)] == pids
+
+
+def test_backoff_delays():
+    import itertools
+
+    assert list(itertools.islice(jt.backoff_delays(), 9)) == [0, 1, 2, 4, 8, 16, 30, 30, 30]
+
+
+SAME = jt.parse_server(JPSERVER)
+RESTARTED = jt.parse_server(dict(JPSERVER, pid=9000, port=44730, token="new"))
+OTHER = jt.parse_server(NBSERVER)
+
+
+@pytest.mark.parametrize("servers, expect", [
+    ([OTHER, SAME], SAME),  # still there: the same one, even among others
+    ([RESTARTED], RESTARTED),  # restarted elsewhere, alone: followed
+    ([RESTARTED, OTHER], None),  # ambiguous: not followed
+    ([], None),
+])
+def test_follow_server(servers, expect):
+    assert jt.follow_server(servers, SAME) == expect
+
+
+def test_build_ssh_config_keepalive_and_batch():
+    body = jt.build_ssh_config(None, [], keepalive=4, batch=True).splitlines()
+    assert body[1] == "BatchMode yes" and "ServerAliveInterval 4" in body
 
 
 @pytest.mark.parametrize("first, expect", [
@@ -253,6 +279,8 @@ def test_discovery_script_is_posix_sh():
     (["-s", "srv", "--bogus"], "unrecognized arguments: --bogus"),
     (["-s", "srv", "--local-port", "70000"], "--local-port must be between 1 and 65535"),
     (["-s", "srv", "--timeout", "0"], "--timeout must be positive"),
+    (["-s", "srv", "--check-interval", "-1"], "--check-interval must be positive"),
+    (["-s", "srv", "--max-retries", "0"], "--max-retries must be at least 1"),
     (["-s", "-x"], "expected at least one argument"),
     (["-s", "srv", "--node=-node1"], "invalid host name '-node1'"),
 ])
