@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Iterator, Sequence
 
 __version__ = "0.1.0"
@@ -74,6 +74,7 @@ DEFAULT_SSH_OPTIONS = (
 DEFAULT_KEEPALIVE = 10  # seconds: a dropped network is noticed within ~30 s
 DEFAULT_CHECK_INTERVAL = 10.0  # seconds between checks that the Jupyter server still runs
 MAX_BACKOFF = 30.0  # seconds: the longest wait between two reconnection attempts
+CONNECT_FAILURE_GRACE = 3.0  # seconds of "connection refused" at the remote end before giving up
 # Lines of ssh's stderr that never explain a failure.
 SSH_NOISE = (
     "Warning: Permanently added",
@@ -172,7 +173,7 @@ class Server:
 
     def describe(self) -> str:
         """One line for lists: where it listens, what it is, where it serves from."""
-        where = f"socket {self.sock}" if self.sock else f"port {self.port}"
+        where = f"socket {self.sock}" if self.sock else f"port {self.port or '?'}"
         kind = self.app if not self.version else f"{self.app} (jupyter_server {self.version})"
         if not self.version and self.source.endswith(".json") and "nbserver-" in self.source:
             kind = f"{self.app} (notebook < 7)"
@@ -285,10 +286,29 @@ def build_discovery_script() -> str:
     ($JUPYTER_RUNTIME_DIR, else $JUPYTER_DATA_DIR/runtime, else the XDG data dir; macOS
     hosts use ~/Library/Jupyter).  A file whose pid is dead (a SIGKILLed server leaves its
     file behind) or not a Jupyter process (the pid was reused) is reported, not printed.
+    A file that says port 0 (notebook < 7 and jupyter_server < 2.20 started with
+    --port=0 write that) comes with the TCP ports its pid really listens on: from the
+    pid's socket inodes and /proc/net/tcp* on Linux, from lsof elsewhere.
     """
     return f"""\
 M='{MARK}'
 found=0
+listening_ports() {{
+  ports=
+  if [ -d "/proc/$1/fd" ]; then
+    inodes=$(ls -l "/proc/$1/fd" 2>/dev/null | sed -n 's/.*socket:\\[\\([0-9]*\\)\\].*/\\1/p')
+    for inode in $inodes; do
+      # LISTEN is state 0A; the local address is hex IP:PORT
+      for hex in $(awk -v i="$inode" '$4 == "0A" && $10 == i {{ split($2, a, ":"); print a[2] }}' \
+                   /proc/net/tcp /proc/net/tcp6 2>/dev/null); do
+        ports="$ports $(printf '%d' "0x$hex")"
+      done
+    done
+  elif command -v lsof >/dev/null 2>&1; then
+    ports=$(lsof -a -p "$1" -iTCP -sTCP:LISTEN -P -n -Fn 2>/dev/null | sed -n 's/^n.*:\\([0-9]*\\)$/\\1/p')
+  fi
+  echo "$M ports $1" $ports
+}}
 for d in "${{JUPYTER_RUNTIME_DIR:-}}" "${{JUPYTER_DATA_DIR:+$JUPYTER_DATA_DIR/runtime}}" \\
          "${{XDG_DATA_HOME:-$HOME/.local/share}}/jupyter/runtime" \\
          "$HOME/Library/Jupyter/runtime" "$HOME/Library/Application Support/Jupyter/runtime"; do
@@ -302,15 +322,18 @@ for d in "${{JUPYTER_RUNTIME_DIR:-}}" "${{JUPYTER_DATA_DIR:+$JUPYTER_DATA_DIR/ru
     if [ -r "/proc/$pid/cmdline" ]; then cmd=$(tr '\\000' ' ' <"/proc/$pid/cmdline")
     else cmd=$(ps -o command= -p "$pid" 2>/dev/null); fi
     case $cmd in *jupyter*|*notebook*) ;; *) echo "$M foreign $f"; continue;; esac
+    content=$(cat "$f")
     echo "$M file $f"
     echo "$M cmd $cmd"
-    cat "$f"; echo
+    printf '%s\n' "$content"
     echo "$M end"
+    case $content in *'"port": 0'[!0-9]*|*'"port":0'[!0-9]*) listening_ports "$pid";; esac
   done
 done
 if [ "$found" = 0 ] && command -v jupyter >/dev/null 2>&1; then
   echo "$M list"
   jupyter server list --json 2>/dev/null
+  jupyter notebook list --json 2>/dev/null  # notebook < 7 lists only its nbserver files
   echo "$M end"
 fi
 exit 0
@@ -377,10 +400,14 @@ def parse_discovery(output: str) -> tuple[list[Server], list[str]]:
             seen.add(key)
             servers.append(server)
 
+    listening: dict[int, list[int]] = {}
     for line in output.splitlines():
         if line.startswith(MARK):
             word, _, arg = line[len(MARK):].strip().partition(" ")
-            if word in ("file", "list"):
+            if word == "ports":
+                pid, *ports = arg.split()
+                listening[int(pid)] = sorted({int(port) for port in ports})
+            elif word in ("file", "list"):
                 block, source, cmdline = [], arg, ""
             elif word == "cmd" and block is not None:
                 cmdline = arg
@@ -394,17 +421,56 @@ def parse_discovery(output: str) -> tuple[list[Server], list[str]]:
                 block = None
         elif block is not None:
             block.append(line)
-    return servers, warnings
+    for i, server in enumerate(servers):
+        if server.port == 0 and not server.sock and listening.get(server.pid):
+            # the file said port 0: the pid's one listening port is the server's
+            servers[i] = replace(server, port=listening[server.pid][0])
+    # a stable order, so that the numbers of --list mean the same to --pick
+    return sorted(servers, key=lambda s: (s.sock != "", s.port, s.sock, s.pid)), warnings
 
 
-def select_servers(servers: Sequence[Server], port: int | None, directory: str | None) -> list[Server]:
-    """The servers that match ``--port`` and ``--dir`` (all of them when neither is given)."""
+def select_servers(servers: Sequence[Server], port: int | None = None, directory: str | None = None,
+                   pick: int | None = None) -> list[Server]:
+    """The servers that match ``--port``, ``--dir`` and ``--pick`` (all when none is given)."""
     chosen = list(servers)
+    if pick is not None:
+        chosen = chosen[pick - 1:pick] if pick >= 1 else []
     if port is not None:
         chosen = [s for s in chosen if s.port == port]
     if directory:
         chosen = [s for s in chosen if directory in s.root_dir]
     return chosen
+
+
+def server_auth(server: Server) -> str:
+    """How the server authenticates, as far as its runtime file tells."""
+    # "password": false is unreliable: a server protected by `jupyter server password`
+    # writes exactly what a server with authentication disabled writes
+    return "token" if server.token else "password or none"
+
+
+def server_info(number: int, server: Server) -> dict:
+    """A server as a JSON object for ``--list --json`` (no token: it is a secret)."""
+    return {
+        "number": number, "port": server.port, "sock": server.sock, "host": server.host,
+        "root_dir": server.root_dir, "app": server.app, "version": server.version,
+        "kind": "notebook<7" if not server.version and server.app == "notebook" else "jupyter_server",
+        "auth": server_auth(server), "secure": server.secure, "base_url": server.base_url,
+        "pid": server.pid,
+    }
+
+
+def format_server_table(servers: Sequence[Server]) -> str:
+    """The numbered table of ``--list`` (the numbers are what ``--pick`` takes)."""
+    rows = [("#", "PORT", "KIND", "AUTH", "ROOT DIRECTORY")]
+    for number, server in enumerate(servers, 1):
+        kind = server.describe().split("  ")[1]
+        where = server.sock or str(server.port or "?")
+        auth = server_auth(server) + (", https" if server.secure else "")
+        rows.append((str(number), where, kind, auth, server.root_dir or "?"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[4]]) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def backoff_delays(first: float = 1.0, cap: float = MAX_BACKOFF) -> Iterator[float]:
@@ -829,20 +895,35 @@ def discover(master: Master, timeout: float = 60.0) -> list[Server]:
     return servers
 
 
-def choose_server(servers: Sequence[Server], host: str, port: int | None, directory: str | None) -> Server:
-    """The one server to tunnel to, or a TunnelError that says how to choose."""
+def ask_server(servers: Sequence[Server]) -> Server:
+    """Ask on the terminal which of several servers to use."""
+    while True:
+        print(f"Which server? [1-{len(servers)}] ", end="", file=sys.stderr, flush=True)
+        answer = sys.stdin.readline()
+        if not answer:
+            raise KeyboardInterrupt  # end of input: the user gave up
+        if answer.strip().isdigit() and 1 <= int(answer) <= len(servers):
+            return servers[int(answer) - 1]
+
+
+def choose_server(servers: Sequence[Server], host: str, port: int | None = None,
+                  directory: str | None = None, pick: int | None = None) -> Server:
+    """The one server to tunnel to: the only one, the one chosen, or asked on a terminal."""
     if not servers:
         raise TunnelError(f"no Jupyter server is running on {host}", EXIT_NO_SERVER)
-    chosen = select_servers(servers, port, directory)
+    chosen = select_servers(servers, port, directory, pick)
     if len(chosen) == 1:
         return chosen[0]
+    given = port is not None or bool(directory) or pick is not None
     say("Info", f"Jupyter servers running on {host}:")
-    for server in servers:
-        print(f"    {server.describe()}", file=sys.stderr)
+    print(format_server_table(servers), file=sys.stderr)
     if not chosen:
-        raise TunnelError(f"no Jupyter server on {host} matches --port/--dir", EXIT_NO_SERVER)
+        raise TunnelError(f"no Jupyter server on {host} matches --port/--dir/--pick", EXIT_NO_SERVER)
+    if not given and sys.stdin.isatty() and sys.stderr.isatty():
+        return ask_server(chosen)
     raise TunnelError(
-        f"{len(chosen)} Jupyter servers are running on {host}: choose one with --port PORT or --dir TEXT",
+        f"{len(chosen)} Jupyter servers {'match' if given else 'are running'} on {host}: "
+        "choose one with --port PORT, --dir TEXT or --pick N",
         EXIT_NO_SERVER,
     )
 
@@ -870,7 +951,8 @@ def add_forward(master: Master, server: Server, local_port: int | None) -> int:
 
 def wait_for_tunnel(master: Master, local_port: int, server: Server, timeout: float) -> int:
     """Poll the server through the tunnel until it answers; returns the HTTP status."""
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     delay = POLL_INTERVAL
     while True:
         status = probe_server(local_port, server, timeout=max(0.5, min(5.0, deadline - time.monotonic())))
@@ -881,6 +963,13 @@ def wait_for_tunnel(master: Master, local_port: int, server: Server, timeout: fl
                 f"the connection to {master.route.target} was lost: {parse_ssh_error(master.stderr)}",
                 EXIT_LOST,
             )
+        refused = [line for line in master.stderr if "open failed" in line]
+        if refused and time.monotonic() - started > CONNECT_FAILURE_GRACE:
+            # Jupyter writes its runtime file once it listens: a server that refuses
+            # connections now (a dead server's unix socket, say) will not answer later
+            raise TunnelError(f"the Jupyter server at {forward_target(server, master.route.node)} on "
+                              f"{master.route.server_host} does not accept connections "
+                              f"(ssh: {refused[-1]})", EXIT_TIMEOUT)
         if time.monotonic() + delay > deadline:
             reason = parse_ssh_error(list(master.stderr)[-2:]) if master.stderr else "no answer"
             raise TunnelError(
@@ -969,17 +1058,23 @@ class Tunnel:
         with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(text)
 
-    def connect(self) -> None:
-        """Log in (the master) and forward the local port to the server; wait until it answers."""
+    def login(self) -> list[Server]:
+        """Open the master (the run's one login) and discover the servers through it."""
         self.master = Master(self.ssh, self.route, self.directory, self.env)
         say("Info", f"Connecting to {self.route.describe()}...")
         started = time.monotonic()
         self.master.open()
         say("Info", f"Connected in {time.monotonic() - started:.2f} s; "
                     f"looking for Jupyter servers on {self.route.describe_server_host()}...")
-        servers = discover(self.master)
+        return discover(self.master)
+
+    def connect(self) -> None:
+        """Log in, choose the server and forward the local port to it; wait until it answers."""
+        servers = self.login()
+        assert self.master is not None
         if self.server is None:
-            self.server = choose_server(servers, self.route.server_host, self.args.port, self.args.dir)
+            self.server = choose_server(servers, self.route.server_host, self.args.port,
+                                        self.args.dir, self.args.pick)
         else:
             server = follow_server(servers, self.server)
             if server is None and not servers:
@@ -1000,14 +1095,22 @@ class Tunnel:
     def announce(self) -> None:
         """Tell the user where the tunnel is: the Info lines, the URL on stdout, the browser."""
         assert self.server is not None and self.local_port is not None
-        url = build_url(self.local_port, self.server)
-        say("Info", f"Jupyter {self.server.describe()} on {self.route.server_host}")
+        server = self.server
+        url = build_url(self.local_port, server)
+        say("Info", f"Jupyter {server.describe()} on {self.route.server_host}")
         say("Info", f"Port used on localhost: {self.local_port}")
         if self.status == 403:
             say("Info", "The server asks for its password: the page will prompt for it.")
         elif self.status != 200:
             say("Warning", f"The server answered HTTP {self.status} to /api/status.")
-        print(url, flush=True)
+        if server.secure:
+            say("Info", "The server uses https with its own certificate: the browser will warn about it.")
+        if self.args.json:
+            where = {"sock": server.sock} if server.sock else {"remote_port": server.port}
+            print(json.dumps({"url": url, "local_port": self.local_port,
+                              "remote_host": self.route.server_host, **where, "pid": os.getpid()}), flush=True)
+        else:
+            print(url, flush=True)
 
     def stay(self) -> int:
         """Watch the connection and the server until interrupted; reconnect when it drops."""
@@ -1105,6 +1208,15 @@ def run_tunnel(args: argparse.Namespace) -> int:
             env.update(SSH_ASKPASS=askpass, SSH_ASKPASS_REQUIRE="force", JUPYTER_TUNNEL_PASSWORD=password)
         tunnel = Tunnel(args, ssh, route, directory, env, agent, password)
         tunnel.write_config()
+        if args.list:
+            servers = tunnel.login()
+            if args.json:
+                print(json.dumps([server_info(n, s) for n, s in enumerate(servers, 1)], indent=2))
+            elif servers:
+                print(format_server_table(servers))
+            else:
+                say("Info", f"No Jupyter server is running on {route.server_host}.")
+            return EXIT_OK
         tunnel.connect()
         ready = True
         tunnel.announce()
@@ -1172,9 +1284,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ssh config file, used for every hop [default: ~/.ssh/config]")
     parser.add_argument("-o", "--ssh-option", action="append", default=[], metavar="OPT",
                         help="ssh option (Key=Value) for every hop; repeatable")
+    parser.add_argument("--list", action="store_true",
+                        help="list the Jupyter servers running on the host (numbered) and exit")
+    parser.add_argument("--json", action="store_true",
+                        help="machine-readable output on stdout: the --list as a JSON array, or, "
+                             "once the tunnel is ready, one JSON object (url, local_port, ...) "
+                             "instead of the URL")
     parser.add_argument("--port", type=int, metavar="RPORT",
                         help="use the server listening on this remote port")
     parser.add_argument("--dir", metavar="TEXT", help="use the server whose root directory contains TEXT")
+    parser.add_argument("--pick", type=int, metavar="N", help="use server number N of --list")
     parser.add_argument("--local-port", type=int, metavar="LPORT",
                         help="local port to use [default: the remote port, or the next free one]")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",

@@ -143,7 +143,8 @@ def test_parse_discovery_reads_blocks_and_ignores_noise():
         + block("/other/jpserver-8818.json", JPSERVER)  # the same file through another dir rule
     )
     servers, warnings = jt.parse_discovery(output)
-    assert [(s.pid, s.app) for s in servers] == [(8818, "lab"), (4242, "notebook")]
+    # sorted by port, so that --list's numbers mean the same to --pick
+    assert [(s.pid, s.app) for s in servers] == [(4242, "notebook"), (8818, "lab")]
     assert warnings == []
 
 
@@ -154,10 +155,22 @@ def test_parse_discovery_truncated_file_is_a_warning():
     assert warnings == ["skipping unreadable Jupyter runtime file /r/jpserver-1.json"]
 
 
+@pytest.mark.parametrize("ports_line, port", [
+    ("99 18931", 18931),  # notebook 6 --port=0: the pid's listening port is the server's
+    ("99 18931 18931", 18931),  # IPv4 and IPv6 sockets on one port
+    ("99", 0),  # nothing found (no /proc, no lsof): left at 0, said "port ?"
+])
+def test_parse_discovery_port_zero(ports_line, port):
+    output = block("/r/nbserver-99.json", PORT0, "python jupyter-notebook") + f"{jt.MARK} ports {ports_line}\n"
+    [server], _ = jt.parse_discovery(output)
+    assert server.port == port
+    assert server.describe().startswith(f"port {port or '?'}  notebook (notebook < 7)")
+
+
 def test_parse_discovery_server_list_fallback():
     output = f"{jt.MARK} list\n{json.dumps(JPSERVER)}\n{json.dumps(BASE_URL)}\n{jt.MARK} end\n"
     servers, _ = jt.parse_discovery(output)
-    assert [s.pid for s in servers] == [8818, 8]
+    assert [s.pid for s in servers] == [8, 8818]
 
 
 @pytest.mark.parametrize("port, directory, pids", [
