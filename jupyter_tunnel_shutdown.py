@@ -1,0 +1,579 @@
+#!/usr/bin/env python3
+"""Stop this user's running jupyter-tunnel processes, as Ctrl+C in their terminals would.
+
+The companion of jupyter_tunnel.py, for sleep hooks, cron jobs and tidy desktops.  The flow:
+
+1. find: read the registry, where every running tunnel keeps a ``<pid>.json`` entry (its
+   hosts, local and remote ports; never the token).  An entry whose pid is no longer one of
+   our tunnels is stale: what that tunnel left (the ssh master and agent outlive a SIGKILLed
+   tunnel, its private directory, the entry) is cleaned up now.  Then this user's processes
+   are scanned for tunnels without an entry (started by a version without the registry).
+2. choose: ``--port`` and ``--host`` keep only the matching tunnels.
+3. ``--list`` prints them (a table, or JSON) and stops there.  Otherwise:
+4. interrupt: SIGINT to each, as Ctrl+C would, so that the tunnel's own cleanup runs (it
+   stops its master, kills its agent, removes its directory and its entry).
+5. wait until each is really gone (``--timeout``); with ``--force``, SIGKILL those that are
+   not and clean up after them as in step 1.
+
+Only processes of the user running this script are signalled, and only after their command
+line was checked right before: a pid reused by an unrelated process is left alone.  Nothing
+is ever asked, so it runs without a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Sequence
+
+import jupyter_tunnel as jt
+from jupyter_tunnel import say
+
+__all__ = ["RunningTunnel", "find_tunnels", "select_tunnels", "stop_tunnels", "main"]
+
+# Exit codes (documented in --help and README.md).
+EXIT_OK = 0  # every chosen tunnel stopped, or none was running
+EXIT_NOT_STOPPED = 1  # some tunnel still runs (without --force), or an error
+EXIT_USAGE = 2  # bad option (argparse)
+EXIT_INTERRUPTED = 130
+
+DEFAULT_TIMEOUT = 10.0  # seconds a tunnel gets to close (its cleanup takes well under one)
+KILL_TIMEOUT = 5.0  # after SIGKILL: instant, unless the process is stuck in the kernel
+POLL_INTERVAL = 0.05
+# How a tunnel shows in a command line: the script run from a checkout, the console script,
+# and the original bash tool (its own shutdown script interrupted it too).
+TUNNEL_SCRIPTS = ("jupyter_tunnel.py", "jupyter-tunnel", "jupyter-tunnel.sh")
+TUNNEL_MODULE = "jupyter_tunnel"  # python -m jupyter_tunnel
+SHELLS = ("sh", "bash", "dash", "zsh", "ksh")
+# Interpreter options whose value is the next argument: that value is not the script.
+OPTIONS_WITH_VALUE = ("-W", "-X", "--check-hash-based-pycs", "-o")  # -o: the shells' option
+TABLE_COLUMNS = ("PID", "LOCAL PORT", "HOSTS", "NODE", "REMOTE", "STARTED")
+HAVE_PROC = os.path.isdir("/proc/self")  # Linux; elsewhere ps(1) tells
+
+
+@dataclass(frozen=True)
+class RunningTunnel:
+    """A tunnel of this user: from its registry entry, or found by the process scan."""
+
+    pid: int
+    hosts: tuple[str, ...] = ()
+    node: str = ""
+    local_port: int | None = None
+    remote_host: str = ""
+    remote_port: int | None = None
+    sock: str = ""
+    root_dir: str = ""
+    started: float | None = None
+    command: str = ""  # only for an unregistered tunnel: its command line
+    state: dict | None = field(default=None, compare=False, repr=False)  # the registry entry
+
+    @classmethod
+    def from_state(cls, state: Mapping) -> RunningTunnel:
+        """From a registry entry (written by jupyter_tunnel.build_state); odd fields are dropped."""
+        hosts = state.get("hosts")
+        return cls(
+            pid=int(state["pid"]),
+            hosts=tuple(str(h) for h in hosts) if isinstance(hosts, list) else (),
+            node=str(state.get("node") or ""),
+            local_port=_int_or_none(state.get("local_port")),
+            remote_host=str(state.get("remote_host") or ""),
+            remote_port=_int_or_none(state.get("remote_port")) or None,  # 0: a unix socket
+            sock=str(state.get("sock") or ""),
+            root_dir=str(state.get("root_dir") or ""),
+            started=_float_or_none(state.get("started")),
+            state=dict(state),
+        )
+
+    @classmethod
+    def from_argv(cls, pid: int, argv: Sequence[str]) -> RunningTunnel:
+        """From the command line of a tunnel that did not register: only its hosts are known."""
+        hosts, node = hosts_from_argv(argv)
+        return cls(pid=pid, hosts=hosts, node=node, remote_host=node or (hosts[-1] if hosts else ""),
+                   command=" ".join(argv))
+
+    @property
+    def registered(self) -> bool:
+        """Whether it has a registry entry (else it was found by the process scan)."""
+        return self.state is not None
+
+    def describe(self) -> str:
+        """``localhost:8889 -> srv:8888 via gw``, for messages."""
+        # as in jupyter_tunnel.Route: all -s hosts but the last are jumps, and with a node
+        # the last one (the head) is a jump too
+        hops = self.hosts if self.node else self.hosts[:-1]
+        via = f" via {', '.join(hops)}" if hops else ""
+        if not self.registered:
+            return f"unregistered tunnel to {self.remote_host}{via}" if self.remote_host else "unregistered tunnel"
+        remote = self.sock or (str(self.remote_port) if self.remote_port else "?")
+        return f"localhost:{self.local_port or '?'} -> {self.remote_host or '?'}:{remote}{via}"
+
+    def to_json(self) -> dict:
+        """The ``--json`` form: the same keys for every tunnel, null when unknown."""
+        return {
+            "pid": self.pid, "registered": self.registered, "local_port": self.local_port,
+            "hosts": list(self.hosts), "node": self.node, "remote_host": self.remote_host,
+            "remote_port": self.remote_port, "sock": self.sock, "root_dir": self.root_dir,
+            "started": self.started, "command": self.command,
+        }
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def _int_or_none(value: object) -> int | None:
+    """``int(value)``, or None for a missing or malformed field."""
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _float_or_none(value: object) -> float | None:
+    """``float(value)``, or None for a missing or malformed field."""
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _is_interpreter(program: str) -> bool:
+    """Whether ``program`` (a basename) runs a script given as an argument."""
+    name = program.lower()  # macOS framework builds run ".../Python"
+    return "python" in name or "pypy" in name or name in SHELLS
+
+
+def _script_index(argv: Sequence[str]) -> int | None:
+    """Index in ``argv`` of what the process runs (the program, or an interpreter's script)."""
+    if not argv:
+        return None
+    if not _is_interpreter(os.path.basename(argv[0])):
+        return 0
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "-m" or (arg.startswith("-m") and not arg.startswith("--")):
+            return i  # python -m MODULE (or -mMODULE)
+        if arg.startswith("-c") and not arg.startswith("--"):
+            return None  # python -c CODE, sh -c CODE: no script
+        if arg in OPTIONS_WITH_VALUE:
+            i += 2
+            continue
+        if arg.startswith("-") and arg != "-":
+            i += 1
+            continue
+        return i
+    return None
+
+
+def is_tunnel_argv(argv: Sequence[str]) -> bool:
+    """Whether a command line runs jupyter-tunnel: the program or the interpreter's script.
+
+    Deliberately strict: a mere mention (``vim jupyter_tunnel.py``, a venv or checkout
+    called ``jupyter-tunnel``) is not a tunnel, and neither is this shutdown script.
+    """
+    i = _script_index(argv)
+    if i is None:
+        return False
+    arg = argv[i]
+    if arg.startswith("-m"):
+        module = arg[2:] or (argv[i + 1] if i + 1 < len(argv) else "")
+        return module == TUNNEL_MODULE
+    return os.path.basename(arg) in TUNNEL_SCRIPTS
+
+
+def _split_hosts(value: str) -> list[str]:
+    """The hosts of one ``-s`` value: ``"gw srv"`` and ``gw,srv`` hold two (as jupyter-tunnel reads them)."""
+    return [h for h in value.replace(",", " ").split() if h]
+
+
+def hosts_from_argv(argv: Sequence[str]) -> tuple[tuple[str, ...], str]:
+    """The ``-s`` hosts and the ``-n`` node of a jupyter-tunnel command line, as far as it tells."""
+    i = _script_index(argv)
+    args = list(argv[(i or 0) + 1:])
+    if args[:1] == [TUNNEL_MODULE]:  # python -m jupyter_tunnel
+        args = args[1:]
+    hosts: list[str] = []
+    node = ""
+    j = 0
+    while j < len(args):
+        arg = args[j]
+        j += 1
+        if arg in ("-s", "--host"):
+            while j < len(args) and not args[j].startswith("-"):  # nargs="+"
+                hosts.extend(_split_hosts(args[j]))
+                j += 1
+        elif arg.startswith("--host="):
+            hosts.extend(_split_hosts(arg[len("--host="):]))
+        elif arg.startswith("-s") and not arg.startswith("--"):
+            hosts.extend(_split_hosts(arg[2:]))  # -sgw
+        elif arg in ("-n", "--node") and j < len(args):
+            node, j = args[j], j + 1
+        elif arg.startswith("--node="):
+            node = arg[len("--node="):]
+    return tuple(hosts), node
+
+
+def split_host(host: str) -> tuple[str, str, str]:
+    """``(user, name, port)`` of ``[ssh://][user@]name[:port]``; empty strings for what is missing."""
+    if host.startswith("ssh://"):
+        host = host[len("ssh://"):]
+    user, _, name = host.rpartition("@")
+    port = ""
+    if name.count(":") == 1 and name.split(":")[1].isdigit():
+        name, port = name.split(":")
+    return user, name, port
+
+
+def host_matches(pattern: str, host: str) -> bool:
+    """Whether ``--host pattern`` names ``host``; a user or port the pattern leaves out matches any."""
+    if not pattern or not host:
+        return False
+    want_user, want_name, want_port = split_host(pattern)
+    user, name, port = split_host(host)
+    return (want_name == name and want_user in ("", user) and want_port in ("", port))
+
+
+def select_tunnels(tunnels: Iterable[RunningTunnel], ports: Sequence[int],
+                   hosts: Sequence[str]) -> list[RunningTunnel]:
+    """The tunnels on one of ``ports`` and through one of ``hosts`` (all when neither is given).
+
+    ``--host`` matches any host of the route: jump hosts, the target, the node.  An
+    unregistered tunnel's local port is unknown, so ``--port`` never selects it.
+    """
+    chosen = []
+    for tunnel in tunnels:
+        if ports and tunnel.local_port not in ports:
+            continue
+        route = [*tunnel.hosts, tunnel.node]
+        if hosts and not any(host_matches(p, h) for p in hosts for h in route):
+            continue
+        chosen.append(tunnel)
+    return chosen
+
+
+def in_registry_scope(ours: str, environ: Mapping[str, str] | None) -> bool:
+    """Whether a tunnel found by the scan is one this run looks after.
+
+    ``JUPYTER_TUNNEL_REGISTRY`` names a separate set of tunnels (the tests run sets side by
+    side, as root, on a shared machine): with it set, only tunnels started with the same
+    value are ours, and one whose environment cannot be read is not.  Without it, all are.
+    """
+    if not ours:
+        return True
+    return environ is not None and environ.get(jt.REGISTRY_ENV) == ours
+
+
+def format_started(started: float | None) -> str:
+    """Local time of a tunnel's start for the table, ``?`` when unknown."""
+    if started is None:
+        return "?"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
+
+
+def table_row(tunnel: RunningTunnel) -> tuple[str, ...]:
+    """One ``--list`` row, in TABLE_COLUMNS order; no cell holds a space, but STARTED (last)."""
+    if tunnel.registered:
+        remote = tunnel.sock or (str(tunnel.remote_port) if tunnel.remote_port else "?")
+    else:
+        remote = "?"
+    return (
+        str(tunnel.pid),
+        str(tunnel.local_port) if tunnel.local_port else "?",
+        ",".join(tunnel.hosts) or "?",  # the form -s accepts, and one word for awk
+        tunnel.node or "-",
+        remote,
+        format_started(tunnel.started),
+    )
+
+
+def format_table(rows: Sequence[Sequence[str]]) -> str:
+    """Rows as left-aligned columns two spaces apart; the last column is not padded."""
+    if not rows:
+        return ""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def parse_status_uid(text: str) -> int | None:
+    """The real uid from the text of ``/proc/PID/status`` (``Uid: real effective saved fs``)."""
+    for line in text.splitlines():
+        if line.startswith("Uid:"):
+            fields = line.split()
+            return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+    return None
+
+
+def split_cmdline(raw: bytes) -> list[str]:
+    """argv from the bytes of ``/proc/PID/cmdline`` (NUL-separated; empty for a zombie)."""
+    return [arg.decode(errors="replace") for arg in raw.split(b"\0")[:-1]] if raw else []
+
+
+def parse_environ(raw: bytes) -> dict[str, str]:
+    """The environment from the bytes of ``/proc/PID/environ``."""
+    env = {}
+    for item in raw.split(b"\0"):
+        name, sep, value = item.decode(errors="replace").partition("=")
+        if sep:
+            env[name] = value
+    return env
+
+
+def parse_ps(text: str) -> list[tuple[int, int, list[str]]]:
+    """``(pid, uid, argv)`` from ``ps -o pid=,uid=,command=`` (argv split at spaces: ps joins it)."""
+    found = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[0].isdigit() and fields[1].isdigit():
+            found.append((int(fields[0]), int(fields[1]), fields[2:]))
+    return found
+
+
+# --------------------------------------------------------------------------- I/O parts
+
+
+def registry_dirs() -> list[str]:
+    """Every directory where a tunnel of this user may have registered, the usual one first."""
+    if os.environ.get(jt.REGISTRY_ENV):
+        return [jt.registry_dir()]
+    # A tunnel started in a desktop session registers under $XDG_RUNTIME_DIR, which cron
+    # jobs, sleep hooks (runuser) and plain ssh sessions lack: they would look in the cache
+    # directory instead.  So look in both, whatever this environment says.
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    candidates = [jt.registry_dir(), os.path.join(f"/run/user/{os.getuid()}", "jupyter-tunnel"),
+                  os.path.join(cache, "jupyter-tunnel")]
+    dirs: list[str] = []
+    for directory in candidates:
+        if os.path.realpath(directory) not in map(os.path.realpath, dirs):
+            dirs.append(directory)
+    return dirs
+
+
+def process_info(pid: int) -> tuple[int, list[str]] | None:
+    """The real uid and argv of process ``pid``; None when it is gone or a zombie."""
+    if HAVE_PROC:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                uid = parse_status_uid(f.read())
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = split_cmdline(f.read())
+        except OSError:
+            return None
+        return (uid, argv) if uid is not None and argv else None
+    done = subprocess.run(["ps", "-o", "pid=,uid=,command=", "-p", str(pid)],
+                          capture_output=True, text=True)
+    found = [(uid, argv) for p, uid, argv in parse_ps(done.stdout) if p == pid]
+    return found[0] if found else None
+
+
+def process_environ(pid: int) -> dict[str, str] | None:
+    """The environment of process ``pid``, or None when it cannot be read (no /proc)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return parse_environ(f.read())
+    except OSError:
+        return None
+
+
+def scan_processes(uid: int) -> list[tuple[int, list[str]]]:
+    """``(pid, argv)`` of every process of user ``uid``."""
+    if not HAVE_PROC:
+        done = subprocess.run(["ps", "-U", str(uid), "-o", "pid=,uid=,command="],
+                              capture_output=True, text=True)
+        return [(pid, argv) for pid, owner, argv in parse_ps(done.stdout) if owner == uid]
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            info = process_info(int(name))
+            if info is not None and info[0] == uid:
+                found.append((int(name), info[1]))
+    return found
+
+
+def is_own_tunnel(pid: int) -> bool:
+    """Whether ``pid`` is, right now, a live jupyter-tunnel of the user running this script.
+
+    The uid is checked, not a PermissionError awaited: root may signal anyone, and must
+    still touch only its own tunnels.
+    """
+    info = process_info(pid)
+    return info is not None and info[0] == os.getuid() and is_tunnel_argv(info[1])
+
+
+def find_tunnels() -> list[RunningTunnel]:
+    """This user's running tunnels, registered ones first; stale entries are cleaned up on the way."""
+    found: list[RunningTunnel] = []
+    for directory in registry_dirs():
+        for state in jt.read_states(directory):
+            try:
+                tunnel = RunningTunnel.from_state(state)
+            except (TypeError, ValueError):
+                continue  # read_states checked pid; keep going whatever else is odd
+            if is_own_tunnel(tunnel.pid):
+                if all(t.pid != tunnel.pid for t in found):
+                    found.append(tunnel)
+                continue
+            # SIGKILLed (or its pid reused): its ssh master and agent may still run
+            jt.clean_leftovers(state)
+            say("Info", f"Cleaned up after process {tunnel.pid}, which had died ({tunnel.describe()})")
+    ours = os.environ.get(jt.REGISTRY_ENV, "")
+    known = {t.pid for t in found}
+    for pid, argv in scan_processes(os.getuid()):
+        if pid not in known and pid != os.getpid() and is_tunnel_argv(argv) \
+                and in_registry_scope(ours, process_environ(pid)):
+            found.append(RunningTunnel.from_argv(pid, argv))
+    return found
+
+
+def wait_until_gone(tunnels: Sequence[RunningTunnel], timeout: float,
+                    on_gone: Callable[[RunningTunnel], None]) -> list[RunningTunnel]:
+    """Poll until every tunnel has exited or ``timeout`` passed; returns those still running."""
+    deadline = time.monotonic() + timeout
+    remaining = list(tunnels)
+    while True:
+        for tunnel in list(remaining):
+            if not is_own_tunnel(tunnel.pid):  # exited (a zombie counts: its cleanup is done)
+                remaining.remove(tunnel)
+                on_gone(tunnel)
+        if not remaining or time.monotonic() >= deadline:
+            return remaining
+        time.sleep(POLL_INTERVAL)
+
+
+def send(tunnel: RunningTunnel, signum: int) -> bool:
+    """Signal ``tunnel`` if its pid is still one of our tunnels; whether it was signalled."""
+    if not is_own_tunnel(tunnel.pid):
+        return False
+    try:
+        os.kill(tunnel.pid, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def clean_after(tunnel: RunningTunnel) -> None:
+    """Remove a gone tunnel's leftovers, if its own cleanup could not (entry still there)."""
+    if tunnel.state is not None and os.path.exists(tunnel.state.get("file", "")):
+        jt.clean_leftovers(tunnel.state)
+
+
+def stop_tunnels(tunnels: Sequence[RunningTunnel], timeout: float, force: bool) -> int:
+    """Interrupt the tunnels, wait for them, SIGKILL the rest with ``force``; the exit code."""
+    signalled = []
+    for tunnel in tunnels:
+        if send(tunnel, signal.SIGINT):  # what Ctrl+C sends: the tunnel cleans up itself
+            signalled.append(tunnel)
+        else:
+            say("Info", f"Process {tunnel.pid} has already exited ({tunnel.describe()})")
+
+    def gone(tunnel: RunningTunnel) -> None:
+        clean_after(tunnel)
+        say("Info", f"Killed process {tunnel.pid} ({tunnel.describe()})")
+
+    remaining = wait_until_gone(signalled, timeout, gone)
+    if not remaining:
+        return EXIT_OK
+    if not force:
+        for tunnel in remaining:
+            say("Warning", f"process {tunnel.pid} ({tunnel.describe()}) did not stop within "
+                           f"{timeout:g} s; --force kills it")
+        return EXIT_NOT_STOPPED
+
+    def killed(tunnel: RunningTunnel) -> None:
+        clean_after(tunnel)
+        say("Info", f"Killed process {tunnel.pid} with SIGKILL ({tunnel.describe()})")
+
+    for tunnel in remaining:
+        say("Warning", f"process {tunnel.pid} did not stop within {timeout:g} s: sending SIGKILL")
+        send(tunnel, signal.SIGKILL)
+    survivors = wait_until_gone(remaining, KILL_TIMEOUT, killed)
+    for tunnel in survivors:
+        say("Error", f"process {tunnel.pid} ({tunnel.describe()}) survived SIGKILL")
+    return EXIT_NOT_STOPPED if survivors else EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: no argument stops every tunnel, as the original script did."""
+    parser = argparse.ArgumentParser(
+        prog="jupyter-tunnel-shutdown",
+        description=(
+            "Stop your running jupyter-tunnel processes as Ctrl+C would (each closes its SSH\n"
+            "connection and cleans up), and wait until they are gone. Without options: all of\n"
+            "them. Never asks anything, so it fits sleep hooks and cron jobs."
+        ),
+        epilog=(
+            "examples:\n"
+            "  stop every tunnel:           jupyter-tunnel-shutdown\n"
+            "  see what runs:               jupyter-tunnel-shutdown --list\n"
+            "  stop the one on port 8888:   jupyter-tunnel-shutdown --port 8888\n"
+            "  stop those through a host:   jupyter-tunnel-shutdown --host gateway.ext\n"
+            "  from a sleep hook:           jupyter-tunnel-shutdown --timeout 5 --force\n"
+            "\nexit codes: 0 all stopped (or none was running), 1 some did not stop\n"
+            "  (without --force), 2 bad option, 130 interrupted"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-l", "--list", action="store_true",
+                        help="list the running tunnels (a table on stdout) instead of stopping them")
+    parser.add_argument("--json", action="store_true", help="list them as a JSON array (implies --list)")
+    parser.add_argument("--port", type=int, action="append", default=[], metavar="LPORT",
+                        help="only the tunnel on this local port; repeatable")
+    parser.add_argument("--host", action="append", default=[], metavar="HOST",
+                        help="only tunnels through HOST (any -s host or the -n node; user@ and "
+                             ":port may be left out); repeatable")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                        help="how long each tunnel gets to close [default: %(default)g]")
+    parser.add_argument("-f", "--force", action="store_true",
+                        help="SIGKILL the tunnels still running after --timeout, and remove "
+                             "what they leave (ssh master, agent, private directory)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {jt.__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.timeout <= 0:
+        parser.error("--timeout must be positive")
+    for port in args.port:
+        if not 0 < port < 65536:
+            parser.error("--port must be between 1 and 65535")
+    args.list = args.list or args.json
+    if args.list and args.force:
+        parser.error("--force stops tunnels: it cannot go with --list/--json")
+    try:
+        tunnels = find_tunnels()
+        chosen = select_tunnels(tunnels, args.port, args.host)
+        if args.port:
+            for tunnel in tunnels:
+                if not tunnel.registered and tunnel not in chosen:
+                    say("Warning", f"process {tunnel.pid} is a tunnel that did not register (an older "
+                                   "version): its local port is unknown, so --port leaves it alone")
+        if args.json:
+            print(json.dumps([t.to_json() for t in chosen], indent=2))
+            return EXIT_OK
+        if not chosen:
+            others = f" ({len(tunnels)} running, none matches --port/--host)" if tunnels else ""
+            say("Info", f"No tunnel {'is running' if args.list else 'to kill'}{others}.")
+            return EXIT_OK
+        if args.list:
+            print(format_table([TABLE_COLUMNS, *map(table_row, chosen)]), flush=True)
+            return EXIT_OK
+        return stop_tunnels(chosen, args.timeout, args.force)
+    except KeyboardInterrupt:
+        say("Info", "Interrupted.")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Unit tests of jupyter_tunnel_shutdown's pure parts, by tables: no network, no tunnels."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+import jupyter_tunnel as jt
+import jupyter_tunnel_shutdown as sd
+
+# A registry entry as jupyter_tunnel.build_state writes it (plus "file", added by read_states).
+STATE = {
+    "pid": 4242, "hosts": ["gw", "u@srv"], "node": "", "local_port": 8889,
+    "remote_host": "u@srv", "remote_port": 8888, "sock": "", "server_pid": 77, "root_dir": "/w",
+    "started": 1700000000.5, "control_dir": "/tmp/jt-abc", "master_pid": 4243, "agent_pid": None,
+    "file": "/run/user/1000/jupyter-tunnel/4242.json",
+}
+DIRECT = sd.RunningTunnel.from_state(dict(STATE, pid=1, hosts=["srv"], remote_host="srv", local_port=9000))
+VIA_GW = sd.RunningTunnel.from_state(STATE)
+ON_NODE = sd.RunningTunnel.from_state(dict(STATE, pid=3, hosts=["gw", "head"], node="node1",
+                                           remote_host="node1", local_port=9001))
+UNREGISTERED = sd.RunningTunnel.from_argv(4, ["python3", "./jupyter_tunnel.py", "-s", "gw", "srv:2222"])
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["python3", "./jupyter_tunnel.py", "-s", "srv"], True),  # run from a checkout (shebang)
+    (["/venv/bin/python", "/venv/bin/jupyter-tunnel", "-s", "srv"], True),  # console script
+    (["/usr/bin/python3.11", "-u", "-X", "dev", "/opt/jupyter_tunnel.py"], True),
+    (["python3", "-m", "jupyter_tunnel", "-s", "srv"], True),
+    (["python3", "-mjupyter_tunnel"], True),
+    (["jupyter-tunnel", "-s", "srv"], True),  # a frozen build
+    (["/Library/Frameworks/Python.framework/Resources/Python.app/Contents/MacOS/Python",
+      "/usr/local/bin/jupyter-tunnel"], True),
+    (["bash", "/home/u/bin/jupyter-tunnel.sh", "-s", "srv"], True),  # the original tool
+    (["python3", "./jupyter_tunnel_shutdown.py"], False),  # never the shutdown script itself
+    (["/venv/bin/python", "/venv/bin/jupyter-tunnel-shutdown", "--port", "8888"], False),
+    (["/opt/jupyter-tunnel-test/bin/python", "-m", "pytest", "tests"], False),  # a mere mention
+    (["vim", "jupyter_tunnel.py"], False),
+    (["python3", "-m", "pytest", "jupyter_tunnel.py"], False),
+    (["python3", "-c", "import jupyter_tunnel", "jupyter_tunnel.py"], False),
+    (["sh", "-c", "jupyter-tunnel -s srv"], False),  # the shell that runs it is not the tunnel
+    (["ssh", "-S", "/tmp/jt-x/c", "jupyter-tunnel"], False),
+    (["python3"], False),
+    ([], False),
+])
+def test_is_tunnel_argv(argv, expect):
+    assert sd.is_tunnel_argv(argv) is expect
+
+
+@pytest.mark.parametrize("argv, hosts, node", [
+    (["python3", "jupyter_tunnel.py", "-s", "gw", "srv", "-b", "none"], ("gw", "srv"), ""),
+    (["python3", "jupyter_tunnel.py", "-b", "none", "--host", "gw,head", "-n", "node1"], ("gw", "head"), "node1"),
+    (["jupyter-tunnel", "-s", "gw srv", "--node=n2"], ("gw", "srv"), "n2"),
+    (["python3", "-m", "jupyter_tunnel", "--host=srv"], ("srv",), ""),
+    (["jupyter-tunnel", "-ssrv", "--port", "8888"], ("srv",), ""),
+    (["jupyter-tunnel", "--port", "8888"], (), ""),
+])
+def test_hosts_from_argv(argv, hosts, node):
+    assert sd.hosts_from_argv(argv) == (hosts, node)
+
+
+@pytest.mark.parametrize("host, parts", [
+    ("srv", ("", "srv", "")),
+    ("u@srv", ("u", "srv", "")),
+    ("u@srv:2222", ("u", "srv", "2222")),
+    ("ssh://u@srv:2222", ("u", "srv", "2222")),
+    ("a@b@srv", ("a@b", "srv", "")),
+    ("fe80::1", ("", "fe80::1", "")),
+])
+def test_split_host(host, parts):
+    assert sd.split_host(host) == parts
+
+
+@pytest.mark.parametrize("pattern, host, expect", [
+    ("srv", "srv", True),
+    ("srv", "u@srv:2222", True),  # the user and port left out match any
+    ("u@srv", "u@srv:2222", True),
+    ("v@srv", "u@srv", False),
+    ("srv:22", "srv:2222", False),
+    ("srv", "srv2", False),  # whole names only
+    ("", "srv", False),
+    ("srv", "", False),
+])
+def test_host_matches(pattern, host, expect):
+    assert sd.host_matches(pattern, host) is expect
+
+
+ALL = [DIRECT, VIA_GW, ON_NODE, UNREGISTERED]
+
+
+@pytest.mark.parametrize("ports, hosts, pids", [
+    ([], [], [1, 4242, 3, 4]),
+    ([8889], [], [4242]),
+    ([9000, 9001], [], [1, 3]),
+    ([1234], [], []),
+    ([], ["gw"], [4242, 3, 4]),  # a jump host matches too
+    ([], ["srv"], [1, 4242, 4]),  # u@srv and srv:2222 included
+    ([], ["node1"], [3]),
+    ([], ["head", "srv"], [1, 4242, 3, 4]),
+    ([8889], ["srv"], [4242]),  # both must match
+    ([9000], ["gw"], []),
+])
+def test_select_tunnels(ports, hosts, pids):
+    assert [t.pid for t in sd.select_tunnels(ALL, ports, hosts)] == pids
+
+
+@pytest.mark.parametrize("tunnel, text", [
+    (DIRECT, "localhost:9000 -> srv:8888"),
+    (VIA_GW, "localhost:8889 -> u@srv:8888 via gw"),
+    (ON_NODE, "localhost:9001 -> node1:8888 via gw, head"),
+    (sd.RunningTunnel.from_state(dict(STATE, remote_port=0, sock="/tmp/j.sock")),
+     "localhost:8889 -> u@srv:/tmp/j.sock via gw"),
+    (UNREGISTERED, "unregistered tunnel to srv:2222 via gw"),
+    (sd.RunningTunnel.from_argv(5, ["jupyter-tunnel"]), "unregistered tunnel"),
+])
+def test_describe(tunnel, text):
+    assert tunnel.describe() == text
+
+
+def test_from_state_drops_odd_fields():
+    tunnel = sd.RunningTunnel.from_state({"pid": "12", "hosts": "srv", "local_port": "x", "started": None})
+    assert (tunnel.pid, tunnel.hosts, tunnel.local_port, tunnel.started) == (12, (), None, None)
+    assert tunnel.registered and not UNREGISTERED.registered
+
+
+def test_to_json_has_the_same_keys_for_all_and_no_token():
+    registered, unregistered = VIA_GW.to_json(), UNREGISTERED.to_json()
+    assert registered.keys() == unregistered.keys()
+    assert (registered["pid"], registered["local_port"], registered["hosts"], registered["registered"]) == \
+        (4242, 8889, ["gw", "u@srv"], True)
+    assert (unregistered["local_port"], unregistered["registered"], unregistered["command"]) == \
+        (None, False, "python3 ./jupyter_tunnel.py -s gw srv:2222")
+    assert "token" not in json.dumps([registered, unregistered])
+
+
+def test_table():
+    rows = [sd.TABLE_COLUMNS, sd.table_row(VIA_GW), sd.table_row(ON_NODE), sd.table_row(UNREGISTERED)]
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(STATE["started"]))
+    assert sd.format_table(rows).splitlines() == [
+        "PID   LOCAL PORT  HOSTS        NODE   REMOTE  STARTED",
+        f"4242  8889        gw,u@srv     -      8888    {started}",
+        f"3     9001        gw,head      node1  8888    {started}",
+        "4     ?           gw,srv:2222  -      ?       ?",
+    ]
+    assert sd.format_table([]) == ""
+
+
+@pytest.mark.parametrize("ours, environ, expect", [
+    ("", None, True),  # no override: every tunnel of the user
+    ("", {"JUPYTER_TUNNEL_REGISTRY": "/tmp/a"}, True),
+    ("/tmp/a", {"JUPYTER_TUNNEL_REGISTRY": "/tmp/a"}, True),
+    ("/tmp/a", {"JUPYTER_TUNNEL_REGISTRY": "/tmp/b"}, False),  # another set of tunnels
+    ("/tmp/a", {}, False),
+    ("/tmp/a", None, False),  # cannot tell: leave it alone
+])
+def test_in_registry_scope(ours, environ, expect):
+    assert sd.in_registry_scope(ours, environ) is expect
+
+
+def test_proc_parsers():
+    status = "Name:\tpython3\nUmask:\t0022\nState:\tS (sleeping)\nUid:\t1000\t1001\t1000\t1000\nGid:\t1000\n"
+    assert sd.parse_status_uid(status) == 1000
+    assert sd.parse_status_uid("Name:\tx\n") is None
+    assert sd.split_cmdline(b"python3\0./jupyter_tunnel.py\0-s\0gw srv\0") == \
+        ["python3", "./jupyter_tunnel.py", "-s", "gw srv"]
+    assert sd.split_cmdline(b"") == []  # a zombie
+    assert sd.parse_environ(b"A=1\0B=x=y\0junk\0") == {"A": "1", "B": "x=y"}
+    ps = " 123   501 /usr/bin/python3 /usr/local/bin/jupyter-tunnel -s srv\n  7 0 -bash\nbad line\n"
+    assert sd.parse_ps(ps) == [(123, 501, ["/usr/bin/python3", "/usr/local/bin/jupyter-tunnel", "-s", "srv"]),
+                               (7, 0, ["-bash"])]
+
+
+def test_registry_dirs(monkeypatch, tmp_path):
+    monkeypatch.setenv(jt.REGISTRY_ENV, str(tmp_path))
+    assert sd.registry_dirs() == [str(tmp_path)]  # the override is the one place
+    monkeypatch.delenv(jt.REGISTRY_ENV)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    # cron and sleep hooks have no XDG_RUNTIME_DIR: the desktop session's registry is still read
+    assert sd.registry_dirs() == [str(tmp_path / "cache" / "jupyter-tunnel"),
+                                  f"/run/user/{os.getuid()}/jupyter-tunnel"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--list", "--force"], "--force stops tunnels: it cannot go with --list/--json"),
+    (["--json", "-f"], "--force stops tunnels"),
+    (["--timeout", "0"], "--timeout must be positive"),
+    (["--port", "0"], "--port must be between 1 and 65535"),
+    (["--port", "http"], "invalid int value: 'http'"),
+    (["srv"], "unrecognized arguments: srv"),
+])
+def test_usage_errors_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sd.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_documents_exit_codes(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sd.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "exit codes: 0 all stopped (or none was running), 1 some did not stop" in out
+    assert "--force" in out and "--list" in out and "--port LPORT" in out and "--host HOST" in out
+
+
+def test_nothing_registered(monkeypatch, tmp_path, capsys):
+    # an empty registry of its own: the scan then takes only tunnels started with it, so none
+    monkeypatch.setenv(jt.REGISTRY_ENV, str(tmp_path))
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert sd.main([]) == 0
+    assert capsys.readouterr().err == "Info: No tunnel to kill.\n"
+    assert sd.main(["--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert sd.main(["--list"]) == 0
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", "Info: No tunnel is running.\n")
