@@ -109,7 +109,9 @@ class RunningTunnel:
         hops = self.hosts if self.node else self.hosts[:-1]
         via = f" via {', '.join(hops)}" if hops else ""
         if not self.registered:
-            return f"unregistered tunnel to {self.remote_host}{via}" if self.remote_host else "unregistered tunnel"
+            # its local and remote ports are nowhere to be read
+            return f"unregistered tunnel to {self.remote_host}{via}" if self.remote_host else \
+                "unregistered tunnel"
         remote = self.sock or (str(self.remote_port) if self.remote_port else "?")
         return f"localhost:{self.local_port or '?'} -> {self.remote_host or '?'}:{remote}{via}"
 

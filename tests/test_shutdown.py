@@ -1,0 +1,229 @@
+"""Integration tests of jupyter_tunnel_shutdown.py: real tunnels through the real sshd to real
+Jupyter servers, stopped by real signals.
+
+Every tunnel of a test registers in ONE registry directory of the test's own
+(JUPYTER_TUNNEL_REGISTRY), and the shutdown script runs with the same one: it then sees, and
+stops, only that test's tunnels, never another run's on this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import jupyter_tunnel as jt
+from helpers import port_is_free, wait_for
+from test_tunnel import Tunnel, get_status, local_port_of
+
+SHUTDOWN = Path(__file__).resolve().parent.parent / "jupyter_tunnel_shutdown.py"
+
+
+@pytest.fixture
+def registry():
+    """The registry directory the test's tunnels and shutdown runs share."""
+    path = tempfile.mkdtemp(prefix="jtr-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def tunnel(sshd, registry):
+    """Factory: start jupyter_tunnel.py registering in ``registry``; killed at teardown."""
+    started: list[Tunnel] = []
+
+    def start(*args: str, registry_dir: str = registry) -> Tunnel:
+        run = Tunnel(sshd.config, *args, env={jt.REGISTRY_ENV: registry_dir})
+        started.append(run)
+        return run
+
+    yield start
+    for run in started:
+        run.kill()
+
+
+@pytest.fixture
+def shutdown(registry):
+    """Run jupyter_tunnel_shutdown.py on ``registry``, without a terminal, as a sleep hook would."""
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        env = dict(os.environ, NO_COLOR="1", **{jt.REGISTRY_ENV: registry})
+        return subprocess.run([sys.executable, str(SHUTDOWN), *args], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, env=env, timeout=60)
+
+    return run
+
+
+def entries(registry: str) -> list[str]:
+    """The registry's file names."""
+    return sorted(os.listdir(registry))
+
+
+def test_list_then_stop_one_by_port_then_the_rest(tunnel, shutdown, registry, start_jupyter):
+    first, second = start_jupyter.many(2)
+    one = tunnel("-s", "jtmulti@srv", "--port", str(first.port))
+    two = tunnel("-s", "gw", "jtmulti@srv", "--port", str(second.port))
+    url_one, url_two = one.url(), two.url()
+    port_one, port_two = local_port_of(url_one), local_port_of(url_two)
+    pid_one, pid_two = one.process.pid, two.process.pid
+
+    done = shutdown("--list", "--json")
+    assert (done.returncode, done.stderr) == (0, "")
+    listed = {e["pid"]: (e["registered"], e["local_port"], e["hosts"], e["remote_port"])
+              for e in json.loads(done.stdout)}
+    assert listed == {pid_one: (True, port_one, ["jtmulti@srv"], first.port),
+                      pid_two: (True, port_two, ["gw", "jtmulti@srv"], second.port)}
+    done = shutdown("--list")
+    assert done.returncode == 0
+    header, *rows = done.stdout.splitlines()
+    assert header.split() == ["PID", "LOCAL", "PORT", "HOSTS", "NODE", "REMOTE", "STARTED"]
+    assert sorted(row.split()[:5] for row in rows) == sorted([
+        [str(pid_one), str(port_one), "jtmulti@srv", "-", str(first.port)],
+        [str(pid_two), str(port_two), "gw,jtmulti@srv", "-", str(second.port)],
+    ])
+
+    # --port stops that one only, and returns once it is gone
+    done = shutdown("--port", str(port_one))
+    assert done.returncode == 0
+    assert done.stderr == f"Info: Killed process {pid_one} (localhost:{port_one} -> jtmulti@srv:{first.port})\n"
+    assert one.wait() == 0 and "Info: Closing the tunnel." in one.stderr  # its own cleanup ran
+    one.assert_clean()  # no ssh master, hop or agent left, no control dir
+    assert entries(registry) == [f"{pid_two}.json"]
+    assert port_is_free(port_one)
+    assert get_status(url_two)[0] == 200  # the other one still serves
+
+    done = shutdown("--host", "elsewhere")
+    assert (done.returncode, done.stderr) == (0, "Info: No tunnel to kill (1 running, none matches --port/--host).\n")
+
+    # no argument: the rest
+    done = shutdown()
+    assert done.returncode == 0
+    assert done.stderr == \
+        f"Info: Killed process {pid_two} (localhost:{port_two} -> jtmulti@srv:{second.port} via gw)\n"
+    assert two.wait() == 0
+    two.assert_clean()
+    assert entries(registry) == []
+
+    done = shutdown()
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "Info: No tunnel to kill.\n")
+
+
+@pytest.mark.parametrize("cleaner", ["shutdown", "next tunnel"])
+def test_sigkilled_tunnel_leftovers_are_pruned(tunnel, shutdown, registry, jtuser_server, cleaner):
+    dead = tunnel("-s", "gw", "srv")
+    port = local_port_of(dead.url())
+    pid = dead.process.pid
+    dead.process.kill()  # the tunnel alone: its ssh master and agent outlive it
+    assert dead.wait() == -signal.SIGKILL
+    assert any(" -M " in line for line in dead.leftovers()), dead.leftovers()
+    assert entries(registry) == [f"{pid}.json"]
+
+    if cleaner == "shutdown":
+        done = shutdown()
+        assert done.returncode == 0
+        assert done.stderr.splitlines() == [
+            f"Info: Cleaned up after process {pid}, which had died "
+            f"(localhost:{port} -> srv:{jtuser_server.port} via gw)",
+            "Info: No tunnel to kill.",
+        ]
+    else:
+        after = tunnel("-s", "srv")  # any tunnel prunes the registry as it starts
+        after.url()
+        assert entries(registry) == [f"{after.process.pid}.json"]
+        assert shutdown().returncode == 0
+        assert after.wait() == 0
+        after.assert_clean()
+    dead.assert_clean()
+    assert entries(registry) == []
+    wait_for(lambda: port_is_free(port), 5, what="the dead tunnel's local port to be free")
+
+
+def test_force_kills_a_tunnel_that_does_not_stop(tunnel, shutdown, registry, jtuser_server):
+    run = tunnel("-s", "gw", "srv")
+    port = local_port_of(run.url())
+    pid = run.process.pid
+    described = f"localhost:{port} -> srv:{jtuser_server.port} via gw"
+    os.kill(pid, signal.SIGSTOP)  # a stopped process cannot act on SIGINT
+
+    done = shutdown("--timeout", "1")
+    assert done.returncode == 1
+    assert done.stderr == f"Warning: process {pid} ({described}) did not stop within 1 s; --force kills it\n"
+    assert run.process.poll() is None and entries(registry) == [f"{pid}.json"]
+
+    done = shutdown("--timeout", "1", "--force")
+    assert done.returncode == 0
+    assert done.stderr.splitlines() == [
+        f"Warning: process {pid} did not stop within 1 s: sending SIGKILL",
+        f"Info: Killed process {pid} with SIGKILL ({described})",
+    ]
+    assert run.wait() == -signal.SIGKILL
+    run.assert_clean()  # its orphaned ssh master and agent were stopped, its directory removed
+    assert entries(registry) == []
+
+
+def test_unregistered_tunnel_is_found_by_the_process_scan(tunnel, shutdown, registry, jtuser_server):
+    run = tunnel("-s", "gw", "srv")
+    port = local_port_of(run.url())
+    pid = run.process.pid
+    os.unlink(os.path.join(registry, f"{pid}.json"))  # as a version without the registry runs
+
+    [entry] = json.loads(shutdown("--json").stdout)
+    assert (entry["pid"], entry["registered"], entry["hosts"], entry["local_port"]) == (pid, False, ["gw", "srv"], None)
+    # its local port is unknown: --port cannot pick it, and says so
+    done = shutdown("--port", str(port))
+    assert done.returncode == 0 and run.process.poll() is None
+    assert done.stderr.splitlines() == [
+        f"Warning: process {pid} is a tunnel that did not register (an older version): its local "
+        "port is unknown, so --port leaves it alone",
+        "Info: No tunnel to kill (1 running, none matches --port/--host).",
+    ]
+    done = shutdown("--host", "srv")  # its hosts are read from its command line
+    assert (done.returncode, done.stderr) == (0, f"Info: Killed process {pid} (unregistered tunnel to srv via gw)\n")
+    assert run.wait() == 0
+    run.assert_clean()
+
+
+def test_background_tunnel_with_sigint_ignored_stops_too(tunnel, shutdown, registry, jtuser_server):
+    # a shell starts a background job ("jupyter-tunnel ... &") with SIGINT ignored, and the
+    # child inherits that; the tunnel turns SIGINT back on, so the shutdown still reaches it
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        run = tunnel("-s", "srv")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    run.url()
+    done = shutdown()
+    assert done.returncode == 0 and done.stderr.startswith(f"Info: Killed process {run.process.pid} ")
+    assert run.wait() == 0
+    run.assert_clean()
+    assert entries(registry) == []
+
+
+def test_tunnels_of_another_registry_are_left_alone(tunnel, shutdown, registry, jtuser_server):
+    # what keeps concurrent runs apart: JUPYTER_TUNNEL_REGISTRY names a separate set of tunnels
+    other = tempfile.mkdtemp(prefix="jtr-", dir="/tmp")
+    try:
+        run = tunnel("-s", "srv", registry_dir=other)
+        url = run.url()
+        done = shutdown()
+        assert (done.returncode, done.stderr) == (0, "Info: No tunnel to kill.\n")
+        assert get_status(url)[0] == 200
+        assert run.stop() == 0
+        run.assert_clean()
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
+
+
+def test_no_tunnel_running_when_run_from_a_checkout(tmp_path):
+    # ./jupyter_tunnel_shutdown.py: its own directory is on sys.path, so jupyter_tunnel imports
+    env = dict(os.environ, NO_COLOR="1", **{jt.REGISTRY_ENV: str(tmp_path)})
+    done = subprocess.run([str(SHUTDOWN)], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          env=env, timeout=30, cwd="/")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "Info: No tunnel to kill.\n")
