@@ -614,7 +614,8 @@ def port_is_free(port: int) -> bool:
 
 
 def probe_server(local_port: int, server: Server, timeout: float = 5.0) -> int | None:
-    """HTTP status of ``/api/status`` through the tunnel, or None when nothing answers.
+    """HTTP status of ``/api/status`` through the tunnel; 0 when the connection was closed
+    without an answer (the remote end refused it), None when nothing came in time.
 
     ``Authorization: token`` works on notebook >= 5 and every jupyter_server (``Bearer``
     only on jupyter_server >= 2), and the request does not count as activity, so probing
@@ -637,10 +638,12 @@ def probe_server(local_port: int, server: Server, timeout: float = 5.0) -> int |
     try:
         conn.request("GET", f"{server.base_url}api/status", headers=headers)
         return conn.getresponse().status
+    except socket.timeout:
+        return None  # a busy server (or network): it may still answer
     except (OSError, http.client.HTTPException):
-        # refused or reset: ssh accepted the local connection but the remote side could
-        # not connect (yet), and closed it
-        return None
+        # closed or reset: ssh accepted the local connection but could not connect to the
+        # server on the remote side, and closed it
+        return 0
     finally:
         conn.close()
 
@@ -956,20 +959,20 @@ def wait_for_tunnel(master: Master, local_port: int, server: Server, timeout: fl
     delay = POLL_INTERVAL
     while True:
         status = probe_server(local_port, server, timeout=max(0.5, min(5.0, deadline - time.monotonic())))
-        if status is not None:
+        if status:
             return status
         if not master.alive():
             raise TunnelError(
                 f"the connection to {master.route.target} was lost: {parse_ssh_error(master.stderr)}",
                 EXIT_LOST,
             )
-        refused = [line for line in master.stderr if "open failed" in line]
-        if refused and time.monotonic() - started > CONNECT_FAILURE_GRACE:
+        if status == 0 and time.monotonic() - started > CONNECT_FAILURE_GRACE:
             # Jupyter writes its runtime file once it listens: a server that refuses
             # connections now (a dead server's unix socket, say) will not answer later
+            refused = [line for line in master.stderr if "open failed" in line]
             raise TunnelError(f"the Jupyter server at {forward_target(server, master.route.node)} on "
-                              f"{master.route.server_host} does not accept connections "
-                              f"(ssh: {refused[-1]})", EXIT_TIMEOUT)
+                              f"{master.route.server_host} does not accept connections"
+                              + (f" (ssh: {refused[-1]})" if refused else ""), EXIT_TIMEOUT)
         if time.monotonic() + delay > deadline:
             reason = parse_ssh_error(list(master.stderr)[-2:]) if master.stderr else "no answer"
             raise TunnelError(
@@ -1022,8 +1025,8 @@ def server_stopped(master: Master, local_port: int, server: Server) -> bool:
     gone only when its runtime file is gone or its pid is dead, which discovery tells.
     Neither request counts as activity, so idle culling still works.
     """
-    if probe_server(local_port, server, timeout=10.0) is not None:
-        return False
+    if probe_server(local_port, server, timeout=10.0) != 0:
+        return False  # it answered, or is too busy to: not stopped
     try:
         servers = discover(master, timeout=15.0)
     except TunnelError:

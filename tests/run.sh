@@ -75,6 +75,15 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
     quiet "$venv/bin/pip" uninstall --disable-pip-version-check -y -q jupyter-tunnel
     printf '%s\n' "$want" >"$stamp"
 fi
+# notebook < 7 (nbserver-*.json, notebook_dir, port 0) cannot share a venv with
+# jupyter_server 2 / notebook 7: it gets its own, for tests/test_servers.py
+nb6=${JT_TEST_NB6_VENV:-/opt/jupyter-tunnel-test-nb6}
+if ! "$nb6/bin/python" -c 'import notebook, sys; sys.exit(notebook.version_info[0] >= 7)' >/dev/null 2>&1; then
+    say "creating venv $nb6 with notebook < 7"
+    rm -rf "$nb6"
+    quiet "$py" -m venv "$nb6"
+    quiet "$nb6/bin/pip" install --disable-pip-version-check -q "notebook<7"
+fi
 
 # --- 3. run -------------------------------------------------------------------
 cd "$repo"

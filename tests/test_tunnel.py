@@ -273,9 +273,10 @@ def test_several_servers_listed_then_chosen_by_port(tunnel, start_jupyter):
     second = start_jupyter("jtmulti", app="server")
     run = tunnel("-s", "jtmulti@srv")
     assert run.wait() == 5
-    assert "Error: 2 Jupyter servers are running on jtmulti@srv: choose one with --port PORT or --dir TEXT" \
-        in run.stderr
-    assert f"port {first.port}  lab" in run.stderr and f"port {second.port}  server" in run.stderr
+    assert run.stderr.splitlines()[-1] == \
+        "Error: 2 Jupyter servers are running on jtmulti@srv: choose one with --port PORT, --dir TEXT or --pick N"
+    rows = [line.split() for line in run.stderr.splitlines() if line[:1].isdigit()]
+    assert sorted((row[1], row[2]) for row in rows) == sorted([(str(first.port), "lab"), (str(second.port), "server")])
     run.assert_clean()
 
     run = tunnel("-s", "jtmulti@srv", "--port", str(second.port))
@@ -310,13 +311,14 @@ def test_stale_and_foreign_runtime_files_are_ignored(tunnel, jtuser_server):
 
 
 def test_server_that_does_not_answer_times_out(tunnel):
-    # a live "jupyter" process whose runtime file points at a port nobody listens on
+    # a live "jupyter" process whose port accepts connections but never answers (a hung server)
     entry = pwd.getpwnam("jtnone")
     fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "jupyter-fake"],
                             user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(64)  # connections wait in the backlog: never accepted, never answered
+    port = hung.getsockname()[1]
     path = write_runtime_file("jtnone", f"jpserver-{fake.pid}.json",
                               json.dumps(dict(pid=fake.pid, port=port, url=f"http://localhost:{port}/", token="t")))
     try:
@@ -326,6 +328,7 @@ def test_server_that_does_not_answer_times_out(tunnel):
             "Error: the Jupyter server did not answer through the tunnel within 2 s")
         run.assert_clean()
     finally:
+        hung.close()
         fake.kill()
         fake.wait()
         path.unlink()

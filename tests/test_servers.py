@@ -1,0 +1,353 @@
+"""Integration tests: every kind of Jupyter server, and choosing among several.
+
+Each server is real (jupyter_server/jupyterlab from the test venv, notebook < 7 from its
+own venv), started as the test user jtmulti with the command line a user would type; the
+tool reaches it through the real sshd, and the page must answer through the tunnel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from helpers import free_port, wait_for
+from realenv import die_with_parent, stop_process, user_env
+from test_tunnel import SCRIPT, get_status, local_port_of, tunnel  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.integration
+USER = "jtmulti"
+# notebook < 7 lives in its own venv (tests/run.sh makes it): it cannot share one with
+# jupyter_server 2 and notebook 7
+NB6_VENV = Path(os.environ.get("JT_TEST_NB6_VENV", "/opt/jupyter-tunnel-test-nb6"))
+
+
+@pytest.fixture
+def launch(test_users, jupyter_venv, tmp_path):
+    """Factory: start ``jupyter ARGS...`` as jtmulti in a fresh root dir; ready once its
+    runtime file (jpserver or nbserver) parses.  Everything is stopped after the test."""
+    account = test_users[USER]
+    started: list[subprocess.Popen] = []
+
+    def start(*args: str, venv: Path = jupyter_venv, root: str = "jt-root") -> SimpleNamespace:
+        root_dir = Path(tempfile.mkdtemp(prefix=f"{root}-", dir=account.home))
+        os.chown(root_dir, account.uid, account.gid)
+        log = tmp_path / f"jupyter-{len(started)}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [str(venv / "bin" / "jupyter"), *args, "--no-browser"],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                user=account.uid, group=account.gid, extra_groups=[], env=user_env(account, venv),
+                cwd=root_dir, start_new_session=True, preexec_fn=die_with_parent,
+            )
+        started.append(proc)
+
+        def ready():
+            assert proc.poll() is None, f"jupyter exited: {log.read_text()[-2000:]}"
+            for path in account.runtime_dir.glob(f"*server-{proc.pid}.json"):
+                try:
+                    return path, json.loads(path.read_text())
+                except ValueError:
+                    return None  # half written
+            return None
+
+        path, info = wait_for(ready, 60, interval=0.1, what=f"jupyter {' '.join(args)} to start")
+        return SimpleNamespace(proc=proc, info=info, file=path, root=root_dir, log=log)
+
+    yield start
+    for proc in started:
+        stop_process(proc, group=True)
+    for proc in started:
+        for path in account.runtime_dir.glob(f"*server-{proc.pid}*"):
+            path.unlink()
+
+
+def list_servers(config, *args: str) -> subprocess.CompletedProcess:
+    """Run ``jupyter_tunnel.py --list`` against jtmulti@srv."""
+    return subprocess.run([sys.executable, str(SCRIPT), "-F", str(config), "-s", f"{USER}@srv", "--list", *args],
+                          capture_output=True, text=True, timeout=60, env=dict(os.environ, NO_COLOR="1"))
+
+
+@pytest.fixture
+def two_servers(launch):
+    """A JupyterLab in an 'alpha' dir and a plain jupyter_server in a 'beta' dir."""
+    lab = launch("lab", "--ip=127.0.0.1", f"--port={free_port()}", root="alpha")
+    plain = launch("server", "--ip=127.0.0.1", f"--port={free_port()}", root="beta")
+    return sorted([lab, plain], key=lambda s: s.info["port"])
+
+
+def test_list_shows_a_numbered_table(sshd, two_servers):
+    done = list_servers(sshd.config)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["#", "PORT", "KIND", "AUTH", "ROOT", "DIRECTORY"]
+    for number, server in enumerate(two_servers, 1):
+        row = lines[number].split()
+        assert row[:2] == [str(number), str(server.info["port"])]
+        assert row[-1] == str(server.root)
+        assert "token" in row
+    assert {lines[1].split()[2], lines[2].split()[2]} == {"lab", "server"}
+    assert len(lines) == 3
+
+
+def test_list_json(sshd, two_servers):
+    done = list_servers(sshd.config, "--json")
+    assert done.returncode == 0, done.stderr
+    listed = json.loads(done.stdout)
+    assert [(s["number"], s["port"], s["root_dir"]) for s in listed] == \
+        [(n, s.info["port"], str(s.root)) for n, s in enumerate(two_servers, 1)]
+    assert all(s["auth"] == "token" and s["kind"] == "jupyter_server" for s in listed)
+    assert not any(s.info["token"] in done.stdout for s in two_servers)  # a secret stays out
+
+
+def test_list_with_no_server(sshd):
+    done = subprocess.run([sys.executable, str(SCRIPT), "-F", str(sshd.config), "-s", "jtnone@srv", "--list"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == ""
+    assert "Info: No Jupyter server is running on jtnone@srv." in done.stderr
+
+
+@pytest.mark.parametrize("how", ["port", "dir", "pick"])
+def test_choose_by_port_dir_or_pick(tunnel, sshd, two_servers, how):
+    wanted = two_servers[1]
+    option = {"port": ["--port", str(wanted.info["port"])], "dir": ["--dir", wanted.root.name],
+              "pick": ["--pick", "2"]}[how]
+    offset = sshd.log_offset()
+    run = tunnel("-s", f"{USER}@srv", *option)
+    url = run.url()
+    assert url.endswith(f"?token={wanted.info['token']}")
+    assert get_status(url)[0] == 200
+    assert len(sshd.logins_since(offset)) == 1
+    assert run.stop() == 0
+    run.assert_clean()
+
+
+def test_several_servers_without_a_terminal_is_an_error(tunnel, two_servers):
+    run = tunnel("-s", f"{USER}@srv")
+    assert run.wait() == 5
+    assert run.stderr.splitlines()[-1] == (
+        f"Error: 2 Jupyter servers are running on {USER}@srv: choose one with --port PORT, --dir TEXT or --pick N")
+    run.assert_clean()
+
+
+@pytest.mark.parametrize("option", [["--pick", "3"], ["--port", "1"], ["--dir", "no-such-dir"]])
+def test_a_choice_that_matches_nothing(tunnel, two_servers, option):
+    run = tunnel("-s", f"{USER}@srv", *option)
+    assert run.wait() == 5
+    assert run.stderr.splitlines()[-1] == f"Error: no Jupyter server on {USER}@srv matches --port/--dir/--pick"
+
+
+def test_a_choice_that_matches_several(tunnel, two_servers):
+    run = tunnel("-s", f"{USER}@srv", "--dir", "/home/")
+    assert run.wait() == 5
+    assert "Error: 2 Jupyter servers match on" in run.stderr
+
+
+def test_prompt_on_a_terminal(sshd, two_servers):
+    """A person at a terminal is asked which server, by number."""
+    wanted = two_servers[1]
+    registry = tempfile.mkdtemp(prefix="jtr-", dir="/tmp")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the tool, on the pseudo-terminal
+        os.environ.update(NO_COLOR="1", JUPYTER_TUNNEL_REGISTRY=registry)
+        os.execv(sys.executable, [sys.executable, str(SCRIPT), "-F", str(sshd.config), "-s", f"{USER}@srv",
+                                  "-b", "none"])
+    screen = b""
+
+    def read_until(text: bytes, timeout: float = 30) -> None:
+        nonlocal screen
+        deadline = time.monotonic() + timeout
+        while text not in screen:
+            assert time.monotonic() < deadline, f"no {text!r} on the terminal:\n{screen.decode(errors='replace')}"
+            if select.select([fd], [], [], 0.5)[0]:
+                try:
+                    screen += os.read(fd, 4096)
+                except OSError:
+                    break
+
+    try:
+        read_until(b"Which server? [1-2] ")
+        os.write(fd, b"2\n")
+        read_until(f"?token={wanted.info['token']}".encode())
+        url = next(line for line in screen.decode().splitlines() if "?token=" in line).strip()
+        assert get_status(url)[0] == 200
+        os.kill(pid, signal.SIGINT)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert os.listdir(registry) == []
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(fd)
+        shutil.rmtree(registry, ignore_errors=True)
+
+
+def expect_page(tunnel, sshd, *args: str, token: str = "", status: int = 200) -> str:
+    """Open a tunnel to jtmulti's one server, check the page answers, close it; returns stderr."""
+    offset = sshd.log_offset()
+    run = tunnel("-s", "gw", f"{USER}@srv", *args)
+    url = run.url()
+    assert local_port_of(url)
+    if token:
+        assert url.endswith(f"?token={token}")
+    assert get_status(url)[0] == status
+    assert len(sshd.logins_since(offset)) == 2  # one login per hop, whatever the server kind
+    assert run.stop() == 0
+    run.assert_clean()
+    return run.stderr
+
+
+def test_notebook_before_7(tunnel, sshd, launch):
+    server = launch("notebook", "--ip=127.0.0.1", f"--port={free_port()}", venv=NB6_VENV)
+    assert server.file.name.startswith("nbserver-")
+    stderr = expect_page(tunnel, sshd, token=server.info["token"])
+    assert "notebook (notebook < 7)" in stderr
+
+
+def test_notebook_before_7_on_port_zero(tunnel, sshd, launch):
+    server = launch("notebook", "--ip=127.0.0.1", "--port=0", venv=NB6_VENV)
+    assert server.info["port"] == 0  # the file does not say where it listens: the tool finds out
+    expect_page(tunnel, sshd, token=server.info["token"])
+
+
+def test_server_on_all_interfaces(tunnel, sshd, launch):
+    server = launch("server", "--ip=0.0.0.0", f"--port={free_port()}")
+    expect_page(tunnel, sshd, token=server.info["token"])
+
+
+def test_server_on_its_host_name(tunnel, sshd, launch):
+    """--ip=$(hostname --fqdn): the forward goes to that name, resolved on the remote side."""
+    fqdn = subprocess.run(["hostname", "--fqdn"], capture_output=True, text=True, check=True).stdout.strip()
+    server = launch("lab", f"--ip={fqdn}", f"--port={free_port()}")
+    assert server.info["hostname"] == fqdn
+    expect_page(tunnel, sshd, token=server.info["token"])
+
+
+def test_unix_socket_server(tunnel, sshd, launch, test_users):
+    sock = Path(tempfile.mkdtemp(prefix="jts-", dir=test_users[USER].home)) / "j.sock"
+    os.chown(sock.parent, test_users[USER].uid, test_users[USER].gid)
+    server = launch("server", f"--sock={sock}")
+    assert server.info["sock"] == str(sock)
+    wait_for(sock.exists, 30, what="the socket")
+    stderr = expect_page(tunnel, sshd, token=server.info["token"])
+    assert f"socket {sock}" in stderr
+
+
+def test_password_server(tunnel, sshd, launch):
+    from jupyter_server.auth import passwd
+
+    server = launch("server", "--ip=127.0.0.1", f"--port={free_port()}", "--IdentityProvider.token=",
+                    f"--PasswordIdentityProvider.hashed_password={passwd('jt-nb-pw')}")
+    assert server.info["token"] == ""
+    stderr = expect_page(tunnel, sshd, status=403)  # no token in the URL: the page asks
+    assert "Info: The server asks for its password: the page will prompt for it." in stderr
+
+
+def test_server_with_a_base_url(tunnel, sshd, launch):
+    server = launch("server", "--ip=127.0.0.1", f"--port={free_port()}", "--ServerApp.base_url=/jt/base/")
+    run = tunnel("-s", f"{USER}@srv")
+    url = run.url()
+    assert url == f"http://localhost:{local_port_of(url)}/jt/base/?token={server.info['token']}"
+    assert get_status(url)[0] == 200
+    assert run.stop() == 0
+
+
+def test_https_server_with_a_self_signed_certificate(tunnel, sshd, launch, test_users):
+    account = test_users[USER]
+    certs = Path(tempfile.mkdtemp(prefix="jtc-", dir=account.home))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=localhost", "-keyout", str(certs / "key.pem"), "-out", str(certs / "cert.pem")],
+                   check=True, capture_output=True)
+    for path in (certs, certs / "key.pem", certs / "cert.pem"):
+        os.chown(path, account.uid, account.gid)
+    server = launch("server", "--ip=127.0.0.1", f"--port={free_port()}",
+                    f"--ServerApp.certfile={certs / 'cert.pem'}", f"--ServerApp.keyfile={certs / 'key.pem'}")
+    assert server.info["secure"] is True
+    run = tunnel("-s", f"{USER}@srv")
+    url = run.url()
+    assert url.startswith("https://localhost:")
+    assert "the browser will warn about it" in run.stderr
+    import ssl
+    import urllib.request
+
+    context = ssl._create_unverified_context()
+    request = urllib.request.Request(url.split("?")[0] + "api/status",
+                                     headers={"Authorization": f"token {server.info['token']}"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context))
+    with opener.open(request, timeout=10) as response:
+        assert response.status == 200
+    assert run.stop() == 0
+    run.assert_clean()
+
+
+def test_json_output_for_scripts(tunnel, launch):
+    server = launch("server", "--ip=127.0.0.1", f"--port={free_port()}")
+    run = tunnel("-s", f"{USER}@srv", "--json")
+    info = json.loads(run.url())
+    assert info == {"url": info["url"], "local_port": local_port_of(info["url"]), "remote_host": f"{USER}@srv",
+                    "remote_port": server.info["port"], "pid": run.process.pid}
+    assert get_status(info["url"])[0] == 200
+    assert run.stop() == 0
+
+
+def test_a_truncated_runtime_file_is_skipped_with_a_warning(tunnel, launch, test_users):
+    server = launch("server", "--ip=127.0.0.1", f"--port={free_port()}")
+    # a live jupyter pid whose file was cut short (a full disk, a crash mid-write)
+    account = test_users[USER]
+    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "jupyter-fake"],
+                            user=account.uid, group=account.gid, extra_groups=[])
+    broken = account.runtime_dir / f"jpserver-{fake.pid}.json"
+    broken.write_text('{"port": 88')
+    os.chown(broken, account.uid, account.gid)
+    try:
+        run = tunnel("-s", f"{USER}@srv")
+        assert run.url().endswith(f"?token={server.info['token']}")
+        assert f"Warning: skipping unreadable Jupyter runtime file {broken}" in run.stderr
+        assert run.stop() == 0
+    finally:
+        fake.kill()
+        fake.wait()
+        broken.unlink()
+
+
+def test_a_server_that_refuses_connections_fails_fast(tunnel, test_users):
+    """A live 'jupyter' pid whose port refuses: an error in seconds, not after --timeout."""
+    account = test_users["jtnone"]
+    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "jupyter-fake"],
+                            user=account.uid, group=account.gid, extra_groups=[])
+    # Bound but not listening: connections to it are refused.  (Here the "remote" host is
+    # this machine: a free port would become the tunnel's own local port, forwarding to itself.)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    account.runtime_dir.mkdir(parents=True, exist_ok=True)
+    path = account.runtime_dir / f"jpserver-{fake.pid}.json"
+    path.write_text(json.dumps(dict(pid=fake.pid, port=port, url=f"http://localhost:{port}/", token="t")))
+    try:
+        started = time.monotonic()
+        run = tunnel("-s", "jtnone@srv")
+        assert run.wait() == 7
+        assert time.monotonic() - started < 20
+        assert run.stderr.splitlines()[-1].startswith(
+            f"Error: the Jupyter server at localhost:{port} on jtnone@srv does not accept connections")
+        run.assert_clean()
+    finally:
+        closed.close()
+        fake.kill()
+        fake.wait()
+        path.unlink()
