@@ -6,17 +6,22 @@ The flow, with exactly one SSH login per hop for the whole run:
 1. connect once: start ONE OpenSSH master connection (``ssh -M -S SOCKET -N``) to the
    last host given with ``-s``, through the others as jump hosts (``-J``).  Every later
    step is multiplexed over it, so a password or 2FA prompt appears once.
-2. discover: run a small POSIX ``sh`` script on the remote through the master.  It prints
-   the runtime files (``jpserver-*.json``, ``nbserver-*.json``) of the live Jupyter servers;
-   the JSON is parsed here, so the remote needs neither ``python`` nor ``jupyter`` on PATH.
-3. choose: exactly one server is used; several must be told apart with ``--port``/``--dir``.
+2. discover: run a small POSIX ``sh`` script on the remote through the master (with ``-n``,
+   on the cluster node, from the head).  It prints the runtime files (``jpserver-*.json``,
+   ``nbserver-*.json``) of the live Jupyter servers; the JSON is parsed here, so the remote
+   needs neither ``python`` nor ``jupyter`` on PATH.  ``--list`` stops here.
+3. choose: the only server, or the one ``--port``/``--dir``/``--pick`` name, or ask on a
+   terminal.
 4. forward: pick a free local port (the remote port or the next free one above it, so a
    pinned browser tab keeps working) and add ``-L 127.0.0.1:LPORT:HOST:RPORT`` to the
    running master (``ssh -O forward``).
-5. wait: poll ``/api/status`` through the tunnel until the server answers.
-6. browser: print the URL, open the browser, and stay until Ctrl+C, SIGTERM or SIGHUP.
-7. clean up: stop the master, reap every child, kill the ssh-agent this run started and
-   remove the private directory that held the control socket.
+5. wait: poll ``/api/status`` through the tunnel until the server answers; register the
+   tunnel (``<pid>.json``, for jupyter_tunnel_shutdown.py).
+6. browser: print the URL, open the browser, and stay until Ctrl+C, SIGTERM or SIGHUP:
+   when the master dies, log in again and forward the same local port; when the server
+   stops, exit.
+7. clean up: stop the master, reap every child, kill the ssh-agent this run started,
+   remove the private directory that held the control socket and the registry entry.
 
 Only the standard library and the system ``ssh`` are used: the system client is what
 honours ``~/.ssh/config``, ProxyJump, agents, ControlMaster and 2FA prompts.
@@ -1049,6 +1054,7 @@ class Tunnel:
         self.master: Master | None = None
         self.server: Server | None = None
         self.local_port: int | None = args.local_port
+        self.status = 0  # HTTP status of the last successful probe
         self.state_file = ""
 
     def write_config(self, batch: bool = False) -> None:
