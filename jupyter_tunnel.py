@@ -90,6 +90,12 @@ SSH_NOISE = (
 # Running tunnels register in $XDG_RUNTIME_DIR/jupyter-tunnel (or ~/.cache/jupyter-tunnel);
 # this variable overrides the directory (the tests use it).
 REGISTRY_ENV = "JUPYTER_TUNNEL_REGISTRY"
+# What tells a jupyter-tunnel process from a reused pid (see is_tunnel_argv).
+TUNNEL_SCRIPTS = ("jupyter_tunnel.py", "jupyter-tunnel", "jupyter-tunnel.sh")
+TUNNEL_MODULE = "jupyter_tunnel"  # python -m jupyter_tunnel
+SHELLS = ("sh", "bash", "dash", "zsh", "ksh")
+OPTIONS_WITH_VALUE = ("-W", "-X", "--check-hash-based-pycs", "-o")  # -o: the shells' option
+HAVE_PROC = os.path.isdir("/proc/self")  # Linux; elsewhere ps(1) tells
 # Markers of the discovery script's output (see build_discovery_script).
 MARK = "::jupyter-tunnel::"
 
@@ -660,6 +666,11 @@ def registry_dir() -> str:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
         return os.path.join(runtime, "jupyter-tunnel")
+    # cron jobs, runuser and some ssh sessions lack XDG_RUNTIME_DIR: use the same place
+    # a desktop session would when it is there and ours
+    runtime = f"/run/user/{os.getuid()}"
+    if os.path.isdir(runtime) and os.stat(runtime).st_uid == os.getuid():
+        return os.path.join(runtime, "jupyter-tunnel")
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(cache, "jupyter-tunnel")
 
@@ -702,28 +713,117 @@ def read_states(directory: str | None = None) -> list[dict]:
     return sorted(states, key=lambda state: state.get("started", 0))
 
 
-def process_cmdline(pid: int) -> str | None:
-    """The command line of our own user's process ``pid``, or None if there is none."""
-    try:
-        os.kill(pid, 0)
-    except PermissionError:
-        return None  # another user's process: never ours to look at or signal
-    except (OSError, OverflowError):
+def _is_interpreter(program: str) -> bool:
+    """Whether ``program`` (a basename) runs a script given as an argument."""
+    name = program.lower()  # macOS framework builds run ".../Python"
+    return "python" in name or "pypy" in name or name in SHELLS
+
+
+def script_index(argv: Sequence[str]) -> int | None:
+    """Index in ``argv`` of what the process runs (the program, or an interpreter's script)."""
+    if not argv:
         return None
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        pass
-    done = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
-    return done.stdout.strip() or None  # no /proc (macOS): ps tells
+    if not _is_interpreter(os.path.basename(argv[0])):
+        return 0
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "-m" or (arg.startswith("-m") and not arg.startswith("--")):
+            return i  # python -m MODULE (or -mMODULE)
+        if arg.startswith("-c") and not arg.startswith("--"):
+            return None  # python -c CODE, sh -c CODE: no script
+        if arg in OPTIONS_WITH_VALUE:
+            i += 2
+            continue
+        if arg.startswith("-") and arg != "-":
+            i += 1
+            continue
+        return i
+    return None
 
 
-def is_tunnel_process(pid: int) -> bool:
-    """Whether ``pid`` is one of our user's jupyter-tunnel processes (not a reused pid)."""
-    cmdline = process_cmdline(pid) or ""
-    return any(name in cmdline for name in ("jupyter_tunnel.py", "jupyter-tunnel", "jupyter_tunnel")) \
-        and "shutdown" not in cmdline
+def is_tunnel_argv(argv: Sequence[str]) -> bool:
+    """Whether a command line runs jupyter-tunnel: the program or the interpreter's script.
+
+    Deliberately strict: a mere mention (``vim jupyter_tunnel.py``, a venv or checkout
+    called ``jupyter-tunnel``) is not a tunnel, and neither is this shutdown script.
+    """
+    i = script_index(argv)
+    if i is None:
+        return False
+    arg = argv[i]
+    if arg.startswith("-m"):
+        module = arg[2:] or (argv[i + 1] if i + 1 < len(argv) else "")
+        return module == TUNNEL_MODULE
+    return os.path.basename(arg) in TUNNEL_SCRIPTS
+
+
+def parse_status_uid(text: str) -> int | None:
+    """The real uid from the text of ``/proc/PID/status`` (``Uid: real effective saved fs``)."""
+    for line in text.splitlines():
+        if line.startswith("Uid:"):
+            fields = line.split()
+            return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+    return None
+
+
+def split_cmdline(raw: bytes) -> list[str]:
+    """argv from the bytes of ``/proc/PID/cmdline`` (NUL-separated; empty for a zombie)."""
+    return [arg.decode(errors="replace") for arg in raw.split(b"\0")[:-1]] if raw else []
+
+
+def parse_ps(text: str) -> list[tuple[int, int, list[str]]]:
+    """``(pid, uid, argv)`` from ``ps -o pid=,uid=,command=`` (argv split at spaces: ps joins it)."""
+    found = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[0].isdigit() and fields[1].isdigit():
+            found.append((int(fields[0]), int(fields[1]), fields[2:]))
+    return found
+
+
+def registry_dirs() -> list[str]:
+    """Every directory where a tunnel of this user may have registered, the usual one first."""
+    if os.environ.get(REGISTRY_ENV):
+        return [registry_dir()]
+    # A tunnel started in a desktop session registers under $XDG_RUNTIME_DIR, which cron
+    # jobs, sleep hooks (runuser) and plain ssh sessions lack: they would look in the cache
+    # directory instead.  So look in both, whatever this environment says.
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    candidates = [registry_dir(), os.path.join(f"/run/user/{os.getuid()}", "jupyter-tunnel"),
+                  os.path.join(cache, "jupyter-tunnel")]
+    dirs: list[str] = []
+    for directory in candidates:
+        if os.path.realpath(directory) not in map(os.path.realpath, dirs):
+            dirs.append(directory)
+    return dirs
+
+
+def process_info(pid: int) -> tuple[int, list[str]] | None:
+    """The real uid and argv of process ``pid``; None when it is gone or a zombie."""
+    if HAVE_PROC:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                uid = parse_status_uid(f.read())
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = split_cmdline(f.read())
+        except OSError:
+            return None
+        return (uid, argv) if uid is not None and argv else None
+    done = subprocess.run(["ps", "-o", "pid=,uid=,command=", "-p", str(pid)],
+                          capture_output=True, text=True)
+    found = [(uid, argv) for p, uid, argv in parse_ps(done.stdout) if p == pid]
+    return found[0] if found else None
+
+
+def is_own_tunnel(pid: int) -> bool:
+    """Whether ``pid`` is, right now, a live jupyter-tunnel of the user running this script.
+
+    The uid is checked, not a PermissionError awaited: root may signal anyone, and must
+    still touch only its own tunnels.
+    """
+    info = process_info(pid)
+    return info is not None and info[0] == os.getuid() and is_tunnel_argv(info[1])
 
 
 def clean_leftovers(state: dict) -> None:
@@ -732,7 +832,8 @@ def clean_leftovers(state: dict) -> None:
     for key in ("master_pid", "agent_pid"):
         pid = state.get(key)
         # only a process that names the dead tunnel's private directory: never a reused pid
-        if isinstance(pid, int) and control and control in (process_cmdline(pid) or ""):
+        info = process_info(pid) if isinstance(pid, int) else None
+        if info and info[0] == os.getuid() and control and control in " ".join(info[1]):
             try:
                 os.kill(pid, signal.SIGTERM)
             except OSError:
@@ -745,14 +846,15 @@ def clean_leftovers(state: dict) -> None:
         pass
 
 
-def prune_registry(directory: str | None = None) -> list[dict]:
+def prune_registry() -> list[dict]:
     """Clean up after every registered tunnel that is gone; returns the live entries."""
     live = []
-    for state in read_states(directory):
-        if is_tunnel_process(int(state["pid"])):
-            live.append(state)
-        else:
-            clean_leftovers(state)
+    for directory in registry_dirs():
+        for state in read_states(directory):
+            if is_own_tunnel(int(state["pid"])):
+                live.append(state)
+            else:
+                clean_leftovers(state)
     return live
 
 

@@ -33,6 +33,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
 import jupyter_tunnel as jt
+from jupyter_tunnel import (  # shared with the tunnel's own registry pruning
+    HAVE_PROC, TUNNEL_MODULE, is_own_tunnel, is_tunnel_argv, parse_ps, process_info,
+    registry_dirs, script_index,
+)
 from jupyter_tunnel import say
 
 __all__ = ["RunningTunnel", "find_tunnels", "select_tunnels", "stop_tunnels", "main"]
@@ -48,13 +52,8 @@ KILL_TIMEOUT = 5.0  # after SIGKILL: instant, unless the process is stuck in the
 POLL_INTERVAL = 0.05
 # How a tunnel shows in a command line: the script run from a checkout, the console script,
 # and the original bash tool (its own shutdown script interrupted it too).
-TUNNEL_SCRIPTS = ("jupyter_tunnel.py", "jupyter-tunnel", "jupyter-tunnel.sh")
-TUNNEL_MODULE = "jupyter_tunnel"  # python -m jupyter_tunnel
-SHELLS = ("sh", "bash", "dash", "zsh", "ksh")
 # Interpreter options whose value is the next argument: that value is not the script.
-OPTIONS_WITH_VALUE = ("-W", "-X", "--check-hash-based-pycs", "-o")  # -o: the shells' option
 TABLE_COLUMNS = ("PID", "LOCAL PORT", "HOSTS", "NODE", "REMOTE", "STARTED")
-HAVE_PROC = os.path.isdir("/proc/self")  # Linux; elsewhere ps(1) tells
 
 
 @dataclass(frozen=True)
@@ -144,51 +143,6 @@ def _float_or_none(value: object) -> float | None:
         return None
 
 
-def _is_interpreter(program: str) -> bool:
-    """Whether ``program`` (a basename) runs a script given as an argument."""
-    name = program.lower()  # macOS framework builds run ".../Python"
-    return "python" in name or "pypy" in name or name in SHELLS
-
-
-def _script_index(argv: Sequence[str]) -> int | None:
-    """Index in ``argv`` of what the process runs (the program, or an interpreter's script)."""
-    if not argv:
-        return None
-    if not _is_interpreter(os.path.basename(argv[0])):
-        return 0
-    i = 1
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "-m" or (arg.startswith("-m") and not arg.startswith("--")):
-            return i  # python -m MODULE (or -mMODULE)
-        if arg.startswith("-c") and not arg.startswith("--"):
-            return None  # python -c CODE, sh -c CODE: no script
-        if arg in OPTIONS_WITH_VALUE:
-            i += 2
-            continue
-        if arg.startswith("-") and arg != "-":
-            i += 1
-            continue
-        return i
-    return None
-
-
-def is_tunnel_argv(argv: Sequence[str]) -> bool:
-    """Whether a command line runs jupyter-tunnel: the program or the interpreter's script.
-
-    Deliberately strict: a mere mention (``vim jupyter_tunnel.py``, a venv or checkout
-    called ``jupyter-tunnel``) is not a tunnel, and neither is this shutdown script.
-    """
-    i = _script_index(argv)
-    if i is None:
-        return False
-    arg = argv[i]
-    if arg.startswith("-m"):
-        module = arg[2:] or (argv[i + 1] if i + 1 < len(argv) else "")
-        return module == TUNNEL_MODULE
-    return os.path.basename(arg) in TUNNEL_SCRIPTS
-
-
 def _split_hosts(value: str) -> list[str]:
     """The hosts of one ``-s`` value: ``"gw srv"`` and ``gw,srv`` hold two (as jupyter-tunnel reads them)."""
     return [h for h in value.replace(",", " ").split() if h]
@@ -196,7 +150,7 @@ def _split_hosts(value: str) -> list[str]:
 
 def hosts_from_argv(argv: Sequence[str]) -> tuple[tuple[str, ...], str]:
     """The ``-s`` hosts and the ``-n`` node of a jupyter-tunnel command line, as far as it tells."""
-    i = _script_index(argv)
+    i = script_index(argv)
     args = list(argv[(i or 0) + 1:])
     if args[:1] == [TUNNEL_MODULE]:  # python -m jupyter_tunnel
         args = args[1:]
@@ -306,20 +260,6 @@ def format_table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def parse_status_uid(text: str) -> int | None:
-    """The real uid from the text of ``/proc/PID/status`` (``Uid: real effective saved fs``)."""
-    for line in text.splitlines():
-        if line.startswith("Uid:"):
-            fields = line.split()
-            return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
-    return None
-
-
-def split_cmdline(raw: bytes) -> list[str]:
-    """argv from the bytes of ``/proc/PID/cmdline`` (NUL-separated; empty for a zombie)."""
-    return [arg.decode(errors="replace") for arg in raw.split(b"\0")[:-1]] if raw else []
-
-
 def parse_environ(raw: bytes) -> dict[str, str]:
     """The environment from the bytes of ``/proc/PID/environ``."""
     env = {}
@@ -330,51 +270,7 @@ def parse_environ(raw: bytes) -> dict[str, str]:
     return env
 
 
-def parse_ps(text: str) -> list[tuple[int, int, list[str]]]:
-    """``(pid, uid, argv)`` from ``ps -o pid=,uid=,command=`` (argv split at spaces: ps joins it)."""
-    found = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) >= 3 and fields[0].isdigit() and fields[1].isdigit():
-            found.append((int(fields[0]), int(fields[1]), fields[2:]))
-    return found
-
-
 # --------------------------------------------------------------------------- I/O parts
-
-
-def registry_dirs() -> list[str]:
-    """Every directory where a tunnel of this user may have registered, the usual one first."""
-    if os.environ.get(jt.REGISTRY_ENV):
-        return [jt.registry_dir()]
-    # A tunnel started in a desktop session registers under $XDG_RUNTIME_DIR, which cron
-    # jobs, sleep hooks (runuser) and plain ssh sessions lack: they would look in the cache
-    # directory instead.  So look in both, whatever this environment says.
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    candidates = [jt.registry_dir(), os.path.join(f"/run/user/{os.getuid()}", "jupyter-tunnel"),
-                  os.path.join(cache, "jupyter-tunnel")]
-    dirs: list[str] = []
-    for directory in candidates:
-        if os.path.realpath(directory) not in map(os.path.realpath, dirs):
-            dirs.append(directory)
-    return dirs
-
-
-def process_info(pid: int) -> tuple[int, list[str]] | None:
-    """The real uid and argv of process ``pid``; None when it is gone or a zombie."""
-    if HAVE_PROC:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                uid = parse_status_uid(f.read())
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = split_cmdline(f.read())
-        except OSError:
-            return None
-        return (uid, argv) if uid is not None and argv else None
-    done = subprocess.run(["ps", "-o", "pid=,uid=,command=", "-p", str(pid)],
-                          capture_output=True, text=True)
-    found = [(uid, argv) for p, uid, argv in parse_ps(done.stdout) if p == pid]
-    return found[0] if found else None
 
 
 def process_environ(pid: int) -> dict[str, str] | None:
@@ -399,16 +295,6 @@ def scan_processes(uid: int) -> list[tuple[int, list[str]]]:
             if info is not None and info[0] == uid:
                 found.append((int(name), info[1]))
     return found
-
-
-def is_own_tunnel(pid: int) -> bool:
-    """Whether ``pid`` is, right now, a live jupyter-tunnel of the user running this script.
-
-    The uid is checked, not a PermissionError awaited: root may signal anyone, and must
-    still touch only its own tunnels.
-    """
-    info = process_info(pid)
-    return info is not None and info[0] == os.getuid() and is_tunnel_argv(info[1])
 
 
 def find_tunnels() -> list[RunningTunnel]:

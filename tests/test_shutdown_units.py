@@ -47,7 +47,7 @@ UNREGISTERED = sd.RunningTunnel.from_argv(4, ["python3", "./jupyter_tunnel.py", 
     ([], False),
 ])
 def test_is_tunnel_argv(argv, expect):
-    assert sd.is_tunnel_argv(argv) is expect
+    assert jt.is_tunnel_argv(argv) is expect
 
 
 @pytest.mark.parametrize("argv, hosts, node", [
@@ -162,25 +162,25 @@ def test_in_registry_scope(ours, environ, expect):
 
 def test_proc_parsers():
     status = "Name:\tpython3\nUmask:\t0022\nState:\tS (sleeping)\nUid:\t1000\t1001\t1000\t1000\nGid:\t1000\n"
-    assert sd.parse_status_uid(status) == 1000
-    assert sd.parse_status_uid("Name:\tx\n") is None
-    assert sd.split_cmdline(b"python3\0./jupyter_tunnel.py\0-s\0gw srv\0") == \
+    assert jt.parse_status_uid(status) == 1000
+    assert jt.parse_status_uid("Name:\tx\n") is None
+    assert jt.split_cmdline(b"python3\0./jupyter_tunnel.py\0-s\0gw srv\0") == \
         ["python3", "./jupyter_tunnel.py", "-s", "gw srv"]
-    assert sd.split_cmdline(b"") == []  # a zombie
+    assert jt.split_cmdline(b"") == []  # a zombie
     assert sd.parse_environ(b"A=1\0B=x=y\0junk\0") == {"A": "1", "B": "x=y"}
     ps = " 123   501 /usr/bin/python3 /usr/local/bin/jupyter-tunnel -s srv\n  7 0 -bash\nbad line\n"
-    assert sd.parse_ps(ps) == [(123, 501, ["/usr/bin/python3", "/usr/local/bin/jupyter-tunnel", "-s", "srv"]),
+    assert jt.parse_ps(ps) == [(123, 501, ["/usr/bin/python3", "/usr/local/bin/jupyter-tunnel", "-s", "srv"]),
                                (7, 0, ["-bash"])]
 
 
 def test_registry_dirs(monkeypatch, tmp_path):
     monkeypatch.setenv(jt.REGISTRY_ENV, str(tmp_path))
-    assert sd.registry_dirs() == [str(tmp_path)]  # the override is the one place
+    assert jt.registry_dirs() == [str(tmp_path)]  # the override is the one place
     monkeypatch.delenv(jt.REGISTRY_ENV)
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     # cron and sleep hooks have no XDG_RUNTIME_DIR: the desktop session's registry is still read
-    assert sd.registry_dirs() == [str(tmp_path / "cache" / "jupyter-tunnel"),
+    assert jt.registry_dirs() == [str(tmp_path / "cache" / "jupyter-tunnel"),
                                   f"/run/user/{os.getuid()}/jupyter-tunnel"]
 
 
