@@ -403,3 +403,49 @@ def test_help_shows_version_and_examples():
     assert done.returncode == 0
     assert "jupyter-tunnel 0." in done.stdout
     assert "through a gateway:" in done.stdout and "-s user@gateway.ext user@server.ext" in done.stdout
+
+
+@pytest.fixture
+def user_agent(tmp_path):
+    """An ssh-agent of the user's own, as a desktop session has one."""
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    wait_for(sock.exists, 10, what="the user's agent")
+    yield str(sock)
+    agent.terminate()
+    agent.wait()
+
+
+def test_the_users_agent_is_used_and_left_alone(tunnel, jtuser_server, user_agent):
+    run = tunnel("-s", "gw", "srv", env={"SSH_AUTH_SOCK": user_agent})
+    run.url()
+    assert not [line for line in run.leftovers() if "ssh-agent" in line]  # no agent of our own
+    assert run.stop() == 0
+    run.assert_clean()
+    assert Path(user_agent).exists()
+
+
+def test_ssha_starts_a_fresh_agent_and_kills_it(tunnel, jtuser_server, user_agent):
+    run = tunnel("-a", "-s", "gw", "srv", env={"SSH_AUTH_SOCK": user_agent})
+    run.url()
+    assert len([line for line in run.leftovers() if "ssh-agent" in line]) == 1
+    # keys are added to the run's own agent on first use (AddKeysToAgent)
+    [agent_sock] = [line.split(" -a ")[1].split()[0] for line in run.leftovers() if "ssh-agent" in line]
+    listed = subprocess.run(["ssh-add", "-l"], env=dict(os.environ, SSH_AUTH_SOCK=agent_sock),
+                            capture_output=True, text=True)
+    assert listed.returncode == 0 and "ED25519" in listed.stdout, listed
+    assert run.stop() == 0
+    run.assert_clean()  # the run's agent is gone with it
+    assert Path(user_agent).exists()  # the user's own is untouched
+
+
+def test_ssh_options_reach_every_hop(tunnel, sshd, start_jupyter):
+    """-o goes to the jump hosts too (ssh itself passes -o only to the last one)."""
+    server = start_jupyter("jtmulti")
+    offset = sshd.log_offset()
+    run = tunnel("-o", "User=jtmulti", "-s", "gw", "head", "srv")
+    assert run.url().endswith(f"?token={server.token}")
+    logins = sshd.logins_since(offset)
+    assert len(logins) == 3 and all("Accepted publickey for jtmulti " in line for line in logins), logins
+    assert run.stop() == 0
+    run.assert_clean()
