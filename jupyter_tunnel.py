@@ -576,6 +576,75 @@ def build_state(pid: int, route: Route, server: Server, local_port: int, directo
     }
 
 
+def _is_interpreter(program: str) -> bool:
+    """Whether ``program`` (a basename) runs a script given as an argument."""
+    name = program.lower()  # macOS framework builds run ".../Python"
+    return "python" in name or "pypy" in name or name in SHELLS
+
+
+def script_index(argv: Sequence[str]) -> int | None:
+    """Index in ``argv`` of what the process runs (the program, or an interpreter's script)."""
+    if not argv:
+        return None
+    if not _is_interpreter(os.path.basename(argv[0])):
+        return 0
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "-m" or (arg.startswith("-m") and not arg.startswith("--")):
+            return i  # python -m MODULE (or -mMODULE)
+        if arg.startswith("-c") and not arg.startswith("--"):
+            return None  # python -c CODE, sh -c CODE: no script
+        if arg in OPTIONS_WITH_VALUE:
+            i += 2
+            continue
+        if arg.startswith("-") and arg != "-":
+            i += 1
+            continue
+        return i
+    return None
+
+
+def is_tunnel_argv(argv: Sequence[str]) -> bool:
+    """Whether a command line runs jupyter-tunnel: the program or the interpreter's script.
+
+    Deliberately strict: a mere mention (``vim jupyter_tunnel.py``, a venv or checkout
+    called ``jupyter-tunnel``) is not a tunnel, and neither is this shutdown script.
+    """
+    i = script_index(argv)
+    if i is None:
+        return False
+    arg = argv[i]
+    if arg.startswith("-m"):
+        module = arg[2:] or (argv[i + 1] if i + 1 < len(argv) else "")
+        return module == TUNNEL_MODULE
+    return os.path.basename(arg) in TUNNEL_SCRIPTS
+
+
+def parse_status_uid(text: str) -> int | None:
+    """The real uid from the text of ``/proc/PID/status`` (``Uid: real effective saved fs``)."""
+    for line in text.splitlines():
+        if line.startswith("Uid:"):
+            fields = line.split()
+            return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+    return None
+
+
+def split_cmdline(raw: bytes) -> list[str]:
+    """argv from the bytes of ``/proc/PID/cmdline`` (NUL-separated; empty for a zombie)."""
+    return [arg.decode(errors="replace") for arg in raw.split(b"\0")[:-1]] if raw else []
+
+
+def parse_ps(text: str) -> list[tuple[int, int, list[str]]]:
+    """``(pid, uid, argv)`` from ``ps -o pid=,uid=,command=`` (argv split at spaces: ps joins it)."""
+    found = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[0].isdigit() and fields[1].isdigit():
+            found.append((int(fields[0]), int(fields[1]), fields[2:]))
+    return found
+
+
 # --------------------------------------------------------------------------- messages
 
 
@@ -711,75 +780,6 @@ def read_states(directory: str | None = None) -> list[dict]:
         state["file"] = os.path.join(directory, name)
         states.append(state)
     return sorted(states, key=lambda state: state.get("started", 0))
-
-
-def _is_interpreter(program: str) -> bool:
-    """Whether ``program`` (a basename) runs a script given as an argument."""
-    name = program.lower()  # macOS framework builds run ".../Python"
-    return "python" in name or "pypy" in name or name in SHELLS
-
-
-def script_index(argv: Sequence[str]) -> int | None:
-    """Index in ``argv`` of what the process runs (the program, or an interpreter's script)."""
-    if not argv:
-        return None
-    if not _is_interpreter(os.path.basename(argv[0])):
-        return 0
-    i = 1
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "-m" or (arg.startswith("-m") and not arg.startswith("--")):
-            return i  # python -m MODULE (or -mMODULE)
-        if arg.startswith("-c") and not arg.startswith("--"):
-            return None  # python -c CODE, sh -c CODE: no script
-        if arg in OPTIONS_WITH_VALUE:
-            i += 2
-            continue
-        if arg.startswith("-") and arg != "-":
-            i += 1
-            continue
-        return i
-    return None
-
-
-def is_tunnel_argv(argv: Sequence[str]) -> bool:
-    """Whether a command line runs jupyter-tunnel: the program or the interpreter's script.
-
-    Deliberately strict: a mere mention (``vim jupyter_tunnel.py``, a venv or checkout
-    called ``jupyter-tunnel``) is not a tunnel, and neither is this shutdown script.
-    """
-    i = script_index(argv)
-    if i is None:
-        return False
-    arg = argv[i]
-    if arg.startswith("-m"):
-        module = arg[2:] or (argv[i + 1] if i + 1 < len(argv) else "")
-        return module == TUNNEL_MODULE
-    return os.path.basename(arg) in TUNNEL_SCRIPTS
-
-
-def parse_status_uid(text: str) -> int | None:
-    """The real uid from the text of ``/proc/PID/status`` (``Uid: real effective saved fs``)."""
-    for line in text.splitlines():
-        if line.startswith("Uid:"):
-            fields = line.split()
-            return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
-    return None
-
-
-def split_cmdline(raw: bytes) -> list[str]:
-    """argv from the bytes of ``/proc/PID/cmdline`` (NUL-separated; empty for a zombie)."""
-    return [arg.decode(errors="replace") for arg in raw.split(b"\0")[:-1]] if raw else []
-
-
-def parse_ps(text: str) -> list[tuple[int, int, list[str]]]:
-    """``(pid, uid, argv)`` from ``ps -o pid=,uid=,command=`` (argv split at spaces: ps joins it)."""
-    found = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) >= 3 and fields[0].isdigit() and fields[1].isdigit():
-            found.append((int(fields[0]), int(fields[1]), fields[2:]))
-    return found
 
 
 def registry_dirs() -> list[str]:
