@@ -165,13 +165,22 @@ def setup_users() -> Dict[str, UserAccount]:
             run_setup(["useradd", "--create-home", "--shell", "/bin/sh", name], f"creating user {name}")
     # also unlocks the accounts: useradd leaves "!" which sshd (UsePAM no) refuses
     run_setup(["chpasswd"], "setting the test passwords", "".join(f"{n}:{TEST_PASSWORD}\n" for n in TEST_USERS))
-    users = {}
-    for name in TEST_USERS:
-        entry = pwd.getpwnam(name)
-        user = UserAccount(name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
+    users = user_accounts()
+    for user in users.values():
         # files left by earlier (killed) runs would look like servers to discovery
         shutil.rmtree(user.runtime_dir, ignore_errors=True)
-        users[name] = user
+    return users
+
+
+def user_accounts() -> Dict[str, UserAccount]:
+    """The test users as they exist now (`setup_users` makes them)."""
+    users = {}
+    for name in TEST_USERS:
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            raise SetupError(f"test user {name} is missing (tests/realenv.setup_users makes it)") from None
+        users[name] = UserAccount(name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
     return users
 
 
@@ -442,14 +451,21 @@ def _check_logins(server: SshServer) -> None:
         for what, argv in checks.items()
     }
     failures = []
-    for what, proc in procs.items():
-        try:
-            output, _ = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            output, _ = proc.communicate()
-        if proc.returncode != 0:
-            failures.append(f"{what}: exit {proc.returncode}: {output.decode(errors='replace').strip()}")
+    try:
+        for what, proc in procs.items():
+            try:
+                output, _ = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                output, _ = proc.communicate()
+            if proc.returncode != 0:
+                failures.append(f"{what}: exit {proc.returncode}: {output.decode(errors='replace').strip()}")
+    finally:
+        # on Ctrl+C too: no check may outlive the set-up
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     if failures:
         raise SetupError("sshd set-up check failed:\n" + "\n".join(failures) + f"\nsshd log:\n{tail(server.log)}")
 
