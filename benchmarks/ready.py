@@ -400,12 +400,19 @@ def _rss_mb(pid: int) -> Optional[float]:
 
 
 def _group_alive(pgid: int) -> bool:
-    """Whether any process is left in the process group."""
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+    """Whether a live process is left in the process group.
+
+    Zombies do not count: a jump-host ssh orphaned by its master's exit is already dead,
+    and waits for PID 1 to reap it, which on some machines happens only every second or two.
+    """
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
 
 
 def run_tool(config: Path, hops: int, server: realenv.JupyterProc, sshd: realenv.SshServer,
@@ -457,7 +464,7 @@ def run_tool(config: Path, hops: int, server: realenv.JupyterProc, sshd: realenv
         raise BenchmarkError(f"the tool did not exit within {EXIT_TIMEOUT:g} s of SIGINT") from None
     finally:
         if proc.poll() is None or _group_alive(proc.pid):
-            with contextlib.suppress(ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         for stream in (proc.stdout, proc.stderr):
