@@ -196,3 +196,7 @@ def start_jupyter(
         yield JupyterFactory(starter)
     finally:
         starter.stop_all()
+
+
+# --- clusters (Grid Engine, Slurm) for jupyter_node.py: tests/cluster_fixtures.py ----
+from cluster_fixtures import _sge_session, cluster_user, sge_cluster  # noqa: E402,F401

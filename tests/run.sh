@@ -48,6 +48,21 @@ command -v pgrep >/dev/null 2>&1 || missing="$missing procps"
 [ -x "$py" ] || missing="$missing python3"
 # Debian splits ensurepip (needed by `python3 -m venv`) into python3-venv
 { [ -x "$py" ] && "$py" -c 'import ensurepip' >/dev/null 2>&1; } || missing="$missing python3-venv"
+# the real clusters of tests/cluster.py (jupyter_node.py): Son of Grid Engine, Slurm + munge
+for pkg in gridengine-master gridengine-exec gridengine-client slurm-wlm munge; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing="$missing $pkg"
+done
+case "$missing" in
+*gridengine*)
+    # gridengineconfig=true: the package sets up the cell "default" with this host as
+    # qmaster (tests/cluster.py fixes the host names and starts the daemons itself)
+    debconf-set-selections <<EOF
+gridengine-common shared/gridengineconfig boolean true
+gridengine-common shared/gridenginecell string default
+gridengine-common shared/gridenginemaster string $(hostname)
+EOF
+    ;;
+esac
 if [ -n "$missing" ]; then
     say "installing:$missing"
     export DEBIAN_FRONTEND=noninteractive

@@ -1,0 +1,133 @@
+"""jupyter_node.py on a real single-host Grid Engine cluster, and jupyter_tunnel.py -n to its node.
+
+The user's path, end to end: ``ssh USER@HEAD jupyter-node ...`` submits a real JupyterLab
+with ``qrsh``; the job runs on the node (this machine, under its host name); the
+``jupyter-tunnel -s USER@HEAD -n NODE`` command it printed is run as printed (plus the test
+options ``-F``/``-b none``) and the page answers through it; Ctrl+C leaves the job running,
+``qdel`` ends it.  What is checked is what a user would check: qstat, the log, the page.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import stat
+import time
+
+import pytest
+
+from cluster import ClusterUser, SgeCluster, logins_by_target, parse_node_report, run
+from helpers import tcp_open, wait_for
+from test_tunnel import Tunnel, get_status, local_port_of
+
+pytestmark = pytest.mark.integration
+
+START = "jupyter-node --scheduler sge"
+SERVER_TIMEOUT = 120.0  # -w for a lab that starts in 2-5 s: the tool returns as soon as it is up
+
+
+def qstat_job(job_id: str) -> str:
+    """`qstat -j JOB` (as root): the job's name, owner, requests."""
+    return run(["qstat", "-j", job_id], "qstat -j", check=False).stdout
+
+
+def test_lab_on_the_node_through_the_tunnel_then_qdel(sge_cluster: SgeCluster, cluster_user: ClusterUser, sshd):
+    user = cluster_user
+    started = time.monotonic()
+    done = user.ssh_head(f"cd && {START} -t lab -w {SERVER_TIMEOUT:g}s")
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    report = parse_node_report(done.stdout, done.stderr)
+    assert "Info: Jupyter lab has been submitted to the queue." in done.stderr
+    assert report.node == sge_cluster.node
+    # the printed command, exactly: the head as the user reaches it, the node the job runs on
+    assert shlex.split(done.stdout) == ["jupyter-tunnel", "-s", f"{user.name}@{user.head}", "-n", report.node]
+    assert took < SERVER_TIMEOUT / 2, "it waited for -w instead of returning once the server was up"
+    # the ssh session on the head is over: the job still runs, as the user, under its name
+    assert sge_cluster.job_state(report.job_id) == "r"
+    assert sge_cluster.job_host(report.job_id) == sge_cluster.node
+    details = qstat_job(report.job_id)
+    assert "job_name:                   jp-lab" in details and f"owner:                      {user.name}" in details
+    # the log holds the token: private to the user; the token is printed nowhere else
+    log = os.stat(report.log)
+    assert (stat.S_IMODE(log.st_mode), log.st_uid) == (0o600, user.uid)
+    [runtime_file] = wait_for(user.runtime_files, 30, what="the server's runtime file")
+    token = __import__("json").loads(runtime_file.read_text())["token"]
+    assert token and token not in done.stdout + done.stderr
+
+    # on "the laptop": the printed command, through a gateway as well
+    argv = shlex.split(done.stdout)[1:]
+    argv[argv.index("-s") + 1:argv.index("-s") + 1] = ["gw"]  # -s gw USER@HEAD -n NODE
+    offset = sshd.log_offset()
+    tunnel = Tunnel(user.client_config, *argv)
+    try:
+        url = tunnel.url(timeout=60)
+        assert url == f"http://localhost:{local_port_of(url)}/?token={token}"
+        status, body = get_status(url)
+        assert status == 200 and "started" in body
+        assert f"Info: Jupyter port {report.port}" in tunnel.stderr
+        # one login per hop to the head (gw, head), and the head's one login into the node
+        logins = logins_by_target(sshd, offset)
+        assert sorted(logins) == sorted([("jtuser", "127.0.0.1"), (user.name, "127.0.0.2"),
+                                         (user.name, user.node_address)]), logins
+        assert tunnel.stop(signal.SIGINT) == 0
+        tunnel.assert_clean()
+    finally:
+        tunnel.kill()
+    assert "Traceback" not in tunnel.stderr
+    # Ctrl+C closed the tunnel, not the server: it is the user's job
+    assert sge_cluster.job_state(report.job_id) == "r"
+    assert tcp_open(report.node, report.port) and os.path.exists(f"/proc/{runtime_file.name[9:-5]}")
+
+    done = user.ssh_head(f"qdel {report.job_id}")
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: sge_cluster.job_state(report.job_id) is None, 60, interval=0.2, what="the job to end")
+    wait_for(lambda: not tcp_open(report.node, report.port), 30, what="the server to stop listening")
+
+
+def test_bad_queue_is_an_error_with_the_log(sge_cluster: SgeCluster, cluster_user: ClusterUser):
+    done = cluster_user.ssh_head(f"cd && {START} -q nosuch.q -w 60s")
+    assert done.returncode == 1, done.stderr
+    assert "Error: Jupyter notebook did not start: qrsh exited with code 1." in done.stderr
+    assert "no suitable queues" in done.stderr  # qrsh's own reason, from the log's last lines
+    assert done.stdout == ""
+    assert sge_cluster.jobs() == []  # rejected at once (-w e), not left waiting in the queue
+
+
+def test_wait_0_returns_at_once_and_notebook_is_the_default(sge_cluster: SgeCluster, cluster_user: ClusterUser):
+    started = time.monotonic()
+    done = cluster_user.ssh_head(f"cd && {START} -w 0")
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started < 10
+    assert "Info: Jupyter notebook has been submitted to the queue." in done.stderr
+    assert "Not waiting (-w 0)" in done.stderr and done.stdout == ""
+    log = done.stderr.rsplit(" will be in ", 1)[1].split()[0]
+    # the job runs anyway: job name "notebook", a real `jupyter notebook` server
+    jobs = wait_for(sge_cluster.jobs, 30, what="the job to be in the queue")
+    assert "job_name:                   notebook" in qstat_job(jobs[0])
+    [runtime_file] = wait_for(cluster_user.runtime_files, 60, what="the notebook server's runtime file")
+    pid = runtime_file.name[len("jpserver-"):-len(".json")]
+    assert "jupyter-notebook" in open(f"/proc/{pid}/cmdline").read()
+    assert "::jupyter-node:: job" in open(log).read()
+
+
+def test_pre_activates_a_venv_on_the_node_and_resources_reach_qrsh(sge_cluster: SgeCluster,
+                                                                    cluster_user: ClusterUser):
+    user = cluster_user
+    # jupyter is not on PATH on the head: only the venv activated on the node has it
+    activate = shlex.quote(f". {user.venv}/bin/activate")
+    done = user.ssh_head(f"cd && {START} -t lab --pre {activate} -q all.q -n {user.node} "
+                         f"-r h_vmem=2G -w {SERVER_TIMEOUT:g}s", venv_on_path=False)
+    assert done.returncode == 0, done.stderr
+    report = parse_node_report(done.stdout, done.stderr)
+    assert report.port and report.node == user.node
+    [requests] = [l for l in qstat_job(report.job_id).splitlines() if l.startswith("hard resource_list:")]
+    assert requests.split()[-1].split(",") == ["qname=all.q", f"hostname={user.node}", "h_vmem=2G"]
+
+
+def test_missing_jupyter_is_reported_before_submitting(sge_cluster: SgeCluster, cluster_user: ClusterUser):
+    done = cluster_user.ssh_head(f"{START} -t lab", venv_on_path=False)
+    assert done.returncode == 3
+    assert "Error: jupyter not found in PATH" in done.stderr
+    assert sge_cluster.jobs() == []
