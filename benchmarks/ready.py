@@ -553,6 +553,12 @@ def environment(args: argparse.Namespace) -> Iterator[Tuple[realenv.SshServer, r
     """The tests' environment: lock, users, sshd, one Jupyter server of jtmulti; all stopped at exit."""
     with contextlib.ExitStack() as stack:
         realenv.check_can_run()
+        if not (Path(sys.prefix) / "bin" / "jupyter").exists():
+            # before the lock: there may be a long wait for it, and nothing to wait for
+            raise realenv.SetupError(
+                f"no Jupyter in {sys.prefix}: run this with the test venv's Python, e.g. "
+                f"/opt/jupyter-tunnel-test/bin/python {os.path.relpath(__file__)} (./tests/run.sh makes the venv)"
+            )
         if not args.no_lock:
             stack.enter_context(realenv.machine_lock(note))
         # under --no-lock a test session has set the users up: setting them up again would
