@@ -195,12 +195,12 @@ def parse_log(text: str) -> LogInfo:
     return LogInfo(marker.group(1), marker.group(2), int(url.group(1)) if url else 0)
 
 
-def parse_squeue(output: str) -> tuple[str, str]:
-    """(state, node list) from ``squeue -h -o '%T %N'``; ("", "") once the job is gone."""
-    fields = output.split()
-    if not fields:
-        return "", ""
-    return fields[0], fields[1] if len(fields) > 1 else ""
+def parse_squeue(output: str) -> tuple[str, str, str]:
+    """(state, node list, reason) from ``squeue -h -o '%T|%N|%r'``; empty strings once the job is gone."""
+    fields = [field.strip() for field in output.strip().split("|")]
+    fields += [""] * (3 - len(fields))
+    reason = "" if fields[2] in ("None", "(null)") else fields[2]
+    return fields[0], fields[1], reason
 
 
 def choose_scheduler(have_sge: bool, have_slurm: bool) -> str:
@@ -311,18 +311,16 @@ class Job:
             code = self.process.poll()
             if code is not None:
                 return JobState("failed", info.node, detail=f"qrsh exited with code {code}")
-            alive = True
         else:
-            done = subprocess.run([self.squeue, "-h", "-j", self.job_id, "-o", "%T %N"],
+            done = subprocess.run([self.squeue, "-h", "-j", self.job_id, "-o", "%T|%N|%r"],
                                   capture_output=True, text=True, timeout=30)
-            state, nodes = parse_squeue(done.stdout)
-            if done.returncode != 0 and not state:
-                state = "GONE"  # squeue forgets a finished job after MinJobAge
-            alive = state not in ("GONE", *SLURM_DONE)
-            if not alive:
-                return JobState("failed", info.node or nodes, detail=f"job state {state}")
+            state, nodes, reason = parse_squeue(done.stdout)
+            if not state:
+                state = "GONE"  # squeue forgets a finished job after MinJobAge (or says "Invalid job id")
+            if state in ("GONE", "COMPLETING", *SLURM_DONE):
+                return JobState("failed", info.node or nodes, detail=f"the job is {state.lower()}")
             if state != "RUNNING":
-                return JobState("pending", detail=state)
+                return JobState("pending", detail=f"{state.lower()}{f': {reason}' if reason else ''}")
             info = LogInfo(info.job_id, info.node or nodes, info.port)
         if info.port:
             return JobState("ready", info.node, info.port)

@@ -21,6 +21,7 @@ name is ``socket.gethostname()``.  What the tests then exercise is the real path
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
@@ -319,6 +320,156 @@ def _tail(path: Path, lines: int = 30) -> str:
         return f"<cannot read {path}: {err}>"
 
 
+# --------------------------------------------------------------------------- Slurm
+
+SLURM_CONF = Path("/etc/slurm/slurm.conf")
+SLURM_PARTITION = "debug"
+_SLURM_PIDS = {"munged": Path("/run/munge/munged.pid"), "slurmctld": Path("/run/slurm/slurmctld.pid"),
+               "slurmd": Path("/run/slurm/slurmd.pid")}
+_SLURM_CONF_TEXT = """\
+# written by jupyter-tunnel's tests/cluster.py: single-host cluster, no systemd, no accounting
+ClusterName=jt
+SlurmctldHost={host}
+AuthType=auth/munge
+CredType=cred/munge
+SlurmUser=slurm
+SlurmctldPort=6817
+SlurmdPort=6818
+StateSaveLocation=/var/lib/slurm/slurmctld
+SlurmdSpoolDir=/var/lib/slurm/slurmd
+SlurmctldPidFile={ctld_pid}
+SlurmdPidFile={slurmd_pid}
+SlurmctldLogFile=/var/log/slurm/slurmctld.log
+SlurmdLogFile=/var/log/slurm/slurmd.log
+# no cgroups here: track processes through /proc
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+MpiDefault=none
+SchedulerType=sched/backfill
+SchedulerParameters=sched_min_interval=100000,batch_sched_delay=0
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ReturnToService=2
+SlurmdTimeout=30
+InactiveLimit=0
+MinJobAge=60
+KillWait=5
+# RealMemory must not exceed what slurmd detects, or the node is drained
+NodeName={host} CPUs={cpus} RealMemory={memory} State=UNKNOWN
+PartitionName={partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+@dataclass
+class SlurmCluster:
+    """A running single-host Slurm cluster: slurmctld and slurmd on this machine."""
+
+    node: str  # the node's name (this machine's short host name)
+    partition: str = SLURM_PARTITION
+    started: tuple = ()  # pids of the daemons this session started
+
+    def squeue(self, *args: str) -> str:
+        """Output of `squeue args...`."""
+        return run(["squeue", *args], "squeue", check=False).stdout
+
+    def job_state(self, job_id: str) -> Optional[str]:
+        """RUNNING, PENDING... or None once the job has left the queue."""
+        return self.squeue("-h", "-j", job_id, "-o", "%T").strip() or None
+
+    def jobs(self) -> List[str]:
+        """Ids of every job in the queue."""
+        return self.squeue("-h", "-o", "%i").split()
+
+    def show_job(self, job_id: str) -> Dict[str, str]:
+        """`scontrol show job` as a dict (JobName, UserId, Partition, NodeList, MinMemoryNode...)."""
+        out = run(["scontrol", "-o", "show", "job", job_id], "scontrol show job", check=False).stdout
+        return dict(item.split("=", 1) for item in out.split() if "=" in item)
+
+    def cancel_all(self) -> None:
+        """scancel every job and wait until they are gone."""
+        ids = self.jobs()
+        if ids:
+            run(["scancel", *ids], "scancel", check=False)
+            wait_for(lambda: not self.jobs(), 60, interval=0.2, what=f"jobs {ids} to go")
+
+
+def slurm_up() -> SlurmCluster:
+    """Stand up single-host Slurm + munge (idempotent) and return it."""
+    if not shutil.which("sbatch") or not Path("/usr/sbin/slurmctld").exists():
+        raise ClusterError("Slurm is not installed: ./tests/run.sh installs slurm-wlm munge")
+    host = this_host().split(".")[0]
+    memory = re.search(r"RealMemory=(\d+)", run(["slurmd", "-C"], "slurmd -C").stdout)
+    text = _SLURM_CONF_TEXT.format(host=host, cpus=os.cpu_count() or 1,
+                                   memory=int(memory.group(1)) * 9 // 10 if memory else 1000,
+                                   partition=SLURM_PARTITION, ctld_pid=_SLURM_PIDS["slurmctld"],
+                                   slurmd_pid=_SLURM_PIDS["slurmd"])
+    SLURM_CONF.parent.mkdir(exist_ok=True)
+    if not SLURM_CONF.exists() or SLURM_CONF.read_text() != text:
+        SLURM_CONF.write_text(text)
+        SLURM_CONF.chmod(0o644)
+        for name in ("slurmd", "slurmctld"):  # running ones must read the new file
+            pid = daemon_pid(_SLURM_PIDS[name], name)
+            if pid:
+                stop_pid(pid)
+    started = []
+
+    if daemon_pid(_SLURM_PIDS["munged"], "munged") is None:
+        Path("/run/munge").mkdir(mode=0o755, exist_ok=True)
+        shutil.chown("/run/munge", "munge", "munge")
+        if not Path("/etc/munge/munge.key").exists():
+            run(["runuser", "-u", "munge", "--", "mungekey", "-c"], "mungekey")
+        run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], "starting munged")  # daemonizes
+
+        def munge_works() -> bool:
+            cred = run(["munge", "-n"], "munge", check=False)
+            return cred.returncode == 0 and run(["unmunge"], "unmunge", check=False, input=cred.stdout).returncode == 0
+
+        _wait(munge_works, 10, "munged to work", Path("/var/log/munge/munged.log"))
+        started.append(daemon_pid(_SLURM_PIDS["munged"], "munged"))
+
+    for path in ("/run/slurm", "/var/lib/slurm/slurmctld", "/var/lib/slurm/slurmd", "/var/log/slurm"):
+        Path(path).mkdir(parents=True, exist_ok=True)
+    for path in ("/run/slurm", "/var/lib/slurm/slurmctld", "/var/log/slurm"):
+        shutil.chown(path, "slurm", "slurm")
+    if daemon_pid(_SLURM_PIDS["slurmctld"], "slurmctld") is None:
+        run(["/usr/sbin/slurmctld"], "starting slurmctld")
+        _wait(lambda: "is UP" in run(["scontrol", "ping"], "scontrol ping", check=False).stdout, 20,
+              "slurmctld to answer", Path("/var/log/slurm/slurmctld.log"))
+        started.append(daemon_pid(_SLURM_PIDS["slurmctld"], "slurmctld"))
+    if daemon_pid(_SLURM_PIDS["slurmd"], "slurmd") is None:
+        run(["/usr/sbin/slurmd"], "starting slurmd")
+        started.append(None)
+
+    def node_idle() -> bool:
+        state = run(["sinfo", "-h", "-n", host, "-o", "%t"], "sinfo", check=False).stdout.strip()
+        if state.startswith(("drain", "drng", "down")):
+            run(["scontrol", "update", f"nodename={host}", "state=resume"], "resume", check=False)
+        return state in ("idle", "mix", "alloc", "comp")
+
+    _wait(node_idle, 30, f"node {host} to be idle", Path("/var/log/slurm/slurmd.log"))
+    if None in started:
+        started[started.index(None)] = daemon_pid(_SLURM_PIDS["slurmd"], "slurmd")
+    return SlurmCluster(node=host, started=tuple(p for p in started if p))
+
+
+def slurm_down(cluster: SlurmCluster) -> None:
+    """Cancel the jobs left and stop the daemons this session started."""
+    try:
+        cluster.cancel_all()
+    finally:
+        for pid in reversed(cluster.started):  # slurmd, slurmctld, munged
+            stop_pid(pid)
+
+
+def _wait(predicate, timeout: float, what: str, log: Path) -> None:
+    """wait_for, failing as a ClusterError that shows the daemon's log."""
+    try:
+        wait_for(predicate, timeout, interval=0.1, what=what)
+    except AssertionError as err:
+        raise ClusterError(f"{err}\n--- {log} ---\n{_tail(log)}") from None
+
 # --------------------------------------------------------------------------- the cluster user
 
 
@@ -345,6 +496,21 @@ class ClusterUser:
     def runtime_files(self) -> List[Path]:
         """The jpserver-*.json files now in the runtime directory."""
         return sorted(self.runtime_dir.glob("jpserver-*.json")) if self.runtime_dir.is_dir() else []
+
+    def server_info(self, port: int, timeout: float = 30.0) -> dict:
+        """The runtime file (as a dict, with its "path") of the user's server on `port`, once written."""
+
+        def find() -> Optional[dict]:
+            for path in self.runtime_files():
+                try:
+                    info = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    continue  # half written, or removed meanwhile
+                if info.get("port") == port:
+                    return {**info, "path": path}
+            return None
+
+        return wait_for(find, timeout, what=f"the runtime file of {self.name}'s server on port {port}")
 
     def ssh_head_argv(self, command: str, venv_on_path: bool = True) -> List[str]:
         """argv of `ssh USER@HEAD command` with jupyter-node (and the venv's jupyter) on PATH."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Dict, Iterator
 
@@ -12,9 +11,12 @@ from cluster import (
     ClusterError,
     ClusterUser,
     SgeCluster,
+    SlurmCluster,
     setup_cluster_user,
     sge_down,
     sge_up,
+    slurm_down,
+    slurm_up,
     stop_user_jobs_and_servers,
     this_host,
 )
@@ -57,5 +59,28 @@ def sge_cluster(_sge_session: SgeCluster, cluster_user: ClusterUser) -> Iterator
     yield _sge_session
     try:
         _sge_session.qdel_all()
+    finally:
+        stop_user_jobs_and_servers(cluster_user)
+
+
+@pytest.fixture(scope="session")
+def _slurm_session(test_users: Dict[str, UserAccount]) -> Iterator[SlurmCluster]:
+    try:
+        cluster = slurm_up()
+    except ClusterError as err:
+        _fail(err)
+        raise
+    try:
+        yield cluster
+    finally:
+        slurm_down(cluster)
+
+
+@pytest.fixture
+def slurm_cluster(_slurm_session: SlurmCluster, cluster_user: ClusterUser) -> Iterator[SlurmCluster]:
+    """The single-host Slurm cluster, with no job and no server of the cluster user left after the test."""
+    yield _slurm_session
+    try:
+        _slurm_session.cancel_all()
     finally:
         stop_user_jobs_and_servers(cluster_user)

@@ -199,4 +199,4 @@ def start_jupyter(
 
 
 # --- clusters (Grid Engine, Slurm) for jupyter_node.py: tests/cluster_fixtures.py ----
-from cluster_fixtures import _sge_session, cluster_user, sge_cluster  # noqa: E402,F401
+from cluster_fixtures import _sge_session, _slurm_session, cluster_user, sge_cluster, slurm_cluster  # noqa: E402,F401

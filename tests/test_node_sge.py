@@ -19,6 +19,7 @@ import pytest
 
 from cluster import ClusterUser, SgeCluster, logins_by_target, parse_node_report, run
 from helpers import tcp_open, wait_for
+from jupyter_node import parse_log
 from test_tunnel import Tunnel, get_status, local_port_of
 
 pytestmark = pytest.mark.integration
@@ -52,8 +53,8 @@ def test_lab_on_the_node_through_the_tunnel_then_qdel(sge_cluster: SgeCluster, c
     # the log holds the token: private to the user; the token is printed nowhere else
     log = os.stat(report.log)
     assert (stat.S_IMODE(log.st_mode), log.st_uid) == (0o600, user.uid)
-    [runtime_file] = wait_for(user.runtime_files, 30, what="the server's runtime file")
-    token = __import__("json").loads(runtime_file.read_text())["token"]
+    server = user.server_info(report.port)
+    token = server["token"]
     assert token and token not in done.stdout + done.stderr
 
     # on "the laptop": the printed command, through a gateway as well
@@ -78,7 +79,7 @@ def test_lab_on_the_node_through_the_tunnel_then_qdel(sge_cluster: SgeCluster, c
     assert "Traceback" not in tunnel.stderr
     # Ctrl+C closed the tunnel, not the server: it is the user's job
     assert sge_cluster.job_state(report.job_id) == "r"
-    assert tcp_open(report.node, report.port) and os.path.exists(f"/proc/{runtime_file.name[9:-5]}")
+    assert tcp_open(report.node, report.port) and os.path.exists(f"/proc/{server['pid']}")
 
     done = user.ssh_head(f"qdel {report.job_id}")
     assert done.returncode == 0, done.stderr
@@ -106,10 +107,12 @@ def test_wait_0_returns_at_once_and_notebook_is_the_default(sge_cluster: SgeClus
     # the job runs anyway: job name "notebook", a real `jupyter notebook` server
     jobs = wait_for(sge_cluster.jobs, 30, what="the job to be in the queue")
     assert "job_name:                   notebook" in qstat_job(jobs[0])
-    [runtime_file] = wait_for(cluster_user.runtime_files, 60, what="the notebook server's runtime file")
-    pid = runtime_file.name[len("jpserver-"):-len(".json")]
-    assert "jupyter-notebook" in open(f"/proc/{pid}/cmdline").read()
-    assert "::jupyter-node:: job" in open(log).read()
+    # the log says where it runs (the marker line), then the server's URL once it listens
+    logged = wait_for(lambda: parse_log(open(log).read()).port and parse_log(open(log).read()), 60,
+                      what="the server's URL in the log")
+    assert (logged.job_id, logged.node) == (jobs[0], cluster_user.node)
+    server = cluster_user.server_info(logged.port)
+    assert "jupyter-notebook" in open(f"/proc/{server['pid']}/cmdline").read()
 
 
 def test_pre_activates_a_venv_on_the_node_and_resources_reach_qrsh(sge_cluster: SgeCluster,

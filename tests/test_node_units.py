@@ -127,9 +127,9 @@ def test_parse_log(text, expected):
 
 
 @pytest.mark.parametrize("output, expected", [
-    ("RUNNING node1\n", ("RUNNING", "node1")),
-    ("PENDING \n", ("PENDING", "")),
-    ("", ("", "")),
+    ("RUNNING|node1|None\n", ("RUNNING", "node1", "")),
+    ("PENDING||Resources\n", ("PENDING", "", "Resources")),
+    ("", ("", "", "")),
 ])
 def test_parse_squeue(output, expected):
     assert jn.parse_squeue(output) == expected

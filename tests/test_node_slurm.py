@@ -1,0 +1,118 @@
+"""jupyter_node.py on a real single-host Slurm cluster, and jupyter_tunnel.py -n to its node.
+
+As for Grid Engine (test_node_sge.py): ``ssh USER@HEAD jupyter-node --scheduler slurm ...``
+submits a real JupyterLab as a batch job, the printed ``jupyter-tunnel`` command reaches it,
+Ctrl+C leaves the job, ``scancel`` ends it.  jupyter_tunnel.py needs nothing Slurm-specific.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster import ClusterUser, SlurmCluster, logins_by_target, parse_node_report
+from helpers import tcp_open, wait_for
+from test_tunnel import Tunnel, get_status, local_port_of
+
+pytestmark = pytest.mark.integration
+
+START = "jupyter-node --scheduler slurm"
+SERVER_TIMEOUT = 120.0
+
+
+def test_lab_batch_job_through_the_tunnel_then_scancel(slurm_cluster: SlurmCluster, cluster_user: ClusterUser,
+                                                       sshd):
+    user = cluster_user
+    done = user.ssh_head(f"cd && {START} -t lab -r mem=200M -r time=30:00 -w {SERVER_TIMEOUT:g}s")
+    assert done.returncode == 0, done.stderr
+    report = parse_node_report(done.stdout, done.stderr)
+    assert f"Info: Jupyter lab has been submitted to the queue as job {report.job_id}." in done.stderr
+    assert shlex.split(done.stdout) == ["jupyter-tunnel", "-s", f"{user.name}@{user.head}", "-n", report.node]
+    # a batch job: it runs on after the ssh session on the head, as the user, with what was asked
+    assert slurm_cluster.job_state(report.job_id) == "RUNNING"
+    job = slurm_cluster.show_job(report.job_id)
+    assert job["JobName"] == "jp-lab" and job["UserId"].startswith(f"{user.name}(")
+    assert job["NodeList"] == slurm_cluster.node and job["Partition"] == slurm_cluster.partition
+    assert job["TimeLimit"] == "00:30:00" and job.get("MinMemoryNode") == "200M", job
+    log = os.stat(report.log)
+    assert (stat.S_IMODE(log.st_mode), log.st_uid) == (0o600, user.uid)
+    server = user.server_info(report.port)
+    token = server["token"]
+    assert token not in done.stdout + done.stderr
+
+    offset = sshd.log_offset()
+    tunnel = Tunnel(user.client_config, *shlex.split(done.stdout)[1:])
+    try:
+        url = tunnel.url(timeout=60)
+        assert url == f"http://localhost:{local_port_of(url)}/?token={token}"
+        assert get_status(url)[0] == 200
+        assert sorted(logins_by_target(sshd, offset)) == sorted([(user.name, "127.0.0.2"),
+                                                                 (user.name, user.node_address)])
+        assert tunnel.stop(signal.SIGINT) == 0
+        tunnel.assert_clean()
+    finally:
+        tunnel.kill()
+    assert slurm_cluster.job_state(report.job_id) == "RUNNING"
+
+    done = user.ssh_head(f"scancel {report.job_id}")
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: slurm_cluster.job_state(report.job_id) in (None, "CANCELLED"), 60, interval=0.2,
+             what="the job to end")
+    wait_for(lambda: not tcp_open(report.node, report.port), 30, what="the server to stop listening")
+
+
+def test_bad_partition_is_an_error(slurm_cluster: SlurmCluster, cluster_user: ClusterUser):
+    done = cluster_user.ssh_head(f"cd && {START} -q nosuch -w 30s")
+    assert done.returncode == 1, done.stderr
+    assert "Error: sbatch could not submit the job (exit 1)" in done.stderr
+    assert "invalid partition specified: nosuch" in done.stderr
+    assert done.stdout == "" and slurm_cluster.jobs() == []
+
+
+def test_job_that_fails_on_the_node_is_an_error_with_the_log(slurm_cluster: SlurmCluster,
+                                                             cluster_user: ClusterUser):
+    pre = shlex.quote("echo 'module: no such module python/9' >&2; false")
+    started = time.monotonic()
+    done = cluster_user.ssh_head(f"cd && {START} -t lab --pre {pre} -w {SERVER_TIMEOUT:g}s")
+    assert done.returncode == 1, done.stderr
+    assert time.monotonic() - started < SERVER_TIMEOUT / 2  # noticed when the job ended, not at -w
+    assert "Error: Jupyter lab did not start: the job is " in done.stderr
+    assert "module: no such module python/9" in done.stderr  # the log's last lines
+
+
+def _only(programs: dict, tmp: Path) -> str:
+    """A PATH with only these programs (name -> real path): `which` finds no other scheduler."""
+    tmp.mkdir(mode=0o755)
+    for name, target in programs.items():
+        (tmp / name).symlink_to(target)
+    return str(tmp)
+
+
+def test_scheduler_is_detected_when_only_slurm_is_there(slurm_cluster: SlurmCluster, cluster_user: ClusterUser,
+                                                        session_dir: Path):
+    # merged /usr: /bin is /usr/bin, where qrsh is too, so the PATH has neither
+    only = _only({name: f"/usr/bin/{name}" for name in ("sbatch", "squeue", "srun", "hostname", "sh")},
+                 session_dir / "only-slurm")
+    venv = cluster_user.venv
+    done = cluster_user.ssh_head(f"cd && PATH={only}:{cluster_user.bin_dir}:{venv}/bin exec jupyter-node -t lab -w {SERVER_TIMEOUT:g}s")
+    assert done.returncode == 0, done.stderr
+    report = parse_node_report(done.stdout, done.stderr)
+    assert f"submitted to the queue as job {report.job_id}." in done.stderr  # sbatch's job id
+    assert slurm_cluster.job_state(report.job_id) == "RUNNING"
+
+
+def test_scheduler_detection_asks_when_ambiguous(slurm_cluster: SlurmCluster, cluster_user: ClusterUser,
+                                                session_dir: Path):
+    done = cluster_user.ssh_head("jupyter-node -t lab")  # /usr/bin has qrsh and sbatch here
+    assert done.returncode == 3
+    assert "Error: found both Grid Engine (qrsh) and Slurm (sbatch) on PATH: choose with --scheduler" in done.stderr
+    nothing = _only({}, session_dir / "no-scheduler")
+    done = cluster_user.ssh_head(f"PATH={nothing}:{cluster_user.bin_dir}:{cluster_user.venv}/bin exec jupyter-node -t lab")
+    assert done.returncode == 3 and "found neither qrsh nor sbatch/srun" in done.stderr
+    assert slurm_cluster.jobs() == []
