@@ -42,8 +42,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, replace
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 __version__ = "0.1.0"
 
@@ -133,8 +132,7 @@ class ServerStopped(Exception):
     """The Jupyter server stopped while the tunnel was up: a normal end."""
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(NamedTuple):
     """The hosts to contact, in order: all but the last are jump hosts."""
 
     hosts: tuple[str, ...]
@@ -166,8 +164,7 @@ class Route:
         return f"{self.node} (from {self.target})" if self.node else self.target
 
 
-@dataclass(frozen=True)
-class Server:
+class Server(NamedTuple):
     """A running Jupyter server, as its runtime file describes it."""
 
     pid: int
@@ -280,75 +277,69 @@ def build_mux_argv(ssh: str, config: str, control: str, route: Route, *args: str
     return argv + build_destination(route.target)
 
 
-def build_discovery_command(route: Route) -> str:
-    """The remote command that reads the discovery script on stdin (on the node with -n)."""
-    if not route.node:
-        # the script comes on stdin, so it runs the same whatever the login shell (csh, fish)
-        return "sh -s"
-    # BatchMode: a prompt on the head could never be answered, so fail instead of hanging
-    return f"ssh -o BatchMode=yes -T {shlex.quote(route.node)} sh -s"
-
-
-def build_discovery_script() -> str:
-    """The POSIX sh script that lists the live Jupyter servers' runtime files.
-
-    It needs neither python nor jupyter on PATH: over a non-interactive ssh a venv or
-    conda jupyter usually is not.  The runtime directory follows jupyter_core's rules
-    ($JUPYTER_RUNTIME_DIR, else $JUPYTER_DATA_DIR/runtime, else the XDG data dir; macOS
-    hosts use ~/Library/Jupyter).  A file whose pid is dead (a SIGKILLed server leaves its
-    file behind) or not a Jupyter process (the pid was reused) is reported, not printed.
-    A file that says port 0 (notebook < 7 and jupyter_server < 2.20 started with
-    --port=0 write that) comes with the TCP ports its pid really listens on: from the
-    pid's socket inodes and /proc/net/tcp* on Linux, from lsof elsewhere.
-    """
-    return f"""\
-M='{MARK}'
-found=0
-listening_ports() {{
-  ports=
-  if [ -d "/proc/$1/fd" ]; then
-    inodes=$(ls -l "/proc/$1/fd" 2>/dev/null | sed -n 's/.*socket:\\[\\([0-9]*\\)\\].*/\\1/p')
-    for inode in $inodes; do
-      # LISTEN is state 0A; the local address is hex IP:PORT
-      for hex in $(awk -v i="$inode" '$4 == "0A" && $10 == i {{ split($2, a, ":"); print a[2] }}' \
-                   /proc/net/tcp /proc/net/tcp6 2>/dev/null); do
-        ports="$ports $(printf '%d' "0x$hex")"
-      done
-    done
+# The discovery script.  It needs neither python nor jupyter on PATH: over a
+# non-interactive ssh a venv or conda jupyter usually is not.  The runtime directory follows
+# jupyter_core's rules ($JUPYTER_RUNTIME_DIR, else $JUPYTER_DATA_DIR/runtime, else the XDG
+# data dir; macOS hosts use ~/Library/Jupyter).  A file whose pid is dead (a SIGKILLed
+# server leaves its file behind) or not a Jupyter process (the pid was reused) is reported,
+# not printed.  A file that says port 0 (notebook < 7 and jupyter_server < 2.20 started with
+# --port=0 write that) comes with the TCP ports its pid listens on: from the pid's socket
+# inodes and /proc/net/tcp* on Linux, from lsof elsewhere.
+#
+# It is written to survive being one line inside single quotes for ANY login shell (sshd
+# hands the command to it): every line ends its own statement, and there is no ' ! or
+# newline in it (csh and tcsh reject a newline inside quotes and expand ! even there) and no
+# double backslash (fish's single quotes).  Sending it as the command rather than on stdin
+# saves a round trip through the whole chain: ssh sends stdin only once the command runs.
+DISCOVERY_SCRIPT = r"""M=@MARK@; found=0;
+ports_of() { ports=;
+  if [ -d /proc/$1/fd ]; then
+    for inode in $(ls -l /proc/$1/fd 2>/dev/null | sed -n "s/.*socket:\[\([0-9]*\)\].*/\1/p"); do
+      for hex in $(awk -v i=$inode "\$4 == \"0A\" && \$10 == i { split(\$2, a, \":\"); print a[2] }" /proc/net/tcp /proc/net/tcp6 2>/dev/null); do
+        ports="$ports $(printf %d 0x$hex)";
+      done;
+    done;
   elif command -v lsof >/dev/null 2>&1; then
-    ports=$(lsof -a -p "$1" -iTCP -sTCP:LISTEN -P -n -Fn 2>/dev/null | sed -n 's/^n.*:\\([0-9]*\\)$/\\1/p')
-  fi
-  echo "$M ports $1" $ports
-}}
-for d in "${{JUPYTER_RUNTIME_DIR:-}}" "${{JUPYTER_DATA_DIR:+$JUPYTER_DATA_DIR/runtime}}" \\
-         "${{XDG_DATA_HOME:-$HOME/.local/share}}/jupyter/runtime" \\
-         "$HOME/Library/Jupyter/runtime" "$HOME/Library/Application Support/Jupyter/runtime"; do
-  [ -n "$d" ] && [ -d "$d" ] || continue
+    ports=$(lsof -a -p $1 -iTCP -sTCP:LISTEN -P -n -Fn 2>/dev/null | sed -n "s/^n.*:\([0-9]*\)$/\1/p");
+  fi;
+  echo "$M ports $1" $ports;
+};
+for d in "${JUPYTER_RUNTIME_DIR:-}" "${JUPYTER_DATA_DIR:+$JUPYTER_DATA_DIR/runtime}" "${XDG_DATA_HOME:-$HOME/.local/share}/jupyter/runtime" "$HOME/Library/Jupyter/runtime" "$HOME/Library/Application Support/Jupyter/runtime"; do
+  [ -n "$d" ] && [ -d "$d" ] || continue;
   for f in "$d"/jpserver-*.json "$d"/nbserver-*.json; do
-    [ -f "$f" ] || continue
-    found=1
-    pid=${{f##*/}}; pid=${{pid#*server-}}; pid=${{pid%.json}}
-    case $pid in ''|*[!0-9]*) continue;; esac
-    if ! kill -0 "$pid" 2>/dev/null; then echo "$M stale $f"; continue; fi
-    if [ -r "/proc/$pid/cmdline" ]; then cmd=$(tr '\\000' ' ' <"/proc/$pid/cmdline")
-    else cmd=$(ps -o command= -p "$pid" 2>/dev/null); fi
-    case $cmd in *jupyter*|*notebook*) ;; *) echo "$M foreign $f"; continue;; esac
-    content=$(cat "$f")
-    echo "$M file $f"
-    echo "$M cmd $cmd"
-    printf '%s\n' "$content"
-    echo "$M end"
-    case $content in *'"port": 0'[!0-9]*|*'"port":0'[!0-9]*) listening_ports "$pid";; esac
-  done
-done
-if [ "$found" = 0 ] && command -v jupyter >/dev/null 2>&1; then
-  echo "$M list"
-  jupyter server list --json 2>/dev/null
-  jupyter notebook list --json 2>/dev/null  # notebook < 7 lists only its nbserver files
-  echo "$M end"
+    [ -f "$f" ] || continue;
+    found=1;
+    pid=${f##*/}; pid=${pid#*server-}; pid=${pid%.json};
+    [ "$pid" -gt 0 ] 2>/dev/null || continue;
+    if kill -0 $pid 2>/dev/null; then :; else echo "$M stale $f"; continue; fi;
+    if [ -r /proc/$pid/cmdline ]; then cmd=$(tr "\000" " " </proc/$pid/cmdline); else cmd=$(ps -o command= -p $pid 2>/dev/null); fi;
+    case $cmd in *jupyter*|*notebook*) ;; *) echo "$M foreign $f"; continue;; esac;
+    content=$(cat "$f");
+    echo "$M file $f"; echo "$M cmd $cmd"; printf "%s\n" "$content"; echo "$M end";
+    case $content in *\"port\":\ 0,*|*\"port\":0,*) ports_of $pid;; esac;
+  done;
+done;
+if [ $found = 0 ] && command -v jupyter >/dev/null 2>&1; then
+  echo "$M list"; jupyter server list --json 2>/dev/null; jupyter notebook list --json 2>/dev/null; echo "$M end";
 fi
-exit 0
-"""
+""".replace("@MARK@", MARK)
+
+
+def build_discovery_script(one_line: bool = False) -> str:
+    """The POSIX sh script that prints the live Jupyter servers' runtime files."""
+    if one_line:
+        return " ".join(line.strip() for line in DISCOVERY_SCRIPT.splitlines())
+    return DISCOVERY_SCRIPT
+
+
+def build_discovery_command(route: Route) -> tuple[str, str]:
+    """The remote command that discovers the servers, and what to send on its stdin."""
+    if not route.node:
+        return f"sh -c '{build_discovery_script(one_line=True)}'", ""
+    # With -n the head runs ssh to the node: the script goes on stdin, which avoids a
+    # second level of quoting (one more round trip, on the cluster's own network).
+    # BatchMode: a prompt on the head could never be answered, so fail instead of hanging.
+    return f"ssh -o BatchMode=yes -T {shlex.quote(route.node)} sh -s", build_discovery_script()
 
 
 def parse_app(cmdline: str) -> str:
@@ -435,7 +426,7 @@ def parse_discovery(output: str) -> tuple[list[Server], list[str]]:
     for i, server in enumerate(servers):
         if server.port == 0 and not server.sock and listening.get(server.pid):
             # the file said port 0: the pid's one listening port is the server's
-            servers[i] = replace(server, port=listening[server.pid][0])
+            servers[i] = server._replace(port=listening[server.pid][0])
     # a stable order, so that the numbers of --list mean the same to --pick
     return sorted(servers, key=lambda s: (s.sock != "", s.port, s.sock, s.pid)), warnings
 
@@ -553,6 +544,21 @@ def build_url(local_port: int, server: Server, host: str = "localhost") -> str:
     if server.token:
         url += f"?token={quote(server.token, safe='')}"
     return url
+
+
+def build_probe_request(local_port: int, server: Server) -> bytes:
+    """The HTTP/1.0 request of the readiness probe (HTTP/1.0: the server closes after it)."""
+    auth = f"Authorization: token {server.token}\r\n" if server.token else ""
+    return (f"GET {server.base_url}api/status HTTP/1.0\r\nHost: 127.0.0.1:{local_port}\r\n"
+            f"{auth}\r\n").encode()
+
+
+def parse_status_line(answer: bytes) -> int:
+    """The status code of an HTTP answer, or 0 when there is none."""
+    parts = answer.split(b"\r\n", 1)[0].split()
+    if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit():
+        return int(parts[1])
+    return 0
 
 
 def parse_ssh_error(lines: Iterable[str]) -> str:
@@ -701,31 +707,30 @@ def probe_server(local_port: int, server: Server, timeout: float = 5.0) -> int |
     only on jupyter_server >= 2), and the request does not count as activity, so probing
     never defeats the server's idle culling.
     """
-    import http.client
-
-    if server.secure:
-        import ssl
-
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE  # the server's own self-signed certificate
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-            "127.0.0.1", local_port, timeout=timeout, context=context
-        )
-    else:
-        conn = http.client.HTTPConnection("127.0.0.1", local_port, timeout=timeout)
-    headers = {"Authorization": f"token {server.token}"} if server.token else {}
+    request = build_probe_request(local_port, server)
     try:
-        conn.request("GET", f"{server.base_url}api/status", headers=headers)
-        return conn.getresponse().status
+        with socket.create_connection(("127.0.0.1", local_port), timeout=timeout) as conn:
+            if server.secure:
+                import ssl  # only now: it costs ~15 ms and ~5 MB for every other server
+
+                context = ssl.create_default_context()
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE  # the server's own self-signed certificate
+                conn = context.wrap_socket(conn)
+            conn.sendall(request)
+            answer = b""
+            while b"\r\n" not in answer and len(answer) < 1024:
+                chunk = conn.recv(1024)
+                if not chunk:
+                    break
+                answer += chunk
     except socket.timeout:
         return None  # a busy server (or network): it may still answer
-    except (OSError, http.client.HTTPException):
-        # closed or reset: ssh accepted the local connection but could not connect to the
-        # server on the remote side, and closed it
-        return 0
-    finally:
-        conn.close()
+    except OSError:
+        return 0  # reset, or refused: nothing will answer there
+    # closed without a status line: ssh accepted the local connection, could not connect
+    # to the server on the remote side, and closed it
+    return parse_status_line(answer)
 
 
 def registry_dir() -> str:
@@ -917,6 +922,8 @@ class Master:
             forward_agent: bool = False) -> subprocess.CompletedProcess:
         """Run ``command`` on the target through the master (no new login)."""
         options = ["-T", "-A"] if forward_agent else ["-T"]
+        if not stdin:
+            options.append("-n")  # no stdin: ssh sends none, and the command needs none
         argv = build_mux_argv(self.ssh, self.config, self.control, self.route, *options, "--")
         return subprocess.run(
             argv + [command], input=stdin.encode(), capture_output=True,
@@ -990,8 +997,8 @@ def discover(master: Master, timeout: float = 60.0) -> list[Server]:
     try:
         # -A: with -n, the head logs into the node with the user's agent; the agent is
         # forwarded to this one session only
-        done = master.run(build_discovery_command(route), stdin=build_discovery_script(),
-                          forward_agent=bool(route.node), timeout=timeout)
+        command, script = build_discovery_command(route)
+        done = master.run(command, stdin=script, forward_agent=bool(route.node), timeout=timeout)
     except subprocess.TimeoutExpired:
         raise TunnelError(f"looking for Jupyter servers on {where} timed out", EXIT_ERROR)
     if done.returncode != 0:

@@ -85,13 +85,13 @@ def test_master_forwards_the_agent_only_for_a_node():
     assert node[node.index("ForwardAgent=yes") - 1] == "-o"
 
 
-@pytest.mark.parametrize("route, command", [
-    (jt.Route(("srv",)), "sh -s"),
-    (jt.Route(("gw", "head"), "node1"), "ssh -o BatchMode=yes -T node1 sh -s"),
-    (jt.Route(("head",), "node 1;x"), "ssh -o BatchMode=yes -T 'node 1;x' sh -s"),
+@pytest.mark.parametrize("route, command, stdin", [
+    (jt.Route(("srv",)), f"sh -c '{jt.build_discovery_script(one_line=True)}'", ""),
+    (jt.Route(("gw", "head"), "node1"), "ssh -o BatchMode=yes -T node1 sh -s", jt.DISCOVERY_SCRIPT),
+    (jt.Route(("head",), "node 1;x"), "ssh -o BatchMode=yes -T 'node 1;x' sh -s", jt.DISCOVERY_SCRIPT),
 ])
-def test_build_discovery_command(route, command):
-    assert jt.build_discovery_command(route) == command
+def test_build_discovery_command(route, command, stdin):
+    assert jt.build_discovery_command(route) == (command, stdin)
 
 
 def test_build_mux_argv_never_becomes_master():
@@ -276,13 +276,22 @@ def test_parse_ssh_error(lines, reason):
     assert jt.parse_ssh_error(lines) == reason
 
 
-def test_discovery_script_is_posix_sh():
+def test_discovery_script_survives_any_login_shell():
+    """One line in single quotes: no ' ! or newline (csh), no double backslash (fish)."""
+    line = jt.build_discovery_script(one_line=True)
+    assert not set("'!\n") & set(line)
+    assert "\\\\" not in line
+
+
+@pytest.mark.parametrize("one_line", [False, True])
+def test_discovery_script_is_posix_sh(one_line):
     """The script parses under dash (Debian's sh), the strictest common /bin/sh."""
     import shutil
     import subprocess
 
     sh = shutil.which("dash") or "/bin/sh"
-    done = subprocess.run([sh, "-n"], input=jt.build_discovery_script().encode(), capture_output=True)
+    script = jt.build_discovery_script(one_line=one_line)
+    done = subprocess.run([sh, "-n"], input=script.encode(), capture_output=True)
     assert done.returncode == 0, done.stderr
 
 
@@ -307,3 +316,21 @@ def test_usage_errors_exit_2(argv, message, capsys):
 def test_original_long_options_still_parse():
     args = jt.build_parser().parse_args(["--host", "gw", "srv", "--ssha", "--sshp", "-b", "n"])
     assert (args.host, args.new_agent, args.password, args.browser) == (["gw", "srv"], True, True, "n")
+
+
+@pytest.mark.parametrize("info, request_text", [
+    (JPSERVER, "GET /api/status HTTP/1.0\r\nHost: 127.0.0.1:9000\r\nAuthorization: token 5d24abc\r\n\r\n"),
+    (dict(BASE_URL, token=""), "GET /jupyter/api/status HTTP/1.0\r\nHost: 127.0.0.1:9000\r\n\r\n"),
+])
+def test_build_probe_request(info, request_text):
+    assert jt.build_probe_request(9000, jt.parse_server(info)) == request_text.encode()
+
+
+@pytest.mark.parametrize("answer, status", [
+    (b"HTTP/1.1 200 OK\r\nServer: TornadoServer\r\n", 200),
+    (b"HTTP/1.0 403 Forbidden\r\n", 403),
+    (b"", 0),  # closed without a word: the remote end refused the connection
+    (b"SSH-2.0-OpenSSH_9.2\r\n", 0),  # not HTTP at all
+])
+def test_parse_status_line(answer, status):
+    assert jt.parse_status_line(answer) == status
