@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Iterator
+from typing import Dict, Iterator, Tuple
 
 import pytest
 
@@ -20,6 +20,7 @@ from cluster import (
     stop_user_jobs_and_servers,
     this_host,
 )
+from netns import NetnsHosts, SgeNetns, known_hosts_line, netns_down, netns_up, sge_netns_down, sge_netns_up
 from realenv import SshServer, UserAccount
 
 
@@ -82,5 +83,48 @@ def slurm_cluster(_slurm_session: SlurmCluster, cluster_user: ClusterUser) -> It
     yield _slurm_session
     try:
         _slurm_session.cancel_all()
+    finally:
+        stop_user_jobs_and_servers(cluster_user)
+
+
+# --- the multi-host variant: gw -> head -> node in network namespaces (tests/netns.py) ----
+
+
+@pytest.fixture(scope="session")
+def _netns_hosts(sshd: SshServer, session_dir: Path, cluster_user: ClusterUser) -> Iterator[NetnsHosts]:
+    try:
+        hosts = netns_up(session_dir / "netns", sshd.dir / "authorized_keys", sshd.client_key, cluster_user.name)
+    except ClusterError as err:
+        _fail(err)
+        raise
+    try:
+        # the head's `ssh node` must know node's host key (the user's home is shared by all hosts)
+        with open(cluster_user.home / ".ssh" / "known_hosts", "a") as f:
+            f.write(known_hosts_line(hosts, "node") + "\n")
+        yield hosts
+    finally:
+        netns_down(hosts)
+
+
+@pytest.fixture(scope="session")
+def _sge_netns_session(_netns_hosts: NetnsHosts) -> Iterator[SgeNetns]:
+    try:
+        cluster = sge_netns_up()
+    except ClusterError as err:
+        _fail(err)
+        raise
+    try:
+        yield cluster
+    finally:
+        sge_netns_down(cluster)
+
+
+@pytest.fixture
+def sge_netns(_netns_hosts: NetnsHosts, _sge_netns_session: SgeNetns,
+              cluster_user: ClusterUser) -> Iterator[Tuple[NetnsHosts, SgeNetns]]:
+    """(hosts, cell): Grid Engine with qmaster on head and execd on node, node reachable only from head."""
+    yield _netns_hosts, _sge_netns_session
+    try:
+        _sge_netns_session.qdel_all()
     finally:
         stop_user_jobs_and_servers(cluster_user)

@@ -199,4 +199,13 @@ def start_jupyter(
 
 
 # --- clusters (Grid Engine, Slurm) for jupyter_node.py: tests/cluster_fixtures.py ----
-from cluster_fixtures import _sge_session, _slurm_session, cluster_user, sge_cluster, slurm_cluster  # noqa: E402,F401
+from cluster_fixtures import (  # noqa: E402,F401
+    _netns_hosts,
+    _sge_netns_session,
+    _sge_session,
+    _slurm_session,
+    cluster_user,
+    sge_cluster,
+    sge_netns,
+    slurm_cluster,
+)

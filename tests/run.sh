@@ -45,6 +45,8 @@ command -v ssh >/dev/null 2>&1 && command -v ssh-keygen >/dev/null 2>&1 \
     || missing="$missing openssh-client"
 command -v sshpass >/dev/null 2>&1 || missing="$missing sshpass"
 command -v pgrep >/dev/null 2>&1 || missing="$missing procps"
+# network namespaces of the multi-host cluster (tests/netns.py)
+command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
 [ -x "$py" ] || missing="$missing python3"
 # Debian splits ensurepip (needed by `python3 -m venv`) into python3-venv
 { [ -x "$py" ] && "$py" -c 'import ensurepip' >/dev/null 2>&1; } || missing="$missing python3-venv"

@@ -1,10 +1,12 @@
-"""jupyter_node.py on a real single-host Grid Engine cluster, and jupyter_tunnel.py -n to its node.
+"""jupyter_node.py on a real Grid Engine cluster, and jupyter_tunnel.py -n to its node.
 
 The user's path, end to end: ``ssh USER@HEAD jupyter-node ...`` submits a real JupyterLab
 with ``qrsh``; the job runs on the node (this machine, under its host name); the
 ``jupyter-tunnel -s USER@HEAD -n NODE`` command it printed is run as printed (plus the test
 options ``-F``/``-b none``) and the page answers through it; Ctrl+C leaves the job running,
 ``qdel`` ends it.  What is checked is what a user would check: qstat, the log, the page.
+Most tests use the single-host cluster; the last one a cluster as real ones look, where the
+node is reachable only from the head (tests/netns.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pytest
 from cluster import ClusterUser, SgeCluster, logins_by_target, parse_node_report, run
 from helpers import tcp_open, wait_for
 from jupyter_node import parse_log
+from netns import ADDRESSES
 from test_tunnel import Tunnel, get_status, local_port_of
 
 pytestmark = pytest.mark.integration
@@ -134,3 +137,44 @@ def test_missing_jupyter_is_reported_before_submitting(sge_cluster: SgeCluster, 
     assert done.returncode == 3
     assert "Error: jupyter not found in PATH" in done.stderr
     assert sge_cluster.jobs() == []
+
+
+def test_node_reachable_only_from_the_head(sge_netns, cluster_user: ClusterUser):
+    """As real clusters look: client -> gw -> head -> node, each its own host (network namespace)."""
+    hosts, cell = sge_netns
+    user = cluster_user
+    # the client reaches gw only; the node is not even routed to
+    assert tcp_open(ADDRESSES["gw"], 22) and not tcp_open(ADDRESSES["head"], 22)
+    assert not tcp_open(ADDRESSES["node"], 22)
+
+    done = hosts.ssh("-J", "gw", "head",
+                     f"PATH={user.bin_dir}:{user.venv}/bin:$PATH; export PATH; "
+                     f"cd && jupyter-node --scheduler sge -t lab -w {SERVER_TIMEOUT:g}s")
+    assert done.returncode == 0, done.stderr
+    report = parse_node_report(done.stdout, done.stderr)
+    assert report.node == "node"  # the job's own view: `hostname --fqdn` on the node
+    assert shlex.split(done.stdout) == ["jupyter-tunnel", "-s", f"{user.name}@head", "-n", "node"]
+    assert cell.job_state(report.job_id) == "r"
+    assert "all.q@node" in cell.qstat("-u", "*")
+    assert not tcp_open(ADDRESSES["node"], report.port)  # the server: only from the head
+    token = user.server_info(report.port)["token"]
+
+    argv = shlex.split(done.stdout)[1:]
+    argv[argv.index("-s") + 1:argv.index("-s") + 1] = ["gw"]  # -s gw USER@head -n node
+    offsets = hosts.log_offsets()
+    tunnel = Tunnel(hosts.config, *argv)
+    try:
+        url = tunnel.url(timeout=60)
+        assert url == f"http://localhost:{local_port_of(url)}/?token={token}"
+        assert get_status(url)[0] == 200
+        # one login on gw and on head; the head's own login into the node (with the agent)
+        assert hosts.logins_since(offsets) == {"gw": [user.name], "head": [user.name], "node": [user.name]}
+        assert tunnel.stop(signal.SIGINT) == 0
+        tunnel.assert_clean()
+    finally:
+        tunnel.kill()
+    assert cell.job_state(report.job_id) == "r"
+
+    done = hosts.ssh("-J", "gw", "head", f"qdel {report.job_id}")
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: cell.job_state(report.job_id) is None, 60, interval=0.2, what="the job to end")
