@@ -351,3 +351,19 @@ def test_a_server_that_refuses_connections_fails_fast(tunnel, test_users):
         fake.kill()
         fake.wait()
         path.unlink()
+
+
+@pytest.mark.parametrize("shell", ["/usr/bin/tcsh", "/usr/bin/fish", "/bin/bash"])
+def test_discovery_works_whatever_the_login_shell(tunnel, sshd, launch, shell):
+    """sshd hands the discovery command to the user's login shell: csh, fish and bash alike."""
+    server = launch("server", "--ip=127.0.0.1", f"--port={free_port()}")
+    subprocess.run(["usermod", "--shell", shell, USER], check=True)
+    try:
+        done = list_servers(sshd.config, "--json")
+        assert done.returncode == 0, done.stderr
+        assert [s["port"] for s in json.loads(done.stdout)] == [server.info["port"]]
+        run = tunnel("-s", f"{USER}@srv")
+        assert get_status(run.url())[0] == 200
+        assert run.stop() == 0
+    finally:
+        subprocess.run(["usermod", "--shell", "/bin/sh", USER], check=True)
