@@ -20,7 +20,18 @@ from cluster import (
     stop_user_jobs_and_servers,
     this_host,
 )
-from netns import NetnsHosts, SgeNetns, known_hosts_line, netns_down, netns_up, sge_netns_down, sge_netns_up
+from netns import (
+    NetnsHosts,
+    SgeNetns,
+    SlurmNetns,
+    known_hosts_line,
+    netns_down,
+    netns_up,
+    sge_netns_down,
+    sge_netns_up,
+    slurm_netns_down,
+    slurm_netns_up,
+)
 from realenv import SshServer, UserAccount
 
 
@@ -126,5 +137,30 @@ def sge_netns(_netns_hosts: NetnsHosts, _sge_netns_session: SgeNetns,
     yield _netns_hosts, _sge_netns_session
     try:
         _sge_netns_session.qdel_all()
+    finally:
+        stop_user_jobs_and_servers(cluster_user)
+
+
+@pytest.fixture(scope="session")
+def _slurm_netns_session(_netns_hosts: NetnsHosts, _slurm_session: SlurmCluster) -> Iterator[SlurmNetns]:
+    # after _slurm_session: it runs the machine's munged, which slurmctld and slurmd use here too
+    try:
+        cluster = slurm_netns_up()
+    except ClusterError as err:
+        _fail(err)
+        raise
+    try:
+        yield cluster
+    finally:
+        slurm_netns_down(cluster)
+
+
+@pytest.fixture
+def slurm_netns(_netns_hosts: NetnsHosts, _slurm_netns_session: SlurmNetns,
+                cluster_user: ClusterUser) -> Iterator[Tuple[NetnsHosts, SlurmNetns]]:
+    """(hosts, cluster): Slurm with slurmctld on head and slurmd on node, node reachable only from head."""
+    yield _netns_hosts, _slurm_netns_session
+    try:
+        _slurm_netns_session.cancel_all()
     finally:
         stop_user_jobs_and_servers(cluster_user)

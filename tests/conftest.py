@@ -203,9 +203,11 @@ from cluster_fixtures import (  # noqa: E402,F401
     _netns_hosts,
     _sge_netns_session,
     _sge_session,
+    _slurm_netns_session,
     _slurm_session,
     cluster_user,
     sge_cluster,
     sge_netns,
     slurm_cluster,
+    slurm_netns,
 )

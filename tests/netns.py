@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from cluster import SGE_ROOT, ClusterError, _PE, _tail, daemon_pid, run, stop_pid
+from cluster import SGE_ROOT, ClusterError, SlurmCluster, _PE, _SLURM_CONF_TEXT, _tail, daemon_pid, run, stop_pid
 from helpers import wait_for
 from realenv import die_with_parent
 
@@ -43,6 +43,7 @@ HOSTS_FILES = {
 }
 CELL = "jpnet"
 CELL_SPOOL = Path("/var/spool/gridengine-jpnet")
+SLURM_NETNS_CONF = Path("/etc/slurm/slurm-jpnet.conf")
 
 _SSHD_CONFIG = """\
 # written by tests/netns.py: the sshd of host {host}
@@ -65,8 +66,8 @@ PrintLastLog no
 UseDNS no
 MaxStartups 100:30:200
 LogLevel VERBOSE
-# the cluster's environment for every session (a site's /etc/profile would set it)
-SetEnv SGE_CELL={cell}
+# the clusters' environment for every session (a site's /etc/profile would set it)
+SetEnv SGE_CELL={cell} SLURM_CONF={slurm_conf}
 """
 
 _CLIENT_CONFIG = """\
@@ -197,7 +198,7 @@ def netns_up(directory: Path, authorized_keys: Path, client_key: Path, user: str
         key = " ".join((d / "host_ed25519.pub").read_text().split()[:2])
         known.append(f"{host},{ADDRESSES[host]} {key}")
         (d / "sshd_config").write_text(_SSHD_CONFIG.format(host=host, dir=d, authorized_keys=authorized_keys,
-                                                           cell=CELL))
+                                                           cell=CELL, slurm_conf=SLURM_NETNS_CONF))
         run(["/usr/sbin/sshd", "-t", "-f", str(d / "sshd_config")], "sshd -t")
         log = d / "sshd.log"
         log.write_text("")
@@ -392,6 +393,108 @@ def sge_netns_down(cluster: SgeNetns) -> None:
     """Delete the jobs and stop the daemons started (before their namespaces go)."""
     try:
         cluster.qdel_all()
+    finally:
+        for pid in reversed(cluster.started):
+            stop_pid(pid)
+
+
+# --------------------------------------------------------------------------- Slurm on head + node
+
+_SLURM_NETNS_PIDS = {"slurmctld": Path("/run/slurm/slurmctld-jpnet.pid"), "slurmd": Path("/run/slurm/slurmd-jpnet.pid")}
+
+
+def in_netns_slurm(host: str, argv: Sequence[str]) -> List[str]:
+    """argv running a Slurm program on `host` with the cluster's slurm.conf.
+
+    Not `ip netns exec`: it remounts /sys, which hides /sys/fs/cgroup, and slurmd 22.05 then
+    dies ("Unable to initialize cgroup plugin") even with task/none.  So: the network
+    namespace only (nsenter), plus a UTS namespace for the host name and a mount namespace
+    for the host's /etc/hosts.
+    """
+    ns = NAMESPACES[host]
+    return ["env", f"SLURM_CONF={SLURM_NETNS_CONF}", "nsenter", f"--net=/run/netns/{ns}",
+            "unshare", "--uts", "--mount", "--", "/bin/sh", "-c",
+            f'mount --bind /etc/netns/{ns}/hosts /etc/hosts && hostname {host} && exec "$@"', "sh", *argv]
+
+
+class SlurmNetns(SlurmCluster):
+    """The Slurm cluster jpnet: slurmctld on head, slurmd on node (munged: the machine's one)."""
+
+    def squeue(self, *args: str) -> str:
+        return run(in_netns_slurm("head", ["squeue", *args]), "squeue on head", check=False).stdout
+
+    def show_job(self, job_id: str) -> Dict[str, str]:
+        out = run(in_netns_slurm("head", ["scontrol", "-o", "show", "job", job_id]), "scontrol", check=False).stdout
+        return dict(item.split("=", 1) for item in out.split() if "=" in item)
+
+    def cancel_all(self) -> None:
+        ids = self.jobs()
+        if ids:
+            run(in_netns_slurm("head", ["scancel", *ids]), "scancel", check=False)
+            wait_for(lambda: not self.jobs(), 60, interval=0.2, what=f"jobs {ids} to go")
+
+
+def slurm_netns_up() -> SlurmNetns:
+    """Start slurmctld on head and slurmd on node (munged must run: slurm_up starts it)."""
+    for name, host in (("slurmd", "node"), ("slurmctld", "head")):
+        pid = daemon_pid(_SLURM_NETNS_PIDS[name], name)
+        if pid and not _in_ns(pid, host):
+            stop_pid(pid)  # left in a namespace deleted since
+    memory = re.search(r"RealMemory=(\d+)", run(["slurmd", "-C"], "slurmd -C").stdout)
+    text = _SLURM_CONF_TEXT.format(host="node", cpus=os.cpu_count() or 1,
+                                   memory=int(memory.group(1)) * 9 // 10 if memory else 1000,
+                                   partition="debug", ctld_pid=_SLURM_NETNS_PIDS["slurmctld"],
+                                   slurmd_pid=_SLURM_NETNS_PIDS["slurmd"])
+    text = text.replace("SlurmctldHost=node", "SlurmctldHost=head").replace("ClusterName=jt", "ClusterName=jpnet")
+    for key in ("slurmctld", "slurmd"):
+        text = text.replace(f"/var/lib/slurm/{key}\n", f"/var/lib/slurm/{key}-jpnet\n")
+        text = text.replace(f"/var/log/slurm/{key}.log", f"/var/log/slurm/{key}-jpnet.log")
+    if not SLURM_NETNS_CONF.exists() or SLURM_NETNS_CONF.read_text() != text:
+        SLURM_NETNS_CONF.write_text(text)
+        SLURM_NETNS_CONF.chmod(0o644)
+        for name in ("slurmd", "slurmctld"):
+            pid = daemon_pid(_SLURM_NETNS_PIDS[name], name)
+            if pid:
+                stop_pid(pid)
+    for path in ("/run/slurm", "/var/lib/slurm/slurmctld-jpnet", "/var/lib/slurm/slurmd-jpnet", "/var/log/slurm"):
+        Path(path).mkdir(parents=True, exist_ok=True)
+    for path in ("/run/slurm", "/var/lib/slurm/slurmctld-jpnet", "/var/log/slurm"):
+        shutil.chown(path, "slurm", "slurm")
+    started = []
+    log = Path("/var/log/slurm/slurmctld-jpnet.log")
+    if daemon_pid(_SLURM_NETNS_PIDS["slurmctld"], "slurmctld") is None:
+        run(in_netns_slurm("head", ["/usr/sbin/slurmctld"]), "starting slurmctld on head")
+        try:
+            wait_for(lambda: "is UP" in run(in_netns_slurm("head", ["scontrol", "ping"]), "ping", check=False).stdout,
+                     20, interval=0.1, what="slurmctld on head")
+        except AssertionError as err:
+            raise ClusterError(f"{err}\n{_tail(log)}") from None
+        started.append(daemon_pid(_SLURM_NETNS_PIDS["slurmctld"], "slurmctld"))
+    if daemon_pid(_SLURM_NETNS_PIDS["slurmd"], "slurmd") is None:
+        run(in_netns_slurm("node", ["/usr/sbin/slurmd"]), "starting slurmd on node")
+        started.append(None)
+
+    def node_idle() -> bool:
+        state = run(in_netns_slurm("head", ["sinfo", "-h", "-n", "node", "-o", "%t"]), "sinfo",
+                    check=False).stdout.strip()
+        if state.startswith(("drain", "drng", "down")):
+            run(in_netns_slurm("head", ["scontrol", "update", "nodename=node", "state=resume"]), "resume",
+                check=False)
+        return state in ("idle", "mix", "alloc", "comp")
+
+    try:
+        wait_for(node_idle, 30, interval=0.1, what="node to be idle in Slurm")
+    except AssertionError as err:
+        raise ClusterError(f"{err}\n{_tail(Path('/var/log/slurm/slurmd-jpnet.log'))}") from None
+    if None in started:
+        started[started.index(None)] = daemon_pid(_SLURM_NETNS_PIDS["slurmd"], "slurmd")
+    return SlurmNetns(node="node", started=tuple(p for p in started if p))
+
+
+def slurm_netns_down(cluster: SlurmNetns) -> None:
+    """Cancel the jobs and stop the daemons started (before their namespaces go)."""
+    try:
+        cluster.cancel_all()
     finally:
         for pid in reversed(cluster.started):
             stop_pid(pid)

@@ -18,6 +18,7 @@ import pytest
 
 from cluster import ClusterUser, SlurmCluster, logins_by_target, parse_node_report
 from helpers import tcp_open, wait_for
+from netns import ADDRESSES
 from test_tunnel import Tunnel, get_status, local_port_of
 
 pytestmark = pytest.mark.integration
@@ -116,3 +117,37 @@ def test_scheduler_detection_asks_when_ambiguous(slurm_cluster: SlurmCluster, cl
     done = cluster_user.ssh_head(f"PATH={nothing}:{cluster_user.bin_dir}:{cluster_user.venv}/bin exec jupyter-node -t lab")
     assert done.returncode == 3 and "found neither qrsh nor sbatch/srun" in done.stderr
     assert slurm_cluster.jobs() == []
+
+
+def test_node_reachable_only_from_the_head(slurm_netns, cluster_user: ClusterUser):
+    """As real clusters look: client -> gw -> head (slurmctld) -> node (slurmd), network namespaces."""
+    hosts, cluster = slurm_netns
+    user = cluster_user
+    assert not tcp_open(ADDRESSES["node"], 22)  # the client has no way to the node
+
+    done = hosts.ssh("-J", "gw", "head",
+                     f"PATH={user.bin_dir}:{user.venv}/bin:$PATH; export PATH; "
+                     f"cd && jupyter-node --scheduler slurm -t lab -w {SERVER_TIMEOUT:g}s")
+    assert done.returncode == 0, done.stderr
+    report = parse_node_report(done.stdout, done.stderr)
+    assert shlex.split(done.stdout) == ["jupyter-tunnel", "-s", f"{user.name}@head", "-n", "node"]
+    assert cluster.job_state(report.job_id) == "RUNNING" and cluster.show_job(report.job_id)["NodeList"] == "node"
+    token = user.server_info(report.port)["token"]
+
+    argv = shlex.split(done.stdout)[1:]
+    argv[argv.index("-s") + 1:argv.index("-s") + 1] = ["gw"]
+    offsets = hosts.log_offsets()
+    tunnel = Tunnel(hosts.config, *argv)
+    try:
+        url = tunnel.url(timeout=60)
+        assert url == f"http://localhost:{local_port_of(url)}/?token={token}"
+        assert get_status(url)[0] == 200
+        assert hosts.logins_since(offsets) == {"gw": [user.name], "head": [user.name], "node": [user.name]}
+        assert tunnel.stop(signal.SIGINT) == 0
+        tunnel.assert_clean()
+    finally:
+        tunnel.kill()
+    assert cluster.job_state(report.job_id) == "RUNNING"
+    done = hosts.ssh("-J", "gw", "head", f"scancel {report.job_id}")
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: cluster.job_state(report.job_id) in (None, "CANCELLED"), 60, interval=0.2, what="the job to end")
