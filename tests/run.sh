@@ -44,6 +44,9 @@ missing=
 command -v ssh >/dev/null 2>&1 && command -v ssh-keygen >/dev/null 2>&1 \
     || missing="$missing openssh-client"
 command -v sshpass >/dev/null 2>&1 || missing="$missing sshpass"
+# login shells the discovery command must survive (tests/test_servers.py)
+command -v tcsh >/dev/null 2>&1 || missing="$missing tcsh"
+command -v fish >/dev/null 2>&1 || missing="$missing fish"
 command -v pgrep >/dev/null 2>&1 || missing="$missing procps"
 # network namespaces of the multi-host cluster (tests/netns.py)
 command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
