@@ -66,7 +66,7 @@ NO_BROWSER = ("n", "none")
 MAX_TMP_PREFIX = 60
 # How often the master is polled while it logs in.  A login takes 0.3 s or more, so 10 ms
 # adds at most a few percent and costs nothing measurable.
-POLL_INTERVAL = 0.01
+POLL_INTERVAL = 0.002
 # Options every ssh of the run gets through the generated config file, not via "-o": ssh
 # passes only -l -p -J -F -v to the ssh it starts for a jump host, so a config file given
 # with -F is the one way to reach every hop.
