@@ -38,6 +38,7 @@ from realenv import LISTEN_ADDRESSES, RUNTIME_SUBDIR, SetupError, SshServer
 
 CLUSTER_USER = "jtcluster"  # submits jobs; never has a Jupyter server outside a test
 REPO = Path(__file__).resolve().parent.parent
+HOSTS_MARK = "# added by jupyter-tunnel tests/cluster.py"  # on lines it adds to /etc/hosts
 
 # --------------------------------------------------------------------------- helpers
 
@@ -99,6 +100,19 @@ def user_pids(uid: int) -> List[int]:
     return pids
 
 
+def ensure_host_resolves(host: str) -> str:
+    """The IPv4 address of `host`; one added to /etc/hosts (127.0.0.1) when it has none.
+
+    The schedulers, `hostname --fqdn` in the job and the head's `ssh NODE` all need it.
+    """
+    try:
+        return socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0]
+    except socket.gaierror:
+        with open("/etc/hosts", "a") as f:
+            f.write(f"127.0.0.1 {host} {HOSTS_MARK}\n")
+        return "127.0.0.1"
+
+
 def this_host() -> str:
     """The machine's host name: the head node and the compute node of the single-host clusters."""
     return socket.gethostname()
@@ -111,7 +125,6 @@ SGE_SPOOL = Path("/var/spool/gridengine")
 SGE_QUEUE = "all.q"
 # Debian's binaries default to these; set anyway so that a user's environment cannot differ
 SGE_ENV = {"SGE_ROOT": str(SGE_ROOT), "SGE_CELL": "default"}
-HOSTS_MARK = "# added by jupyter-tunnel tests/cluster.py"
 _PE = """pe_name smp
 slots 999
 user_lists NONE
@@ -179,12 +192,7 @@ def _sge_fix_names(host: str, common: Path) -> None:
     "access denied (client IP resolved to host name localhost. This is not identical to
     clients host name vm)".  host_aliases makes the two names one host.
     """
-    try:
-        ip = socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0]
-    except socket.gaierror:
-        with open("/etc/hosts", "a") as f:
-            f.write(f"127.0.0.1 {host} {HOSTS_MARK}\n")
-        ip = "127.0.0.1"
+    ip = ensure_host_resolves(host)
     out = run(["getent", "hosts", ip], "getent hosts", check=False).stdout.split()
     reverse = out[1] if len(out) > 1 else ""
     aliases = common / "host_aliases"
@@ -569,7 +577,7 @@ def setup_cluster_user(sshd: SshServer, session_dir: Path, venv: Path, head: str
     shutil.rmtree(user.runtime_dir, ignore_errors=True)  # servers of killed runs
 
     # the node must be reached where the sshd listens; a Debian hostname is often 127.0.1.1
-    node_address = socket.getaddrinfo(node, None, socket.AF_INET)[0][4][0]
+    node_address = ensure_host_resolves(node)
     hostname_line = "" if node_address in LISTEN_ADDRESSES else f"    HostName {LISTEN_ADDRESSES[0]}\n"
     user.node_address = node_address if node_address in LISTEN_ADDRESSES else LISTEN_ADDRESSES[0]
     ssh_dir = user.home / ".ssh"

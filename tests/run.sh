@@ -71,9 +71,17 @@ esac
 if [ -n "$missing" ]; then
     say "installing:$missing"
     export DEBIAN_FRONTEND=noninteractive
+    # the packages' daemons (sshd, sge_*, slurm*, munged) must not start on install: the
+    # tests start the ones they need, configured for them (a container has this file already)
+    policy=/usr/sbin/policy-rc.d made_policy=
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
+        trap 'rm -f "$policy"' EXIT
+    fi
     quiet apt-get update -q
     # shellcheck disable=SC2086  # word splitting of the package list is wanted
     quiet apt-get install -y -q --no-install-recommends $missing
+    if [ -n "$made_policy" ]; then rm -f "$policy"; trap - EXIT; fi
 fi
 
 # --- 2. the test venv ---------------------------------------------------------
