@@ -28,10 +28,9 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from helpers import wait_for
 from realenv import LISTEN_ADDRESSES, RUNTIME_SUBDIR, SetupError, SshServer
