@@ -64,7 +64,7 @@ NO_BROWSER = ("n", "none")
 # ssh appends ".<16 random chars>" to a ControlPath while binding it, and a unix socket path
 # is limited to 104-108 bytes: keep the private directory's path short.
 MAX_TMP_PREFIX = 60
-# How often the master is polled while it logs in.  A login takes 0.3 s or more, so 10 ms
+# How often the master is polled while it logs in.  A login takes 0.3 s or more, so 2 ms
 # adds at most a few percent and costs nothing measurable.
 POLL_INTERVAL = 0.002
 # Options every ssh of the run gets through the generated config file, not via "-o": ssh
