@@ -28,6 +28,7 @@ import re
 import shutil
 import socket
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -611,6 +612,10 @@ def stop_user_jobs_and_servers(user: ClusterUser) -> None:
             pass
     for path in user.runtime_files():
         path.unlink(missing_ok=True)
+    # jupyter-node's logs (they stay for the user, by design; not for the test user)
+    for path in Path(tempfile.gettempdir()).glob(f"jupyter_nb_{user.name}_*.log"):
+        if path.stat().st_uid == user.uid:
+            path.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- reading results
