@@ -561,12 +561,14 @@ def parse_status_line(answer: bytes) -> int:
     return 0
 
 
-def parse_ssh_error(lines: Iterable[str]) -> str:
+def parse_ssh_error(lines: Iterable[str], returncode: int | None = None) -> str:
     """ssh's own reason for a failure, from its stderr, without the noise lines."""
     useful = [line.strip() for line in lines if line.strip() and not line.startswith(SSH_NOISE)]
-    if not useful:
-        return "ssh gave no reason"
-    return "; ".join(useful[:3])
+    if useful:
+        return "; ".join(useful[:3])
+    if returncode is not None and returncode < 0:
+        return f"ssh was killed by {signal.Signals(-returncode).name}"
+    return "ssh gave no reason"
 
 
 def build_state(pid: int, route: Route, server: Server, local_port: int, directory: str,
@@ -1238,7 +1240,8 @@ class Tunnel:
                 if server_stopped(self.master, self.local_port, self.server):
                     raise ServerStopped()
                 continue
-            reason = parse_ssh_error(self.master.stderr)
+            assert self.master.process is not None
+            reason = parse_ssh_error(self.master.stderr, self.master.process.returncode)
             if self.args.no_reconnect:
                 raise TunnelError(f"the connection to {self.route.target} was lost: {reason}", EXIT_LOST)
             say("Warning", f"connection to {self.route.target} lost ({reason}); reconnecting...")

@@ -276,6 +276,11 @@ def test_parse_ssh_error(lines, reason):
     assert jt.parse_ssh_error(lines) == reason
 
 
+def test_parse_ssh_error_of_a_killed_ssh():
+    assert jt.parse_ssh_error([], -9) == "ssh was killed by SIGKILL"
+    assert jt.parse_ssh_error(["Connection closed"], -9) == "Connection closed"
+
+
 def test_discovery_script_survives_any_login_shell():
     """One line in single quotes: no ' ! or newline (csh), no double backslash (fish)."""
     line = jt.build_discovery_script(one_line=True)
