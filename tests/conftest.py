@@ -199,6 +199,7 @@ def start_jupyter(
 
 
 # --- clusters (Grid Engine, Slurm) for jupyter_node.py: tests/cluster_fixtures.py ----
+from tunnelrun import Tunnel  # noqa: E402
 from cluster_fixtures import (  # noqa: E402,F401
     _netns_hosts,
     _sge_netns_session,
@@ -211,3 +212,18 @@ from cluster_fixtures import (  # noqa: E402,F401
     slurm_cluster,
     slurm_netns,
 )
+
+
+@pytest.fixture
+def tunnel(sshd):
+    """Factory: start jupyter_tunnel.py with the fixtures' ssh config; killed at teardown."""
+    started: list[Tunnel] = []
+
+    def start(*args: str, **kwargs) -> Tunnel:
+        run = Tunnel(sshd.config, *args, **kwargs)
+        started.append(run)
+        return run
+
+    yield start
+    for run in started:
+        run.kill()

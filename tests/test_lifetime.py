@@ -14,7 +14,7 @@ import threading
 import pytest
 
 from helpers import free_port, wait_for
-from test_tunnel import Tunnel, get_status, local_port_of, tunnel  # noqa: F401 (fixture)
+from tunnelrun import get_status
 
 pytestmark = pytest.mark.integration
 PROXY_ADDRESS = "127.0.0.5"

@@ -23,7 +23,7 @@ from cluster import ClusterUser, SgeCluster, logins_by_target, parse_node_report
 from helpers import tcp_open, wait_for
 from jupyter_node import parse_log
 from netns import ADDRESSES
-from test_tunnel import Tunnel, get_status, local_port_of
+from tunnelrun import Tunnel, check_printed_command, get_status, local_port_of
 
 pytestmark = pytest.mark.integration
 
@@ -159,20 +159,7 @@ def test_node_reachable_only_from_the_head(sge_netns, cluster_user: ClusterUser)
     assert not tcp_open(ADDRESSES["node"], report.port)  # the server: only from the head
     token = user.server_info(report.port)["token"]
 
-    argv = shlex.split(done.stdout)[1:]
-    argv[argv.index("-s") + 1:argv.index("-s") + 1] = ["gw"]  # -s gw USER@head -n node
-    offsets = hosts.log_offsets()
-    tunnel = Tunnel(hosts.config, *argv)
-    try:
-        url = tunnel.url(timeout=60)
-        assert url == f"http://localhost:{local_port_of(url)}/?token={token}"
-        assert get_status(url)[0] == 200
-        # one login on gw and on head; the head's own login into the node (with the agent)
-        assert hosts.logins_since(offsets) == {"gw": [user.name], "head": [user.name], "node": [user.name]}
-        assert tunnel.stop(signal.SIGINT) == 0
-        tunnel.assert_clean()
-    finally:
-        tunnel.kill()
+    check_printed_command(hosts, done.stdout, token, user.name)
     assert cell.job_state(report.job_id) == "r"
 
     done = hosts.ssh("-J", "gw", "head", f"qdel {report.job_id}")

@@ -19,7 +19,7 @@ import pytest
 from cluster import ClusterUser, SlurmCluster, logins_by_target, parse_node_report
 from helpers import tcp_open, wait_for
 from netns import ADDRESSES
-from test_tunnel import Tunnel, get_status, local_port_of
+from tunnelrun import Tunnel, check_printed_command, get_status, local_port_of
 
 pytestmark = pytest.mark.integration
 
@@ -134,19 +134,7 @@ def test_node_reachable_only_from_the_head(slurm_netns, cluster_user: ClusterUse
     assert cluster.job_state(report.job_id) == "RUNNING" and cluster.show_job(report.job_id)["NodeList"] == "node"
     token = user.server_info(report.port)["token"]
 
-    argv = shlex.split(done.stdout)[1:]
-    argv[argv.index("-s") + 1:argv.index("-s") + 1] = ["gw"]
-    offsets = hosts.log_offsets()
-    tunnel = Tunnel(hosts.config, *argv)
-    try:
-        url = tunnel.url(timeout=60)
-        assert url == f"http://localhost:{local_port_of(url)}/?token={token}"
-        assert get_status(url)[0] == 200
-        assert hosts.logins_since(offsets) == {"gw": [user.name], "head": [user.name], "node": [user.name]}
-        assert tunnel.stop(signal.SIGINT) == 0
-        tunnel.assert_clean()
-    finally:
-        tunnel.kill()
+    check_printed_command(hosts, done.stdout, token, user.name)
     assert cluster.job_state(report.job_id) == "RUNNING"
     done = hosts.ssh("-J", "gw", "head", f"scancel {report.job_id}")
     assert done.returncode == 0, done.stderr

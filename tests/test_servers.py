@@ -25,7 +25,7 @@ import pytest
 
 from helpers import free_port, wait_for
 from realenv import die_with_parent, stop_process, user_env
-from test_tunnel import SCRIPT, get_status, local_port_of, tunnel  # noqa: F401 (fixture)
+from tunnelrun import SCRIPT, get_status, local_port_of
 
 pytestmark = pytest.mark.integration
 USER = "jtmulti"

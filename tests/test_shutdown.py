@@ -21,7 +21,7 @@ import pytest
 
 import jupyter_tunnel as jt
 from helpers import port_is_free, wait_for
-from test_tunnel import Tunnel, get_status, local_port_of
+from tunnelrun import Tunnel, get_status, local_port_of
 
 SHUTDOWN = Path(__file__).resolve().parent.parent / "jupyter_tunnel_shutdown.py"
 

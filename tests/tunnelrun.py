@@ -1,0 +1,144 @@
+"""Running jupyter_tunnel.py as a user would, for the integration tests (and the checks
+they share): the ``Tunnel`` driver, the page check through the tunnel, and the check of
+the command ``jupyter-node`` prints, run through a gateway."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import urllib.parse
+from pathlib import Path
+
+from helpers import http_get, wait_for
+
+SCRIPT = Path(__file__).resolve().parent.parent / "jupyter_tunnel.py"
+READY_TIMEOUT = 30.0
+
+class Tunnel:
+    """A running jupyter_tunnel.py, with its output collected as it comes."""
+
+    def __init__(self, config: "str | os.PathLike[str]", *args: str, stdin: str | None = None, env: dict | None = None) -> None:
+        # A private short TMPDIR per run: whatever the tool leaves behind shows up there.
+        self.tmp = tempfile.mkdtemp(prefix="jtt-", dir="/tmp")
+        self.registry = tempfile.mkdtemp(prefix="jtr-", dir="/tmp")
+        self.env = dict(os.environ, TMPDIR=self.tmp, NO_COLOR="1", JUPYTER_TUNNEL_REGISTRY=self.registry)
+        self.env.pop("SSH_AUTH_SOCK", None)
+        self.env.update(env or {})
+        self.argv = [sys.executable, str(SCRIPT), "-F", str(config), "-b", "none", *args]
+        self.process = subprocess.Popen(
+            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=self.env, text=True, start_new_session=True,
+        )
+        if stdin is not None:
+            self.process.stdin.write(stdin)
+        self.process.stdin.close()
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.stderr_lines: list[str] = []
+        threading.Thread(target=self._pump, args=(self.process.stdout, self.lines.put), daemon=True).start()
+        self._err = threading.Thread(target=self._pump, args=(self.process.stderr, self.stderr_lines.append),
+                                     daemon=True)
+        self._err.start()
+
+    @staticmethod
+    def _pump(stream, sink) -> None:
+        for line in stream:
+            sink(line.rstrip("\n"))
+
+    @property
+    def stderr(self) -> str:
+        """Everything the tool printed on stderr so far."""
+        return "\n".join(self.stderr_lines)
+
+    def url(self, timeout: float = READY_TIMEOUT) -> str:
+        """The URL printed on stdout once the tunnel answers."""
+        try:
+            return self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no URL within {timeout} s; stderr:\n{self.stderr}") from None
+
+    def wait(self, timeout: float = 30.0) -> int:
+        """Exit code of the tool (it must exit by itself within ``timeout``)."""
+        code = self.process.wait(timeout=timeout)
+        self._err.join(timeout=5)
+        return code
+
+    def stop(self, signum: int = signal.SIGINT, timeout: float = 10.0) -> int:
+        """Send ``signum`` as a terminal would (to the tool's process group) and wait."""
+        os.killpg(self.process.pid, signum)
+        return self.wait(timeout)
+
+    def leftovers(self) -> list[str]:
+        """Processes whose command line mentions this run's TMPDIR (master, hops, agent)."""
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if self.tmp in cmdline and state != "Z" and int(entry) != self.process.pid:
+                found.append(f"{entry}: {cmdline}")
+        return found
+
+    def assert_clean(self) -> None:
+        """Nothing of the run is left: no process, no control dir, no temp file."""
+        wait_for(lambda: not self.leftovers(), 10, what=f"processes of the run to go: {self.leftovers()}")
+        assert os.listdir(self.tmp) == [], "the run left files in its TMPDIR"
+        assert os.listdir(self.registry) == [], "the run left its registry entry"
+
+    def states(self) -> list[dict]:
+        """The registry entries of running tunnels."""
+        return [json.loads((Path(self.registry) / name).read_text()) for name in os.listdir(self.registry)]
+
+    def kill(self) -> None:
+        """Last-resort cleanup for a failed test."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        for line in self.leftovers():
+            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        shutil.rmtree(self.registry, ignore_errors=True)
+
+
+def get_status(url: str) -> tuple[int, dict]:
+    """GET /api/status through the tunnel with the URL's token, as the browser's page does."""
+    parts = urllib.parse.urlsplit(url)
+    token = urllib.parse.parse_qs(parts.query).get("token", [""])[0]
+    status, body = http_get(f"{parts.scheme}://{parts.netloc}{parts.path}api/status",
+                            headers={"Authorization": f"token {token}"}, timeout=10)
+    return status, json.loads(body) if status == 200 else {}
+
+
+def local_port_of(url: str) -> int:
+    """The local port in a printed URL."""
+    return urllib.parse.urlsplit(url).port
+
+
+def check_printed_command(hosts, printed: str, token: str, user: str) -> None:
+    """Run the ``jupyter-tunnel -s USER@head -n NODE`` command jupyter-node printed, through
+    gw: the page answers, one login per host (the head's own into the node with the agent),
+    and Ctrl+C leaves nothing behind."""
+    argv = shlex.split(printed)[1:]
+    argv[argv.index("-s") + 1:argv.index("-s") + 1] = ["gw"]  # -s gw USER@head -n node
+    offsets = hosts.log_offsets()
+    tunnel = Tunnel(hosts.config, *argv)
+    try:
+        url = tunnel.url(timeout=60)
+        assert url == f"http://localhost:{local_port_of(url)}/?token={token}"
+        assert get_status(url)[0] == 200
+        assert hosts.logins_since(offsets) == {"gw": [user], "head": [user], "node": [user]}
+        assert tunnel.stop(signal.SIGINT) == 0
+        tunnel.assert_clean()
+    finally:
+        tunnel.kill()
