@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
-import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +21,7 @@ import pytest
 
 from helpers import free_port, wait_for
 from realenv import die_with_parent, stop_process, user_env
-from tunnelrun import SCRIPT, get_status, local_port_of
+from tunnelrun import SCRIPT, Terminal, get_status, local_port_of
 
 pytestmark = pytest.mark.integration
 USER = "jtmulti"
@@ -155,46 +151,22 @@ def test_a_choice_that_matches_several(tunnel, two_servers):
     assert "Error: 2 Jupyter servers match on" in run.stderr
 
 
-def test_prompt_on_a_terminal(sshd, two_servers):
+def test_prompt_on_a_terminal(sshd, two_servers, tmp_path):
     """A person at a terminal is asked which server, by number."""
     wanted = two_servers[1]
-    registry = tempfile.mkdtemp(prefix="jtr-", dir="/tmp")
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the tool, on the pseudo-terminal
-        os.environ.update(NO_COLOR="1", JUPYTER_TUNNEL_REGISTRY=registry)
-        os.execv(sys.executable, [sys.executable, str(SCRIPT), "-F", str(sshd.config), "-s", f"{USER}@srv",
-                                  "-b", "none"])
-    screen = b""
-
-    def read_until(text: bytes, timeout: float = 30) -> None:
-        nonlocal screen
-        deadline = time.monotonic() + timeout
-        while text not in screen:
-            assert time.monotonic() < deadline, f"no {text!r} on the terminal:\n{screen.decode(errors='replace')}"
-            if select.select([fd], [], [], 0.5)[0]:
-                try:
-                    screen += os.read(fd, 4096)
-                except OSError:
-                    break
-
+    registry = tmp_path / "registry"
+    term = Terminal("-F", str(sshd.config), "-s", f"{USER}@srv", "-b", "none",
+                    env={"JUPYTER_TUNNEL_REGISTRY": str(registry)})
     try:
-        read_until(b"Which server? [1-2] ")
-        os.write(fd, b"2\n")
-        read_until(f"?token={wanted.info['token']}".encode())
-        url = next(line for line in screen.decode().splitlines() if "?token=" in line).strip()
+        term.read_until(b"Which server? [1-2] ")
+        term.type("2")
+        term.read_until(f"?token={wanted.info['token']}".encode())
+        url = next(line for line in term.screen.decode().splitlines() if "?token=" in line).strip()
         assert get_status(url)[0] == 200
-        os.kill(pid, signal.SIGINT)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-        assert os.listdir(registry) == []
+        assert term.interrupt() == 0
+        assert os.listdir(registry) == []  # the tunnel removed its entry
     finally:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-        os.close(fd)
-        shutil.rmtree(registry, ignore_errors=True)
+        term.close()
 
 
 def expect_page(tunnel, sshd, *args: str, token: str = "", status: int = 200) -> str:

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import TEST_PASSWORD
 from helpers import port_is_free, wait_for
-from tunnelrun import SCRIPT, get_status, local_port_of
+from tunnelrun import SCRIPT, Terminal, get_status, local_port_of
 
 pytestmark = pytest.mark.integration
 
@@ -324,3 +324,21 @@ def test_ssh_options_reach_every_hop(tunnel, sshd, start_jupyter):
     assert len(logins) == 3 and all("Accepted publickey for jtmulti " in line for line in logins), logins
     assert run.stop() == 0
     run.assert_clean()
+
+
+def test_password_asked_once_on_the_terminal(sshd, jtuser_server, tmp_path):
+    """A person at a terminal types the password once, unechoed, for both hops."""
+    offset = sshd.log_offset()
+    term = Terminal("-F", str(sshd.config), "-p", "-s", "pgw", "psrv", "-b", "none",
+                    env={"JUPYTER_TUNNEL_REGISTRY": str(tmp_path)})
+    try:
+        term.read_until(b"SSH password: ")
+        term.type(TEST_PASSWORD)
+        term.read_until(f"?token={jtuser_server.token}".encode())
+        assert TEST_PASSWORD.encode() not in term.screen  # not echoed
+        assert term.screen.count(b"password:") == 1  # asked once, not once per hop
+        logins = sshd.logins_since(offset)
+        assert len(logins) == 2 and all("Accepted password" in line for line in logins), logins
+        assert term.interrupt() == 0
+    finally:
+        term.close()

@@ -142,3 +142,53 @@ def check_printed_command(hosts, printed: str, token: str, user: str) -> None:
         tunnel.assert_clean()
     finally:
         tunnel.kill()
+
+
+class Terminal:
+    """jupyter_tunnel.py on a pseudo-terminal, as a person at a terminal runs it."""
+
+    def __init__(self, *args: str, env: dict | None = None) -> None:
+        import pty
+
+        self.screen = b""
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: the tool, with the terminal as its controlling tty
+            os.environ.update(NO_COLOR="1", **(env or {}))
+            os.environ.pop("SSH_AUTH_SOCK", None)
+            os.execv(sys.executable, [sys.executable, str(SCRIPT), *args])
+
+    def read_until(self, text: bytes, timeout: float = 30) -> None:
+        """Read the terminal until ``text`` shows on it."""
+        import select
+        import time
+
+        deadline = time.monotonic() + timeout
+        while text not in self.screen:
+            assert time.monotonic() < deadline, \
+                f"no {text!r} on the terminal:\n{self.screen.decode(errors='replace')}"
+            if select.select([self.fd], [], [], 0.5)[0]:
+                try:
+                    self.screen += os.read(self.fd, 4096)
+                except OSError:
+                    break
+
+    def type(self, text: str) -> None:
+        """Type a line."""
+        os.write(self.fd, text.encode() + b"\n")
+
+    def interrupt(self) -> int:
+        """Ctrl+C; returns the exit code."""
+        os.kill(self.pid, signal.SIGINT)
+        _, status = os.waitpid(self.pid, 0)
+        self.pid = 0
+        return os.waitstatus_to_exitcode(status)
+
+    def close(self) -> None:
+        """Kill the tool if it still runs, and close the terminal."""
+        if self.pid:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        os.close(self.fd)
