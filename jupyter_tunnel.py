@@ -1372,7 +1372,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jupyter-tunnel",
         description=(
-            f"jupyter-tunnel {__version__}: create an SSH tunnel to a Jupyter server running "
+            f"jupyter-tunnel {__version__}: create an SSH tunnel to a Jupyter server running\n"
             "remotely and open the local web browser on it. One login per host for the whole run."
         ),
         epilog=(
@@ -1380,6 +1380,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  on the intranet:        jupyter-tunnel -s user@server.ext\n"
             "  through a gateway:      jupyter-tunnel -s user@gateway.ext user@server.ext\n"
             "  no browser, fixed port: jupyter-tunnel -s gw server -b none --local-port 8888\n"
+            "  cluster node:           jupyter-tunnel -s user@gateway.ext user@head.ext -n node12\n"
+            "  several servers:        jupyter-tunnel -s server --list, then --pick 2\n"
             "\nexit codes: 0 closed normally, 2 bad option, 3 program missing, 4 cannot connect,\n"
             "  5 no (single) server, 6 no local port, 7 no answer in time, 8 connection lost,\n"
             "  130 interrupted before the tunnel was ready, 1 other errors"
