@@ -1218,13 +1218,13 @@ class Tunnel:
         server = self.server
         url = build_url(self.local_port, server)
         say("Info", f"Jupyter {server.describe()} on {self.route.server_host}")
-        say("Info", f"Port used on localhost: {self.local_port}")
         if self.status == 403:
             say("Info", "The server asks for its password: the page will prompt for it.")
         elif self.status != 200:
             say("Warning", f"The server answered HTTP {self.status} to /api/status.")
         if server.secure:
             say("Info", "The server uses https with its own certificate: the browser will warn about it.")
+        say("Info", f"Port used on localhost: {self.local_port}")  # last, right before the URL
         if self.args.json:
             where = {"sock": server.sock} if server.sock else {"remote_port": server.port}
             print(json.dumps({"url": url, "local_port": self.local_port,

@@ -60,9 +60,13 @@ class Tunnel:
     def url(self, timeout: float = READY_TIMEOUT) -> str:
         """The URL printed on stdout once the tunnel answers."""
         try:
-            return self.lines.get(timeout=timeout)
+            url = self.lines.get(timeout=timeout)
         except queue.Empty:
             raise AssertionError(f"no URL within {timeout} s; stderr:\n{self.stderr}") from None
+        # stderr comes through another pipe: wait for the line printed right before the URL,
+        # so that tests see every message the tool printed before it
+        wait_for(lambda: "Info: Port used on localhost:" in self.stderr, 10, what="the messages before the URL")
+        return url
 
     def wait(self, timeout: float = 30.0) -> int:
         """Exit code of the tool (it must exit by itself within ``timeout``)."""
