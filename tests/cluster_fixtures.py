@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Iterator, Tuple
+from typing import Callable, Dict, Iterator, Tuple, TypeVar
 
 import pytest
 
@@ -34,10 +34,25 @@ from netns import (
 )
 from realenv import SshServer, UserAccount
 
+T = TypeVar("T")
+
 
 def _fail(err: Exception) -> None:
     """A set-up failure fails the tests (never a skip: a skip would pass for green)."""
     pytest.fail(str(err), pytrace=False)
+
+
+def _up_down(up: Callable[[], T], down: Callable[[T], None]) -> Iterator[T]:
+    """A cluster for the session: stood up (a failure fails the tests), taken down after."""
+    try:
+        cluster = up()
+    except ClusterError as err:
+        _fail(err)
+        raise
+    try:
+        yield cluster
+    finally:
+        down(cluster)
 
 
 @pytest.fixture(scope="session")
@@ -54,15 +69,7 @@ def cluster_user(sshd: SshServer, session_dir: Path, jupyter_venv: Path) -> Clus
 
 @pytest.fixture(scope="session")
 def _sge_session(test_users: Dict[str, UserAccount]) -> Iterator[SgeCluster]:
-    try:
-        cluster = sge_up()
-    except ClusterError as err:
-        _fail(err)
-        raise
-    try:
-        yield cluster
-    finally:
-        sge_down(cluster)
+    yield from _up_down(sge_up, sge_down)
 
 
 @pytest.fixture
@@ -77,15 +84,7 @@ def sge_cluster(_sge_session: SgeCluster, cluster_user: ClusterUser) -> Iterator
 
 @pytest.fixture(scope="session")
 def _slurm_session(test_users: Dict[str, UserAccount]) -> Iterator[SlurmCluster]:
-    try:
-        cluster = slurm_up()
-    except ClusterError as err:
-        _fail(err)
-        raise
-    try:
-        yield cluster
-    finally:
-        slurm_down(cluster)
+    yield from _up_down(slurm_up, slurm_down)
 
 
 @pytest.fixture
@@ -119,15 +118,7 @@ def _netns_hosts(sshd: SshServer, session_dir: Path, cluster_user: ClusterUser) 
 
 @pytest.fixture(scope="session")
 def _sge_netns_session(_netns_hosts: NetnsHosts) -> Iterator[SgeNetns]:
-    try:
-        cluster = sge_netns_up()
-    except ClusterError as err:
-        _fail(err)
-        raise
-    try:
-        yield cluster
-    finally:
-        sge_netns_down(cluster)
+    yield from _up_down(sge_netns_up, sge_netns_down)
 
 
 @pytest.fixture
@@ -144,15 +135,7 @@ def sge_netns(_netns_hosts: NetnsHosts, _sge_netns_session: SgeNetns,
 @pytest.fixture(scope="session")
 def _slurm_netns_session(_netns_hosts: NetnsHosts, _slurm_session: SlurmCluster) -> Iterator[SlurmNetns]:
     # after _slurm_session: it runs the machine's munged, which slurmctld and slurmd use here too
-    try:
-        cluster = slurm_netns_up()
-    except ClusterError as err:
-        _fail(err)
-        raise
-    try:
-        yield cluster
-    finally:
-        slurm_netns_down(cluster)
+    yield from _up_down(slurm_netns_up, slurm_netns_down)
 
 
 @pytest.fixture
