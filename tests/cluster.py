@@ -177,11 +177,15 @@ class SgeCluster:
         """Ids of every job in the cluster."""
         return [l.split()[0] for l in self.qstat("-u", "*").splitlines() if l.split() and l.split()[0].isdigit()]
 
+    def qdel(self, ids: Sequence[str]) -> None:
+        """`qdel -f ids...` (as root)."""
+        run(["qdel", "-f", *ids], "qdel", env=sge_env(), check=False)
+
     def qdel_all(self) -> None:
         """Delete every job and wait until they are gone."""
         ids = self.jobs()
         if ids:
-            run(["qdel", "-f", *ids], "qdel", env=sge_env(), check=False)
+            self.qdel(ids)
             wait_for(lambda: not self.jobs(), 60, interval=0.2, what=f"jobs {ids} to go")
 
 

@@ -42,6 +42,15 @@ def _fail(err: Exception) -> None:
     pytest.fail(str(err), pytrace=False)
 
 
+def _emptied_after(value: T, remove_jobs: Callable[[], None], user: ClusterUser) -> Iterator[T]:
+    """Give ``value`` to a test; after it, no job and no server of the cluster user is left."""
+    yield value
+    try:
+        remove_jobs()
+    finally:
+        stop_user_jobs_and_servers(user)
+
+
 def _up_down(up: Callable[[], T], down: Callable[[T], None]) -> Iterator[T]:
     """A cluster for the session: stood up (a failure fails the tests), taken down after."""
     try:
@@ -75,11 +84,7 @@ def _sge_session(test_users: Dict[str, UserAccount]) -> Iterator[SgeCluster]:
 @pytest.fixture
 def sge_cluster(_sge_session: SgeCluster, cluster_user: ClusterUser) -> Iterator[SgeCluster]:
     """The single-host Grid Engine cluster, with no job and no server of the cluster user left after the test."""
-    yield _sge_session
-    try:
-        _sge_session.qdel_all()
-    finally:
-        stop_user_jobs_and_servers(cluster_user)
+    yield from _emptied_after(_sge_session, _sge_session.qdel_all, cluster_user)
 
 
 @pytest.fixture(scope="session")
@@ -90,11 +95,7 @@ def _slurm_session(test_users: Dict[str, UserAccount]) -> Iterator[SlurmCluster]
 @pytest.fixture
 def slurm_cluster(_slurm_session: SlurmCluster, cluster_user: ClusterUser) -> Iterator[SlurmCluster]:
     """The single-host Slurm cluster, with no job and no server of the cluster user left after the test."""
-    yield _slurm_session
-    try:
-        _slurm_session.cancel_all()
-    finally:
-        stop_user_jobs_and_servers(cluster_user)
+    yield from _emptied_after(_slurm_session, _slurm_session.cancel_all, cluster_user)
 
 
 # --- the multi-host variant: gw -> head -> node in network namespaces (tests/netns.py) ----
@@ -125,11 +126,7 @@ def _sge_netns_session(_netns_hosts: NetnsHosts) -> Iterator[SgeNetns]:
 def sge_netns(_netns_hosts: NetnsHosts, _sge_netns_session: SgeNetns,
               cluster_user: ClusterUser) -> Iterator[Tuple[NetnsHosts, SgeNetns]]:
     """(hosts, cell): Grid Engine with qmaster on head and execd on node, node reachable only from head."""
-    yield _netns_hosts, _sge_netns_session
-    try:
-        _sge_netns_session.qdel_all()
-    finally:
-        stop_user_jobs_and_servers(cluster_user)
+    yield from _emptied_after((_netns_hosts, _sge_netns_session), _sge_netns_session.qdel_all, cluster_user)
 
 
 @pytest.fixture(scope="session")
@@ -142,8 +139,4 @@ def _slurm_netns_session(_netns_hosts: NetnsHosts, _slurm_session: SlurmCluster)
 def slurm_netns(_netns_hosts: NetnsHosts, _slurm_netns_session: SlurmNetns,
                 cluster_user: ClusterUser) -> Iterator[Tuple[NetnsHosts, SlurmNetns]]:
     """(hosts, cluster): Slurm with slurmctld on head and slurmd on node, node reachable only from head."""
-    yield _netns_hosts, _slurm_netns_session
-    try:
-        _slurm_netns_session.cancel_all()
-    finally:
-        stop_user_jobs_and_servers(cluster_user)
+    yield from _emptied_after((_netns_hosts, _slurm_netns_session), _slurm_netns_session.cancel_all, cluster_user)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from cluster import SGE_ROOT, ClusterError, SlurmCluster, _PE, _SLURM_CONF_TEXT, _tail, daemon_pid, run, stop_pid
+from cluster import SGE_ROOT, ClusterError, SgeCluster, SlurmCluster, _PE, _SLURM_CONF_TEXT, _tail, daemon_pid, run, stop_pid
 from helpers import wait_for
 from realenv import die_with_parent
 
@@ -246,8 +246,8 @@ def netns_down(hosts: Optional[NetnsHosts]) -> None:
 
 
 @dataclass
-class SgeNetns:
-    """The cell jpnet: sge_qmaster on head, sge_execd on node."""
+class SgeNetns(SgeCluster):
+    """The cell jpnet: sge_qmaster on head, sge_execd on node (job queries as SgeCluster's)."""
 
     node: str = "node"
     queue: str = "all.q"
@@ -257,24 +257,9 @@ class SgeNetns:
         """`qstat args...` run on head."""
         return run(in_netns("head", ["qstat", *args], cell=True), "qstat", check=False).stdout
 
-    def job_state(self, job_id: str) -> Optional[str]:
-        """The job's state letters, or None once it is gone."""
-        for line in self.qstat("-u", "*").splitlines():
-            fields = line.split()
-            if fields and fields[0] == job_id:
-                return fields[4]
-        return None
-
-    def jobs(self) -> List[str]:
-        """Ids of every job in the cell."""
-        return [l.split()[0] for l in self.qstat("-u", "*").splitlines() if l.split() and l.split()[0].isdigit()]
-
-    def qdel_all(self) -> None:
-        """Delete every job and wait until they are gone."""
-        ids = self.jobs()
-        if ids:
-            run(in_netns("head", ["qdel", "-f", *ids], cell=True), "qdel", check=False)
-            wait_for(lambda: not self.jobs(), 60, interval=0.2, what=f"jobs {ids} to go")
+    def qdel(self, ids: Sequence[str]) -> None:
+        """`qdel -f ids...` run on head."""
+        run(in_netns("head", ["qdel", "-f", *ids], cell=True), "qdel", check=False)
 
 
 def _in_ns(pid: Optional[int], host: str) -> bool:
