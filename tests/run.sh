@@ -5,7 +5,9 @@
 #   1. apt-installs what the fixtures need, only when something is missing;
 #   2. keeps a venv with the test dependencies, reinstalled only when
 #      pyproject.toml changed since the last successful install;
-#   3. execs pytest from the repo root, so its exit code (5 = no tests
+#   3. keeps a venv with pytest for each other Python the unit tests run under
+#      (tests/pythons.py says which);
+#   4. execs pytest from the repo root, so its exit code (5 = no tests
 #      collected included) is the script's exit code.
 # A second run with everything in place costs well under a second of set-up.
 #
@@ -113,6 +115,22 @@ if ! "$nb6/bin/python" -c 'import notebook, sys; sys.exit(notebook.version_info[
     quiet "$nb6/bin/pip" install --disable-pip-version-check -q "notebook<7"
 fi
 
-# --- 3. run -------------------------------------------------------------------
+# --- 3. the other Pythons -------------------------------------------------------
+# The project says Python >= 3.9: tests/test_pythons.py runs the unit tests under the
+# oldest supported Python and the newest one on the machine (pyenv installs them on these
+# machines), each from a small venv with pytest made here.  A missing interpreter is not
+# an install step's business: that test fails and says so.
+pyenv_root=${PYENV_ROOT:-$HOME/.pyenv}
+for version in $(JT_PYENV_ROOT="$pyenv_root" "$py" "$repo/tests/pythons.py" --versions); do
+    unit="/opt/jupyter-tunnel-unit-$version"
+    if ! "$unit/bin/python" -c 'import pytest' >/dev/null 2>&1; then
+        say "creating venv $unit with pytest for Python $version"
+        rm -rf "$unit"
+        quiet "$pyenv_root/versions/$version/bin/python3" -m venv "$unit"
+        quiet "$unit/bin/pip" install --disable-pip-version-check -q pytest "tomli; python_version < '3.11'"
+    fi
+done
+
+# --- 4. run -------------------------------------------------------------------
 cd "$repo"
 exec "$venv/bin/python" -m pytest "$@"

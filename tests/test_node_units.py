@@ -7,7 +7,10 @@ import shlex
 import stat
 import subprocess
 import sys
-import tomllib
+try:
+    import tomllib
+except ImportError:  # Python < 3.11: the same parser, from PyPI (the test extra)
+    import tomli as tomllib
 from pathlib import Path
 
 import pytest

@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""Which other Pythons the unit tests run under, and where their venvs live.
+
+Shared by tests/run.sh (``pythons.py --versions`` lists the pyenv versions to make venvs
+for) and tests/test_pythons.py (which runs the unit tests under each).  jupyter_tunnel.py
+and jupyter_tunnel_shutdown.py promise Python >= 3.9: the oldest 3.9 and the newest
+Python that pyenv has on the machine are the two ends of that promise.
+"""
+
+import os
+import re
+import sys
+
+OLDEST = (3, 9)
+PYENV_ROOT = os.environ.get("JT_PYENV_ROOT") or os.environ.get("PYENV_ROOT") \
+    or os.path.expanduser("~/.pyenv")
+VENV_PREFIX = "/opt/jupyter-tunnel-unit-"
+# the unit tests: pure parts only, no sshd, no Jupyter, no root
+UNIT_TESTS = ("tests/test_units.py", "tests/test_shutdown_units.py", "tests/test_node_units.py")
+
+
+def parse_version(name):
+    """``(3, 9, 18)`` from a pyenv version directory's name; None for others (``system``, ``pypy``)."""
+    match = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", name)
+    return tuple(int(part) for part in match.groups()) if match else None
+
+
+def choose_versions(names):
+    """The newest release of the oldest supported minor version, and the newest overall."""
+    versions = sorted(v for v in map(parse_version, names) if v and v[:2] >= OLDEST)
+    oldest = [v for v in versions if v[:2] == OLDEST]
+    chosen = {oldest[-1]} if oldest else set()
+    if versions:
+        chosen.add(versions[-1])
+    return [".".join(map(str, v)) for v in sorted(chosen)]
+
+
+def installed_versions(root=PYENV_ROOT):
+    """The version names pyenv has installed under ``root`` (none when there is no pyenv)."""
+    try:
+        return sorted(os.listdir(os.path.join(root, "versions")))
+    except OSError:
+        return []
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--versions"]:
+        sys.exit("usage: pythons.py --versions")
+    print("\n".join(choose_versions(installed_versions())))
