@@ -49,7 +49,7 @@ import time
 import urllib.parse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
 # realenv and helpers live in tests/ (they are the test fixtures' code)
@@ -548,34 +548,6 @@ def measure_help(args: argparse.Namespace) -> Tuple[List[float], List[float]]:
     return [time_command(help_argv) for _ in range(runs)], [time_command(floor_argv) for _ in range(runs)]
 
 
-@contextlib.contextmanager
-def environment(args: argparse.Namespace) -> Iterator[Tuple[realenv.SshServer, realenv.JupyterProc, Path]]:
-    """The tests' environment: lock, users, sshd, one Jupyter server of jtmulti; all stopped at exit."""
-    with contextlib.ExitStack() as stack:
-        realenv.check_can_run()
-        if not (Path(sys.prefix) / "bin" / "jupyter").exists():
-            # before the lock: there may be a long wait for it, and nothing to wait for
-            raise realenv.SetupError(
-                f"no Jupyter in {sys.prefix}: run this with the test venv's Python, e.g. "
-                f"/opt/jupyter-tunnel-test/bin/python {os.path.relpath(__file__)} (./tests/run.sh makes the venv)"
-            )
-        if not args.no_lock:
-            stack.enter_context(realenv.machine_lock(note))
-        # under --no-lock a test session has set the users up: setting them up again would
-        # wipe the runtime file of its jtuser server
-        users = realenv.user_accounts() if args.no_lock else realenv.setup_users()
-        directory = realenv.make_session_dir()
-        stack.callback(shutil.rmtree, directory, ignore_errors=True)
-        venv = Path(sys.prefix)
-        realenv.check_venv(venv, users[USER])
-        sshd = realenv.start_sshd(directory)
-        stack.callback(sshd.stop)
-        starter = realenv.JupyterStarter(venv, directory, users)
-        stack.callback(starter.stop_all)
-        server = starter.start(USER)
-        yield sshd, server, directory
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(
@@ -613,7 +585,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         signal.signal(signum, _raise_keyboard_interrupt)
     rows: List[Row] = []
     try:
-        with environment(args) as (sshd, server, directory):
+        with realenv.environment(USER, no_lock=args.no_lock, on_wait=note) as (sshd, server, directory):
             for delay in args.delay_ms:
                 with contextlib.ExitStack() as proxies:
                     config = start_proxies(sshd, delay, directory, proxies) if delay > 0 else sshd.config

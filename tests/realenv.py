@@ -31,6 +31,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -683,3 +684,35 @@ class JupyterStarter:
         for path in self._made_dirs:
             shutil.rmtree(path, ignore_errors=True)
         self._made_dirs.clear()
+
+
+# --- the whole environment, for scripts (benchmarks/ready.py, tests/demo.py) ---------
+
+
+@contextlib.contextmanager
+def environment(
+    user: str, app: str = "server", no_lock: bool = False, on_wait: Callable[[str], None] = lambda message: None
+) -> Iterator["tuple[SshServer, JupyterProc, Path]"]:
+    """Lock, users, sshd and one Jupyter ``app`` of ``user`` from this venv; all stopped at exit.
+
+    ``no_lock``: the caller is a test session, which holds the lock and has set the users
+    up already (setting them up again would wipe the runtime file of its jtuser server).
+    """
+    with contextlib.ExitStack() as stack:
+        check_can_run()
+        venv = Path(sys.prefix)
+        if not (venv / "bin" / "jupyter").exists():
+            # before the lock: there may be a long wait for it, and nothing to wait for
+            raise SetupError(f"no Jupyter in {venv}: run this with the test venv's Python, e.g. "
+                             "/opt/jupyter-tunnel-test/bin/python (./tests/run.sh makes the venv)")
+        if not no_lock:
+            stack.enter_context(machine_lock(on_wait))
+        users = user_accounts() if no_lock else setup_users()
+        directory = make_session_dir()
+        stack.callback(shutil.rmtree, directory, ignore_errors=True)
+        check_venv(venv, users[user])
+        sshd = start_sshd(directory)
+        stack.callback(sshd.stop)
+        starter = JupyterStarter(venv, directory, users)
+        stack.callback(starter.stop_all)
+        yield sshd, starter.start(user, app=app), directory

@@ -14,6 +14,7 @@
 # Environment: JT_TEST_VENV  venv location (default /opt/jupyter-tunnel-test).
 # It must be executable by the non-root test users, who run Jupyter from it:
 # anything under /root (0700) is not.
+#              JT_SETUP_ONLY=1  stop after the set-up (tests/demo.sh).
 set -eu
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -132,5 +133,7 @@ for version in $(JT_PYENV_ROOT="$pyenv_root" "$py" "$repo/tests/pythons.py" --ve
 done
 
 # --- 4. run -------------------------------------------------------------------
+# tests/demo.sh wants the set-up only
+[ -z "${JT_SETUP_ONLY:-}" ] || exit 0
 cd "$repo"
 exec "$venv/bin/python" -m pytest "$@"
