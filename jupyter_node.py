@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 __version__ = "0.1.0"
 
@@ -68,7 +68,11 @@ MARK = "::jupyter-node::"
 MARK_RE = re.compile(re.escape(MARK) + r" job (\S*) node (\S+)")
 # Jupyter logs "http://NODE:PORT/lab?token=..." once it listens: the sign it is ready.
 URL_RE = re.compile(r"\bhttps?://(?:\[[^\]\s]+\]|[^\s/:\[]+):(\d+)/")
-POLL_INTERVAL = 0.2
+POLL_INTERVAL = 0.2  # seconds between two reads of the log
+# Seconds between two questions to a scheduler's controller (squeue): every request costs
+# it, and a job waiting in the queue may wait for hours.
+SCHEDULER_POLL_FIRST = 0.5
+SCHEDULER_POLL_MAX = 10.0
 LOG_TAIL = 15  # lines of the log shown with an error
 SLURM_DONE = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
               "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
@@ -218,6 +222,14 @@ def build_tunnel_command(head: str, node: str) -> str:
     return f"jupyter-tunnel -s {shlex.quote(head)} -n {shlex.quote(node)}"
 
 
+def scheduler_delays(first: float = SCHEDULER_POLL_FIRST, cap: float = SCHEDULER_POLL_MAX) -> Iterator[float]:
+    """Waits between two questions to the scheduler: ``first``, doubled each time, capped at ``cap``."""
+    delay = first
+    while True:
+        yield delay
+        delay = min(delay * 2, cap)
+
+
 def log_tail(text: str, lines: int = LOG_TAIL) -> str:
     """The last lines of the log, indented, for an error message."""
     kept = [line for line in text.splitlines() if line.strip()][-lines:]
@@ -291,48 +303,47 @@ def user_config() -> str:
 
 
 class Job:
-    """A submitted server job, looked at through its log and the scheduler."""
+    """A submitted server job, looked at through its log and, now and then, the scheduler.
 
-    def __init__(self, scheduler: str, log: str, job_id: str = "",
-                 process: subprocess.Popen | None = None, squeue: str = "") -> None:
-        self.scheduler = scheduler
+    The scheduler's part is in the two subclasses: how to submit, and how to ask it.
+    """
+
+    # whether asking costs the scheduler's controller a request (then it is asked gently)
+    asks_controller = False
+
+    def __init__(self, log: str, job_id: str = "") -> None:
         self.log = log
         self.job_id = job_id
-        self.process = process  # Grid Engine: the qrsh that holds the job
-        self.squeue = squeue
+        self.verdict: JobState | None = None  # the scheduler's last word
 
-    def poll(self) -> JobState:
-        """Where the job is now."""
-        text = read_log(self.log)
-        info = parse_log(text)
+    def ask_scheduler(self, info: LogInfo) -> JobState:
+        """The scheduler's view: ``failed``, ``pending`` or ``running`` (with the node it knows)."""
+        raise NotImplementedError
+
+    def poll(self, ask: bool = True) -> JobState:
+        """Where the job is now: the log always, the scheduler when ``ask`` (or never asked yet)."""
+        info = parse_log(read_log(self.log))
         self.job_id = self.job_id or info.job_id
-        if self.scheduler == "sge":
-            assert self.process is not None
-            code = self.process.poll()
-            if code is not None:
-                return JobState("failed", info.node, detail=f"qrsh exited with code {code}")
-        else:
-            done = subprocess.run([self.squeue, "-h", "-j", self.job_id, "-o", "%T|%N|%r"],
-                                  capture_output=True, text=True, timeout=30)
-            state, nodes, reason = parse_squeue(done.stdout)
-            if not state:
-                state = "GONE"  # squeue forgets a finished job after MinJobAge (or says "Invalid job id")
-            if state in ("GONE", "COMPLETING", *SLURM_DONE):
-                return JobState("failed", info.node or nodes, detail=f"the job is {state.lower()}")
-            if state != "RUNNING":
-                return JobState("pending", detail=f"{state.lower()}{f': {reason}' if reason else ''}")
-            info = LogInfo(info.job_id, info.node or nodes, info.port)
+        if ask or self.verdict is None:
+            self.verdict = self.ask_scheduler(info)
+        if self.verdict.state in ("failed", "pending"):
+            return self.verdict
+        node = info.node or self.verdict.node
         if info.port:
-            return JobState("ready", info.node, info.port)
-        if info.node:
-            return JobState("running", info.node)
-        return JobState("pending")
+            return JobState("ready", node, info.port)
+        return JobState("running", node) if node else JobState("pending")
 
 
-def submit(args: argparse.Namespace, scheduler: str, log: str) -> Job:
-    """Submit the server job; returns it at once (the job may still be queued)."""
-    script = build_server_script(args.type, args.pre, args.conda_env or "", user_config())
-    if scheduler == "sge":
+class SgeJob(Job):
+    """A Grid Engine job, held by a ``qrsh`` that runs here in a session of its own."""
+
+    def __init__(self, log: str, process: subprocess.Popen) -> None:
+        super().__init__(log)
+        self.process = process
+
+    @classmethod
+    def submit(cls, args: argparse.Namespace, script: str, log: str) -> SgeJob:
+        """Start the qrsh in the background, all its output in the log."""
         qrsh = which_or_fail("qrsh", "Grid Engine's job launcher")
         argv = build_qrsh_argv(qrsh, args.type, script, args.queue or "", args.node or "", args.resource)
         with open(log, "ab") as out:
@@ -342,25 +353,78 @@ def submit(args: argparse.Namespace, scheduler: str, log: str) -> Job:
                 # session on the head (SIGHUP) reaches it; it stays when we exit
                 start_new_session=True,
             )
-        return Job("sge", log, process=process)
-    sbatch = which_or_fail("sbatch", "Slurm's batch submission")
-    squeue = which_or_fail("squeue", "Slurm's queue listing")
-    argv = build_sbatch_argv(sbatch, args.type, script, log, args.queue or "", args.node or "", args.resource)
-    done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
-    job_id = done.stdout.strip().split(";")[0]
-    if done.returncode != 0 or not job_id:
-        with open(log, "a") as out:
-            out.write(done.stdout + done.stderr)
-        raise NodeError(f"sbatch could not submit the job (exit {done.returncode}); log: {log}",
-                        EXIT_ERROR, log_tail(done.stderr or read_log(log)))
-    return Job("slurm", log, job_id=job_id, squeue=squeue)
+        return cls(log, process)
+
+    def ask_scheduler(self, info: LogInfo) -> JobState:
+        """The qrsh is the job: while it runs, so does (or waits) the job."""
+        code = self.process.poll()
+        if code is not None:
+            return JobState("failed", info.node, detail=f"qrsh exited with code {code}")
+        return JobState("running")
+
+
+class SlurmJob(Job):
+    """A Slurm batch job, independent of any session; ``squeue`` tells its state."""
+
+    asks_controller = True
+
+    def __init__(self, log: str, job_id: str, squeue: str) -> None:
+        super().__init__(log, job_id)
+        self.squeue = squeue
+
+    @classmethod
+    def submit(cls, args: argparse.Namespace, script: str, log: str) -> SlurmJob:
+        """``sbatch`` the script; the job id is known at once."""
+        sbatch = which_or_fail("sbatch", "Slurm's batch submission")
+        squeue = which_or_fail("squeue", "Slurm's queue listing")
+        argv = build_sbatch_argv(sbatch, args.type, script, log, args.queue or "", args.node or "", args.resource)
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        job_id = done.stdout.strip().split(";")[0]
+        if done.returncode != 0 or not job_id:
+            with open(log, "a") as out:
+                out.write(done.stdout + done.stderr)
+            raise NodeError(f"sbatch could not submit the job (exit {done.returncode}); log: {log}",
+                            EXIT_ERROR, log_tail(done.stderr or read_log(log)))
+        return cls(log, job_id, squeue)
+
+    def ask_scheduler(self, info: LogInfo) -> JobState:
+        """One ``squeue`` request: the state, the node list and the reason a job waits."""
+        done = subprocess.run([self.squeue, "-h", "-j", self.job_id, "-o", "%T|%N|%r"],
+                              capture_output=True, text=True, timeout=30)
+        state, nodes, reason = parse_squeue(done.stdout)
+        if not state:
+            state = "GONE"  # squeue forgets a finished job after MinJobAge (or says "Invalid job id")
+        if state in ("GONE", "COMPLETING", *SLURM_DONE):
+            return JobState("failed", info.node or nodes, detail=f"the job is {state.lower()}")
+        if state != "RUNNING":
+            return JobState("pending", detail=f"{state.lower()}{f': {reason}' if reason else ''}")
+        return JobState("running", nodes)
+
+
+JOB_CLASSES = {"sge": SgeJob, "slurm": SlurmJob}
+
+
+def submit(args: argparse.Namespace, scheduler: str, log: str) -> Job:
+    """Submit the server job; returns it at once (the job may still be queued)."""
+    script = build_server_script(args.type, args.pre, args.conda_env or "", user_config())
+    return JOB_CLASSES[scheduler].submit(args, script, log)
 
 
 def wait_for_job(job: Job, seconds: float) -> JobState:
-    """Poll the job until its server is ready, it failed, or ``seconds`` have passed."""
+    """Poll the job until its server is ready, it failed, or ``seconds`` have passed.
+
+    The log is read every POLL_INTERVAL (a local file: the server's URL shows there first);
+    a scheduler whose every request goes to its controller is asked with a backoff.
+    """
     deadline = time.monotonic() + seconds
+    delays = scheduler_delays()
+    next_ask = time.monotonic()
     while True:
-        state = job.poll()
+        now = time.monotonic()
+        ask = not job.asks_controller or now >= next_ask
+        if ask:
+            next_ask = now + next(delays)
+        state = job.poll(ask)
         if state.state in ("ready", "failed") or time.monotonic() >= deadline:
             return state
         time.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))

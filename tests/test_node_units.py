@@ -204,3 +204,47 @@ def test_console_script_is_declared():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert project["project"]["scripts"]["jupyter-node"] == "jupyter_node:main"
     assert "jupyter_node" in project["tool"]["setuptools"]["py-modules"]
+
+
+def test_scheduler_is_asked_gently():
+    delays = jn.scheduler_delays(first=0.5, cap=10)
+    assert [next(delays) for _ in range(8)] == [0.5, 1, 2, 4, 8, 10, 10, 10]
+
+
+class ScriptedJob(jn.Job):
+    """A Job whose scheduler answers from a list: the log/scheduler combination, alone."""
+
+    def __init__(self, log: str, answers: list) -> None:
+        super().__init__(log)
+        self.answers = answers
+        self.asked = 0
+
+    def ask_scheduler(self, info):
+        self.asked += 1
+        return self.answers.pop(0)
+
+
+@pytest.mark.parametrize("log, answer, expected", [
+    ("", jn.JobState("pending", detail="pending: Resources"), jn.JobState("pending", detail="pending: Resources")),
+    ("", jn.JobState("running"), jn.JobState("pending")),  # running, but not on a node we know yet
+    ("", jn.JobState("running", "n1"), jn.JobState("running", "n1")),
+    (f"{jn.MARK} job 7 node n1.x\n", jn.JobState("running"), jn.JobState("running", "n1.x")),
+    (f"{jn.MARK} job 7 node n1.x\nhttp://n1.x:8888/lab?token=t\n", jn.JobState("running"),
+     jn.JobState("ready", "n1.x", 8888)),
+    (f"{jn.MARK} job 7 node n1.x\n", jn.JobState("failed", "n1.x", detail="the job is failed"),
+     jn.JobState("failed", "n1.x", detail="the job is failed")),
+])
+def test_job_poll_combines_log_and_scheduler(tmp_path, log, answer, expected):
+    path = tmp_path / "log"
+    path.write_text(log)
+    job = ScriptedJob(str(path), [answer])
+    assert job.poll() == expected
+    # not asking again keeps the scheduler's last word: only the log is read
+    assert job.poll(ask=False) == expected and job.asked == 1
+
+
+def test_version_is_the_projects():
+    import jupyter_tunnel
+
+    # jupyter_node.py must run alone on a head node, so it keeps its own copy of the version
+    assert jn.__version__ == jupyter_tunnel.__version__
