@@ -17,9 +17,10 @@ The flow, with exactly one SSH login per hop for the whole run:
    running master (``ssh -O forward``).
 5. wait: poll ``/api/status`` through the tunnel until the server answers; register the
    tunnel (``<pid>.json``, for jupyter_tunnel_shutdown.py).
-6. browser: print the URL, open the browser, and stay until Ctrl+C, SIGTERM or SIGHUP:
-   when the master dies, log in again and forward the same local port; when the server
-   stops, exit.
+6. browser: print the URL, open the browser on a one-time loopback address that redirects
+   to it (never the token on a command line: see OneShotRedirect), and stay until Ctrl+C,
+   SIGTERM or SIGHUP: when the master dies, log in again and forward the same local port;
+   when the server stops, exit.
 7. clean up: stop the master, reap every child, kill the ssh-agent this run started,
    remove the private directory that held the control socket and the registry entry.
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import selectors  # subprocess imports it anyway: free
 import shlex
 import shutil
 import signal
@@ -97,6 +99,16 @@ OPTIONS_WITH_VALUE = ("-W", "-X", "--check-hash-based-pycs", "-o")  # -o: the sh
 HAVE_PROC = os.path.isdir("/proc/self")  # Linux; elsewhere ps(1) tells
 # Markers of the discovery script's output (see build_discovery_script).
 MARK = "::jupyter-tunnel::"
+# The browser's one-time address (see OneShotRedirect).  It waits this long for the browser:
+# a browser's cold start (a snap-packaged one can take half a minute) must not find it
+# closed; after that, the URL printed on stdout is still there to open by hand.
+ONE_SHOT_TIMEOUT = 120.0
+# A connection to it must send its request within this time, and at most this many wait at
+# once: nobody holds the listener, or this process's file descriptors, with idle connections.
+ONE_SHOT_REQUEST_TIMEOUT = 10.0
+ONE_SHOT_MAX_PENDING = 32
+MAX_REQUEST_HEAD = 8192  # bytes; a browser's GET head is well under 2 KiB
+PROC_NET_TCP = "/proc/net/tcp"  # Linux: every IPv4 TCP socket, with the uid that owns it
 
 ASKPASS_SCRIPT = r"""#!/bin/sh
 # jupyter-tunnel's SSH_ASKPASS helper.  ssh runs it (SSH_ASKPASS_REQUIRE=force) for every
@@ -551,6 +563,88 @@ def build_probe_request(local_port: int, server: Server) -> bytes:
     auth = f"Authorization: token {server.token}\r\n" if server.token else ""
     return (f"GET {server.base_url}api/status HTTP/1.0\r\nHost: 127.0.0.1:{local_port}\r\n"
             f"{auth}\r\n").encode()
+
+
+def build_http_response(status: int, reason: str, body: str, headers: Sequence[str] = ()) -> bytes:
+    """A whole HTTP/1.1 answer that closes the connection, is never cached, and sends no Referer."""
+    data = body.encode()
+    lines = [f"HTTP/1.1 {status} {reason}", *headers, "Content-Type: text/html; charset=utf-8",
+             f"Content-Length: {len(data)}", "Cache-Control: no-store", "Referrer-Policy: no-referrer",
+             "Connection: close"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
+
+
+def build_redirect_response(location: str) -> bytes:
+    """The one answer of the browser's one-time address: a 303 to ``location``, and a link."""
+    from html import escape
+    from urllib.parse import quote
+
+    # Percent-encode all but printable ASCII: a CR or LF from the remote's base_url must not
+    # become a header line of its own, and a header must be ASCII anyway.
+    location = quote(location, safe="".join(map(chr, range(0x21, 0x7F))))
+    body = f'<!DOCTYPE html>\n<title>Jupyter</title>\n<p><a href="{escape(location)}">Open Jupyter</a></p>\n'
+    return build_http_response(303, "See Other", body, [f"Location: {location}"])
+
+
+def parse_request_line(head: bytes) -> tuple[str, str] | None:
+    """``(method, target)`` from the first line of an HTTP/1.x request, or None."""
+    parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1].startswith("/"):
+        return None
+    return parts[0], parts[1]
+
+
+def build_one_shot_answer(head: bytes, path: str, location: str, allowed: bool) -> tuple[bytes, bool]:
+    """The one-time address's answer to a request head, and whether it is THE redirect.
+
+    Only an allowed peer asking ``GET path`` gets the redirect to ``location`` (the URL with
+    the token); every other answer holds no token, and the address stays open for the browser.
+    """
+    import secrets
+
+    if not allowed:
+        return build_http_response(403, "Forbidden", "<p>This one-time address belongs to another user's "
+                                   "jupyter-tunnel. If you started it, open the URL it printed.</p>\n"), False
+    request = parse_request_line(head)
+    if request is None:
+        return build_http_response(400, "Bad Request", "<p>Bad request.</p>\n"), False
+    method, target = request
+    # in constant time: the path is the secret of the address
+    if not secrets.compare_digest(target.encode("latin-1"), path.encode()):
+        return build_http_response(404, "Not Found", "<p>Not found.</p>\n"), False
+    if method != "GET":
+        return build_http_response(405, "Method Not Allowed", "<p>GET only.</p>\n", ["Allow: GET"]), False
+    return build_redirect_response(location), True
+
+
+def proc_net_address(host: str, port: int, byteorder: str = sys.byteorder) -> str:
+    """An IPv4 ``host:port`` as ``/proc/net/tcp`` writes it: ``0100007F:1F90`` for 127.0.0.1:8080.
+
+    The kernel prints the address's four bytes as one 32-bit number in the machine's own
+    byte order (so little-endian machines show 127.0.0.1 backwards), and the port in hex.
+    """
+    return f"{int.from_bytes(socket.inet_aton(host), byteorder):08X}:{port:04X}"  # type: ignore[arg-type]
+
+
+def parse_peer_uid(text: str, peer: tuple[str, int], listener: tuple[str, int],
+                   byteorder: str = sys.byteorder) -> int | None:
+    """The uid that owns the socket connected from ``peer`` to ``listener``, from the text of
+    ``/proc/net/tcp``; None when it is not listed or no process holds it any more.
+
+    The peer's own entry is the one whose local address is ``peer`` and whose remote address
+    is ``listener`` (our accepted socket is listed too, the other way round, with OUR uid).
+    """
+    local, remote = proc_net_address(*peer, byteorder), proc_net_address(*listener, byteorder)
+    for line in text.splitlines()[1:]:
+        # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
+        fields = line.split()
+        if len(fields) >= 10 and fields[1].upper() == local and fields[2].upper() == remote:
+            # Inode 0: a socket that its process has closed (orphaned, or TIME_WAIT), which
+            # the kernel lists with uid 0 whoever owned it; it could not read an answer anyway.
+            if fields[9] == "0" or not fields[7].isdigit():
+                return None
+            return int(fields[7])
+    return None
 
 
 def parse_status_line(answer: bytes) -> int:
@@ -1099,25 +1193,189 @@ def wait_for_tunnel(master: Master, local_port: int, server: Server, timeout: fl
         delay = min(delay * 2, 0.25)
 
 
-def open_browser(browser: str | None, url: str) -> None:
-    """Open ``url`` in the browser, detached so it outlives neither Ctrl+C nor our exit."""
+class OneShotRedirect:
+    """The browser's one-time address: ``http://127.0.0.1:PORT/<random path>``, answered ONCE
+    with a redirect to the URL that holds the token, then closed.
+
+    Any local user can read a process's command line (``/proc/PID/cmdline``, ``ps``) and
+    connect to a port on loopback, so a browser started with the token on its command line
+    hands the server (code execution as you, on the remote) to every local user.  Jupyter's
+    own answer, a ``file://…-open.html`` redirect file, fails for snap-packaged browsers
+    (which cannot read /tmp or hidden directories), for a Windows browser under WSL and on
+    Chromebooks; a loopback address works wherever the tunnel itself does.  On Linux a peer
+    whose socket another uid owns (``/proc/net/tcp`` tells) is refused, so whoever reads the
+    address from ``ps`` cannot use it before the browser does.  Without /proc/net/tcp (macOS,
+    BSD) the first request for the path wins, whoever sends it (see README: Security).
+    """
+
+    def __init__(self, location: str, timeout: float = ONE_SHOT_TIMEOUT) -> None:
+        import secrets  # only here: it costs ~6 ms (hashlib) at every start
+
+        self.location = location
+        self.path = "/" + secrets.token_urlsafe(32)
+        self.timeout = timeout
+        # IPv4 only: a peer from 127.0.0.1 is then listed in /proc/net/tcp (not tcp6)
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self.listener.bind(("127.0.0.1", 0))
+            self.listener.listen(ONE_SHOT_MAX_PENDING)
+            self.listener.setblocking(False)
+            # close() wakes the serving thread through this pair: closing a socket that
+            # another thread waits on does not wake it on Linux
+            self._wake_r, self._wake_w = socket.socketpair()
+        except OSError:
+            self.listener.close()
+            raise
+        self.address: tuple[str, int] = self.listener.getsockname()
+        self.url = f"http://{self.address[0]}:{self.address[1]}{self.path}"
+        self.check_peer = os.path.exists(PROC_NET_TCP)
+        self.served = False
+        self._selector = selectors.DefaultSelector()
+        self._pending: dict[socket.socket, tuple[float, bool, bytearray]] = {}  # since, allowed, data
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def start(self) -> None:
+        """Serve in a daemon thread: the tunnel's own work goes on meanwhile."""
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop listening now (at the tool's exit), whether or not the browser came."""
+        if self._thread.is_alive():
+            try:
+                self._wake_w.send(b"x")
+            except OSError:
+                pass
+            self._thread.join(timeout=2)
+        for sock in (self.listener, self._wake_r, self._wake_w):
+            sock.close()
+
+    def peer_allowed(self, peer: tuple[str, int]) -> bool:
+        """Whether the socket that connected from ``peer`` is one of our own user's."""
+        if not self.check_peer:
+            return True  # no /proc/net/tcp: nothing tells who connected (README: Security)
+        try:
+            with open(PROC_NET_TCP) as f:
+                uid = parse_peer_uid(f.read(), peer, self.address)
+        except OSError:
+            uid = None
+        if uid == os.getuid():
+            return True
+        who = f"another local user (uid {uid})" if uid is not None else "a connection whose owner cannot be told"
+        say("Warning", f"{who} asked for the browser's one-time address: refused.")
+        return False
+
+    def _serve(self) -> None:
+        """Answer connections until the redirect is served, the time is up, or close()."""
+        self._selector.register(self.listener, selectors.EVENT_READ)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        deadline = time.monotonic() + self.timeout
+        try:
+            while not self.served:
+                now = time.monotonic()
+                for conn, (since, _, _) in list(self._pending.items()):
+                    if now - since >= ONE_SHOT_REQUEST_TIMEOUT:
+                        self._drop(conn)
+                if now >= deadline:
+                    say("Info", f"The browser did not come for its one-time address within {self.timeout:g} s; "
+                                "it is closed: open the URL printed above instead.")
+                    return
+                expiries = [since + ONE_SHOT_REQUEST_TIMEOUT for since, _, _ in self._pending.values()]
+                for key, _ in self._selector.select(min([deadline, *expiries]) - now):
+                    if key.fileobj is self._wake_r or self.served:
+                        return  # close(), or the redirect went out: nobody else gets one
+                    if key.fileobj is self.listener:
+                        self._accept()
+                    elif key.fileobj in self._pending:
+                        self._read(key.fileobj)  # type: ignore[arg-type]
+        finally:
+            for conn in list(self._pending):
+                self._drop(conn)
+            self._selector.close()
+            self.listener.close()
+
+    def _accept(self) -> None:
+        """Take a new connection, and tell at once whether its peer may have the redirect."""
+        try:
+            conn, peer = self.listener.accept()
+        except OSError:  # taken by nobody after all, or out of file descriptors
+            return
+        if len(self._pending) >= ONE_SHOT_MAX_PENDING:
+            conn.close()
+            return
+        conn.setblocking(False)
+        self._pending[conn] = (time.monotonic(), self.peer_allowed(peer), bytearray())
+        self._selector.register(conn, selectors.EVENT_READ)
+
+    def _read(self, conn: socket.socket) -> None:
+        """Read a request head; once it is whole, answer it and close the connection."""
+        _, allowed, data = self._pending[conn]
+        try:
+            chunk = conn.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        data += chunk
+        if chunk and b"\r\n\r\n" not in data and len(data) < MAX_REQUEST_HEAD:
+            return  # the rest of the head is still on its way
+        if chunk:
+            # Only once the whole head is read: closing a socket with unread data sends a
+            # reset, and a browser may then drop the answer.
+            answer, redirect = build_one_shot_answer(bytes(data), self.path, self.location, allowed)
+            try:
+                conn.setblocking(True)
+                conn.settimeout(5.0)
+                conn.sendall(answer)
+                self.served = redirect
+            except OSError:
+                pass  # the browser went away: the address stays open for its next try
+        self._drop(conn)
+
+    def _drop(self, conn: socket.socket) -> None:
+        """Forget and close a connection."""
+        self._selector.unregister(conn)
+        del self._pending[conn]
+        conn.close()
+
+
+def open_browser(browser: str | None, url: str) -> OneShotRedirect | None:
+    """Open ``url`` in the browser, detached so it outlives neither Ctrl+C nor our exit.
+
+    The browser gets a one-time loopback address that redirects to ``url``, never ``url``
+    itself (see OneShotRedirect); returns that redirect, for the caller to close at exit.
+    """
     detached = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL, start_new_session=True)
     if browser is not None:
-        subprocess.Popen([*shlex.split(browser), url], **detached)
-        return
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        command = shlex.split(browser)
+    elif sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         # without a display, Python's webbrowser would run a text browser in this terminal
         say("Info", "No graphical display: open the URL above in your browser.")
-        return
-    import webbrowser
+        return None
+    else:
+        import webbrowser
 
+        try:
+            webbrowser.get()
+        except webbrowser.Error:
+            say("Warning", "No web browser found: open the URL above yourself.")
+            return None
+        command = [sys.executable, "-m", "webbrowser", "-t"]
     try:
-        webbrowser.get()
-    except webbrowser.Error:
-        say("Warning", "No web browser found: open the URL above yourself.")
-        return
-    subprocess.Popen([sys.executable, "-m", "webbrowser", "-t", url], **detached)
+        redirect: OneShotRedirect | None = OneShotRedirect(url)
+    except OSError as error:
+        redirect = None
+        say("Warning", f"cannot listen on 127.0.0.1 for the browser ({error.strerror or error}): "
+                       "its command line holds the URL with the token, which other local users can read.")
+    try:
+        if redirect is not None:
+            redirect.start()
+        subprocess.Popen([*command, redirect.url if redirect else url], **detached)
+    except BaseException:
+        if redirect is not None:
+            redirect.close()
+        raise
+    return redirect
 
 
 def _raise_interrupted(signum: int, _frame) -> None:
@@ -1310,6 +1568,7 @@ def run_tunnel(args: argparse.Namespace) -> int:
     directory = make_private_dir()
     tunnel: Tunnel | None = None
     agent: subprocess.Popen | None = None
+    redirect: OneShotRedirect | None = None  # the browser's one-time address
     ready = False
     # SIGINT explicitly too: a shell starts a background job with SIGINT ignored, and
     # jupyter-tunnel-shutdown interrupts tunnels with it, as Ctrl+C would.
@@ -1343,7 +1602,7 @@ def run_tunnel(args: argparse.Namespace) -> int:
         tunnel.announce()
         if browser is not None or args.browser is None:
             assert tunnel.local_port is not None and tunnel.server is not None
-            open_browser(browser, build_url(tunnel.local_port, tunnel.server))
+            redirect = open_browser(browser, build_url(tunnel.local_port, tunnel.server))
         say("Info", "Press Ctrl+C to close the tunnel.")
         return tunnel.stay()
     except ServerStopped:
@@ -1359,6 +1618,8 @@ def run_tunnel(args: argparse.Namespace) -> int:
         # No signal may cut the cleanup short: it is what leaves nothing behind.
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)
+        if redirect is not None:
+            redirect.close()
         if tunnel is not None:
             tunnel.close()
         else:

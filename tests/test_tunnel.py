@@ -20,7 +20,7 @@ import pytest
 
 from conftest import TEST_PASSWORD
 from helpers import port_is_free, wait_for
-from tunnelrun import SCRIPT, Terminal, get_status, local_port_of
+from tunnelrun import SCRIPT, Terminal, get_once, get_status, local_port_of
 
 pytestmark = pytest.mark.integration
 
@@ -260,7 +260,11 @@ def test_browser_gets_the_url(tunnel, jtuser_server, tmp_path):
     run = tunnel("-s", "srv", "-b", str(browser))
     url = run.url()
     wait_for(record.exists, 10, what="the browser to be started")
-    assert record.read_text().strip() == url
+    opened = record.read_text().strip()
+    # the browser gets a one-time address, never the token (tests/test_browser.py)
+    assert opened.startswith("http://127.0.0.1:") and jtuser_server.token not in opened
+    status, headers, _ = get_once(opened)
+    assert (status, headers["Location"]) == (303, url)
     assert run.stop() == 0
     run.assert_clean()
 

@@ -124,6 +124,20 @@ def get_status(url: str) -> tuple[int, dict]:
     return status, json.loads(body) if status == 200 else {}
 
 
+def get_once(url: str) -> tuple[int, dict, str]:
+    """GET ``url`` without following a redirect: (status, headers, body)."""
+    import http.client
+
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.request("GET", parts.path or "/")
+        answer = conn.getresponse()
+        return answer.status, dict(answer.getheaders()), answer.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
 def local_port_of(url: str) -> int:
     """The local port in a printed URL."""
     return urllib.parse.urlsplit(url).port
