@@ -53,6 +53,8 @@ command -v fish >/dev/null 2>&1 || missing="$missing fish"
 command -v pgrep >/dev/null 2>&1 || missing="$missing procps"
 # network namespaces of the multi-host cluster (tests/netns.py)
 command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
+# the real browser of tests/test_browser.py (driven by Playwright from the venv)
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
 [ -x "$py" ] || missing="$missing python3"
 # Debian splits ensurepip (needed by `python3 -m venv`) into python3-venv
 { [ -x "$py" ] && "$py" -c 'import ensurepip' >/dev/null 2>&1; } || missing="$missing python3-venv"

@@ -1,0 +1,79 @@
+"""A real browser for the tests, started by jupyter_tunnel.py through ``-b``.
+
+Usage (as ``-b``): ``python tests/playwright_browser.py URL`` with ``JT_BROWSER_RESULT`` set
+to a file.  It opens URL (the tool's one-time address) in headless Debian Chromium, driven
+by Playwright, waits until JupyterLab's own UI has rendered (or the login page shows up, or
+60 s pass), and writes what a person would see as JSON to JT_BROWSER_RESULT: the URL it was
+given, where it landed, the page title, whether the lab UI rendered, the chain of redirects
+it followed, and what the same address shows to a browser without the token (the control).  Playwright's own browser download needs the internet: Debian's
+``chromium`` (``/usr/bin/chromium``, or ``JT_CHROMIUM``) is used instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+# Only JupyterLab's authenticated shell has its main dock panel; the login page (a form with
+# a password/token field) has none.
+LAB_UI = "#jp-main-dock-panel"
+LOGIN_FORM = "input[type=password]"
+WAIT_MS = 60_000
+
+
+def write_result(path: str, result: dict) -> None:
+    """Write the result atomically: the test polls for the file."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f)
+    os.replace(path + ".tmp", path)
+
+
+def shows(page) -> str:
+    """``lab`` or ``login``: whichever the page renders first."""
+    page.wait_for_selector(f"{LAB_UI}, {LOGIN_FORM}", timeout=WAIT_MS)
+    return "lab" if page.locator(LAB_UI).count() else "login"
+
+
+def visit(browser, url: str, result: dict) -> None:
+    """Open ``url``, note the redirects followed and what the page shows; then, as a control,
+    open where it landed in a fresh context (no cookie, no token): that must be the login."""
+    page = browser.new_page()
+    response = page.goto(url, wait_until="commit", timeout=WAIT_MS)
+    chain = []
+    request = response.request if response else None
+    while request is not None:
+        chain.insert(0, request.url)
+        request = request.redirected_from
+    result["redirects"] = chain
+    result["lab_ui"] = shows(page) == "lab"
+    result.update(final_url=page.url, title=page.title())
+    stranger = browser.new_context().new_page()
+    stranger.goto(page.url.split("?")[0], wait_until="commit", timeout=WAIT_MS)
+    result["without_token"] = shows(stranger)
+
+
+def main() -> int:
+    url, result_path = sys.argv[1], os.environ["JT_BROWSER_RESULT"]
+    result: dict = {"argv_url": url, "lab_ui": False}
+    try:
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as playwright:
+            # --no-sandbox: the tests run as root, where Chromium refuses its sandbox
+            browser = playwright.chromium.launch(
+                executable_path=os.environ.get("JT_CHROMIUM", "/usr/bin/chromium"),
+                headless=True, args=["--no-sandbox"])
+            try:
+                visit(browser, url, result)
+            finally:
+                browser.close()
+    except Exception as error:  # refused, no answer, nothing rendered: the test tells what
+        result["error"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    finally:
+        write_result(result_path, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
