@@ -13,8 +13,9 @@ The flow, with exactly one SSH login per hop for the whole run:
 3. choose: the only server, or the one ``--port``/``--dir``/``--pick`` name, or ask on a
    terminal.
 4. forward: pick a free local port (the remote port or the next free one above it, so a
-   pinned browser tab keeps working) and add ``-L 127.0.0.1:LPORT:HOST:RPORT`` to the
-   running master (``ssh -O forward``).
+   pinned browser tab keeps working; the next one again when a run started at the same
+   time takes it first) and add ``-L 127.0.0.1:LPORT:HOST:RPORT`` to the running master
+   (``ssh -O forward``).
 5. wait: poll ``/api/status`` through the tunnel until the server answers; register the
    tunnel (``<pid>.json``, for jupyter_tunnel_shutdown.py).
 6. browser: print the URL, open the browser, and stay until Ctrl+C, SIGTERM or SIGHUP:
@@ -79,6 +80,9 @@ DEFAULT_KEEPALIVE = 10  # seconds: a dropped network is noticed within ~30 s
 DEFAULT_CHECK_INTERVAL = 10.0  # seconds between checks that the Jupyter server still runs
 MAX_BACKOFF = 30.0  # seconds: the longest wait between two reconnection attempts
 CONNECT_FAILURE_GRACE = 3.0  # seconds of "connection refused" at the remote end before giving up
+# What "ssh -O forward" says when the master cannot listen on the local port (mux.c):
+# bind() or listen() failed, "Address already in use" going to the master's stderr only.
+FORWARD_REFUSED = "Port forwarding failed"
 # Lines of ssh's stderr that never explain a failure.
 SSH_NOISE = (
     "Warning: Permanently added",
@@ -1053,19 +1057,22 @@ def add_forward(master: Master, server: Server, local_port: int | None) -> int:
         ports: Iterable[int] = [local_port]
     else:
         ports = candidate_ports(server.port or DEFAULT_SOCKET_PORT)
-    message = ""
+    message = "no free port"
     for port in ports:
-        if not port_is_free(port):
-            message = "Address already in use"
-            continue
-        ok, message = master.forward(build_forward_spec(port, server, master.route.node))
-        if ok:
-            return port
-        if "already in use" not in message:  # not a race with another program: give up
-            break
-    if local_port is not None and "already in use" in message:
-        raise TunnelError(f"local port {local_port} is already in use", EXIT_PORT)
-    raise TunnelError(f"cannot forward a local port to the server: {message or 'no free port'}", EXIT_PORT)
+        if port_is_free(port):
+            ok, message = master.forward(build_forward_spec(port, server, master.route.node))
+            if ok:
+                return port
+            if FORWARD_REFUSED not in message:
+                break  # the master did not answer (it is gone): another port would not help
+            # The master could not listen there: another program (a tunnel started at the
+            # same time) took the port between the check and ssh's bind.  The master is
+            # unharmed: mux.c answers the request with a failure, and ExitOnForwardFailure
+            # applies only to the forwards given on the master's own command line.
+        if local_port is not None and not port_is_free(local_port):
+            raise TunnelError(f"local port {local_port} is already in use", EXIT_PORT)
+    reason = parse_ssh_error(message.splitlines())
+    raise TunnelError(f"cannot forward a local port to the server: {reason}", EXIT_PORT)
 
 
 def wait_for_tunnel(master: Master, local_port: int, server: Server, timeout: float) -> int:
