@@ -45,8 +45,8 @@ def test_ten_tunnels_started_together_all_come_up(tunnel, sshd, jtuser_server, r
     for run in runs:
         assert "Warning" not in run.stderr and "Error" not in run.stderr, run.stderr
     entries = [json.loads(open(os.path.join(registry, name)).read()) for name in os.listdir(registry)]
-    assert sorted((e["pid"], e["local_port"]) for e in entries) == \
-        sorted((run.process.pid, local_port_of(url)) for run, url in zip(runs, urls))
+    assert sorted((e["pid"], e["local_port"], e["state"]) for e in entries) == \
+        sorted((run.process.pid, local_port_of(url), "ready") for run, url in zip(runs, urls))
     for run in runs:
         assert run.stop() == 0
         run.assert_clean()
