@@ -23,57 +23,13 @@ import pytest
 
 import jupyter_tunnel as jt
 from helpers import port_is_free, wait_for
-from test_shutdown import SHUTDOWN
-from test_tunnel import write_runtime_file
+# the fixtures: tunnels and shutdown runs on the test's own registry; a server that never answers
+from test_shutdown import registry, shutdown, tunnel  # noqa: F401
+from test_tunnel import hung_server  # noqa: F401
 from tunnelrun import Tunnel, get_status
 
 pytestmark = pytest.mark.integration
 JTNONE = pwd.getpwnam("jtnone")
-
-
-@pytest.fixture
-def registry():
-    """A registry directory as the tool makes it: ours, 0700."""
-    path = tempfile.mkdtemp(prefix="jtr-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def tmp():
-    """The TMPDIR of the test's runs and shutdowns: where the tool makes its private directories."""
-    path = tempfile.mkdtemp(prefix="jtt-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def tunnel(sshd, registry, tmp):
-    """Factory: start jupyter_tunnel.py on ``registry`` with TMPDIR ``tmp``; killed at teardown."""
-    started: list[Tunnel] = []
-
-    def start(*args: str, registry_dir: str = registry) -> Tunnel:
-        run = Tunnel(sshd.config, *args, env={jt.REGISTRY_ENV: registry_dir, "TMPDIR": tmp})
-        shutil.rmtree(run.tmp)
-        run.tmp = tmp  # the runs share it, so that each finds what another left there
-        started.append(run)
-        return run
-
-    yield start
-    for run in started:
-        run.kill()
-
-
-@pytest.fixture
-def shutdown(registry, tmp):
-    """Run jupyter_tunnel_shutdown.py as a sleep hook would, with the runs' TMPDIR."""
-
-    def run(*args: str, registry_dir: str = registry) -> subprocess.CompletedProcess:
-        env = dict(os.environ, NO_COLOR="1", TMPDIR=tmp, **{jt.REGISTRY_ENV: registry_dir})
-        return subprocess.run([sys.executable, str(SHUTDOWN), *args], stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, env=env, timeout=60)
-
-    return run
 
 
 @pytest.fixture
@@ -130,11 +86,12 @@ def snapshot(*paths: str) -> dict:
     return found
 
 
-def test_crafted_entries_make_nothing_signalled_or_deleted(tunnel, shutdown, registry, tmp, orphans,
+def test_crafted_entries_make_nothing_signalled_or_deleted(tunnel, shutdown, registry, orphans,
                                                            jtuser_server):
     # a live tunnel: its directory, master and agent are named by a crafted entry too
     live = tunnel("-a", "-s", "srv")
     live_url = live.url()
+    tmp = live.tmp  # every run and shutdown of the test looks for leftovers there
     [live_state] = [json.loads(Path(registry, name).read_text()) for name in os.listdir(registry)]
     # a directory of ours with a file; one named as the tool names them but with mode 0755;
     # one that is right in every way but whose socket a process listens on
@@ -179,17 +136,17 @@ def test_crafted_entries_make_nothing_signalled_or_deleted(tunnel, shutdown, reg
             assert f"Warning: registry entry {path!r}: left " in stderr and why in stderr, stderr
 
     # a tunnel start prunes the registry
-    run = tunnel("-s", "srv")
+    run = tunnel("-s", "srv", TMPDIR=tmp)
     run.url()
     warned(run.stderr)
     nothing_touched()
     # --list and --json only read
     for args in (["--list"], ["--json"]):
-        done = shutdown(*args)
+        done = shutdown(*args, TMPDIR=tmp)
         assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr
         nothing_touched()
     # the shutdown stops the two tunnels, and leaves alone what the entries name
-    done = shutdown()
+    done = shutdown(TMPDIR=tmp)
     assert done.returncode == 0
     warned(done.stderr)
     assert f"Info: Killed process {live.process.pid} " in done.stderr
@@ -205,12 +162,13 @@ def test_crafted_entries_make_nothing_signalled_or_deleted(tunnel, shutdown, reg
 
 
 @pytest.mark.parametrize("kind", ["symlink", "directory"])
-def test_a_registry_other_users_can_write_is_not_used(tunnel, shutdown, tmp, jtuser_server, kind):
+def test_a_registry_other_users_can_write_is_not_used(tunnel, shutdown, jtuser_server, kind):
     as_jtnone = dict(user=JTNONE.pw_uid, group=JTNONE.pw_gid, extra_groups=[], check=True)
     # jtnone makes a world-writable directory and writes an entry that names a directory of
     # ours that is right in every way: only the registry's own check protects it
     shared = subprocess.run(["mktemp", "-d", "/tmp/jtx-XXXXXXXX"], capture_output=True, text=True,
                             **as_jtnone).stdout.strip()
+    tmp = tempfile.mkdtemp(prefix="jtt-", dir="/tmp")  # the TMPDIR of the run and the shutdowns
     ours = Path(tempfile.mkdtemp(prefix="jt-", dir=tmp))
     (ours / "data").write_text("keep me")
     try:
@@ -225,17 +183,17 @@ def test_a_registry_other_users_can_write_is_not_used(tunnel, shutdown, tmp, jtu
         warning = f"Warning: not using the registry directory {registry!r}: {problem}"
         before = snapshot(shared, str(ours))
 
-        run = tunnel("-s", "srv", registry_dir=registry)
+        run = tunnel("-s", "srv", registry_dir=registry, TMPDIR=tmp)
         url = run.url()
         assert snapshot(shared, str(ours)) == before  # nothing read from there acted on, nothing written
         assert warning in run.stderr
         assert "this tunnel is not registered; jupyter-tunnel-shutdown finds it by its command line" in run.stderr
         assert get_status(url)[0] == 200
 
-        done = shutdown("--list", registry_dir=registry)
+        done = shutdown("--list", TMPDIR=tmp, **{jt.REGISTRY_ENV: registry})
         assert done.returncode == 0 and warning in done.stderr
         assert done.stdout.splitlines()[1].split()[:2] == [str(run.process.pid), "?"]  # found by the scan
-        done = shutdown(registry_dir=registry)
+        done = shutdown(TMPDIR=tmp, **{jt.REGISTRY_ENV: registry})
         assert done.returncode == 0 and warning in done.stderr
         assert f"Info: Killed process {run.process.pid} (unregistered tunnel to srv)" in done.stderr
         assert run.wait() == 0
@@ -243,24 +201,7 @@ def test_a_registry_other_users_can_write_is_not_used(tunnel, shutdown, tmp, jtu
     finally:
         subprocess.run(["rm", "-rf", shared, f"{shared}-link"], user=JTNONE.pw_uid, group=JTNONE.pw_gid,
                        extra_groups=[])
-
-
-@pytest.fixture
-def hung_server():
-    """A "server" of jtnone (never a real one) whose port accepts connections and never answers."""
-    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "jupyter-fake"],
-                            user=JTNONE.pw_uid, group=JTNONE.pw_gid, extra_groups=[])
-    hung = socket.socket()
-    hung.bind(("127.0.0.1", 0))
-    hung.listen(64)  # connections wait in the backlog: never accepted, never answered
-    port = hung.getsockname()[1]
-    path = write_runtime_file("jtnone", f"jpserver-{fake.pid}.json",
-                              json.dumps(dict(pid=fake.pid, port=port, url=f"http://localhost:{port}/", token="t")))
-    yield port
-    hung.close()
-    fake.kill()
-    fake.wait()
-    path.unlink()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def start_connecting(tunnel, registry: str, *args: str) -> tuple[Tunnel, dict]:
@@ -293,12 +234,12 @@ def test_run_killed_before_ready_leaves_nothing(tunnel, shutdown, registry, jtus
     assert dead.wait() == -signal.SIGKILL
     assert dead.leftovers() and not port_is_free(state["local_port"])
     if cleaner == "next run":
-        after = tunnel("-s", "srv")  # any tunnel prunes the registry as it starts
+        after = tunnel("-s", "srv", TMPDIR=dead.tmp)  # any tunnel prunes the registry as it starts
         after.url()
         assert "Warning" not in after.stderr, after.stderr
         assert after.stop() == 0
     else:
-        done = shutdown("--force")
+        done = shutdown("--force", TMPDIR=dead.tmp)  # where the run made its directory
         assert done.returncode == 0
         assert done.stderr.splitlines() == [
             f"Info: Cleaned up after process {dead.process.pid}, which had died "
@@ -324,7 +265,7 @@ def test_shutdown_stops_a_connecting_run(tunnel, shutdown, registry, hung_server
 def test_force_kills_a_stuck_connecting_run_and_its_leftovers(tunnel, shutdown, registry, hung_server):
     run, state = start_connecting(tunnel, registry, "-a")
     os.kill(run.process.pid, signal.SIGSTOP)  # stuck: SIGINT cannot reach its cleanup
-    done = shutdown("--timeout", "1", "--force")
+    done = shutdown("--timeout", "1", "--force", TMPDIR=run.tmp)
     assert done.returncode == 0
     assert done.stderr.splitlines()[-1] == f"Info: Killed process {run.process.pid} with SIGKILL " \
         f"(localhost:{state['local_port']} -> jtnone@srv:{hung_server})"

@@ -54,7 +54,7 @@ def shutdown(registry):
     """Run jupyter_tunnel_shutdown.py on ``registry``, without a terminal, as a sleep hook would."""
 
     def run(*args: str, **more_env: str) -> subprocess.CompletedProcess:
-        env = dict(os.environ, NO_COLOR="1", **{jt.REGISTRY_ENV: registry}, **more_env)
+        env = {**os.environ, "NO_COLOR": "1", jt.REGISTRY_ENV: registry, **more_env}
         return subprocess.run([sys.executable, str(SHUTDOWN), *args], stdin=subprocess.DEVNULL,
                               capture_output=True, text=True, env=env, timeout=60)
 
