@@ -5,7 +5,9 @@ The flow, with exactly one SSH login per hop for the whole run:
 
 1. connect once: start ONE OpenSSH master connection (``ssh -M -S SOCKET -N``) to the
    last host given with ``-s``, through the others as jump hosts (``-J``).  Every later
-   step is multiplexed over it, so a password or 2FA prompt appears once.
+   step is multiplexed over it, so a password or 2FA prompt appears once.  The run is
+   registered before that (``<pid>.json``, state "connecting", for
+   jupyter_tunnel_shutdown.py): a run killed while it waits leaves nothing unfound.
 2. discover: run a small POSIX ``sh`` script on the remote through the master (with ``-n``,
    on the cluster node, from the head).  It prints the runtime files (``jpserver-*.json``,
    ``nbserver-*.json``) of the live Jupyter servers; the JSON is parsed here, so the remote
@@ -13,10 +15,11 @@ The flow, with exactly one SSH login per hop for the whole run:
 3. choose: the only server, or the one ``--port``/``--dir``/``--pick`` name, or ask on a
    terminal.
 4. forward: pick a free local port (the remote port or the next free one above it, so a
-   pinned browser tab keeps working) and add ``-L 127.0.0.1:LPORT:HOST:RPORT`` to the
-   running master (``ssh -O forward``).
-5. wait: poll ``/api/status`` through the tunnel until the server answers; register the
-   tunnel (``<pid>.json``, for jupyter_tunnel_shutdown.py).
+   pinned browser tab keeps working; the next one again when a run started at the same
+   time takes it first) and add ``-L 127.0.0.1:LPORT:HOST:RPORT`` to the running master
+   (``ssh -O forward``).
+5. wait: poll ``/api/status`` through the tunnel until the server answers; the entry's
+   state becomes "ready".
 6. browser: print the URL, open the browser on a one-time loopback address that redirects
    to it (never the token on a command line: see OneShotRedirect), and stay until Ctrl+C,
    SIGTERM or SIGHUP: when the master dies, log in again and forward the same local port;
@@ -38,13 +41,14 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import deque
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 __version__ = "0.1.0"
 
@@ -81,6 +85,9 @@ DEFAULT_KEEPALIVE = 10  # seconds: a dropped network is noticed within ~30 s
 DEFAULT_CHECK_INTERVAL = 10.0  # seconds between checks that the Jupyter server still runs
 MAX_BACKOFF = 30.0  # seconds: the longest wait between two reconnection attempts
 CONNECT_FAILURE_GRACE = 3.0  # seconds of "connection refused" at the remote end before giving up
+# What "ssh -O forward" says when the master cannot listen on the local port (mux.c):
+# bind() or listen() failed, "Address already in use" going to the master's stderr only.
+FORWARD_REFUSED = "Port forwarding failed"
 # Lines of ssh's stderr that never explain a failure.
 SSH_NOISE = (
     "Warning: Permanently added",
@@ -91,6 +98,20 @@ SSH_NOISE = (
 # Running tunnels register in $XDG_RUNTIME_DIR/jupyter-tunnel (or ~/.cache/jupyter-tunnel);
 # this variable overrides the directory (the tests use it).
 REGISTRY_ENV = "JUPYTER_TUNNEL_REGISTRY"
+MISSING = "it does not exist"  # check_private_dir's answer for a path that is not there
+# A registry entry's "state": written as soon as the run has something to clean up after
+# it (its private directory), so that a run killed while it logs in leaves nothing behind.
+CONNECTING = "connecting"  # logging in, choosing the server, waiting for it (again after a drop)
+READY = "ready"  # the URL was printed
+# The run's private directory (make_private_dir): "jt-" and mkdtemp's 8 random characters,
+# holding the ssh config, the master's control socket and the agent's socket.
+PRIVATE_PREFIX = "jt-"
+MKDTEMP_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")  # tempfile's alphabet
+CONFIG_FILE, CONTROL_SOCKET, AGENT_SOCKET = "ssh_config", "c", "a"
+# The master's command line holds only these ssh options (see build_master_argv); -v may
+# come from the user asking for ssh's own debug output.
+MASTER_FLAGS = ("-M", "-N", "-T")
+MASTER_OPTIONS_WITH_VALUE = ("-F", "-S", "-o", "-J")
 # What tells a jupyter-tunnel process from a reused pid (see is_tunnel_argv).
 TUNNEL_SCRIPTS = ("jupyter_tunnel.py", "jupyter-tunnel", "jupyter-tunnel.sh")
 TUNNEL_MODULE = "jupyter_tunnel"  # python -m jupyter_tunnel
@@ -665,17 +686,83 @@ def parse_ssh_error(lines: Iterable[str], returncode: int | None = None) -> str:
     return "ssh gave no reason"
 
 
-def build_state(pid: int, route: Route, server: Server, local_port: int, directory: str,
-                master_pid: int, agent_pid: int | None, started: float) -> dict:
-    """The registry entry of a running tunnel: what a user needs to pick it, never the token."""
+def build_state(pid: int, route: Route, directory: str, started: float) -> dict:
+    """The registry entry of a run that is connecting: what a user needs to pick it, and
+    what to clean up after it (never the token)."""
     return {
-        "pid": pid, "hosts": list(route.hosts), "node": route.node, "local_port": local_port,
-        "remote_host": route.server_host, "remote_port": server.port, "sock": server.sock,
-        "server_pid": server.pid, "root_dir": server.root_dir, "started": started,
-        # for cleaning up after a tunnel that was SIGKILLed: its ssh master (and agent)
+        "pid": pid, "state": CONNECTING, "hosts": list(route.hosts), "node": route.node,
+        "local_port": None, "remote_host": route.server_host, "remote_port": None, "sock": "",
+        "server_pid": None, "root_dir": "", "started": started,
+        # for cleaning up after a run that was SIGKILLed: its ssh master (and agent)
         # outlive it, and its private directory stays
-        "control_dir": directory, "master_pid": master_pid, "agent_pid": agent_pid,
+        "control_dir": directory, "master_pid": None, "agent_pid": None,
     }
+
+
+def build_forward_state(server: Server, local_port: int) -> dict:
+    """The fields of a registry entry known once the local port is forwarded to the server."""
+    return {"local_port": local_port, "remote_port": server.port, "sock": server.sock,
+            "server_pid": server.pid, "root_dir": server.root_dir}
+
+
+def as_pid(value: object) -> int | None:
+    """``value`` if it can be a pid worth looking at (an int above 1: never init), else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and 1 < value < 2**31:
+        return value
+    return None
+
+
+def is_private_dir_path(path: object, parents: Iterable[str]) -> bool:
+    """Whether ``path`` is named as make_private_dir names its directories, in one of ``parents``."""
+    if not isinstance(path, str) or not os.path.isabs(path) or os.path.normpath(path) != path:
+        return False  # "/tmp/../home/u/jt-abcdefgh" is not in /tmp
+    parent, name = os.path.split(path)
+    suffix = name[len(PRIVATE_PREFIX):]
+    return (name.startswith(PRIVATE_PREFIX) and len(suffix) == 8 and set(suffix) <= MKDTEMP_CHARS
+            and parent in {os.path.normpath(p) for p in parents})
+
+
+def private_dir_problem(mode: int, owner: int, uid: int) -> str:
+    """Why a directory with this ``lstat`` mode and owner is not a private one of ``uid``; "" if it is."""
+    if stat.S_ISLNK(mode):
+        return "it is a symbolic link"
+    if not stat.S_ISDIR(mode):
+        return "it is not a directory"
+    if owner != uid:
+        return f"it belongs to uid {owner}"
+    if stat.S_IMODE(mode) != 0o700:
+        return f"its mode is {stat.S_IMODE(mode):04o}, not 0700"
+    return ""
+
+
+def is_master_argv(argv: Sequence[str], control_dir: str) -> bool:
+    """Whether ``argv`` is exactly the shape of the ssh master build_master_argv makes for
+    ``control_dir``: ``ssh``, its options only, ``-M``, ``-S DIR/c``, ``-F DIR/ssh_config``,
+    ``-N``, ``-o ControlPersist=no``, then one destination."""
+    if len(argv) < 3 or os.path.basename(argv[0]) != "ssh" or argv[-1].startswith("-"):
+        return False
+    values: dict[str, list[str]] = {}
+    flags: set[str] = set()
+    i = 1
+    while i < len(argv) - 1:
+        arg = argv[i]
+        if arg in MASTER_OPTIONS_WITH_VALUE and i + 2 < len(argv):
+            values.setdefault(arg, []).append(argv[i + 1])
+            i += 2
+        elif arg in MASTER_FLAGS or (arg.startswith("-") and set(arg[1:]) == {"v"}):  # -v, -vv
+            flags.add(arg)
+            i += 1
+        else:
+            return False
+    return (flags >= {"-M", "-N"} and "ControlPersist=no" in values.get("-o", [])
+            and values.get("-S") == [os.path.join(control_dir, CONTROL_SOCKET)]
+            and values.get("-F") == [os.path.join(control_dir, CONFIG_FILE)])
+
+
+def is_agent_argv(argv: Sequence[str], control_dir: str) -> bool:
+    """Whether ``argv`` is exactly that of the ssh-agent start_agent starts for ``control_dir``."""
+    return (len(argv) == 4 and os.path.basename(argv[0]) == "ssh-agent"
+            and list(argv[1:]) == ["-D", "-a", os.path.join(control_dir, AGENT_SOCKET)])
 
 
 def _is_interpreter(program: str) -> bool:
@@ -723,13 +810,18 @@ def is_tunnel_argv(argv: Sequence[str]) -> bool:
     return os.path.basename(arg) in TUNNEL_SCRIPTS
 
 
-def parse_status_uid(text: str) -> int | None:
-    """The real uid from the text of ``/proc/PID/status`` (``Uid: real effective saved fs``)."""
+def parse_status_field(text: str, name: str) -> int | None:
+    """The first number of field ``name`` in the text of ``/proc/PID/status`` (``Uid:``, ``PPid:``)."""
     for line in text.splitlines():
-        if line.startswith("Uid:"):
+        if line.startswith(f"{name}:"):
             fields = line.split()
             return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
     return None
+
+
+def parse_status_uid(text: str) -> int | None:
+    """The real uid from the text of ``/proc/PID/status`` (``Uid: real effective saved fs``)."""
+    return parse_status_field(text, "Uid")
 
 
 def split_cmdline(raw: bytes) -> list[str]:
@@ -780,7 +872,26 @@ def make_private_dir() -> str:
     base = tempfile.gettempdir()
     if len(base) > MAX_TMP_PREFIX and os.access("/tmp", os.W_OK):
         base = "/tmp"  # macOS's $TMPDIR alone is ~49 bytes: too long for a socket path
-    return tempfile.mkdtemp(prefix="jt-", dir=base)  # mkdtemp makes it 0700
+    return tempfile.mkdtemp(prefix=PRIVATE_PREFIX, dir=base)  # mkdtemp makes it 0700
+
+
+def private_dir_parents() -> tuple[str, ...]:
+    """Where make_private_dir may have made a run's directory."""
+    return (tempfile.gettempdir(), "/tmp")
+
+
+def check_private_dir(path: str) -> str:
+    """Why ``path`` is not a real directory of ours with mode 0700 ("" when it is).
+
+    ``lstat``: a symbolic link is refused, never followed to wherever it points.
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return MISSING
+    except OSError as error:
+        return error.strerror or str(error)
+    return private_dir_problem(info.st_mode, info.st_uid, os.getuid())
 
 
 def port_is_free(port: int) -> bool:
@@ -845,10 +956,23 @@ def registry_dir() -> str:
     return os.path.join(cache, "jupyter-tunnel")
 
 
-def write_state(state: dict, directory: str | None = None) -> str:
-    """Register a running tunnel: write ``<pid>.json`` atomically (0600 in a 0700 dir)."""
-    directory = directory or registry_dir()
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+def prepare_registry(directory: str) -> str:
+    """Create the registry directory if needed; why it cannot be used ("" when it can)."""
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as error:
+        return error.strerror or str(error)
+    return check_private_dir(directory)
+
+
+def registry_refused(directory: str, problem: str) -> str:
+    """The warning for a registry directory that is not a private one of ours."""
+    return (f"not using the registry directory {directory!r}: {problem} (it must be a directory "
+            "of yours with mode 0700, not a link)")
+
+
+def write_state(state: dict, directory: str) -> str:
+    """Write ``<pid>.json`` atomically (0600) into a registry directory prepare_registry passed."""
     path = os.path.join(directory, f"{state['pid']}.json")
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")  # mode 0600
     try:
@@ -861,26 +985,80 @@ def write_state(state: dict, directory: str | None = None) -> str:
     return path
 
 
+def read_state(path: str) -> dict | None:
+    """One registry entry, or None when it is gone or not one."""
+    try:
+        with open(path) as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or as_pid(state.get("pid")) is None:
+        return None
+    state["file"] = path
+    return state
+
+
 def read_states(directory: str | None = None) -> list[dict]:
-    """Every registry entry, readable or not pruned yet (oldest first)."""
+    """Every entry of a registry directory (oldest first); none, with a warning, from a
+    directory that is not a private one of ours: anyone may have written there."""
     directory = directory or registry_dir()
-    states = []
+    problem = check_private_dir(directory)
+    if problem:
+        if problem != MISSING:
+            say("Warning", registry_refused(directory, problem))
+        return []
     try:
         names = sorted(os.listdir(directory))
     except OSError:
         return []
+    states = []
     for name in names:
-        if not name.endswith(".json") or name.startswith("."):
-            continue
+        if name.endswith(".json") and not name.startswith("."):
+            state = read_state(os.path.join(directory, name))
+            if state is not None:
+                states.append(state)
+    return sorted(states, key=lambda state: _number(state.get("started")))
+
+
+def _number(value: object) -> float:
+    """A float for sorting, 0 for anything that is not a number."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
+class Registration:
+    """This run's registry entry: written as soon as there is something to clean up after
+    the run, rewritten as it goes (state, master pid), removed when it exits."""
+
+    def __init__(self, state: dict) -> None:
+        self.state = state
+        self.directory = registry_dir()
+        self.path = ""
+        problem = prepare_registry(self.directory)
+        if problem:
+            say("Warning", registry_refused(self.directory, problem)
+                + ": this tunnel is not registered; jupyter-tunnel-shutdown finds it by its command line")
+            self.directory = ""
+        self.update()
+
+    def update(self, **changes: object) -> None:
+        """Change fields of the entry and write it again."""
+        self.state.update(changes)
+        if not self.directory:
+            return
         try:
-            with open(os.path.join(directory, name)) as f:
-                state = json.load(f)
-            int(state["pid"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        state["file"] = os.path.join(directory, name)
-        states.append(state)
-    return sorted(states, key=lambda state: state.get("started", 0))
+            self.path = write_state(self.state, self.directory)
+        except OSError as error:
+            say("Warning", f"cannot register this tunnel in {self.directory!r}: {error}")
+            self.directory = ""
+
+    def remove(self) -> None:
+        """Remove the entry (at exit)."""
+        if self.path:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            self.path = ""
 
 
 def registry_dirs() -> list[str]:
@@ -927,35 +1105,123 @@ def is_own_tunnel(pid: int) -> bool:
     return info is not None and info[0] == os.getuid() and is_tunnel_argv(info[1])
 
 
-def clean_leftovers(state: dict) -> None:
-    """Remove what a dead (SIGKILLed) tunnel left: its ssh master, agent, directory, entry."""
-    control = state.get("control_dir") or ""
-    for key in ("master_pid", "agent_pid"):
-        pid = state.get(key)
-        # only a process that names the dead tunnel's private directory: never a reused pid
-        info = process_info(pid) if isinstance(pid, int) else None
-        if info and info[0] == os.getuid() and control and control in " ".join(info[1]):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except OSError:
-                pass
-    if control and os.path.basename(control).startswith("jt-"):
-        shutil.rmtree(control, ignore_errors=True)
+def parent_pid(pid: int) -> int | None:
+    """The parent of process ``pid``; None when it is gone."""
+    if HAVE_PROC:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                return parse_status_field(f.read(), "PPid")
+        except OSError:
+            return None
+    done = subprocess.run(["ps", "-o", "ppid=", "-p", str(pid)], capture_output=True, text=True)
+    return int(done.stdout) if done.stdout.strip().isdigit() else None
+
+
+def is_leftover(pid: int, control_dir: str, shape: Callable[[Sequence[str], str], bool]) -> bool:
+    """Whether ``pid`` is, right now, a dead run's own master or agent: ours, with exactly the
+    command line the run gave it (``shape``), and orphaned (its parent is no live tunnel:
+    a live run's master is its child)."""
+    info = process_info(pid)
+    if info is None or info[0] != os.getuid() or not shape(info[1], control_dir):
+        return False
+    parent = parent_pid(pid)
+    return parent is not None and not is_own_tunnel(parent)
+
+
+def signal_if(pid: int, check: Callable[[], bool], signum: int) -> bool:
+    """Send ``signum`` to ``pid`` only if ``check()`` holds right then; whether it was sent.
+
+    A pidfd (Linux >= 5.3) pins the process while it is checked: a pid reused between the
+    check and the signal gets nothing.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux, or gone already (check() tells)
+        pidfd = None
+    try:
+        if not check():
+            return False
+        if pidfd is not None:
+            signal.pidfd_send_signal(pidfd, signum)
+        else:
+            os.kill(pid, signum)
+    except OSError:
+        return False
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    return True
+
+
+def socket_answers(path: str) -> bool:
+    """Whether a process listens on the unix socket ``path`` (a live master or agent)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+def clean_leftovers(state: Mapping) -> str:
+    """After a run that died (SIGKILL): stop its master and agent, remove its directory and
+    its entry, each only once proven to be that run's own; returns why something the entry
+    names was left alone ("" when nothing was; the entry then stays, for the user to check).
+
+    The entry's word alone proves nothing: the directory must be named as make_private_dir
+    names them, where it makes them, and be ours with mode 0700; a process must have exactly
+    the command line the run gave it (is_master_argv, is_agent_argv) and be orphaned.
+    """
+    control = state.get("control_dir")
+    problem = ""
+    if isinstance(control, str) and control:
+        parents = private_dir_parents()
+        if not is_private_dir_path(control, parents):
+            problem = (f"it is not a directory jupyter-tunnel makes ({PRIVATE_PREFIX}XXXXXXXX in "
+                       f"{' or '.join(sorted(set(parents)))})")
+        else:
+            problem = check_private_dir(control)
+        if problem in ("", MISSING):
+            stopped = []
+            for key, shape in (("master_pid", is_master_argv), ("agent_pid", is_agent_argv)):
+                pid = as_pid(state.get(key))
+                if pid and signal_if(pid, lambda: is_leftover(pid, control, shape), signal.SIGTERM):
+                    stopped.append((pid, shape))
+            deadline = time.monotonic() + 5
+            while any(is_leftover(p, control, shape) for p, shape in stopped) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        if not problem:
+            # a socket that still answers: some live process uses the directory
+            if any(socket_answers(os.path.join(control, name)) for name in (CONTROL_SOCKET, AGENT_SOCKET)):
+                problem = "a process still listens on its sockets"
+            else:
+                shutil.rmtree(control, ignore_errors=True)
+    if problem not in ("", MISSING):
+        return f"left {control!r} alone: {problem}"
     try:
         os.unlink(state["file"])
     except (KeyError, OSError):
         pass
+    return ""
+
+
+def warn_left_alone(state: Mapping, why: str) -> None:
+    """Tell the user what clean_leftovers refused to touch, and the entry that named it."""
+    if why:
+        say("Warning", f"registry entry {state.get('file')!r}: {why}; remove the entry once you "
+                       "have checked")
 
 
 def prune_registry() -> list[dict]:
-    """Clean up after every registered tunnel that is gone; returns the live entries."""
+    """Clean up after every registered run that is gone; returns the live entries."""
     live = []
     for directory in registry_dirs():
         for state in read_states(directory):
             if is_own_tunnel(int(state["pid"])):
                 live.append(state)
             else:
-                clean_leftovers(state)
+                warn_left_alone(state, clean_leftovers(state))
     return live
 
 
@@ -965,15 +1231,16 @@ class Master:
     def __init__(self, ssh: str, route: Route, directory: str, env: dict[str, str]) -> None:
         self.ssh = ssh
         self.route = route
-        self.config = os.path.join(directory, "ssh_config")
-        self.control = os.path.join(directory, "c")
+        self.config = os.path.join(directory, CONFIG_FILE)
+        self.control = os.path.join(directory, CONTROL_SOCKET)
         self.env = env
         self.process: subprocess.Popen | None = None
         self.stderr: deque[str] = deque(maxlen=40)
         self._reader: threading.Thread | None = None
 
-    def open(self) -> None:
-        """Start the master and wait until it has logged in (its control socket exists)."""
+    def open(self, on_start: Callable[[int], None] = lambda pid: None) -> None:
+        """Start the master and wait until it has logged in (its control socket exists);
+        ``on_start`` gets its pid at once, before the login (which may wait for a person)."""
         argv = build_master_argv(self.ssh, self.config, self.control, self.route)
         if os.path.exists(self.control):
             os.unlink(self.control)  # left by a master that was killed: not a sign of login
@@ -984,6 +1251,7 @@ class Master:
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, env=self.env,
         )
+        on_start(self.process.pid)
         # Drain stderr all the time: a full pipe would block ssh.
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
         self._reader.start()
@@ -1049,14 +1317,16 @@ class Master:
             self.process.stderr.close()
 
 
-def start_agent(directory: str) -> tuple[subprocess.Popen, str]:
-    """Start a private ssh-agent as our child (``-D``), so it can be killed at exit."""
+def start_agent(directory: str, registration: Registration) -> tuple[subprocess.Popen, str]:
+    """Start a private ssh-agent as our child (``-D``), so it can be killed at exit; registered
+    at once, so that it is found if this run is killed."""
     agent = which_or_fail("ssh-agent", "needed to start an agent")
-    sock = os.path.join(directory, "a")
+    sock = os.path.join(directory, AGENT_SOCKET)
     process = subprocess.Popen(
         [agent, "-D", "-a", sock], stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
+    registration.update(agent_pid=process.pid)
     deadline = time.monotonic() + 10
     while not os.path.exists(sock):
         if process.poll() is not None or time.monotonic() > deadline:
@@ -1147,19 +1417,22 @@ def add_forward(master: Master, server: Server, local_port: int | None) -> int:
         ports: Iterable[int] = [local_port]
     else:
         ports = candidate_ports(server.port or DEFAULT_SOCKET_PORT)
-    message = ""
+    message = "no free port"
     for port in ports:
-        if not port_is_free(port):
-            message = "Address already in use"
-            continue
-        ok, message = master.forward(build_forward_spec(port, server, master.route.node))
-        if ok:
-            return port
-        if "already in use" not in message:  # not a race with another program: give up
-            break
-    if local_port is not None and "already in use" in message:
-        raise TunnelError(f"local port {local_port} is already in use", EXIT_PORT)
-    raise TunnelError(f"cannot forward a local port to the server: {message or 'no free port'}", EXIT_PORT)
+        if port_is_free(port):
+            ok, message = master.forward(build_forward_spec(port, server, master.route.node))
+            if ok:
+                return port
+            if FORWARD_REFUSED not in message:
+                break  # the master did not answer (it is gone): another port would not help
+            # The master could not listen there: another program (a tunnel started at the
+            # same time) took the port between the check and ssh's bind.  The master is
+            # unharmed: mux.c answers the request with a failure, and ExitOnForwardFailure
+            # applies only to the forwards given on the master's own command line.
+        if local_port is not None and not port_is_free(local_port):
+            raise TunnelError(f"local port {local_port} is already in use", EXIT_PORT)
+    reason = parse_ssh_error(message.splitlines())
+    raise TunnelError(f"cannot forward a local port to the server: {reason}", EXIT_PORT)
 
 
 def wait_for_tunnel(master: Master, local_port: int, server: Server, timeout: float) -> int:
@@ -1412,7 +1685,8 @@ class Tunnel:
     """One run: the ssh master (re-opened when it drops), the forward and the registry entry."""
 
     def __init__(self, args: argparse.Namespace, ssh: str, route: Route, directory: str,
-                 env: dict[str, str], agent: subprocess.Popen | None, password: str | None) -> None:
+                 env: dict[str, str], agent: subprocess.Popen | None, password: str | None,
+                 registration: Registration) -> None:
         self.args = args
         self.ssh = ssh
         self.route = route
@@ -1424,7 +1698,7 @@ class Tunnel:
         self.server: Server | None = None
         self.local_port: int | None = args.local_port
         self.status = 0  # HTTP status of the last successful probe
-        self.state_file = ""
+        self.registration = registration
 
     def write_config(self, batch: bool = False) -> None:
         """(Re)write the ssh config file of the run (see build_ssh_config)."""
@@ -1432,7 +1706,7 @@ class Tunnel:
                                 add_keys_to_agent=self.agent is not None,
                                 password=self.password is not None,
                                 keepalive=self.args.keepalive, batch=batch)
-        path = os.path.join(self.directory, "ssh_config")
+        path = os.path.join(self.directory, CONFIG_FILE)
         with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(text)
 
@@ -1441,7 +1715,9 @@ class Tunnel:
         self.master = Master(self.ssh, self.route, self.directory, self.env)
         say("Info", f"Connecting to {self.route.describe()}...")
         started = time.monotonic()
-        self.master.open()
+        # registered before the login: a run killed while ssh waits (a slow host, a 2FA
+        # prompt) leaves a master that the next run or jupyter-tunnel-shutdown must find
+        self.master.open(on_start=lambda pid: self.registration.update(state=CONNECTING, master_pid=pid))
         say("Info", f"Connected in {time.monotonic() - started:.2f} s; "
                     f"looking for Jupyter servers on {self.route.describe_server_host()}...")
         return discover(self.master)
@@ -1464,11 +1740,9 @@ class Tunnel:
                 say("Info", f"The Jupyter server was restarted: now {server.describe()}")
             self.server = server
         self.local_port = add_forward(self.master, self.server, self.local_port)
+        self.registration.update(**build_forward_state(self.server, self.local_port))
         self.status = wait_for_tunnel(self.master, self.local_port, self.server, self.args.timeout)
-        assert self.master.process is not None
-        self.state_file = write_state(build_state(
-            os.getpid(), self.route, self.server, self.local_port, self.directory,
-            self.master.process.pid, self.agent.pid if self.agent else None, time.time()))
+        self.registration.update(state=READY)
 
     def announce(self) -> None:
         """Tell the user where the tunnel is: the Info lines, the URL on stdout, the browser."""
@@ -1541,16 +1815,11 @@ class Tunnel:
             self.master = None
 
     def close(self) -> None:
-        """Leave nothing behind: master, agent, private directory, registry entry."""
+        """Leave nothing behind: master, agent, private directory (the entry goes last, in run_tunnel)."""
         self.close_master()
         if self.agent is not None:
             stop_process(self.agent)
         shutil.rmtree(self.directory, ignore_errors=True)
-        if self.state_file:
-            try:
-                os.unlink(self.state_file)
-            except OSError:
-                pass
 
 
 def run_tunnel(args: argparse.Namespace) -> int:
@@ -1566,6 +1835,8 @@ def run_tunnel(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     prune_registry()  # a SIGKILLed tunnel's ssh master and files go now
     directory = make_private_dir()
+    # registered at once: from now on there is something to clean up after this run
+    registration = Registration(build_state(os.getpid(), route, directory, time.time()))
     tunnel: Tunnel | None = None
     agent: subprocess.Popen | None = None
     redirect: OneShotRedirect | None = None  # the browser's one-time address
@@ -1577,7 +1848,7 @@ def run_tunnel(args: argparse.Namespace) -> int:
         signal.signal(signum, _raise_interrupted)
     try:
         if args.new_agent or not env.get("SSH_AUTH_SOCK"):
-            agent, env["SSH_AUTH_SOCK"] = start_agent(directory)
+            agent, env["SSH_AUTH_SOCK"] = start_agent(directory, registration)
             env.pop("SSH_AGENT_PID", None)
         if password is not None:
             askpass = os.path.join(directory, "askpass")
@@ -1586,7 +1857,7 @@ def run_tunnel(args: argparse.Namespace) -> int:
             # OpenSSH >= 8.4 sends every prompt of every hop to SSH_ASKPASS with "force";
             # sshpass would answer only the first hop's prompt.
             env.update(SSH_ASKPASS=askpass, SSH_ASKPASS_REQUIRE="force", JUPYTER_TUNNEL_PASSWORD=password)
-        tunnel = Tunnel(args, ssh, route, directory, env, agent, password)
+        tunnel = Tunnel(args, ssh, route, directory, env, agent, password, registration)
         tunnel.write_config()
         if args.list:
             servers = tunnel.login()
@@ -1626,6 +1897,7 @@ def run_tunnel(args: argparse.Namespace) -> int:
             if agent is not None:
                 stop_process(agent)
             shutil.rmtree(directory, ignore_errors=True)
+        registration.remove()  # last: until everything is gone, the entry leads to it
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,10 +3,12 @@
 
 The companion of jupyter_tunnel.py, for sleep hooks, cron jobs and tidy desktops.  The flow:
 
-1. find: read the registry, where every running tunnel keeps a ``<pid>.json`` entry (its
-   hosts, local and remote ports; never the token).  An entry whose pid is no longer one of
-   our tunnels is stale: what that tunnel left (the ssh master and agent outlive a SIGKILLed
-   tunnel, its private directory, the entry) is cleaned up now.  Then this user's processes
+1. find: read the registry, where every running tunnel keeps a ``<pid>.json`` entry from
+   the moment it starts (its state, connecting or ready, hosts, local and remote ports;
+   never the token).  An entry whose pid is no longer one of our tunnels is stale: what
+   that tunnel left (the ssh master and agent outlive a SIGKILLed tunnel, its private
+   directory, the entry) is cleaned up now, each only once proven to be that tunnel's own
+   (jupyter_tunnel.clean_leftovers); ``--list`` only reads.  Then this user's processes
    are scanned for tunnels without an entry (started by a version without the registry).
 2. choose: ``--port`` and ``--host`` keep only the matching tunnels.
 3. ``--list`` prints them (a table, or JSON) and stops there.  Otherwise:
@@ -53,7 +55,7 @@ POLL_INTERVAL = 0.05
 # How a tunnel shows in a command line: the script run from a checkout, the console script,
 # and the original bash tool (its own shutdown script interrupted it too).
 # Interpreter options whose value is the next argument: that value is not the script.
-TABLE_COLUMNS = ("PID", "LOCAL PORT", "HOSTS", "NODE", "REMOTE", "STARTED")
+TABLE_COLUMNS = ("PID", "LOCAL PORT", "HOSTS", "NODE", "REMOTE", "STATE", "STARTED")
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class RunningTunnel:
     sock: str = ""
     root_dir: str = ""
     started: float | None = None
+    phase: str = ""  # the entry's "state": connecting or ready ("" when unregistered)
     command: str = ""  # only for an unregistered tunnel: its command line
     state: dict | None = field(default=None, compare=False, repr=False)  # the registry entry
 
@@ -86,6 +89,7 @@ class RunningTunnel:
             sock=str(state.get("sock") or ""),
             root_dir=str(state.get("root_dir") or ""),
             started=_float_or_none(state.get("started")),
+            phase=str(state.get("state") or "?"),
             state=dict(state),
         )
 
@@ -111,13 +115,16 @@ class RunningTunnel:
             # its local and remote ports are nowhere to be read
             return f"unregistered tunnel to {self.remote_host}{via}" if self.remote_host else \
                 "unregistered tunnel"
+        if self.phase == jt.CONNECTING and self.local_port is None:
+            return f"tunnel to {self.remote_host or '?'}{via}, connecting"
         remote = self.sock or (str(self.remote_port) if self.remote_port else "?")
         return f"localhost:{self.local_port or '?'} -> {self.remote_host or '?'}:{remote}{via}"
 
     def to_json(self) -> dict:
         """The ``--json`` form: the same keys for every tunnel, null when unknown."""
         return {
-            "pid": self.pid, "registered": self.registered, "local_port": self.local_port,
+            "pid": self.pid, "registered": self.registered, "state": self.phase or None,
+            "local_port": self.local_port,
             "hosts": list(self.hosts), "node": self.node, "remote_host": self.remote_host,
             "remote_port": self.remote_port, "sock": self.sock, "root_dir": self.root_dir,
             "started": self.started, "command": self.command,
@@ -244,6 +251,7 @@ def table_row(tunnel: RunningTunnel) -> tuple[str, ...]:
         ",".join(tunnel.hosts) or "?",  # the form -s accepts, and one word for awk
         tunnel.node or "-",
         remote,
+        tunnel.phase or "?",
         format_started(tunnel.started),
     )
 
@@ -297,8 +305,9 @@ def scan_processes(uid: int) -> list[tuple[int, list[str]]]:
     return found
 
 
-def find_tunnels() -> list[RunningTunnel]:
-    """This user's running tunnels, registered ones first; stale entries are cleaned up on the way."""
+def find_tunnels(clean: bool = True) -> list[RunningTunnel]:
+    """This user's running tunnels, registered ones first; with ``clean``, stale entries are
+    cleaned up on the way (else they are left as they are: ``--list`` only reads)."""
     found: list[RunningTunnel] = []
     for directory in registry_dirs():
         for state in jt.read_states(directory):
@@ -310,9 +319,14 @@ def find_tunnels() -> list[RunningTunnel]:
                 if all(t.pid != tunnel.pid for t in found):
                     found.append(tunnel)
                 continue
+            if not clean:
+                continue
             # SIGKILLed (or its pid reused): its ssh master and agent may still run
-            jt.clean_leftovers(state)
-            say("Info", f"Cleaned up after process {tunnel.pid}, which had died ({tunnel.describe()})")
+            why = jt.clean_leftovers(state)
+            if why:
+                jt.warn_left_alone(state, why)
+            else:
+                say("Info", f"Cleaned up after process {tunnel.pid}, which had died ({tunnel.describe()})")
     ours = os.environ.get(jt.REGISTRY_ENV, "")
     known = {t.pid for t in found}
     for pid, argv in scan_processes(os.getuid()):
@@ -339,19 +353,18 @@ def wait_until_gone(tunnels: Sequence[RunningTunnel], timeout: float,
 
 def send(tunnel: RunningTunnel, signum: int) -> bool:
     """Signal ``tunnel`` if its pid is still one of our tunnels; whether it was signalled."""
-    if not is_own_tunnel(tunnel.pid):
-        return False
-    try:
-        os.kill(tunnel.pid, signum)
-    except ProcessLookupError:
-        return False
-    return True
+    return jt.signal_if(tunnel.pid, lambda: is_own_tunnel(tunnel.pid), signum)
 
 
 def clean_after(tunnel: RunningTunnel) -> None:
-    """Remove a gone tunnel's leftovers, if its own cleanup could not (entry still there)."""
-    if tunnel.state is not None and os.path.exists(tunnel.state.get("file", "")):
-        jt.clean_leftovers(tunnel.state)
+    """Remove a gone tunnel's leftovers, if its own cleanup could not (entry still there).
+
+    The entry is read again: since it was listed, the tunnel may have started its master
+    (or a new one, reconnecting).
+    """
+    state = jt.read_state(tunnel.state["file"]) if tunnel.state and "file" in tunnel.state else None
+    if state is not None:
+        jt.warn_left_alone(state, jt.clean_leftovers(state))
 
 
 def stop_tunnels(tunnels: Sequence[RunningTunnel], timeout: float, force: bool) -> int:
@@ -440,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list and args.force:
         parser.error("--force stops tunnels: it cannot go with --list/--json")
     try:
-        tunnels = find_tunnels()
+        tunnels = find_tunnels(clean=not args.list)
         chosen = select_tunnels(tunnels, args.port, args.host)
         if args.port:
             for tunnel in tunnels:

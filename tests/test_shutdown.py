@@ -39,8 +39,8 @@ def tunnel(sshd, registry):
     """Factory: start jupyter_tunnel.py registering in ``registry``; killed at teardown."""
     started: list[Tunnel] = []
 
-    def start(*args: str, registry_dir: str = registry) -> Tunnel:
-        run = Tunnel(sshd.config, *args, env={jt.REGISTRY_ENV: registry_dir})
+    def start(*args: str, registry_dir: str = registry, **env: str) -> Tunnel:
+        run = Tunnel(sshd.config, *args, env={jt.REGISTRY_ENV: registry_dir, **env})
         started.append(run)
         return run
 
@@ -53,8 +53,8 @@ def tunnel(sshd, registry):
 def shutdown(registry):
     """Run jupyter_tunnel_shutdown.py on ``registry``, without a terminal, as a sleep hook would."""
 
-    def run(*args: str) -> subprocess.CompletedProcess:
-        env = dict(os.environ, NO_COLOR="1", **{jt.REGISTRY_ENV: registry})
+    def run(*args: str, **more_env: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "NO_COLOR": "1", jt.REGISTRY_ENV: registry, **more_env}
         return subprocess.run([sys.executable, str(SHUTDOWN), *args], stdin=subprocess.DEVNULL,
                               capture_output=True, text=True, env=env, timeout=60)
 
@@ -76,17 +76,17 @@ def test_list_then_stop_one_by_port_then_the_rest(tunnel, shutdown, registry, st
 
     done = shutdown("--list", "--json")
     assert (done.returncode, done.stderr) == (0, "")
-    listed = {e["pid"]: (e["registered"], e["local_port"], e["hosts"], e["remote_port"])
+    listed = {e["pid"]: (e["registered"], e["state"], e["local_port"], e["hosts"], e["remote_port"])
               for e in json.loads(done.stdout)}
-    assert listed == {pid_one: (True, port_one, ["jtmulti@srv"], first.port),
-                      pid_two: (True, port_two, ["gw", "jtmulti@srv"], second.port)}
+    assert listed == {pid_one: (True, "ready", port_one, ["jtmulti@srv"], first.port),
+                      pid_two: (True, "ready", port_two, ["gw", "jtmulti@srv"], second.port)}
     done = shutdown("--list")
     assert done.returncode == 0
     header, *rows = done.stdout.splitlines()
-    assert header.split() == ["PID", "LOCAL", "PORT", "HOSTS", "NODE", "REMOTE", "STARTED"]
-    assert sorted(row.split()[:5] for row in rows) == sorted([
-        [str(pid_one), str(port_one), "jtmulti@srv", "-", str(first.port)],
-        [str(pid_two), str(port_two), "gw,jtmulti@srv", "-", str(second.port)],
+    assert header.split() == ["PID", "LOCAL", "PORT", "HOSTS", "NODE", "REMOTE", "STATE", "STARTED"]
+    assert sorted(row.split()[:6] for row in rows) == sorted([
+        [str(pid_one), str(port_one), "jtmulti@srv", "-", str(first.port), "ready"],
+        [str(pid_two), str(port_two), "gw,jtmulti@srv", "-", str(second.port), "ready"],
     ])
 
     # --port stops that one only, and returns once it is gone
@@ -124,9 +124,13 @@ def test_sigkilled_tunnel_leftovers_are_pruned(tunnel, shutdown, registry, jtuse
     assert dead.wait() == -signal.SIGKILL
     assert any(" -M " in line for line in dead.leftovers()), dead.leftovers()
     assert entries(registry) == [f"{pid}.json"]
+    # --list only reads: the leftovers are still there after it
+    assert shutdown("--list", TMPDIR=dead.tmp).returncode == 0
+    assert any(" -M " in line for line in dead.leftovers()) and entries(registry) == [f"{pid}.json"]
 
+    # the cleaner looks for leftover directories where the tool makes them: in its TMPDIR
     if cleaner == "shutdown":
-        done = shutdown()
+        done = shutdown(TMPDIR=dead.tmp)
         assert done.returncode == 0
         assert done.stderr.splitlines() == [
             f"Info: Cleaned up after process {pid}, which had died "
@@ -134,7 +138,7 @@ def test_sigkilled_tunnel_leftovers_are_pruned(tunnel, shutdown, registry, jtuse
             "Info: No tunnel to kill.",
         ]
     else:
-        after = tunnel("-s", "srv")  # any tunnel prunes the registry as it starts
+        after = tunnel("-s", "srv", TMPDIR=dead.tmp)  # any tunnel prunes the registry as it starts
         after.url()
         assert entries(registry) == [f"{after.process.pid}.json"]
         assert shutdown().returncode == 0
@@ -157,7 +161,7 @@ def test_force_kills_a_tunnel_that_does_not_stop(tunnel, shutdown, registry, jtu
     assert done.stderr == f"Warning: process {pid} ({described}) did not stop within 1 s; --force kills it\n"
     assert run.process.poll() is None and entries(registry) == [f"{pid}.json"]
 
-    done = shutdown("--timeout", "1", "--force")
+    done = shutdown("--timeout", "1", "--force", TMPDIR=run.tmp)  # where its directory is
     assert done.returncode == 0
     assert done.stderr.splitlines() == [
         f"Warning: process {pid} did not stop within 1 s: sending SIGKILL",

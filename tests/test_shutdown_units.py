@@ -13,7 +13,7 @@ import jupyter_tunnel_shutdown as sd
 
 # A registry entry as jupyter_tunnel.build_state writes it (plus "file", added by read_states).
 STATE = {
-    "pid": 4242, "hosts": ["gw", "u@srv"], "node": "", "local_port": 8889,
+    "pid": 4242, "state": "ready", "hosts": ["gw", "u@srv"], "node": "", "local_port": 8889,
     "remote_host": "u@srv", "remote_port": 8888, "sock": "", "server_pid": 77, "root_dir": "/w",
     "started": 1700000000.5, "control_dir": "/tmp/jt-abc", "master_pid": 4243, "agent_pid": None,
     "file": "/run/user/1000/jupyter-tunnel/4242.json",
@@ -114,6 +114,10 @@ def test_select_tunnels(ports, hosts, pids):
     (sd.RunningTunnel.from_state(dict(STATE, remote_port=0, sock="/tmp/j.sock")),
      "localhost:8889 -> u@srv:/tmp/j.sock via gw"),
     (UNREGISTERED, "unregistered tunnel to srv:2222 via gw"),
+    (sd.RunningTunnel.from_state(dict(STATE, state="connecting", local_port=None, remote_port=None)),
+     "tunnel to u@srv via gw, connecting"),
+    (sd.RunningTunnel.from_state(dict(STATE, state="connecting")),  # reconnecting: its port is known
+     "localhost:8889 -> u@srv:8888 via gw"),
     (sd.RunningTunnel.from_argv(5, ["jupyter-tunnel"]), "unregistered tunnel"),
 ])
 def test_describe(tunnel, text):
@@ -129,10 +133,10 @@ def test_from_state_drops_odd_fields():
 def test_to_json_has_the_same_keys_for_all_and_no_token():
     registered, unregistered = VIA_GW.to_json(), UNREGISTERED.to_json()
     assert registered.keys() == unregistered.keys()
-    assert (registered["pid"], registered["local_port"], registered["hosts"], registered["registered"]) == \
-        (4242, 8889, ["gw", "u@srv"], True)
-    assert (unregistered["local_port"], unregistered["registered"], unregistered["command"]) == \
-        (None, False, "python3 ./jupyter_tunnel.py -s gw srv:2222")
+    assert (registered["pid"], registered["local_port"], registered["hosts"], registered["registered"],
+            registered["state"]) == (4242, 8889, ["gw", "u@srv"], True, "ready")
+    assert (unregistered["local_port"], unregistered["registered"], unregistered["command"],
+            unregistered["state"]) == (None, False, "python3 ./jupyter_tunnel.py -s gw srv:2222", None)
     assert "token" not in json.dumps([registered, unregistered])
 
 
@@ -140,10 +144,10 @@ def test_table():
     rows = [sd.TABLE_COLUMNS, sd.table_row(VIA_GW), sd.table_row(ON_NODE), sd.table_row(UNREGISTERED)]
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(STATE["started"]))
     assert sd.format_table(rows).splitlines() == [
-        "PID   LOCAL PORT  HOSTS        NODE   REMOTE  STARTED",
-        f"4242  8889        gw,u@srv     -      8888    {started}",
-        f"3     9001        gw,head      node1  8888    {started}",
-        "4     ?           gw,srv:2222  -      ?       ?",
+        "PID   LOCAL PORT  HOSTS        NODE   REMOTE  STATE  STARTED",
+        f"4242  8889        gw,u@srv     -      8888    ready  {started}",
+        f"3     9001        gw,head      node1  8888    ready  {started}",
+        "4     ?           gw,srv:2222  -      ?       ?      ?",
     ]
     assert sd.format_table([]) == ""
 

@@ -185,8 +185,10 @@ def test_stale_and_foreign_runtime_files_are_ignored(tunnel, jtuser_server):
         other.unlink()
 
 
-def test_server_that_does_not_answer_times_out(tunnel):
-    # a live "jupyter" process whose port accepts connections but never answers (a hung server)
+@pytest.fixture
+def hung_server():
+    """A live "jupyter" process of jtnone (never a real server) whose port accepts
+    connections but never answers (a hung server); yields the port."""
     entry = pwd.getpwnam("jtnone")
     fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "jupyter-fake"],
                             user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
@@ -196,17 +198,19 @@ def test_server_that_does_not_answer_times_out(tunnel):
     port = hung.getsockname()[1]
     path = write_runtime_file("jtnone", f"jpserver-{fake.pid}.json",
                               json.dumps(dict(pid=fake.pid, port=port, url=f"http://localhost:{port}/", token="t")))
-    try:
-        run = tunnel("-s", "jtnone@srv", "--timeout", "2")
-        assert run.wait() == 7
-        assert run.stderr.splitlines()[-1].startswith(
-            "Error: the Jupyter server did not answer through the tunnel within 2 s")
-        run.assert_clean()
-    finally:
-        hung.close()
-        fake.kill()
-        fake.wait()
-        path.unlink()
+    yield port
+    hung.close()
+    fake.kill()
+    fake.wait()
+    path.unlink()
+
+
+def test_server_that_does_not_answer_times_out(tunnel, hung_server):
+    run = tunnel("-s", "jtnone@srv", "--timeout", "2")
+    assert run.wait() == 7
+    assert run.stderr.splitlines()[-1].startswith(
+        "Error: the Jupyter server did not answer through the tunnel within 2 s")
+    run.assert_clean()
 
 
 def test_master_killed_is_reported_and_cleaned(tunnel, jtuser_server):

@@ -1,0 +1,120 @@
+"""Unit tests of the registry's pure parts, by tables: what proves that a process or a
+directory named by a registry entry is a dead tunnel's own leftover (no processes here)."""
+
+from __future__ import annotations
+
+import stat
+
+import pytest
+
+import jupyter_tunnel as jt
+
+DIR = "/tmp/jt-a1b_c9zq"
+ROUTES = [jt.Route(("srv",)), jt.Route(("gw", "head", "u@srv:2222")), jt.Route(("gw", "head"), "node1")]
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=["direct", "jumps", "node"])
+def test_the_masters_the_tool_starts_are_recognised(route):
+    argv = jt.build_master_argv("/usr/bin/ssh", f"{DIR}/ssh_config", f"{DIR}/c", route)
+    assert jt.is_master_argv(argv, DIR)
+    assert jt.is_master_argv([*argv[:1], "-vv", *argv[1:]], DIR)  # ssh's own debug output asked for
+    assert not jt.is_master_argv(argv, "/tmp/jt-otherdir")  # another run's master
+    assert not jt.is_agent_argv(argv, DIR)
+
+
+MASTER = jt.build_master_argv("/usr/bin/ssh", f"{DIR}/ssh_config", f"{DIR}/c", jt.Route(("srv",)))
+
+
+@pytest.mark.parametrize("argv", [
+    ["/usr/bin/sleep", "600", f"{DIR}/c"],  # merely mentions the socket
+    ["python3", "-c", "import time; time.sleep(600)", *MASTER[1:]],  # the shape, but not ssh
+    ["/usr/bin/ssh-keygen", *MASTER[1:]],
+    [m for m in MASTER if m != "-M"],  # not a master
+    [*MASTER[:-1], "srv", "sleep", "600"],  # runs a command: not ours
+    [*MASTER[:-1], "-L", "8888:localhost:8888", "srv"],  # an option the tool never gives
+    [*MASTER[:-1], "-oProxyCommand=x", "srv"],
+    [x.replace("ControlPersist=no", "ControlPersist=yes") for x in MASTER],  # it would have forked
+    [x.replace(f"{DIR}/c", f"{DIR}/../c") for x in MASTER],
+    [x.replace(f"{DIR}/ssh_config", "/etc/ssh/ssh_config") for x in MASTER],
+    [*MASTER[:5], f"{DIR}/c", "-S", f"{DIR}/c", *MASTER[5:]],  # -S twice
+    MASTER[:-1],  # no destination: its last word is an option's value
+    ["ssh"],
+    [],
+])
+def test_other_command_lines_are_not_a_master(argv):
+    assert not jt.is_master_argv(argv, DIR)
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["/usr/bin/ssh-agent", "-D", "-a", f"{DIR}/a"], True),
+    (["ssh-agent", "-D", "-a", f"{DIR}/a"], True),
+    (["/usr/bin/ssh-agent", "-D", "-a", "/tmp/jt-otherdir/a"], False),
+    (["/usr/bin/ssh-agent", "-a", f"{DIR}/a"], False),  # a forking agent: not the tool's
+    (["/usr/bin/ssh-agent", "-D", "-a", f"{DIR}/a", "-t", "1"], False),
+    (["/usr/bin/sleep", "-D", "-a", f"{DIR}/a"], False),
+    (["python3", "ssh-agent", "-D", "-a", f"{DIR}/a"], False),
+    ([], False),
+])
+def test_is_agent_argv(argv, expect):
+    assert jt.is_agent_argv(argv, DIR) is expect
+
+
+@pytest.mark.parametrize("path, expect", [
+    ("/tmp/jt-a1b_c9zq", True),
+    ("/var/tmp/u/jt-abcdefgh", True),  # the temp dir the tool uses
+    ("/", False),
+    ("/tmp", False),
+    ("/home/u/jt-abcdefgh", False),  # the right name, elsewhere
+    ("/tmp/../home/u/jt-abcdefgh", False),
+    ("/tmp/x/../jt-abcdefgh", False),  # not normalised: never guess what is meant
+    ("/tmp/jt-abcdefgh/", False),
+    ("tmp/jt-abcdefgh", False),
+    ("/tmp/jt-abcdefg", False),  # mkdtemp's suffix has 8 characters
+    ("/tmp/jt-abcdefghi", False),
+    ("/tmp/jt-ABCDEFGH", False),  # of its alphabet
+    ("/tmp/jt-abc.efgh", False),
+    ("/tmp/xx-abcdefgh", False),
+    ("", False),
+    (None, False),
+    (["/tmp/jt-abcdefgh"], False),
+])
+def test_is_private_dir_path(path, expect):
+    assert jt.is_private_dir_path(path, ["/var/tmp/u", "/tmp"]) is expect
+
+
+@pytest.mark.parametrize("mode, owner, problem", [
+    (stat.S_IFDIR | 0o700, 1000, ""),
+    (stat.S_IFDIR | 0o755, 1000, "its mode is 0755, not 0700"),
+    (stat.S_IFDIR | 0o1777, 1000, "its mode is 1777, not 0700"),
+    (stat.S_IFDIR | 0o770, 1000, "its mode is 0770, not 0700"),
+    (stat.S_IFDIR | 0o700, 1002, "it belongs to uid 1002"),
+    (stat.S_IFLNK | 0o777, 1000, "it is a symbolic link"),
+    (stat.S_IFREG | 0o700, 1000, "it is not a directory"),
+])
+def test_private_dir_problem(mode, owner, problem):
+    assert jt.private_dir_problem(mode, owner, 1000) == problem
+
+
+@pytest.mark.parametrize("value, pid", [
+    (4242, 4242), (2, 2), (1, None), (0, None), (-5, None), (True, None), ("4242", None),
+    (4242.0, None), (None, None), (2**31, None), ([4242], None),
+])
+def test_as_pid(value, pid):
+    assert jt.as_pid(value) == pid
+
+
+def test_parse_status_field():
+    status = "Name:\tssh\nUmask:\t0022\nPid:\t77\nPPid:\t1\nUid:\t1000\t1000\t1000\t1000\n"
+    assert (jt.parse_status_field(status, "PPid"), jt.parse_status_field(status, "Pid")) == (1, 77)
+    assert jt.parse_status_field(status, "Gid") is None
+
+
+def test_entry_of_a_connecting_run():
+    server = jt.Server(pid=77, port=8888, host="localhost", base_url="/", token="secret", root_dir="/w")
+    state = jt.build_state(4242, jt.Route(("gw", "srv")), DIR, 1700000000.5)
+    assert (state["state"], state["local_port"], state["master_pid"], state["control_dir"]) == \
+        ("connecting", None, None, DIR)
+    state.update(jt.build_forward_state(server, 8889))  # still connecting: waiting for the server
+    assert (state["state"], state["local_port"], state["remote_port"], state["server_pid"]) == \
+        ("connecting", 8889, 8888, 77)
+    assert "secret" not in repr(state)
