@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -97,6 +98,19 @@ OPTIONS_WITH_VALUE = ("-W", "-X", "--check-hash-based-pycs", "-o")  # -o: the sh
 HAVE_PROC = os.path.isdir("/proc/self")  # Linux; elsewhere ps(1) tells
 # Markers of the discovery script's output (see build_discovery_script).
 MARK = "::jupyter-tunnel::"
+# A runtime file's "hostname" (it ends up in ssh's -L spec): a DNS name, letters, digits,
+# "-", "_" (seen in /etc/hosts) and dots; IP literals are checked by ipaddress.
+HOST_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
+MAX_PID = 2**31 - 1  # pid_t
+# Characters a terminal acts on instead of showing them: C0 (newline, ESC starting an ANSI
+# sequence, ...), DEL, C1 (0x9b is an 8-bit CSI), and the Unicode controls that break or
+# reorder a line on screen.  escape_text shows them as Python escapes (\n, \x1b, \u202e).
+UNPRINTABLE = (*range(0x20), *range(0x7F, 0xA0), 0x200E, 0x200F, 0x2028, 0x2029,
+               *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+ESCAPES = {code: chr(code).encode("unicode_escape").decode() for code in UNPRINTABLE}
+# The readiness probe reads the whole answer (an HTTP/1.0 server closes after it):
+# /api/status answers ~700 bytes; anything larger is not that answer.
+MAX_ANSWER = 65536
 
 ASKPASS_SCRIPT = r"""#!/bin/sh
 # jupyter-tunnel's SSH_ASKPASS helper.  ssh runs it (SSH_ASKPASS_REQUIRE=force) for every
@@ -162,6 +176,13 @@ class Route(NamedTuple):
     def describe_server_host(self) -> str:
         """``node1 (from head)`` when a node is involved, else the target."""
         return f"{self.node} (from {self.target})" if self.node else self.target
+
+
+class Answer(NamedTuple):
+    """What the readiness probe got back through the tunnel."""
+
+    status: int  # the HTTP status; 0 when the connection closed without an answer
+    jupyter: bool = False  # whether the answer is a Jupyter server's (see parse_probe_answer)
 
 
 class Server(NamedTuple):
@@ -351,27 +372,89 @@ def parse_app(cmdline: str) -> str:
     return "server"
 
 
+def escape_text(text: str) -> str:
+    """``text`` with every character a terminal would act on shown escaped (see ESCAPES)."""
+    return text.translate(ESCAPES)
+
+
+def has_control(text: str) -> bool:
+    """Whether ``text`` holds a character that escape_text would escape."""
+    return any(ord(char) in ESCAPES for char in text)
+
+
+def is_host_address(text: str) -> bool:
+    """Whether ``text`` is a host name or an IP literal, fit for the host part of ``-L``."""
+    if text in ANY_ADDRESS or HOST_NAME_RE.fullmatch(text):
+        return True  # host names and IPv4 addresses
+    import ipaddress  # only now: a few ms that a server on a host name never costs
+
+    try:
+        ipaddress.IPv6Address(text[1:-1] if text[:1] == "[" and text[-1:] == "]" else text)
+    except ValueError:
+        return False
+    return True
+
+
+def _short(value: object) -> str:
+    """``repr(value)`` cut to a length fit for a message."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _whole_number(info: dict, key: str, low: int, high: int, default: int | None = None) -> int:
+    """``info[key]`` if it is an int from ``low`` to ``high``, else a ValueError that says so."""
+    value = info.get(key, default)
+    # type() and not isinstance(): JSON true is a bool (an int subclass), and JSON 1e999
+    # is a float (inf) that int() cannot even convert
+    if type(value) is not int or not low <= value <= high:
+        raise ValueError(f"its {key} {_short(value)} is not a whole number from {low} to {high}")
+    return value
+
+
 def parse_server(info: dict, source: str = "", cmdline: str = "") -> Server:
-    """A Server from the JSON of one runtime file (jpserver or nbserver)."""
+    """A Server from the JSON of one runtime file (jpserver or nbserver).
+
+    Everything in the file is the remote's word, and parts of it end up in the browser's
+    URL, in ssh's ``-L`` and in the probe's request: a field that could make any of them
+    point elsewhere is a ValueError (its message says which field), never a guess.
+    """
     from urllib.parse import urlsplit
 
+    if not isinstance(info, dict):
+        raise ValueError("it is not a JSON object")
     url = urlsplit(str(info.get("url") or ""))
-    port = int(info.get("port") or 0)
-    if not port and url.port:
-        port = url.port
+    port = _whole_number(info, "port", 0, 65535, default=0)
+    if not port:
+        try:
+            port = url.port or 0
+        except ValueError:  # "http://localhost:99999/"
+            port = 0
     host = str(info.get("hostname") or url.hostname or "localhost")
+    if not is_host_address(host):
+        raise ValueError(f"its hostname {_short(host)} is not a host name or an IP address")
     base_url = str(info.get("base_url") or "/")
+    # The URL is http://localhost:PORT + base_url: a base_url not starting with "/" would
+    # change the host ("@otherhost:9/"); a space or newline would cut the URL, "?" and "#"
+    # would push the token out of the path.
+    if not base_url.startswith("/") or any(char.isspace() or char in "?#" for char in base_url) \
+            or has_control(base_url):
+        raise ValueError(f"its base_url {_short(base_url)} is not a path starting with /")
     if not base_url.endswith("/"):
         base_url += "/"
+    token = str(info.get("token") or "")
+    sock = str(info.get("sock") or "")
+    for key, value in (("token", token), ("sock", sock)):
+        if has_control(value):  # the token goes into the probe's header, sock into -L
+            raise ValueError(f"its {key} holds control characters")
     return Server(
-        pid=int(info.get("pid") or 0),
+        pid=_whole_number(info, "pid", 1, MAX_PID),
         port=port,
         host=host,
         base_url=base_url,
-        token=str(info.get("token") or ""),
+        token=token,
         # notebook < 7 says notebook_dir, jupyter_server says root_dir
         root_dir=str(info.get("root_dir") or info.get("notebook_dir") or ""),
-        sock=str(info.get("sock") or ""),
+        sock=sock,
         secure=bool(info.get("secure")),
         version=str(info.get("version") or ""),
         app=parse_app(cmdline) if cmdline else ("notebook" if "nbserver-" in source else "server"),
@@ -393,9 +476,14 @@ def parse_discovery(output: str) -> tuple[list[Server], list[str]]:
 
     def add(text: str, src: str, cmd: str) -> None:
         try:
-            server = parse_server(json.loads(text), src, cmd)
-        except (ValueError, TypeError, AttributeError):
+            info = json.loads(text)
+        except (ValueError, RecursionError):  # RecursionError: [[[[...]]]] nested too deep
             warnings.append(f"skipping unreadable Jupyter runtime file {src}")
+            return
+        try:
+            server = parse_server(info, src, cmd)
+        except ValueError as error:
+            warnings.append(f"skipping Jupyter runtime file {src}: {error}")
             return
         key = (server.pid, server.port, server.sock)
         if key not in seen:  # one file can be reached from two runtime dir rules
@@ -407,8 +495,9 @@ def parse_discovery(output: str) -> tuple[list[Server], list[str]]:
         if line.startswith(MARK):
             word, _, arg = line[len(MARK):].strip().partition(" ")
             if word == "ports":
-                pid, *ports = arg.split()
-                listening[int(pid)] = sorted({int(port) for port in ports})
+                numbers = [int(n) for n in arg.split() if n.isascii() and n.isdigit()]
+                if numbers and len(numbers) == len(arg.split()):  # else not our script's line
+                    listening[numbers[0]] = sorted({port for port in numbers[1:] if 0 < port < 65536})
             elif word in ("file", "list"):
                 block, source, cmdline = [], arg, ""
             elif word == "cmd" and block is not None:
@@ -470,6 +559,7 @@ def format_server_table(servers: Sequence[Server]) -> str:
         where = server.sock or str(server.port or "?")
         auth = server_auth(server) + (", https" if server.secure else "")
         rows.append((str(number), where, kind, auth, server.root_dir or "?"))
+    rows = [[escape_text(cell) for cell in row] for row in rows]  # root_dir, sock, version: the remote's
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[4]]) for row in rows]
     return "\n".join(line.rstrip() for line in lines)
@@ -537,13 +627,14 @@ def build_forward_spec(local_port: int, server: Server, node: str = "") -> str:
 
 def build_url(local_port: int, server: Server, host: str = "localhost") -> str:
     """The URL the browser opens: the server's base_url on the local port, with its token."""
-    from urllib.parse import quote
+    from urllib.parse import quote, urlunsplit
 
     scheme = "https" if server.secure else "http"
-    url = f"{scheme}://{host}:{local_port}{server.base_url}"
-    if server.token:
-        url += f"?token={quote(server.token, safe='')}"
-    return url
+    query = f"token={quote(server.token, safe='')}" if server.token else ""
+    # urlunsplit writes the authority first and makes the path start with "/": whatever a
+    # base_url holds (parse_server refuses the odd ones anyway), the URL points at
+    # host:local_port
+    return urlunsplit((scheme, f"{host}:{local_port}", server.base_url, query, ""))
 
 
 def build_probe_request(local_port: int, server: Server) -> bytes:
@@ -559,6 +650,26 @@ def parse_status_line(answer: bytes) -> int:
     if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit():
         return int(parts[1])
     return 0
+
+
+def parse_probe_answer(answer: bytes) -> Answer:
+    """The status of the probe's answer, and whether a Jupyter server gave it.
+
+    Any program may listen on the forwarded port (a dead server's port, taken again): only
+    Jupyter's own answers count.  jupyter_server and notebook >= 5 answer /api/status with
+    a JSON object holding "started" (and last_activity, connections, kernels), and refuse a
+    request without a valid token (a password server) with a 403 whose body their
+    APIHandler writes as JSON: {"message": "Forbidden", "reason": null} (jupyter_server
+    2.21 and notebook 6.5 alike).
+    """
+    status = parse_status_line(answer)
+    _, sep, body = answer.partition(b"\r\n\r\n")
+    try:
+        data = json.loads(body) if sep else None
+    except (ValueError, RecursionError):  # not JSON (an HTML page), or nested too deep
+        data = None
+    key = {200: "started", 403: "message"}.get(status)
+    return Answer(status, isinstance(data, dict) and key in data)
 
 
 def parse_ssh_error(lines: Iterable[str], returncode: int | None = None) -> str:
@@ -662,12 +773,17 @@ def _use_colour(stream) -> bool:
 
 
 def say(kind: str, text: str) -> None:
-    """Print ``Info:``, ``Warning:`` or ``Error:`` lines on stderr, as the original did."""
-    colours = {"Info": "32", "Warning": "33", "Error": "31"}
+    """Print an ``Info:``, ``Warning:``, ``Error:`` or ``Debug:`` line on stderr.
+
+    ``text`` is shown escaped (escape_text): it often quotes the remote (a root directory,
+    ssh's or the remote shell's words), whose newlines or ANSI sequences would otherwise
+    forge lines or drive the terminal.
+    """
+    colours = {"Info": "32", "Warning": "33", "Error": "31", "Debug": "36"}
     label = f"{kind}:"
     if _use_colour(sys.stderr):
         label = f"\033[{colours.get(kind, '0')}m{label}\033[0m"
-    print(f"{label} {text}", file=sys.stderr, flush=True)
+    print(f"{label} {escape_text(text)}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- I/O parts
@@ -701,15 +817,17 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def probe_server(local_port: int, server: Server, timeout: float = 5.0) -> int | None:
-    """HTTP status of ``/api/status`` through the tunnel; 0 when the connection was closed
-    without an answer (the remote end refused it), None when nothing came in time.
+def probe_server(local_port: int, server: Server, timeout: float = 5.0) -> Answer | None:
+    """The answer to ``/api/status`` through the tunnel; status 0 when the connection was
+    closed without an answer (the remote end refused it), None when nothing came in time.
 
     ``Authorization: token`` works on notebook >= 5 and every jupyter_server (``Bearer``
     only on jupyter_server >= 2), and the request does not count as activity, so probing
-    never defeats the server's idle culling.
+    never defeats the server's idle culling.  A raw socket, not urllib: it costs nothing
+    to import, and HTTP/1.0 makes the server close once it has answered.
     """
     request = build_probe_request(local_port, server)
+    answer = b""
     try:
         with socket.create_connection(("127.0.0.1", local_port), timeout=timeout) as conn:
             if server.secure:
@@ -720,19 +838,20 @@ def probe_server(local_port: int, server: Server, timeout: float = 5.0) -> int |
                 context.verify_mode = ssl.CERT_NONE  # the server's own self-signed certificate
                 conn = context.wrap_socket(conn)
             conn.sendall(request)
-            answer = b""
-            while b"\r\n" not in answer and len(answer) < 1024:
-                chunk = conn.recv(1024)
+            while len(answer) < MAX_ANSWER:
+                chunk = conn.recv(16384)
                 if not chunk:
                     break
                 answer += chunk
     except socket.timeout:
-        return None  # a busy server (or network): it may still answer
+        if not answer:
+            return None  # a busy server (or network): it may still answer
     except OSError:
-        return 0  # reset, or refused: nothing will answer there
-    # closed without a status line: ssh accepted the local connection, could not connect
-    # to the server on the remote side, and closed it
-    return parse_status_line(answer)
+        if not answer:
+            return Answer(0)  # reset, or refused: nothing will answer there
+    # closed without a status line (status 0): ssh accepted the local connection, could not
+    # connect to the server on the remote side, and closed it
+    return parse_probe_answer(answer)
 
 
 def registry_dir() -> str:
@@ -1069,27 +1188,35 @@ def add_forward(master: Master, server: Server, local_port: int | None) -> int:
 
 
 def wait_for_tunnel(master: Master, local_port: int, server: Server, timeout: float) -> int:
-    """Poll the server through the tunnel until it answers; returns the HTTP status."""
+    """Poll the server through the tunnel until Jupyter answers; returns the HTTP status."""
     started = time.monotonic()
     deadline = started + timeout
     delay = POLL_INTERVAL
+    foreign = 0  # the status of the last answer that was not Jupyter's
+    where = f"{forward_target(server, master.route.node)} on {master.route.server_host}"
     while True:
-        status = probe_server(local_port, server, timeout=max(0.5, min(5.0, deadline - time.monotonic())))
-        if status:
-            return status
+        answer = probe_server(local_port, server, timeout=max(0.5, min(5.0, deadline - time.monotonic())))
+        if answer is not None and answer.jupyter:
+            return answer.status
+        if answer is not None and answer.status:
+            foreign = answer.status  # maybe a server still starting: keep asking until --timeout
         if not master.alive():
             raise TunnelError(
                 f"the connection to {master.route.target} was lost: {parse_ssh_error(master.stderr)}",
                 EXIT_LOST,
             )
-        if status == 0 and time.monotonic() - started > CONNECT_FAILURE_GRACE:
+        if answer == Answer(0) and time.monotonic() - started > CONNECT_FAILURE_GRACE:
             # Jupyter writes its runtime file once it listens: a server that refuses
             # connections now (a dead server's unix socket, say) will not answer later
             refused = [line for line in master.stderr if "open failed" in line]
-            raise TunnelError(f"the Jupyter server at {forward_target(server, master.route.node)} on "
-                              f"{master.route.server_host} does not accept connections"
+            raise TunnelError(f"the Jupyter server at {where} does not accept connections"
                               + (f" (ssh: {refused[-1]})" if refused else ""), EXIT_TIMEOUT)
         if time.monotonic() + delay > deadline:
+            if foreign:
+                raise TunnelError(
+                    f"{where} answered (HTTP {foreign}), but not as a Jupyter server: another "
+                    f"program listens there, maybe on the port of a Jupyter server that has stopped "
+                    f"(its runtime file says pid {server.pid})", EXIT_TIMEOUT)
             reason = parse_ssh_error(list(master.stderr)[-2:]) if master.stderr else "no answer"
             raise TunnelError(
                 f"the Jupyter server did not answer through the tunnel within {timeout:g} s ({reason})",
@@ -1141,7 +1268,8 @@ def server_stopped(master: Master, local_port: int, server: Server) -> bool:
     gone only when its runtime file is gone or its pid is dead, which discovery tells.
     Neither request counts as activity, so idle culling still works.
     """
-    if probe_server(local_port, server, timeout=10.0) != 0:
+    answer = probe_server(local_port, server, timeout=10.0)
+    if answer is None or answer.jupyter:
         return False  # it answered, or is too busy to: not stopped
     try:
         servers = discover(master, timeout=15.0)
@@ -1220,8 +1348,6 @@ class Tunnel:
         say("Info", f"Jupyter {server.describe()} on {self.route.server_host}")
         if self.status == 403:
             say("Info", "The server asks for its password: the page will prompt for it.")
-        elif self.status != 200:
-            say("Warning", f"The server answered HTTP {self.status} to /api/status.")
         if server.secure:
             say("Info", "The server uses https with its own certificate: the browser will warn about it.")
         say("Info", f"Port used on localhost: {self.local_port}")  # last, right before the URL

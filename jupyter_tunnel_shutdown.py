@@ -252,6 +252,7 @@ def format_table(rows: Sequence[Sequence[str]]) -> str:
     """Rows as left-aligned columns two spaces apart; the last column is not padded."""
     if not rows:
         return ""
+    rows = [[jt.escape_text(cell) for cell in row] for row in rows]  # registry entries are untrusted
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = []
     for row in rows:

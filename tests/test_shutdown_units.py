@@ -148,6 +148,15 @@ def test_table():
     assert sd.format_table([]) == ""
 
 
+def test_table_escapes_what_the_registry_says():
+    """An entry's hosts could hold anything: no newline or ESC reaches the terminal raw."""
+    forged = sd.RunningTunnel.from_state(dict(STATE, hosts=["gw\nInfo: forged", "\x1b[2Jsrv"], node="n\r1"))
+    table = sd.format_table([sd.TABLE_COLUMNS, sd.table_row(forged)])
+    assert len(table.splitlines()) == 2
+    assert "\x1b" not in table and "\r" not in table
+    assert "gw\\nInfo: forged,\\x1b[2Jsrv" in table and "n\\r1" in table
+
+
 @pytest.mark.parametrize("ours, environ, expect", [
     ("", None, True),  # no override: every tunnel of the user
     ("", {"JUPYTER_TUNNEL_REGISTRY": "/tmp/a"}, True),

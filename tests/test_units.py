@@ -339,3 +339,140 @@ def test_build_probe_request(info, request_text):
 ])
 def test_parse_status_line(answer, status):
     assert jt.parse_status_line(answer) == status
+
+
+# --- text from the remote: validated, escaped --------------------------------------------
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("/home/u/proj", "/home/u/proj"),
+    ("é ü 中文 tab-free", "é ü 中文 tab-free"),  # printable Unicode stays as it is
+    ("a\nInfo: forged", "a\\nInfo: forged"),  # a forged line stays on this one
+    ("x\r\n", "x\\r\\n"),
+    ("\x1b[2J\x1b]0;title\x07", "\\x1b[2J\\x1b]0;title\\x07"),  # ANSI: clear screen, set title
+    ("\x9b31m", "\\x9b31m"),  # C1: the 8-bit CSI
+    ("a\x7fb\x00c\td", "a\\x7fb\\x00c\\td"),  # DEL, NUL, tab
+    ("\u202eevil\u2028x", "\\u202eevil\\u2028x"),  # bidi override, line separator
+])
+def test_escape_text(text, shown):
+    assert jt.escape_text(text) == shown
+    assert jt.has_control(text) == (text != shown)
+
+
+def test_say_shows_remote_text_escaped(capsys, monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    jt.say("Info", "Jupyter in /w\nError: forged\x1b[8m")
+    assert capsys.readouterr().err == "Info: Jupyter in /w\\nError: forged\\x1b[8m\n"
+
+
+def test_server_table_escapes_the_remote_fields():
+    server = jt.parse_server(dict(JPSERVER, root_dir="/w\nInfo: x", version="2\x1b[31m"))
+    table = jt.format_server_table([server])
+    assert len(table.splitlines()) == 2 and "\x1b" not in table
+    assert table.splitlines()[1].endswith("/w\\nInfo: x") and "2\\x1b[31m" in table
+
+
+@pytest.mark.parametrize("change, reason", [
+    (dict(base_url="@otherhost:9/"), "its base_url '@otherhost:9/' is not a path starting with /"),
+    (dict(base_url="otherhost/"), "its base_url"),
+    (dict(base_url="/a b/"), "its base_url"),
+    (dict(base_url="/a\r\nX-Evil: 1/"), "its base_url"),
+    (dict(base_url="/a?x=/"), "its base_url"),
+    (dict(base_url="/a#/"), "its base_url"),
+    (dict(port=float("inf")), "its port inf is not a whole number from 0 to 65535"),  # JSON 1e999
+    (dict(port=True), "its port True"),
+    (dict(port=8888.0), "its port 8888.0"),
+    (dict(port="8888"), "its port '8888'"),
+    (dict(port=70000), "its port 70000"),
+    (dict(port=-1), "its port -1"),
+    (dict(pid=float("inf")), "its pid inf is not a whole number from 1 to"),
+    (dict(pid=0), "its pid 0"),
+    (dict(pid=None), "its pid None"),
+    (dict(hostname="evil host"), "its hostname 'evil host' is not a host name or an IP address"),
+    (dict(hostname="a:b:9"), "its hostname"),
+    (dict(hostname="[::1"), "its hostname"),
+    (dict(hostname="-oProxyCommand=x"), "its hostname"),
+    (dict(hostname="h\n"), "its hostname"),
+    (dict(sock="/tmp/x\n.sock"), "its sock holds control characters"),
+    (dict(token="t\r\nX-Evil: 1"), "its token holds control characters"),
+])
+def test_parse_server_refuses_what_could_mislead(change, reason):
+    with pytest.raises(ValueError) as caught:
+        jt.parse_server(dict(JPSERVER, **change))
+    assert str(caught.value).startswith(reason)
+
+
+def test_parse_server_refuses_a_non_object():
+    with pytest.raises(ValueError, match="not a JSON object"):
+        jt.parse_server([JPSERVER])
+
+
+@pytest.mark.parametrize("hostname", ["localhost", "node1.cluster.ext", "my_host", "10.1.2.3", "0.0.0.0",
+                                      "::", "::1", "[::1]", "fe80::2", "fe80::2%eth0", ""])
+def test_parse_server_accepts_host_names_and_addresses(hostname):
+    assert jt.parse_server(dict(JPSERVER, hostname=hostname)).host == (hostname or "localhost")
+
+
+@pytest.mark.parametrize("base_url", ["/", "/jupyter/", "//otherhost/", "/@otherhost:9/", "/a%20b/", "/\\\\x/",
+                                      "/café/"])
+def test_the_url_always_points_at_localhost(base_url):
+    from urllib.parse import urlsplit
+
+    url = urlsplit(jt.build_url(9000, jt.parse_server(dict(JPSERVER, base_url=base_url))))
+    assert (url.hostname, url.port, url.username) == ("localhost", 9000, None)
+    assert url.path == base_url and url.query == "token=5d24abc"
+
+
+def test_build_url_keeps_the_host_even_for_an_unchecked_base_url():
+    """By construction: even a Server whose base_url was never checked."""
+    server = jt.parse_server(JPSERVER)._replace(base_url="@otherhost:9/")
+    assert jt.build_url(9000, server) == "http://localhost:9000/@otherhost:9/?token=5d24abc"
+
+
+@pytest.mark.parametrize("text, warning", [
+    ('{"port": 1e999, "pid": 5}',
+     "skipping Jupyter runtime file /r/jpserver-5.json: its port inf is not a whole number from 0 to 65535"),
+    ('{"port": 8888, "pid": 1e999}',
+     "skipping Jupyter runtime file /r/jpserver-5.json: its pid inf is not a whole number from 1 to 2147483647"),
+    (json.dumps(dict(JPSERVER, base_url="@otherhost:9/")),
+     "skipping Jupyter runtime file /r/jpserver-5.json: its base_url '@otherhost:9/' is not a path starting with /"),
+    ("[" * 100000, "skipping unreadable Jupyter runtime file /r/jpserver-5.json"),  # too deep for json
+    ("[1, 2]", "skipping Jupyter runtime file /r/jpserver-5.json: it is not a JSON object"),
+])
+def test_parse_discovery_skips_invalid_files_with_a_warning(text, warning):
+    output = block("/r/jpserver-5.json", text) + block("/r/jpserver-8818.json", JPSERVER)
+    servers, warnings = jt.parse_discovery(output)
+    assert [s.pid for s in servers] == [8818]
+    assert warnings == [warning]
+
+
+@pytest.mark.parametrize("line", ["", "x", "99 x", "99 ²", "99 -1"])
+def test_parse_discovery_ignores_a_malformed_ports_line(line):
+    output = block("/r/nbserver-99.json", PORT0, "python jupyter-notebook") + f"{jt.MARK} ports {line}\n"
+    [server], _ = jt.parse_discovery(output)
+    assert server.port == 0
+
+
+# Real answers to GET /api/status (jupyter_server 2.21.1 and notebook 6.5.7 give the same).
+STATUS_200 = (b'HTTP/1.1 200 OK\r\nServer: TornadoServer/6.6.1\r\nContent-Type: application/json\r\n'
+              b'Content-Length: 122\r\n\r\n{"connections": 0, "kernels": 0, "last_activity": '
+              b'"2026-11-29T07:09:30.851137Z", "started": "2026-11-29T07:09:30.851137Z"}')
+STATUS_403 = (b'HTTP/1.1 403 Forbidden\r\nServer: TornadoServer/6.6.1\r\nContent-Type: application/json\r\n'
+              b'Content-Length: 40\r\n\r\n{"message": "Forbidden", "reason": null}')
+
+
+@pytest.mark.parametrize("answer, expect", [
+    (STATUS_200, (200, True)),
+    (STATUS_403, (403, True)),  # a password server: ready, the page asks for the password
+    (b"HTTP/1.0 200 OK\r\nContent-Type: text/html\r\n\r\n<html>It works!</html>", (200, False)),
+    (b'HTTP/1.0 200 OK\r\n\r\n{"status": "ok"}', (200, False)),  # JSON, but not Jupyter's
+    (b'HTTP/1.0 200 OK\r\n\r\n["started"]', (200, False)),
+    (STATUS_200[:-20], (200, False)),  # cut short
+    (b"HTTP/1.0 403 Forbidden\r\n\r\n<h1>Forbidden</h1>", (403, False)),
+    (b'HTTP/1.0 404 Not Found\r\n\r\n{"message": "Not Found"}', (404, False)),
+    (b"HTTP/1.0 200 OK\r\n\r\n" + b"[" * 60000, (200, False)),  # too deep for json: no crash
+    (b"", (0, False)),  # closed without a word
+    (b"SSH-2.0-OpenSSH_9.2\r\n", (0, False)),
+])
+def test_parse_probe_answer(answer, expect):
+    assert jt.parse_probe_answer(answer) == expect
