@@ -60,6 +60,13 @@ EXIT_LOST = 8  # the connection dropped while the tunnel was up
 EXIT_INTERRUPTED = 130  # Ctrl+C (or SIGTERM/SIGHUP) before the tunnel was ready
 
 DEFAULT_TIMEOUT = 60.0
+# Ranges of the numeric options: finite, positive, and small enough for every timer that
+# takes them (threading's join() raises OverflowError for 1e300 seconds).
+MAX_TIMEOUT = 86400.0  # --timeout: a day
+MAX_CHECK_INTERVAL = 3600.0  # --check-interval: an hour
+MAX_KEEPALIVE = 3600  # --keepalive: ssh's ServerAliveInterval, in seconds
+MAX_RETRIES = 1_000_000  # --max-retries
+MAX_PICK = 10_000  # --pick: a number of --list
 DEFAULT_SOCKET_PORT = 8888  # first local port tried for a unix-socket server
 NO_BROWSER = ("n", "none")
 # ssh appends ".<16 random chars>" to a ControlPath while binding it, and a unix socket path
@@ -235,6 +242,19 @@ def build_destination(host: str) -> list[str]:
     return [host]
 
 
+def build_include_path(path: str) -> str:
+    r"""``path`` as ssh reads it back from an ``Include`` line: quoted, and not a pattern.
+
+    ssh splits the line into words (a space ends a word unless it is in double quotes;
+    since OpenSSH 8.7 a backslash escapes ``"`` and ``\`` there), then hands each word to
+    glob(3), where ``*``, ``?`` and ``[`` are wildcards and a backslash escapes the next
+    character.  Seen with OpenSSH 9.2: ``Include "/tmp/a b/c\\\\q"`` reads ``/tmp/a b/c\q``.
+    """
+    for char in "\\*?[":
+        path = path.replace(char, "\\" + char)  # for glob (the backslash first)
+    return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'  # for ssh's words
+
+
 def build_ssh_config(
     user_config: str | None,
     options: Sequence[str],
@@ -264,7 +284,8 @@ def build_ssh_config(
             key, _, value = option.strip().partition(" ")
         lines.append(f"{key.strip()} {value.strip()}")
     # an absolute path: a relative Include is taken relative to ~/.ssh
-    lines.append(f"Include {os.path.abspath(user_config) if user_config else '~/.ssh/config'}")
+    include = build_include_path(os.path.abspath(user_config)) if user_config else "~/.ssh/config"
+    lines.append(f"Include {include}")
     lines.append(f"ServerAliveInterval {keepalive}")
     lines.extend(f"{key} {value}" for key, value in DEFAULT_SSH_OPTIONS)
     if add_keys_to_agent:
@@ -1493,6 +1514,63 @@ def run_tunnel(args: argparse.Namespace) -> int:
             shutil.rmtree(directory, ignore_errors=True)
 
 
+def seconds_option(high: float):
+    """An argparse type: a number of seconds, more than 0 and at most ``high``.
+
+    float() takes "nan", "inf" and "1e300": nan would make every deadline unreachable (a
+    timeout that never fires), and huge values overflow the timers that take them.
+    """
+
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not 0 < value <= high:  # false for nan too
+            raise argparse.ArgumentTypeError(f"expected seconds, more than 0 and at most {high:g}, not {text!r}")
+        return value
+
+    return seconds
+
+
+def int_option(low: int, high: int):
+    """An argparse type: a whole number from ``low`` to ``high``."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}, not {text!r}")
+        return value
+
+    return whole_number
+
+
+def text_option(text: str) -> str:
+    """An argparse type: text without control characters.
+
+    ``-o`` values and the ``-F`` path are written into the generated ssh config: a newline
+    there would add a line of the user's making to it (ssh reads it as a new option).
+    """
+    if has_control(text):
+        raise argparse.ArgumentTypeError(f"control characters (a newline, say) are not allowed: {text!r}")
+    return text
+
+
+def browser_option(text: str) -> str:
+    """An argparse type: a browser command that splits like a shell's (``PROG [ARGS]``)."""
+    try:
+        words = shlex.split(text)
+    except ValueError as error:  # "No closing quotation"
+        raise argparse.ArgumentTypeError(f"{text!r} does not split into words like a shell command: "
+                                         f"{str(error).lower()}") from None
+    if not words:
+        raise argparse.ArgumentTypeError('empty browser command: give a program, or "none"')
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line, with the original tool's option names."""
     parser = argparse.ArgumentParser(
@@ -1517,7 +1595,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-s", "--host", nargs="+", required=True, metavar="HOST",
                         help="host(s) to contact in order: all but the last are jump hosts "
                              "([user@]host[:port], names from ~/.ssh/config work)")
-    parser.add_argument("-b", "--browser", metavar="PROG",
+    parser.add_argument("-b", "--browser", type=browser_option, metavar="PROG",
                         help='browser to start with the URL; "n" or "none": start none '
                              "[default: the system's default browser]")
     parser.add_argument("-n", "--node", metavar="NODE",
@@ -1529,9 +1607,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-p", "--pass", "--sshp", dest="password", action="store_true",
                         help="ask the SSH password once and answer every hop's password prompt with it "
                              "(read from stdin when it is not a terminal)")
-    parser.add_argument("-F", "--ssh-config", metavar="FILE",
+    parser.add_argument("-F", "--ssh-config", type=text_option, metavar="FILE",
                         help="ssh config file, used for every hop [default: ~/.ssh/config]")
-    parser.add_argument("-o", "--ssh-option", action="append", default=[], metavar="OPT",
+    parser.add_argument("-o", "--ssh-option", type=text_option, action="append", default=[], metavar="OPT",
                         help="ssh option (Key=Value) for every hop; repeatable")
     parser.add_argument("--list", action="store_true",
                         help="list the Jupyter servers running on the host (numbered) and exit")
@@ -1539,24 +1617,29 @@ def build_parser() -> argparse.ArgumentParser:
                         help="machine-readable output on stdout: the --list as a JSON array, or, "
                              "once the tunnel is ready, one JSON object (url, local_port, ...) "
                              "instead of the URL")
-    parser.add_argument("--port", type=int, metavar="RPORT",
+    parser.add_argument("--port", type=int_option(1, 65535), metavar="RPORT",
                         help="use the server listening on this remote port")
     parser.add_argument("--dir", metavar="TEXT", help="use the server whose root directory contains TEXT")
-    parser.add_argument("--pick", type=int, metavar="N", help="use server number N of --list")
-    parser.add_argument("--local-port", type=int, metavar="LPORT",
+    parser.add_argument("--pick", type=int_option(1, MAX_PICK), metavar="N", help="use server number N of --list")
+    parser.add_argument("--local-port", type=int_option(1, 65535), metavar="LPORT",
                         help="local port to use [default: the remote port, or the next free one]")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                        help="give up when the server does not answer within SECONDS [default: %(default)g]")
-    parser.add_argument("--keepalive", type=int, default=DEFAULT_KEEPALIVE, metavar="SECONDS",
-                        help="ssh keepalive interval: a dead connection is noticed after 3 of them "
-                             "[default: %(default)s]")
+    parser.add_argument("--timeout", type=seconds_option(MAX_TIMEOUT), default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                        help=f"give up when Jupyter does not answer within SECONDS (at most {MAX_TIMEOUT:g}) "
+                             "[default: %(default)g]")
+    parser.add_argument("--keepalive", type=int_option(1, MAX_KEEPALIVE), default=DEFAULT_KEEPALIVE,
+                        metavar="SECONDS",
+                        help=f"ssh keepalive interval (1 to {MAX_KEEPALIVE}): a dead connection is noticed "
+                             "after 3 of them [default: %(default)s]")
     parser.add_argument("--no-reconnect", action="store_true",
                         help="exit (code 8) when the connection drops instead of reconnecting")
-    parser.add_argument("--max-retries", type=int, metavar="N",
-                        help="give up (code 8) after N failed reconnection attempts [default: never]")
-    parser.add_argument("--check-interval", type=float, default=DEFAULT_CHECK_INTERVAL, metavar="SECONDS",
-                        help="how often to check that the Jupyter server still runs; the tunnel "
-                             "closes (code 0) when it has stopped [default: %(default)g]")
+    parser.add_argument("--max-retries", type=int_option(1, MAX_RETRIES), metavar="N",
+                        help=f"give up (code 8) after N failed reconnection attempts (at most {MAX_RETRIES}) "
+                             "[default: never]")
+    parser.add_argument("--check-interval", type=seconds_option(MAX_CHECK_INTERVAL), default=DEFAULT_CHECK_INTERVAL,
+                        metavar="SECONDS",
+                        help=f"how often to check that the Jupyter server still runs (at most "
+                             f"{MAX_CHECK_INTERVAL:g}); the tunnel closes (code 0) when it has stopped "
+                             "[default: %(default)g]")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -1565,13 +1648,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.local_port is not None and not 0 < args.local_port < 65536:
-        parser.error("--local-port must be between 1 and 65535")
-    for name in ("timeout", "keepalive", "check_interval"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive")
-    if args.max_retries is not None and args.max_retries < 1:
-        parser.error("--max-retries must be at least 1")
     if args.ssh_config and not os.path.isfile(args.ssh_config):
         parser.error(f"ssh config file not found: {args.ssh_config}")
     try:

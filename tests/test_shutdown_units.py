@@ -196,9 +196,10 @@ def test_registry_dirs(monkeypatch, tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--list", "--force"], "--force stops tunnels: it cannot go with --list/--json"),
     (["--json", "-f"], "--force stops tunnels"),
-    (["--timeout", "0"], "--timeout must be positive"),
-    (["--port", "0"], "--port must be between 1 and 65535"),
-    (["--port", "http"], "invalid int value: 'http'"),
+    (["--timeout", "0"], "argument --timeout: expected seconds, more than 0 and at most 86400, not '0'"),
+    (["--timeout", "nan"], "argument --timeout: expected seconds, more than 0 and at most 86400, not 'nan'"),
+    (["--port", "0"], "argument --port: expected a whole number from 1 to 65535, not '0'"),
+    (["--port", "http"], "argument --port: expected a whole number from 1 to 65535, not 'http'"),
     (["srv"], "unrecognized arguments: srv"),
 ])
 def test_usage_errors_exit_2(argv, message, capsys):

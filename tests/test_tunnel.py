@@ -342,3 +342,14 @@ def test_password_asked_once_on_the_terminal(sshd, jtuser_server, tmp_path):
         assert term.interrupt() == 0
     finally:
         term.close()
+
+
+def test_a_config_path_with_spaces(tunnel, sshd, jtuser_server, tmp_path):
+    """-F "my ssh/the config": ssh reads it through the generated Include, quoted."""
+    spaced = tmp_path / "my ssh" / "the config"
+    spaced.parent.mkdir()
+    spaced.write_text(sshd.config.read_text())
+    run = tunnel("-F", str(spaced), "-s", "gw", "srv")
+    assert get_status(run.url())[0] == 200
+    assert run.stop() == 0
+    run.assert_clean()

@@ -101,7 +101,7 @@ def test_build_mux_argv_never_becomes_master():
 
 @pytest.mark.parametrize("user_config, options, agent, password, first, included", [
     (None, [], False, False, None, "~/.ssh/config"),
-    ("/etc/x.cfg", ["Port=2222"], True, False, "Port 2222", "/etc/x.cfg"),
+    ("/etc/x.cfg", ["Port=2222"], True, False, "Port 2222", '"/etc/x.cfg"'),
     (None, ["User alice", "Compression=yes"], False, False, "User alice", "~/.ssh/config"),
     (None, ["User alice"], False, True, "NumberOfPasswordPrompts 1", "~/.ssh/config"),
 ])
@@ -304,10 +304,25 @@ def test_discovery_script_is_posix_sh(one_line):
     (["-s"], "expected at least one argument"),
     ([], "the following arguments are required: -s/--host"),
     (["-s", "srv", "--bogus"], "unrecognized arguments: --bogus"),
-    (["-s", "srv", "--local-port", "70000"], "--local-port must be between 1 and 65535"),
-    (["-s", "srv", "--timeout", "0"], "--timeout must be positive"),
-    (["-s", "srv", "--check-interval", "-1"], "--check-interval must be positive"),
-    (["-s", "srv", "--max-retries", "0"], "--max-retries must be at least 1"),
+    (["-s", "srv", "--local-port", "70000"], "argument --local-port: expected a whole number from 1 to 65535"),
+    (["-s", "srv", "--timeout", "0"], "argument --timeout: expected seconds, more than 0 and at most 86400, not '0'"),
+    (["-s", "srv", "--timeout", "nan"], "argument --timeout: expected seconds, more than 0 and at most 86400"),
+    (["-s", "srv", "--timeout", "86401"], "argument --timeout: expected seconds, more than 0 and at most 86400"),
+    (["-s", "srv", "--check-interval", "-1"],
+     "argument --check-interval: expected seconds, more than 0 and at most 3600"),
+    (["-s", "srv", "--check-interval", "inf"], "argument --check-interval: expected seconds"),
+    (["-s", "srv", "--check-interval", "1e300"], "argument --check-interval: expected seconds"),
+    (["-s", "srv", "--keepalive", "0"], "argument --keepalive: expected a whole number from 1 to 3600, not '0'"),
+    (["-s", "srv", "--keepalive", "1.5"], "argument --keepalive: expected a whole number from 1 to 3600, not '1.5'"),
+    (["-s", "srv", "--max-retries", "0"], "argument --max-retries: expected a whole number from 1 to 1000000"),
+    (["-s", "srv", "--pick", "0"], "argument --pick: expected a whole number from 1 to 10000, not '0'"),
+    (["-s", "srv", "--port", "65536"], "argument --port: expected a whole number from 1 to 65535"),
+    (["-s", "srv", "-b", ""], 'argument -b/--browser: empty browser command: give a program, or "none"'),
+    (["-s", "srv", "-b", '"'], "argument -b/--browser: '\"' does not split into words like a shell command: "
+                               "no closing quotation"),
+    (["-s", "srv", "-o", "User=a\nHost *"], "argument -o/--ssh-option: control characters (a newline, say) "
+                                           "are not allowed: 'User=a\\nHost *'"),
+    (["-s", "srv", "-F", "/tmp/x\ry"], "argument -F/--ssh-config: control characters"),
     (["-s", "-x"], "expected at least one argument"),
     (["-s", "srv", "--node=-node1"], "invalid host name '-node1'"),
 ])
@@ -476,3 +491,44 @@ STATUS_403 = (b'HTTP/1.1 403 Forbidden\r\nServer: TornadoServer/6.6.1\r\nContent
 ])
 def test_parse_probe_answer(answer, expect):
     assert jt.parse_probe_answer(answer) == expect
+
+
+@pytest.mark.parametrize("path, written", [
+    ("/etc/x.cfg", '"/etc/x.cfg"'),
+    ("/home/a b/ssh config", '"/home/a b/ssh config"'),
+    ('/x/c"q', '"/x/c\\"q"'),
+    ("/x/c\\q", '"/x/c\\\\\\\\q"'),  # escaped for glob, then for ssh's words
+    ("/x/c*q?[", '"/x/c\\\\*q\\\\?\\\\["'),
+])
+def test_build_include_path(path, written):
+    assert jt.build_include_path(path) == written
+
+
+def test_a_config_path_with_spaces_and_quotes_reaches_ssh(tmp_path):
+    """The real ssh reads the generated Include back as the very file (ssh -G connects nowhere)."""
+    import subprocess
+
+    directory = tmp_path / "my ssh"
+    directory.mkdir()
+    user_config = directory / 'c "q\\ *'
+    user_config.write_text("Host jt-test-alias\n    Port 2345\n")
+    (directory / 'c "q\\ decoy').write_text("Host jt-test-alias\n    Port 1111\n")  # "*" must not match it
+    config = tmp_path / "generated"
+    config.write_text(jt.build_ssh_config(str(user_config), ["User=alice"]))
+    done = subprocess.run(["ssh", "-G", "-F", str(config), "jt-test-alias"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    settings = done.stdout.splitlines()
+    assert "port 2345" in settings and "user alice" in settings
+
+
+@pytest.mark.parametrize("text", ["", " ", "\"", "'unbalanced", "a 'b"])
+def test_browser_option_refuses_what_does_not_split(text):
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError):
+        jt.browser_option(text)
+
+
+@pytest.mark.parametrize("text", ["firefox", "none", "'/opt/My Browser/run' --new-tab"])
+def test_browser_option_accepts_commands(text):
+    assert jt.browser_option(text) == text
