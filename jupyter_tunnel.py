@@ -333,7 +333,9 @@ def build_mux_argv(ssh: str, config: str, control: str, route: Route, *args: str
 # newline in it (csh and tcsh reject a newline inside quotes and expand ! even there) and no
 # double backslash (fish's single quotes).  Sending it as the command rather than on stdin
 # saves a round trip through the whole chain: ssh sends stdin only once the command runs.
-DISCOVERY_SCRIPT = r"""M=@MARK@; found=0;
+# Its first line, "MARK start", tells that it ran: a login shell such as /bin/false or
+# nologin runs no command at all, and says so at best in words of its own.
+DISCOVERY_SCRIPT = r"""M=@MARK@; echo "$M start"; found=0;
 ports_of() { ports=;
   if [ -d /proc/$1/fd ]; then
     for inode in $(ls -l /proc/$1/fd 2>/dev/null | sed -n "s/.*socket:\[\([0-9]*\)\].*/\1/p"); do
@@ -381,7 +383,9 @@ def build_discovery_command(route: Route) -> tuple[str, str]:
     # With -n the head runs ssh to the node: the script goes on stdin, which avoids a
     # second level of quoting (one more round trip, on the cluster's own network).
     # BatchMode: a prompt on the head could never be answered, so fail instead of hanging.
-    return f"ssh -o BatchMode=yes -T {shlex.quote(route.node)} sh -s", build_discovery_script()
+    # "MARK head" first: without it, the head's login shell refused the command.
+    return (f"echo {MARK} head; ssh -o BatchMode=yes -T {shlex.quote(route.node)} sh -s",
+            build_discovery_script())
 
 
 def parse_app(cmdline: str) -> str:
@@ -539,6 +543,36 @@ def parse_discovery(output: str) -> tuple[list[Server], list[str]]:
             servers[i] = server._replace(port=listening[server.pid][0])
     # a stable order, so that the numbers of --list mean the same to --pick
     return sorted(servers, key=lambda s: (s.sock != "", s.port, s.sock, s.pid)), warnings
+
+
+def parse_discovery_failure(route: Route, returncode: int, stdout: str, stderr: str,
+                            master_alive: bool = True) -> TunnelError | None:
+    """Why the discovery command failed (None when it did not), from its output and exit code.
+
+    ssh exits 255 for its own failures (a lost connection, a node it cannot log into); a
+    login shell that runs no command (/bin/false, nologin) exits 1, and the script's first
+    line ("MARK start", "MARK head" on the head first) never comes.
+    """
+    lines = stdout.splitlines()
+    ran = f"{MARK} start" in lines
+    if ran and returncode == 0:
+        return None
+    reason = parse_ssh_error(stderr.splitlines())
+    if returncode == 255 and not ran:
+        if route.node and master_alive and f"{MARK} head" in lines:
+            return TunnelError(f"cannot reach node {route.node} from {route.target}: {reason}", EXIT_CONNECT)
+        return TunnelError(f"cannot look for Jupyter servers on {route.describe_server_host()}: {reason}",
+                           EXIT_ERROR)
+    if not ran:
+        refusing = route.node if f"{MARK} head" in lines else route.target
+        said = [line.strip() for line in [*lines, *stderr.splitlines()]
+                if line.strip() and not line.startswith((MARK, *SSH_NOISE))]
+        return TunnelError(
+            f"the account on {refusing} does not run commands: its login shell refuses them "
+            f"(e.g. /bin/false or nologin); it said "
+            + ("; ".join(said[:3]) if said else f"nothing (exit code {returncode})"), EXIT_CONNECT)
+    return TunnelError(f"cannot look for Jupyter servers on {route.describe_server_host()}: {reason}",
+                       EXIT_ERROR)
 
 
 def select_servers(servers: Sequence[Server], port: int | None = None, directory: str | None = None,
@@ -1143,12 +1177,12 @@ def discover(master: Master, timeout: float = 60.0) -> list[Server]:
         done = master.run(command, stdin=script, forward_agent=bool(route.node), timeout=timeout)
     except subprocess.TimeoutExpired:
         raise TunnelError(f"looking for Jupyter servers on {where} timed out", EXIT_ERROR)
-    if done.returncode != 0:
-        reason = parse_ssh_error(done.stderr.decode(errors="replace").splitlines())
-        if route.node and master.alive():
-            raise TunnelError(f"cannot reach node {route.node} from {route.target}: {reason}", EXIT_CONNECT)
-        raise TunnelError(f"cannot look for Jupyter servers on {where}: {reason}", EXIT_ERROR)
-    servers, warnings = parse_discovery(done.stdout.decode(errors="replace"))
+    stdout = done.stdout.decode(errors="replace")
+    error = parse_discovery_failure(route, done.returncode, stdout, done.stderr.decode(errors="replace"),
+                                    master.alive())
+    if error is not None:
+        raise error
+    servers, warnings = parse_discovery(stdout)
     for warning in warnings:
         say("Warning", warning)
     return servers
@@ -1586,9 +1620,10 @@ def build_parser() -> argparse.ArgumentParser:
             "  no browser, fixed port: jupyter-tunnel -s gw server -b none --local-port 8888\n"
             "  cluster node:           jupyter-tunnel -s user@gateway.ext user@head.ext -n node12\n"
             "  several servers:        jupyter-tunnel -s server --list, then --pick 2\n"
-            "\nexit codes: 0 closed normally, 2 bad option, 3 program missing, 4 cannot connect,\n"
-            "  5 no (single) server, 6 no local port, 7 no answer in time, 8 connection lost,\n"
-            "  130 interrupted before the tunnel was ready, 1 other errors"
+            "\nexit codes: 0 closed normally, 2 bad option, 3 program missing, 4 cannot connect (or\n"
+            "  the account runs no command), 5 no (single) server, 6 no local port, 7 Jupyter did\n"
+            "  not answer in time, 8 connection lost, 130 interrupted before the tunnel was ready,\n"
+            "  1 other errors"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -344,6 +344,21 @@ def test_password_asked_once_on_the_terminal(sshd, jtuser_server, tmp_path):
         term.close()
 
 
+@pytest.mark.parametrize("user, said", [
+    ("jtnologin", "This account is currently not available."),
+    ("jtfalse", "nothing (exit code 1)"),
+])
+def test_an_account_that_runs_no_command_is_named(tunnel, user, said):
+    """Its login shell is nologin or /bin/false: the login works (-N runs no shell), every
+    command fails; the error says so, with what the remote said."""
+    run = tunnel("-s", f"{user}@srv")
+    assert run.wait() == 4
+    assert run.stderr.splitlines()[-1] == (
+        f"Error: the account on {user}@srv does not run commands: its login shell refuses them "
+        f"(e.g. /bin/false or nologin); it said {said}")
+    run.assert_clean()
+
+
 def test_a_config_path_with_spaces(tunnel, sshd, jtuser_server, tmp_path):
     """-F "my ssh/the config": ssh reads it through the generated Include, quoted."""
     spaced = tmp_path / "my ssh" / "the config"

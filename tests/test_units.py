@@ -87,8 +87,10 @@ def test_master_forwards_the_agent_only_for_a_node():
 
 @pytest.mark.parametrize("route, command, stdin", [
     (jt.Route(("srv",)), f"sh -c '{jt.build_discovery_script(one_line=True)}'", ""),
-    (jt.Route(("gw", "head"), "node1"), "ssh -o BatchMode=yes -T node1 sh -s", jt.DISCOVERY_SCRIPT),
-    (jt.Route(("head",), "node 1;x"), "ssh -o BatchMode=yes -T 'node 1;x' sh -s", jt.DISCOVERY_SCRIPT),
+    (jt.Route(("gw", "head"), "node1"), f"echo {jt.MARK} head; ssh -o BatchMode=yes -T node1 sh -s",
+     jt.DISCOVERY_SCRIPT),
+    (jt.Route(("head",), "node 1;x"), f"echo {jt.MARK} head; ssh -o BatchMode=yes -T 'node 1;x' sh -s",
+     jt.DISCOVERY_SCRIPT),
 ])
 def test_build_discovery_command(route, command, stdin):
     assert jt.build_discovery_command(route) == (command, stdin)
@@ -491,6 +493,46 @@ STATUS_403 = (b'HTTP/1.1 403 Forbidden\r\nServer: TornadoServer/6.6.1\r\nContent
 ])
 def test_parse_probe_answer(answer, expect):
     assert jt.parse_probe_answer(answer) == expect
+
+
+SRV = jt.Route(("srv",))
+NODE = jt.Route(("gw", "head"), "node1")
+START = f"{jt.MARK} start\n"
+HEAD = f"{jt.MARK} head\n"
+
+
+@pytest.mark.parametrize("route, code, stdout, stderr, expect", [
+    (SRV, 0, START, "", None),
+    (NODE, 0, HEAD + START, "", None),
+    (SRV, 1, "This account is currently not available.\n", "", (
+        jt.EXIT_CONNECT, "the account on srv does not run commands: its login shell refuses them "
+                         "(e.g. /bin/false or nologin); it said This account is currently not available.")),
+    (SRV, 1, "", "", (jt.EXIT_CONNECT, "the account on srv does not run commands: its login shell refuses "
+                                       "them (e.g. /bin/false or nologin); it said nothing (exit code 1)")),
+    (SRV, 255, "", "Control socket connect(/t/c): Connection refused\n", (
+        jt.EXIT_ERROR, "cannot look for Jupyter servers on srv: Control socket connect(/t/c): Connection refused")),
+    (NODE, 1, "This account is currently not available.\n", "", (
+        jt.EXIT_CONNECT, "the account on head does not run commands")),
+    (NODE, 1, HEAD + "This account is currently not available.\n", "", (
+        jt.EXIT_CONNECT, "the account on node1 does not run commands")),
+    (NODE, 255, HEAD, "jtuser@node1: Permission denied (publickey).\n", (
+        jt.EXIT_CONNECT, "cannot reach node node1 from head: jtuser@node1: Permission denied (publickey).")),
+    (SRV, 2, START, "sh: oops\n", (jt.EXIT_ERROR, "cannot look for Jupyter servers on srv: sh: oops")),
+])
+def test_parse_discovery_failure(route, code, stdout, stderr, expect):
+    error = jt.parse_discovery_failure(route, code, stdout, stderr)
+    if expect is None:
+        assert error is None
+    else:
+        assert (error.code, str(error)[:len(expect[1])]) == expect
+
+
+def test_discovery_script_says_first_that_it_runs():
+    import subprocess
+
+    done = subprocess.run(["sh", "-c", jt.build_discovery_script(one_line=True)], capture_output=True, text=True,
+                          env={"HOME": "/nonexistent", "PATH": "/usr/bin:/bin"})
+    assert done.stdout.splitlines()[0] == f"{jt.MARK} start"
 
 
 @pytest.mark.parametrize("path, written", [
