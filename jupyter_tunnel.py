@@ -87,8 +87,13 @@ DEFAULT_KEEPALIVE = 10  # seconds: a dropped network is noticed within ~30 s
 DEFAULT_CHECK_INTERVAL = 10.0  # seconds between checks that the Jupyter server still runs
 MAX_BACKOFF = 30.0  # seconds: the longest wait between two reconnection attempts
 CONNECT_FAILURE_GRACE = 3.0  # seconds of "connection refused" at the remote end before giving up
+# What ssh -v adds to its stderr (-vv passes -v to ssh): debug lines, and a few lines of
+# its VERBOSE level (seen with OpenSSH 9.2).  They never explain a failure.
+SSH_DEBUG = ("debug1:", "debug2:", "debug3:", "OpenSSH_", "Authenticated to ", "Transferred: ",
+             "Bytes per second: ")
 # Lines of ssh's stderr that never explain a failure.
 SSH_NOISE = (
+    *SSH_DEBUG,
     "Warning: Permanently added",
     "Connection closed by UNKNOWN port 65535",
     "Pseudo-terminal will not be allocated",
@@ -1042,19 +1047,37 @@ def prune_registry() -> list[dict]:
 class Master:
     """The one ssh connection of the run, and the multiplexed commands sent through it."""
 
-    def __init__(self, ssh: str, route: Route, directory: str, env: dict[str, str]) -> None:
+    def __init__(self, ssh: str, route: Route, directory: str, env: dict[str, str], verbose: int = 0) -> None:
         self.ssh = ssh
         self.route = route
         self.config = os.path.join(directory, "ssh_config")
         self.control = os.path.join(directory, "c")
         self.env = env
+        self.verbose = verbose  # -v: show every ssh command; -vv: ssh -v too, its words shown
         self.process: subprocess.Popen | None = None
         self.stderr: deque[str] = deque(maxlen=40)
         self._reader: threading.Thread | None = None
 
+    def _command(self, argv: list[str]) -> list[str]:
+        """``argv`` as run: with ``-v`` at -vv, shown on a ``Debug:`` line from -v on.
+
+        Only the argv is shown, never the environment: that is where ``-p``'s password is.
+        """
+        if self.verbose >= 2:
+            argv = [argv[0], "-v", *argv[1:]]
+        if self.verbose:
+            say("Debug", shlex.join(argv))
+        return argv
+
+    def _echo(self, stderr: bytes) -> None:
+        """At -vv, show what a multiplexed ssh said (its ``debug1:`` lines)."""
+        if self.verbose >= 2:
+            for line in stderr.decode(errors="replace").splitlines():
+                print(escape_text(line), file=sys.stderr, flush=True)
+
     def open(self) -> None:
         """Start the master and wait until it has logged in (its control socket exists)."""
-        argv = build_master_argv(self.ssh, self.config, self.control, self.route)
+        argv = self._command(build_master_argv(self.ssh, self.config, self.control, self.route))
         if os.path.exists(self.control):
             os.unlink(self.control)  # left by a master that was killed: not a sign of login
         # Not a new session and not a new process group: ssh asks for passwords on the
@@ -1080,7 +1103,11 @@ class Master:
         """Keep the last lines ssh wrote, to explain a failure with ssh's own words."""
         assert self.process is not None and self.process.stderr is not None
         for raw in self.process.stderr:
-            self.stderr.append(raw.decode(errors="replace").rstrip())
+            line = raw.decode(errors="replace").rstrip()
+            if self.verbose >= 2:
+                print(escape_text(line), file=sys.stderr, flush=True)  # ssh -v's words, as they come
+            if not line.startswith(SSH_DEBUG):
+                self.stderr.append(line)  # debug lines would push the reason out of the deque
 
     def alive(self) -> bool:
         """Whether the master process still runs."""
@@ -1101,15 +1128,19 @@ class Master:
         if not stdin:
             options.append("-n")  # no stdin: ssh sends none, and the command needs none
         argv = build_mux_argv(self.ssh, self.config, self.control, self.route, *options, "--")
-        return subprocess.run(
-            argv + [command], input=stdin.encode(), capture_output=True,
+        done = subprocess.run(
+            self._command(argv + [command]), input=stdin.encode(), capture_output=True,
             env=self.env, timeout=timeout,
         )
+        self._echo(done.stderr)
+        return done
 
     def forward(self, spec: str) -> tuple[bool, str]:
         """Ask the master to add ``-L spec``; returns (ok, ssh's message)."""
         argv = build_mux_argv(self.ssh, self.config, self.control, self.route, "-O", "forward", "-L", spec)
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, env=self.env, timeout=30)
+        done = subprocess.run(self._command(argv), stdin=subprocess.DEVNULL, capture_output=True,
+                              env=self.env, timeout=30)
+        self._echo(done.stderr)
         return done.returncode == 0, done.stderr.decode(errors="replace").strip()
 
     def close(self) -> None:
@@ -1360,10 +1391,14 @@ class Tunnel:
         path = os.path.join(self.directory, "ssh_config")
         with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(text)
+        if self.args.verbose:  # it holds no secret: the password travels in the environment
+            say("Debug", f"ssh config file {path}:")
+            for line in text.splitlines():
+                say("Debug", f"  {line}")
 
     def login(self) -> list[Server]:
         """Open the master (the run's one login) and discover the servers through it."""
-        self.master = Master(self.ssh, self.route, self.directory, self.env)
+        self.master = Master(self.ssh, self.route, self.directory, self.env, self.args.verbose)
         say("Info", f"Connecting to {self.route.describe()}...")
         started = time.monotonic()
         self.master.open()
@@ -1675,6 +1710,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"how often to check that the Jupyter server still runs (at most "
                              f"{MAX_CHECK_INTERVAL:g}); the tunnel closes (code 0) when it has stopped "
                              "[default: %(default)g]")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="show every ssh command run and the ssh config file it reads (on "
+                             "Debug: lines); twice (-vv): run ssh with -v too, and show what it says")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 

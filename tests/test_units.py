@@ -574,3 +574,9 @@ def test_browser_option_refuses_what_does_not_split(text):
 @pytest.mark.parametrize("text", ["firefox", "none", "'/opt/My Browser/run' --new-tab"])
 def test_browser_option_accepts_commands(text):
     assert jt.browser_option(text) == text
+
+
+def test_verbose_is_counted():
+    assert jt.build_parser().parse_args(["-s", "srv"]).verbose == 0
+    assert jt.build_parser().parse_args(["-s", "srv", "-v"]).verbose == 1
+    assert jt.build_parser().parse_args(["-vv", "-s", "srv"]).verbose == 2
