@@ -261,7 +261,10 @@ def which_or_fail(program: str, why: str) -> str:
 def make_log(path: str | None) -> str:
     """The log file, created (or made) private: mode 0600 before anything is written to it."""
     if path:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError as error:  # a directory not writable, say (log_path checked the rest)
+            raise NodeError(f"cannot write the log {path}: {error.strerror}", EXIT_USAGE) from None
         try:
             os.fchmod(fd, 0o600)  # an existing file keeps its mode otherwise
         finally:
@@ -468,6 +471,24 @@ def build_parser() -> argparse.ArgumentParser:
             raise argparse.ArgumentTypeError(str(error)) from None
         return text
 
+    def log_path(text: str) -> str:
+        # checked before anything is submitted or created: the job's output goes there
+        if os.path.isdir(text):
+            raise argparse.ArgumentTypeError(f"{text} is a directory: give a file name")
+        parent = os.path.dirname(os.path.abspath(text))
+        if not os.path.isdir(parent):
+            raise argparse.ArgumentTypeError(f"no directory {parent} for the log {text}")
+        return text
+
+    def resource(text: str) -> str:
+        # split now, not after the log is made: build_resource_args splits "-..." values
+        try:
+            build_resource_args("sge", [text])
+        except ValueError as error:  # "No closing quotation"
+            raise argparse.ArgumentTypeError(f"{text!r} does not split like a shell command: "
+                                             f"{str(error).lower()}") from None
+        return text
+
     parser = argparse.ArgumentParser(
         prog="jupyter-node",
         description=(f"jupyter-node {__version__}: start a Jupyter server on a node of a Grid Engine "
@@ -488,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="queue (Grid Engine: -l q=NAME) or partition (Slurm: --partition)")
     parser.add_argument("-n", "--node", metavar="NAME",
                         help="node to run on (Grid Engine: -l h=NAME; Slurm: --nodelist)")
-    parser.add_argument("-l", "--log", metavar="PATH",
+    parser.add_argument("-l", "--log", type=log_path, metavar="PATH",
                         help="log file, made private (0600) [default: a new "
                              "jupyter_nb_USER_HOST_XXXXXXXX.log in the temp dir]")
     parser.add_argument("-t", "--type", choices=APPS, default="notebook",
@@ -497,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-w", "--wait", type=duration, default=DEFAULT_WAIT, metavar="TIME",
                         help="wait up to TIME (sleep syntax: 15s, 2m, 1.5h) for the server to start; "
                              "0: don't check [default: %(default)s]")
-    parser.add_argument("-r", "--resource", action="append", default=[], metavar="REQ",
+    parser.add_argument("-r", "--resource", type=resource, action="append", default=[], metavar="REQ",
                         help="resource request, repeatable: NAME=VALUE (Grid Engine: -l h_vmem=4G; "
                              "Slurm: mem=4G -> --mem=4G); a value starting with - is passed as is "
                              '(--resource="-pe smp 4")')

@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import selectors  # subprocess imports it anyway: free
+import re
 import shlex
 import shutil
 import signal
@@ -65,6 +66,13 @@ EXIT_LOST = 8  # the connection dropped while the tunnel was up
 EXIT_INTERRUPTED = 130  # Ctrl+C (or SIGTERM/SIGHUP) before the tunnel was ready
 
 DEFAULT_TIMEOUT = 60.0
+# Ranges of the numeric options: finite, positive, and small enough for every timer that
+# takes them (threading's join() raises OverflowError for 1e300 seconds).
+MAX_TIMEOUT = 86400.0  # --timeout: a day
+MAX_CHECK_INTERVAL = 3600.0  # --check-interval: an hour
+MAX_KEEPALIVE = 3600  # --keepalive: ssh's ServerAliveInterval, in seconds
+MAX_RETRIES = 1_000_000  # --max-retries
+MAX_PICK = 10_000  # --pick: a number of --list
 DEFAULT_SOCKET_PORT = 8888  # first local port tried for a unix-socket server
 NO_BROWSER = ("n", "none")
 # ssh appends ".<16 random chars>" to a ControlPath while binding it, and a unix socket path
@@ -88,8 +96,13 @@ CONNECT_FAILURE_GRACE = 3.0  # seconds of "connection refused" at the remote end
 # What "ssh -O forward" says when the master cannot listen on the local port (mux.c):
 # bind() or listen() failed, "Address already in use" going to the master's stderr only.
 FORWARD_REFUSED = "Port forwarding failed"
+# What ssh -v adds to its stderr (-vv passes -v to ssh): debug lines, and a few lines of
+# its VERBOSE level (seen with OpenSSH 9.2).  They never explain a failure.
+SSH_DEBUG = ("debug1:", "debug2:", "debug3:", "OpenSSH_", "Authenticated to ", "Transferred: ",
+             "Bytes per second: ")
 # Lines of ssh's stderr that never explain a failure.
 SSH_NOISE = (
+    *SSH_DEBUG,
     "Warning: Permanently added",
     "Connection closed by UNKNOWN port 65535",
     "Pseudo-terminal will not be allocated",
@@ -130,6 +143,19 @@ ONE_SHOT_REQUEST_TIMEOUT = 10.0
 ONE_SHOT_MAX_PENDING = 32
 MAX_REQUEST_HEAD = 8192  # bytes; a browser's GET head is well under 2 KiB
 PROC_NET_TCP = "/proc/net/tcp"  # Linux: every IPv4 TCP socket, with the uid that owns it
+# A runtime file's "hostname" (it ends up in ssh's -L spec): a DNS name, letters, digits,
+# "-", "_" (seen in /etc/hosts) and dots; IP literals are checked by ipaddress.
+HOST_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
+MAX_PID = 2**31 - 1  # pid_t
+# Characters a terminal acts on instead of showing them: C0 (newline, ESC starting an ANSI
+# sequence, ...), DEL, C1 (0x9b is an 8-bit CSI), and the Unicode controls that break or
+# reorder a line on screen.  escape_text shows them as Python escapes (\n, \x1b, \u202e).
+UNPRINTABLE = (*range(0x20), *range(0x7F, 0xA0), 0x200E, 0x200F, 0x2028, 0x2029,
+               *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+ESCAPES = {code: chr(code).encode("unicode_escape").decode() for code in UNPRINTABLE}
+# The readiness probe reads the whole answer (an HTTP/1.0 server closes after it):
+# /api/status answers ~700 bytes; anything larger is not that answer.
+MAX_ANSWER = 65536
 
 ASKPASS_SCRIPT = r"""#!/bin/sh
 # jupyter-tunnel's SSH_ASKPASS helper.  ssh runs it (SSH_ASKPASS_REQUIRE=force) for every
@@ -197,6 +223,13 @@ class Route(NamedTuple):
         return f"{self.node} (from {self.target})" if self.node else self.target
 
 
+class Answer(NamedTuple):
+    """What the readiness probe got back through the tunnel."""
+
+    status: int  # the HTTP status; 0 when the connection closed without an answer
+    jupyter: bool = False  # whether the answer is a Jupyter server's (see parse_probe_answer)
+
+
 class Server(NamedTuple):
     """A running Jupyter server, as its runtime file describes it."""
 
@@ -247,6 +280,19 @@ def build_destination(host: str) -> list[str]:
     return [host]
 
 
+def build_include_path(path: str) -> str:
+    r"""``path`` as ssh reads it back from an ``Include`` line: quoted, and not a pattern.
+
+    ssh splits the line into words (a space ends a word unless it is in double quotes;
+    since OpenSSH 8.7 a backslash escapes ``"`` and ``\`` there), then hands each word to
+    glob(3), where ``*``, ``?`` and ``[`` are wildcards and a backslash escapes the next
+    character.  Seen with OpenSSH 9.2: ``Include "/tmp/a b/c\\\\q"`` reads ``/tmp/a b/c\q``.
+    """
+    for char in "\\*?[":
+        path = path.replace(char, "\\" + char)  # for glob (the backslash first)
+    return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'  # for ssh's words
+
+
 def build_ssh_config(
     user_config: str | None,
     options: Sequence[str],
@@ -276,7 +322,8 @@ def build_ssh_config(
             key, _, value = option.strip().partition(" ")
         lines.append(f"{key.strip()} {value.strip()}")
     # an absolute path: a relative Include is taken relative to ~/.ssh
-    lines.append(f"Include {os.path.abspath(user_config) if user_config else '~/.ssh/config'}")
+    include = build_include_path(os.path.abspath(user_config)) if user_config else "~/.ssh/config"
+    lines.append(f"Include {include}")
     lines.append(f"ServerAliveInterval {keepalive}")
     lines.extend(f"{key} {value}" for key, value in DEFAULT_SSH_OPTIONS)
     if add_keys_to_agent:
@@ -324,7 +371,9 @@ def build_mux_argv(ssh: str, config: str, control: str, route: Route, *args: str
 # newline in it (csh and tcsh reject a newline inside quotes and expand ! even there) and no
 # double backslash (fish's single quotes).  Sending it as the command rather than on stdin
 # saves a round trip through the whole chain: ssh sends stdin only once the command runs.
-DISCOVERY_SCRIPT = r"""M=@MARK@; found=0;
+# Its first line, "MARK start", tells that it ran: a login shell such as /bin/false or
+# nologin runs no command at all, and says so at best in words of its own.
+DISCOVERY_SCRIPT = r"""M=@MARK@; echo "$M start"; found=0;
 ports_of() { ports=;
   if [ -d /proc/$1/fd ]; then
     for inode in $(ls -l /proc/$1/fd 2>/dev/null | sed -n "s/.*socket:\[\([0-9]*\)\].*/\1/p"); do
@@ -372,7 +421,9 @@ def build_discovery_command(route: Route) -> tuple[str, str]:
     # With -n the head runs ssh to the node: the script goes on stdin, which avoids a
     # second level of quoting (one more round trip, on the cluster's own network).
     # BatchMode: a prompt on the head could never be answered, so fail instead of hanging.
-    return f"ssh -o BatchMode=yes -T {shlex.quote(route.node)} sh -s", build_discovery_script()
+    # "MARK head" first: without it, the head's login shell refused the command.
+    return (f"echo {MARK} head; ssh -o BatchMode=yes -T {shlex.quote(route.node)} sh -s",
+            build_discovery_script())
 
 
 def parse_app(cmdline: str) -> str:
@@ -384,27 +435,89 @@ def parse_app(cmdline: str) -> str:
     return "server"
 
 
+def escape_text(text: str) -> str:
+    """``text`` with every character a terminal would act on shown escaped (see ESCAPES)."""
+    return text.translate(ESCAPES)
+
+
+def has_control(text: str) -> bool:
+    """Whether ``text`` holds a character that escape_text would escape."""
+    return any(ord(char) in ESCAPES for char in text)
+
+
+def is_host_address(text: str) -> bool:
+    """Whether ``text`` is a host name or an IP literal, fit for the host part of ``-L``."""
+    if text in ANY_ADDRESS or HOST_NAME_RE.fullmatch(text):
+        return True  # host names and IPv4 addresses
+    import ipaddress  # only now: a few ms that a server on a host name never costs
+
+    try:
+        ipaddress.IPv6Address(text[1:-1] if text[:1] == "[" and text[-1:] == "]" else text)
+    except ValueError:
+        return False
+    return True
+
+
+def _short(value: object) -> str:
+    """``repr(value)`` cut to a length fit for a message."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _whole_number(info: dict, key: str, low: int, high: int, default: int | None = None) -> int:
+    """``info[key]`` if it is an int from ``low`` to ``high``, else a ValueError that says so."""
+    value = info.get(key, default)
+    # type() and not isinstance(): JSON true is a bool (an int subclass), and JSON 1e999
+    # is a float (inf) that int() cannot even convert
+    if type(value) is not int or not low <= value <= high:
+        raise ValueError(f"its {key} {_short(value)} is not a whole number from {low} to {high}")
+    return value
+
+
 def parse_server(info: dict, source: str = "", cmdline: str = "") -> Server:
-    """A Server from the JSON of one runtime file (jpserver or nbserver)."""
+    """A Server from the JSON of one runtime file (jpserver or nbserver).
+
+    Everything in the file is the remote's word, and parts of it end up in the browser's
+    URL, in ssh's ``-L`` and in the probe's request: a field that could make any of them
+    point elsewhere is a ValueError (its message says which field), never a guess.
+    """
     from urllib.parse import urlsplit
 
+    if not isinstance(info, dict):
+        raise ValueError("it is not a JSON object")
     url = urlsplit(str(info.get("url") or ""))
-    port = int(info.get("port") or 0)
-    if not port and url.port:
-        port = url.port
+    port = _whole_number(info, "port", 0, 65535, default=0)
+    if not port:
+        try:
+            port = url.port or 0
+        except ValueError:  # "http://localhost:99999/"
+            port = 0
     host = str(info.get("hostname") or url.hostname or "localhost")
+    if not is_host_address(host):
+        raise ValueError(f"its hostname {_short(host)} is not a host name or an IP address")
     base_url = str(info.get("base_url") or "/")
+    # The URL is http://localhost:PORT + base_url: a base_url not starting with "/" would
+    # change the host ("@otherhost:9/"); a space or newline would cut the URL, "?" and "#"
+    # would push the token out of the path.
+    if not base_url.startswith("/") or any(char.isspace() or char in "?#" for char in base_url) \
+            or has_control(base_url):
+        raise ValueError(f"its base_url {_short(base_url)} is not a path starting with /")
     if not base_url.endswith("/"):
         base_url += "/"
+    token = str(info.get("token") or "")
+    sock = str(info.get("sock") or "")
+    for key, value in (("token", token), ("sock", sock)):
+        if has_control(value):  # the token goes into the probe's header, sock into -L
+            raise ValueError(f"its {key} holds control characters")
     return Server(
-        pid=int(info.get("pid") or 0),
+        pid=_whole_number(info, "pid", 1, MAX_PID),
         port=port,
         host=host,
         base_url=base_url,
-        token=str(info.get("token") or ""),
+        token=token,
         # notebook < 7 says notebook_dir, jupyter_server says root_dir
         root_dir=str(info.get("root_dir") or info.get("notebook_dir") or ""),
-        sock=str(info.get("sock") or ""),
+        sock=sock,
         secure=bool(info.get("secure")),
         version=str(info.get("version") or ""),
         app=parse_app(cmdline) if cmdline else ("notebook" if "nbserver-" in source else "server"),
@@ -426,9 +539,14 @@ def parse_discovery(output: str) -> tuple[list[Server], list[str]]:
 
     def add(text: str, src: str, cmd: str) -> None:
         try:
-            server = parse_server(json.loads(text), src, cmd)
-        except (ValueError, TypeError, AttributeError):
+            info = json.loads(text)
+        except (ValueError, RecursionError):  # RecursionError: [[[[...]]]] nested too deep
             warnings.append(f"skipping unreadable Jupyter runtime file {src}")
+            return
+        try:
+            server = parse_server(info, src, cmd)
+        except ValueError as error:
+            warnings.append(f"skipping Jupyter runtime file {src}: {error}")
             return
         key = (server.pid, server.port, server.sock)
         if key not in seen:  # one file can be reached from two runtime dir rules
@@ -440,8 +558,9 @@ def parse_discovery(output: str) -> tuple[list[Server], list[str]]:
         if line.startswith(MARK):
             word, _, arg = line[len(MARK):].strip().partition(" ")
             if word == "ports":
-                pid, *ports = arg.split()
-                listening[int(pid)] = sorted({int(port) for port in ports})
+                numbers = [int(n) for n in arg.split() if n.isascii() and n.isdigit()]
+                if numbers and len(numbers) == len(arg.split()):  # else not our script's line
+                    listening[numbers[0]] = sorted({port for port in numbers[1:] if 0 < port < 65536})
             elif word in ("file", "list"):
                 block, source, cmdline = [], arg, ""
             elif word == "cmd" and block is not None:
@@ -462,6 +581,36 @@ def parse_discovery(output: str) -> tuple[list[Server], list[str]]:
             servers[i] = server._replace(port=listening[server.pid][0])
     # a stable order, so that the numbers of --list mean the same to --pick
     return sorted(servers, key=lambda s: (s.sock != "", s.port, s.sock, s.pid)), warnings
+
+
+def parse_discovery_failure(route: Route, returncode: int, stdout: str, stderr: str,
+                            master_alive: bool = True) -> TunnelError | None:
+    """Why the discovery command failed (None when it did not), from its output and exit code.
+
+    ssh exits 255 for its own failures (a lost connection, a node it cannot log into); a
+    login shell that runs no command (/bin/false, nologin) exits 1, and the script's first
+    line ("MARK start", "MARK head" on the head first) never comes.
+    """
+    lines = stdout.splitlines()
+    ran = f"{MARK} start" in lines
+    if ran and returncode == 0:
+        return None
+    reason = parse_ssh_error(stderr.splitlines())
+    if returncode == 255 and not ran:
+        if route.node and master_alive and f"{MARK} head" in lines:
+            return TunnelError(f"cannot reach node {route.node} from {route.target}: {reason}", EXIT_CONNECT)
+        return TunnelError(f"cannot look for Jupyter servers on {route.describe_server_host()}: {reason}",
+                           EXIT_ERROR)
+    if not ran:
+        refusing = route.node if f"{MARK} head" in lines else route.target
+        said = [line.strip() for line in [*lines, *stderr.splitlines()]
+                if line.strip() and not line.startswith((MARK, *SSH_NOISE))]
+        return TunnelError(
+            f"the account on {refusing} does not run commands: its login shell refuses them "
+            f"(e.g. /bin/false or nologin); it said "
+            + ("; ".join(said[:3]) if said else f"nothing (exit code {returncode})"), EXIT_CONNECT)
+    return TunnelError(f"cannot look for Jupyter servers on {route.describe_server_host()}: {reason}",
+                       EXIT_ERROR)
 
 
 def select_servers(servers: Sequence[Server], port: int | None = None, directory: str | None = None,
@@ -503,6 +652,7 @@ def format_server_table(servers: Sequence[Server]) -> str:
         where = server.sock or str(server.port or "?")
         auth = server_auth(server) + (", https" if server.secure else "")
         rows.append((str(number), where, kind, auth, server.root_dir or "?"))
+    rows = [[escape_text(cell) for cell in row] for row in rows]  # root_dir, sock, version: the remote's
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[4]]) for row in rows]
     return "\n".join(line.rstrip() for line in lines)
@@ -570,13 +720,14 @@ def build_forward_spec(local_port: int, server: Server, node: str = "") -> str:
 
 def build_url(local_port: int, server: Server, host: str = "localhost") -> str:
     """The URL the browser opens: the server's base_url on the local port, with its token."""
-    from urllib.parse import quote
+    from urllib.parse import quote, urlunsplit
 
     scheme = "https" if server.secure else "http"
-    url = f"{scheme}://{host}:{local_port}{server.base_url}"
-    if server.token:
-        url += f"?token={quote(server.token, safe='')}"
-    return url
+    query = f"token={quote(server.token, safe='')}" if server.token else ""
+    # urlunsplit writes the authority first and makes the path start with "/": whatever a
+    # base_url holds (parse_server refuses the odd ones anyway), the URL points at
+    # host:local_port
+    return urlunsplit((scheme, f"{host}:{local_port}", server.base_url, query, ""))
 
 
 def build_probe_request(local_port: int, server: Server) -> bytes:
@@ -674,6 +825,26 @@ def parse_status_line(answer: bytes) -> int:
     if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit():
         return int(parts[1])
     return 0
+
+
+def parse_probe_answer(answer: bytes) -> Answer:
+    """The status of the probe's answer, and whether a Jupyter server gave it.
+
+    Any program may listen on the forwarded port (a dead server's port, taken again): only
+    Jupyter's own answers count.  jupyter_server and notebook >= 5 answer /api/status with
+    a JSON object holding "started" (and last_activity, connections, kernels), and refuse a
+    request without a valid token (a password server) with a 403 whose body their
+    APIHandler writes as JSON: {"message": "Forbidden", "reason": null} (jupyter_server
+    2.21 and notebook 6.5 alike).
+    """
+    status = parse_status_line(answer)
+    _, sep, body = answer.partition(b"\r\n\r\n")
+    try:
+        data = json.loads(body) if sep else None
+    except (ValueError, RecursionError):  # not JSON (an HTML page), or nested too deep
+        data = None
+    key = {200: "started", 403: "message"}.get(status)
+    return Answer(status, isinstance(data, dict) and key in data)
 
 
 def parse_ssh_error(lines: Iterable[str], returncode: int | None = None) -> str:
@@ -848,12 +1019,17 @@ def _use_colour(stream) -> bool:
 
 
 def say(kind: str, text: str) -> None:
-    """Print ``Info:``, ``Warning:`` or ``Error:`` lines on stderr, as the original did."""
-    colours = {"Info": "32", "Warning": "33", "Error": "31"}
+    """Print an ``Info:``, ``Warning:``, ``Error:`` or ``Debug:`` line on stderr.
+
+    ``text`` is shown escaped (escape_text): it often quotes the remote (a root directory,
+    ssh's or the remote shell's words), whose newlines or ANSI sequences would otherwise
+    forge lines or drive the terminal.
+    """
+    colours = {"Info": "32", "Warning": "33", "Error": "31", "Debug": "36"}
     label = f"{kind}:"
     if _use_colour(sys.stderr):
         label = f"\033[{colours.get(kind, '0')}m{label}\033[0m"
-    print(f"{label} {text}", file=sys.stderr, flush=True)
+    print(f"{label} {escape_text(text)}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- I/O parts
@@ -906,15 +1082,17 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def probe_server(local_port: int, server: Server, timeout: float = 5.0) -> int | None:
-    """HTTP status of ``/api/status`` through the tunnel; 0 when the connection was closed
-    without an answer (the remote end refused it), None when nothing came in time.
+def probe_server(local_port: int, server: Server, timeout: float = 5.0) -> Answer | None:
+    """The answer to ``/api/status`` through the tunnel; status 0 when the connection was
+    closed without an answer (the remote end refused it), None when nothing came in time.
 
     ``Authorization: token`` works on notebook >= 5 and every jupyter_server (``Bearer``
     only on jupyter_server >= 2), and the request does not count as activity, so probing
-    never defeats the server's idle culling.
+    never defeats the server's idle culling.  A raw socket, not urllib: it costs nothing
+    to import, and HTTP/1.0 makes the server close once it has answered.
     """
     request = build_probe_request(local_port, server)
+    answer = b""
     try:
         with socket.create_connection(("127.0.0.1", local_port), timeout=timeout) as conn:
             if server.secure:
@@ -925,19 +1103,20 @@ def probe_server(local_port: int, server: Server, timeout: float = 5.0) -> int |
                 context.verify_mode = ssl.CERT_NONE  # the server's own self-signed certificate
                 conn = context.wrap_socket(conn)
             conn.sendall(request)
-            answer = b""
-            while b"\r\n" not in answer and len(answer) < 1024:
-                chunk = conn.recv(1024)
+            while len(answer) < MAX_ANSWER:
+                chunk = conn.recv(16384)
                 if not chunk:
                     break
                 answer += chunk
     except socket.timeout:
-        return None  # a busy server (or network): it may still answer
+        if not answer:
+            return None  # a busy server (or network): it may still answer
     except OSError:
-        return 0  # reset, or refused: nothing will answer there
-    # closed without a status line: ssh accepted the local connection, could not connect
-    # to the server on the remote side, and closed it
-    return parse_status_line(answer)
+        if not answer:
+            return Answer(0)  # reset, or refused: nothing will answer there
+    # closed without a status line (status 0): ssh accepted the local connection, could not
+    # connect to the server on the remote side, and closed it
+    return parse_probe_answer(answer)
 
 
 def registry_dir() -> str:
@@ -1228,20 +1407,38 @@ def prune_registry() -> list[dict]:
 class Master:
     """The one ssh connection of the run, and the multiplexed commands sent through it."""
 
-    def __init__(self, ssh: str, route: Route, directory: str, env: dict[str, str]) -> None:
+    def __init__(self, ssh: str, route: Route, directory: str, env: dict[str, str], verbose: int = 0) -> None:
         self.ssh = ssh
         self.route = route
         self.config = os.path.join(directory, CONFIG_FILE)
         self.control = os.path.join(directory, CONTROL_SOCKET)
         self.env = env
+        self.verbose = verbose  # -v: show every ssh command; -vv: ssh -v too, its words shown
         self.process: subprocess.Popen | None = None
         self.stderr: deque[str] = deque(maxlen=40)
         self._reader: threading.Thread | None = None
 
+    def _command(self, argv: list[str]) -> list[str]:
+        """``argv`` as run: with ``-v`` at -vv, shown on a ``Debug:`` line from -v on.
+
+        Only the argv is shown, never the environment: that is where ``-p``'s password is.
+        """
+        if self.verbose >= 2:
+            argv = [argv[0], "-v", *argv[1:]]
+        if self.verbose:
+            say("Debug", shlex.join(argv))
+        return argv
+
+    def _echo(self, stderr: bytes) -> None:
+        """At -vv, show what a multiplexed ssh said (its ``debug1:`` lines)."""
+        if self.verbose >= 2:
+            for line in stderr.decode(errors="replace").splitlines():
+                print(escape_text(line), file=sys.stderr, flush=True)
+
     def open(self, on_start: Callable[[int], None] = lambda pid: None) -> None:
         """Start the master and wait until it has logged in (its control socket exists);
         ``on_start`` gets its pid at once, before the login (which may wait for a person)."""
-        argv = build_master_argv(self.ssh, self.config, self.control, self.route)
+        argv = self._command(build_master_argv(self.ssh, self.config, self.control, self.route))
         if os.path.exists(self.control):
             os.unlink(self.control)  # left by a master that was killed: not a sign of login
         # Not a new session and not a new process group: ssh asks for passwords on the
@@ -1268,7 +1465,11 @@ class Master:
         """Keep the last lines ssh wrote, to explain a failure with ssh's own words."""
         assert self.process is not None and self.process.stderr is not None
         for raw in self.process.stderr:
-            self.stderr.append(raw.decode(errors="replace").rstrip())
+            line = raw.decode(errors="replace").rstrip()
+            if self.verbose >= 2:
+                print(escape_text(line), file=sys.stderr, flush=True)  # ssh -v's words, as they come
+            if not line.startswith(SSH_DEBUG):
+                self.stderr.append(line)  # debug lines would push the reason out of the deque
 
     def alive(self) -> bool:
         """Whether the master process still runs."""
@@ -1289,15 +1490,19 @@ class Master:
         if not stdin:
             options.append("-n")  # no stdin: ssh sends none, and the command needs none
         argv = build_mux_argv(self.ssh, self.config, self.control, self.route, *options, "--")
-        return subprocess.run(
-            argv + [command], input=stdin.encode(), capture_output=True,
+        done = subprocess.run(
+            self._command(argv + [command]), input=stdin.encode(), capture_output=True,
             env=self.env, timeout=timeout,
         )
+        self._echo(done.stderr)
+        return done
 
     def forward(self, spec: str) -> tuple[bool, str]:
         """Ask the master to add ``-L spec``; returns (ok, ssh's message)."""
         argv = build_mux_argv(self.ssh, self.config, self.control, self.route, "-O", "forward", "-L", spec)
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, env=self.env, timeout=30)
+        done = subprocess.run(self._command(argv), stdin=subprocess.DEVNULL, capture_output=True,
+                              env=self.env, timeout=30)
+        self._echo(done.stderr)
         return done.returncode == 0, done.stderr.decode(errors="replace").strip()
 
     def close(self) -> None:
@@ -1367,12 +1572,12 @@ def discover(master: Master, timeout: float = 60.0) -> list[Server]:
         done = master.run(command, stdin=script, forward_agent=bool(route.node), timeout=timeout)
     except subprocess.TimeoutExpired:
         raise TunnelError(f"looking for Jupyter servers on {where} timed out", EXIT_ERROR)
-    if done.returncode != 0:
-        reason = parse_ssh_error(done.stderr.decode(errors="replace").splitlines())
-        if route.node and master.alive():
-            raise TunnelError(f"cannot reach node {route.node} from {route.target}: {reason}", EXIT_CONNECT)
-        raise TunnelError(f"cannot look for Jupyter servers on {where}: {reason}", EXIT_ERROR)
-    servers, warnings = parse_discovery(done.stdout.decode(errors="replace"))
+    stdout = done.stdout.decode(errors="replace")
+    error = parse_discovery_failure(route, done.returncode, stdout, done.stderr.decode(errors="replace"),
+                                    master.alive())
+    if error is not None:
+        raise error
+    servers, warnings = parse_discovery(stdout)
     for warning in warnings:
         say("Warning", warning)
     return servers
@@ -1436,27 +1641,35 @@ def add_forward(master: Master, server: Server, local_port: int | None) -> int:
 
 
 def wait_for_tunnel(master: Master, local_port: int, server: Server, timeout: float) -> int:
-    """Poll the server through the tunnel until it answers; returns the HTTP status."""
+    """Poll the server through the tunnel until Jupyter answers; returns the HTTP status."""
     started = time.monotonic()
     deadline = started + timeout
     delay = POLL_INTERVAL
+    foreign = 0  # the status of the last answer that was not Jupyter's
+    where = f"{forward_target(server, master.route.node)} on {master.route.server_host}"
     while True:
-        status = probe_server(local_port, server, timeout=max(0.5, min(5.0, deadline - time.monotonic())))
-        if status:
-            return status
+        answer = probe_server(local_port, server, timeout=max(0.5, min(5.0, deadline - time.monotonic())))
+        if answer is not None and answer.jupyter:
+            return answer.status
+        if answer is not None and answer.status:
+            foreign = answer.status  # maybe a server still starting: keep asking until --timeout
         if not master.alive():
             raise TunnelError(
                 f"the connection to {master.route.target} was lost: {parse_ssh_error(master.stderr)}",
                 EXIT_LOST,
             )
-        if status == 0 and time.monotonic() - started > CONNECT_FAILURE_GRACE:
+        if answer == Answer(0) and time.monotonic() - started > CONNECT_FAILURE_GRACE:
             # Jupyter writes its runtime file once it listens: a server that refuses
             # connections now (a dead server's unix socket, say) will not answer later
             refused = [line for line in master.stderr if "open failed" in line]
-            raise TunnelError(f"the Jupyter server at {forward_target(server, master.route.node)} on "
-                              f"{master.route.server_host} does not accept connections"
+            raise TunnelError(f"the Jupyter server at {where} does not accept connections"
                               + (f" (ssh: {refused[-1]})" if refused else ""), EXIT_TIMEOUT)
         if time.monotonic() + delay > deadline:
+            if foreign:
+                raise TunnelError(
+                    f"{where} answered (HTTP {foreign}), but not as a Jupyter server: another "
+                    f"program listens there, maybe on the port of a Jupyter server that has stopped "
+                    f"(its runtime file says pid {server.pid})", EXIT_TIMEOUT)
             reason = parse_ssh_error(list(master.stderr)[-2:]) if master.stderr else "no answer"
             raise TunnelError(
                 f"the Jupyter server did not answer through the tunnel within {timeout:g} s ({reason})",
@@ -1672,7 +1885,8 @@ def server_stopped(master: Master, local_port: int, server: Server) -> bool:
     gone only when its runtime file is gone or its pid is dead, which discovery tells.
     Neither request counts as activity, so idle culling still works.
     """
-    if probe_server(local_port, server, timeout=10.0) != 0:
+    answer = probe_server(local_port, server, timeout=10.0)
+    if answer is None or answer.jupyter:
         return False  # it answered, or is too busy to: not stopped
     try:
         servers = discover(master, timeout=15.0)
@@ -1709,10 +1923,14 @@ class Tunnel:
         path = os.path.join(self.directory, CONFIG_FILE)
         with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(text)
+        if self.args.verbose:  # it holds no secret: the password travels in the environment
+            say("Debug", f"ssh config file {path}:")
+            for line in text.splitlines():
+                say("Debug", f"  {line}")
 
     def login(self) -> list[Server]:
         """Open the master (the run's one login) and discover the servers through it."""
-        self.master = Master(self.ssh, self.route, self.directory, self.env)
+        self.master = Master(self.ssh, self.route, self.directory, self.env, self.args.verbose)
         say("Info", f"Connecting to {self.route.describe()}...")
         started = time.monotonic()
         # registered before the login: a run killed while ssh waits (a slow host, a 2FA
@@ -1752,8 +1970,6 @@ class Tunnel:
         say("Info", f"Jupyter {server.describe()} on {self.route.server_host}")
         if self.status == 403:
             say("Info", "The server asks for its password: the page will prompt for it.")
-        elif self.status != 200:
-            say("Warning", f"The server answered HTTP {self.status} to /api/status.")
         if server.secure:
             say("Info", "The server uses https with its own certificate: the browser will warn about it.")
         say("Info", f"Port used on localhost: {self.local_port}")  # last, right before the URL
@@ -1900,6 +2116,63 @@ def run_tunnel(args: argparse.Namespace) -> int:
         registration.remove()  # last: until everything is gone, the entry leads to it
 
 
+def seconds_option(high: float):
+    """An argparse type: a number of seconds, more than 0 and at most ``high``.
+
+    float() takes "nan", "inf" and "1e300": nan would make every deadline unreachable (a
+    timeout that never fires), and huge values overflow the timers that take them.
+    """
+
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not 0 < value <= high:  # false for nan too
+            raise argparse.ArgumentTypeError(f"expected seconds, more than 0 and at most {high:g}, not {text!r}")
+        return value
+
+    return seconds
+
+
+def int_option(low: int, high: int):
+    """An argparse type: a whole number from ``low`` to ``high``."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}, not {text!r}")
+        return value
+
+    return whole_number
+
+
+def text_option(text: str) -> str:
+    """An argparse type: text without control characters.
+
+    ``-o`` values and the ``-F`` path are written into the generated ssh config: a newline
+    there would add a line of the user's making to it (ssh reads it as a new option).
+    """
+    if has_control(text):
+        raise argparse.ArgumentTypeError(f"control characters (a newline, say) are not allowed: {text!r}")
+    return text
+
+
+def browser_option(text: str) -> str:
+    """An argparse type: a browser command that splits like a shell's (``PROG [ARGS]``)."""
+    try:
+        words = shlex.split(text)
+    except ValueError as error:  # "No closing quotation"
+        raise argparse.ArgumentTypeError(f"{text!r} does not split into words like a shell command: "
+                                         f"{str(error).lower()}") from None
+    if not words:
+        raise argparse.ArgumentTypeError('empty browser command: give a program, or "none"')
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line, with the original tool's option names."""
     parser = argparse.ArgumentParser(
@@ -1915,16 +2188,17 @@ def build_parser() -> argparse.ArgumentParser:
             "  no browser, fixed port: jupyter-tunnel -s gw server -b none --local-port 8888\n"
             "  cluster node:           jupyter-tunnel -s user@gateway.ext user@head.ext -n node12\n"
             "  several servers:        jupyter-tunnel -s server --list, then --pick 2\n"
-            "\nexit codes: 0 closed normally, 2 bad option, 3 program missing, 4 cannot connect,\n"
-            "  5 no (single) server, 6 no local port, 7 no answer in time, 8 connection lost,\n"
-            "  130 interrupted before the tunnel was ready, 1 other errors"
+            "\nexit codes: 0 closed normally, 2 bad option, 3 program missing, 4 cannot connect (or\n"
+            "  the account runs no command), 5 no (single) server, 6 no local port, 7 Jupyter did\n"
+            "  not answer in time, 8 connection lost, 130 interrupted before the tunnel was ready,\n"
+            "  1 other errors"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-s", "--host", nargs="+", required=True, metavar="HOST",
                         help="host(s) to contact in order: all but the last are jump hosts "
                              "([user@]host[:port], names from ~/.ssh/config work)")
-    parser.add_argument("-b", "--browser", metavar="PROG",
+    parser.add_argument("-b", "--browser", type=browser_option, metavar="PROG",
                         help='browser to start with the URL; "n" or "none": start none '
                              "[default: the system's default browser]")
     parser.add_argument("-n", "--node", metavar="NODE",
@@ -1936,9 +2210,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-p", "--pass", "--sshp", dest="password", action="store_true",
                         help="ask the SSH password once and answer every hop's password prompt with it "
                              "(read from stdin when it is not a terminal)")
-    parser.add_argument("-F", "--ssh-config", metavar="FILE",
+    parser.add_argument("-F", "--ssh-config", type=text_option, metavar="FILE",
                         help="ssh config file, used for every hop [default: ~/.ssh/config]")
-    parser.add_argument("-o", "--ssh-option", action="append", default=[], metavar="OPT",
+    parser.add_argument("-o", "--ssh-option", type=text_option, action="append", default=[], metavar="OPT",
                         help="ssh option (Key=Value) for every hop; repeatable")
     parser.add_argument("--list", action="store_true",
                         help="list the Jupyter servers running on the host (numbered) and exit")
@@ -1946,24 +2220,32 @@ def build_parser() -> argparse.ArgumentParser:
                         help="machine-readable output on stdout: the --list as a JSON array, or, "
                              "once the tunnel is ready, one JSON object (url, local_port, ...) "
                              "instead of the URL")
-    parser.add_argument("--port", type=int, metavar="RPORT",
+    parser.add_argument("--port", type=int_option(1, 65535), metavar="RPORT",
                         help="use the server listening on this remote port")
     parser.add_argument("--dir", metavar="TEXT", help="use the server whose root directory contains TEXT")
-    parser.add_argument("--pick", type=int, metavar="N", help="use server number N of --list")
-    parser.add_argument("--local-port", type=int, metavar="LPORT",
+    parser.add_argument("--pick", type=int_option(1, MAX_PICK), metavar="N", help="use server number N of --list")
+    parser.add_argument("--local-port", type=int_option(1, 65535), metavar="LPORT",
                         help="local port to use [default: the remote port, or the next free one]")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                        help="give up when the server does not answer within SECONDS [default: %(default)g]")
-    parser.add_argument("--keepalive", type=int, default=DEFAULT_KEEPALIVE, metavar="SECONDS",
-                        help="ssh keepalive interval: a dead connection is noticed after 3 of them "
-                             "[default: %(default)s]")
+    parser.add_argument("--timeout", type=seconds_option(MAX_TIMEOUT), default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                        help=f"give up when Jupyter does not answer within SECONDS (at most {MAX_TIMEOUT:g}) "
+                             "[default: %(default)g]")
+    parser.add_argument("--keepalive", type=int_option(1, MAX_KEEPALIVE), default=DEFAULT_KEEPALIVE,
+                        metavar="SECONDS",
+                        help=f"ssh keepalive interval (1 to {MAX_KEEPALIVE}): a dead connection is noticed "
+                             "after 3 of them [default: %(default)s]")
     parser.add_argument("--no-reconnect", action="store_true",
                         help="exit (code 8) when the connection drops instead of reconnecting")
-    parser.add_argument("--max-retries", type=int, metavar="N",
-                        help="give up (code 8) after N failed reconnection attempts [default: never]")
-    parser.add_argument("--check-interval", type=float, default=DEFAULT_CHECK_INTERVAL, metavar="SECONDS",
-                        help="how often to check that the Jupyter server still runs; the tunnel "
-                             "closes (code 0) when it has stopped [default: %(default)g]")
+    parser.add_argument("--max-retries", type=int_option(1, MAX_RETRIES), metavar="N",
+                        help=f"give up (code 8) after N failed reconnection attempts (at most {MAX_RETRIES}) "
+                             "[default: never]")
+    parser.add_argument("--check-interval", type=seconds_option(MAX_CHECK_INTERVAL), default=DEFAULT_CHECK_INTERVAL,
+                        metavar="SECONDS",
+                        help=f"how often to check that the Jupyter server still runs (at most "
+                             f"{MAX_CHECK_INTERVAL:g}); the tunnel closes (code 0) when it has stopped "
+                             "[default: %(default)g]")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="show every ssh command run and the ssh config file it reads (on "
+                             "Debug: lines); twice (-vv): run ssh with -v too, and show what it says")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -1972,13 +2254,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.local_port is not None and not 0 < args.local_port < 65536:
-        parser.error("--local-port must be between 1 and 65535")
-    for name in ("timeout", "keepalive", "check_interval"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive")
-    if args.max_retries is not None and args.max_retries < 1:
-        parser.error("--max-retries must be at least 1")
     if args.ssh_config and not os.path.isfile(args.ssh_config):
         parser.error(f"ssh config file not found: {args.ssh_config}")
     try:

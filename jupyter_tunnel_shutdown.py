@@ -260,6 +260,7 @@ def format_table(rows: Sequence[Sequence[str]]) -> str:
     """Rows as left-aligned columns two spaces apart; the last column is not padded."""
     if not rows:
         return ""
+    rows = [[jt.escape_text(cell) for cell in row] for row in rows]  # registry entries are untrusted
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = []
     for row in rows:
@@ -426,12 +427,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-l", "--list", action="store_true",
                         help="list the running tunnels (a table on stdout) instead of stopping them")
     parser.add_argument("--json", action="store_true", help="list them as a JSON array (implies --list)")
-    parser.add_argument("--port", type=int, action="append", default=[], metavar="LPORT",
+    parser.add_argument("--port", type=jt.int_option(1, 65535), action="append", default=[], metavar="LPORT",
                         help="only the tunnel on this local port; repeatable")
     parser.add_argument("--host", action="append", default=[], metavar="HOST",
                         help="only tunnels through HOST (any -s host or the -n node; user@ and "
                              ":port may be left out); repeatable")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+    parser.add_argument("--timeout", type=jt.seconds_option(jt.MAX_TIMEOUT), default=DEFAULT_TIMEOUT,
+                        metavar="SECONDS",
                         help="how long each tunnel gets to close [default: %(default)g]")
     parser.add_argument("-f", "--force", action="store_true",
                         help="SIGKILL the tunnels still running after --timeout, and remove "
@@ -444,11 +446,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.timeout <= 0:
-        parser.error("--timeout must be positive")
-    for port in args.port:
-        if not 0 < port < 65536:
-            parser.error("--port must be between 1 and 65535")
     args.list = args.list or args.json
     if args.list and args.force:
         parser.error("--force stops tunnels: it cannot go with --list/--json")

@@ -12,7 +12,8 @@ Everything runs on this machine, as root (tests/run.sh installs what is needed):
   gw/head/srv (key), pgw/phead/psrv (password) and dead (connection refused).
 * test users, all with password ``TEST_PASSWORD``: ``jtuser`` has exactly one Jupyter
   server for the whole session (``jtuser_server``), ``jtnone`` never has one, and
-  ``jtmulti`` gets the servers that tests start with ``start_jupyter``.
+  ``jtmulti`` gets the servers that tests start with ``start_jupyter``.  ``jtfalse`` and
+  ``jtnologin`` can log in but run no command (login shell /bin/false, nologin).
 * Jupyter servers are the real ``jupyter server``/``jupyter lab`` of the venv that
   runs pytest, started as the test user; they write their real runtime files.
 
@@ -33,9 +34,11 @@ import pytest
 
 # re-exported: tests import these names from conftest
 from realenv import (  # noqa: F401
+    FALSE_SHELL_USER,
     LOCK_FILE,
     MULTI_USER,
     NO_SERVER_USER,
+    NOLOGIN_USER,
     SERVER_USER,
     TEST_PASSWORD,
     TEST_USERS,

@@ -11,7 +11,8 @@ Everything runs on this machine, as root (tests/run.sh installs what is needed):
   with "jumphost loop" — on two ports: ``port`` (public key) and ``pw_port``
   (password only).  Its ``config`` is an ssh_config for ``ssh -F`` with the aliases
   gw/head/srv (key), pgw/phead/psrv (password) and dead (connection refused).
-* ``setup_users()``: the test users, all with password ``TEST_PASSWORD``.
+* ``setup_users()``: the test users, all with password ``TEST_PASSWORD``; and two accounts
+  whose login shell runs no command (``jtfalse``: /bin/false, ``jtnologin``: nologin).
 * ``JupyterStarter``: the real ``jupyter server``/``jupyter lab`` of a venv, started as a
   test user; they write their real runtime files.
 
@@ -44,6 +45,11 @@ SERVER_USER = "jtuser"  # exactly one Jupyter server during the session
 NO_SERVER_USER = "jtnone"  # never a Jupyter server
 MULTI_USER = "jtmulti"  # tests start several servers for it
 TEST_USERS = (SERVER_USER, NO_SERVER_USER, MULTI_USER)
+# Accounts whose login shell runs no command: ssh logs in (-N needs no shell), and every
+# command fails.  Never a Jupyter server; the same key and password as the others.
+FALSE_SHELL_USER = "jtfalse"  # login shell /bin/false: exits 1, says nothing
+NOLOGIN_USER = "jtnologin"  # login shell nologin: "This account is currently not available."
+REFUSING_USERS = {FALSE_SHELL_USER: "/bin/false", NOLOGIN_USER: "/usr/sbin/nologin"}
 
 SSHD = "/usr/sbin/sshd"
 # one loopback address per "host", so that gw -> head -> srv are three distinct hops
@@ -159,13 +165,17 @@ class UserAccount:
 
 def setup_users() -> Dict[str, UserAccount]:
     """Create the test users if missing, set their password, wipe their Jupyter runtime dirs."""
-    for name in TEST_USERS:
+    shells = {**{name: "/bin/sh" for name in TEST_USERS}, **REFUSING_USERS}
+    for name, shell in shells.items():
         try:
-            pwd.getpwnam(name)
+            entry = pwd.getpwnam(name)
         except KeyError:
-            run_setup(["useradd", "--create-home", "--shell", "/bin/sh", name], f"creating user {name}")
+            run_setup(["useradd", "--create-home", "--shell", shell, name], f"creating user {name}")
+            continue
+        if name in REFUSING_USERS and entry.pw_shell != shell:
+            run_setup(["usermod", "--shell", shell, name], f"setting the shell of {name}")
     # also unlocks the accounts: useradd leaves "!" which sshd (UsePAM no) refuses
-    run_setup(["chpasswd"], "setting the test passwords", "".join(f"{n}:{TEST_PASSWORD}\n" for n in TEST_USERS))
+    run_setup(["chpasswd"], "setting the test passwords", "".join(f"{n}:{TEST_PASSWORD}\n" for n in shells))
     users = user_accounts()
     for user in users.values():
         # files left by earlier (killed) runs would look like servers to discovery

@@ -339,3 +339,120 @@ def test_discovery_works_whatever_the_login_shell(tunnel, sshd, launch, shell):
         assert run.stop() == 0
     finally:
         subprocess.run(["usermod", "--shell", "/bin/sh", USER], check=True)
+
+
+@pytest.fixture
+def forged_file(test_users):
+    """Factory: a runtime file with any content, for a live process that looks like Jupyter
+    (its command line says jupyter), as the remote account could write it.  Removed after.
+    A dict gets that process's pid; in a str, @PID@ stands for it."""
+    made: list[tuple[subprocess.Popen, Path]] = []
+
+    def forge(content: "dict | str", user: str = USER) -> Path:
+        account = test_users[user]
+        fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "jupyter-fake"],
+                                user=account.uid, group=account.gid, extra_groups=[])
+        account.runtime_dir.mkdir(parents=True, exist_ok=True)
+        os.chown(account.runtime_dir, account.uid, account.gid)
+        path = account.runtime_dir / f"jpserver-{fake.pid}.json"
+        text = json.dumps(dict(content, pid=fake.pid)) if isinstance(content, dict) else content
+        path.write_text(text.replace("@PID@", str(fake.pid)))
+        os.chown(path, account.uid, account.gid)
+        made.append((fake, path))
+        return path
+
+    yield forge
+    for fake, path in made:
+        fake.kill()
+        fake.wait()
+        path.unlink(missing_ok=True)
+
+
+def test_control_characters_from_the_remote_are_shown_escaped(tunnel, sshd, launch, forged_file):
+    """A runtime file's root_dir and version with ANSI escapes and newlines: no raw ESC and
+    no forged line reach the terminal, in the Info lines or in --list's table."""
+    server = launch("server", "--ip=127.0.0.1", f"--port={free_port()}")
+    forged_file(dict(server.info, root_dir="/home/jtmulti/forged\nInfo: Open http://evil.example/\x1b[2J",
+                     version="2.0\r\x1b]0;pwned\x07\x9b31m"))
+    run = tunnel("-s", f"{USER}@srv", "--dir", "forged")
+    url = run.url()
+    assert get_status(url)[0] == 200  # the page itself works: only the text is odd
+    assert run.stop() == 0
+    listed = list_servers(sshd.config)
+    assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 3  # heading and two servers
+    for text in (run.stderr, listed.stdout):
+        assert not {"\x1b", "\x07", "\x9b", "\r"} & set(text)
+        assert not any(line.startswith("Info: Open") for line in text.splitlines())
+        assert "/home/jtmulti/forged\\nInfo: Open http://evil.example/\\x1b[2J" in text
+        assert "2.0\\r\\x1b]0;pwned\\x07\\x9b31m" in text
+
+
+def test_runtime_files_that_could_mislead_are_skipped_with_a_warning(tunnel, launch, forged_file):
+    """A base_url that would send the browser (and the token) to another host, and numbers
+    that are not numbers (JSON 1e999 is a float, infinite): each file is skipped, the real
+    server is used, and the printed URL points at localhost."""
+    server = launch("server", "--ip=127.0.0.1", f"--port={free_port()}")
+    redirect = forged_file(dict(server.info, base_url="@otherhost:9/"))
+    huge_port = forged_file('{"pid": @PID@, "port": 1e999, "url": "http://localhost:1/", "token": "t"}')
+    huge_pid = forged_file(f'{{"pid": 1e999, "port": {server.info["port"]}, "token": "t"}}')
+    run = tunnel("-s", f"{USER}@srv")
+    url = run.url()
+    assert url == f"http://localhost:{local_port_of(url)}/?token={server.info['token']}"
+    assert get_status(url)[0] == 200
+    warnings = [line for line in run.stderr.splitlines() if line.startswith("Warning:")]
+    assert sorted(warnings) == sorted([
+        f"Warning: skipping Jupyter runtime file {redirect}: its base_url '@otherhost:9/' is not a path "
+        "starting with /",
+        f"Warning: skipping Jupyter runtime file {huge_port}: its port inf is not a whole number from 0 to 65535",
+        f"Warning: skipping Jupyter runtime file {huge_pid}: its pid inf is not a whole number from 1 to 2147483647",
+    ])
+    assert "Traceback" not in run.stderr
+    assert run.stop() == 0
+    run.assert_clean()
+
+
+@pytest.fixture
+def web_server():
+    """Another program's HTTP server on a free port: a plain page for every request; yields
+    the server and the paths it was asked for."""
+    import http.server
+    import threading
+
+    asked: list[str] = []
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            asked.append(self.path)
+            body = b"<html><body>It works!</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server, asked
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_port_answered_by_another_program_is_not_ready(tunnel, forged_file, web_server):
+    """The runtime file names a port where a plain web server answers 200: not Jupyter, so
+    no URL, and after --timeout an error that says what answered."""
+    server, asked = web_server
+    port = server.server_address[1]
+    path = forged_file(dict(port=port, url=f"http://localhost:{port}/", token="t"))
+    run = tunnel("-s", f"{USER}@srv", "--timeout", "3")
+    assert run.wait() == 7
+    assert run.lines.empty()  # no URL: the tunnel was never ready
+    pid = path.stem.split("-")[1]
+    assert run.stderr.splitlines()[-1] == (
+        f"Error: localhost:{port} on {USER}@srv answered (HTTP 200), but not as a Jupyter server: another "
+        f"program listens there, maybe on the port of a Jupyter server that has stopped (its runtime file "
+        f"says pid {pid})")
+    assert "/api/status" in asked  # it was asked, and its answer was read
+    run.assert_clean()

@@ -152,6 +152,15 @@ def test_table():
     assert sd.format_table([]) == ""
 
 
+def test_table_escapes_what_the_registry_says():
+    """An entry's hosts could hold anything: no newline or ESC reaches the terminal raw."""
+    forged = sd.RunningTunnel.from_state(dict(STATE, hosts=["gw\nInfo: forged", "\x1b[2Jsrv"], node="n\r1"))
+    table = sd.format_table([sd.TABLE_COLUMNS, sd.table_row(forged)])
+    assert len(table.splitlines()) == 2
+    assert "\x1b" not in table and "\r" not in table
+    assert "gw\\nInfo: forged,\\x1b[2Jsrv" in table and "n\\r1" in table
+
+
 @pytest.mark.parametrize("ours, environ, expect", [
     ("", None, True),  # no override: every tunnel of the user
     ("", {"JUPYTER_TUNNEL_REGISTRY": "/tmp/a"}, True),
@@ -191,9 +200,10 @@ def test_registry_dirs(monkeypatch, tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--list", "--force"], "--force stops tunnels: it cannot go with --list/--json"),
     (["--json", "-f"], "--force stops tunnels"),
-    (["--timeout", "0"], "--timeout must be positive"),
-    (["--port", "0"], "--port must be between 1 and 65535"),
-    (["--port", "http"], "invalid int value: 'http'"),
+    (["--timeout", "0"], "argument --timeout: expected seconds, more than 0 and at most 86400, not '0'"),
+    (["--timeout", "nan"], "argument --timeout: expected seconds, more than 0 and at most 86400, not 'nan'"),
+    (["--port", "0"], "argument --port: expected a whole number from 1 to 65535, not '0'"),
+    (["--port", "http"], "argument --port: expected a whole number from 1 to 65535, not 'http'"),
     (["srv"], "unrecognized arguments: srv"),
 ])
 def test_usage_errors_exit_2(argv, message, capsys):

@@ -350,3 +350,74 @@ def test_password_asked_once_on_the_terminal(sshd, jtuser_server, tmp_path):
         assert term.interrupt() == 0
     finally:
         term.close()
+
+
+@pytest.mark.parametrize("user, said", [
+    ("jtnologin", "This account is currently not available."),
+    ("jtfalse", "nothing (exit code 1)"),
+])
+def test_an_account_that_runs_no_command_is_named(tunnel, user, said):
+    """Its login shell is nologin or /bin/false: the login works (-N runs no shell), every
+    command fails; the error says so, with what the remote said."""
+    run = tunnel("-s", f"{user}@srv")
+    assert run.wait() == 4
+    assert run.stderr.splitlines()[-1] == (
+        f"Error: the account on {user}@srv does not run commands: its login shell refuses them "
+        f"(e.g. /bin/false or nologin); it said {said}")
+    run.assert_clean()
+
+
+def test_a_config_path_with_spaces(tunnel, sshd, jtuser_server, tmp_path):
+    """-F "my ssh/the config": ssh reads it through the generated Include, quoted."""
+    spaced = tmp_path / "my ssh" / "the config"
+    spaced.parent.mkdir()
+    spaced.write_text(sshd.config.read_text())
+    run = tunnel("-F", str(spaced), "-s", "gw", "srv")
+    assert get_status(run.url())[0] == 200
+    assert run.stop() == 0
+    run.assert_clean()
+
+
+def debug_lines(stderr: str) -> list[str]:
+    """The tool's own Debug: lines."""
+    return [line[len("Debug: "):] for line in stderr.splitlines() if line.startswith("Debug: ")]
+
+
+def test_verbose_shows_the_ssh_commands_and_the_config(tunnel, jtuser_server):
+    run = tunnel("-v", "-s", "gw", "srv")
+    url = run.url()
+    assert run.stop() == 0
+    lines = debug_lines(run.stderr)
+    commands = [line for line in lines if line.split()[0].endswith("/ssh")]
+    master = [line for line in commands if " -M -S " in line]
+    assert len(master) == 1 and master[0].endswith(" -J gw srv") and " -N -T " in master[0]
+    forward = [line for line in commands if " -O forward -L " in line]
+    assert len(forward) == 1
+    assert forward[0].endswith(f" -L 127.0.0.1:{local_port_of(url)}:127.0.0.1:{jtuser_server.port} srv")
+    assert any(" -T -n -- srv 'sh -c '\"'\"'M=" in line for line in commands)  # the discovery
+    config = lines.index(next(line for line in lines if line.startswith("ssh config file ")))
+    assert "  ServerAliveInterval 10" in lines[config:] and "  Include /etc/ssh/ssh_config" in lines[config:]
+    assert "debug1:" not in run.stderr  # -v is the tool's; ssh's own -v comes with -vv
+    run.assert_clean()
+
+
+def test_verbose_never_shows_the_password_or_the_token(tunnel, jtuser_server):
+    run = tunnel("-v", "-p", "-s", "pgw", "psrv", stdin=TEST_PASSWORD + "\n")
+    url = run.url()
+    assert run.stop() == 0
+    assert debug_lines(run.stderr)
+    assert TEST_PASSWORD not in run.stderr and TEST_PASSWORD not in url
+    assert jtuser_server.token not in run.stderr  # only the URL on stdout carries it
+    run.assert_clean()
+
+
+def test_very_verbose_shows_what_ssh_says(tunnel, jtuser_server):
+    run = tunnel("-vv", "-s", "gw", "srv")
+    url = run.url()
+    assert get_status(url)[0] == 200
+    assert run.stop() == 0
+    assert all(" -v " in line for line in debug_lines(run.stderr) if line.split()[0].endswith("/ssh"))
+    lines = run.stderr.splitlines()
+    assert any(line.startswith("Authenticated to 127.0.0.3 (via proxy)") for line in lines)  # the master's
+    assert f"debug1: Local forwarding listening on 127.0.0.1 port {local_port_of(url)}." in lines
+    run.assert_clean()

@@ -87,8 +87,10 @@ def test_master_forwards_the_agent_only_for_a_node():
 
 @pytest.mark.parametrize("route, command, stdin", [
     (jt.Route(("srv",)), f"sh -c '{jt.build_discovery_script(one_line=True)}'", ""),
-    (jt.Route(("gw", "head"), "node1"), "ssh -o BatchMode=yes -T node1 sh -s", jt.DISCOVERY_SCRIPT),
-    (jt.Route(("head",), "node 1;x"), "ssh -o BatchMode=yes -T 'node 1;x' sh -s", jt.DISCOVERY_SCRIPT),
+    (jt.Route(("gw", "head"), "node1"), f"echo {jt.MARK} head; ssh -o BatchMode=yes -T node1 sh -s",
+     jt.DISCOVERY_SCRIPT),
+    (jt.Route(("head",), "node 1;x"), f"echo {jt.MARK} head; ssh -o BatchMode=yes -T 'node 1;x' sh -s",
+     jt.DISCOVERY_SCRIPT),
 ])
 def test_build_discovery_command(route, command, stdin):
     assert jt.build_discovery_command(route) == (command, stdin)
@@ -101,7 +103,7 @@ def test_build_mux_argv_never_becomes_master():
 
 @pytest.mark.parametrize("user_config, options, agent, password, first, included", [
     (None, [], False, False, None, "~/.ssh/config"),
-    ("/etc/x.cfg", ["Port=2222"], True, False, "Port 2222", "/etc/x.cfg"),
+    ("/etc/x.cfg", ["Port=2222"], True, False, "Port 2222", '"/etc/x.cfg"'),
     (None, ["User alice", "Compression=yes"], False, False, "User alice", "~/.ssh/config"),
     (None, ["User alice"], False, True, "NumberOfPasswordPrompts 1", "~/.ssh/config"),
 ])
@@ -304,10 +306,25 @@ def test_discovery_script_is_posix_sh(one_line):
     (["-s"], "expected at least one argument"),
     ([], "the following arguments are required: -s/--host"),
     (["-s", "srv", "--bogus"], "unrecognized arguments: --bogus"),
-    (["-s", "srv", "--local-port", "70000"], "--local-port must be between 1 and 65535"),
-    (["-s", "srv", "--timeout", "0"], "--timeout must be positive"),
-    (["-s", "srv", "--check-interval", "-1"], "--check-interval must be positive"),
-    (["-s", "srv", "--max-retries", "0"], "--max-retries must be at least 1"),
+    (["-s", "srv", "--local-port", "70000"], "argument --local-port: expected a whole number from 1 to 65535"),
+    (["-s", "srv", "--timeout", "0"], "argument --timeout: expected seconds, more than 0 and at most 86400, not '0'"),
+    (["-s", "srv", "--timeout", "nan"], "argument --timeout: expected seconds, more than 0 and at most 86400"),
+    (["-s", "srv", "--timeout", "86401"], "argument --timeout: expected seconds, more than 0 and at most 86400"),
+    (["-s", "srv", "--check-interval", "-1"],
+     "argument --check-interval: expected seconds, more than 0 and at most 3600"),
+    (["-s", "srv", "--check-interval", "inf"], "argument --check-interval: expected seconds"),
+    (["-s", "srv", "--check-interval", "1e300"], "argument --check-interval: expected seconds"),
+    (["-s", "srv", "--keepalive", "0"], "argument --keepalive: expected a whole number from 1 to 3600, not '0'"),
+    (["-s", "srv", "--keepalive", "1.5"], "argument --keepalive: expected a whole number from 1 to 3600, not '1.5'"),
+    (["-s", "srv", "--max-retries", "0"], "argument --max-retries: expected a whole number from 1 to 1000000"),
+    (["-s", "srv", "--pick", "0"], "argument --pick: expected a whole number from 1 to 10000, not '0'"),
+    (["-s", "srv", "--port", "65536"], "argument --port: expected a whole number from 1 to 65535"),
+    (["-s", "srv", "-b", ""], 'argument -b/--browser: empty browser command: give a program, or "none"'),
+    (["-s", "srv", "-b", '"'], "argument -b/--browser: '\"' does not split into words like a shell command: "
+                               "no closing quotation"),
+    (["-s", "srv", "-o", "User=a\nHost *"], "argument -o/--ssh-option: control characters (a newline, say) "
+                                           "are not allowed: 'User=a\\nHost *'"),
+    (["-s", "srv", "-F", "/tmp/x\ry"], "argument -F/--ssh-config: control characters"),
     (["-s", "-x"], "expected at least one argument"),
     (["-s", "srv", "--node=-node1"], "invalid host name '-node1'"),
 ])
@@ -339,3 +356,227 @@ def test_build_probe_request(info, request_text):
 ])
 def test_parse_status_line(answer, status):
     assert jt.parse_status_line(answer) == status
+
+
+# --- text from the remote: validated, escaped --------------------------------------------
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("/home/u/proj", "/home/u/proj"),
+    ("é ü 中文 tab-free", "é ü 中文 tab-free"),  # printable Unicode stays as it is
+    ("a\nInfo: forged", "a\\nInfo: forged"),  # a forged line stays on this one
+    ("x\r\n", "x\\r\\n"),
+    ("\x1b[2J\x1b]0;title\x07", "\\x1b[2J\\x1b]0;title\\x07"),  # ANSI: clear screen, set title
+    ("\x9b31m", "\\x9b31m"),  # C1: the 8-bit CSI
+    ("a\x7fb\x00c\td", "a\\x7fb\\x00c\\td"),  # DEL, NUL, tab
+    ("\u202eevil\u2028x", "\\u202eevil\\u2028x"),  # bidi override, line separator
+])
+def test_escape_text(text, shown):
+    assert jt.escape_text(text) == shown
+    assert jt.has_control(text) == (text != shown)
+
+
+def test_say_shows_remote_text_escaped(capsys, monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    jt.say("Info", "Jupyter in /w\nError: forged\x1b[8m")
+    assert capsys.readouterr().err == "Info: Jupyter in /w\\nError: forged\\x1b[8m\n"
+
+
+def test_server_table_escapes_the_remote_fields():
+    server = jt.parse_server(dict(JPSERVER, root_dir="/w\nInfo: x", version="2\x1b[31m"))
+    table = jt.format_server_table([server])
+    assert len(table.splitlines()) == 2 and "\x1b" not in table
+    assert table.splitlines()[1].endswith("/w\\nInfo: x") and "2\\x1b[31m" in table
+
+
+@pytest.mark.parametrize("change, reason", [
+    (dict(base_url="@otherhost:9/"), "its base_url '@otherhost:9/' is not a path starting with /"),
+    (dict(base_url="otherhost/"), "its base_url"),
+    (dict(base_url="/a b/"), "its base_url"),
+    (dict(base_url="/a\r\nX-Evil: 1/"), "its base_url"),
+    (dict(base_url="/a?x=/"), "its base_url"),
+    (dict(base_url="/a#/"), "its base_url"),
+    (dict(port=float("inf")), "its port inf is not a whole number from 0 to 65535"),  # JSON 1e999
+    (dict(port=True), "its port True"),
+    (dict(port=8888.0), "its port 8888.0"),
+    (dict(port="8888"), "its port '8888'"),
+    (dict(port=70000), "its port 70000"),
+    (dict(port=-1), "its port -1"),
+    (dict(pid=float("inf")), "its pid inf is not a whole number from 1 to"),
+    (dict(pid=0), "its pid 0"),
+    (dict(pid=None), "its pid None"),
+    (dict(hostname="evil host"), "its hostname 'evil host' is not a host name or an IP address"),
+    (dict(hostname="a:b:9"), "its hostname"),
+    (dict(hostname="[::1"), "its hostname"),
+    (dict(hostname="-oProxyCommand=x"), "its hostname"),
+    (dict(hostname="h\n"), "its hostname"),
+    (dict(sock="/tmp/x\n.sock"), "its sock holds control characters"),
+    (dict(token="t\r\nX-Evil: 1"), "its token holds control characters"),
+])
+def test_parse_server_refuses_what_could_mislead(change, reason):
+    with pytest.raises(ValueError) as caught:
+        jt.parse_server(dict(JPSERVER, **change))
+    assert str(caught.value).startswith(reason)
+
+
+def test_parse_server_refuses_a_non_object():
+    with pytest.raises(ValueError, match="not a JSON object"):
+        jt.parse_server([JPSERVER])
+
+
+@pytest.mark.parametrize("hostname", ["localhost", "node1.cluster.ext", "my_host", "10.1.2.3", "0.0.0.0",
+                                      "::", "::1", "[::1]", "fe80::2", "fe80::2%eth0", ""])
+def test_parse_server_accepts_host_names_and_addresses(hostname):
+    assert jt.parse_server(dict(JPSERVER, hostname=hostname)).host == (hostname or "localhost")
+
+
+@pytest.mark.parametrize("base_url", ["/", "/jupyter/", "//otherhost/", "/@otherhost:9/", "/a%20b/", "/\\\\x/",
+                                      "/café/"])
+def test_the_url_always_points_at_localhost(base_url):
+    from urllib.parse import urlsplit
+
+    url = urlsplit(jt.build_url(9000, jt.parse_server(dict(JPSERVER, base_url=base_url))))
+    assert (url.hostname, url.port, url.username) == ("localhost", 9000, None)
+    assert url.path == base_url and url.query == "token=5d24abc"
+
+
+def test_build_url_keeps_the_host_even_for_an_unchecked_base_url():
+    """By construction: even a Server whose base_url was never checked."""
+    server = jt.parse_server(JPSERVER)._replace(base_url="@otherhost:9/")
+    assert jt.build_url(9000, server) == "http://localhost:9000/@otherhost:9/?token=5d24abc"
+
+
+@pytest.mark.parametrize("text, warning", [
+    ('{"port": 1e999, "pid": 5}',
+     "skipping Jupyter runtime file /r/jpserver-5.json: its port inf is not a whole number from 0 to 65535"),
+    ('{"port": 8888, "pid": 1e999}',
+     "skipping Jupyter runtime file /r/jpserver-5.json: its pid inf is not a whole number from 1 to 2147483647"),
+    (json.dumps(dict(JPSERVER, base_url="@otherhost:9/")),
+     "skipping Jupyter runtime file /r/jpserver-5.json: its base_url '@otherhost:9/' is not a path starting with /"),
+    ("[" * 100000, "skipping unreadable Jupyter runtime file /r/jpserver-5.json"),  # too deep for json
+    ("[1, 2]", "skipping Jupyter runtime file /r/jpserver-5.json: it is not a JSON object"),
+])
+def test_parse_discovery_skips_invalid_files_with_a_warning(text, warning):
+    output = block("/r/jpserver-5.json", text) + block("/r/jpserver-8818.json", JPSERVER)
+    servers, warnings = jt.parse_discovery(output)
+    assert [s.pid for s in servers] == [8818]
+    assert warnings == [warning]
+
+
+@pytest.mark.parametrize("line", ["", "x", "99 x", "99 ²", "99 -1"])
+def test_parse_discovery_ignores_a_malformed_ports_line(line):
+    output = block("/r/nbserver-99.json", PORT0, "python jupyter-notebook") + f"{jt.MARK} ports {line}\n"
+    [server], _ = jt.parse_discovery(output)
+    assert server.port == 0
+
+
+# Real answers to GET /api/status (jupyter_server 2.21.1 and notebook 6.5.7 give the same).
+STATUS_200 = (b'HTTP/1.1 200 OK\r\nServer: TornadoServer/6.6.1\r\nContent-Type: application/json\r\n'
+              b'Content-Length: 122\r\n\r\n{"connections": 0, "kernels": 0, "last_activity": '
+              b'"2026-11-29T07:09:30.851137Z", "started": "2026-11-29T07:09:30.851137Z"}')
+STATUS_403 = (b'HTTP/1.1 403 Forbidden\r\nServer: TornadoServer/6.6.1\r\nContent-Type: application/json\r\n'
+              b'Content-Length: 40\r\n\r\n{"message": "Forbidden", "reason": null}')
+
+
+@pytest.mark.parametrize("answer, expect", [
+    (STATUS_200, (200, True)),
+    (STATUS_403, (403, True)),  # a password server: ready, the page asks for the password
+    (b"HTTP/1.0 200 OK\r\nContent-Type: text/html\r\n\r\n<html>It works!</html>", (200, False)),
+    (b'HTTP/1.0 200 OK\r\n\r\n{"status": "ok"}', (200, False)),  # JSON, but not Jupyter's
+    (b'HTTP/1.0 200 OK\r\n\r\n["started"]', (200, False)),
+    (STATUS_200[:-20], (200, False)),  # cut short
+    (b"HTTP/1.0 403 Forbidden\r\n\r\n<h1>Forbidden</h1>", (403, False)),
+    (b'HTTP/1.0 404 Not Found\r\n\r\n{"message": "Not Found"}', (404, False)),
+    (b"HTTP/1.0 200 OK\r\n\r\n" + b"[" * 60000, (200, False)),  # too deep for json: no crash
+    (b"", (0, False)),  # closed without a word
+    (b"SSH-2.0-OpenSSH_9.2\r\n", (0, False)),
+])
+def test_parse_probe_answer(answer, expect):
+    assert jt.parse_probe_answer(answer) == expect
+
+
+SRV = jt.Route(("srv",))
+NODE = jt.Route(("gw", "head"), "node1")
+START = f"{jt.MARK} start\n"
+HEAD = f"{jt.MARK} head\n"
+
+
+@pytest.mark.parametrize("route, code, stdout, stderr, expect", [
+    (SRV, 0, START, "", None),
+    (NODE, 0, HEAD + START, "", None),
+    (SRV, 1, "This account is currently not available.\n", "", (
+        jt.EXIT_CONNECT, "the account on srv does not run commands: its login shell refuses them "
+                         "(e.g. /bin/false or nologin); it said This account is currently not available.")),
+    (SRV, 1, "", "", (jt.EXIT_CONNECT, "the account on srv does not run commands: its login shell refuses "
+                                       "them (e.g. /bin/false or nologin); it said nothing (exit code 1)")),
+    (SRV, 255, "", "Control socket connect(/t/c): Connection refused\n", (
+        jt.EXIT_ERROR, "cannot look for Jupyter servers on srv: Control socket connect(/t/c): Connection refused")),
+    (NODE, 1, "This account is currently not available.\n", "", (
+        jt.EXIT_CONNECT, "the account on head does not run commands")),
+    (NODE, 1, HEAD + "This account is currently not available.\n", "", (
+        jt.EXIT_CONNECT, "the account on node1 does not run commands")),
+    (NODE, 255, HEAD, "jtuser@node1: Permission denied (publickey).\n", (
+        jt.EXIT_CONNECT, "cannot reach node node1 from head: jtuser@node1: Permission denied (publickey).")),
+    (SRV, 2, START, "sh: oops\n", (jt.EXIT_ERROR, "cannot look for Jupyter servers on srv: sh: oops")),
+])
+def test_parse_discovery_failure(route, code, stdout, stderr, expect):
+    error = jt.parse_discovery_failure(route, code, stdout, stderr)
+    if expect is None:
+        assert error is None
+    else:
+        assert (error.code, str(error)[:len(expect[1])]) == expect
+
+
+def test_discovery_script_says_first_that_it_runs():
+    import subprocess
+
+    done = subprocess.run(["sh", "-c", jt.build_discovery_script(one_line=True)], capture_output=True, text=True,
+                          env={"HOME": "/nonexistent", "PATH": "/usr/bin:/bin"})
+    assert done.stdout.splitlines()[0] == f"{jt.MARK} start"
+
+
+@pytest.mark.parametrize("path, written", [
+    ("/etc/x.cfg", '"/etc/x.cfg"'),
+    ("/home/a b/ssh config", '"/home/a b/ssh config"'),
+    ('/x/c"q', '"/x/c\\"q"'),
+    ("/x/c\\q", '"/x/c\\\\\\\\q"'),  # escaped for glob, then for ssh's words
+    ("/x/c*q?[", '"/x/c\\\\*q\\\\?\\\\["'),
+])
+def test_build_include_path(path, written):
+    assert jt.build_include_path(path) == written
+
+
+def test_a_config_path_with_spaces_and_quotes_reaches_ssh(tmp_path):
+    """The real ssh reads the generated Include back as the very file (ssh -G connects nowhere)."""
+    import subprocess
+
+    directory = tmp_path / "my ssh"
+    directory.mkdir()
+    user_config = directory / 'c "q\\ *'
+    user_config.write_text("Host jt-test-alias\n    Port 2345\n")
+    (directory / 'c "q\\ decoy').write_text("Host jt-test-alias\n    Port 1111\n")  # "*" must not match it
+    config = tmp_path / "generated"
+    config.write_text(jt.build_ssh_config(str(user_config), ["User=alice"]))
+    done = subprocess.run(["ssh", "-G", "-F", str(config), "jt-test-alias"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    settings = done.stdout.splitlines()
+    assert "port 2345" in settings and "user alice" in settings
+
+
+@pytest.mark.parametrize("text", ["", " ", "\"", "'unbalanced", "a 'b"])
+def test_browser_option_refuses_what_does_not_split(text):
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError):
+        jt.browser_option(text)
+
+
+@pytest.mark.parametrize("text", ["firefox", "none", "'/opt/My Browser/run' --new-tab"])
+def test_browser_option_accepts_commands(text):
+    assert jt.browser_option(text) == text
+
+
+def test_verbose_is_counted():
+    assert jt.build_parser().parse_args(["-s", "srv"]).verbose == 0
+    assert jt.build_parser().parse_args(["-s", "srv", "-v"]).verbose == 1
+    assert jt.build_parser().parse_args(["-vv", "-s", "srv"]).verbose == 2
