@@ -175,6 +175,9 @@ printf '%s\n' "$answer"
 """
 
 
+# ----------------------------------------------------------------- errors and messages
+
+
 class TunnelError(Exception):
     """A failure to report as one ``Error:`` line, with the exit code to use."""
 
@@ -189,6 +192,46 @@ class Interrupted(Exception):
 
 class ServerStopped(Exception):
     """The Jupyter server stopped while the tunnel was up: a normal end."""
+
+
+def _use_colour(stream) -> bool:
+    """Colour only on a terminal, and never when NO_COLOR is set (https://no-color.org)."""
+    return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def escape_text(text: str) -> str:
+    """``text`` with every character a terminal would act on shown escaped (see ESCAPES)."""
+    return text.translate(ESCAPES)
+
+
+def has_control(text: str) -> bool:
+    """Whether ``text`` holds a character that escape_text would escape."""
+    return any(ord(char) in ESCAPES for char in text)
+
+
+def say(kind: str, text: str) -> None:
+    """Print an ``Info:``, ``Warning:``, ``Error:`` or ``Debug:`` line on stderr.
+
+    ``text`` is shown escaped (escape_text): it often quotes the remote (a root directory,
+    ssh's or the remote shell's words), whose newlines or ANSI sequences would otherwise
+    forge lines or drive the terminal.
+    """
+    colours = {"Info": "32", "Warning": "33", "Error": "31", "Debug": "36"}
+    label = f"{kind}:"
+    if _use_colour(sys.stderr):
+        label = f"\033[{colours.get(kind, '0')}m{label}\033[0m"
+    print(f"{label} {escape_text(text)}", file=sys.stderr, flush=True)
+
+
+def which_or_fail(program: str, why: str) -> str:
+    """The full path of ``program``, or a TunnelError naming what needs it."""
+    path = shutil.which(program)
+    if not path:
+        raise TunnelError(f"{program} not found in PATH ({why})", EXIT_MISSING)
+    return path
+
+
+# ----------------------------------------------------------- the route and the servers
 
 
 class Route(NamedTuple):
@@ -223,11 +266,27 @@ class Route(NamedTuple):
         return f"{self.node} (from {self.target})" if self.node else self.target
 
 
-class Answer(NamedTuple):
-    """What the readiness probe got back through the tunnel."""
+def parse_hosts(values: Iterable[str], node: str | None = None) -> Route:
+    """Turn the ``-s`` values (and ``-n``) into a Route; ``"gw host"`` and ``gw,host`` work."""
+    hosts: list[str] = []
+    for value in values:
+        hosts.extend(h for h in value.replace(",", " ").split() if h)
+    if not hosts:
+        raise TunnelError("no host given to -s/--host", EXIT_USAGE)
+    node = (node or "").strip()
+    for host in [*hosts, node]:
+        if host.startswith("-") or any(c.isspace() for c in host):
+            # ssh would take it for an option: refuse instead of letting it change ssh's behaviour
+            raise TunnelError(f"invalid host name {host!r}", EXIT_USAGE)
+    return Route(tuple(hosts), node)
 
-    status: int  # the HTTP status; 0 when the connection closed without an answer
-    jupyter: bool = False  # whether the answer is a Jupyter server's (see parse_probe_answer)
+
+def build_destination(host: str) -> list[str]:
+    """ssh arguments naming ``host``; ``[user@]host:port`` becomes an ``ssh://`` URI."""
+    name = host.rsplit("@", 1)[-1]
+    if name.count(":") == 1 and name.split(":")[1].isdigit():
+        return [f"ssh://{host}"]
+    return [host]
 
 
 class Server(NamedTuple):
@@ -254,30 +313,96 @@ class Server(NamedTuple):
         return f"{where}  {kind}  {self.root_dir or '?'}  pid {self.pid}"
 
 
-# --------------------------------------------------------------------------- pure parts
+def is_host_address(text: str) -> bool:
+    """Whether ``text`` is a host name or an IP literal, fit for the host part of ``-L``."""
+    if text in ANY_ADDRESS or HOST_NAME_RE.fullmatch(text):
+        return True  # host names and IPv4 addresses
+    import ipaddress  # only now: a few ms that a server on a host name never costs
+
+    try:
+        ipaddress.IPv6Address(text[1:-1] if text[:1] == "[" and text[-1:] == "]" else text)
+    except ValueError:
+        return False
+    return True
 
 
-def parse_hosts(values: Iterable[str], node: str | None = None) -> Route:
-    """Turn the ``-s`` values (and ``-n``) into a Route; ``"gw host"`` and ``gw,host`` work."""
-    hosts: list[str] = []
-    for value in values:
-        hosts.extend(h for h in value.replace(",", " ").split() if h)
-    if not hosts:
-        raise TunnelError("no host given to -s/--host", EXIT_USAGE)
-    node = (node or "").strip()
-    for host in [*hosts, node]:
-        if host.startswith("-") or any(c.isspace() for c in host):
-            # ssh would take it for an option: refuse instead of letting it change ssh's behaviour
-            raise TunnelError(f"invalid host name {host!r}", EXIT_USAGE)
-    return Route(tuple(hosts), node)
+def _short(value: object) -> str:
+    """``repr(value)`` cut to a length fit for a message."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
-def build_destination(host: str) -> list[str]:
-    """ssh arguments naming ``host``; ``[user@]host:port`` becomes an ``ssh://`` URI."""
-    name = host.rsplit("@", 1)[-1]
-    if name.count(":") == 1 and name.split(":")[1].isdigit():
-        return [f"ssh://{host}"]
-    return [host]
+def _whole_number(info: dict, key: str, low: int, high: int, default: int | None = None) -> int:
+    """``info[key]`` if it is an int from ``low`` to ``high``, else a ValueError that says so."""
+    value = info.get(key, default)
+    # type() and not isinstance(): JSON true is a bool (an int subclass), and JSON 1e999
+    # is a float (inf) that int() cannot even convert
+    if type(value) is not int or not low <= value <= high:
+        raise ValueError(f"its {key} {_short(value)} is not a whole number from {low} to {high}")
+    return value
+
+
+def parse_app(cmdline: str) -> str:
+    """``lab``, ``notebook`` or ``server`` from a Jupyter process's command line."""
+    if "jupyter-lab" in cmdline or "jupyterlab" in cmdline or "jupyter lab" in cmdline:
+        return "lab"
+    if "notebook" in cmdline:
+        return "notebook"
+    return "server"
+
+
+def parse_server(info: dict, source: str = "", cmdline: str = "") -> Server:
+    """A Server from the JSON of one runtime file (jpserver or nbserver).
+
+    Everything in the file is the remote's word, and parts of it end up in the browser's
+    URL, in ssh's ``-L`` and in the probe's request: a field that could make any of them
+    point elsewhere is a ValueError (its message says which field), never a guess.
+    """
+    from urllib.parse import urlsplit
+
+    if not isinstance(info, dict):
+        raise ValueError("it is not a JSON object")
+    url = urlsplit(str(info.get("url") or ""))
+    port = _whole_number(info, "port", 0, 65535, default=0)
+    if not port:
+        try:
+            port = url.port or 0
+        except ValueError:  # "http://localhost:99999/"
+            port = 0
+    host = str(info.get("hostname") or url.hostname or "localhost")
+    if not is_host_address(host):
+        raise ValueError(f"its hostname {_short(host)} is not a host name or an IP address")
+    base_url = str(info.get("base_url") or "/")
+    # The URL is http://localhost:PORT + base_url: a base_url not starting with "/" would
+    # change the host ("@otherhost:9/"); a space or newline would cut the URL, "?" and "#"
+    # would push the token out of the path.
+    if not base_url.startswith("/") or any(char.isspace() or char in "?#" for char in base_url) \
+            or has_control(base_url):
+        raise ValueError(f"its base_url {_short(base_url)} is not a path starting with /")
+    if not base_url.endswith("/"):
+        base_url += "/"
+    token = str(info.get("token") or "")
+    sock = str(info.get("sock") or "")
+    for key, value in (("token", token), ("sock", sock)):
+        if has_control(value):  # the token goes into the probe's header, sock into -L
+            raise ValueError(f"its {key} holds control characters")
+    return Server(
+        pid=_whole_number(info, "pid", 1, MAX_PID),
+        port=port,
+        host=host,
+        base_url=base_url,
+        token=token,
+        # notebook < 7 says notebook_dir, jupyter_server says root_dir
+        root_dir=str(info.get("root_dir") or info.get("notebook_dir") or ""),
+        sock=sock,
+        secure=bool(info.get("secure")),
+        version=str(info.get("version") or ""),
+        app=parse_app(cmdline) if cmdline else ("notebook" if "nbserver-" in source else "server"),
+        source=source,
+    )
+
+
+# --------------------------------------------------------------------- 1. connect once
 
 
 def build_include_path(path: str) -> str:
@@ -357,496 +482,6 @@ def build_mux_argv(ssh: str, config: str, control: str, route: Route, *args: str
     return argv + build_destination(route.target)
 
 
-# The discovery script.  It needs neither python nor jupyter on PATH: over a
-# non-interactive ssh a venv or conda jupyter usually is not.  The runtime directory follows
-# jupyter_core's rules ($JUPYTER_RUNTIME_DIR, else $JUPYTER_DATA_DIR/runtime, else the XDG
-# data dir; macOS hosts use ~/Library/Jupyter).  A file whose pid is dead (a SIGKILLed
-# server leaves its file behind) or not a Jupyter process (the pid was reused) is reported,
-# not printed.  A file that says port 0 (notebook < 7 and jupyter_server < 2.20 started with
-# --port=0 write that) comes with the TCP ports its pid listens on: from the pid's socket
-# inodes and /proc/net/tcp* on Linux, from lsof elsewhere.
-#
-# It is written to survive being one line inside single quotes for ANY login shell (sshd
-# hands the command to it): every line ends its own statement, and there is no ' ! or
-# newline in it (csh and tcsh reject a newline inside quotes and expand ! even there) and no
-# double backslash (fish's single quotes).  Sending it as the command rather than on stdin
-# saves a round trip through the whole chain: ssh sends stdin only once the command runs.
-# Its first line, "MARK start", tells that it ran: a login shell such as /bin/false or
-# nologin runs no command at all, and says so at best in words of its own.
-DISCOVERY_SCRIPT = r"""M=@MARK@; echo "$M start"; found=0;
-ports_of() { ports=;
-  if [ -d /proc/$1/fd ]; then
-    for inode in $(ls -l /proc/$1/fd 2>/dev/null | sed -n "s/.*socket:\[\([0-9]*\)\].*/\1/p"); do
-      for hex in $(awk -v i=$inode "\$4 == \"0A\" && \$10 == i { split(\$2, a, \":\"); print a[2] }" /proc/net/tcp /proc/net/tcp6 2>/dev/null); do
-        ports="$ports $(printf %d 0x$hex)";
-      done;
-    done;
-  elif command -v lsof >/dev/null 2>&1; then
-    ports=$(lsof -a -p $1 -iTCP -sTCP:LISTEN -P -n -Fn 2>/dev/null | sed -n "s/^n.*:\([0-9]*\)$/\1/p");
-  fi;
-  echo "$M ports $1" $ports;
-};
-for d in "${JUPYTER_RUNTIME_DIR:-}" "${JUPYTER_DATA_DIR:+$JUPYTER_DATA_DIR/runtime}" "${XDG_DATA_HOME:-$HOME/.local/share}/jupyter/runtime" "$HOME/Library/Jupyter/runtime" "$HOME/Library/Application Support/Jupyter/runtime"; do
-  [ -n "$d" ] && [ -d "$d" ] || continue;
-  for f in "$d"/jpserver-*.json "$d"/nbserver-*.json; do
-    [ -f "$f" ] || continue;
-    found=1;
-    pid=${f##*/}; pid=${pid#*server-}; pid=${pid%.json};
-    [ "$pid" -gt 0 ] 2>/dev/null || continue;
-    if kill -0 $pid 2>/dev/null; then :; else echo "$M stale $f"; continue; fi;
-    if [ -r /proc/$pid/cmdline ]; then cmd=$(tr "\000" " " </proc/$pid/cmdline); else cmd=$(ps -o command= -p $pid 2>/dev/null); fi;
-    case $cmd in *jupyter*|*notebook*) ;; *) echo "$M foreign $f"; continue;; esac;
-    content=$(cat "$f");
-    echo "$M file $f"; echo "$M cmd $cmd"; printf "%s\n" "$content"; echo "$M end";
-    case $content in *\"port\":\ 0,*|*\"port\":0,*) ports_of $pid;; esac;
-  done;
-done;
-if [ $found = 0 ] && command -v jupyter >/dev/null 2>&1; then
-  echo "$M list"; jupyter server list --json 2>/dev/null; jupyter notebook list --json 2>/dev/null; echo "$M end";
-fi
-""".replace("@MARK@", MARK)
-
-
-def build_discovery_script(one_line: bool = False) -> str:
-    """The POSIX sh script that prints the live Jupyter servers' runtime files."""
-    if one_line:
-        return " ".join(line.strip() for line in DISCOVERY_SCRIPT.splitlines())
-    return DISCOVERY_SCRIPT
-
-
-def build_discovery_command(route: Route) -> tuple[str, str]:
-    """The remote command that discovers the servers, and what to send on its stdin."""
-    if not route.node:
-        return f"sh -c '{build_discovery_script(one_line=True)}'", ""
-    # With -n the head runs ssh to the node: the script goes on stdin, which avoids a
-    # second level of quoting (one more round trip, on the cluster's own network).
-    # BatchMode: a prompt on the head could never be answered, so fail instead of hanging.
-    # "MARK head" first: without it, the head's login shell refused the command.
-    return (f"echo {MARK} head; ssh -o BatchMode=yes -T {shlex.quote(route.node)} sh -s",
-            build_discovery_script())
-
-
-def parse_app(cmdline: str) -> str:
-    """``lab``, ``notebook`` or ``server`` from a Jupyter process's command line."""
-    if "jupyter-lab" in cmdline or "jupyterlab" in cmdline or "jupyter lab" in cmdline:
-        return "lab"
-    if "notebook" in cmdline:
-        return "notebook"
-    return "server"
-
-
-def escape_text(text: str) -> str:
-    """``text`` with every character a terminal would act on shown escaped (see ESCAPES)."""
-    return text.translate(ESCAPES)
-
-
-def has_control(text: str) -> bool:
-    """Whether ``text`` holds a character that escape_text would escape."""
-    return any(ord(char) in ESCAPES for char in text)
-
-
-def is_host_address(text: str) -> bool:
-    """Whether ``text`` is a host name or an IP literal, fit for the host part of ``-L``."""
-    if text in ANY_ADDRESS or HOST_NAME_RE.fullmatch(text):
-        return True  # host names and IPv4 addresses
-    import ipaddress  # only now: a few ms that a server on a host name never costs
-
-    try:
-        ipaddress.IPv6Address(text[1:-1] if text[:1] == "[" and text[-1:] == "]" else text)
-    except ValueError:
-        return False
-    return True
-
-
-def _short(value: object) -> str:
-    """``repr(value)`` cut to a length fit for a message."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _whole_number(info: dict, key: str, low: int, high: int, default: int | None = None) -> int:
-    """``info[key]`` if it is an int from ``low`` to ``high``, else a ValueError that says so."""
-    value = info.get(key, default)
-    # type() and not isinstance(): JSON true is a bool (an int subclass), and JSON 1e999
-    # is a float (inf) that int() cannot even convert
-    if type(value) is not int or not low <= value <= high:
-        raise ValueError(f"its {key} {_short(value)} is not a whole number from {low} to {high}")
-    return value
-
-
-def parse_server(info: dict, source: str = "", cmdline: str = "") -> Server:
-    """A Server from the JSON of one runtime file (jpserver or nbserver).
-
-    Everything in the file is the remote's word, and parts of it end up in the browser's
-    URL, in ssh's ``-L`` and in the probe's request: a field that could make any of them
-    point elsewhere is a ValueError (its message says which field), never a guess.
-    """
-    from urllib.parse import urlsplit
-
-    if not isinstance(info, dict):
-        raise ValueError("it is not a JSON object")
-    url = urlsplit(str(info.get("url") or ""))
-    port = _whole_number(info, "port", 0, 65535, default=0)
-    if not port:
-        try:
-            port = url.port or 0
-        except ValueError:  # "http://localhost:99999/"
-            port = 0
-    host = str(info.get("hostname") or url.hostname or "localhost")
-    if not is_host_address(host):
-        raise ValueError(f"its hostname {_short(host)} is not a host name or an IP address")
-    base_url = str(info.get("base_url") or "/")
-    # The URL is http://localhost:PORT + base_url: a base_url not starting with "/" would
-    # change the host ("@otherhost:9/"); a space or newline would cut the URL, "?" and "#"
-    # would push the token out of the path.
-    if not base_url.startswith("/") or any(char.isspace() or char in "?#" for char in base_url) \
-            or has_control(base_url):
-        raise ValueError(f"its base_url {_short(base_url)} is not a path starting with /")
-    if not base_url.endswith("/"):
-        base_url += "/"
-    token = str(info.get("token") or "")
-    sock = str(info.get("sock") or "")
-    for key, value in (("token", token), ("sock", sock)):
-        if has_control(value):  # the token goes into the probe's header, sock into -L
-            raise ValueError(f"its {key} holds control characters")
-    return Server(
-        pid=_whole_number(info, "pid", 1, MAX_PID),
-        port=port,
-        host=host,
-        base_url=base_url,
-        token=token,
-        # notebook < 7 says notebook_dir, jupyter_server says root_dir
-        root_dir=str(info.get("root_dir") or info.get("notebook_dir") or ""),
-        sock=sock,
-        secure=bool(info.get("secure")),
-        version=str(info.get("version") or ""),
-        app=parse_app(cmdline) if cmdline else ("notebook" if "nbserver-" in source else "server"),
-        source=source,
-    )
-
-
-def parse_discovery(output: str) -> tuple[list[Server], list[str]]:
-    """Servers and warnings from the discovery script's output.
-
-    Anything outside the markers (a chatty ``.bashrc``, say) is ignored.  A runtime file
-    that is not valid JSON (a truncated write) is skipped with a warning, never a crash.
-    """
-    servers: list[Server] = []
-    warnings: list[str] = []
-    seen: set[tuple[int, int, str]] = set()
-    block: list[str] | None = None
-    source = cmdline = ""
-
-    def add(text: str, src: str, cmd: str) -> None:
-        try:
-            info = json.loads(text)
-        except (ValueError, RecursionError):  # RecursionError: [[[[...]]]] nested too deep
-            warnings.append(f"skipping unreadable Jupyter runtime file {src}")
-            return
-        try:
-            server = parse_server(info, src, cmd)
-        except ValueError as error:
-            warnings.append(f"skipping Jupyter runtime file {src}: {error}")
-            return
-        key = (server.pid, server.port, server.sock)
-        if key not in seen:  # one file can be reached from two runtime dir rules
-            seen.add(key)
-            servers.append(server)
-
-    listening: dict[int, list[int]] = {}
-    for line in output.splitlines():
-        if line.startswith(MARK):
-            word, _, arg = line[len(MARK):].strip().partition(" ")
-            if word == "ports":
-                numbers = [int(n) for n in arg.split() if n.isascii() and n.isdigit()]
-                if numbers and len(numbers) == len(arg.split()):  # else not our script's line
-                    listening[numbers[0]] = sorted({port for port in numbers[1:] if 0 < port < 65536})
-            elif word in ("file", "list"):
-                block, source, cmdline = [], arg, ""
-            elif word == "cmd" and block is not None:
-                cmdline = arg
-            elif word == "end" and block is not None:
-                if source:
-                    add("\n".join(block), source, cmdline)
-                else:  # "jupyter server list --json": one object per line
-                    for item in block:
-                        if item.strip():
-                            add(item, "jupyter server list", "")
-                block = None
-        elif block is not None:
-            block.append(line)
-    for i, server in enumerate(servers):
-        if server.port == 0 and not server.sock and listening.get(server.pid):
-            # the file said port 0: the pid's one listening port is the server's
-            servers[i] = server._replace(port=listening[server.pid][0])
-    # a stable order, so that the numbers of --list mean the same to --pick
-    return sorted(servers, key=lambda s: (s.sock != "", s.port, s.sock, s.pid)), warnings
-
-
-def parse_discovery_failure(route: Route, returncode: int, stdout: str, stderr: str,
-                            master_alive: bool = True) -> TunnelError | None:
-    """Why the discovery command failed (None when it did not), from its output and exit code.
-
-    ssh exits 255 for its own failures (a lost connection, a node it cannot log into); a
-    login shell that runs no command (/bin/false, nologin) exits 1, and the script's first
-    line ("MARK start", "MARK head" on the head first) never comes.
-    """
-    lines = stdout.splitlines()
-    ran = f"{MARK} start" in lines
-    if ran and returncode == 0:
-        return None
-    reason = parse_ssh_error(stderr.splitlines())
-    if returncode == 255 and not ran:
-        if route.node and master_alive and f"{MARK} head" in lines:
-            return TunnelError(f"cannot reach node {route.node} from {route.target}: {reason}", EXIT_CONNECT)
-        return TunnelError(f"cannot look for Jupyter servers on {route.describe_server_host()}: {reason}",
-                           EXIT_ERROR)
-    if not ran:
-        refusing = route.node if f"{MARK} head" in lines else route.target
-        said = [line.strip() for line in [*lines, *stderr.splitlines()]
-                if line.strip() and not line.startswith((MARK, *SSH_NOISE))]
-        return TunnelError(
-            f"the account on {refusing} does not run commands: its login shell refuses them "
-            f"(e.g. /bin/false or nologin); it said "
-            + ("; ".join(said[:3]) if said else f"nothing (exit code {returncode})"), EXIT_CONNECT)
-    return TunnelError(f"cannot look for Jupyter servers on {route.describe_server_host()}: {reason}",
-                       EXIT_ERROR)
-
-
-def select_servers(servers: Sequence[Server], port: int | None = None, directory: str | None = None,
-                   pick: int | None = None) -> list[Server]:
-    """The servers that match ``--port``, ``--dir`` and ``--pick`` (all when none is given)."""
-    chosen = list(servers)
-    if pick is not None:
-        chosen = chosen[pick - 1:pick] if pick >= 1 else []
-    if port is not None:
-        chosen = [s for s in chosen if s.port == port]
-    if directory:
-        chosen = [s for s in chosen if directory in s.root_dir]
-    return chosen
-
-
-def server_auth(server: Server) -> str:
-    """How the server authenticates, as far as its runtime file tells."""
-    # "password": false is unreliable: a server protected by `jupyter server password`
-    # writes exactly what a server with authentication disabled writes
-    return "token" if server.token else "password or none"
-
-
-def server_info(number: int, server: Server) -> dict:
-    """A server as a JSON object for ``--list --json`` (no token: it is a secret)."""
-    return {
-        "number": number, "port": server.port, "sock": server.sock, "host": server.host,
-        "root_dir": server.root_dir, "app": server.app, "version": server.version,
-        "kind": "notebook<7" if not server.version and server.app == "notebook" else "jupyter_server",
-        "auth": server_auth(server), "secure": server.secure, "base_url": server.base_url,
-        "pid": server.pid,
-    }
-
-
-def format_server_table(servers: Sequence[Server]) -> str:
-    """The numbered table of ``--list`` (the numbers are what ``--pick`` takes)."""
-    rows = [("#", "PORT", "KIND", "AUTH", "ROOT DIRECTORY")]
-    for number, server in enumerate(servers, 1):
-        kind = server.describe().split("  ")[1]
-        where = server.sock or str(server.port or "?")
-        auth = server_auth(server) + (", https" if server.secure else "")
-        rows.append((str(number), where, kind, auth, server.root_dir or "?"))
-    rows = [[escape_text(cell) for cell in row] for row in rows]  # root_dir, sock, version: the remote's
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[4]]) for row in rows]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def backoff_delays(first: float = 1.0, cap: float = MAX_BACKOFF) -> Iterator[float]:
-    """Waits before reconnection attempts: 0 (at once), then 1, 2, 4 ... capped at ``cap``."""
-    yield 0.0
-    delay = first
-    while True:
-        yield delay
-        delay = min(delay * 2, cap)
-
-
-def follow_server(servers: Sequence[Server], previous: Server) -> Server | None:
-    """After a reconnection: the same server, or the one that replaced it if unambiguous."""
-    for server in servers:
-        if (server.pid, server.port, server.sock) == (previous.pid, previous.port, previous.sock):
-            return server
-    if len(servers) == 1:
-        return servers[0]  # restarted (new pid, maybe new port and token): follow it
-    return None
-
-
-def candidate_ports(first: int, count: int = 100) -> range:
-    """Local ports to try: ``first`` and the ones above it (the original tool's rule)."""
-    first = max(1, min(first, 65535))
-    return range(first, min(first + count, 65536))
-
-
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
-ANY_ADDRESS = ("", "0.0.0.0", "*", "::", "[::]")
-
-
-def forward_target(server: Server, node: str = "") -> str:
-    """The ``host:port`` (or socket path) the remote side connects to for the forward.
-
-    The remote sshd resolves the host name, so a name only the remote side knows works.
-    """
-    if server.sock:
-        if node:
-            raise TunnelError(f"the server on {node} listens on a unix socket, which the head "
-                              "node cannot reach: start it with --ip=$(hostname --fqdn)", EXIT_NO_SERVER)
-        return server.sock
-    host = server.host
-    if node:
-        if host in LOOPBACK_NAMES:
-            raise TunnelError(f"the server on {node} listens on the node's loopback only, which the "
-                              "head node cannot reach: start it with --ip=$(hostname --fqdn)", EXIT_NO_SERVER)
-        if host in ANY_ADDRESS:
-            host = node  # listening on every interface: the node's name reaches it
-    elif host in ("", "0.0.0.0", "*"):
-        host = "127.0.0.1"  # a server on every interface listens on loopback too
-    elif host in ("::", "[::]"):
-        host = "::1"
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"{host}:{server.port}"
-
-
-def build_forward_spec(local_port: int, server: Server, node: str = "") -> str:
-    """The ``-L`` argument: bound to loopback only, so nobody else on the LAN can use it."""
-    return f"127.0.0.1:{local_port}:{forward_target(server, node)}"
-
-
-def build_url(local_port: int, server: Server, host: str = "localhost") -> str:
-    """The URL the browser opens: the server's base_url on the local port, with its token."""
-    from urllib.parse import quote, urlunsplit
-
-    scheme = "https" if server.secure else "http"
-    query = f"token={quote(server.token, safe='')}" if server.token else ""
-    # urlunsplit writes the authority first and makes the path start with "/": whatever a
-    # base_url holds (parse_server refuses the odd ones anyway), the URL points at
-    # host:local_port
-    return urlunsplit((scheme, f"{host}:{local_port}", server.base_url, query, ""))
-
-
-def build_probe_request(local_port: int, server: Server) -> bytes:
-    """The HTTP/1.0 request of the readiness probe (HTTP/1.0: the server closes after it)."""
-    auth = f"Authorization: token {server.token}\r\n" if server.token else ""
-    return (f"GET {server.base_url}api/status HTTP/1.0\r\nHost: 127.0.0.1:{local_port}\r\n"
-            f"{auth}\r\n").encode()
-
-
-def build_http_response(status: int, reason: str, body: str, headers: Sequence[str] = ()) -> bytes:
-    """A whole HTTP/1.1 answer that closes the connection, is never cached, and sends no Referer."""
-    data = body.encode()
-    lines = [f"HTTP/1.1 {status} {reason}", *headers, "Content-Type: text/html; charset=utf-8",
-             f"Content-Length: {len(data)}", "Cache-Control: no-store", "Referrer-Policy: no-referrer",
-             "Connection: close"]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
-
-
-def build_redirect_response(location: str) -> bytes:
-    """The one answer of the browser's one-time address: a 303 to ``location``, and a link."""
-    from html import escape
-    from urllib.parse import quote
-
-    # Percent-encode all but printable ASCII: a CR or LF from the remote's base_url must not
-    # become a header line of its own, and a header must be ASCII anyway.
-    location = quote(location, safe="".join(map(chr, range(0x21, 0x7F))))
-    body = f'<!DOCTYPE html>\n<title>Jupyter</title>\n<p><a href="{escape(location)}">Open Jupyter</a></p>\n'
-    return build_http_response(303, "See Other", body, [f"Location: {location}"])
-
-
-def parse_request_line(head: bytes) -> tuple[str, str] | None:
-    """``(method, target)`` from the first line of an HTTP/1.x request, or None."""
-    parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1].startswith("/"):
-        return None
-    return parts[0], parts[1]
-
-
-def build_one_shot_answer(head: bytes, path: str, location: str, allowed: bool) -> tuple[bytes, bool]:
-    """The one-time address's answer to a request head, and whether it is THE redirect.
-
-    Only an allowed peer asking ``GET path`` gets the redirect to ``location`` (the URL with
-    the token); every other answer holds no token, and the address stays open for the browser.
-    """
-    import secrets
-
-    if not allowed:
-        return build_http_response(403, "Forbidden", "<p>This one-time address belongs to another user's "
-                                   "jupyter-tunnel. If you started it, open the URL it printed.</p>\n"), False
-    request = parse_request_line(head)
-    if request is None:
-        return build_http_response(400, "Bad Request", "<p>Bad request.</p>\n"), False
-    method, target = request
-    # in constant time: the path is the secret of the address
-    if not secrets.compare_digest(target.encode("latin-1"), path.encode()):
-        return build_http_response(404, "Not Found", "<p>Not found.</p>\n"), False
-    if method != "GET":
-        return build_http_response(405, "Method Not Allowed", "<p>GET only.</p>\n", ["Allow: GET"]), False
-    return build_redirect_response(location), True
-
-
-def proc_net_address(host: str, port: int, byteorder: str = sys.byteorder) -> str:
-    """An IPv4 ``host:port`` as ``/proc/net/tcp`` writes it: ``0100007F:1F90`` for 127.0.0.1:8080.
-
-    The kernel prints the address's four bytes as one 32-bit number in the machine's own
-    byte order (so little-endian machines show 127.0.0.1 backwards), and the port in hex.
-    """
-    return f"{int.from_bytes(socket.inet_aton(host), byteorder):08X}:{port:04X}"  # type: ignore[arg-type]
-
-
-def parse_peer_uid(text: str, peer: tuple[str, int], listener: tuple[str, int],
-                   byteorder: str = sys.byteorder) -> int | None:
-    """The uid that owns the socket connected from ``peer`` to ``listener``, from the text of
-    ``/proc/net/tcp``; None when it is not listed or no process holds it any more.
-
-    The peer's own entry is the one whose local address is ``peer`` and whose remote address
-    is ``listener`` (our accepted socket is listed too, the other way round, with OUR uid).
-    """
-    local, remote = proc_net_address(*peer, byteorder), proc_net_address(*listener, byteorder)
-    for line in text.splitlines()[1:]:
-        # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
-        fields = line.split()
-        if len(fields) >= 10 and fields[1].upper() == local and fields[2].upper() == remote:
-            # Inode 0: a socket that its process has closed (orphaned, or TIME_WAIT), which
-            # the kernel lists with uid 0 whoever owned it; it could not read an answer anyway.
-            if fields[9] == "0" or not fields[7].isdigit():
-                return None
-            return int(fields[7])
-    return None
-
-
-def parse_status_line(answer: bytes) -> int:
-    """The status code of an HTTP answer, or 0 when there is none."""
-    parts = answer.split(b"\r\n", 1)[0].split()
-    if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit():
-        return int(parts[1])
-    return 0
-
-
-def parse_probe_answer(answer: bytes) -> Answer:
-    """The status of the probe's answer, and whether a Jupyter server gave it.
-
-    Any program may listen on the forwarded port (a dead server's port, taken again): only
-    Jupyter's own answers count.  jupyter_server and notebook >= 5 answer /api/status with
-    a JSON object holding "started" (and last_activity, connections, kernels), and refuse a
-    request without a valid token (a password server) with a 403 whose body their
-    APIHandler writes as JSON: {"message": "Forbidden", "reason": null} (jupyter_server
-    2.21 and notebook 6.5 alike).
-    """
-    status = parse_status_line(answer)
-    _, sep, body = answer.partition(b"\r\n\r\n")
-    try:
-        data = json.loads(body) if sep else None
-    except (ValueError, RecursionError):  # not JSON (an HTML page), or nested too deep
-        data = None
-    key = {200: "started", 403: "message"}.get(status)
-    return Answer(status, isinstance(data, dict) and key in data)
-
-
 def parse_ssh_error(lines: Iterable[str], returncode: int | None = None) -> str:
     """ssh's own reason for a failure, from its stderr, without the noise lines."""
     useful = [line.strip() for line in lines if line.strip() and not line.startswith(SSH_NOISE)]
@@ -855,192 +490,6 @@ def parse_ssh_error(lines: Iterable[str], returncode: int | None = None) -> str:
     if returncode is not None and returncode < 0:
         return f"ssh was killed by {signal.Signals(-returncode).name}"
     return "ssh gave no reason"
-
-
-def build_state(pid: int, route: Route, directory: str, started: float) -> dict:
-    """The registry entry of a run that is connecting: what a user needs to pick it, and
-    what to clean up after it (never the token)."""
-    return {
-        "pid": pid, "state": CONNECTING, "hosts": list(route.hosts), "node": route.node,
-        "local_port": None, "remote_host": route.server_host, "remote_port": None, "sock": "",
-        "server_pid": None, "root_dir": "", "started": started,
-        # for cleaning up after a run that was SIGKILLed: its ssh master (and agent)
-        # outlive it, and its private directory stays
-        "control_dir": directory, "master_pid": None, "agent_pid": None,
-    }
-
-
-def build_forward_state(server: Server, local_port: int) -> dict:
-    """The fields of a registry entry known once the local port is forwarded to the server."""
-    return {"local_port": local_port, "remote_port": server.port, "sock": server.sock,
-            "server_pid": server.pid, "root_dir": server.root_dir}
-
-
-def as_pid(value: object) -> int | None:
-    """``value`` if it can be a pid worth looking at (an int above 1: never init), else None."""
-    if isinstance(value, int) and not isinstance(value, bool) and 1 < value < 2**31:
-        return value
-    return None
-
-
-def is_private_dir_path(path: object, parents: Iterable[str]) -> bool:
-    """Whether ``path`` is named as make_private_dir names its directories, in one of ``parents``."""
-    if not isinstance(path, str) or not os.path.isabs(path) or os.path.normpath(path) != path:
-        return False  # "/tmp/../home/u/jt-abcdefgh" is not in /tmp
-    parent, name = os.path.split(path)
-    suffix = name[len(PRIVATE_PREFIX):]
-    return (name.startswith(PRIVATE_PREFIX) and len(suffix) == 8 and set(suffix) <= MKDTEMP_CHARS
-            and parent in {os.path.normpath(p) for p in parents})
-
-
-def private_dir_problem(mode: int, owner: int, uid: int) -> str:
-    """Why a directory with this ``lstat`` mode and owner is not a private one of ``uid``; "" if it is."""
-    if stat.S_ISLNK(mode):
-        return "it is a symbolic link"
-    if not stat.S_ISDIR(mode):
-        return "it is not a directory"
-    if owner != uid:
-        return f"it belongs to uid {owner}"
-    if stat.S_IMODE(mode) != 0o700:
-        return f"its mode is {stat.S_IMODE(mode):04o}, not 0700"
-    return ""
-
-
-def is_master_argv(argv: Sequence[str], control_dir: str) -> bool:
-    """Whether ``argv`` is exactly the shape of the ssh master build_master_argv makes for
-    ``control_dir``: ``ssh``, its options only, ``-M``, ``-S DIR/c``, ``-F DIR/ssh_config``,
-    ``-N``, ``-o ControlPersist=no``, then one destination."""
-    if len(argv) < 3 or os.path.basename(argv[0]) != "ssh" or argv[-1].startswith("-"):
-        return False
-    values: dict[str, list[str]] = {}
-    flags: set[str] = set()
-    i = 1
-    while i < len(argv) - 1:
-        arg = argv[i]
-        if arg in MASTER_OPTIONS_WITH_VALUE and i + 2 < len(argv):
-            values.setdefault(arg, []).append(argv[i + 1])
-            i += 2
-        elif arg in MASTER_FLAGS or (arg.startswith("-") and set(arg[1:]) == {"v"}):  # -v, -vv
-            flags.add(arg)
-            i += 1
-        else:
-            return False
-    return (flags >= {"-M", "-N"} and "ControlPersist=no" in values.get("-o", [])
-            and values.get("-S") == [os.path.join(control_dir, CONTROL_SOCKET)]
-            and values.get("-F") == [os.path.join(control_dir, CONFIG_FILE)])
-
-
-def is_agent_argv(argv: Sequence[str], control_dir: str) -> bool:
-    """Whether ``argv`` is exactly that of the ssh-agent start_agent starts for ``control_dir``."""
-    return (len(argv) == 4 and os.path.basename(argv[0]) == "ssh-agent"
-            and list(argv[1:]) == ["-D", "-a", os.path.join(control_dir, AGENT_SOCKET)])
-
-
-def _is_interpreter(program: str) -> bool:
-    """Whether ``program`` (a basename) runs a script given as an argument."""
-    name = program.lower()  # macOS framework builds run ".../Python"
-    return "python" in name or "pypy" in name or name in SHELLS
-
-
-def script_index(argv: Sequence[str]) -> int | None:
-    """Index in ``argv`` of what the process runs (the program, or an interpreter's script)."""
-    if not argv:
-        return None
-    if not _is_interpreter(os.path.basename(argv[0])):
-        return 0
-    i = 1
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "-m" or (arg.startswith("-m") and not arg.startswith("--")):
-            return i  # python -m MODULE (or -mMODULE)
-        if arg.startswith("-c") and not arg.startswith("--"):
-            return None  # python -c CODE, sh -c CODE: no script
-        if arg in OPTIONS_WITH_VALUE:
-            i += 2
-            continue
-        if arg.startswith("-") and arg != "-":
-            i += 1
-            continue
-        return i
-    return None
-
-
-def is_tunnel_argv(argv: Sequence[str]) -> bool:
-    """Whether a command line runs jupyter-tunnel: the program or the interpreter's script.
-
-    Deliberately strict: a mere mention (``vim jupyter_tunnel.py``, a venv or checkout
-    called ``jupyter-tunnel``) is not a tunnel, and neither is this shutdown script.
-    """
-    i = script_index(argv)
-    if i is None:
-        return False
-    arg = argv[i]
-    if arg.startswith("-m"):
-        module = arg[2:] or (argv[i + 1] if i + 1 < len(argv) else "")
-        return module == TUNNEL_MODULE
-    return os.path.basename(arg) in TUNNEL_SCRIPTS
-
-
-def parse_status_field(text: str, name: str) -> int | None:
-    """The first number of field ``name`` in the text of ``/proc/PID/status`` (``Uid:``, ``PPid:``)."""
-    for line in text.splitlines():
-        if line.startswith(f"{name}:"):
-            fields = line.split()
-            return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
-    return None
-
-
-def parse_status_uid(text: str) -> int | None:
-    """The real uid from the text of ``/proc/PID/status`` (``Uid: real effective saved fs``)."""
-    return parse_status_field(text, "Uid")
-
-
-def split_cmdline(raw: bytes) -> list[str]:
-    """argv from the bytes of ``/proc/PID/cmdline`` (NUL-separated; empty for a zombie)."""
-    return [arg.decode(errors="replace") for arg in raw.split(b"\0")[:-1]] if raw else []
-
-
-def parse_ps(text: str) -> list[tuple[int, int, list[str]]]:
-    """``(pid, uid, argv)`` from ``ps -o pid=,uid=,command=`` (argv split at spaces: ps joins it)."""
-    found = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) >= 3 and fields[0].isdigit() and fields[1].isdigit():
-            found.append((int(fields[0]), int(fields[1]), fields[2:]))
-    return found
-
-
-# --------------------------------------------------------------------------- messages
-
-
-def _use_colour(stream) -> bool:
-    """Colour only on a terminal, and never when NO_COLOR is set (https://no-color.org)."""
-    return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
-
-
-def say(kind: str, text: str) -> None:
-    """Print an ``Info:``, ``Warning:``, ``Error:`` or ``Debug:`` line on stderr.
-
-    ``text`` is shown escaped (escape_text): it often quotes the remote (a root directory,
-    ssh's or the remote shell's words), whose newlines or ANSI sequences would otherwise
-    forge lines or drive the terminal.
-    """
-    colours = {"Info": "32", "Warning": "33", "Error": "31", "Debug": "36"}
-    label = f"{kind}:"
-    if _use_colour(sys.stderr):
-        label = f"\033[{colours.get(kind, '0')}m{label}\033[0m"
-    print(f"{label} {escape_text(text)}", file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- I/O parts
-
-
-def which_or_fail(program: str, why: str) -> str:
-    """The full path of ``program``, or a TunnelError naming what needs it."""
-    path = shutil.which(program)
-    if not path:
-        raise TunnelError(f"{program} not found in PATH ({why})", EXIT_MISSING)
-    return path
 
 
 def make_private_dir() -> str:
@@ -1068,340 +517,6 @@ def check_private_dir(path: str) -> str:
     except OSError as error:
         return error.strerror or str(error)
     return private_dir_problem(info.st_mode, info.st_uid, os.getuid())
-
-
-def port_is_free(port: int) -> bool:
-    """Whether 127.0.0.1:port can be bound, as ssh binds its listeners."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        # ssh sets SO_REUSEADDR, so a port whose last connection is in TIME_WAIT is free
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def probe_server(local_port: int, server: Server, timeout: float = 5.0) -> Answer | None:
-    """The answer to ``/api/status`` through the tunnel; status 0 when the connection was
-    closed without an answer (the remote end refused it), None when nothing came in time.
-
-    ``Authorization: token`` works on notebook >= 5 and every jupyter_server (``Bearer``
-    only on jupyter_server >= 2), and the request does not count as activity, so probing
-    never defeats the server's idle culling.  A raw socket, not urllib: it costs nothing
-    to import, and HTTP/1.0 makes the server close once it has answered.
-    """
-    request = build_probe_request(local_port, server)
-    answer = b""
-    try:
-        with socket.create_connection(("127.0.0.1", local_port), timeout=timeout) as conn:
-            if server.secure:
-                import ssl  # only now: it costs ~15 ms and ~5 MB for every other server
-
-                context = ssl.create_default_context()
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE  # the server's own self-signed certificate
-                conn = context.wrap_socket(conn)
-            conn.sendall(request)
-            while len(answer) < MAX_ANSWER:
-                chunk = conn.recv(16384)
-                if not chunk:
-                    break
-                answer += chunk
-    except socket.timeout:
-        if not answer:
-            return None  # a busy server (or network): it may still answer
-    except OSError:
-        if not answer:
-            return Answer(0)  # reset, or refused: nothing will answer there
-    # closed without a status line (status 0): ssh accepted the local connection, could not
-    # connect to the server on the remote side, and closed it
-    return parse_probe_answer(answer)
-
-
-def registry_dir() -> str:
-    """The private per-user directory where running tunnels register themselves."""
-    if os.environ.get(REGISTRY_ENV):
-        return os.environ[REGISTRY_ENV]
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isdir(runtime):
-        return os.path.join(runtime, "jupyter-tunnel")
-    # cron jobs, runuser and some ssh sessions lack XDG_RUNTIME_DIR: use the same place
-    # a desktop session would when it is there and ours
-    runtime = f"/run/user/{os.getuid()}"
-    if os.path.isdir(runtime) and os.stat(runtime).st_uid == os.getuid():
-        return os.path.join(runtime, "jupyter-tunnel")
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(cache, "jupyter-tunnel")
-
-
-def prepare_registry(directory: str) -> str:
-    """Create the registry directory if needed; why it cannot be used ("" when it can)."""
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-    except OSError as error:
-        return error.strerror or str(error)
-    return check_private_dir(directory)
-
-
-def registry_refused(directory: str, problem: str) -> str:
-    """The warning for a registry directory that is not a private one of ours."""
-    return (f"not using the registry directory {directory!r}: {problem} (it must be a directory "
-            "of yours with mode 0700, not a link)")
-
-
-def write_state(state: dict, directory: str) -> str:
-    """Write ``<pid>.json`` atomically (0600) into a registry directory prepare_registry passed."""
-    path = os.path.join(directory, f"{state['pid']}.json")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")  # mode 0600
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(state, f)
-        os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
-
-
-def read_state(path: str) -> dict | None:
-    """One registry entry, or None when it is gone or not one."""
-    try:
-        with open(path) as f:
-            state = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(state, dict) or as_pid(state.get("pid")) is None:
-        return None
-    state["file"] = path
-    return state
-
-
-def read_states(directory: str | None = None) -> list[dict]:
-    """Every entry of a registry directory (oldest first); none, with a warning, from a
-    directory that is not a private one of ours: anyone may have written there."""
-    directory = directory or registry_dir()
-    problem = check_private_dir(directory)
-    if problem:
-        if problem != MISSING:
-            say("Warning", registry_refused(directory, problem))
-        return []
-    try:
-        names = sorted(os.listdir(directory))
-    except OSError:
-        return []
-    states = []
-    for name in names:
-        if name.endswith(".json") and not name.startswith("."):
-            state = read_state(os.path.join(directory, name))
-            if state is not None:
-                states.append(state)
-    return sorted(states, key=lambda state: _number(state.get("started")))
-
-
-def _number(value: object) -> float:
-    """A float for sorting, 0 for anything that is not a number."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
-
-
-class Registration:
-    """This run's registry entry: written as soon as there is something to clean up after
-    the run, rewritten as it goes (state, master pid), removed when it exits."""
-
-    def __init__(self, state: dict) -> None:
-        self.state = state
-        self.directory = registry_dir()
-        self.path = ""
-        problem = prepare_registry(self.directory)
-        if problem:
-            say("Warning", registry_refused(self.directory, problem)
-                + ": this tunnel is not registered; jupyter-tunnel-shutdown finds it by its command line")
-            self.directory = ""
-        self.update()
-
-    def update(self, **changes: object) -> None:
-        """Change fields of the entry and write it again."""
-        self.state.update(changes)
-        if not self.directory:
-            return
-        try:
-            self.path = write_state(self.state, self.directory)
-        except OSError as error:
-            say("Warning", f"cannot register this tunnel in {self.directory!r}: {error}")
-            self.directory = ""
-
-    def remove(self) -> None:
-        """Remove the entry (at exit)."""
-        if self.path:
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
-            self.path = ""
-
-
-def registry_dirs() -> list[str]:
-    """Every directory where a tunnel of this user may have registered, the usual one first."""
-    if os.environ.get(REGISTRY_ENV):
-        return [registry_dir()]
-    # A tunnel started in a desktop session registers under $XDG_RUNTIME_DIR, which cron
-    # jobs, sleep hooks (runuser) and plain ssh sessions lack: they would look in the cache
-    # directory instead.  So look in both, whatever this environment says.
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    candidates = [registry_dir(), os.path.join(f"/run/user/{os.getuid()}", "jupyter-tunnel"),
-                  os.path.join(cache, "jupyter-tunnel")]
-    dirs: list[str] = []
-    for directory in candidates:
-        if os.path.realpath(directory) not in map(os.path.realpath, dirs):
-            dirs.append(directory)
-    return dirs
-
-
-def process_info(pid: int) -> tuple[int, list[str]] | None:
-    """The real uid and argv of process ``pid``; None when it is gone or a zombie."""
-    if HAVE_PROC:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                uid = parse_status_uid(f.read())
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = split_cmdline(f.read())
-        except OSError:
-            return None
-        return (uid, argv) if uid is not None and argv else None
-    done = subprocess.run(["ps", "-o", "pid=,uid=,command=", "-p", str(pid)],
-                          capture_output=True, text=True)
-    found = [(uid, argv) for p, uid, argv in parse_ps(done.stdout) if p == pid]
-    return found[0] if found else None
-
-
-def is_own_tunnel(pid: int) -> bool:
-    """Whether ``pid`` is, right now, a live jupyter-tunnel of the user running this script.
-
-    The uid is checked, not a PermissionError awaited: root may signal anyone, and must
-    still touch only its own tunnels.
-    """
-    info = process_info(pid)
-    return info is not None and info[0] == os.getuid() and is_tunnel_argv(info[1])
-
-
-def parent_pid(pid: int) -> int | None:
-    """The parent of process ``pid``; None when it is gone."""
-    if HAVE_PROC:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                return parse_status_field(f.read(), "PPid")
-        except OSError:
-            return None
-    done = subprocess.run(["ps", "-o", "ppid=", "-p", str(pid)], capture_output=True, text=True)
-    return int(done.stdout) if done.stdout.strip().isdigit() else None
-
-
-def is_leftover(pid: int, control_dir: str, shape: Callable[[Sequence[str], str], bool]) -> bool:
-    """Whether ``pid`` is, right now, a dead run's own master or agent: ours, with exactly the
-    command line the run gave it (``shape``), and orphaned (its parent is no live tunnel:
-    a live run's master is its child)."""
-    info = process_info(pid)
-    if info is None or info[0] != os.getuid() or not shape(info[1], control_dir):
-        return False
-    parent = parent_pid(pid)
-    return parent is not None and not is_own_tunnel(parent)
-
-
-def signal_if(pid: int, check: Callable[[], bool], signum: int) -> bool:
-    """Send ``signum`` to ``pid`` only if ``check()`` holds right then; whether it was sent.
-
-    A pidfd (Linux >= 5.3) pins the process while it is checked: a pid reused between the
-    check and the signal gets nothing.
-    """
-    try:
-        pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):  # not Linux, or gone already (check() tells)
-        pidfd = None
-    try:
-        if not check():
-            return False
-        if pidfd is not None:
-            signal.pidfd_send_signal(pidfd, signum)
-        else:
-            os.kill(pid, signum)
-    except OSError:
-        return False
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
-    return True
-
-
-def socket_answers(path: str) -> bool:
-    """Whether a process listens on the unix socket ``path`` (a live master or agent)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
-        try:
-            probe.connect(path)
-        except OSError:
-            return False
-    return True
-
-
-def clean_leftovers(state: Mapping) -> str:
-    """After a run that died (SIGKILL): stop its master and agent, remove its directory and
-    its entry, each only once proven to be that run's own; returns why something the entry
-    names was left alone ("" when nothing was; the entry then stays, for the user to check).
-
-    The entry's word alone proves nothing: the directory must be named as make_private_dir
-    names them, where it makes them, and be ours with mode 0700; a process must have exactly
-    the command line the run gave it (is_master_argv, is_agent_argv) and be orphaned.
-    """
-    control = state.get("control_dir")
-    problem = ""
-    if isinstance(control, str) and control:
-        parents = private_dir_parents()
-        if not is_private_dir_path(control, parents):
-            problem = (f"it is not a directory jupyter-tunnel makes ({PRIVATE_PREFIX}XXXXXXXX in "
-                       f"{' or '.join(sorted(set(parents)))})")
-        else:
-            problem = check_private_dir(control)
-        if problem in ("", MISSING):
-            stopped = []
-            for key, shape in (("master_pid", is_master_argv), ("agent_pid", is_agent_argv)):
-                pid = as_pid(state.get(key))
-                if pid and signal_if(pid, lambda: is_leftover(pid, control, shape), signal.SIGTERM):
-                    stopped.append((pid, shape))
-            deadline = time.monotonic() + 5
-            while any(is_leftover(p, control, shape) for p, shape in stopped) and time.monotonic() < deadline:
-                time.sleep(0.02)
-        if not problem:
-            # a socket that still answers: some live process uses the directory
-            if any(socket_answers(os.path.join(control, name)) for name in (CONTROL_SOCKET, AGENT_SOCKET)):
-                problem = "a process still listens on its sockets"
-            else:
-                shutil.rmtree(control, ignore_errors=True)
-    if problem not in ("", MISSING):
-        return f"left {control!r} alone: {problem}"
-    try:
-        os.unlink(state["file"])
-    except (KeyError, OSError):
-        pass
-    return ""
-
-
-def warn_left_alone(state: Mapping, why: str) -> None:
-    """Tell the user what clean_leftovers refused to touch, and the entry that named it."""
-    if why:
-        say("Warning", f"registry entry {state.get('file')!r}: {why}; remove the entry once you "
-                       "have checked")
-
-
-def prune_registry() -> list[dict]:
-    """Clean up after every registered run that is gone; returns the live entries."""
-    live = []
-    for directory in registry_dirs():
-        for state in read_states(directory):
-            if is_own_tunnel(int(state["pid"])):
-                live.append(state)
-            else:
-                warn_left_alone(state, clean_leftovers(state))
-    return live
 
 
 class Master:
@@ -1561,6 +676,175 @@ def read_password() -> str:
     return sys.stdin.readline().rstrip("\n")
 
 
+def has_terminal() -> bool:
+    """Whether ssh could ask for a password or 2FA code on a terminal."""
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR))
+    except OSError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------- 2. discover
+
+
+# The discovery script.  It needs neither python nor jupyter on PATH: over a
+# non-interactive ssh a venv or conda jupyter usually is not.  The runtime directory follows
+# jupyter_core's rules ($JUPYTER_RUNTIME_DIR, else $JUPYTER_DATA_DIR/runtime, else the XDG
+# data dir; macOS hosts use ~/Library/Jupyter).  A file whose pid is dead (a SIGKILLed
+# server leaves its file behind) or not a Jupyter process (the pid was reused) is reported,
+# not printed.  A file that says port 0 (notebook < 7 and jupyter_server < 2.20 started with
+# --port=0 write that) comes with the TCP ports its pid listens on: from the pid's socket
+# inodes and /proc/net/tcp* on Linux, from lsof elsewhere.
+#
+# It is written to survive being one line inside single quotes for ANY login shell (sshd
+# hands the command to it): every line ends its own statement, and there is no ' ! or
+# newline in it (csh and tcsh reject a newline inside quotes and expand ! even there) and no
+# double backslash (fish's single quotes).  Sending it as the command rather than on stdin
+# saves a round trip through the whole chain: ssh sends stdin only once the command runs.
+# Its first line, "MARK start", tells that it ran: a login shell such as /bin/false or
+# nologin runs no command at all, and says so at best in words of its own.
+DISCOVERY_SCRIPT = r"""M=@MARK@; echo "$M start"; found=0;
+ports_of() { ports=;
+  if [ -d /proc/$1/fd ]; then
+    for inode in $(ls -l /proc/$1/fd 2>/dev/null | sed -n "s/.*socket:\[\([0-9]*\)\].*/\1/p"); do
+      for hex in $(awk -v i=$inode "\$4 == \"0A\" && \$10 == i { split(\$2, a, \":\"); print a[2] }" /proc/net/tcp /proc/net/tcp6 2>/dev/null); do
+        ports="$ports $(printf %d 0x$hex)";
+      done;
+    done;
+  elif command -v lsof >/dev/null 2>&1; then
+    ports=$(lsof -a -p $1 -iTCP -sTCP:LISTEN -P -n -Fn 2>/dev/null | sed -n "s/^n.*:\([0-9]*\)$/\1/p");
+  fi;
+  echo "$M ports $1" $ports;
+};
+for d in "${JUPYTER_RUNTIME_DIR:-}" "${JUPYTER_DATA_DIR:+$JUPYTER_DATA_DIR/runtime}" "${XDG_DATA_HOME:-$HOME/.local/share}/jupyter/runtime" "$HOME/Library/Jupyter/runtime" "$HOME/Library/Application Support/Jupyter/runtime"; do
+  [ -n "$d" ] && [ -d "$d" ] || continue;
+  for f in "$d"/jpserver-*.json "$d"/nbserver-*.json; do
+    [ -f "$f" ] || continue;
+    found=1;
+    pid=${f##*/}; pid=${pid#*server-}; pid=${pid%.json};
+    [ "$pid" -gt 0 ] 2>/dev/null || continue;
+    if kill -0 $pid 2>/dev/null; then :; else echo "$M stale $f"; continue; fi;
+    if [ -r /proc/$pid/cmdline ]; then cmd=$(tr "\000" " " </proc/$pid/cmdline); else cmd=$(ps -o command= -p $pid 2>/dev/null); fi;
+    case $cmd in *jupyter*|*notebook*) ;; *) echo "$M foreign $f"; continue;; esac;
+    content=$(cat "$f");
+    echo "$M file $f"; echo "$M cmd $cmd"; printf "%s\n" "$content"; echo "$M end";
+    case $content in *\"port\":\ 0,*|*\"port\":0,*) ports_of $pid;; esac;
+  done;
+done;
+if [ $found = 0 ] && command -v jupyter >/dev/null 2>&1; then
+  echo "$M list"; jupyter server list --json 2>/dev/null; jupyter notebook list --json 2>/dev/null; echo "$M end";
+fi
+""".replace("@MARK@", MARK)
+
+
+def build_discovery_script(one_line: bool = False) -> str:
+    """The POSIX sh script that prints the live Jupyter servers' runtime files."""
+    if one_line:
+        return " ".join(line.strip() for line in DISCOVERY_SCRIPT.splitlines())
+    return DISCOVERY_SCRIPT
+
+
+def build_discovery_command(route: Route) -> tuple[str, str]:
+    """The remote command that discovers the servers, and what to send on its stdin."""
+    if not route.node:
+        return f"sh -c '{build_discovery_script(one_line=True)}'", ""
+    # With -n the head runs ssh to the node: the script goes on stdin, which avoids a
+    # second level of quoting (one more round trip, on the cluster's own network).
+    # BatchMode: a prompt on the head could never be answered, so fail instead of hanging.
+    # "MARK head" first: without it, the head's login shell refused the command.
+    return (f"echo {MARK} head; ssh -o BatchMode=yes -T {shlex.quote(route.node)} sh -s",
+            build_discovery_script())
+
+
+def parse_discovery(output: str) -> tuple[list[Server], list[str]]:
+    """Servers and warnings from the discovery script's output.
+
+    Anything outside the markers (a chatty ``.bashrc``, say) is ignored.  A runtime file
+    that is not valid JSON (a truncated write) is skipped with a warning, never a crash.
+    """
+    servers: list[Server] = []
+    warnings: list[str] = []
+    seen: set[tuple[int, int, str]] = set()
+    block: list[str] | None = None
+    source = cmdline = ""
+
+    def add(text: str, src: str, cmd: str) -> None:
+        try:
+            info = json.loads(text)
+        except (ValueError, RecursionError):  # RecursionError: [[[[...]]]] nested too deep
+            warnings.append(f"skipping unreadable Jupyter runtime file {src}")
+            return
+        try:
+            server = parse_server(info, src, cmd)
+        except ValueError as error:
+            warnings.append(f"skipping Jupyter runtime file {src}: {error}")
+            return
+        key = (server.pid, server.port, server.sock)
+        if key not in seen:  # one file can be reached from two runtime dir rules
+            seen.add(key)
+            servers.append(server)
+
+    listening: dict[int, list[int]] = {}
+    for line in output.splitlines():
+        if line.startswith(MARK):
+            word, _, arg = line[len(MARK):].strip().partition(" ")
+            if word == "ports":
+                numbers = [int(n) for n in arg.split() if n.isascii() and n.isdigit()]
+                if numbers and len(numbers) == len(arg.split()):  # else not our script's line
+                    listening[numbers[0]] = sorted({port for port in numbers[1:] if 0 < port < 65536})
+            elif word in ("file", "list"):
+                block, source, cmdline = [], arg, ""
+            elif word == "cmd" and block is not None:
+                cmdline = arg
+            elif word == "end" and block is not None:
+                if source:
+                    add("\n".join(block), source, cmdline)
+                else:  # "jupyter server list --json": one object per line
+                    for item in block:
+                        if item.strip():
+                            add(item, "jupyter server list", "")
+                block = None
+        elif block is not None:
+            block.append(line)
+    for i, server in enumerate(servers):
+        if server.port == 0 and not server.sock and listening.get(server.pid):
+            # the file said port 0: the pid's one listening port is the server's
+            servers[i] = server._replace(port=listening[server.pid][0])
+    # a stable order, so that the numbers of --list mean the same to --pick
+    return sorted(servers, key=lambda s: (s.sock != "", s.port, s.sock, s.pid)), warnings
+
+
+def parse_discovery_failure(route: Route, returncode: int, stdout: str, stderr: str,
+                            master_alive: bool = True) -> TunnelError | None:
+    """Why the discovery command failed (None when it did not), from its output and exit code.
+
+    ssh exits 255 for its own failures (a lost connection, a node it cannot log into); a
+    login shell that runs no command (/bin/false, nologin) exits 1, and the script's first
+    line ("MARK start", "MARK head" on the head first) never comes.
+    """
+    lines = stdout.splitlines()
+    ran = f"{MARK} start" in lines
+    if ran and returncode == 0:
+        return None
+    reason = parse_ssh_error(stderr.splitlines())
+    if returncode == 255 and not ran:
+        if route.node and master_alive and f"{MARK} head" in lines:
+            return TunnelError(f"cannot reach node {route.node} from {route.target}: {reason}", EXIT_CONNECT)
+        return TunnelError(f"cannot look for Jupyter servers on {route.describe_server_host()}: {reason}",
+                           EXIT_ERROR)
+    if not ran:
+        refusing = route.node if f"{MARK} head" in lines else route.target
+        said = [line.strip() for line in [*lines, *stderr.splitlines()]
+                if line.strip() and not line.startswith((MARK, *SSH_NOISE))]
+        return TunnelError(
+            f"the account on {refusing} does not run commands: its login shell refuses them "
+            f"(e.g. /bin/false or nologin); it said "
+            + ("; ".join(said[:3]) if said else f"nothing (exit code {returncode})"), EXIT_CONNECT)
+    return TunnelError(f"cannot look for Jupyter servers on {route.describe_server_host()}: {reason}",
+                       EXIT_ERROR)
+
+
 def discover(master: Master, timeout: float = 60.0) -> list[Server]:
     """The live Jupyter servers on the target (or its node), found through the master."""
     route = master.route
@@ -1581,6 +865,54 @@ def discover(master: Master, timeout: float = 60.0) -> list[Server]:
     for warning in warnings:
         say("Warning", warning)
     return servers
+
+
+# --------------------------------------------------------------------------- 3. choose
+
+
+def select_servers(servers: Sequence[Server], port: int | None = None, directory: str | None = None,
+                   pick: int | None = None) -> list[Server]:
+    """The servers that match ``--port``, ``--dir`` and ``--pick`` (all when none is given)."""
+    chosen = list(servers)
+    if pick is not None:
+        chosen = chosen[pick - 1:pick] if pick >= 1 else []
+    if port is not None:
+        chosen = [s for s in chosen if s.port == port]
+    if directory:
+        chosen = [s for s in chosen if directory in s.root_dir]
+    return chosen
+
+
+def server_auth(server: Server) -> str:
+    """How the server authenticates, as far as its runtime file tells."""
+    # "password": false is unreliable: a server protected by `jupyter server password`
+    # writes exactly what a server with authentication disabled writes
+    return "token" if server.token else "password or none"
+
+
+def server_info(number: int, server: Server) -> dict:
+    """A server as a JSON object for ``--list --json`` (no token: it is a secret)."""
+    return {
+        "number": number, "port": server.port, "sock": server.sock, "host": server.host,
+        "root_dir": server.root_dir, "app": server.app, "version": server.version,
+        "kind": "notebook<7" if not server.version and server.app == "notebook" else "jupyter_server",
+        "auth": server_auth(server), "secure": server.secure, "base_url": server.base_url,
+        "pid": server.pid,
+    }
+
+
+def format_server_table(servers: Sequence[Server]) -> str:
+    """The numbered table of ``--list`` (the numbers are what ``--pick`` takes)."""
+    rows = [("#", "PORT", "KIND", "AUTH", "ROOT DIRECTORY")]
+    for number, server in enumerate(servers, 1):
+        kind = server.describe().split("  ")[1]
+        where = server.sock or str(server.port or "?")
+        auth = server_auth(server) + (", https" if server.secure else "")
+        rows.append((str(number), where, kind, auth, server.root_dir or "?"))
+    rows = [[escape_text(cell) for cell in row] for row in rows]  # root_dir, sock, version: the remote's
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[4]]) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def ask_server(servers: Sequence[Server]) -> Server:
@@ -1616,6 +948,62 @@ def choose_server(servers: Sequence[Server], host: str, port: int | None = None,
     )
 
 
+# -------------------------------------------------------------------------- 4. forward
+
+
+def candidate_ports(first: int, count: int = 100) -> range:
+    """Local ports to try: ``first`` and the ones above it (the original tool's rule)."""
+    first = max(1, min(first, 65535))
+    return range(first, min(first + count, 65536))
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
+ANY_ADDRESS = ("", "0.0.0.0", "*", "::", "[::]")
+
+
+def forward_target(server: Server, node: str = "") -> str:
+    """The ``host:port`` (or socket path) the remote side connects to for the forward.
+
+    The remote sshd resolves the host name, so a name only the remote side knows works.
+    """
+    if server.sock:
+        if node:
+            raise TunnelError(f"the server on {node} listens on a unix socket, which the head "
+                              "node cannot reach: start it with --ip=$(hostname --fqdn)", EXIT_NO_SERVER)
+        return server.sock
+    host = server.host
+    if node:
+        if host in LOOPBACK_NAMES:
+            raise TunnelError(f"the server on {node} listens on the node's loopback only, which the "
+                              "head node cannot reach: start it with --ip=$(hostname --fqdn)", EXIT_NO_SERVER)
+        if host in ANY_ADDRESS:
+            host = node  # listening on every interface: the node's name reaches it
+    elif host in ("", "0.0.0.0", "*"):
+        host = "127.0.0.1"  # a server on every interface listens on loopback too
+    elif host in ("::", "[::]"):
+        host = "::1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{server.port}"
+
+
+def build_forward_spec(local_port: int, server: Server, node: str = "") -> str:
+    """The ``-L`` argument: bound to loopback only, so nobody else on the LAN can use it."""
+    return f"127.0.0.1:{local_port}:{forward_target(server, node)}"
+
+
+def port_is_free(port: int) -> bool:
+    """Whether 127.0.0.1:port can be bound, as ssh binds its listeners."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # ssh sets SO_REUSEADDR, so a port whose last connection is in TIME_WAIT is free
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def add_forward(master: Master, server: Server, local_port: int | None) -> int:
     """Forward a free local port to the server; returns the local port."""
     if local_port is not None:
@@ -1638,6 +1026,88 @@ def add_forward(master: Master, server: Server, local_port: int | None) -> int:
             raise TunnelError(f"local port {local_port} is already in use", EXIT_PORT)
     reason = parse_ssh_error(message.splitlines())
     raise TunnelError(f"cannot forward a local port to the server: {reason}", EXIT_PORT)
+
+
+# ------------------------------------------------------------ 5. wait until it answers
+
+
+def build_probe_request(local_port: int, server: Server) -> bytes:
+    """The HTTP/1.0 request of the readiness probe (HTTP/1.0: the server closes after it)."""
+    auth = f"Authorization: token {server.token}\r\n" if server.token else ""
+    return (f"GET {server.base_url}api/status HTTP/1.0\r\nHost: 127.0.0.1:{local_port}\r\n"
+            f"{auth}\r\n").encode()
+
+
+def parse_status_line(answer: bytes) -> int:
+    """The status code of an HTTP answer, or 0 when there is none."""
+    parts = answer.split(b"\r\n", 1)[0].split()
+    if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit():
+        return int(parts[1])
+    return 0
+
+
+class Answer(NamedTuple):
+    """What the readiness probe got back through the tunnel."""
+
+    status: int  # the HTTP status; 0 when the connection closed without an answer
+    jupyter: bool = False  # whether the answer is a Jupyter server's (see parse_probe_answer)
+
+
+def parse_probe_answer(answer: bytes) -> Answer:
+    """The status of the probe's answer, and whether a Jupyter server gave it.
+
+    Any program may listen on the forwarded port (a dead server's port, taken again): only
+    Jupyter's own answers count.  jupyter_server and notebook >= 5 answer /api/status with
+    a JSON object holding "started" (and last_activity, connections, kernels), and refuse a
+    request without a valid token (a password server) with a 403 whose body their
+    APIHandler writes as JSON: {"message": "Forbidden", "reason": null} (jupyter_server
+    2.21 and notebook 6.5 alike).
+    """
+    status = parse_status_line(answer)
+    _, sep, body = answer.partition(b"\r\n\r\n")
+    try:
+        data = json.loads(body) if sep else None
+    except (ValueError, RecursionError):  # not JSON (an HTML page), or nested too deep
+        data = None
+    key = {200: "started", 403: "message"}.get(status)
+    return Answer(status, isinstance(data, dict) and key in data)
+
+
+def probe_server(local_port: int, server: Server, timeout: float = 5.0) -> Answer | None:
+    """The answer to ``/api/status`` through the tunnel; status 0 when the connection was
+    closed without an answer (the remote end refused it), None when nothing came in time.
+
+    ``Authorization: token`` works on notebook >= 5 and every jupyter_server (``Bearer``
+    only on jupyter_server >= 2), and the request does not count as activity, so probing
+    never defeats the server's idle culling.  A raw socket, not urllib: it costs nothing
+    to import, and HTTP/1.0 makes the server close once it has answered.
+    """
+    request = build_probe_request(local_port, server)
+    answer = b""
+    try:
+        with socket.create_connection(("127.0.0.1", local_port), timeout=timeout) as conn:
+            if server.secure:
+                import ssl  # only now: it costs ~15 ms and ~5 MB for every other server
+
+                context = ssl.create_default_context()
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE  # the server's own self-signed certificate
+                conn = context.wrap_socket(conn)
+            conn.sendall(request)
+            while len(answer) < MAX_ANSWER:
+                chunk = conn.recv(16384)
+                if not chunk:
+                    break
+                answer += chunk
+    except socket.timeout:
+        if not answer:
+            return None  # a busy server (or network): it may still answer
+    except OSError:
+        if not answer:
+            return Answer(0)  # reset, or refused: nothing will answer there
+    # closed without a status line (status 0): ssh accepted the local connection, could not
+    # connect to the server on the remote side, and closed it
+    return parse_probe_answer(answer)
 
 
 def wait_for_tunnel(master: Master, local_port: int, server: Server, timeout: float) -> int:
@@ -1677,6 +1147,103 @@ def wait_for_tunnel(master: Master, local_port: int, server: Server, timeout: fl
             )
         time.sleep(delay)
         delay = min(delay * 2, 0.25)
+
+
+# ---------------------------------------------------------- 6. the URL and the browser
+
+
+def build_url(local_port: int, server: Server, host: str = "localhost") -> str:
+    """The URL the browser opens: the server's base_url on the local port, with its token."""
+    from urllib.parse import quote, urlunsplit
+
+    scheme = "https" if server.secure else "http"
+    query = f"token={quote(server.token, safe='')}" if server.token else ""
+    # urlunsplit writes the authority first and makes the path start with "/": whatever a
+    # base_url holds (parse_server refuses the odd ones anyway), the URL points at
+    # host:local_port
+    return urlunsplit((scheme, f"{host}:{local_port}", server.base_url, query, ""))
+
+
+def build_http_response(status: int, reason: str, body: str, headers: Sequence[str] = ()) -> bytes:
+    """A whole HTTP/1.1 answer that closes the connection, is never cached, and sends no Referer."""
+    data = body.encode()
+    lines = [f"HTTP/1.1 {status} {reason}", *headers, "Content-Type: text/html; charset=utf-8",
+             f"Content-Length: {len(data)}", "Cache-Control: no-store", "Referrer-Policy: no-referrer",
+             "Connection: close"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
+
+
+def build_redirect_response(location: str) -> bytes:
+    """The one answer of the browser's one-time address: a 303 to ``location``, and a link."""
+    from html import escape
+    from urllib.parse import quote
+
+    # Percent-encode all but printable ASCII: a CR or LF from the remote's base_url must not
+    # become a header line of its own, and a header must be ASCII anyway.
+    location = quote(location, safe="".join(map(chr, range(0x21, 0x7F))))
+    body = f'<!DOCTYPE html>\n<title>Jupyter</title>\n<p><a href="{escape(location)}">Open Jupyter</a></p>\n'
+    return build_http_response(303, "See Other", body, [f"Location: {location}"])
+
+
+def parse_request_line(head: bytes) -> tuple[str, str] | None:
+    """``(method, target)`` from the first line of an HTTP/1.x request, or None."""
+    parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1].startswith("/"):
+        return None
+    return parts[0], parts[1]
+
+
+def build_one_shot_answer(head: bytes, path: str, location: str, allowed: bool) -> tuple[bytes, bool]:
+    """The one-time address's answer to a request head, and whether it is THE redirect.
+
+    Only an allowed peer asking ``GET path`` gets the redirect to ``location`` (the URL with
+    the token); every other answer holds no token, and the address stays open for the browser.
+    """
+    import secrets
+
+    if not allowed:
+        return build_http_response(403, "Forbidden", "<p>This one-time address belongs to another user's "
+                                   "jupyter-tunnel. If you started it, open the URL it printed.</p>\n"), False
+    request = parse_request_line(head)
+    if request is None:
+        return build_http_response(400, "Bad Request", "<p>Bad request.</p>\n"), False
+    method, target = request
+    # in constant time: the path is the secret of the address
+    if not secrets.compare_digest(target.encode("latin-1"), path.encode()):
+        return build_http_response(404, "Not Found", "<p>Not found.</p>\n"), False
+    if method != "GET":
+        return build_http_response(405, "Method Not Allowed", "<p>GET only.</p>\n", ["Allow: GET"]), False
+    return build_redirect_response(location), True
+
+
+def proc_net_address(host: str, port: int, byteorder: str = sys.byteorder) -> str:
+    """An IPv4 ``host:port`` as ``/proc/net/tcp`` writes it: ``0100007F:1F90`` for 127.0.0.1:8080.
+
+    The kernel prints the address's four bytes as one 32-bit number in the machine's own
+    byte order (so little-endian machines show 127.0.0.1 backwards), and the port in hex.
+    """
+    return f"{int.from_bytes(socket.inet_aton(host), byteorder):08X}:{port:04X}"  # type: ignore[arg-type]
+
+
+def parse_peer_uid(text: str, peer: tuple[str, int], listener: tuple[str, int],
+                   byteorder: str = sys.byteorder) -> int | None:
+    """The uid that owns the socket connected from ``peer`` to ``listener``, from the text of
+    ``/proc/net/tcp``; None when it is not listed or no process holds it any more.
+
+    The peer's own entry is the one whose local address is ``peer`` and whose remote address
+    is ``listener`` (our accepted socket is listed too, the other way round, with OUR uid).
+    """
+    local, remote = proc_net_address(*peer, byteorder), proc_net_address(*listener, byteorder)
+    for line in text.splitlines()[1:]:
+        # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
+        fields = line.split()
+        if len(fields) >= 10 and fields[1].upper() == local and fields[2].upper() == remote:
+            # Inode 0: a socket that its process has closed (orphaned, or TIME_WAIT), which
+            # the kernel lists with uid 0 whoever owned it; it could not read an answer anyway.
+            if fields[9] == "0" or not fields[7].isdigit():
+                return None
+            return int(fields[7])
+    return None
 
 
 class OneShotRedirect:
@@ -1864,18 +1431,26 @@ def open_browser(browser: str | None, url: str) -> OneShotRedirect | None:
     return redirect
 
 
-def _raise_interrupted(signum: int, _frame) -> None:
-    """Turn SIGTERM/SIGHUP into an exception, so that cleanup runs in ``finally``."""
-    raise Interrupted(signal.Signals(signum).name)
+# -------------------------------------- 7. stay: reconnect, notice the server stopping
 
 
-def has_terminal() -> bool:
-    """Whether ssh could ask for a password or 2FA code on a terminal."""
-    try:
-        os.close(os.open("/dev/tty", os.O_RDWR))
-    except OSError:
-        return False
-    return True
+def backoff_delays(first: float = 1.0, cap: float = MAX_BACKOFF) -> Iterator[float]:
+    """Waits before reconnection attempts: 0 (at once), then 1, 2, 4 ... capped at ``cap``."""
+    yield 0.0
+    delay = first
+    while True:
+        yield delay
+        delay = min(delay * 2, cap)
+
+
+def follow_server(servers: Sequence[Server], previous: Server) -> Server | None:
+    """After a reconnection: the same server, or the one that replaced it if unambiguous."""
+    for server in servers:
+        if (server.pid, server.port, server.sock) == (previous.pid, previous.port, previous.sock):
+            return server
+    if len(servers) == 1:
+        return servers[0]  # restarted (new pid, maybe new port and token): follow it
+    return None
 
 
 def server_stopped(master: Master, local_port: int, server: Server) -> bool:
@@ -1893,6 +1468,455 @@ def server_stopped(master: Master, local_port: int, server: Server) -> bool:
     except TunnelError:
         return False  # the connection is in trouble: that is the master's watch
     return all((s.pid, s.port, s.sock) != (server.pid, server.port, server.sock) for s in servers)
+
+
+# ---------- the registry and process identity (shared with jupyter_tunnel_shutdown.py)
+
+
+def build_state(pid: int, route: Route, directory: str, started: float) -> dict:
+    """The registry entry of a run that is connecting: what a user needs to pick it, and
+    what to clean up after it (never the token)."""
+    return {
+        "pid": pid, "state": CONNECTING, "hosts": list(route.hosts), "node": route.node,
+        "local_port": None, "remote_host": route.server_host, "remote_port": None, "sock": "",
+        "server_pid": None, "root_dir": "", "started": started,
+        # for cleaning up after a run that was SIGKILLed: its ssh master (and agent)
+        # outlive it, and its private directory stays
+        "control_dir": directory, "master_pid": None, "agent_pid": None,
+    }
+
+
+def build_forward_state(server: Server, local_port: int) -> dict:
+    """The fields of a registry entry known once the local port is forwarded to the server."""
+    return {"local_port": local_port, "remote_port": server.port, "sock": server.sock,
+            "server_pid": server.pid, "root_dir": server.root_dir}
+
+
+def as_pid(value: object) -> int | None:
+    """``value`` if it can be a pid worth looking at (an int above 1: never init), else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and 1 < value < 2**31:
+        return value
+    return None
+
+
+def is_private_dir_path(path: object, parents: Iterable[str]) -> bool:
+    """Whether ``path`` is named as make_private_dir names its directories, in one of ``parents``."""
+    if not isinstance(path, str) or not os.path.isabs(path) or os.path.normpath(path) != path:
+        return False  # "/tmp/../home/u/jt-abcdefgh" is not in /tmp
+    parent, name = os.path.split(path)
+    suffix = name[len(PRIVATE_PREFIX):]
+    return (name.startswith(PRIVATE_PREFIX) and len(suffix) == 8 and set(suffix) <= MKDTEMP_CHARS
+            and parent in {os.path.normpath(p) for p in parents})
+
+
+def private_dir_problem(mode: int, owner: int, uid: int) -> str:
+    """Why a directory with this ``lstat`` mode and owner is not a private one of ``uid``; "" if it is."""
+    if stat.S_ISLNK(mode):
+        return "it is a symbolic link"
+    if not stat.S_ISDIR(mode):
+        return "it is not a directory"
+    if owner != uid:
+        return f"it belongs to uid {owner}"
+    if stat.S_IMODE(mode) != 0o700:
+        return f"its mode is {stat.S_IMODE(mode):04o}, not 0700"
+    return ""
+
+
+def is_master_argv(argv: Sequence[str], control_dir: str) -> bool:
+    """Whether ``argv`` is exactly the shape of the ssh master build_master_argv makes for
+    ``control_dir``: ``ssh``, its options only, ``-M``, ``-S DIR/c``, ``-F DIR/ssh_config``,
+    ``-N``, ``-o ControlPersist=no``, then one destination."""
+    if len(argv) < 3 or os.path.basename(argv[0]) != "ssh" or argv[-1].startswith("-"):
+        return False
+    values: dict[str, list[str]] = {}
+    flags: set[str] = set()
+    i = 1
+    while i < len(argv) - 1:
+        arg = argv[i]
+        if arg in MASTER_OPTIONS_WITH_VALUE and i + 2 < len(argv):
+            values.setdefault(arg, []).append(argv[i + 1])
+            i += 2
+        elif arg in MASTER_FLAGS or (arg.startswith("-") and set(arg[1:]) == {"v"}):  # -v, -vv
+            flags.add(arg)
+            i += 1
+        else:
+            return False
+    return (flags >= {"-M", "-N"} and "ControlPersist=no" in values.get("-o", [])
+            and values.get("-S") == [os.path.join(control_dir, CONTROL_SOCKET)]
+            and values.get("-F") == [os.path.join(control_dir, CONFIG_FILE)])
+
+
+def is_agent_argv(argv: Sequence[str], control_dir: str) -> bool:
+    """Whether ``argv`` is exactly that of the ssh-agent start_agent starts for ``control_dir``."""
+    return (len(argv) == 4 and os.path.basename(argv[0]) == "ssh-agent"
+            and list(argv[1:]) == ["-D", "-a", os.path.join(control_dir, AGENT_SOCKET)])
+
+
+def _is_interpreter(program: str) -> bool:
+    """Whether ``program`` (a basename) runs a script given as an argument."""
+    name = program.lower()  # macOS framework builds run ".../Python"
+    return "python" in name or "pypy" in name or name in SHELLS
+
+
+def script_index(argv: Sequence[str]) -> int | None:
+    """Index in ``argv`` of what the process runs (the program, or an interpreter's script)."""
+    if not argv:
+        return None
+    if not _is_interpreter(os.path.basename(argv[0])):
+        return 0
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "-m" or (arg.startswith("-m") and not arg.startswith("--")):
+            return i  # python -m MODULE (or -mMODULE)
+        if arg.startswith("-c") and not arg.startswith("--"):
+            return None  # python -c CODE, sh -c CODE: no script
+        if arg in OPTIONS_WITH_VALUE:
+            i += 2
+            continue
+        if arg.startswith("-") and arg != "-":
+            i += 1
+            continue
+        return i
+    return None
+
+
+def is_tunnel_argv(argv: Sequence[str]) -> bool:
+    """Whether a command line runs jupyter-tunnel: the program or the interpreter's script.
+
+    Deliberately strict: a mere mention (``vim jupyter_tunnel.py``, a venv or checkout
+    called ``jupyter-tunnel``) is not a tunnel, and neither is this shutdown script.
+    """
+    i = script_index(argv)
+    if i is None:
+        return False
+    arg = argv[i]
+    if arg.startswith("-m"):
+        module = arg[2:] or (argv[i + 1] if i + 1 < len(argv) else "")
+        return module == TUNNEL_MODULE
+    return os.path.basename(arg) in TUNNEL_SCRIPTS
+
+
+def parse_status_field(text: str, name: str) -> int | None:
+    """The first number of field ``name`` in the text of ``/proc/PID/status`` (``Uid:``, ``PPid:``)."""
+    for line in text.splitlines():
+        if line.startswith(f"{name}:"):
+            fields = line.split()
+            return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+    return None
+
+
+def parse_status_uid(text: str) -> int | None:
+    """The real uid from the text of ``/proc/PID/status`` (``Uid: real effective saved fs``)."""
+    return parse_status_field(text, "Uid")
+
+
+def split_cmdline(raw: bytes) -> list[str]:
+    """argv from the bytes of ``/proc/PID/cmdline`` (NUL-separated; empty for a zombie)."""
+    return [arg.decode(errors="replace") for arg in raw.split(b"\0")[:-1]] if raw else []
+
+
+def parse_ps(text: str) -> list[tuple[int, int, list[str]]]:
+    """``(pid, uid, argv)`` from ``ps -o pid=,uid=,command=`` (argv split at spaces: ps joins it)."""
+    found = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[0].isdigit() and fields[1].isdigit():
+            found.append((int(fields[0]), int(fields[1]), fields[2:]))
+    return found
+
+
+def registry_dir() -> str:
+    """The private per-user directory where running tunnels register themselves."""
+    if os.environ.get(REGISTRY_ENV):
+        return os.environ[REGISTRY_ENV]
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return os.path.join(runtime, "jupyter-tunnel")
+    # cron jobs, runuser and some ssh sessions lack XDG_RUNTIME_DIR: use the same place
+    # a desktop session would when it is there and ours
+    runtime = f"/run/user/{os.getuid()}"
+    if os.path.isdir(runtime) and os.stat(runtime).st_uid == os.getuid():
+        return os.path.join(runtime, "jupyter-tunnel")
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "jupyter-tunnel")
+
+
+def registry_dirs() -> list[str]:
+    """Every directory where a tunnel of this user may have registered, the usual one first."""
+    if os.environ.get(REGISTRY_ENV):
+        return [registry_dir()]
+    # A tunnel started in a desktop session registers under $XDG_RUNTIME_DIR, which cron
+    # jobs, sleep hooks (runuser) and plain ssh sessions lack: they would look in the cache
+    # directory instead.  So look in both, whatever this environment says.
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    candidates = [registry_dir(), os.path.join(f"/run/user/{os.getuid()}", "jupyter-tunnel"),
+                  os.path.join(cache, "jupyter-tunnel")]
+    dirs: list[str] = []
+    for directory in candidates:
+        if os.path.realpath(directory) not in map(os.path.realpath, dirs):
+            dirs.append(directory)
+    return dirs
+
+
+def prepare_registry(directory: str) -> str:
+    """Create the registry directory if needed; why it cannot be used ("" when it can)."""
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as error:
+        return error.strerror or str(error)
+    return check_private_dir(directory)
+
+
+def registry_refused(directory: str, problem: str) -> str:
+    """The warning for a registry directory that is not a private one of ours."""
+    return (f"not using the registry directory {directory!r}: {problem} (it must be a directory "
+            "of yours with mode 0700, not a link)")
+
+
+def write_state(state: dict, directory: str) -> str:
+    """Write ``<pid>.json`` atomically (0600) into a registry directory prepare_registry passed."""
+    path = os.path.join(directory, f"{state['pid']}.json")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+def read_state(path: str) -> dict | None:
+    """One registry entry, or None when it is gone or not one."""
+    try:
+        with open(path) as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or as_pid(state.get("pid")) is None:
+        return None
+    state["file"] = path
+    return state
+
+
+def read_states(directory: str | None = None) -> list[dict]:
+    """Every entry of a registry directory (oldest first); none, with a warning, from a
+    directory that is not a private one of ours: anyone may have written there."""
+    directory = directory or registry_dir()
+    problem = check_private_dir(directory)
+    if problem:
+        if problem != MISSING:
+            say("Warning", registry_refused(directory, problem))
+        return []
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    states = []
+    for name in names:
+        if name.endswith(".json") and not name.startswith("."):
+            state = read_state(os.path.join(directory, name))
+            if state is not None:
+                states.append(state)
+    return sorted(states, key=lambda state: _number(state.get("started")))
+
+
+def _number(value: object) -> float:
+    """A float for sorting, 0 for anything that is not a number."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
+class Registration:
+    """This run's registry entry: written as soon as there is something to clean up after
+    the run, rewritten as it goes (state, master pid), removed when it exits."""
+
+    def __init__(self, state: dict) -> None:
+        self.state = state
+        self.directory = registry_dir()
+        self.path = ""
+        problem = prepare_registry(self.directory)
+        if problem:
+            say("Warning", registry_refused(self.directory, problem)
+                + ": this tunnel is not registered; jupyter-tunnel-shutdown finds it by its command line")
+            self.directory = ""
+        self.update()
+
+    def update(self, **changes: object) -> None:
+        """Change fields of the entry and write it again."""
+        self.state.update(changes)
+        if not self.directory:
+            return
+        try:
+            self.path = write_state(self.state, self.directory)
+        except OSError as error:
+            say("Warning", f"cannot register this tunnel in {self.directory!r}: {error}")
+            self.directory = ""
+
+    def remove(self) -> None:
+        """Remove the entry (at exit)."""
+        if self.path:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            self.path = ""
+
+
+def process_info(pid: int) -> tuple[int, list[str]] | None:
+    """The real uid and argv of process ``pid``; None when it is gone or a zombie."""
+    if HAVE_PROC:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                uid = parse_status_uid(f.read())
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = split_cmdline(f.read())
+        except OSError:
+            return None
+        return (uid, argv) if uid is not None and argv else None
+    done = subprocess.run(["ps", "-o", "pid=,uid=,command=", "-p", str(pid)],
+                          capture_output=True, text=True)
+    found = [(uid, argv) for p, uid, argv in parse_ps(done.stdout) if p == pid]
+    return found[0] if found else None
+
+
+def is_own_tunnel(pid: int) -> bool:
+    """Whether ``pid`` is, right now, a live jupyter-tunnel of the user running this script.
+
+    The uid is checked, not a PermissionError awaited: root may signal anyone, and must
+    still touch only its own tunnels.
+    """
+    info = process_info(pid)
+    return info is not None and info[0] == os.getuid() and is_tunnel_argv(info[1])
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of process ``pid``; None when it is gone."""
+    if HAVE_PROC:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                return parse_status_field(f.read(), "PPid")
+        except OSError:
+            return None
+    done = subprocess.run(["ps", "-o", "ppid=", "-p", str(pid)], capture_output=True, text=True)
+    return int(done.stdout) if done.stdout.strip().isdigit() else None
+
+
+def is_leftover(pid: int, control_dir: str, shape: Callable[[Sequence[str], str], bool]) -> bool:
+    """Whether ``pid`` is, right now, a dead run's own master or agent: ours, with exactly the
+    command line the run gave it (``shape``), and orphaned (its parent is no live tunnel:
+    a live run's master is its child)."""
+    info = process_info(pid)
+    if info is None or info[0] != os.getuid() or not shape(info[1], control_dir):
+        return False
+    parent = parent_pid(pid)
+    return parent is not None and not is_own_tunnel(parent)
+
+
+def signal_if(pid: int, check: Callable[[], bool], signum: int) -> bool:
+    """Send ``signum`` to ``pid`` only if ``check()`` holds right then; whether it was sent.
+
+    A pidfd (Linux >= 5.3) pins the process while it is checked: a pid reused between the
+    check and the signal gets nothing.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux, or gone already (check() tells)
+        pidfd = None
+    try:
+        if not check():
+            return False
+        if pidfd is not None:
+            signal.pidfd_send_signal(pidfd, signum)
+        else:
+            os.kill(pid, signum)
+    except OSError:
+        return False
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    return True
+
+
+def socket_answers(path: str) -> bool:
+    """Whether a process listens on the unix socket ``path`` (a live master or agent)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+def clean_leftovers(state: Mapping) -> str:
+    """After a run that died (SIGKILL): stop its master and agent, remove its directory and
+    its entry, each only once proven to be that run's own; returns why something the entry
+    names was left alone ("" when nothing was; the entry then stays, for the user to check).
+
+    The entry's word alone proves nothing: the directory must be named as make_private_dir
+    names them, where it makes them, and be ours with mode 0700; a process must have exactly
+    the command line the run gave it (is_master_argv, is_agent_argv) and be orphaned.
+    """
+    control = state.get("control_dir")
+    problem = ""
+    if isinstance(control, str) and control:
+        parents = private_dir_parents()
+        if not is_private_dir_path(control, parents):
+            problem = (f"it is not a directory jupyter-tunnel makes ({PRIVATE_PREFIX}XXXXXXXX in "
+                       f"{' or '.join(sorted(set(parents)))})")
+        else:
+            problem = check_private_dir(control)
+        if problem in ("", MISSING):
+            stopped = []
+            for key, shape in (("master_pid", is_master_argv), ("agent_pid", is_agent_argv)):
+                pid = as_pid(state.get(key))
+                if pid and signal_if(pid, lambda: is_leftover(pid, control, shape), signal.SIGTERM):
+                    stopped.append((pid, shape))
+            deadline = time.monotonic() + 5
+            while any(is_leftover(p, control, shape) for p, shape in stopped) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        if not problem:
+            # a socket that still answers: some live process uses the directory
+            if any(socket_answers(os.path.join(control, name)) for name in (CONTROL_SOCKET, AGENT_SOCKET)):
+                problem = "a process still listens on its sockets"
+            else:
+                shutil.rmtree(control, ignore_errors=True)
+    if problem not in ("", MISSING):
+        return f"left {control!r} alone: {problem}"
+    try:
+        os.unlink(state["file"])
+    except (KeyError, OSError):
+        pass
+    return ""
+
+
+def warn_left_alone(state: Mapping, why: str) -> None:
+    """Tell the user what clean_leftovers refused to touch, and the entry that named it."""
+    if why:
+        say("Warning", f"registry entry {state.get('file')!r}: {why}; remove the entry once you "
+                       "have checked")
+
+
+def prune_registry() -> list[dict]:
+    """Clean up after every registered run that is gone; returns the live entries."""
+    live = []
+    for directory in registry_dirs():
+        for state in read_states(directory):
+            if is_own_tunnel(int(state["pid"])):
+                live.append(state)
+            else:
+                warn_left_alone(state, clean_leftovers(state))
+    return live
+
+
+# -------------------------------------- the run: one Tunnel, cleaned up by one close()
+
+
+def _raise_interrupted(signum: int, _frame) -> None:
+    """Turn SIGTERM/SIGHUP into an exception, so that cleanup runs in ``finally``."""
+    raise Interrupted(signal.Signals(signum).name)
 
 
 class Tunnel:
@@ -2114,6 +2138,9 @@ def run_tunnel(args: argparse.Namespace) -> int:
                 stop_process(agent)
             shutil.rmtree(directory, ignore_errors=True)
         registration.remove()  # last: until everything is gone, the entry leads to it
+
+
+# -------------------------------------------------------------------- the command line
 
 
 def seconds_option(high: float):
