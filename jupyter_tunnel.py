@@ -266,11 +266,25 @@ class Route(NamedTuple):
         return f"{self.node} (from {self.target})" if self.node else self.target
 
 
+def split_host_list(value: str) -> list[str]:
+    """The hosts of one ``-s`` value: ``"gw srv"`` and ``gw,srv`` hold two."""
+    return value.replace(",", " ").split()
+
+
+def split_host(host: str) -> tuple[str, str, str]:
+    """``(user, name, port)`` of ``[ssh://][user@]name[:port]``; empty strings for what is missing."""
+    if host.startswith("ssh://"):
+        host = host[len("ssh://"):]
+    user, _, name = host.rpartition("@")
+    port = ""
+    if name.count(":") == 1 and name.split(":")[1].isdigit():
+        name, port = name.split(":")
+    return user, name, port
+
+
 def parse_hosts(values: Iterable[str], node: str | None = None) -> Route:
     """Turn the ``-s`` values (and ``-n``) into a Route; ``"gw host"`` and ``gw,host`` work."""
-    hosts: list[str] = []
-    for value in values:
-        hosts.extend(h for h in value.replace(",", " ").split() if h)
+    hosts = [host for value in values for host in split_host_list(value)]
     if not hosts:
         raise TunnelError("no host given to -s/--host", EXIT_USAGE)
     node = (node or "").strip()
@@ -283,10 +297,7 @@ def parse_hosts(values: Iterable[str], node: str | None = None) -> Route:
 
 def build_destination(host: str) -> list[str]:
     """ssh arguments naming ``host``; ``[user@]host:port`` becomes an ``ssh://`` URI."""
-    name = host.rsplit("@", 1)[-1]
-    if name.count(":") == 1 and name.split(":")[1].isdigit():
-        return [f"ssh://{host}"]
-    return [host]
+    return [f"ssh://{host}"] if split_host(host)[2] and not host.startswith("ssh://") else [host]
 
 
 class Server(NamedTuple):
@@ -304,13 +315,27 @@ class Server(NamedTuple):
     app: str = "server"  # lab, notebook or server, from its command line
     source: str = ""  # the runtime file it came from
 
+    @property
+    def key(self) -> tuple[int, int, str]:
+        """What tells this server from the others on the host (and from its restarted self)."""
+        return (self.pid, self.port, self.sock)
+
+    @property
+    def legacy(self) -> bool:
+        """Whether it is notebook < 7: its runtime files (nbserver-*) carry no version."""
+        return not self.version and (self.app == "notebook" or "nbserver-" in self.source)
+
+    @property
+    def kind(self) -> str:
+        """``lab (jupyter_server 2.21.1)``, ``notebook (notebook < 7)``, or the app alone."""
+        if self.version:
+            return f"{self.app} (jupyter_server {self.version})"
+        return f"{self.app} (notebook < 7)" if self.legacy else self.app
+
     def describe(self) -> str:
         """One line for lists: where it listens, what it is, where it serves from."""
         where = f"socket {self.sock}" if self.sock else f"port {self.port or '?'}"
-        kind = self.app if not self.version else f"{self.app} (jupyter_server {self.version})"
-        if not self.version and self.source.endswith(".json") and "nbserver-" in self.source:
-            kind = f"{self.app} (notebook < 7)"
-        return f"{where}  {kind}  {self.root_dir or '?'}  pid {self.pid}"
+        return f"{where}  {self.kind}  {self.root_dir or '?'}  pid {self.pid}"
 
 
 def is_host_address(text: str) -> bool:
@@ -780,7 +805,7 @@ def parse_discovery(output: str) -> tuple[list[Server], list[str]]:
         except ValueError as error:
             warnings.append(f"skipping Jupyter runtime file {src}: {error}")
             return
-        key = (server.pid, server.port, server.sock)
+        key = server.key
         if key not in seen:  # one file can be reached from two runtime dir rules
             seen.add(key)
             servers.append(server)
@@ -895,24 +920,31 @@ def server_info(number: int, server: Server) -> dict:
     return {
         "number": number, "port": server.port, "sock": server.sock, "host": server.host,
         "root_dir": server.root_dir, "app": server.app, "version": server.version,
-        "kind": "notebook<7" if not server.version and server.app == "notebook" else "jupyter_server",
+        "kind": "notebook<7" if server.legacy else "jupyter_server",
         "auth": server_auth(server), "secure": server.secure, "base_url": server.base_url,
         "pid": server.pid,
     }
+
+
+def format_table(rows: Sequence[Sequence[str]]) -> str:
+    """Rows as left-aligned columns two spaces apart, the last one not padded; cells escaped
+    (root directories, versions and registry entries come from others)."""
+    if not rows:
+        return ""
+    rows = [[escape_text(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def format_server_table(servers: Sequence[Server]) -> str:
     """The numbered table of ``--list`` (the numbers are what ``--pick`` takes)."""
     rows = [("#", "PORT", "KIND", "AUTH", "ROOT DIRECTORY")]
     for number, server in enumerate(servers, 1):
-        kind = server.describe().split("  ")[1]
         where = server.sock or str(server.port or "?")
         auth = server_auth(server) + (", https" if server.secure else "")
-        rows.append((str(number), where, kind, auth, server.root_dir or "?"))
-    rows = [[escape_text(cell) for cell in row] for row in rows]  # root_dir, sock, version: the remote's
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[4]]) for row in rows]
-    return "\n".join(line.rstrip() for line in lines)
+        rows.append((str(number), where, server.kind, auth, server.root_dir or "?"))
+    return format_table(rows)
 
 
 def ask_server(servers: Sequence[Server]) -> Server:
@@ -1446,7 +1478,7 @@ def backoff_delays(first: float = 1.0, cap: float = MAX_BACKOFF) -> Iterator[flo
 def follow_server(servers: Sequence[Server], previous: Server) -> Server | None:
     """After a reconnection: the same server, or the one that replaced it if unambiguous."""
     for server in servers:
-        if (server.pid, server.port, server.sock) == (previous.pid, previous.port, previous.sock):
+        if server.key == previous.key:
             return server
     if len(servers) == 1:
         return servers[0]  # restarted (new pid, maybe new port and token): follow it
@@ -1467,7 +1499,7 @@ def server_stopped(master: Master, local_port: int, server: Server) -> bool:
         servers = discover(master, timeout=15.0)
     except TunnelError:
         return False  # the connection is in trouble: that is the master's watch
-    return all((s.pid, s.port, s.sock) != (server.pid, server.port, server.sock) for s in servers)
+    return all(s.key != server.key for s in servers)
 
 
 # ---------- the registry and process identity (shared with jupyter_tunnel_shutdown.py)
@@ -1899,16 +1931,28 @@ def warn_left_alone(state: Mapping, why: str) -> None:
                        "have checked")
 
 
-def prune_registry() -> list[dict]:
-    """Clean up after every registered run that is gone; returns the live entries."""
-    live = []
+def scan_registry(clean: bool = True, on_cleaned: Callable[[dict], None] = lambda state: None) -> list[dict]:
+    """The entries of every live run (one per pid); with ``clean``, clean up after the runs
+    that are gone (``on_cleaned`` hears of each), else leave them: ``--list`` only reads."""
+    live: list[dict] = []
     for directory in registry_dirs():
         for state in read_states(directory):
             if is_own_tunnel(int(state["pid"])):
-                live.append(state)
-            else:
-                warn_left_alone(state, clean_leftovers(state))
+                if all(other["pid"] != state["pid"] for other in live):
+                    live.append(state)
+            elif clean:
+                # SIGKILLed (or its pid reused): its ssh master and agent may still run
+                why = clean_leftovers(state)
+                if why:
+                    warn_left_alone(state, why)
+                else:
+                    on_cleaned(state)
     return live
+
+
+def prune_registry() -> list[dict]:
+    """Clean up after every registered run that is gone; returns the live entries."""
+    return scan_registry(clean=True)
 
 
 # -------------------------------------- the run: one Tunnel, cleaned up by one close()

@@ -34,12 +34,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
+# the registry, process identity and messages are the tunnel's own: one API, used as jt.*
 import jupyter_tunnel as jt
-from jupyter_tunnel import (  # shared with the tunnel's own registry pruning
-    HAVE_PROC, TUNNEL_MODULE, is_own_tunnel, is_tunnel_argv, parse_ps, process_info,
-    registry_dirs, script_index,
-)
-from jupyter_tunnel import say
 
 __all__ = ["RunningTunnel", "find_tunnels", "select_tunnels", "stop_tunnels", "main"]
 
@@ -52,9 +48,6 @@ EXIT_INTERRUPTED = 130
 DEFAULT_TIMEOUT = 10.0  # seconds a tunnel gets to close (its cleanup takes well under one)
 KILL_TIMEOUT = 5.0  # after SIGKILL: instant, unless the process is stuck in the kernel
 POLL_INTERVAL = 0.05
-# How a tunnel shows in a command line: the script run from a checkout, the console script,
-# and the original bash tool (its own shutdown script interrupted it too).
-# Interpreter options whose value is the next argument: that value is not the script.
 TABLE_COLUMNS = ("PID", "LOCAL PORT", "HOSTS", "NODE", "REMOTE", "STATE", "STARTED")
 
 
@@ -150,16 +143,11 @@ def _float_or_none(value: object) -> float | None:
         return None
 
 
-def _split_hosts(value: str) -> list[str]:
-    """The hosts of one ``-s`` value: ``"gw srv"`` and ``gw,srv`` hold two (as jupyter-tunnel reads them)."""
-    return [h for h in value.replace(",", " ").split() if h]
-
-
 def hosts_from_argv(argv: Sequence[str]) -> tuple[tuple[str, ...], str]:
     """The ``-s`` hosts and the ``-n`` node of a jupyter-tunnel command line, as far as it tells."""
-    i = script_index(argv)
+    i = jt.script_index(argv)
     args = list(argv[(i or 0) + 1:])
-    if args[:1] == [TUNNEL_MODULE]:  # python -m jupyter_tunnel
+    if args[:1] == [jt.TUNNEL_MODULE]:  # python -m jupyter_tunnel
         args = args[1:]
     hosts: list[str] = []
     node = ""
@@ -169,12 +157,12 @@ def hosts_from_argv(argv: Sequence[str]) -> tuple[tuple[str, ...], str]:
         j += 1
         if arg in ("-s", "--host"):
             while j < len(args) and not args[j].startswith("-"):  # nargs="+"
-                hosts.extend(_split_hosts(args[j]))
+                hosts.extend(jt.split_host_list(args[j]))
                 j += 1
         elif arg.startswith("--host="):
-            hosts.extend(_split_hosts(arg[len("--host="):]))
+            hosts.extend(jt.split_host_list(arg[len("--host="):]))
         elif arg.startswith("-s") and not arg.startswith("--"):
-            hosts.extend(_split_hosts(arg[2:]))  # -sgw
+            hosts.extend(jt.split_host_list(arg[2:]))  # -sgw
         elif arg in ("-n", "--node") and j < len(args):
             node, j = args[j], j + 1
         elif arg.startswith("--node="):
@@ -182,23 +170,12 @@ def hosts_from_argv(argv: Sequence[str]) -> tuple[tuple[str, ...], str]:
     return tuple(hosts), node
 
 
-def split_host(host: str) -> tuple[str, str, str]:
-    """``(user, name, port)`` of ``[ssh://][user@]name[:port]``; empty strings for what is missing."""
-    if host.startswith("ssh://"):
-        host = host[len("ssh://"):]
-    user, _, name = host.rpartition("@")
-    port = ""
-    if name.count(":") == 1 and name.split(":")[1].isdigit():
-        name, port = name.split(":")
-    return user, name, port
-
-
 def host_matches(pattern: str, host: str) -> bool:
     """Whether ``--host pattern`` names ``host``; a user or port the pattern leaves out matches any."""
     if not pattern or not host:
         return False
-    want_user, want_name, want_port = split_host(pattern)
-    user, name, port = split_host(host)
+    want_user, want_name, want_port = jt.split_host(pattern)
+    user, name, port = jt.split_host(host)
     return (want_name == name and want_user in ("", user) and want_port in ("", port))
 
 
@@ -256,19 +233,6 @@ def table_row(tunnel: RunningTunnel) -> tuple[str, ...]:
     )
 
 
-def format_table(rows: Sequence[Sequence[str]]) -> str:
-    """Rows as left-aligned columns two spaces apart; the last column is not padded."""
-    if not rows:
-        return ""
-    rows = [[jt.escape_text(cell) for cell in row] for row in rows]  # registry entries are untrusted
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    lines = []
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
-
-
 def parse_environ(raw: bytes) -> dict[str, str]:
     """The environment from the bytes of ``/proc/PID/environ``."""
     env = {}
@@ -293,14 +257,14 @@ def process_environ(pid: int) -> dict[str, str] | None:
 
 def scan_processes(uid: int) -> list[tuple[int, list[str]]]:
     """``(pid, argv)`` of every process of user ``uid``."""
-    if not HAVE_PROC:
+    if not jt.HAVE_PROC:
         done = subprocess.run(["ps", "-U", str(uid), "-o", "pid=,uid=,command="],
                               capture_output=True, text=True)
-        return [(pid, argv) for pid, owner, argv in parse_ps(done.stdout) if owner == uid]
+        return [(pid, argv) for pid, owner, argv in jt.parse_ps(done.stdout) if owner == uid]
     found = []
     for name in os.listdir("/proc"):
         if name.isdigit():
-            info = process_info(int(name))
+            info = jt.process_info(int(name))
             if info is not None and info[0] == uid:
                 found.append((int(name), info[1]))
     return found
@@ -309,29 +273,23 @@ def scan_processes(uid: int) -> list[tuple[int, list[str]]]:
 def find_tunnels(clean: bool = True) -> list[RunningTunnel]:
     """This user's running tunnels, registered ones first; with ``clean``, stale entries are
     cleaned up on the way (else they are left as they are: ``--list`` only reads)."""
+    def cleaned(state: dict) -> None:
+        try:
+            what = RunningTunnel.from_state(state).describe()
+        except (TypeError, ValueError):
+            what = "its registry entry is damaged"
+        jt.say("Info", f"Cleaned up after process {state['pid']}, which had died ({what})")
+
     found: list[RunningTunnel] = []
-    for directory in registry_dirs():
-        for state in jt.read_states(directory):
-            try:
-                tunnel = RunningTunnel.from_state(state)
-            except (TypeError, ValueError):
-                continue  # read_states checked pid; keep going whatever else is odd
-            if is_own_tunnel(tunnel.pid):
-                if all(t.pid != tunnel.pid for t in found):
-                    found.append(tunnel)
-                continue
-            if not clean:
-                continue
-            # SIGKILLed (or its pid reused): its ssh master and agent may still run
-            why = jt.clean_leftovers(state)
-            if why:
-                jt.warn_left_alone(state, why)
-            else:
-                say("Info", f"Cleaned up after process {tunnel.pid}, which had died ({tunnel.describe()})")
+    for state in jt.scan_registry(clean, cleaned):
+        try:
+            found.append(RunningTunnel.from_state(state))
+        except (TypeError, ValueError):
+            continue  # read_states checked pid; keep going whatever else is odd
     ours = os.environ.get(jt.REGISTRY_ENV, "")
     known = {t.pid for t in found}
     for pid, argv in scan_processes(os.getuid()):
-        if pid not in known and pid != os.getpid() and is_tunnel_argv(argv) \
+        if pid not in known and pid != os.getpid() and jt.is_tunnel_argv(argv) \
                 and in_registry_scope(ours, process_environ(pid)):
             found.append(RunningTunnel.from_argv(pid, argv))
     return found
@@ -344,7 +302,7 @@ def wait_until_gone(tunnels: Sequence[RunningTunnel], timeout: float,
     remaining = list(tunnels)
     while True:
         for tunnel in list(remaining):
-            if not is_own_tunnel(tunnel.pid):  # exited (a zombie counts: its cleanup is done)
+            if not jt.is_own_tunnel(tunnel.pid):  # exited (a zombie counts: its cleanup is done)
                 remaining.remove(tunnel)
                 on_gone(tunnel)
         if not remaining or time.monotonic() >= deadline:
@@ -354,7 +312,7 @@ def wait_until_gone(tunnels: Sequence[RunningTunnel], timeout: float,
 
 def send(tunnel: RunningTunnel, signum: int) -> bool:
     """Signal ``tunnel`` if its pid is still one of our tunnels; whether it was signalled."""
-    return jt.signal_if(tunnel.pid, lambda: is_own_tunnel(tunnel.pid), signum)
+    return jt.signal_if(tunnel.pid, lambda: jt.is_own_tunnel(tunnel.pid), signum)
 
 
 def clean_after(tunnel: RunningTunnel) -> None:
@@ -375,31 +333,31 @@ def stop_tunnels(tunnels: Sequence[RunningTunnel], timeout: float, force: bool) 
         if send(tunnel, signal.SIGINT):  # what Ctrl+C sends: the tunnel cleans up itself
             signalled.append(tunnel)
         else:
-            say("Info", f"Process {tunnel.pid} has already exited ({tunnel.describe()})")
+            jt.say("Info", f"Process {tunnel.pid} has already exited ({tunnel.describe()})")
 
     def gone(tunnel: RunningTunnel) -> None:
         clean_after(tunnel)
-        say("Info", f"Killed process {tunnel.pid} ({tunnel.describe()})")
+        jt.say("Info", f"Killed process {tunnel.pid} ({tunnel.describe()})")
 
     remaining = wait_until_gone(signalled, timeout, gone)
     if not remaining:
         return EXIT_OK
     if not force:
         for tunnel in remaining:
-            say("Warning", f"process {tunnel.pid} ({tunnel.describe()}) did not stop within "
+            jt.say("Warning", f"process {tunnel.pid} ({tunnel.describe()}) did not stop within "
                            f"{timeout:g} s; --force kills it")
         return EXIT_NOT_STOPPED
 
     def killed(tunnel: RunningTunnel) -> None:
         clean_after(tunnel)
-        say("Info", f"Killed process {tunnel.pid} with SIGKILL ({tunnel.describe()})")
+        jt.say("Info", f"Killed process {tunnel.pid} with SIGKILL ({tunnel.describe()})")
 
     for tunnel in remaining:
-        say("Warning", f"process {tunnel.pid} did not stop within {timeout:g} s: sending SIGKILL")
+        jt.say("Warning", f"process {tunnel.pid} did not stop within {timeout:g} s: sending SIGKILL")
         send(tunnel, signal.SIGKILL)
     survivors = wait_until_gone(remaining, KILL_TIMEOUT, killed)
     for tunnel in survivors:
-        say("Error", f"process {tunnel.pid} ({tunnel.describe()}) survived SIGKILL")
+        jt.say("Error", f"process {tunnel.pid} ({tunnel.describe()}) survived SIGKILL")
     return EXIT_NOT_STOPPED if survivors else EXIT_OK
 
 
@@ -455,21 +413,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.port:
             for tunnel in tunnels:
                 if not tunnel.registered and tunnel not in chosen:
-                    say("Warning", f"process {tunnel.pid} is a tunnel that did not register (an older "
+                    jt.say("Warning", f"process {tunnel.pid} is a tunnel that did not register (an older "
                                    "version): its local port is unknown, so --port leaves it alone")
         if args.json:
             print(json.dumps([t.to_json() for t in chosen], indent=2))
             return EXIT_OK
         if not chosen:
             others = f" ({len(tunnels)} running, none matches --port/--host)" if tunnels else ""
-            say("Info", f"No tunnel {'is running' if args.list else 'to kill'}{others}.")
+            jt.say("Info", f"No tunnel {'is running' if args.list else 'to kill'}{others}.")
             return EXIT_OK
         if args.list:
-            print(format_table([TABLE_COLUMNS, *map(table_row, chosen)]), flush=True)
+            print(jt.format_table([TABLE_COLUMNS, *map(table_row, chosen)]), flush=True)
             return EXIT_OK
         return stop_tunnels(chosen, args.timeout, args.force)
     except KeyboardInterrupt:
-        say("Info", "Interrupted.")
+        jt.say("Info", "Interrupted.")
         return EXIT_INTERRUPTED
 
 

@@ -71,7 +71,7 @@ def test_hosts_from_argv(argv, hosts, node):
     ("fe80::1", ("", "fe80::1", "")),
 ])
 def test_split_host(host, parts):
-    assert sd.split_host(host) == parts
+    assert jt.split_host(host) == parts
 
 
 @pytest.mark.parametrize("pattern, host, expect", [
@@ -143,19 +143,19 @@ def test_to_json_has_the_same_keys_for_all_and_no_token():
 def test_table():
     rows = [sd.TABLE_COLUMNS, sd.table_row(VIA_GW), sd.table_row(ON_NODE), sd.table_row(UNREGISTERED)]
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(STATE["started"]))
-    assert sd.format_table(rows).splitlines() == [
+    assert jt.format_table(rows).splitlines() == [
         "PID   LOCAL PORT  HOSTS        NODE   REMOTE  STATE  STARTED",
         f"4242  8889        gw,u@srv     -      8888    ready  {started}",
         f"3     9001        gw,head      node1  8888    ready  {started}",
         "4     ?           gw,srv:2222  -      ?       ?      ?",
     ]
-    assert sd.format_table([]) == ""
+    assert jt.format_table([]) == ""
 
 
 def test_table_escapes_what_the_registry_says():
     """An entry's hosts could hold anything: no newline or ESC reaches the terminal raw."""
     forged = sd.RunningTunnel.from_state(dict(STATE, hosts=["gw\nInfo: forged", "\x1b[2Jsrv"], node="n\r1"))
-    table = sd.format_table([sd.TABLE_COLUMNS, sd.table_row(forged)])
+    table = jt.format_table([sd.TABLE_COLUMNS, sd.table_row(forged)])
     assert len(table.splitlines()) == 2
     assert "\x1b" not in table and "\r" not in table
     assert "gw\\nInfo: forged,\\x1b[2Jsrv" in table and "n\\r1" in table
