@@ -75,12 +75,18 @@ MAX_RETRIES = 1_000_000  # --max-retries
 MAX_PICK = 10_000  # --pick: a number of --list
 DEFAULT_SOCKET_PORT = 8888  # first local port tried for a unix-socket server
 NO_BROWSER = ("n", "none")
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each ends the run cleanly
 # ssh appends ".<16 random chars>" to a ControlPath while binding it, and a unix socket path
 # is limited to 104-108 bytes: keep the private directory's path short.
 MAX_TMP_PREFIX = 60
 # How often the master is polled while it logs in.  A login takes 0.3 s or more, so 2 ms
 # adds at most a few percent and costs nothing measurable.
 POLL_INTERVAL = 0.002
+# ...for the first second only: after that a person is typing a password or a 2FA code, and
+# the poll backs off to this (measured over a 20 s wait for a login: 0.28 s of CPU in all,
+# start-up included, instead of 0.84 s).
+FAST_POLL_SECONDS = 1.0
+SLOW_POLL_INTERVAL = 0.1
 # Options every ssh of the run gets through the generated config file, not via "-o": ssh
 # passes only -l -p -J -F -v to the ssh it starts for a jump host, so a config file given
 # with -F is the one way to reach every hop.
@@ -592,14 +598,16 @@ class Master:
         # Drain stderr all the time: a full pipe would block ssh.
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
         self._reader.start()
+        started = time.monotonic()
+        delay = POLL_INTERVAL
         while not os.path.exists(self.control):
             if self.process.poll() is not None:
                 self._reader.join(timeout=1)
-                raise TunnelError(
-                    f"cannot connect to {self.route.describe()}: {parse_ssh_error(self.stderr)}",
-                    EXIT_CONNECT,
-                )
-            time.sleep(POLL_INTERVAL)
+                raise TunnelError(f"cannot connect to {self.route.describe()}: {self.why()}", EXIT_CONNECT)
+            time.sleep(delay)
+            if time.monotonic() - started > FAST_POLL_SECONDS:
+                # a person types a password or a 2FA code: no need to look 500 times a second
+                delay = min(delay * 2, SLOW_POLL_INTERVAL)
 
     def _read_stderr(self) -> None:
         """Keep the last lines ssh wrote, to explain a failure with ssh's own words."""
@@ -611,9 +619,20 @@ class Master:
             if not line.startswith(SSH_DEBUG):
                 self.stderr.append(line)  # debug lines would push the reason out of the deque
 
+    @property
+    def pid(self) -> int:
+        """The master's process id (it is registered, to be found if this run is killed)."""
+        assert self.process is not None
+        return self.process.pid
+
     def alive(self) -> bool:
         """Whether the master process still runs."""
         return self.process is not None and self.process.poll() is None
+
+    def why(self, last: int = 0) -> str:
+        """ssh's own words for what went wrong (its last ``last`` lines only, if given)."""
+        lines = list(self.stderr)[-last:] if last else self.stderr
+        return parse_ssh_error(lines, self.process.poll() if self.process is not None else None)
 
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the master to exit; True when it has."""
@@ -649,13 +668,7 @@ class Master:
         """Stop the master: SIGTERM makes ssh kill its jump-host children and exit."""
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=5.0)
         if self._reader is not None:
             self._reader.join(timeout=1)
         if self.process.stderr is not None:
@@ -1157,7 +1170,7 @@ def wait_for_tunnel(master: Master, local_port: int, server: Server, timeout: fl
             foreign = answer.status  # maybe a server still starting: keep asking until --timeout
         if not master.alive():
             raise TunnelError(
-                f"the connection to {master.route.target} was lost: {parse_ssh_error(master.stderr)}",
+                f"the connection to {master.route.target} was lost: {master.why()}",
                 EXIT_LOST,
             )
         if answer == Answer(0) and time.monotonic() - started > CONNECT_FAILURE_GRACE:
@@ -1172,7 +1185,7 @@ def wait_for_tunnel(master: Master, local_port: int, server: Server, timeout: fl
                     f"{where} answered (HTTP {foreign}), but not as a Jupyter server: another "
                     f"program listens there, maybe on the port of a Jupyter server that has stopped "
                     f"(its runtime file says pid {server.pid})", EXIT_TIMEOUT)
-            reason = parse_ssh_error(list(master.stderr)[-2:]) if master.stderr else "no answer"
+            reason = master.why(last=2) if master.stderr else "no answer"
             raise TunnelError(
                 f"the Jupyter server did not answer through the tunnel within {timeout:g} s ({reason})",
                 EXIT_TIMEOUT,
@@ -1963,46 +1976,101 @@ def _raise_interrupted(signum: int, _frame) -> None:
     raise Interrupted(signal.Signals(signum).name)
 
 
-class Tunnel:
-    """One run: the ssh master (re-opened when it drops), the forward and the registry entry."""
+class Settings(NamedTuple):
+    """What a run needs of the command line (settings_from builds it from argparse's answer)."""
 
-    def __init__(self, args: argparse.Namespace, ssh: str, route: Route, directory: str,
-                 env: dict[str, str], agent: subprocess.Popen | None, password: str | None,
-                 registration: Registration) -> None:
-        self.args = args
+    ssh_config: str | None = None  # -F
+    ssh_options: tuple[str, ...] = ()  # -o
+    keepalive: int = DEFAULT_KEEPALIVE
+    verbose: int = 0
+    new_agent: bool = False  # -a
+    port: int | None = None  # the server's remote port (--port)
+    dir: str | None = None
+    pick: int | None = None
+    local_port: int | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    check_interval: float = DEFAULT_CHECK_INTERVAL
+    no_reconnect: bool = False
+    max_retries: int | None = None
+    json: bool = False
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The Settings named in ``args`` (argparse's answer)."""
+    return Settings(**{name: getattr(args, name) for name in Settings._fields if name != "ssh_options"},
+                    ssh_options=tuple(args.ssh_option))
+
+
+def write_askpass(directory: str, password: str) -> dict[str, str]:
+    """Write the SSH_ASKPASS helper; returns the environment that makes ssh use it."""
+    askpass = os.path.join(directory, "askpass")
+    with open(os.open(askpass, os.O_WRONLY | os.O_CREAT, 0o700), "w") as f:
+        f.write(ASKPASS_SCRIPT)
+    # OpenSSH >= 8.4 sends every prompt of every hop to SSH_ASKPASS with "force"; sshpass
+    # would answer only the first hop's prompt.  The password stays in the environment.
+    return {"SSH_ASKPASS": askpass, "SSH_ASKPASS_REQUIRE": "force", "JUPYTER_TUNNEL_PASSWORD": password}
+
+
+class Tunnel:
+    """One run and all it owns: the private directory, the registry entry, the agent and the
+    askpass helper it may start, the ssh master (re-opened when it drops), the forward and
+    the browser's one-time address.  ``close()`` takes them all down, whatever was reached."""
+
+    def __init__(self, settings: Settings, ssh: str, route: Route, password: str | None = None) -> None:
+        self.settings = settings
         self.ssh = ssh
         self.route = route
-        self.directory = directory
-        self.env = env
-        self.agent = agent
         self.password = password
+        self.env = dict(os.environ)
+        self.directory = ""
+        self.registration: Registration | None = None
+        self.agent: subprocess.Popen | None = None
         self.master: Master | None = None
         self.server: Server | None = None
-        self.local_port: int | None = args.local_port
+        self.local_port: int | None = settings.local_port
         self.status = 0  # HTTP status of the last successful probe
-        self.registration = registration
+        self.redirect: OneShotRedirect | None = None  # the browser's one-time address
+
+    @property
+    def url(self) -> str:
+        """The URL of the server through the tunnel, with its token."""
+        assert self.server is not None and self.local_port is not None
+        return build_url(self.local_port, self.server)
+
+    def prepare(self) -> None:
+        """What the login needs: the private directory, the entry, the agent, askpass, the config."""
+        self.directory = make_private_dir()
+        # registered at once: from now on there is something to clean up after this run
+        self.registration = Registration(build_state(os.getpid(), self.route, self.directory, time.time()))
+        if self.settings.new_agent or not self.env.get("SSH_AUTH_SOCK"):
+            self.agent, self.env["SSH_AUTH_SOCK"] = start_agent(self.directory, self.registration)
+            self.env.pop("SSH_AGENT_PID", None)
+        if self.password is not None:
+            self.env.update(write_askpass(self.directory, self.password))
+        self.write_config()
 
     def write_config(self, batch: bool = False) -> None:
         """(Re)write the ssh config file of the run (see build_ssh_config)."""
-        text = build_ssh_config(self.args.ssh_config, self.args.ssh_option,
+        text = build_ssh_config(self.settings.ssh_config, self.settings.ssh_options,
                                 add_keys_to_agent=self.agent is not None,
                                 password=self.password is not None,
-                                keepalive=self.args.keepalive, batch=batch)
+                                keepalive=self.settings.keepalive, batch=batch)
         path = os.path.join(self.directory, CONFIG_FILE)
         with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(text)
-        if self.args.verbose:  # it holds no secret: the password travels in the environment
+        if self.settings.verbose:  # it holds no secret: the password travels in the environment
             say("Debug", f"ssh config file {path}:")
             for line in text.splitlines():
                 say("Debug", f"  {line}")
 
     def login(self) -> list[Server]:
         """Open the master (the run's one login) and discover the servers through it."""
-        self.master = Master(self.ssh, self.route, self.directory, self.env, self.args.verbose)
+        self.master = Master(self.ssh, self.route, self.directory, self.env, self.settings.verbose)
         say("Info", f"Connecting to {self.route.describe()}...")
         started = time.monotonic()
         # registered before the login: a run killed while ssh waits (a slow host, a 2FA
         # prompt) leaves a master that the next run or jupyter-tunnel-shutdown must find
+        assert self.registration is not None
         self.master.open(on_start=lambda pid: self.registration.update(state=CONNECTING, master_pid=pid))
         say("Info", f"Connected in {time.monotonic() - started:.2f} s; "
                     f"looking for Jupyter servers on {self.route.describe_server_host()}...")
@@ -2013,8 +2081,8 @@ class Tunnel:
         servers = self.login()
         assert self.master is not None
         if self.server is None:
-            self.server = choose_server(servers, self.route.server_host, self.args.port,
-                                        self.args.dir, self.args.pick)
+            self.server = choose_server(servers, self.route.server_host, self.settings.port,
+                                        self.settings.dir, self.settings.pick)
         else:
             server = follow_server(servers, self.server)
             if server is None and not servers:
@@ -2026,22 +2094,23 @@ class Tunnel:
                 say("Info", f"The Jupyter server was restarted: now {server.describe()}")
             self.server = server
         self.local_port = add_forward(self.master, self.server, self.local_port)
+        assert self.registration is not None
         self.registration.update(**build_forward_state(self.server, self.local_port))
-        self.status = wait_for_tunnel(self.master, self.local_port, self.server, self.args.timeout)
+        self.status = wait_for_tunnel(self.master, self.local_port, self.server, self.settings.timeout)
         self.registration.update(state=READY)
 
     def announce(self) -> None:
         """Tell the user where the tunnel is: the Info lines, the URL on stdout, the browser."""
         assert self.server is not None and self.local_port is not None
         server = self.server
-        url = build_url(self.local_port, server)
+        url = self.url
         say("Info", f"Jupyter {server.describe()} on {self.route.server_host}")
         if self.status == 403:
             say("Info", "The server asks for its password: the page will prompt for it.")
         if server.secure:
             say("Info", "The server uses https with its own certificate: the browser will warn about it.")
         say("Info", f"Port used on localhost: {self.local_port}")  # last, right before the URL
-        if self.args.json:
+        if self.settings.json:
             where = {"sock": server.sock} if server.sock else {"remote_port": server.port}
             print(json.dumps({"url": url, "local_port": self.local_port,
                               "remote_host": self.route.server_host, **where, "pid": os.getpid()}), flush=True)
@@ -2052,27 +2121,26 @@ class Tunnel:
         """Watch the connection and the server until interrupted; reconnect when it drops."""
         assert self.master is not None and self.server is not None and self.local_port is not None
         while True:
-            if not self.master.wait(self.args.check_interval):
+            if not self.master.wait(self.settings.check_interval):
                 if server_stopped(self.master, self.local_port, self.server):
                     raise ServerStopped()
                 continue
-            assert self.master.process is not None
-            reason = parse_ssh_error(self.master.stderr, self.master.process.returncode)
-            if self.args.no_reconnect:
+            reason = self.master.why()
+            if self.settings.no_reconnect:
                 raise TunnelError(f"the connection to {self.route.target} was lost: {reason}", EXIT_LOST)
             say("Warning", f"connection to {self.route.target} lost ({reason}); reconnecting...")
             self.reconnect()
 
     def reconnect(self) -> None:
         """Log in again with backoff and forward the SAME local port (open tabs keep working)."""
-        old_url = build_url(self.local_port or 0, self.server) if self.server else ""
+        old_url = self.url
         self.close_master()
         batch = self.password is None and not has_terminal()
         self.write_config(batch=batch)
         for attempt, delay in enumerate(backoff_delays()):
-            if self.args.max_retries is not None and attempt >= self.args.max_retries:
+            if self.settings.max_retries is not None and attempt >= self.settings.max_retries:
                 raise TunnelError(f"could not reconnect to {self.route.target} after "
-                                  f"{self.args.max_retries} attempts", EXIT_LOST)
+                                  f"{self.settings.max_retries} attempts", EXIT_LOST)
             if delay:
                 say("Info", f"Retrying in {delay:g} s...")
                 time.sleep(delay)
@@ -2088,7 +2156,7 @@ class Tunnel:
                 say("Warning", str(error))
                 continue
             say("Info", "Reconnected.")
-            if self.server and build_url(self.local_port or 0, self.server) != old_url:
+            if self.url != old_url:
                 self.announce()  # the server was restarted: new token, new URL
             return
 
@@ -2099,11 +2167,29 @@ class Tunnel:
             self.master = None
 
     def close(self) -> None:
-        """Leave nothing behind: master, agent, private directory (the entry goes last, in run_tunnel)."""
+        """Leave nothing behind: the browser's address, the master, the agent, the private
+        directory, and the registry entry last (until everything is gone, it leads to it)."""
+        if self.redirect is not None:
+            self.redirect.close()
         self.close_master()
         if self.agent is not None:
             stop_process(self.agent)
-        shutil.rmtree(self.directory, ignore_errors=True)
+        if self.directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+        if self.registration is not None:
+            self.registration.remove()
+
+
+def run_list(tunnel: Tunnel, as_json: bool) -> int:
+    """``--list``: log in, print the servers found (a table, or JSON) and stop."""
+    servers = tunnel.login()
+    if as_json:
+        print(json.dumps([server_info(n, s) for n, s in enumerate(servers, 1)], indent=2))
+    elif servers:
+        print(format_server_table(servers))
+    else:
+        say("Info", f"No Jupyter server is running on {tunnel.route.server_host}.")
+    return EXIT_OK
 
 
 def run_tunnel(args: argparse.Namespace) -> int:
@@ -2115,49 +2201,25 @@ def run_tunnel(args: argparse.Namespace) -> int:
         browser = args.browser
         which_or_fail(shlex.split(browser)[0], "given with -b/--browser")
     password = read_password() if args.password else None
-
-    env = dict(os.environ)
     prune_registry()  # a SIGKILLed tunnel's ssh master and files go now
-    directory = make_private_dir()
-    # registered at once: from now on there is something to clean up after this run
-    registration = Registration(build_state(os.getpid(), route, directory, time.time()))
-    tunnel: Tunnel | None = None
-    agent: subprocess.Popen | None = None
-    redirect: OneShotRedirect | None = None  # the browser's one-time address
+    tunnel = Tunnel(settings_from(args), ssh, route, password)
     ready = False
     # SIGINT explicitly too: a shell starts a background job with SIGINT ignored, and
-    # jupyter-tunnel-shutdown interrupts tunnels with it, as Ctrl+C would.
+    # jupyter-tunnel-shutdown interrupts tunnels with it, as Ctrl+C would.  The handlers
+    # are the caller's again when this returns (main() may be called in-process).
+    previous = {signum: signal.getsignal(signum) for signum in HANDLED_SIGNALS}
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_interrupted)
     try:
-        if args.new_agent or not env.get("SSH_AUTH_SOCK"):
-            agent, env["SSH_AUTH_SOCK"] = start_agent(directory, registration)
-            env.pop("SSH_AGENT_PID", None)
-        if password is not None:
-            askpass = os.path.join(directory, "askpass")
-            with open(os.open(askpass, os.O_WRONLY | os.O_CREAT, 0o700), "w") as f:
-                f.write(ASKPASS_SCRIPT)
-            # OpenSSH >= 8.4 sends every prompt of every hop to SSH_ASKPASS with "force";
-            # sshpass would answer only the first hop's prompt.
-            env.update(SSH_ASKPASS=askpass, SSH_ASKPASS_REQUIRE="force", JUPYTER_TUNNEL_PASSWORD=password)
-        tunnel = Tunnel(args, ssh, route, directory, env, agent, password, registration)
-        tunnel.write_config()
+        tunnel.prepare()
         if args.list:
-            servers = tunnel.login()
-            if args.json:
-                print(json.dumps([server_info(n, s) for n, s in enumerate(servers, 1)], indent=2))
-            elif servers:
-                print(format_server_table(servers))
-            else:
-                say("Info", f"No Jupyter server is running on {route.server_host}.")
-            return EXIT_OK
+            return run_list(tunnel, args.json)
         tunnel.connect()
         ready = True
         tunnel.announce()
         if browser is not None or args.browser is None:
-            assert tunnel.local_port is not None and tunnel.server is not None
-            redirect = open_browser(browser, build_url(tunnel.local_port, tunnel.server))
+            tunnel.redirect = open_browser(browser, tunnel.url)
         say("Info", "Press Ctrl+C to close the tunnel.")
         return tunnel.stay()
     except ServerStopped:
@@ -2171,17 +2233,12 @@ def run_tunnel(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     finally:
         # No signal may cut the cleanup short: it is what leaves nothing behind.
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for signum in HANDLED_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
-        if redirect is not None:
-            redirect.close()
-        if tunnel is not None:
-            tunnel.close()
-        else:
-            if agent is not None:
-                stop_process(agent)
-            shutil.rmtree(directory, ignore_errors=True)
-        registration.remove()  # last: until everything is gone, the entry leads to it
+        tunnel.close()
+        for signum, handler in previous.items():
+            # None: a handler not installed from Python, which cannot be put back as such
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 # -------------------------------------------------------------------- the command line
@@ -2321,6 +2378,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def explain_error(error: Exception) -> tuple[str, int]:
+    """The ``Error:`` line and exit code for a TunnelError, a hung ssh or an OSError."""
+    if isinstance(error, TunnelError):
+        return str(error), error.code
+    if isinstance(error, subprocess.TimeoutExpired):
+        # a multiplexed ssh (discovery, -O forward) that hangs: the connection is stuck
+        return f"ssh did not answer within {error.timeout:g} s: the connection seems stuck", EXIT_ERROR
+    # an OSError: a file of the run (private directory, registry entry) that cannot be written
+    where = f": {error.filename}" if getattr(error, "filename", None) else ""
+    return f"{getattr(error, 'strerror', None) or error}{where}", EXIT_ERROR
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
@@ -2333,12 +2402,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))
     try:
         return run_tunnel(args)
-    except TunnelError as error:
-        say("Error", str(error))
-        return error.code
     except KeyboardInterrupt:
         say("Info", "Interrupted.")
         return EXIT_INTERRUPTED
+    except (TunnelError, subprocess.TimeoutExpired, OSError) as error:  # the one place: one line
+        message, code = explain_error(error)
+        say("Error", message)
+        return code
 
 
 if __name__ == "__main__":

@@ -426,6 +426,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(jt.format_table([TABLE_COLUMNS, *map(table_row, chosen)]), flush=True)
             return EXIT_OK
         return stop_tunnels(chosen, args.timeout, args.force)
+    except OSError as error:  # a registry file or /proc entry that cannot be read or removed
+        jt.say("Error", jt.explain_error(error)[0])
+        return EXIT_NOT_STOPPED
     except KeyboardInterrupt:
         jt.say("Info", "Interrupted.")
         return EXIT_INTERRUPTED

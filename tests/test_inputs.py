@@ -102,3 +102,19 @@ def test_node_log_in_a_directory_it_cannot_write():
         assert os.listdir(locked) == []
     finally:
         shutil.rmtree(top)
+
+
+def test_main_in_process_gives_the_signal_handlers_back(tmp_path, monkeypatch):
+    import signal
+
+    import jupyter_tunnel as jt
+
+    # a login that fails at once, without any network: the proxy command exits
+    monkeypatch.setenv(jt.REGISTRY_ENV, str(tmp_path / "registry"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    before = {signum: signal.getsignal(signum) for signum in jt.HANDLED_SIGNALS}
+    code = jt.main(["-s", "nowhere", "-o", "ProxyCommand=false", "-b", "none", "--no-reconnect"])
+    assert code == jt.EXIT_CONNECT
+    assert {signum: signal.getsignal(signum) for signum in jt.HANDLED_SIGNALS} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["registry"]  # the private dir is gone
+    assert list((tmp_path / "registry").iterdir()) == []  # and the entry
