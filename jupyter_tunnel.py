@@ -1,34 +1,37 @@
 #!/usr/bin/env python3
 """Put the local browser on a Jupyter server that already runs on a remote machine.
 
-The flow, with exactly one SSH login per hop for the whole run:
+The flow, with exactly one SSH login per hop for the whole run; each step has its section
+below, in this order, and ``run_tunnel`` drives them through one ``Tunnel``:
 
-1. connect once: start ONE OpenSSH master connection (``ssh -M -S SOCKET -N``) to the
-   last host given with ``-s``, through the others as jump hosts (``-J``).  Every later
-   step is multiplexed over it, so a password or 2FA prompt appears once.  The run is
-   registered before that (``<pid>.json``, state "connecting", for
-   jupyter_tunnel_shutdown.py): a run killed while it waits leaves nothing unfound.
-2. discover: run a small POSIX ``sh`` script on the remote through the master (with ``-n``,
-   on the cluster node, from the head).  It prints the runtime files (``jpserver-*.json``,
-   ``nbserver-*.json``) of the live Jupyter servers; the JSON is parsed here, so the remote
-   needs neither ``python`` nor ``jupyter`` on PATH.  ``--list`` stops here.
-3. choose: the only server, or the one ``--port``/``--dir``/``--pick`` name, or ask on a
-   terminal.
-4. forward: pick a free local port (the remote port or the next free one above it, so a
-   pinned browser tab keeps working; the next one again when a run started at the same
-   time takes it first) and add ``-L 127.0.0.1:LPORT:HOST:RPORT`` to the running master
-   (``ssh -O forward``).
-5. wait: poll ``/api/status`` through the tunnel until the server answers; the entry's
-   state becomes "ready".
-6. browser: print the URL, open the browser on a one-time loopback address that redirects
-   to it (never the token on a command line: see OneShotRedirect), and stay until Ctrl+C,
-   SIGTERM or SIGHUP: when the master dies, log in again and forward the same local port;
-   when the server stops, exit.
-7. clean up: stop the master, reap every child, kill the ssh-agent this run started,
-   remove the private directory that held the control socket and the registry entry.
+1. connect once (``Tunnel.prepare``, ``Master.open``): register the run (``<pid>.json``,
+   state "connecting", for jupyter_tunnel_shutdown.py: a run killed while it waits leaves
+   nothing unfound), then start ONE OpenSSH master connection (``ssh -M -S SOCKET -N``) to
+   the last ``-s`` host, through the others as jump hosts (``-J``).  Every later step is
+   multiplexed over it, so a password or 2FA prompt appears once.
+2. discover (``discover``): a small POSIX ``sh`` script run on the remote through the
+   master (with ``-n``, on the cluster node, from the head) prints the runtime files
+   (``jpserver-*.json``, ``nbserver-*.json``) of the live Jupyter servers; the JSON is
+   parsed and checked here, so the remote needs neither ``python`` nor ``jupyter`` on PATH.
+   ``--list`` stops here (``run_list``).
+3. choose (``choose_server``): the only server, or the one ``--port``/``--dir``/``--pick``
+   name, or ask on a terminal.
+4. forward (``add_forward``): a free local port (the remote port or the next free one above
+   it, so a pinned browser tab keeps working; the next one again when a run started at the
+   same time takes it first), added to the master as ``-L 127.0.0.1:LPORT:HOST:RPORT``.
+5. wait (``wait_for_tunnel``): poll ``/api/status`` through the tunnel until Jupyter itself
+   answers; the entry's state becomes "ready".
+6. browser (``Tunnel.announce``, ``open_browser``): print the URL; open the browser on a
+   one-time loopback address that redirects to it (``OneShotRedirect``: never the token on
+   a command line).
+7. stay (``Tunnel.stay``): until Ctrl+C, SIGTERM or SIGHUP; when the master dies, log in
+   again and forward the same local port (``Tunnel.reconnect``); when the server stops, exit.
+8. clean up (``Tunnel.close``): stop the master, reap every child, kill the ssh-agent this
+   run started, remove the private directory and, last, the registry entry.
 
-Only the standard library and the system ``ssh`` are used: the system client is what
-honours ``~/.ssh/config``, ProxyJump, agents, ControlMaster and 2FA prompts.
+The registry section is shared with jupyter_tunnel_shutdown.py.  Only the standard library
+and the system ``ssh`` are used: the system client is what honours ``~/.ssh/config``,
+ProxyJump, agents, ControlMaster and 2FA prompts.
 """
 
 from __future__ import annotations
@@ -181,7 +184,7 @@ printf '%s\n' "$answer"
 """
 
 
-# ----------------------------------------------------------------- errors and messages
+# ------------------------------------------------------------------ errors and messages
 
 
 class TunnelError(Exception):
@@ -237,7 +240,7 @@ def which_or_fail(program: str, why: str) -> str:
     return path
 
 
-# ----------------------------------------------------------- the route and the servers
+# ------------------------------------------------------------ the route and the servers
 
 
 class Route(NamedTuple):
@@ -433,7 +436,7 @@ def parse_server(info: dict, source: str = "", cmdline: str = "") -> Server:
     )
 
 
-# --------------------------------------------------------------------- 1. connect once
+# ---------------------------------------------------------------------- 1. connect once
 
 
 def build_include_path(path: str) -> str:
@@ -723,7 +726,7 @@ def has_terminal() -> bool:
     return True
 
 
-# ------------------------------------------------------------------------- 2. discover
+# -------------------------------------------------------------------------- 2. discover
 
 
 # The discovery script.  It needs neither python nor jupyter on PATH: over a
@@ -905,7 +908,7 @@ def discover(master: Master, timeout: float = 60.0) -> list[Server]:
     return servers
 
 
-# --------------------------------------------------------------------------- 3. choose
+# ---------------------------------------------------------------------------- 3. choose
 
 
 def select_servers(servers: Sequence[Server], port: int | None = None, directory: str | None = None,
@@ -993,7 +996,7 @@ def choose_server(servers: Sequence[Server], host: str, port: int | None = None,
     )
 
 
-# -------------------------------------------------------------------------- 4. forward
+# --------------------------------------------------------------------------- 4. forward
 
 
 def candidate_ports(first: int, count: int = 100) -> range:
@@ -1073,7 +1076,7 @@ def add_forward(master: Master, server: Server, local_port: int | None) -> int:
     raise TunnelError(f"cannot forward a local port to the server: {reason}", EXIT_PORT)
 
 
-# ------------------------------------------------------------ 5. wait until it answers
+# ------------------------------------------------------------- 5. wait until it answers
 
 
 def build_probe_request(local_port: int, server: Server) -> bytes:
@@ -1194,7 +1197,7 @@ def wait_for_tunnel(master: Master, local_port: int, server: Server, timeout: fl
         delay = min(delay * 2, 0.25)
 
 
-# ---------------------------------------------------------- 6. the URL and the browser
+# ----------------------------------------------------------- 6. the URL and the browser
 
 
 def build_url(local_port: int, server: Server, host: str = "localhost") -> str:
@@ -1476,7 +1479,7 @@ def open_browser(browser: str | None, url: str) -> OneShotRedirect | None:
     return redirect
 
 
-# -------------------------------------- 7. stay: reconnect, notice the server stopping
+# --------------------------------------- 7. stay: reconnect, notice the server stopping
 
 
 def backoff_delays(first: float = 1.0, cap: float = MAX_BACKOFF) -> Iterator[float]:
@@ -1515,7 +1518,7 @@ def server_stopped(master: Master, local_port: int, server: Server) -> bool:
     return all(s.key != server.key for s in servers)
 
 
-# ---------- the registry and process identity (shared with jupyter_tunnel_shutdown.py)
+# ----------- the registry and process identity (shared with jupyter_tunnel_shutdown.py)
 
 
 def build_state(pid: int, route: Route, directory: str, started: float) -> dict:
@@ -1968,7 +1971,7 @@ def prune_registry() -> list[dict]:
     return scan_registry(clean=True)
 
 
-# -------------------------------------- the run: one Tunnel, cleaned up by one close()
+# --------------------------------------- the run: one Tunnel, taken down by one close()
 
 
 def _raise_interrupted(signum: int, _frame) -> None:
@@ -2241,7 +2244,7 @@ def run_tunnel(args: argparse.Namespace) -> int:
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
-# -------------------------------------------------------------------- the command line
+# --------------------------------------------------------------------- the command line
 
 
 def seconds_option(high: float):
