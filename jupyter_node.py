@@ -561,6 +561,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if error.details:
             print(error.details, file=sys.stderr, flush=True)
         return error.code
+    except subprocess.TimeoutExpired as error:  # a scheduler command that hangs (controller down)
+        say("Error", f"{os.path.basename(str(error.cmd[0]))} did not answer within {error.timeout:g} s: "
+                     "is the scheduler's controller up?")
+        return EXIT_ERROR
+    except OSError as error:  # the log, or a scheduler command that cannot run
+        say("Error", f"{error.strerror or error}{f': {error.filename}' if error.filename else ''}")
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":
