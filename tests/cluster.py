@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from helpers import wait_for
-from realenv import LISTEN_ADDRESSES, RUNTIME_SUBDIR, SetupError, SshServer
+from helpers import process_state, tail, wait_for
+from realenv import LISTEN_ADDRESSES, RUNTIME_SUBDIR, SetupError, SshServer, run
 
 CLUSTER_USER = "jtcluster"  # submits jobs; never has a Jupyter server outside a test
 REPO = Path(__file__).resolve().parent.parent
@@ -47,24 +47,14 @@ class ClusterError(SetupError):
     """A cluster could not be set up; the message says which step and shows its output."""
 
 
-def run(argv: Sequence[str], what: str, env: Optional[Dict[str, str]] = None, check: bool = True,
-        input: Optional[str] = None, timeout: float = 60.0) -> "subprocess.CompletedProcess[str]":
-    """Run a set-up command (text output); ClusterError with its output when it fails and `check`."""
-    proc = subprocess.run(list(argv), capture_output=True, text=True, env=env, input=input, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise ClusterError(f"{what} failed ({proc.returncode}): {' '.join(argv)}\n{proc.stdout}{proc.stderr}")
-    return proc
-
-
 def daemon_pid(pidfile: Path, comm: str) -> Optional[int]:
     """The pid in `pidfile` if that process is alive and is `comm` (not a reused pid)."""
     try:
         pid = int(pidfile.read_text().split()[0])
         name = Path(f"/proc/{pid}/comm").read_text().strip()
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, ValueError, IndexError):
         return None
-    return pid if name == comm[:15] and state != "Z" else None
+    return pid if name == comm[:15] and process_state(pid) not in ("Z", None) else None
 
 
 def stop_pid(pid: int, timeout: float = 15.0) -> None:
@@ -74,15 +64,8 @@ def stop_pid(pid: int, timeout: float = 15.0) -> None:
     except ProcessLookupError:
         return
 
-    def gone() -> bool:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return True
-        return state == "Z"
-
     try:
-        wait_for(gone, timeout, interval=0.1, what=f"pid {pid} to exit")
+        wait_for(lambda: process_state(pid) in ("Z", None), timeout, interval=0.1, what=f"pid {pid} to exit")
     except AssertionError:
         os.kill(pid, 9)
 
@@ -289,7 +272,7 @@ def sge_up() -> SgeCluster:
         try:
             wait_for(qstat_ok, 30, interval=0.2, what="sge_qmaster to answer")
         except AssertionError as err:
-            raise ClusterError(f"{err}\n{_tail(SGE_SPOOL / 'qmaster' / 'messages')}") from None
+            raise ClusterError(f"{err}\n{tail(SGE_SPOOL / 'qmaster' / 'messages')}") from None
         started.append(daemon_pid(qm_pidfile, "sge_qmaster"))
     _sge_configure(host)
 
@@ -323,13 +306,6 @@ def sge_down(cluster: SgeCluster) -> None:
     finally:
         for pid in reversed(cluster.started):  # execd first
             stop_pid(pid)
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as err:
-        return f"<cannot read {path}: {err}>"
 
 
 # --------------------------------------------------------------------------- Slurm
@@ -480,7 +456,7 @@ def _wait(predicate, timeout: float, what: str, log: Path) -> None:
     try:
         wait_for(predicate, timeout, interval=0.1, what=what)
     except AssertionError as err:
-        raise ClusterError(f"{err}\n--- {log} ---\n{_tail(log)}") from None
+        raise ClusterError(f"{err}\n--- {log} ---\n{tail(log)}") from None
 
 # --------------------------------------------------------------------------- the cluster user
 

@@ -54,6 +54,10 @@ from realenv import (  # noqa: F401
     setup_users,
     start_sshd,
 )
+from tunnelrun import Tunnel
+
+# fixtures that live in modules of their own, registered as pytest plugins
+pytest_plugins = ["cluster_fixtures"]  # the clusters (Grid Engine, Slurm) for jupyter_node.py
 
 # fixtures that need root, sshd or Jupyter: tests using them get the `integration` mark
 INTEGRATION_FIXTURES = frozenset(
@@ -72,7 +76,7 @@ def _note(config: pytest.Config, message: str) -> None:
 
 
 @contextlib.contextmanager
-def _fail_on_setup_error() -> Iterator[None]:
+def fail_on_setup_error() -> Iterator[None]:
     """Turn realenv's SetupError into a clean fixture failure (never a skip: a skip would pass for green)."""
     try:
         yield
@@ -93,7 +97,7 @@ def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def _session_lock(pytestconfig: pytest.Config) -> Iterator[None]:
     """Check we can run at all, then hold the machine-wide test lock for the session."""
-    with _fail_on_setup_error():
+    with fail_on_setup_error():
         check_can_run()
     with machine_lock(lambda message: _note(pytestconfig, message)):
         yield
@@ -102,7 +106,7 @@ def _session_lock(pytestconfig: pytest.Config) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def test_users(_session_lock: None) -> Dict[str, UserAccount]:
     """Create the test users if missing, set their password, wipe their Jupyter runtime dirs."""
-    with _fail_on_setup_error():
+    with fail_on_setup_error():
         return setup_users()
 
 
@@ -123,7 +127,7 @@ def session_dir(_session_lock: None, pytestconfig: pytest.Config) -> Iterator[Pa
 @pytest.fixture(scope="session")
 def sshd(session_dir: Path, test_users: Dict[str, UserAccount]) -> Iterator[SshServer]:
     """Start the session's sshd (key port and password port on 127.0.0.1-3) and check logins work."""
-    with _fail_on_setup_error():
+    with fail_on_setup_error():
         server = start_sshd(session_dir)
     try:
         yield server
@@ -138,7 +142,7 @@ def sshd(session_dir: Path, test_users: Dict[str, UserAccount]) -> Iterator[SshS
 def jupyter_venv(test_users: Dict[str, UserAccount]) -> Path:
     """The venv running pytest, checked to be usable by the test users (they run Jupyter from it)."""
     venv = Path(sys.prefix)
-    with _fail_on_setup_error():
+    with fail_on_setup_error():
         check_venv(venv, test_users[SERVER_USER])
     return venv
 
@@ -201,20 +205,7 @@ def start_jupyter(
         starter.stop_all()
 
 
-# --- clusters (Grid Engine, Slurm) for jupyter_node.py: tests/cluster_fixtures.py ----
-from tunnelrun import Tunnel  # noqa: E402
-from cluster_fixtures import (  # noqa: E402,F401
-    _netns_hosts,
-    _sge_netns_session,
-    _sge_session,
-    _slurm_netns_session,
-    _slurm_session,
-    cluster_user,
-    sge_cluster,
-    sge_netns,
-    slurm_cluster,
-    slurm_netns,
-)
+# --- tunnels ---------------------------------------------------------------------
 
 
 @pytest.fixture

@@ -81,12 +81,13 @@ def die_with_parent() -> None:
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def run_setup(argv: Sequence[str], what: str, input: Optional[str] = None) -> str:
-    """Run a set-up command; SetupError with its output when it fails."""
-    proc = subprocess.run(list(argv), input=input, capture_output=True, text=True)
-    if proc.returncode != 0:
+def run(argv: Sequence[str], what: str, env: Optional[Dict[str, str]] = None, check: bool = True,
+        input: Optional[str] = None, timeout: float = 60.0) -> "subprocess.CompletedProcess[str]":
+    """Run a set-up command (text output); SetupError with its output when it fails and `check`."""
+    proc = subprocess.run(list(argv), capture_output=True, text=True, env=env, input=input, timeout=timeout)
+    if check and proc.returncode != 0:
         raise SetupError(f"{what} failed ({proc.returncode}): {' '.join(argv)}\n{proc.stdout}{proc.stderr}")
-    return proc.stdout
+    return proc
 
 
 def stop_process(proc: "subprocess.Popen[Any]", timeout: float = 10.0, group: bool = False) -> None:
@@ -170,12 +171,12 @@ def setup_users() -> Dict[str, UserAccount]:
         try:
             entry = pwd.getpwnam(name)
         except KeyError:
-            run_setup(["useradd", "--create-home", "--shell", shell, name], f"creating user {name}")
+            run(["useradd", "--create-home", "--shell", shell, name], f"creating user {name}")
             continue
         if name in REFUSING_USERS and entry.pw_shell != shell:
-            run_setup(["usermod", "--shell", shell, name], f"setting the shell of {name}")
+            run(["usermod", "--shell", shell, name], f"setting the shell of {name}")
     # also unlocks the accounts: useradd leaves "!" which sshd (UsePAM no) refuses
-    run_setup(["chpasswd"], "setting the test passwords", "".join(f"{n}:{TEST_PASSWORD}\n" for n in shells))
+    run(["chpasswd"], "setting the test passwords", input="".join(f"{n}:{TEST_PASSWORD}\n" for n in shells))
     users = user_accounts()
     for user in users.values():
         # files left by earlier (killed) runs would look like servers to discovery
@@ -401,14 +402,14 @@ def start_sshd(d: Path) -> SshServer:
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     os.chmod("/run/sshd", 0o755)
     for key, comment in (("host_ed25519", "jt-host"), ("client_ed25519", "jt-client")):
-        run_setup(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(d / key)], "ssh-keygen")
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(d / key)], "ssh-keygen")
     shutil.copyfile(d / "client_ed25519.pub", d / "authorized_keys")
     (d / "authorized_keys").chmod(0o644)  # read by sshd as the logging-in user
 
     port = free_port(LISTEN_ADDRESSES)
     pw_port = free_port(LISTEN_ADDRESSES, exclude=[port])
     _write_ssh_files(d, port, pw_port)
-    run_setup([SSHD, "-t", "-f", str(d / "sshd_config")], "sshd -t (config check)")
+    run([SSHD, "-t", "-f", str(d / "sshd_config")], "sshd -t (config check)")
 
     log = d / "sshd.log"
     log.touch()

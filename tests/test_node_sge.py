@@ -19,10 +19,11 @@ import time
 
 import pytest
 
-from cluster import ClusterUser, SgeCluster, logins_by_target, parse_node_report, run
+from cluster import ClusterUser, SgeCluster, logins_by_target, parse_node_report
 from helpers import tcp_open, wait_for
 from jupyter_node import parse_log
 from netns import ADDRESSES
+from realenv import run
 from tunnelrun import Tunnel, check_printed_command, get_status, local_port_of
 
 pytestmark = pytest.mark.integration

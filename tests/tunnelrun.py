@@ -17,7 +17,7 @@ import threading
 import urllib.parse
 from pathlib import Path
 
-from helpers import http_get, wait_for
+from helpers import http_get, process_state, wait_for
 
 SCRIPT = Path(__file__).resolve().parent.parent / "jupyter_tunnel.py"
 READY_TIMEOUT = 30.0
@@ -87,10 +87,9 @@ class Tunnel:
                 continue
             try:
                 cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
             except OSError:
                 continue
-            if self.tmp in cmdline and state != "Z" and int(entry) != self.process.pid:
+            if self.tmp in cmdline and process_state(entry) not in ("Z", None) and int(entry) != self.process.pid:
                 found.append(f"{entry}: {cmdline}")
         return found
 
