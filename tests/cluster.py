@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from helpers import process_state, tail, wait_for
-from realenv import LISTEN_ADDRESSES, RUNTIME_SUBDIR, SetupError, SshServer, run
+from realenv import LISTEN_ADDRESSES, SetupError, SshServer, UserAccount, run
 
 CLUSTER_USER = "jtcluster"  # submits jobs; never has a Jupyter server outside a test
 REPO = Path(__file__).resolve().parent.parent
@@ -461,29 +461,16 @@ def _wait(predicate, timeout: float, what: str, log: Path) -> None:
 # --------------------------------------------------------------------------- the cluster user
 
 
-@dataclass
-class ClusterUser:
+@dataclass(frozen=True)
+class ClusterUser(UserAccount):
     """The test user who runs jupyter-node on the head node, and how the tests act as them."""
 
-    name: str
-    uid: int
-    gid: int
-    home: Path
     head: str  # the head node's name, as jupyter-node prints it in the jupyter-tunnel command
     node: str  # the compute node (this machine's name in the single-host clusters)
     client_config: Path  # `ssh -F`: Host <head> -> the fixtures' sshd as head (127.0.0.2), + sshd.config
     bin_dir: Path  # jupyter-node "installed on the head node"
     venv: Path  # where jupyter comes from
     node_address: str = ""  # where `ssh NODE` on the head connects (an address the sshd listens on)
-
-    @property
-    def runtime_dir(self) -> Path:
-        """The user's Jupyter runtime directory (home directories are shared with the node)."""
-        return self.home / RUNTIME_SUBDIR
-
-    def runtime_files(self) -> List[Path]:
-        """The jpserver-*.json files now in the runtime directory."""
-        return sorted(self.runtime_dir.glob("jpserver-*.json")) if self.runtime_dir.is_dir() else []
 
     def server_info(self, port: int, timeout: float = 30.0) -> dict:
         """The runtime file (as a dict, with its "path") of the user's server on `port`, once written."""
@@ -552,14 +539,13 @@ def setup_cluster_user(sshd: SshServer, session_dir: Path, venv: Path, head: str
         entry = pwd.getpwnam(CLUSTER_USER)
     # useradd leaves the password "!": sshd (UsePAM no) refuses even key logins then
     run(["usermod", "-p", "*", CLUSTER_USER], "unlocking the cluster user")
-    user = ClusterUser(CLUSTER_USER, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir), head, node,
-                       session_dir / "cluster_ssh_config", session_dir / "cluster-bin", venv)
-    shutil.rmtree(user.runtime_dir, ignore_errors=True)  # servers of killed runs
-
     # the node must be reached where the sshd listens; a Debian hostname is often 127.0.1.1
     node_address = ensure_host_resolves(node)
     hostname_line = "" if node_address in LISTEN_ADDRESSES else f"    HostName {LISTEN_ADDRESSES[0]}\n"
-    user.node_address = node_address if node_address in LISTEN_ADDRESSES else LISTEN_ADDRESSES[0]
+    user = ClusterUser(CLUSTER_USER, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir), head, node,
+                       session_dir / "cluster_ssh_config", session_dir / "cluster-bin", venv,
+                       node_address if node_address in LISTEN_ADDRESSES else LISTEN_ADDRESSES[0])
+    shutil.rmtree(user.runtime_dir, ignore_errors=True)  # servers of killed runs
     ssh_dir = user.home / ".ssh"
     shutil.rmtree(ssh_dir, ignore_errors=True)
     ssh_dir.mkdir(mode=0o700)

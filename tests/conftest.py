@@ -24,11 +24,15 @@ their runtime directories and the one-server invariant.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import socket
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import pytest
 
@@ -54,7 +58,7 @@ from realenv import (  # noqa: F401
     setup_users,
     start_sshd,
 )
-from tunnelrun import Tunnel
+from tunnelrun import SHUTDOWN, Tunnel
 
 # fixtures that live in modules of their own, registered as pytest plugins
 pytest_plugins = ["cluster_fixtures"]  # the clusters (Grid Engine, Slurm) for jupyter_node.py
@@ -180,6 +184,13 @@ class JupyterFactory:
         self._check_user(user)
         return self._starter.start_many(count, user, app=app, args=args)
 
+    def typed(self, app: str, *args: str, user: str = MULTI_USER, venv: Optional[Path] = None,
+              root: str = "jt-root") -> JupyterProc:
+        """Start `jupyter <app> <args>` as a user types it (where it listens too), from `venv`, in a
+        new root dir `root`-XXXX; ready once its runtime file parses."""
+        self._check_user(user)
+        return self._starter.start_typed(user, app, *args, venv=venv, root=root)
+
 
 @pytest.fixture(scope="session")
 def jtuser_server(
@@ -209,15 +220,71 @@ def start_jupyter(
 
 
 @pytest.fixture
-def tunnel(sshd):
-    """Factory: start jupyter_tunnel.py with the fixtures' ssh config; killed at teardown."""
-    started: list[Tunnel] = []
+def registry() -> Iterator[str]:
+    """The registry directory (JUPYTER_TUNNEL_REGISTRY) that a test's tunnels and shutdown runs share."""
+    path = tempfile.mkdtemp(prefix="jtr-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
-    def start(*args: str, **kwargs) -> Tunnel:
-        run = Tunnel(sshd.config, *args, **kwargs)
+
+@pytest.fixture
+def tunnel(sshd: SshServer, registry: str) -> Iterator[Callable[..., Tunnel]]:
+    """tunnel(*args, registry_dir=registry, stdin=None, env=None) -> Tunnel: jupyter_tunnel.py with the
+    fixtures' ssh config, registering in the test's registry as one user's tunnels share one; killed at teardown."""
+    started: List[Tunnel] = []
+
+    def start(*args: str, registry_dir: str = registry, **kwargs: Any) -> Tunnel:
+        run = Tunnel(sshd.config, *args, registry=registry_dir, **kwargs)
         started.append(run)
         return run
 
     yield start
     for run in started:
         run.kill()
+
+
+@pytest.fixture
+def shutdown(registry: str) -> Callable[..., "subprocess.CompletedProcess[str]"]:
+    """shutdown(*args, **env): jupyter_tunnel_shutdown.py on ``registry``, without a terminal, as a sleep hook runs it."""
+
+    def run(*args: str, **more_env: str) -> "subprocess.CompletedProcess[str]":
+        env = {**os.environ, "NO_COLOR": "1", "JUPYTER_TUNNEL_REGISTRY": registry, **more_env}
+        return subprocess.run([sys.executable, str(SHUTDOWN), *args], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, env=env, timeout=60)
+
+    return run
+
+
+@pytest.fixture
+def forged_file(test_users: Dict[str, UserAccount]) -> Iterator[Callable[..., Path]]:
+    """forged_file(content, user="jtmulti") -> Path: a runtime file with any content, for a live process
+    that looks like Jupyter (its command line says jupyter), as the remote account could write it.
+    A dict gets that process's pid; in a str, @PID@ stands for it.  Both removed after the test."""
+    made: List["tuple[subprocess.Popen[bytes], Path]"] = []
+
+    def forge(content: "dict | str", user: str = MULTI_USER) -> Path:
+        account = test_users[user]
+        fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "jupyter-fake"],
+                                user=account.uid, group=account.gid, extra_groups=[])
+        text = json.dumps(dict(content, pid=fake.pid)) if isinstance(content, dict) else content
+        path = account.write_runtime_file(f"jpserver-{fake.pid}.json", text.replace("@PID@", str(fake.pid)))
+        made.append((fake, path))
+        return path
+
+    yield forge
+    for fake, path in made:
+        fake.kill()
+        fake.wait()
+        path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def hung_server(forged_file: Callable[..., Path]) -> Iterator[int]:
+    """A live "jupyter" process of jtnone (never a real server) whose port accepts
+    connections but never answers (a hung server); yields the port."""
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(64)  # connections wait in the backlog: never accepted, never answered
+        port = hung.getsockname()[1]
+        forged_file(dict(port=port, url=f"http://localhost:{port}/", token="t"), user=NO_SERVER_USER)
+        yield port
