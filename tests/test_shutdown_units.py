@@ -227,14 +227,14 @@ def test_registry_dirs(monkeypatch, tmp_path):
 def test_usage_errors_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         sd.main(argv)
-    assert exit_info.value.code == 2
+    assert exit_info.value.code == sd.EXIT_USAGE
     assert message in capsys.readouterr().err
 
 
 def test_help_documents_exit_codes(capsys):
     with pytest.raises(SystemExit) as exit_info:
         sd.main(["--help"])
-    assert exit_info.value.code == 0
+    assert exit_info.value.code == sd.EXIT_OK
     out = capsys.readouterr().out
     assert "exit codes: 0 all stopped (or none was running), 1 some did not stop" in out
     assert "--force" in out and "--list" in out and "--port LPORT" in out and "--host HOST" in out
@@ -244,10 +244,10 @@ def test_nothing_registered(monkeypatch, tmp_path, capsys):
     # an empty registry of its own: the scan then takes only tunnels started with it, so none
     monkeypatch.setenv(jt.REGISTRY_ENV, str(tmp_path))
     monkeypatch.setenv("NO_COLOR", "1")
-    assert sd.main([]) == 0
+    assert sd.main([]) == sd.EXIT_OK
     assert capsys.readouterr().err == "Info: No tunnel to kill.\n"
-    assert sd.main(["--json"]) == 0
+    assert sd.main(["--json"]) == sd.EXIT_OK
     assert json.loads(capsys.readouterr().out) == []
-    assert sd.main(["--list"]) == 0
+    assert sd.main(["--list"]) == sd.EXIT_OK
     captured = capsys.readouterr()
     assert (captured.out, captured.err) == ("", "Info: No tunnel is running.\n")
