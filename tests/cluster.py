@@ -1,7 +1,7 @@
 """Real clusters for the tests: Son of Grid Engine and Slurm on this machine, no mocks.
 
 Plain functions stand each cluster up (idempotent: daemons already running and a
-configuration already in place are reused) and down; a few fixtures at the end put them
+configuration already in place are reused) and down; tests/cluster_fixtures.py puts them
 together with the session's sshd.  tests/run.sh installs the Debian packages
 (``gridengine-master gridengine-exec gridengine-client``, ``slurm-wlm munge``).
 

@@ -16,6 +16,10 @@ Everything runs on this machine, as root (tests/run.sh installs what is needed):
   ``jtnologin`` can log in but run no command (login shell /bin/false, nologin).
 * Jupyter servers are the real ``jupyter server``/``jupyter lab`` of the venv that
   runs pytest, started as the test user; they write their real runtime files.
+* ``tunnel`` runs jupyter_tunnel.py (tests/tunnelrun.py's ``Tunnel``) and ``shutdown``
+  jupyter_tunnel_shutdown.py, both on the test's own ``registry``; ``forged_file`` and
+  ``hung_server`` put a fake Jupyter (a sleeping process and a runtime file) on a test user.
+* the clusters (Grid Engine, Slurm) are in tests/cluster_fixtures.py, a plugin.
 
 Test sessions on one machine are serialised by a lock file: they share the users,
 their runtime directories and the one-server invariant.
