@@ -1,7 +1,7 @@
 """Real clusters for the tests: Son of Grid Engine and Slurm on this machine, no mocks.
 
 Plain functions stand each cluster up (idempotent: daemons already running and a
-configuration already in place are reused) and down; a few fixtures at the end put them
+configuration already in place are reused) and down; tests/cluster_fixtures.py puts them
 together with the session's sshd.  tests/run.sh installs the Debian packages
 (``gridengine-master gridengine-exec gridengine-client``, ``slurm-wlm munge``).
 
@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from helpers import wait_for
-from realenv import LISTEN_ADDRESSES, RUNTIME_SUBDIR, SetupError, SshServer
+from helpers import process_state, tail, wait_for
+from realenv import LISTEN_ADDRESSES, SetupError, SshServer, UserAccount, run
 
 CLUSTER_USER = "jtcluster"  # submits jobs; never has a Jupyter server outside a test
 REPO = Path(__file__).resolve().parent.parent
@@ -47,24 +47,14 @@ class ClusterError(SetupError):
     """A cluster could not be set up; the message says which step and shows its output."""
 
 
-def run(argv: Sequence[str], what: str, env: Optional[Dict[str, str]] = None, check: bool = True,
-        input: Optional[str] = None, timeout: float = 60.0) -> "subprocess.CompletedProcess[str]":
-    """Run a set-up command (text output); ClusterError with its output when it fails and `check`."""
-    proc = subprocess.run(list(argv), capture_output=True, text=True, env=env, input=input, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise ClusterError(f"{what} failed ({proc.returncode}): {' '.join(argv)}\n{proc.stdout}{proc.stderr}")
-    return proc
-
-
 def daemon_pid(pidfile: Path, comm: str) -> Optional[int]:
     """The pid in `pidfile` if that process is alive and is `comm` (not a reused pid)."""
     try:
         pid = int(pidfile.read_text().split()[0])
         name = Path(f"/proc/{pid}/comm").read_text().strip()
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, ValueError, IndexError):
         return None
-    return pid if name == comm[:15] and state != "Z" else None
+    return pid if name == comm[:15] and process_state(pid) not in ("Z", None) else None
 
 
 def stop_pid(pid: int, timeout: float = 15.0) -> None:
@@ -74,15 +64,8 @@ def stop_pid(pid: int, timeout: float = 15.0) -> None:
     except ProcessLookupError:
         return
 
-    def gone() -> bool:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return True
-        return state == "Z"
-
     try:
-        wait_for(gone, timeout, interval=0.1, what=f"pid {pid} to exit")
+        wait_for(lambda: process_state(pid) in ("Z", None), timeout, interval=0.1, what=f"pid {pid} to exit")
     except AssertionError:
         os.kill(pid, 9)
 
@@ -289,7 +272,7 @@ def sge_up() -> SgeCluster:
         try:
             wait_for(qstat_ok, 30, interval=0.2, what="sge_qmaster to answer")
         except AssertionError as err:
-            raise ClusterError(f"{err}\n{_tail(SGE_SPOOL / 'qmaster' / 'messages')}") from None
+            raise ClusterError(f"{err}\n{tail(SGE_SPOOL / 'qmaster' / 'messages')}") from None
         started.append(daemon_pid(qm_pidfile, "sge_qmaster"))
     _sge_configure(host)
 
@@ -323,13 +306,6 @@ def sge_down(cluster: SgeCluster) -> None:
     finally:
         for pid in reversed(cluster.started):  # execd first
             stop_pid(pid)
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as err:
-        return f"<cannot read {path}: {err}>"
 
 
 # --------------------------------------------------------------------------- Slurm
@@ -480,34 +456,21 @@ def _wait(predicate, timeout: float, what: str, log: Path) -> None:
     try:
         wait_for(predicate, timeout, interval=0.1, what=what)
     except AssertionError as err:
-        raise ClusterError(f"{err}\n--- {log} ---\n{_tail(log)}") from None
+        raise ClusterError(f"{err}\n--- {log} ---\n{tail(log)}") from None
 
 # --------------------------------------------------------------------------- the cluster user
 
 
-@dataclass
-class ClusterUser:
+@dataclass(frozen=True)
+class ClusterUser(UserAccount):
     """The test user who runs jupyter-node on the head node, and how the tests act as them."""
 
-    name: str
-    uid: int
-    gid: int
-    home: Path
     head: str  # the head node's name, as jupyter-node prints it in the jupyter-tunnel command
     node: str  # the compute node (this machine's name in the single-host clusters)
     client_config: Path  # `ssh -F`: Host <head> -> the fixtures' sshd as head (127.0.0.2), + sshd.config
     bin_dir: Path  # jupyter-node "installed on the head node"
     venv: Path  # where jupyter comes from
     node_address: str = ""  # where `ssh NODE` on the head connects (an address the sshd listens on)
-
-    @property
-    def runtime_dir(self) -> Path:
-        """The user's Jupyter runtime directory (home directories are shared with the node)."""
-        return self.home / RUNTIME_SUBDIR
-
-    def runtime_files(self) -> List[Path]:
-        """The jpserver-*.json files now in the runtime directory."""
-        return sorted(self.runtime_dir.glob("jpserver-*.json")) if self.runtime_dir.is_dir() else []
 
     def server_info(self, port: int, timeout: float = 30.0) -> dict:
         """The runtime file (as a dict, with its "path") of the user's server on `port`, once written."""
@@ -576,14 +539,13 @@ def setup_cluster_user(sshd: SshServer, session_dir: Path, venv: Path, head: str
         entry = pwd.getpwnam(CLUSTER_USER)
     # useradd leaves the password "!": sshd (UsePAM no) refuses even key logins then
     run(["usermod", "-p", "*", CLUSTER_USER], "unlocking the cluster user")
-    user = ClusterUser(CLUSTER_USER, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir), head, node,
-                       session_dir / "cluster_ssh_config", session_dir / "cluster-bin", venv)
-    shutil.rmtree(user.runtime_dir, ignore_errors=True)  # servers of killed runs
-
     # the node must be reached where the sshd listens; a Debian hostname is often 127.0.1.1
     node_address = ensure_host_resolves(node)
     hostname_line = "" if node_address in LISTEN_ADDRESSES else f"    HostName {LISTEN_ADDRESSES[0]}\n"
-    user.node_address = node_address if node_address in LISTEN_ADDRESSES else LISTEN_ADDRESSES[0]
+    user = ClusterUser(CLUSTER_USER, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir), head, node,
+                       session_dir / "cluster_ssh_config", session_dir / "cluster-bin", venv,
+                       node_address if node_address in LISTEN_ADDRESSES else LISTEN_ADDRESSES[0])
+    shutil.rmtree(user.runtime_dir, ignore_errors=True)  # servers of killed runs
     ssh_dir = user.home / ".ssh"
     shutil.rmtree(ssh_dir, ignore_errors=True)
     ssh_dir.mkdir(mode=0o700)

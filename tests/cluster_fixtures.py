@@ -1,4 +1,4 @@
-"""pytest fixtures around tests/cluster.py (registered by an import in tests/conftest.py)."""
+"""pytest fixtures around tests/cluster.py (a plugin: tests/conftest.py names it in ``pytest_plugins``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Callable, Dict, Iterator, Tuple, TypeVar
 import pytest
 
 from cluster import (
-    ClusterError,
     ClusterUser,
     SgeCluster,
     SlurmCluster,
@@ -32,14 +31,10 @@ from netns import (
     slurm_netns_down,
     slurm_netns_up,
 )
+from conftest import fail_on_setup_error
 from realenv import SshServer, UserAccount
 
 T = TypeVar("T")
-
-
-def _fail(err: Exception) -> None:
-    """A set-up failure fails the tests (never a skip: a skip would pass for green)."""
-    pytest.fail(str(err), pytrace=False)
 
 
 def _emptied_after(value: T, remove_jobs: Callable[[], None], user: ClusterUser) -> Iterator[T]:
@@ -53,11 +48,8 @@ def _emptied_after(value: T, remove_jobs: Callable[[], None], user: ClusterUser)
 
 def _up_down(up: Callable[[], T], down: Callable[[T], None]) -> Iterator[T]:
     """A cluster for the session: stood up (a failure fails the tests), taken down after."""
-    try:
+    with fail_on_setup_error():
         cluster = up()
-    except ClusterError as err:
-        _fail(err)
-        raise
     try:
         yield cluster
     finally:
@@ -69,11 +61,8 @@ def cluster_user(sshd: SshServer, session_dir: Path, jupyter_venv: Path) -> Clus
     """The user who submits Jupyter jobs on the head node; its ~/.ssh reaches the node from the head."""
     from jupyter_node import head_name  # the name jupyter-node prints for the head
 
-    try:
+    with fail_on_setup_error():
         return setup_cluster_user(sshd, session_dir, jupyter_venv, head_name(), this_host())
-    except ClusterError as err:
-        _fail(err)
-        raise
 
 
 @pytest.fixture(scope="session")
@@ -103,11 +92,8 @@ def slurm_cluster(_slurm_session: SlurmCluster, cluster_user: ClusterUser) -> It
 
 @pytest.fixture(scope="session")
 def _netns_hosts(sshd: SshServer, session_dir: Path, cluster_user: ClusterUser) -> Iterator[NetnsHosts]:
-    try:
+    with fail_on_setup_error():
         hosts = netns_up(session_dir / "netns", sshd.dir / "authorized_keys", sshd.client_key, cluster_user.name)
-    except ClusterError as err:
-        _fail(err)
-        raise
     try:
         # the head's `ssh node` must know node's host key (the user's home is shared by all hosts)
         with open(cluster_user.home / ".ssh" / "known_hosts", "a") as f:

@@ -16,6 +16,10 @@ Everything runs on this machine, as root (tests/run.sh installs what is needed):
   ``jtnologin`` can log in but run no command (login shell /bin/false, nologin).
 * Jupyter servers are the real ``jupyter server``/``jupyter lab`` of the venv that
   runs pytest, started as the test user; they write their real runtime files.
+* ``tunnel`` runs jupyter_tunnel.py (tests/tunnelrun.py's ``Tunnel``) and ``shutdown``
+  jupyter_tunnel_shutdown.py, both on the test's own ``registry``; ``forged_file`` and
+  ``hung_server`` put a fake Jupyter (a sleeping process and a runtime file) on a test user.
+* the clusters (Grid Engine, Slurm) are in tests/cluster_fixtures.py, a plugin.
 
 Test sessions on one machine are serialised by a lock file: they share the users,
 their runtime directories and the one-server invariant.
@@ -24,11 +28,15 @@ their runtime directories and the one-server invariant.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import socket
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import pytest
 
@@ -54,6 +62,10 @@ from realenv import (  # noqa: F401
     setup_users,
     start_sshd,
 )
+from tunnelrun import SHUTDOWN, Tunnel
+
+# fixtures that live in modules of their own, registered as pytest plugins
+pytest_plugins = ["cluster_fixtures"]  # the clusters (Grid Engine, Slurm) for jupyter_node.py
 
 # fixtures that need root, sshd or Jupyter: tests using them get the `integration` mark
 INTEGRATION_FIXTURES = frozenset(
@@ -72,7 +84,7 @@ def _note(config: pytest.Config, message: str) -> None:
 
 
 @contextlib.contextmanager
-def _fail_on_setup_error() -> Iterator[None]:
+def fail_on_setup_error() -> Iterator[None]:
     """Turn realenv's SetupError into a clean fixture failure (never a skip: a skip would pass for green)."""
     try:
         yield
@@ -93,7 +105,7 @@ def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def _session_lock(pytestconfig: pytest.Config) -> Iterator[None]:
     """Check we can run at all, then hold the machine-wide test lock for the session."""
-    with _fail_on_setup_error():
+    with fail_on_setup_error():
         check_can_run()
     with machine_lock(lambda message: _note(pytestconfig, message)):
         yield
@@ -102,7 +114,7 @@ def _session_lock(pytestconfig: pytest.Config) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def test_users(_session_lock: None) -> Dict[str, UserAccount]:
     """Create the test users if missing, set their password, wipe their Jupyter runtime dirs."""
-    with _fail_on_setup_error():
+    with fail_on_setup_error():
         return setup_users()
 
 
@@ -123,7 +135,7 @@ def session_dir(_session_lock: None, pytestconfig: pytest.Config) -> Iterator[Pa
 @pytest.fixture(scope="session")
 def sshd(session_dir: Path, test_users: Dict[str, UserAccount]) -> Iterator[SshServer]:
     """Start the session's sshd (key port and password port on 127.0.0.1-3) and check logins work."""
-    with _fail_on_setup_error():
+    with fail_on_setup_error():
         server = start_sshd(session_dir)
     try:
         yield server
@@ -138,7 +150,7 @@ def sshd(session_dir: Path, test_users: Dict[str, UserAccount]) -> Iterator[SshS
 def jupyter_venv(test_users: Dict[str, UserAccount]) -> Path:
     """The venv running pytest, checked to be usable by the test users (they run Jupyter from it)."""
     venv = Path(sys.prefix)
-    with _fail_on_setup_error():
+    with fail_on_setup_error():
         check_venv(venv, test_users[SERVER_USER])
     return venv
 
@@ -176,6 +188,13 @@ class JupyterFactory:
         self._check_user(user)
         return self._starter.start_many(count, user, app=app, args=args)
 
+    def typed(self, app: str, *args: str, user: str = MULTI_USER, venv: Optional[Path] = None,
+              root: str = "jt-root") -> JupyterProc:
+        """Start `jupyter <app> <args>` as a user types it (where it listens too), from `venv`, in a
+        new root dir `root`-XXXX; ready once its runtime file parses."""
+        self._check_user(user)
+        return self._starter.start_typed(user, app, *args, venv=venv, root=root)
+
 
 @pytest.fixture(scope="session")
 def jtuser_server(
@@ -201,32 +220,75 @@ def start_jupyter(
         starter.stop_all()
 
 
-# --- clusters (Grid Engine, Slurm) for jupyter_node.py: tests/cluster_fixtures.py ----
-from tunnelrun import Tunnel  # noqa: E402
-from cluster_fixtures import (  # noqa: E402,F401
-    _netns_hosts,
-    _sge_netns_session,
-    _sge_session,
-    _slurm_netns_session,
-    _slurm_session,
-    cluster_user,
-    sge_cluster,
-    sge_netns,
-    slurm_cluster,
-    slurm_netns,
-)
+# --- tunnels ---------------------------------------------------------------------
 
 
 @pytest.fixture
-def tunnel(sshd):
-    """Factory: start jupyter_tunnel.py with the fixtures' ssh config; killed at teardown."""
-    started: list[Tunnel] = []
+def registry() -> Iterator[str]:
+    """The registry directory (JUPYTER_TUNNEL_REGISTRY) that a test's tunnels and shutdown runs share."""
+    path = tempfile.mkdtemp(prefix="jtr-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
-    def start(*args: str, **kwargs) -> Tunnel:
-        run = Tunnel(sshd.config, *args, **kwargs)
+
+@pytest.fixture
+def tunnel(sshd: SshServer, registry: str) -> Iterator[Callable[..., Tunnel]]:
+    """tunnel(*args, registry_dir=registry, stdin=None, env=None) -> Tunnel: jupyter_tunnel.py with the
+    fixtures' ssh config, registering in the test's registry as one user's tunnels share one; killed at teardown."""
+    started: List[Tunnel] = []
+
+    def start(*args: str, registry_dir: str = registry, **kwargs: Any) -> Tunnel:
+        run = Tunnel(sshd.config, *args, registry=registry_dir, **kwargs)
         started.append(run)
         return run
 
     yield start
     for run in started:
         run.kill()
+
+
+@pytest.fixture
+def shutdown(registry: str) -> Callable[..., "subprocess.CompletedProcess[str]"]:
+    """shutdown(*args, **env): jupyter_tunnel_shutdown.py on ``registry``, without a terminal, as a sleep hook runs it."""
+
+    def run(*args: str, **more_env: str) -> "subprocess.CompletedProcess[str]":
+        env = {**os.environ, "NO_COLOR": "1", "JUPYTER_TUNNEL_REGISTRY": registry, **more_env}
+        return subprocess.run([sys.executable, str(SHUTDOWN), *args], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, env=env, timeout=60)
+
+    return run
+
+
+@pytest.fixture
+def forged_file(test_users: Dict[str, UserAccount]) -> Iterator[Callable[..., Path]]:
+    """forged_file(content, user="jtmulti") -> Path: a runtime file with any content, for a live process
+    that looks like Jupyter (its command line says jupyter), as the remote account could write it.
+    A dict gets that process's pid; in a str, @PID@ stands for it.  Both removed after the test."""
+    made: List["tuple[subprocess.Popen[bytes], Path]"] = []
+
+    def forge(content: "dict | str", user: str = MULTI_USER) -> Path:
+        account = test_users[user]
+        fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "jupyter-fake"],
+                                user=account.uid, group=account.gid, extra_groups=[])
+        text = json.dumps(dict(content, pid=fake.pid)) if isinstance(content, dict) else content
+        path = account.write_runtime_file(f"jpserver-{fake.pid}.json", text.replace("@PID@", str(fake.pid)))
+        made.append((fake, path))
+        return path
+
+    yield forge
+    for fake, path in made:
+        fake.kill()
+        fake.wait()
+        path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def hung_server(forged_file: Callable[..., Path]) -> Iterator[int]:
+    """A live "jupyter" process of jtnone (never a real server) whose port accepts
+    connections but never answers (a hung server); yields the port."""
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(64)  # connections wait in the backlog: never accepted, never answered
+        port = hung.getsockname()[1]
+        forged_file(dict(port=port, url=f"http://localhost:{port}/", token="t"), user=NO_SERVER_USER)
+        yield port

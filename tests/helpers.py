@@ -8,6 +8,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Tuple, TypeVar
 
 T = TypeVar("T")
@@ -81,6 +82,15 @@ def http_get(
             return response.status, response.read()
     except urllib.error.HTTPError as err:
         return err.code, err.read()
+
+
+def process_state(pid: "int | str") -> Optional[str]:
+    """The state letter of process `pid` from /proc/PID/stat ("R", "S", "Z"...); None when it is gone."""
+    try:
+        # the name in parentheses may hold spaces and ")": the state follows the last ")"
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def tail(path: "str | os.PathLike[str]", lines: int = 40) -> str:

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from cluster import SGE_ROOT, ClusterError, SgeCluster, SlurmCluster, _PE, _SLURM_CONF_TEXT, _tail, daemon_pid, run, stop_pid
-from helpers import wait_for
-from realenv import die_with_parent
+from cluster import SGE_ROOT, ClusterError, SgeCluster, SlurmCluster, _PE, _SLURM_CONF_TEXT, daemon_pid, stop_pid
+from helpers import tail, wait_for
+from realenv import die_with_parent, run
 
 HOSTS = ("gw", "head", "node")
 NAMESPACES = {"gw": "jpn-gw", "head": "jpn-head", "node": "jpn-node"}
@@ -214,7 +214,7 @@ def netns_up(directory: Path, authorized_keys: Path, client_key: Path, user: str
         for host in HOSTS:
             def listening(host: str = host) -> bool:
                 if hosts.sshd[host].poll() is not None:
-                    raise ClusterError(f"sshd on {host} exited:\n{_tail(hosts.log(host))}")
+                    raise ClusterError(f"sshd on {host} exited:\n{tail(hosts.log(host))}")
                 return "Server listening on 0.0.0.0 port 22" in hosts.log(host).read_text()
 
             wait_for(listening, 10, interval=0.05, what=f"sshd on {host}")
@@ -329,7 +329,7 @@ def sge_netns_up() -> SgeNetns:
         try:
             wait_for(qstat_ok, 30, interval=0.2, what="sge_qmaster on head")
         except AssertionError as err:
-            raise ClusterError(f"{err}\n{_tail(CELL_SPOOL / 'qmaster' / 'messages')}") from None
+            raise ClusterError(f"{err}\n{tail(CELL_SPOOL / 'qmaster' / 'messages')}") from None
         started.append(daemon_pid(qm_pidfile, "sge_qmaster"))
     if "all.q" not in on_head("qconf", "-sql", check=False).split():
         work = CELL_SPOOL / "setup"
@@ -453,7 +453,7 @@ def slurm_netns_up() -> SlurmNetns:
             wait_for(lambda: "is UP" in run(in_netns_slurm("head", ["scontrol", "ping"]), "ping", check=False).stdout,
                      20, interval=0.1, what="slurmctld on head")
         except AssertionError as err:
-            raise ClusterError(f"{err}\n{_tail(log)}") from None
+            raise ClusterError(f"{err}\n{tail(log)}") from None
         started.append(daemon_pid(_SLURM_NETNS_PIDS["slurmctld"], "slurmctld"))
     if daemon_pid(_SLURM_NETNS_PIDS["slurmd"], "slurmd") is None:
         run(in_netns_slurm("node", ["/usr/sbin/slurmd"]), "starting slurmd on node")
@@ -470,7 +470,7 @@ def slurm_netns_up() -> SlurmNetns:
     try:
         wait_for(node_idle, 30, interval=0.1, what="node to be idle in Slurm")
     except AssertionError as err:
-        raise ClusterError(f"{err}\n{_tail(Path('/var/log/slurm/slurmd-jpnet.log'))}") from None
+        raise ClusterError(f"{err}\n{tail(Path('/var/log/slurm/slurmd-jpnet.log'))}") from None
     if None in started:
         started[started.index(None)] = daemon_pid(_SLURM_NETNS_PIDS["slurmd"], "slurmd")
     return SlurmNetns(node="node", started=tuple(p for p in started if p))

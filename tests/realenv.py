@@ -81,12 +81,13 @@ def die_with_parent() -> None:
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def run_setup(argv: Sequence[str], what: str, input: Optional[str] = None) -> str:
-    """Run a set-up command; SetupError with its output when it fails."""
-    proc = subprocess.run(list(argv), input=input, capture_output=True, text=True)
-    if proc.returncode != 0:
+def run(argv: Sequence[str], what: str, env: Optional[Dict[str, str]] = None, check: bool = True,
+        input: Optional[str] = None, timeout: float = 60.0) -> "subprocess.CompletedProcess[str]":
+    """Run a set-up command (text output); SetupError with its output when it fails and `check`."""
+    proc = subprocess.run(list(argv), capture_output=True, text=True, env=env, input=input, timeout=timeout)
+    if check and proc.returncode != 0:
         raise SetupError(f"{what} failed ({proc.returncode}): {' '.join(argv)}\n{proc.stdout}{proc.stderr}")
-    return proc.stdout
+    return proc
 
 
 def stop_process(proc: "subprocess.Popen[Any]", timeout: float = 10.0, group: bool = False) -> None:
@@ -162,6 +163,15 @@ class UserAccount:
             p for p in self.runtime_dir.iterdir() if re.fullmatch(r"(jp|nb)server-\d+\.json", p.name)
         )
 
+    def write_runtime_file(self, name: str, content: str) -> Path:
+        """Put a runtime file `name` into the runtime directory, owned by the user as a server's own is."""
+        self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        os.chown(self.runtime_dir, self.uid, self.gid)
+        path = self.runtime_dir / name
+        path.write_text(content)
+        os.chown(path, self.uid, self.gid)
+        return path
+
 
 def setup_users() -> Dict[str, UserAccount]:
     """Create the test users if missing, set their password, wipe their Jupyter runtime dirs."""
@@ -170,12 +180,12 @@ def setup_users() -> Dict[str, UserAccount]:
         try:
             entry = pwd.getpwnam(name)
         except KeyError:
-            run_setup(["useradd", "--create-home", "--shell", shell, name], f"creating user {name}")
+            run(["useradd", "--create-home", "--shell", shell, name], f"creating user {name}")
             continue
         if name in REFUSING_USERS and entry.pw_shell != shell:
-            run_setup(["usermod", "--shell", shell, name], f"setting the shell of {name}")
+            run(["usermod", "--shell", shell, name], f"setting the shell of {name}")
     # also unlocks the accounts: useradd leaves "!" which sshd (UsePAM no) refuses
-    run_setup(["chpasswd"], "setting the test passwords", "".join(f"{n}:{TEST_PASSWORD}\n" for n in shells))
+    run(["chpasswd"], "setting the test passwords", input="".join(f"{n}:{TEST_PASSWORD}\n" for n in shells))
     users = user_accounts()
     for user in users.values():
         # files left by earlier (killed) runs would look like servers to discovery
@@ -401,14 +411,14 @@ def start_sshd(d: Path) -> SshServer:
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     os.chmod("/run/sshd", 0o755)
     for key, comment in (("host_ed25519", "jt-host"), ("client_ed25519", "jt-client")):
-        run_setup(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(d / key)], "ssh-keygen")
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(d / key)], "ssh-keygen")
     shutil.copyfile(d / "client_ed25519.pub", d / "authorized_keys")
     (d / "authorized_keys").chmod(0o644)  # read by sshd as the logging-in user
 
     port = free_port(LISTEN_ADDRESSES)
     pw_port = free_port(LISTEN_ADDRESSES, exclude=[port])
     _write_ssh_files(d, port, pw_port)
-    run_setup([SSHD, "-t", "-f", str(d / "sshd_config")], "sshd -t (config check)")
+    run([SSHD, "-t", "-f", str(d / "sshd_config")], "sshd -t (config check)")
 
     log = d / "sshd.log"
     log.touch()
@@ -570,9 +580,14 @@ class _Launch:
     user: str
     app: str
     proc: "subprocess.Popen[bytes]"
-    runtime_file: Path
+    runtime_dir: Path
     root_dir: Path
     log: Path
+    answers: bool  # ready only once GET 127.0.0.1:<port><base_url>api answers
+
+    def runtime_files(self) -> List[Path]:
+        """Its jpserver-PID.json (nbserver-PID.json for notebook < 7) and -open.html, once written."""
+        return sorted(self.runtime_dir.glob(f"*server-{self.proc.pid}*"))
 
 
 class JupyterStarter:
@@ -596,6 +611,13 @@ class JupyterStarter:
         """Start `jupyter <app>` as `user` and return it once its runtime file and /api answer."""
         return self._wait_ready(self._launch(user, app, args, root_dir))
 
+    def start_typed(self, user: str, app: str, *args: str, venv: Optional[Path] = None,
+                    root: str = "jt-root") -> JupyterProc:
+        """Start `jupyter <app> <args>` exactly as given (where it listens too) from `venv`, in a new
+        root dir named `root`-XXXX; return it once its runtime file parses (it may not answer on
+        127.0.0.1: a socket, TLS, another address)."""
+        return self._wait_ready(self._launch(user, app, args, None, venv=venv, root=root, as_typed=True))
+
     def start_many(
         self, count: int, user: str, *, app: str = "server", args: Sequence[str] = ()
     ) -> List[JupyterProc]:
@@ -603,27 +625,25 @@ class JupyterStarter:
         launches = [self._launch(user, app, args, None) for _ in range(count)]
         return [self._wait_ready(launch) for launch in launches]
 
-    def _launch(self, user: str, app: str, args: Sequence[str], root_dir: Optional[Path]) -> _Launch:
+    def _launch(self, user: str, app: str, args: Sequence[str], root_dir: Optional[Path], *,
+                venv: Optional[Path] = None, root: str = "jt-root", as_typed: bool = False) -> _Launch:
         """Spawn the server process as `user`; don't wait for it."""
-        if app not in ("server", "lab"):
-            raise ValueError(f"app must be 'server' or 'lab', not {app!r}")
+        if app not in ("server", "lab", "notebook"):
+            raise ValueError(f"app must be 'server', 'lab' or 'notebook', not {app!r}")
         account = self.users[user]
+        venv = venv or self.venv
         if root_dir is None:
             # a fresh directory the user owns, under its home, like a real notebook dir
-            root_dir = Path(tempfile.mkdtemp(prefix="jt-root-", dir=account.home))
+            root_dir = Path(tempfile.mkdtemp(prefix=f"{root}-", dir=account.home))
             os.chown(root_dir, account.uid, account.gid)
             self._made_dirs.append(root_dir)
-        port = free_port()
         log = Path(tempfile.mkstemp(prefix=f"jupyter-{user}-{app}-", suffix=".log", dir=self.log_dir)[1])
-        argv = [
-            str(self.venv / "bin" / "jupyter"),
-            app,
-            "--no-browser",
+        where = [] if as_typed else [
             "--ip=127.0.0.1",
-            f"--port={port}",  # jupyter_server moves on to the next port if this one got taken
+            f"--port={free_port()}",  # jupyter_server moves on to the next port if this one got taken
             f"--ServerApp.root_dir={root_dir}",
-            *args,
         ]
+        argv = [str(venv / "bin" / "jupyter"), app, "--no-browser", *where, *args]
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 argv,
@@ -633,14 +653,14 @@ class JupyterStarter:
                 user=account.uid,
                 group=account.gid,
                 extra_groups=[],
-                env=user_env(account, self.venv),
+                env=user_env(account, venv),
                 cwd=root_dir,
                 # its own process group: stopping it reaches any kernels too
                 start_new_session=True,
                 preexec_fn=die_with_parent,
             )
         # `jupyter server` execs jupyter-server, so the pid (and the file name) is the child's
-        launch = _Launch(user, app, proc, account.runtime_dir / f"jpserver-{proc.pid}.json", Path(root_dir), log)
+        launch = _Launch(user, app, proc, account.runtime_dir, Path(root_dir), log, answers=not as_typed)
         self._launches.append(launch)
         return launch
 
@@ -649,18 +669,23 @@ class JupyterStarter:
         proc, log = launch.proc, launch.log
         what = f"jupyter {launch.app} of {launch.user}"
 
-        def ready() -> Optional[Dict[str, Any]]:
+        def ready() -> "Optional[tuple[Path, Dict[str, Any]]]":
             if proc.poll() is not None:
                 raise AssertionError(f"{what} exited with {proc.returncode}")
             try:
-                info: Dict[str, Any] = json.loads(launch.runtime_file.read_text())
-                status, _ = http_get(f"http://127.0.0.1:{info['port']}{info['base_url']}api", timeout=2)
+                [path] = [p for p in launch.runtime_files() if p.suffix == ".json"]
+                info: Dict[str, Any] = json.loads(path.read_text())
+                if launch.answers:
+                    status, _ = http_get(f"http://127.0.0.1:{info['port']}{info['base_url']}api", timeout=2)
+                    if status != 200:
+                        return None
             except (OSError, ValueError, KeyError):
                 return None  # not written yet / half written / not listening yet
-            return info if status == 200 else None
+            return path, info
 
         try:
-            info = wait_for(ready, JUPYTER_START_TIMEOUT, interval=0.1, what=f"{what} ({launch.runtime_file})")
+            path, info = wait_for(ready, JUPYTER_START_TIMEOUT, interval=0.1,
+                                  what=f"{what} (its runtime file *server-{proc.pid}.json)")
         except AssertionError as err:
             stop_process(proc, group=True)
             raise AssertionError(f"{err}\n--- {log} ---\n{tail(log)}") from None
@@ -673,7 +698,7 @@ class JupyterStarter:
             url=str(info["url"]),
             base_url=str(info["base_url"]),
             root_dir=launch.root_dir,
-            runtime_file=launch.runtime_file,
+            runtime_file=path,
             info=info,
             log=log,
             proc=proc,
@@ -689,7 +714,8 @@ class JupyterStarter:
                     pass  # exited meanwhile
         for launch in self._launches:
             stop_process(launch.proc, group=True)  # waits; SIGKILL if SIGTERM was not enough
-            launch.runtime_file.unlink(missing_ok=True)  # left by kill() or a SIGKILL
+            for path in launch.runtime_files():  # left by kill() or a SIGKILL
+                path.unlink(missing_ok=True)
         self._launches.clear()
         for path in self._made_dirs:
             shutil.rmtree(path, ignore_errors=True)

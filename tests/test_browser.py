@@ -111,7 +111,7 @@ def test_another_user_finds_no_token_and_is_refused_the_browser_address(tunnel, 
         port = local_port_of(address)
         wait_for(lambda: not tcp_open("127.0.0.1", port), 5, what="the one-time address to close")
         assert get_status(url)[0] == 200
-        assert run.stop() == 0
+        assert run.stop() == jt.EXIT_OK
         run.assert_clean()
     finally:
         if browser_pid:
@@ -142,5 +142,5 @@ def test_a_real_browser_lands_on_the_authenticated_lab(tunnel, start_jupyter, tm
     assert seen["final_url"].startswith(f"http://localhost:{port}/lab"), seen
     assert seen["lab_ui"], f"JupyterLab's UI did not render: {seen}"
     assert seen["without_token"] == "login"  # the control: the lab UI is what the token opened
-    assert run.stop() == 0
+    assert run.stop() == jt.EXIT_OK
     run.assert_clean()

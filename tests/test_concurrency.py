@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 
 import pytest
 
@@ -22,17 +20,9 @@ pytestmark = pytest.mark.integration
 RUNS = 10
 
 
-@pytest.fixture
-def registry():
-    """One registry directory for all the runs of a test, as a user's tunnels share one."""
-    path = tempfile.mkdtemp(prefix="jtr-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def test_ten_tunnels_started_together_all_come_up(tunnel, sshd, jtuser_server, registry):
     offset = sshd.log_offset()
-    runs = [tunnel("-s", "srv", env={jt.REGISTRY_ENV: registry}) for _ in range(RUNS)]
+    runs = [tunnel("-s", "srv") for _ in range(RUNS)]  # sharing the test's registry
     urls = [run.url(timeout=60) for run in runs]
     ports = sorted(local_port_of(url) for url in urls)
     assert len(set(ports)) == RUNS, ports  # each on a port of its own
@@ -48,7 +38,7 @@ def test_ten_tunnels_started_together_all_come_up(tunnel, sshd, jtuser_server, r
     assert sorted((e["pid"], e["local_port"], e["state"]) for e in entries) == \
         sorted((run.process.pid, local_port_of(url), "ready") for run, url in zip(runs, urls))
     for run in runs:
-        assert run.stop() == 0
+        assert run.stop() == jt.EXIT_OK
         run.assert_clean()
     assert os.listdir(registry) == []
     for port in ports:

@@ -14,6 +14,10 @@ from pathlib import Path
 
 import pytest
 
+import jupyter_node as jn
+import jupyter_tunnel as jt
+import jupyter_tunnel_shutdown as sd
+
 REPO = Path(__file__).resolve().parent.parent
 TUNNEL = REPO / "jupyter_tunnel.py"
 NODE = REPO / "jupyter_node.py"
@@ -27,8 +31,8 @@ def run(script: Path, *args: str, tmp: Path) -> subprocess.CompletedProcess:
 
 
 def assert_usage_error(done: subprocess.CompletedProcess, prog: str, message: str) -> None:
-    """argparse's answer: the usage, then one ``PROG: error: ...`` line; exit 2."""
-    assert done.returncode == 2, done.stderr
+    """argparse's answer: the usage, then one ``PROG: error: ...`` line; exit 2 (EXIT_USAGE of all three)."""
+    assert done.returncode == jt.EXIT_USAGE == sd.EXIT_USAGE == jn.EXIT_USAGE, done.stderr
     assert "Traceback" not in done.stderr
     lines = done.stderr.splitlines()
     assert lines[0].startswith(f"usage: {prog} ")
@@ -98,7 +102,7 @@ def test_node_log_in_a_directory_it_cannot_write():
                               capture_output=True, text=True, timeout=30, user="nobody", group="nogroup",
                               extra_groups=[], env={"PATH": f"{bin_dir}:/usr/bin:/bin", "NO_COLOR": "1"})
         assert (done.returncode, done.stderr) == (
-            2, f"Error: cannot write the log {locked / 'job.log'}: Permission denied\n")
+            jn.EXIT_USAGE, f"Error: cannot write the log {locked / 'job.log'}: Permission denied\n")
         assert os.listdir(locked) == []
     finally:
         shutil.rmtree(top)

@@ -13,6 +13,7 @@ import threading
 
 import pytest
 
+import jupyter_tunnel as jt
 from helpers import free_port, wait_for
 from tunnelrun import get_status
 
@@ -114,7 +115,7 @@ def test_reconnects_on_the_same_port_after_the_master_is_killed(tunnel, sshd, jt
     assert len(sshd.logins_since(offset)) == 2  # one new login per hop
     [state] = run.states()
     assert state["master_pid"] != int(master.split(":")[0])  # the registry follows the new master
-    assert run.stop() == 0
+    assert run.stop() == jt.EXIT_OK
     run.assert_clean()
 
 
@@ -132,7 +133,7 @@ def test_reconnects_after_a_network_outage(tunnel, flaky, jtuser_server):
     proxy.restore()
     wait_for(lambda: "Info: Reconnected." in run.stderr, 30, what="the tunnel to reconnect")
     assert get_status(url)[0] == 200
-    assert run.stop() == 0
+    assert run.stop() == jt.EXIT_OK
     run.assert_clean()
 
 
@@ -141,7 +142,7 @@ def test_no_reconnect_exits_when_the_network_drops(tunnel, flaky, jtuser_server)
     run = tunnel("-F", config, "-s", "flaky", "--no-reconnect")
     run.url()
     proxy.cut()
-    assert run.wait(30) == 8
+    assert run.wait(30) == jt.EXIT_LOST
     assert run.stderr.splitlines()[-1].startswith("Error: the connection to flaky was lost")
     run.assert_clean()
 
@@ -151,7 +152,7 @@ def test_max_retries_bounds_the_reconnection(tunnel, flaky, jtuser_server):
     run = tunnel("-F", config, "-s", "flaky", "--max-retries", "2")
     run.url()
     proxy.cut()
-    assert run.wait(30) == 8
+    assert run.wait(30) == jt.EXIT_LOST
     assert run.stderr.splitlines()[-1] == "Error: could not reconnect to flaky after 2 attempts"
     run.assert_clean()
 
@@ -162,7 +163,7 @@ def test_ctrl_c_while_waiting_to_reconnect_exits_at_once(tunnel, flaky, jtuser_s
     run.url()
     proxy.cut()
     wait_for(lambda: "Retrying in" in run.stderr, 15, what="the tunnel to wait before retrying")
-    assert run.stop(signal.SIGINT, timeout=5) == 0
+    assert run.stop(signal.SIGINT, timeout=5) == jt.EXIT_OK
     run.assert_clean()
 
 
@@ -172,6 +173,6 @@ def test_tunnel_closes_when_the_server_stops(tunnel, start_jupyter):
     url = run.url()
     assert get_status(url)[0] == 200
     server.stop()
-    assert run.wait(20) == 0
+    assert run.wait(20) == jt.EXIT_OK
     assert "Info: The Jupyter server on jtmulti@srv has stopped; closing the tunnel." in run.stderr
     run.assert_clean()

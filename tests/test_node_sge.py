@@ -19,11 +19,14 @@ import time
 
 import pytest
 
-from cluster import ClusterUser, SgeCluster, logins_by_target, parse_node_report, run
+import jupyter_node as jn
+import jupyter_tunnel as jt
+from cluster import ClusterUser, SgeCluster, logins_by_target, parse_node_report
 from helpers import tcp_open, wait_for
 from jupyter_node import parse_log
 from netns import ADDRESSES
-from tunnelrun import Tunnel, check_printed_command, get_status, local_port_of
+from realenv import run
+from tunnelrun import Tunnel, check_printed_command, get_status, local_port_of, through_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +44,7 @@ def test_lab_on_the_node_through_the_tunnel_then_qdel(sge_cluster: SgeCluster, c
     started = time.monotonic()
     done = user.ssh_head(f"cd && {START} -t lab -w {SERVER_TIMEOUT:g}s")
     took = time.monotonic() - started
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == jn.EXIT_OK, done.stderr
     report = parse_node_report(done.stdout, done.stderr)
     assert "Info: Jupyter lab has been submitted to the queue." in done.stderr
     assert report.node == sge_cluster.node
@@ -61,10 +64,8 @@ def test_lab_on_the_node_through_the_tunnel_then_qdel(sge_cluster: SgeCluster, c
     assert token and token not in done.stdout + done.stderr
 
     # on "the laptop": the printed command, through a gateway as well
-    argv = shlex.split(done.stdout)[1:]
-    argv[argv.index("-s") + 1:argv.index("-s") + 1] = ["gw"]  # -s gw USER@HEAD -n NODE
     offset = sshd.log_offset()
-    tunnel = Tunnel(user.client_config, *argv)
+    tunnel = Tunnel(user.client_config, *through_gateway(done.stdout))
     try:
         url = tunnel.url(timeout=60)
         assert url == f"http://localhost:{local_port_of(url)}/?token={token}"
@@ -75,7 +76,7 @@ def test_lab_on_the_node_through_the_tunnel_then_qdel(sge_cluster: SgeCluster, c
         logins = logins_by_target(sshd, offset)
         assert sorted(logins) == sorted([("jtuser", "127.0.0.1"), (user.name, "127.0.0.2"),
                                          (user.name, user.node_address)]), logins
-        assert tunnel.stop(signal.SIGINT) == 0
+        assert tunnel.stop(signal.SIGINT) == jt.EXIT_OK
         tunnel.assert_clean()
     finally:
         tunnel.kill()
@@ -92,7 +93,7 @@ def test_lab_on_the_node_through_the_tunnel_then_qdel(sge_cluster: SgeCluster, c
 
 def test_bad_queue_is_an_error_with_the_log(sge_cluster: SgeCluster, cluster_user: ClusterUser):
     done = cluster_user.ssh_head(f"cd && {START} -q nosuch.q -w 60s")
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == jn.EXIT_ERROR, done.stderr
     assert "Error: Jupyter notebook did not start: qrsh exited with code 1." in done.stderr
     assert "no suitable queues" in done.stderr  # qrsh's own reason, from the log's last lines
     assert done.stdout == ""
@@ -102,7 +103,7 @@ def test_bad_queue_is_an_error_with_the_log(sge_cluster: SgeCluster, cluster_use
 def test_wait_0_returns_at_once_and_notebook_is_the_default(sge_cluster: SgeCluster, cluster_user: ClusterUser):
     started = time.monotonic()
     done = cluster_user.ssh_head(f"cd && {START} -w 0")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == jn.EXIT_OK, done.stderr
     assert time.monotonic() - started < 10
     assert "Info: Jupyter notebook has been submitted to the queue." in done.stderr
     assert "Not waiting (-w 0)" in done.stderr and done.stdout == ""
@@ -125,7 +126,7 @@ def test_pre_activates_a_venv_on_the_node_and_resources_reach_qrsh(sge_cluster: 
     activate = shlex.quote(f". {user.venv}/bin/activate")
     done = user.ssh_head(f"cd && {START} -t lab --pre {activate} -q all.q -n {user.node} "
                          f"-r h_vmem=2G -w {SERVER_TIMEOUT:g}s", venv_on_path=False)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == jn.EXIT_OK, done.stderr
     report = parse_node_report(done.stdout, done.stderr)
     assert report.port and report.node == user.node
     [requests] = [l for l in qstat_job(report.job_id).splitlines() if l.startswith("hard resource_list:")]
@@ -134,7 +135,7 @@ def test_pre_activates_a_venv_on_the_node_and_resources_reach_qrsh(sge_cluster: 
 
 def test_missing_jupyter_is_reported_before_submitting(sge_cluster: SgeCluster, cluster_user: ClusterUser):
     done = cluster_user.ssh_head(f"{START} -t lab", venv_on_path=False)
-    assert done.returncode == 3
+    assert done.returncode == jn.EXIT_MISSING
     assert "Error: jupyter not found in PATH" in done.stderr
     assert sge_cluster.jobs() == []
 
@@ -150,7 +151,7 @@ def test_node_reachable_only_from_the_head(sge_netns, cluster_user: ClusterUser)
     done = hosts.ssh("-J", "gw", "head",
                      f"PATH={user.bin_dir}:{user.venv}/bin:$PATH; export PATH; "
                      f"cd && jupyter-node --scheduler sge -t lab -w {SERVER_TIMEOUT:g}s")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == jn.EXIT_OK, done.stderr
     report = parse_node_report(done.stdout, done.stderr)
     assert report.node == "node"  # the job's own view: `hostname --fqdn` on the node
     assert shlex.split(done.stdout) == ["jupyter-tunnel", "-s", f"{user.name}@head", "-n", "node"]

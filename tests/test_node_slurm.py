@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+import jupyter_node as jn
+import jupyter_tunnel as jt
 from cluster import ClusterUser, SlurmCluster, logins_by_target, parse_node_report
 from helpers import tcp_open, wait_for
 from netns import ADDRESSES
@@ -31,7 +33,7 @@ def test_lab_batch_job_through_the_tunnel_then_scancel(slurm_cluster: SlurmClust
                                                        sshd):
     user = cluster_user
     done = user.ssh_head(f"cd && {START} -t lab -r mem=200M -r time=30:00 -w {SERVER_TIMEOUT:g}s")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == jn.EXIT_OK, done.stderr
     report = parse_node_report(done.stdout, done.stderr)
     assert f"Info: Jupyter lab has been submitted to the queue as job {report.job_id}." in done.stderr
     assert shlex.split(done.stdout) == ["jupyter-tunnel", "-s", f"{user.name}@{user.head}", "-n", report.node]
@@ -55,7 +57,7 @@ def test_lab_batch_job_through_the_tunnel_then_scancel(slurm_cluster: SlurmClust
         assert get_status(url)[0] == 200
         assert sorted(logins_by_target(sshd, offset)) == sorted([(user.name, "127.0.0.2"),
                                                                  (user.name, user.node_address)])
-        assert tunnel.stop(signal.SIGINT) == 0
+        assert tunnel.stop(signal.SIGINT) == jt.EXIT_OK
         tunnel.assert_clean()
     finally:
         tunnel.kill()
@@ -70,7 +72,7 @@ def test_lab_batch_job_through_the_tunnel_then_scancel(slurm_cluster: SlurmClust
 
 def test_bad_partition_is_an_error(slurm_cluster: SlurmCluster, cluster_user: ClusterUser):
     done = cluster_user.ssh_head(f"cd && {START} -q nosuch -w 30s")
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == jn.EXIT_ERROR, done.stderr
     assert "Error: sbatch could not submit the job (exit 1)" in done.stderr
     assert "invalid partition specified: nosuch" in done.stderr
     assert done.stdout == "" and slurm_cluster.jobs() == []
@@ -81,7 +83,7 @@ def test_job_that_fails_on_the_node_is_an_error_with_the_log(slurm_cluster: Slur
     pre = shlex.quote("echo 'module: no such module python/9' >&2; false")
     started = time.monotonic()
     done = cluster_user.ssh_head(f"cd && {START} -t lab --pre {pre} -w {SERVER_TIMEOUT:g}s")
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == jn.EXIT_ERROR, done.stderr
     assert time.monotonic() - started < SERVER_TIMEOUT / 2  # noticed when the job ended, not at -w
     assert "Error: Jupyter lab did not start: the job is " in done.stderr
     assert "module: no such module python/9" in done.stderr  # the log's last lines
@@ -102,7 +104,7 @@ def test_scheduler_is_detected_when_only_slurm_is_there(slurm_cluster: SlurmClus
                  session_dir / "only-slurm")
     venv = cluster_user.venv
     done = cluster_user.ssh_head(f"cd && PATH={only}:{cluster_user.bin_dir}:{venv}/bin exec jupyter-node -t lab -w {SERVER_TIMEOUT:g}s")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == jn.EXIT_OK, done.stderr
     report = parse_node_report(done.stdout, done.stderr)
     assert f"submitted to the queue as job {report.job_id}." in done.stderr  # sbatch's job id
     assert slurm_cluster.job_state(report.job_id) == "RUNNING"
@@ -111,11 +113,11 @@ def test_scheduler_is_detected_when_only_slurm_is_there(slurm_cluster: SlurmClus
 def test_scheduler_detection_asks_when_ambiguous(slurm_cluster: SlurmCluster, cluster_user: ClusterUser,
                                                 session_dir: Path):
     done = cluster_user.ssh_head("jupyter-node -t lab")  # /usr/bin has qrsh and sbatch here
-    assert done.returncode == 3
+    assert done.returncode == jn.EXIT_MISSING
     assert "Error: found both Grid Engine (qrsh) and Slurm (sbatch) on PATH: choose with --scheduler" in done.stderr
     nothing = _only({}, session_dir / "no-scheduler")
     done = cluster_user.ssh_head(f"PATH={nothing}:{cluster_user.bin_dir}:{cluster_user.venv}/bin exec jupyter-node -t lab")
-    assert done.returncode == 3 and "found neither qrsh nor sbatch/srun" in done.stderr
+    assert done.returncode == jn.EXIT_MISSING and "found neither qrsh nor sbatch/srun" in done.stderr
     assert slurm_cluster.jobs() == []
 
 
@@ -128,7 +130,7 @@ def test_node_reachable_only_from_the_head(slurm_netns, cluster_user: ClusterUse
     done = hosts.ssh("-J", "gw", "head",
                      f"PATH={user.bin_dir}:{user.venv}/bin:$PATH; export PATH; "
                      f"cd && jupyter-node --scheduler slurm -t lab -w {SERVER_TIMEOUT:g}s")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == jn.EXIT_OK, done.stderr
     report = parse_node_report(done.stdout, done.stderr)
     assert shlex.split(done.stdout) == ["jupyter-tunnel", "-s", f"{user.name}@head", "-n", "node"]
     assert cluster.job_state(report.job_id) == "RUNNING" and cluster.show_job(report.job_id)["NodeList"] == "node"

@@ -187,17 +187,17 @@ def test_make_log_given_path_is_made_private(tmp_path):
 def test_bad_options_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as caught:
         jn.main(argv)
-    assert caught.value.code == 2
+    assert caught.value.code == jn.EXIT_USAGE
     assert message in capsys.readouterr().err
 
 
 def test_runs_directly_with_help_and_version():
     done = subprocess.run([str(REPO / "jupyter_node.py"), "--help"], capture_output=True, text=True)
-    assert done.returncode == 0 and "--conda-env" in done.stdout and "exit codes" in done.stdout
+    assert done.returncode == jn.EXIT_OK and "--conda-env" in done.stdout and "exit codes" in done.stdout
     done = subprocess.run([sys.executable, str(REPO / "jupyter_node.py"), "--version"], capture_output=True, text=True)
     assert done.stdout.strip() == f"jupyter-node {jn.__version__}"
     done = subprocess.run([sys.executable, str(REPO / "jupyter_node.py"), "-w", "soon"], capture_output=True, text=True)
-    assert done.returncode == 2 and "sleep syntax" in done.stderr
+    assert done.returncode == jn.EXIT_USAGE and "sleep syntax" in done.stderr
 
 
 def test_console_script_is_declared():

@@ -22,10 +22,8 @@ from pathlib import Path
 import pytest
 
 import jupyter_tunnel as jt
+import jupyter_tunnel_shutdown as sd
 from helpers import port_is_free, wait_for
-# the fixtures: tunnels and shutdown runs on the test's own registry; a server that never answers
-from test_shutdown import registry, shutdown, tunnel  # noqa: F401
-from test_tunnel import hung_server  # noqa: F401
 from tunnelrun import Tunnel, get_status
 
 pytestmark = pytest.mark.integration
@@ -136,22 +134,22 @@ def test_crafted_entries_make_nothing_signalled_or_deleted(tunnel, shutdown, reg
             assert f"Warning: registry entry {path!r}: left " in stderr and why in stderr, stderr
 
     # a tunnel start prunes the registry
-    run = tunnel("-s", "srv", TMPDIR=tmp)
+    run = tunnel("-s", "srv", env={"TMPDIR": tmp})
     run.url()
     warned(run.stderr)
     nothing_touched()
     # --list and --json only read
     for args in (["--list"], ["--json"]):
         done = shutdown(*args, TMPDIR=tmp)
-        assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr
+        assert done.returncode == sd.EXIT_OK and "Warning" not in done.stderr, done.stderr
         nothing_touched()
     # the shutdown stops the two tunnels, and leaves alone what the entries name
     done = shutdown(TMPDIR=tmp)
-    assert done.returncode == 0
+    assert done.returncode == sd.EXIT_OK
     warned(done.stderr)
     assert f"Info: Killed process {live.process.pid} " in done.stderr
     assert f"Info: Killed process {run.process.pid} " in done.stderr
-    assert live.wait() == 0 and run.wait() == 0
+    assert live.wait() == jt.EXIT_OK and run.wait() == jt.EXIT_OK
     wait_for(lambda: not alive(live_state["master_pid"]) and not alive(live_state["agent_pid"]), 10,
              what="the live tunnel's own master and agent to go with it")
     assert all(alive(pid) for pid in (master_like, agent_like, mentions))
@@ -183,7 +181,7 @@ def test_a_registry_other_users_can_write_is_not_used(tunnel, shutdown, jtuser_s
         warning = f"Warning: not using the registry directory {registry!r}: {problem}"
         before = snapshot(shared, str(ours))
 
-        run = tunnel("-s", "srv", registry_dir=registry, TMPDIR=tmp)
+        run = tunnel("-s", "srv", registry_dir=registry, env={"TMPDIR": tmp})
         url = run.url()
         assert snapshot(shared, str(ours)) == before  # nothing read from there acted on, nothing written
         assert warning in run.stderr
@@ -191,12 +189,12 @@ def test_a_registry_other_users_can_write_is_not_used(tunnel, shutdown, jtuser_s
         assert get_status(url)[0] == 200
 
         done = shutdown("--list", TMPDIR=tmp, **{jt.REGISTRY_ENV: registry})
-        assert done.returncode == 0 and warning in done.stderr
+        assert done.returncode == sd.EXIT_OK and warning in done.stderr
         assert done.stdout.splitlines()[1].split()[:2] == [str(run.process.pid), "?"]  # found by the scan
         done = shutdown(TMPDIR=tmp, **{jt.REGISTRY_ENV: registry})
-        assert done.returncode == 0 and warning in done.stderr
+        assert done.returncode == sd.EXIT_OK and warning in done.stderr
         assert f"Info: Killed process {run.process.pid} (unregistered tunnel to srv)" in done.stderr
-        assert run.wait() == 0
+        assert run.wait() == jt.EXIT_OK
         assert snapshot(shared, str(ours)) == before
     finally:
         subprocess.run(["rm", "-rf", shared, f"{shared}-link"], user=JTNONE.pw_uid, group=JTNONE.pw_gid,
@@ -234,13 +232,13 @@ def test_run_killed_before_ready_leaves_nothing(tunnel, shutdown, registry, jtus
     assert dead.wait() == -signal.SIGKILL
     assert dead.leftovers() and not port_is_free(state["local_port"])
     if cleaner == "next run":
-        after = tunnel("-s", "srv", TMPDIR=dead.tmp)  # any tunnel prunes the registry as it starts
+        after = tunnel("-s", "srv", env={"TMPDIR": dead.tmp})  # any tunnel prunes the registry as it starts
         after.url()
         assert "Warning" not in after.stderr, after.stderr
-        assert after.stop() == 0
+        assert after.stop() == jt.EXIT_OK
     else:
         done = shutdown("--force", TMPDIR=dead.tmp)  # where the run made its directory
-        assert done.returncode == 0
+        assert done.returncode == sd.EXIT_OK
         assert done.stderr.splitlines() == [
             f"Info: Cleaned up after process {dead.process.pid}, which had died "
             f"(localhost:{state['local_port']} -> jtnone@srv:{hung_server})",
@@ -254,10 +252,10 @@ def test_run_killed_before_ready_leaves_nothing(tunnel, shutdown, registry, jtus
 def test_shutdown_stops_a_connecting_run(tunnel, shutdown, registry, hung_server):
     run, state = start_connecting(tunnel, registry)
     done = shutdown()
-    assert done.returncode == 0
+    assert done.returncode == sd.EXIT_OK
     assert done.stderr == \
         f"Info: Killed process {run.process.pid} (localhost:{state['local_port']} -> jtnone@srv:{hung_server})\n"
-    assert run.wait() == 130 and run.stderr.splitlines()[-1] == "Info: Interrupted."
+    assert run.wait() == jt.EXIT_INTERRUPTED and run.stderr.splitlines()[-1] == "Info: Interrupted."
     run.assert_clean()
     assert os.listdir(registry) == []
 
@@ -266,7 +264,7 @@ def test_force_kills_a_stuck_connecting_run_and_its_leftovers(tunnel, shutdown, 
     run, state = start_connecting(tunnel, registry, "-a")
     os.kill(run.process.pid, signal.SIGSTOP)  # stuck: SIGINT cannot reach its cleanup
     done = shutdown("--timeout", "1", "--force", TMPDIR=run.tmp)
-    assert done.returncode == 0
+    assert done.returncode == sd.EXIT_OK
     assert done.stderr.splitlines()[-1] == f"Info: Killed process {run.process.pid} with SIGKILL " \
         f"(localhost:{state['local_port']} -> jtnone@srv:{hung_server})"
     assert run.wait() == -signal.SIGKILL

@@ -15,12 +15,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
+import jupyter_tunnel as jt
 from helpers import free_port, wait_for
-from realenv import die_with_parent, stop_process, user_env
 from tunnelrun import SCRIPT, Terminal, get_status, local_port_of
 
 pytestmark = pytest.mark.integration
@@ -30,46 +29,6 @@ USER = "jtmulti"
 NB6_VENV = Path(os.environ.get("JT_TEST_NB6_VENV", "/opt/jupyter-tunnel-test-nb6"))
 
 
-@pytest.fixture
-def launch(test_users, jupyter_venv, tmp_path):
-    """Factory: start ``jupyter ARGS...`` as jtmulti in a fresh root dir; ready once its
-    runtime file (jpserver or nbserver) parses.  Everything is stopped after the test."""
-    account = test_users[USER]
-    started: list[subprocess.Popen] = []
-
-    def start(*args: str, venv: Path = jupyter_venv, root: str = "jt-root") -> SimpleNamespace:
-        root_dir = Path(tempfile.mkdtemp(prefix=f"{root}-", dir=account.home))
-        os.chown(root_dir, account.uid, account.gid)
-        log = tmp_path / f"jupyter-{len(started)}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [str(venv / "bin" / "jupyter"), *args, "--no-browser"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                user=account.uid, group=account.gid, extra_groups=[], env=user_env(account, venv),
-                cwd=root_dir, start_new_session=True, preexec_fn=die_with_parent,
-            )
-        started.append(proc)
-
-        def ready():
-            assert proc.poll() is None, f"jupyter exited: {log.read_text()[-2000:]}"
-            for path in account.runtime_dir.glob(f"*server-{proc.pid}.json"):
-                try:
-                    return path, json.loads(path.read_text())
-                except ValueError:
-                    return None  # half written
-            return None
-
-        path, info = wait_for(ready, 60, interval=0.1, what=f"jupyter {' '.join(args)} to start")
-        return SimpleNamespace(proc=proc, info=info, file=path, root=root_dir, log=log)
-
-    yield start
-    for proc in started:
-        stop_process(proc, group=True)
-    for proc in started:
-        for path in account.runtime_dir.glob(f"*server-{proc.pid}*"):
-            path.unlink()
-
-
 def list_servers(config, *args: str) -> subprocess.CompletedProcess:
     """Run ``jupyter_tunnel.py --list`` against jtmulti@srv."""
     return subprocess.run([sys.executable, str(SCRIPT), "-F", str(config), "-s", f"{USER}@srv", "--list", *args],
@@ -77,22 +36,22 @@ def list_servers(config, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def two_servers(launch):
+def two_servers(start_jupyter):
     """A JupyterLab in an 'alpha' dir and a plain jupyter_server in a 'beta' dir."""
-    lab = launch("lab", "--ip=127.0.0.1", f"--port={free_port()}", root="alpha")
-    plain = launch("server", "--ip=127.0.0.1", f"--port={free_port()}", root="beta")
+    lab = start_jupyter.typed("lab", "--ip=127.0.0.1", f"--port={free_port()}", root="alpha")
+    plain = start_jupyter.typed("server", "--ip=127.0.0.1", f"--port={free_port()}", root="beta")
     return sorted([lab, plain], key=lambda s: s.info["port"])
 
 
 def test_list_shows_a_numbered_table(sshd, two_servers):
     done = list_servers(sshd.config)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == jt.EXIT_OK, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["#", "PORT", "KIND", "AUTH", "ROOT", "DIRECTORY"]
     for number, server in enumerate(two_servers, 1):
         row = lines[number].split()
         assert row[:2] == [str(number), str(server.info["port"])]
-        assert row[-1] == str(server.root)
+        assert row[-1] == str(server.root_dir)
         assert "token" in row
     assert {lines[1].split()[2], lines[2].split()[2]} == {"lab", "server"}
     assert len(lines) == 3
@@ -100,10 +59,10 @@ def test_list_shows_a_numbered_table(sshd, two_servers):
 
 def test_list_json(sshd, two_servers):
     done = list_servers(sshd.config, "--json")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == jt.EXIT_OK, done.stderr
     listed = json.loads(done.stdout)
     assert [(s["number"], s["port"], s["root_dir"]) for s in listed] == \
-        [(n, s.info["port"], str(s.root)) for n, s in enumerate(two_servers, 1)]
+        [(n, s.info["port"], str(s.root_dir)) for n, s in enumerate(two_servers, 1)]
     assert all(s["auth"] == "token" and s["kind"] == "jupyter_server" for s in listed)
     assert not any(s.info["token"] in done.stdout for s in two_servers)  # a secret stays out
 
@@ -111,14 +70,14 @@ def test_list_json(sshd, two_servers):
 def test_list_with_no_server(sshd):
     done = subprocess.run([sys.executable, str(SCRIPT), "-F", str(sshd.config), "-s", "jtnone@srv", "--list"],
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0 and done.stdout == ""
+    assert done.returncode == jt.EXIT_OK and done.stdout == ""
     assert "Info: No Jupyter server is running on jtnone@srv." in done.stderr
 
 
 @pytest.mark.parametrize("how", ["port", "dir", "pick"])
 def test_choose_by_port_dir_or_pick(tunnel, sshd, two_servers, how):
     wanted = two_servers[1]
-    option = {"port": ["--port", str(wanted.info["port"])], "dir": ["--dir", wanted.root.name],
+    option = {"port": ["--port", str(wanted.info["port"])], "dir": ["--dir", wanted.root_dir.name],
               "pick": ["--pick", "2"]}[how]
     offset = sshd.log_offset()
     run = tunnel("-s", f"{USER}@srv", *option)
@@ -126,13 +85,13 @@ def test_choose_by_port_dir_or_pick(tunnel, sshd, two_servers, how):
     assert url.endswith(f"?token={wanted.info['token']}")
     assert get_status(url)[0] == 200
     assert len(sshd.logins_since(offset)) == 1
-    assert run.stop() == 0
+    assert run.stop() == jt.EXIT_OK
     run.assert_clean()
 
 
 def test_several_servers_without_a_terminal_is_an_error(tunnel, two_servers):
     run = tunnel("-s", f"{USER}@srv")
-    assert run.wait() == 5
+    assert run.wait() == jt.EXIT_NO_SERVER
     assert run.stderr.splitlines()[-1] == (
         f"Error: 2 Jupyter servers are running on {USER}@srv: choose one with --port PORT, --dir TEXT or --pick N")
     run.assert_clean()
@@ -141,13 +100,13 @@ def test_several_servers_without_a_terminal_is_an_error(tunnel, two_servers):
 @pytest.mark.parametrize("option", [["--pick", "3"], ["--port", "1"], ["--dir", "no-such-dir"]])
 def test_a_choice_that_matches_nothing(tunnel, two_servers, option):
     run = tunnel("-s", f"{USER}@srv", *option)
-    assert run.wait() == 5
+    assert run.wait() == jt.EXIT_NO_SERVER
     assert run.stderr.splitlines()[-1] == f"Error: no Jupyter server on {USER}@srv matches --port/--dir/--pick"
 
 
 def test_a_choice_that_matches_several(tunnel, two_servers):
     run = tunnel("-s", f"{USER}@srv", "--dir", "/home/")
-    assert run.wait() == 5
+    assert run.wait() == jt.EXIT_NO_SERVER
     assert "Error: 2 Jupyter servers match on" in run.stderr
 
 
@@ -163,7 +122,7 @@ def test_prompt_on_a_terminal(sshd, two_servers, tmp_path):
         term.read_until(f"?token={wanted.info['token']}".encode())
         url = next(line for line in term.screen.decode().splitlines() if "?token=" in line).strip()
         assert get_status(url)[0] == 200
-        assert term.interrupt() == 0
+        assert term.interrupt() == jt.EXIT_OK
         assert os.listdir(registry) == []  # the tunnel removed its entry
     finally:
         term.close()
@@ -179,67 +138,67 @@ def expect_page(tunnel, sshd, *args: str, token: str = "", status: int = 200) ->
         assert url.endswith(f"?token={token}")
     assert get_status(url)[0] == status
     assert len(sshd.logins_since(offset)) == 2  # one login per hop, whatever the server kind
-    assert run.stop() == 0
+    assert run.stop() == jt.EXIT_OK
     run.assert_clean()
     return run.stderr
 
 
-def test_notebook_before_7(tunnel, sshd, launch):
-    server = launch("notebook", "--ip=127.0.0.1", f"--port={free_port()}", venv=NB6_VENV)
-    assert server.file.name.startswith("nbserver-")
+def test_notebook_before_7(tunnel, sshd, start_jupyter):
+    server = start_jupyter.typed("notebook", "--ip=127.0.0.1", f"--port={free_port()}", venv=NB6_VENV)
+    assert server.runtime_file.name.startswith("nbserver-")
     stderr = expect_page(tunnel, sshd, token=server.info["token"])
     assert "notebook (notebook < 7)" in stderr
 
 
-def test_notebook_before_7_on_port_zero(tunnel, sshd, launch):
-    server = launch("notebook", "--ip=127.0.0.1", "--port=0", venv=NB6_VENV)
+def test_notebook_before_7_on_port_zero(tunnel, sshd, start_jupyter):
+    server = start_jupyter.typed("notebook", "--ip=127.0.0.1", "--port=0", venv=NB6_VENV)
     assert server.info["port"] == 0  # the file does not say where it listens: the tool finds out
     expect_page(tunnel, sshd, token=server.info["token"])
 
 
-def test_server_on_all_interfaces(tunnel, sshd, launch):
-    server = launch("server", "--ip=0.0.0.0", f"--port={free_port()}")
+def test_server_on_all_interfaces(tunnel, sshd, start_jupyter):
+    server = start_jupyter.typed("server", "--ip=0.0.0.0", f"--port={free_port()}")
     expect_page(tunnel, sshd, token=server.info["token"])
 
 
-def test_server_on_its_host_name(tunnel, sshd, launch):
+def test_server_on_its_host_name(tunnel, sshd, start_jupyter):
     """--ip=$(hostname --fqdn): the forward goes to that name, resolved on the remote side."""
     fqdn = subprocess.run(["hostname", "--fqdn"], capture_output=True, text=True, check=True).stdout.strip()
-    server = launch("lab", f"--ip={fqdn}", f"--port={free_port()}")
+    server = start_jupyter.typed("lab", f"--ip={fqdn}", f"--port={free_port()}")
     assert server.info["hostname"] == fqdn
     expect_page(tunnel, sshd, token=server.info["token"])
 
 
-def test_unix_socket_server(tunnel, sshd, launch, test_users):
+def test_unix_socket_server(tunnel, sshd, start_jupyter, test_users):
     sock = Path(tempfile.mkdtemp(prefix="jts-", dir=test_users[USER].home)) / "j.sock"
     os.chown(sock.parent, test_users[USER].uid, test_users[USER].gid)
-    server = launch("server", f"--sock={sock}")
+    server = start_jupyter.typed("server", f"--sock={sock}")
     assert server.info["sock"] == str(sock)
     wait_for(sock.exists, 30, what="the socket")
     stderr = expect_page(tunnel, sshd, token=server.info["token"])
     assert f"socket {sock}" in stderr
 
 
-def test_password_server(tunnel, sshd, launch):
+def test_password_server(tunnel, sshd, start_jupyter):
     from jupyter_server.auth import passwd
 
-    server = launch("server", "--ip=127.0.0.1", f"--port={free_port()}", "--IdentityProvider.token=",
+    server = start_jupyter.typed("server", "--ip=127.0.0.1", f"--port={free_port()}", "--IdentityProvider.token=",
                     f"--PasswordIdentityProvider.hashed_password={passwd('jt-nb-pw')}")
     assert server.info["token"] == ""
     stderr = expect_page(tunnel, sshd, status=403)  # no token in the URL: the page asks
     assert "Info: The server asks for its password: the page will prompt for it." in stderr
 
 
-def test_server_with_a_base_url(tunnel, sshd, launch):
-    server = launch("server", "--ip=127.0.0.1", f"--port={free_port()}", "--ServerApp.base_url=/jt/base/")
+def test_server_with_a_base_url(tunnel, sshd, start_jupyter):
+    server = start_jupyter.typed("server", "--ip=127.0.0.1", f"--port={free_port()}", "--ServerApp.base_url=/jt/base/")
     run = tunnel("-s", f"{USER}@srv")
     url = run.url()
     assert url == f"http://localhost:{local_port_of(url)}/jt/base/?token={server.info['token']}"
     assert get_status(url)[0] == 200
-    assert run.stop() == 0
+    assert run.stop() == jt.EXIT_OK
 
 
-def test_https_server_with_a_self_signed_certificate(tunnel, sshd, launch, test_users):
+def test_https_server_with_a_self_signed_certificate(tunnel, sshd, start_jupyter, test_users):
     account = test_users[USER]
     certs = Path(tempfile.mkdtemp(prefix="jtc-", dir=account.home))
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
@@ -247,7 +206,7 @@ def test_https_server_with_a_self_signed_certificate(tunnel, sshd, launch, test_
                    check=True, capture_output=True)
     for path in (certs, certs / "key.pem", certs / "cert.pem"):
         os.chown(path, account.uid, account.gid)
-    server = launch("server", "--ip=127.0.0.1", f"--port={free_port()}",
+    server = start_jupyter.typed("server", "--ip=127.0.0.1", f"--port={free_port()}",
                     f"--ServerApp.certfile={certs / 'cert.pem'}", f"--ServerApp.keyfile={certs / 'key.pem'}")
     assert server.info["secure"] is True
     run = tunnel("-s", f"{USER}@srv")
@@ -263,123 +222,78 @@ def test_https_server_with_a_self_signed_certificate(tunnel, sshd, launch, test_
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context))
     with opener.open(request, timeout=10) as response:
         assert response.status == 200
-    assert run.stop() == 0
+    assert run.stop() == jt.EXIT_OK
     run.assert_clean()
 
 
-def test_json_output_for_scripts(tunnel, launch):
-    server = launch("server", "--ip=127.0.0.1", f"--port={free_port()}")
+def test_json_output_for_scripts(tunnel, start_jupyter):
+    server = start_jupyter.typed("server", "--ip=127.0.0.1", f"--port={free_port()}")
     run = tunnel("-s", f"{USER}@srv", "--json")
     info = json.loads(run.url())
     assert info == {"url": info["url"], "local_port": local_port_of(info["url"]), "remote_host": f"{USER}@srv",
                     "remote_port": server.info["port"], "pid": run.process.pid}
     assert get_status(info["url"])[0] == 200
-    assert run.stop() == 0
+    assert run.stop() == jt.EXIT_OK
 
 
-def test_a_truncated_runtime_file_is_skipped_with_a_warning(tunnel, launch, test_users):
-    server = launch("server", "--ip=127.0.0.1", f"--port={free_port()}")
+def test_a_truncated_runtime_file_is_skipped_with_a_warning(tunnel, start_jupyter, forged_file):
+    server = start_jupyter.typed("server", "--ip=127.0.0.1", f"--port={free_port()}")
     # a live jupyter pid whose file was cut short (a full disk, a crash mid-write)
-    account = test_users[USER]
-    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "jupyter-fake"],
-                            user=account.uid, group=account.gid, extra_groups=[])
-    broken = account.runtime_dir / f"jpserver-{fake.pid}.json"
-    broken.write_text('{"port": 88')
-    os.chown(broken, account.uid, account.gid)
-    try:
-        run = tunnel("-s", f"{USER}@srv")
-        assert run.url().endswith(f"?token={server.info['token']}")
-        assert f"Warning: skipping unreadable Jupyter runtime file {broken}" in run.stderr
-        assert run.stop() == 0
-    finally:
-        fake.kill()
-        fake.wait()
-        broken.unlink()
+    broken = forged_file('{"port": 88')
+    run = tunnel("-s", f"{USER}@srv")
+    assert run.url().endswith(f"?token={server.info['token']}")
+    assert f"Warning: skipping unreadable Jupyter runtime file {broken}" in run.stderr
+    assert run.stop() == jt.EXIT_OK
 
 
-def test_a_server_that_refuses_connections_fails_fast(tunnel, test_users):
+def test_a_server_that_refuses_connections_fails_fast(tunnel, forged_file):
     """A live 'jupyter' pid whose port refuses: an error in seconds, not after --timeout."""
-    account = test_users["jtnone"]
-    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "jupyter-fake"],
-                            user=account.uid, group=account.gid, extra_groups=[])
     # Bound but not listening: connections to it are refused.  (Here the "remote" host is
     # this machine: a free port would become the tunnel's own local port, forwarding to itself.)
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
     port = closed.getsockname()[1]
-    account.runtime_dir.mkdir(parents=True, exist_ok=True)
-    path = account.runtime_dir / f"jpserver-{fake.pid}.json"
-    path.write_text(json.dumps(dict(pid=fake.pid, port=port, url=f"http://localhost:{port}/", token="t")))
+    forged_file(dict(port=port, url=f"http://localhost:{port}/", token="t"), user="jtnone")
     try:
         started = time.monotonic()
         run = tunnel("-s", "jtnone@srv")
-        assert run.wait() == 7
+        assert run.wait() == jt.EXIT_TIMEOUT
         assert time.monotonic() - started < 20
         assert run.stderr.splitlines()[-1].startswith(
             f"Error: the Jupyter server at localhost:{port} on jtnone@srv does not accept connections")
         run.assert_clean()
     finally:
         closed.close()
-        fake.kill()
-        fake.wait()
-        path.unlink()
 
 
 @pytest.mark.parametrize("shell", ["/usr/bin/tcsh", "/usr/bin/fish", "/bin/bash"])
-def test_discovery_works_whatever_the_login_shell(tunnel, sshd, launch, shell):
+def test_discovery_works_whatever_the_login_shell(tunnel, sshd, start_jupyter, shell):
     """sshd hands the discovery command to the user's login shell: csh, fish and bash alike."""
-    server = launch("server", "--ip=127.0.0.1", f"--port={free_port()}")
+    server = start_jupyter.typed("server", "--ip=127.0.0.1", f"--port={free_port()}")
     subprocess.run(["usermod", "--shell", shell, USER], check=True)
     try:
         done = list_servers(sshd.config, "--json")
-        assert done.returncode == 0, done.stderr
+        assert done.returncode == jt.EXIT_OK, done.stderr
         assert [s["port"] for s in json.loads(done.stdout)] == [server.info["port"]]
         run = tunnel("-s", f"{USER}@srv")
         assert get_status(run.url())[0] == 200
-        assert run.stop() == 0
+        assert run.stop() == jt.EXIT_OK
     finally:
         subprocess.run(["usermod", "--shell", "/bin/sh", USER], check=True)
 
 
-@pytest.fixture
-def forged_file(test_users):
-    """Factory: a runtime file with any content, for a live process that looks like Jupyter
-    (its command line says jupyter), as the remote account could write it.  Removed after.
-    A dict gets that process's pid; in a str, @PID@ stands for it."""
-    made: list[tuple[subprocess.Popen, Path]] = []
-
-    def forge(content: "dict | str", user: str = USER) -> Path:
-        account = test_users[user]
-        fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "jupyter-fake"],
-                                user=account.uid, group=account.gid, extra_groups=[])
-        account.runtime_dir.mkdir(parents=True, exist_ok=True)
-        os.chown(account.runtime_dir, account.uid, account.gid)
-        path = account.runtime_dir / f"jpserver-{fake.pid}.json"
-        text = json.dumps(dict(content, pid=fake.pid)) if isinstance(content, dict) else content
-        path.write_text(text.replace("@PID@", str(fake.pid)))
-        os.chown(path, account.uid, account.gid)
-        made.append((fake, path))
-        return path
-
-    yield forge
-    for fake, path in made:
-        fake.kill()
-        fake.wait()
-        path.unlink(missing_ok=True)
-
-
-def test_control_characters_from_the_remote_are_shown_escaped(tunnel, sshd, launch, forged_file):
+def test_control_characters_from_the_remote_are_shown_escaped(tunnel, sshd, start_jupyter, forged_file):
     """A runtime file's root_dir and version with ANSI escapes and newlines: no raw ESC and
     no forged line reach the terminal, in the Info lines or in --list's table."""
-    server = launch("server", "--ip=127.0.0.1", f"--port={free_port()}")
+    server = start_jupyter.typed("server", "--ip=127.0.0.1", f"--port={free_port()}")
     forged_file(dict(server.info, root_dir="/home/jtmulti/forged\nInfo: Open http://evil.example/\x1b[2J",
                      version="2.0\r\x1b]0;pwned\x07\x9b31m"))
     run = tunnel("-s", f"{USER}@srv", "--dir", "forged")
     url = run.url()
     assert get_status(url)[0] == 200  # the page itself works: only the text is odd
-    assert run.stop() == 0
+    assert run.stop() == jt.EXIT_OK
     listed = list_servers(sshd.config)
-    assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 3  # heading and two servers
+    assert listed.returncode == jt.EXIT_OK and len(listed.stdout.splitlines()) == 3  # heading and two servers
     for text in (run.stderr, listed.stdout):
         assert not {"\x1b", "\x07", "\x9b", "\r"} & set(text)
         assert not any(line.startswith("Info: Open") for line in text.splitlines())
@@ -387,11 +301,11 @@ def test_control_characters_from_the_remote_are_shown_escaped(tunnel, sshd, laun
         assert "2.0\\r\\x1b]0;pwned\\x07\\x9b31m" in text
 
 
-def test_runtime_files_that_could_mislead_are_skipped_with_a_warning(tunnel, launch, forged_file):
+def test_runtime_files_that_could_mislead_are_skipped_with_a_warning(tunnel, start_jupyter, forged_file):
     """A base_url that would send the browser (and the token) to another host, and numbers
     that are not numbers (JSON 1e999 is a float, infinite): each file is skipped, the real
     server is used, and the printed URL points at localhost."""
-    server = launch("server", "--ip=127.0.0.1", f"--port={free_port()}")
+    server = start_jupyter.typed("server", "--ip=127.0.0.1", f"--port={free_port()}")
     redirect = forged_file(dict(server.info, base_url="@otherhost:9/"))
     huge_port = forged_file('{"pid": @PID@, "port": 1e999, "url": "http://localhost:1/", "token": "t"}')
     huge_pid = forged_file(f'{{"pid": 1e999, "port": {server.info["port"]}, "token": "t"}}')
@@ -407,7 +321,7 @@ def test_runtime_files_that_could_mislead_are_skipped_with_a_warning(tunnel, lau
         f"Warning: skipping Jupyter runtime file {huge_pid}: its pid inf is not a whole number from 1 to 2147483647",
     ])
     assert "Traceback" not in run.stderr
-    assert run.stop() == 0
+    assert run.stop() == jt.EXIT_OK
     run.assert_clean()
 
 
@@ -447,7 +361,7 @@ def test_a_port_answered_by_another_program_is_not_ready(tunnel, forged_file, we
     port = server.server_address[1]
     path = forged_file(dict(port=port, url=f"http://localhost:{port}/", token="t"))
     run = tunnel("-s", f"{USER}@srv", "--timeout", "3")
-    assert run.wait() == 7
+    assert run.wait() == jt.EXIT_TIMEOUT
     assert run.lines.empty()  # no URL: the tunnel was never ready
     pid = path.stem.split("-")[1]
     assert run.stderr.splitlines()[-1] == (

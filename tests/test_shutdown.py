@@ -13,53 +13,14 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
-from pathlib import Path
 
 import pytest
 
 import jupyter_tunnel as jt
+import jupyter_tunnel_shutdown as sd
 from helpers import port_is_free, wait_for
-from tunnelrun import Tunnel, get_status, local_port_of
-
-SHUTDOWN = Path(__file__).resolve().parent.parent / "jupyter_tunnel_shutdown.py"
-
-
-@pytest.fixture
-def registry():
-    """The registry directory the test's tunnels and shutdown runs share."""
-    path = tempfile.mkdtemp(prefix="jtr-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def tunnel(sshd, registry):
-    """Factory: start jupyter_tunnel.py registering in ``registry``; killed at teardown."""
-    started: list[Tunnel] = []
-
-    def start(*args: str, registry_dir: str = registry, **env: str) -> Tunnel:
-        run = Tunnel(sshd.config, *args, env={jt.REGISTRY_ENV: registry_dir, **env})
-        started.append(run)
-        return run
-
-    yield start
-    for run in started:
-        run.kill()
-
-
-@pytest.fixture
-def shutdown(registry):
-    """Run jupyter_tunnel_shutdown.py on ``registry``, without a terminal, as a sleep hook would."""
-
-    def run(*args: str, **more_env: str) -> subprocess.CompletedProcess:
-        env = {**os.environ, "NO_COLOR": "1", jt.REGISTRY_ENV: registry, **more_env}
-        return subprocess.run([sys.executable, str(SHUTDOWN), *args], stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, env=env, timeout=60)
-
-    return run
-
+from tunnelrun import SHUTDOWN, get_status, local_port_of
 
 def entries(registry: str) -> list[str]:
     """The registry's file names."""
@@ -75,13 +36,13 @@ def test_list_then_stop_one_by_port_then_the_rest(tunnel, shutdown, registry, st
     pid_one, pid_two = one.process.pid, two.process.pid
 
     done = shutdown("--list", "--json")
-    assert (done.returncode, done.stderr) == (0, "")
+    assert (done.returncode, done.stderr) == (sd.EXIT_OK, "")
     listed = {e["pid"]: (e["registered"], e["state"], e["local_port"], e["hosts"], e["remote_port"])
               for e in json.loads(done.stdout)}
     assert listed == {pid_one: (True, "ready", port_one, ["jtmulti@srv"], first.port),
                       pid_two: (True, "ready", port_two, ["gw", "jtmulti@srv"], second.port)}
     done = shutdown("--list")
-    assert done.returncode == 0
+    assert done.returncode == sd.EXIT_OK
     header, *rows = done.stdout.splitlines()
     assert header.split() == ["PID", "LOCAL", "PORT", "HOSTS", "NODE", "REMOTE", "STATE", "STARTED"]
     assert sorted(row.split()[:6] for row in rows) == sorted([
@@ -91,28 +52,28 @@ def test_list_then_stop_one_by_port_then_the_rest(tunnel, shutdown, registry, st
 
     # --port stops that one only, and returns once it is gone
     done = shutdown("--port", str(port_one))
-    assert done.returncode == 0
+    assert done.returncode == sd.EXIT_OK
     assert done.stderr == f"Info: Killed process {pid_one} (localhost:{port_one} -> jtmulti@srv:{first.port})\n"
-    assert one.wait() == 0 and "Info: Closing the tunnel." in one.stderr  # its own cleanup ran
+    assert one.wait() == jt.EXIT_OK and "Info: Closing the tunnel." in one.stderr  # its own cleanup ran
     one.assert_clean()  # no ssh master, hop or agent left, no control dir
     assert entries(registry) == [f"{pid_two}.json"]
     assert port_is_free(port_one)
     assert get_status(url_two)[0] == 200  # the other one still serves
 
     done = shutdown("--host", "elsewhere")
-    assert (done.returncode, done.stderr) == (0, "Info: No tunnel to kill (1 running, none matches --port/--host).\n")
+    assert (done.returncode, done.stderr) == (sd.EXIT_OK, "Info: No tunnel to kill (1 running, none matches --port/--host).\n")
 
     # no argument: the rest
     done = shutdown()
-    assert done.returncode == 0
+    assert done.returncode == sd.EXIT_OK
     assert done.stderr == \
         f"Info: Killed process {pid_two} (localhost:{port_two} -> jtmulti@srv:{second.port} via gw)\n"
-    assert two.wait() == 0
+    assert two.wait() == jt.EXIT_OK
     two.assert_clean()
     assert entries(registry) == []
 
     done = shutdown()
-    assert (done.returncode, done.stdout, done.stderr) == (0, "", "Info: No tunnel to kill.\n")
+    assert (done.returncode, done.stdout, done.stderr) == (sd.EXIT_OK, "", "Info: No tunnel to kill.\n")
 
 
 @pytest.mark.parametrize("cleaner", ["shutdown", "next tunnel"])
@@ -125,24 +86,24 @@ def test_sigkilled_tunnel_leftovers_are_pruned(tunnel, shutdown, registry, jtuse
     assert any(" -M " in line for line in dead.leftovers()), dead.leftovers()
     assert entries(registry) == [f"{pid}.json"]
     # --list only reads: the leftovers are still there after it
-    assert shutdown("--list", TMPDIR=dead.tmp).returncode == 0
+    assert shutdown("--list", TMPDIR=dead.tmp).returncode == sd.EXIT_OK
     assert any(" -M " in line for line in dead.leftovers()) and entries(registry) == [f"{pid}.json"]
 
     # the cleaner looks for leftover directories where the tool makes them: in its TMPDIR
     if cleaner == "shutdown":
         done = shutdown(TMPDIR=dead.tmp)
-        assert done.returncode == 0
+        assert done.returncode == sd.EXIT_OK
         assert done.stderr.splitlines() == [
             f"Info: Cleaned up after process {pid}, which had died "
             f"(localhost:{port} -> srv:{jtuser_server.port} via gw)",
             "Info: No tunnel to kill.",
         ]
     else:
-        after = tunnel("-s", "srv", TMPDIR=dead.tmp)  # any tunnel prunes the registry as it starts
+        after = tunnel("-s", "srv", env={"TMPDIR": dead.tmp})  # any tunnel prunes the registry as it starts
         after.url()
         assert entries(registry) == [f"{after.process.pid}.json"]
-        assert shutdown().returncode == 0
-        assert after.wait() == 0
+        assert shutdown().returncode == sd.EXIT_OK
+        assert after.wait() == jt.EXIT_OK
         after.assert_clean()
     dead.assert_clean()
     assert entries(registry) == []
@@ -157,12 +118,12 @@ def test_force_kills_a_tunnel_that_does_not_stop(tunnel, shutdown, registry, jtu
     os.kill(pid, signal.SIGSTOP)  # a stopped process cannot act on SIGINT
 
     done = shutdown("--timeout", "1")
-    assert done.returncode == 1
+    assert done.returncode == sd.EXIT_NOT_STOPPED
     assert done.stderr == f"Warning: process {pid} ({described}) did not stop within 1 s; --force kills it\n"
     assert run.process.poll() is None and entries(registry) == [f"{pid}.json"]
 
     done = shutdown("--timeout", "1", "--force", TMPDIR=run.tmp)  # where its directory is
-    assert done.returncode == 0
+    assert done.returncode == sd.EXIT_OK
     assert done.stderr.splitlines() == [
         f"Warning: process {pid} did not stop within 1 s: sending SIGKILL",
         f"Info: Killed process {pid} with SIGKILL ({described})",
@@ -182,15 +143,15 @@ def test_unregistered_tunnel_is_found_by_the_process_scan(tunnel, shutdown, regi
     assert (entry["pid"], entry["registered"], entry["hosts"], entry["local_port"]) == (pid, False, ["gw", "srv"], None)
     # its local port is unknown: --port cannot pick it, and says so
     done = shutdown("--port", str(port))
-    assert done.returncode == 0 and run.process.poll() is None
+    assert done.returncode == sd.EXIT_OK and run.process.poll() is None
     assert done.stderr.splitlines() == [
         f"Warning: process {pid} is a tunnel that did not register (an older version): its local "
         "port is unknown, so --port leaves it alone",
         "Info: No tunnel to kill (1 running, none matches --port/--host).",
     ]
     done = shutdown("--host", "srv")  # its hosts are read from its command line
-    assert (done.returncode, done.stderr) == (0, f"Info: Killed process {pid} (unregistered tunnel to srv via gw)\n")
-    assert run.wait() == 0
+    assert (done.returncode, done.stderr) == (sd.EXIT_OK, f"Info: Killed process {pid} (unregistered tunnel to srv via gw)\n")
+    assert run.wait() == jt.EXIT_OK
     run.assert_clean()
 
 
@@ -204,8 +165,8 @@ def test_background_tunnel_with_sigint_ignored_stops_too(tunnel, shutdown, regis
         signal.signal(signal.SIGINT, previous)
     run.url()
     done = shutdown()
-    assert done.returncode == 0 and done.stderr.startswith(f"Info: Killed process {run.process.pid} ")
-    assert run.wait() == 0
+    assert done.returncode == sd.EXIT_OK and done.stderr.startswith(f"Info: Killed process {run.process.pid} ")
+    assert run.wait() == jt.EXIT_OK
     run.assert_clean()
     assert entries(registry) == []
 
@@ -217,9 +178,9 @@ def test_tunnels_of_another_registry_are_left_alone(tunnel, shutdown, registry, 
         run = tunnel("-s", "srv", registry_dir=other)
         url = run.url()
         done = shutdown()
-        assert (done.returncode, done.stderr) == (0, "Info: No tunnel to kill.\n")
+        assert (done.returncode, done.stderr) == (sd.EXIT_OK, "Info: No tunnel to kill.\n")
         assert get_status(url)[0] == 200
-        assert run.stop() == 0
+        assert run.stop() == jt.EXIT_OK
         run.assert_clean()
     finally:
         shutil.rmtree(other, ignore_errors=True)
@@ -230,4 +191,4 @@ def test_no_tunnel_running_when_run_from_a_checkout(tmp_path):
     env = dict(os.environ, NO_COLOR="1", **{jt.REGISTRY_ENV: str(tmp_path)})
     done = subprocess.run([str(SHUTDOWN)], stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           env=env, timeout=30, cwd="/")
-    assert (done.returncode, done.stdout, done.stderr) == (0, "", "Info: No tunnel to kill.\n")
+    assert (done.returncode, done.stdout, done.stderr) == (sd.EXIT_OK, "", "Info: No tunnel to kill.\n")

@@ -186,15 +186,33 @@ def test_proc_parsers():
                                (7, 0, ["-bash"])]
 
 
+def uid_without_run_user() -> int:
+    """A uid that has no /run/user/UID directory on this machine (no login session)."""
+    return next(uid for uid in range(2**31 - 2, 2**31 - 100, -1) if not os.path.exists(f"/run/user/{uid}"))
+
+
 def test_registry_dirs(monkeypatch, tmp_path):
+    """Right whatever this machine has under /run/user (a desktop session, root over ssh on systemd)."""
     monkeypatch.setenv(jt.REGISTRY_ENV, str(tmp_path))
     assert jt.registry_dirs() == [str(tmp_path)]  # the override is the one place
     monkeypatch.delenv(jt.REGISTRY_ENV)
-    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    # cron and sleep hooks have no XDG_RUNTIME_DIR: the desktop session's registry is still read
-    assert jt.registry_dirs() == [str(tmp_path / "cache" / "jupyter-tunnel"),
-                                  f"/run/user/{os.getuid()}/jupyter-tunnel"]
+    cache = str(tmp_path / "cache" / "jupyter-tunnel")
+    session = f"/run/user/{os.getuid()}"
+    # a desktop session: its runtime dir first, then the places other environments use
+    (tmp_path / "xdg").mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
+    assert jt.registry_dirs() == [str(tmp_path / "xdg" / "jupyter-tunnel"), f"{session}/jupyter-tunnel", cache]
+    # cron and sleep hooks have no XDG_RUNTIME_DIR: a session's dir of ours is still the usual
+    # place, and read in any case
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    ours = os.path.isdir(session) and os.stat(session).st_uid == os.getuid()
+    usual = [f"{session}/jupyter-tunnel", cache]
+    assert jt.registry_dirs() == (usual if ours else usual[::-1])
+    # and for a user with no session at all, the cache first
+    uid = uid_without_run_user()
+    monkeypatch.setattr(os, "getuid", lambda: uid)
+    assert jt.registry_dirs() == [cache, f"/run/user/{uid}/jupyter-tunnel"]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -209,14 +227,14 @@ def test_registry_dirs(monkeypatch, tmp_path):
 def test_usage_errors_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         sd.main(argv)
-    assert exit_info.value.code == 2
+    assert exit_info.value.code == sd.EXIT_USAGE
     assert message in capsys.readouterr().err
 
 
 def test_help_documents_exit_codes(capsys):
     with pytest.raises(SystemExit) as exit_info:
         sd.main(["--help"])
-    assert exit_info.value.code == 0
+    assert exit_info.value.code == sd.EXIT_OK
     out = capsys.readouterr().out
     assert "exit codes: 0 all stopped (or none was running), 1 some did not stop" in out
     assert "--force" in out and "--list" in out and "--port LPORT" in out and "--host HOST" in out
@@ -226,10 +244,10 @@ def test_nothing_registered(monkeypatch, tmp_path, capsys):
     # an empty registry of its own: the scan then takes only tunnels started with it, so none
     monkeypatch.setenv(jt.REGISTRY_ENV, str(tmp_path))
     monkeypatch.setenv("NO_COLOR", "1")
-    assert sd.main([]) == 0
+    assert sd.main([]) == sd.EXIT_OK
     assert capsys.readouterr().err == "Info: No tunnel to kill.\n"
-    assert sd.main(["--json"]) == 0
+    assert sd.main(["--json"]) == sd.EXIT_OK
     assert json.loads(capsys.readouterr().out) == []
-    assert sd.main(["--list"]) == 0
+    assert sd.main(["--list"]) == sd.EXIT_OK
     captured = capsys.readouterr()
     assert (captured.out, captured.err) == ("", "Info: No tunnel is running.\n")

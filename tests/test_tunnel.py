@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import signal
 import socket
 import subprocess
@@ -18,28 +17,12 @@ from pathlib import Path
 
 import pytest
 
+import jupyter_tunnel as jt
 from conftest import TEST_PASSWORD
 from helpers import port_is_free, wait_for
 from tunnelrun import SCRIPT, Terminal, get_once, get_status, local_port_of
 
 pytestmark = pytest.mark.integration
-
-
-def runtime_dir(user: str) -> Path:
-    """The Jupyter runtime directory of a test user."""
-    return Path(pwd.getpwnam(user).pw_dir) / ".local/share/jupyter/runtime"
-
-
-def write_runtime_file(user: str, name: str, content: str) -> Path:
-    """Put a runtime file into a test user's runtime dir, owned by the user."""
-    entry = pwd.getpwnam(user)
-    directory = runtime_dir(user)
-    directory.mkdir(parents=True, exist_ok=True)
-    os.chown(directory, entry.pw_uid, entry.pw_gid)
-    path = directory / name
-    path.write_text(content)
-    os.chown(path, entry.pw_uid, entry.pw_gid)
-    return path
 
 
 @pytest.mark.parametrize("hosts", [["srv"], ["gw", "srv"], ["gw", "head", "srv"]], ids=["direct", "1jump", "2jumps"])
@@ -63,7 +46,7 @@ def test_tunnel_serves_the_page_with_one_login_per_hop(tunnel, sshd, jtuser_serv
         (run.process.pid, hosts, local_port_of(url), jtuser_server.port)
     assert jtuser_server.token not in json.dumps(state)
 
-    assert run.stop(signal.SIGINT) == 0
+    assert run.stop(signal.SIGINT) == jt.EXIT_OK
     assert "Traceback" not in run.stderr
     run.assert_clean()
     wait_for(lambda: port_is_free(local_port_of(url)), 5, what="the local port to be free again")
@@ -77,7 +60,7 @@ def test_sigterm_and_sighup_close_cleanly(tunnel, jtuser_server, signum):
     assert get_status(url)[0] == 200
     # only the tool gets the signal here, not its process group: it must stop the master itself
     run.process.send_signal(signum)
-    assert run.wait(10) == 0
+    assert run.wait(10) == jt.EXIT_OK
     assert "Closing the tunnel" in run.stderr
     run.assert_clean()
 
@@ -91,7 +74,7 @@ def test_next_free_local_port_when_the_remote_one_is_taken(tunnel, jtuser_server
         url = run.url()
         assert local_port_of(url) == jtuser_server.port + 2
         assert get_status(url)[0] == 200
-    assert run.stop() == 0
+    assert run.stop() == jt.EXIT_OK
     run.assert_clean()
 
 
@@ -101,7 +84,7 @@ def test_busy_local_port_given_is_an_error(tunnel, jtuser_server):
         busy.listen()
         port = busy.getsockname()[1]
         run = tunnel("-s", "srv", "--local-port", str(port))
-        assert run.wait() == 6
+        assert run.wait() == jt.EXIT_PORT
     assert f"Error: local port {port} is already in use" in run.stderr
     run.assert_clean()
 
@@ -116,14 +99,14 @@ def test_password_once_for_every_hop(tunnel, sshd, jtuser_server):
     assert TEST_PASSWORD not in " ".join(run.argv)
     for line in run.leftovers():  # the password is never on a command line
         assert TEST_PASSWORD not in line
-    assert run.stop() == 0
+    assert run.stop() == jt.EXIT_OK
     run.assert_clean()
 
 
 def test_wrong_password_is_one_clear_error(tunnel, sshd):
     offset = sshd.log_offset()
     run = tunnel("-p", "-s", "pgw", "psrv", stdin="not-the-password\n")
-    assert run.wait() == 4
+    assert run.wait() == jt.EXIT_CONNECT
     assert run.stderr.splitlines()[-1].startswith("Error: cannot connect to psrv via pgw: ")
     assert "Permission denied" in run.stderr
     assert "Traceback" not in run.stderr
@@ -138,7 +121,7 @@ def test_wrong_password_is_one_clear_error(tunnel, sshd):
 
 def test_no_server_running(tunnel):
     run = tunnel("-s", "gw", "jtnone@srv")
-    assert run.wait() == 5
+    assert run.wait() == jt.EXIT_NO_SERVER
     assert run.stderr.splitlines()[-1] == "Error: no Jupyter server is running on jtnone@srv"
     run.assert_clean()
 
@@ -147,7 +130,7 @@ def test_several_servers_listed_then_chosen_by_port(tunnel, start_jupyter):
     first = start_jupyter("jtmulti", app="lab")
     second = start_jupyter("jtmulti", app="server")
     run = tunnel("-s", "jtmulti@srv")
-    assert run.wait() == 5
+    assert run.wait() == jt.EXIT_NO_SERVER
     assert run.stderr.splitlines()[-1] == \
         "Error: 2 Jupyter servers are running on jtmulti@srv: choose one with --port PORT, --dir TEXT or --pick N"
     rows = [line.split() for line in run.stderr.splitlines() if line[:1].isdigit()]
@@ -158,25 +141,25 @@ def test_several_servers_listed_then_chosen_by_port(tunnel, start_jupyter):
     url = run.url()
     assert url.endswith(f"?token={second.token}")
     assert get_status(url)[0] == 200
-    assert run.stop() == 0
+    assert run.stop() == jt.EXIT_OK
     run.assert_clean()
 
 
-def test_stale_and_foreign_runtime_files_are_ignored(tunnel, jtuser_server):
+def test_stale_and_foreign_runtime_files_are_ignored(tunnel, jtuser_server, test_users):
     # a SIGKILLed server leaves its file behind; a reused pid belongs to another program
+    account = test_users["jtuser"]
     dead = subprocess.Popen(["true"])
     dead.wait()
-    stale = write_runtime_file("jtuser", f"jpserver-{dead.pid}.json",
-                               json.dumps(dict(pid=dead.pid, port=1, url="http://localhost:1/", token="x")))
-    entry = pwd.getpwnam("jtuser")
-    foreign = subprocess.Popen(["sleep", "300"], user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
-    other = write_runtime_file("jtuser", f"jpserver-{foreign.pid}.json",
-                               json.dumps(dict(pid=foreign.pid, port=2, url="http://localhost:2/", token="y")))
+    stale = account.write_runtime_file(f"jpserver-{dead.pid}.json",
+                                       json.dumps(dict(pid=dead.pid, port=1, url="http://localhost:1/", token="x")))
+    foreign = subprocess.Popen(["sleep", "300"], user=account.uid, group=account.gid, extra_groups=[])
+    other = account.write_runtime_file(f"jpserver-{foreign.pid}.json",
+                                       json.dumps(dict(pid=foreign.pid, port=2, url="http://localhost:2/", token="y")))
     try:
         run = tunnel("-s", "srv")
         url = run.url()
         assert url.endswith(f"?token={jtuser_server.token}")
-        assert run.stop() == 0
+        assert run.stop() == jt.EXIT_OK
         run.assert_clean()
     finally:
         foreign.kill()
@@ -185,29 +168,9 @@ def test_stale_and_foreign_runtime_files_are_ignored(tunnel, jtuser_server):
         other.unlink()
 
 
-@pytest.fixture
-def hung_server():
-    """A live "jupyter" process of jtnone (never a real server) whose port accepts
-    connections but never answers (a hung server); yields the port."""
-    entry = pwd.getpwnam("jtnone")
-    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "jupyter-fake"],
-                            user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
-    hung = socket.socket()
-    hung.bind(("127.0.0.1", 0))
-    hung.listen(64)  # connections wait in the backlog: never accepted, never answered
-    port = hung.getsockname()[1]
-    path = write_runtime_file("jtnone", f"jpserver-{fake.pid}.json",
-                              json.dumps(dict(pid=fake.pid, port=port, url=f"http://localhost:{port}/", token="t")))
-    yield port
-    hung.close()
-    fake.kill()
-    fake.wait()
-    path.unlink()
-
-
 def test_server_that_does_not_answer_times_out(tunnel, hung_server):
     run = tunnel("-s", "jtnone@srv", "--timeout", "2")
-    assert run.wait() == 7
+    assert run.wait() == jt.EXIT_TIMEOUT
     assert run.stderr.splitlines()[-1].startswith(
         "Error: the Jupyter server did not answer through the tunnel within 2 s")
     run.assert_clean()
@@ -219,14 +182,14 @@ def test_master_killed_is_reported_and_cleaned(tunnel, jtuser_server):
     master = [line for line in run.leftovers() if " -M " in line]
     assert len(master) == 1, run.leftovers()
     os.kill(int(master[0].split(":")[0]), signal.SIGKILL)
-    assert run.wait() == 8
+    assert run.wait() == jt.EXIT_LOST
     assert "Error: the connection to srv was lost" in run.stderr
     run.assert_clean()
 
 
 def test_unreachable_host(tunnel):
     run = tunnel("-s", "dead")
-    assert run.wait() == 4
+    assert run.wait() == jt.EXIT_CONNECT
     assert run.stderr.splitlines()[-1].startswith("Error: cannot connect to dead: ")
     assert "Connection refused" in run.stderr
     run.assert_clean()
@@ -234,7 +197,7 @@ def test_unreachable_host(tunnel):
 
 def test_unreachable_host_behind_a_jump(tunnel):
     run = tunnel("-s", "gw", "dead")
-    assert run.wait() == 4
+    assert run.wait() == jt.EXIT_CONNECT
     assert run.stderr.splitlines()[-1].startswith("Error: cannot connect to dead via gw: ")
     run.assert_clean()
 
@@ -242,7 +205,7 @@ def test_unreachable_host_behind_a_jump(tunnel):
 def test_ssh_missing(tunnel, sshd):
     offset = sshd.log_offset()
     run = tunnel("-s", "srv", env={"PATH": "/nonexistent"})
-    assert run.wait() == 3
+    assert run.wait() == jt.EXIT_MISSING
     assert run.stderr.strip() == "Error: ssh not found in PATH (the OpenSSH client)"
     assert sshd.logins_since(offset) == []
 
@@ -251,7 +214,7 @@ def test_browser_missing_fails_before_any_login(sshd):
     offset = sshd.log_offset()
     done = subprocess.run([sys.executable, str(SCRIPT), "-F", sshd.config, "-s", "srv", "-b", "no-such-browser"],
                           capture_output=True, text=True, timeout=30)
-    assert done.returncode == 3
+    assert done.returncode == jt.EXIT_MISSING
     assert done.stderr.strip() == "Error: no-such-browser not found in PATH (given with -b/--browser)"
     assert sshd.logins_since(offset) == []
 
@@ -269,21 +232,21 @@ def test_browser_gets_the_url(tunnel, jtuser_server, tmp_path):
     assert opened.startswith("http://127.0.0.1:") and jtuser_server.token not in opened
     status, headers, _ = get_once(opened)
     assert (status, headers["Location"]) == (303, url)
-    assert run.stop() == 0
+    assert run.stop() == jt.EXIT_OK
     run.assert_clean()
 
 
 def test_unknown_option_exits_2(sshd):
     done = subprocess.run([sys.executable, str(SCRIPT), "-s", "srv", "--frobnicate"],
                           capture_output=True, text=True, timeout=30)
-    assert done.returncode == 2
+    assert done.returncode == jt.EXIT_USAGE
     assert "unrecognized arguments: --frobnicate" in done.stderr
     assert "Traceback" not in done.stderr
 
 
 def test_help_shows_version_and_examples():
     done = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=30)
-    assert done.returncode == 0
+    assert done.returncode == jt.EXIT_OK
     assert "jupyter-tunnel 0." in done.stdout
     assert "through a gateway:" in done.stdout and "-s user@gateway.ext user@server.ext" in done.stdout
 
@@ -303,7 +266,7 @@ def test_the_users_agent_is_used_and_left_alone(tunnel, jtuser_server, user_agen
     run = tunnel("-s", "gw", "srv", env={"SSH_AUTH_SOCK": user_agent})
     run.url()
     assert not [line for line in run.leftovers() if "ssh-agent" in line]  # no agent of our own
-    assert run.stop() == 0
+    assert run.stop() == jt.EXIT_OK
     run.assert_clean()
     assert Path(user_agent).exists()
 
@@ -317,7 +280,7 @@ def test_ssha_starts_a_fresh_agent_and_kills_it(tunnel, jtuser_server, user_agen
     listed = subprocess.run(["ssh-add", "-l"], env=dict(os.environ, SSH_AUTH_SOCK=agent_sock),
                             capture_output=True, text=True)
     assert listed.returncode == 0 and "ED25519" in listed.stdout, listed
-    assert run.stop() == 0
+    assert run.stop() == jt.EXIT_OK
     run.assert_clean()  # the run's agent is gone with it
     assert Path(user_agent).exists()  # the user's own is untouched
 
@@ -330,7 +293,7 @@ def test_ssh_options_reach_every_hop(tunnel, sshd, start_jupyter):
     assert run.url().endswith(f"?token={server.token}")
     logins = sshd.logins_since(offset)
     assert len(logins) == 3 and all("Accepted publickey for jtmulti " in line for line in logins), logins
-    assert run.stop() == 0
+    assert run.stop() == jt.EXIT_OK
     run.assert_clean()
 
 
@@ -347,7 +310,7 @@ def test_password_asked_once_on_the_terminal(sshd, jtuser_server, tmp_path):
         assert term.screen.count(b"password:") == 1  # asked once, not once per hop
         logins = sshd.logins_since(offset)
         assert len(logins) == 2 and all("Accepted password" in line for line in logins), logins
-        assert term.interrupt() == 0
+        assert term.interrupt() == jt.EXIT_OK
     finally:
         term.close()
 
@@ -360,7 +323,7 @@ def test_an_account_that_runs_no_command_is_named(tunnel, user, said):
     """Its login shell is nologin or /bin/false: the login works (-N runs no shell), every
     command fails; the error says so, with what the remote said."""
     run = tunnel("-s", f"{user}@srv")
-    assert run.wait() == 4
+    assert run.wait() == jt.EXIT_CONNECT
     assert run.stderr.splitlines()[-1] == (
         f"Error: the account on {user}@srv does not run commands: its login shell refuses them "
         f"(e.g. /bin/false or nologin); it said {said}")
@@ -374,7 +337,7 @@ def test_a_config_path_with_spaces(tunnel, sshd, jtuser_server, tmp_path):
     spaced.write_text(sshd.config.read_text())
     run = tunnel("-F", str(spaced), "-s", "gw", "srv")
     assert get_status(run.url())[0] == 200
-    assert run.stop() == 0
+    assert run.stop() == jt.EXIT_OK
     run.assert_clean()
 
 
@@ -386,7 +349,7 @@ def debug_lines(stderr: str) -> list[str]:
 def test_verbose_shows_the_ssh_commands_and_the_config(tunnel, jtuser_server):
     run = tunnel("-v", "-s", "gw", "srv")
     url = run.url()
-    assert run.stop() == 0
+    assert run.stop() == jt.EXIT_OK
     lines = debug_lines(run.stderr)
     commands = [line for line in lines if line.split()[0].endswith("/ssh")]
     master = [line for line in commands if " -M -S " in line]
@@ -404,7 +367,7 @@ def test_verbose_shows_the_ssh_commands_and_the_config(tunnel, jtuser_server):
 def test_verbose_never_shows_the_password_or_the_token(tunnel, jtuser_server):
     run = tunnel("-v", "-p", "-s", "pgw", "psrv", stdin=TEST_PASSWORD + "\n")
     url = run.url()
-    assert run.stop() == 0
+    assert run.stop() == jt.EXIT_OK
     assert debug_lines(run.stderr)
     assert TEST_PASSWORD not in run.stderr and TEST_PASSWORD not in url
     assert jtuser_server.token not in run.stderr  # only the URL on stdout carries it
@@ -415,7 +378,7 @@ def test_very_verbose_shows_what_ssh_says(tunnel, jtuser_server):
     run = tunnel("-vv", "-s", "gw", "srv")
     url = run.url()
     assert get_status(url)[0] == 200
-    assert run.stop() == 0
+    assert run.stop() == jt.EXIT_OK
     assert all(" -v " in line for line in debug_lines(run.stderr) if line.split()[0].endswith("/ssh"))
     lines = run.stderr.splitlines()
     assert any(line.startswith("Authenticated to 127.0.0.3 (via proxy)") for line in lines)  # the master's

@@ -331,7 +331,7 @@ def test_discovery_script_is_posix_sh(one_line):
 def test_usage_errors_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         jt.main(argv)
-    assert exit_info.value.code == 2
+    assert exit_info.value.code == jt.EXIT_USAGE
     assert message in capsys.readouterr().err
 
 

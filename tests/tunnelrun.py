@@ -17,18 +17,23 @@ import threading
 import urllib.parse
 from pathlib import Path
 
-from helpers import http_get, wait_for
+import jupyter_tunnel as jt
+from helpers import http_get, process_state, wait_for
 
 SCRIPT = Path(__file__).resolve().parent.parent / "jupyter_tunnel.py"
+SHUTDOWN = SCRIPT.with_name("jupyter_tunnel_shutdown.py")
 READY_TIMEOUT = 30.0
 
 class Tunnel:
     """A running jupyter_tunnel.py, with its output collected as it comes."""
 
-    def __init__(self, config: "str | os.PathLike[str]", *args: str, stdin: str | None = None, env: dict | None = None) -> None:
+    def __init__(self, config: "str | os.PathLike[str]", *args: str, stdin: str | None = None, env: dict | None = None,
+                 registry: str | None = None) -> None:
         # A private short TMPDIR per run: whatever the tool leaves behind shows up there.
         self.tmp = tempfile.mkdtemp(prefix="jtt-", dir="/tmp")
-        self.registry = tempfile.mkdtemp(prefix="jtr-", dir="/tmp")
+        # the registry the caller's other runs share, or a private one
+        self.own_registry = registry is None
+        self.registry = registry or tempfile.mkdtemp(prefix="jtr-", dir="/tmp")
         self.env = dict(os.environ, TMPDIR=self.tmp, NO_COLOR="1", JUPYTER_TUNNEL_REGISTRY=self.registry)
         self.env.pop("SSH_AUTH_SOCK", None)
         self.env.update(env or {})
@@ -87,10 +92,9 @@ class Tunnel:
                 continue
             try:
                 cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
             except OSError:
                 continue
-            if self.tmp in cmdline and state != "Z" and int(entry) != self.process.pid:
+            if self.tmp in cmdline and process_state(entry) not in ("Z", None) and int(entry) != self.process.pid:
                 found.append(f"{entry}: {cmdline}")
         return found
 
@@ -98,7 +102,10 @@ class Tunnel:
         """Nothing of the run is left: no process, no control dir, no temp file."""
         wait_for(lambda: not self.leftovers(), 10, what=f"processes of the run to go: {self.leftovers()}")
         assert os.listdir(self.tmp) == [], "the run left files in its TMPDIR"
-        assert os.listdir(self.registry) == [], "the run left its registry entry"
+        left = os.listdir(self.registry)
+        if not self.own_registry:  # other runs' entries may be there
+            left = [name for name in left if name == f"{self.process.pid}.json"]
+        assert left == [], "the run left its registry entry"
 
     def states(self) -> list[dict]:
         """The registry entries of running tunnels."""
@@ -112,7 +119,8 @@ class Tunnel:
         for line in self.leftovers():
             os.kill(int(line.split(":")[0]), signal.SIGKILL)
         shutil.rmtree(self.tmp, ignore_errors=True)
-        shutil.rmtree(self.registry, ignore_errors=True)
+        if self.own_registry:
+            shutil.rmtree(self.registry, ignore_errors=True)
 
 
 def get_status(url: str) -> tuple[int, dict]:
@@ -143,20 +151,26 @@ def local_port_of(url: str) -> int:
     return urllib.parse.urlsplit(url).port
 
 
+def through_gateway(printed: str) -> list[str]:
+    """The arguments of the ``jupyter-tunnel -s USER@HEAD -n NODE`` command jupyter-node
+    printed, with gw as the first hop: ``-s gw USER@HEAD -n NODE``."""
+    argv = shlex.split(printed)[1:]
+    argv[argv.index("-s") + 1:argv.index("-s") + 1] = ["gw"]
+    return argv
+
+
 def check_printed_command(hosts, printed: str, token: str, user: str) -> None:
     """Run the ``jupyter-tunnel -s USER@head -n NODE`` command jupyter-node printed, through
     gw: the page answers, one login per host (the head's own into the node with the agent),
     and Ctrl+C leaves nothing behind."""
-    argv = shlex.split(printed)[1:]
-    argv[argv.index("-s") + 1:argv.index("-s") + 1] = ["gw"]  # -s gw USER@head -n node
     offsets = hosts.log_offsets()
-    tunnel = Tunnel(hosts.config, *argv)
+    tunnel = Tunnel(hosts.config, *through_gateway(printed))
     try:
         url = tunnel.url(timeout=60)
         assert url == f"http://localhost:{local_port_of(url)}/?token={token}"
         assert get_status(url)[0] == 200
         assert hosts.logins_since(offsets) == {"gw": [user], "head": [user], "node": [user]}
-        assert tunnel.stop(signal.SIGINT) == 0
+        assert tunnel.stop(signal.SIGINT) == jt.EXIT_OK
         tunnel.assert_clean()
     finally:
         tunnel.kill()
