@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from helpers import wait_for
 from realenv import MULTI_USER
