@@ -14,6 +14,9 @@ below, in this order, and ``run_tunnel`` drives them through one ``Tunnel``:
    (``jpserver-*.json``, ``nbserver-*.json``) of the live Jupyter servers; the JSON is
    parsed and checked here, so the remote needs neither ``python`` nor ``jupyter`` on PATH.
    ``--list`` stops here (``run_list``).
+2b. start (``start_server``, only with ``--start`` and no matching server): a script sent
+   to ``sh -s`` through the master starts a detached Jupyter on 127.0.0.1 and waits for its
+   runtime file; ``--stop-server`` shuts the server down at close (``shutdown_server``).
 3. choose (``choose_server``): the only server, or the one ``--port``/``--dir``/``--pick``
    name, or ask on a terminal.
 4. forward (``add_forward``): a free local port (the remote port or the next free one above
@@ -1073,6 +1076,11 @@ def start_server(master: Master, options: StartOptions, timeout: float) -> Serve
         raise TunnelError(f"could not start jupyter {options.app} on {host}: {why}{log}{said}", EXIT_START)
     say("Info", f"Started jupyter {options.app} (pid {result.pid}) in {time.monotonic() - started:.1f} s; "
                 f"its log: {result.log}")
+    if not result.server.token:
+        # started with Jupyter's default, token authentication, unless the user's own
+        # Jupyter configuration sets a password or disables it
+        say("Warning", "the started server has no token: its Jupyter configuration sets a password "
+                       "or turns authentication off")
     return result.server
 
 # Waits until a runtime file is gone: jupyter removes it last when it shuts down.
@@ -2462,6 +2470,7 @@ def run_tunnel(args: argparse.Namespace) -> int:
         return tunnel.stay()
     except ServerStopped:
         say("Info", f"The Jupyter server on {route.server_host} has stopped; closing the tunnel.")
+        tunnel.server = None  # nothing left for --stop-server to stop
         return EXIT_OK
     except (KeyboardInterrupt, Interrupted):
         if ready:
