@@ -85,7 +85,9 @@ class RunningTunnel:
             root_dir=str(state.get("root_dir") or ""),
             started=_float_or_none(state.get("started")),
             phase=str(state.get("state") or "?"),
-            started_server=state.get("started_server") is True,
+            # not known before the run has chosen its server
+            started_server=(True if state.get("started_server") is True
+                            else False if state.get("server_pid") else None),
             state=dict(state),
         )
 

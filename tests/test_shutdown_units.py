@@ -141,6 +141,12 @@ def test_to_json_has_the_same_keys_for_all_and_no_token():
     assert "token" not in json.dumps([registered, unregistered])
 
 
+def test_server_column_is_unknown_until_the_run_has_its_server():
+    connecting = sd.RunningTunnel.from_state(dict(STATE, state="connecting", server_pid=None))
+    assert (connecting.started_server, ON_NODE.started_server, VIA_GW.started_server) == (None, False, True)
+    assert sd.table_row(connecting)[5] == "?"
+
+
 def test_table():
     rows = [sd.TABLE_COLUMNS, sd.table_row(VIA_GW), sd.table_row(ON_NODE), sd.table_row(UNREGISTERED)]
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(STATE["started"]))
