@@ -117,6 +117,17 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * UNIT_SECONDS[match.group(2)]
 
 
+def build_activation(pre: Sequence[str] = (), conda_env: str = "") -> list[str]:
+    """The ``sh`` commands that activate the server's environment, in order (``--pre`` first:
+    it may be ``module load conda``).  Shared with jupyter_tunnel.py's ``--start``."""
+    activate = list(pre)
+    if conda_env:
+        # `conda activate` needs the shell function set up by `conda init` in an interactive
+        # shell; `conda shell.posix activate` prints the same settings for any POSIX sh
+        activate.append(f'eval "$(conda shell.posix activate {shlex.quote(conda_env)})"')
+    return activate
+
+
 def build_server_script(app: str, pre: Sequence[str] = (), conda_env: str = "",
                         config: str = "") -> str:
     """The ``sh`` script the job runs on the node (one line: qrsh joins it into a command line).
@@ -129,11 +140,7 @@ def build_server_script(app: str, pre: Sequence[str] = (), conda_env: str = "",
     steps = [
         f'echo "{MARK} job ${{JOB_ID:-${{SLURM_JOB_ID:-}}}} node $(hostname --fqdn)"',
     ]
-    activate = list(pre)
-    if conda_env:
-        # `conda activate` needs the shell function set up by `conda init` in an interactive
-        # shell; `conda shell.posix activate` prints the same settings for any POSIX sh
-        activate.append(f'eval "$(conda shell.posix activate {shlex.quote(conda_env)})"')
+    activate = build_activation(pre, conda_env)
     server = f'exec jupyter {app} --no-browser "--ip=$(hostname --fqdn)"'
     if config:
         server += f" {shlex.quote('--config=' + config)}"
@@ -461,6 +468,22 @@ def report(job: Job, state: JobState, app: str, waited: str) -> int:
     return EXIT_OK
 
 
+def add_server_options(parser: argparse.ArgumentParser, apps: Sequence[str], default: str,
+                       where: str, types: str) -> None:
+    """``-t/--type``, ``--conda-env`` and ``--pre``: how a server is started on ``where``.
+
+    Shared with jupyter_tunnel.py's ``--start``, so that the two tools cannot drift apart.
+    """
+    parser.add_argument("-t", "--type", choices=apps, default=default,
+                        help=f"server type: {types} [default: %(default)s]")
+    parser.add_argument("--conda-env", metavar="NAME",
+                        help=f"activate this conda environment on {where} before starting jupyter")
+    parser.add_argument("--pre", action="append", default=[], metavar="CMD",
+                        help=f"sh command to run on {where} before jupyter (e.g. 'module load "
+                             "python', '. ~/venv/bin/activate'); each must succeed; repeatable, "
+                             "run before --conda-env")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line, with the original tool's option names."""
 
@@ -512,9 +535,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-l", "--log", type=log_path, metavar="PATH",
                         help="log file, made private (0600) [default: a new "
                              "jupyter_nb_USER_HOST_XXXXXXXX.log in the temp dir]")
-    parser.add_argument("-t", "--type", choices=APPS, default="notebook",
-                        help="server type: notebook (job name notebook) or lab (job name jp-lab) "
-                             "[default: %(default)s]")
     parser.add_argument("-w", "--wait", type=duration, default=DEFAULT_WAIT, metavar="TIME",
                         help="wait up to TIME (sleep syntax: 15s, 2m, 1.5h) for the server to start; "
                              "0: don't check [default: %(default)s]")
@@ -522,11 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="resource request, repeatable: NAME=VALUE (Grid Engine: -l h_vmem=4G; "
                              "Slurm: mem=4G -> --mem=4G); a value starting with - is passed as is "
                              '(--resource="-pe smp 4")')
-    parser.add_argument("--conda-env", metavar="NAME",
-                        help="activate this conda environment on the node before starting jupyter")
-    parser.add_argument("--pre", action="append", default=[], metavar="CMD",
-                        help="sh command to run on the node before jupyter (e.g. 'module load "
-                             "python', '. ~/venv/bin/activate'); repeatable, run before --conda-env")
+    add_server_options(parser, APPS, "notebook", "the node",
+                       "notebook (job name notebook) or lab (job name jp-lab)")
     parser.add_argument("--scheduler", choices=SCHEDULERS,
                         help="sge or slurm [default: the one found on PATH]")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

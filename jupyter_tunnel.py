@@ -14,6 +14,9 @@ below, in this order, and ``run_tunnel`` drives them through one ``Tunnel``:
    (``jpserver-*.json``, ``nbserver-*.json``) of the live Jupyter servers; the JSON is
    parsed and checked here, so the remote needs neither ``python`` nor ``jupyter`` on PATH.
    ``--list`` stops here (``run_list``).
+2b. start (``start_server``, only with ``--start`` and no matching server): a script sent
+   to ``sh -s`` through the master starts a detached Jupyter on 127.0.0.1 and waits for its
+   runtime file; ``--stop-server`` shuts the server down at close (``shutdown_server``).
 3. choose (``choose_server``): the only server, or the one ``--port``/``--dir``/``--pick``
    name, or ask on a terminal.
 4. forward (``add_forward``): a free local port (the remote port or the next free one above
@@ -54,6 +57,10 @@ import time
 from collections import deque
 from typing import Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
+# --start's options and activation commands are jupyter-node's own (both are installed
+# modules; jupyter_node.py imports nothing from here: it must run alone on a head node)
+from jupyter_node import add_server_options, build_activation
+
 __version__ = "0.1.0"
 
 # Exit codes (documented in README.md).
@@ -66,6 +73,7 @@ EXIT_NO_SERVER = 5  # no Jupyter server, or no single one to choose
 EXIT_PORT = 6  # no local port could be forwarded
 EXIT_TIMEOUT = 7  # the tunnel did not answer within --timeout
 EXIT_LOST = 8  # the connection dropped while the tunnel was up
+EXIT_START = 9  # --start: the Jupyter server could not be started
 EXIT_INTERRUPTED = 130  # Ctrl+C (or SIGTERM/SIGHUP) before the tunnel was ready
 
 DEFAULT_TIMEOUT = 60.0
@@ -556,8 +564,12 @@ def check_private_dir(path: str) -> str:
 class Master:
     """The one ssh connection of the run, and the multiplexed commands sent through it."""
 
-    def __init__(self, ssh: str, route: Route, directory: str, env: dict[str, str], verbose: int = 0) -> None:
+    def __init__(self, ssh: str, route: Route, directory: str, env: dict[str, str], verbose: int = 0,
+                 outlive_interrupt: bool = False) -> None:
         self.ssh = ssh
+        # --stop-server: the server is shut down through the master after a Ctrl+C (or a
+        # closed terminal's SIGHUP), which the terminal sends to the master too
+        self.outlive_interrupt = outlive_interrupt
         self.route = route
         self.config = os.path.join(directory, CONFIG_FILE)
         self.control = os.path.join(directory, CONTROL_SOCKET)
@@ -593,10 +605,19 @@ class Master:
         # Not a new session and not a new process group: ssh asks for passwords on the
         # terminal only from the terminal's foreground process group, so the master also
         # gets the user's Ctrl+C (it then exits 255, which is fine).
-        self.process = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, env=self.env,
-        )
+        # ssh keeps SIGINT and SIGHUP ignored when it starts with them ignored (clientloop.c
+        # installs its handlers only over a disposition that is not SIG_IGN), and an ignored
+        # disposition survives exec: set it around the fork (the main thread's handlers)
+        ignored = (signal.SIGINT, signal.SIGHUP) if self.outlive_interrupt else ()
+        previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in ignored}
+        try:
+            self.process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, env=self.env,
+            )
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         on_start(self.process.pid)
         # Drain stderr all the time: a full pipe would block ssh.
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
@@ -745,6 +766,9 @@ def has_terminal() -> bool:
 # saves a round trip through the whole chain: ssh sends stdin only once the command runs.
 # Its first line, "MARK start", tells that it ran: a login shell such as /bin/false or
 # nologin runs no command at all, and says so at best in words of its own.
+RUNTIME_DIRS = ('"${JUPYTER_RUNTIME_DIR:-}" "${JUPYTER_DATA_DIR:+$JUPYTER_DATA_DIR/runtime}" '
+                '"${XDG_DATA_HOME:-$HOME/.local/share}/jupyter/runtime" "$HOME/Library/Jupyter/runtime" '
+                '"$HOME/Library/Application Support/Jupyter/runtime"')
 DISCOVERY_SCRIPT = r"""M=@MARK@; echo "$M start"; found=0;
 ports_of() { ports=;
   if [ -d /proc/$1/fd ]; then
@@ -758,7 +782,7 @@ ports_of() { ports=;
   fi;
   echo "$M ports $1" $ports;
 };
-for d in "${JUPYTER_RUNTIME_DIR:-}" "${JUPYTER_DATA_DIR:+$JUPYTER_DATA_DIR/runtime}" "${XDG_DATA_HOME:-$HOME/.local/share}/jupyter/runtime" "$HOME/Library/Jupyter/runtime" "$HOME/Library/Application Support/Jupyter/runtime"; do
+for d in @DIRS@; do
   [ -n "$d" ] && [ -d "$d" ] || continue;
   for f in "$d"/jpserver-*.json "$d"/nbserver-*.json; do
     [ -f "$f" ] || continue;
@@ -776,7 +800,7 @@ done;
 if [ $found = 0 ] && command -v jupyter >/dev/null 2>&1; then
   echo "$M list"; jupyter server list --json 2>/dev/null; jupyter notebook list --json 2>/dev/null; echo "$M end";
 fi
-""".replace("@MARK@", MARK)
+""".replace("@MARK@", MARK).replace("@DIRS@", RUNTIME_DIRS)
 
 
 def build_discovery_script(one_line: bool = False) -> str:
@@ -906,6 +930,180 @@ def discover(master: Master, timeout: float = 60.0) -> list[Server]:
     for warning in warnings:
         say("Warning", warning)
     return servers
+
+
+# ------------------------------------------------------------ 2b. start a server (--start)
+
+
+# The start script.  It goes on stdin to "sh -s": any login shell runs that command, and a
+# script on stdin needs no second level of quoting (one more round trip: nothing next to a
+# server's start-up).  Its own stdout (fd 3) carries the markers; everything else, the
+# activation's and the server's output included, goes to a new private log (umask 077: 0600
+# in a 0700 directory).  The server is started detached: setsid (else "set -m", which gives
+# a background job its own process group, and nohup) with stdin from /dev/null and no
+# descriptor of the ssh session, so that it outlives the session and the tunnel.  Neither
+# setsid (not a process group leader here: no fork) nor jupyter (it execs jupyter-APP)
+# changes the pid, so $! is the server's pid, its process group and its runtime file's name.
+# It listens on 127.0.0.1 only (login nodes are shared) on the port Jupyter chooses (8888 or
+# the next free one: its port_retries; "--port=0" makes notebook < 7 write port 0).  The
+# script waits for the runtime file itself (no round trip per look) and prints it as the
+# discovery does; on failure it kills the server's process group and prints the log's end.
+START_SCRIPT = r"""M=@MARK@
+exec 3>&1
+fail() { echo "$M fail $1" >&3; if [ -n "${log:-}" ]; then echo "$M tail" >&3; tail -n @TAIL@ "$log" >&3; fi; exit 0; }
+umask 077
+state="${XDG_STATE_HOME:-$HOME/.local/state}/jupyter-tunnel"
+mkdir -p "$state" && chmod 700 "$state" || fail "cannot create the directory $state"
+log=$(mktemp "$state/server-XXXXXXXX") || fail "cannot create a log in $state"
+echo "$M log $log"
+exec >>"$log" 2>&1
+J=@JUPYTER@
+@CD@
+@ACTIVATE@
+command -v "$J" >/dev/null 2>&1 || fail "$J not found: activate its environment with --pre or --conda-env, or give --jupyter PROG"
+if command -v setsid >/dev/null 2>&1; then
+  setsid "$J" @APP@ --no-browser --ip=127.0.0.1 </dev/null 3>&- &
+else
+  set -m; nohup "$J" @APP@ --no-browser --ip=127.0.0.1 </dev/null 3>&- &
+fi
+pid=$!
+echo "$M pid $pid" >&3
+stop() { kill -TERM -$pid 2>/dev/null; sleep 2; kill -KILL -$pid 2>/dev/null; fail "$1"; }
+tries=0
+while :; do
+  for d in @DIRS@; do
+    for f in "$d/jpserver-$pid.json" "$d/nbserver-$pid.json"; do
+      [ -n "$d" ] && [ -f "$f" ] || continue
+      content=$(cat "$f")
+      case $content in *"}") ;; *) continue;; esac
+      echo "$M file $f" >&3; echo "$M cmd $(tr "\000" " " </proc/$pid/cmdline 2>/dev/null)" >&3
+      printf "%s\n" "$content" >&3; echo "$M end" >&3
+      exit 0
+    done
+  done
+  kill -0 $pid 2>/dev/null || stop "the server exited"
+  tries=$((tries + 1))
+  [ $tries -le @TRIES@ ] || stop "the server wrote no runtime file within @TIMEOUT@ s"
+  sleep 0.1 2>/dev/null || sleep 1
+done
+"""
+START_LOG_TAIL = 15  # lines of the server's log shown with an error
+START_APPS = ("lab", "notebook", "server")  # -t: jupyter lab, jupyter notebook, jupyter server
+
+
+class StartOptions(NamedTuple):
+    """How ``--start`` starts a server (``-t``, ``--pre``, ``--conda-env``, ``--jupyter``, ``--root-dir``)."""
+
+    app: str = "lab"
+    pre: tuple[str, ...] = ()
+    conda_env: str = ""
+    jupyter: str = "jupyter"
+    root_dir: str = ""  # "": the remote home
+
+
+class Started(NamedTuple):
+    """What the start script said: its log, the server's pid, and the server or why not."""
+
+    log: str = ""
+    pid: int | None = None
+    server: Server | None = None
+    failure: str = ""
+    tail: tuple[str, ...] = ()
+
+
+def fill_script(template: str, values: Mapping[str, str]) -> str:
+    """``template`` with each ``@NAME@`` replaced by ``values[NAME]``, in one pass: an
+    ``@...@`` in a value (a user's --pre command) is never replaced in turn."""
+    return re.sub(r"@([A-Z]+)@", lambda match: values[match.group(1)], template)
+
+
+def build_start_script(options: StartOptions, timeout: float) -> str:
+    """The ``sh`` script (for ``sh -s``) that starts a detached server and waits for its runtime file."""
+    if options.root_dir:
+        cd = f"cd {shlex.quote(options.root_dir)} || fail {shlex.quote('no directory ' + options.root_dir)}"
+    else:
+        cd = 'cd || fail "cannot change to the home directory"'
+    # each command in braces on lines of its own: anything the user wrote (a ";", a comment)
+    # stays inside it; each must succeed; stdin from /dev/null: sh -s reads the script there
+    activate = "\n".join(f"{{ {command}\n}} </dev/null || fail {shlex.quote('failed: ' + command)}"
+                         for command in build_activation(options.pre, options.conda_env or ""))
+    return fill_script(START_SCRIPT, {
+        "MARK": MARK, "TAIL": str(START_LOG_TAIL), "CD": cd, "ACTIVATE": activate,
+        "JUPYTER": shlex.quote(options.jupyter), "APP": shlex.quote(options.app),
+        "DIRS": RUNTIME_DIRS, "TRIES": str(int(timeout * 10)), "TIMEOUT": f"{timeout:g}",
+    })
+
+
+def parse_start_output(output: str) -> Started:
+    """The start script's answer: the log, the pid, and the server's runtime file or the failure."""
+    log, pid, failure, tail, in_tail = "", None, "", [], False
+    for line in output.splitlines():
+        if in_tail:
+            tail.append(line)
+        elif line.startswith(MARK):
+            word, _, arg = line[len(MARK):].strip().partition(" ")
+            if word == "log":
+                log = arg
+            elif word == "pid" and arg.isascii() and arg.isdigit() and 1 < int(arg) <= MAX_PID:
+                pid = int(arg)
+            elif word == "fail":
+                failure = arg
+            elif word == "tail":
+                in_tail = True
+    servers, _ = parse_discovery(output) if not failure else ([], [])
+    server = next((s for s in servers if s.pid == pid), None)
+    return Started(log, pid, server, failure, tuple(tail))
+
+
+def start_server(master: Master, options: StartOptions, timeout: float) -> Server:
+    """Start a server on the target through the master; its Server once its runtime file is written."""
+    host = master.route.server_host
+    where = options.root_dir or "the home directory"
+    say("Info", f"No Jupyter server runs on {host}: starting jupyter {options.app} in {where}...")
+    started = time.monotonic()
+    try:
+        # the remote script gives up after ``timeout`` itself, and kills what it started
+        done = master.run("sh -s", stdin=build_start_script(options, timeout), timeout=timeout + 30)
+    except subprocess.TimeoutExpired:
+        raise TunnelError(f"starting Jupyter on {host} did not finish in time", EXIT_START)
+    result = parse_start_output(done.stdout.decode(errors="replace"))
+    if result.server is None:
+        why = result.failure or parse_ssh_error(done.stderr.decode(errors="replace").splitlines(),
+                                                done.returncode)
+        tail = [line for line in result.tail if line.strip()][-START_LOG_TAIL:]
+        said = ("; its log ends with: " + " | ".join(tail)) if tail else ""
+        log = f" (log: {result.log})" if result.log else ""
+        raise TunnelError(f"could not start jupyter {options.app} on {host}: {why}{log}{said}", EXIT_START)
+    say("Info", f"Started jupyter {options.app} (pid {result.pid}) in {time.monotonic() - started:.1f} s; "
+                f"its log: {result.log}")
+    if not result.server.token:
+        # started with Jupyter's default, token authentication, unless the user's own
+        # Jupyter configuration sets a password or disables it
+        say("Warning", "the started server has no token: its Jupyter configuration sets a password "
+                       "or turns authentication off")
+    return result.server
+
+# Waits until a runtime file is gone: jupyter removes it last when it shuts down.
+GONE_SCRIPT = r"""f=@FILE@
+tries=0
+while [ -e "$f" ]; do tries=$((tries + 1)); [ $tries -le @TRIES@ ] || exit 1; sleep 0.1 2>/dev/null || sleep 1; done
+"""
+
+
+def shutdown_server(master: Master, local_port: int, server: Server, timeout: float = 30.0) -> bool:
+    """``--stop-server``: shut the server down through the tunnel (``POST /api/shutdown`` with
+    its token, which every jupyter_server and notebook >= 5.1 take), and wait until its
+    runtime file is gone; True when it is."""
+    answer = probe_server(local_port, server, timeout=10.0, method="POST", path="api/shutdown")
+    if answer is None or answer.status not in (200, 204):
+        return False
+    if not server.source.startswith("/"):
+        return True  # found by "jupyter server list": no file to watch
+    script = fill_script(GONE_SCRIPT, {"FILE": shlex.quote(server.source), "TRIES": str(int(timeout * 10))})
+    try:
+        return master.run("sh -s", stdin=script, timeout=timeout + 10).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
 
 
 # ---------------------------------------------------------------------------- 3. choose
@@ -1079,11 +1277,13 @@ def add_forward(master: Master, server: Server, local_port: int | None) -> int:
 # ------------------------------------------------------------- 5. wait until it answers
 
 
-def build_probe_request(local_port: int, server: Server) -> bytes:
-    """The HTTP/1.0 request of the readiness probe (HTTP/1.0: the server closes after it)."""
+def build_probe_request(local_port: int, server: Server, method: str = "GET", path: str = "api/status") -> bytes:
+    """The HTTP/1.0 request of the readiness probe (HTTP/1.0: the server closes after it);
+    ``POST api/shutdown`` for --stop-server."""
     auth = f"Authorization: token {server.token}\r\n" if server.token else ""
-    return (f"GET {server.base_url}api/status HTTP/1.0\r\nHost: 127.0.0.1:{local_port}\r\n"
-            f"{auth}\r\n").encode()
+    body = "Content-Length: 0\r\n" if method == "POST" else ""
+    return (f"{method} {server.base_url}{path} HTTP/1.0\r\nHost: 127.0.0.1:{local_port}\r\n"
+            f"{auth}{body}\r\n").encode()
 
 
 def parse_status_line(answer: bytes) -> int:
@@ -1121,7 +1321,8 @@ def parse_probe_answer(answer: bytes) -> Answer:
     return Answer(status, isinstance(data, dict) and key in data)
 
 
-def probe_server(local_port: int, server: Server, timeout: float = 5.0) -> Answer | None:
+def probe_server(local_port: int, server: Server, timeout: float = 5.0, method: str = "GET",
+                 path: str = "api/status") -> Answer | None:
     """The answer to ``/api/status`` through the tunnel; status 0 when the connection was
     closed without an answer (the remote end refused it), None when nothing came in time.
 
@@ -1130,7 +1331,7 @@ def probe_server(local_port: int, server: Server, timeout: float = 5.0) -> Answe
     never defeats the server's idle culling.  A raw socket, not urllib: it costs nothing
     to import, and HTTP/1.0 makes the server close once it has answered.
     """
-    request = build_probe_request(local_port, server)
+    request = build_probe_request(local_port, server, method, path)
     answer = b""
     try:
         with socket.create_connection(("127.0.0.1", local_port), timeout=timeout) as conn:
@@ -1527,7 +1728,7 @@ def build_state(pid: int, route: Route, directory: str, started: float) -> dict:
     return {
         "pid": pid, "state": CONNECTING, "hosts": list(route.hosts), "node": route.node,
         "local_port": None, "remote_host": route.server_host, "remote_port": None, "sock": "",
-        "server_pid": None, "root_dir": "", "started": started,
+        "server_pid": None, "root_dir": "", "started": started, "started_server": False,
         # for cleaning up after a run that was SIGKILLed: its ssh master (and agent)
         # outlive it, and its private directory stays
         "control_dir": directory, "master_pid": None, "agent_pid": None,
@@ -1996,12 +2197,18 @@ class Settings(NamedTuple):
     no_reconnect: bool = False
     max_retries: int | None = None
     json: bool = False
+    start: StartOptions | None = None  # --start: how to start a server when none runs
+    stop_server: bool = False
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     """The Settings named in ``args`` (argparse's answer)."""
-    return Settings(**{name: getattr(args, name) for name in Settings._fields if name != "ssh_options"},
-                    ssh_options=tuple(args.ssh_option))
+    start = None
+    if args.start:
+        start = StartOptions(args.type, tuple(args.pre), args.conda_env or "", args.jupyter, args.root_dir or "")
+    built = ("ssh_options", "start")
+    return Settings(**{name: getattr(args, name) for name in Settings._fields if name not in built},
+                    ssh_options=tuple(args.ssh_option), start=start)
 
 
 def write_askpass(directory: str, password: str) -> dict[str, str]:
@@ -2033,6 +2240,7 @@ class Tunnel:
         self.local_port: int | None = settings.local_port
         self.status = 0  # HTTP status of the last successful probe
         self.redirect: OneShotRedirect | None = None  # the browser's one-time address
+        self.started = False  # whether this run started its server (--start)
 
     @property
     def url(self) -> str:
@@ -2068,7 +2276,8 @@ class Tunnel:
 
     def login(self) -> list[Server]:
         """Open the master (the run's one login) and discover the servers through it."""
-        self.master = Master(self.ssh, self.route, self.directory, self.env, self.settings.verbose)
+        self.master = Master(self.ssh, self.route, self.directory, self.env, self.settings.verbose,
+                             outlive_interrupt=self.settings.stop_server)
         say("Info", f"Connecting to {self.route.describe()}...")
         started = time.monotonic()
         # registered before the login: a run killed while ssh waits (a slow host, a 2FA
@@ -2084,8 +2293,7 @@ class Tunnel:
         servers = self.login()
         assert self.master is not None
         if self.server is None:
-            self.server = choose_server(servers, self.route.server_host, self.settings.port,
-                                        self.settings.dir, self.settings.pick)
+            self.server = self.choose_or_start(servers)
         else:
             server = follow_server(servers, self.server)
             if server is None and not servers:
@@ -2101,6 +2309,40 @@ class Tunnel:
         self.registration.update(**build_forward_state(self.server, self.local_port))
         self.status = wait_for_tunnel(self.master, self.local_port, self.server, self.settings.timeout)
         self.registration.update(state=READY)
+
+    def choose_or_start(self, servers: list[Server]) -> Server:
+        """The server to tunnel to; with --start, one started now when none matches."""
+        assert self.master is not None and self.registration is not None
+        settings = self.settings
+        if settings.start is None or select_servers(servers, settings.port, settings.dir, settings.pick):
+            if settings.start is not None:
+                say("Info", f"A Jupyter server already runs on {self.route.server_host}: "
+                            "attaching to it (--start was not needed).")
+            return choose_server(servers, self.route.server_host, settings.port, settings.dir, settings.pick)
+        server = start_server(self.master, settings.start, settings.timeout)
+        self.started = True
+        self.registration.update(started_server=True)
+        return server
+
+    def stop_server(self) -> None:
+        """At close: with --stop-server, shut the server down; else say that it keeps running."""
+        server, host = self.server, self.route.server_host
+        if server is None or self.local_port is None:
+            return
+        if not self.settings.stop_server:
+            if self.started:
+                say("Info", f"The Jupyter server started on {host} keeps running (pid {server.pid}): "
+                            "a later jupyter-tunnel attaches to it; --stop-server stops it when the tunnel closes.")
+            return
+        if self.master is None or not self.master.alive():
+            say("Warning", f"the connection to {host} is gone: cannot stop its Jupyter server (pid {server.pid})")
+            return
+        say("Info", f"Stopping the Jupyter server on {host} (pid {server.pid})...")
+        if shutdown_server(self.master, self.local_port, server):
+            say("Info", "The Jupyter server has stopped.")
+        else:
+            say("Warning", f"the Jupyter server on {host} (pid {server.pid}) may still run: "
+                           "it did not shut down when asked")
 
     def announce(self) -> None:
         """Tell the user where the tunnel is: the Info lines, the URL on stdout, the browser."""
@@ -2174,6 +2416,7 @@ class Tunnel:
         directory, and the registry entry last (until everything is gone, it leads to it)."""
         if self.redirect is not None:
             self.redirect.close()
+        self.stop_server()
         self.close_master()
         if self.agent is not None:
             stop_process(self.agent)
@@ -2227,6 +2470,7 @@ def run_tunnel(args: argparse.Namespace) -> int:
         return tunnel.stay()
     except ServerStopped:
         say("Info", f"The Jupyter server on {route.server_host} has stopped; closing the tunnel.")
+        tunnel.server = None  # nothing left for --stop-server to stop
         return EXIT_OK
     except (KeyboardInterrupt, Interrupted):
         if ready:
@@ -2321,7 +2565,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  several servers:        jupyter-tunnel -s server --list, then --pick 2\n"
             "\nexit codes: 0 closed normally, 2 bad option, 3 program missing, 4 cannot connect (or\n"
             "  the account runs no command), 5 no (single) server, 6 no local port, 7 Jupyter did\n"
-            "  not answer in time, 8 connection lost, 130 interrupted before the tunnel was ready,\n"
+            "  not answer in time, 8 connection lost, 9 --start could not start a server,\n"
+            "  130 interrupted before the tunnel was ready,\n"
             "  1 other errors"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -2374,6 +2619,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"how often to check that the Jupyter server still runs (at most "
                              f"{MAX_CHECK_INTERVAL:g}); the tunnel closes (code 0) when it has stopped "
                              "[default: %(default)g]")
+    start = parser.add_argument_group(
+        "starting a server (--start)", "without -n: a server on a cluster node needs a job (jupyter-node)")
+    start.add_argument("--start", action="store_true",
+                       help="when no Jupyter server runs (or none matches --port/--dir/--pick), start one "
+                            "on the remote through the same login: detached, on 127.0.0.1 with a token, "
+                            "its log private under ~/.local/state/jupyter-tunnel; it keeps running after "
+                            "the tunnel closes")
+    add_server_options(start, START_APPS, "lab", "the remote", "lab, notebook or server")
+    start.add_argument("--jupyter", default="jupyter", metavar="PROG",
+                       help="the remote jupyter command, when it is not on PATH [default: %(default)s]")
+    start.add_argument("--root-dir", metavar="PATH",
+                       help="the started server's working and root directory [default: the remote home]")
+    start.add_argument("--stop-server", action="store_true",
+                       help="when the tunnel closes, shut down the Jupyter server it is attached to "
+                            "(POST /api/shutdown with its token) and wait until it is gone")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="show every ssh command run and the ssh config file it reads (on "
                              "Debug: lines); twice (-vv): run ssh with -v too, and show what it says")
@@ -2403,6 +2663,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parse_hosts(args.host, args.node)
     except TunnelError as error:
         parser.error(str(error))
+    if args.start and args.node:
+        parser.error("--start cannot start a server on a cluster node: that needs a scheduler job. "
+                     "Run jupyter-node on the head node, then jupyter-tunnel -s ... HEAD -n NODE")
     try:
         return run_tunnel(args)
     except KeyboardInterrupt:

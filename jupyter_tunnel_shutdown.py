@@ -48,7 +48,8 @@ EXIT_INTERRUPTED = 130
 DEFAULT_TIMEOUT = 10.0  # seconds a tunnel gets to close (its cleanup takes well under one)
 KILL_TIMEOUT = 5.0  # after SIGKILL: instant, unless the process is stuck in the kernel
 POLL_INTERVAL = 0.05
-TABLE_COLUMNS = ("PID", "LOCAL PORT", "HOSTS", "NODE", "REMOTE", "STATE", "STARTED")
+# SERVER: "started" when the run started its Jupyter server (--start), "found" when it attached
+TABLE_COLUMNS = ("PID", "LOCAL PORT", "HOSTS", "NODE", "REMOTE", "SERVER", "STATE", "STARTED")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class RunningTunnel:
     root_dir: str = ""
     started: float | None = None
     phase: str = ""  # the entry's "state": connecting or ready ("" when unregistered)
+    started_server: bool | None = None  # whether the run started its server (None: unknown)
     command: str = ""  # only for an unregistered tunnel: its command line
     state: dict | None = field(default=None, compare=False, repr=False)  # the registry entry
 
@@ -83,6 +85,9 @@ class RunningTunnel:
             root_dir=str(state.get("root_dir") or ""),
             started=_float_or_none(state.get("started")),
             phase=str(state.get("state") or "?"),
+            # not known before the run has chosen its server
+            started_server=(True if state.get("started_server") is True
+                            else False if state.get("server_pid") else None),
             state=dict(state),
         )
 
@@ -120,7 +125,7 @@ class RunningTunnel:
             "local_port": self.local_port,
             "hosts": list(self.hosts), "node": self.node, "remote_host": self.remote_host,
             "remote_port": self.remote_port, "sock": self.sock, "root_dir": self.root_dir,
-            "started": self.started, "command": self.command,
+            "started": self.started, "started_server": self.started_server, "command": self.command,
         }
 
 
@@ -228,6 +233,7 @@ def table_row(tunnel: RunningTunnel) -> tuple[str, ...]:
         ",".join(tunnel.hosts) or "?",  # the form -s accepts, and one word for awk
         tunnel.node or "-",
         remote,
+        {True: "started", False: "found", None: "?"}[tunnel.started_server],
         tunnel.phase or "?",
         format_started(tunnel.started),
     )

@@ -19,7 +19,7 @@ STATE = {
     "file": "/run/user/1000/jupyter-tunnel/4242.json",
 }
 DIRECT = sd.RunningTunnel.from_state(dict(STATE, pid=1, hosts=["srv"], remote_host="srv", local_port=9000))
-VIA_GW = sd.RunningTunnel.from_state(STATE)
+VIA_GW = sd.RunningTunnel.from_state(dict(STATE, started_server=True))
 ON_NODE = sd.RunningTunnel.from_state(dict(STATE, pid=3, hosts=["gw", "head"], node="node1",
                                            remote_host="node1", local_port=9001))
 UNREGISTERED = sd.RunningTunnel.from_argv(4, ["python3", "./jupyter_tunnel.py", "-s", "gw", "srv:2222"])
@@ -134,20 +134,27 @@ def test_to_json_has_the_same_keys_for_all_and_no_token():
     registered, unregistered = VIA_GW.to_json(), UNREGISTERED.to_json()
     assert registered.keys() == unregistered.keys()
     assert (registered["pid"], registered["local_port"], registered["hosts"], registered["registered"],
-            registered["state"]) == (4242, 8889, ["gw", "u@srv"], True, "ready")
+            registered["state"], registered["started_server"]) == (4242, 8889, ["gw", "u@srv"], True, "ready", True)
     assert (unregistered["local_port"], unregistered["registered"], unregistered["command"],
-            unregistered["state"]) == (None, False, "python3 ./jupyter_tunnel.py -s gw srv:2222", None)
+            unregistered["state"], unregistered["started_server"]) == \
+        (None, False, "python3 ./jupyter_tunnel.py -s gw srv:2222", None, None)
     assert "token" not in json.dumps([registered, unregistered])
+
+
+def test_server_column_is_unknown_until_the_run_has_its_server():
+    connecting = sd.RunningTunnel.from_state(dict(STATE, state="connecting", server_pid=None))
+    assert (connecting.started_server, ON_NODE.started_server, VIA_GW.started_server) == (None, False, True)
+    assert sd.table_row(connecting)[5] == "?"
 
 
 def test_table():
     rows = [sd.TABLE_COLUMNS, sd.table_row(VIA_GW), sd.table_row(ON_NODE), sd.table_row(UNREGISTERED)]
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(STATE["started"]))
     assert jt.format_table(rows).splitlines() == [
-        "PID   LOCAL PORT  HOSTS        NODE   REMOTE  STATE  STARTED",
-        f"4242  8889        gw,u@srv     -      8888    ready  {started}",
-        f"3     9001        gw,head      node1  8888    ready  {started}",
-        "4     ?           gw,srv:2222  -      ?       ?      ?",
+        "PID   LOCAL PORT  HOSTS        NODE   REMOTE  SERVER   STATE  STARTED",
+        f"4242  8889        gw,u@srv     -      8888    started  ready  {started}",
+        f"3     9001        gw,head      node1  8888    found    ready  {started}",
+        "4     ?           gw,srv:2222  -      ?       ?        ?      ?",
     ]
     assert jt.format_table([]) == ""
 

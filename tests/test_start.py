@@ -1,0 +1,182 @@
+"""Integration tests of ``--start``: a real sshd, the real Jupyter of the test venv started by
+the tool on the "remote" as jtmulti (whose non-interactive PATH has no jupyter), through the
+run's one login per hop."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import wait_for
+from tunnelrun import SCRIPT, get_status
+
+pytestmark = pytest.mark.integration
+
+USER = "jtmulti"
+VENV = Path(sys.prefix)  # the venv running pytest: jupyter_server, jupyterlab, notebook 7
+NB6_VENV = Path("/opt/jupyter-tunnel-test-nb6")  # notebook 6, no jupyterlab
+ACTIVATE = f". {VENV}/bin/activate"
+EXIT_START = 9
+
+
+def user_processes(user: str = USER) -> dict[int, str]:
+    """The user's processes that mention jupyter, pid -> command line."""
+    uid = pwd.getpwnam(user).pw_uid
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != uid:
+                continue
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "jupyter" in cmdline:
+            found[int(entry)] = cmdline
+    return found
+
+
+def runtime_files(user: str = USER) -> list[Path]:
+    """The user's Jupyter runtime files."""
+    directory = Path(pwd.getpwnam(user).pw_dir) / ".local/share/jupyter/runtime"
+    return sorted(directory.glob("*server-*.json")) if directory.is_dir() else []
+
+
+def listening_addresses(pid: int) -> set[str]:
+    """The local addresses (``IP:port``, IPv4) the pid listens on, from /proc."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:
+                address, port = fields[1].split(":")
+                if len(address) == 8:
+                    ip = ".".join(str(b) for b in reversed(bytes.fromhex(address)))
+                else:
+                    ip = "::" if set(address) == {"0"} else address
+                found.add(f"{ip}:{int(port, 16)}")
+    return found
+
+
+@pytest.fixture
+def no_server(sshd):
+    """jtmulti runs no Jupyter server before the test; whatever the test started is gone after it."""
+    assert not user_processes(), f"{USER} already runs Jupyter: {user_processes()}"
+    for path in runtime_files():
+        path.unlink()
+    yield
+    for pid in user_processes():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    wait_for(lambda: not user_processes(), 10, what=f"{USER}'s Jupyter processes to go")
+    for path in runtime_files():
+        path.unlink()
+    shutil.rmtree(Path(pwd.getpwnam(USER).pw_dir) / ".local/state/jupyter-tunnel", ignore_errors=True)
+
+
+@pytest.mark.parametrize("hosts", [[f"{USER}@srv"], ["gw", "head", f"{USER}@srv"]], ids=["direct", "2jumps"])
+def test_start_starts_a_server_that_outlives_the_tunnel(tunnel, sshd, no_server, hosts):
+    offset = sshd.log_offset()
+    run = tunnel("-s", *hosts, "--start", "--pre", ACTIVATE)
+    url = run.url(timeout=90)
+    status, body = get_status(url)
+    assert status == 200 and "started" in body
+    assert len(sshd.logins_since(offset)) == len(hosts)  # the start went through the master
+    assert f"Info: No Jupyter server runs on {USER}@srv: starting jupyter lab in the home directory..." in run.stderr
+    [started] = [line for line in run.stderr.splitlines() if line.startswith("Info: Started jupyter lab (pid ")]
+    pid = int(started.split("(pid ")[1].split(")")[0])
+    log = Path(started.split("its log: ")[1])
+    assert log.stat().st_mode & 0o777 == 0o600 and log.parent.stat().st_mode & 0o777 == 0o700
+    assert log.stat().st_uid == pwd.getpwnam(USER).pw_uid
+    [address] = listening_addresses(pid)
+    assert address.startswith("127.0.0.1:")  # never all interfaces
+    [state] = run.states()
+    assert state["started_server"] is True and state["server_pid"] == pid
+    assert run.stop(signal.SIGINT) == 0
+    assert "keeps running" in run.stderr
+    run.assert_clean()
+    assert pid in user_processes()
+    # a later run attaches to it, without --start
+    again = tunnel("-s", *hosts)
+    assert get_status(again.url())[0] == 200
+    assert again.states()[0]["server_pid"] == pid and again.states()[0]["started_server"] is False
+    assert again.stop(signal.SIGINT) == 0
+
+
+def test_start_with_stop_server_leaves_nothing(tunnel, no_server):
+    run = tunnel("-s", "gw", f"{USER}@srv", "--start", "--stop-server", "-t", "server",
+                 "--jupyter", f"{VENV}/bin/jupyter")
+    assert get_status(run.url(timeout=90))[0] == 200
+    assert runtime_files()
+    assert run.stop(signal.SIGINT) == 0
+    assert "The Jupyter server has stopped." in run.stderr
+    run.assert_clean()
+    wait_for(lambda: not user_processes(), 10, what=f"{USER}'s Jupyter to exit")
+    assert runtime_files() == []
+
+
+def test_stop_server_through_jupyter_tunnel_shutdown(tunnel, no_server):
+    run = tunnel("-s", f"{USER}@srv", "--start", "--stop-server", "--pre", ACTIVATE, "-t", "server")
+    assert get_status(run.url(timeout=90))[0] == 200
+    shutdown = [sys.executable, str(SCRIPT.parent / "jupyter_tunnel_shutdown.py")]
+    listed = subprocess.run([*shutdown, "--list"], env=run.env, capture_output=True, text=True, timeout=30)
+    header, row = listed.stdout.splitlines()
+    assert row.split()[header.split().index("SERVER") - 1] == "started"  # "LOCAL PORT" is one column
+    listed = subprocess.run([*shutdown, "--list", "--json"], env=run.env, capture_output=True, text=True,
+                            timeout=30)
+    assert json.loads(listed.stdout)[0]["started_server"] is True
+    done = subprocess.run(shutdown, env=run.env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert run.wait(30) == 0
+    assert "The Jupyter server has stopped." in run.stderr
+    run.assert_clean()
+    wait_for(lambda: not user_processes(), 10, what=f"{USER}'s Jupyter to exit")
+    assert runtime_files() == []
+
+
+def test_start_attaches_when_a_server_runs(tunnel, no_server, start_jupyter):
+    server = start_jupyter(USER)
+    run = tunnel("-s", f"{USER}@srv", "--start", "--pre", ACTIVATE)
+    assert get_status(run.url())[0] == 200
+    assert "--start was not needed" in run.stderr
+    assert "Started jupyter" not in run.stderr
+    assert list(user_processes()) == [server.pid]
+    assert run.states()[0]["started_server"] is False
+    assert run.stop(signal.SIGINT) == 0
+
+
+@pytest.mark.parametrize("args, said", [
+    ((), "jupyter not found"),  # not on the non-interactive PATH
+    (("--pre", "false"), "failed: false"),
+    # the notebook 6 venv has no jupyterlab: jupyter says so in the log, whose end is shown
+    (("-t", "lab", "--jupyter", f"{NB6_VENV}/bin/jupyter"), "the server exited (log: "),
+], ids=["no-jupyter", "pre-fails", "lab-missing"])
+def test_start_failures_say_why_and_leave_nothing(tunnel, no_server, args, said):
+    run = tunnel("-s", "gw", f"{USER}@srv", "--start", *args)
+    assert run.wait(90) == EXIT_START
+    [error] = [line for line in run.stderr.splitlines() if line.startswith("Error: ")]
+    assert error.startswith("Error: could not start jupyter ") and said in error, error
+    assert "(log: " in error
+    if "-t" in args:
+        assert "its log ends with: " in error and "jupyter-lab" in error, error
+    run.assert_clean()
+    assert user_processes() == {} and runtime_files() == []
