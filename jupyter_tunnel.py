@@ -164,6 +164,7 @@ PROC_NET_TCP = "/proc/net/tcp"  # Linux: every IPv4 TCP socket, with the uid tha
 # "-", "_" (seen in /etc/hosts) and dots; IP literals are checked by ipaddress.
 HOST_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
 MAX_PID = 2**31 - 1  # pid_t
+TOKEN_RE = re.compile(r"token=[^&\s]+")  # a token in a URL that Jupyter logged
 # Characters a terminal acts on instead of showing them: C0 (newline, ESC starting an ANSI
 # sequence, ...), DEL, C1 (0x9b is an 8-bit CSI), and the Unicode controls that break or
 # reorder a line on screen.  escape_text shows them as Python escapes (\n, \x1b, \u202e).
@@ -1070,7 +1071,8 @@ def start_server(master: Master, options: StartOptions, timeout: float) -> Serve
     if result.server is None:
         why = result.failure or parse_ssh_error(done.stderr.decode(errors="replace").splitlines(),
                                                 done.returncode)
-        tail = [line for line in result.tail if line.strip()][-START_LOG_TAIL:]
+        # the log may hold the server's URL with its token, printed before it failed
+        tail = [TOKEN_RE.sub("token=…", line) for line in result.tail if line.strip()][-START_LOG_TAIL:]
         said = ("; its log ends with: " + " | ".join(tail)) if tail else ""
         log = f" (log: {result.log})" if result.log else ""
         raise TunnelError(f"could not start jupyter {options.app} on {host}: {why}{log}{said}", EXIT_START)

@@ -81,3 +81,12 @@ def test_start_with_node_is_refused(capsys):
     with pytest.raises(SystemExit) as exit:
         jt.main(["-s", "head", "-n", "node1", "--start"])
     assert exit.value.code == 2 and "jupyter-node" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("line, shown", [
+    ("    http://127.0.0.1:8888/lab?token=5d24abc", "    http://127.0.0.1:8888/lab?token=…"),
+    ("http://localhost:8888/tree?token=ab12&foo=1", "http://localhost:8888/tree?token=…&foo=1"),
+    ("[E] address already in use", "[E] address already in use"),
+])
+def test_the_error_never_shows_a_token_from_the_log(line, shown):
+    assert jt.TOKEN_RE.sub("token=…", line) == shown
