@@ -34,7 +34,6 @@ is the one file to copy onto a head node where nothing can be installed.
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import re
 import shlex
@@ -42,10 +41,8 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 __version__ = "0.1.0"
 
@@ -87,8 +84,7 @@ class NodeError(Exception):
         self.details = details
 
 
-@dataclass(frozen=True)
-class LogInfo:
+class LogInfo(NamedTuple):
     """What the log tells so far."""
 
     job_id: str = ""  # from the marker line (Grid Engine's $JOB_ID, Slurm's $SLURM_JOB_ID)
@@ -96,8 +92,7 @@ class LogInfo:
     port: int = 0  # the server's port, once it printed its URL (it is ready then)
 
 
-@dataclass(frozen=True)
-class JobState:
+class JobState(NamedTuple):
     """One look at the job: ``pending``, ``running``, ``ready`` or ``failed``."""
 
     state: str
@@ -278,6 +273,9 @@ def make_log(path: str | None) -> str:
             os.close(fd)
         return os.path.abspath(path)
     host = socket.gethostname().split(".")[0]
+    import getpass  # here, not at the top: jupyter-tunnel imports this module for its --help
+    import tempfile
+
     fd, name = tempfile.mkstemp(prefix=f"jupyter_nb_{getpass.getuser()}_{host}_", suffix=".log")
     os.close(fd)  # mkstemp makes it 0600
     return name
@@ -461,6 +459,8 @@ def report(job: Job, state: JobState, app: str, waited: str) -> int:
                     f"(see {job.log}).")
     else:
         say("Info", f"Jupyter {app} is running on node {state.node}, port {state.port} ({where}).")
+    import getpass
+
     command = build_tunnel_command(f"{getpass.getuser()}@{head_name()}", state.node)
     say("Info", "On your computer, run (put your gateway hosts first after -s if you need them):")
     print(command, flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import shlex
 import stat
@@ -165,7 +166,7 @@ def test_make_log_default_is_private_and_named(tmp_path, monkeypatch):
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     path = jn.make_log(None)
     name = os.path.basename(path)
-    assert name.startswith(f"jupyter_nb_{jn.getpass.getuser()}_") and name.endswith(".log")
+    assert name.startswith(f"jupyter_nb_{getpass.getuser()}_") and name.endswith(".log")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
 
 
