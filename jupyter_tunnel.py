@@ -55,11 +55,11 @@ import tempfile
 import threading
 import time
 from collections import deque
-from typing import Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence, TypeVar
 
 # --start's options and activation commands are jupyter-node's own (both are installed
 # modules; jupyter_node.py imports nothing from here: it must run alone on a head node)
-from jupyter_node import add_server_options, build_activation
+from jupyter_node import SCHEDULERS, add_server_options, build_activation, build_resource_args, parse_duration
 
 __version__ = "0.1.0"
 
@@ -257,6 +257,9 @@ class Route(NamedTuple):
 
     hosts: tuple[str, ...]
     node: str = ""  # a cluster node reached from the last host, which is then the head node
+    # --submit, -n auto, --job: a node learnt from the scheduler once logged into the head
+    # (node is "" until then)
+    scheduled: bool = False
 
     @property
     def target(self) -> str:
@@ -508,7 +511,7 @@ def build_master_argv(ssh: str, config: str, control: str, route: Route) -> list
     # ControlPersist=no: the master stays our child so that we notice when it dies.
     # ExitOnForwardFailure: a forward that cannot be set up is an error, not a warning.
     argv += ["-o", "ControlPersist=no", "-o", "ExitOnForwardFailure=yes"]
-    if route.node:
+    if route.node or route.scheduled:
         # The head needs the agent to log into the node.  A master with ForwardAgent=yes
         # forwards it to no session by itself (-N opens none): only the discovery session,
         # which asks with -A, gets it.  "-o" reaches the head only, never a jump host.
@@ -1106,6 +1109,420 @@ def shutdown_server(master: Master, local_port: int, server: Server, timeout: fl
         return master.run("sh -s", stdin=script, timeout=timeout + 10).returncode == 0
     except subprocess.TimeoutExpired:
         return False
+
+
+# ------------------------------------------------- 2c. the cluster (--submit, -n auto)
+
+
+# With --submit, -n auto and --job the node is not known before the login: jupyter_node.py,
+# which holds all the scheduler knowledge, runs on the head through the master (no new
+# login, nothing installed there) and answers in JSON (its --json); the node it names is then
+# reached as ``-n NODE`` reaches one.
+AUTO_NODE = "auto"  # -n auto: the node of a running Jupyter job of the user
+DEFAULT_PYTHON = "python3"  # --python: the head's interpreter that runs jupyter_node.py
+# A job id as schedulers write them: SGE 4711 (4711.1 for a task), Slurm 81234, 81234_3 (an
+# array task), 81234+1 is not one jupyter-node submits.  It ends up in messages and in the
+# qdel/scancel command we suggest: nothing else is let through.
+JOB_ID_RE = re.compile(r"[0-9A-Za-z._-]{1,64}")
+JOB_STATES = ("ready", "running", "pending", "failed")  # jupyter_node.py --json's words
+CANCEL_COMMANDS = {"sge": "qdel", "slurm": "scancel"}
+DEFAULT_WARN_BEFORE = 10.0  # minutes: the first warning before the job's time limit
+LAST_WARNING = 2.0  # minutes: the last one
+MAX_WARN_BEFORE = 1440.0  # --warn-before: a day
+# Seconds given to jupyter_node.py beyond its own -w: it gives up by itself at -w and says
+# what it knows; this is for a scheduler command that hangs.
+NODE_GRACE = 60.0
+# The program sent to the head's python on stdin.  No argument travels on the remote command
+# line, which the user's login shell (csh, fish...) parses again: the remote command is only
+# "PY -", and the arguments (a --pre command may hold anything) are Python literals here.
+# jupyter_node.py's source is compiled as a module of its own, so that it may start with
+# "from __future__" imports.  It is written to parse on every Python, 2.7 included (ascii()
+# literals, no f-string), so that a head whose python3 is too old gets a clear answer.
+NODE_BOOTSTRAP = """import sys
+if sys.version_info < (3, 6):
+    sys.stderr.write("@MARK@ python %d.%d\\n" % tuple(sys.version_info[:2]))
+    sys.exit(3)
+sys.argv[1:] = @ARGS@
+exec(compile(@SOURCE@, "jupyter_node.py", "exec"))
+"""
+SHELL_NOT_FOUND = (126, 127)  # the remote shell's exit codes for a program it cannot run
+
+
+class ClusterOptions(NamedTuple):
+    """What --submit, -n auto and --job ask for (jupyter-node's options where they overlap)."""
+
+    submit: bool = False
+    node: str = ""  # --submit -n NODE: the node to ask for
+    job: str = ""  # --job ID
+    new: bool = False  # --new: submit even when a Jupyter job of the user runs
+    app: str = "lab"
+    pre: tuple[str, ...] = ()
+    conda_env: str = ""
+    queue: str = ""
+    resources: tuple[str, ...] = ()
+    scheduler: str = ""  # "": jupyter-node finds it on the head's PATH
+    python: str = DEFAULT_PYTHON
+    listing: bool = False  # --list -n auto: list the jobs, choose none
+
+
+class ClusterJob(NamedTuple):
+    """A Jupyter job, as jupyter_node.py --json describes it (checked by parse_job)."""
+
+    scheduler: str
+    job: str
+    name: str = ""
+    state: str = "running"
+    node: str = ""
+    port: int | None = None
+    reason: str = ""
+    time_left: int | None = None  # seconds when it was asked; None: no limit, or unknown
+    existing: bool = False  # --submit found a job running already
+    error: str = ""
+    log: str = ""
+    log_tail: str = ""
+
+    def describe(self) -> str:
+        """``job 4711 (jp-lab)`` for messages."""
+        return f"job {self.job} ({self.name})" if self.name else f"job {self.job}"
+
+    @property
+    def cancel_command(self) -> str:
+        """What stops the job, run on the head: ``qdel 4711``, ``scancel 81234``."""
+        return f"{CANCEL_COMMANDS[self.scheduler]} {self.job}"
+
+
+def build_node_program(args: Sequence[str], source: str) -> str:
+    """The program for ``PY -`` on the head: jupyter_node.py's ``source`` run with ``args``."""
+    return fill_script(NODE_BOOTSTRAP, {"MARK": MARK, "ARGS": ascii(list(args)), "SOURCE": ascii(source)})
+
+
+def build_node_command(python: str) -> str:
+    """The remote command: the head's python reading its program on stdin."""
+    return f"{shlex.quote(python)} -"
+
+
+def build_submit_args(options: ClusterOptions, timeout: float) -> list[str]:
+    """jupyter_node.py's arguments for --submit: its own options, --json, and -w from --timeout."""
+    import math
+
+    args = ["--json", "-t", options.app, "-w", f"{math.ceil(timeout)}s"]
+    if not options.new:
+        args.append("--reuse")  # attach to a running job rather than submit a second one
+    # "--option=value": a value starting with "-" stays a value
+    for flag, value in (("--queue", options.queue), ("--node", options.node), ("--conda-env", options.conda_env),
+                        ("--scheduler", options.scheduler)):
+        if value:
+            args.append(f"{flag}={value}")
+    args += [f"--pre={value}" for value in options.pre]
+    return args + [f"--resource={value}" for value in options.resources]
+
+
+def build_jobs_args(options: ClusterOptions, job: str = "") -> list[str]:
+    """jupyter_node.py's arguments that list the user's Jupyter jobs (or just ``job``)."""
+    args = ["--json", *(["--job", job] if job else ["--jobs"])]
+    return args + (["--scheduler", options.scheduler] if options.scheduler else [])
+
+
+def build_cancel_args(job: ClusterJob) -> list[str]:
+    """jupyter_node.py's arguments that cancel ``job`` (--stop-server)."""
+    return ["--json", "--cancel", job.job, "--scheduler", job.scheduler]
+
+
+def parse_node_json(stdout: str) -> dict | None:
+    """The one JSON object jupyter_node.py --json printed, or None.
+
+    The last object that starts a line: a chatty login shell may print before it.
+    """
+    lines = stdout.splitlines()
+    for start in reversed([i for i, line in enumerate(lines) if line.startswith("{")]):
+        try:
+            value = json.loads("\n".join(lines[start:]))
+        except (ValueError, RecursionError):
+            continue
+        return value if isinstance(value, dict) else None
+    return None
+
+
+def _text(info: Mapping, key: str) -> str:
+    """``info[key]`` as text ("" for null or missing); a ValueError for anything else."""
+    value = info.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"its {key} {_short(value)} is not text")
+    return value
+
+
+def parse_job(info: Mapping, scheduler: str = "") -> ClusterJob:
+    """A ClusterJob from one object of jupyter_node.py's JSON; a ValueError that says which
+    field is wrong.  The job id and node end up in ssh's ``-L``, in messages and in the
+    qdel/scancel command suggested: each is checked, never used as it comes."""
+    if not isinstance(info, Mapping):
+        raise ValueError("a job is not a JSON object")
+    scheduler = scheduler or _text(info, "scheduler")
+    if scheduler not in CANCEL_COMMANDS:
+        raise ValueError(f"its scheduler {_short(scheduler)} is neither sge nor slurm")
+    job, node, state = _text(info, "job"), _text(info, "node"), _text(info, "state")
+    if job and not JOB_ID_RE.fullmatch(job):
+        raise ValueError(f"its job id {_short(job)} is not one")
+    if node and not HOST_NAME_RE.fullmatch(node):
+        raise ValueError(f"its node {_short(node)} is not a host name")
+    if state not in JOB_STATES:
+        raise ValueError(f"its state {_short(state)} is none of {', '.join(JOB_STATES)}")
+    port = None if info.get("port") is None else _whole_number(dict(info), "port", 1, 65535)
+    time_left = None if info.get("time_left") is None else _whole_number(dict(info), "time_left", 0, 2**40)
+    return ClusterJob(scheduler, job, _text(info, "name"), state, node, port, _text(info, "reason"), time_left,
+                      info.get("existing") is True, _text(info, "error"), _text(info, "log"),
+                      _text(info, "log_tail"))
+
+
+def parse_jobs(info: Mapping) -> list[ClusterJob]:
+    """The jobs of jupyter_node.py ``--json --jobs``; a ValueError when the answer is not one."""
+    jobs = info.get("jobs")
+    if not isinstance(jobs, list):
+        raise ValueError("it holds no list of jobs")
+    scheduler = _text(info, "scheduler")
+    return [parse_job(job, scheduler) for job in jobs]
+
+
+def parse_python_version(stderr_lines: Iterable[str]) -> str:
+    """The version the bootstrap reports for a python too old to run jupyter_node.py ("" if none)."""
+    for line in stderr_lines:
+        if line.startswith(f"{MARK} python "):
+            return line[len(f"{MARK} python "):].strip()
+    return ""
+
+
+def node_tool_failure(python: str, head: str, returncode: int, stderr_lines: Sequence[str],
+                      info: dict | None) -> TunnelError | None:
+    """Why running jupyter_node.py on the head failed (None when it answered); from its exit
+    code, its stderr and its JSON answer, if any."""
+    old = parse_python_version(stderr_lines)
+    said = [line.strip() for line in stderr_lines if line.strip() and not line.startswith((MARK, *SSH_NOISE))]
+    words = "; ".join(said[-3:]) or f"exit code {returncode}"
+    if old:
+        return TunnelError(f"{python} on {head} is Python {old}, and jupyter_node.py needs 3.6 or newer: "
+                           "name another interpreter with --python PROG", EXIT_MISSING)
+    if info is None and returncode in SHELL_NOT_FOUND:
+        return TunnelError(f"{python} not found on {head}, where it runs jupyter_node.py (nothing needs to be "
+                           f"installed there but Python >= 3.6): name it with --python PROG ({words})",
+                           EXIT_MISSING)
+    if info is None and returncode == 255:
+        return TunnelError(f"cannot run jupyter_node.py on {head}: {parse_ssh_error(stderr_lines)}", EXIT_ERROR)
+    if info is None:
+        return TunnelError(f"jupyter_node.py on {head} gave no answer ({words})", EXIT_ERROR)
+    if info.get("error") or returncode != 0:
+        error = info.get("error") if isinstance(info.get("error"), str) else ""
+        tail = [TOKEN_RE.sub("token=…", line.strip()) for line in str(info.get("log_tail") or "").splitlines()
+                if line.strip()][-START_LOG_TAIL:]
+        log = f" (log on {head}: {info['log']})" if isinstance(info.get("log"), str) and info.get("log") else ""
+        return TunnelError(f"the Jupyter job could not start on {head}: {error or words}{log}"
+                           + ("; its log ends with: " + " | ".join(tail) if tail else ""),
+                           EXIT_MISSING if returncode == EXIT_MISSING else EXIT_START)
+    return None
+
+
+def build_attach_hint(route: Route, job: ClusterJob) -> str:
+    """How to attach to a job later, and how to cancel it (for a job not ready in time)."""
+    hosts = " ".join(shlex.quote(host) for host in route.hosts)
+    return (f"attach to it later with jupyter-tunnel -s {hosts} --job {job.job}, "
+            f"or cancel it with {job.cancel_command} on {route.target}")
+
+
+def format_duration(seconds: float) -> str:
+    """``45 s``, ``9 min``, ``1 h 30 min``, ``2 d 3 h``: a job's time left, rounded down."""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, hours, days = seconds // 60 % 60, seconds // 3600 % 24, seconds // 86400
+    if days:
+        return f"{days} d {hours} h" if hours else f"{days} d"
+    if hours:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    return f"{minutes} min"
+
+
+def build_warning_times(time_left: float | None, warn_before: float) -> list[tuple[float, float]]:
+    """When to warn that the job ends: ``(seconds from now, seconds left then)``, soonest first.
+
+    At ``warn_before`` minutes and at LAST_WARNING minutes before the end; a mark already
+    passed gives one warning at once, with the time really left.
+    """
+    if time_left is None or time_left <= 0:
+        return []
+    marks = sorted({warn_before * 60, LAST_WARNING * 60}, reverse=True)
+    times = [(0.0, float(time_left))] if any(mark >= time_left for mark in marks) else []
+    return times + [(time_left - mark, mark) for mark in marks if mark < time_left]
+
+
+def build_job_warning(job: ClusterJob, seconds_left: float) -> str:
+    """The line a user cannot miss, before the job's time limit."""
+    return f"job {job.job} ends in {format_duration(seconds_left)} (time limit): save your notebooks."
+
+
+def format_job_table(jobs: Sequence[ClusterJob], servers: Mapping[str, Sequence[Server]]) -> str:
+    """The numbered table of ``--list -n auto`` (the numbers are what ``--pick`` takes):
+    each job, and the servers found on its node."""
+    rows = [("#", "JOB", "NAME", "STATE", "NODE", "TIME LEFT", "SERVERS")]
+    for number, job in enumerate(jobs, 1):
+        left = "?" if job.time_left is None else format_duration(job.time_left)
+        found = servers.get(job.node, ())
+        ports = ", ".join(f"{s.sock or s.port} {s.app}" for s in found) or ("-" if job.node else job.reason or "-")
+        rows.append((str(number), job.job, job.name or "?", job.state, job.node or "-", left, ports))
+    return format_table(rows)
+
+
+def job_info(number: int, job: ClusterJob, servers: Sequence[Server]) -> dict:
+    """A job as a JSON object for ``--list -n auto --json``, with the servers on its node."""
+    return {"number": number, "job": job.job, "scheduler": job.scheduler, "name": job.name, "state": job.state,
+            "node": job.node, "time_left": job.time_left, "reason": job.reason,
+            "servers": [server_info(n, s) for n, s in enumerate(servers, 1)]}
+
+
+def choose_job(jobs: Sequence[ClusterJob], head: str, pick: int | None = None) -> ClusterJob:
+    """The one running job to attach to: the only one, ``--pick N``, or asked on a terminal."""
+    running = [job for job in jobs if job.state in ("running", "ready") and job.node]
+    if not running:
+        if jobs:
+            job = jobs[0]
+            why = f" ({job.reason})" if job.reason else ""
+            raise TunnelError(f"your Jupyter {job.describe()} is still {job.state}{why} on {head}'s cluster: "
+                              "attach once it runs, or cancel it with " + job.cancel_command, EXIT_NO_SERVER)
+        raise TunnelError(f"no Jupyter job of yours runs on {head}'s cluster: start one with --submit",
+                          EXIT_NO_SERVER)
+    if pick is not None:
+        if not 1 <= pick <= len(running):
+            raise TunnelError(f"there is no job number {pick}: {len(running)} Jupyter jobs of yours run "
+                              f"on {head}'s cluster (see --list)", EXIT_NO_SERVER)
+        return running[pick - 1]
+    if len(running) == 1:
+        return running[0]
+    say("Info", f"Jupyter jobs of yours running on {head}'s cluster:")
+    print(format_job_table(running, {}), file=sys.stderr)
+    if sys.stdin.isatty() and sys.stderr.isatty():
+        while True:
+            print(f"Which job? [1-{len(running)}] ", end="", file=sys.stderr, flush=True)
+            answer = sys.stdin.readline()
+            if not answer:
+                raise KeyboardInterrupt  # end of input: the user gave up
+            if answer.strip().isdigit() and 1 <= int(answer) <= len(running):
+                return running[int(answer) - 1]
+    raise TunnelError(f"{len(running)} Jupyter jobs of yours run on {head}'s cluster: choose one with "
+                      "--job ID or --pick N", EXIT_NO_SERVER)
+
+
+def node_source() -> str:
+    """jupyter_node.py's own source, sent to the head's python."""
+    import jupyter_node
+
+    with open(jupyter_node.__file__, encoding="utf-8") as f:
+        return f.read()
+
+
+def run_node_tool(master: Master, python: str, args: Sequence[str], timeout: float,
+                  relay: bool = True) -> tuple[dict | None, int, list[str]]:
+    """Run jupyter_node.py with ``args`` on the head through the master; its JSON answer (None
+    when it gave none), exit code and stderr lines.  Its ``Info:``/``Warning:`` lines are shown
+    as they come (escaped: they quote the scheduler) when ``relay``."""
+    head = master.route.target
+    argv = build_mux_argv(master.ssh, master.config, master.control, master.route, "-T", "--",
+                          build_node_command(python))
+    if master.verbose:
+        say("Debug", f"on {head}: {shlex.join([python, '-', *args])} (jupyter_node.py on stdin)")
+    process = subprocess.Popen(master._command(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=master.env)
+    out: list[bytes] = []
+    program = build_node_program(args, node_source()).encode()
+
+    def feed() -> None:
+        try:
+            process.stdin.write(program)  # type: ignore[union-attr]
+            process.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass  # ssh exited: its exit code tells why
+
+    threads = [threading.Thread(target=feed, daemon=True),
+               threading.Thread(target=lambda: out.append(process.stdout.read()), daemon=True)]  # type: ignore[union-attr]
+    for thread in threads:
+        thread.start()
+    timer = threading.Timer(timeout, process.kill)  # a scheduler command that hangs
+    timer.daemon = True
+    timer.start()
+    lines: list[str] = []
+    try:
+        assert process.stderr is not None
+        for raw in process.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            kind, sep, text = line.partition(": ")
+            if relay and sep and kind in ("Info", "Warning"):
+                say(kind, text)
+            elif line.startswith(SSH_DEBUG):
+                master._echo(raw)
+            else:
+                lines.append(line)
+        process.wait()
+        for thread in threads:
+            thread.join(timeout=5)
+    finally:
+        timer.cancel()
+        stop_process(process)
+    return parse_node_json(b"".join(out).decode(errors="replace")), process.returncode, lines
+
+
+def ask_node_tool(master: Master, python: str, args: Sequence[str], timeout: float, relay: bool = True) -> dict:
+    """jupyter_node.py's JSON answer; a TunnelError when it failed or gave none."""
+    info, code, lines = run_node_tool(master, python, args, timeout, relay)
+    error = node_tool_failure(python, master.route.target, code, lines, info)
+    if error is not None:
+        raise error
+    assert info is not None
+    return info
+
+
+T = TypeVar("T")
+
+
+def _checked(head: str, parse: Callable[[dict], T], info: dict) -> T:
+    """``parse(info)``, a ValueError becoming a TunnelError that names the head."""
+    try:
+        return parse(info)
+    except ValueError as error:
+        raise TunnelError(f"jupyter_node.py on {head} gave an answer that is not valid: {error}", EXIT_ERROR)
+
+
+def submit_job(master: Master, options: ClusterOptions, timeout: float) -> ClusterJob:
+    """--submit: submit the server (or find the user's running one), wait until it is ready."""
+    head = master.route.target
+    what = f"jupyter {options.app}" + (f" on node {options.node}" if options.node else "")
+    say("Info", f"Submitting {what} on {head}" + ("..." if options.new else
+                                                     " (unless a Jupyter job of yours runs already)..."))
+    info = ask_node_tool(master, options.python, build_submit_args(options, timeout), timeout + NODE_GRACE)
+    return _checked(head, parse_job, info)
+
+
+def find_jobs(master: Master, options: ClusterOptions, timeout: float = 120.0) -> list[ClusterJob]:
+    """-n auto (and --job ID): the user's Jupyter jobs, pending or running (or just that job)."""
+    info = ask_node_tool(master, options.python, build_jobs_args(options, options.job), timeout)
+    return _checked(master.route.target, parse_jobs, info)
+
+
+def check_ready(job: ClusterJob, route: Route, timeout: float) -> None:
+    """A TunnelError unless the submitted job's server is up, with what is known otherwise."""
+    if job.state == "ready" and job.node and job.port:
+        return
+    if not job.job:
+        raise TunnelError(f"the Jupyter job did not start within {timeout:g} s, and the scheduler gave "
+                          "no job id yet", EXIT_TIMEOUT)
+    hint = build_attach_hint(route, job)
+    if job.state == "failed":
+        raise TunnelError(f"{job.describe()} failed on {route.target}: {job.error or 'no reason given'}", EXIT_START)
+    if job.state == "pending":
+        why = f" ({job.reason})" if job.reason else ""
+        raise TunnelError(f"{job.describe()} is still pending{why} after {timeout:g} s; it stays in the queue: "
+                          + hint, EXIT_TIMEOUT)
+    where = f" on {job.node}" if job.node else ""
+    raise TunnelError(f"{job.describe()} runs{where}, but its Jupyter did not start within {timeout:g} s; {hint}",
+                      EXIT_TIMEOUT)
 
 
 # ---------------------------------------------------------------------------- 3. choose
@@ -1734,6 +2151,8 @@ def build_state(pid: int, route: Route, directory: str, started: float) -> dict:
         # for cleaning up after a run that was SIGKILLed: its ssh master (and agent)
         # outlive it, and its private directory stays
         "control_dir": directory, "master_pid": None, "agent_pid": None,
+        # a server in a scheduler job: its id, scheduler and end (epoch seconds; None: no limit)
+        "job": "", "scheduler": "", "job_end": None,
     }
 
 
@@ -2201,6 +2620,8 @@ class Settings(NamedTuple):
     json: bool = False
     start: StartOptions | None = None  # --start: how to start a server when none runs
     stop_server: bool = False
+    cluster: ClusterOptions | None = None  # --submit, -n auto, --job: the node comes from a job
+    warn_before: float = DEFAULT_WARN_BEFORE  # minutes before a job's end: the first warning
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -2208,9 +2629,20 @@ def settings_from(args: argparse.Namespace) -> Settings:
     start = None
     if args.start:
         start = StartOptions(args.type, tuple(args.pre), args.conda_env or "", args.jupyter, args.root_dir or "")
-    built = ("ssh_options", "start")
+    built = ("ssh_options", "start", "cluster")
     return Settings(**{name: getattr(args, name) for name in Settings._fields if name not in built},
-                    ssh_options=tuple(args.ssh_option), start=start)
+                    ssh_options=tuple(args.ssh_option), start=start, cluster=cluster_options(args))
+
+
+def cluster_options(args: argparse.Namespace) -> ClusterOptions | None:
+    """What ``args`` ask of a scheduler job; None unless --submit, -n auto or --job."""
+    if not (args.submit or args.node == AUTO_NODE or args.job):
+        return None
+    return ClusterOptions(
+        submit=args.submit, node=args.node if args.submit and args.node else "", job=args.job or "",
+        new=args.new, app=args.type, pre=tuple(args.pre), conda_env=args.conda_env or "",
+        queue=args.queue or "", resources=tuple(args.resource), scheduler=args.scheduler or "",
+        python=args.python, listing=args.list)
 
 
 def write_askpass(directory: str, password: str) -> dict[str, str]:
@@ -2243,6 +2675,10 @@ class Tunnel:
         self.status = 0  # HTTP status of the last successful probe
         self.redirect: OneShotRedirect | None = None  # the browser's one-time address
         self.started = False  # whether this run started its server (--start)
+        self.job: ClusterJob | None = None  # the scheduler job the server runs in
+        self.jobs: list[ClusterJob] | None = None  # --list -n auto: the jobs found
+        self.job_end: float | None = None  # time.monotonic() at the job's time limit
+        self.warnings: list[tuple[float, float]] = []  # (monotonic time, seconds left then), soonest first
 
     @property
     def url(self) -> str:
@@ -2286,9 +2722,110 @@ class Tunnel:
         # prompt) leaves a master that the next run or jupyter-tunnel-shutdown must find
         assert self.registration is not None
         self.master.open(on_start=lambda pid: self.registration.update(state=CONNECTING, master_pid=pid))
-        say("Info", f"Connected in {time.monotonic() - started:.2f} s; "
-                    f"looking for Jupyter servers on {self.route.describe_server_host()}...")
+        if self.settings.cluster is not None and not self.route.node:
+            say("Info", f"Connected in {time.monotonic() - started:.2f} s.")
+            if not self.find_node():
+                return []  # --list -n auto: the jobs are listed, none is chosen
+            say("Info", f"Looking for Jupyter servers on {self.route.describe_server_host()}...")
+        else:
+            say("Info", f"Connected in {time.monotonic() - started:.2f} s; "
+                        f"looking for Jupyter servers on {self.route.describe_server_host()}...")
         return discover(self.master)
+
+    def find_node(self) -> bool:
+        """--submit, -n auto, --job: the job's node, asked of the scheduler on the head through
+        the master; False for --list -n auto, which lists the jobs and chooses none."""
+        assert self.master is not None and self.registration is not None and self.settings.cluster is not None
+        options, settings = self.settings.cluster, self.settings
+        if options.submit:
+            job = submit_job(self.master, options, settings.timeout)
+            check_ready(job, self.route, settings.timeout)
+            if job.existing:
+                say("Info", f"Your Jupyter {job.describe()} already runs on {job.node}: attaching to it "
+                            "instead of submitting another (--new submits one).")
+            else:
+                self.started = True
+                self.registration.update(started_server=True)
+            # the job's own server, whatever else runs on its node
+            self.settings = settings._replace(port=settings.port or job.port)
+        else:
+            jobs = find_jobs(self.master, options)
+            if options.listing:
+                self.jobs = jobs
+                return False
+            if options.job and not jobs:
+                raise TunnelError(f"no job {options.job} of yours is pending or running on "
+                                  f"{self.route.target}'s cluster", EXIT_NO_SERVER)
+            job = choose_job(jobs, self.route.target, settings.pick)
+            # --pick chose the job: the servers on its node are chosen as without it
+            self.settings = settings._replace(pick=None)
+        self.attach_job(job)
+        return True
+
+    def attach_job(self, job: ClusterJob) -> None:
+        """From now on the route goes to the job's node; its time limit is watched."""
+        assert self.master is not None and self.registration is not None
+        self.job = job
+        self.route = self.master.route = self.route._replace(node=job.node)
+        self.set_time_left(job.time_left)
+        self.registration.update(node=job.node, remote_host=job.node, job=job.job, scheduler=job.scheduler)
+
+    def set_time_left(self, time_left: int | None) -> None:
+        """The job's time left, as the scheduler just said: the warnings and the registry follow it."""
+        now = time.monotonic()
+        self.job_end = None if time_left is None else now + time_left
+        self.warnings = [(now + after, left)
+                         for after, left in build_warning_times(time_left, self.settings.warn_before)]
+        if self.registration is not None:
+            self.registration.update(job_end=None if time_left is None else time.time() + time_left)
+
+    def time_left(self) -> float | None:
+        """Seconds until the job's time limit (None: no limit, or unknown)."""
+        return None if self.job_end is None else max(0.0, self.job_end - time.monotonic())
+
+    def warn_job_end(self) -> None:
+        """Print the warnings that are due (at --warn-before and 2 minutes before the end)."""
+        now = time.monotonic()
+        due = [warning for warning in self.warnings if warning[0] <= now]
+        if due and self.job is not None:
+            self.warnings = self.warnings[len(due):]
+            # after a long sleep (a laptop's suspend) only the last one that is due
+            say("Warning", build_job_warning(self.job, min(due[-1][1], self.time_left() or 0.0)))
+
+    def job_ended(self) -> bool:
+        """Whether the job has ended, as the scheduler tells (asked through the master, no
+        login into the node: a node may refuse logins once the job is gone)."""
+        assert self.master is not None and self.job is not None and self.settings.cluster is not None
+        try:
+            jobs = find_jobs(self.master, self.settings.cluster._replace(job=self.job.job,
+                                                                         scheduler=self.job.scheduler), 30.0)
+        except TunnelError:
+            return False  # the connection is in trouble: that is the master's watch
+        mine = [job for job in jobs if job.job == self.job.job]
+        if not mine or mine[0].state not in ("running", "ready"):
+            return True
+        self.set_time_left(mine[0].time_left)
+        return False
+
+    def server_gone(self) -> bool:
+        """Whether the server (or the job it runs in) has ended; raises ServerStopped for a job."""
+        assert self.master is not None and self.server is not None and self.local_port is not None
+        if self.job is None:
+            return server_stopped(self.master, self.local_port, self.server)
+        overdue = self.job_end is not None and time.monotonic() >= self.job_end
+        if not overdue:
+            answer = probe_server(self.local_port, self.server, timeout=10.0)
+            if answer is None or answer.jupyter:
+                return False
+        if self.job_ended():
+            raise ServerStopped(f"{self.job.describe()} has ended; closing the tunnel.")
+        return False
+
+    def next_check(self) -> float:
+        """Seconds until the next look at the server: --check-interval, or the next warning."""
+        if not self.warnings:
+            return self.settings.check_interval
+        return max(0.0, min(self.settings.check_interval, self.warnings[0][0] - time.monotonic()))
 
     def connect(self) -> None:
         """Log in, choose the server and forward the local port to it; wait until it answers."""
@@ -2329,6 +2866,9 @@ class Tunnel:
     def stop_server(self) -> None:
         """At close: with --stop-server, shut the server down; else say that it keeps running."""
         server, host = self.server, self.route.server_host
+        if self.job is not None:
+            self.stop_job()
+            return
         if server is None or self.local_port is None:
             return
         if not self.settings.stop_server:
@@ -2346,6 +2886,29 @@ class Tunnel:
             say("Warning", f"the Jupyter server on {host} (pid {server.pid}) may still run: "
                            "it did not shut down when asked")
 
+    def stop_job(self) -> None:
+        """At close: with --stop-server, cancel the job; else say that it keeps running, and how
+        to stop it."""
+        job, head = self.job, self.route.target
+        assert job is not None and self.settings.cluster is not None
+        if not self.settings.stop_server:
+            left = self.time_left()
+            say("Info", f"{job.describe()[0].upper()}{job.describe()[1:]} keeps running on {job.node}"
+                        + ("" if left is None else f" ({format_duration(left)} left)")
+                        + f": {job.cancel_command} on {head} stops it; jupyter-tunnel -n auto attaches to it again.")
+            return
+        if self.master is None or not self.master.alive():
+            say("Warning", f"the connection to {head} is gone: cannot cancel {job.describe()} "
+                           f"({job.cancel_command} on {head} does)")
+            return
+        say("Info", f"Cancelling {job.describe()} on {head}...")
+        try:
+            ask_node_tool(self.master, self.settings.cluster.python, build_cancel_args(job), 60.0)
+        except (TunnelError, OSError) as error:
+            say("Warning", f"{job.describe()} may still run: {error}")
+            return
+        say("Info", f"Cancelled {job.describe()}.")
+
     def announce(self) -> None:
         """Tell the user where the tunnel is: the Info lines, the URL on stdout, the browser."""
         assert self.server is not None and self.local_port is not None
@@ -2356,11 +2919,18 @@ class Tunnel:
             say("Info", "The server asks for its password: the page will prompt for it.")
         if server.secure:
             say("Info", "The server uses https with its own certificate: the browser will warn about it.")
+        job = {}
+        if self.job is not None:
+            left = self.time_left()
+            say("Info", f"In {self.job.describe()} ({self.job.scheduler}) on {self.job.node}: "
+                        + ("no time limit" if left is None else f"{format_duration(left)} left"))
+            job = {"job": self.job.job, "scheduler": self.job.scheduler,
+                   "time_left": None if left is None else int(left)}
         say("Info", f"Port used on localhost: {self.local_port}")  # last, right before the URL
         if self.settings.json:
             where = {"sock": server.sock} if server.sock else {"remote_port": server.port}
-            print(json.dumps({"url": url, "local_port": self.local_port,
-                              "remote_host": self.route.server_host, **where, "pid": os.getpid()}), flush=True)
+            print(json.dumps({"url": url, "local_port": self.local_port, "remote_host": self.route.server_host,
+                              **where, "pid": os.getpid(), **job}), flush=True)
         else:
             print(url, flush=True)
 
@@ -2368,8 +2938,9 @@ class Tunnel:
         """Watch the connection and the server until interrupted; reconnect when it drops."""
         assert self.master is not None and self.server is not None and self.local_port is not None
         while True:
-            if not self.master.wait(self.settings.check_interval):
-                if server_stopped(self.master, self.local_port, self.server):
+            if not self.master.wait(self.next_check()):
+                self.warn_job_end()
+                if self.server_gone():
                     raise ServerStopped()
                 continue
             reason = self.master.why()
@@ -2431,6 +3002,8 @@ class Tunnel:
 def run_list(tunnel: Tunnel, as_json: bool) -> int:
     """``--list``: log in, print the servers found (a table, or JSON) and stop."""
     servers = tunnel.login()
+    if tunnel.jobs is not None:
+        return run_job_list(tunnel, tunnel.jobs, as_json)
     if as_json:
         print(json.dumps([server_info(n, s) for n, s in enumerate(servers, 1)], indent=2))
     elif servers:
@@ -2440,9 +3013,30 @@ def run_list(tunnel: Tunnel, as_json: bool) -> int:
     return EXIT_OK
 
 
+def run_job_list(tunnel: Tunnel, jobs: list[ClusterJob], as_json: bool) -> int:
+    """``--list -n auto``: the user's Jupyter jobs, and the servers on each running job's node."""
+    assert tunnel.master is not None
+    head = tunnel.route.target
+    servers: dict[str, list[Server]] = {}
+    for node in dict.fromkeys(job.node for job in jobs if job.node):  # one login per node
+        tunnel.master.route = tunnel.route._replace(node=node)
+        servers[node] = discover(tunnel.master)
+    tunnel.master.route = tunnel.route
+    if as_json:
+        print(json.dumps([job_info(n, job, servers.get(job.node, [])) for n, job in enumerate(jobs, 1)], indent=2))
+    elif jobs:
+        print(format_job_table(jobs, servers))
+    else:
+        say("Info", f"No Jupyter job of yours is pending or running on {head}'s cluster: start one with --submit.")
+    return EXIT_OK
+
+
 def run_tunnel(args: argparse.Namespace) -> int:
     """Connect, discover, forward, wait, and stay until interrupted; returns the exit code."""
-    route = parse_hosts(args.host, args.node)  # checked by main already
+    settings = settings_from(args)
+    # checked by main already; with a job, the node is learnt once logged into the head
+    route = parse_hosts(args.host, None if settings.cluster else args.node)._replace(
+        scheduled=settings.cluster is not None)
     ssh = which_or_fail("ssh", "the OpenSSH client")
     browser = None
     if args.browser is not None and args.browser.lower() not in NO_BROWSER:
@@ -2450,7 +3044,7 @@ def run_tunnel(args: argparse.Namespace) -> int:
         which_or_fail(shlex.split(browser)[0], "given with -b/--browser")
     password = read_password() if args.password else None
     prune_registry()  # a SIGKILLed tunnel's ssh master and files go now
-    tunnel = Tunnel(settings_from(args), ssh, route, password)
+    tunnel = Tunnel(settings, ssh, route, password)
     ready = False
     # SIGINT explicitly too: a shell starts a background job with SIGINT ignored, and
     # jupyter-tunnel-shutdown interrupts tunnels with it, as Ctrl+C would.  The handlers
@@ -2470,9 +3064,10 @@ def run_tunnel(args: argparse.Namespace) -> int:
             tunnel.redirect = open_browser(browser, tunnel.url)
         say("Info", "Press Ctrl+C to close the tunnel.")
         return tunnel.stay()
-    except ServerStopped:
-        say("Info", f"The Jupyter server on {route.server_host} has stopped; closing the tunnel.")
-        tunnel.server = None  # nothing left for --stop-server to stop
+    except ServerStopped as stopped:
+        say("Info", str(stopped) or f"The Jupyter server on {tunnel.route.server_host} has stopped; "
+                                    "closing the tunnel.")
+        tunnel.server = tunnel.job = None  # nothing left for --stop-server to stop
         return EXIT_OK
     except (KeyboardInterrupt, Interrupted):
         if ready:
@@ -2493,8 +3088,9 @@ def run_tunnel(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------- the command line
 
 
-def seconds_option(high: float):
-    """An argparse type: a number of seconds, more than 0 and at most ``high``.
+def seconds_option(high: float, durations: bool = False):
+    """An argparse type: a number of seconds, more than 0 and at most ``high``; with
+    ``durations``, jupyter-node's sleep syntax (``90s``, ``5m``, ``1.5h``) too.
 
     float() takes "nan", "inf" and "1e300": nan would make every deadline unreachable (a
     timeout that never fires), and huge values overflow the timers that take them.
@@ -2505,11 +3101,46 @@ def seconds_option(high: float):
             value = float(text)
         except ValueError:
             value = -1.0
+            if durations:
+                try:
+                    value = parse_duration(text)
+                except ValueError:
+                    pass
         if not 0 < value <= high:  # false for nan too
             raise argparse.ArgumentTypeError(f"expected seconds, more than 0 and at most {high:g}, not {text!r}")
         return value
 
     return seconds
+
+
+def job_option(text: str) -> str:
+    """An argparse type: a scheduler's job id (``4711``, ``81234_3``)."""
+    if not JOB_ID_RE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"not a job id (letters, digits, . _ -): {text!r}")
+    return text
+
+
+def resource_option(text: str) -> str:
+    """An argparse type: a jupyter-node resource request, which must split like a shell's words."""
+    text = text_option(text)
+    try:
+        build_resource_args("sge", [text])
+    except ValueError as error:  # "No closing quotation"
+        raise argparse.ArgumentTypeError(f"{text!r} does not split like a shell command: "
+                                         f"{str(error).lower()}") from None
+    return text
+
+
+def minutes_option(text: str) -> float:
+    """An argparse type: --warn-before's minutes, more than 0 and at most a day."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= MAX_WARN_BEFORE:  # false for nan too
+        raise argparse.ArgumentTypeError(f"expected minutes, more than 0 and at most {MAX_WARN_BEFORE:g}, "
+                                         f"not {text!r}")
+    return value
 
 
 def int_option(low: int, high: int):
@@ -2564,10 +3195,13 @@ def build_parser() -> argparse.ArgumentParser:
             "  through a gateway:      jupyter-tunnel -s user@gateway.ext user@server.ext\n"
             "  no browser, fixed port: jupyter-tunnel -s gw server -b none --local-port 8888\n"
             "  cluster node:           jupyter-tunnel -s user@gateway.ext user@head.ext -n node12\n"
+            "  a cluster job:          jupyter-tunnel -s gw head --submit -t lab -r h_rt=4:00:00 -w 10m\n"
+            "  your running job:       jupyter-tunnel -s gw head -n auto\n"
             "  several servers:        jupyter-tunnel -s server --list, then --pick 2\n"
             "\nexit codes: 0 closed normally, 2 bad option, 3 program missing, 4 cannot connect (or\n"
             "  the account runs no command), 5 no (single) server, 6 no local port, 7 Jupyter did\n"
-            "  not answer in time, 8 connection lost, 9 --start could not start a server,\n"
+            "  not answer in time (or the job did not start), 8 connection lost, 9 --start or\n"
+            "  --submit could not start a server,\n"
             "  130 interrupted before the tunnel was ready,\n"
             "  1 other errors"
         ),
@@ -2581,7 +3215,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "[default: the system's default browser]")
     parser.add_argument("-n", "--node", metavar="NODE",
                         help="cluster node (Grid Engine, Slurm) running the server; the last -s host "
-                             "is then the head node, from which the node is reached")
+                             "is then the head node, from which the node is reached; \"auto\": the node "
+                             "of your running Jupyter job; with --submit: the node to ask for")
     parser.add_argument("-a", "--ssha", dest="new_agent", action="store_true",
                         help="start a fresh ssh-agent for this run even if one runs "
                              "(one is started anyway when SSH_AUTH_SOCK is unset)")
@@ -2604,9 +3239,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pick", type=int_option(1, MAX_PICK), metavar="N", help="use server number N of --list")
     parser.add_argument("--local-port", type=int_option(1, 65535), metavar="LPORT",
                         help="local port to use [default: the remote port, or the next free one]")
-    parser.add_argument("--timeout", type=seconds_option(MAX_TIMEOUT), default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                        help=f"give up when Jupyter does not answer within SECONDS (at most {MAX_TIMEOUT:g}) "
-                             "[default: %(default)g]")
+    parser.add_argument("-w", "--timeout", type=seconds_option(MAX_TIMEOUT, durations=True), default=DEFAULT_TIMEOUT,
+                        metavar="SECONDS",
+                        help=f"give up when Jupyter does not answer within SECONDS (at most {MAX_TIMEOUT:g}; "
+                             "sleep syntax works too: 90s, 5m, 1.5h); with --submit, the job's whole wait "
+                             "in the queue [default: %(default)g]")
     parser.add_argument("--keepalive", type=int_option(1, MAX_KEEPALIVE), default=DEFAULT_KEEPALIVE,
                         metavar="SECONDS",
                         help=f"ssh keepalive interval (1 to {MAX_KEEPALIVE}): a dead connection is noticed "
@@ -2622,7 +3259,7 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{MAX_CHECK_INTERVAL:g}); the tunnel closes (code 0) when it has stopped "
                              "[default: %(default)g]")
     start = parser.add_argument_group(
-        "starting a server (--start)", "without -n: a server on a cluster node needs a job (jupyter-node)")
+        "starting a server (--start)", "without -n: a server on a cluster node needs a job (--submit)")
     start.add_argument("--start", action="store_true",
                        help="when no Jupyter server runs (or none matches --port/--dir/--pick), start one "
                             "on the remote through the same login: detached, on 127.0.0.1 with a token, "
@@ -2636,6 +3273,27 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--stop-server", action="store_true",
                        help="when the tunnel closes, shut down the Jupyter server it is attached to "
                             "(POST /api/shutdown with its token) and wait until it is gone")
+    cluster = parser.add_argument_group(
+        "a cluster job (--submit, -n auto, --job)",
+        "jupyter_node.py runs on the head through the same login (its source on the head's python's "
+        "stdin: nothing to install); -t, --pre and --conda-env are those of --start")
+    cluster.add_argument("--submit", action="store_true",
+                         help="submit Jupyter as a scheduler job, as jupyter-node does, then tunnel to it; "
+                              "a Jupyter job of yours that runs already is used instead (see --new)")
+    cluster.add_argument("--new", action="store_true", help="with --submit: submit a new job even if one runs")
+    cluster.add_argument("--job", type=job_option, metavar="ID",
+                         help="tunnel to the server of this job (implies -n auto)")
+    cluster.add_argument("-q", "--queue", type=text_option, metavar="NAME",
+                         help="with --submit: queue (Grid Engine: -l q=NAME) or partition (Slurm)")
+    cluster.add_argument("-r", "--resource", type=resource_option, action="append", default=[], metavar="REQ",
+                         help="with --submit: resource request, repeatable, as jupyter-node's "
+                              "(h_rt=1:00:00, mem=4G, time=2:00:00)")
+    cluster.add_argument("--scheduler", choices=SCHEDULERS, help="sge or slurm [default: the one on the head's PATH]")
+    cluster.add_argument("--python", type=text_option, default=DEFAULT_PYTHON, metavar="PROG",
+                         help="the head's Python (>= 3.6) that runs jupyter_node.py [default: %(default)s]")
+    cluster.add_argument("--warn-before", type=minutes_option, default=DEFAULT_WARN_BEFORE, metavar="MINUTES",
+                         help=f"warn this long before the job's time limit, and again {LAST_WARNING:g} minutes "
+                              "before [default: %(default)g]")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="show every ssh command run and the ssh config file it reads (on "
                              "Debug: lines); twice (-vv): run ssh with -v too, and show what it says")
@@ -2655,6 +3313,23 @@ def explain_error(error: Exception) -> tuple[str, int]:
     return f"{getattr(error, 'strerror', None) or error}{where}", EXIT_ERROR
 
 
+def cluster_option_problem(args: argparse.Namespace) -> str:
+    """Why the cluster options of ``args`` do not go together ("" when they do)."""
+    if args.submit:
+        clashes = [("--start", args.start), ("--list", args.list), ("--job", args.job),
+                   ("-n auto", args.node == AUTO_NODE), ("-t server", args.type == "server"),
+                   ("--jupyter", args.jupyter != "jupyter"), ("--root-dir", args.root_dir)]
+        given = [name for name, value in clashes if value]
+        if given:
+            return (f"--submit cannot go with {given[0]}: it submits jupyter-node's job (-t lab|notebook, "
+                    "-n NODE asks for that node)")
+    elif args.new or args.queue or args.resource:
+        return "--new, -q/--queue and -r/--resource go with --submit"
+    if args.job and args.node not in (None, AUTO_NODE):
+        return "--job names the job whose node to use: it cannot go with -n NODE"
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
@@ -2667,7 +3342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))
     if args.start and args.node:
         parser.error("--start cannot start a server on a cluster node: that needs a scheduler job. "
-                     "Run jupyter-node on the head node, then jupyter-tunnel -s ... HEAD -n NODE")
+                     "Use --submit, or run jupyter-node on the head node, then jupyter-tunnel -s ... HEAD -n NODE")
+    problem = cluster_option_problem(args)
+    if problem:
+        parser.error(problem)
     try:
         return run_tunnel(args)
     except KeyboardInterrupt:
