@@ -48,8 +48,10 @@ EXIT_INTERRUPTED = 130
 DEFAULT_TIMEOUT = 10.0  # seconds a tunnel gets to close (its cleanup takes well under one)
 KILL_TIMEOUT = 5.0  # after SIGKILL: instant, unless the process is stuck in the kernel
 POLL_INTERVAL = 0.05
-# SERVER: "started" when the run started its Jupyter server (--start), "found" when it attached
-TABLE_COLUMNS = ("PID", "LOCAL PORT", "HOSTS", "NODE", "REMOTE", "SERVER", "STATE", "STARTED")
+# SERVER: "started" when the run started its Jupyter server (--start, --submit), "found" when it
+# attached; JOB and TIME LEFT: the scheduler job the server runs in (--submit, -n auto, --job)
+TABLE_COLUMNS = ("PID", "LOCAL PORT", "HOSTS", "NODE", "REMOTE", "SERVER", "JOB", "TIME LEFT", "STATE",
+                 "STARTED")
 
 
 @dataclass(frozen=True)
@@ -68,12 +70,15 @@ class RunningTunnel:
     phase: str = ""  # the entry's "state": connecting or ready ("" when unregistered)
     started_server: bool | None = None  # whether the run started its server (None: unknown)
     command: str = ""  # only for an unregistered tunnel: its command line
+    job: str = ""  # the scheduler job the server runs in ("" when none)
+    scheduler: str = ""
+    job_end: float | None = None  # epoch seconds at the job's time limit (None: no limit, or unknown)
     state: dict | None = field(default=None, compare=False, repr=False)  # the registry entry
 
     @classmethod
     def from_state(cls, state: Mapping) -> RunningTunnel:
         """From a registry entry (written by jupyter_tunnel.build_state); odd fields are dropped."""
-        hosts = state.get("hosts")
+        hosts, job = state.get("hosts"), state.get("job")
         return cls(
             pid=int(state["pid"]),
             hosts=tuple(str(h) for h in hosts) if isinstance(hosts, list) else (),
@@ -88,6 +93,10 @@ class RunningTunnel:
             # not known before the run has chosen its server
             started_server=(True if state.get("started_server") is True
                             else False if state.get("server_pid") else None),
+            # shown, and put in a qdel/scancel command by the reader: only a job id passes
+            job=job if isinstance(job, str) and jt.JOB_ID_RE.fullmatch(job) else "",
+            scheduler=str(state.get("scheduler") or "") if state.get("scheduler") in jt.CANCEL_COMMANDS else "",
+            job_end=_float_or_none(state.get("job_end")),
             state=dict(state),
         )
 
@@ -126,6 +135,8 @@ class RunningTunnel:
             "hosts": list(self.hosts), "node": self.node, "remote_host": self.remote_host,
             "remote_port": self.remote_port, "sock": self.sock, "root_dir": self.root_dir,
             "started": self.started, "started_server": self.started_server, "command": self.command,
+            "job": self.job or None, "scheduler": self.scheduler or None,
+            "time_left": time_left(self.job_end, time.time()) if self.job else None,
         }
 
 
@@ -214,6 +225,22 @@ def in_registry_scope(ours: str, environ: Mapping[str, str] | None) -> bool:
     return environ is not None and environ.get(jt.REGISTRY_ENV) == ours
 
 
+def time_left(job_end: float | None, now: float) -> int | None:
+    """Whole seconds from ``now`` to a job's end (0 once past it); None when it has no end."""
+    return None if job_end is None else max(0, int(job_end - now))
+
+
+def format_time_left(job: str, job_end: float | None, now: float) -> str:
+    """The TIME LEFT cell: ``1:29:59`` or ``2-03:00:00`` as squeue says it, one word; ``-``
+    without a job, ``?`` for a job without a known end."""
+    left = time_left(job_end, now)
+    if not job or left is None:
+        return "-" if not job else "?"
+    days, rest = divmod(left, 86400)
+    minutes_seconds = f"{rest // 60 % 60:02d}:{rest % 60:02d}"
+    return f"{days}-{rest // 3600:02d}:{minutes_seconds}" if days else f"{rest // 3600}:{minutes_seconds}"
+
+
 def format_started(started: float | None) -> str:
     """Local time of a tunnel's start for the table, ``?`` when unknown."""
     if started is None:
@@ -234,6 +261,8 @@ def table_row(tunnel: RunningTunnel) -> tuple[str, ...]:
         tunnel.node or "-",
         remote,
         {True: "started", False: "found", None: "?"}[tunnel.started_server],
+        tunnel.job or "-",
+        format_time_left(tunnel.job, tunnel.job_end, time.time()),
         tunnel.phase or "?",
         format_started(tunnel.started),
     )

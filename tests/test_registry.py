@@ -225,8 +225,8 @@ def test_run_killed_before_ready_leaves_nothing(tunnel, shutdown, registry, jtus
     assert len(masters) == 1 and len(agents) == 1, dead.leftovers()
     assert (state["master_pid"], state["agent_pid"]) == (int(masters[0].split(":")[0]), int(agents[0].split(":")[0]))
     done = shutdown("--list")
-    assert done.stdout.splitlines()[1].split()[:7] == \
-        [str(dead.process.pid), str(state["local_port"]), "jtnone@srv", "-", str(hung_server), "found", "connecting"]
+    assert done.stdout.splitlines()[1].split()[:9] == [str(dead.process.pid), str(state["local_port"]), "jtnone@srv",
+                                                       "-", str(hung_server), "found", "-", "-", "connecting"]
 
     dead.process.kill()  # the tool alone, as the OOM killer would: its master and agent stay
     assert dead.wait() == -signal.SIGKILL

@@ -44,10 +44,11 @@ def test_list_then_stop_one_by_port_then_the_rest(tunnel, shutdown, registry, st
     done = shutdown("--list")
     assert done.returncode == sd.EXIT_OK
     header, *rows = done.stdout.splitlines()
-    assert header.split() == ["PID", "LOCAL", "PORT", "HOSTS", "NODE", "REMOTE", "SERVER", "STATE", "STARTED"]
-    assert sorted(row.split()[:7] for row in rows) == sorted([
-        [str(pid_one), str(port_one), "jtmulti@srv", "-", str(first.port), "found", "ready"],
-        [str(pid_two), str(port_two), "gw,jtmulti@srv", "-", str(second.port), "found", "ready"],
+    assert header.split() == ["PID", "LOCAL", "PORT", "HOSTS", "NODE", "REMOTE", "SERVER", "JOB", "TIME", "LEFT",
+                              "STATE", "STARTED"]
+    assert sorted(row.split()[:9] for row in rows) == sorted([
+        [str(pid_one), str(port_one), "jtmulti@srv", "-", str(first.port), "found", "-", "-", "ready"],
+        [str(pid_two), str(port_two), "gw,jtmulti@srv", "-", str(second.port), "found", "-", "-", "ready"],
     ])
 
     # --port stops that one only, and returns once it is gone

@@ -20,8 +20,8 @@ STATE = {
 }
 DIRECT = sd.RunningTunnel.from_state(dict(STATE, pid=1, hosts=["srv"], remote_host="srv", local_port=9000))
 VIA_GW = sd.RunningTunnel.from_state(dict(STATE, started_server=True))
-ON_NODE = sd.RunningTunnel.from_state(dict(STATE, pid=3, hosts=["gw", "head"], node="node1",
-                                           remote_host="node1", local_port=9001))
+ON_NODE = sd.RunningTunnel.from_state(dict(STATE, pid=3, hosts=["gw", "head"], node="node1", job="4711",
+                                           scheduler="sge", remote_host="node1", local_port=9001))
 UNREGISTERED = sd.RunningTunnel.from_argv(4, ["python3", "./jupyter_tunnel.py", "-s", "gw", "srv:2222"])
 
 
@@ -151,10 +151,10 @@ def test_table():
     rows = [sd.TABLE_COLUMNS, sd.table_row(VIA_GW), sd.table_row(ON_NODE), sd.table_row(UNREGISTERED)]
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(STATE["started"]))
     assert jt.format_table(rows).splitlines() == [
-        "PID   LOCAL PORT  HOSTS        NODE   REMOTE  SERVER   STATE  STARTED",
-        f"4242  8889        gw,u@srv     -      8888    started  ready  {started}",
-        f"3     9001        gw,head      node1  8888    found    ready  {started}",
-        "4     ?           gw,srv:2222  -      ?       ?        ?      ?",
+        "PID   LOCAL PORT  HOSTS        NODE   REMOTE  SERVER   JOB   TIME LEFT  STATE  STARTED",
+        f"4242  8889        gw,u@srv     -      8888    started  -     -          ready  {started}",
+        f"3     9001        gw,head      node1  8888    found    4711  ?          ready  {started}",
+        "4     ?           gw,srv:2222  -      ?       ?        -     -          ?      ?",
     ]
     assert jt.format_table([]) == ""
 
@@ -258,3 +258,24 @@ def test_nothing_registered(monkeypatch, tmp_path, capsys):
     assert sd.main(["--list"]) == sd.EXIT_OK
     captured = capsys.readouterr()
     assert (captured.out, captured.err) == ("", "Info: No tunnel is running.\n")
+
+
+@pytest.mark.parametrize("job, job_end, now, cell, seconds", [
+    ("", None, 0, "-", None),
+    ("4711", None, 0, "?", None),  # no time limit, or not known
+    ("4711", 5399.5, 0, "1:29:59", 5399),
+    ("4711", 2 * 86400 + 3 * 3600, 0, "2-03:00:00", 2 * 86400 + 3 * 3600),
+    ("4711", 10, 20, "0:00:00", 0),  # past its end: the tunnel closes at once
+])
+def test_time_left_column(job, job_end, now, cell, seconds):
+    assert sd.format_time_left(job, job_end, now) == cell
+    assert sd.time_left(job_end, now) == (seconds if job_end is not None else None)
+
+
+def test_job_fields_from_the_registry_are_checked():
+    tunnel = sd.RunningTunnel.from_state(dict(STATE, job="4711;rm -rf ~", scheduler="pbs", job_end="soon"))
+    assert (tunnel.job, tunnel.scheduler, tunnel.job_end) == ("", "", None)
+    tunnel = sd.RunningTunnel.from_state(dict(STATE, job="81234_3", scheduler="slurm", job_end=time.time() + 600))
+    info = tunnel.to_json()
+    assert (info["job"], info["scheduler"]) == ("81234_3", "slurm") and 590 <= info["time_left"] <= 600
+    assert VIA_GW.to_json()["job"] is None and VIA_GW.to_json()["time_left"] is None
