@@ -2922,7 +2922,7 @@ class Tunnel:
         job = {}
         if self.job is not None:
             left = self.time_left()
-            say("Info", f"In {self.job.describe()} ({self.job.scheduler}) on {self.job.node}: "
+            say("Info", f"Running in {self.job.scheduler} {self.job.describe()} on {self.job.node}: "
                         + ("no time limit" if left is None else f"{format_duration(left)} left"))
             job = {"job": self.job.job, "scheduler": self.job.scheduler,
                    "time_left": None if left is None else int(left)}
