@@ -57,6 +57,8 @@ import time
 from collections import deque
 from typing import Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence, TypeVar
 
+T = TypeVar("T")
+
 # --start's options and activation commands are jupyter-node's own (both are installed
 # modules; jupyter_node.py imports nothing from here: it must run alone on a head node)
 from jupyter_node import SCHEDULERS, add_server_options, build_activation, build_resource_args, parse_duration
@@ -1181,9 +1183,10 @@ class ClusterJob(NamedTuple):
     log: str = ""
     log_tail: str = ""
 
-    def describe(self) -> str:
-        """``job 4711 (jp-lab)`` for messages."""
-        return f"job {self.job} ({self.name})" if self.name else f"job {self.job}"
+    def describe(self, first: bool = False) -> str:
+        """``job 4711 (jp-lab)`` for messages (``Job ...`` ``first`` in a sentence)."""
+        word = "Job" if first else "job"
+        return f"{word} {self.job} ({self.name})" if self.name else f"{word} {self.job}"
 
     @property
     def cancel_command(self) -> str:
@@ -1400,13 +1403,7 @@ def choose_job(jobs: Sequence[ClusterJob], head: str, pick: int | None = None) -
     say("Info", f"Jupyter jobs of yours running on {head}'s cluster:")
     print(format_job_table(running, {}), file=sys.stderr)
     if sys.stdin.isatty() and sys.stderr.isatty():
-        while True:
-            print(f"Which job? [1-{len(running)}] ", end="", file=sys.stderr, flush=True)
-            answer = sys.stdin.readline()
-            if not answer:
-                raise KeyboardInterrupt  # end of input: the user gave up
-            if answer.strip().isdigit() and 1 <= int(answer) <= len(running):
-                return running[int(answer) - 1]
+        return ask_server(running, "job")
     raise TunnelError(f"{len(running)} Jupyter jobs of yours run on {head}'s cluster: choose one with "
                       "--job ID or --pick N", EXIT_NO_SERVER)
 
@@ -1445,7 +1442,13 @@ def run_node_tool(master: Master, python: str, args: Sequence[str], timeout: flo
                threading.Thread(target=lambda: out.append(process.stdout.read()), daemon=True)]  # type: ignore[union-attr]
     for thread in threads:
         thread.start()
-    timer = threading.Timer(timeout, process.kill)  # a scheduler command that hangs
+    hung = threading.Event()
+
+    def kill() -> None:  # a scheduler command that hangs
+        hung.set()
+        process.kill()
+
+    timer = threading.Timer(timeout, kill)
     timer.daemon = True
     timer.start()
     lines: list[str] = []
@@ -1466,6 +1469,8 @@ def run_node_tool(master: Master, python: str, args: Sequence[str], timeout: flo
     finally:
         timer.cancel()
         stop_process(process)
+    if hung.is_set():
+        raise TunnelError(f"jupyter_node.py on {head} did not answer within {timeout:g} s", EXIT_ERROR)
     return parse_node_json(b"".join(out).decode(errors="replace")), process.returncode, lines
 
 
@@ -1477,9 +1482,6 @@ def ask_node_tool(master: Master, python: str, args: Sequence[str], timeout: flo
         raise error
     assert info is not None
     return info
-
-
-T = TypeVar("T")
 
 
 def _checked(head: str, parse: Callable[[dict], T], info: dict) -> T:
@@ -1496,13 +1498,19 @@ def submit_job(master: Master, options: ClusterOptions, timeout: float) -> Clust
     what = f"jupyter {options.app}" + (f" on node {options.node}" if options.node else "")
     say("Info", f"Submitting {what} on {head}" + ("..." if options.new else
                                                      " (unless a Jupyter job of yours runs already)..."))
-    info = ask_node_tool(master, options.python, build_submit_args(options, timeout), timeout + NODE_GRACE)
+    try:
+        info = ask_node_tool(master, options.python, build_submit_args(options, timeout), timeout + NODE_GRACE)
+    except KeyboardInterrupt:
+        say("Info", f"Stopped waiting. A job already submitted stays in the queue: --list -n auto shows it, "
+                    "-n auto attaches to it once it runs.")
+        raise
     return _checked(head, parse_job, info)
 
 
-def find_jobs(master: Master, options: ClusterOptions, timeout: float = 120.0) -> list[ClusterJob]:
+def find_jobs(master: Master, options: ClusterOptions, timeout: float = 120.0,
+              relay: bool = True) -> list[ClusterJob]:
     """-n auto (and --job ID): the user's Jupyter jobs, pending or running (or just that job)."""
-    info = ask_node_tool(master, options.python, build_jobs_args(options, options.job), timeout)
+    info = ask_node_tool(master, options.python, build_jobs_args(options, options.job), timeout, relay)
     return _checked(master.route.target, parse_jobs, info)
 
 
@@ -1580,10 +1588,10 @@ def format_server_table(servers: Sequence[Server]) -> str:
     return format_table(rows)
 
 
-def ask_server(servers: Sequence[Server]) -> Server:
-    """Ask on the terminal which of several servers to use."""
+def ask_server(servers: Sequence[T], what: str = "server") -> T:
+    """Ask on the terminal which of several servers (or jobs: ``what``) to use."""
     while True:
-        print(f"Which server? [1-{len(servers)}] ", end="", file=sys.stderr, flush=True)
+        print(f"Which {what}? [1-{len(servers)}] ", end="", file=sys.stderr, flush=True)
         answer = sys.stdin.readline()
         if not answer:
             raise KeyboardInterrupt  # end of input: the user gave up
@@ -2797,15 +2805,12 @@ class Tunnel:
         login into the node: a node may refuse logins once the job is gone)."""
         assert self.master is not None and self.job is not None and self.settings.cluster is not None
         try:
-            jobs = find_jobs(self.master, self.settings.cluster._replace(job=self.job.job,
-                                                                         scheduler=self.job.scheduler), 30.0)
+            jobs = find_jobs(self.master, self.settings.cluster._replace(job=self.job.job, scheduler=self.job.scheduler),
+                             30.0, relay=False)
         except TunnelError:
             return False  # the connection is in trouble: that is the master's watch
-        mine = [job for job in jobs if job.job == self.job.job]
-        if not mine or mine[0].state not in ("running", "ready"):
-            return True
-        self.set_time_left(mine[0].time_left)
-        return False
+        # its time left is not taken again: the warnings already given would come again
+        return all(job.job != self.job.job or job.state not in ("running", "ready") for job in jobs)
 
     def server_gone(self) -> bool:
         """Whether the server (or the job it runs in) has ended; raises ServerStopped for a job."""
@@ -2818,7 +2823,7 @@ class Tunnel:
             if answer is None or answer.jupyter:
                 return False
         if self.job_ended():
-            raise ServerStopped(f"{self.job.describe()} has ended; closing the tunnel.")
+            raise ServerStopped(f"{self.job.describe(first=True)} has ended; closing the tunnel.")
         return False
 
     def next_check(self) -> float:
@@ -2893,7 +2898,7 @@ class Tunnel:
         assert job is not None and self.settings.cluster is not None
         if not self.settings.stop_server:
             left = self.time_left()
-            say("Info", f"{job.describe()[0].upper()}{job.describe()[1:]} keeps running on {job.node}"
+            say("Info", f"{job.describe(first=True)} keeps running on {job.node}"
                         + ("" if left is None else f" ({format_duration(left)} left)")
                         + f": {job.cancel_command} on {head} stops it; jupyter-tunnel -n auto attaches to it again.")
             return
@@ -2903,7 +2908,7 @@ class Tunnel:
             return
         say("Info", f"Cancelling {job.describe()} on {head}...")
         try:
-            ask_node_tool(self.master, self.settings.cluster.python, build_cancel_args(job), 60.0)
+            ask_node_tool(self.master, self.settings.cluster.python, build_cancel_args(job), 60.0, relay=False)
         except (TunnelError, OSError) as error:
             say("Warning", f"{job.describe()} may still run: {error}")
             return
