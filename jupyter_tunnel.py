@@ -1204,6 +1204,11 @@ def build_node_command(python: str) -> str:
     return f"{shlex.quote(python)} -"
 
 
+def build_node_argv(ssh: str, config: str, control: str, route: Route, python: str) -> list[str]:
+    """argv of the ssh that runs the head's python through the master (its program on stdin)."""
+    return build_mux_argv(ssh, config, control, route, "-T", "--") + [build_node_command(python)]
+
+
 def build_submit_args(options: ClusterOptions, timeout: float) -> list[str]:
     """jupyter_node.py's arguments for --submit: its own options, --json, and -w from --timeout."""
     import math
@@ -1422,8 +1427,7 @@ def run_node_tool(master: Master, python: str, args: Sequence[str], timeout: flo
     when it gave none), exit code and stderr lines.  Its ``Info:``/``Warning:`` lines are shown
     as they come (escaped: they quote the scheduler) when ``relay``."""
     head = master.route.target
-    argv = build_mux_argv(master.ssh, master.config, master.control, master.route, "-T", "--",
-                          build_node_command(python))
+    argv = build_node_argv(master.ssh, master.config, master.control, master.route, python)
     if master.verbose:
         say("Debug", f"on {head}: {shlex.join([python, '-', *args])} (jupyter_node.py on stdin)")
     process = subprocess.Popen(master._command(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,

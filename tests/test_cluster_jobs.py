@@ -1,0 +1,173 @@
+"""jupyter_tunnel.py --submit, -n auto and --job on the real clusters, from the laptop only.
+
+As real clusters look (tests/netns.py): client -> gw -> head -> node, the node reachable only
+from the head, and jupyter_node.py NOT on the head: the tunnel sends its source to the head's
+python3 through its one login.  What a user would check: the page answers through the URL,
+one login per host for the whole run, Ctrl+C leaves the job running, a later run finds it,
+the job's time left and the warning, the tunnel closing by itself when the job ends, and the
+errors (the scheduler's words, no job, no python3 on the head).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import signal
+
+import pytest
+
+import jupyter_tunnel as jt
+from cluster import ClusterUser
+from helpers import wait_for
+from tunnelrun import Tunnel, get_status
+
+pytestmark = pytest.mark.integration
+
+WAIT = "120"  # -w: the job's whole wait; the tunnel goes on as soon as the server is up
+JOB_RE = re.compile(r"Info: Running in (sge|slurm) job (\S+) \((jp-lab|notebook)\) on (\S+): ")
+
+
+def activate(user: ClusterUser) -> str:
+    """--pre: the venv with jupyter, activated on the node (the head has no jupyter on PATH)."""
+    return f". {user.venv}/bin/activate"
+
+
+def job_of(tunnel: Tunnel) -> str:
+    """The job id the tunnel's Info line names."""
+    found = JOB_RE.search(tunnel.stderr)
+    assert found, tunnel.stderr
+    return found.group(2)
+
+
+def ready(tunnel: Tunnel) -> dict:
+    """The --json object printed once the tunnel answers; the page answers through its URL."""
+    # the job's wait (-w) and the tunnel's: a run that fails says so at once
+    wait_for(lambda: not tunnel.lines.empty() or tunnel.process.poll() is not None, 180, interval=0.2,
+             what="the tunnel to be ready")
+    assert tunnel.process.poll() is None, tunnel.stderr
+    info = json.loads(tunnel.url())
+    assert get_status(info["url"])[0] == 200, tunnel.stderr
+    return info
+
+
+def run_to_the_end(hosts, *args: str, timeout: float = 60) -> Tunnel:
+    """A run that must end by itself (an error): its exit code and stderr are then read."""
+    tunnel = Tunnel(hosts.config, "-s", "gw", "head", *args)
+    try:
+        tunnel.wait(timeout)
+    finally:
+        tunnel.kill()
+    return tunnel
+
+
+def submit_find_and_cancel(hosts, cluster, user: ClusterUser, scheduler: str, running: str) -> None:
+    """The scenario of the issue, for one scheduler: --submit, Ctrl+C, -n auto (and --list),
+    --submit again, --stop-server."""
+    assert hosts.ssh("-J", "gw", "head", "command -v jupyter-node jupyter_node.py").stdout == ""  # not installed
+    offsets = hosts.log_offsets()
+    first = Tunnel(hosts.config, "-s", "gw", "head", "--submit", "-t", "lab", "--pre", activate(user),
+                   "--scheduler", scheduler, "-w", WAIT, "--json")
+    try:
+        info = ready(first)
+        job = job_of(first)
+        assert (info["job"], info["scheduler"], info["remote_host"]) == (job, scheduler, "node")
+        # one login on gw, one on head, one from head to node (the discovery), for the whole run
+        assert hosts.logins_since(offsets) == {"gw": [user.name], "head": [user.name], "node": [user.name]}
+        assert f"Info: Submitting jupyter lab on head" in first.stderr
+        assert first.stop(signal.SIGINT) == jt.EXIT_OK
+        first.assert_clean()
+    finally:
+        first.kill()
+    cancel = f"{'qdel' if scheduler == 'sge' else 'scancel'} {job}"
+    assert f"keeps running on node" in first.stderr and f"{cancel} on head stops it" in first.stderr
+    assert cluster.job_state(job) == running  # Ctrl+C closed the tunnel, not the job
+
+    listed = run_to_the_end(hosts, "-n", "auto", "--list", "--scheduler", scheduler)
+    assert listed.process.returncode == jt.EXIT_OK, listed.stderr
+    wait_for(lambda: len(listed.lines.queue) == 2, 5, what="the list on stdout")
+    assert [line.split()[:5] for line in listed.lines.queue] == [
+        ["#", "JOB", "NAME", "STATE", "NODE"], ["1", job, "jp-lab", "running", "node"]]
+    assert f"{info['remote_port']} lab" in listed.lines.queue[1]
+
+    # from "another machine": -n auto finds the job and reaches the same server
+    again = Tunnel(hosts.config, "-s", "gw", "head", "-n", "auto", "--scheduler", scheduler, "--json")
+    try:
+        assert ready(again)["url"].split("?")[1] == info["url"].split("?")[1]  # the same token
+        assert job_of(again) == job
+        assert again.stop(signal.SIGINT) == jt.EXIT_OK
+    finally:
+        again.kill()
+
+    # --submit again attaches to it (and says so); --stop-server then cancels the job
+    third = Tunnel(hosts.config, "-s", "gw", "head", "--submit", "-t", "lab", "--pre", activate(user),
+                   "--scheduler", scheduler, "-w", WAIT, "--json", "--stop-server")
+    try:
+        ready(third)
+        assert f"Info: Your Jupyter job {job} (jp-lab) already runs on node: attaching to it instead of " \
+               "submitting another (--new submits one)." in third.stderr
+        assert cluster.jobs() == [job]
+        assert third.stop(signal.SIGINT) == jt.EXIT_OK
+        third.assert_clean()
+    finally:
+        third.kill()
+    assert f"Info: Cancelled job {job} (jp-lab)." in third.stderr
+    wait_for(lambda: cluster.job_state(job) in (None, "CANCELLED"), 60, interval=0.2, what="the job to end")
+    assert "Traceback" not in first.stderr + again.stderr + third.stderr
+
+
+def test_sge_submit_then_auto_then_stop(sge_netns, cluster_user: ClusterUser):
+    hosts, cell = sge_netns
+    submit_find_and_cancel(hosts, cell, cluster_user, "sge", "r")
+
+
+def test_slurm_submit_then_auto_then_stop(slurm_netns, cluster_user: ClusterUser):
+    hosts, cluster = slurm_netns
+    submit_find_and_cancel(hosts, cluster, cluster_user, "slurm", "RUNNING")
+
+
+def test_sge_short_job_warns_then_the_tunnel_closes_when_it_ends(sge_netns, cluster_user: ClusterUser):
+    hosts, cell = sge_netns
+    # h_rt 90 s, --warn-before 1: the 2-minute mark has passed at the start (a warning at once),
+    # the 1-minute one comes while the tunnel runs; then the job's end closes the tunnel
+    tunnel = Tunnel(hosts.config, "-s", "gw", "head", "--submit", "-t", "lab", "--pre", activate(cluster_user),
+                    "--scheduler", "sge", "-r", "h_rt=0:1:30", "-w", WAIT, "--warn-before", "1",
+                    "--check-interval", "1", "--json")
+    try:
+        info = ready(tunnel)
+        job = job_of(tunnel)
+        assert re.search(rf"Info: Running in sge job {job} \(jp-lab\) on node: (1 min|\d+ s) left", tunnel.stderr)
+        assert 0 < info["time_left"] <= 90
+        [entry] = tunnel.states()  # the registry, for jupyter-tunnel-shutdown --list
+        assert (entry["job"], entry["scheduler"]) == (job, "sge") and entry["job_end"] > entry["started"]
+        assert tunnel.wait(timeout=150) == jt.EXIT_OK  # closed by itself
+        tunnel.assert_clean()
+    finally:
+        tunnel.kill()
+    warnings = re.findall(rf"^Warning: job {job} ends in (1 min|\d+ s) \(time limit\): save your notebooks\.$",
+                          tunnel.stderr, re.M)
+    # at once, then at the 1-minute mark (when the job had more than that left at the start)
+    assert warnings == (["1 min", "1 min"] if info["time_left"] > 60 else warnings[:1]), tunnel.stderr
+    assert len(warnings) in (1, 2)
+    assert f"Info: Job {job} (jp-lab) has ended; closing the tunnel." in tunnel.stderr
+    assert cell.job_state(job) is None
+
+
+def test_sge_errors(sge_netns, cluster_user: ClusterUser):
+    hosts, cell = sge_netns
+    none = run_to_the_end(hosts, "-n", "auto", "--scheduler", "sge")
+    assert none.process.returncode == jt.EXIT_NO_SERVER
+    assert "Error: no Jupyter job of yours runs on head's cluster: start one with --submit" in none.stderr
+
+    refused = run_to_the_end(hosts, "--submit", "-q", "nosuch.q", "--pre", activate(cluster_user),
+                             "--scheduler", "sge", "-w", "60")
+    assert refused.process.returncode == jt.EXIT_START, refused.stderr
+    assert "Error: the Jupyter job could not start on head: " in refused.stderr
+    assert "no suitable queues" in refused.stderr  # qrsh's own words
+    assert cell.jobs() == []
+
+    for python in ("/nonexistent/python3", "python2.1"):
+        missing = run_to_the_end(hosts, "--submit", "--python", python, "--scheduler", "sge")
+        assert missing.process.returncode == jt.EXIT_MISSING, missing.stderr
+        assert f"Error: {python} not found on head, where it runs jupyter_node.py" in missing.stderr
+    assert cell.jobs() == [] and "Traceback" not in none.stderr + refused.stderr + missing.stderr
