@@ -28,10 +28,11 @@ computer, ``jupyter-tunnel -s [GATEWAY ...] USER@HEAD -n NODE``.  The flow:
    with the log's last lines), or the time is up (report what is known so far).
 
 Only the standard library is used, and this file imports nothing from jupyter_tunnel.py: it
-is the one file to copy onto a head node where nothing can be installed.
+is the one file to copy onto a head node where nothing can be installed.  It runs on Python
+3.6 (the ``python3`` of RHEL/Rocky 8 and CentOS 7 head nodes: no ``from __future__ import
+annotations``, no dataclasses, nothing newer) and as ``python3 - ARGS < jupyter_node.py``,
+which is how jupyter-tunnel --submit runs it through its ssh master.
 """
-
-from __future__ import annotations
 
 import argparse
 import os
@@ -42,7 +43,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Iterator, NamedTuple, Sequence
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 __version__ = "0.1.0"
 
@@ -112,7 +113,7 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * UNIT_SECONDS[match.group(2)]
 
 
-def build_activation(pre: Sequence[str] = (), conda_env: str = "") -> list[str]:
+def build_activation(pre: Sequence[str] = (), conda_env: str = "") -> List[str]:
     """The ``sh`` commands that activate the server's environment, in order (``--pre`` first:
     it may be ``module load conda``).  Shared with jupyter_tunnel.py's ``--start``."""
     activate = list(pre)
@@ -143,14 +144,14 @@ def build_server_script(app: str, pre: Sequence[str] = (), conda_env: str = "",
     return "; ".join([*steps, run])
 
 
-def build_resource_args(scheduler: str, resources: Sequence[str]) -> list[str]:
+def build_resource_args(scheduler: str, resources: Sequence[str]) -> List[str]:
     """The scheduler arguments for ``-r`` values.
 
     ``NAME=VALUE`` is a resource request: ``-l NAME=VALUE`` for Grid Engine, ``--NAME=VALUE``
     for Slurm (``mem=4G`` -> ``--mem=4G``).  A value that starts with ``-`` is passed as it is,
     split like a shell would (``--resource="-pe smp 4"``, ``--resource=--exclusive``).
     """
-    args: list[str] = []
+    args = []  # type: List[str]
     for value in resources:
         value = value.strip()
         if not value:
@@ -165,7 +166,7 @@ def build_resource_args(scheduler: str, resources: Sequence[str]) -> list[str]:
 
 
 def build_qrsh_argv(qrsh: str, app: str, script: str, queue: str = "", node: str = "",
-                    resources: Sequence[str] = ()) -> list[str]:
+                    resources: Sequence[str] = ()) -> List[str]:
     """argv of the ``qrsh`` that runs the server as a Grid Engine job."""
     argv = [qrsh, "-w", "e", "-V", "-now", "no", "-cwd", "-N", JOB_NAMES[app]]
     if queue:
@@ -179,7 +180,7 @@ def build_qrsh_argv(qrsh: str, app: str, script: str, queue: str = "", node: str
 
 
 def build_sbatch_argv(sbatch: str, app: str, script: str, log: str, queue: str = "",
-                      node: str = "", resources: Sequence[str] = ()) -> list[str]:
+                      node: str = "", resources: Sequence[str] = ()) -> List[str]:
     """argv of the ``sbatch`` that submits the server as a Slurm batch job."""
     argv = [sbatch, "--parsable", "-J", JOB_NAMES[app], "-o", log, "--open-mode=append"]
     if queue:
@@ -201,7 +202,7 @@ def parse_log(text: str) -> LogInfo:
     return LogInfo(marker.group(1), marker.group(2), int(url.group(1)) if url else 0)
 
 
-def parse_squeue(output: str) -> tuple[str, str, str]:
+def parse_squeue(output: str) -> Tuple[str, str, str]:
     """(state, node list, reason) from ``squeue -h -o '%T|%N|%r'``; empty strings once the job is gone."""
     fields = [field.strip() for field in output.strip().split("|")]
     fields += [""] * (3 - len(fields))
@@ -260,7 +261,7 @@ def which_or_fail(program: str, why: str) -> str:
     return path
 
 
-def make_log(path: str | None) -> str:
+def make_log(path: Optional[str]) -> str:
     """The log file, created (or made) private: mode 0600 before anything is written to it."""
     if path:
         try:
@@ -322,7 +323,7 @@ class Job:
     def __init__(self, log: str, job_id: str = "") -> None:
         self.log = log
         self.job_id = job_id
-        self.verdict: JobState | None = None  # the scheduler's last word
+        self.verdict = None  # type: Optional[JobState]  # the scheduler's last word
 
     def ask_scheduler(self, info: LogInfo) -> JobState:
         """The scheduler's view: ``failed``, ``pending`` or ``running`` (with the node it knows)."""
@@ -350,7 +351,7 @@ class SgeJob(Job):
         self.process = process
 
     @classmethod
-    def submit(cls, args: argparse.Namespace, script: str, log: str) -> SgeJob:
+    def submit(cls, args: argparse.Namespace, script: str, log: str) -> "SgeJob":
         """Start the qrsh in the background, all its output in the log."""
         qrsh = which_or_fail("qrsh", "Grid Engine's job launcher")
         argv = build_qrsh_argv(qrsh, args.type, script, args.queue or "", args.node or "", args.resource)
@@ -381,12 +382,13 @@ class SlurmJob(Job):
         self.squeue = squeue
 
     @classmethod
-    def submit(cls, args: argparse.Namespace, script: str, log: str) -> SlurmJob:
+    def submit(cls, args: argparse.Namespace, script: str, log: str) -> "SlurmJob":
         """``sbatch`` the script; the job id is known at once."""
         sbatch = which_or_fail("sbatch", "Slurm's batch submission")
         squeue = which_or_fail("squeue", "Slurm's queue listing")
         argv = build_sbatch_argv(sbatch, args.type, script, log, args.queue or "", args.node or "", args.resource)
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              universal_newlines=True, timeout=120)
         job_id = done.stdout.strip().split(";")[0]
         if done.returncode != 0 or not job_id:
             with open(log, "a") as out:
@@ -398,7 +400,8 @@ class SlurmJob(Job):
     def ask_scheduler(self, info: LogInfo) -> JobState:
         """One ``squeue`` request: the state, the node list and the reason a job waits."""
         done = subprocess.run([self.squeue, "-h", "-j", self.job_id, "-o", "%T|%N|%r"],
-                              capture_output=True, text=True, timeout=30)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              universal_newlines=True, timeout=30)
         state, nodes, reason = parse_squeue(done.stdout)
         if not state:
             state = "GONE"  # squeue forgets a finished job after MinJobAge (or says "Invalid job id")
@@ -550,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
