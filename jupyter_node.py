@@ -24,8 +24,14 @@ computer, ``jupyter-tunnel -s [GATEWAY ...] USER@HEAD -n NODE``.  The flow:
      [--nodelist=NODE] [--RES]... --wrap SCRIPT``: a batch job, independent of any session.
 
 4. wait (``-w``, sleep syntax; ``0``: don't): until the server prints its URL in the log
-   (report the node, the job and the ``jupyter-tunnel`` command), the job ends (``Error:``
-   with the log's last lines), or the time is up (report what is known so far).
+   (report the node, the job, its time left and the ``jupyter-tunnel`` command), the job
+   ends (``Error:`` with the log's last lines), or the time is up (report what is known so
+   far).  Each change of state on the way is an ``Info:`` line.
+
+``--jobs``/``--job ID`` list the user's Jupyter jobs instead (``squeue``; ``qstat -xml``), with
+the time they have left; ``--reuse`` waits for such a job rather than submitting another one;
+``--cancel ID`` ends one.  ``--json`` prints the outcome as one JSON object on stdout, for
+jupyter-tunnel --submit and -n auto, which run this file on the head through their login.
 
 Only the standard library is used, and this file imports nothing from jupyter_tunnel.py: it
 is the one file to copy onto a head node where nothing can be installed.  It runs on Python
@@ -410,13 +416,11 @@ def build_result(scheduler: str, job_id: str, name: str, state: JobState, log: s
 
 
 def progress_line(job_id: str, state: JobState) -> str:
-    """The ``Info:`` line for a job that changed state while we wait for it."""
+    """The ``Info:`` line for a job that became pending or running while we wait for it."""
     where = f"job {job_id}" if job_id else "the job"
     if state.state == "pending":
         return f"{where} is pending{f' ({state.detail})' if state.detail else ''}"
-    if state.state == "running":
-        return f"{where} is running on {state.node}; waiting for Jupyter..."
-    return f"{where}: Jupyter is ready on {state.node}, port {state.port}"
+    return f"{where} is running on {state.node}; waiting for Jupyter..."
 
 
 def choose_scheduler(have_sge: bool, have_slurm: bool) -> str:
@@ -667,9 +671,10 @@ def list_jobs(scheduler: str) -> List[JobRow]:
     entries = parse_qstat_xml(done.stdout)
     # without an h_rt request of its own, a job runs under its queue's h_rt (queue_conf(5))
     limits = {}  # type: Dict[str, Optional[int]]
+    qconf = shutil.which("qconf")  # without it (a client-only install) the limit is not known
     for entry in entries:
-        if entry.h_rt is None and entry.queue and entry.queue not in limits:
-            conf = run_command(["qconf", "-sq", entry.queue])
+        if entry.h_rt is None and entry.queue and entry.queue not in limits and qconf:
+            conf = run_command([qconf, "-sq", entry.queue])
             try:
                 limits[entry.queue] = parse_qconf_h_rt(conf.stdout, entry.node) if conf.returncode == 0 else None
             except ValueError:
@@ -685,8 +690,7 @@ def cancel_job(scheduler: str, job_id: str) -> None:
         raise NodeError(f"no job {job_id} of yours is pending or running")
     program = "scancel" if scheduler == "slurm" else "qdel"
     done = run_command([which_or_fail(program, "to cancel the job"), job_id])
-    # scancel exits 0 for a job id it does not know, but says so on stderr
-    if done.returncode != 0 or "error" in done.stderr.lower():
+    if done.returncode != 0:
         raise NodeError(f"{program} {job_id} failed: {one_line(done.stderr or done.stdout)}")
 
 
@@ -697,8 +701,9 @@ def find_job_log(scheduler: str, job_id: str) -> str:
     the head that submitted it: look in this head's temp dir, among the user's own logs.
     """
     if scheduler == "slurm":
-        done = run_command(["scontrol", "-o", "show", "job", job_id])
-        path = parse_scontrol_stdout(done.stdout) if done.returncode == 0 else ""
+        scontrol = shutil.which("scontrol")
+        done = run_command([scontrol, "-o", "show", "job", job_id]) if scontrol else None
+        path = parse_scontrol_stdout(done.stdout) if done and done.returncode == 0 else ""
         return path if path and os.access(path, os.R_OK) else ""
     import getpass
     import glob
@@ -903,6 +908,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  jupyter-node -q gpu.q -r h_vmem=8G -w 2m   Grid Engine queue and memory\n"
             "  jupyter-node -q gpu -r gres=gpu:1 -r time=2:00:00   Slurm partition, GPU, limit\n"
             "  jupyter-node --conda-env myenv -t lab      activate a conda env on the node first\n"
+            "  jupyter-node --jobs                        your Jupyter jobs, with their time left\n"
+            "  jupyter-node --reuse -t lab                the running one if there is, else a new one\n"
             "\nexit codes: 0 submitted (running or still queued), 1 the job failed, 2 bad option,\n"
             "  3 qrsh/sbatch or jupyter missing, 130 interrupted while waiting (the job stays)"
         ),

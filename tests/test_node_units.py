@@ -190,6 +190,10 @@ def test_make_log_given_path_is_made_private(tmp_path):
     (["-w", "-1"], "invalid wait time '-1'"),
     (["--scheduler", "pbs"], "invalid choice: 'pbs'"),
     (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--job", "4711;rm"], "invalid job id '4711;rm'"),  # it goes on qdel/scancel's command line
+    (["--cancel", "a b"], "invalid job id 'a b'"),
+    (["--jobs", "--reuse"], "not allowed with argument"),
+    (["--cancel", "1", "--jobs"], "not allowed with argument"),
 ])
 def test_bad_options_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as caught:
@@ -513,19 +517,6 @@ def test_build_result(state, expected):
 ])
 def test_progress_line(job, state, line):
     assert jn.progress_line(job, state) == line
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--job", "4711;rm"], "invalid job id '4711;rm'"),
-    (["--cancel", "a b"], "invalid job id 'a b'"),
-    (["--jobs", "--reuse"], "not allowed with argument"),
-    (["--cancel", "1", "--jobs"], "not allowed with argument"),
-])
-def test_bad_job_options_exit_2(argv, message, capsys):
-    with pytest.raises(SystemExit) as caught:
-        jn.main(argv)
-    assert caught.value.code == jn.EXIT_USAGE
-    assert message in capsys.readouterr().err
 
 
 def test_wait_tells_each_change_once(tmp_path, capsys):
