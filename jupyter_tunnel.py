@@ -61,7 +61,8 @@ T = TypeVar("T")
 
 # --start's options and activation commands are jupyter-node's own (both are installed
 # modules; jupyter_node.py imports nothing from here: it must run alone on a head node)
-from jupyter_node import SCHEDULERS, add_server_options, build_activation, build_resource_args, parse_duration
+from jupyter_node import (JOB_ID_RE, SCHEDULERS, add_server_options, build_activation, build_resource_args,
+                          parse_duration)
 
 __version__ = "0.1.0"
 
@@ -1122,10 +1123,8 @@ def shutdown_server(master: Master, local_port: int, server: Server, timeout: fl
 # reached as ``-n NODE`` reaches one.
 AUTO_NODE = "auto"  # -n auto: the node of a running Jupyter job of the user
 DEFAULT_PYTHON = "python3"  # --python: the head's interpreter that runs jupyter_node.py
-# A job id as schedulers write them: SGE 4711 (4711.1 for a task), Slurm 81234, 81234_3 (an
-# array task), 81234+1 is not one jupyter-node submits.  It ends up in messages and in the
+# A job id (jupyter_node.JOB_ID_RE, always with fullmatch) ends up in messages and in the
 # qdel/scancel command we suggest: nothing else is let through.
-JOB_ID_RE = re.compile(r"[0-9A-Za-z._-]{1,64}")
 JOB_STATES = ("ready", "running", "pending", "failed")  # jupyter_node.py --json's words
 CANCEL_COMMANDS = {"sge": "qdel", "slurm": "scancel"}
 DEFAULT_WARN_BEFORE = 10.0  # minutes: the first warning before the job's time limit
@@ -1365,7 +1364,10 @@ def build_warning_times(time_left: float | None, warn_before: float) -> list[tup
 
 def build_job_warning(job: ClusterJob, seconds_left: float) -> str:
     """The line a user cannot miss, before the job's time limit."""
-    return f"job {job.job} ends in {format_duration(seconds_left)} (time limit): save your notebooks."
+    import math
+
+    # rounded up: a warning given on time at its mark (59.98 s left) says the mark (1 min)
+    return f"job {job.job} ends in {format_duration(math.ceil(seconds_left))} (time limit): save your notebooks."
 
 
 def format_job_table(jobs: Sequence[ClusterJob], servers: Mapping[str, Sequence[Server]]) -> str:

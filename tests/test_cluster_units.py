@@ -181,8 +181,9 @@ def test_warning_times(time_left, warn_before, expected):
     assert jt.build_warning_times(time_left, warn_before) == expected
 
 
-def test_warning_is_the_line_a_user_cannot_miss():
-    assert jt.build_job_warning(JOB, 600) == "job 4711 ends in 10 min (time limit): save your notebooks."
+@pytest.mark.parametrize("seconds_left, text", [(600, "10 min"), (119.97, "2 min"), (58.2, "59 s")])
+def test_warning_is_the_line_a_user_cannot_miss(seconds_left, text):
+    assert jt.build_job_warning(JOB, seconds_left) == f"job 4711 ends in {text} (time limit): save your notebooks."
 
 
 @pytest.mark.parametrize("changes, message, code", [
