@@ -92,3 +92,19 @@ def test_jupyter_node_runs_from_stdin_under(which, tmp_path):
     assert json.loads(done.stdout) == {
         "error": "found neither qrsh nor sbatch/srun on PATH: choose with --scheduler sge|slurm", "state": "failed"}
     assert done.stderr.startswith("Error: found neither qrsh") and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("which", ["node", "newest"])
+def test_submit_program_runs_jupyter_node_under(which, tmp_path):
+    """What jupyter-tunnel --submit really sends to the head's python: jupyter_node.py's source
+    inside a small program that sets its arguments (none travels through the login shell)."""
+    import jupyter_tunnel as jt
+
+    program = jt.build_node_program(["--json", "--jobs"], jt.node_source())
+    done = subprocess.run([unit_python(which), "-"], input=program, capture_output=True, text=True, timeout=60,
+                          env={"PATH": str(tmp_path), "HOME": str(tmp_path)})
+    assert done.returncode == 3, done.stderr
+    info = jt.parse_node_json(done.stdout)
+    assert info is not None and info["error"].startswith("found neither qrsh nor sbatch/srun on PATH")
+    error = jt.node_tool_failure("python3", "head", done.returncode, done.stderr.splitlines(), info)
+    assert error is not None and error.code == jt.EXIT_MISSING
