@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import signal
+import subprocess
+import sys
 
 import pytest
 
 import jupyter_tunnel as jt
 from cluster import ClusterUser
 from helpers import wait_for
-from tunnelrun import Tunnel, get_status
+from tunnelrun import SHUTDOWN, Tunnel, get_status
 
 pytestmark = pytest.mark.integration
 
@@ -61,9 +62,9 @@ def run_to_the_end(hosts, *args: str, timeout: float = 60) -> Tunnel:
     return tunnel
 
 
-def submit_find_and_cancel(hosts, cluster, user: ClusterUser, scheduler: str, running: str) -> None:
-    """The scenario of the issue, for one scheduler: --submit, Ctrl+C, -n auto (and --list),
-    --submit again, --stop-server."""
+def submit_find_and_cancel(hosts, cluster, user: ClusterUser, scheduler: str, running: str, find: str) -> None:
+    """The scenario of the issue, for one scheduler: --submit, Ctrl+C, -n auto (and --list) or
+    --job ID (``find``), --submit again, --stop-server."""
     assert hosts.ssh("-J", "gw", "head", "command -v jupyter-node jupyter_node.py").stdout == ""  # not installed
     offsets = hosts.log_offsets()
     first = Tunnel(hosts.config, "-s", "gw", "head", "--submit", "-t", "lab", "--pre", activate(user),
@@ -74,13 +75,13 @@ def submit_find_and_cancel(hosts, cluster, user: ClusterUser, scheduler: str, ru
         assert (info["job"], info["scheduler"], info["remote_host"]) == (job, scheduler, "node")
         # one login on gw, one on head, one from head to node (the discovery), for the whole run
         assert hosts.logins_since(offsets) == {"gw": [user.name], "head": [user.name], "node": [user.name]}
-        assert f"Info: Submitting jupyter lab on head" in first.stderr
+        assert "Info: Submitting jupyter lab on head" in first.stderr
         assert first.stop(signal.SIGINT) == jt.EXIT_OK
         first.assert_clean()
     finally:
         first.kill()
     cancel = f"{'qdel' if scheduler == 'sge' else 'scancel'} {job}"
-    assert f"keeps running on node" in first.stderr and f"{cancel} on head stops it" in first.stderr
+    assert "keeps running on node" in first.stderr and f"{cancel} on head stops it" in first.stderr
     assert cluster.job_state(job) == running  # Ctrl+C closed the tunnel, not the job
 
     listed = run_to_the_end(hosts, "-n", "auto", "--list", "--scheduler", scheduler)
@@ -90,8 +91,9 @@ def submit_find_and_cancel(hosts, cluster, user: ClusterUser, scheduler: str, ru
         ["#", "JOB", "NAME", "STATE", "NODE"], ["1", job, "jp-lab", "running", "node"]]
     assert f"{info['remote_port']} lab" in listed.lines.queue[1]
 
-    # from "another machine": -n auto finds the job and reaches the same server
-    again = Tunnel(hosts.config, "-s", "gw", "head", "-n", "auto", "--scheduler", scheduler, "--json")
+    # from "another machine": -n auto (or --job ID) finds the job and reaches the same server
+    again = Tunnel(hosts.config, "-s", "gw", "head", *(["-n", "auto"] if find == "auto" else ["--job", job]),
+                   "--scheduler", scheduler, "--json")
     try:
         assert ready(again)["url"].split("?")[1] == info["url"].split("?")[1]  # the same token
         assert job_of(again) == job
@@ -118,12 +120,12 @@ def submit_find_and_cancel(hosts, cluster, user: ClusterUser, scheduler: str, ru
 
 def test_sge_submit_then_auto_then_stop(sge_netns, cluster_user: ClusterUser):
     hosts, cell = sge_netns
-    submit_find_and_cancel(hosts, cell, cluster_user, "sge", "r")
+    submit_find_and_cancel(hosts, cell, cluster_user, "sge", "r", find="auto")
 
 
 def test_slurm_submit_then_auto_then_stop(slurm_netns, cluster_user: ClusterUser):
     hosts, cluster = slurm_netns
-    submit_find_and_cancel(hosts, cluster, cluster_user, "slurm", "RUNNING")
+    submit_find_and_cancel(hosts, cluster, cluster_user, "slurm", "RUNNING", find="job")
 
 
 def test_sge_short_job_warns_then_the_tunnel_closes_when_it_ends(sge_netns, cluster_user: ClusterUser):
@@ -140,6 +142,12 @@ def test_sge_short_job_warns_then_the_tunnel_closes_when_it_ends(sge_netns, clus
         assert 0 < info["time_left"] <= 90
         [entry] = tunnel.states()  # the registry, for jupyter-tunnel-shutdown --list
         assert (entry["job"], entry["scheduler"]) == (job, "sge") and entry["job_end"] > entry["started"]
+        listed = subprocess.run([sys.executable, str(SHUTDOWN), "--list"], env=tunnel.env, capture_output=True,
+                                text=True, timeout=30)
+        header, row = listed.stdout.splitlines()
+        # "LOCAL PORT" and "TIME LEFT" are one column each
+        assert row.split()[header.split().index("JOB") - 1] == job
+        assert re.fullmatch(r"0:0[01]:\d\d", row.split()[header.split().index("TIME") - 1]), listed.stdout
         assert tunnel.wait(timeout=150) == jt.EXIT_OK  # closed by itself
         tunnel.assert_clean()
     finally:
