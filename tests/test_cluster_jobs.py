@@ -115,7 +115,8 @@ def submit_find_and_cancel(hosts, cluster, user: ClusterUser, scheduler: str, ru
         third.kill()
     assert f"Info: Cancelled job {job} (jp-lab)." in third.stderr
     wait_for(lambda: cluster.job_state(job) in (None, "CANCELLED"), 60, interval=0.2, what="the job to end")
-    assert "Traceback" not in first.stderr + again.stderr + third.stderr
+    for run in (first, listed, again, third):
+        assert "Traceback" not in run.stderr, run.stderr
 
 
 def test_sge_submit_then_auto_then_stop(sge_netns, cluster_user: ClusterUser):

@@ -48,8 +48,8 @@ def assert_usage_error(done: subprocess.CompletedProcess, prog: str, message: st
                                   "not 'inf'"),
     (["--check-interval", "1e300"], "argument --check-interval: expected seconds, more than 0 and at most 3600"),
     (["--check-interval", "nan"], "argument --check-interval: expected seconds, more than 0 and at most 3600"),
-    (["--timeout", "nan"], "argument --timeout: expected seconds, more than 0 and at most 86400, not 'nan'"),
-    (["--timeout=-inf"], "argument --timeout: expected seconds"),
+    (["--timeout", "nan"], "argument -w/--timeout: expected seconds, more than 0 and at most 86400, not 'nan'"),
+    (["--timeout=-inf"], "argument -w/--timeout: expected seconds"),
     (["--keepalive", "99999"], "argument --keepalive: expected a whole number from 1 to 3600"),
     (["--max-retries", "1e9"], "argument --max-retries: expected a whole number from 1 to 1000000"),
     (["-o", "User=me\nProxyCommand touch /tmp/x"], "argument -o/--ssh-option: control characters (a newline, "
