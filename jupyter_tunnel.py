@@ -649,6 +649,7 @@ class Master:
                 print(escape_text(line), file=sys.stderr, flush=True)  # ssh -v's words, as they come
             if not line.startswith(SSH_DEBUG):
                 self.stderr.append(line)  # debug lines would push the reason out of the deque
+        self.process.stderr.close()
 
     @property
     def pid(self) -> int:
@@ -702,7 +703,11 @@ class Master:
         stop_process(self.process, timeout=5.0)
         if self._reader is not None:
             self._reader.join(timeout=1)
-        if self.process.stderr is not None:
+        # The jump host's ssh (the master's child, -J) holds the pipe too, and may outlive the
+        # master a little: ssh stops it with SIGHUP, which --stop-server's master had ignored
+        # (and the child with it).  Closing the pipe under the reader would block until then,
+        # then crash the reader ("Exception in thread"): the reader closes it at its end.
+        if self.process.stderr is not None and (self._reader is None or not self._reader.is_alive()):
             self.process.stderr.close()
 
 
