@@ -96,7 +96,7 @@ class RunningTunnel:
             # shown, and put in a qdel/scancel command by the reader: only a job id passes
             job=job if isinstance(job, str) and jt.JOB_ID_RE.fullmatch(job) else "",
             scheduler=str(state.get("scheduler") or "") if state.get("scheduler") in jt.CANCEL_COMMANDS else "",
-            job_end=_float_or_none(state.get("job_end")),
+            job_end=_finite_or_none(state.get("job_end")),
             state=dict(state),
         )
 
@@ -157,6 +157,12 @@ def _float_or_none(value: object) -> float | None:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
+
+
+def _finite_or_none(value: object) -> float | None:
+    """``float(value)`` if it is a finite number (a time to compute with), else None."""
+    number = _float_or_none(value)
+    return number if number is not None and abs(number) < float("inf") else None  # False for nan too
 
 
 def hosts_from_argv(argv: Sequence[str]) -> tuple[tuple[str, ...], str]:

@@ -131,16 +131,16 @@ def test_slurm_submit_then_auto_then_stop(slurm_netns, cluster_user: ClusterUser
 
 def test_sge_short_job_warns_then_the_tunnel_closes_when_it_ends(sge_netns, cluster_user: ClusterUser):
     hosts, cell = sge_netns
-    # h_rt 90 s, --warn-before 1: the 2-minute mark has passed at the start (a warning at once),
+    # h_rt 70 s, --warn-before 1: the 2-minute mark has passed at the start (a warning at once),
     # the 1-minute one comes while the tunnel runs; then the job's end closes the tunnel
     tunnel = Tunnel(hosts.config, "-s", "gw", "head", "--submit", "-t", "lab", "--pre", activate(cluster_user),
-                    "--scheduler", "sge", "-r", "h_rt=0:1:30", "-w", WAIT, "--warn-before", "1",
+                    "--scheduler", "sge", "-r", "h_rt=0:1:10", "-w", WAIT, "--warn-before", "1",
                     "--check-interval", "1", "--json")
     try:
         info = ready(tunnel)
         job = job_of(tunnel)
         assert re.search(rf"Info: Running in sge job {job} \(jp-lab\) on node: (1 min|\d+ s) left", tunnel.stderr)
-        assert 0 < info["time_left"] <= 90
+        assert 0 < info["time_left"] <= 70
         [entry] = tunnel.states()  # the registry, for jupyter-tunnel-shutdown --list
         assert (entry["job"], entry["scheduler"]) == (job, "sge") and entry["job_end"] > entry["started"]
         listed = subprocess.run([sys.executable, str(SHUTDOWN), "--list"], env=tunnel.env, capture_output=True,

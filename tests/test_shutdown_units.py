@@ -275,6 +275,9 @@ def test_time_left_column(job, job_end, now, cell, seconds):
 def test_job_fields_from_the_registry_are_checked():
     tunnel = sd.RunningTunnel.from_state(dict(STATE, job="4711;rm -rf ~", scheduler="pbs", job_end="soon"))
     assert (tunnel.job, tunnel.scheduler, tunnel.job_end) == ("", "", None)
+    for end in ("nan", float("inf"), "-inf", "1e999"):  # a number no time can be computed from
+        tunnel = sd.RunningTunnel.from_state(dict(STATE, job="4711", job_end=end))
+        assert tunnel.job_end is None and sd.table_row(tunnel)[7] == "?" and tunnel.to_json()["time_left"] is None
     tunnel = sd.RunningTunnel.from_state(dict(STATE, job="81234_3", scheduler="slurm", job_end=time.time() + 600))
     info = tunnel.to_json()
     assert (info["job"], info["scheduler"]) == ("81234_3", "slurm") and 590 <= info["time_left"] <= 600
