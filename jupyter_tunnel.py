@@ -940,11 +940,15 @@ def discover(master: Master, timeout: float = 60.0) -> list[Server]:
 # script on stdin needs no second level of quoting (one more round trip: nothing next to a
 # server's start-up).  Its own stdout (fd 3) carries the markers; everything else, the
 # activation's and the server's output included, goes to a new private log (umask 077: 0600
-# in a 0700 directory).  The server is started detached: setsid (else "set -m", which gives
-# a background job its own process group, and nohup) with stdin from /dev/null and no
-# descriptor of the ssh session, so that it outlives the session and the tunnel.  Neither
+# in a 0700 directory).  The server is started detached: setsid (else nohup) with stdin
+# from /dev/null and no descriptor of the ssh session, so that it outlives the session and
+# the tunnel.  Neither
 # setsid (not a process group leader here: no fork) nor jupyter (it execs jupyter-APP)
 # changes the pid, so $! is the server's pid, its process group and its runtime file's name.
+# Without setsid(1) (some BSDs, busybox builds) nohup keeps it from SIGHUP, but it stays in
+# the session's process group: "set -m" gives a job its own group only where the shell can
+# do job control, and dash cannot without a terminal.  A failure then kills the pid alone
+# (nothing else runs in it before its runtime file exists: jupyter execs jupyter-APP).
 # It listens on 127.0.0.1 only (login nodes are shared) on the port Jupyter chooses (8888 or
 # the next free one: its port_retries; "--port=0" makes notebook < 7 write port 0).  The
 # script waits for the runtime file itself (no round trip per look) and prints it as the
@@ -965,11 +969,12 @@ command -v "$J" >/dev/null 2>&1 || fail "$J not found: activate its environment 
 if command -v setsid >/dev/null 2>&1; then
   setsid "$J" @APP@ --no-browser --ip=127.0.0.1 </dev/null 3>&- &
 else
-  set -m; nohup "$J" @APP@ --no-browser --ip=127.0.0.1 </dev/null 3>&- &
+  nohup "$J" @APP@ --no-browser --ip=127.0.0.1 </dev/null 3>&- &
 fi
 pid=$!
 echo "$M pid $pid" >&3
-stop() { kill -TERM -$pid 2>/dev/null; sleep 2; kill -KILL -$pid 2>/dev/null; fail "$1"; }
+stop() { kill -TERM -$pid 2>/dev/null || kill -TERM $pid 2>/dev/null; sleep 2
+  kill -KILL -$pid 2>/dev/null || kill -KILL $pid 2>/dev/null; fail "$1"; }
 tries=0
 while :; do
   for d in @DIRS@; do
