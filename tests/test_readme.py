@@ -3,7 +3,7 @@
 The options and defaults are taken from the parsers themselves (``build_parser()``), the exit
 codes from the modules' ``EXIT_*`` constants, so a new option, a changed default or a new
 exit code fails here until the README's tables say the same.  Each tool's tables are found
-under its section heading (``TOOLS``); an options table is one whose header starts with
+under its section headings (``TOOLS``); an options table is one whose header starts with
 ``option``, an exit-code table one whose header starts with ``code``.
 """
 
@@ -21,11 +21,12 @@ import jupyter_tunnel_shutdown as sd
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
-# tool -> (its module, the README heading whose section holds its synopsis and tables)
+# tool -> (its module, the README headings whose sections, subsections included, hold its
+# usage block, its options table(s) and its exit-code table; sections that do not nest)
 TOOLS = {
-    "jupyter-tunnel": (jt, "Usage"),
-    "jupyter-tunnel-shutdown": (sd, "jupyter-tunnel-shutdown"),
-    "jupyter-node": (jn, "Grid Engine cluster"),
+    "jupyter-tunnel": (jt, ("Usage",)),
+    "jupyter-tunnel-shutdown": (sd, ("jupyter-tunnel-shutdown",)),
+    "jupyter-node": (jn, ("Grid Engine cluster",)),
 }
 FLAG_RE = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
 HEADING_RE = re.compile(r"(#{1,6})\s+(.*?)\s*#*\s*$")
@@ -112,17 +113,27 @@ def says_default(text: str, value: str) -> bool:
                 or re.search(rf"(?<![\w.])`?{v}`?\s*(?:\(default\)|,\s*the default\b)", text, re.I))
 
 
+def section_lines(text: str, headings: tuple[str, ...]) -> tuple[list[str], str]:
+    """The lines of the sections under ``headings``, and the problem ("" when there is none)."""
+    sections = markdown_sections(text)
+    missing = [heading for heading in headings if heading not in sections]
+    if missing:
+        return [], f"README.md has no heading {missing[0]!r}"
+    return [line for heading in headings for line in sections[heading]], ""
+
+
 def tables_with(header: str, lines: list[str]) -> list[list[list[str]]]:
     """The tables whose first header cell is ``header``."""
     return [t for t in markdown_tables(lines) if t[0][0].lower() == header]
 
 
-def option_problems(tool: str, heading: str, parser: argparse.ArgumentParser, text: str) -> list[str]:
-    """What the synopsis and options table(s) under ``heading`` say wrong about ``tool``'s ``parser``."""
-    where = f"README.md, section {heading!r}"
-    lines = markdown_sections(text).get(heading)
-    if lines is None:
-        return [f"README.md has no heading {heading!r} (where {tool}'s options are looked for)"]
+def option_problems(tool: str, headings: tuple[str, ...], parser: argparse.ArgumentParser,
+                    text: str) -> list[str]:
+    """What the usage block and options table(s) under ``headings`` say wrong about ``tool``'s ``parser``."""
+    where = f"README.md, {tool}'s section {' + '.join(map(repr, headings))}"
+    lines, missing = section_lines(text, headings)
+    if missing:
+        return [f"{missing} (where {tool}'s options are looked for)"]
     rows = [row for table in tables_with("option", lines) for row in table[1:]]
     if not rows:
         return [f"{where}: no options table (a table whose header starts with 'option')"]
@@ -175,12 +186,13 @@ def exit_codes(module) -> dict[int, list[str]]:
     return codes
 
 
-def exit_code_problems(tool: str, heading: str, codes: dict[int, list[str]], text: str) -> list[str]:
-    """What the exit-code table under ``heading`` says wrong about ``tool``'s ``codes`` (``exit_codes``)."""
-    where = f"README.md, section {heading!r}"
-    lines = markdown_sections(text).get(heading)
-    if lines is None:
-        return [f"README.md has no heading {heading!r} (where {tool}'s exit codes are looked for)"]
+def exit_code_problems(tool: str, headings: tuple[str, ...], codes: dict[int, list[str]],
+                       text: str) -> list[str]:
+    """What the exit-code table under ``headings`` says wrong about ``tool``'s ``codes`` (``exit_codes``)."""
+    where = f"README.md, {tool}'s section {' + '.join(map(repr, headings))}"
+    lines, missing = section_lines(text, headings)
+    if missing:
+        return [f"{missing} (where {tool}'s exit codes are looked for)"]
     tables = tables_with("code", lines)
     if len(tables) != 1:
         return [f"{where}: {len(tables)} exit-code tables (header starting with 'code'); want one"]
@@ -209,15 +221,15 @@ def help_exit_codes(parser: argparse.ArgumentParser) -> set[int]:
 
 @pytest.mark.parametrize("tool", TOOLS)
 def test_every_option_has_its_readme_row_and_default(tool):
-    module, heading = TOOLS[tool]
-    problems = option_problems(tool, heading, module.build_parser(), README.read_text(encoding="utf-8"))
+    module, headings = TOOLS[tool]
+    problems = option_problems(tool, headings, module.build_parser(), README.read_text(encoding="utf-8"))
     assert not problems, "\n".join(problems)
 
 
 @pytest.mark.parametrize("tool", TOOLS)
 def test_every_exit_code_is_in_the_readme_table(tool):
-    module, heading = TOOLS[tool]
-    problems = exit_code_problems(tool, heading, exit_codes(module), README.read_text(encoding="utf-8"))
+    module, headings = TOOLS[tool]
+    problems = exit_code_problems(tool, headings, exit_codes(module), README.read_text(encoding="utf-8"))
     assert not problems, "\n".join(problems)
 
 
@@ -296,8 +308,8 @@ SAMPLE_CODES = {0: ["EXIT_OK"], 2: ["EXIT_USAGE"]}
 
 def sample_problems(text: str) -> list[str]:
     """What the checker finds wrong in a variant of SAMPLE."""
-    return (option_problems("tool", "Usage", sample_parser(), text)
-            + exit_code_problems("tool", "Usage", SAMPLE_CODES, text))
+    return (option_problems("tool", ("Usage",), sample_parser(), text)
+            + exit_code_problems("tool", ("Usage",), SAMPLE_CODES, text))
 
 
 def test_checker_passes_a_true_readme():
@@ -326,7 +338,7 @@ def test_checker_names_the_wrong_row(change, problem):
 def test_checker_sees_a_changed_default_in_the_code():
     parser = jt.build_parser()
     next(a for a in parser._actions if "--keepalive" in a.option_strings).default = 11
-    problems = option_problems("jupyter-tunnel", "Usage", parser, README.read_text(encoding="utf-8"))
+    problems = option_problems("jupyter-tunnel", ("Usage",), parser, README.read_text(encoding="utf-8"))
     assert any("--keepalive" in p and "'11'" in p for p in problems), problems
 
 
@@ -336,3 +348,12 @@ def test_checker_sees_a_changed_default_in_the_code():
 ])
 def test_help_exit_codes(epilog, codes):
     assert help_exit_codes(argparse.ArgumentParser(epilog=epilog)) == codes
+
+
+def test_options_may_be_spread_over_several_sections():
+    parser = sample_parser()
+    parser.add_argument("--elsewhere", action="store_true")
+    text = SAMPLE.replace("[-h]", "[-h] [--elsewhere]")
+    assert any("0 rows whose first cell names exactly --elsewhere" in p
+               for p in option_problems("tool", ("Usage",), parser, text))
+    assert option_problems("tool", ("Usage", "Other"), parser, text) == []
