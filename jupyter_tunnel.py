@@ -2582,7 +2582,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="host(s) to contact in order: all but the last are jump hosts "
                              "([user@]host[:port], names from ~/.ssh/config work)")
     parser.add_argument("-b", "--browser", type=browser_option, metavar="PROG",
-                        help='browser to start with the URL; "n" or "none": start none '
+                        help="browser to start once the tunnel answers (it gets a one-time address that "
+                             'redirects to the URL); "n" or "none": start none '
                              "[default: the system's default browser]")
     parser.add_argument("-n", "--node", metavar="NODE",
                         help="cluster node (Grid Engine, Slurm) running the server; the last -s host "
@@ -2610,8 +2611,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--local-port", type=int_option(1, 65535), metavar="LPORT",
                         help="local port to use [default: the remote port, or the next free one]")
     parser.add_argument("--timeout", type=seconds_option(MAX_TIMEOUT), default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                        help=f"give up when Jupyter does not answer within SECONDS (at most {MAX_TIMEOUT:g}) "
-                             "[default: %(default)g]")
+                        help=f"give up when Jupyter does not answer (with --start: has not started) within "
+                             f"SECONDS (at most {MAX_TIMEOUT:g}) [default: %(default)g]")
     parser.add_argument("--keepalive", type=int_option(1, MAX_KEEPALIVE), default=DEFAULT_KEEPALIVE,
                         metavar="SECONDS",
                         help=f"ssh keepalive interval (1 to {MAX_KEEPALIVE}): a dead connection is noticed "

@@ -17,7 +17,8 @@ PYENV_ROOT = os.environ.get("JT_PYENV_ROOT") or os.environ.get("PYENV_ROOT") \
 VENV_PREFIX = "/opt/jupyter-tunnel-unit-"
 # the unit tests: pure parts only, no sshd, no Jupyter, no root
 UNIT_TESTS = ("tests/test_units.py", "tests/test_shutdown_units.py", "tests/test_node_units.py",
-              "tests/test_browser_units.py", "tests/test_registry_units.py", "tests/test_start_units.py")
+              "tests/test_browser_units.py", "tests/test_registry_units.py", "tests/test_start_units.py",
+              "tests/test_readme.py")
 
 
 def parse_version(name):
