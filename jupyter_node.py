@@ -24,16 +24,24 @@ computer, ``jupyter-tunnel -s [GATEWAY ...] USER@HEAD -n NODE``.  The flow:
      [--nodelist=NODE] [--RES]... --wrap SCRIPT``: a batch job, independent of any session.
 
 4. wait (``-w``, sleep syntax; ``0``: don't): until the server prints its URL in the log
-   (report the node, the job and the ``jupyter-tunnel`` command), the job ends (``Error:``
-   with the log's last lines), or the time is up (report what is known so far).
+   (report the node, the job, its time left and the ``jupyter-tunnel`` command), the job
+   ends (``Error:`` with the log's last lines), or the time is up (report what is known so
+   far).  Each change of state on the way is an ``Info:`` line.
+
+``--jobs``/``--job ID`` list the user's Jupyter jobs instead (``squeue``; ``qstat -xml``), with
+the time they have left; ``--reuse`` waits for such a job rather than submitting another one;
+``--cancel ID`` ends one.  ``--json`` prints the outcome as one JSON object on stdout, for
+jupyter-tunnel --submit and -n auto, which run this file on the head through their login.
 
 Only the standard library is used, and this file imports nothing from jupyter_tunnel.py: it
-is the one file to copy onto a head node where nothing can be installed.
+is the one file to copy onto a head node where nothing can be installed.  It runs on Python
+3.6 (the ``python3`` of RHEL/Rocky 8 and CentOS 7 head nodes: no ``from __future__ import
+annotations``, no dataclasses, nothing newer) and as ``python3 - ARGS < jupyter_node.py``,
+which is how jupyter-tunnel --submit runs it through its ssh master.
 """
 
-from __future__ import annotations
-
 import argparse
+import json
 import os
 import re
 import shlex
@@ -42,7 +50,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Iterator, NamedTuple, Sequence
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 __version__ = "0.1.0"
 
@@ -55,6 +63,7 @@ EXIT_INTERRUPTED = 130  # Ctrl+C while waiting (the job keeps running)
 
 APPS = ("notebook", "lab")
 JOB_NAMES = {"notebook": "notebook", "lab": "jp-lab"}  # the original's job names
+APP_OF_NAME = {name: app for app, name in JOB_NAMES.items()}
 SCHEDULERS = ("sge", "slurm")
 DEFAULT_WAIT = "15s"
 # sleep(1) syntax, as the original checked it: a number and an optional unit
@@ -71,6 +80,15 @@ POLL_INTERVAL = 0.2  # seconds between two reads of the log
 SCHEDULER_POLL_FIRST = 0.5
 SCHEDULER_POLL_MAX = 10.0
 LOG_TAIL = 15  # lines of the log shown with an error
+# A job id as qstat/squeue print it (and as --job/--cancel accept it: it goes on a command line)
+JOB_ID_RE = re.compile(r"^[0-9A-Za-z._-]+$")
+# What squeue's %L and Grid Engine's time values say for "no limit" (squeue(1), queue_conf(5))
+NO_LIMIT = ("UNLIMITED", "NOT_SET", "INVALID", "INFINITY", "")
+# Grid Engine prints JAT_start_time in the local time of the host that runs qstat, without zone
+SGE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+# squeue -o: id, name, state, node list, time left, reason (the fields of JobRow, in order)
+SQUEUE_FORMAT = "%i|%j|%T|%N|%L|%r"
+SLURM_WAITING = ("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED")
 SLURM_DONE = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
               "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
 
@@ -98,7 +116,31 @@ class JobState(NamedTuple):
     state: str
     node: str = ""
     port: int = 0
-    detail: str = ""
+    detail: str = ""  # why it fails, or the scheduler's reason a pending job waits
+
+
+class JobRow(NamedTuple):
+    """One of the user's jobs as the scheduler lists it (the ``--jobs`` JSON fields)."""
+
+    job: str
+    name: str
+    state: str  # "running" or "pending"
+    node: str = ""
+    time_left: Optional[int] = None  # seconds; None: no limit, or not known
+    reason: str = ""  # why a pending job waits, in the scheduler's words
+
+
+class SgeEntry(NamedTuple):
+    """A job of ``qstat -xml -r``, before its time left is worked out."""
+
+    job: str
+    name: str
+    state: str  # "running" or "pending"
+    node: str
+    queue: str  # the queue it runs in (all.q of all.q@node07), or the one it asked for
+    start: str  # JAT_start_time ("" while pending)
+    h_rt: Optional[int]  # the job's own hard h_rt request; None: the queue's limit applies
+    reason: str
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -112,7 +154,7 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * UNIT_SECONDS[match.group(2)]
 
 
-def build_activation(pre: Sequence[str] = (), conda_env: str = "") -> list[str]:
+def build_activation(pre: Sequence[str] = (), conda_env: str = "") -> List[str]:
     """The ``sh`` commands that activate the server's environment, in order (``--pre`` first:
     it may be ``module load conda``).  Shared with jupyter_tunnel.py's ``--start``."""
     activate = list(pre)
@@ -143,14 +185,14 @@ def build_server_script(app: str, pre: Sequence[str] = (), conda_env: str = "",
     return "; ".join([*steps, run])
 
 
-def build_resource_args(scheduler: str, resources: Sequence[str]) -> list[str]:
+def build_resource_args(scheduler: str, resources: Sequence[str]) -> List[str]:
     """The scheduler arguments for ``-r`` values.
 
     ``NAME=VALUE`` is a resource request: ``-l NAME=VALUE`` for Grid Engine, ``--NAME=VALUE``
     for Slurm (``mem=4G`` -> ``--mem=4G``).  A value that starts with ``-`` is passed as it is,
     split like a shell would (``--resource="-pe smp 4"``, ``--resource=--exclusive``).
     """
-    args: list[str] = []
+    args = []  # type: List[str]
     for value in resources:
         value = value.strip()
         if not value:
@@ -165,7 +207,7 @@ def build_resource_args(scheduler: str, resources: Sequence[str]) -> list[str]:
 
 
 def build_qrsh_argv(qrsh: str, app: str, script: str, queue: str = "", node: str = "",
-                    resources: Sequence[str] = ()) -> list[str]:
+                    resources: Sequence[str] = ()) -> List[str]:
     """argv of the ``qrsh`` that runs the server as a Grid Engine job."""
     argv = [qrsh, "-w", "e", "-V", "-now", "no", "-cwd", "-N", JOB_NAMES[app]]
     if queue:
@@ -179,7 +221,7 @@ def build_qrsh_argv(qrsh: str, app: str, script: str, queue: str = "", node: str
 
 
 def build_sbatch_argv(sbatch: str, app: str, script: str, log: str, queue: str = "",
-                      node: str = "", resources: Sequence[str] = ()) -> list[str]:
+                      node: str = "", resources: Sequence[str] = ()) -> List[str]:
     """argv of the ``sbatch`` that submits the server as a Slurm batch job."""
     argv = [sbatch, "--parsable", "-J", JOB_NAMES[app], "-o", log, "--open-mode=append"]
     if queue:
@@ -201,12 +243,184 @@ def parse_log(text: str) -> LogInfo:
     return LogInfo(marker.group(1), marker.group(2), int(url.group(1)) if url else 0)
 
 
-def parse_squeue(output: str) -> tuple[str, str, str]:
+def parse_squeue(output: str) -> Tuple[str, str, str]:
     """(state, node list, reason) from ``squeue -h -o '%T|%N|%r'``; empty strings once the job is gone."""
     fields = [field.strip() for field in output.strip().split("|")]
     fields += [""] * (3 - len(fields))
     reason = "" if fields[2] in ("None", "(null)") else fields[2]
     return fields[0], fields[1], reason
+
+
+def parse_clock(text: str) -> Optional[int]:
+    """Seconds from a scheduler's time value; None for no limit.
+
+    squeue's %L is ``[days-]hours:minutes:seconds`` with leading fields left out (``9:58``),
+    or UNLIMITED/NOT_SET/INVALID; Grid Engine's is ``[[hours:]minutes:]seconds`` or INFINITY.
+    """
+    text = text.strip()
+    if text.upper() in NO_LIMIT:
+        return None
+    days, dash, clock = text.rpartition("-")
+    parts = clock.split(":")
+    if len(parts) > 3 or not all(part.isdigit() for part in parts) or (dash and not days.isdigit()):
+        raise ValueError(f"not a time: {text!r}")
+    seconds = 0
+    for part in parts:
+        seconds = seconds * 60 + int(part)
+    return seconds + int(days or 0) * 86400
+
+
+def time_left(start: Optional[float], limit: Optional[int], now: float) -> Optional[int]:
+    """Seconds a job has left: the whole ``limit`` before it starts, none below zero."""
+    if limit is None:
+        return None
+    if start is None:
+        return limit
+    return max(0, int(start + limit - now))
+
+
+def parse_sge_start(text: str) -> Optional[float]:
+    """Epoch seconds of a JAT_start_time (local time: qstat ran here); None when there is none."""
+    text = text.strip().split(".")[0]  # some Grid Engines add milliseconds
+    if not text:
+        return None
+    try:
+        return time.mktime(time.strptime(text, SGE_TIME_FORMAT))
+    except (ValueError, OverflowError):
+        return None
+
+
+def parse_squeue_jobs(output: str) -> List[JobRow]:
+    """The pending and running jobs of ``squeue -h -o '%i|%j|%T|%N|%L|%r'``."""
+    rows = []
+    for line in output.splitlines():
+        fields = line.split("|")
+        if len(fields) != 6 or not JOB_ID_RE.match(fields[0].strip()):
+            continue
+        job, name, state, nodes, left, reason = (field.strip() for field in fields)
+        if state == "RUNNING":
+            kind = "running"
+        elif state in SLURM_WAITING:
+            kind = "pending"
+            reason = reason if state == "PENDING" else f"{state.lower()}{f': {reason}' if reason != 'None' else ''}"
+        else:
+            continue  # completing or done
+        try:
+            seconds = parse_clock(left)
+        except ValueError:
+            seconds = None
+        rows.append(JobRow(job, name, kind, nodes, seconds, "" if reason in ("None", "(null)") else reason))
+    return rows
+
+
+def parse_qstat_xml(text: str) -> List[SgeEntry]:
+    """The pending and running jobs of ``qstat -xml -r -u USER`` (Son of Grid Engine 8.1)."""
+    import xml.etree.ElementTree as ElementTree  # here: jupyter-tunnel imports this module
+
+    try:
+        root = ElementTree.fromstring(text)
+    except ElementTree.ParseError as error:
+        raise NodeError(f"qstat printed no XML that can be read ({error})") from None
+    entries = []
+    for item in root.iter("job_list"):
+        def field(tag: str) -> str:
+            return (item.findtext(tag) or "").strip()
+
+        code = field("state")  # r, t, qw, hqw, Eqw, dr, s...
+        if "d" in code or not JOB_ID_RE.match(field("JB_job_number")):
+            continue  # being deleted: it is going away
+        h_rt = None
+        for request in item.iter("hard_request"):
+            if request.get("name") == "h_rt":
+                try:
+                    h_rt = parse_clock(request.text or "")
+                except ValueError:
+                    pass
+        queue, _, node = field("queue_name").partition("@")
+        reasons = [word for letter, word in (("h", "on hold"), ("E", "error state"), ("s", "suspended"),
+                                             ("S", "suspended"), ("T", "suspended")) if letter in code]
+        running = item.get("state") == "running" and ("r" in code or "t" in code)
+        entries.append(SgeEntry(field("JB_job_number"), field("JB_name"), "running" if running else "pending",
+                                node if running else "", queue or field("hard_req_queue"),
+                                field("JAT_start_time") if running else "", h_rt, ", ".join(reasons)))
+    return entries
+
+
+def parse_qconf_h_rt(text: str, host: str = "") -> Optional[int]:
+    """A queue's h_rt from ``qconf -sq QUEUE`` (``INFINITY,[node07=2:00:00]``: a host's own value first)."""
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key != "h_rt":
+            continue
+        value = "".join(value.split())
+        default, *overrides = value.split(",[")
+        for override in overrides:
+            name, _, limit = override.rstrip("]").partition("=")
+            if host and name in (host, host.split(".")[0]):
+                return parse_clock(limit)
+        return parse_clock(default)
+    return None
+
+
+def build_sge_rows(entries: Sequence[SgeEntry], queue_limits: Dict[str, Optional[int]],
+                   now: float) -> List[JobRow]:
+    """JobRows with time left: start + h_rt (the job's, else its queue's) - now."""
+    rows = []
+    for entry in entries:
+        limit = entry.h_rt if entry.h_rt is not None else queue_limits.get(entry.queue)
+        rows.append(JobRow(entry.job, entry.name, entry.state, entry.node,
+                           time_left(parse_sge_start(entry.start), limit, now), entry.reason))
+    return rows
+
+
+def parse_scontrol_stdout(text: str) -> str:
+    """The job's output file (StdOut=) from ``scontrol -o show job ID``: the log it writes to."""
+    for item in text.split():
+        if item.startswith("StdOut="):
+            return item[len("StdOut="):]
+    return ""
+
+
+def choose_job(rows: Sequence[JobRow], names: Sequence[str]) -> Optional[JobRow]:
+    """The Jupyter job to reuse: a running one first, else one still waiting."""
+    ours = [row for row in rows if row.name in names]
+    ours.sort(key=lambda row: row.state != "running")
+    return ours[0] if ours else None
+
+
+def format_clock(seconds: Optional[int]) -> str:
+    """``1:29:58`` (``2-01:00:00`` beyond a day) for a time left; ``-`` for none."""
+    if seconds is None:
+        return "-"
+    days, rest = divmod(int(seconds), 86400)
+    clock = f"{rest // 60 % 60:02d}:{rest % 60:02d}"
+    return f"{days}-{rest // 3600:02d}:{clock}" if days else f"{rest // 3600}:{clock}"
+
+
+def format_jobs(rows: Sequence[JobRow]) -> str:
+    """The ``--jobs`` table for people."""
+    lines = ["JOB         NAME      STATE    NODE                  TIME LEFT  REASON"]
+    for row in rows:
+        lines.append(f"{row.job:<11} {row.name:<9} {row.state:<8} {row.node or '-':<21} "
+                     f"{format_clock(row.time_left):>9}  {row.reason}".rstrip())
+    return "\n".join(lines)
+
+
+def build_result(scheduler: str, job_id: str, name: str, state: JobState, log: str,
+                 seconds_left: Optional[int], existing: bool) -> Dict[str, object]:
+    """The ``--json`` object for a submitted (or reused) job."""
+    failed = state.state == "failed"
+    return {"scheduler": scheduler, "job": job_id, "name": name, "state": state.state, "node": state.node,
+            "port": state.port or None, "reason": "" if failed else state.detail, "log": log,
+            "time_left": seconds_left, "existing": existing, "error": state.detail if failed else None}
+
+
+def progress_line(job_id: str, state: JobState) -> str:
+    """The ``Info:`` line for a job that became pending or running while we wait for it."""
+    where = f"job {job_id}" if job_id else "the job"
+    if state.state == "pending":
+        return f"{where} is pending{f' ({state.detail})' if state.detail else ''}"
+    return f"{where} is running on {state.node}; waiting for Jupyter..."
 
 
 def choose_scheduler(have_sge: bool, have_slurm: bool) -> str:
@@ -260,7 +474,13 @@ def which_or_fail(program: str, why: str) -> str:
     return path
 
 
-def make_log(path: str | None) -> str:
+def run_command(argv: Sequence[str], timeout: float = 30) -> subprocess.CompletedProcess:
+    """Run a scheduler command, its output as text (stdin closed: it must never wait for input)."""
+    return subprocess.run(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=timeout)
+
+
+def make_log(path: Optional[str]) -> str:
     """The log file, created (or made) private: mode 0600 before anything is written to it."""
     if path:
         try:
@@ -322,7 +542,7 @@ class Job:
     def __init__(self, log: str, job_id: str = "") -> None:
         self.log = log
         self.job_id = job_id
-        self.verdict: JobState | None = None  # the scheduler's last word
+        self.verdict = None  # type: Optional[JobState]  # the scheduler's last word
 
     def ask_scheduler(self, info: LogInfo) -> JobState:
         """The scheduler's view: ``failed``, ``pending`` or ``running`` (with the node it knows)."""
@@ -350,7 +570,7 @@ class SgeJob(Job):
         self.process = process
 
     @classmethod
-    def submit(cls, args: argparse.Namespace, script: str, log: str) -> SgeJob:
+    def submit(cls, args: argparse.Namespace, script: str, log: str) -> "SgeJob":
         """Start the qrsh in the background, all its output in the log."""
         qrsh = which_or_fail("qrsh", "Grid Engine's job launcher")
         argv = build_qrsh_argv(qrsh, args.type, script, args.queue or "", args.node or "", args.resource)
@@ -367,7 +587,9 @@ class SgeJob(Job):
         """The qrsh is the job: while it runs, so does (or waits) the job."""
         code = self.process.poll()
         if code is not None:
-            return JobState("failed", info.node, detail=f"qrsh exited with code {code}")
+            # qrsh says why it gave up on a line of its own ("error: no suitable queues")
+            said = [line for line in read_log(self.log).splitlines() if line.startswith("error:")]
+            return JobState("failed", info.node, detail=said[-1] if said else f"qrsh exited with code {code}")
         return JobState("running")
 
 
@@ -381,35 +603,123 @@ class SlurmJob(Job):
         self.squeue = squeue
 
     @classmethod
-    def submit(cls, args: argparse.Namespace, script: str, log: str) -> SlurmJob:
+    def submit(cls, args: argparse.Namespace, script: str, log: str) -> "SlurmJob":
         """``sbatch`` the script; the job id is known at once."""
         sbatch = which_or_fail("sbatch", "Slurm's batch submission")
         squeue = which_or_fail("squeue", "Slurm's queue listing")
         argv = build_sbatch_argv(sbatch, args.type, script, log, args.queue or "", args.node or "", args.resource)
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        done = run_command(argv, timeout=120)
         job_id = done.stdout.strip().split(";")[0]
         if done.returncode != 0 or not job_id:
             with open(log, "a") as out:
                 out.write(done.stdout + done.stderr)
-            raise NodeError(f"sbatch could not submit the job (exit {done.returncode}); log: {log}",
+            raise NodeError(f"sbatch could not submit the job: {one_line(done.stderr or done.stdout)}",
                             EXIT_ERROR, log_tail(done.stderr or read_log(log)))
         return cls(log, job_id, squeue)
 
     def ask_scheduler(self, info: LogInfo) -> JobState:
         """One ``squeue`` request: the state, the node list and the reason a job waits."""
-        done = subprocess.run([self.squeue, "-h", "-j", self.job_id, "-o", "%T|%N|%r"],
-                              capture_output=True, text=True, timeout=30)
+        done = run_command([self.squeue, "-h", "-j", self.job_id, "-o", "%T|%N|%r"])
         state, nodes, reason = parse_squeue(done.stdout)
         if not state:
             state = "GONE"  # squeue forgets a finished job after MinJobAge (or says "Invalid job id")
         if state in ("GONE", "COMPLETING", *SLURM_DONE):
             return JobState("failed", info.node or nodes, detail=f"the job is {state.lower()}")
         if state != "RUNNING":
-            return JobState("pending", detail=f"{state.lower()}{f': {reason}' if reason else ''}")
+            return JobState("pending", detail=reason if state == "PENDING" else
+                            f"{state.lower()}{f': {reason}' if reason else ''}")
         return JobState("running", nodes)
 
 
+class ExistingJob(Job):
+    """A Jupyter job found in the queue (``--reuse``): the scheduler's listing tells its state."""
+
+    asks_controller = True
+
+    def __init__(self, scheduler: str, row: JobRow, log: str) -> None:
+        super().__init__(log, row.job)
+        self.scheduler = scheduler
+        self.row = row
+
+    def ask_scheduler(self, info: LogInfo) -> JobState:
+        """The job's row in the user's listing: gone means it ended."""
+        rows = [row for row in list_jobs(self.scheduler) if row.job == self.job_id]
+        if not rows:
+            return JobState("failed", info.node, detail="the job has ended")
+        self.row = rows[0]
+        return JobState(self.row.state, self.row.node, detail=self.row.reason)
+
+
 JOB_CLASSES = {"sge": SgeJob, "slurm": SlurmJob}
+
+
+def list_jobs(scheduler: str) -> List[JobRow]:
+    """The user's pending and running jobs, with their time left."""
+    import getpass
+
+    user = getpass.getuser()
+    if scheduler == "slurm":
+        squeue = which_or_fail("squeue", "Slurm's queue listing")
+        done = run_command([squeue, "-h", "-u", user, "-o", SQUEUE_FORMAT])
+        if done.returncode != 0:
+            raise NodeError(f"squeue failed: {one_line(done.stderr)}")
+        return parse_squeue_jobs(done.stdout)
+    qstat = which_or_fail("qstat", "Grid Engine's queue listing")
+    done = run_command([qstat, "-xml", "-r", "-u", user])
+    if done.returncode != 0:
+        raise NodeError(f"qstat failed: {one_line(done.stderr)}")
+    entries = parse_qstat_xml(done.stdout)
+    # without an h_rt request of its own, a job runs under its queue's h_rt (queue_conf(5))
+    limits = {}  # type: Dict[str, Optional[int]]
+    qconf = shutil.which("qconf")  # without it (a client-only install) the limit is not known
+    for entry in entries:
+        if entry.h_rt is None and entry.queue and entry.queue not in limits and qconf:
+            conf = run_command([qconf, "-sq", entry.queue])
+            try:
+                limits[entry.queue] = parse_qconf_h_rt(conf.stdout, entry.node) if conf.returncode == 0 else None
+            except ValueError:
+                limits[entry.queue] = None
+    return build_sge_rows(entries, limits, time.time())
+
+
+def cancel_job(scheduler: str, job_id: str) -> None:
+    """``qdel ID`` or ``scancel ID`` of one of the user's jobs; the scheduler's words when it refuses."""
+    # only a job of the user's own listing: scancel says nothing for an unknown id, and a
+    # manager's qdel would cancel another user's job
+    if not any(row.job == job_id for row in list_jobs(scheduler)):
+        raise NodeError(f"no job {job_id} of yours is pending or running")
+    program = "scancel" if scheduler == "slurm" else "qdel"
+    done = run_command([which_or_fail(program, "to cancel the job"), job_id])
+    if done.returncode != 0:
+        raise NodeError(f"{program} {job_id} failed: {one_line(done.stderr or done.stdout)}")
+
+
+def find_job_log(scheduler: str, job_id: str) -> str:
+    """The log of a job an earlier jupyter-node submitted ('' when it cannot be found here).
+
+    Slurm knows it (the job's StdOut).  A Grid Engine job's log is written by its qrsh on
+    the head that submitted it: look in this head's temp dir, among the user's own logs.
+    """
+    if scheduler == "slurm":
+        scontrol = shutil.which("scontrol")
+        done = run_command([scontrol, "-o", "show", "job", job_id]) if scontrol else None
+        path = parse_scontrol_stdout(done.stdout) if done and done.returncode == 0 else ""
+        return path if path and os.access(path, os.R_OK) else ""
+    import getpass
+    import glob
+    import tempfile
+
+    pattern = os.path.join(tempfile.gettempdir(), f"jupyter_nb_{getpass.getuser()}_*.log")
+    logs = [path for path in glob.glob(pattern) if os.stat(path).st_uid == os.getuid()]
+    for path in sorted(logs, key=os.path.getmtime, reverse=True):
+        if parse_log(read_log(path)).job_id == job_id:
+            return path
+    return ""
+
+
+def one_line(text: str) -> str:
+    """A scheduler's message on one line (sbatch gives the reason first, then a summary)."""
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or "(no message)"
 
 
 def submit(args: argparse.Namespace, scheduler: str, log: str) -> Job:
@@ -422,18 +732,25 @@ def wait_for_job(job: Job, seconds: float) -> JobState:
     """Poll the job until its server is ready, it failed, or ``seconds`` have passed.
 
     The log is read every POLL_INTERVAL (a local file: the server's URL shows there first);
-    a scheduler whose every request goes to its controller is asked with a backoff.
+    a scheduler whose every request goes to its controller is asked with a backoff.  Each
+    change of state is told at once (jupyter-tunnel --submit relays these lines).
     """
     deadline = time.monotonic() + seconds
     delays = scheduler_delays()
     next_ask = time.monotonic()
+    told = None
     while True:
         now = time.monotonic()
         ask = not job.asks_controller or now >= next_ask
         if ask:
             next_ask = now + next(delays)
         state = job.poll(ask)
-        if state.state in ("ready", "failed") or time.monotonic() >= deadline:
+        if state != told and state.state in ("pending", "running"):  # report() tells the rest
+            say("Info", progress_line(job.job_id, state))
+            told = state
+        # a job found in the queue whose log is elsewhere: its node is all there is to know
+        if state.state in ("ready", "failed") or (state.state == "running" and not job.log) \
+                or time.monotonic() >= deadline:
             return state
         time.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
 
@@ -444,28 +761,90 @@ def detect_scheduler() -> str:
     return choose_scheduler(bool(shutil.which("qrsh")), have_slurm)
 
 
-def report(job: Job, state: JobState, app: str, waited: str) -> int:
-    """Tell the user what the wait found; returns the exit code."""
+def job_time_left(scheduler: str, job_id: str) -> Optional[int]:
+    """The job's time left from one listing; None when unknown (a listing that fails costs nothing more)."""
+    if not job_id:
+        return None
+    try:
+        rows = [row for row in list_jobs(scheduler) if row.job == job_id]
+    except (NodeError, OSError, subprocess.TimeoutExpired):
+        return None
+    return rows[0].time_left if rows else None
+
+
+def report(job: Job, state: JobState, args: argparse.Namespace, scheduler: str, name: str,
+           existing: bool = False) -> int:
+    """Tell the user (or, with --json, the program) what the wait found; returns the exit code."""
     where = f"job {job.job_id}" if job.job_id else "the job"
+    app = APP_OF_NAME.get(name, args.type)  # a job found by --reuse may be the other type
+    seconds_left = job_time_left(scheduler, job.job_id) if state.state != "failed" else None
+    if args.json:
+        result = build_result(scheduler, job.job_id, name, state, job.log, seconds_left, existing)
+        if state.state == "failed":
+            result["log_tail"] = "\n".join(line.strip() for line in log_tail(read_log(job.log)).splitlines())
+        print(json.dumps(result), flush=True)
+    left = f", {format_clock(seconds_left)} left" if seconds_left is not None else ""
     if state.state == "failed":
-        raise NodeError(f"Jupyter {app} did not start: {state.detail}. Log: {job.log}",
-                        EXIT_ERROR, log_tail(read_log(job.log)))
+        say("Error", f"Jupyter {app} did not start: {state.detail}. Log: {job.log}")
+        if not args.json:
+            print(log_tail(read_log(job.log)), file=sys.stderr, flush=True)
+        return EXIT_ERROR
     if state.state == "pending":
-        say("Info", f"After {waited}, {where} is still waiting to start"
-                    f"{f' ({state.detail})' if state.detail else ''}; the node will be written in {job.log}")
+        say("Info", f"After {args.wait}, {where} is still waiting to start"
+                    f"{f' ({state.detail})' if state.detail else ''}; the node will be written in "
+                    f"{job.log or 'the job log'}")
         return EXIT_OK
     if state.state == "running":
-        say("Info", f"Submitted {where} is running on {state.node}; Jupyter {app} is still starting "
-                    f"(see {job.log}).")
+        say("Info", f"{where.capitalize()} is running on {state.node}{left}; Jupyter {app} is still "
+                    f"starting (see {job.log or 'the job log'}).")
     else:
-        say("Info", f"Jupyter {app} is running on node {state.node}, port {state.port} ({where}).")
+        say("Info", f"Jupyter {app} is running on node {state.node}, port {state.port} ({where}{left}).")
+    if args.json:
+        return EXIT_OK
     import getpass
 
     command = build_tunnel_command(f"{getpass.getuser()}@{head_name()}", state.node)
     say("Info", "On your computer, run (put your gateway hosts first after -s if you need them):")
     print(command, flush=True)
-    say("Info", f"Log (it holds the token; private): {job.log}")
+    if job.log:
+        say("Info", f"Log (it holds the token; private): {job.log}")
     return EXIT_OK
+
+
+def show_jobs(args: argparse.Namespace, scheduler: str) -> int:
+    """``--jobs``/``--job ID``: the user's Jupyter jobs (or that one job), as a table or JSON."""
+    rows = list_jobs(scheduler)
+    if args.job:
+        rows = [row for row in rows if row.job == args.job]
+    else:
+        rows = [row for row in rows if row.name in JOB_NAMES.values()]
+    if args.json:
+        print(json.dumps({"scheduler": scheduler, "jobs": [row._asdict() for row in rows]}), flush=True)
+    elif rows:
+        print(format_jobs(rows), flush=True)
+    else:
+        what = f"job {args.job}" if args.job else "Jupyter job of yours"
+        say("Info", f"No {what} is pending or running.")
+    return EXIT_OK
+
+
+def start_job(args: argparse.Namespace, scheduler: str) -> Tuple[Job, str, bool]:
+    """The job to wait for, its name and whether it was there already (``--reuse``)."""
+    if args.reuse:
+        row = choose_job(list_jobs(scheduler), list(JOB_NAMES.values()))
+        if row:
+            job = ExistingJob(scheduler, row, find_job_log(scheduler, row.job))
+            say("Info", f"Found your Jupyter job {row.job} ({row.name}, {row.state}"
+                        f"{f' on {row.node}' if row.node else ''}): using it instead of submitting another.")
+            return job, row.name, True
+    if not (args.pre or args.conda_env):
+        which_or_fail("jupyter", "to start the server on the node; or activate an "
+                                 "environment there with --conda-env or --pre")
+    log = make_log(args.log)
+    job = submit(args, scheduler, log)
+    where = f" as job {job.job_id}" if job.job_id else ""
+    say("Info", f"Jupyter {args.type} has been submitted to the queue{where}.")
+    return job, JOB_NAMES[args.type], False
 
 
 def add_server_options(parser: argparse.ArgumentParser, apps: Sequence[str], default: str,
@@ -503,6 +882,12 @@ def build_parser() -> argparse.ArgumentParser:
             raise argparse.ArgumentTypeError(f"no directory {parent} for the log {text}")
         return text
 
+    def job_id(text: str) -> str:
+        # it goes on qdel/scancel's command line and is compared with the scheduler's ids
+        if not JOB_ID_RE.match(text):
+            raise argparse.ArgumentTypeError(f"invalid job id {text!r}")
+        return text
+
     def resource(text: str) -> str:
         # split now, not after the log is made: build_resource_args splits "-..." values
         try:
@@ -523,6 +908,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  jupyter-node -q gpu.q -r h_vmem=8G -w 2m   Grid Engine queue and memory\n"
             "  jupyter-node -q gpu -r gres=gpu:1 -r time=2:00:00   Slurm partition, GPU, limit\n"
             "  jupyter-node --conda-env myenv -t lab      activate a conda env on the node first\n"
+            "  jupyter-node --jobs                        your Jupyter jobs, with their time left\n"
+            "  jupyter-node --reuse -t lab                the running one if there is, else a new one\n"
             "\nexit codes: 0 submitted (running or still queued), 1 the job failed, 2 bad option,\n"
             "  3 qrsh/sbatch or jupyter missing, 130 interrupted while waiting (the job stays)"
         ),
@@ -546,45 +933,69 @@ def build_parser() -> argparse.ArgumentParser:
                        "notebook (job name notebook) or lab (job name jp-lab)")
     parser.add_argument("--scheduler", choices=SCHEDULERS,
                         help="sge or slurm [default: the one found on PATH]")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object on stdout (for programs: jupyter-tunnel --submit); "
+                             "messages stay on stderr")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--jobs", action="store_true",
+                       help="submit nothing: list your Jupyter jobs (names notebook, jp-lab) that are "
+                            "pending or running, with their time left")
+    which.add_argument("--job", type=job_id, metavar="ID",
+                       help="as --jobs, for that one job whatever its name")
+    which.add_argument("--reuse", action="store_true",
+                       help="submit only if no Jupyter job of yours is pending or running; "
+                            "else wait for that one")
+    which.add_argument("--cancel", type=job_id, metavar="ID", help="cancel that job (qdel/scancel)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def fail(args: argparse.Namespace, message: str, code: int, details: str = "") -> int:
+    """Report a failure: one ``Error:`` line (details after it), and the JSON object with --json."""
+    say("Error", message)
+    if details and not args.json:
+        print(details, file=sys.stderr, flush=True)
+    if args.json:
+        print(json.dumps({"error": message, "state": "failed"}), flush=True)
+    return code
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
         scheduler = args.scheduler or detect_scheduler()
-        if not (args.pre or args.conda_env):
-            which_or_fail("jupyter", "to start the server on the node; or activate an "
-                                     "environment there with --conda-env or --pre")
-        log = make_log(args.log)
-        job = submit(args, scheduler, log)
-        where = f" as job {job.job_id}" if job.job_id else ""
-        say("Info", f"Jupyter {args.type} has been submitted to the queue{where}.")
+        if args.cancel:
+            cancel_job(scheduler, args.cancel)
+            if args.json:
+                print(json.dumps({"cancelled": args.cancel}), flush=True)
+            say("Info", f"Cancelled job {args.cancel}.")
+            return EXIT_OK
+        if args.jobs or args.job:
+            return show_jobs(args, scheduler)
+        job, name, existing = start_job(args, scheduler)
         seconds = parse_duration(args.wait)
         if seconds <= 0:
-            say("Info", f"Not waiting (-w {args.wait}): the node and the server's URL will be in {log}")
-            return EXIT_OK
+            say("Info", f"Not waiting (-w {args.wait}): the node and the server's URL will be in "
+                        f"{job.log or 'the job log'}")
+            if not args.json:
+                return EXIT_OK
+            return report(job, job.poll(), args, scheduler, name, existing)
         say("Info", f"Waiting up to {args.wait} for it to start...")
         try:
             state = wait_for_job(job, seconds)
         except KeyboardInterrupt:
-            say("Info", f"Stopped waiting; the job keeps running. Log: {log}")
+            say("Info", f"Stopped waiting; the job keeps running. Log: {job.log or 'the job log'}")
             return EXIT_INTERRUPTED
-        return report(job, state, args.type, args.wait)
+        return report(job, state, args, scheduler, name, existing)
     except NodeError as error:
-        say("Error", str(error))
-        if error.details:
-            print(error.details, file=sys.stderr, flush=True)
-        return error.code
+        return fail(args, str(error), error.code, error.details)
     except subprocess.TimeoutExpired as error:  # a scheduler command that hangs (controller down)
-        say("Error", f"{os.path.basename(str(error.cmd[0]))} did not answer within {error.timeout:g} s: "
-                     "is the scheduler's controller up?")
-        return EXIT_ERROR
+        return fail(args, f"{os.path.basename(str(error.cmd[0]))} did not answer within {error.timeout:g} s: "
+                          "is the scheduler's controller up?", EXIT_ERROR)
     except OSError as error:  # the log, or a scheduler command that cannot run
-        say("Error", f"{error.strerror or error}{f': {error.filename}' if error.filename else ''}")
-        return EXIT_ERROR
+        return fail(args, f"{error.strerror or error}{f': {error.filename}' if error.filename else ''}",
+                    EXIT_ERROR)
 
 
 if __name__ == "__main__":

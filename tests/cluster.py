@@ -31,7 +31,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from helpers import process_state, tail, wait_for
 from realenv import LISTEN_ADDRESSES, SetupError, SshServer, UserAccount, run
@@ -493,11 +493,21 @@ class ClusterUser(UserAccount):
         return ["ssh", "-F", str(self.client_config), f"{self.name}@{self.head}",
                 f"PATH={path}:$PATH; export PATH; {command}"]
 
-    def ssh_head(self, command: str, venv_on_path: bool = True,
-                 timeout: float = 180.0) -> "subprocess.CompletedProcess[str]":
+    def ssh_head(self, command: str, venv_on_path: bool = True, timeout: float = 180.0,
+                 input: Optional[str] = None) -> "subprocess.CompletedProcess[str]":
         """Run `command` in an ssh session on the head node, as the user would; text output."""
-        return subprocess.run(self.ssh_head_argv(command, venv_on_path), stdin=subprocess.DEVNULL,
+        return subprocess.run(self.ssh_head_argv(command, venv_on_path),
+                              stdin=subprocess.DEVNULL if input is None else None, input=input,
                               capture_output=True, text=True, timeout=timeout)
+
+    def node_json(self, args: str, timeout: float = 180.0) -> Tuple["subprocess.CompletedProcess[str]", dict]:
+        """`python3 - ARGS --json` on the head, jupyter_node.py's source on its stdin (as
+        jupyter-tunnel --submit runs it: nothing installed there); the run and its one JSON object."""
+        done = self.ssh_head(f"cd && python3 - {args} --json", timeout=timeout,
+                             input=(REPO / "jupyter_node.py").read_text())
+        lines = done.stdout.splitlines()
+        assert len(lines) == 1, f"not one JSON line on stdout:\n{done.stdout}\n{done.stderr}"
+        return done, json.loads(lines[0])
 
 
 _HEAD_CLIENT_CONFIG = """\
@@ -597,7 +607,7 @@ class NodeReport:
     log: str
 
 
-_READY_RE = re.compile(r"Info: Jupyter \w+ is running on node (\S+), port (\d+) \(job (\S+)\)\.")
+_READY_RE = re.compile(r"Info: Jupyter \w+ is running on node (\S+), port (\d+) \(job ([^,\s]+)(?:, \S+ left)?\)\.")
 _LOG_RE = re.compile(r"^Info: Log \(it holds the token; private\): (\S+)$", re.M)
 
 
@@ -608,6 +618,33 @@ def parse_node_report(stdout: str, stderr: str) -> NodeReport:
     assert ready and log, f"jupyter-node did not report a running server:\n{stderr}"
     assert stdout.startswith("jupyter-tunnel "), stdout
     return NodeReport(ready.group(3), ready.group(1), int(ready.group(2)), log.group(1))
+
+
+def check_listed_reused_cancelled(user: ClusterUser, scheduler: str, job: dict, node: str, wait: float,
+                                  queued: Callable[[], List[str]], gone: Callable[[], bool]) -> None:
+    """After ``--json`` submitted ``job`` (ready): ``--jobs`` lists it with its time left,
+    ``--reuse`` takes it and submits nothing, ``--cancel`` ends it, then neither finds it."""
+    done, listed = user.node_json(f"--scheduler {scheduler} --jobs")
+    assert done.returncode == 0, done.stderr
+    [row] = listed["jobs"]
+    assert {key: row[key] for key in ("job", "name", "state", "node", "reason")} == {
+        "job": job["job"], "name": job["name"], "state": "running", "node": node, "reason": ""}
+    assert 0 < row["time_left"] <= job["time_left"]  # the same clock, a little later
+
+    done, again = user.node_json(f"--scheduler {scheduler} --reuse -t lab -w {wait:g}s")
+    assert done.returncode == 0, done.stderr
+    assert (again["existing"], again["job"], again["port"], again["state"]) == (True, job["job"], job["port"], "ready")
+    assert f"Info: Found your Jupyter job {job['job']} ({job['name']}, running on {node})" in done.stderr
+    assert queued() == [job["job"]]  # nothing new submitted
+
+    done, cancelled = user.node_json(f"--scheduler {scheduler} --cancel {job['job']}")
+    assert (done.returncode, cancelled) == (0, {"cancelled": job["job"]}), done.stderr
+    wait_for(gone, 60, interval=0.2, what="the job to end")
+    done, listed = user.node_json(f"--scheduler {scheduler} --job {job['job']}")
+    assert (done.returncode, listed) == (0, {"scheduler": scheduler, "jobs": []}), done.stderr
+    done, refused = user.node_json(f"--scheduler {scheduler} --cancel {job['job']}")
+    assert done.returncode == 1  # scancel alone would say nothing
+    assert refused == {"error": f"no job {job['job']} of yours is pending or running", "state": "failed"}
 
 
 _CONNECTION_RE = re.compile(r"Connection from (\S+) port (\d+) on (\S+) port \d+")

@@ -121,7 +121,8 @@ fi
 # --- 3. the other Pythons -------------------------------------------------------
 # The project says Python >= 3.9: tests/test_pythons.py runs the unit tests under the
 # oldest supported Python and the newest one on the machine (pyenv installs them on these
-# machines), each from a small venv with pytest made here.  A missing interpreter is not
+# machines), each from a small venv with pytest made here; jupyter_node.py's under 3.6 too
+# (the head node's python3), with the last pytest for 3.6.  A missing interpreter is not
 # an install step's business: that test fails and says so.
 pyenv_root=${PYENV_ROOT:-$HOME/.pyenv}
 for version in $(JT_PYENV_ROOT="$pyenv_root" "$py" "$repo/tests/pythons.py" --versions); do
@@ -130,7 +131,10 @@ for version in $(JT_PYENV_ROOT="$pyenv_root" "$py" "$repo/tests/pythons.py" --ve
         say "creating venv $unit with pytest for Python $version"
         rm -rf "$unit"
         quiet "$pyenv_root/versions/$version/bin/python3" -m venv "$unit"
-        quiet "$unit/bin/pip" install --disable-pip-version-check -q pytest "tomli; python_version < '3.11'"
+        pip_pin=$("$py" "$repo/tests/pythons.py" --pip "$version")
+        [ -z "$pip_pin" ] || quiet "$unit/bin/pip" install --disable-pip-version-check -q "$pip_pin"
+        quiet "$unit/bin/pip" install --disable-pip-version-check -q \
+            "$("$py" "$repo/tests/pythons.py" --pytest "$version")" "tomli; python_version < '3.11'"
     fi
 done
 

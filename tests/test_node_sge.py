@@ -21,7 +21,7 @@ import pytest
 
 import jupyter_node as jn
 import jupyter_tunnel as jt
-from cluster import ClusterUser, SgeCluster, logins_by_target, parse_node_report
+from cluster import ClusterUser, SgeCluster, check_listed_reused_cancelled, logins_by_target, parse_node_report
 from helpers import tcp_open, wait_for
 from jupyter_node import parse_log
 from netns import ADDRESSES
@@ -94,8 +94,8 @@ def test_lab_on_the_node_through_the_tunnel_then_qdel(sge_cluster: SgeCluster, c
 def test_bad_queue_is_an_error_with_the_log(sge_cluster: SgeCluster, cluster_user: ClusterUser):
     done = cluster_user.ssh_head(f"cd && {START} -q nosuch.q -w 60s")
     assert done.returncode == jn.EXIT_ERROR, done.stderr
-    assert "Error: Jupyter notebook did not start: qrsh exited with code 1." in done.stderr
-    assert "no suitable queues" in done.stderr  # qrsh's own reason, from the log's last lines
+    # qrsh's own reason, in the Error line (and in the log's last lines after it)
+    assert "Error: Jupyter notebook did not start: error: no suitable queues." in done.stderr
     assert done.stdout == ""
     assert sge_cluster.jobs() == []  # rejected at once (-w e), not left waiting in the queue
 
@@ -166,3 +166,19 @@ def test_node_reachable_only_from_the_head(sge_netns, cluster_user: ClusterUser)
     done = hosts.ssh("-J", "gw", "head", f"qdel {report.job_id}")
     assert done.returncode == 0, done.stderr
     wait_for(lambda: cell.job_state(report.job_id) is None, 60, interval=0.2, what="the job to end")
+
+
+def test_json_submit_list_reuse_cancel_sent_on_stdin(sge_cluster: SgeCluster, cluster_user: ClusterUser):
+    """What jupyter-tunnel --submit and -n auto ask, the way they ask it: the source on stdin."""
+    user = cluster_user
+    done, job = user.node_json(f"--scheduler sge -t lab -r h_rt=600 -w {SERVER_TIMEOUT:g}s")
+    assert done.returncode == jn.EXIT_OK, done.stderr
+    assert {key: job[key] for key in ("scheduler", "name", "state", "node", "existing", "error")} == {
+        "scheduler": "sge", "name": "jp-lab", "state": "ready", "node": user.node, "existing": False, "error": None}
+    assert tcp_open(job["node"], job["port"]) and user.server_info(job["port"])["token"]
+    assert 600 - SERVER_TIMEOUT <= job["time_left"] <= 600  # h_rt minus the time it has run
+    assert "Info: the job is pending" in done.stderr  # a change of state, as it happened
+    # the ssh session returned: the qrsh holding the job lives on without it
+    assert sge_cluster.job_state(job["job"]) == "r"
+    check_listed_reused_cancelled(user, "sge", job, sge_cluster.node, SERVER_TIMEOUT, sge_cluster.jobs,
+                                  lambda: sge_cluster.job_state(job["job"]) is None)

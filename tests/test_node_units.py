@@ -1,9 +1,13 @@
-"""Unit tests of jupyter_node.py's pure parts (tables, no cluster) and of its command line."""
+"""Unit tests of jupyter_node.py's pure parts (tables, no cluster) and of its command line.
 
-from __future__ import annotations
+They run under Python 3.6 too (tests/test_pythons.py), as jupyter_node.py does on old head
+nodes: nothing newer than 3.6 here either (no ``from __future__ import annotations``, no
+``capture_output``), and no import of jupyter_tunnel.py (Python >= 3.9).
+"""
 
 import getpass
 import os
+import re
 import shlex
 import stat
 import subprocess
@@ -19,6 +23,8 @@ import pytest
 import jupyter_node as jn
 
 REPO = Path(__file__).resolve().parent.parent
+# subprocess.run's text output, as Python 3.6 spells it (capture_output/text came in 3.7)
+TEXT = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "universal_newlines": True}
 
 
 @pytest.mark.parametrize("text, seconds", [
@@ -55,7 +61,7 @@ def run_script(script: str, tmp_path: Path, path_dirs: str = "") -> str:
         (bin_dir / name).chmod(0o755)
     out = tmp_path / "args"
     env = {"PATH": f"{path_dirs}{bin_dir}:/usr/bin:/bin", "OUT": str(out), "JOB_ID": "42", "HOME": str(tmp_path)}
-    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env)
+    done = subprocess.run(["sh", "-c", script], **TEXT, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == f"{jn.MARK} job 42 node node1.cluster"
     return out.read_text()
@@ -72,7 +78,7 @@ def test_server_script_activates_first_and_stops_when_activation_fails(tmp_path)
     script = jn.build_server_script("notebook", pre=["export A=1; export B=2", "test \"$A$B\" = 12"])
     assert run_script(script, tmp_path).splitlines() == ["notebook", "--no-browser", "--ip=node1.cluster"]
     failing = jn.build_server_script("notebook", pre=["false"])
-    done = subprocess.run(["sh", "-c", failing], capture_output=True, text=True)
+    done = subprocess.run(["sh", "-c", failing], **TEXT)
     assert done.returncode != 0
 
 
@@ -184,6 +190,10 @@ def test_make_log_given_path_is_made_private(tmp_path):
     (["-w", "-1"], "invalid wait time '-1'"),
     (["--scheduler", "pbs"], "invalid choice: 'pbs'"),
     (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--job", "4711;rm"], "invalid job id '4711;rm'"),  # it goes on qdel/scancel's command line
+    (["--cancel", "a b"], "invalid job id 'a b'"),
+    (["--jobs", "--reuse"], "not allowed with argument"),
+    (["--cancel", "1", "--jobs"], "not allowed with argument"),
 ])
 def test_bad_options_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as caught:
@@ -193,11 +203,11 @@ def test_bad_options_exit_2(argv, message, capsys):
 
 
 def test_runs_directly_with_help_and_version():
-    done = subprocess.run([str(REPO / "jupyter_node.py"), "--help"], capture_output=True, text=True)
+    done = subprocess.run([str(REPO / "jupyter_node.py"), "--help"], **TEXT)
     assert done.returncode == jn.EXIT_OK and "--conda-env" in done.stdout and "exit codes" in done.stdout
-    done = subprocess.run([sys.executable, str(REPO / "jupyter_node.py"), "--version"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, str(REPO / "jupyter_node.py"), "--version"], **TEXT)
     assert done.stdout.strip() == f"jupyter-node {jn.__version__}"
-    done = subprocess.run([sys.executable, str(REPO / "jupyter_node.py"), "-w", "soon"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, str(REPO / "jupyter_node.py"), "-w", "soon"], **TEXT)
     assert done.returncode == jn.EXIT_USAGE and "sleep syntax" in done.stderr
 
 
@@ -245,7 +255,285 @@ def test_job_poll_combines_log_and_scheduler(tmp_path, log, answer, expected):
 
 
 def test_version_is_the_projects():
-    import jupyter_tunnel
-
     # jupyter_node.py must run alone on a head node, so it keeps its own copy of the version
-    assert jn.__version__ == jupyter_tunnel.__version__
+    # (read, not imported: jupyter_tunnel.py needs Python >= 3.9, these tests run under 3.6)
+    tunnel = re.search(r'^__version__ = "([^"]+)"$', (REPO / "jupyter_tunnel.py").read_text(), re.M)
+    assert tunnel and jn.__version__ == tunnel.group(1)
+
+
+# --------------------------------------------------------------------------- jobs and time left
+
+# `qstat -xml -r -u jtcluster` of Son of Grid Engine 8.1.9, as the tests' cluster prints it: a
+# job with its own h_rt, one without (its queue's h_rt applies), one being deleted, a job of
+# another name, and pending ones (on hold; in error; waiting for a queue it asked for)
+QSTAT_XML = """<?xml version='1.0'?>
+<job_info  xmlns:xsd="http://arc.liv.ac.uk/repos/darcs/sge/source/dist/util/resources/schemas/qstat/qstat.xsd">
+  <queue_info>
+    <job_list state="running">
+      <JB_job_number>65</JB_job_number>
+      <JAT_prio>0.50000</JAT_prio>
+      <JB_name>jp-lab</JB_name>
+      <JB_owner>jtcluster</JB_owner>
+      <state>r</state>
+      <JAT_start_time>2026-11-29T09:48:35</JAT_start_time>
+      <queue_name>all.q@node07.cluster</queue_name>
+      <slots>1</slots>
+      <full_job_name>jp-lab</full_job_name>
+      <hard_request name="h_rt" resource_contribution="0.000000">600</hard_request>
+      <binding>NONE</binding>
+    </job_list>
+    <job_list state="running">
+      <JB_job_number>66</JB_job_number>
+      <JAT_prio>0.50000</JAT_prio>
+      <JB_name>notebook</JB_name>
+      <JB_owner>jtcluster</JB_owner>
+      <state>r</state>
+      <JAT_start_time>2026-11-29T09:48:35.117</JAT_start_time>
+      <queue_name>gpu.q@node08</queue_name>
+      <slots>1</slots>
+      <full_job_name>notebook</full_job_name>
+      <binding>NONE</binding>
+    </job_list>
+    <job_list state="running">
+      <JB_job_number>60</JB_job_number>
+      <JAT_prio>0.50000</JAT_prio>
+      <JB_name>jp-lab</JB_name>
+      <JB_owner>jtcluster</JB_owner>
+      <state>dr</state>
+      <JAT_start_time>2026-11-29T08:00:00</JAT_start_time>
+      <queue_name>all.q@node07.cluster</queue_name>
+      <slots>1</slots>
+      <full_job_name>jp-lab</full_job_name>
+    </job_list>
+    <job_list state="running">
+      <JB_job_number>61</JB_job_number>
+      <JAT_prio>0.50000</JAT_prio>
+      <JB_name>simulation</JB_name>
+      <JB_owner>jtcluster</JB_owner>
+      <state>r</state>
+      <JAT_start_time>2026-11-29T08:00:00</JAT_start_time>
+      <queue_name>all.q@node09</queue_name>
+      <slots>4</slots>
+      <full_job_name>simulation</full_job_name>
+      <hard_request name="h_vmem" resource_contribution="0.000000">4G</hard_request>
+      <hard_request name="h_rt" resource_contribution="0.000000">86400</hard_request>
+    </job_list>
+  </queue_info>
+  <job_info>
+    <job_list state="pending">
+      <JB_job_number>67</JB_job_number>
+      <JAT_prio>0.00000</JAT_prio>
+      <JB_name>notebook</JB_name>
+      <JB_owner>jtcluster</JB_owner>
+      <state>qw</state>
+      <JB_submission_time>2026-11-29T09:50:01</JB_submission_time>
+      <queue_name></queue_name>
+      <slots>8</slots>
+      <full_job_name>notebook</full_job_name>
+      <hard_request name="h_rt" resource_contribution="0.000000">3600</hard_request>
+      <hard_req_queue>all.q</hard_req_queue>
+      <requested_PE name="smp">8</requested_PE>
+    </job_list>
+    <job_list state="pending">
+      <JB_job_number>68</JB_job_number>
+      <JAT_prio>0.00000</JAT_prio>
+      <JB_name>jp-lab</JB_name>
+      <JB_owner>jtcluster</JB_owner>
+      <state>hqw</state>
+      <JB_submission_time>2026-11-29T09:51:00</JB_submission_time>
+      <queue_name></queue_name>
+      <slots>1</slots>
+      <full_job_name>jp-lab</full_job_name>
+    </job_list>
+    <job_list state="pending">
+      <JB_job_number>69</JB_job_number>
+      <JAT_prio>0.00000</JAT_prio>
+      <JB_name>jp-lab</JB_name>
+      <JB_owner>jtcluster</JB_owner>
+      <state>Eqw</state>
+      <JB_submission_time>2026-11-29T09:52:00</JB_submission_time>
+      <queue_name></queue_name>
+      <slots>1</slots>
+      <full_job_name>jp-lab</full_job_name>
+    </job_list>
+  </job_info>
+</job_info>
+"""
+
+START = "2026-11-29T09:48:35"
+
+
+def test_parse_qstat_xml():
+    assert jn.parse_qstat_xml(QSTAT_XML) == [
+        jn.SgeEntry("65", "jp-lab", "running", "node07.cluster", "all.q", START, 600, ""),
+        jn.SgeEntry("66", "notebook", "running", "node08", "gpu.q", START + ".117", None, ""),
+        jn.SgeEntry("61", "simulation", "running", "node09", "all.q", "2026-11-29T08:00:00", 86400, ""),
+        jn.SgeEntry("67", "notebook", "pending", "", "all.q", "", 3600, ""),
+        jn.SgeEntry("68", "jp-lab", "pending", "", "", "", None, "on hold"),
+        jn.SgeEntry("69", "jp-lab", "pending", "", "", "", None, "error state"),
+    ]
+
+
+def test_parse_qstat_xml_without_jobs_and_broken():
+    empty = "<?xml version='1.0'?>\n<job_info>\n  <queue_info>\n  </queue_info>\n  <job_info>\n  </job_info>\n</job_info>\n"
+    assert jn.parse_qstat_xml(empty) == []
+    with pytest.raises(jn.NodeError, match="no XML"):
+        jn.parse_qstat_xml("error: commlib error: got select error (Connection refused)\n")
+
+
+def test_build_sge_rows_time_left():
+    # start + h_rt (the job's own, else its queue's) - now; the start is the head's local time
+    now = jn.parse_sge_start(START) + 100
+    rows = jn.build_sge_rows(jn.parse_qstat_xml(QSTAT_XML), {"gpu.q": 7200, "all.q": None}, now)
+    assert [(row.job, row.state, row.node, row.time_left, row.reason) for row in rows] == [
+        ("65", "running", "node07.cluster", 500, ""),
+        ("66", "running", "node08", 7100, ""),  # gpu.q's h_rt
+        ("61", "running", "node09", 86400 - 100 - 6515, ""),
+        ("67", "pending", "", 3600, ""),  # not started: the whole limit is ahead of it
+        ("68", "pending", "", None, "on hold"),  # no h_rt, no queue known: no limit known
+        ("69", "pending", "", None, "error state"),
+    ]
+
+
+def test_time_left_never_negative():
+    start = jn.parse_sge_start(START)
+    assert jn.time_left(start, 60, start + 61) == 0
+    assert jn.time_left(start, None, start) is None
+    assert jn.time_left(None, 60, start) == 60
+
+
+@pytest.mark.parametrize("text", ["", "soon", "2026-11-29 09:48:35"])
+def test_parse_sge_start_unknown(text):
+    assert jn.parse_sge_start(text) is None
+
+
+# `qconf -sq all.q` (lines of it): h_rt is INFINITY, seconds, a clock, or per host in brackets
+QCONF = "qname                 all.q\nhostlist              @allhosts\ns_rt                  INFINITY\nh_rt                  {}\nh_cpu                 INFINITY\n"
+
+
+@pytest.mark.parametrize("h_rt, host, seconds", [
+    ("INFINITY", "node07", None),
+    ("3600", "node07", 3600),
+    ("48:00:00", "node07", 172800),
+    ("INFINITY,[node07=1:00:00],[node08=600]", "node07.cluster", 3600),  # the short name counts
+    ("INFINITY,[node07=1:00:00],[node08=600]", "node08", 600),
+    ("2:00:00,[node07=1:00:00]", "node09", 7200),
+    ("2:00:00,[node07=1:00:00]", "", 7200),
+])
+def test_parse_qconf_h_rt(h_rt, host, seconds):
+    assert jn.parse_qconf_h_rt(QCONF.format(h_rt), host) == seconds
+
+
+def test_parse_qconf_h_rt_missing():
+    assert jn.parse_qconf_h_rt("error: no such queue\n") is None
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("10:00", 600), ("9:58", 598), ("1:00:00", 3600), ("1-02:00:00", 93600), ("45", 45),
+    ("0:00", 0), ("UNLIMITED", None), ("NOT_SET", None), ("INVALID", None), ("INFINITY", None),
+])
+def test_parse_clock(text, seconds):
+    assert jn.parse_clock(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["1:2:3:4", "soon", "1-", "-5", "1.5"])
+def test_parse_clock_rejects(text):
+    with pytest.raises(ValueError):
+        jn.parse_clock(text)
+
+
+# `squeue -h -u jtcluster -o '%i|%j|%T|%N|%L|%r'` of Slurm 22.05, as the tests' cluster prints it
+SQUEUE = """51|notebook|PENDING||1-02:00:00|PartitionConfig
+49|jp-lab|RUNNING|node1|10:00|None
+50|notebook|RUNNING|node2|UNLIMITED|None
+52|jp-lab|COMPLETING|node1|0:00|None
+53|jp-lab|CONFIGURING|node3|59:59|None
+54|jp-lab|PENDING||1:00:00|(null)
+55|a|b|c
+"""
+
+
+def test_parse_squeue_jobs():
+    assert jn.parse_squeue_jobs(SQUEUE) == [
+        jn.JobRow("51", "notebook", "pending", "", 93600, "PartitionConfig"),
+        jn.JobRow("49", "jp-lab", "running", "node1", 600, ""),
+        jn.JobRow("50", "notebook", "running", "node2", None, ""),
+        jn.JobRow("53", "jp-lab", "pending", "node3", 3599, "configuring"),
+        jn.JobRow("54", "jp-lab", "pending", "", 3600, ""),
+    ]
+    assert jn.parse_squeue_jobs("") == []
+
+
+def test_parse_scontrol_stdout():
+    text = ("JobId=49 JobName=jp-lab UserId=jtcluster(1001) JobState=RUNNING Reason=None "
+            "WorkDir=/home/jtcluster StdErr=/tmp/jupyter_nb_jtcluster_head_x1.log StdIn=/dev/null "
+            "StdOut=/tmp/jupyter_nb_jtcluster_head_x1.log Power= \n")
+    assert jn.parse_scontrol_stdout(text) == "/tmp/jupyter_nb_jtcluster_head_x1.log"
+    assert jn.parse_scontrol_stdout("slurm_load_jobs error: Invalid job id specified\n") == ""
+
+
+@pytest.mark.parametrize("rows, expected", [
+    ([jn.JobRow("51", "notebook", "pending"), jn.JobRow("49", "jp-lab", "running", "n1")], "49"),
+    ([jn.JobRow("51", "notebook", "pending"), jn.JobRow("52", "jp-lab", "pending")], "51"),
+    ([jn.JobRow("61", "simulation", "running", "n1")], None),
+    ([], None),
+])
+def test_choose_job(rows, expected):
+    chosen = jn.choose_job(rows, list(jn.JOB_NAMES.values()))
+    assert (chosen.job if chosen else None) == expected
+
+
+@pytest.mark.parametrize("seconds, text", [(None, "-"), (0, "0:00:00"), (598, "0:09:58"),
+                                           (5400, "1:30:00"), (93600, "1-02:00:00")])
+def test_format_clock(seconds, text):
+    assert jn.format_clock(seconds) == text
+
+
+def test_format_jobs():
+    lines = jn.format_jobs([jn.JobRow("49", "jp-lab", "running", "node1", 598),
+                            jn.JobRow("51", "notebook", "pending", "", None, "Resources")]).splitlines()
+    assert lines[0].split() == ["JOB", "NAME", "STATE", "NODE", "TIME", "LEFT", "REASON"]
+    assert lines[1].split() == ["49", "jp-lab", "running", "node1", "0:09:58"]
+    assert lines[2].split() == ["51", "notebook", "pending", "-", "-", "Resources"]
+
+
+@pytest.mark.parametrize("state, expected", [
+    (jn.JobState("ready", "n1", 8888), {"state": "ready", "node": "n1", "port": 8888, "reason": "", "error": None}),
+    (jn.JobState("pending", detail="Resources"),
+     {"state": "pending", "node": "", "port": None, "reason": "Resources", "error": None}),
+    (jn.JobState("failed", "n1", detail="error: no suitable queues"),
+     {"state": "failed", "node": "n1", "port": None, "reason": "", "error": "error: no suitable queues"}),
+])
+def test_build_result(state, expected):
+    result = jn.build_result("sge", "65", "jp-lab", state, "/tmp/l.log", 500, False)
+    assert result == dict(expected, scheduler="sge", job="65", name="jp-lab", log="/tmp/l.log",
+                          time_left=500, existing=False)
+
+
+@pytest.mark.parametrize("job, state, line", [
+    ("51", jn.JobState("pending", detail="Resources"), "job 51 is pending (Resources)"),
+    ("", jn.JobState("pending"), "the job is pending"),
+    ("51", jn.JobState("running", "node1"), "job 51 is running on node1; waiting for Jupyter..."),
+])
+def test_progress_line(job, state, line):
+    assert jn.progress_line(job, state) == line
+
+
+def test_wait_tells_each_change_once(tmp_path, capsys):
+    path = tmp_path / "log"
+    path.write_text("")
+    answers = [jn.JobState("pending", detail="Priority"), jn.JobState("pending", detail="Priority"),
+               jn.JobState("pending", detail="Resources"), jn.JobState("running", "n1"), jn.JobState("running", "n1")]
+
+    class Changing(ScriptedJob):
+        def ask_scheduler(self, info):
+            if len(self.answers) == 2:  # the server comes up once the job runs (seen at the next look)
+                path.write_text(f"{jn.MARK} job 7 node n1\nhttp://n1:8888/lab?token=t\n")
+            return ScriptedJob.ask_scheduler(self, info)
+
+    job = Changing(str(path), answers)
+    job.job_id = "7"
+    assert jn.wait_for_job(job, 30) == jn.JobState("ready", "n1", 8888)
+    assert capsys.readouterr().err.splitlines() == [
+        "Info: job 7 is pending (Priority)", "Info: job 7 is pending (Resources)",
+        "Info: job 7 is running on n1; waiting for Jupyter..."]
