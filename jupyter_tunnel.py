@@ -98,6 +98,9 @@ POLL_INTERVAL = 0.002
 # start-up included, instead of 0.84 s).
 FAST_POLL_SECONDS = 1.0
 SLOW_POLL_INTERVAL = 0.1
+# How often the user's own master (not our child: no exit to wait for) is looked at while
+# the tunnel is up: a connect() to its socket, which costs it nothing measurable.
+SHARED_POLL_INTERVAL = 1.0
 # Options every ssh of the run gets through the generated config file, not via "-o": ssh
 # passes only -l -p -J -F -v to the ssh it starts for a jump host, so a config file given
 # with -F is the one way to reach every hop.
@@ -489,6 +492,12 @@ def build_ssh_config(
         if not sep:
             key, _, value = option.strip().partition(" ")
         lines.append(f"{key.strip()} {value.strip()}")
+    # ControlMaster no, before the user's own config (ssh keeps the first value): a jump
+    # hop's ssh reads this file too, and with the user's "ControlMaster auto" and
+    # "ControlPersist" it would become a master of their kind that outlives the run (seen
+    # with OpenSSH 9.2).  "no" still rides a master the user has open: a hop through it
+    # needs no login.  Our own master is -M (the command line wins); the user's -o wins too.
+    lines.append("ControlMaster no")
     # an absolute path: a relative Include is taken relative to ~/.ssh
     include = build_include_path(os.path.abspath(user_config)) if user_config else "~/.ssh/config"
     lines.append(f"Include {include}")
@@ -523,6 +532,36 @@ def build_mux_argv(ssh: str, config: str, control: str, route: Route, *args: str
     # ControlMaster=no: never become a master ourselves if the socket vanished
     argv = [ssh, "-F", config, "-S", control, "-o", "ControlMaster=no", *args]
     return argv + build_destination(route.target)
+
+
+def build_settings_argv(ssh: str, config: str, route: Route) -> list[str]:
+    """argv of ``ssh -G``: the configuration in force for the target (it connects nowhere)."""
+    jumps = ["-J", ",".join(route.jumps)] if route.jumps else []
+    return [ssh, "-F", config, "-G", *jumps, *build_destination(route.target)]
+
+
+def parse_ssh_settings(text: str) -> dict[str, str]:
+    """``ssh -G``'s lines (``keyword value``) as a dict; the first value of a keyword wins."""
+    settings: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.strip().partition(" ")
+        settings.setdefault(key.lower(), value.strip())
+    return settings
+
+
+def shared_control_path(settings: Mapping[str, str], node: bool = False) -> str:
+    """The ControlPath where the user's own master to the target would listen ("" for none).
+
+    With ``-n`` the head logs into the node with the agent, which a master forwards to a
+    session only when it was started with ForwardAgent (OpenSSH 9.2: the client's ``-A``
+    alone gets nothing): without it in the config, the run logs in itself.
+    """
+    path = settings.get("controlpath", "")
+    if path in ("", "none") or not os.path.isabs(path):
+        return ""
+    if node and settings.get("forwardagent", "no") == "no":
+        return ""
+    return path
 
 
 def parse_ssh_error(lines: Iterable[str], returncode: int | None = None) -> str:
@@ -698,6 +737,75 @@ class Master:
             self._reader.join(timeout=1)
         if self.process.stderr is not None:
             self.process.stderr.close()
+
+
+class SharedMaster(Master):
+    """The user's own master to the target (their ControlMaster/ControlPath), ridden instead
+    of logging in: sessions and forwards go through it, and close() takes back only the
+    forwards this run added.  It is not our child, so it is watched through its socket."""
+
+    def __init__(self, ssh: str, route: Route, directory: str, env: dict[str, str], verbose: int,
+                 control: str) -> None:
+        super().__init__(ssh, route, directory, env, verbose)
+        self.control = control  # the user's socket: never removed, nothing written next to it
+        self.forwards: list[str] = []
+
+    def alive(self) -> bool:
+        """Whether the master still answers on its socket (it removes it when it exits)."""
+        return socket_answers(self.control)
+
+    def why(self, last: int = 0) -> str:
+        """Why the connection is gone: the user's master stopped (its words are not ours to read)."""
+        return f"your ssh master at {self.control} stopped answering"
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the master to go, looking every SHARED_POLL_INTERVAL."""
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(SHARED_POLL_INTERVAL, left))
+        return True
+
+    def forward(self, spec: str) -> tuple[bool, str]:
+        """Add ``-L spec`` to the user's master, remembered to be cancelled at close."""
+        ok, message = super().forward(spec)
+        if ok:
+            self.forwards.append(spec)
+        return ok, message
+
+    def close(self) -> None:
+        """Cancel this run's forwards (``-O cancel``); the master itself is the user's: it stays."""
+        for spec in self.forwards:
+            argv = build_mux_argv(self.ssh, self.config, self.control, self.route, "-O", "cancel", "-L", spec)
+            try:
+                done = subprocess.run(self._command(argv), stdin=subprocess.DEVNULL, capture_output=True,
+                                      env=self.env, timeout=10)
+                self._echo(done.stderr)
+            except subprocess.TimeoutExpired:
+                pass  # a master that hangs: its forward goes when it does
+        self.forwards = []
+
+
+def find_shared_master(ssh: str, route: Route, directory: str, env: dict[str, str],
+                       verbose: int = 0) -> SharedMaster | None:
+    """The user's own live master to the target, as the config in force names it; None when
+    there is none.  ``ssh -G`` costs one exec (~7 ms); ``-O check`` runs only when something
+    listens at the ControlPath."""
+    master = SharedMaster(ssh, route, directory, env, verbose, "")
+    argv = master._command(build_settings_argv(ssh, master.config, route))
+    done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=30)
+    master.control = shared_control_path(parse_ssh_settings(done.stdout.decode(errors="replace")),
+                                         bool(route.node))
+    if done.returncode != 0 or not master.control or not socket_answers(master.control):
+        return None
+    # a socket that answers may be a master that no longer takes sessions (after -O stop)
+    argv = build_mux_argv(ssh, master.config, master.control, route, "-O", "check")
+    check = subprocess.run(master._command(argv), stdin=subprocess.DEVNULL, capture_output=True, env=env,
+                           timeout=30)
+    master._echo(check.stderr)
+    return master if check.returncode == 0 else None
 
 
 def start_agent(directory: str, registration: Registration) -> tuple[subprocess.Popen, str]:
@@ -2190,6 +2298,7 @@ class Settings(NamedTuple):
     keepalive: int = DEFAULT_KEEPALIVE
     verbose: int = 0
     new_agent: bool = False  # -a
+    new_login: bool = False  # --new-login: never ride the user's own master
     port: int | None = None  # the server's remote port (--port)
     dir: str | None = None
     pick: int | None = None
@@ -2243,6 +2352,10 @@ class Tunnel:
         self.status = 0  # HTTP status of the last successful probe
         self.redirect: OneShotRedirect | None = None  # the browser's one-time address
         self.started = False  # whether this run started its server (--start)
+        # ride the user's own master at the first login (never with -p or -a: they ask for
+        # this run's own login); after it dies, the run logs in itself
+        self.may_share = not (settings.new_login or settings.new_agent or password is not None)
+        self.batch = False  # reconnecting without a terminal: no prompt can be answered
 
     @property
     def url(self) -> str:
@@ -2255,19 +2368,25 @@ class Tunnel:
         self.directory = make_private_dir()
         # registered at once: from now on there is something to clean up after this run
         self.registration = Registration(build_state(os.getpid(), self.route, self.directory, time.time()))
-        if self.settings.new_agent or not self.env.get("SSH_AUTH_SOCK"):
-            self.agent, self.env["SSH_AUTH_SOCK"] = start_agent(self.directory, self.registration)
-            self.env.pop("SSH_AGENT_PID", None)
         if self.password is not None:
             self.env.update(write_askpass(self.directory, self.password))
         self.write_config()
 
-    def write_config(self, batch: bool = False) -> None:
+    def start_agent(self) -> None:
+        """Start our own agent if the run needs one (-a, or none in the environment), once:
+        only before a login of ours (riding the user's master needs none)."""
+        if self.agent is None and (self.settings.new_agent or not self.env.get("SSH_AUTH_SOCK")):
+            assert self.registration is not None
+            self.agent, self.env["SSH_AUTH_SOCK"] = start_agent(self.directory, self.registration)
+            self.env.pop("SSH_AGENT_PID", None)
+            self.write_config()  # AddKeysToAgent: into our agent only
+
+    def write_config(self) -> None:
         """(Re)write the ssh config file of the run (see build_ssh_config)."""
         text = build_ssh_config(self.settings.ssh_config, self.settings.ssh_options,
                                 add_keys_to_agent=self.agent is not None,
                                 password=self.password is not None,
-                                keepalive=self.settings.keepalive, batch=batch)
+                                keepalive=self.settings.keepalive, batch=self.batch)
         path = os.path.join(self.directory, CONFIG_FILE)
         with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(text)
@@ -2277,7 +2396,15 @@ class Tunnel:
                 say("Debug", f"  {line}")
 
     def login(self) -> list[Server]:
-        """Open the master (the run's one login) and discover the servers through it."""
+        """Ride the user's open master, or open ours (the run's one login); discover the servers."""
+        if self.may_share:
+            self.may_share = False
+            self.master = find_shared_master(self.ssh, self.route, self.directory, self.env,
+                                             self.settings.verbose)
+            if self.master is not None:
+                say("Info", f"Using your open connection to {self.route.target} (no login).")
+                return discover(self.master)
+        self.start_agent()
         self.master = Master(self.ssh, self.route, self.directory, self.env, self.settings.verbose,
                              outlive_interrupt=self.settings.stop_server)
         say("Info", f"Connecting to {self.route.describe()}...")
@@ -2382,8 +2509,8 @@ class Tunnel:
         """Log in again with backoff and forward the SAME local port (open tabs keep working)."""
         old_url = self.url
         self.close_master()
-        batch = self.password is None and not has_terminal()
-        self.write_config(batch=batch)
+        batch = self.batch = self.password is None and not has_terminal()
+        self.write_config()
         for attempt, delay in enumerate(backoff_delays()):
             if self.settings.max_retries is not None and attempt >= self.settings.max_retries:
                 raise TunnelError(f"could not reconnect to {self.route.target} after "
@@ -2585,6 +2712,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-a", "--ssha", dest="new_agent", action="store_true",
                         help="start a fresh ssh-agent for this run even if one runs "
                              "(one is started anyway when SSH_AUTH_SOCK is unset)")
+    parser.add_argument("--new-login", action="store_true",
+                        help="log in for this run even when your own ssh connection to the host is open "
+                             "(a ControlMaster at its ControlPath), which is otherwise used without a login; "
+                             "-a and -p imply it")
     parser.add_argument("-p", "--pass", "--sshp", dest="password", action="store_true",
                         help="ask the SSH password once and answer every hop's password prompt with it "
                              "(read from stdin when it is not a terminal)")
