@@ -2356,6 +2356,8 @@ class Tunnel:
         # this run's own login); after it dies, the run logs in itself
         self.may_share = not (settings.new_login or settings.new_agent or password is not None)
         self.batch = False  # reconnecting without a terminal: no prompt can be answered
+        # whether its own logins use an agent of its own (-a, or none in the environment)
+        self.own_agent = settings.new_agent or not self.env.get("SSH_AUTH_SOCK")
 
     @property
     def url(self) -> str:
@@ -2364,7 +2366,7 @@ class Tunnel:
         return build_url(self.local_port, self.server)
 
     def prepare(self) -> None:
-        """What the login needs: the private directory, the entry, the agent, askpass, the config."""
+        """What the login needs: the private directory, the entry, askpass, the config."""
         self.directory = make_private_dir()
         # registered at once: from now on there is something to clean up after this run
         self.registration = Registration(build_state(os.getpid(), self.route, self.directory, time.time()))
@@ -2373,18 +2375,19 @@ class Tunnel:
         self.write_config()
 
     def start_agent(self) -> None:
-        """Start our own agent if the run needs one (-a, or none in the environment), once:
-        only before a login of ours (riding the user's master needs none)."""
-        if self.agent is None and (self.settings.new_agent or not self.env.get("SSH_AUTH_SOCK")):
+        """Start the run's own agent, if it needs one, before its first login of its own
+        (riding the user's master needs none)."""
+        if self.agent is None and self.own_agent:
             assert self.registration is not None
             self.agent, self.env["SSH_AUTH_SOCK"] = start_agent(self.directory, self.registration)
             self.env.pop("SSH_AGENT_PID", None)
-            self.write_config()  # AddKeysToAgent: into our agent only
 
     def write_config(self) -> None:
         """(Re)write the ssh config file of the run (see build_ssh_config)."""
+        # AddKeysToAgent only for an agent of the run's own, written before it is started:
+        # until then no ssh of the run authenticates
         text = build_ssh_config(self.settings.ssh_config, self.settings.ssh_options,
-                                add_keys_to_agent=self.agent is not None,
+                                add_keys_to_agent=self.own_agent,
                                 password=self.password is not None,
                                 keepalive=self.settings.keepalive, batch=self.batch)
         path = os.path.join(self.directory, CONFIG_FILE)
