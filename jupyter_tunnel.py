@@ -1842,6 +1842,9 @@ def build_state(pid: int, route: Route, directory: str, started: float) -> dict:
         # for cleaning up after a run that was SIGKILLed: its ssh master (and agent)
         # outlive it, and its private directory stays
         "control_dir": directory, "master_pid": None, "agent_pid": None,
+        # riding the user's own master: {"control": its socket, "spec": the -L of this run},
+        # for cancelling the forward on it after a run that was SIGKILLed
+        "shared_forward": None,
     }
 
 
@@ -2209,6 +2212,42 @@ def socket_answers(path: str) -> bool:
     return True
 
 
+def parse_shared_forward(value: object) -> tuple[str, str] | None:
+    """(socket, ``-L`` spec) of an entry's "shared_forward" if it is what a run writes there
+    (an absolute path, a loopback spec as build_forward_spec makes), else None."""
+    if not isinstance(value, dict):
+        return None
+    control, spec = value.get("control"), value.get("spec")
+    if not (isinstance(control, str) and isinstance(spec, str) and os.path.isabs(control)):
+        return None
+    if has_control(control + spec) or not re.fullmatch(r"127\.0\.0\.1:[0-9]{1,5}:\S+", spec):
+        return None
+    return control, spec
+
+
+def cancel_shared_forward(value: object) -> None:
+    """After a run that died while riding the user's master: take its forward off that
+    master (``-O cancel``), which holds the local port until it exits; only through a socket
+    of this user's, and nothing else of the master is touched."""
+    found = parse_shared_forward(value)
+    ssh = shutil.which("ssh")
+    if found is None or ssh is None:
+        return
+    control, spec = found
+    try:
+        info = os.lstat(control)
+    except OSError:
+        return  # the master is gone, and its forward with it
+    if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.getuid():
+        return
+    # -F none: the dead run's config may be gone; -S names the master, so the host is a mere word
+    try:
+        subprocess.run([ssh, "-F", "none", "-S", control, "-o", "ControlMaster=no", "-O", "cancel", "-L", spec,
+                        "x"], stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        pass  # a master that hangs: its forward goes when it does
+
+
 def clean_leftovers(state: Mapping) -> str:
     """After a run that died (SIGKILL): stop its master and agent, remove its directory and
     its entry, each only once proven to be that run's own; returns why something the entry
@@ -2218,6 +2257,7 @@ def clean_leftovers(state: Mapping) -> str:
     names them, where it makes them, and be ours with mode 0700; a process must have exactly
     the command line the run gave it (is_master_argv, is_agent_argv) and be orphaned.
     """
+    cancel_shared_forward(state.get("shared_forward"))
     control = state.get("control_dir")
     problem = ""
     if isinstance(control, str) and control:
@@ -2438,7 +2478,10 @@ class Tunnel:
             self.server = server
         self.local_port = add_forward(self.master, self.server, self.local_port)
         assert self.registration is not None
-        self.registration.update(**build_forward_state(self.server, self.local_port))
+        shared = None
+        if isinstance(self.master, SharedMaster):
+            shared = {"control": self.master.control, "spec": self.master.forwards[-1]}
+        self.registration.update(**build_forward_state(self.server, self.local_port), shared_forward=shared)
         self.status = wait_for_tunnel(self.master, self.local_port, self.server, self.settings.timeout)
         self.registration.update(state=READY)
 

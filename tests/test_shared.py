@@ -145,3 +145,18 @@ def test_new_login_logs_in_despite_an_open_master(tunnel, sshd, jtuser_server, u
     assert run.stop(signal.SIGINT) == jt.EXIT_OK
     run.assert_clean()
     assert user_ssh.master_pid("srv") == master
+
+
+def test_a_killed_run_leaves_no_forward_on_the_users_master(tunnel, sshd, jtuser_server, user_ssh, shutdown):
+    master = user_ssh.open("srv")
+    run = tunnel("-F", str(user_ssh.config), "-s", "srv")
+    port = local_port_of(run.url())
+    os.killpg(run.process.pid, signal.SIGKILL)
+    run.process.wait()
+    assert not port_is_free(port)  # the user's master still listens there for the dead run
+    # jupyter-tunnel-shutdown (as the next run would) cleans up after it: the forward only
+    done = shutdown(TMPDIR=run.tmp)
+    assert "Traceback" not in done.stderr, done.stderr
+    wait_for(lambda: port_is_free(port), 5, what="the dead run's forward to be cancelled")
+    assert user_ssh.master_pid("srv") == master
+    run.assert_clean()

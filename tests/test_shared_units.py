@@ -67,3 +67,20 @@ def test_who_rides_the_users_master(args, shares):
     assert jt.Tunnel(settings, "ssh", jt.Route(("srv",))).may_share is shares
     # -p: the password is for this run's own login
     assert not jt.Tunnel(settings, "ssh", jt.Route(("srv",)), password="pw").may_share
+
+
+@pytest.mark.parametrize("value, found", [
+    ({"control": "/home/u/.ssh/cm-1afc", "spec": "127.0.0.1:8889:localhost:8888"},
+     ("/home/u/.ssh/cm-1afc", "127.0.0.1:8889:localhost:8888")),
+    ({"control": "/c", "spec": "127.0.0.1:8889:/run/j.sock"}, ("/c", "127.0.0.1:8889:/run/j.sock")),
+    (None, None),
+    ({"control": "c", "spec": "127.0.0.1:8889:localhost:8888"}, None),  # relative
+    ({"control": "/c", "spec": "0.0.0.0:8889:localhost:8888"}, None),  # never what a run forwards
+    ({"control": "/c", "spec": "127.0.0.1:8889:localhost:8888 -oProxyCommand=x"}, None),
+    ({"control": "/c\n", "spec": "127.0.0.1:8889:localhost:8888"}, None),
+    ({"control": "/c", "spec": 8889}, None),
+    (["/c", "127.0.0.1:8889:localhost:8888"], None),
+])
+def test_parse_shared_forward(value, found):
+    """The registry's word for the forward a dead run left on the user's master is checked."""
+    assert jt.parse_shared_forward(value) == found
