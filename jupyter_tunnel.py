@@ -534,6 +534,15 @@ def build_mux_argv(ssh: str, config: str, control: str, route: Route, *args: str
     return argv + build_destination(route.target)
 
 
+def build_cancel_argv(ssh: str, control: str, spec: str) -> list[str]:
+    """argv of ``ssh -O cancel``: take the forward ``-L spec`` off the master at ``control``.
+
+    ``-F none``: no config is needed to talk to a master (and a dead run's may be gone);
+    with ``-S`` the host is a mere word.
+    """
+    return [ssh, "-F", "none", "-S", control, "-o", "ControlMaster=no", "-O", "cancel", "-L", spec, "x"]
+
+
 def build_settings_argv(ssh: str, config: str, route: Route) -> list[str]:
     """argv of ``ssh -G``: the configuration in force for the target (it connects nowhere)."""
     jumps = ["-J", ",".join(route.jumps)] if route.jumps else []
@@ -778,14 +787,17 @@ class SharedMaster(Master):
     def close(self) -> None:
         """Cancel this run's forwards (``-O cancel``); the master itself is the user's: it stays."""
         for spec in self.forwards:
-            argv = build_mux_argv(self.ssh, self.config, self.control, self.route, "-O", "cancel", "-L", spec)
-            try:
-                done = subprocess.run(self._command(argv), stdin=subprocess.DEVNULL, capture_output=True,
-                                      env=self.env, timeout=10)
-                self._echo(done.stderr)
-            except subprocess.TimeoutExpired:
-                pass  # a master that hangs: its forward goes when it does
+            self._echo(cancel_forward(self._command(build_cancel_argv(self.ssh, self.control, spec))))
         self.forwards = []
+
+
+def cancel_forward(argv: list[str]) -> bytes:
+    """Run an ``ssh -O cancel`` (build_cancel_argv); its stderr ("" when the master hangs:
+    the forward then goes when the master does)."""
+    try:
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=10).stderr
+    except subprocess.TimeoutExpired:
+        return b""
 
 
 def find_shared_master(ssh: str, route: Route, directory: str, env: dict[str, str],
@@ -800,7 +812,7 @@ def find_shared_master(ssh: str, route: Route, directory: str, env: dict[str, st
                                          bool(route.node))
     if done.returncode != 0 or not master.control or not socket_answers(master.control):
         return None
-    # a socket that answers may be a master that no longer takes sessions (after -O stop)
+    # something listens there: -O check tells whether it is an ssh master taking requests
     argv = build_mux_argv(ssh, master.config, master.control, route, "-O", "check")
     check = subprocess.run(master._command(argv), stdin=subprocess.DEVNULL, capture_output=True, env=env,
                            timeout=30)
@@ -2240,12 +2252,7 @@ def cancel_shared_forward(value: object) -> None:
         return  # the master is gone, and its forward with it
     if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.getuid():
         return
-    # -F none: the dead run's config may be gone; -S names the master, so the host is a mere word
-    try:
-        subprocess.run([ssh, "-F", "none", "-S", control, "-o", "ControlMaster=no", "-O", "cancel", "-L", spec,
-                        "x"], stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
-    except subprocess.TimeoutExpired:
-        pass  # a master that hangs: its forward goes when it does
+    cancel_forward(build_cancel_argv(ssh, control, spec))
 
 
 def clean_leftovers(state: Mapping) -> str:

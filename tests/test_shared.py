@@ -109,14 +109,20 @@ def test_the_users_master_dying_means_a_login_on_the_same_port(tunnel, sshd, jtu
     assert user_ssh.master_pid("srv") is None
 
 
-def test_no_open_master_logs_in_and_leaves_no_master_behind(tunnel, sshd, jtuser_server, user_ssh):
+def logs_in(tunnel, sshd, user_ssh: UserSsh, *args: str) -> List[str]:
+    """Run the tool with the user's config until its URL answers, then Ctrl+C; it must have
+    logged in itself, not ridden a master: sshd's login lines of the run."""
     offset = sshd.log_offset()
-    run = tunnel("-F", str(user_ssh.config), "-s", "gw", "srv")
+    run = tunnel("-F", str(user_ssh.config), *args)
     assert get_status(run.url())[0] == 200
-    assert "Connecting to srv via gw" in run.stderr and USING not in run.stderr
-    assert len(sshd.logins_since(offset)) == 2
+    assert "Info: Connecting to srv" in run.stderr and USING not in run.stderr
     assert run.stop(signal.SIGINT) == jt.EXIT_OK
     run.assert_clean()
+    return sshd.logins_since(offset)
+
+
+def test_no_open_master_logs_in_and_leaves_no_master_behind(tunnel, sshd, jtuser_server, user_ssh):
+    assert len(logs_in(tunnel, sshd, user_ssh, "-s", "gw", "srv")) == 2
     # the user's "ControlMaster auto" + "ControlPersist" would have made the jump hop's ssh a
     # master that outlives the run: the run's config says "ControlMaster no" first
     assert user_ssh.master_pid("gw") is None and user_ssh.master_pid("srv") is None
@@ -124,26 +130,14 @@ def test_no_open_master_logs_in_and_leaves_no_master_behind(tunnel, sshd, jtuser
 
 def test_an_open_master_to_the_jump_host_saves_its_login(tunnel, sshd, jtuser_server, user_ssh):
     user_ssh.open("gw")
-    offset = sshd.log_offset()
-    run = tunnel("-F", str(user_ssh.config), "-s", "gw", "srv")
-    assert get_status(run.url())[0] == 200
-    assert "Connecting to srv via gw" in run.stderr
-    logins = sshd.logins_since(offset)
+    logins = logs_in(tunnel, sshd, user_ssh, "-s", "gw", "srv")
     assert len(logins) == 1, logins  # srv's: gw is reached through the user's master
-    assert run.stop(signal.SIGINT) == jt.EXIT_OK
-    run.assert_clean()
     assert user_ssh.master_pid("gw") is not None
 
 
 def test_new_login_logs_in_despite_an_open_master(tunnel, sshd, jtuser_server, user_ssh):
     master = user_ssh.open("srv")
-    offset = sshd.log_offset()
-    run = tunnel("-F", str(user_ssh.config), "-s", "srv", "--new-login")
-    assert get_status(run.url())[0] == 200
-    assert "Connecting to srv" in run.stderr and USING not in run.stderr
-    assert len(sshd.logins_since(offset)) == 1
-    assert run.stop(signal.SIGINT) == jt.EXIT_OK
-    run.assert_clean()
+    assert len(logs_in(tunnel, sshd, user_ssh, "-s", "srv", "--new-login")) == 1
     assert user_ssh.master_pid("srv") == master
 
 

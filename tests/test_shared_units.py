@@ -84,3 +84,9 @@ def test_who_rides_the_users_master(args, shares):
 def test_parse_shared_forward(value, found):
     """The registry's word for the forward a dead run left on the user's master is checked."""
     assert jt.parse_shared_forward(value) == found
+
+
+def test_build_cancel_argv_names_the_master_and_nothing_else():
+    assert jt.build_cancel_argv("ssh", "/home/u/.ssh/cm-1afc", "127.0.0.1:8889:localhost:8888") == [
+        "ssh", "-F", "none", "-S", "/home/u/.ssh/cm-1afc", "-o", "ControlMaster=no", "-O", "cancel",
+        "-L", "127.0.0.1:8889:localhost:8888", "x"]
