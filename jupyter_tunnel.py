@@ -8,7 +8,10 @@ below, in this order, and ``run_tunnel`` drives them through one ``Tunnel``:
    state "connecting", for jupyter_tunnel_shutdown.py: a run killed while it waits leaves
    nothing unfound), then start ONE OpenSSH master connection (``ssh -M -S SOCKET -N``) to
    the last ``-s`` host, through the others as jump hosts (``-J``).  Every later step is
-   multiplexed over it, so a password or 2FA prompt appears once.
+   multiplexed over it, so a password or 2FA prompt appears once.  When the user's own
+   master to that host answers at the ControlPath their config names (``ssh -G``, ``-O
+   check``), the run rides it instead (``SharedMaster``): no login at all, and only the
+   forward it added is taken back at the end.
 2. discover (``discover``): a small POSIX ``sh`` script run on the remote through the
    master (with ``-n``, on the cluster node, from the head) prints the runtime files
    (``jpserver-*.json``, ``nbserver-*.json``) of the live Jupyter servers; the JSON is
