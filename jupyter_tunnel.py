@@ -8,7 +8,10 @@ below, in this order, and ``run_tunnel`` drives them through one ``Tunnel``:
    state "connecting", for jupyter_tunnel_shutdown.py: a run killed while it waits leaves
    nothing unfound), then start ONE OpenSSH master connection (``ssh -M -S SOCKET -N``) to
    the last ``-s`` host, through the others as jump hosts (``-J``).  Every later step is
-   multiplexed over it, so a password or 2FA prompt appears once.
+   multiplexed over it, so a password or 2FA prompt appears once.  When the user's own
+   master to that host answers at the ControlPath their config names (``ssh -G``, ``-O
+   check``), the run rides it instead (``SharedMaster``): no login at all, and only the
+   forward it added is taken back at the end.
 2. discover (``discover``): a small POSIX ``sh`` script run on the remote through the
    master (with ``-n``, on the cluster node, from the head) prints the runtime files
    (``jpserver-*.json``, ``nbserver-*.json``) of the live Jupyter servers; the JSON is
@@ -101,6 +104,9 @@ POLL_INTERVAL = 0.002
 # start-up included, instead of 0.84 s).
 FAST_POLL_SECONDS = 1.0
 SLOW_POLL_INTERVAL = 0.1
+# How often the user's own master (not our child: no exit to wait for) is looked at while
+# the tunnel is up: a connect() to its socket, which costs it nothing measurable.
+SHARED_POLL_INTERVAL = 1.0
 # Options every ssh of the run gets through the generated config file, not via "-o": ssh
 # passes only -l -p -J -F -v to the ssh it starts for a jump host, so a config file given
 # with -F is the one way to reach every hop.
@@ -495,6 +501,12 @@ def build_ssh_config(
         if not sep:
             key, _, value = option.strip().partition(" ")
         lines.append(f"{key.strip()} {value.strip()}")
+    # ControlMaster no, before the user's own config (ssh keeps the first value): a jump
+    # hop's ssh reads this file too, and with the user's "ControlMaster auto" and
+    # "ControlPersist" it would become a master of their kind that outlives the run (seen
+    # with OpenSSH 9.2).  "no" still rides a master the user has open: a hop through it
+    # needs no login.  Our own master is -M (the command line wins); the user's -o wins too.
+    lines.append("ControlMaster no")
     # an absolute path: a relative Include is taken relative to ~/.ssh
     include = build_include_path(os.path.abspath(user_config)) if user_config else "~/.ssh/config"
     lines.append(f"Include {include}")
@@ -529,6 +541,45 @@ def build_mux_argv(ssh: str, config: str, control: str, route: Route, *args: str
     # ControlMaster=no: never become a master ourselves if the socket vanished
     argv = [ssh, "-F", config, "-S", control, "-o", "ControlMaster=no", *args]
     return argv + build_destination(route.target)
+
+
+def build_cancel_argv(ssh: str, control: str, spec: str) -> list[str]:
+    """argv of ``ssh -O cancel``: take the forward ``-L spec`` off the master at ``control``.
+
+    ``-F none``: no config is needed to talk to a master (and a dead run's may be gone);
+    with ``-S`` the host is a mere word.
+    """
+    return [ssh, "-F", "none", "-S", control, "-o", "ControlMaster=no", "-O", "cancel", "-L", spec, "x"]
+
+
+def build_settings_argv(ssh: str, config: str, route: Route) -> list[str]:
+    """argv of ``ssh -G``: the configuration in force for the target (it connects nowhere)."""
+    jumps = ["-J", ",".join(route.jumps)] if route.jumps else []
+    return [ssh, "-F", config, "-G", *jumps, *build_destination(route.target)]
+
+
+def parse_ssh_settings(text: str) -> dict[str, str]:
+    """``ssh -G``'s lines (``keyword value``) as a dict; the first value of a keyword wins."""
+    settings: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.strip().partition(" ")
+        settings.setdefault(key.lower(), value.strip())
+    return settings
+
+
+def shared_control_path(settings: Mapping[str, str], node: bool = False) -> str:
+    """The ControlPath where the user's own master to the target would listen ("" for none).
+
+    With ``-n`` the head logs into the node with the agent, which a master forwards to a
+    session only when it was started with ForwardAgent (OpenSSH 9.2: the client's ``-A``
+    alone gets nothing): without it in the config, the run logs in itself.
+    """
+    path = settings.get("controlpath", "")
+    if path in ("", "none") or not os.path.isabs(path):
+        return ""
+    if node and settings.get("forwardagent", "no") == "no":
+        return ""
+    return path
 
 
 def parse_ssh_error(lines: Iterable[str], returncode: int | None = None) -> str:
@@ -709,6 +760,78 @@ class Master:
         # then crash the reader ("Exception in thread"): the reader closes it at its end.
         if self.process.stderr is not None and (self._reader is None or not self._reader.is_alive()):
             self.process.stderr.close()
+
+
+class SharedMaster(Master):
+    """The user's own master to the target (their ControlMaster/ControlPath), ridden instead
+    of logging in: sessions and forwards go through it, and close() takes back only the
+    forwards this run added.  It is not our child, so it is watched through its socket."""
+
+    def __init__(self, ssh: str, route: Route, directory: str, env: dict[str, str], verbose: int,
+                 control: str) -> None:
+        super().__init__(ssh, route, directory, env, verbose)
+        self.control = control  # the user's socket: never removed, nothing written next to it
+        self.forwards: list[str] = []
+
+    def alive(self) -> bool:
+        """Whether the master still answers on its socket (it removes it when it exits)."""
+        return socket_answers(self.control)
+
+    def why(self, last: int = 0) -> str:
+        """Why the connection is gone: the user's master stopped (its words are not ours to read)."""
+        return f"your ssh master at {self.control} stopped answering"
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the master to go, looking every SHARED_POLL_INTERVAL."""
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(SHARED_POLL_INTERVAL, left))
+        return True
+
+    def forward(self, spec: str) -> tuple[bool, str]:
+        """Add ``-L spec`` to the user's master, remembered to be cancelled at close."""
+        ok, message = super().forward(spec)
+        if ok:
+            self.forwards.append(spec)
+        return ok, message
+
+    def close(self) -> None:
+        """Cancel this run's forwards (``-O cancel``); the master itself is the user's: it stays."""
+        for spec in self.forwards:
+            self._echo(cancel_forward(self._command(build_cancel_argv(self.ssh, self.control, spec))))
+        self.forwards = []
+
+
+def cancel_forward(argv: list[str]) -> bytes:
+    """Run an ``ssh -O cancel`` (build_cancel_argv); its stderr ("" when the master hangs:
+    the forward then goes when the master does)."""
+    try:
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=10).stderr
+    except subprocess.TimeoutExpired:
+        return b""
+
+
+def find_shared_master(ssh: str, route: Route, directory: str, env: dict[str, str],
+                       verbose: int = 0) -> SharedMaster | None:
+    """The user's own live master to the target, as the config in force names it; None when
+    there is none.  ``ssh -G`` costs one exec (~7 ms); ``-O check`` runs only when something
+    listens at the ControlPath."""
+    master = SharedMaster(ssh, route, directory, env, verbose, "")
+    argv = master._command(build_settings_argv(ssh, master.config, route))
+    done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=30)
+    master.control = shared_control_path(parse_ssh_settings(done.stdout.decode(errors="replace")),
+                                         bool(route.node or route.scheduled))
+    if done.returncode != 0 or not master.control or not socket_answers(master.control):
+        return None
+    # something listens there: -O check tells whether it is an ssh master taking requests
+    argv = build_mux_argv(ssh, master.config, master.control, route, "-O", "check")
+    check = subprocess.run(master._command(argv), stdin=subprocess.DEVNULL, capture_output=True, env=env,
+                           timeout=30)
+    master._echo(check.stderr)
+    return master if check.returncode == 0 else None
 
 
 def start_agent(directory: str, registration: Registration) -> tuple[subprocess.Popen, str]:
@@ -951,11 +1074,15 @@ def discover(master: Master, timeout: float = 60.0) -> list[Server]:
 # script on stdin needs no second level of quoting (one more round trip: nothing next to a
 # server's start-up).  Its own stdout (fd 3) carries the markers; everything else, the
 # activation's and the server's output included, goes to a new private log (umask 077: 0600
-# in a 0700 directory).  The server is started detached: setsid (else "set -m", which gives
-# a background job its own process group, and nohup) with stdin from /dev/null and no
-# descriptor of the ssh session, so that it outlives the session and the tunnel.  Neither
+# in a 0700 directory).  The server is started detached: setsid (else nohup) with stdin
+# from /dev/null and no descriptor of the ssh session, so that it outlives the session and
+# the tunnel.  Neither
 # setsid (not a process group leader here: no fork) nor jupyter (it execs jupyter-APP)
 # changes the pid, so $! is the server's pid, its process group and its runtime file's name.
+# Without setsid(1) (some BSDs, busybox builds) nohup keeps it from SIGHUP, but it stays in
+# the session's process group: "set -m" gives a job its own group only where the shell can
+# do job control, and dash cannot without a terminal.  A failure then kills the pid alone
+# (nothing else runs in it before its runtime file exists: jupyter execs jupyter-APP).
 # It listens on 127.0.0.1 only (login nodes are shared) on the port Jupyter chooses (8888 or
 # the next free one: its port_retries; "--port=0" makes notebook < 7 write port 0).  The
 # script waits for the runtime file itself (no round trip per look) and prints it as the
@@ -976,11 +1103,12 @@ command -v "$J" >/dev/null 2>&1 || fail "$J not found: activate its environment 
 if command -v setsid >/dev/null 2>&1; then
   setsid "$J" @APP@ --no-browser --ip=127.0.0.1 </dev/null 3>&- &
 else
-  set -m; nohup "$J" @APP@ --no-browser --ip=127.0.0.1 </dev/null 3>&- &
+  nohup "$J" @APP@ --no-browser --ip=127.0.0.1 </dev/null 3>&- &
 fi
 pid=$!
 echo "$M pid $pid" >&3
-stop() { kill -TERM -$pid 2>/dev/null; sleep 2; kill -KILL -$pid 2>/dev/null; fail "$1"; }
+stop() { kill -TERM -$pid 2>/dev/null || kill -TERM $pid 2>/dev/null; sleep 2
+  kill -KILL -$pid 2>/dev/null || kill -KILL $pid 2>/dev/null; fail "$1"; }
 tries=0
 while :; do
   for d in @DIRS@; do
@@ -2172,6 +2300,9 @@ def build_state(pid: int, route: Route, directory: str, started: float) -> dict:
         "control_dir": directory, "master_pid": None, "agent_pid": None,
         # a server in a scheduler job: its id, scheduler and end (epoch seconds; None: no limit)
         "job": "", "scheduler": "", "job_end": None,
+        # riding the user's own master: {"control": its socket, "spec": the -L of this run},
+        # for cancelling the forward on it after a run that was SIGKILLed
+        "shared_forward": None,
     }
 
 
@@ -2539,6 +2670,37 @@ def socket_answers(path: str) -> bool:
     return True
 
 
+def parse_shared_forward(value: object) -> tuple[str, str] | None:
+    """(socket, ``-L`` spec) of an entry's "shared_forward" if it is what a run writes there
+    (an absolute path, a loopback spec as build_forward_spec makes), else None."""
+    if not isinstance(value, dict):
+        return None
+    control, spec = value.get("control"), value.get("spec")
+    if not (isinstance(control, str) and isinstance(spec, str) and os.path.isabs(control)):
+        return None
+    if has_control(control + spec) or not re.fullmatch(r"127\.0\.0\.1:[0-9]{1,5}:\S+", spec):
+        return None
+    return control, spec
+
+
+def cancel_shared_forward(value: object) -> None:
+    """After a run that died while riding the user's master: take its forward off that
+    master (``-O cancel``), which holds the local port until it exits; only through a socket
+    of this user's, and nothing else of the master is touched."""
+    found = parse_shared_forward(value)
+    ssh = shutil.which("ssh")
+    if found is None or ssh is None:
+        return
+    control, spec = found
+    try:
+        info = os.lstat(control)
+    except OSError:
+        return  # the master is gone, and its forward with it
+    if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.getuid():
+        return
+    cancel_forward(build_cancel_argv(ssh, control, spec))
+
+
 def clean_leftovers(state: Mapping) -> str:
     """After a run that died (SIGKILL): stop its master and agent, remove its directory and
     its entry, each only once proven to be that run's own; returns why something the entry
@@ -2548,6 +2710,7 @@ def clean_leftovers(state: Mapping) -> str:
     names them, where it makes them, and be ours with mode 0700; a process must have exactly
     the command line the run gave it (is_master_argv, is_agent_argv) and be orphaned.
     """
+    cancel_shared_forward(state.get("shared_forward"))
     control = state.get("control_dir")
     problem = ""
     if isinstance(control, str) and control:
@@ -2628,6 +2791,7 @@ class Settings(NamedTuple):
     keepalive: int = DEFAULT_KEEPALIVE
     verbose: int = 0
     new_agent: bool = False  # -a
+    new_login: bool = False  # --new-login: never ride the user's own master
     port: int | None = None  # the server's remote port (--port)
     dir: str | None = None
     pick: int | None = None
@@ -2698,6 +2862,12 @@ class Tunnel:
         self.jobs: list[ClusterJob] | None = None  # --list -n auto: the jobs found
         self.job_end: float | None = None  # time.monotonic() at the job's time limit
         self.warnings: list[tuple[float, float]] = []  # (monotonic time, seconds left then), soonest first
+        # ride the user's own master at the first login (never with -p or -a: they ask for
+        # this run's own login); after it dies, the run logs in itself
+        self.may_share = not (settings.new_login or settings.new_agent or password is not None)
+        self.batch = False  # reconnecting without a terminal: no prompt can be answered
+        # whether its own logins use an agent of its own (-a, or none in the environment)
+        self.own_agent = settings.new_agent or not self.env.get("SSH_AUTH_SOCK")
 
     @property
     def url(self) -> str:
@@ -2706,23 +2876,30 @@ class Tunnel:
         return build_url(self.local_port, self.server)
 
     def prepare(self) -> None:
-        """What the login needs: the private directory, the entry, the agent, askpass, the config."""
+        """What the login needs: the private directory, the entry, askpass, the config."""
         self.directory = make_private_dir()
         # registered at once: from now on there is something to clean up after this run
         self.registration = Registration(build_state(os.getpid(), self.route, self.directory, time.time()))
-        if self.settings.new_agent or not self.env.get("SSH_AUTH_SOCK"):
-            self.agent, self.env["SSH_AUTH_SOCK"] = start_agent(self.directory, self.registration)
-            self.env.pop("SSH_AGENT_PID", None)
         if self.password is not None:
             self.env.update(write_askpass(self.directory, self.password))
         self.write_config()
 
-    def write_config(self, batch: bool = False) -> None:
+    def start_agent(self) -> None:
+        """Start the run's own agent, if it needs one, before its first login of its own
+        (riding the user's master needs none)."""
+        if self.agent is None and self.own_agent:
+            assert self.registration is not None
+            self.agent, self.env["SSH_AUTH_SOCK"] = start_agent(self.directory, self.registration)
+            self.env.pop("SSH_AGENT_PID", None)
+
+    def write_config(self) -> None:
         """(Re)write the ssh config file of the run (see build_ssh_config)."""
+        # AddKeysToAgent only for an agent of the run's own, written before it is started:
+        # until then no ssh of the run authenticates
         text = build_ssh_config(self.settings.ssh_config, self.settings.ssh_options,
-                                add_keys_to_agent=self.agent is not None,
+                                add_keys_to_agent=self.own_agent,
                                 password=self.password is not None,
-                                keepalive=self.settings.keepalive, batch=batch)
+                                keepalive=self.settings.keepalive, batch=self.batch)
         path = os.path.join(self.directory, CONFIG_FILE)
         with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(text)
@@ -2732,7 +2909,15 @@ class Tunnel:
                 say("Debug", f"  {line}")
 
     def login(self) -> list[Server]:
-        """Open the master (the run's one login) and discover the servers through it."""
+        """Ride the user's open master, or open ours (the run's one login); discover the servers."""
+        if self.may_share:
+            self.may_share = False
+            self.master = find_shared_master(self.ssh, self.route, self.directory, self.env,
+                                             self.settings.verbose)
+            if self.master is not None:
+                say("Info", f"Using your open connection to {self.route.target} (no login).")
+                return self.discover()
+        self.start_agent()
         self.master = Master(self.ssh, self.route, self.directory, self.env, self.settings.verbose,
                              outlive_interrupt=self.settings.stop_server)
         say("Info", f"Connecting to {self.route.describe()}...")
@@ -2743,12 +2928,19 @@ class Tunnel:
         self.master.open(on_start=lambda pid: self.registration.update(state=CONNECTING, master_pid=pid))
         if self.settings.cluster is not None and not self.route.node:
             say("Info", f"Connected in {time.monotonic() - started:.2f} s.")
-            if not self.find_node():
-                return []  # --list -n auto: the jobs are listed, none is chosen
-            say("Info", f"Looking for Jupyter servers on {self.route.describe_server_host()}...")
         else:
             say("Info", f"Connected in {time.monotonic() - started:.2f} s; "
                         f"looking for Jupyter servers on {self.route.describe_server_host()}...")
+        return self.discover()
+
+    def discover(self) -> list[Server]:
+        """The servers found through the master; with --submit, -n auto or --job, on the job's
+        node, learnt first (none for --list -n auto: it lists the jobs)."""
+        assert self.master is not None
+        if self.settings.cluster is not None and not self.route.node:
+            if not self.find_node():
+                return []  # --list -n auto: the jobs are listed, none is chosen
+            say("Info", f"Looking for Jupyter servers on {self.route.describe_server_host()}...")
         return discover(self.master)
 
     def find_node(self) -> bool:
@@ -2861,7 +3053,10 @@ class Tunnel:
             self.server = server
         self.local_port = add_forward(self.master, self.server, self.local_port)
         assert self.registration is not None
-        self.registration.update(**build_forward_state(self.server, self.local_port))
+        shared = None
+        if isinstance(self.master, SharedMaster):
+            shared = {"control": self.master.control, "spec": self.master.forwards[-1]}
+        self.registration.update(**build_forward_state(self.server, self.local_port), shared_forward=shared)
         self.status = wait_for_tunnel(self.master, self.local_port, self.server, self.settings.timeout)
         self.registration.update(state=READY)
 
@@ -2969,8 +3164,8 @@ class Tunnel:
         """Log in again with backoff and forward the SAME local port (open tabs keep working)."""
         old_url = self.url
         self.close_master()
-        batch = self.password is None and not has_terminal()
-        self.write_config(batch=batch)
+        batch = self.batch = self.password is None and not has_terminal()
+        self.write_config()
         for attempt, delay in enumerate(backoff_delays()):
             if self.settings.max_retries is not None and attempt >= self.settings.max_retries:
                 raise TunnelError(f"could not reconnect to {self.route.target} after "
@@ -3227,7 +3422,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="host(s) to contact in order: all but the last are jump hosts "
                              "([user@]host[:port], names from ~/.ssh/config work)")
     parser.add_argument("-b", "--browser", type=browser_option, metavar="PROG",
-                        help='browser to start with the URL; "n" or "none": start none '
+                        help="browser to start once the tunnel answers (it gets a one-time address that "
+                             'redirects to the URL); "n" or "none": start none '
                              "[default: the system's default browser]")
     parser.add_argument("-n", "--node", metavar="NODE",
                         help="cluster node (Grid Engine, Slurm) running the server; the last -s host "
@@ -3236,6 +3432,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-a", "--ssha", dest="new_agent", action="store_true",
                         help="start a fresh ssh-agent for this run even if one runs "
                              "(one is started anyway when SSH_AUTH_SOCK is unset)")
+    parser.add_argument("--new-login", action="store_true",
+                        help="log in for this run even when your own ssh connection to the host is open "
+                             "(a ControlMaster at its ControlPath), which is otherwise used without a login; "
+                             "-a and -p imply it")
     parser.add_argument("-p", "--pass", "--sshp", dest="password", action="store_true",
                         help="ask the SSH password once and answer every hop's password prompt with it "
                              "(read from stdin when it is not a terminal)")
@@ -3257,9 +3457,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="local port to use [default: the remote port, or the next free one]")
     parser.add_argument("-w", "--timeout", type=seconds_option(MAX_TIMEOUT, durations=True), default=DEFAULT_TIMEOUT,
                         metavar="SECONDS",
-                        help=f"give up when Jupyter does not answer within SECONDS (at most {MAX_TIMEOUT:g}; "
-                             "sleep syntax works too: 90s, 5m, 1.5h); with --submit, the job's whole wait "
-                             "in the queue [default: %(default)g]")
+                        help=f"give up when Jupyter does not answer (with --start: has not started) within "
+                             f"SECONDS (at most {MAX_TIMEOUT:g}; sleep syntax works too: 90s, 5m, 1.5h); with "
+                             "--submit, the job's whole wait in the queue [default: %(default)g]")
     parser.add_argument("--keepalive", type=int_option(1, MAX_KEEPALIVE), default=DEFAULT_KEEPALIVE,
                         metavar="SECONDS",
                         help=f"ssh keepalive interval (1 to {MAX_KEEPALIVE}): a dead connection is noticed "

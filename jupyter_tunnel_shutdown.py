@@ -419,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  stop those through a host:   jupyter-tunnel-shutdown --host gateway.ext\n"
             "  from a sleep hook:           jupyter-tunnel-shutdown --timeout 5 --force\n"
             "\nexit codes: 0 all stopped (or none was running), 1 some did not stop\n"
-            "  (without --force), 2 bad option, 130 interrupted"
+            "  (without --force) or an error, 2 bad option, 130 interrupted"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

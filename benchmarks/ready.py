@@ -13,15 +13,27 @@ the chain".  The flow:
    that config too, so each link of the chain is delayed once in each direction.
 3. For 1, 2 and 3 hosts (srv; gw srv; gw head srv), after one warm-up, ``--runs`` times:
    (a) ``ssh -J … true`` through the same chain: the limit;
-   (b) ``jupyter_tunnel.py -b none`` from its start until the printed URL answers
-       (``GET …/api/status`` with the token, through the tunnel);
+   (b) ``jupyter-tunnel -b none`` from its start until the printed URL answers
+       (``GET …/api/status`` with the token, through the tunnel), run as the installed
+       command runs it (its modules imported from cached bytecode; ``--form script``:
+       ``python jupyter_tunnel.py``, which Python compiles anew at every start);
    (c) SIGINT to its process group (a terminal's Ctrl+C) until it has exited and no
        process of the run is left (its ssh master, jump-host ssh, agent);
    (d) the logins sshd logged during the run.
    In the last run the tunnel first idles ``--idle`` seconds, then the RSS of the
    python process and of its ssh master is read.  The tool's own stderr lines are
-   time-stamped to split (b) into phases: start-up, login, discovery+forward+probe,
-   and the final check.
+   time-stamped to split (b) into phases: start-up (to "Connecting", printed right
+   before the master's exec), login, discovery+forward+probe, and the final check.
+   These "cold" rows are checked against the floor of a run that logs in: (b) - (a) <=
+   start-up + 2 round trips through the chain (the tool's probe, the benchmark's check)
+   + 30 ms.  Two more kinds of rows (``--kinds``):
+   - "master already open": the user's own master (ControlMaster auto, ControlPath,
+     ControlPersist in a user config, opened by ``ssh … true`` with it) is up before the
+     runs, and the tool runs with that config: no login at all, (b) <= 0.5 x (a);
+   - "--start, no server running" (1 hop): ``--start -t lab`` in a fresh root directory
+     that no running server matches (``--stop-server`` at the end of each run), next to
+     the server's own start-up (``jupyter lab`` started by hand on the remote until its
+     runtime file appears, timed on the remote, in the same run): (b) <= (a) + that + 0.3 s.
 4. (e) ``jupyter_tunnel.py --help`` wall time (the import cost), with a bare
    ``python -c pass`` as the floor.
 5. Print Markdown tables (medians with [min–max], the ratio (b)/(a) per row) and the
@@ -59,6 +71,7 @@ import realenv  # noqa: E402
 from helpers import http_get  # noqa: E402
 
 SCRIPT = REPO / "jupyter_tunnel.py"
+VENV = Path(sys.prefix)  # the test venv: its jupyter is what --start starts on the "remote"
 PROXY = Path(__file__).resolve().with_name("delayproxy.py")
 # the hosts given to -s for each number of hops: the target is always srv (127.0.0.3)
 ROUTES: Mapping[int, Tuple[str, ...]] = {1: ("srv",), 2: ("gw", "srv"), 3: ("gw", "head", "srv")}
@@ -73,7 +86,14 @@ EXIT_TIMEOUT = 15.0  # after SIGINT; the tool's own cleanup waits at most ~5 s f
 GROUP_GRACE = 2.0  # after the tool's exit, for the last of its processes to go
 PROXY_START_TIMEOUT = 10.0
 
+# The kinds of rows (--kinds), and their names in the tables.
+KINDS = {"cold": "cold", "shared": "master already open", "start": "--start, no server running"}
+
 # The targets of the claim (README "Benchmark"); checked on the medians.
+TARGET_SHARED_RATIO = 0.5  # master already open: (b) <= 0.5 * (a)
+TARGET_STARTUP = 0.035  # seconds from exec to the master's exec
+TARGET_FLOOR_SLACK = 0.030  # cold: (b) - (a) <= start-up + 2 round trips + this
+TARGET_START_SLACK = 0.3  # --start: (b) <= (a) + the server's own start-up + this
 TARGET_RATIO = 1.2  # (b) <= TARGET_RATIO * (a) + TARGET_SLACK
 TARGET_SLACK = 0.1  # seconds: python start-up and one probe through the tunnel
 TARGET_TEARDOWN = 1.0  # seconds
@@ -83,6 +103,7 @@ TARGET_RSS_MB = 20.0  # the idle python process
 # Prefixes of the tool's stderr lines that mark the start and end of the login phase.
 CONNECTING = "Info: Connecting"
 CONNECTED = "Info: Connected"
+USING = "Info: Using your open connection"  # no login: start-up ends there, login is 0
 
 
 class BenchmarkError(Exception):
@@ -108,6 +129,7 @@ class Row:
 
     hops: int
     delay_ms: float
+    kind: str = "cold"  # a key of KINDS
     ssh: List[float] = field(default_factory=list)  # (a) seconds per run
     ready: List[float] = field(default_factory=list)  # (b)
     teardown: List[float] = field(default_factory=list)  # (c)
@@ -117,6 +139,7 @@ class Row:
     phases: Dict[str, List[Optional[float]]] = field(default_factory=dict)
     rss_python_mb: Optional[float] = None
     rss_master_mb: Optional[float] = None
+    server_startup: List[float] = field(default_factory=list)  # --start rows: jupyter lab by hand, seconds
 
 
 @dataclass
@@ -129,6 +152,7 @@ class Result:
     runs: int
     idle: float
     machine: Dict[str, Any]
+    form: str = "installed"  # how the tool was run (--form)
 
 
 PHASES = ("start-up", "login", "discover+forward+probe", "URL answers")
@@ -160,8 +184,8 @@ def ratio(row: Row) -> Optional[float]:
 
 def phase_times(t_start: float, stderr: Sequence[Tuple[float, str]], t_url: float, t_answer: float) -> Dict[str, Optional[float]]:
     """Split one run's (b) by the time-stamped stderr lines; None where a message is missing."""
-    connecting = next((t for t, line in stderr if line.startswith(CONNECTING)), None)
-    connected = next((t for t, line in stderr if line.startswith(CONNECTED)), None)
+    connecting = next((t for t, line in stderr if line.startswith((CONNECTING, USING))), None)
+    connected = next((t for t, line in stderr if line.startswith((CONNECTED, USING))), None)
     return {
         "start-up": None if connecting is None else connecting - t_start,
         "login": None if connecting is None or connected is None else connected - connecting,
@@ -190,15 +214,32 @@ def _mb(value: Optional[float]) -> str:
     return "–" if value is None else f"{value:.1f}"
 
 
+def round_trip(row: Row) -> float:
+    """Seconds of one round trip through the chain: the proxies delay each link by
+    ``delay_ms`` each way (loopback itself adds ~0.1 ms)."""
+    return 2 * row.delay_ms / 1000 * row.hops
+
+
+def floor_terms(row: Row) -> Optional[Dict[str, float]]:
+    """A cold row's (b) - (a) next to its floor's terms (medians, seconds); None without samples."""
+    ready, ssh, startup = summarize(row.ready), summarize(row.ssh), summarize(row.phases.get("start-up", []))
+    if ready is None or ssh is None or startup is None:
+        return None
+    allowance = startup.median + 2 * round_trip(row) + TARGET_FLOOR_SLACK
+    return {"extra": ready.median - ssh.median, "startup": startup.median, "round_trips": 2 * round_trip(row),
+            "allowance": allowance}
+
+
 def build_table(rows: Sequence[Row]) -> str:
-    """The main table: one line per (delay, hops), times in seconds."""
-    header = ["hops", "delay/hop", "(a) ssh -J … true s", "(b) ready s", "(b)/(a)",
+    """The main table: one line per (kind, delay, hops), times in seconds."""
+    header = ["run", "hops", "delay/hop", "(a) ssh -J … true s", "(b) ready s", "(b)/(a)",
               "(c) teardown s", "(d) logins", "RSS python MB", "RSS ssh master MB"]
     lines = []
     for row in rows:
         r = ratio(row)
         logins = sorted(set(row.logins))
         lines.append([
+            KINDS[row.kind],
             str(row.hops),
             f"{row.delay_ms:g} ms",
             format_stats(summarize(row.ssh)),
@@ -214,12 +255,37 @@ def build_table(rows: Sequence[Row]) -> str:
 
 def build_phase_table(rows: Sequence[Row]) -> str:
     """Where (b) goes, by the tool's own messages: medians in milliseconds."""
-    header = ["hops", "delay/hop", *(f"{name} ms" for name in PHASES)]
+    header = ["run", "hops", "delay/hop", *(f"{name} ms" for name in PHASES)]
     lines = [
-        [str(row.hops), f"{row.delay_ms:g} ms",
+        [KINDS[row.kind], str(row.hops), f"{row.delay_ms:g} ms",
          *(format_stats(summarize(row.phases.get(name, [])), 1000, 0) for name in PHASES)]
         for row in rows
     ]
+    return _markdown(header, lines)
+
+
+def build_floor_table(rows: Sequence[Row]) -> str:
+    """The cold rows against the floor of a run that logs in: medians in milliseconds."""
+    header = ["hops", "delay/hop", "(b)−(a) ms", "start-up ms", "2 round trips ms", "allowance ms"]
+    lines = []
+    for row in rows:
+        terms = floor_terms(row) if row.kind == "cold" else None
+        if terms is not None:
+            lines.append([str(row.hops), f"{row.delay_ms:g} ms",
+                          *(f"{terms[name] * 1000:.0f}" for name in ("extra", "startup", "round_trips", "allowance"))])
+    return _markdown(header, lines)
+
+
+def build_start_table(rows: Sequence[Row]) -> str:
+    """The --start rows: ready next to a bare login plus the server's own start-up, seconds."""
+    header = ["hops", "delay/hop", "(a) ssh -J … true s", "jupyter lab start-up s", "(b) ready s", "(b)−(a)−start-up s"]
+    lines = []
+    for row in rows:
+        ready, ssh, startup = summarize(row.ready), summarize(row.ssh), summarize(row.server_startup)
+        if row.kind == "start":
+            extra = "–" if not (ready and ssh and startup) else f"{ready.median - ssh.median - startup.median:.3f}"
+            lines.append([str(row.hops), f"{row.delay_ms:g} ms", format_stats(ssh), format_stats(startup),
+                          format_stats(ready), extra])
     return _markdown(header, lines)
 
 
@@ -228,15 +294,34 @@ def check_targets(result: Result) -> List[Tuple[str, bool, str]]:
     checks = []
     for row in result.rows:
         where = f"{row.hops} hop{'s' if row.hops > 1 else ''}, {row.delay_ms:g} ms"
+        if row.kind != "cold":
+            where = f"{KINDS[row.kind]}, {where}"
         ready, ssh, teardown = summarize(row.ready), summarize(row.ssh), summarize(row.teardown)
-        if ready and ssh:
+        startup = summarize(row.server_startup)
+        logins = 0 if row.kind == "shared" else row.hops
+        if ready and ssh and row.kind == "cold":
             limit = TARGET_RATIO * ssh.median + TARGET_SLACK
             checks.append((f"(b) <= {TARGET_RATIO:g}*(a)+{TARGET_SLACK:g} s, {where}", ready.median <= limit,
                            f"{ready.median:.3f} s vs {limit:.3f} s"))
-        checks.append((f"(d) logins = hops on every run, {where}",
-                       bool(row.logins) and all(n == row.hops for n in row.logins),
+        terms = floor_terms(row) if row.kind == "cold" else None
+        if terms is not None:
+            checks.append((f"(f) (b)-(a) <= start-up + 2 round trips + {TARGET_FLOOR_SLACK * 1000:g} ms, {where}",
+                           terms["extra"] <= terms["allowance"],
+                           f"{terms['extra'] * 1000:.0f} ms vs {terms['allowance'] * 1000:.0f} ms"))
+            checks.append((f"(f) start-up <= {TARGET_STARTUP * 1000:g} ms, {where}",
+                           terms["startup"] <= TARGET_STARTUP, f"{terms['startup'] * 1000:.0f} ms"))
+        if ready and ssh and row.kind == "shared":
+            limit = TARGET_SHARED_RATIO * ssh.median
+            checks.append((f"(b) <= {TARGET_SHARED_RATIO:g}*(a), {where}", ready.median <= limit,
+                           f"{ready.median:.3f} s vs {limit:.3f} s"))
+        if ready and ssh and startup and row.kind == "start":
+            limit = ssh.median + startup.median + TARGET_START_SLACK
+            checks.append((f"(b) <= (a) + jupyter lab start-up + {TARGET_START_SLACK:g} s, {where}",
+                           ready.median <= limit, f"{ready.median:.3f} s vs {limit:.3f} s"))
+        checks.append((f"(d) logins = {'0' if logins == 0 else 'hops'} on every run, {where}",
+                       bool(row.logins) and all(n == logins for n in row.logins),
                        f"logins per run: {row.logins}"))
-        if teardown:
+        if teardown and row.kind != "start":  # --start rows stop their server (--stop-server) too
             checks.append((f"(c) teardown <= {TARGET_TEARDOWN:g} s, {where}", teardown.max <= TARGET_TEARDOWN,
                            f"max {teardown.max:.3f} s"))
         if row.rss_python_mb is not None:
@@ -255,17 +340,27 @@ def build_report(result: Result) -> str:
     m = result.machine
     parts = [
         f"Machine: {m['cpus']} × {m['cpu'] or 'CPU'}, {m['system']}, OpenSSH {m['openssh']}, Python {m['python']}; "
-        f"{result.runs} runs after a warm-up; median [min–max].",
+        f"{result.runs} runs after a warm-up; median [min–max]; the tool run as {FORMS[result.form]}.",
         "",
         build_table(result.rows),
         "",
-        f"(e) `jupyter_tunnel.py --help`: {format_stats(help_stats, 1000, 0)} ms "
+        f"(e) `jupyter-tunnel --help`: {format_stats(help_stats, 1000, 0)} ms "
         f"(`python -c pass`: {format_stats(floor, 1000, 0)} ms). "
         f"RSS read after {result.idle:g} s idle.",
         "",
         "Where (b) goes (from the tool's time-stamped messages, ms):",
         "",
         build_phase_table(result.rows),
+        "",
+        "Cold rows against the floor of a run that logs in (medians, ms; allowance = start-up + "
+        f"2 round trips + {TARGET_FLOOR_SLACK * 1000:g} ms; start-up: from exec to the master's exec):",
+        "",
+        build_floor_table(result.rows),
+        "",
+        "`--start` with no server running, next to a login plus jupyter lab's own start-up (by hand, "
+        "on the remote, same run):",
+        "",
+        build_start_table(result.rows),
         "",
         "Targets:",
         "",
@@ -279,7 +374,7 @@ def result_to_json(result: Result) -> str:
     data = asdict(result)
     for row, raw in zip(result.rows, data["rows"]):
         raw["summary"] = {name: (asdict(s) if (s := summarize(getattr(row, name))) else None)
-                          for name in ("ssh", "ready", "teardown")}
+                          for name in ("ssh", "ready", "teardown", "server_startup")}
         raw["ratio"] = ratio(row)
     data["summary"] = {"help": asdict(s) if (s := summarize(result.help)) else None,
                        "python_floor": asdict(s) if (s := summarize(result.python_floor)) else None}
@@ -320,6 +415,114 @@ def tool_env() -> Dict[str, str]:
     env.pop("SSH_AUTH_SOCK", None)
     env.pop("SSH_AGENT_PID", None)
     return env
+
+
+# How the tool is run (--form).  pip and pipx install a console script that imports the
+# module, whose bytecode they compiled at install; a script given to python is compiled
+# anew at every start (~20 ms for jupyter_tunnel.py here), and so is every module under
+# PYTHONDONTWRITEBYTECODE, which the tests' environment sets.
+FORMS = {"installed": "the installed command (`jupyter-tunnel`, importing cached bytecode)",
+         "script": "`python jupyter_tunnel.py` (compiled at every start)"}
+LAUNCHER = """import sys
+sys.path.insert(0, {directory!r})
+from {module} import main
+sys.exit(main())
+"""
+
+
+@dataclass(frozen=True)
+class Tool:
+    """What runs the tool (before its arguments), and in which environment."""
+
+    argv: Tuple[str, ...]
+    env: Dict[str, str]
+
+
+def prepare_tool(python: str, script: Path, form: str, directory: Path) -> Tool:
+    """The command of the tool in ``form`` (see FORMS); the installed form's launcher and
+    bytecode cache go to ``directory``, never into the checkout."""
+    env = tool_env()
+    if form == "script":
+        return Tool((python, str(script)), env)
+    launcher = directory / "jupyter-tunnel"  # pip's name: jupyter-tunnel-shutdown finds it by it
+    launcher.write_text(LAUNCHER.format(directory=str(script.resolve().parent), module=script.stem))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(directory / "pycache")
+    return Tool((python, str(launcher)), env)
+
+
+def tool_args(kind: str, hops: int, config: Path, server: realenv.JupyterProc, root: str = "") -> List[str]:
+    """The tool's arguments for one run of a row of ``kind``."""
+    hosts = ["-s", *ROUTES[hops][:-1], f"{USER}@{ROUTES[hops][-1]}"]
+    if kind == "start":
+        # a root directory no running server has: --dir matches none, so --start starts one
+        which = ["--start", "-t", "lab", "--jupyter", str(VENV / "bin" / "jupyter"), "--root-dir", root,
+                 "--dir", root, "--stop-server"]
+    else:
+        which = ["--port", str(server.port)]
+    return ["-F", str(config), "-b", "none", *which, *hosts]
+
+
+def open_user_master(base_config: Path, hops: int, directory: Path) -> Path:
+    """The user's own config (ControlMaster auto, ControlPath, ControlPersist around
+    ``base_config``) and a master opened with it to the target as ``ssh … true`` opens one;
+    returns the config.  Close with close_user_masters."""
+    masters = Path(tempfile.mkdtemp(prefix="cm-", dir=directory))  # short: socket paths
+    config = masters / "config"
+    config.write_text(f"ControlMaster auto\nControlPath {masters}/%C\nControlPersist 600\n"
+                      f"Include {base_config}\n")
+    *jumps, target = ROUTES[hops]
+    argv = ["ssh", "-F", str(config), *(["-J", ",".join(jumps)] if jumps else []), f"{USER}@{target}", "true"]
+    done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, env=tool_env(), timeout=SSH_TIMEOUT)
+    if done.returncode != 0:
+        raise BenchmarkError(f"{' '.join(argv)} failed: {done.stderr.decode(errors='replace')}")
+    return config
+
+
+def close_user_masters(config: Path) -> None:
+    """Stop every master listening in the directory of a config from open_user_master."""
+    for sock in config.parent.iterdir():
+        if sock.is_socket():
+            subprocess.run(["ssh", "-F", "none", "-S", str(sock), "-O", "exit", "x"], stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=SSH_TIMEOUT)
+    shutil.rmtree(config.parent, ignore_errors=True)
+
+
+def new_root_dir() -> str:
+    """A fresh directory of the user, for one --start run's server."""
+    account = realenv.user_accounts()[USER]
+    root = tempfile.mkdtemp(prefix="jtb-start-", dir=account.home)
+    os.chown(root, account.uid, account.gid)
+    return root
+
+
+# Timed on the remote, as a person would start it: from the start of jupyter lab until its
+# runtime file is there; then it is stopped (and waited for: its runtime file goes too).
+SERVER_STARTUP_SCRIPT = r"""cd {root} || exit 1
+t0=$(date +%s.%N)
+{jupyter} lab --no-browser --ip=127.0.0.1 </dev/null >/dev/null 2>&1 &
+pid=$!
+f="${{XDG_DATA_HOME:-$HOME/.local/share}}/jupyter/runtime/jpserver-$pid.json"
+until [ -s "$f" ]; do kill -0 $pid 2>/dev/null || exit 1; sleep 0.01; done
+t1=$(date +%s.%N)
+kill -TERM $pid; wait $pid
+echo "startup $t0 $t1"
+"""
+
+
+def time_server_startup(config: Path) -> float:
+    """Seconds from starting ``jupyter lab`` on the remote by hand until its runtime file appears."""
+    root = new_root_dir()
+    try:
+        script = SERVER_STARTUP_SCRIPT.format(root=root, jupyter=VENV / "bin" / "jupyter")
+        done = subprocess.run(["ssh", "-F", str(config), f"{USER}@srv", "sh -s"], input=script.encode(),
+                              capture_output=True, env=tool_env(), timeout=READY_TIMEOUT)
+        words = done.stdout.decode(errors="replace").split()
+        if done.returncode != 0 or len(words) != 3 or words[0] != "startup":
+            raise BenchmarkError(f"jupyter lab did not start by hand: {done.stderr.decode(errors='replace')}")
+        return float(words[2]) - float(words[1])
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def start_proxies(sshd: realenv.SshServer, delay_ms: float, directory: Path,
@@ -415,11 +618,9 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
-def run_tool(config: Path, hops: int, server: realenv.JupyterProc, sshd: realenv.SshServer,
-             python: str, script: Path, idle: float = 0.0) -> TunnelRun:
+def run_tool(tool: Tool, args: Sequence[str], sshd: realenv.SshServer, idle: float = 0.0) -> TunnelRun:
     """(b), (c), (d) for one run of the tool; with `idle`, also the RSS after idling that long."""
-    argv = [python, str(script), "-F", str(config), "-b", "none", "--port", str(server.port),
-            "-s", *ROUTES[hops][:-1], f"{USER}@{ROUTES[hops][-1]}"]
+    argv = [*tool.argv, *args]
     tmp = tempfile.mkdtemp(prefix="jtb-", dir="/tmp")  # short: the tool's socket dir goes there
     offset = sshd.log_offset()
     start = time.monotonic()
@@ -427,7 +628,7 @@ def run_tool(config: Path, hops: int, server: realenv.JupyterProc, sshd: realenv
     # of the run can outlive it unnoticed
     proc = subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=dict(tool_env(), TMPDIR=tmp), start_new_session=True, preexec_fn=realenv.die_with_parent,
+        env=dict(tool.env, TMPDIR=tmp), start_new_session=True, preexec_fn=realenv.die_with_parent,
     )
     stderr: List[Tuple[float, str]] = []
     try:
@@ -509,43 +710,60 @@ def _wait_for_url(proc: "subprocess.Popen[bytes]", stderr: List[Tuple[float, str
     raise BenchmarkError(f"the tool exited with {proc.returncode} before printing a URL:\n{_text(stderr)}")
 
 
-def time_command(argv: Sequence[str]) -> float:
+def time_command(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> float:
     """Wall time of a short command, which must succeed."""
     start = time.monotonic()
-    subprocess.run(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True, env=tool_env())
+    subprocess.run(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True,
+                   env=env or tool_env())
     return time.monotonic() - start
 
 
-def measure_row(hops: int, delay_ms: float, config: Path, server: realenv.JupyterProc, sshd: realenv.SshServer,
-                args: argparse.Namespace) -> Row:
+def measure_row(kind: str, hops: int, delay_ms: float, config: Path, server: realenv.JupyterProc,
+                sshd: realenv.SshServer, tool: Tool, directory: Path, args: argparse.Namespace) -> Row:
     """Warm up, then (a)-(d) `args.runs` times, alternating so that drifts hit both alike."""
-    row = Row(hops, delay_ms, phases={name: [] for name in PHASES})
-    time_ssh(config, hops, sshd)  # warm-up: sshd's and the page cache's first time
-    run_tool(config, hops, server, sshd, args.python, args.script)
-    for i in range(args.runs):
-        seconds, logins = time_ssh(config, hops, sshd)
-        row.ssh.append(seconds)
-        row.ssh_logins.append(logins)
-        last = i == args.runs - 1
-        run = run_tool(config, hops, server, sshd, args.python, args.script, idle=args.idle if last else 0.0)
-        row.ready.append(run.ready)
-        row.teardown.append(run.teardown)
-        row.logins.append(run.logins)
-        for name in PHASES:
-            row.phases[name].append(run.phases.get(name))
-        if last:
-            row.rss_python_mb, row.rss_master_mb = run.rss_python_mb, run.rss_master_mb
+    row = Row(hops, delay_ms, kind, phases={name: [] for name in PHASES})
+    user_config = open_user_master(config, hops, directory) if kind == "shared" else None
+    try:
+        run_config = user_config or config
+        time_ssh(config, hops, sshd)  # warm-up: sshd's and the page cache's first time
+        if kind != "start":  # a server's start-up dwarfs any warm-up
+            run_tool(tool, tool_args(kind, hops, run_config, server), sshd)
+        for i in range(args.runs):
+            seconds, logins = time_ssh(config, hops, sshd)
+            row.ssh.append(seconds)
+            row.ssh_logins.append(logins)
+            root = ""
+            if kind == "start":
+                row.server_startup.append(time_server_startup(config))
+                root = new_root_dir()
+            last = i == args.runs - 1 and kind == "cold"
+            try:
+                run = run_tool(tool, tool_args(kind, hops, run_config, server, root), sshd,
+                               idle=args.idle if last else 0.0)
+            finally:
+                if root:
+                    shutil.rmtree(root, ignore_errors=True)
+            row.ready.append(run.ready)
+            row.teardown.append(run.teardown)
+            row.logins.append(run.logins)
+            for name in PHASES:
+                row.phases[name].append(run.phases.get(name))
+            if last:
+                row.rss_python_mb, row.rss_master_mb = run.rss_python_mb, run.rss_master_mb
+    finally:
+        if user_config is not None:
+            close_user_masters(user_config)
     return row
 
 
-def measure_help(args: argparse.Namespace) -> Tuple[List[float], List[float]]:
+def measure_help(tool: Tool, python: str, runs: int) -> Tuple[List[float], List[float]]:
     """(e): `--help` wall times, and `python -c pass` as the floor, after one warm-up each."""
-    help_argv = [args.python, str(args.script), "--help"]
-    floor_argv = [args.python, "-c", "pass"]
-    time_command(help_argv)
+    help_argv = [*tool.argv, "--help"]
+    floor_argv = [python, "-c", "pass"]
+    time_command(help_argv, tool.env)
     time_command(floor_argv)
-    runs = max(args.runs, 5)  # cheap, and noisier than the rest
-    return [time_command(help_argv) for _ in range(runs)], [time_command(floor_argv) for _ in range(runs)]
+    runs = max(runs, 5)  # cheap, and noisier than the rest
+    return [time_command(help_argv, tool.env) for _ in range(runs)], [time_command(floor_argv) for _ in range(runs)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -559,6 +777,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="numbers of hosts (hops) to measure [default: 1 2 3]")
     parser.add_argument("--delay-ms", type=float, nargs="+", default=[0.0], metavar="MS",
                         help="one-way delay added per hop, one table row set per value [default: 0]")
+    parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS),
+                        help="kinds of rows: cold (a login), shared (the user's master already open), "
+                             "start (--start with no server running, 1 hop only) [default: all]")
+    parser.add_argument("--form", choices=list(FORMS), default="installed",
+                        help="how the tool is run: as the installed command, or as python SCRIPT "
+                             "[default: %(default)s]")
     parser.add_argument("--runs", type=int, default=DEFAULT_RUNS, help="measured runs per row [default: %(default)s]")
     parser.add_argument("--idle", type=float, default=DEFAULT_IDLE, metavar="SECONDS",
                         help="idle time before the RSS is read [default: %(default)g]")
@@ -586,21 +810,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows: List[Row] = []
     try:
         with realenv.environment(USER, no_lock=args.no_lock, on_wait=note) as (sshd, server, directory):
+            tool = prepare_tool(args.python, args.script, args.form, directory)
             for delay in args.delay_ms:
                 with contextlib.ExitStack() as proxies:
                     config = start_proxies(sshd, delay, directory, proxies) if delay > 0 else sshd.config
-                    for hops in args.hosts:
-                        note(f"{hops} hop(s), {delay:g} ms per hop: {args.runs} runs...")
-                        rows.append(measure_row(hops, delay, config, server, sshd, args))
+                    for kind in args.kinds:
+                        for hops in args.hosts if kind != "start" else [1]:
+                            note(f"{KINDS[kind]}: {hops} hop(s), {delay:g} ms per hop: {args.runs} runs...")
+                            rows.append(measure_row(kind, hops, delay, config, server, sshd, tool, directory, args))
             note("--help...")
-            help_times, floor = measure_help(args)
+            help_times, floor = measure_help(tool, args.python, args.runs)
     except (realenv.SetupError, BenchmarkError) as err:
         note(f"error: {err}")
         return 1
     except KeyboardInterrupt:
         note("interrupted")
         return 130
-    result = Result(rows, help_times, floor, args.runs, args.idle, machine_info())
+    result = Result(rows, help_times, floor, args.runs, args.idle, machine_info(), args.form)
     sys.stdout.write(result_to_json(result) + "\n" if args.json else build_report(result))
     return 0
 

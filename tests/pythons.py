@@ -25,7 +25,7 @@ VENV_PREFIX = "/opt/jupyter-tunnel-unit-"
 # the unit tests: pure parts only, no sshd, no Jupyter, no root
 UNIT_TESTS = ("tests/test_units.py", "tests/test_shutdown_units.py", "tests/test_node_units.py",
               "tests/test_browser_units.py", "tests/test_registry_units.py", "tests/test_start_units.py",
-              "tests/test_cluster_units.py")
+              "tests/test_readme.py", "tests/test_cluster_units.py")
 NODE_UNIT_TESTS = ("tests/test_node_units.py",)
 
 

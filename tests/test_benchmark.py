@@ -20,12 +20,14 @@ from conftest import UserAccount
 BENCHMARK = Path(ready.__file__)
 
 
-def make_row(hops: int = 1, ssh=(0.2, 0.3, 0.25), ready_=(0.3, 0.33, 0.36), logins=(1, 1, 1)) -> ready.Row:
+def make_row(hops: int = 1, ssh=(0.2, 0.3, 0.25), ready_=(0.3, 0.33, 0.36), logins=(1, 1, 1), kind: str = "cold",
+             delay_ms: float = 0.0, startup=(0.03, None, 0.05), server_startup=()) -> ready.Row:
     """A row as a benchmark run would fill it."""
-    return ready.Row(hops, 0.0, ssh=list(ssh), ready=list(ready_), teardown=[0.03, 0.04, 0.05],
-                     logins=list(logins), ssh_logins=[hops] * len(logins),
-                     phases={name: [0.01, None, 0.02] for name in ready.PHASES},
-                     rss_python_mb=18.0, rss_master_mb=8.5)
+    phases = {name: [0.01, None, 0.02] for name in ready.PHASES}
+    phases["start-up"] = list(startup)
+    return ready.Row(hops, delay_ms, kind, ssh=list(ssh), ready=list(ready_), teardown=[0.03, 0.04, 0.05],
+                     logins=list(logins), ssh_logins=[hops] * len(logins), phases=phases,
+                     rss_python_mb=18.0, rss_master_mb=8.5, server_startup=list(server_startup))
 
 
 def make_result(*rows: ready.Row) -> ready.Result:
@@ -89,51 +91,85 @@ def test_phase_times_split_the_run_at_the_tools_messages() -> None:
 @pytest.mark.parametrize(
     "row, failed",
     [
-        (make_row(), set()),
-        (make_row(ready_=(0.5, 0.5, 0.5)), {"(b)"}),  # 0.5 > 1.2 * 0.25 + 0.1
-        (make_row(logins=(1, 2, 1)), {"(d)"}),  # one extra login on one run is a miss
+        # (b)-(a) = 80 ms <= start-up 40 + 2 round trips 0 + 30 ms? no
+        (make_row(), {"(f) (b)-(a)", "(f) start-up"}),
+        (make_row(ready_=(0.29, 0.29, 0.29), startup=(0.03, 0.03)), set()),
+        (make_row(ready_=(0.5, 0.5, 0.5), startup=(0.03,)), {"(b) <=", "(f) (b)-(a)"}),  # 0.5 > 1.2 * 0.25 + 0.1
+        (make_row(ready_=(0.29, 0.29, 0.29), startup=(0.03,), logins=(1, 2, 1)), {"(d) logins"}),  # one extra login
+        # 20 ms per hop, 2 hops: a round trip is 80 ms, two are 160 ms
+        (make_row(2, ssh=(1.0,), ready_=(1.2,), startup=(0.03,), delay_ms=20, logins=(2,)), set()),
+        (make_row(2, ssh=(1.0,), ready_=(1.3,), startup=(0.03,), delay_ms=20, logins=(2,)), {"(f) (b)-(a)"}),
+        # the user's master already open: no login at all, ready within half a bare ssh
+        (make_row(ready_=(0.1,), logins=(0, 0), kind="shared"), set()),
+        (make_row(ready_=(0.2,), logins=(0, 1), kind="shared"), {"(b) <=", "(d) logins"}),
+        # --start: ready within a bare ssh + the server's own start-up + 0.3 s
+        (make_row(ready_=(2.0,), kind="start", server_startup=(1.5,)), set()),
+        (make_row(ready_=(2.1,), kind="start", server_startup=(1.5,)), {"(b) <="}),
     ],
 )
 def test_check_targets(row: ready.Row, failed: set) -> None:
     checks = ready.check_targets(make_result(row))
-    assert {name.split()[0] for name, ok, _ in checks if not ok} == failed
+    assert {" ".join(name.split()[:2]) for name, ok, _ in checks if not ok} == failed
     assert any(name.startswith("(e) --help") for name, _, _ in checks)
 
 
+def test_floor_terms_of_a_cold_row() -> None:
+    terms = ready.floor_terms(make_row(2, ssh=(1.0,), ready_=(1.2,), startup=(0.03,), delay_ms=20))
+    assert terms == pytest.approx({"extra": 0.2, "startup": 0.03, "round_trips": 0.16, "allowance": 0.22})
+    assert ready.floor_terms(make_row(startup=(None,))) is None
+
+
 def test_report_tables_are_well_formed_markdown() -> None:
-    report = ready.build_report(make_result(make_row(1), make_row(3, logins=(3, 3, 3))))
+    report = ready.build_report(make_result(make_row(1), make_row(3, logins=(3, 3, 3)),
+                                            make_row(1, ready_=(0.1,), logins=(0,), kind="shared"),
+                                            make_row(1, ready_=(2.0,), kind="start", server_startup=(1.5,))))
     tables = [line for line in report.splitlines() if line.startswith("|")]
-    assert len({line.count("|") for line in tables[:4]}) == 1  # main table: same cells everywhere
-    assert "| 1 | 0 ms | 0.250 [0.200–0.300] | 0.330 [0.300–0.360] | 1.32 | 0.040 [0.030–0.050] | 1 | 18.0 | 8.5 |" in tables
-    assert "| 3 | 0 ms |" in tables[3]
+    assert len({line.count("|") for line in tables[:6]}) == 1  # main table: same cells everywhere
+    assert ("| cold | 1 | 0 ms | 0.250 [0.200–0.300] | 0.330 [0.300–0.360] | 1.32 | 0.040 [0.030–0.050] | 1 "
+            "| 18.0 | 8.5 |") in tables
+    assert tables[3].startswith("| cold | 3 | 0 ms |")
+    assert tables[4].startswith("| master already open | 1 | 0 ms | 0.250 [0.200–0.300] | 0.100 |")
+    assert "| 1 | 0 ms | 80 | 40 | 0 | 70 |" in tables  # the floor table: cold rows only
+    assert "| 1 | 0 ms | 0.250 [0.200–0.300] | 1.500 | 2.000 | 0.250 |" in tables  # the --start table
     assert "- [x] (b) <= 1.2*(a)+0.1 s, 1 hop, 0 ms" in report
+    assert "- [x] (b) <= 0.5*(a), master already open, 1 hop, 0 ms: 0.100 s vs 0.125 s" in report
+    assert "- [x] (d) logins = 0 on every run, master already open, 1 hop, 0 ms" in report
 
 
 def test_json_has_samples_summaries_and_targets() -> None:
-    data = json.loads(ready.result_to_json(make_result(make_row())))
+    data = json.loads(ready.result_to_json(make_result(make_row(ready_=(0.29, 0.3, 0.33), startup=(0.03,)))))
     (row,) = data["rows"]
-    assert row["logins"] == [1, 1, 1] and row["summary"]["ready"]["median"] == 0.33
-    assert row["ratio"] == pytest.approx(1.32)
+    assert row["logins"] == [1, 1, 1] and row["summary"]["ready"]["median"] == 0.3
+    assert row["ratio"] == pytest.approx(1.2)
     assert data["summary"]["help"]["median"] == 0.055
     assert all(target["met"] for target in data["targets"])
 
 
 def test_benchmark_smoke_one_run_one_hop(test_users: Dict[str, UserAccount], jupyter_venv: Path) -> None:
-    """The real benchmark, 1 run on 1 hop: a well-formed table whose login count is 1."""
+    """The real benchmark, 1 run on 1 hop of each kind: a well-formed table whose login counts
+    are 1, 0 (the user's master already open) and 1 (--start)."""
     # --no-lock: this session holds the machine-wide lock and has set the users up
     done = subprocess.run(
         [sys.executable, str(BENCHMARK), "--runs", "1", "--hosts", "1", "--idle", "0.5", "--no-lock"],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180,
     )
     assert done.returncode == 0, done.stderr
+    print(done.stdout)  # the report, for pytest -s
     lines = done.stdout.splitlines()
-    start = lines.index(next(line for line in lines if line.startswith("| hops |")))
-    header, separator, row = lines[start:start + 3]
-    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    start = lines.index(next(line for line in lines if line.startswith("| run | hops |")))
+    header, separator, *rows = lines[start:start + 5]
+    assert not lines[start + 5].startswith("|")  # one row per kind: 1 hop, no delay
     names = [cell.strip() for cell in header.strip("|").split("|")]
-    assert separator.count("|") == header.count("|") == row.count("|")
-    assert not lines[start + 3].startswith("|")  # one row: 1 hop, no delay
-    values = dict(zip(names, cells))
-    assert values["hops"] == "1" and values["(d) logins"] == "1"
-    assert all(values[name] not in ("", "–") for name in names)
-    assert "- [x] (d) logins = hops on every run, 1 hop, 0 ms" in done.stdout
+    table = {}
+    for row in rows:
+        assert separator.count("|") == header.count("|") == row.count("|")
+        values = dict(zip(names, (cell.strip() for cell in row.strip("|").split("|"))))
+        table[values["run"]] = values
+    assert {run: values["(d) logins"] for run, values in table.items()} == \
+        {"cold": "1", "master already open": "0", "--start, no server running": "1"}
+    assert all(value not in ("", "–") for value in table["cold"].values())
+    for kept in ("- [x] (d) logins = hops on every run, 1 hop, 0 ms",
+                 "- [x] (d) logins = 0 on every run, master already open, 1 hop, 0 ms",
+                 "- [x] (d) logins = hops on every run, --start, no server running, 1 hop, 0 ms"):
+        assert kept in done.stdout
+    assert "(f) start-up <= 35 ms, 1 hop, 0 ms" in done.stdout  # the floor's terms are reported

@@ -180,3 +180,54 @@ def test_start_failures_say_why_and_leave_nothing(tunnel, no_server, args, said)
         assert "its log ends with: " in error and "jupyter-lab" in error, error
     run.assert_clean()
     assert user_processes() == {} and runtime_files() == []
+
+
+@pytest.fixture
+def tools_dir(tmp_path):
+    """A directory jtmulti can read, for programs the remote PATH of a test is limited to."""
+    tmp_path.chmod(0o755)
+    for parent in tmp_path.parents:  # pytest's base temp dir is private to root
+        if parent == Path(tempfile_root()):
+            break
+        parent.chmod(parent.stat().st_mode | 0o005)
+    return tmp_path
+
+
+def tempfile_root() -> str:
+    """The system temp dir under which pytest makes tmp_path."""
+    import tempfile
+
+    return tempfile.gettempdir()
+
+
+def test_start_without_setsid_detaches_with_nohup(tunnel, no_server, tools_dir):
+    # A remote without setsid(1) (some BSDs, busybox builds): the script falls back to nohup.
+    for tool in ("nohup", "tail", "cat", "tr", "sleep"):
+        (tools_dir / tool).symlink_to(shutil.which(tool))
+    assert not (tools_dir / "setsid").exists()
+    run = tunnel("-s", f"{USER}@srv", "--start", "-t", "server", "--pre", f"PATH={tools_dir}",
+                 "--jupyter", f"{VENV}/bin/jupyter")
+    assert get_status(run.url(timeout=90))[0] == 200
+    pid = run.states()[0]["server_pid"]
+    assert os.getsid(pid) != pid  # not setsid's new session: the fallback ran
+    assert run.stop(signal.SIGINT) == 0
+    run.assert_clean()
+    assert pid in user_processes()  # it outlived the ssh session and the tunnel
+
+
+def test_start_notebook_not_installed(tunnel, no_server, tools_dir):
+    # A real jupyter whose environment lacks the notebook package: jupyter looks for
+    # jupyter-notebook next to its own Python (sysconfig "scripts") and on PATH, and finds
+    # none in a bare venv that borrows the test venv's packages through a .pth file.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tools_dir / "bare")], check=True)
+    [site] = (tools_dir / "bare/lib").glob("python3*/site-packages")
+    (site / "borrowed.pth").write_text(f"{next(VENV.glob('lib/python3*/site-packages'))}\n")
+    jupyter = tools_dir / "jupyter"
+    jupyter.write_text(f"#!/bin/sh\nexec {tools_dir}/bare/bin/python -m jupyter \"$@\"\n")
+    jupyter.chmod(0o755)
+    run = tunnel("-s", f"{USER}@srv", "--start", "-t", "notebook", "--jupyter", str(jupyter))
+    assert run.wait(90) == EXIT_START
+    [error] = [line for line in run.stderr.splitlines() if line.startswith("Error: ")]
+    assert "the server exited" in error and "jupyter-notebook" in error and "not found" in error, error
+    run.assert_clean()
+    assert user_processes() == {} and runtime_files() == []
