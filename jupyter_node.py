@@ -81,7 +81,7 @@ SCHEDULER_POLL_FIRST = 0.5
 SCHEDULER_POLL_MAX = 10.0
 LOG_TAIL = 15  # lines of the log shown with an error
 # A job id as qstat/squeue print it (and as --job/--cancel accept it: it goes on a command line)
-JOB_ID_RE = re.compile(r"^[0-9A-Za-z._-]+$")
+JOB_ID_RE = re.compile(r"[0-9A-Za-z._-]+")  # always with fullmatch: "4711\n" is no id
 # What squeue's %L and Grid Engine's time values say for "no limit" (squeue(1), queue_conf(5))
 NO_LIMIT = ("UNLIMITED", "NOT_SET", "INVALID", "INFINITY", "")
 # Grid Engine prints JAT_start_time in the local time of the host that runs qstat, without zone
@@ -295,7 +295,7 @@ def parse_squeue_jobs(output: str) -> List[JobRow]:
     rows = []
     for line in output.splitlines():
         fields = line.split("|")
-        if len(fields) != 6 or not JOB_ID_RE.match(fields[0].strip()):
+        if len(fields) != 6 or not JOB_ID_RE.fullmatch(fields[0].strip()):
             continue
         job, name, state, nodes, left, reason = (field.strip() for field in fields)
         if state == "RUNNING":
@@ -327,7 +327,7 @@ def parse_qstat_xml(text: str) -> List[SgeEntry]:
             return (item.findtext(tag) or "").strip()
 
         code = field("state")  # r, t, qw, hqw, Eqw, dr, s...
-        if "d" in code or not JOB_ID_RE.match(field("JB_job_number")):
+        if "d" in code or not JOB_ID_RE.fullmatch(field("JB_job_number")):
             continue  # being deleted: it is going away
         h_rt = None
         for request in item.iter("hard_request"):
@@ -863,6 +863,20 @@ def add_server_options(parser: argparse.ArgumentParser, apps: Sequence[str], def
                              "run before --conda-env")
 
 
+def resource_option(text: str) -> str:
+    """An argparse type: a resource request, which must split like a shell's words.
+
+    Checked now, not after the log is made: build_resource_args splits "-..." values.
+    Shared with jupyter_tunnel.py's ``--submit``.
+    """
+    try:
+        build_resource_args("sge", [text])
+    except ValueError as error:  # "No closing quotation"
+        raise argparse.ArgumentTypeError(f"{text!r} does not split like a shell command: "
+                                         f"{str(error).lower()}") from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line, with the original tool's option names."""
 
@@ -884,17 +898,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def job_id(text: str) -> str:
         # it goes on qdel/scancel's command line and is compared with the scheduler's ids
-        if not JOB_ID_RE.match(text):
+        if not JOB_ID_RE.fullmatch(text):
             raise argparse.ArgumentTypeError(f"invalid job id {text!r}")
-        return text
-
-    def resource(text: str) -> str:
-        # split now, not after the log is made: build_resource_args splits "-..." values
-        try:
-            build_resource_args("sge", [text])
-        except ValueError as error:  # "No closing quotation"
-            raise argparse.ArgumentTypeError(f"{text!r} does not split like a shell command: "
-                                             f"{str(error).lower()}") from None
         return text
 
     parser = argparse.ArgumentParser(
@@ -925,7 +930,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-w", "--wait", type=duration, default=DEFAULT_WAIT, metavar="TIME",
                         help="wait up to TIME (sleep syntax: 15s, 2m, 1.5h) for the server to start; "
                              "0: don't check [default: %(default)s]")
-    parser.add_argument("-r", "--resource", type=resource, action="append", default=[], metavar="REQ",
+    parser.add_argument("-r", "--resource", type=resource_option, action="append", default=[], metavar="REQ",
                         help="resource request, repeatable: NAME=VALUE (Grid Engine: -l h_vmem=4G; "
                              "Slurm: mem=4G -> --mem=4G); a value starting with - is passed as is "
                              '(--resource="-pe smp 4")')

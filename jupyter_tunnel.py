@@ -64,8 +64,8 @@ T = TypeVar("T")
 
 # --start's options and activation commands are jupyter-node's own (both are installed
 # modules; jupyter_node.py imports nothing from here: it must run alone on a head node)
-from jupyter_node import (JOB_ID_RE, SCHEDULERS, add_server_options, build_activation, build_resource_args,
-                          parse_duration)
+from jupyter_node import (JOB_ID_RE, SCHEDULERS, add_server_options, build_activation, parse_duration)
+from jupyter_node import resource_option as node_resource_option
 
 __version__ = "0.1.0"
 
@@ -3333,13 +3333,7 @@ def job_option(text: str) -> str:
 
 def resource_option(text: str) -> str:
     """An argparse type: a jupyter-node resource request, which must split like a shell's words."""
-    text = text_option(text)
-    try:
-        build_resource_args("sge", [text])
-    except ValueError as error:  # "No closing quotation"
-        raise argparse.ArgumentTypeError(f"{text!r} does not split like a shell command: "
-                                         f"{str(error).lower()}") from None
-    return text
+    return node_resource_option(text_option(text))
 
 
 def minutes_option(text: str) -> float:
