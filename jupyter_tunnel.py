@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import selectors  # subprocess imports it anyway: free
 import re
@@ -64,6 +65,7 @@ T = TypeVar("T")
 
 # --start's options and activation commands are jupyter-node's own (both are installed
 # modules; jupyter_node.py imports nothing from here: it must run alone on a head node)
+import jupyter_node  # --submit sends its source to the head
 from jupyter_node import (JOB_ID_RE, SCHEDULERS, add_server_options, build_activation, parse_duration)
 from jupyter_node import resource_option as node_resource_option
 
@@ -1343,8 +1345,6 @@ def build_node_argv(ssh: str, config: str, control: str, route: Route, python: s
 
 def build_submit_args(options: ClusterOptions, timeout: float) -> list[str]:
     """jupyter_node.py's arguments for --submit: its own options, --json, and -w from --timeout."""
-    import math
-
     args = ["--json", "-t", options.app, "-w", f"{math.ceil(timeout)}s"]
     if not options.new:
         args.append("--reuse")  # attach to a running job rather than submit a second one
@@ -1497,8 +1497,6 @@ def build_warning_times(time_left: float | None, warn_before: float) -> list[tup
 
 def build_job_warning(job: ClusterJob, seconds_left: float) -> str:
     """The line a user cannot miss, before the job's time limit."""
-    import math
-
     # rounded up: a warning given on time at its mark (59.98 s left) says the mark (1 min)
     return f"job {job.job} ends in {format_duration(math.ceil(seconds_left))} (time limit): save your notebooks."
 
@@ -1550,8 +1548,6 @@ def choose_job(jobs: Sequence[ClusterJob], head: str, pick: int | None = None) -
 
 def node_source() -> str:
     """jupyter_node.py's own source, sent to the head's python."""
-    import jupyter_node
-
     with open(jupyter_node.__file__, encoding="utf-8") as f:
         return f.read()
 
