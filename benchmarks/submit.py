@@ -53,6 +53,7 @@ from cluster import ClusterUser, setup_cluster_user, stop_user_jobs_and_servers,
 from helpers import wait_for  # noqa: E402
 from jupyter_node import head_name  # noqa: E402
 from netns import NetnsHosts, SgeNetns, known_hosts_line, netns_down, netns_up, sge_netns_down, sge_netns_up  # noqa: E402
+from test_cluster_jobs import activate  # noqa: E402  (--pre, as the --submit tests pass it)
 
 DEFAULT_RUNS = 3
 WAIT = "120"  # jupyter_node's -w: far above the expected start-up, it only bounds a hang
@@ -174,11 +175,6 @@ class ChainLogins:
         return [host for host, n in self.last.items() for _ in range(n)]
 
 
-def activate(user: ClusterUser) -> str:
-    """--pre: the venv with jupyter, activated on the node (the head has no jupyter on PATH)."""
-    return f". {user.venv}/bin/activate"
-
-
 def time_ssh(hosts: NetnsHosts) -> float:
     """(s): seconds of ``ssh -J gw head true``."""
     start = time.monotonic()
@@ -242,7 +238,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--runs must be >= 1")
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, ready._raise_keyboard_interrupt)
-    hosts = cell = user = None
+    hosts = cell = None
     try:
         with realenv.environment(ready.USER, on_wait=ready.note) as (sshd, _server, directory):
             venv = Path(sys.prefix)
