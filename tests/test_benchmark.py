@@ -14,7 +14,8 @@ from typing import Dict
 
 import pytest
 
-from benchmarks import ready
+from benchmarks import ready, submit
+from cluster import ClusterUser
 from conftest import UserAccount
 
 BENCHMARK = Path(ready.__file__)
@@ -173,3 +174,62 @@ def test_benchmark_smoke_one_run_one_hop(test_users: Dict[str, UserAccount], jup
                  "- [x] (d) logins = hops on every run, --start, no server running, 1 hop, 0 ms"):
         assert kept in done.stdout
     assert "(f) start-up <= 35 ms, 1 hop, 0 ms" in done.stdout  # the floor's terms are reported
+
+
+# --------------------------------------------------------------------------- benchmarks/submit.py
+
+CHAIN = {"gw": 1, "head": 1, "node": 1}
+
+
+@pytest.mark.parametrize(
+    "stdout, expected",
+    [("startup 1700000000.250 1700000003.000\n", 2.75), ("", None), ("startup 1.0\n", None)],
+)
+def test_parse_startup(stdout, expected) -> None:
+    assert submit.parse_startup(stdout) == (None if expected is None else pytest.approx(expected))
+
+
+@pytest.mark.parametrize(
+    "logins, expected",
+    [
+        ([CHAIN, CHAIN], "gw 1, head 1, node 1"),
+        ([{"node": 1, "gw": 1, "head": 1}], "gw 1, head 1, node 1"),  # the chain's order
+        ([CHAIN, {"gw": 1, "head": 2, "node": 1}], "gw 1, head 1, node 1 / gw 1, head 2, node 1"),
+        ([{}], "none"),
+        ([], "–"),
+    ],
+)
+def test_format_logins(logins, expected) -> None:
+    assert submit.format_logins(logins) == expected
+
+
+@pytest.mark.parametrize(
+    "job, ready_, logins, failed",
+    [
+        ((3.0,), (3.9,), [CHAIN], set()),  # 3.9 <= 3.0 + 0.4 + 0.5
+        ((3.0,), (4.0,), [CHAIN], {"(b) <="}),
+        ((3.0, 2.0, 4.0), (3.5,), [CHAIN, {"gw": 1, "head": 1}], {"(c) one"}),  # no login on node: no discovery
+    ],
+)
+def test_submit_targets(job, ready_, logins, failed) -> None:
+    row = submit.SubmitRow(len(job), ssh=[0.4], job=list(job), ready=list(ready_), logins=logins)
+    checks = submit.check_targets(row)
+    assert {" ".join(name.split()[:2]) for name, ok, _ in checks if not ok} == failed
+
+
+def test_submit_table_row() -> None:
+    row = submit.SubmitRow(3, ssh=[0.5, 0.4, 0.6], job=[2.8, 2.9, 3.0], ready=[3.5, 3.4, 3.6], logins=[CHAIN] * 3)
+    assert ("| --submit, SGE gw → head → node | 3 | 2.900 [2.800–3.000] | 3.500 [3.400–3.600] | 0.600 "
+            "| 0.500 [0.400–0.600] | gw 1, head 1, node 1 |") in submit.build_report(row)
+
+
+def test_submit_benchmark_smoke_one_run(sge_netns, cluster_user: ClusterUser, tmp_path: Path) -> None:
+    """benchmarks/submit.py's measurement, 1 run (after its warm-up) on the session's namespace
+    cluster: every number is there and the tool logged in once on gw, head and node."""
+    hosts, cell = sge_netns
+    tool = ready.prepare_tool(sys.executable, ready.SCRIPT, "installed", tmp_path)
+    row = submit.measure(hosts, cell, cluster_user, tool, runs=1)
+    print(submit.build_report(row))  # for pytest -s
+    assert row.logins == [CHAIN]
+    assert len(row.ssh) == len(row.job) == len(row.ready) == 1 and min(row.ssh + row.job + row.ready) > 0
+    assert cell.jobs() == []  # --stop-server cancelled the job
