@@ -180,3 +180,19 @@ def test_sge_errors(sge_netns, cluster_user: ClusterUser):
         assert missing.process.returncode == jt.EXIT_MISSING, missing.stderr
         assert f"Error: {python} not found on head, where it runs jupyter_node.py" in missing.stderr
     assert cell.jobs() == [] and "Traceback" not in none.stderr + refused.stderr + missing.stderr
+
+
+def test_slurm_job_still_pending_at_the_timeout(slurm_netns, cluster_user: ClusterUser):
+    hosts, cluster = slurm_netns
+    # a job that may not start for an hour: Slurm holds it with the reason "BeginTime"
+    pending = run_to_the_end(hosts, "--submit", "--pre", activate(cluster_user), "--scheduler", "slurm",
+                             "-r", "begin=now+3600", "-w", "5")
+    assert pending.process.returncode == jt.EXIT_TIMEOUT, pending.stderr
+    [job] = cluster.jobs()
+    assert cluster.job_state(job) == "PENDING"  # it stays in the queue, as the error says
+    [error] = [line for line in pending.stderr.splitlines() if line.startswith("Error: ")]
+    assert error == (f"Error: job {job} (jp-lab) is still pending (BeginTime) after 5 s; it stays in the queue: "
+                     f"attach to it later with jupyter-tunnel -s gw head --job {job}, or cancel it with "
+                     f"scancel {job} on head"), pending.stderr
+    assert f"Info: job {job} is pending (BeginTime)" in pending.stderr  # shown while it waited
+    assert "Traceback" not in pending.stderr
