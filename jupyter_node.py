@@ -811,6 +811,14 @@ def report(job: Job, state: JobState, args: argparse.Namespace, scheduler: str, 
     return EXIT_OK
 
 
+def job_port(scheduler: str, row: JobRow) -> Optional[int]:
+    """The port a running job's server logged (None when not known): with several servers
+    on one node, it tells which is the job's own."""
+    log = find_job_log(scheduler, row.job) if row.state == "running" else ""
+    port = parse_log(read_log(log)).port if log else 0
+    return port if 0 < port < 65536 else None
+
+
 def show_jobs(args: argparse.Namespace, scheduler: str) -> int:
     """``--jobs``/``--job ID``: the user's Jupyter jobs (or that one job), as a table or JSON."""
     rows = list_jobs(scheduler)
@@ -819,7 +827,8 @@ def show_jobs(args: argparse.Namespace, scheduler: str) -> int:
     else:
         rows = [row for row in rows if row.name in JOB_NAMES.values()]
     if args.json:
-        print(json.dumps({"scheduler": scheduler, "jobs": [row._asdict() for row in rows]}), flush=True)
+        jobs = [dict(row._asdict(), port=job_port(scheduler, row)) for row in rows]
+        print(json.dumps({"scheduler": scheduler, "jobs": jobs}), flush=True)
     elif rows:
         print(format_jobs(rows), flush=True)
     else:

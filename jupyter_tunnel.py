@@ -2964,8 +2964,8 @@ class Tunnel:
                 raise TunnelError(f"no job {options.job} of yours is pending or running on "
                                   f"{self.route.target}'s cluster", EXIT_NO_SERVER)
             job = choose_job(jobs, self.route.target, settings.pick)
-            # --pick chose the job: the servers on its node are chosen as without it
-            self.settings = settings._replace(pick=None)
+            # --pick chose the job; on its node, its own server (several jobs may share a node)
+            self.settings = settings._replace(pick=None, port=settings.port or job.port)
         self.attach_job(job)
         return True
 

@@ -196,3 +196,34 @@ def test_slurm_job_still_pending_at_the_timeout(slurm_netns, cluster_user: Clust
                      f"scancel {job} on head"), pending.stderr
     assert f"Info: job {job} is pending (BeginTime)" in pending.stderr  # shown while it waited
     assert "Traceback" not in pending.stderr
+
+
+def test_slurm_two_jobs_on_one_node_auto_takes_the_picked_jobs_own_server(slurm_netns, cluster_user: ClusterUser):
+    hosts, cluster = slurm_netns
+    tokens = {}  # job id -> its server's token
+    for _ in range(2):
+        run = Tunnel(hosts.config, "-s", "gw", "head", "--submit", "--new", "-t", "lab", "--pre",
+                     activate(cluster_user), "--scheduler", "slurm", "-w", WAIT, "--json")
+        try:
+            url = ready(run)["url"]
+            tokens[job_of(run)] = url.split("?")[1]
+            assert run.stop(signal.SIGINT) == jt.EXIT_OK
+        finally:
+            run.kill()
+    assert sorted(cluster.jobs()) == sorted(tokens) and len(set(tokens.values())) == 2
+    # two jobs, no terminal, no choice: an error that lists them and names the options
+    unsure = run_to_the_end(hosts, "-n", "auto", "--scheduler", "slurm")
+    assert unsure.process.returncode == jt.EXIT_NO_SERVER, unsure.stderr
+    assert ("Error: 2 Jupyter jobs of yours run on head's cluster: choose one with --job ID or --pick N"
+            in unsure.stderr)
+    # --pick N: that job, and on the node both share, that job's own server
+    for pick in ("1", "2"):
+        picked = Tunnel(hosts.config, "-s", "gw", "head", "-n", "auto", "--pick", pick, "--scheduler", "slurm",
+                        "--json")
+        try:
+            url = ready(picked)["url"]
+            assert url.split("?")[1] == tokens[job_of(picked)], picked.stderr
+            assert picked.stop(signal.SIGINT) == jt.EXIT_OK
+        finally:
+            picked.kill()
+
