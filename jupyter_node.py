@@ -74,6 +74,12 @@ MARK = "::jupyter-node::"
 MARK_RE = re.compile(re.escape(MARK) + r" job (\S*) node (\S+)")
 # Jupyter logs "http://NODE:PORT/lab?token=..." once it listens: the sign it is ready.
 URL_RE = re.compile(r"\bhttps?://(?:\[[^\]\s]+\]|[^\s/:\[]+):(\d+)/")
+# Characters a terminal acts on instead of showing them: C0 (newline, ESC starting an ANSI
+# sequence, ...), DEL, C1 (0x9b is an 8-bit CSI), and the Unicode controls that break or
+# reorder a line on screen.  escape_text shows them as Python escapes (\n, \x1b, \u202e).
+UNPRINTABLE = (*range(0x20), *range(0x7F, 0xA0), 0x200E, 0x200F, 0x2028, 0x2029,
+               *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+ESCAPES = {code: chr(code).encode("unicode_escape").decode() for code in UNPRINTABLE}
 POLL_INTERVAL = 0.2  # seconds between two reads of the log
 # Seconds between two questions to a scheduler's controller (squeue): every request costs
 # it, and a job waiting in the queue may wait for hours.
@@ -455,12 +461,24 @@ def log_tail(text: str, lines: int = LOG_TAIL) -> str:
 # --------------------------------------------------------------------------- messages
 
 
+def escape_text(text: str) -> str:
+    """``text`` with every character a terminal would act on shown escaped (see ESCAPES)."""
+    return text.translate(ESCAPES)
+
+
 def say(kind: str, text: str) -> None:
-    """``Info:``/``Warning:``/``Error:`` lines on stderr, coloured on a terminal (as jupyter_tunnel's)."""
+    """Print an ``Info:``, ``Warning:``, ``Error:`` or ``Debug:`` line on stderr.
+
+    Shared with jupyter_tunnel.py.  ``text`` is shown escaped (escape_text): it often quotes
+    a scheduler or a remote (a reason, a root directory, ssh's words), whose newlines or ANSI
+    sequences would otherwise forge lines or drive the terminal.  Coloured only on a
+    terminal, never with NO_COLOR (https://no-color.org) or TERM=dumb.
+    """
     label = f"{kind}:"
     if sys.stderr.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb":
-        label = f"\033[{ {'Info': '32', 'Warning': '33', 'Error': '31'}.get(kind, '0') }m{label}\033[0m"
-    print(f"{label} {text}", file=sys.stderr, flush=True)
+        colour = {"Info": "32", "Warning": "33", "Error": "31", "Debug": "36"}.get(kind, "0")
+        label = f"\033[{colour}m{label}\033[0m"
+    print(f"{label} {escape_text(text)}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- I/O parts

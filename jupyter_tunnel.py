@@ -66,7 +66,8 @@ T = TypeVar("T")
 # --start's options and activation commands are jupyter-node's own (both are installed
 # modules; jupyter_node.py imports nothing from here: it must run alone on a head node)
 import jupyter_node  # --submit sends its source to the head
-from jupyter_node import (JOB_ID_RE, SCHEDULERS, add_server_options, build_activation, parse_duration)
+from jupyter_node import (ESCAPES, JOB_ID_RE, SCHEDULERS, add_server_options, build_activation, escape_text,
+                          parse_duration, say)
 from jupyter_node import resource_option as node_resource_option
 
 __version__ = "0.1.0"
@@ -176,12 +177,6 @@ PROC_NET_TCP = "/proc/net/tcp"  # Linux: every IPv4 TCP socket, with the uid tha
 HOST_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
 MAX_PID = 2**31 - 1  # pid_t
 TOKEN_RE = re.compile(r"token=[^&\s]+")  # a token in a URL that Jupyter logged
-# Characters a terminal acts on instead of showing them: C0 (newline, ESC starting an ANSI
-# sequence, ...), DEL, C1 (0x9b is an 8-bit CSI), and the Unicode controls that break or
-# reorder a line on screen.  escape_text shows them as Python escapes (\n, \x1b, \u202e).
-UNPRINTABLE = (*range(0x20), *range(0x7F, 0xA0), 0x200E, 0x200F, 0x2028, 0x2029,
-               *range(0x202A, 0x202F), *range(0x2066, 0x206A))
-ESCAPES = {code: chr(code).encode("unicode_escape").decode() for code in UNPRINTABLE}
 # The readiness probe reads the whole answer (an HTTP/1.0 server closes after it):
 # /api/status answers ~700 bytes; anything larger is not that answer.
 MAX_ANSWER = 65536
@@ -223,33 +218,9 @@ class ServerStopped(Exception):
     """The Jupyter server stopped while the tunnel was up: a normal end."""
 
 
-def _use_colour(stream) -> bool:
-    """Colour only on a terminal, and never when NO_COLOR is set (https://no-color.org)."""
-    return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
-
-
-def escape_text(text: str) -> str:
-    """``text`` with every character a terminal would act on shown escaped (see ESCAPES)."""
-    return text.translate(ESCAPES)
-
-
 def has_control(text: str) -> bool:
     """Whether ``text`` holds a character that escape_text would escape."""
     return any(ord(char) in ESCAPES for char in text)
-
-
-def say(kind: str, text: str) -> None:
-    """Print an ``Info:``, ``Warning:``, ``Error:`` or ``Debug:`` line on stderr.
-
-    ``text`` is shown escaped (escape_text): it often quotes the remote (a root directory,
-    ssh's or the remote shell's words), whose newlines or ANSI sequences would otherwise
-    forge lines or drive the terminal.
-    """
-    colours = {"Info": "32", "Warning": "33", "Error": "31", "Debug": "36"}
-    label = f"{kind}:"
-    if _use_colour(sys.stderr):
-        label = f"\033[{colours.get(kind, '0')}m{label}\033[0m"
-    print(f"{label} {escape_text(text)}", file=sys.stderr, flush=True)
 
 
 def which_or_fail(program: str, why: str) -> str:
