@@ -232,4 +232,3 @@ def test_submit_benchmark_smoke_one_run(sge_netns, cluster_user: ClusterUser, tm
     print(submit.build_report(row))  # for pytest -s
     assert row.logins == [CHAIN]
     assert len(row.ssh) == len(row.job) == len(row.ready) == 1 and min(row.ssh + row.job + row.ready) > 0
-    assert cell.jobs() == []  # --stop-server cancelled the job

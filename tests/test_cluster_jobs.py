@@ -131,16 +131,16 @@ def test_slurm_submit_then_auto_then_stop(slurm_netns, cluster_user: ClusterUser
 
 def test_sge_short_job_warns_then_the_tunnel_closes_when_it_ends(sge_netns, cluster_user: ClusterUser):
     hosts, cell = sge_netns
-    # h_rt 70 s, --warn-before 1: the 2-minute mark has passed at the start (a warning at once),
+    # h_rt 100 s, --warn-before 1: the 2-minute mark has passed at the start (a warning at once),
     # the 1-minute one comes while the tunnel runs; then the job's end closes the tunnel
     tunnel = Tunnel(hosts.config, "-s", "gw", "head", "--submit", "-t", "lab", "--pre", activate(cluster_user),
-                    "--scheduler", "sge", "-r", "h_rt=0:1:10", "-w", WAIT, "--warn-before", "1",
+                    "--scheduler", "sge", "-r", "h_rt=0:1:40", "-w", WAIT, "--warn-before", "1",
                     "--check-interval", "1", "--json")
     try:
         info = ready(tunnel)
         job = job_of(tunnel)
         assert re.search(rf"Info: Running in sge job {job} \(jp-lab\) on node: (1 min|\d+ s) left", tunnel.stderr)
-        assert 0 < info["time_left"] <= 70
+        assert 60 < info["time_left"] <= 100, tunnel.stderr  # else the 1-minute mark was missed
         [entry] = tunnel.states()  # the registry, for jupyter-tunnel-shutdown --list
         assert (entry["job"], entry["scheduler"]) == (job, "sge") and entry["job_end"] > entry["started"]
         listed = subprocess.run([sys.executable, str(SHUTDOWN), "--list"], env=tunnel.env, capture_output=True,
@@ -155,9 +155,8 @@ def test_sge_short_job_warns_then_the_tunnel_closes_when_it_ends(sge_netns, clus
         tunnel.kill()
     warnings = re.findall(rf"^Warning: job {job} ends in (1 min|\d+ s) \(time limit\): save your notebooks\.$",
                           tunnel.stderr, re.M)
-    # at once, then at the 1-minute mark (when the job had more than that left at the start)
-    assert warnings == (["1 min", "1 min"] if info["time_left"] > 60 else warnings[:1]), tunnel.stderr
-    assert len(warnings) in (1, 2)
+    # at once (about 95 s left: shown rounded up to the mark's words), then at the 1-minute mark
+    assert warnings == ["1 min", "1 min"], tunnel.stderr
     assert f"Info: Job {job} (jp-lab) has ended; closing the tunnel." in tunnel.stderr
     assert cell.job_state(job) is None
 
@@ -179,7 +178,8 @@ def test_sge_errors(sge_netns, cluster_user: ClusterUser):
         missing = run_to_the_end(hosts, "--submit", "--python", python, "--scheduler", "sge")
         assert missing.process.returncode == jt.EXIT_MISSING, missing.stderr
         assert f"Error: {python} not found on head, where it runs jupyter_node.py" in missing.stderr
-    assert cell.jobs() == [] and "Traceback" not in none.stderr + refused.stderr + missing.stderr
+        assert "Traceback" not in missing.stderr
+    assert cell.jobs() == [] and "Traceback" not in none.stderr + refused.stderr
 
 
 def test_slurm_job_still_pending_at_the_timeout(slurm_netns, cluster_user: ClusterUser):
@@ -217,13 +217,15 @@ def test_slurm_two_jobs_on_one_node_auto_takes_the_picked_jobs_own_server(slurm_
     assert ("Error: 2 Jupyter jobs of yours run on head's cluster: choose one with --job ID or --pick N"
             in unsure.stderr)
     # --pick N: that job, and on the node both share, that job's own server
+    picked_jobs = []
     for pick in ("1", "2"):
         picked = Tunnel(hosts.config, "-s", "gw", "head", "-n", "auto", "--pick", pick, "--scheduler", "slurm",
                         "--json")
         try:
             url = ready(picked)["url"]
-            assert url.split("?")[1] == tokens[job_of(picked)], picked.stderr
+            picked_jobs.append(job_of(picked))
+            assert url.split("?")[1] == tokens[picked_jobs[-1]], picked.stderr
             assert picked.stop(signal.SIGINT) == jt.EXIT_OK
         finally:
             picked.kill()
-
+    assert sorted(picked_jobs) == sorted(tokens)  # --pick 1 and --pick 2: one job each

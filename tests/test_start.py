@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -183,28 +184,19 @@ def test_start_failures_say_why_and_leave_nothing(tunnel, no_server, args, said)
 
 
 @pytest.fixture
-def tools_dir(tmp_path):
-    """A directory jtmulti can read, for programs the remote PATH of a test is limited to."""
-    tmp_path.chmod(0o755)
-    for parent in tmp_path.parents:  # pytest's base temp dir is private to root
-        if parent == Path(tempfile_root()):
-            break
-        parent.chmod(parent.stat().st_mode | 0o005)
-    return tmp_path
-
-
-def tempfile_root() -> str:
-    """The system temp dir under which pytest makes tmp_path."""
-    import tempfile
-
-    return tempfile.gettempdir()
+def tools_dir():
+    """A directory jtmulti can read, for programs the remote PATH of a test is limited to
+    (pytest's tmp_path lies under a directory private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="jt-tools-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_start_without_setsid_detaches_with_nohup(tunnel, no_server, tools_dir):
     # A remote without setsid(1) (some BSDs, busybox builds): the script falls back to nohup.
     for tool in ("nohup", "tail", "cat", "tr", "sleep"):
         (tools_dir / tool).symlink_to(shutil.which(tool))
-    assert not (tools_dir / "setsid").exists()
     run = tunnel("-s", f"{USER}@srv", "--start", "-t", "server", "--pre", f"PATH={tools_dir}",
                  "--jupyter", f"{VENV}/bin/jupyter")
     assert get_status(run.url(timeout=90))[0] == 200
