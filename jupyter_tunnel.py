@@ -43,6 +43,7 @@ ProxyJump, agents, ControlMaster and 2FA prompts.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -1503,10 +1504,15 @@ def choose_job(jobs: Sequence[ClusterJob], head: str, pick: int | None = None) -
         raise TunnelError(f"no Jupyter job of yours runs on {head}'s cluster: start one with --submit",
                           EXIT_NO_SERVER)
     if pick is not None:
-        if not 1 <= pick <= len(running):
-            raise TunnelError(f"there is no job number {pick}: {len(running)} Jupyter jobs of yours run "
-                              f"on {head}'s cluster (see --list)", EXIT_NO_SERVER)
-        return running[pick - 1]
+        # numbered as --list -n auto numbers them: every job listed, pending ones too
+        if not 1 <= pick <= len(jobs):
+            raise TunnelError(f"there is no job number {pick}: {len(jobs)} Jupyter jobs of yours are on "
+                              f"{head}'s cluster (see --list -n auto)", EXIT_NO_SERVER)
+        job = jobs[pick - 1]
+        if job not in running:
+            raise TunnelError(f"job number {pick}, {job.describe()}, is {job.state}, not running yet "
+                              "(see --list -n auto)", EXIT_NO_SERVER)
+        return job
     if len(running) == 1:
         return running[0]
     say("Info", f"Jupyter jobs of yours running on {head}'s cluster:")
@@ -1517,8 +1523,10 @@ def choose_job(jobs: Sequence[ClusterJob], head: str, pick: int | None = None) -
                       "--job ID or --pick N", EXIT_NO_SERVER)
 
 
+@functools.lru_cache(maxsize=None)
 def node_source() -> str:
-    """jupyter_node.py's own source, sent to the head's python."""
+    """jupyter_node.py's own source, sent to the head's python (read once: a job past its
+    limit is asked about at every --check-interval)."""
     with open(jupyter_node.__file__, encoding="utf-8") as f:
         return f.read()
 
@@ -3517,7 +3525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parse_hosts(args.host, args.node)
     except TunnelError as error:
         parser.error(str(error))
-    if args.start and args.node:
+    if args.start and (args.node or args.job):  # --job: a server on the job's node
         parser.error("--start cannot start a server on a cluster node: that needs a scheduler job. "
                      "Use --submit, or run jupyter-node on the head node, then jupyter-tunnel -s ... HEAD -n NODE")
     problem = cluster_option_problem(args)

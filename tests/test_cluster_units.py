@@ -216,7 +216,7 @@ RUNNING = jt.parse_job(dict(READY, state="running", port=None))
      "cancel it with qdel 4711"),
     ([RUNNING, RUNNING._replace(job="4712")], None,
      "2 Jupyter jobs of yours run on head's cluster: choose one with --job ID or --pick N"),
-    ([RUNNING], 2, "there is no job number 2: 1 Jupyter jobs of yours run on head's cluster (see --list)"),
+    ([RUNNING], 2, "there is no job number 2: 1 Jupyter jobs of yours are on head's cluster (see --list -n auto)"),
 ])
 def test_choosing_a_job_fails_with_advice(jobs, pick, message, capsys):
     with pytest.raises(jt.TunnelError) as error:
@@ -228,7 +228,12 @@ def test_choosing_a_job():
     other = RUNNING._replace(job="4712", node="node08")
     pending = RUNNING._replace(job="4713", state="pending", node="")
     assert jt.choose_job([pending, other], "head") == other  # the only running one
-    assert jt.choose_job([RUNNING, pending, other], "head", pick=2) == other  # numbered as running
+    # --pick numbers the jobs as --list -n auto does: every job listed
+    assert jt.choose_job([RUNNING, pending, other], "head", pick=3) == other
+    with pytest.raises(jt.TunnelError, match="job number 2, job 4713 .*, is pending, not running yet"):
+        jt.choose_job([RUNNING, pending, other], "head", pick=2)
+    with pytest.raises(jt.TunnelError, match="there is no job number 4: 3 Jupyter jobs"):
+        jt.choose_job([RUNNING, pending, other], "head", pick=4)
 
 
 def test_job_table_shows_time_left_and_servers():
@@ -287,6 +292,7 @@ def test_timeout_takes_jupyter_nodes_durations(value, seconds):
     (["--python", "py\nthon"], "argument --python: control characters"),
     (["-n", "auto", "--start"], "--start cannot start a server on a cluster node: that needs a scheduler job. "
                                 "Use --submit"),
+    (["--job", "4711", "--start"], "--start cannot start a server on a cluster node"),
 ])
 def test_cluster_usage_errors_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
