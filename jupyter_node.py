@@ -407,8 +407,9 @@ def format_jobs(rows: Sequence[JobRow]) -> str:
     """The ``--jobs`` table for people."""
     lines = ["JOB         NAME      STATE    NODE                  TIME LEFT  REASON"]
     for row in rows:
-        lines.append(f"{row.job:<11} {row.name:<9} {row.state:<8} {row.node or '-':<21} "
-                     f"{format_clock(row.time_left):>9}  {row.reason}".rstrip())
+        # escaped: with --job ID the name is any job's, and the reason is the scheduler's
+        lines.append(escape_text(f"{row.job:<11} {row.name:<9} {row.state:<8} {row.node or '-':<21} "
+                                 f"{format_clock(row.time_left):>9}  {row.reason}".rstrip()))
     return "\n".join(lines)
 
 
@@ -803,10 +804,8 @@ def report(job: Job, state: JobState, args: argparse.Namespace, scheduler: str, 
         print(json.dumps(result), flush=True)
     left = f", {format_clock(seconds_left)} left" if seconds_left is not None else ""
     if state.state == "failed":
-        say("Error", f"Jupyter {app} did not start: {state.detail}. Log: {job.log}")
-        if not args.json:
-            print(log_tail(read_log(job.log)), file=sys.stderr, flush=True)
-        return EXIT_ERROR
+        return fail(args, f"Jupyter {app} did not start: {state.detail}. Log: {job.log}", EXIT_ERROR,
+                    log_tail(read_log(job.log)), result_printed=True)
     if state.state == "pending":
         say("Info", f"After {args.wait}, {where} is still waiting to start"
                     f"{f' ({state.detail})' if state.detail else ''}; the node will be written in "
@@ -823,7 +822,7 @@ def report(job: Job, state: JobState, args: argparse.Namespace, scheduler: str, 
 
     command = build_tunnel_command(f"{getpass.getuser()}@{head_name()}", state.node)
     say("Info", "On your computer, run (put your gateway hosts first after -s if you need them):")
-    print(command, flush=True)
+    print(escape_text(command), flush=True)  # the node comes from the job's log
     if job.log:
         say("Info", f"Log (it holds the token; private): {job.log}")
     return EXIT_OK
@@ -982,12 +981,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def fail(args: argparse.Namespace, message: str, code: int, details: str = "") -> int:
-    """Report a failure: one ``Error:`` line (details after it), and the JSON object with --json."""
+def fail(args: argparse.Namespace, message: str, code: int, details: str = "",
+         result_printed: bool = False) -> int:
+    """Report a failure: one ``Error:`` line (details after it, escaped: a job's log and a
+    scheduler's words), and with --json the JSON object unless ``result_printed``."""
     say("Error", message)
     if details and not args.json:
-        print(details, file=sys.stderr, flush=True)
-    if args.json:
+        print("\n".join(escape_text(line) for line in details.splitlines()), file=sys.stderr, flush=True)
+    if args.json and not result_printed:
         print(json.dumps({"error": message, "state": "failed"}), flush=True)
     return code
 
@@ -1020,6 +1021,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             say("Info", f"Stopped waiting; the job keeps running. Log: {job.log or 'the job log'}")
             return EXIT_INTERRUPTED
         return report(job, state, args, scheduler, name, existing)
+    except KeyboardInterrupt:  # while a scheduler command runs (each may take up to 30 s)
+        say("Info", "Interrupted.")
+        return EXIT_INTERRUPTED
     except NodeError as error:
         return fail(args, str(error), error.code, error.details)
     except subprocess.TimeoutExpired as error:  # a scheduler command that hangs (controller down)

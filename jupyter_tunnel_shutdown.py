@@ -88,7 +88,7 @@ class RunningTunnel:
             remote_port=_int_or_none(state.get("remote_port")) or None,  # 0: a unix socket
             sock=str(state.get("sock") or ""),
             root_dir=str(state.get("root_dir") or ""),
-            started=_float_or_none(state.get("started")),
+            started=_finite_or_none(state.get("started")),
             phase=str(state.get("state") or "?"),
             # not known before the run has chosen its server
             started_server=(True if state.get("started_server") is True
@@ -242,16 +242,15 @@ def format_time_left(job: str, job_end: float | None, now: float) -> str:
     left = time_left(job_end, now)
     if not job or left is None:
         return "-" if not job else "?"
-    days, rest = divmod(left, 86400)
-    minutes_seconds = f"{rest // 60 % 60:02d}:{rest % 60:02d}"
-    return f"{days}-{rest // 3600:02d}:{minutes_seconds}" if days else f"{rest // 3600}:{minutes_seconds}"
+    return jt.jupyter_node.format_clock(left)  # as jupyter-node --jobs shows it
 
 
 def format_started(started: float | None) -> str:
     """Local time of a tunnel's start for the table, ``?`` when unknown."""
-    if started is None:
+    try:
+        return "?" if started is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
+    except (OverflowError, OSError, ValueError):  # a registry's 1e20: no such local time
         return "?"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
 
 
 def table_row(tunnel: RunningTunnel) -> tuple[str, ...]:

@@ -537,3 +537,10 @@ def test_wait_tells_each_change_once(tmp_path, capsys):
     assert capsys.readouterr().err.splitlines() == [
         "Info: job 7 is pending (Priority)", "Info: job 7 is pending (Resources)",
         "Info: job 7 is running on n1; waiting for Jupyter..."]
+
+
+def test_jobs_table_escapes_the_schedulers_words():
+    row = jn.JobRow("4711", "evil\x1b[2J", "pending", "", None, "Resources\nInfo: forged")
+    table = jn.format_jobs([row])
+    assert "\x1b" not in table and len(table.splitlines()) == 2
+    assert "evil\\x1b[2J" in table and "Resources\\nInfo: forged" in table

@@ -282,3 +282,9 @@ def test_job_fields_from_the_registry_are_checked():
     info = tunnel.to_json()
     assert (info["job"], info["scheduler"]) == ("81234_3", "slurm") and 590 <= info["time_left"] <= 600
     assert VIA_GW.to_json()["job"] is None and VIA_GW.to_json()["time_left"] is None
+
+
+@pytest.mark.parametrize("started", [float("nan"), float("inf"), 1e20, "x", None])
+def test_a_registry_start_time_that_is_no_time_shows_as_unknown(started):
+    tunnel = sd.RunningTunnel.from_state({"pid": 4242, "hosts": ["srv"], "started": started})
+    assert sd.table_row(tunnel)[-1] == "?"
