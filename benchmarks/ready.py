@@ -51,6 +51,7 @@ import json
 import os
 import platform
 import selectors
+import shlex
 import shutil
 import signal
 import statistics
@@ -510,17 +511,26 @@ echo "startup $t0 $t1"
 """
 
 
+def parse_startup(stdout: str) -> Optional[float]:
+    """Seconds from the ``startup T0 T1`` line printed by SERVER_STARTUP_SCRIPT (and submit.py's BY_HAND); None when it is not there."""
+    words = stdout.split()
+    if len(words) != 3 or words[0] != "startup":
+        return None
+    return float(words[2]) - float(words[1])
+
+
 def time_server_startup(config: Path) -> float:
     """Seconds from starting ``jupyter lab`` on the remote by hand until its runtime file appears."""
     root = new_root_dir()
     try:
-        script = SERVER_STARTUP_SCRIPT.format(root=root, jupyter=VENV / "bin" / "jupyter")
+        script = SERVER_STARTUP_SCRIPT.format(root=shlex.quote(root),
+                                              jupyter=shlex.quote(str(VENV / "bin" / "jupyter")))
         done = subprocess.run(["ssh", "-F", str(config), f"{USER}@srv", "sh -s"], input=script.encode(),
                               capture_output=True, env=tool_env(), timeout=READY_TIMEOUT)
-        words = done.stdout.decode(errors="replace").split()
-        if done.returncode != 0 or len(words) != 3 or words[0] != "startup":
+        seconds = parse_startup(done.stdout.decode(errors="replace"))
+        if done.returncode != 0 or seconds is None:
             raise BenchmarkError(f"jupyter lab did not start by hand: {done.stderr.decode(errors='replace')}")
-        return float(words[2]) - float(words[1])
+        return seconds
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -93,14 +93,6 @@ def tool_args(config: Path, activate: str) -> List[str]:
             "--scheduler", "sge", "-w", WAIT, "-s", "gw", "head"]
 
 
-def parse_startup(stdout: str) -> Optional[float]:
-    """Seconds from the ``startup T0 T1`` line of BY_HAND; None when it is not there."""
-    words = stdout.split()
-    if len(words) != 3 or words[0] != "startup":
-        return None
-    return float(words[2]) - float(words[1])
-
-
 def format_logins(logins: Sequence[Dict[str, int]]) -> str:
     """``gw 1, head 1, node 1`` when every run logged in alike, else each run's in turn."""
     shown = sorted({", ".join(f"{host} {n}" for host, n in sorted(run.items(), key=_host_order)) or "none"
@@ -200,7 +192,7 @@ def time_job_startup(hosts: NetnsHosts, cell: SgeNetns, user: ClusterUser) -> fl
                               env=ready.tool_env(), timeout=JOB_TIMEOUT)
     finally:
         no_job_left(cell)
-    seconds = parse_startup(done.stdout)
+    seconds = ready.parse_startup(done.stdout)
     if done.returncode != 0 or seconds is None:
         raise ready.BenchmarkError(f"jupyter_node.py on the head failed ({done.returncode}): {done.stderr}")
     return seconds

@@ -186,7 +186,7 @@ CHAIN = {"gw": 1, "head": 1, "node": 1}
     [("startup 1700000000.250 1700000003.000\n", 2.75), ("", None), ("startup 1.0\n", None)],
 )
 def test_parse_startup(stdout, expected) -> None:
-    assert submit.parse_startup(stdout) == (None if expected is None else pytest.approx(expected))
+    assert ready.parse_startup(stdout) == (None if expected is None else pytest.approx(expected))
 
 
 @pytest.mark.parametrize(
