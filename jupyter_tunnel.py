@@ -642,17 +642,26 @@ class Master:
         # disposition survives exec: set it around the fork (the main thread's handlers)
         ignored = (signal.SIGINT, signal.SIGHUP) if self.outlive_interrupt else ()
         previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in ignored}
+        # ssh's stderr is a pipe whose read end only the reader thread ever holds: a file
+        # object on Popen could be closed by another thread while the reader is in it, which
+        # frees its buffer under the read (CI saw "PyMemoryView_FromBuffer(): info->buf must
+        # not be NULL" in the reader at exit).
+        read_end, write_end = os.pipe()
         try:
             self.process = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE, env=self.env,
+                stderr=write_end, env=self.env,
             )
+        except BaseException:
+            os.close(read_end)
+            raise
         finally:
+            os.close(write_end)  # the master (and its jump-host children) hold it now
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         on_start(self.process.pid)
         # Drain stderr all the time: a full pipe would block ssh.
-        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader = threading.Thread(target=self._read_stderr, args=(read_end,), daemon=True)
         self._reader.start()
         started = time.monotonic()
         delay = POLL_INTERVAL
@@ -665,16 +674,15 @@ class Master:
                 # a person types a password or a 2FA code: no need to look 500 times a second
                 delay = min(delay * 2, SLOW_POLL_INTERVAL)
 
-    def _read_stderr(self) -> None:
+    def _read_stderr(self, fd: int) -> None:
         """Keep the last lines ssh wrote, to explain a failure with ssh's own words."""
-        assert self.process is not None and self.process.stderr is not None
-        for raw in self.process.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            if self.verbose >= 2:
-                print(escape_text(line), file=sys.stderr, flush=True)  # ssh -v's words, as they come
-            if not line.startswith(SSH_DEBUG):
-                self.stderr.append(line)  # debug lines would push the reason out of the deque
-        self.process.stderr.close()
+        with open(fd, "rb") as stream:  # closed here at EOF, and nowhere else
+            for raw in stream:
+                line = raw.decode(errors="replace").rstrip()
+                if self.verbose >= 2:
+                    print(escape_text(line), file=sys.stderr, flush=True)  # ssh -v's words, as they come
+                if not line.startswith(SSH_DEBUG):
+                    self.stderr.append(line)  # debug lines would push the reason out of the deque
 
     @property
     def pid(self) -> int:
@@ -726,14 +734,11 @@ class Master:
         if self.process is None:
             return
         stop_process(self.process, timeout=5.0)
+        # The jump host's ssh (the master's child, -J) holds the stderr pipe too, and may
+        # outlive the master a little (ssh stops it with SIGHUP, which --stop-server's master
+        # had ignored, and the child with it): the reader ends, and closes the pipe, then.
         if self._reader is not None:
             self._reader.join(timeout=1)
-        # The jump host's ssh (the master's child, -J) holds the pipe too, and may outlive the
-        # master a little: ssh stops it with SIGHUP, which --stop-server's master had ignored
-        # (and the child with it).  Closing the pipe under the reader would block until then,
-        # then crash the reader ("Exception in thread"): the reader closes it at its end.
-        if self.process.stderr is not None and (self._reader is None or not self._reader.is_alive()):
-            self.process.stderr.close()
 
 
 class SharedMaster(Master):
