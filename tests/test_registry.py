@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -27,7 +26,6 @@ from helpers import port_is_free, wait_for
 from tunnelrun import Tunnel, get_status
 
 pytestmark = pytest.mark.integration
-JTNONE = pwd.getpwnam("jtnone")
 
 
 @pytest.fixture
@@ -160,8 +158,11 @@ def test_crafted_entries_make_nothing_signalled_or_deleted(tunnel, shutdown, reg
 
 
 @pytest.mark.parametrize("kind", ["symlink", "directory"])
-def test_a_registry_other_users_can_write_is_not_used(tunnel, shutdown, jtuser_server, kind):
-    as_jtnone = dict(user=JTNONE.pw_uid, group=JTNONE.pw_gid, extra_groups=[], check=True)
+def test_a_registry_other_users_can_write_is_not_used(tunnel, shutdown, jtuser_server, test_users, kind):
+    # the user is made by the fixtures: looked up here, not when the module is collected (a
+    # fresh machine has no jtnone before the session starts)
+    jtnone = test_users["jtnone"]
+    as_jtnone = dict(user=jtnone.uid, group=jtnone.gid, extra_groups=[], check=True)
     # jtnone makes a world-writable directory and writes an entry that names a directory of
     # ours that is right in every way: only the registry's own check protects it
     shared = subprocess.run(["mktemp", "-d", "/tmp/jtx-XXXXXXXX"], capture_output=True, text=True,
@@ -177,7 +178,7 @@ def test_a_registry_other_users_can_write_is_not_used(tunnel, shutdown, jtuser_s
         if kind == "symlink":
             registry = f"{shared}-link"
             subprocess.run(["ln", "-s", shared, registry], **as_jtnone)
-        problem = "it is a symbolic link" if kind == "symlink" else f"it belongs to uid {JTNONE.pw_uid}"
+        problem = "it is a symbolic link" if kind == "symlink" else f"it belongs to uid {jtnone.uid}"
         warning = f"Warning: not using the registry directory {registry!r}: {problem}"
         before = snapshot(shared, str(ours))
 
@@ -197,7 +198,7 @@ def test_a_registry_other_users_can_write_is_not_used(tunnel, shutdown, jtuser_s
         assert run.wait() == jt.EXIT_OK
         assert snapshot(shared, str(ours)) == before
     finally:
-        subprocess.run(["rm", "-rf", shared, f"{shared}-link"], user=JTNONE.pw_uid, group=JTNONE.pw_gid,
+        subprocess.run(["rm", "-rf", shared, f"{shared}-link"], user=jtnone.uid, group=jtnone.gid,
                        extra_groups=[])
         shutil.rmtree(tmp, ignore_errors=True)
 
