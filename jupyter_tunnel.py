@@ -1479,17 +1479,21 @@ def format_job_table(jobs: Sequence[ClusterJob], servers: Mapping[str, Sequence[
     rows = [("#", "JOB", "NAME", "STATE", "NODE", "TIME LEFT", "SERVERS")]
     for number, job in enumerate(jobs, 1):
         left = "?" if job.time_left is None else format_duration(job.time_left)
-        found = servers.get(job.node, ())
-        ports = ", ".join(f"{s.sock or s.port} {s.app}" for s in found) or ("-" if job.node else job.reason or "-")
+        if job.node and job.node not in servers:
+            ports = "?"  # its node could not be asked
+        else:
+            found = servers.get(job.node, ())
+            ports = ", ".join(f"{s.sock or s.port} {s.app}" for s in found) or ("-" if job.node else job.reason or "-")
         rows.append((str(number), job.job, job.name or "?", job.state, job.node or "-", left, ports))
     return format_table(rows)
 
 
-def job_info(number: int, job: ClusterJob, servers: Sequence[Server]) -> dict:
-    """A job as a JSON object for ``--list -n auto --json``, with the servers on its node."""
+def job_info(number: int, job: ClusterJob, servers: Sequence[Server] | None) -> dict:
+    """A job as a JSON object for ``--list -n auto --json``, with the servers on its node
+    (None: its node could not be asked)."""
     return {"number": number, "job": job.job, "scheduler": job.scheduler, "name": job.name, "state": job.state,
             "node": job.node, "time_left": job.time_left, "reason": job.reason,
-            "servers": [server_info(n, s) for n, s in enumerate(servers, 1)]}
+            "servers": None if servers is None else [server_info(n, s) for n, s in enumerate(servers, 1)]}
 
 
 def choose_job(jobs: Sequence[ClusterJob], head: str, pick: int | None = None) -> ClusterJob:
@@ -3204,12 +3208,20 @@ def run_job_list(tunnel: Tunnel, jobs: list[ClusterJob], as_json: bool) -> int:
     assert tunnel.master is not None
     head = tunnel.route.target
     servers: dict[str, list[Server]] = {}
-    for node in dict.fromkeys(job.node for job in jobs if job.node):  # one login per node
-        tunnel.master.route = tunnel.route._replace(node=node)
-        servers[node] = discover(tunnel.master)
-    tunnel.master.route = tunnel.route
+    try:
+        for node in dict.fromkeys(job.node for job in jobs if job.node):  # one login per node
+            tunnel.master.route = tunnel.route._replace(node=node)
+            try:
+                servers[node] = discover(tunnel.master)
+            except TunnelError as error:
+                # one node refusing (down, or no login allowed) must not hide the other jobs:
+                # its servers show as unknown ("?" / null)
+                say("Warning", f"cannot list the servers on {node}: {error}")
+    finally:
+        tunnel.master.route = tunnel.route
     if as_json:
-        print(json.dumps([job_info(n, job, servers.get(job.node, [])) for n, job in enumerate(jobs, 1)], indent=2))
+        print(json.dumps([job_info(n, job, servers.get(job.node) if job.node else [])
+                          for n, job in enumerate(jobs, 1)], indent=2))
     elif jobs:
         print(format_job_table(jobs, servers))
     else:
