@@ -1169,6 +1169,14 @@ def parse_start_output(output: str) -> Started:
     return Started(log, pid, server, failure, tuple(tail))
 
 
+def format_log_tail(lines: Iterable[str]) -> str:
+    """``; its log ends with: a | b`` (its last START_LOG_TAIL lines) for an error, "" if empty.
+
+    Tokens masked: the log may hold the server's URL with its token, printed before it failed."""
+    tail = [TOKEN_RE.sub("token=…", line.strip()) for line in lines if line.strip()][-START_LOG_TAIL:]
+    return "; its log ends with: " + " | ".join(tail) if tail else ""
+
+
 def start_server(master: Master, options: StartOptions, timeout: float) -> Server:
     """Start a server on the target through the master; its Server once its runtime file is written."""
     host = master.route.server_host
@@ -1184,11 +1192,9 @@ def start_server(master: Master, options: StartOptions, timeout: float) -> Serve
     if result.server is None:
         why = result.failure or parse_ssh_error(done.stderr.decode(errors="replace").splitlines(),
                                                 done.returncode)
-        # the log may hold the server's URL with its token, printed before it failed
-        tail = [TOKEN_RE.sub("token=…", line) for line in result.tail if line.strip()][-START_LOG_TAIL:]
-        said = ("; its log ends with: " + " | ".join(tail)) if tail else ""
         log = f" (log: {result.log})" if result.log else ""
-        raise TunnelError(f"could not start jupyter {options.app} on {host}: {why}{log}{said}", EXIT_START)
+        raise TunnelError(f"could not start jupyter {options.app} on {host}: {why}{log}"
+                          f"{format_log_tail(result.tail)}", EXIT_START)
     say("Info", f"Started jupyter {options.app} (pid {result.pid}) in {time.monotonic() - started:.1f} s; "
                 f"its log: {result.log}")
     if not result.server.token:
@@ -1285,9 +1291,7 @@ class ClusterJob(NamedTuple):
     reason: str = ""
     time_left: int | None = None  # seconds when it was asked; None: no limit, or unknown
     existing: bool = False  # --submit found a job running already
-    error: str = ""
-    log: str = ""
-    log_tail: str = ""
+    error: str = ""  # a failed job's scheduler words (its log is in node_tool_failure's error)
 
     def describe(self, first: bool = False) -> str:
         """``job 4711 (jp-lab)`` for messages (``Job ...`` ``first`` in a sentence)."""
@@ -1384,8 +1388,7 @@ def parse_job(info: Mapping, scheduler: str = "") -> ClusterJob:
     port = None if info.get("port") is None else _whole_number(dict(info), "port", 1, 65535)
     time_left = None if info.get("time_left") is None else _whole_number(dict(info), "time_left", 0, 2**40)
     return ClusterJob(scheduler, job, _text(info, "name"), state, node, port, _text(info, "reason"), time_left,
-                      info.get("existing") is True, _text(info, "error"), _text(info, "log"),
-                      _text(info, "log_tail"))
+                      info.get("existing") is True, _text(info, "error"))
 
 
 def parse_jobs(info: Mapping) -> list[ClusterJob]:
@@ -1425,11 +1428,9 @@ def node_tool_failure(python: str, head: str, returncode: int, stderr_lines: Seq
         return TunnelError(f"jupyter_node.py on {head} gave no answer ({words})", EXIT_ERROR)
     if info.get("error") or returncode != 0:
         error = info.get("error") if isinstance(info.get("error"), str) else ""
-        tail = [TOKEN_RE.sub("token=…", line.strip()) for line in str(info.get("log_tail") or "").splitlines()
-                if line.strip()][-START_LOG_TAIL:]
+        tail = format_log_tail(str(info.get("log_tail") or "").splitlines())
         log = f" (log on {head}: {info['log']})" if isinstance(info.get("log"), str) and info.get("log") else ""
-        return TunnelError(f"the Jupyter job could not start on {head}: {error or words}{log}"
-                           + ("; its log ends with: " + " | ".join(tail) if tail else ""),
+        return TunnelError(f"the Jupyter job could not start on {head}: {error or words}{log}{tail}",
                            EXIT_MISSING if returncode == EXIT_MISSING else EXIT_START)
     return None
 

@@ -93,8 +93,7 @@ def test_node_json_is_the_last_object(stdout, expected):
 
 
 def test_job_fields_are_checked():
-    assert JOB == jt.ClusterJob("sge", "4711", "jp-lab", "ready", "node07.cluster", 8888, "", 5400, False, "",
-                                "/tmp/jupyter_nb_alice_head_x.log", "")
+    assert JOB == jt.ClusterJob("sge", "4711", "jp-lab", "ready", "node07.cluster", 8888, "", 5400, False, "")
     assert JOB.cancel_command == "qdel 4711" and JOB.describe() == "job 4711 (jp-lab)"
     assert jt.parse_job(dict(READY, scheduler="slurm", job="81234_3", port=None, time_left=None)).cancel_command \
         == "scancel 81234_3"
