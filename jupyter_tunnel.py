@@ -3287,15 +3287,15 @@ def run_tunnel(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------- the command line
 
 
-def seconds_option(high: float, durations: bool = False):
-    """An argparse type: a number of seconds, more than 0 and at most ``high``; with
-    ``durations``, jupyter-node's sleep syntax (``90s``, ``5m``, ``1.5h``) too.
+def number_option(unit: str, high: float, durations: bool = False):
+    """An argparse type: a number of ``unit`` (seconds, minutes), more than 0 and at most
+    ``high``; with ``durations``, jupyter-node's sleep syntax (``90s``, ``5m``, ``1.5h``) too.
 
     float() takes "nan", "inf" and "1e300": nan would make every deadline unreachable (a
     timeout that never fires), and huge values overflow the timers that take them.
     """
 
-    def seconds(text: str) -> float:
+    def number(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
@@ -3306,10 +3306,10 @@ def seconds_option(high: float, durations: bool = False):
                 except ValueError:
                     pass
         if not 0 < value <= high:  # false for nan too
-            raise argparse.ArgumentTypeError(f"expected seconds, more than 0 and at most {high:g}, not {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {unit}, more than 0 and at most {high:g}, not {text!r}")
         return value
 
-    return seconds
+    return number
 
 
 def job_option(text: str) -> str:
@@ -3322,18 +3322,6 @@ def job_option(text: str) -> str:
 def resource_option(text: str) -> str:
     """An argparse type: a jupyter-node resource request, which must split like a shell's words."""
     return node_resource_option(text_option(text))
-
-
-def minutes_option(text: str) -> float:
-    """An argparse type: --warn-before's minutes, more than 0 and at most a day."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= MAX_WARN_BEFORE:  # false for nan too
-        raise argparse.ArgumentTypeError(f"expected minutes, more than 0 and at most {MAX_WARN_BEFORE:g}, "
-                                         f"not {text!r}")
-    return value
 
 
 def int_option(low: int, high: int):
@@ -3437,7 +3425,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pick", type=int_option(1, MAX_PICK), metavar="N", help="use server number N of --list")
     parser.add_argument("--local-port", type=int_option(1, 65535), metavar="LPORT",
                         help="local port to use [default: the remote port, or the next free one]")
-    parser.add_argument("-w", "--timeout", type=seconds_option(MAX_TIMEOUT, durations=True), default=DEFAULT_TIMEOUT,
+    parser.add_argument("-w", "--timeout", type=number_option("seconds", MAX_TIMEOUT, durations=True), default=DEFAULT_TIMEOUT,
                         metavar="SECONDS",
                         help=f"give up when Jupyter does not answer (with --start: has not started) within "
                              f"SECONDS (at most {MAX_TIMEOUT:g}; sleep syntax works too: 90s, 5m, 1.5h); with "
@@ -3451,7 +3439,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-retries", type=int_option(1, MAX_RETRIES), metavar="N",
                         help=f"give up (code 8) after N failed reconnection attempts (at most {MAX_RETRIES}) "
                              "[default: never]")
-    parser.add_argument("--check-interval", type=seconds_option(MAX_CHECK_INTERVAL), default=DEFAULT_CHECK_INTERVAL,
+    parser.add_argument("--check-interval", type=number_option("seconds", MAX_CHECK_INTERVAL), default=DEFAULT_CHECK_INTERVAL,
                         metavar="SECONDS",
                         help=f"how often to check that the Jupyter server still runs (at most "
                              f"{MAX_CHECK_INTERVAL:g}); the tunnel closes (code 0) when it has stopped "
@@ -3489,7 +3477,7 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--scheduler", choices=SCHEDULERS, help="sge or slurm [default: the one on the head's PATH]")
     cluster.add_argument("--python", type=text_option, default=DEFAULT_PYTHON, metavar="PROG",
                          help="the head's Python (>= 3.6) that runs jupyter_node.py [default: %(default)s]")
-    cluster.add_argument("--warn-before", type=minutes_option, default=DEFAULT_WARN_BEFORE, metavar="MINUTES",
+    cluster.add_argument("--warn-before", type=number_option("minutes", MAX_WARN_BEFORE), default=DEFAULT_WARN_BEFORE, metavar="MINUTES",
                          help=f"warn this long before the job's time limit, and again {LAST_WARNING:g} minutes "
                               "before [default: %(default)g]")
     parser.add_argument("-v", "--verbose", action="count", default=0,
