@@ -253,8 +253,16 @@ def parse_squeue(output: str) -> Tuple[str, str, str]:
     """(state, node list, reason) from ``squeue -h -o '%T|%N|%r'``; empty strings once the job is gone."""
     fields = [field.strip() for field in output.strip().split("|")]
     fields += [""] * (3 - len(fields))
-    reason = "" if fields[2] in ("None", "(null)") else fields[2]
-    return fields[0], fields[1], reason
+    return fields[0], fields[1], fields[2]
+
+
+def slurm_waiting(state: str, reason: str) -> str:
+    """Why a job that does not run yet waits: squeue's reason (``Resources``), after the state
+    when it is not plain PENDING (``suspended: ...``); squeue says None or (null) for none."""
+    reason = "" if reason in ("None", "(null)") else reason
+    if state == "PENDING":
+        return reason
+    return f"{state.lower()}: {reason}" if reason else state.lower()
 
 
 def parse_clock(text: str) -> Optional[int]:
@@ -305,17 +313,16 @@ def parse_squeue_jobs(output: str) -> List[JobRow]:
             continue
         job, name, state, nodes, left, reason = (field.strip() for field in fields)
         if state == "RUNNING":
-            kind = "running"
+            kind, reason = "running", ""
         elif state in SLURM_WAITING:
-            kind = "pending"
-            reason = reason if state == "PENDING" else f"{state.lower()}{f': {reason}' if reason != 'None' else ''}"
+            kind, reason = "pending", slurm_waiting(state, reason)
         else:
             continue  # completing or done
         try:
             seconds = parse_clock(left)
         except ValueError:
             seconds = None
-        rows.append(JobRow(job, name, kind, nodes, seconds, "" if reason in ("None", "(null)") else reason))
+        rows.append(JobRow(job, name, kind, nodes, seconds, reason))
     return rows
 
 
@@ -645,8 +652,7 @@ class SlurmJob(Job):
         if state in ("GONE", "COMPLETING", *SLURM_DONE):
             return JobState("failed", info.node or nodes, detail=f"the job is {state.lower()}")
         if state != "RUNNING":
-            return JobState("pending", detail=reason if state == "PENDING" else
-                            f"{state.lower()}{f': {reason}' if reason else ''}")
+            return JobState("pending", detail=slurm_waiting(state, reason))
         return JobState("running", nodes)
 
 
