@@ -253,8 +253,16 @@ def parse_squeue(output: str) -> Tuple[str, str, str]:
     """(state, node list, reason) from ``squeue -h -o '%T|%N|%r'``; empty strings once the job is gone."""
     fields = [field.strip() for field in output.strip().split("|")]
     fields += [""] * (3 - len(fields))
-    reason = "" if fields[2] in ("None", "(null)") else fields[2]
-    return fields[0], fields[1], reason
+    return fields[0], fields[1], fields[2]
+
+
+def slurm_waiting(state: str, reason: str) -> str:
+    """Why a job that does not run yet waits: squeue's reason (``Resources``), after the state
+    when it is not plain PENDING (``suspended: ...``); squeue says None or (null) for none."""
+    reason = "" if reason in ("None", "(null)") else reason
+    if state == "PENDING":
+        return reason
+    return f"{state.lower()}: {reason}" if reason else state.lower()
 
 
 def parse_clock(text: str) -> Optional[int]:
@@ -305,17 +313,16 @@ def parse_squeue_jobs(output: str) -> List[JobRow]:
             continue
         job, name, state, nodes, left, reason = (field.strip() for field in fields)
         if state == "RUNNING":
-            kind = "running"
+            kind, reason = "running", ""
         elif state in SLURM_WAITING:
-            kind = "pending"
-            reason = reason if state == "PENDING" else f"{state.lower()}{f': {reason}' if reason != 'None' else ''}"
+            kind, reason = "pending", slurm_waiting(state, reason)
         else:
             continue  # completing or done
         try:
             seconds = parse_clock(left)
         except ValueError:
             seconds = None
-        rows.append(JobRow(job, name, kind, nodes, seconds, "" if reason in ("None", "(null)") else reason))
+        rows.append(JobRow(job, name, kind, nodes, seconds, reason))
     return rows
 
 
@@ -645,8 +652,7 @@ class SlurmJob(Job):
         if state in ("GONE", "COMPLETING", *SLURM_DONE):
             return JobState("failed", info.node or nodes, detail=f"the job is {state.lower()}")
         if state != "RUNNING":
-            return JobState("pending", detail=reason if state == "PENDING" else
-                            f"{state.lower()}{f': {reason}' if reason else ''}")
+            return JobState("pending", detail=slurm_waiting(state, reason))
         return JobState("running", nodes)
 
 
@@ -713,17 +719,22 @@ def cancel_job(scheduler: str, job_id: str) -> None:
         raise NodeError(f"{program} {job_id} failed: {one_line(done.stderr or done.stdout)}")
 
 
-def find_job_log(scheduler: str, job_id: str) -> str:
-    """The log of a job an earlier jupyter-node submitted ('' when it cannot be found here).
+def find_job_logs(scheduler: str, job_ids: Sequence[str]) -> Dict[str, str]:
+    """The logs of jobs an earlier jupyter-node submitted, by job id (those found here).
 
-    Slurm knows it (the job's StdOut).  A Grid Engine job's log is written by its qrsh on
-    the head that submitted it: look in this head's temp dir, among the user's own logs.
+    Slurm knows each (the job's StdOut).  A Grid Engine job's log is written by its qrsh on
+    the head that submitted it: look in this head's temp dir, among the user's own logs,
+    each read once whatever the number of jobs (the newest log of a job id wins).
     """
+    found = {}  # type: Dict[str, str]
     if scheduler == "slurm":
         scontrol = shutil.which("scontrol")
-        done = run_command([scontrol, "-o", "show", "job", job_id]) if scontrol else None
-        path = parse_scontrol_stdout(done.stdout) if done and done.returncode == 0 else ""
-        return path if path and os.access(path, os.R_OK) else ""
+        for job_id in job_ids if scontrol else ():
+            done = run_command([scontrol, "-o", "show", "job", job_id])
+            path = parse_scontrol_stdout(done.stdout) if done.returncode == 0 else ""
+            if path and os.access(path, os.R_OK):
+                found[job_id] = path
+        return found
     import getpass
     import glob
     import tempfile
@@ -731,9 +742,10 @@ def find_job_log(scheduler: str, job_id: str) -> str:
     pattern = os.path.join(tempfile.gettempdir(), f"jupyter_nb_{getpass.getuser()}_*.log")
     logs = [path for path in glob.glob(pattern) if os.stat(path).st_uid == os.getuid()]
     for path in sorted(logs, key=os.path.getmtime, reverse=True):
-        if parse_log(read_log(path)).job_id == job_id:
-            return path
-    return ""
+        job_id = parse_log(read_log(path)).job_id
+        if job_id in job_ids and job_id not in found:
+            found[job_id] = path
+    return found
 
 
 def one_line(text: str) -> str:
@@ -828,10 +840,9 @@ def report(job: Job, state: JobState, args: argparse.Namespace, scheduler: str, 
     return EXIT_OK
 
 
-def job_port(scheduler: str, row: JobRow) -> Optional[int]:
-    """The port a running job's server logged (None when not known): with several servers
-    on one node, it tells which is the job's own."""
-    log = find_job_log(scheduler, row.job) if row.state == "running" else ""
+def job_port(log: str) -> Optional[int]:
+    """The port a job's server logged (None when not known): with several servers on one
+    node, it tells which is the job's own."""
     port = parse_log(read_log(log)).port if log else 0
     return port if 0 < port < 65536 else None
 
@@ -844,7 +855,8 @@ def show_jobs(args: argparse.Namespace, scheduler: str) -> int:
     else:
         rows = [row for row in rows if row.name in JOB_NAMES.values()]
     if args.json:
-        jobs = [dict(row._asdict(), port=job_port(scheduler, row)) for row in rows]
+        logs = find_job_logs(scheduler, [row.job for row in rows if row.state == "running"])
+        jobs = [dict(row._asdict(), port=job_port(logs.get(row.job, ""))) for row in rows]
         print(json.dumps({"scheduler": scheduler, "jobs": jobs}), flush=True)
     elif rows:
         print(format_jobs(rows), flush=True)
@@ -859,7 +871,7 @@ def start_job(args: argparse.Namespace, scheduler: str) -> Tuple[Job, str, bool]
     if args.reuse:
         row = choose_job(list_jobs(scheduler), list(JOB_NAMES.values()))
         if row:
-            job = ExistingJob(scheduler, row, find_job_log(scheduler, row.job))
+            job = ExistingJob(scheduler, row, find_job_logs(scheduler, [row.job]).get(row.job, ""))
             say("Info", f"Found your Jupyter job {row.job} ({row.name}, {row.state}"
                         f"{f' on {row.node}' if row.node else ''}): using it instead of submitting another.")
             return job, row.name, True

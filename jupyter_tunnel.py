@@ -1174,6 +1174,14 @@ def parse_start_output(output: str) -> Started:
     return Started(log, pid, server, failure, tuple(tail))
 
 
+def format_log_tail(lines: Iterable[str]) -> str:
+    """``; its log ends with: a | b`` (its last START_LOG_TAIL lines) for an error, "" if empty.
+
+    Tokens masked: the log may hold the server's URL with its token, printed before it failed."""
+    tail = [TOKEN_RE.sub("token=…", line.strip()) for line in lines if line.strip()][-START_LOG_TAIL:]
+    return "; its log ends with: " + " | ".join(tail) if tail else ""
+
+
 def start_server(master: Master, options: StartOptions, timeout: float) -> Server:
     """Start a server on the target through the master; its Server once its runtime file is written."""
     host = master.route.server_host
@@ -1189,11 +1197,9 @@ def start_server(master: Master, options: StartOptions, timeout: float) -> Serve
     if result.server is None:
         why = result.failure or parse_ssh_error(done.stderr.decode(errors="replace").splitlines(),
                                                 done.returncode)
-        # the log may hold the server's URL with its token, printed before it failed
-        tail = [TOKEN_RE.sub("token=…", line) for line in result.tail if line.strip()][-START_LOG_TAIL:]
-        said = ("; its log ends with: " + " | ".join(tail)) if tail else ""
         log = f" (log: {result.log})" if result.log else ""
-        raise TunnelError(f"could not start jupyter {options.app} on {host}: {why}{log}{said}", EXIT_START)
+        raise TunnelError(f"could not start jupyter {options.app} on {host}: {why}{log}"
+                          f"{format_log_tail(result.tail)}", EXIT_START)
     say("Info", f"Started jupyter {options.app} (pid {result.pid}) in {time.monotonic() - started:.1f} s; "
                 f"its log: {result.log}")
     if not result.server.token:
@@ -1290,9 +1296,7 @@ class ClusterJob(NamedTuple):
     reason: str = ""
     time_left: int | None = None  # seconds when it was asked; None: no limit, or unknown
     existing: bool = False  # --submit found a job running already
-    error: str = ""
-    log: str = ""
-    log_tail: str = ""
+    error: str = ""  # a failed job's scheduler words (its log is in node_tool_failure's error)
 
     def describe(self, first: bool = False) -> str:
         """``job 4711 (jp-lab)`` for messages (``Job ...`` ``first`` in a sentence)."""
@@ -1389,8 +1393,7 @@ def parse_job(info: Mapping, scheduler: str = "") -> ClusterJob:
     port = None if info.get("port") is None else _whole_number(dict(info), "port", 1, 65535)
     time_left = None if info.get("time_left") is None else _whole_number(dict(info), "time_left", 0, 2**40)
     return ClusterJob(scheduler, job, _text(info, "name"), state, node, port, _text(info, "reason"), time_left,
-                      info.get("existing") is True, _text(info, "error"), _text(info, "log"),
-                      _text(info, "log_tail"))
+                      info.get("existing") is True, _text(info, "error"))
 
 
 def parse_jobs(info: Mapping) -> list[ClusterJob]:
@@ -1430,11 +1433,9 @@ def node_tool_failure(python: str, head: str, returncode: int, stderr_lines: Seq
         return TunnelError(f"jupyter_node.py on {head} gave no answer ({words})", EXIT_ERROR)
     if info.get("error") or returncode != 0:
         error = info.get("error") if isinstance(info.get("error"), str) else ""
-        tail = [TOKEN_RE.sub("token=…", line.strip()) for line in str(info.get("log_tail") or "").splitlines()
-                if line.strip()][-START_LOG_TAIL:]
+        tail = format_log_tail(str(info.get("log_tail") or "").splitlines())
         log = f" (log on {head}: {info['log']})" if isinstance(info.get("log"), str) and info.get("log") else ""
-        return TunnelError(f"the Jupyter job could not start on {head}: {error or words}{log}"
-                           + ("; its log ends with: " + " | ".join(tail) if tail else ""),
+        return TunnelError(f"the Jupyter job could not start on {head}: {error or words}{log}{tail}",
                            EXIT_MISSING if returncode == EXIT_MISSING else EXIT_START)
     return None
 
@@ -1484,17 +1485,21 @@ def format_job_table(jobs: Sequence[ClusterJob], servers: Mapping[str, Sequence[
     rows = [("#", "JOB", "NAME", "STATE", "NODE", "TIME LEFT", "SERVERS")]
     for number, job in enumerate(jobs, 1):
         left = "?" if job.time_left is None else format_duration(job.time_left)
-        found = servers.get(job.node, ())
-        ports = ", ".join(f"{s.sock or s.port} {s.app}" for s in found) or ("-" if job.node else job.reason or "-")
+        if job.node and job.node not in servers:
+            ports = "?"  # its node could not be asked
+        else:
+            found = servers.get(job.node, ())
+            ports = ", ".join(f"{s.sock or s.port} {s.app}" for s in found) or ("-" if job.node else job.reason or "-")
         rows.append((str(number), job.job, job.name or "?", job.state, job.node or "-", left, ports))
     return format_table(rows)
 
 
-def job_info(number: int, job: ClusterJob, servers: Sequence[Server]) -> dict:
-    """A job as a JSON object for ``--list -n auto --json``, with the servers on its node."""
+def job_info(number: int, job: ClusterJob, servers: Sequence[Server] | None) -> dict:
+    """A job as a JSON object for ``--list -n auto --json``, with the servers on its node
+    (None: its node could not be asked)."""
     return {"number": number, "job": job.job, "scheduler": job.scheduler, "name": job.name, "state": job.state,
             "node": job.node, "time_left": job.time_left, "reason": job.reason,
-            "servers": [server_info(n, s) for n, s in enumerate(servers, 1)]}
+            "servers": None if servers is None else [server_info(n, s) for n, s in enumerate(servers, 1)]}
 
 
 def choose_job(jobs: Sequence[ClusterJob], head: str, pick: int | None = None) -> ClusterJob:
@@ -3209,12 +3214,20 @@ def run_job_list(tunnel: Tunnel, jobs: list[ClusterJob], as_json: bool) -> int:
     assert tunnel.master is not None
     head = tunnel.route.target
     servers: dict[str, list[Server]] = {}
-    for node in dict.fromkeys(job.node for job in jobs if job.node):  # one login per node
-        tunnel.master.route = tunnel.route._replace(node=node)
-        servers[node] = discover(tunnel.master)
-    tunnel.master.route = tunnel.route
+    try:
+        for node in dict.fromkeys(job.node for job in jobs if job.node):  # one login per node
+            tunnel.master.route = tunnel.route._replace(node=node)
+            try:
+                servers[node] = discover(tunnel.master)
+            except TunnelError as error:
+                # one node refusing (down, or no login allowed) must not hide the other jobs:
+                # its servers show as unknown ("?" / null)
+                say("Warning", f"cannot list the servers on {node}: {error}")
+    finally:
+        tunnel.master.route = tunnel.route
     if as_json:
-        print(json.dumps([job_info(n, job, servers.get(job.node, [])) for n, job in enumerate(jobs, 1)], indent=2))
+        print(json.dumps([job_info(n, job, servers.get(job.node) if job.node else [])
+                          for n, job in enumerate(jobs, 1)], indent=2))
     elif jobs:
         print(format_job_table(jobs, servers))
     else:
@@ -3279,15 +3292,15 @@ def run_tunnel(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------- the command line
 
 
-def seconds_option(high: float, durations: bool = False):
-    """An argparse type: a number of seconds, more than 0 and at most ``high``; with
-    ``durations``, jupyter-node's sleep syntax (``90s``, ``5m``, ``1.5h``) too.
+def number_option(unit: str, high: float, durations: bool = False):
+    """An argparse type: a number of ``unit`` (seconds, minutes), more than 0 and at most
+    ``high``; with ``durations``, jupyter-node's sleep syntax (``90s``, ``5m``, ``1.5h``) too.
 
     float() takes "nan", "inf" and "1e300": nan would make every deadline unreachable (a
     timeout that never fires), and huge values overflow the timers that take them.
     """
 
-    def seconds(text: str) -> float:
+    def number(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
@@ -3298,10 +3311,10 @@ def seconds_option(high: float, durations: bool = False):
                 except ValueError:
                     pass
         if not 0 < value <= high:  # false for nan too
-            raise argparse.ArgumentTypeError(f"expected seconds, more than 0 and at most {high:g}, not {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {unit}, more than 0 and at most {high:g}, not {text!r}")
         return value
 
-    return seconds
+    return number
 
 
 def job_option(text: str) -> str:
@@ -3314,18 +3327,6 @@ def job_option(text: str) -> str:
 def resource_option(text: str) -> str:
     """An argparse type: a jupyter-node resource request, which must split like a shell's words."""
     return node_resource_option(text_option(text))
-
-
-def minutes_option(text: str) -> float:
-    """An argparse type: --warn-before's minutes, more than 0 and at most a day."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= MAX_WARN_BEFORE:  # false for nan too
-        raise argparse.ArgumentTypeError(f"expected minutes, more than 0 and at most {MAX_WARN_BEFORE:g}, "
-                                         f"not {text!r}")
-    return value
 
 
 def int_option(low: int, high: int):
@@ -3429,7 +3430,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pick", type=int_option(1, MAX_PICK), metavar="N", help="use server number N of --list")
     parser.add_argument("--local-port", type=int_option(1, 65535), metavar="LPORT",
                         help="local port to use [default: the remote port, or the next free one]")
-    parser.add_argument("-w", "--timeout", type=seconds_option(MAX_TIMEOUT, durations=True), default=DEFAULT_TIMEOUT,
+    parser.add_argument("-w", "--timeout", type=number_option("seconds", MAX_TIMEOUT, durations=True), default=DEFAULT_TIMEOUT,
                         metavar="SECONDS",
                         help=f"give up when Jupyter does not answer (with --start: has not started) within "
                              f"SECONDS (at most {MAX_TIMEOUT:g}; sleep syntax works too: 90s, 5m, 1.5h); with "
@@ -3443,7 +3444,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-retries", type=int_option(1, MAX_RETRIES), metavar="N",
                         help=f"give up (code 8) after N failed reconnection attempts (at most {MAX_RETRIES}) "
                              "[default: never]")
-    parser.add_argument("--check-interval", type=seconds_option(MAX_CHECK_INTERVAL), default=DEFAULT_CHECK_INTERVAL,
+    parser.add_argument("--check-interval", type=number_option("seconds", MAX_CHECK_INTERVAL), default=DEFAULT_CHECK_INTERVAL,
                         metavar="SECONDS",
                         help=f"how often to check that the Jupyter server still runs (at most "
                              f"{MAX_CHECK_INTERVAL:g}); the tunnel closes (code 0) when it has stopped "
@@ -3481,7 +3482,7 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--scheduler", choices=SCHEDULERS, help="sge or slurm [default: the one on the head's PATH]")
     cluster.add_argument("--python", type=text_option, default=DEFAULT_PYTHON, metavar="PROG",
                          help="the head's Python (>= 3.6) that runs jupyter_node.py [default: %(default)s]")
-    cluster.add_argument("--warn-before", type=minutes_option, default=DEFAULT_WARN_BEFORE, metavar="MINUTES",
+    cluster.add_argument("--warn-before", type=number_option("minutes", MAX_WARN_BEFORE), default=DEFAULT_WARN_BEFORE, metavar="MINUTES",
                          help=f"warn this long before the job's time limit, and again {LAST_WARNING:g} minutes "
                               "before [default: %(default)g]")
     parser.add_argument("-v", "--verbose", action="count", default=0,

@@ -430,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", action="append", default=[], metavar="HOST",
                         help="only tunnels through HOST (any -s host or the -n node; user@ and "
                              ":port may be left out); repeatable")
-    parser.add_argument("--timeout", type=jt.seconds_option(jt.MAX_TIMEOUT), default=DEFAULT_TIMEOUT,
+    parser.add_argument("--timeout", type=jt.number_option("seconds", jt.MAX_TIMEOUT), default=DEFAULT_TIMEOUT,
                         metavar="SECONDS",
                         help="how long each tunnel gets to close [default: %(default)g]")
     parser.add_argument("-f", "--force", action="store_true",

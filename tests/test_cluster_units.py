@@ -93,8 +93,7 @@ def test_node_json_is_the_last_object(stdout, expected):
 
 
 def test_job_fields_are_checked():
-    assert JOB == jt.ClusterJob("sge", "4711", "jp-lab", "ready", "node07.cluster", 8888, "", 5400, False, "",
-                                "/tmp/jupyter_nb_alice_head_x.log", "")
+    assert JOB == jt.ClusterJob("sge", "4711", "jp-lab", "ready", "node07.cluster", 8888, "", 5400, False, "")
     assert JOB.cancel_command == "qdel 4711" and JOB.describe() == "job 4711 (jp-lab)"
     assert jt.parse_job(dict(READY, scheduler="slurm", job="81234_3", port=None, time_left=None)).cancel_command \
         == "scancel 81234_3"
@@ -251,6 +250,14 @@ def test_job_table_shows_time_left_and_servers():
     assert (info["job"], info["time_left"], info["servers"][0]["port"]) == ("4711", 5400, 8888)
 
 
+def test_job_table_marks_a_node_that_could_not_be_asked():
+    other = RUNNING._replace(job="4713", node="node08.cluster")
+    table = jt.format_job_table([RUNNING, other], {"node08.cluster": []})
+    assert [line.split()[-1] for line in table.splitlines()[1:]] == ["?", "-"]  # unknown, none
+    assert jt.job_info(1, RUNNING, None)["servers"] is None
+    assert jt.job_info(2, other, [])["servers"] == []
+
+
 def test_a_scheduled_route_forwards_the_agent_to_the_head():
     argv = jt.build_master_argv("ssh", "/c", "/s", HEAD)
     assert "ForwardAgent=yes" in argv and argv[-1] == "alice@head"
@@ -299,3 +306,25 @@ def test_cluster_usage_errors_exit_2(argv, message, capsys):
         jt.main(["-s", "head", *argv])
     assert exit_info.value.code == jt.EXIT_USAGE
     assert message in capsys.readouterr().err
+
+
+def test_job_list_goes_on_past_a_node_that_refuses(monkeypatch, capsys):
+    """--list -n auto: a node whose discovery fails is a Warning and '?', the others are listed,
+    and the master is the head's again afterwards (the route is control flow, no ssh here)."""
+    other = RUNNING._replace(job="4713", node="node08.cluster")
+    asked = []
+
+    def discover(master):
+        asked.append(master.route.node)
+        if master.route.node == RUNNING.node:
+            raise jt.TunnelError("cannot connect to node07.cluster: Connection refused", jt.EXIT_CONNECT)
+        return []
+
+    monkeypatch.setattr(jt, "discover", discover)
+    master = jt.SharedMaster("ssh", HEAD, "/nonexistent", {}, 0, "/nonexistent/socket")
+    tunnel = type("FakeTunnel", (), {"master": master, "route": HEAD})()
+    assert jt.run_job_list(tunnel, [RUNNING, other], as_json=False) == jt.EXIT_OK
+    out, err = capsys.readouterr()
+    assert asked == ["node07.cluster", "node08.cluster"] and master.route == HEAD
+    assert "Warning: cannot list the servers on node07.cluster: cannot connect" in err
+    assert [line.split()[-1] for line in out.splitlines()[1:]] == ["?", "-"]

@@ -137,12 +137,24 @@ def test_parse_log(text, expected):
 
 
 @pytest.mark.parametrize("output, expected", [
-    ("RUNNING|node1|None\n", ("RUNNING", "node1", "")),
+    ("RUNNING|node1|None\n", ("RUNNING", "node1", "None")),
     ("PENDING||Resources\n", ("PENDING", "", "Resources")),
     ("", ("", "", "")),
 ])
 def test_parse_squeue(output, expected):
     assert jn.parse_squeue(output) == expected
+
+
+@pytest.mark.parametrize("state, reason, expected", [
+    ("PENDING", "Resources", "Resources"),
+    ("PENDING", "None", ""),
+    ("PENDING", "(null)", ""),
+    ("SUSPENDED", "(null)", "suspended"),  # the listing once showed "suspended: (null)"
+    ("SUSPENDED", "None", "suspended"),
+    ("REQUEUE_HOLD", "JobHeldAdmin", "requeue_hold: JobHeldAdmin"),
+])
+def test_slurm_waiting_reason(state, reason, expected):
+    assert jn.slurm_waiting(state, reason) == expected
 
 
 @pytest.mark.parametrize("sge, slurm, expected", [(True, False, "sge"), (False, True, "slurm")])

@@ -90,3 +90,14 @@ def test_start_with_node_is_refused(capsys):
 ])
 def test_the_error_never_shows_a_token_from_the_log(line, shown):
     assert jt.TOKEN_RE.sub("token=…", line) == shown
+
+
+@pytest.mark.parametrize("lines, expected", [
+    ([], ""),
+    (["", "  "], ""),
+    (["  one  ", "", "two"], "; its log ends with: one | two"),
+    (["http://127.0.0.1:8888/lab?token=abc123&x=1"], "; its log ends with: http://127.0.0.1:8888/lab?token=…&x=1"),
+    ([str(n) for n in range(20)], "; its log ends with: " + " | ".join(str(n) for n in range(5, 20))),
+])
+def test_log_tail_in_an_error_is_short_and_masks_tokens(lines, expected):
+    assert jt.format_log_tail(lines) == expected
