@@ -2099,7 +2099,9 @@ class OneShotRedirect:
             except OSError:
                 pass
             self._thread.join(timeout=2)
-        for sock in (self.listener, self._wake_r, self._wake_w):
+        if not self._thread.is_alive():
+            self.listener.close()  # else the thread closes it at its end: not under its select()
+        for sock in (self._wake_r, self._wake_w):
             sock.close()
 
     def peer_allowed(self, peer: tuple[str, int]) -> bool:
