@@ -54,11 +54,8 @@ def ready(tunnel: Tunnel) -> dict:
 
 def run_to_the_end(hosts, *args: str, timeout: float = 60) -> Tunnel:
     """A run that must end by itself (an error): its exit code and stderr are then read."""
-    tunnel = Tunnel(hosts.config, "-s", "gw", "head", *args)
-    try:
+    with Tunnel(hosts.config, "-s", "gw", "head", *args) as tunnel:
         tunnel.wait(timeout)
-    finally:
-        tunnel.kill()
     return tunnel
 
 
@@ -67,9 +64,8 @@ def submit_find_and_cancel(hosts, cluster, user: ClusterUser, scheduler: str, ru
     --job ID (``find``), --submit again, --stop-server."""
     assert hosts.ssh("-J", "gw", "head", "command -v jupyter-node jupyter_node.py").stdout == ""  # not installed
     offsets = hosts.log_offsets()
-    first = Tunnel(hosts.config, "-s", "gw", "head", "--submit", "-t", "lab", "--pre", activate(user),
-                   "--scheduler", scheduler, "-w", WAIT, "--json")
-    try:
+    with Tunnel(hosts.config, "-s", "gw", "head", "--submit", "-t", "lab", "--pre", activate(user),
+                "--scheduler", scheduler, "-w", WAIT, "--json") as first:
         info = ready(first)
         job = job_of(first)
         assert (info["job"], info["scheduler"], info["remote_host"]) == (job, scheduler, "node")
@@ -78,8 +74,6 @@ def submit_find_and_cancel(hosts, cluster, user: ClusterUser, scheduler: str, ru
         assert "Info: Submitting jupyter lab on head" in first.stderr
         assert first.stop(signal.SIGINT) == jt.EXIT_OK
         first.assert_clean()
-    finally:
-        first.kill()
     cancel = f"{'qdel' if scheduler == 'sge' else 'scancel'} {job}"
     assert "keeps running on node" in first.stderr and f"{cancel} on head stops it" in first.stderr
     assert cluster.job_state(job) == running  # Ctrl+C closed the tunnel, not the job
@@ -92,27 +86,21 @@ def submit_find_and_cancel(hosts, cluster, user: ClusterUser, scheduler: str, ru
     assert f"{info['remote_port']} lab" in listed.lines.queue[1]
 
     # from "another machine": -n auto (or --job ID) finds the job and reaches the same server
-    again = Tunnel(hosts.config, "-s", "gw", "head", *(["-n", "auto"] if find == "auto" else ["--job", job]),
-                   "--scheduler", scheduler, "--json")
-    try:
+    with Tunnel(hosts.config, "-s", "gw", "head", *(["-n", "auto"] if find == "auto" else ["--job", job]),
+                "--scheduler", scheduler, "--json") as again:
         assert ready(again)["url"].split("?")[1] == info["url"].split("?")[1]  # the same token
         assert job_of(again) == job
         assert again.stop(signal.SIGINT) == jt.EXIT_OK
-    finally:
-        again.kill()
 
     # --submit again attaches to it (and says so); --stop-server then cancels the job
-    third = Tunnel(hosts.config, "-s", "gw", "head", "--submit", "-t", "lab", "--pre", activate(user),
-                   "--scheduler", scheduler, "-w", WAIT, "--json", "--stop-server")
-    try:
+    with Tunnel(hosts.config, "-s", "gw", "head", "--submit", "-t", "lab", "--pre", activate(user),
+                "--scheduler", scheduler, "-w", WAIT, "--json", "--stop-server") as third:
         ready(third)
         assert f"Info: Your Jupyter job {job} (jp-lab) already runs on node: attaching to it instead of " \
                "submitting another (--new submits one)." in third.stderr
         assert cluster.jobs() == [job]
         assert third.stop(signal.SIGINT) == jt.EXIT_OK
         third.assert_clean()
-    finally:
-        third.kill()
     assert f"Info: Cancelled job {job} (jp-lab)." in third.stderr
     wait_for(lambda: cluster.job_state(job) in (None, "CANCELLED"), 60, interval=0.2, what="the job to end")
     for run in (first, listed, again, third):
@@ -133,10 +121,9 @@ def test_sge_short_job_warns_then_the_tunnel_closes_when_it_ends(sge_netns, clus
     hosts, cell = sge_netns
     # h_rt 100 s, --warn-before 1: the 2-minute mark has passed at the start (a warning at once),
     # the 1-minute one comes while the tunnel runs; then the job's end closes the tunnel
-    tunnel = Tunnel(hosts.config, "-s", "gw", "head", "--submit", "-t", "lab", "--pre", activate(cluster_user),
-                    "--scheduler", "sge", "-r", "h_rt=0:1:40", "-w", WAIT, "--warn-before", "1",
-                    "--check-interval", "1", "--json")
-    try:
+    with Tunnel(hosts.config, "-s", "gw", "head", "--submit", "-t", "lab", "--pre", activate(cluster_user),
+                "--scheduler", "sge", "-r", "h_rt=0:1:40", "-w", WAIT, "--warn-before", "1",
+                "--check-interval", "1", "--json") as tunnel:
         info = ready(tunnel)
         job = job_of(tunnel)
         assert re.search(rf"Info: Running in sge job {job} \(jp-lab\) on node: (1 min|\d+ s) left", tunnel.stderr)
@@ -151,8 +138,6 @@ def test_sge_short_job_warns_then_the_tunnel_closes_when_it_ends(sge_netns, clus
         assert re.fullmatch(r"0:0[01]:\d\d", row.split()[header.split().index("TIME") - 1]), listed.stdout
         assert tunnel.wait(timeout=150) == jt.EXIT_OK  # closed by itself
         tunnel.assert_clean()
-    finally:
-        tunnel.kill()
     warnings = re.findall(rf"^Warning: job {job} ends in (1 min|\d+ s) \(time limit\): save your notebooks\.$",
                           tunnel.stderr, re.M)
     # at once (about 95 s left: shown rounded up to the mark's words), then at the 1-minute mark
@@ -202,14 +187,11 @@ def test_slurm_two_jobs_on_one_node_auto_takes_the_picked_jobs_own_server(slurm_
     hosts, cluster = slurm_netns
     tokens = {}  # job id -> its server's token
     for _ in range(2):
-        run = Tunnel(hosts.config, "-s", "gw", "head", "--submit", "--new", "-t", "lab", "--pre",
-                     activate(cluster_user), "--scheduler", "slurm", "-w", WAIT, "--json")
-        try:
+        with Tunnel(hosts.config, "-s", "gw", "head", "--submit", "--new", "-t", "lab", "--pre",
+                    activate(cluster_user), "--scheduler", "slurm", "-w", WAIT, "--json") as run:
             url = ready(run)["url"]
             tokens[job_of(run)] = url.split("?")[1]
             assert run.stop(signal.SIGINT) == jt.EXIT_OK
-        finally:
-            run.kill()
     assert sorted(cluster.jobs()) == sorted(tokens) and len(set(tokens.values())) == 2
     # two jobs, no terminal, no choice: an error that lists them and names the options
     unsure = run_to_the_end(hosts, "-n", "auto", "--scheduler", "slurm")
@@ -219,13 +201,10 @@ def test_slurm_two_jobs_on_one_node_auto_takes_the_picked_jobs_own_server(slurm_
     # --pick N: that job, and on the node both share, that job's own server
     picked_jobs = []
     for pick in ("1", "2"):
-        picked = Tunnel(hosts.config, "-s", "gw", "head", "-n", "auto", "--pick", pick, "--scheduler", "slurm",
-                        "--json")
-        try:
+        with Tunnel(hosts.config, "-s", "gw", "head", "-n", "auto", "--pick", pick, "--scheduler", "slurm",
+                    "--json") as picked:
             url = ready(picked)["url"]
             picked_jobs.append(job_of(picked))
             assert url.split("?")[1] == tokens[picked_jobs[-1]], picked.stderr
             assert picked.stop(signal.SIGINT) == jt.EXIT_OK
-        finally:
-            picked.kill()
     assert sorted(picked_jobs) == sorted(tokens)  # --pick 1 and --pick 2: one job each

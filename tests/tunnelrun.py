@@ -111,8 +111,14 @@ class Tunnel:
         """The registry entries of running tunnels."""
         return [json.loads((Path(self.registry) / name).read_text()) for name in os.listdir(self.registry)]
 
+    def __enter__(self) -> "Tunnel":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.kill()
+
     def kill(self) -> None:
-        """Last-resort cleanup for a failed test."""
+        """Last-resort cleanup for a failed test (and the end of ``with Tunnel(...) as run:``)."""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
