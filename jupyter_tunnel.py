@@ -177,6 +177,7 @@ PROC_NET_TCP = "/proc/net/tcp"  # Linux: every IPv4 TCP socket, with the uid tha
 # "-", "_" (seen in /etc/hosts) and dots; IP literals are checked by ipaddress.
 HOST_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
 MAX_PID = 2**31 - 1  # pid_t
+MAX_CONFIG_DEPTH = 16  # levels of ssh config Include (readconf.c's READCONF_MAX_DEPTH)
 TOKEN_RE = re.compile(r"token=[^&\s]+")  # a token in a URL that Jupyter logged
 # The readiness probe reads the whole answer (an HTTP/1.0 server closes after it):
 # /api/status answers ~700 bytes; anything larger is not that answer.
@@ -541,6 +542,83 @@ def parse_ssh_settings(text: str) -> dict[str, str]:
     return settings
 
 
+def parse_config_includes(text: str) -> list[str] | None:
+    """The file patterns an ssh config's ``Include`` lines name; None when one cannot be
+    read as plainly as ssh reads it (a backslash escape, a ``%`` token, a ``$`` variable)."""
+    patterns: list[str] = []
+    for line in text.splitlines():
+        words = line.strip().replace("=", " ", 1).split(None, 1)
+        if len(words) < 2 or words[0].lower() != "include":
+            continue
+        if any(char in words[1] for char in "\\%$"):
+            return None
+        try:
+            patterns += shlex.split(words[1])
+        except ValueError:
+            return None
+    return patterns
+
+
+def build_include_paths(pattern: str, homes: Sequence[str]) -> list[str] | None:
+    """Where ssh may look for an ``Include`` pattern (globs left in); None for ``~user``.
+
+    ssh takes ``~`` as the account's home (not $HOME: both are given, when they differ), and
+    a relative pattern from ~/.ssh in a user's config (the run's -F file and all it
+    includes) or from /etc/ssh in the system's: both are looked at."""
+    if pattern == "~" or pattern.startswith("~/"):
+        return [home + pattern[1:] for home in homes]
+    if pattern.startswith("~"):
+        return None
+    if os.path.isabs(pattern):
+        return [pattern]
+    return [os.path.join(home, ".ssh", pattern) for home in homes] + [os.path.join("/etc/ssh", pattern)]
+
+
+def config_may_name_control_path(path: str, homes: Sequence[str], depth: int = 0) -> bool:
+    """Whether the ssh config at ``path``, with the files it includes, may set a ControlPath:
+    without one no master of the user's can be ridden, and the run saves ``ssh -G`` (an exec,
+    ~7 ms).  True whenever unsure (unreadable, too deep, an Include that is not plain)."""
+    if depth > MAX_CONFIG_DEPTH:
+        return True  # ssh itself stops at 16 levels
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return False  # ssh skips a missing Include too
+    except OSError:
+        return True
+    if "controlpath" in text.lower():  # a comment saying so only costs the ssh -G
+        return True
+    patterns = parse_config_includes(text)
+    if patterns is None:
+        return True
+    import glob
+
+    for pattern in patterns:
+        paths = build_include_paths(pattern, homes)
+        if paths is None:
+            return True
+        for name in sorted({name for path in paths for name in glob.glob(path)}):
+            if config_may_name_control_path(name, homes, depth + 1):
+                return True
+    return False
+
+
+def ssh_homes() -> list[str]:
+    """The home directories ssh may mean by ``~``: the account's, and $HOME when it differs."""
+    import pwd
+
+    homes = []
+    try:
+        homes.append(pwd.getpwuid(os.getuid()).pw_dir)
+    except KeyError:
+        pass
+    home = os.environ.get("HOME")
+    if home and home not in homes:
+        homes.append(home)
+    return homes
+
+
 def shared_control_path(settings: Mapping[str, str], node: bool = False) -> str:
     """The ControlPath where the user's own master to the target would listen ("" for none).
 
@@ -799,6 +877,8 @@ def find_shared_master(ssh: str, route: Route, directory: str, env: dict[str, st
     there is none.  ``ssh -G`` costs one exec (~7 ms); ``-O check`` runs only when something
     listens at the ControlPath."""
     master = SharedMaster(ssh, route, directory, env, verbose, "")
+    if not config_may_name_control_path(master.config, ssh_homes()):
+        return None
     argv = master._command(build_settings_argv(ssh, master.config, route))
     done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=30)
     master.control = shared_control_path(parse_ssh_settings(done.stdout.decode(errors="replace")),

@@ -32,11 +32,15 @@ class UserSsh:
     """The user's own ssh: a config with ControlMaster auto/ControlPath/ControlPersist around
     the fixtures' config, and the masters opened with it."""
 
-    def __init__(self, fixtures_config: Path) -> None:
+    def __init__(self, fixtures_config: Path, included: bool = False) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="jtu-", dir="/tmp"))  # short: socket paths
         self.config = self.dir / "config"
-        self.config.write_text(f"ControlMaster auto\nControlPath {self.dir}/%C\nControlPersist 600\n"
-                               f"Include {fixtures_config}\n")
+        masters = f"ControlMaster auto\nControlPath {self.dir}/%C\nControlPersist 600\n"
+        if included:  # as many users keep it: in a file of a config.d, found by a glob
+            (self.dir / "config.d").mkdir()
+            (self.dir / "config.d" / "50-masters.conf").write_text(masters)
+            masters = f"Include {self.dir}/config.d/*.conf\n"
+        self.config.write_text(f"{masters}Include {fixtures_config}\n")
 
     def ssh(self, *args: str) -> "subprocess.CompletedProcess[str]":
         """``ssh -F CONFIG ARGS``, no stdin."""
@@ -66,15 +70,16 @@ class UserSsh:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-@pytest.fixture
-def user_ssh(sshd) -> Iterator[UserSsh]:
-    user = UserSsh(sshd.config)
+@pytest.fixture(params=[False], ids=["config"])
+def user_ssh(sshd, request) -> Iterator[UserSsh]:
+    user = UserSsh(sshd.config, included=request.param)
     try:
         yield user
     finally:
         user.close()
 
 
+@pytest.mark.parametrize("user_ssh", [False, True], ids=["config", "included"], indirect=True)
 @pytest.mark.parametrize("hosts", [["srv"], ["gw", "srv"]], ids=["direct", "1jump"])
 def test_rides_the_users_open_master_without_a_login(tunnel, sshd, jtuser_server, user_ssh, hosts: List[str]):
     master = user_ssh.open(*hosts)
@@ -153,4 +158,15 @@ def test_a_killed_run_leaves_no_forward_on_the_users_master(tunnel, sshd, jtuser
     assert "Traceback" not in done.stderr, done.stderr
     wait_for(lambda: port_is_free(port), 5, what="the dead run's forward to be cancelled")
     assert user_ssh.master_pid("srv") == master
+    run.assert_clean()
+
+
+def test_no_controlpath_in_any_config_saves_the_ssh_g(tunnel, sshd, jtuser_server):
+    """The fixtures' config (and the system's) names no ControlPath: no master of the user's
+    can exist, so the run goes straight to its login (-v shows every ssh it runs)."""
+    run = tunnel("-v", "-s", "gw", "srv")
+    assert get_status(run.url())[0] == 200
+    commands = [line for line in run.stderr.splitlines() if line.startswith("Debug: ") and " -G " in line]
+    assert commands == [] and "Info: Connecting to" in run.stderr
+    assert run.stop(signal.SIGINT) == jt.EXIT_OK
     run.assert_clean()

@@ -90,3 +90,66 @@ def test_build_cancel_argv_names_the_master_and_nothing_else():
     assert jt.build_cancel_argv("ssh", "/home/u/.ssh/cm-1afc", "127.0.0.1:8889:localhost:8888") == [
         "ssh", "-F", "none", "-S", "/home/u/.ssh/cm-1afc", "-o", "ControlMaster=no", "-O", "cancel",
         "-L", "127.0.0.1:8889:localhost:8888", "x"]
+
+
+@pytest.mark.parametrize("text, patterns", [
+    ("Host x\n  User a\n", []),
+    ("Include ~/.ssh/config.d/*\n", ["~/.ssh/config.d/*"]),
+    ("  include=conf.d/a.conf b.conf\n", ["conf.d/a.conf", "b.conf"]),
+    ('Include "/u/my config"\n', ["/u/my config"]),
+    ("# Include /nowhere\n", []),
+    ('Include "/u/a\\"b"\n', None),  # a backslash escape: ssh's words are not shlex's
+    ("Include ~/.ssh/%h.conf\n", None),  # a token
+    ("Include $HOME/.ssh/x\n", None),  # a variable
+    ('Include "/u/unclosed\n', None),
+])
+def test_parse_config_includes(text, patterns):
+    assert jt.parse_config_includes(text) == patterns
+
+
+@pytest.mark.parametrize("pattern, paths", [
+    ("/etc/ssh/ssh_config.d/*.conf", ["/etc/ssh/ssh_config.d/*.conf"]),
+    ("~/.ssh/cm.conf", ["/home/a/.ssh/cm.conf", "/h/.ssh/cm.conf"]),
+    ("conf.d/*", ["/home/a/.ssh/conf.d/*", "/h/.ssh/conf.d/*", "/etc/ssh/conf.d/*"]),
+    ("~bob/.ssh/x", None),
+])
+def test_build_include_paths(pattern, paths):
+    assert jt.build_include_paths(pattern, ["/home/a", "/h"]) == paths
+
+
+def test_a_controlpath_is_found_through_includes_or_its_absence_is_sure(tmp_path):
+    """The ssh -G of a run is saved only when no config it reads can set a ControlPath."""
+    home = tmp_path / "home"
+    (home / ".ssh" / "conf.d").mkdir(parents=True)
+    generated = tmp_path / "generated"
+    generated.write_text(jt.build_ssh_config(None, []))  # Include ~/.ssh/config, /etc/ssh/ssh_config
+
+    def may(homes=(str(home),)) -> bool:
+        return jt.config_may_name_control_path(str(generated), list(homes))
+
+    assert not may()  # no ~/.ssh/config at all: the user can have no master
+    (home / ".ssh" / "config").write_text("Host *\n  ServerAliveInterval 5\nInclude conf.d/*.conf\n")
+    (home / ".ssh" / "conf.d" / "a.conf").write_text("Host gw\n  User a\n")
+    assert not may()
+    (home / ".ssh" / "conf.d" / "b.conf").write_text("Host *\n  controlpath ~/.ssh/cm-%C\n")
+    assert may()  # two levels down, by a glob, relative to ~/.ssh, in any case
+    assert not may([str(tmp_path / "elsewhere")])
+    (home / ".ssh" / "conf.d" / "b.conf").write_text(f"Include {home}/.ssh/conf.d/b.conf\n")
+    assert may()  # an Include loop: ssh gives up at 16 levels, and so does the guess, unsure
+    (home / ".ssh" / "conf.d" / "b.conf").write_text("Include ~/.ssh/%h.conf\n")
+    assert may()  # a token it cannot expand: unsure
+    assert jt.config_may_name_control_path(str(tmp_path / "no-such-file"), [str(home)]) is False
+    assert jt.config_may_name_control_path(str(tmp_path), [str(home)]) is True  # unreadable: unsure
+
+
+def test_the_guess_agrees_with_ssh_g(tmp_path):
+    """Where the guess says no ControlPath can be set, the real ssh -G sets none."""
+    user = tmp_path / "user"
+    (tmp_path / "more.conf").write_text("Host *\n  ServerAliveCountMax 4\n")
+    user.write_text(f"Host *\n  User a\nInclude {tmp_path}/*.conf\n")
+    generated = tmp_path / "generated"
+    generated.write_text(jt.build_ssh_config(str(user), []))
+    settings = jt.parse_ssh_settings(subprocess.run(jt.build_settings_argv("ssh", str(generated), jt.Route(("srv",))),
+                                                    capture_output=True, text=True).stdout)
+    assert settings["serveralivecountmax"] == "4"  # the include was read
+    assert jt.config_may_name_control_path(str(generated), jt.ssh_homes()) is ("controlpath" in settings)
