@@ -178,6 +178,8 @@ PROC_NET_TCP = "/proc/net/tcp"  # Linux: every IPv4 TCP socket, with the uid tha
 HOST_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
 MAX_PID = 2**31 - 1  # pid_t
 MAX_CONFIG_DEPTH = 16  # levels of ssh config Include (readconf.c's READCONF_MAX_DEPTH)
+# "Include ARGS" or "Include=ARGS", the keyword in any case (ssh_config(5))
+CONFIG_INCLUDE_RE = re.compile(r"\s*include(?:\s*=\s*|\s+)(\S.*)", re.IGNORECASE)
 TOKEN_RE = re.compile(r"token=[^&\s]+")  # a token in a URL that Jupyter logged
 # The readiness probe reads the whole answer (an HTTP/1.0 server closes after it):
 # /api/status answers ~700 bytes; anything larger is not that answer.
@@ -547,13 +549,13 @@ def parse_config_includes(text: str) -> list[str] | None:
     read as plainly as ssh reads it (a backslash escape, a ``%`` token, a ``$`` variable)."""
     patterns: list[str] = []
     for line in text.splitlines():
-        words = line.strip().replace("=", " ", 1).split(None, 1)
-        if len(words) < 2 or words[0].lower() != "include":
+        found = CONFIG_INCLUDE_RE.match(line)
+        if not found:
             continue
-        if any(char in words[1] for char in "\\%$"):
+        if any(char in found.group(1) for char in "\\%$"):
             return None
         try:
-            patterns += shlex.split(words[1])
+            patterns += shlex.split(found.group(1))
         except ValueError:
             return None
     return patterns
@@ -1376,7 +1378,7 @@ class ClusterJob(NamedTuple):
     reason: str = ""
     time_left: int | None = None  # seconds when it was asked; None: no limit, or unknown
     existing: bool = False  # --submit found a job running already
-    error: str = ""  # a failed job's scheduler words (its log is in node_tool_failure's error)
+    error: str = ""  # why the job failed, in the scheduler's words
 
     def describe(self, first: bool = False) -> str:
         """``job 4711 (jp-lab)`` for messages (``Job ...`` ``first`` in a sentence)."""
@@ -3512,8 +3514,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pick", type=int_option(1, MAX_PICK), metavar="N", help="use server number N of --list")
     parser.add_argument("--local-port", type=int_option(1, 65535), metavar="LPORT",
                         help="local port to use [default: the remote port, or the next free one]")
-    parser.add_argument("-w", "--timeout", type=number_option("seconds", MAX_TIMEOUT, durations=True), default=DEFAULT_TIMEOUT,
-                        metavar="SECONDS",
+    parser.add_argument("-w", "--timeout", type=number_option("seconds", MAX_TIMEOUT, durations=True),
+                        default=DEFAULT_TIMEOUT, metavar="SECONDS",
                         help=f"give up when Jupyter does not answer (with --start: has not started) within "
                              f"SECONDS (at most {MAX_TIMEOUT:g}; sleep syntax works too: 90s, 5m, 1.5h); with "
                              "--submit, the job's whole wait in the queue [default: %(default)g]")
@@ -3526,8 +3528,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-retries", type=int_option(1, MAX_RETRIES), metavar="N",
                         help=f"give up (code 8) after N failed reconnection attempts (at most {MAX_RETRIES}) "
                              "[default: never]")
-    parser.add_argument("--check-interval", type=number_option("seconds", MAX_CHECK_INTERVAL), default=DEFAULT_CHECK_INTERVAL,
-                        metavar="SECONDS",
+    parser.add_argument("--check-interval", type=number_option("seconds", MAX_CHECK_INTERVAL),
+                        default=DEFAULT_CHECK_INTERVAL, metavar="SECONDS",
                         help=f"how often to check that the Jupyter server still runs (at most "
                              f"{MAX_CHECK_INTERVAL:g}); the tunnel closes (code 0) when it has stopped "
                              "[default: %(default)g]")
@@ -3564,7 +3566,8 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--scheduler", choices=SCHEDULERS, help="sge or slurm [default: the one on the head's PATH]")
     cluster.add_argument("--python", type=text_option, default=DEFAULT_PYTHON, metavar="PROG",
                          help="the head's Python (>= 3.6) that runs jupyter_node.py [default: %(default)s]")
-    cluster.add_argument("--warn-before", type=number_option("minutes", MAX_WARN_BEFORE), default=DEFAULT_WARN_BEFORE, metavar="MINUTES",
+    cluster.add_argument("--warn-before", type=number_option("minutes", MAX_WARN_BEFORE), default=DEFAULT_WARN_BEFORE,
+                         metavar="MINUTES",
                          help=f"warn this long before the job's time limit, and again {LAST_WARNING:g} minutes "
                               "before [default: %(default)g]")
     parser.add_argument("-v", "--verbose", action="count", default=0,

@@ -96,6 +96,9 @@ def test_build_cancel_argv_names_the_master_and_nothing_else():
     ("Host x\n  User a\n", []),
     ("Include ~/.ssh/config.d/*\n", ["~/.ssh/config.d/*"]),
     ("  include=conf.d/a.conf b.conf\n", ["conf.d/a.conf", "b.conf"]),
+    ("INCLUDE /u/a=b.conf\n", ["/u/a=b.conf"]),  # an "=" in the path is the path's
+    ("Include = /u/c.conf\n", ["/u/c.conf"]),
+    ("IncludeX /u/d.conf\n", []),
     ('Include "/u/my config"\n', ["/u/my config"]),
     ("# Include /nowhere\n", []),
     ('Include "/u/a\\"b"\n', None),  # a backslash escape: ssh's words are not shlex's
