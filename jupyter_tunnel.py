@@ -1561,16 +1561,16 @@ def build_job_warning(job: ClusterJob, seconds_left: float) -> str:
     return f"job {job.job} ends in {format_duration(math.ceil(seconds_left))} (time limit): save your notebooks."
 
 
-def format_job_table(jobs: Sequence[ClusterJob], servers: Mapping[str, Sequence[Server]]) -> str:
+def format_job_table(jobs: Sequence[ClusterJob], servers: Mapping[str, Sequence[Server] | None]) -> str:
     """The numbered table of ``--list -n auto`` (the numbers are what ``--pick`` takes):
-    each job, and the servers found on its node."""
+    each job, and the servers found on its node (None: the node could not be asked)."""
     rows = [("#", "JOB", "NAME", "STATE", "NODE", "TIME LEFT", "SERVERS")]
     for number, job in enumerate(jobs, 1):
         left = "?" if job.time_left is None else format_duration(job.time_left)
-        if job.node and job.node not in servers:
-            ports = "?"  # its node could not be asked
+        found = servers.get(job.node, ())
+        if found is None:
+            ports = "?"
         else:
-            found = servers.get(job.node, ())
             ports = ", ".join(f"{s.sock or s.port} {s.app}" for s in found) or ("-" if job.node else job.reason or "-")
         rows.append((str(number), job.job, job.name or "?", job.state, job.node or "-", left, ports))
     return format_table(rows)
@@ -3297,7 +3297,7 @@ def run_job_list(tunnel: Tunnel, jobs: list[ClusterJob], as_json: bool) -> int:
     """``--list -n auto``: the user's Jupyter jobs, and the servers on each running job's node."""
     assert tunnel.master is not None
     head = tunnel.route.target
-    servers: dict[str, list[Server]] = {}
+    servers: dict[str, list[Server] | None] = {}
     try:
         for node in dict.fromkeys(job.node for job in jobs if job.node):  # one login per node
             tunnel.master.route = tunnel.route._replace(node=node)
@@ -3307,11 +3307,11 @@ def run_job_list(tunnel: Tunnel, jobs: list[ClusterJob], as_json: bool) -> int:
                 # one node refusing (down, or no login allowed) must not hide the other jobs:
                 # its servers show as unknown ("?" / null)
                 say("Warning", f"cannot list the servers on {node}: {error}")
+                servers[node] = None
     finally:
         tunnel.master.route = tunnel.route
     if as_json:
-        print(json.dumps([job_info(n, job, servers.get(job.node) if job.node else [])
-                          for n, job in enumerate(jobs, 1)], indent=2))
+        print(json.dumps([job_info(n, job, servers.get(job.node, [])) for n, job in enumerate(jobs, 1)], indent=2))
     elif jobs:
         print(format_job_table(jobs, servers))
     else:

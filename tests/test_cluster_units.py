@@ -252,7 +252,7 @@ def test_job_table_shows_time_left_and_servers():
 
 def test_job_table_marks_a_node_that_could_not_be_asked():
     other = RUNNING._replace(job="4713", node="node08.cluster")
-    table = jt.format_job_table([RUNNING, other], {"node08.cluster": []})
+    table = jt.format_job_table([RUNNING, other], {RUNNING.node: None, "node08.cluster": []})
     assert [line.split()[-1] for line in table.splitlines()[1:]] == ["?", "-"]  # unknown, none
     assert jt.job_info(1, RUNNING, None)["servers"] is None
     assert jt.job_info(2, other, [])["servers"] == []
