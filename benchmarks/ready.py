@@ -497,6 +497,19 @@ def new_root_dir() -> str:
     return root
 
 
+def remove_root_dir(root: str) -> None:
+    """Remove a directory from new_root_dir, and first stop any server still running in it.
+
+    A run that failed half-way (no URL, an exit code, a timeout) may leave its server: it was
+    started detached on the "remote", out of the run's process group.  Left, it would be one
+    more server of the user in every later run and test."""
+    uid = realenv.user_accounts()[USER].uid
+    left = realenv.stop_leftovers(lambda: realenv.processes_in(Path(root), uid))
+    if left:
+        note(f"stopped processes left running in {root}: {left}")
+    shutil.rmtree(root, ignore_errors=True)
+
+
 # Timed on the remote, as a person would start it: from the start of jupyter lab until its
 # runtime file is there; then it is stopped (and waited for: its runtime file goes too).
 SERVER_STARTUP_SCRIPT = r"""cd {root} || exit 1
@@ -532,7 +545,7 @@ def time_server_startup(config: Path) -> float:
             raise BenchmarkError(f"jupyter lab did not start by hand: {done.stderr.decode(errors='replace')}")
         return seconds
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        remove_root_dir(root)
 
 
 def start_proxies(sshd: realenv.SshServer, delay_ms: float, directory: Path,
@@ -645,8 +658,11 @@ def run_tool(tool: Tool, args: Sequence[str], sshd: realenv.SshServer, idle: flo
         url, t_url = _wait_for_url(proc, stderr, start + READY_TIMEOUT)
         parts = urllib.parse.urlsplit(url)
         token = urllib.parse.parse_qs(parts.query).get("token", [""])[0]
-        status, _ = http_get(f"{parts.scheme}://{parts.netloc}{parts.path}api/status",
-                             headers={"Authorization": f"token {token}"}, timeout=10)
+        try:
+            status, _ = http_get(f"{parts.scheme}://{parts.netloc}{parts.path}api/status",
+                                 headers={"Authorization": f"token {token}"}, timeout=10)
+        except OSError as err:  # urllib's URLError, a timeout
+            raise BenchmarkError(f"the printed URL did not answer: {err}\n{_text(stderr)}") from None
         t_answer = time.monotonic()
         if status != 200:
             raise BenchmarkError(f"the printed URL answered HTTP {status}")
@@ -752,7 +768,7 @@ def measure_row(kind: str, hops: int, delay_ms: float, config: Path, server: rea
                                idle=args.idle if last else 0.0)
             finally:
                 if root:
-                    shutil.rmtree(root, ignore_errors=True)
+                    remove_root_dir(root)
             row.ready.append(run.ready)
             row.teardown.append(run.teardown)
             row.logins.append(run.logins)
@@ -830,7 +846,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             rows.append(measure_row(kind, hops, delay, config, server, sshd, tool, directory, args))
             note("--help...")
             help_times, floor = measure_help(tool, args.python, args.runs)
-    except (realenv.SetupError, BenchmarkError) as err:
+    except (realenv.SetupError, BenchmarkError, subprocess.TimeoutExpired) as err:  # the last: an ssh that hung
         note(f"error: {err}")
         return 1
     except KeyboardInterrupt:

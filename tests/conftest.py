@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -61,7 +62,9 @@ from realenv import (  # noqa: F401
     make_session_dir,
     setup_users,
     start_sshd,
+    stop_leftovers,
 )
+from helpers import user_processes
 from tunnelrun import SHUTDOWN, Tunnel
 
 # fixtures that live in modules of their own, registered as pytest plugins
@@ -97,6 +100,34 @@ def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
     for item in items:
         if INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+
+
+# Seconds a test's Jupyter processes get after its teardown to go by themselves (a server
+# asked to shut down, a remote shell of a killed tunnel) before they count as left behind.
+LEFT_BEHIND_GRACE = 10.0
+
+
+@pytest.fixture(autouse=True)
+def no_jupyter_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After an integration test: jtmulti and jtnone run no Jupyter process any more.
+
+    Autouse, so set up first and torn down last, after the test's own fixtures have stopped
+    what they started.  What a test left (a started server, a hung remote shell) is stopped and
+    fails that test alone: left, it would be one more server in every later test, which then
+    fail by the dozen far from the cause."""
+    yield
+    if request.node.get_closest_marker("integration") is None:
+        return
+    left: Dict[int, str] = {}
+    for name in (MULTI_USER, NO_SERVER_USER):
+        with contextlib.suppress(KeyError):  # the users are made by the first test that needs them
+            uid = pwd.getpwnam(name).pw_uid
+            found = user_processes(uid)
+            stopped = stop_leftovers(lambda: user_processes(uid), grace=LEFT_BEHIND_GRACE)
+            left.update((pid, found.get(pid, "?")) for pid in stopped)
+    if left:
+        pytest.fail(f"the test left Jupyter processes of {MULTI_USER}/{NO_SERVER_USER} running "
+                    f"(stopped now): {left}", pytrace=False)
 
 
 # --- session basics: lock, users, temp dir ------------------------------------

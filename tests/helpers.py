@@ -9,7 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Optional, Tuple, TypeVar
+from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple, TypeVar
 
 T = TypeVar("T")
 
@@ -20,6 +20,21 @@ PORT_RANGE = (20000, 32000)
 
 # urllib honours http_proxy & co.; requests to loopback must never go to a proxy
 _NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def user_processes(uid: int, word: str = "jupyter") -> Dict[int, str]:
+    """The processes of ``uid`` whose command line mentions ``word``, pid -> command line."""
+    found = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != uid:
+                continue
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone meanwhile
+        if word in cmdline:
+            found[int(entry)] = cmdline
+    return found
 
 
 def wait_for(

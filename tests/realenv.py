@@ -109,6 +109,47 @@ def stop_process(proc: "subprocess.Popen[Any]", timeout: float = 10.0, group: bo
     proc.wait()
 
 
+def processes_in(directory: Path, uid: int) -> List[int]:
+    """The pids of ``uid``'s processes whose working directory is ``directory`` or below it."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != uid:
+                continue
+            cwd = Path(os.readlink(f"/proc/{entry}/cwd"))
+        except OSError:
+            continue  # gone meanwhile, or a kernel thread
+        if cwd == directory or directory in cwd.parents:
+            found.append(int(entry))
+    return found
+
+
+def stop_leftovers(find: Callable[[], Iterable[int]], grace: float = 5.0, timeout: float = 10.0) -> List[int]:
+    """Stop the processes that ``find()`` lists (a Jupyter server that a failed run left):
+    ``grace`` seconds to go by themselves (a server asked to shut down removes its runtime
+    file before it exits), then SIGTERM (on which Jupyter removes its runtime file too), then
+    SIGKILL; returns the pids that had to be signalled."""
+    def gone_within(seconds: float) -> bool:
+        try:
+            wait_for(lambda: not list(find()), seconds, what="processes left behind")
+        except AssertionError:
+            return False
+        return True
+
+    if gone_within(grace):
+        return []
+    signalled = list(find())
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        for pid in find():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        if gone_within(timeout):
+            break
+    return signalled
+
+
 # --- session basics: lock, users ----------------------------------------------
 
 

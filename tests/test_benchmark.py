@@ -6,7 +6,10 @@ person (README "Benchmark"); here only the shape of that output and the login co
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +20,10 @@ import pytest
 from benchmarks import ready, submit
 from cluster import ClusterUser
 from conftest import UserAccount
+from helpers import user_processes
 
 BENCHMARK = Path(ready.__file__)
+SMOKE_TIMEOUT = 300.0  # ~15 s on an idle machine; CI machines are slower and shared
 
 
 def make_row(hops: int = 1, ssh=(0.2, 0.3, 0.25), ready_=(0.3, 0.33, 0.36), logins=(1, 1, 1), kind: str = "cold",
@@ -149,14 +154,29 @@ def test_json_has_samples_summaries_and_targets() -> None:
 def test_benchmark_smoke_one_run_one_hop(test_users: Dict[str, UserAccount], jupyter_venv: Path) -> None:
     """The real benchmark, 1 run on 1 hop of each kind: a well-formed table whose login counts
     are 1, 0 (the user's master already open) and 1 (--start)."""
+    user = test_users[ready.USER]
+    before = user_processes(user.uid)
     # --no-lock: this session holds the machine-wide lock and has set the users up
-    done = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, str(BENCHMARK), "--runs", "1", "--hosts", "1", "--idle", "0.5", "--no-lock"],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    assert done.returncode == 0, done.stderr
-    print(done.stdout)  # the report, for pytest -s
-    lines = done.stdout.splitlines()
+    try:
+        stdout, stderr = proc.communicate(timeout=SMOKE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        # SIGTERM, not subprocess.run's SIGKILL: the benchmark then stops what it started
+        proc.terminate()
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        left = {pid: cmdline for pid, cmdline in user_processes(user.uid).items() if pid not in before}
+        for pid in left:  # a leak fails this test, and this test only
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    last = stderr.strip().splitlines()[-1:]  # the benchmark's "error: ..." first: CI shows a message's start
+    assert proc.returncode == 0, f"{last}\n{stderr}"
+    assert not left, f"the benchmark left Jupyter servers of {user.name} running: {left}"
+    print(stdout)  # the report, for pytest -s
+    lines = stdout.splitlines()
     start = lines.index(next(line for line in lines if line.startswith("| run | hops |")))
     header, separator, *rows = lines[start:start + 5]
     assert not lines[start + 5].startswith("|")  # one row per kind: 1 hop, no delay
@@ -172,8 +192,8 @@ def test_benchmark_smoke_one_run_one_hop(test_users: Dict[str, UserAccount], jup
     for kept in ("- [x] (d) logins = hops on every run, 1 hop, 0 ms",
                  "- [x] (d) logins = 0 on every run, master already open, 1 hop, 0 ms",
                  "- [x] (d) logins = hops on every run, --start, no server running, 1 hop, 0 ms"):
-        assert kept in done.stdout
-    assert "(f) start-up <= 35 ms, 1 hop, 0 ms" in done.stdout  # the floor's terms are reported
+        assert kept in stdout
+    assert "(f) start-up <= 35 ms, 1 hop, 0 ms" in stdout  # the floor's terms are reported
 
 
 # --------------------------------------------------------------------------- benchmarks/submit.py

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import helpers
 from helpers import wait_for
 from tunnelrun import SCRIPT, get_status
 
@@ -30,20 +31,7 @@ EXIT_START = 9
 
 def user_processes(user: str = USER) -> dict[int, str]:
     """The user's processes that mention jupyter, pid -> command line."""
-    uid = pwd.getpwnam(user).pw_uid
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if os.stat(f"/proc/{entry}").st_uid != uid:
-                continue
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if "jupyter" in cmdline:
-            found[int(entry)] = cmdline
-    return found
+    return helpers.user_processes(pwd.getpwnam(user).pw_uid)
 
 
 def runtime_files(user: str = USER) -> list[Path]:
