@@ -81,7 +81,9 @@ USER = realenv.MULTI_USER
 
 DEFAULT_RUNS = 5
 DEFAULT_IDLE = 5.0  # seconds the tunnel idles before its RSS is read
-READY_TIMEOUT = 60.0  # one run of the tool; far above any expected time, it only bounds a hang
+# One run of the tool; far above any expected time, it only bounds a hang.  Above the tool's
+# own --timeout (60 s), which bounds a --start: the tool gives up first, and cleans up.
+READY_TIMEOUT = 120.0
 SSH_TIMEOUT = 60.0
 EXIT_TIMEOUT = 15.0  # after SIGINT; the tool's own cleanup waits at most ~5 s for ssh
 GROUP_GRACE = 2.0  # after the tool's exit, for the last of its processes to go
