@@ -1148,6 +1148,10 @@ def discover(master: Master, timeout: float = 60.0) -> list[Server]:
 # the next free one: its port_retries; "--port=0" makes notebook < 7 write port 0).  The
 # script waits for the runtime file itself (no round trip per look) and prints it as the
 # discovery does; on failure it kills the server's process group and prints the log's end.
+# When the run is interrupted while the server starts (Ctrl+C, SIGTERM), its ssh session
+# closes and sshd closes the script's output pipe: with SIGPIPE ignored (set after the
+# server's fork: Python ignores it anyway) the script's next write fails, and it stops the
+# server it started rather than leave one that nobody was told of.
 START_SCRIPT = r"""M=@MARK@
 exec 3>&1
 fail() { echo "$M fail $1" >&3; if [ -n "${log:-}" ]; then echo "$M tail" >&3; tail -n @TAIL@ "$log" >&3; fi; exit 0; }
@@ -1167,9 +1171,11 @@ else
   nohup "$J" @APP@ --no-browser --ip=127.0.0.1 </dev/null 3>&- &
 fi
 pid=$!
-echo "$M pid $pid" >&3
 stop() { kill -TERM -$pid 2>/dev/null || kill -TERM $pid 2>/dev/null; sleep 2
   kill -KILL -$pid 2>/dev/null || kill -KILL $pid 2>/dev/null; fail "$1"; }
+trap '' PIPE
+gone="jupyter-tunnel went away (interrupted) while the server started"
+echo "$M pid $pid" >&3 || stop "$gone"
 tries=0
 while :; do
   for d in @DIRS@; do
@@ -1177,8 +1183,8 @@ while :; do
       [ -n "$d" ] && [ -f "$f" ] || continue
       content=$(cat "$f")
       case $content in *"}") ;; *) continue;; esac
-      echo "$M file $f" >&3; echo "$M cmd $(tr "\000" " " </proc/$pid/cmdline 2>/dev/null)" >&3
-      printf "%s\n" "$content" >&3; echo "$M end" >&3
+      { echo "$M file $f"; echo "$M cmd $(tr "\000" " " </proc/$pid/cmdline 2>/dev/null)"
+        printf "%s\n" "$content"; echo "$M end"; } >&3 || stop "$gone"
       exit 0
     done
   done

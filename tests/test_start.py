@@ -211,3 +211,21 @@ def test_start_notebook_not_installed(tunnel, no_server, tools_dir):
     assert "the server exited" in error and "jupyter-notebook" in error and "not found" in error, error
     run.assert_clean()
     assert user_processes() == {} and runtime_files() == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupted_while_the_server_starts_leaves_nothing(tunnel, no_server, tools_dir, signum):
+    # A jupyter that takes 3 s before it even starts: the run is stopped after the server's
+    # process exists and before its runtime file does.
+    jupyter = tools_dir / "slow-jupyter"
+    jupyter.write_text(f"#!/bin/sh\nsleep 3\nexec {VENV}/bin/jupyter \"$@\"\n")
+    jupyter.chmod(0o755)
+    run = tunnel("-s", "gw", f"{USER}@srv", "--start", "-t", "server", "--jupyter", str(jupyter))
+    wait_for(user_processes, 60, what="the server's process")
+    assert runtime_files() == []
+    assert run.stop(signum) == 130
+    assert "Info: Interrupted." in run.stderr
+    run.assert_clean()
+    # the start script notices that the run went away, and stops what it started
+    wait_for(lambda: not user_processes(), 30, what=f"{USER}'s Jupyter to be stopped")
+    assert runtime_files() == []
