@@ -5,20 +5,25 @@ from the head, and jupyter_node.py NOT on the head: the tunnel sends its source 
 python3 through its one login.  What a user would check: the page answers through the URL,
 one login per host for the whole run, Ctrl+C leaves the job running, a later run finds it,
 the job's time left and the warning, the tunnel closing by itself when the job ends, and the
-errors (the scheduler's words, no job, no python3 on the head).
+errors (the scheduler's words, no job, no python3 on the head); and --submit through a head
+whose python3 is 3.6 (RHEL/Rocky 8, CentOS 7).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
 import jupyter_tunnel as jt
+import pythons
 from cluster import ClusterUser
 from helpers import wait_for
 from tunnelrun import SHUTDOWN, Tunnel, get_status
@@ -208,3 +213,41 @@ def test_slurm_two_jobs_on_one_node_auto_takes_the_picked_jobs_own_server(slurm_
             assert url.split("?")[1] == tokens[picked_jobs[-1]], picked.stderr
             assert picked.stop(signal.SIGINT) == jt.EXIT_OK
     assert sorted(picked_jobs) == sorted(tokens)  # --pick 1 and --pick 2: one job each
+
+
+@pytest.fixture(scope="module")
+def head_python36():
+    """A Python 3.6 (RHEL/Rocky 8's, CentOS 7's python3) that the cluster user can run on the
+    head: pyenv's, copied out of root's home, which no other user may enter; its libpython
+    found through LD_LIBRARY_PATH, which comes before the RUNPATH into root's home."""
+    version = pythons.choose_node_version(pythons.installed_versions())
+    if version is None:
+        pytest.fail(f"no Python 3.6 under {pythons.PYENV_ROOT}/versions (pyenv install 3.6)", pytrace=False)
+    directory = Path(tempfile.mkdtemp(prefix="jt-py36-", dir="/tmp"))
+    directory.chmod(0o755)
+    try:
+        shutil.copytree(Path(pythons.PYENV_ROOT) / "versions" / version, directory / "python", symlinks=True,
+                        ignore=shutil.ignore_patterns("test", "tests", "idlelib", "tkinter"))
+        program = directory / "python3"
+        program.write_text(f'#!/bin/sh\nLD_LIBRARY_PATH={directory}/python/lib exec {directory}/python/bin/python3 "$@"\n')
+        program.chmod(0o755)
+        yield str(program)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_sge_submit_with_a_python36_head(sge_netns, cluster_user: ClusterUser, head_python36: str):
+    hosts, cell = sge_netns
+    version = hosts.ssh("-J", "gw", "head", f"{head_python36} -c 'import sys; print(sys.version_info[:2])'")
+    assert version.stdout.strip() == "(3, 6)", version.stderr
+    with Tunnel(hosts.config, "-s", "gw", "head", "--submit", "--python", head_python36, "-t", "lab",
+                "--pre", activate(cluster_user), "--scheduler", "sge", "-w", WAIT, "--json",
+                "--stop-server") as tunnel:
+        info = ready(tunnel)
+        job = job_of(tunnel)
+        assert (info["job"], info["remote_host"]) == (job, "node")
+        assert tunnel.stop(signal.SIGINT) == jt.EXIT_OK
+        tunnel.assert_clean()
+    assert f"Info: Cancelled job {job} (jp-lab)." in tunnel.stderr
+    assert "Traceback" not in tunnel.stderr
+    wait_for(lambda: cell.job_state(job) is None, 60, interval=0.2, what="the job to end")
