@@ -1147,7 +1147,10 @@ def discover(master: Master, timeout: float = 60.0) -> list[Server]:
 # It listens on 127.0.0.1 only (login nodes are shared) on the port Jupyter chooses (8888 or
 # the next free one: its port_retries; "--port=0" makes notebook < 7 write port 0).  The
 # script waits for the runtime file itself (no round trip per look) and prints it as the
-# discovery does; on failure it kills the server's process group and prints the log's end.
+# discovery does; on failure it kills the server's process group (SIGTERM, then SIGKILL
+# 2 s later: a SIGTERM right after the runtime file is written lands before the server's
+# event loop runs, and its shutdown then races the start of its extensions), removes the
+# runtime files a SIGKILL leaves for that pid, and prints the log's end.
 # When the run is interrupted while the server starts (Ctrl+C, SIGTERM), its ssh session
 # closes and sshd closes the script's output pipe: with SIGPIPE ignored (set after the
 # server's fork: Python ignores it anyway) the script's next write fails, and it stops the
@@ -1172,7 +1175,9 @@ else
 fi
 pid=$!
 stop() { kill -TERM -$pid 2>/dev/null || kill -TERM $pid 2>/dev/null; sleep 2
-  kill -KILL -$pid 2>/dev/null || kill -KILL $pid 2>/dev/null; fail "$1"; }
+  kill -KILL -$pid 2>/dev/null || kill -KILL $pid 2>/dev/null
+  for d in @DIRS@; do [ -n "$d" ] && rm -f "$d/jpserver-$pid.json" "$d/jpserver-$pid-open.html" \
+    "$d/nbserver-$pid.json" "$d/nbserver-$pid-open.html"; done; fail "$1"; }
 trap '' PIPE
 gone="jupyter-tunnel went away (interrupted) while the server started"
 echo "$M pid $pid" >&3 || stop "$gone"
