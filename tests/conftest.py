@@ -28,6 +28,7 @@ their runtime directories and the one-server invariant.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import pwd
@@ -48,6 +49,7 @@ from realenv import (  # noqa: F401
     MULTI_USER,
     NO_SERVER_USER,
     NOLOGIN_USER,
+    RUNTIME_SUBDIR,
     SERVER_USER,
     TEST_PASSWORD,
     TEST_USERS,
@@ -121,10 +123,13 @@ def no_jupyter_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
     left: Dict[int, str] = {}
     for name in (MULTI_USER, NO_SERVER_USER):
         with contextlib.suppress(KeyError):  # the users are made by the first test that needs them
-            uid = pwd.getpwnam(name).pw_uid
-            found = user_processes(uid)
-            stopped = stop_leftovers(lambda: user_processes(uid), grace=LEFT_BEHIND_GRACE)
+            account = pwd.getpwnam(name)
+            found = user_processes(account.pw_uid)
+            stopped = stop_leftovers(lambda: user_processes(account.pw_uid), grace=LEFT_BEHIND_GRACE)
             left.update((pid, found.get(pid, "?")) for pid in stopped)
+            runtime = Path(account.pw_dir) / RUNTIME_SUBDIR
+            for pid, kind, end in itertools.product(stopped, ("jp", "nb"), (".json", "-open.html")):
+                (runtime / f"{kind}server-{pid}{end}").unlink(missing_ok=True)  # what a SIGKILL leaves
     if left:
         pytest.fail(f"the test left Jupyter processes of {MULTI_USER}/{NO_SERVER_USER} running "
                     f"(stopped now): {left}", pytrace=False)
