@@ -516,7 +516,7 @@ def remove_root_dir(root: str) -> None:
 # runtime file is there; then it is stopped (and waited for: its runtime file goes too).
 # A SIGTERM that comes right after the runtime file is written lands before the server's
 # event loop runs: its shutdown then races the start of its extensions, and under load it
-# once did not exit within 120 s (CI).  So the wait is bounded, then SIGKILL, and the
+# once had not exited 120 s later.  So the wait is bounded, then SIGKILL, and the
 # runtime files that SIGKILL leaves are removed.  Its output goes to a log in its root
 # directory, whose end a failure shows; the stages go to stderr, so a hang says where.
 SERVER_STARTUP_SCRIPT = r"""cd {root} || exit 1
@@ -542,6 +542,8 @@ echo "startup $t0 $t1"
 """
 SERVER_STOP_TIMEOUT = 30.0  # seconds from SIGTERM to SIGKILL for the server started by hand
 SERVER_LOG = "jupyter-lab.log"  # in the root directory, removed with it
+
+
 def parse_startup(stdout: str) -> Optional[float]:
     """Seconds from the ``startup T0 T1`` line printed by SERVER_STARTUP_SCRIPT (and submit.py's BY_HAND); None when it is not there."""
     words = stdout.split()

@@ -229,7 +229,8 @@ def head_python36():
         shutil.copytree(Path(pythons.PYENV_ROOT) / "versions" / version, directory / "python", symlinks=True,
                         ignore=shutil.ignore_patterns("test", "tests", "idlelib", "tkinter"))
         program = directory / "python3"
-        program.write_text(f'#!/bin/sh\nLD_LIBRARY_PATH={directory}/python/lib exec {directory}/python/bin/python3 "$@"\n')
+        program.write_text(f"#!/bin/sh\nLD_LIBRARY_PATH={directory}/python/lib "
+                           f'exec {directory}/python/bin/python3 "$@"\n')
         program.chmod(0o755)
         yield str(program)
     finally:
