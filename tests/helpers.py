@@ -9,7 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple, TypeVar
+from typing import Callable, Dict, Iterable, Iterator, Mapping, Optional, Tuple, TypeVar
 
 T = TypeVar("T")
 
@@ -22,18 +22,26 @@ PORT_RANGE = (20000, 32000)
 _NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+def pids_of(uid: int) -> Iterator[int]:
+    """The pids of ``uid``'s processes (those still there when looked at)."""
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{entry}").st_uid == uid:
+                yield int(entry)
+        except OSError:
+            continue  # gone meanwhile
+
+
 def user_processes(uid: int, word: str = "jupyter") -> Dict[int, str]:
     """The processes of ``uid`` whose command line mentions ``word``, pid -> command line."""
     found = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
+    for pid in pids_of(uid):
         try:
-            if os.stat(f"/proc/{entry}").st_uid != uid:
-                continue
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue  # gone meanwhile
         if word in cmdline:
-            found[int(entry)] = cmdline
+            found[pid] = cmdline
     return found
 
 

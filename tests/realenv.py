@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
 
-from helpers import free_port, http_get, tail, tcp_open, wait_for
+from helpers import free_port, http_get, pids_of, tail, tcp_open, wait_for
 
 TEST_PASSWORD = "jt-Secret-pw1"
 SERVER_USER = "jtuser"  # exactly one Jupyter server during the session
@@ -112,17 +112,13 @@ def stop_process(proc: "subprocess.Popen[Any]", timeout: float = 10.0, group: bo
 def processes_in(directory: Path, uid: int) -> List[int]:
     """The pids of ``uid``'s processes whose working directory is ``directory`` or below it."""
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid in pids_of(uid):
         try:
-            if os.stat(f"/proc/{entry}").st_uid != uid:
-                continue
-            cwd = Path(os.readlink(f"/proc/{entry}/cwd"))
+            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
         except OSError:
-            continue  # gone meanwhile, or a kernel thread
+            continue  # gone meanwhile
         if cwd == directory or directory in cwd.parents:
-            found.append(int(entry))
+            found.append(pid)
     return found
 
 
