@@ -727,6 +727,8 @@ def find_job_logs(scheduler: str, job_ids: Sequence[str]) -> Dict[str, str]:
     each read once whatever the number of jobs (the newest log of a job id wins).
     """
     found = {}  # type: Dict[str, str]
+    if not job_ids:
+        return found  # no log to read: nothing runs
     if scheduler == "slurm":
         scontrol = shutil.which("scontrol")
         for job_id in job_ids if scontrol else ():
