@@ -111,6 +111,11 @@ SLOW_POLL_INTERVAL = 0.1
 # How often the user's own master (not our child: no exit to wait for) is looked at while
 # the tunnel is up: a connect() to its socket, which costs it nothing measurable.
 SHARED_POLL_INTERVAL = 1.0
+# ssh's multiplexing protocol (PROTOCOL.mux): a master's first words to a client are a
+# packet (4-byte length) of type MUX_MSG_HELLO.  A live master sends it within
+# milliseconds; one that has not within this time is none we can use.
+MUX_MSG_HELLO = 0x00000001
+MUX_HELLO_TIMEOUT = 3.0
 # Options every ssh of the run gets through the generated config file, not via "-o": ssh
 # passes only -l -p -J -F -v to the ssh it starts for a jump host, so a config file given
 # with -F is the one way to reach every hop.
@@ -177,9 +182,6 @@ PROC_NET_TCP = "/proc/net/tcp"  # Linux: every IPv4 TCP socket, with the uid tha
 # "-", "_" (seen in /etc/hosts) and dots; IP literals are checked by ipaddress.
 HOST_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
 MAX_PID = 2**31 - 1  # pid_t
-MAX_CONFIG_DEPTH = 16  # levels of ssh config Include (readconf.c's READCONF_MAX_DEPTH)
-# "Include ARGS" or "Include=ARGS", the keyword in any case (ssh_config(5))
-CONFIG_INCLUDE_RE = re.compile(r"\s*include(?:\s*=\s*|\s+)(\S.*)", re.IGNORECASE)
 TOKEN_RE = re.compile(r"token=[^&\s]+")  # a token in a URL that Jupyter logged
 # The readiness probe reads the whole answer (an HTTP/1.0 server closes after it):
 # /api/status answers ~700 bytes; anything larger is not that answer.
@@ -514,9 +516,14 @@ def build_master_argv(ssh: str, config: str, control: str, route: Route) -> list
 
 
 def build_mux_argv(ssh: str, config: str, control: str, route: Route, *args: str) -> list[str]:
-    """argv of an ssh that only talks to the running master (no new login)."""
-    # ControlMaster=no: never become a master ourselves if the socket vanished
-    argv = [ssh, "-F", config, "-S", control, "-o", "ControlMaster=no", *args]
+    """argv of an ssh that only talks to the running master (never a login of its own)."""
+    # ControlMaster=no: never become a master ourselves if the socket vanished.  When the
+    # socket is gone or answers no mux hello, ssh falls back to a login of its own (mux.c's
+    # muxclient returns, ssh.c connects): ProxyCommand=false makes that fail at once, with
+    # no connection, no prompt and no failed attempt on any server (on the command line it
+    # wins over the config's ProxyJump: ssh keeps the first value it reads).
+    argv = [ssh, "-F", config, "-S", control, "-o", "ControlMaster=no", "-o", "ProxyCommand=false",
+            "-o", "BatchMode=yes", *args]
     return argv + build_destination(route.target)
 
 
@@ -542,83 +549,6 @@ def parse_ssh_settings(text: str) -> dict[str, str]:
         key, _, value = line.strip().partition(" ")
         settings.setdefault(key.lower(), value.strip())
     return settings
-
-
-def parse_config_includes(text: str) -> list[str] | None:
-    """The file patterns an ssh config's ``Include`` lines name; None when one cannot be
-    read as plainly as ssh reads it (a backslash escape, a ``%`` token, a ``$`` variable)."""
-    patterns: list[str] = []
-    for line in text.splitlines():
-        found = CONFIG_INCLUDE_RE.match(line)
-        if not found:
-            continue
-        if any(char in found.group(1) for char in "\\%$"):
-            return None
-        try:
-            patterns += shlex.split(found.group(1))
-        except ValueError:
-            return None
-    return patterns
-
-
-def build_include_paths(pattern: str, homes: Sequence[str]) -> list[str] | None:
-    """Where ssh may look for an ``Include`` pattern (globs left in); None for ``~user``.
-
-    ssh takes ``~`` as the account's home (not $HOME: both are given, when they differ), and
-    a relative pattern from ~/.ssh in a user's config (the run's -F file and all it
-    includes) or from /etc/ssh in the system's: both are looked at."""
-    if pattern == "~" or pattern.startswith("~/"):
-        return [home + pattern[1:] for home in homes]
-    if pattern.startswith("~"):
-        return None
-    if os.path.isabs(pattern):
-        return [pattern]
-    return [os.path.join(home, ".ssh", pattern) for home in homes] + [os.path.join("/etc/ssh", pattern)]
-
-
-def config_may_name_control_path(path: str, homes: Sequence[str], depth: int = 0) -> bool:
-    """Whether the ssh config at ``path``, with the files it includes, may set a ControlPath:
-    without one no master of the user's can be ridden, and the run saves ``ssh -G`` (an exec,
-    ~7 ms).  True whenever unsure (unreadable, too deep, an Include that is not plain)."""
-    if depth > MAX_CONFIG_DEPTH:
-        return True  # ssh itself stops at 16 levels
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
-    except FileNotFoundError:
-        return False  # ssh skips a missing Include too
-    except OSError:
-        return True
-    if "controlpath" in text.lower():  # a comment saying so only costs the ssh -G
-        return True
-    patterns = parse_config_includes(text)
-    if patterns is None:
-        return True
-    import glob
-
-    for pattern in patterns:
-        paths = build_include_paths(pattern, homes)
-        if paths is None:
-            return True
-        for name in sorted({name for path in paths for name in glob.glob(path)}):
-            if config_may_name_control_path(name, homes, depth + 1):
-                return True
-    return False
-
-
-def ssh_homes() -> list[str]:
-    """The home directories ssh may mean by ``~``: the account's, and $HOME when it differs."""
-    import pwd
-
-    homes = []
-    try:
-        homes.append(pwd.getpwuid(os.getuid()).pw_dir)
-    except KeyError:
-        pass
-    home = os.environ.get("HOME")
-    if home and home not in homes:
-        homes.append(home)
-    return homes
 
 
 def shared_control_path(settings: Mapping[str, str], node: bool = False) -> str:
@@ -876,23 +806,43 @@ def cancel_forward(argv: list[str]) -> bytes:
 def find_shared_master(ssh: str, route: Route, directory: str, env: dict[str, str],
                        verbose: int = 0) -> SharedMaster | None:
     """The user's own live master to the target, as the config in force names it; None when
-    there is none.  ``ssh -G`` costs one exec (~7 ms); ``-O check`` runs only when something
-    listens at the ControlPath."""
+    there is none.  ``ssh -G`` (one exec, ~8 ms next to a login of 0.2 s to seconds) is the
+    truth about the config; ``-O check`` runs only when something listens at the ControlPath."""
     master = SharedMaster(ssh, route, directory, env, verbose, "")
-    if not config_may_name_control_path(master.config, ssh_homes()):
-        return None
     argv = master._command(build_settings_argv(ssh, master.config, route))
     done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=30)
     master.control = shared_control_path(parse_ssh_settings(done.stdout.decode(errors="replace")),
                                          bool(route.node or route.scheduled))
-    if done.returncode != 0 or not master.control or not socket_answers(master.control):
+    if done.returncode != 0 or not master.control or not mux_hello(master.control):
         return None
-    # something listens there: -O check tells whether it is an ssh master taking requests
+    # a master says hello: -O check tells whether it takes requests (and its pid).  A socket
+    # that is no working master makes ssh fall back to a login and exit 0 (OpenSSH 9.2):
+    # build_mux_argv's options make that fail instead, and only the master's answer counts.
     argv = build_mux_argv(ssh, master.config, master.control, route, "-O", "check")
     check = subprocess.run(master._command(argv), stdin=subprocess.DEVNULL, capture_output=True, env=env,
                            timeout=30)
     master._echo(check.stderr)
-    return master if check.returncode == 0 else None
+    return master if check.returncode == 0 and b"Master running" in check.stderr else None
+
+
+def mux_hello(path: str, timeout: float = MUX_HELLO_TIMEOUT) -> bool:
+    """Whether an ssh master listens at ``path``: it greets every client first (mux.c sends
+    MUX_MSG_HELLO as it accepts).  A socket that accepts and stays silent would hang ssh's
+    own ``-O check`` (it waits for that hello without a time limit)."""
+    greeting = b""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(timeout)
+        try:
+            probe.connect(path)
+            while len(greeting) < 8:
+                chunk = probe.recv(8 - len(greeting))
+                if not chunk:
+                    return False
+                greeting += chunk
+        except OSError:  # refused, gone, or silent (socket.timeout)
+            return False
+    length, kind = int.from_bytes(greeting[:4], "big"), int.from_bytes(greeting[4:], "big")
+    return kind == MUX_MSG_HELLO and length >= 8
 
 
 def start_agent(directory: str, registration: Registration) -> tuple[subprocess.Popen, str]:

@@ -78,7 +78,7 @@ def test_node_command_is_only_the_interpreter(python, command):
     assert jt.build_node_command(python) == command
     # through the master, the command after the destination (no agent: the head needs none)
     assert jt.build_node_argv("ssh", "/d/ssh_config", "/d/c", HEAD, python) == [
-        "ssh", "-F", "/d/ssh_config", "-S", "/d/c", "-o", "ControlMaster=no", "-T", "--", "alice@head", command]
+        "ssh", "-F", "/d/ssh_config", "-S", "/d/c", "-o", "ControlMaster=no", "-o", "ProxyCommand=false", "-o", "BatchMode=yes", "-T", "--", "alice@head", command]
 
 
 @pytest.mark.parametrize("stdout, expected", [

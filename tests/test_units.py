@@ -96,9 +96,10 @@ def test_build_discovery_command(route, command, stdin):
     assert jt.build_discovery_command(route) == (command, stdin)
 
 
-def test_build_mux_argv_never_becomes_master():
+def test_build_mux_argv_never_becomes_master_nor_logs_in():
     argv = jt.build_mux_argv("ssh", "cfg", "/t/c", jt.Route(("gw", "srv:22")), "-O", "forward")
-    assert argv == ["ssh", "-F", "cfg", "-S", "/t/c", "-o", "ControlMaster=no", "-O", "forward", "ssh://srv:22"]
+    assert argv == ["ssh", "-F", "cfg", "-S", "/t/c", "-o", "ControlMaster=no", "-o", "ProxyCommand=false", "-o", "BatchMode=yes", "-O", "forward",
+                    "ssh://srv:22"]
 
 
 @pytest.mark.parametrize("user_config, options, agent, password, first, included", [
