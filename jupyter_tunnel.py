@@ -22,18 +22,21 @@ below, in this order, and ``run_tunnel`` drives them through one ``Tunnel``:
    runtime file; ``--stop-server`` shuts the server down at close (``shutdown_server``).
 3. choose (``choose_server``): the only server, or the one ``--port``/``--dir``/``--pick``
    name, or ask on a terminal.
-4. forward (``add_forward``): a free local port (the remote port or the next free one above
-   it, so a pinned browser tab keeps working; the next one again when a run started at the
-   same time takes it first), added to the master as ``-L 127.0.0.1:LPORT:HOST:RPORT``.
-5. wait (``wait_for_tunnel``): poll ``/api/status`` through the tunnel until Jupyter itself
+4. forward (``add_forward``, ``Relay``): the master forwards a unix socket in the run's 0700
+   directory to the server (``-L DIR/f:HOST:RPORT``), and the tool listens on the local port
+   itself (127.0.0.1 and [::1]: the remote port or the next one above it free on both, so a
+   pinned browser tab keeps working) for the whole run, splicing each connection of the
+   user's own (Linux: /proc/net/tcp tells its uid) into that socket.
+5. wait (``wait_for_tunnel``): poll ``/api/status`` through the socket until Jupyter itself
    answers; the entry's state becomes "ready".
 6. browser (``Tunnel.announce``, ``open_browser``): print the URL; open the browser on a
-   one-time loopback address that redirects to it (``OneShotRedirect``: never the token on
-   a command line).
+   one-time address of the relay's that redirects to it (``Relay.offer_redirect``: never
+   the token on a command line).
 7. stay (``Tunnel.stay``): until Ctrl+C, SIGTERM or SIGHUP; when the master dies, log in
-   again and forward the same local port (``Tunnel.reconnect``); when the server stops, exit.
-8. clean up (``Tunnel.close``): stop the master, reap every child, kill the ssh-agent this
-   run started, remove the private directory and, last, the registry entry.
+   again and forward the same socket, behind a local port that never closed
+   (``Tunnel.reconnect``); when the server stops, exit.
+8. clean up (``Tunnel.close``): close the local port, stop the master, reap every child, kill
+   the ssh-agent this run started, remove the private directory and, last, the registry entry.
 
 The registry section is shared with jupyter_tunnel_shutdown.py.  Only the standard library
 and the system ``ssh`` are used: the system client is what honours ``~/.ssh/config``,
@@ -43,6 +46,7 @@ ProxyJump, agents, ControlMaster and 2FA prompts.
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import json
 import math
@@ -128,9 +132,6 @@ DEFAULT_KEEPALIVE = 10  # seconds: a dropped network is noticed within ~30 s
 DEFAULT_CHECK_INTERVAL = 10.0  # seconds between checks that the Jupyter server still runs
 MAX_BACKOFF = 30.0  # seconds: the longest wait between two reconnection attempts
 CONNECT_FAILURE_GRACE = 3.0  # seconds of "connection refused" at the remote end before giving up
-# What "ssh -O forward" says when the master cannot listen on the local port (mux.c):
-# bind() or listen() failed, "Address already in use" going to the master's stderr only.
-FORWARD_REFUSED = "Port forwarding failed"
 # What ssh -v adds to its stderr (-vv passes -v to ssh): debug lines, and a few lines of
 # its VERBOSE level (seen with OpenSSH 9.2).  They never explain a failure.
 SSH_DEBUG = ("debug1:", "debug2:", "debug3:", "OpenSSH_", "Authenticated to ", "Transferred: ",
@@ -152,10 +153,10 @@ MISSING = "it does not exist"  # check_private_dir's answer for a path that is n
 CONNECTING = "connecting"  # logging in, choosing the server, waiting for it (again after a drop)
 READY = "ready"  # the URL was printed
 # The run's private directory (make_private_dir): "jt-" and mkdtemp's 8 random characters,
-# holding the ssh config, the master's control socket and the agent's socket.
+# holding the ssh config, the master's control socket, the agent's socket and the forward's.
 PRIVATE_PREFIX = "jt-"
 MKDTEMP_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")  # tempfile's alphabet
-CONFIG_FILE, CONTROL_SOCKET, AGENT_SOCKET = "ssh_config", "c", "a"
+CONFIG_FILE, CONTROL_SOCKET, AGENT_SOCKET, FORWARD_SOCKET = "ssh_config", "c", "a", "f"
 # The master's command line holds only these ssh options (see build_master_argv); -v may
 # come from the user asking for ssh's own debug output.
 MASTER_FLAGS = ("-M", "-N", "-T")
@@ -168,16 +169,27 @@ OPTIONS_WITH_VALUE = ("-W", "-X", "--check-hash-based-pycs", "-o")  # -o: the sh
 HAVE_PROC = os.path.isdir("/proc/self")  # Linux; elsewhere ps(1) tells
 # Markers of the discovery script's output (see build_discovery_script).
 MARK = "::jupyter-tunnel::"
-# The browser's one-time address (see OneShotRedirect).  It waits this long for the browser:
-# a browser's cold start (a snap-packaged one can take half a minute) must not find it
-# closed; after that, the URL printed on stdout is still there to open by hand.
+# The browser's one-time address (see Relay.offer_redirect).  It waits this long for the
+# browser: a browser's cold start (a snap-packaged one can take half a minute) must not find
+# it gone; after that, the URL printed on stdout is still there to open by hand.
 ONE_SHOT_TIMEOUT = 120.0
-# A connection to it must send its request within this time, and at most this many wait at
-# once: nobody holds the listener, or this process's file descriptors, with idle connections.
+# While it is open, a connection must send its request's first bytes within this time.
 ONE_SHOT_REQUEST_TIMEOUT = 10.0
-ONE_SHOT_MAX_PENDING = 32
 MAX_REQUEST_HEAD = 8192  # bytes; a browser's GET head is well under 2 KiB
+# The relay (see Relay): the run's local port, listened on by the tool itself.
+LOOPBACKS = ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1"))
+NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)  # the machine has no IPv6 loopback
+RELAY_BACKLOG = 128
+# At most this many connections at once (two threads each): a browser opens ~6 per host
+# and JupyterLab a websocket per kernel; more is a runaway client, not a person.
+RELAY_MAX_CONNECTIONS = 256
+RELAY_BUFFER = 262144  # bytes per read: a 100 MB download in ~400 reads
+# A connection that comes while the run reconnects waits this long for the new forward
+# (JupyterLab's requests then go through unharmed), then gets a page that reloads itself.
+RELAY_WAIT = 10.0
+RELAY_RETRY = 0.1
 PROC_NET_TCP = "/proc/net/tcp"  # Linux: every IPv4 TCP socket, with the uid that owns it
+PROC_NET_TCP6 = "/proc/net/tcp6"  # ...and every IPv6 one
 # A runtime file's "hostname" (it ends up in ssh's -L spec): a DNS name, letters, digits,
 # "-", "_" (seen in /etc/hosts) and dots; IP literals are checked by ipaddress.
 HOST_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
@@ -1259,11 +1271,11 @@ while [ -e "$f" ]; do tries=$((tries + 1)); [ $tries -le @TRIES@ ] || exit 1; sl
 """
 
 
-def shutdown_server(master: Master, local_port: int, server: Server, timeout: float = 30.0) -> bool:
+def shutdown_server(master: Master, forward: str, server: Server, timeout: float = 30.0) -> bool:
     """``--stop-server``: shut the server down through the tunnel (``POST /api/shutdown`` with
     its token, which every jupyter_server and notebook >= 5.1 take), and wait until its
     runtime file is gone; True when it is."""
-    answer = probe_server(local_port, server, timeout=10.0, method="POST", path="api/shutdown")
+    answer = probe_server(forward, server, timeout=10.0, method="POST", path="api/shutdown")
     if answer is None or answer.status not in (200, 204):
         return False
     if not server.source.startswith("/"):
@@ -1827,56 +1839,387 @@ def forward_target(server: Server, node: str = "") -> str:
     return f"{host}:{server.port}"
 
 
-def build_forward_spec(local_port: int, server: Server, node: str = "") -> str:
-    """The ``-L`` argument: bound to loopback only, so nobody else on the LAN can use it."""
-    return f"127.0.0.1:{local_port}:{forward_target(server, node)}"
+def build_forward_spec(path: str, server: Server, node: str = "") -> str:
+    """The ``-L`` argument: ssh listens on the unix socket ``path``, in the run's 0700
+    directory, which no other local user can reach (ssh makes it 0600 too: its
+    StreamLocalBindMask); only the relay connects to it."""
+    return f"{path}:{forward_target(server, node)}"
 
 
-def port_is_free(port: int) -> bool:
-    """Whether 127.0.0.1:port can be bound, as ssh binds its listeners."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        # ssh sets SO_REUSEADDR, so a port whose last connection is in TIME_WAIT is free
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+def add_forward(master: Master, server: Server) -> str:
+    """Have the master forward the run's unix socket to the server; returns its path."""
+    path = os.path.join(os.path.dirname(master.config), FORWARD_SOCKET)
+    try:
+        # a dead master's socket stays (ssh never unlinks a forward's socket), and ssh
+        # refuses to bind over it: "cannot bind to path"
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    ok, message = master.forward(build_forward_spec(path, server, master.route.node))
+    if not ok and not master.alive():  # gone meanwhile: a reconnection's business
+        raise TunnelError(f"the connection to {master.route.target} was lost: {master.why()}", EXIT_LOST)
+    if not ok:
+        raise TunnelError(f"cannot forward to the server: {parse_ssh_error(message.splitlines())}", EXIT_PORT)
+    return path
+
+
+def proc_net_address(host: str, port: int, byteorder: str = sys.byteorder) -> str:
+    """``host:port`` as ``/proc/net/tcp`` (IPv4) or ``tcp6`` writes it: ``0100007F:1F90`` for
+    127.0.0.1:8080, ``00000000000000000000000001000000:1F90`` for [::1]:8080.
+
+    The kernel prints the address in 32-bit words, each in the machine's own byte order (so
+    little-endian machines show 127.0.0.1 backwards), and the port in hex.
+    """
+    packed = socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    words = "".join(f"{int.from_bytes(packed[i:i + 4], byteorder):08X}"  # type: ignore[arg-type]
+                    for i in range(0, len(packed), 4))
+    return f"{words}:{port:04X}"
+
+
+def parse_peer_uid(text: str, peer: tuple[str, int], listener: tuple[str, int],
+                   byteorder: str = sys.byteorder) -> int | None:
+    """The uid that owns the socket connected from ``peer`` to ``listener``, from the text of
+    ``/proc/net/tcp`` (or ``tcp6``); None when it is not listed or no process holds it any more.
+
+    The peer's own entry is the one whose local address is ``peer`` and whose remote address
+    is ``listener`` (our accepted socket is listed too, the other way round, with OUR uid).
+    """
+    local, remote = proc_net_address(*peer, byteorder), proc_net_address(*listener, byteorder)
+    for line in text.splitlines()[1:]:
+        # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
+        fields = line.split()
+        if len(fields) >= 10 and fields[1].upper() == local and fields[2].upper() == remote:
+            # Inode 0: a socket that its process has closed (orphaned, or TIME_WAIT), which
+            # the kernel lists with uid 0 whoever owned it; it could not read an answer anyway.
+            if fields[9] == "0" or not fields[7].isdigit():
+                return None
+            return int(fields[7])
+    return None
+
+
+def peer_uid(family: int, peer: tuple[str, int], listener: tuple[str, int]) -> int | None:
+    """The uid of the local process that connected from ``peer`` (Linux); None when unknown."""
+    try:
+        with open(PROC_NET_TCP6 if family == socket.AF_INET6 else PROC_NET_TCP) as f:
+            return parse_peer_uid(f.read(), peer, listener)
+    except OSError:
+        return None
+
+
+def bind_loopback(port: int) -> list[socket.socket]:
+    """Listening sockets on 127.0.0.1:``port`` and, where the machine has IPv6 loopback,
+    [::1]:``port``; OSError (EADDRINUSE) when the port is taken in either.
+
+    Both, because a browser asked for ``localhost`` may try [::1] first (Chromium does): a
+    port that is ours on one loopback only would let another user's listener on the other
+    receive the token.  Where the machine has no IPv6 loopback, nobody can listen there.
+    """
+    sockets: list[socket.socket] = []
+    try:
+        for family, host in LOOPBACKS:
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            except OSError as error:
+                if family == socket.AF_INET6 and error.errno in NO_IPV6:
+                    continue
+                raise
+            sockets.append(sock)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if os.name != "nt":
+                # as ssh does: a port whose last connection is in TIME_WAIT is free.  On
+                # POSIX it lets nobody else bind a port that listens (Windows differs).
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as error:
+                if family == socket.AF_INET6 and error.errno in NO_IPV6:
+                    sockets.pop().close()
+                    continue
+                raise
+            sock.listen(RELAY_BACKLOG)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def open_local_port(first: int, fixed: bool) -> list[socket.socket]:
+    """The listeners of the run's local port: ``first`` (``--local-port``: that one or an
+    error), else ``first`` or the next port above it free on every loopback."""
+    for port in [first] if fixed else candidate_ports(first):
         try:
-            probe.bind(("127.0.0.1", port))
+            return bind_loopback(port)
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                raise TunnelError(f"cannot listen on local port {port}: {error.strerror or error}", EXIT_PORT)
+    if fixed:
+        raise TunnelError(f"local port {first} is already in use", EXIT_PORT)
+    raise TunnelError(f"no free local port from {first} to {candidate_ports(first)[-1]}", EXIT_PORT)
+
+
+class Relay:
+    """The run's local port, the tool's own for the whole run: it listens on 127.0.0.1:PORT
+    and [::1]:PORT itself and splices each connection into ssh's forward (a unix socket in
+    the run's private directory).
+
+    So the port never closes while the run lives, reconnects included (a new master forwards
+    the same socket again), and only the user's own processes get through: on Linux a peer
+    whose socket another uid owns (``/proc/net/tcp``, ``tcp6``) is dropped at once, before it
+    can send a byte, so that neither the token in a browser's request nor the server (code
+    execution as you, on the remote) reaches another local user.  Without /proc (macOS,
+    BSD) nothing tells who connected, and the port is open to every local user, as a
+    forward by ssh is (see docs: Security).
+
+    It also answers the browser's one-time address (``offer_redirect``) on the same port.
+    """
+
+    def __init__(self, listeners: list[socket.socket], forward: str = "", secure: bool = False) -> None:
+        self.listeners = listeners
+        self.port: int = listeners[0].getsockname()[1]
+        self.forward = forward  # ssh's unix socket, set once the master forwards it
+        self.secure = secure  # the server speaks TLS: no plain-HTTP answer of ours
+        self.check_peer = os.path.exists(PROC_NET_TCP)
+        self.uid = os.getuid() if hasattr(os, "getuid") else None
+        self.redirect: tuple[bytes, str, float] | None = None  # (request prefix, location, deadline)
+        self.closed = threading.Event()
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._refused: set[int | None] = set()  # uids warned about, once each
+        # close() wakes the accepting thread through this pair: closing a socket that
+        # another thread waits on does not wake it on Linux
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def offer_redirect(self, location: str, timeout: float = ONE_SHOT_TIMEOUT) -> str:
+        """The browser's one-time address on this port: ``http://127.0.0.1:PORT/<random>``,
+        answered ONCE with a redirect to ``location`` (the URL with the token).
+
+        Any local user can read a process's command line (``/proc/PID/cmdline``, ``ps``), so
+        the browser never gets the token on its own.  Jupyter's answer, a ``file://…-open.html``
+        redirect file, fails for snap-packaged browsers (no /tmp, no hidden directories), for
+        a Windows browser under WSL and on Chromebooks; a loopback address works wherever the
+        tunnel does.  Only the user's own processes reach the port (see the class).
+        """
+        import secrets  # only here: it costs ~6 ms (hashlib) at every start
+
+        path = "/" + secrets.token_urlsafe(32)
+        self.redirect = (f"GET {path} ".encode(), location, time.monotonic() + timeout)
+        timer = threading.Timer(timeout, self._redirect_expired, args=(self.redirect,))
+        timer.daemon = True
+        timer.start()
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def _redirect_expired(self, offered: tuple[bytes, str, float]) -> None:
+        """Withdraw the one-time address that the browser did not come for in time."""
+        with self._lock:
+            if self.redirect is not offered or self.closed.is_set():
+                return
+            self.redirect = None
+        say("Info", f"The browser did not come for its one-time address within {ONE_SHOT_TIMEOUT:g} s; "
+                    "it is withdrawn: open the URL printed above instead.")
+
+    def close(self) -> None:
+        """Stop listening and end every connection (at the tool's exit)."""
+        self.closed.set()
+        try:
+            self._wake_w.send(b"x")
         except OSError:
-            return False
-    return True
+            pass
+        self._thread.join(timeout=2)
+        with self._lock:
+            for conn in self._open:
+                _shutdown(conn)
+        if not self._thread.is_alive():
+            # else the thread closes them at its end: not under its select()
+            for sock in self.listeners:
+                sock.close()
+        for sock in (self._wake_r, self._wake_w):
+            sock.close()
+
+    def _serve(self) -> None:
+        """Accept connections until close(); each allowed one is relayed by a thread of its own."""
+        with selectors.DefaultSelector() as selector:
+            for sock in [*self.listeners, self._wake_r]:
+                selector.register(sock, selectors.EVENT_READ)
+            try:
+                while not self.closed.is_set():
+                    for key, _ in selector.select():
+                        if key.fileobj is self._wake_r:
+                            return
+                        self._accept(key.fileobj)  # type: ignore[arg-type]
+            finally:
+                for sock in self.listeners:
+                    sock.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        """Take a connection: drop it at once unless it is the user's own, else relay it."""
+        try:
+            conn, peer = listener.accept()
+        except OSError:  # taken by nobody after all, or out of file descriptors
+            return
+        if not self._allowed(listener, peer):
+            conn.close()  # at once: a crowd of refused peers holds nothing of ours
+            return
+        with self._lock:
+            if len(self._open) >= RELAY_MAX_CONNECTIONS:
+                conn.close()
+                return
+            self._open.add(conn)
+        threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
+
+    def _allowed(self, listener: socket.socket, peer: tuple) -> bool:
+        """Whether the socket that connected from ``peer`` is one of the user's own."""
+        if not self.check_peer or self.uid is None:
+            return True  # nothing tells who connected (docs: Security)
+        uid = peer_uid(listener.family, peer[:2], listener.getsockname()[:2])
+        if uid == self.uid:
+            return True
+        if uid not in self._refused:
+            self._refused.add(uid)
+            who = f"another local user (uid {uid})" if uid is not None else "a process whose owner cannot be told"
+            say("Warning", f"{who} connected to the tunnel's port {self.port}: refused.")
+        return False
+
+    def _relay(self, conn: socket.socket) -> None:
+        """Serve one accepted connection: the redirect, or a splice into ssh's forward."""
+        upstream = None
+        try:
+            first = self._take_redirect(conn) if self.redirect is not None else b""
+            if first is None:
+                return  # the redirect went out, or the peer went away
+            upstream = self._connect_forward()
+            if upstream is None:
+                self._unavailable(conn)
+                return
+            with self._lock:
+                self._open.add(upstream)
+            if self.closed.is_set():
+                return
+            upstream.sendall(first)
+            other = threading.Thread(target=_pump, args=(upstream, conn), daemon=True)
+            other.start()
+            _pump(conn, upstream)
+            other.join()
+        except OSError:
+            pass  # either side went away
+        finally:
+            with self._lock:
+                for sock in (conn, upstream):
+                    if sock is not None:
+                        self._open.discard(sock)
+                        sock.close()
+
+    def _take_redirect(self, conn: socket.socket) -> bytes | None:
+        """While the one-time address is open: answer a request for it (None), or return the
+        bytes read to tell that this is another request, to be relayed (b"" when none)."""
+        offered = self.redirect
+        if offered is None:
+            return b""
+        prefix, location, deadline = offered
+        import secrets
+
+        conn.settimeout(ONE_SHOT_REQUEST_TIMEOUT)
+        data = b""
+        try:
+            # the first bytes tell: a TLS hello or another request differs at once
+            while len(data) < len(prefix) and prefix.startswith(data):
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return None
+                data += chunk
+            # in constant time: the path is the secret of the address
+            if not secrets.compare_digest(data[:len(prefix)], prefix) or time.monotonic() > deadline:
+                return data
+            while b"\r\n\r\n" not in data and len(data) < MAX_REQUEST_HEAD:
+                chunk = conn.recv(4096)  # the whole head: a close with unread data is a reset
+                if not chunk:
+                    return None
+                data += chunk
+            with self._lock:
+                if self.redirect is not offered:
+                    return data  # served already: nobody gets it twice
+                self.redirect = None
+            conn.sendall(build_redirect_response(location))
+            return None
+        except OSError:  # socket.timeout included: a peer that never sends
+            return None
+        finally:
+            conn.settimeout(None)
+
+    def _connect_forward(self) -> socket.socket | None:
+        """A connection to ssh's forward; while the run reconnects, wait for it a while."""
+        deadline = time.monotonic() + RELAY_WAIT
+        while not self.closed.is_set():
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                if not self.forward:
+                    raise OSError("not forwarded yet")
+                upstream.connect(self.forward)
+                return upstream
+            except OSError:
+                upstream.close()
+            if time.monotonic() >= deadline:
+                return None
+            self.closed.wait(RELAY_RETRY)
+        return None
+
+    def _unavailable(self, conn: socket.socket) -> None:
+        """Tell a browser that the tunnel is reconnecting (a page that reloads itself)."""
+        if self.secure or self.closed.is_set():
+            return  # a TLS client could not read a plain answer
+        try:
+            conn.settimeout(1.0)
+            conn.recv(MAX_REQUEST_HEAD)  # its request: a close with unread data is a reset
+            conn.sendall(build_http_response(
+                503, "Service Unavailable", '<!DOCTYPE html>\n<meta http-equiv="refresh" content="5">\n'
+                "<p>jupyter-tunnel is reconnecting to the Jupyter server; this page reloads itself.</p>\n",
+                ["Retry-After: 5"]))
+        except OSError:
+            pass
 
 
-def add_forward(master: Master, server: Server, local_port: int | None) -> int:
-    """Forward a free local port to the server; returns the local port."""
-    if local_port is not None:
-        ports: Iterable[int] = [local_port]
-    else:
-        ports = candidate_ports(server.port or DEFAULT_SOCKET_PORT)
-    message = "no free port"
-    for port in ports:
-        if port_is_free(port):
-            ok, message = master.forward(build_forward_spec(port, server, master.route.node))
-            if ok:
-                return port
-            if FORWARD_REFUSED not in message:
-                break  # the master did not answer (it is gone): another port would not help
-            # The master could not listen there: another program (a tunnel started at the
-            # same time) took the port between the check and ssh's bind.  The master is
-            # unharmed: mux.c answers the request with a failure, and ExitOnForwardFailure
-            # applies only to the forwards given on the master's own command line.
-        if local_port is not None and not port_is_free(local_port):
-            raise TunnelError(f"local port {local_port} is already in use", EXIT_PORT)
-    reason = parse_ssh_error(message.splitlines())
-    raise TunnelError(f"cannot forward a local port to the server: {reason}", EXIT_PORT)
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    """Copy ``source`` to ``sink`` until end of file, then pass the end on (half-close)."""
+    buffer = bytearray(RELAY_BUFFER)
+    view = memoryview(buffer)
+    try:
+        while True:
+            count = source.recv_into(buffer)
+            if not count:
+                break
+            sink.sendall(view[:count])
+    except OSError:
+        # a reset on either side ends both directions: the other pump wakes up too
+        _shutdown(source)
+        _shutdown(sink)
+        return
+    try:
+        sink.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+def _shutdown(sock: socket.socket) -> None:
+    """End both directions of ``sock`` now (a thread blocked on it wakes up)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 # ------------------------------------------------------------- 5. wait until it answers
 
 
-def build_probe_request(local_port: int, server: Server, method: str = "GET", path: str = "api/status") -> bytes:
+def build_probe_request(server: Server, method: str = "GET", path: str = "api/status") -> bytes:
     """The HTTP/1.0 request of the readiness probe (HTTP/1.0: the server closes after it);
     ``POST api/shutdown`` for --stop-server."""
     auth = f"Authorization: token {server.token}\r\n" if server.token else ""
     body = "Content-Length: 0\r\n" if method == "POST" else ""
-    return (f"{method} {server.base_url}{path} HTTP/1.0\r\nHost: 127.0.0.1:{local_port}\r\n"
+    # "localhost": a name Jupyter takes as local whatever its allow_remote_access says
+    return (f"{method} {server.base_url}{path} HTTP/1.0\r\nHost: localhost\r\n"
             f"{auth}{body}\r\n").encode()
 
 
@@ -1915,20 +2258,25 @@ def parse_probe_answer(answer: bytes) -> Answer:
     return Answer(status, isinstance(data, dict) and key in data)
 
 
-def probe_server(local_port: int, server: Server, timeout: float = 5.0, method: str = "GET",
+def probe_server(forward: str, server: Server, timeout: float = 5.0, method: str = "GET",
                  path: str = "api/status") -> Answer | None:
-    """The answer to ``/api/status`` through the tunnel; status 0 when the connection was
-    closed without an answer (the remote end refused it), None when nothing came in time.
+    """The answer to ``/api/status`` through ssh's forward (the unix socket ``forward``);
+    status 0 when the connection was closed without an answer (the remote end refused it),
+    None when nothing came in time.
 
-    ``Authorization: token`` works on notebook >= 5 and every jupyter_server (``Bearer``
-    only on jupyter_server >= 2), and the request does not count as activity, so probing
-    never defeats the server's idle culling.  A raw socket, not urllib: it costs nothing
-    to import, and HTTP/1.0 makes the server close once it has answered.
+    Through the run's own socket, never the local TCP port: the token in this request must
+    reach nobody but the server, whoever else may listen on a port.  ``Authorization:
+    token`` works on notebook >= 5 and every jupyter_server (``Bearer`` only on
+    jupyter_server >= 2), and the request does not count as activity, so probing never
+    defeats the server's idle culling.  A raw socket, not urllib: it costs nothing to
+    import, and HTTP/1.0 makes the server close once it has answered.
     """
-    request = build_probe_request(local_port, server, method, path)
+    request = build_probe_request(server, method, path)
     answer = b""
     try:
-        with socket.create_connection(("127.0.0.1", local_port), timeout=timeout) as conn:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(timeout)
+            conn.connect(forward)
             if server.secure:
                 import ssl  # only now: it costs ~15 ms and ~5 MB for every other server
 
@@ -1953,7 +2301,7 @@ def probe_server(local_port: int, server: Server, timeout: float = 5.0, method: 
     return parse_probe_answer(answer)
 
 
-def wait_for_tunnel(master: Master, local_port: int, server: Server, timeout: float) -> int:
+def wait_for_tunnel(master: Master, forward: str, server: Server, timeout: float) -> int:
     """Poll the server through the tunnel until Jupyter answers; returns the HTTP status."""
     started = time.monotonic()
     deadline = started + timeout
@@ -1961,7 +2309,7 @@ def wait_for_tunnel(master: Master, local_port: int, server: Server, timeout: fl
     foreign = 0  # the status of the last answer that was not Jupyter's
     where = f"{forward_target(server, master.route.node)} on {master.route.server_host}"
     while True:
-        answer = probe_server(local_port, server, timeout=max(0.5, min(5.0, deadline - time.monotonic())))
+        answer = probe_server(forward, server, timeout=max(0.5, min(5.0, deadline - time.monotonic())))
         if answer is not None and answer.jupyter:
             return answer.status
         if answer is not None and answer.status:
@@ -2028,219 +2376,11 @@ def build_redirect_response(location: str) -> bytes:
     return build_http_response(303, "See Other", body, [f"Location: {location}"])
 
 
-def parse_request_line(head: bytes) -> tuple[str, str] | None:
-    """``(method, target)`` from the first line of an HTTP/1.x request, or None."""
-    parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1].startswith("/"):
-        return None
-    return parts[0], parts[1]
-
-
-def build_one_shot_answer(head: bytes, path: str, location: str, allowed: bool) -> tuple[bytes, bool]:
-    """The one-time address's answer to a request head, and whether it is THE redirect.
-
-    Only an allowed peer asking ``GET path`` gets the redirect to ``location`` (the URL with
-    the token); every other answer holds no token, and the address stays open for the browser.
-    """
-    import secrets
-
-    if not allowed:
-        return build_http_response(403, "Forbidden", "<p>This one-time address belongs to another user's "
-                                   "jupyter-tunnel. If you started it, open the URL it printed.</p>\n"), False
-    request = parse_request_line(head)
-    if request is None:
-        return build_http_response(400, "Bad Request", "<p>Bad request.</p>\n"), False
-    method, target = request
-    # in constant time: the path is the secret of the address
-    if not secrets.compare_digest(target.encode("latin-1"), path.encode()):
-        return build_http_response(404, "Not Found", "<p>Not found.</p>\n"), False
-    if method != "GET":
-        return build_http_response(405, "Method Not Allowed", "<p>GET only.</p>\n", ["Allow: GET"]), False
-    return build_redirect_response(location), True
-
-
-def proc_net_address(host: str, port: int, byteorder: str = sys.byteorder) -> str:
-    """An IPv4 ``host:port`` as ``/proc/net/tcp`` writes it: ``0100007F:1F90`` for 127.0.0.1:8080.
-
-    The kernel prints the address's four bytes as one 32-bit number in the machine's own
-    byte order (so little-endian machines show 127.0.0.1 backwards), and the port in hex.
-    """
-    return f"{int.from_bytes(socket.inet_aton(host), byteorder):08X}:{port:04X}"  # type: ignore[arg-type]
-
-
-def parse_peer_uid(text: str, peer: tuple[str, int], listener: tuple[str, int],
-                   byteorder: str = sys.byteorder) -> int | None:
-    """The uid that owns the socket connected from ``peer`` to ``listener``, from the text of
-    ``/proc/net/tcp``; None when it is not listed or no process holds it any more.
-
-    The peer's own entry is the one whose local address is ``peer`` and whose remote address
-    is ``listener`` (our accepted socket is listed too, the other way round, with OUR uid).
-    """
-    local, remote = proc_net_address(*peer, byteorder), proc_net_address(*listener, byteorder)
-    for line in text.splitlines()[1:]:
-        # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
-        fields = line.split()
-        if len(fields) >= 10 and fields[1].upper() == local and fields[2].upper() == remote:
-            # Inode 0: a socket that its process has closed (orphaned, or TIME_WAIT), which
-            # the kernel lists with uid 0 whoever owned it; it could not read an answer anyway.
-            if fields[9] == "0" or not fields[7].isdigit():
-                return None
-            return int(fields[7])
-    return None
-
-
-class OneShotRedirect:
-    """The browser's one-time address: ``http://127.0.0.1:PORT/<random path>``, answered ONCE
-    with a redirect to the URL that holds the token, then closed.
-
-    Any local user can read a process's command line (``/proc/PID/cmdline``, ``ps``) and
-    connect to a port on loopback, so a browser started with the token on its command line
-    hands the server (code execution as you, on the remote) to every local user.  Jupyter's
-    own answer, a ``file://…-open.html`` redirect file, fails for snap-packaged browsers
-    (which cannot read /tmp or hidden directories), for a Windows browser under WSL and on
-    Chromebooks; a loopback address works wherever the tunnel itself does.  On Linux a peer
-    whose socket another uid owns (``/proc/net/tcp`` tells) is refused, so whoever reads the
-    address from ``ps`` cannot use it before the browser does.  Without /proc/net/tcp (macOS,
-    BSD) the first request for the path wins, whoever sends it (see README: Security).
-    """
-
-    def __init__(self, location: str, timeout: float = ONE_SHOT_TIMEOUT) -> None:
-        import secrets  # only here: it costs ~6 ms (hashlib) at every start
-
-        self.location = location
-        self.path = "/" + secrets.token_urlsafe(32)
-        self.timeout = timeout
-        # IPv4 only: a peer from 127.0.0.1 is then listed in /proc/net/tcp (not tcp6)
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            self.listener.bind(("127.0.0.1", 0))
-            self.listener.listen(ONE_SHOT_MAX_PENDING)
-            self.listener.setblocking(False)
-            # close() wakes the serving thread through this pair: closing a socket that
-            # another thread waits on does not wake it on Linux
-            self._wake_r, self._wake_w = socket.socketpair()
-        except OSError:
-            self.listener.close()
-            raise
-        self.address: tuple[str, int] = self.listener.getsockname()
-        self.url = f"http://{self.address[0]}:{self.address[1]}{self.path}"
-        self.check_peer = os.path.exists(PROC_NET_TCP)
-        self.served = False
-        self._selector = selectors.DefaultSelector()
-        self._pending: dict[socket.socket, tuple[float, bool, bytearray]] = {}  # since, allowed, data
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    def start(self) -> None:
-        """Serve in a daemon thread: the tunnel's own work goes on meanwhile."""
-        self._thread.start()
-
-    def close(self) -> None:
-        """Stop listening now (at the tool's exit), whether or not the browser came."""
-        if self._thread.is_alive():
-            try:
-                self._wake_w.send(b"x")
-            except OSError:
-                pass
-            self._thread.join(timeout=2)
-        if not self._thread.is_alive():
-            self.listener.close()  # else the thread closes it at its end: not under its select()
-        for sock in (self._wake_r, self._wake_w):
-            sock.close()
-
-    def peer_allowed(self, peer: tuple[str, int]) -> bool:
-        """Whether the socket that connected from ``peer`` is one of our own user's."""
-        if not self.check_peer:
-            return True  # no /proc/net/tcp: nothing tells who connected (README: Security)
-        try:
-            with open(PROC_NET_TCP) as f:
-                uid = parse_peer_uid(f.read(), peer, self.address)
-        except OSError:
-            uid = None
-        if uid == os.getuid():
-            return True
-        who = f"another local user (uid {uid})" if uid is not None else "a connection whose owner cannot be told"
-        say("Warning", f"{who} asked for the browser's one-time address: refused.")
-        return False
-
-    def _serve(self) -> None:
-        """Answer connections until the redirect is served, the time is up, or close()."""
-        self._selector.register(self.listener, selectors.EVENT_READ)
-        self._selector.register(self._wake_r, selectors.EVENT_READ)
-        deadline = time.monotonic() + self.timeout
-        try:
-            while not self.served:
-                now = time.monotonic()
-                for conn, (since, _, _) in list(self._pending.items()):
-                    if now - since >= ONE_SHOT_REQUEST_TIMEOUT:
-                        self._drop(conn)
-                if now >= deadline:
-                    say("Info", f"The browser did not come for its one-time address within {self.timeout:g} s; "
-                                "it is closed: open the URL printed above instead.")
-                    return
-                expiries = [since + ONE_SHOT_REQUEST_TIMEOUT for since, _, _ in self._pending.values()]
-                for key, _ in self._selector.select(min([deadline, *expiries]) - now):
-                    if key.fileobj is self._wake_r or self.served:
-                        return  # close(), or the redirect went out: nobody else gets one
-                    if key.fileobj is self.listener:
-                        self._accept()
-                    elif key.fileobj in self._pending:
-                        self._read(key.fileobj)  # type: ignore[arg-type]
-        finally:
-            for conn in list(self._pending):
-                self._drop(conn)
-            self._selector.close()
-            self.listener.close()
-
-    def _accept(self) -> None:
-        """Take a new connection, and tell at once whether its peer may have the redirect."""
-        try:
-            conn, peer = self.listener.accept()
-        except OSError:  # taken by nobody after all, or out of file descriptors
-            return
-        if len(self._pending) >= ONE_SHOT_MAX_PENDING:
-            conn.close()
-            return
-        conn.setblocking(False)
-        self._pending[conn] = (time.monotonic(), self.peer_allowed(peer), bytearray())
-        self._selector.register(conn, selectors.EVENT_READ)
-
-    def _read(self, conn: socket.socket) -> None:
-        """Read a request head; once it is whole, answer it and close the connection."""
-        _, allowed, data = self._pending[conn]
-        try:
-            chunk = conn.recv(4096)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        data += chunk
-        if chunk and b"\r\n\r\n" not in data and len(data) < MAX_REQUEST_HEAD:
-            return  # the rest of the head is still on its way
-        if chunk:
-            # Only once the whole head is read: closing a socket with unread data sends a
-            # reset, and a browser may then drop the answer.
-            answer, redirect = build_one_shot_answer(bytes(data), self.path, self.location, allowed)
-            try:
-                conn.setblocking(True)
-                conn.settimeout(5.0)
-                conn.sendall(answer)
-                self.served = redirect
-            except OSError:
-                pass  # the browser went away: the address stays open for its next try
-        self._drop(conn)
-
-    def _drop(self, conn: socket.socket) -> None:
-        """Forget and close a connection."""
-        self._selector.unregister(conn)
-        del self._pending[conn]
-        conn.close()
-
-
-def open_browser(browser: str | None, url: str) -> OneShotRedirect | None:
+def open_browser(browser: str | None, url: str, relay: Relay) -> None:
     """Open ``url`` in the browser, detached so it outlives neither Ctrl+C nor our exit.
 
-    The browser gets a one-time loopback address that redirects to ``url``, never ``url``
-    itself (see OneShotRedirect); returns that redirect, for the caller to close at exit.
+    The browser gets the relay's one-time address that redirects to ``url``, never ``url``
+    itself (see Relay.offer_redirect): its command line is readable by every local user.
     """
     detached = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL, start_new_session=True)
@@ -2249,7 +2389,7 @@ def open_browser(browser: str | None, url: str) -> OneShotRedirect | None:
     elif sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         # without a display, Python's webbrowser would run a text browser in this terminal
         say("Info", "No graphical display: open the URL above in your browser.")
-        return None
+        return
     else:
         import webbrowser
 
@@ -2257,23 +2397,9 @@ def open_browser(browser: str | None, url: str) -> OneShotRedirect | None:
             webbrowser.get()
         except webbrowser.Error:
             say("Warning", "No web browser found: open the URL above yourself.")
-            return None
+            return
         command = [sys.executable, "-m", "webbrowser", "-t"]
-    try:
-        redirect: OneShotRedirect | None = OneShotRedirect(url)
-    except OSError as error:
-        redirect = None
-        say("Warning", f"cannot listen on 127.0.0.1 for the browser ({error.strerror or error}): "
-                       "its command line holds the URL with the token, which other local users can read.")
-    try:
-        if redirect is not None:
-            redirect.start()
-        subprocess.Popen([*command, redirect.url if redirect else url], **detached)
-    except BaseException:
-        if redirect is not None:
-            redirect.close()
-        raise
-    return redirect
+    subprocess.Popen([*command, relay.offer_redirect(url)], **detached)
 
 
 # --------------------------------------- 7. stay: reconnect, notice the server stopping
@@ -2298,14 +2424,14 @@ def follow_server(servers: Sequence[Server], previous: Server) -> Server | None:
     return None
 
 
-def server_stopped(master: Master, local_port: int, server: Server) -> bool:
+def server_stopped(master: Master, forward: str, server: Server) -> bool:
     """Whether the Jupyter server has stopped (the connection itself still up).
 
     A probe that fails alone proves nothing (a busy server, a slow network); the server is
     gone only when its runtime file is gone or its pid is dead, which discovery tells.
     Neither request counts as activity, so idle culling still works.
     """
-    answer = probe_server(local_port, server, timeout=10.0)
+    answer = probe_server(forward, server, timeout=10.0)
     if answer is None or answer.jupyter:
         return False  # it answered, or is too busy to: not stopped
     try:
@@ -2700,24 +2826,26 @@ def socket_answers(path: str) -> bool:
     return True
 
 
-def parse_shared_forward(value: object) -> tuple[str, str] | None:
-    """(socket, ``-L`` spec) of an entry's "shared_forward" if it is what a run writes there
-    (an absolute path, a loopback spec as build_forward_spec makes), else None."""
+def parse_shared_forward(value: object, control_dir: str) -> tuple[str, str] | None:
+    """(socket, ``-L`` spec) of an entry's "shared_forward" if it is what a run writes there,
+    else None: the user's master's socket (an absolute path) and a forward that listens on
+    the run's own socket in its private directory ``control_dir`` (a name nobody else's
+    forward can have: that proves the run added it, see build_forward_spec)."""
     if not isinstance(value, dict):
         return None
     control, spec = value.get("control"), value.get("spec")
     if not (isinstance(control, str) and isinstance(spec, str) and os.path.isabs(control)):
         return None
-    if has_control(control + spec) or not re.fullmatch(r"127\.0\.0\.1:[0-9]{1,5}:\S+", spec):
+    if has_control(control + spec) or not spec.startswith(os.path.join(control_dir, FORWARD_SOCKET) + ":"):
         return None
     return control, spec
 
 
-def cancel_shared_forward(value: object) -> None:
+def cancel_shared_forward(value: object, control_dir: str) -> None:
     """After a run that died while riding the user's master: take its forward off that
-    master (``-O cancel``), which holds the local port until it exits; only through a socket
-    of this user's, and nothing else of the master is touched."""
-    found = parse_shared_forward(value)
+    master (``-O cancel``), which would keep it until it exits; only through a socket of
+    this user's, and nothing else of the master is touched."""
+    found = parse_shared_forward(value, control_dir)
     ssh = shutil.which("ssh")
     if found is None or ssh is None:
         return
@@ -2740,7 +2868,6 @@ def clean_leftovers(state: Mapping) -> str:
     names them, where it makes them, and be ours with mode 0700; a process must have exactly
     the command line the run gave it (is_master_argv, is_agent_argv) and be orphaned.
     """
-    cancel_shared_forward(state.get("shared_forward"))
     control = state.get("control_dir")
     problem = ""
     if isinstance(control, str) and control:
@@ -2751,6 +2878,7 @@ def clean_leftovers(state: Mapping) -> str:
         else:
             problem = check_private_dir(control)
         if problem in ("", MISSING):
+            cancel_shared_forward(state.get("shared_forward"), control)
             stopped = []
             for key, shape in (("master_pid", is_master_argv), ("agent_pid", is_agent_argv)):
                 pid = as_pid(state.get(key))
@@ -2884,9 +3012,11 @@ class Tunnel:
         self.agent: subprocess.Popen | None = None
         self.master: Master | None = None
         self.server: Server | None = None
-        self.local_port: int | None = settings.local_port
+        self.local_port: int | None = None
+        self.relay: Relay | None = None  # the local port, listened on by the run itself
+        self.forward = ""  # ssh's forward to the server: a unix socket in the private directory
         self.status = 0  # HTTP status of the last successful probe
-        self.redirect: OneShotRedirect | None = None  # the browser's one-time address
+        self.ready = False  # whether the tunnel has answered once (the URL was printed)
         self.started = False  # whether this run started its server (--start)
         self.job: ClusterJob | None = None  # the scheduler job the server runs in
         self.jobs: list[ClusterJob] | None = None  # --list -n auto: the jobs found
@@ -3047,12 +3177,12 @@ class Tunnel:
 
     def server_gone(self) -> bool:
         """Whether the server (or the job it runs in) has ended; raises ServerStopped for a job."""
-        assert self.master is not None and self.server is not None and self.local_port is not None
+        assert self.master is not None and self.server is not None
         if self.job is None:
-            return server_stopped(self.master, self.local_port, self.server)
+            return server_stopped(self.master, self.forward, self.server)
         overdue = self.job_end is not None and time.monotonic() >= self.job_end
         if not overdue:
-            answer = probe_server(self.local_port, self.server, timeout=10.0)
+            answer = probe_server(self.forward, self.server, timeout=10.0)
             if answer is None or answer.jupyter:
                 return False
         if self.job_ended():
@@ -3081,14 +3211,22 @@ class Tunnel:
             if (server.pid, server.port) != (self.server.pid, self.server.port):
                 say("Info", f"The Jupyter server was restarted: now {server.describe()}")
             self.server = server
-        self.local_port = add_forward(self.master, self.server, self.local_port)
+        # the forward first: --stop-server can reach the server even when no local port can be had
+        self.forward = add_forward(self.master, self.server)
+        if self.relay is None:
+            fixed = self.settings.local_port is not None
+            first = self.settings.local_port or self.server.port or DEFAULT_SOCKET_PORT
+            self.relay = Relay(open_local_port(first, fixed), self.forward, self.server.secure)
+            self.local_port = self.relay.port
+        self.relay.forward, self.relay.secure = self.forward, self.server.secure
         assert self.registration is not None
         shared = None
         if isinstance(self.master, SharedMaster):
             shared = {"control": self.master.control, "spec": self.master.forwards[-1]}
         self.registration.update(**build_forward_state(self.server, self.local_port), shared_forward=shared)
-        self.status = wait_for_tunnel(self.master, self.local_port, self.server, self.settings.timeout)
+        self.status = wait_for_tunnel(self.master, self.forward, self.server, self.settings.timeout)
         self.registration.update(state=READY)
+        self.ready = True
 
     def choose_or_start(self, servers: list[Server]) -> Server:
         """The server to tunnel to; with --start, one started now when none matches."""
@@ -3110,9 +3248,11 @@ class Tunnel:
         if self.job is not None:
             self.stop_job()
             return
-        if server is None or self.local_port is None:
+        if server is None:
             return
-        if not self.settings.stop_server:
+        # a server never reached through the tunnel (the run failed before) is left alone,
+        # unless this run started it
+        if not self.settings.stop_server or not (self.ready or self.started):
             if self.started:
                 say("Info", f"The Jupyter server started on {host} keeps running (pid {server.pid}): "
                             "a later jupyter-tunnel attaches to it; --stop-server stops it when the tunnel closes.")
@@ -3121,7 +3261,7 @@ class Tunnel:
             say("Warning", f"the connection to {host} is gone: cannot stop its Jupyter server (pid {server.pid})")
             return
         say("Info", f"Stopping the Jupyter server on {host} (pid {server.pid})...")
-        if shutdown_server(self.master, self.local_port, server):
+        if self.forward and shutdown_server(self.master, self.forward, server):
             say("Info", "The Jupyter server has stopped.")
         else:
             say("Warning", f"the Jupyter server on {host} (pid {server.pid}) may still run: "
@@ -3228,8 +3368,8 @@ class Tunnel:
     def close(self) -> None:
         """Leave nothing behind: the browser's address, the master, the agent, the private
         directory, and the registry entry last (until everything is gone, it leads to it)."""
-        if self.redirect is not None:
-            self.redirect.close()
+        if self.relay is not None:
+            self.relay.close()  # first: no new connection reaches a server about to stop
         self.stop_server()
         self.close_master()
         if self.agent is not None:
@@ -3309,8 +3449,8 @@ def run_tunnel(args: argparse.Namespace) -> int:
         tunnel.connect()
         ready = True
         tunnel.announce()
-        if browser is not None or args.browser is None:
-            tunnel.redirect = open_browser(browser, tunnel.url)
+        if (browser is not None or args.browser is None) and tunnel.relay is not None:
+            open_browser(browser, tunnel.url, tunnel.relay)
         say("Info", "Press Ctrl+C to close the tunnel.")
         return tunnel.stay()
     except ServerStopped as stopped:

@@ -65,7 +65,7 @@ def wait_for(
 def port_is_free(port: int, hosts: Iterable[str] = ("127.0.0.1",)) -> bool:
     """Tell whether a listener could bind `port` on every one of `hosts` right now."""
     for host in hosts:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
             # like sshd/jupyter/ssh -L do, so a port in TIME_WAIT counts as free
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:

@@ -5,8 +5,12 @@ to a file.  It opens URL (the tool's one-time address) in headless Debian Chromi
 by Playwright, waits until JupyterLab's own UI has rendered (or the login page shows up, or
 60 s pass), and writes what a person would see as JSON to JT_BROWSER_RESULT: the URL it was
 given, where it landed, the page title, whether the lab UI rendered, the chain of redirects
-it followed, and what the same address shows to a browser without the token (the control).  Playwright's own browser download needs the internet: Debian's
-``chromium`` (``/usr/bin/chromium``, or ``JT_CHROMIUM``) is used instead.
+it followed, and what the same address shows to a browser without the token (the control).
+With ``JT_BROWSER_GO`` set to a file, the tab then stays open: once that file exists (the
+test has cut the tunnel's connection), the page asks its server for ``api/kernels`` until it
+answers 200 or 90 s pass, as JupyterLab's own polling would, and the result is written again
+with what it got (``after_drop``).  Playwright's own browser download needs the internet:
+Debian's ``chromium`` (``/usr/bin/chromium``, or ``JT_CHROMIUM``) is used instead.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 # Only JupyterLab's authenticated shell has its main dock panel; the login page (a form with
 # a password/token field) has none.
@@ -51,6 +56,25 @@ def visit(browser, url: str, result: dict) -> None:
     stranger = browser.new_context().new_page()
     stranger.goto(page.url.split("?")[0], wait_until="commit", timeout=WAIT_MS)
     result["without_token"] = shows(stranger)
+    go = os.environ.get("JT_BROWSER_GO")
+    if go:
+        stay(page, go, result)
+
+
+def stay(page, go: str, result: dict) -> None:
+    """Keep the tab; once ``go`` exists, fetch api/kernels from it until it answers 200."""
+    write_result(os.environ["JT_BROWSER_RESULT"], dict(result, waiting=True))
+    deadline = time.monotonic() + 300
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    statuses: list = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and statuses[-1:] != [200]:
+        statuses.append(page.evaluate(
+            "async () => { try { return (await fetch(new URL('/api/kernels', location.href),"
+            " {cache: 'no-store'})).status; } catch (e) { return String(e); } }"))
+        time.sleep(0.2)
+    result["after_drop"] = statuses
 
 
 def main() -> int:

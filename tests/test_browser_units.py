@@ -1,13 +1,21 @@
-"""Unit tests of the pure parts behind the browser's one-time address, by tables: the
-request line, the answers, and the peer's uid read from the text of /proc/net/tcp."""
+"""Unit tests of the relay (the run's local port) and the browser's one-time address: the
+pure parts by tables (the peer's uid read from the text of /proc/net/tcp and tcp6, the
+answers), and the Relay itself in this process, in front of a unix socket of the test's own
+(where ssh's forward would be; the tests with ssh, Jupyter and other users are in
+test_browser.py)."""
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
+
 import pytest
 
+import helpers
 import jupyter_tunnel as jt
+from helpers import wait_for
 
-PATH = "/s3cr3t-path_xyz"
 TOKENED = "http://localhost:8888/?token=5d24abc"
 
 # /proc/net/tcp as Linux writes it (addresses little-endian on x86): a listener on
@@ -30,6 +38,9 @@ LISTENER = ("127.0.0.1", 40000)
     ("127.0.0.1", 8080, "big", "7F000001:1F90"),
     ("10.0.0.2", 22, "little", "0200000A:0016"),
     ("127.0.0.5", 51000, "little", "0500007F:C738"),
+    ("::1", 8080, "little", "00000000000000000000000001000000:1F90"),
+    ("::1", 8080, "big", "00000000000000000000000000000001:1F90"),
+    ("::ffff:127.0.0.1", 80, "little", "0000000000000000FFFF00000100007F:0050"),
 ])
 def test_proc_net_address(host, port, byteorder, text):
     assert jt.proc_net_address(host, port, byteorder) == text
@@ -46,6 +57,19 @@ def test_parse_peer_uid(peer, listener, uid):
     assert jt.parse_peer_uid(PROC_NET_TCP, peer, listener, "little") == uid
 
 
+PROC_NET_TCP6 = """\
+  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000001000000:9C40 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 61234 1 0000000000000000 100 0 0 10 0
+   1: 00000000000000000000000001000000:C738 00000000000000000000000001000000:9C40 01 00000000:00000000 00:00000000 00000000  1003        0 61239 1 0000000000000000 20 4 30 10 -1
+   2: 00000000000000000000000001000000:9C40 00000000000000000000000001000000:C738 01 00000000:00000000 00:00000000 00000000     0        0 61240 1 0000000000000000 20 4 30 10 -1
+"""
+
+
+@pytest.mark.parametrize("peer, uid", [(("::1", 51000), 1003), (("::1", 51001), None)])
+def test_parse_peer_uid_ipv6(peer, uid):
+    assert jt.parse_peer_uid(PROC_NET_TCP6, peer, ("::1", 40000), "little") == uid
+
+
 def test_parse_peer_uid_on_a_big_endian_machine():
     text = PROC_NET_TCP.replace("0100007F", "7F000001").replace("0500007F", "7F000005")
     assert jt.parse_peer_uid(text, ("127.0.0.1", 51000), LISTENER, "big") == 1001
@@ -54,37 +78,6 @@ def test_parse_peer_uid_on_a_big_endian_machine():
 @pytest.mark.parametrize("text", ["", "header only\n", "  sl local\n   0: short line\n"])
 def test_parse_peer_uid_of_nothing(text):
     assert jt.parse_peer_uid(text, ("127.0.0.1", 51000), LISTENER, "little") is None
-
-
-@pytest.mark.parametrize("head, parsed", [
-    (b"GET /abc HTTP/1.1\r\nHost: x\r\n\r\n", ("GET", "/abc")),
-    (b"HEAD /abc?x=1 HTTP/1.0\r\n\r\n", ("HEAD", "/abc?x=1")),
-    (b"GET /abc HTTP/2\r\n\r\n", None),
-    (b"GET http://evil/ HTTP/1.1\r\n\r\n", None),  # absolute form: never from a browser to us
-    (b"GET /a b HTTP/1.1\r\n\r\n", None),
-    (b"\x16\x03\x01\x02\x00", None),  # a TLS hello: https:// typed by hand
-    (b"", None),
-])
-def test_parse_request_line(head, parsed):
-    assert jt.parse_request_line(head) == parsed
-
-
-@pytest.mark.parametrize("head, allowed, status, redirect", [
-    (f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode(), True, 303, True),
-    (f"GET {PATH} HTTP/1.1\r\n\r\n".encode(), False, 403, False),  # another user: refused
-    (b"GET /favicon.ico HTTP/1.1\r\n\r\n", True, 404, False),
-    (f"GET {PATH}x HTTP/1.1\r\n\r\n".encode(), True, 404, False),
-    (f"GET {PATH}?a=1 HTTP/1.1\r\n\r\n".encode(), True, 404, False),
-    (f"HEAD {PATH} HTTP/1.1\r\n\r\n".encode(), True, 405, False),  # link previews do not use it up
-    (f"POST {PATH} HTTP/1.1\r\n\r\n".encode(), True, 405, False),
-    (b"garbage\r\n\r\n", True, 400, False),
-    ("GET /é HTTP/1.1\r\n\r\n".encode("latin-1"), True, 404, False),
-])
-def test_build_one_shot_answer(head, allowed, status, redirect):
-    answer, is_redirect = jt.build_one_shot_answer(head, PATH, TOKENED, allowed)
-    assert (jt.parse_status_line(answer), is_redirect) == (status, redirect)
-    if not redirect:
-        assert b"5d24abc" not in answer  # nothing but the redirect holds the token
 
 
 def test_build_redirect_response():
@@ -106,3 +99,156 @@ def test_build_redirect_response_keeps_the_header_whole(location, header):
     head, _, body = jt.build_redirect_response(location).partition(b"\r\n\r\n")
     assert header in head.decode("ascii").split("\r\n")
     assert b"<b>" not in body  # escaped in the link
+
+
+# --- the Relay, in this process, in front of a unix socket of the test's own
+
+
+class Upstream:
+    """A unix-socket server where ssh's forward would be: it answers each connection with
+    what it read, prefixed by ``answer:`` (and notes every request it got)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.requests: list[bytes] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(16)
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                self.requests.append(data)
+                conn.sendall(b"answer:" + data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def relay(tmp_path):
+    """A Relay on a free local port in front of an Upstream; both closed after the test."""
+    upstream = Upstream(str(tmp_path / "f"))
+    relay = jt.Relay(jt.open_local_port(40000 + os.getpid() % 20000, fixed=False), upstream.path)
+    yield relay, upstream
+    relay.close()
+    upstream.close()
+
+
+def exchange(host: str, port: int, data: bytes) -> bytes:
+    """Send ``data`` to host:port, half-close, and read the whole answer."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as conn:
+        conn.settimeout(10)
+        conn.connect((host, port))
+        conn.sendall(data)
+        answer = b""
+        while b"\r\n\r\n" not in answer or answer.startswith(b"answer:") and not answer.endswith(b"\r\n\r\n"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
+def test_the_relay_listens_on_both_loopbacks_and_splices_both_ways(relay):
+    relay, upstream = relay
+    request = b"GET /api/status HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    assert exchange("127.0.0.1", relay.port, request) == b"answer:" + request
+    assert exchange("::1", relay.port, request) == b"answer:" + request
+    big = b"POST / HTTP/1.1\r\nX: " + b"y" * 3_000_000 + b"\r\n\r\n"  # more than one read
+    assert exchange("127.0.0.1", relay.port, big) == b"answer:" + big
+
+
+def test_a_port_taken_on_one_loopback_only_is_not_used():
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as taken:
+        taken.bind(("::1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        listeners = jt.open_local_port(port, fixed=False)
+        try:
+            assert listeners[0].getsockname()[1] != port
+            assert {sock.family for sock in listeners} == {socket.AF_INET, socket.AF_INET6}
+        finally:
+            for sock in listeners:
+                sock.close()
+        with pytest.raises(jt.TunnelError, match=f"local port {port} is already in use") as error:
+            jt.open_local_port(port, fixed=True)
+        assert error.value.code == jt.EXIT_PORT
+
+
+def test_the_one_time_address_redirects_once_then_is_jupyters(relay, capsys):
+    relay, upstream = relay
+    address = relay.offer_redirect(TOKENED)
+    assert address.startswith(f"http://127.0.0.1:{relay.port}/") and "5d24abc" not in address
+    path = address.split(str(relay.port), 1)[1]
+    # another request first (a favicon, a TLS hello typed by hand): relayed whole
+    other = b"GET /favicon.ico HTTP/1.1\r\n\r\n"
+    assert exchange("127.0.0.1", relay.port, other) == b"answer:" + other
+    tls = b"\x16\x03\x01\x02\x00\r\n\r\n"
+    assert exchange("127.0.0.1", relay.port, tls) == b"answer:" + tls
+    longer = f"GET {path}x HTTP/1.1\r\n\r\n".encode()
+    assert exchange("127.0.0.1", relay.port, longer) == b"answer:" + longer
+    # the address itself: one redirect to the URL with the token, never cached...
+    first = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    answer = exchange("127.0.0.1", relay.port, first)
+    assert answer.startswith(b"HTTP/1.1 303 See Other\r\n") and f"Location: {TOKENED}".encode() in answer
+    assert upstream.requests == [other, tls, longer]  # the server never saw it
+    # ...and once only: the same request again goes to Jupyter like any other
+    assert exchange("127.0.0.1", relay.port, first) == b"answer:" + first
+
+
+def test_the_one_time_address_is_withdrawn_after_its_time(relay, capsys):
+    relay, upstream = relay
+    address = relay.offer_redirect(TOKENED, timeout=0.2)
+    wait_for(lambda: relay.redirect is None, 10, what="the one-time address to be withdrawn")
+    assert "Info: The browser did not come for its one-time address" in capsys.readouterr().err
+    request = f"GET {address.split(str(relay.port), 1)[1]} HTTP/1.1\r\n\r\n".encode()
+    assert exchange("127.0.0.1", relay.port, request) == b"answer:" + request
+
+
+def test_a_request_while_the_forward_is_down_waits_then_gets_a_page_that_reloads(relay, monkeypatch):
+    relay, upstream = relay
+    monkeypatch.setattr(jt, "RELAY_WAIT", 0.3)
+    upstream.close()
+    os.unlink(upstream.path)
+    answer = exchange("127.0.0.1", relay.port, b"GET /lab HTTP/1.1\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n") and b"Retry-After: 5" in answer
+    assert b"reconnecting" in answer
+
+
+def test_a_request_while_the_forward_is_down_goes_through_once_it_is_back(relay, tmp_path):
+    relay, upstream = relay
+    upstream.close()
+    os.unlink(upstream.path)
+    answers: list[bytes] = []
+    request = b"GET /api/kernels HTTP/1.1\r\n\r\n"
+    thread = threading.Thread(target=lambda: answers.append(exchange("127.0.0.1", relay.port, request)))
+    thread.start()
+    back = Upstream(upstream.path)  # the reconnect forwards the same socket again
+    try:
+        thread.join(30)
+        assert answers == [b"answer:" + request]
+    finally:
+        back.close()
+
+
+def test_close_ends_the_connections_and_frees_the_port(relay):
+    relay, upstream = relay
+    port = relay.port
+    conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+    relay.close()
+    with conn:
+        assert conn.recv(10) == b""  # ended by the relay
+    wait_for(lambda: helpers.port_is_free(port, ("127.0.0.1", "::1")), 5, what="the port to be free")

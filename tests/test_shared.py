@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -146,27 +147,36 @@ def test_new_login_logs_in_despite_an_open_master(tunnel, sshd, jtuser_server, u
     assert user_ssh.master_pid("srv") == master
 
 
+def unix_listeners() -> str:
+    """Every bound unix socket's path on the machine (``/proc/net/unix``): a socket whose file
+    was removed is still listed while a process listens on it."""
+    return Path("/proc/net/unix").read_text()
+
+
 def test_a_killed_run_leaves_no_forward_on_the_users_master(tunnel, sshd, jtuser_server, user_ssh, shutdown):
     master = user_ssh.open("srv")
     run = tunnel("-F", str(user_ssh.config), "-s", "srv")
     port = local_port_of(run.url())
+    forward = run.states()[0]["shared_forward"]["spec"].split(":")[0]
     os.killpg(run.process.pid, signal.SIGKILL)
     run.process.wait()
-    assert not port_is_free(port)  # the user's master still listens there for the dead run
+    assert port_is_free(port)  # the port was the run's own: it went with it
+    assert forward in unix_listeners()  # the user's master still forwards the dead run's socket
     # jupyter-tunnel-shutdown (as the next run would) cleans up after it: the forward only
     done = shutdown(TMPDIR=run.tmp)
     assert "Traceback" not in done.stderr, done.stderr
-    wait_for(lambda: port_is_free(port), 5, what="the dead run's forward to be cancelled")
+    wait_for(lambda: forward not in unix_listeners(), 5, what="the dead run's forward to be cancelled")
     assert user_ssh.master_pid("srv") == master
     run.assert_clean()
 
 
-def test_no_controlpath_in_any_config_saves_the_ssh_g(tunnel, sshd, jtuser_server):
-    """The fixtures' config (and the system's) names no ControlPath: no master of the user's
-    can exist, so the run goes straight to its login (-v shows every ssh it runs)."""
-    run = tunnel("-v", "-s", "gw", "srv")
-    assert get_status(run.url())[0] == 200
-    commands = [line for line in run.stderr.splitlines() if line.startswith("Debug: ") and " -G " in line]
-    assert commands == [] and "Info: Connecting to" in run.stderr
-    assert run.stop(signal.SIGINT) == jt.EXIT_OK
-    run.assert_clean()
+def test_a_socket_at_the_controlpath_that_is_no_master_costs_no_login(tunnel, sshd, jtuser_server, user_ssh):
+    """Something listens at the user's ControlPath but answers no mux hello (a master that
+    hangs, another program): ssh's -O check would fall back to a login of its own and say
+    yes.  The run must see that no master is there and log in once, as without one."""
+    settings = jt.parse_ssh_settings(user_ssh.ssh("-G", "srv").stdout)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as impostor:
+        impostor.bind(settings["controlpath"])
+        impostor.listen(16)  # accepts (the kernel does), never speaks
+        logins = logs_in(tunnel, sshd, user_ssh, "-s", "srv")
+    assert len(logins) == 1, logins

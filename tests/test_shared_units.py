@@ -69,21 +69,27 @@ def test_who_rides_the_users_master(args, shares):
     assert not jt.Tunnel(settings, "ssh", jt.Route(("srv",)), password="pw").may_share
 
 
+DIR = "/tmp/jt-abcd1234"
+
+
 @pytest.mark.parametrize("value, found", [
-    ({"control": "/home/u/.ssh/cm-1afc", "spec": "127.0.0.1:8889:localhost:8888"},
-     ("/home/u/.ssh/cm-1afc", "127.0.0.1:8889:localhost:8888")),
-    ({"control": "/c", "spec": "127.0.0.1:8889:/run/j.sock"}, ("/c", "127.0.0.1:8889:/run/j.sock")),
+    ({"control": "/home/u/.ssh/cm-1afc", "spec": f"{DIR}/f:localhost:8888"},
+     ("/home/u/.ssh/cm-1afc", f"{DIR}/f:localhost:8888")),
+    ({"control": "/c", "spec": f"{DIR}/f:/run/j.sock"}, ("/c", f"{DIR}/f:/run/j.sock")),
     (None, None),
-    ({"control": "c", "spec": "127.0.0.1:8889:localhost:8888"}, None),  # relative
-    ({"control": "/c", "spec": "0.0.0.0:8889:localhost:8888"}, None),  # never what a run forwards
-    ({"control": "/c", "spec": "127.0.0.1:8889:localhost:8888 -oProxyCommand=x"}, None),
-    ({"control": "/c\n", "spec": "127.0.0.1:8889:localhost:8888"}, None),
+    ({"control": "c", "spec": f"{DIR}/f:localhost:8888"}, None),  # relative
+    # a forward the run did not add: only its own socket, in its own directory, proves it did
+    ({"control": "/c", "spec": "127.0.0.1:8889:localhost:8888"}, None),
+    ({"control": "/c", "spec": "/tmp/jt-other123/f:localhost:8888"}, None),
+    ({"control": "/c", "spec": f"{DIR}/a:localhost:8888"}, None),
+    ({"control": "/c", "spec": f"{DIR}/f\n:localhost:8888"}, None),
+    ({"control": "/c\n", "spec": f"{DIR}/f:localhost:8888"}, None),
     ({"control": "/c", "spec": 8889}, None),
-    (["/c", "127.0.0.1:8889:localhost:8888"], None),
+    (["/c", f"{DIR}/f:localhost:8888"], None),
 ])
 def test_parse_shared_forward(value, found):
     """The registry's word for the forward a dead run left on the user's master is checked."""
-    assert jt.parse_shared_forward(value) == found
+    assert jt.parse_shared_forward(value, DIR) == found
 
 
 def test_build_cancel_argv_names_the_master_and_nothing_else():

@@ -72,8 +72,8 @@ def test_parse_start_output(output, log, pid, failure, tail, port):
 
 def test_shutdown_request_carries_the_token():
     server = jt.Server(pid=1, port=8888, host="127.0.0.1", base_url="/x/", token="t0k", root_dir="/")
-    request = jt.build_probe_request(9000, server, "POST", "api/shutdown")
-    assert request == (b"POST /x/api/shutdown HTTP/1.0\r\nHost: 127.0.0.1:9000\r\n"
+    request = jt.build_probe_request(server, "POST", "api/shutdown")
+    assert request == (b"POST /x/api/shutdown HTTP/1.0\r\nHost: localhost\r\n"
                        b"Authorization: token t0k\r\nContent-Length: 0\r\n\r\n")
 
 

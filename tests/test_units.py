@@ -226,29 +226,29 @@ def test_candidate_ports(first, expect):
 
 
 @pytest.mark.parametrize("info, spec", [
-    (JPSERVER, "127.0.0.1:9000:localhost:44729"),
-    (ALL_IFACES, "127.0.0.1:9000:127.0.0.1:18931"),
-    (FQDN, "127.0.0.1:9000:node1:8888"),
-    (dict(JPSERVER, hostname="::", url="http://[::]:44729/"), "127.0.0.1:9000:[::1]:44729"),
-    (dict(JPSERVER, hostname="fe80::2"), "127.0.0.1:9000:[fe80::2]:44729"),
-    (SOCKET, "127.0.0.1:9000:/tmp/x.sock"),
+    (JPSERVER, "/tmp/jt-x/f:localhost:44729"),
+    (ALL_IFACES, "/tmp/jt-x/f:127.0.0.1:18931"),
+    (FQDN, "/tmp/jt-x/f:node1:8888"),
+    (dict(JPSERVER, hostname="::", url="http://[::]:44729/"), "/tmp/jt-x/f:[::1]:44729"),
+    (dict(JPSERVER, hostname="fe80::2"), "/tmp/jt-x/f:[fe80::2]:44729"),
+    (SOCKET, "/tmp/jt-x/f:/tmp/x.sock"),  # unix socket to unix socket: -L semantics kept
 ])
 def test_build_forward_spec(info, spec):
-    assert jt.build_forward_spec(9000, jt.parse_server(info)) == spec
+    assert jt.build_forward_spec("/tmp/jt-x/f", jt.parse_server(info)) == spec
 
 
 @pytest.mark.parametrize("info, spec", [
-    (FQDN, "127.0.0.1:9000:node1:8888"),
-    (ALL_IFACES, "127.0.0.1:9000:n7:18931"),  # every interface: the node's name reaches it
+    (FQDN, "/d/f:node1:8888"),
+    (ALL_IFACES, "/d/f:n7:18931"),  # every interface: the node's name reaches it
 ])
 def test_build_forward_spec_through_head_to_node(info, spec):
-    assert jt.build_forward_spec(9000, jt.parse_server(info), node="n7") == spec
+    assert jt.build_forward_spec("/d/f", jt.parse_server(info), node="n7") == spec
 
 
 @pytest.mark.parametrize("info", [JPSERVER, dict(JPSERVER, hostname="127.0.0.1"), SOCKET])
 def test_node_server_on_loopback_or_socket_is_an_error(info):
     with pytest.raises(jt.TunnelError, match="--ip=\\$\\(hostname --fqdn\\)"):
-        jt.build_forward_spec(9000, jt.parse_server(info), node="n7")
+        jt.build_forward_spec("/d/f", jt.parse_server(info), node="n7")
 
 
 @pytest.mark.parametrize("info, url", [
@@ -342,11 +342,11 @@ def test_original_long_options_still_parse():
 
 
 @pytest.mark.parametrize("info, request_text", [
-    (JPSERVER, "GET /api/status HTTP/1.0\r\nHost: 127.0.0.1:9000\r\nAuthorization: token 5d24abc\r\n\r\n"),
-    (dict(BASE_URL, token=""), "GET /jupyter/api/status HTTP/1.0\r\nHost: 127.0.0.1:9000\r\n\r\n"),
+    (JPSERVER, "GET /api/status HTTP/1.0\r\nHost: localhost\r\nAuthorization: token 5d24abc\r\n\r\n"),
+    (dict(BASE_URL, token=""), "GET /jupyter/api/status HTTP/1.0\r\nHost: localhost\r\n\r\n"),
 ])
 def test_build_probe_request(info, request_text):
-    assert jt.build_probe_request(9000, jt.parse_server(info)) == request_text.encode()
+    assert jt.build_probe_request(jt.parse_server(info)) == request_text.encode()
 
 
 @pytest.mark.parametrize("answer, status", [
