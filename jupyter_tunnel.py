@@ -184,7 +184,7 @@ RELAY_BACKLOG = 128
 # At most this many connections at once (two threads each): a browser opens ~6 per host
 # and JupyterLab a websocket per kernel; more is a runaway client, not a person.
 RELAY_MAX_CONNECTIONS = 256
-RELAY_BUFFER = 262144  # bytes per read: a 100 MB download in ~400 reads
+RELAY_BUFFER = 65536  # bytes per read and direction: 128 KiB a connection, and >1 GB/s through it
 # A connection that comes while the run reconnects waits this long for the new forward
 # (JupyterLab's requests then go through unharmed), then gets a page that reloads itself.
 RELAY_WAIT = 10.0
@@ -2023,7 +2023,8 @@ class Relay:
         self.redirect: tuple[bytes, str, float] | None = None  # (request prefix, location, deadline)
         self.closed = threading.Event()
         self._lock = threading.Lock()
-        self._open: set[socket.socket] = set()
+        self._open: set[socket.socket] = set()  # every socket of every relayed connection
+        self._clients = 0  # connections being relayed
         self._refused: set[int | None] = set()  # uids warned about, once each
         # close() wakes the accepting thread through this pair: closing a socket that
         # another thread waits on does not wake it on Linux
@@ -2102,9 +2103,10 @@ class Relay:
             conn.close()  # at once: a crowd of refused peers holds nothing of ours
             return
         with self._lock:
-            if len(self._open) >= RELAY_MAX_CONNECTIONS:
+            if self._clients >= RELAY_MAX_CONNECTIONS:
                 conn.close()
                 return
+            self._clients += 1
             self._open.add(conn)
         threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
 
@@ -2145,6 +2147,7 @@ class Relay:
             pass  # either side went away
         finally:
             with self._lock:
+                self._clients -= 1
                 for sock in (conn, upstream):
                     if sock is not None:
                         self._open.discard(sock)
