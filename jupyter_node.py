@@ -894,7 +894,7 @@ def add_server_options(parser: argparse.ArgumentParser, apps: Sequence[str], def
     Shared with jupyter_tunnel.py's ``--start``, so that the two tools cannot drift apart.
     """
     parser.add_argument("-t", "--type", choices=apps, default=default,
-                        help=f"server type: {types} [default: %(default)s]")
+                        help=f"server type: {types} [default: {default}]")
     parser.add_argument("--conda-env", metavar="NAME",
                         help=f"activate this conda environment on {where} before starting jupyter")
     parser.add_argument("--pre", action="append", default=[], metavar="CMD",

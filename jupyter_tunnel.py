@@ -1783,10 +1783,13 @@ def ask_server(servers: Sequence[T], what: str = "server") -> T:
 
 
 def choose_server(servers: Sequence[Server], host: str, port: int | None = None,
-                  directory: str | None = None, pick: int | None = None) -> Server:
+                  directory: str | None = None, pick: int | None = None, on_node: bool = False) -> Server:
     """The one server to tunnel to: the only one, the one chosen, or asked on a terminal."""
     if not servers:
-        raise TunnelError(f"no Jupyter server is running on {host}", EXIT_NO_SERVER)
+        # the next step: a node's server comes from a job, any other host's from --start
+        how = ("start one with --submit (without -n NODE) or jupyter-node on the head" if on_node else
+               "add --start to start one (on a cluster's head node, --submit starts one as a scheduler job)")
+        raise TunnelError(f"no Jupyter server is running on {host}: {how}", EXIT_NO_SERVER)
     chosen = select_servers(servers, port, directory, pick)
     if len(chosen) == 1:
         return chosen[0]
@@ -3010,10 +3013,12 @@ def settings_from(args: argparse.Namespace) -> Settings:
     """The Settings named in ``args`` (argparse's answer)."""
     start = None
     if args.start:
-        start = StartOptions(args.type, tuple(args.pre), args.conda_env or "", args.jupyter, args.root_dir or "")
-    built = ("ssh_options", "start", "cluster")
+        start = StartOptions(args.type or "lab", tuple(args.pre), args.conda_env or "", args.jupyter or "jupyter",
+                             args.root_dir or "")
+    built = ("ssh_options", "start", "cluster", "warn_before")
     return Settings(**{name: getattr(args, name) for name in Settings._fields if name not in built},
-                    ssh_options=tuple(args.ssh_option), start=start, cluster=cluster_options(args))
+                    ssh_options=tuple(args.ssh_option), start=start, cluster=cluster_options(args),
+                    warn_before=DEFAULT_WARN_BEFORE if args.warn_before is None else args.warn_before)
 
 
 def cluster_options(args: argparse.Namespace) -> ClusterOptions | None:
@@ -3022,9 +3027,9 @@ def cluster_options(args: argparse.Namespace) -> ClusterOptions | None:
         return None
     return ClusterOptions(
         submit=args.submit, node=args.node if args.submit and args.node else "", job=args.job or "",
-        new=args.new, app=args.type, pre=tuple(args.pre), conda_env=args.conda_env or "",
+        new=args.new, app=args.type or "lab", pre=tuple(args.pre), conda_env=args.conda_env or "",
         queue=args.queue or "", resources=tuple(args.resource), scheduler=args.scheduler or "",
-        python=args.python, listing=args.list)
+        python=args.python or DEFAULT_PYTHON, listing=args.list)
 
 
 def write_askpass(directory: str, password: str) -> dict[str, str]:
@@ -3277,7 +3282,8 @@ class Tunnel:
             if settings.start is not None:
                 say("Info", f"A Jupyter server already runs on {self.route.server_host}: "
                             "attaching to it (--start was not needed).")
-            return choose_server(servers, self.route.server_host, settings.port, settings.dir, settings.pick)
+            return choose_server(servers, self.route.server_host, settings.port, settings.dir, settings.pick,
+                                 on_node=bool(self.route.node))
         server = start_server(self.master, settings.start, settings.timeout)
         self.started = True
         self.registration.update(started_server=True)
@@ -3597,6 +3603,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line, with the original tool's option names."""
     parser = argparse.ArgumentParser(
         prog="jupyter-tunnel",
+        # one line: an error after it must not drown under 35 options (--help lists them)
+        usage="%(prog)s -s [USER@]HOST [HOST ...] [options]   (--help lists the options)",
         description=(
             f"jupyter-tunnel {__version__}: create an SSH tunnel to a Jupyter server running\n"
             "remotely and open the local web browser on it. One login per host for the whole run."
@@ -3619,9 +3627,10 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-s", "--host", nargs="+", required=True, metavar="HOST",
+    parser.add_argument("-s", "--host", nargs="+", action="extend", default=[], metavar="HOST",
                         help="host(s) to contact in order: all but the last are jump hosts "
-                             "([user@]host[:port], names from ~/.ssh/config work)")
+                             "([user@]host[:port], names from ~/.ssh/config work); repeatable: "
+                             "-s gw -s srv is -s gw srv")
     parser.add_argument("-b", "--browser", type=browser_option, metavar="PROG",
                         help="browser to start once the tunnel answers (it gets a one-time address that "
                              'redirects to the URL); "n" or "none": start none '
@@ -3683,8 +3692,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "its log private under ~/.local/state/jupyter-tunnel; it keeps running after "
                             "the tunnel closes")
     add_server_options(start, START_APPS, "lab", "the remote", "lab, notebook or server")
-    start.add_argument("--jupyter", default="jupyter", metavar="PROG",
-                       help="the remote jupyter command, when it is not on PATH [default: %(default)s]")
+    parser.set_defaults(type=None)  # told from "-t lab" given: see ignored_option_problem
+    start.add_argument("--jupyter", metavar="PROG",
+                       help="the remote jupyter command, when it is not on PATH [default: jupyter]")
     start.add_argument("--root-dir", metavar="PATH",
                        help="the started server's working and root directory [default: the remote home]")
     start.add_argument("--stop-server", action="store_true",
@@ -3706,12 +3716,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="with --submit: resource request, repeatable, as jupyter-node's "
                               "(h_rt=1:00:00, mem=4G, time=2:00:00)")
     cluster.add_argument("--scheduler", choices=SCHEDULERS, help="sge or slurm [default: the one on the head's PATH]")
-    cluster.add_argument("--python", type=text_option, default=DEFAULT_PYTHON, metavar="PROG",
-                         help="the head's Python (>= 3.6) that runs jupyter_node.py [default: %(default)s]")
-    cluster.add_argument("--warn-before", type=number_option("minutes", MAX_WARN_BEFORE), default=DEFAULT_WARN_BEFORE,
-                         metavar="MINUTES",
+    cluster.add_argument("--python", type=text_option, metavar="PROG",
+                         help=f"the head's Python (>= 3.6) that runs jupyter_node.py [default: {DEFAULT_PYTHON}]")
+    cluster.add_argument("--warn-before", type=number_option("minutes", MAX_WARN_BEFORE), metavar="MINUTES",
                          help=f"warn this long before the job's time limit, and again {LAST_WARNING:g} minutes "
-                              "before [default: %(default)g]")
+                              f"before [default: {DEFAULT_WARN_BEFORE:g}]")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="show every ssh command run and the ssh config file it reads (on "
                              "Debug: lines); twice (-vv): run ssh with -v too, and show what it says")
@@ -3731,12 +3740,37 @@ def explain_error(error: Exception) -> tuple[str, int]:
     return f"{getattr(error, 'strerror', None) or error}{where}", EXIT_ERROR
 
 
+# Options that only a started server uses: given without --start or --submit they would be
+# ignored, so they are refused (one rule for all, as -q, -r and --new always were).
+STARTING_OPTIONS = (("-t/--type", "type"), ("--pre", "pre"), ("--conda-env", "conda_env"),
+                    ("--jupyter", "jupyter"), ("--root-dir", "root_dir"))
+# ...and those that only a scheduler job uses (--submit, -n auto, --job).
+JOB_OPTIONS = (("--scheduler", "scheduler"), ("--python", "python"), ("--warn-before", "warn_before"))
+
+
+def ignored_option_problem(args: argparse.Namespace) -> str:
+    """Which option of ``args`` this run would ignore, and with what it goes ("" for none).
+
+    Their argparse defaults are None (or []), so that a value given is told from none given."""
+    if not (args.start or args.submit):
+        for name, dest in STARTING_OPTIONS:
+            if getattr(args, dest):
+                return f"{name} goes with --start or --submit (no server is started without them)"
+    if not (args.submit or args.node == AUTO_NODE or args.job):
+        for name, dest in JOB_OPTIONS:
+            if getattr(args, dest) is not None:
+                return f"{name} goes with a scheduler job: --submit, -n auto or --job"
+    if args.list and args.stop_server:
+        return "--stop-server cannot go with --list: --list only lists, it stops nothing"
+    return ""
+
+
 def cluster_option_problem(args: argparse.Namespace) -> str:
     """Why the cluster options of ``args`` do not go together ("" when they do)."""
     if args.submit:
         clashes = [("--start", args.start), ("--list", args.list), ("--job", args.job),
                    ("-n auto", args.node == AUTO_NODE), ("-t server", args.type == "server"),
-                   ("--jupyter", args.jupyter != "jupyter"), ("--root-dir", args.root_dir)]
+                   ("--jupyter", args.jupyter), ("--root-dir", args.root_dir)]
         given = [name for name, value in clashes if value]
         if given:
             return (f"--submit cannot go with {given[0]}: it submits jupyter-node's job (-t lab|notebook, "
@@ -3751,7 +3785,17 @@ def cluster_option_problem(args: argparse.Namespace) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "-J" in argv:
+        parser.error("-J is ssh's option: give jupyter-tunnel the whole chain with -s, in order "
+                     "(ssh -J gw srv is jupyter-tunnel -s gw srv)")
     args = parser.parse_args(argv)
+    if not args.host:
+        parser.error("no host given: name them with -s, in order, e.g. jupyter-tunnel -s gw.example.org "
+                     "server.internal")
+    for problem in (ignored_option_problem(args), cluster_option_problem(args)):
+        if problem:
+            parser.error(problem)
     if args.ssh_config and not os.path.isfile(args.ssh_config):
         parser.error(f"ssh config file not found: {args.ssh_config}")
     try:
@@ -3761,9 +3805,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.start and (args.node or args.job):  # --job: a server on the job's node
         parser.error("--start cannot start a server on a cluster node: that needs a scheduler job. "
                      "Use --submit, or run jupyter-node on the head node, then jupyter-tunnel -s ... HEAD -n NODE")
-    problem = cluster_option_problem(args)
-    if problem:
-        parser.error(problem)
     try:
         return run_tunnel(args)
     except KeyboardInterrupt:

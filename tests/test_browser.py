@@ -23,7 +23,7 @@ import pytest
 
 import jupyter_tunnel as jt
 from conftest import MULTI_USER, NO_SERVER_USER
-from helpers import free_port, wait_for
+from helpers import free_port, port_is_free, wait_for
 from realenv import user_env
 from tunnelrun import get_once, get_status, local_port_of
 
@@ -240,14 +240,17 @@ def test_another_users_listener_on_ipv6_loopback_gets_nothing_from_a_real_browse
     on either loopback is not used, and the run's own port refuses that user on both."""
     lab = start_jupyter(MULTI_USER, app="lab")
     account = test_users[NO_SERVER_USER]
-    other = OtherUser(account, "listen", lab.port, ["::1"])  # the port the tunnel would pick first
+    # the port the tunnel would pick if it looked at 127.0.0.1 alone (here the server itself
+    # holds its own port on 127.0.0.1: the "remote" is this machine)
+    wanted = next(port for port in range(lab.port, lab.port + 100) if port_is_free(port))
+    other = OtherUser(account, "listen", wanted, ["::1"])
     try:
         assert other.bound == ["::1"]
         browser, env = chromium(tmp_path)
         run = tunnel("-s", f"{MULTI_USER}@srv", "-b", browser, env=env)
         url = run.url()
         port = local_port_of(url)
-        assert port != lab.port  # taken on one loopback: not free
+        assert port != wanted  # taken on one loopback: not free
         seen = browser_result(tmp_path)
         assert "error" not in seen and seen["lab_ui"], seen
         assert seen["final_url"].startswith(f"http://localhost:{port}/lab")

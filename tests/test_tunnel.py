@@ -123,7 +123,9 @@ def test_wrong_password_is_one_clear_error(tunnel, sshd):
 def test_no_server_running(tunnel):
     run = tunnel("-s", "gw", "jtnone@srv")
     assert run.wait() == jt.EXIT_NO_SERVER
-    assert run.stderr.splitlines()[-1] == "Error: no Jupyter server is running on jtnone@srv"
+    assert run.stderr.splitlines()[-1] == ("Error: no Jupyter server is running on jtnone@srv: add --start to "
+                                           "start one (on a cluster's head node, --submit starts one as a "
+                                           "scheduler job)")
     run.assert_clean()
 
 

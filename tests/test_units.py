@@ -305,7 +305,21 @@ def test_discovery_script_is_posix_sh(one_line):
 
 @pytest.mark.parametrize("argv, message", [
     (["-s"], "expected at least one argument"),
-    ([], "the following arguments are required: -s/--host"),
+    ([], "no host given: name them with -s, in order, e.g. jupyter-tunnel -s gw.example.org server.internal"),
+    (["-J", "gw", "srv"], "-J is ssh's option: give jupyter-tunnel the whole chain with -s, in order "
+                          "(ssh -J gw srv is jupyter-tunnel -s gw srv)"),
+    # nothing asked for is silently ignored: one rule for every option of a started server...
+    (["-s", "srv", "--pre", "module load x"], "--pre goes with --start or --submit (no server is started "
+                                              "without them)"),
+    (["-s", "srv", "--conda-env", "e"], "--conda-env goes with --start or --submit"),
+    (["-s", "srv", "--jupyter", "/opt/j"], "--jupyter goes with --start or --submit"),
+    (["-s", "srv", "--root-dir", "/d"], "--root-dir goes with --start or --submit"),
+    (["-s", "srv", "-t", "lab"], "-t/--type goes with --start or --submit"),
+    # ...and of a scheduler job
+    (["-s", "srv", "--python", "python3.9"], "--python goes with a scheduler job: --submit, -n auto or --job"),
+    (["-s", "srv", "--warn-before", "5"], "--warn-before goes with a scheduler job"),
+    (["-s", "srv", "--scheduler", "slurm"], "--scheduler goes with a scheduler job"),
+    (["-s", "srv", "--list", "--stop-server"], "--stop-server cannot go with --list: --list only lists"),
     (["-s", "srv", "--bogus"], "unrecognized arguments: --bogus"),
     (["-s", "srv", "--local-port", "70000"], "argument --local-port: expected a whole number from 1 to 65535"),
     (["-s", "srv", "--timeout", "0"], "argument -w/--timeout: expected seconds, more than 0 and at most 86400, not '0'"),
@@ -581,3 +595,24 @@ def test_verbose_is_counted():
     assert jt.build_parser().parse_args(["-s", "srv"]).verbose == 0
     assert jt.build_parser().parse_args(["-s", "srv", "-v"]).verbose == 1
     assert jt.build_parser().parse_args(["-vv", "-s", "srv"]).verbose == 2
+
+
+@pytest.mark.parametrize("argv, hosts", [
+    (["-s", "gw", "-s", "srv"], ("gw", "srv")),  # repeated, in order, as ssh users expect
+    (["-s", "gw", "head", "-s", "srv"], ("gw", "head", "srv")),
+    (["-s", "gw,head", "srv"], ("gw", "head", "srv")),
+])
+def test_repeated_s_options_all_count(argv, hosts):
+    assert jt.parse_hosts(jt.build_parser().parse_args(argv).host).hosts == hosts
+
+
+@pytest.mark.parametrize("on_node, next_step", [
+    (False, "no Jupyter server is running on srv: add --start to start one (on a cluster's head node, --submit "
+            "starts one as a scheduler job)"),
+    (True, "no Jupyter server is running on srv: start one with --submit (without -n NODE) or jupyter-node on "
+           "the head"),
+])
+def test_no_server_names_the_next_step(on_node, next_step):
+    with pytest.raises(jt.TunnelError) as error:
+        jt.choose_server([], "srv", on_node=on_node)
+    assert (str(error.value), error.value.code) == (next_step, jt.EXIT_NO_SERVER)
