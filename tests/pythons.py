@@ -22,10 +22,11 @@ OLD_PYTHON_PINS = {(3, 6): ("pip>=21,<22", "pytest<7.1")}
 PYENV_ROOT = os.environ.get("JT_PYENV_ROOT") or os.environ.get("PYENV_ROOT") \
     or os.path.expanduser("~/.pyenv")
 VENV_PREFIX = "/opt/jupyter-tunnel-unit-"
-# the unit tests: pure parts only, no sshd, no Jupyter, no root
-UNIT_TESTS = ("tests/test_units.py", "tests/test_shutdown_units.py", "tests/test_node_units.py",
-              "tests/test_browser_units.py", "tests/test_registry_units.py", "tests/test_start_units.py",
-              "tests/test_readme.py", "tests/test_cluster_units.py")
+# the unit tests: pure parts only, no sshd, no Jupyter, no root.  Every tests/test_*units.py
+# by its name (a hand-kept list forgot one), and the README's tables.
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+UNIT_TESTS = tuple(sorted(f"tests/{name}" for name in os.listdir(TESTS_DIR)
+                          if name.startswith("test_") and name.endswith("units.py"))) + ("tests/test_readme.py",)
 NODE_UNIT_TESTS = ("tests/test_node_units.py",)
 
 
