@@ -87,7 +87,11 @@ SCHEDULER_POLL_FIRST = 0.5
 SCHEDULER_POLL_MAX = 10.0
 LOG_TAIL = 15  # lines of the log shown with an error
 # A job id as qstat/squeue print it (and as --job/--cancel accept it: it goes on a command line)
-JOB_ID_RE = re.compile(r"[0-9A-Za-z._-]+")  # always with fullmatch: "4711\n" is no id
+# never starting with "-": qdel/scancel would read it as one of their options
+JOB_ID_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]*")  # always with fullmatch: "4711\n" is no id
+# What str.splitlines() breaks lines at: an option value that goes into a one-line script or
+# a marker line read back by lines (--pre, --conda-env) must hold none, or it would be cut.
+LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 # What squeue's %L and Grid Engine's time values say for "no limit" (squeue(1), queue_conf(5))
 NO_LIMIT = ("UNLIMITED", "NOT_SET", "INVALID", "INFINITY", "")
 # Grid Engine prints JAT_start_time in the local time of the host that runs qstat, without zone
@@ -895,12 +899,23 @@ def add_server_options(parser: argparse.ArgumentParser, apps: Sequence[str], def
     """
     parser.add_argument("-t", "--type", choices=apps, default=default,
                         help=f"server type: {types} [default: %(default)s]")
-    parser.add_argument("--conda-env", metavar="NAME",
+    parser.add_argument("--conda-env", type=line_option, metavar="NAME",
                         help=f"activate this conda environment on {where} before starting jupyter")
-    parser.add_argument("--pre", action="append", default=[], metavar="CMD",
+    parser.add_argument("--pre", type=line_option, action="append", default=[], metavar="CMD",
                         help=f"sh command to run on {where} before jupyter (e.g. 'module load "
                              "python', '. ~/venv/bin/activate'); each must succeed; repeatable, "
                              "run before --conda-env")
+
+
+def line_option(text: str) -> str:
+    """An argparse type: one line (no LINE_BREAKS), refused whole rather than cut.
+
+    Shared with jupyter_tunnel.py: --pre and --conda-env go into a one-line job script and
+    into messages read back line by line.
+    """
+    if any(char in LINE_BREAKS for char in text):
+        raise argparse.ArgumentTypeError(f"must be one line (no newline): {text!r}")
+    return text
 
 
 def resource_option(text: str) -> str:

@@ -1232,7 +1232,10 @@ def fill_script(template: str, values: Mapping[str, str]) -> str:
 def build_start_script(options: StartOptions, timeout: float) -> str:
     """The ``sh`` script (for ``sh -s``) that starts a detached server and waits for its runtime file."""
     if options.root_dir:
-        cd = f"cd {shlex.quote(options.root_dir)} || fail {shlex.quote('no directory ' + options.root_dir)}"
+        # "./-L", not "-L": cd would take it for its option (and go home); "./" works in
+        # every sh, where "cd --" is one more thing an old shell may not know
+        path = f"./{options.root_dir}" if options.root_dir.startswith("-") else options.root_dir
+        cd = f"cd {shlex.quote(path)} || fail {shlex.quote('no directory ' + options.root_dir)}"
     else:
         cd = 'cd || fail "cannot change to the home directory"'
     # each command in braces on lines of its own: anything the user wrote (a ";", a comment)
@@ -3415,7 +3418,7 @@ def number_option(unit: str, high: float, durations: bool = False):
 def job_option(text: str) -> str:
     """An argparse type: a scheduler's job id (``4711``, ``81234_3``)."""
     if not JOB_ID_RE.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"not a job id (letters, digits, . _ -): {text!r}")
+        raise argparse.ArgumentTypeError(f"not a job id (a letter or digit, then letters, digits, . _ -): {text!r}")
     return text
 
 
@@ -3488,14 +3491,14 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-s", "--host", nargs="+", required=True, metavar="HOST",
+    parser.add_argument("-s", "--host", type=text_option, nargs="+", required=True, metavar="HOST",
                         help="host(s) to contact in order: all but the last are jump hosts "
                              "([user@]host[:port], names from ~/.ssh/config work)")
     parser.add_argument("-b", "--browser", type=browser_option, metavar="PROG",
                         help="browser to start once the tunnel answers (it gets a one-time address that "
                              'redirects to the URL); "n" or "none": start none '
                              "[default: the system's default browser]")
-    parser.add_argument("-n", "--node", metavar="NODE",
+    parser.add_argument("-n", "--node", type=text_option, metavar="NODE",
                         help="cluster node (Grid Engine, Slurm) running the server; the last -s host "
                              "is then the head node, from which the node is reached; \"auto\": the node "
                              "of your running Jupyter job; with --submit: the node to ask for")
@@ -3552,9 +3555,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "its log private under ~/.local/state/jupyter-tunnel; it keeps running after "
                             "the tunnel closes")
     add_server_options(start, START_APPS, "lab", "the remote", "lab, notebook or server")
-    start.add_argument("--jupyter", default="jupyter", metavar="PROG",
+    start.add_argument("--jupyter", type=text_option, default="jupyter", metavar="PROG",
                        help="the remote jupyter command, when it is not on PATH [default: %(default)s]")
-    start.add_argument("--root-dir", metavar="PATH",
+    start.add_argument("--root-dir", type=text_option, metavar="PATH",
                        help="the started server's working and root directory [default: the remote home]")
     start.add_argument("--stop-server", action="store_true",
                        help="when the tunnel closes, shut down the Jupyter server it is attached to "

@@ -292,7 +292,15 @@ def test_timeout_takes_jupyter_nodes_durations(value, seconds):
     (["--new"], "--new, -q/--queue and -r/--resource go with --submit"),
     (["-q", "gpu"], "--new, -q/--queue and -r/--resource go with --submit"),
     (["--job", "1", "-n", "node07"], "--job names the job whose node to use: it cannot go with -n NODE"),
-    (["--job", "1;x"], "argument --job: not a job id (letters, digits, . _ -): '1;x'"),
+    (["--job", "1;x"], "argument --job: not a job id (a letter or digit, then letters, digits, . _ -): '1;x'"),
+    # qdel/scancel would take it for one of their options
+    (["--job=-1"], "argument --job: not a job id (a letter or digit, then letters, digits, . _ -): '-1'"),
+    (["--job=--help"], "argument --job: not a job id"),
+    (["--job", "4711\n"], "argument --job: not a job id"),
+    # values that go into a remote script, refused whole rather than cut at the newline
+    (["--submit", "--pre", "true\nrm -rf ~"], "argument --pre: must be one line (no newline): 'true\\nrm -rf ~'"),
+    (["--submit", "--pre", "true\u2028x"], "argument --pre: must be one line (no newline)"),
+    (["--submit", "--conda-env", "a\rb"], "argument --conda-env: must be one line (no newline): 'a\\rb'"),
     (["--submit", "--resource=-pe 'smp 4"], "argument -r/--resource: \"-pe 'smp 4\" does not split like a shell command"),
     (["--warn-before", "0"], "argument --warn-before: expected minutes, more than 0 and at most 1440, not '0'"),
     (["--warn-before", "nan"], "argument --warn-before: expected minutes"),

@@ -5,6 +5,7 @@ nodes: nothing newer than 3.6 here either (no ``from __future__ import annotatio
 ``capture_output``), and no import of jupyter_tunnel.py (Python >= 3.9).
 """
 
+import argparse
 import getpass
 import os
 import re
@@ -204,6 +205,10 @@ def test_make_log_given_path_is_made_private(tmp_path):
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--job", "4711;rm"], "invalid job id '4711;rm'"),  # it goes on qdel/scancel's command line
     (["--cancel", "a b"], "invalid job id 'a b'"),
+    (["--cancel=-1"], "invalid job id '-1'"),  # qdel/scancel would read it as an option
+    (["--job=-u"], "invalid job id '-u'"),
+    (["--pre", "true\nfalse"], "argument --pre: must be one line (no newline): 'true\\nfalse'"),
+    (["--conda-env", "a\u2029b"], "argument --conda-env: must be one line (no newline)"),
     (["--jobs", "--reuse"], "not allowed with argument"),
     (["--cancel", "1", "--jobs"], "not allowed with argument"),
 ])
@@ -556,3 +561,25 @@ def test_jobs_table_escapes_the_schedulers_words():
     table = jn.format_jobs([row])
     assert "\x1b" not in table and len(table.splitlines()) == 2
     assert "evil\\x1b[2J" in table and "Resources\\nInfo: forged" in table
+
+
+@pytest.mark.parametrize("text, ok", [
+    ("4711", True), ("81234_3", True), ("4711.1", True), ("a", True), ("A-1", True),
+    ("-1", False), ("--help", False), (".", False), ("_1", False), ("", False),
+    ("4711\n", False), ("4711 ", False), ("1;x", False),
+])
+def test_job_id_never_starts_with_a_dash(text, ok):
+    assert bool(jn.JOB_ID_RE.fullmatch(text)) is ok
+
+
+@pytest.mark.parametrize("text, ok", [
+    (". ~/venv/bin/activate", True), ("module load python; echo 'a\tb'", True), ("", True),
+    ("a\nb", False), ("a\rb", False), ("a\x0bb", False), ("a\x1cb", False), ("a\x85b", False),
+    ("a\u2028b", False), ("trailing\n", False),
+])
+def test_line_option(text, ok):
+    if ok:
+        assert jn.line_option(text) == text
+    else:
+        with pytest.raises(argparse.ArgumentTypeError, match="must be one line"):
+            jn.line_option(text)
