@@ -1361,6 +1361,11 @@ sys.argv[1:] = @ARGS@
 exec(compile(@SOURCE@, "jupyter_node.py", "exec"))
 """
 SHELL_NOT_FOUND = (126, 127)  # the remote shell's exit codes for a program it cannot run
+JSON_START_RE = re.compile(r"^\{", re.MULTILINE)  # where jupyter_node.py's JSON answer may start
+JSON_SPACE = " \t\n\r"  # what JSON allows around a value (str.strip's default takes more)
+# Line starts that parse_node_json tries, the last ones: its answer is one line, printed
+# last; a bound, so that 20,000 lines of "{" cost 20,000 x nothing, not 20,000 decodes.
+MAX_JSON_STARTS = 16
 
 
 class ClusterOptions(NamedTuple):
@@ -1448,14 +1453,21 @@ def build_cancel_args(job: ClusterJob) -> list[str]:
 def parse_node_json(stdout: str) -> dict | None:
     """The one JSON object jupyter_node.py --json printed, or None.
 
-    The last object that starts a line: a chatty login shell may print before it.
+    The last object that starts a line and ends the output: a chatty login shell may print
+    before it.  Linear: the text is decoded from at most MAX_JSON_STARTS line starts, the
+    last ones (jupyter_node.py prints its object on one line, last), each decode stopping
+    at its first error, never from every "{" line to the end.
     """
-    lines = stdout.splitlines()
-    for start in reversed([i for i, line in enumerate(lines) if line.startswith("{")]):
+    text = "\n".join(stdout.splitlines())
+    decoder = json.JSONDecoder()
+    starts = [match.start() for match in JSON_START_RE.finditer(text)][-MAX_JSON_STARTS:]
+    for start in reversed(starts):
         try:
-            value = json.loads("\n".join(lines[start:]))
+            value, end = decoder.raw_decode(text, start)
         except (ValueError, RecursionError):
             continue
+        if text[end:].strip(JSON_SPACE):
+            continue  # something follows it: not the last object (one that holds it may be)
         return value if isinstance(value, dict) else None
     return None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -87,9 +88,31 @@ def test_node_command_is_only_the_interpreter(python, command):
     ("", None),
     ("[1, 2]\n", None),
     ("{\"a\": \n", None),
+    # the last object that starts a line and ends the output
+    ('{"a": 1}\n{"b": 2}\n', {"b": 2}),
+    ('{"a": 1}\n{"b": 2}\ntrailing words\n', None),
+    ('{"a": 1}\n{"b": \n', None),  # a cut answer is no answer, not the one before it
+    ('{"outer":\n{"inner": 1}\n}\n', {"outer": {"inner": 1}}),  # an object inside one, on its own line
+    ('{"a": 1}  \r\n\n', {"a": 1}),
+    ('  {"a": 1}\n', None),  # not at the start of a line
+    ("{}\n", {}),
+    ('{"a": [1, 2]}' + "\n{" * 5, None),
+    ('{"a": "x"}\n' + "[" * 100_000 + "\n", None),  # too deep for json: no crash
+    ("{" + "[" * 100_000 + "\n", None),
 ])
 def test_node_json_is_the_last_object(stdout, expected):
     assert jt.parse_node_json(stdout) == expected
+
+
+def test_node_json_is_linear_in_lines_of_braces():
+    """20,000 lines of "{" before (or after) the answer: each line start was decoded to the end
+    (quadratic: minutes); now only the last few are tried, each stopping at its first error."""
+    chatter = "{\n" * 20_000
+    started = time.monotonic()
+    assert jt.parse_node_json(chatter + json.dumps(READY) + "\n") == READY
+    assert jt.parse_node_json(json.dumps(READY) + "\n" + chatter) is None
+    assert jt.parse_node_json('{"a": [\n' * 20_000) is None  # each an open array: decoding goes far
+    assert time.monotonic() - started < 5  # a generous bound: it takes milliseconds
 
 
 def test_job_fields_are_checked():
