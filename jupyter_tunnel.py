@@ -67,8 +67,8 @@ T = TypeVar("T")
 # --start's options and activation commands are jupyter-node's own (both are installed
 # modules; jupyter_node.py imports nothing from here: it must run alone on a head node)
 import jupyter_node  # --submit sends its source to the head
-from jupyter_node import (ESCAPES, JOB_ID_RE, SCHEDULERS, add_server_options, build_activation, escape_text,
-                          parse_duration, say)
+from jupyter_node import (ESCAPES, JOB_ID_RE, SCHEDULERS, add_server_options, build_activation_steps,
+                          escape_text, parse_duration, say)
 from jupyter_node import resource_option as node_resource_option
 
 __version__ = "0.1.0"
@@ -1238,10 +1238,9 @@ def build_start_script(options: StartOptions, timeout: float) -> str:
         cd = f"cd {shlex.quote(path)} || fail {shlex.quote('no directory ' + options.root_dir)}"
     else:
         cd = 'cd || fail "cannot change to the home directory"'
-    # each command in braces on lines of its own: anything the user wrote (a ";", a comment)
-    # stays inside it; each must succeed; stdin from /dev/null: sh -s reads the script there
-    activate = "\n".join(f"{{ {command}\n}} </dev/null || fail {shlex.quote('failed: ' + command)}"
-                         for command in build_activation(options.pre, options.conda_env or ""))
+    # each must succeed, and a failing one ("." of a missing file included) is told by its
+    # own words (see build_activation_steps)
+    activate = "\n".join(build_activation_steps(options.pre, options.conda_env or ""))
     return fill_script(START_SCRIPT, {
         "MARK": MARK, "TAIL": str(START_LOG_TAIL), "CD": cd, "ACTIVATE": activate,
         "JUPYTER": shlex.quote(options.jupyter), "APP": shlex.quote(options.app),
