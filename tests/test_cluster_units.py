@@ -359,3 +359,14 @@ def test_job_list_goes_on_past_a_node_that_refuses(monkeypatch, capsys):
     assert asked == ["node07.cluster", "node08.cluster"] and master.route == HEAD
     assert "Warning: cannot list the servers on node07.cluster: cannot connect" in err
     assert [line.split()[-1] for line in out.splitlines()[1:]] == ["?", "-"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--json", "-t", "lab", "-w", "60s", "--reuse"], "submitting the job"),
+    (["--json", "--jobs"], "listing your jobs"),
+    (["--json", "--job", "4711"], "looking for job 4711"),
+    (["--json", "--cancel", "4711", "--scheduler", "sge"], "cancelling job 4711"),
+    (["--json", "--pre=--job"], "submitting the job"),  # a value, not the option
+])
+def test_describe_node_args(args, words):
+    assert jt.describe_node_args(args) == words
