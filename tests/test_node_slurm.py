@@ -87,7 +87,9 @@ def test_job_that_fails_on_the_node_is_an_error_with_the_log(slurm_cluster: Slur
     done = cluster_user.ssh_head(f"cd && {START} -t lab --pre {pre} -w {SERVER_TIMEOUT:g}s")
     assert done.returncode == jn.EXIT_ERROR, done.stderr
     assert time.monotonic() - started < SERVER_TIMEOUT / 2  # noticed when the job ended, not at -w
-    assert "Error: Jupyter lab did not start: the job is " in done.stderr
+    # the command that failed, told by the job itself (build_server_script's fail)
+    assert "Error: Jupyter lab did not start: failed: echo 'module: no such module python/9' >&2; false. Log: " \
+        in done.stderr
     assert "module: no such module python/9" in done.stderr  # the log's last lines
 
 
