@@ -72,6 +72,8 @@ UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 # The marker line the job prints first on the node (see build_server_script).
 MARK = "::jupyter-node::"
 MARK_RE = re.compile(re.escape(MARK) + r" job (\S*) node (\S+)")
+# The line the job prints when an activation command fails (see build_server_script).
+FAIL_RE = re.compile(re.escape(MARK) + r" fail (.*)")
 # Jupyter logs "http://NODE:PORT/lab?token=..." once it listens: the sign it is ready.
 URL_RE = re.compile(r"\bhttps?://(?:\[[^\]\s]+\]|[^\s/:\[]+):(\d+)/")
 # Characters a terminal acts on instead of showing them: C0 (newline, ESC starting an ANSI
@@ -87,7 +89,11 @@ SCHEDULER_POLL_FIRST = 0.5
 SCHEDULER_POLL_MAX = 10.0
 LOG_TAIL = 15  # lines of the log shown with an error
 # A job id as qstat/squeue print it (and as --job/--cancel accept it: it goes on a command line)
-JOB_ID_RE = re.compile(r"[0-9A-Za-z._-]+")  # always with fullmatch: "4711\n" is no id
+# never starting with "-": qdel/scancel would read it as one of their options
+JOB_ID_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]*")  # always with fullmatch: "4711\n" is no id
+# What str.splitlines() breaks lines at: an option value that goes into a one-line script or
+# a marker line read back by lines (--pre, --conda-env) must hold none, or it would be cut.
+LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 # What squeue's %L and Grid Engine's time values say for "no limit" (squeue(1), queue_conf(5))
 NO_LIMIT = ("UNLIMITED", "NOT_SET", "INVALID", "INFINITY", "")
 # Grid Engine prints JAT_start_time in the local time of the host that runs qstat, without zone
@@ -114,6 +120,7 @@ class LogInfo(NamedTuple):
     job_id: str = ""  # from the marker line (Grid Engine's $JOB_ID, Slurm's $SLURM_JOB_ID)
     node: str = ""  # the node's FQDN, as the job printed it: the server listens there
     port: int = 0  # the server's port, once it printed its URL (it is ready then)
+    failure: str = ""  # the activation command that failed ("failed: CMD"), as the job printed it
 
 
 class JobState(NamedTuple):
@@ -166,9 +173,24 @@ def build_activation(pre: Sequence[str] = (), conda_env: str = "") -> List[str]:
     activate = list(pre)
     if conda_env:
         # `conda activate` needs the shell function set up by `conda init` in an interactive
-        # shell; `conda shell.posix activate` prints the same settings for any POSIX sh
-        activate.append(f'eval "$(conda shell.posix activate {shlex.quote(conda_env)})"')
+        # shell; `conda shell.posix activate` prints the same settings for any POSIX sh.
+        # "|| echo false": eval of nothing succeeds, so a conda that fails must fail the eval
+        activate.append(f'eval "$(conda shell.posix activate {shlex.quote(conda_env)} || echo false)"')
     return activate
+
+
+def build_activation_steps(pre: Sequence[str] = (), conda_env: str = "") -> List[str]:
+    """The activation commands as ``sh`` lines, one each: ``command eval 'CMD' </dev/null ||
+    fail 'failed: CMD'`` (the script defines ``fail``).  Shared with ``--start``.
+
+    eval keeps what the user wrote inside its own text: a ``# comment`` or a trailing ``&``
+    cannot eat or break the next command.  ``command`` takes away eval's special-builtin
+    exit: a failing ``.`` (a missing activate script, one with a syntax error) makes eval
+    return non-zero instead of ending sh before ``|| fail`` runs (POSIX command(1p); dash and
+    bash --posix behave so).  stdin from /dev/null: ``sh -s`` reads its script there.
+    """
+    return [f"command eval {shlex.quote(command)} </dev/null || fail {shlex.quote('failed: ' + command)}"
+            for command in build_activation(pre, conda_env)]
 
 
 def build_server_script(app: str, pre: Sequence[str] = (), conda_env: str = "",
@@ -177,18 +199,20 @@ def build_server_script(app: str, pre: Sequence[str] = (), conda_env: str = "",
 
     The marker comes first, so the node and job are known even if the server fails.  The
     activation commands run in order (``--pre`` first: it may be ``module load conda``),
-    each must succeed, and ``exec`` makes the server the job's own process, so that ``qdel``
+    each must succeed (a failing one prints ``MARK fail failed: CMD``, which parse_log reads,
+    and ends the job), and ``exec`` makes the server the job's own process, so that ``qdel``
     or ``scancel`` stops it.
     """
-    steps = [
-        f'echo "{MARK} job ${{JOB_ID:-${{SLURM_JOB_ID:-}}}} node $(hostname --fqdn)"',
-    ]
-    activate = build_activation(pre, conda_env)
     server = f'exec jupyter {app} --no-browser "--ip=$(hostname --fqdn)"'
     if config:
         server += f" {shlex.quote('--config=' + config)}"
-    run = " && ".join([*(f"{{ {cmd}; }}" if ";" in cmd else cmd for cmd in activate), server])
-    return "; ".join([*steps, run])
+    return "; ".join([
+        f'echo "{MARK} job ${{JOB_ID:-${{SLURM_JOB_ID:-}}}} node $(hostname --fqdn)"',
+        # printf, not echo: dash's echo would turn a backslash in the command into a newline
+        f"fail() {{ printf '%s\\n' \"{MARK} fail $1\"; exit 1; }}",
+        *build_activation_steps(pre, conda_env),
+        server,
+    ])
 
 
 def build_resource_args(scheduler: str, resources: Sequence[str]) -> List[str]:
@@ -246,7 +270,9 @@ def parse_log(text: str) -> LogInfo:
     if marker is None:
         return LogInfo()
     url = URL_RE.search(text, marker.end())
-    return LogInfo(marker.group(1), marker.group(2), int(url.group(1)) if url else 0)
+    failed = FAIL_RE.search(text, marker.end())
+    return LogInfo(marker.group(1), marker.group(2), int(url.group(1)) if url else 0,
+                   failed.group(1).strip() if failed else "")
 
 
 def parse_squeue(output: str) -> Tuple[str, str, str]:
@@ -578,6 +604,8 @@ class Job:
         """Where the job is now: the log always, the scheduler when ``ask`` (or never asked yet)."""
         info = parse_log(read_log(self.log))
         self.job_id = self.job_id or info.job_id
+        if info.failure:  # the job said why it ends: no need to wait for the scheduler to notice
+            return JobState("failed", info.node, detail=info.failure)
         if ask or self.verdict is None:
             self.verdict = self.ask_scheduler(info)
         if self.verdict.state in ("failed", "pending"):
@@ -895,12 +923,23 @@ def add_server_options(parser: argparse.ArgumentParser, apps: Sequence[str], def
     """
     parser.add_argument("-t", "--type", choices=apps, default=default,
                         help=f"server type: {types} [default: {default}]")
-    parser.add_argument("--conda-env", metavar="NAME",
+    parser.add_argument("--conda-env", type=line_option, metavar="NAME",
                         help=f"activate this conda environment on {where} before starting jupyter")
-    parser.add_argument("--pre", action="append", default=[], metavar="CMD",
+    parser.add_argument("--pre", type=line_option, action="append", default=[], metavar="CMD",
                         help=f"sh command to run on {where} before jupyter (e.g. 'module load "
                              "python', '. ~/venv/bin/activate'); each must succeed; repeatable, "
                              "run before --conda-env")
+
+
+def line_option(text: str) -> str:
+    """An argparse type: one line (no LINE_BREAKS), refused whole rather than cut.
+
+    Shared with jupyter_tunnel.py: --pre and --conda-env go into a one-line job script and
+    into messages read back line by line.
+    """
+    if any(char in LINE_BREAKS for char in text):
+        raise argparse.ArgumentTypeError(f"must be one line (no newline): {text!r}")
+    return text
 
 
 def resource_option(text: str) -> str:

@@ -72,8 +72,8 @@ T = TypeVar("T")
 # --start's options and activation commands are jupyter-node's own (both are installed
 # modules; jupyter_node.py imports nothing from here: it must run alone on a head node)
 import jupyter_node  # --submit sends its source to the head
-from jupyter_node import (ESCAPES, JOB_ID_RE, SCHEDULERS, add_server_options, build_activation, escape_text,
-                          parse_duration, say)
+from jupyter_node import (ESCAPES, JOB_ID_RE, SCHEDULERS, add_server_options, build_activation_steps,
+                          escape_text, parse_duration, say)
 from jupyter_node import resource_option as node_resource_option
 
 __version__ = "0.1.0"
@@ -202,6 +202,15 @@ TOKEN_RE = re.compile(r"token=[^&\s]+")  # a token in a URL that Jupyter logged
 # The readiness probe reads the whole answer (an HTTP/1.0 server closes after it):
 # /api/status answers ~700 bytes; anything larger is not that answer.
 MAX_ANSWER = 65536
+# What a remote command may send back (issue 19: a hostile or broken remote must not bloat
+# the run).  Its stdout: a runtime file is ~1 KB, the start script's answer adds 15 log
+# lines, jupyter_node.py's JSON a few KB; 4 MiB is thousands of servers, and far less than
+# what would hurt.  One line of its stderr (ssh's, the shell's, jupyter_node.py's Info:
+# lines): a few hundred bytes; 64 KiB is no message.  Of the stderr lines only the last
+# REMOTE_STDERR_LINES are kept: the reason for a failure comes last.
+MAX_REMOTE_OUTPUT = 4 * 1024 * 1024
+MAX_REMOTE_LINE = 64 * 1024
+REMOTE_STDERR_LINES = 200
 
 ASKPASS_SCRIPT = r"""#!/bin/sh
 # jupyter-tunnel's SSH_ASKPASS helper.  ssh runs it (SSH_ASKPASS_REQUIRE=force) for every
@@ -619,6 +628,96 @@ def check_private_dir(path: str) -> str:
     return private_dir_problem(info.st_mode, info.st_uid, os.getuid())
 
 
+def run_bounded(argv: list[str], env: Mapping[str, str], stdin: bytes, timeout: float,
+                keep: Callable[[str], bool], what: str) -> tuple[int, bytes, list[str]]:
+    """Run ``argv`` (a multiplexed ssh) with ``stdin``; its exit code, stdout and last stderr lines.
+
+    Ended within ``timeout`` whatever the remote does: the mux client hands its pipes to the
+    master, so a remote command that never ends keeps them open after the client is killed,
+    and a read until EOF (``for line in stderr``, ``.read()``) would wait for ever.  So one
+    deadline for the writes, the reads and the exit; then subprocess.TimeoutExpired (the
+    client killed, its pipes closed on our side).  Bounded in size: more than
+    MAX_REMOTE_OUTPUT bytes on stdout, or a stderr line longer than MAX_REMOTE_LINE, is a
+    TunnelError naming ``what``.  Each stderr line (decoded, without its newline) goes to
+    ``keep`` as it comes (to relay it); the last REMOTE_STDERR_LINES it returns True for are kept.
+    """
+    deadline = time.monotonic() + timeout
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    stdout = bytearray()
+    partial = bytearray()  # stderr since its last newline
+    kept: deque[str] = deque(maxlen=REMOTE_STDERR_LINES)
+    pending = memoryview(stdin)
+
+    def line_done(raw: bytes) -> None:
+        line = raw.decode(errors="replace").rstrip()
+        if keep(line):
+            kept.append(line)
+
+    try:
+        with selectors.DefaultSelector() as selector:
+            if stdin:
+                assert process.stdin is not None
+                os.set_blocking(process.stdin.fileno(), False)  # a full pipe must not block us
+                selector.register(process.stdin, selectors.EVENT_WRITE)
+            selector.register(process.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
+            selector.register(process.stderr, selectors.EVENT_READ)  # type: ignore[arg-type]
+            while selector.get_map():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise subprocess.TimeoutExpired(argv, timeout)
+                for key, _ in selector.select(left):
+                    if key.fileobj is process.stdin:
+                        try:
+                            pending = pending[os.write(key.fd, pending[:65536]):]
+                        except BlockingIOError:
+                            continue
+                        except BrokenPipeError:  # ssh exited: its exit code tells why
+                            pending = pending[:0]
+                        if not pending:
+                            selector.unregister(key.fileobj)
+                            key.fileobj.close()  # type: ignore[union-attr]
+                        continue
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:
+                        selector.unregister(key.fileobj)
+                    elif key.fileobj is process.stdout:
+                        stdout += chunk
+                        if len(stdout) > MAX_REMOTE_OUTPUT:
+                            raise TunnelError(f"{what} sent more than {MAX_REMOTE_OUTPUT // 1048576} MiB of "
+                                              "output, which no answer of ours is: stopped reading it",
+                                              EXIT_ERROR)
+                    else:
+                        # split only when the chunk ends a line: a line sent a byte at a time
+                        # costs no more than one sent at once
+                        lines: list[bytes] = []
+                        if b"\n" in chunk:
+                            lines = (bytes(partial) + chunk).split(b"\n")
+                            partial = bytearray(lines.pop())
+                        else:
+                            partial += chunk
+                        if len(partial) > MAX_REMOTE_LINE or any(len(raw) > MAX_REMOTE_LINE for raw in lines):
+                            raise TunnelError(f"{what} wrote a line longer than {MAX_REMOTE_LINE // 1024} KiB "
+                                              "on its standard error, which no message is: stopped reading it",
+                                              EXIT_ERROR)
+                        for raw in lines:
+                            line_done(raw)
+        if partial:
+            line_done(bytes(partial))
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise subprocess.TimeoutExpired(argv, timeout) from None
+    finally:
+        if process.poll() is None:
+            process.kill()  # the mux client only: what it started on the remote ends with the master
+            process.wait()
+        for stream in (process.stdin, process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+    return process.returncode, bytes(stdout), list(kept)
+
+
 class Master:
     """The one ssh connection of the run, and the multiplexed commands sent through it."""
 
@@ -703,7 +802,8 @@ class Master:
     def _read_stderr(self, fd: int) -> None:
         """Keep the last lines ssh wrote, to explain a failure with ssh's own words."""
         with open(fd, "rb") as stream:  # closed here at EOF, and nowhere else
-            for raw in stream:
+            # a line cut at MAX_REMOTE_LINE bytes: ssh passes on a server's banner, a jump host's words
+            for raw in iter(lambda: stream.readline(MAX_REMOTE_LINE), b""):
                 line = raw.decode(errors="replace").rstrip()
                 if self.verbose >= 2:
                     print(escape_text(line), file=sys.stderr, flush=True)  # ssh -v's words, as they come
@@ -734,18 +834,24 @@ class Master:
         return not self.alive()
 
     def run(self, command: str, stdin: str = "", timeout: float = 60.0,
-            forward_agent: bool = False) -> subprocess.CompletedProcess:
-        """Run ``command`` on the target through the master (no new login)."""
+            forward_agent: bool = False, what: str = "") -> subprocess.CompletedProcess:
+        """Run ``command`` on the target through the master (no new login), bounded in time
+        and size (see run_bounded): subprocess.TimeoutExpired after ``timeout``, a TunnelError
+        that names ``what`` (the stage: "looking for Jupyter servers on srv") for too much output."""
         options = ["-T", "-A"] if forward_agent else ["-T"]
         if not stdin:
             options.append("-n")  # no stdin: ssh sends none, and the command needs none
-        argv = build_mux_argv(self.ssh, self.config, self.control, self.route, *options, "--")
-        done = subprocess.run(
-            self._command(argv + [command]), input=stdin.encode(), capture_output=True,
-            env=self.env, timeout=timeout,
-        )
-        self._echo(done.stderr)
-        return done
+        argv = self._command(build_mux_argv(self.ssh, self.config, self.control, self.route, *options, "--")
+                             + [command])
+
+        def keep(line: str) -> bool:
+            if self.verbose >= 2:
+                print(escape_text(line), file=sys.stderr, flush=True)  # ssh -v's words, as they come
+            return not line.startswith(SSH_DEBUG)  # they would push the reason out of the last lines
+
+        code, stdout, stderr = run_bounded(argv, self.env, stdin.encode(), timeout, keep,
+                                           what or f"a command on {self.route.target}")
+        return subprocess.CompletedProcess(argv, code, stdout, "\n".join(stderr).encode())
 
     def forward(self, spec: str) -> tuple[bool, str]:
         """Ask the master to add ``-L spec``; returns (ok, ssh's message)."""
@@ -1080,9 +1186,11 @@ def discover(master: Master, timeout: float = 60.0) -> list[Server]:
         # -A: with -n, the head logs into the node with the user's agent; the agent is
         # forwarded to this one session only
         command, script = build_discovery_command(route)
-        done = master.run(command, stdin=script, forward_agent=bool(route.node), timeout=timeout)
+        done = master.run(command, stdin=script, forward_agent=bool(route.node), timeout=timeout,
+                          what=f"looking for Jupyter servers on {where}")
     except subprocess.TimeoutExpired:
-        raise TunnelError(f"looking for Jupyter servers on {where} timed out", EXIT_ERROR)
+        raise TunnelError(f"looking for Jupyter servers on {where} did not answer within {timeout:g} s",
+                          EXIT_ERROR)
     stdout = done.stdout.decode(errors="replace")
     error = parse_discovery_failure(route, done.returncode, stdout, done.stderr.decode(errors="replace"),
                                     master.alive())
@@ -1166,6 +1274,7 @@ while :; do
 done
 """
 START_LOG_TAIL = 15  # lines of the server's log shown with an error
+START_GRACE = 30.0  # seconds beyond --timeout for the start script, which gives up at --timeout itself
 START_APPS = ("lab", "notebook", "server")  # -t: jupyter lab, jupyter notebook, jupyter server
 
 
@@ -1198,13 +1307,15 @@ def fill_script(template: str, values: Mapping[str, str]) -> str:
 def build_start_script(options: StartOptions, timeout: float) -> str:
     """The ``sh`` script (for ``sh -s``) that starts a detached server and waits for its runtime file."""
     if options.root_dir:
-        cd = f"cd {shlex.quote(options.root_dir)} || fail {shlex.quote('no directory ' + options.root_dir)}"
+        # "./-L", not "-L": cd would take it for its option (and go home); "./" works in
+        # every sh, where "cd --" is one more thing an old shell may not know
+        path = f"./{options.root_dir}" if options.root_dir.startswith("-") else options.root_dir
+        cd = f"cd {shlex.quote(path)} || fail {shlex.quote('no directory ' + options.root_dir)}"
     else:
         cd = 'cd || fail "cannot change to the home directory"'
-    # each command in braces on lines of its own: anything the user wrote (a ";", a comment)
-    # stays inside it; each must succeed; stdin from /dev/null: sh -s reads the script there
-    activate = "\n".join(f"{{ {command}\n}} </dev/null || fail {shlex.quote('failed: ' + command)}"
-                         for command in build_activation(options.pre, options.conda_env or ""))
+    # each must succeed, and a failing one ("." of a missing file included) is told by its
+    # own words (see build_activation_steps)
+    activate = "\n".join(build_activation_steps(options.pre, options.conda_env or ""))
     return fill_script(START_SCRIPT, {
         "MARK": MARK, "TAIL": str(START_LOG_TAIL), "CD": cd, "ACTIVATE": activate,
         "JUPYTER": shlex.quote(options.jupyter), "APP": shlex.quote(options.app),
@@ -1249,9 +1360,11 @@ def start_server(master: Master, options: StartOptions, timeout: float) -> Serve
     started = time.monotonic()
     try:
         # the remote script gives up after ``timeout`` itself, and kills what it started
-        done = master.run("sh -s", stdin=build_start_script(options, timeout), timeout=timeout + 30)
+        done = master.run("sh -s", stdin=build_start_script(options, timeout), timeout=timeout + START_GRACE,
+                          what=f"starting Jupyter on {host}")
     except subprocess.TimeoutExpired:
-        raise TunnelError(f"starting Jupyter on {host} did not finish in time", EXIT_START)
+        raise TunnelError(f"starting Jupyter on {host} did not answer within {timeout + START_GRACE:g} s",
+                          EXIT_START)
     result = parse_start_output(done.stdout.decode(errors="replace"))
     if result.server is None:
         why = result.failure or parse_ssh_error(done.stderr.decode(errors="replace").splitlines(),
@@ -1286,8 +1399,9 @@ def shutdown_server(master: Master, forward: str, server: Server, timeout: float
         return True  # found by "jupyter server list": no file to watch
     script = fill_script(GONE_SCRIPT, {"FILE": shlex.quote(server.source), "TRIES": str(int(timeout * 10))})
     try:
-        return master.run("sh -s", stdin=script, timeout=timeout + 10).returncode == 0
-    except subprocess.TimeoutExpired:
+        return master.run("sh -s", stdin=script, timeout=timeout + 10,
+                          what=f"waiting for the Jupyter server (pid {server.pid}) to stop").returncode == 0
+    except (subprocess.TimeoutExpired, TunnelError):  # a TunnelError: too much output
         return False
 
 
@@ -1324,6 +1438,11 @@ sys.argv[1:] = @ARGS@
 exec(compile(@SOURCE@, "jupyter_node.py", "exec"))
 """
 SHELL_NOT_FOUND = (126, 127)  # the remote shell's exit codes for a program it cannot run
+JSON_START_RE = re.compile(r"^\{", re.MULTILINE)  # where jupyter_node.py's JSON answer may start
+JSON_SPACE = " \t\n\r"  # what JSON allows around a value (str.strip's default takes more)
+# Line starts that parse_node_json tries, the last ones: its answer is one line, printed
+# last; a bound, so that 20,000 lines of "{" cost 20,000 x nothing, not 20,000 decodes.
+MAX_JSON_STARTS = 16
 
 
 class ClusterOptions(NamedTuple):
@@ -1411,14 +1530,21 @@ def build_cancel_args(job: ClusterJob) -> list[str]:
 def parse_node_json(stdout: str) -> dict | None:
     """The one JSON object jupyter_node.py --json printed, or None.
 
-    The last object that starts a line: a chatty login shell may print before it.
+    The last object that starts a line and ends the output: a chatty login shell may print
+    before it.  Linear: the text is decoded from at most MAX_JSON_STARTS line starts, the
+    last ones (jupyter_node.py prints its object on one line, last), each decode stopping
+    at its first error, never from every "{" line to the end.
     """
-    lines = stdout.splitlines()
-    for start in reversed([i for i, line in enumerate(lines) if line.startswith("{")]):
+    text = "\n".join(stdout.splitlines())
+    decoder = json.JSONDecoder()
+    starts = [match.start() for match in JSON_START_RE.finditer(text)][-MAX_JSON_STARTS:]
+    for start in reversed(starts):
         try:
-            value = json.loads("\n".join(lines[start:]))
+            value, end = decoder.raw_decode(text, start)
         except (ValueError, RecursionError):
             continue
+        if text[end:].strip(JSON_SPACE):
+            continue  # something follows it: not the last object (one that holds it may be)
         return value if isinstance(value, dict) else None
     return None
 
@@ -1600,61 +1726,42 @@ def node_source() -> str:
         return f.read()
 
 
+def describe_node_args(args: Sequence[str]) -> str:
+    """What jupyter_node.py is asked to do, for messages: ``submitting the job``."""
+    for flag, words in (("--cancel", "cancelling job"), ("--job", "looking for job")):
+        if flag in args[:-1]:
+            return f"{words} {args[list(args).index(flag) + 1]}"
+    return "listing your jobs" if "--jobs" in args else "submitting the job"
+
+
 def run_node_tool(master: Master, python: str, args: Sequence[str], timeout: float,
                   relay: bool = True) -> tuple[dict | None, int, list[str]]:
     """Run jupyter_node.py with ``args`` on the head through the master; its JSON answer (None
-    when it gave none), exit code and stderr lines.  Its ``Info:``/``Warning:`` lines are shown
-    as they come (escaped: they quote the scheduler) when ``relay``."""
+    when it gave none), exit code and last stderr lines.  Its ``Info:``/``Warning:`` lines are
+    shown as they come (escaped: they quote the scheduler) when ``relay``.  Bounded in time
+    and size as every remote command (run_bounded): a TunnelError that names the stage."""
     head = master.route.target
-    argv = build_node_argv(master.ssh, master.config, master.control, master.route, python)
+    what = f"jupyter_node.py on {head} ({describe_node_args(args)})"
+    argv = master._command(build_node_argv(master.ssh, master.config, master.control, master.route, python))
     if master.verbose:
         say("Debug", f"on {head}: {shlex.join([python, '-', *args])} (jupyter_node.py on stdin)")
-    process = subprocess.Popen(master._command(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, env=master.env)
-    out: list[bytes] = []
-    program = build_node_program(args, node_source()).encode()
 
-    def feed() -> None:
-        try:
-            process.stdin.write(program)  # type: ignore[union-attr]
-            process.stdin.close()  # type: ignore[union-attr]
-        except OSError:
-            pass  # ssh exited: its exit code tells why
+    def keep(line: str) -> bool:
+        kind, sep, text = line.partition(": ")
+        if relay and sep and kind in ("Info", "Warning"):
+            say(kind, text)
+            return False
+        if line.startswith(SSH_DEBUG):
+            master._echo(line.encode())
+            return False
+        return True
 
-    threads = [threading.Thread(target=feed, daemon=True),
-               threading.Thread(target=lambda: out.append(process.stdout.read()), daemon=True)]  # type: ignore[union-attr]
-    for thread in threads:
-        thread.start()
-    hung = threading.Event()
-
-    def kill() -> None:  # a scheduler command that hangs
-        hung.set()
-        process.kill()
-
-    timer = threading.Timer(timeout, kill)
-    timer.daemon = True
-    timer.start()
-    lines: list[str] = []
     try:
-        assert process.stderr is not None
-        for raw in process.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            kind, sep, text = line.partition(": ")
-            if relay and sep and kind in ("Info", "Warning"):
-                say(kind, text)
-            elif line.startswith(SSH_DEBUG):
-                master._echo(raw)
-            else:
-                lines.append(line)
-        process.wait()
-        for thread in threads:
-            thread.join(timeout=5)
-    finally:
-        timer.cancel()
-        stop_process(process)
-    if hung.is_set():
-        raise TunnelError(f"jupyter_node.py on {head} did not answer within {timeout:g} s", EXIT_ERROR)
-    return parse_node_json(b"".join(out).decode(errors="replace")), process.returncode, lines
+        code, stdout, lines = run_bounded(argv, master.env, build_node_program(args, node_source()).encode(),
+                                          timeout, keep, what)
+    except subprocess.TimeoutExpired:  # a scheduler command that hangs, a python that never answers
+        raise TunnelError(f"{what} did not answer within {timeout:g} s", EXIT_ERROR) from None
+    return parse_node_json(stdout.decode(errors="replace")), code, lines
 
 
 def ask_node_tool(master: Master, python: str, args: Sequence[str], timeout: float, relay: bool = True) -> dict:
@@ -3552,7 +3659,7 @@ def number_option(unit: str, high: float, durations: bool = False):
 def job_option(text: str) -> str:
     """An argparse type: a scheduler's job id (``4711``, ``81234_3``)."""
     if not JOB_ID_RE.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"not a job id (letters, digits, . _ -): {text!r}")
+        raise argparse.ArgumentTypeError(f"not a job id (a letter or digit, then letters, digits, . _ -): {text!r}")
     return text
 
 
@@ -3627,7 +3734,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-s", "--host", nargs="+", action="extend", default=[], metavar="HOST",
+    parser.add_argument("-s", "--host", type=text_option, nargs="+", action="extend", default=[], metavar="HOST",
                         help="host(s) to contact in order: all but the last are jump hosts "
                              "([user@]host[:port], names from ~/.ssh/config work); repeatable: "
                              "-s gw -s srv is -s gw srv")
@@ -3635,7 +3742,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="browser to start once the tunnel answers (it gets a one-time address that "
                              'redirects to the URL); "n" or "none": start none '
                              "[default: the system's default browser]")
-    parser.add_argument("-n", "--node", metavar="NODE",
+    parser.add_argument("-n", "--node", type=text_option, metavar="NODE",
                         help="cluster node (Grid Engine, Slurm) running the server; the last -s host "
                              "is then the head node, from which the node is reached; \"auto\": the node "
                              "of your running Jupyter job; with --submit: the node to ask for")
@@ -3693,9 +3800,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "the tunnel closes")
     add_server_options(start, START_APPS, "lab", "the remote", "lab, notebook or server")
     parser.set_defaults(type=None)  # told from "-t lab" given: see ignored_option_problem
-    start.add_argument("--jupyter", metavar="PROG",
+    start.add_argument("--jupyter", type=text_option, metavar="PROG",
                        help="the remote jupyter command, when it is not on PATH [default: jupyter]")
-    start.add_argument("--root-dir", metavar="PATH",
+    start.add_argument("--root-dir", type=text_option, metavar="PATH",
                        help="the started server's working and root directory [default: the remote home]")
     start.add_argument("--stop-server", action="store_true",
                        help="when the tunnel closes, shut down the Jupyter server it is attached to "

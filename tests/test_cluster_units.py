@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -87,9 +88,31 @@ def test_node_command_is_only_the_interpreter(python, command):
     ("", None),
     ("[1, 2]\n", None),
     ("{\"a\": \n", None),
+    # the last object that starts a line and ends the output
+    ('{"a": 1}\n{"b": 2}\n', {"b": 2}),
+    ('{"a": 1}\n{"b": 2}\ntrailing words\n', None),
+    ('{"a": 1}\n{"b": \n', None),  # a cut answer is no answer, not the one before it
+    ('{"outer":\n{"inner": 1}\n}\n', {"outer": {"inner": 1}}),  # an object inside one, on its own line
+    ('{"a": 1}  \r\n\n', {"a": 1}),
+    ('  {"a": 1}\n', None),  # not at the start of a line
+    ("{}\n", {}),
+    ('{"a": [1, 2]}' + "\n{" * 5, None),
+    ('{"a": "x"}\n' + "[" * 100_000 + "\n", None),  # too deep for json: no crash
+    ("{" + "[" * 100_000 + "\n", None),
 ])
 def test_node_json_is_the_last_object(stdout, expected):
     assert jt.parse_node_json(stdout) == expected
+
+
+def test_node_json_is_linear_in_lines_of_braces():
+    """20,000 lines of "{" before (or after) the answer: each line start was decoded to the end
+    (quadratic: minutes); now only the last few are tried, each stopping at its first error."""
+    chatter = "{\n" * 20_000
+    started = time.monotonic()
+    assert jt.parse_node_json(chatter + json.dumps(READY) + "\n") == READY
+    assert jt.parse_node_json(json.dumps(READY) + "\n" + chatter) is None
+    assert jt.parse_node_json('{"a": [\n' * 20_000) is None  # each an open array: decoding goes far
+    assert time.monotonic() - started < 5  # a generous bound: it takes milliseconds
 
 
 def test_job_fields_are_checked():
@@ -292,7 +315,15 @@ def test_timeout_takes_jupyter_nodes_durations(value, seconds):
     (["--new"], "--new, -q/--queue and -r/--resource go with --submit"),
     (["-q", "gpu"], "--new, -q/--queue and -r/--resource go with --submit"),
     (["--job", "1", "-n", "node07"], "--job names the job whose node to use: it cannot go with -n NODE"),
-    (["--job", "1;x"], "argument --job: not a job id (letters, digits, . _ -): '1;x'"),
+    (["--job", "1;x"], "argument --job: not a job id (a letter or digit, then letters, digits, . _ -): '1;x'"),
+    # qdel/scancel would take it for one of their options
+    (["--job=-1"], "argument --job: not a job id (a letter or digit, then letters, digits, . _ -): '-1'"),
+    (["--job=--help"], "argument --job: not a job id"),
+    (["--job", "4711\n"], "argument --job: not a job id"),
+    # values that go into a remote script, refused whole rather than cut at the newline
+    (["--submit", "--pre", "true\nrm -rf ~"], "argument --pre: must be one line (no newline): 'true\\nrm -rf ~'"),
+    (["--submit", "--pre", "true\u2028x"], "argument --pre: must be one line (no newline)"),
+    (["--submit", "--conda-env", "a\rb"], "argument --conda-env: must be one line (no newline): 'a\\rb'"),
     (["--submit", "--resource=-pe 'smp 4"], "argument -r/--resource: \"-pe 'smp 4\" does not split like a shell command"),
     (["--warn-before", "0"], "argument --warn-before: expected minutes, more than 0 and at most 1440, not '0'"),
     (["--warn-before", "nan"], "argument --warn-before: expected minutes"),
@@ -328,3 +359,14 @@ def test_job_list_goes_on_past_a_node_that_refuses(monkeypatch, capsys):
     assert asked == ["node07.cluster", "node08.cluster"] and master.route == HEAD
     assert "Warning: cannot list the servers on node07.cluster: cannot connect" in err
     assert [line.split()[-1] for line in out.splitlines()[1:]] == ["?", "-"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--json", "-t", "lab", "-w", "60s", "--reuse"], "submitting the job"),
+    (["--json", "--jobs"], "listing your jobs"),
+    (["--json", "--job", "4711"], "looking for job 4711"),
+    (["--json", "--cancel", "4711", "--scheduler", "sge"], "cancelling job 4711"),
+    (["--json", "--pre=--job"], "submitting the job"),  # a value, not the option
+])
+def test_describe_node_args(args, words):
+    assert jt.describe_node_args(args) == words

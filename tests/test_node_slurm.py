@@ -7,6 +7,7 @@ Ctrl+C leaves the job, ``scancel`` ends it.  jupyter_tunnel.py needs nothing Slu
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -86,7 +87,9 @@ def test_job_that_fails_on_the_node_is_an_error_with_the_log(slurm_cluster: Slur
     done = cluster_user.ssh_head(f"cd && {START} -t lab --pre {pre} -w {SERVER_TIMEOUT:g}s")
     assert done.returncode == jn.EXIT_ERROR, done.stderr
     assert time.monotonic() - started < SERVER_TIMEOUT / 2  # noticed when the job ended, not at -w
-    assert "Error: Jupyter lab did not start: the job is " in done.stderr
+    # the command that failed, told by the job itself (build_server_script's fail)
+    assert "Error: Jupyter lab did not start: failed: echo 'module: no such module python/9' >&2; false. Log: " \
+        in done.stderr
     assert "module: no such module python/9" in done.stderr  # the log's last lines
 
 
@@ -157,3 +160,35 @@ def test_json_submit_list_reuse_cancel_sent_on_stdin(slurm_cluster: SlurmCluster
     assert f"Info: job {job['job']} is " in done.stderr  # a change of state, as it happened
     check_listed_reused_cancelled(user, "slurm", job, slurm_cluster.node, SERVER_TIMEOUT, slurm_cluster.jobs,
                                   lambda: slurm_cluster.job_state(job["job"]) in (None, "CANCELLED"))
+
+
+def test_submit_pre_with_a_comment_or_a_background_command_starts_the_server(slurm_cluster: SlurmCluster,
+                                                                              cluster_user: ClusterUser):
+    """jupyter-tunnel --submit: each --pre runs on its own in the job script, as with --start:
+    a trailing comment no longer eats the `exec jupyter`, and `CMD &` is no syntax error."""
+    user = cluster_user
+    with Tunnel(user.client_config, "-s", f"{user.name}@{user.head}", "--submit", "--scheduler", "slurm",
+                "-t", "lab", "--pre", f". {user.venv}/bin/activate", "--pre", "true # a comment",
+                "--pre", "sleep 1000 &", "-w", f"{SERVER_TIMEOUT:g}", "--json", "--stop-server") as run:
+        info = json.loads(run.url(timeout=SERVER_TIMEOUT + 60))
+        assert get_status(info["url"])[0] == 200, run.stderr
+        job = info["job"]
+        assert slurm_cluster.job_state(job) == "RUNNING"
+        assert run.stop(signal.SIGINT) == jt.EXIT_OK, run.stderr
+    assert f"Info: Cancelled job {job} (jp-lab)." in run.stderr
+
+
+def test_submit_pre_whose_dot_fails_says_which_and_why(slurm_cluster: SlurmCluster, cluster_user: ClusterUser):
+    """A `.` of a missing file ends a POSIX sh before `|| fail` can speak: the job script runs it
+    with `command eval`, so the error names the command, with the shell's own words."""
+    user = cluster_user
+    started = time.monotonic()
+    with Tunnel(user.client_config, "-s", f"{user.name}@{user.head}", "--submit", "--scheduler", "slurm",
+                "--pre", ". /nonexistent/activate", "-w", f"{SERVER_TIMEOUT:g}") as run:
+        assert run.wait(SERVER_TIMEOUT + 60) == jt.EXIT_START, run.stderr
+    assert time.monotonic() - started < SERVER_TIMEOUT / 2  # told by the job at once, not at -w
+    [error] = [line for line in run.stderr.splitlines() if line.startswith("Error: ")]
+    assert error.startswith(f"Error: the Jupyter job could not start on {user.name}@{user.head}: "
+                            "failed: . /nonexistent/activate (log on "), error
+    assert ".: cannot open /nonexistent/activate: No such file" in error  # dash's own words, from the log
+    assert "Traceback" not in run.stderr

@@ -5,6 +5,7 @@ nodes: nothing newer than 3.6 here either (no ``from __future__ import annotatio
 ``capture_output``), and no import of jupyter_tunnel.py (Python >= 3.9).
 """
 
+import argparse
 import getpass
 import os
 import re
@@ -80,6 +81,36 @@ def test_server_script_activates_first_and_stops_when_activation_fails(tmp_path)
     failing = jn.build_server_script("notebook", pre=["false"])
     done = subprocess.run(["sh", "-c", failing], **TEXT)
     assert done.returncode != 0
+    assert jn.parse_log(done.stdout).failure == "failed: false"
+
+
+@pytest.mark.parametrize("pre, failure, said", [
+    # a comment or a "&" of the user's stays inside that command: jupyter still starts
+    (["true # a comment"], "", ""),
+    (["sleep 0 &"], "", ""),
+    (["echo 'a \\n b' # quotes, a backslash"], "", ""),
+    # "." of a missing file would end sh before "|| fail": command eval keeps it going
+    ([". /nonexistent/activate"], "failed: . /nonexistent/activate", "/nonexistent/activate"),
+    (["if"], "failed: if", "syntax error"),  # a syntax error of the user's: the shell's words
+])
+def test_server_script_runs_each_pre_on_its_own(tmp_path, pre, failure, said):
+    script = jn.build_server_script("lab", pre=pre)
+    assert "\n" not in script  # qrsh joins it into one command line
+    if not failure:
+        assert run_script(script, tmp_path).splitlines()[0] == "lab"
+        return
+    done = subprocess.run(["sh", "-c", script], **TEXT, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 1
+    info = jn.parse_log(done.stdout + done.stderr)
+    assert info.failure == failure and said in done.stderr.lower()
+
+
+def test_failing_activation_fails_the_job_without_asking_the_scheduler(tmp_path):
+    log = tmp_path / "log"
+    log.write_text(f"{jn.MARK} job 7 node n1\nsh: 1: .: cannot open /x: No such file\n"
+                   f"{jn.MARK} fail failed: . /x\n")
+    job = jn.Job(str(log), "7")  # its ask_scheduler is not there: asking would raise
+    assert job.poll() == jn.JobState("failed", "n1", detail="failed: . /x")
 
 
 def test_server_script_conda_env(tmp_path):
@@ -92,6 +123,10 @@ def test_server_script_conda_env(tmp_path):
     script = jn.build_server_script("lab", pre=["test -z \"$CONDA_DEFAULT_ENV\""], conda_env="my env")
     script = script.replace("exec jupyter", 'test "$CONDA_DEFAULT_ENV" = "my env" && exec jupyter')
     assert run_script(script, tmp_path, f"{conda_dir}:").splitlines()[0] == "lab"
+    # a conda that fails (no such environment) fails the activation: eval of nothing would not
+    failing = jn.build_server_script("lab", conda_env="other")
+    done = subprocess.run(["sh", "-c", failing], **TEXT, env={"PATH": f"{conda_dir}:/usr/bin:/bin"})
+    assert done.returncode == 1 and jn.parse_log(done.stdout).failure.startswith("failed: eval ")
 
 
 @pytest.mark.parametrize("kwargs, expected", [
@@ -131,6 +166,11 @@ def test_build_sbatch_argv(kwargs, expected):
     (f"{jn.MARK} job 1 node a\nhttp://a:8888/\n{jn.MARK} job 2 node b\n", jn.LogInfo("2", "b", 0)),
     # a URL before the marker (not ours) does not make the server ready
     (f"see http://example.org:80/\n{jn.MARK} job 3 node c\n", jn.LogInfo("3", "c", 0)),
+    # a failed activation command, as build_server_script's fail() prints it
+    (f"{jn.MARK} job 4 node d\nsh: 1: .: cannot open /a\n{jn.MARK} fail failed: . /a\n",
+     jn.LogInfo("4", "d", 0, "failed: . /a")),
+    # an earlier run's failure in a log given with -l twice does not count
+    (f"{jn.MARK} job 1 node a\n{jn.MARK} fail failed: x\n{jn.MARK} job 2 node b\n", jn.LogInfo("2", "b", 0)),
 ])
 def test_parse_log(text, expected):
     assert jn.parse_log(text) == expected
@@ -204,6 +244,10 @@ def test_make_log_given_path_is_made_private(tmp_path):
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--job", "4711;rm"], "invalid job id '4711;rm'"),  # it goes on qdel/scancel's command line
     (["--cancel", "a b"], "invalid job id 'a b'"),
+    (["--cancel=-1"], "invalid job id '-1'"),  # qdel/scancel would read it as an option
+    (["--job=-u"], "invalid job id '-u'"),
+    (["--pre", "true\nfalse"], "argument --pre: must be one line (no newline): 'true\\nfalse'"),
+    (["--conda-env", "a\u2029b"], "argument --conda-env: must be one line (no newline)"),
     (["--jobs", "--reuse"], "not allowed with argument"),
     (["--cancel", "1", "--jobs"], "not allowed with argument"),
 ])
@@ -556,3 +600,25 @@ def test_jobs_table_escapes_the_schedulers_words():
     table = jn.format_jobs([row])
     assert "\x1b" not in table and len(table.splitlines()) == 2
     assert "evil\\x1b[2J" in table and "Resources\\nInfo: forged" in table
+
+
+@pytest.mark.parametrize("text, ok", [
+    ("4711", True), ("81234_3", True), ("4711.1", True), ("a", True), ("A-1", True),
+    ("-1", False), ("--help", False), (".", False), ("_1", False), ("", False),
+    ("4711\n", False), ("4711 ", False), ("1;x", False),
+])
+def test_job_id_never_starts_with_a_dash(text, ok):
+    assert bool(jn.JOB_ID_RE.fullmatch(text)) is ok
+
+
+@pytest.mark.parametrize("text, ok", [
+    (". ~/venv/bin/activate", True), ("module load python; echo 'a\tb'", True), ("", True),
+    ("a\nb", False), ("a\rb", False), ("a\x0bb", False), ("a\x1cb", False), ("a\x85b", False),
+    ("a\u2028b", False), ("trailing\n", False),
+])
+def test_line_option(text, ok):
+    if ok:
+        assert jn.line_option(text) == text
+    else:
+        with pytest.raises(argparse.ArgumentTypeError, match="must be one line"):
+            jn.line_option(text)

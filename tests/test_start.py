@@ -156,9 +156,13 @@ def test_start_attaches_when_a_server_runs(tunnel, no_server, start_jupyter):
 @pytest.mark.parametrize("args, said", [
     ((), "jupyter not found"),  # not on the non-interactive PATH
     (("--pre", "false"), "failed: false"),
+    # "." of a missing file ended sh before "|| fail" spoke: now its command and dash's words
+    (("--pre", ". /nonexistent/activate"), "failed: . /nonexistent/activate (log: "),
+    # "cd -L" went home and started the server there
+    (("--root-dir=-L", "--pre", ACTIVATE), "no directory -L (log: "),
     # the notebook 6 venv has no jupyterlab: jupyter says so in the log, whose end is shown
     (("-t", "lab", "--jupyter", f"{NB6_VENV}/bin/jupyter"), "the server exited (log: "),
-], ids=["no-jupyter", "pre-fails", "lab-missing"])
+], ids=["no-jupyter", "pre-fails", "dot-fails", "root-dir-dash", "lab-missing"])
 def test_start_failures_say_why_and_leave_nothing(tunnel, no_server, args, said):
     run = tunnel("-s", "gw", f"{USER}@srv", "--start", *args)
     assert run.wait(90) == EXIT_START
@@ -167,6 +171,8 @@ def test_start_failures_say_why_and_leave_nothing(tunnel, no_server, args, said)
     assert "(log: " in error
     if "-t" in args:
         assert "its log ends with: " in error and "jupyter-lab" in error, error
+    if ". /nonexistent/activate" in args:
+        assert "its log ends with: " in error and ".: cannot open /nonexistent/activate" in error, error
     run.assert_clean()
     assert user_processes() == {} and runtime_files() == []
 

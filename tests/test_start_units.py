@@ -15,8 +15,9 @@ FILE = '{"port": 8888, "token": "abc", "pid": 4242, "root_dir": "/home/u", "vers
 
 def test_conda_env_is_activated_by_conda_shell_posix_after_pre():
     script = jt.build_start_script(jt.StartOptions(pre=("module load anaconda",), conda_env="my env"), 60)
-    load = script.index("{ module load anaconda\n} </dev/null || fail 'failed: module load anaconda'")
-    conda = script.index("""{ eval "$(conda shell.posix activate 'my env')"\n} </dev/null || fail""")
+    load = script.index("command eval 'module load anaconda' </dev/null || fail 'failed: module load anaconda'")
+    conda = script.index("""command eval 'eval "$(conda shell.posix activate '"'"'my env'"'"' || echo false)"' """
+                         "</dev/null || fail")
     start = script.index('setsid "$J" lab --no-browser --ip=127.0.0.1 </dev/null 3>&- &')
     assert load < conda < start
 
@@ -26,7 +27,11 @@ def test_conda_env_is_activated_by_conda_shell_posix_after_pre():
     (jt.StartOptions(app="notebook", jupyter="/opt/my venv/bin/jupyter", root_dir="/data/x y"),
      ["J='/opt/my venv/bin/jupyter'", "cd '/data/x y' || fail 'no directory /data/x y'", '"$J" notebook --no-browser']),
     # a user's command holding a placeholder is not filled in
-    (jt.StartOptions(pre=("echo @MARK@ $HOME",)), ["{ echo @MARK@ $HOME\n}"]),
+    (jt.StartOptions(pre=("echo @MARK@ $HOME",)), ["command eval 'echo @MARK@ $HOME' </dev/null"]),
+    # a directory that looks like an option of cd: "cd -L" would go home instead
+    (jt.StartOptions(root_dir="-L"), ["cd ./-L || fail 'no directory -L'"]),
+    (jt.StartOptions(root_dir="-"), ["cd ./- || fail 'no directory -'"]),
+    (jt.StartOptions(root_dir="a-b"), ["cd a-b || fail"]),
 ])
 def test_start_script_quotes_what_it_is_given(options, expected):
     script = jt.build_start_script(options, 30)
@@ -38,6 +43,24 @@ def test_start_script_quotes_what_it_is_given(options, expected):
 def test_start_script_is_valid_sh():
     script = jt.build_start_script(jt.StartOptions(pre=("a; b # c", "x 'y'")), 5)
     assert subprocess.run(["sh", "-n"], input=script.encode(), capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("pre, failure, said", [
+    # "." of a missing file ends a POSIX sh at once, before "|| fail": command eval keeps it going
+    (". /nonexistent/activate", "failed: . /nonexistent/activate", "/nonexistent/activate"),
+    ("true # a comment", "no-such-jupyter not found", ""),  # the comment eats nothing after it
+    ("sleep 0 &", "no-such-jupyter not found", ""),  # a background command is no syntax error
+    ("if", "failed: if", "syntax error"),  # a syntax error of the user's: the shell's words
+])
+def test_start_script_runs_each_pre_on_its_own(tmp_path, pre, failure, said):
+    """Run for real with sh (dash on Debian): each --pre either fails with its own reason, or
+    the script goes on to its next step (looking for jupyter)."""
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    script = jt.build_start_script(jt.StartOptions(jupyter="no-such-jupyter", pre=(pre,)), 5)
+    done = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True, env=env)
+    result = jt.parse_start_output(done.stdout)
+    assert result.failure.startswith(failure), done.stdout
+    assert said in " ".join(result.tail).lower()  # the shell's own words, from the log
 
 
 def test_start_script_reports_a_missing_jupyter(tmp_path):

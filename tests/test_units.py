@@ -342,6 +342,13 @@ def test_discovery_script_is_posix_sh(one_line):
     (["-s", "srv", "-F", "/tmp/x\ry"], "argument -F/--ssh-config: control characters"),
     (["-s", "-x"], "expected at least one argument"),
     (["-s", "srv", "--node=-node1"], "invalid host name '-node1'"),
+    # values that go into a remote command or the ssh config: refused whole, never cut or split
+    (["-s", "gw\nsrv"], "argument -s/--host: control characters (a newline, say) are not allowed: 'gw\\nsrv'"),
+    (["-s", "srv", "-n", "node\n1"], "argument -n/--node: control characters"),
+    (["-s", "srv", "--start", "--root-dir", "/data\nx"], "argument --root-dir: control characters"),
+    (["-s", "srv", "--start", "--jupyter", "jupyter\nrm"], "argument --jupyter: control characters"),
+    (["-s", "srv", "--start", "--pre", ". a\nb"], "argument --pre: must be one line (no newline): '. a\\nb'"),
+    (["-s", "srv", "--start", "--conda-env", "a\x85b"], "argument --conda-env: must be one line (no newline)"),
 ])
 def test_usage_errors_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
