@@ -1965,6 +1965,33 @@ def parse_probe_answer(answer: bytes) -> Answer:
     return Answer(status, isinstance(data, dict) and key in data)
 
 
+# What an answer to the readiness probe means (probe_verdict).
+READY_ANSWER = "ready"  # Jupyter accepted the request: the tunnel works
+REFUSED_TOKEN = "refused"  # Jupyter refused the token of the server's own runtime file
+NOT_JUPYTER = "foreign"  # something answered, but not as Jupyter does
+NO_ANSWER = "none"  # nothing yet (a timeout, or the connection closed without a word)
+
+
+def probe_verdict(answer: Answer | None, token_sent: bool) -> str:
+    """What the probe's answer means for readiness: READY_ANSWER, REFUSED_TOKEN, NOT_JUPYTER
+    or NO_ANSWER.
+
+    Jupyter's 403 means two things.  Without a token (the runtime file has none: a password
+    server, or authentication off) it is what a password server says to any request: ready,
+    the page asks for the password.  With a token it is the server refusing the token its own
+    runtime file holds: the file is not that server's (a forged or stale file naming another
+    server's port) or the token changed; never ready.  wait_for_tunnel keeps asking until
+    --timeout (a server may still be setting its token up), then says so.
+    """
+    if answer is None or not answer.status:
+        return NO_ANSWER
+    if not answer.jupyter:
+        return NOT_JUPYTER
+    if answer.status == 403 and token_sent:
+        return REFUSED_TOKEN
+    return READY_ANSWER
+
+
 def probe_server(local_port: int, server: Server, timeout: float = 5.0, method: str = "GET",
                  path: str = "api/status") -> Answer | None:
     """The answer to ``/api/status`` through the tunnel; status 0 when the connection was
@@ -2009,12 +2036,18 @@ def wait_for_tunnel(master: Master, local_port: int, server: Server, timeout: fl
     deadline = started + timeout
     delay = POLL_INTERVAL
     foreign = 0  # the status of the last answer that was not Jupyter's
+    refused = False  # whether Jupyter refused the runtime file's token (see probe_verdict)
     where = f"{forward_target(server, master.route.node)} on {master.route.server_host}"
     while True:
         answer = probe_server(local_port, server, timeout=max(0.5, min(5.0, deadline - time.monotonic())))
-        if answer is not None and answer.jupyter:
+        verdict = probe_verdict(answer, bool(server.token))
+        if verdict == READY_ANSWER:
+            assert answer is not None
             return answer.status
-        if answer is not None and answer.status:
+        if verdict == REFUSED_TOKEN:
+            refused = True
+        elif verdict == NOT_JUPYTER:
+            assert answer is not None
             foreign = answer.status  # maybe a server still starting: keep asking until --timeout
         if not master.alive():
             raise TunnelError(
@@ -2028,6 +2061,11 @@ def wait_for_tunnel(master: Master, local_port: int, server: Server, timeout: fl
             raise TunnelError(f"the Jupyter server at {where} does not accept connections"
                               + (f" (ssh: {refused[-1]})" if refused else ""), EXIT_TIMEOUT)
         if time.monotonic() + delay > deadline:
+            if refused:
+                raise TunnelError(
+                    f"the Jupyter server at {where} refused the token of its own runtime file (HTTP 403) "
+                    f"for {timeout:g} s: the file (pid {server.pid}) does not describe the server that "
+                    "listens there, or its token changed", EXIT_TIMEOUT)
             if foreign:
                 raise TunnelError(
                     f"{where} answered (HTTP {foreign}), but not as a Jupyter server: another "

@@ -580,3 +580,19 @@ def test_verbose_is_counted():
     assert jt.build_parser().parse_args(["-s", "srv"]).verbose == 0
     assert jt.build_parser().parse_args(["-s", "srv", "-v"]).verbose == 1
     assert jt.build_parser().parse_args(["-vv", "-s", "srv"]).verbose == 2
+
+
+@pytest.mark.parametrize("answer, token_sent, verdict", [
+    (STATUS_200, True, jt.READY_ANSWER),
+    (STATUS_200, False, jt.READY_ANSWER),
+    (STATUS_403, False, jt.READY_ANSWER),  # a password server: the page asks for the password
+    (STATUS_403, True, jt.REFUSED_TOKEN),  # the runtime file's token refused: not that server's file
+    (b"HTTP/1.0 403 Forbidden\r\n\r\n<h1>Forbidden</h1>", True, jt.NOT_JUPYTER),
+    (b"HTTP/1.0 403 Forbidden\r\n\r\n<h1>Forbidden</h1>", False, jt.NOT_JUPYTER),
+    (b"HTTP/1.0 200 OK\r\n\r\n<html>It works!</html>", True, jt.NOT_JUPYTER),
+    (b"", True, jt.NO_ANSWER),  # closed without a word
+    (None, True, jt.NO_ANSWER),  # nothing in time
+])
+def test_probe_verdict(answer, token_sent, verdict):
+    parsed = None if answer is None else jt.parse_probe_answer(answer)
+    assert jt.probe_verdict(parsed, token_sent) == verdict
