@@ -3205,6 +3205,13 @@ class Tunnel:
                 say("Info", f"The Jupyter server started on {host} keeps running (pid {server.pid}): "
                             "a later jupyter-tunnel attaches to it; --stop-server stops it when the tunnel closes.")
             return
+        if self.settings.start is not None and not self.started:
+            # "--start --stop-server" reads "a server for this session": one that ran before
+            # (someone else's work in it, maybe) is not the run's to stop; plain --stop-server
+            # names the attached server, and stops it
+            say("Info", f"The Jupyter server on {host} was already running: left running (--stop-server "
+                        "stops only a server this run started when used with --start)")
+            return
         if self.master is None or not self.master.alive():
             say("Warning", f"the connection to {host} is gone: cannot stop its Jupyter server (pid {server.pid})")
             return
@@ -3596,7 +3603,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the started server's working and root directory [default: the remote home]")
     start.add_argument("--stop-server", action="store_true",
                        help="when the tunnel closes, shut down the Jupyter server it is attached to "
-                            "(POST /api/shutdown with its token) and wait until it is gone")
+                            "(POST /api/shutdown with its token) and wait until it is gone; with --start, "
+                            "only a server this run started (one that already ran is left running)")
     cluster = parser.add_argument_group(
         "a cluster job (--submit, -n auto, --job)",
         "jupyter_node.py runs on the head through the same login (its source on the head's python's "

@@ -153,6 +153,27 @@ def test_start_attaches_when_a_server_runs(tunnel, no_server, start_jupyter):
     assert run.stop(signal.SIGINT) == 0
 
 
+def test_start_stop_server_leaves_a_server_it_only_attached_to(tunnel, no_server, start_jupyter):
+    # --start --stop-server stops the server the run started; this one ran before the run
+    server = start_jupyter(USER)
+    run = tunnel("-s", f"{USER}@srv", "--start", "--stop-server", "--pre", ACTIVATE)
+    assert get_status(run.url())[0] == 200
+    assert "--start was not needed" in run.stderr
+    assert run.stop(signal.SIGINT) == 0
+    assert (f"Info: The Jupyter server on {USER}@srv was already running: left running (--stop-server "
+            "stops only a server this run started when used with --start)") in run.stderr
+    assert "Stopping the Jupyter server" not in run.stderr
+    run.assert_clean()
+    assert server.alive and server.api()[0] == 200
+    # plain --stop-server names the attached server: it stops it
+    run = tunnel("-s", f"{USER}@srv", "--stop-server")
+    assert get_status(run.url())[0] == 200
+    assert run.stop(signal.SIGINT) == 0
+    assert "The Jupyter server has stopped." in run.stderr
+    run.assert_clean()
+    wait_for(lambda: not server.alive, 10, what="the attached server to stop")
+
+
 @pytest.mark.parametrize("args, said", [
     ((), "jupyter not found"),  # not on the non-interactive PATH
     (("--pre", "false"), "failed: false"),
