@@ -141,6 +141,7 @@ SSH_NOISE = (
 # Running tunnels register in $XDG_RUNTIME_DIR/jupyter-tunnel (or ~/.cache/jupyter-tunnel);
 # this variable overrides the directory (the tests use it).
 REGISTRY_ENV = "JUPYTER_TUNNEL_REGISTRY"
+MAX_STATE_BYTES = 65536  # a registry entry is ~500 bytes: a larger file is not one of ours
 MISSING = "it does not exist"  # check_private_dir's answer for a path that is not there
 # A registry entry's "state": written as soon as the run has something to clean up after
 # it (its private directory), so that a run killed while it logs in leaves nothing behind.
@@ -2626,16 +2627,42 @@ def write_state(state: dict, directory: str) -> str:
     return path
 
 
-def read_state(path: str) -> dict | None:
-    """One registry entry, or None when it is gone or not one."""
+def parse_state(data: bytes) -> dict | None:
+    """A registry entry from the bytes of its file; None when they are not one (not UTF-8, not
+    JSON, not an object, no pid worth looking at).  Its other fields are checked by each reader."""
     try:
-        with open(path) as f:
-            state = json.load(f)
-    except (OSError, ValueError):
+        state = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; [[[[...]]]] too deep
         return None
     if not isinstance(state, dict) or as_pid(state.get("pid")) is None:
         return None
-    state["file"] = path
+    return state
+
+
+def read_state(path: str) -> dict | None:
+    """One registry entry, or None when it is gone or not one.
+
+    Only a regular file of ours, and at most MAX_STATE_BYTES of it: the directory is private,
+    but a FIFO named ``*.json`` would block a plain open() for ever (O_NONBLOCK: it opens at
+    once, and fstat tells it is no file), and a huge file would be read whole.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # gone, a symbolic link (ELOOP), unreadable
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_size > MAX_STATE_BYTES:
+            return None
+        data = os.read(fd, MAX_STATE_BYTES + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    state = parse_state(data) if len(data) <= MAX_STATE_BYTES else None
+    if state is not None:
+        state["file"] = path
     return state
 
 
@@ -2662,8 +2689,15 @@ def read_states(directory: str | None = None) -> list[dict]:
 
 
 def _number(value: object) -> float:
-    """A float for sorting, 0 for anything that is not a number."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+    """A float for sorting, 0 for anything that is not a finite number (NaN would make the
+    sort's order arbitrary; an integer too large for a float overflows)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return 0.0
+    try:
+        number = float(value)
+    except OverflowError:
+        return 0.0
+    return number if math.isfinite(number) else 0.0
 
 
 class Registration:

@@ -78,7 +78,7 @@ class RunningTunnel:
     @classmethod
     def from_state(cls, state: Mapping) -> RunningTunnel:
         """From a registry entry (written by jupyter_tunnel.build_state); odd fields are dropped."""
-        hosts, job = state.get("hosts"), state.get("job")
+        hosts, job, scheduler = state.get("hosts"), state.get("job"), state.get("scheduler")
         return cls(
             pid=int(state["pid"]),
             hosts=tuple(str(h) for h in hosts) if isinstance(hosts, list) else (),
@@ -95,7 +95,7 @@ class RunningTunnel:
                             else False if state.get("server_pid") else None),
             # shown, and put in a qdel/scancel command by the reader: only a job id passes
             job=job if isinstance(job, str) and jt.JOB_ID_RE.fullmatch(job) else "",
-            scheduler=str(state.get("scheduler") or "") if state.get("scheduler") in jt.CANCEL_COMMANDS else "",
+            scheduler=scheduler if isinstance(scheduler, str) and scheduler in jt.CANCEL_COMMANDS else "",
             job_end=_finite_or_none(state.get("job_end")),
             state=dict(state),
         )
@@ -144,18 +144,20 @@ class RunningTunnel:
 
 
 def _int_or_none(value: object) -> int | None:
-    """``int(value)``, or None for a missing or malformed field."""
+    """``int(value)``, or None for a missing or malformed field (a JSON 1e400 is an infinite
+    float: int() raises OverflowError for it)."""
     try:
         return int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
 def _float_or_none(value: object) -> float | None:
-    """``float(value)``, or None for a missing or malformed field."""
+    """``float(value)``, or None for a missing or malformed field (an integer of 400 digits
+    overflows a float)."""
     try:
         return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
@@ -316,7 +318,7 @@ def find_tunnels(clean: bool = True) -> list[RunningTunnel]:
     def cleaned(state: dict) -> None:
         try:
             what = RunningTunnel.from_state(state).describe()
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             what = "its registry entry is damaged"
         jt.say("Info", f"Cleaned up after process {state['pid']}, which had died ({what})")
 
@@ -324,7 +326,7 @@ def find_tunnels(clean: bool = True) -> list[RunningTunnel]:
     for state in jt.scan_registry(clean, cleaned):
         try:
             found.append(RunningTunnel.from_state(state))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             continue  # read_states checked pid; keep going whatever else is odd
     ours = os.environ.get(jt.REGISTRY_ENV, "")
     known = {t.pid for t in found}

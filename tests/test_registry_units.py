@@ -3,7 +3,9 @@ directory named by a registry entry is a dead tunnel's own leftover (no processe
 
 from __future__ import annotations
 
+import os
 import stat
+import threading
 
 import pytest
 
@@ -118,3 +120,49 @@ def test_entry_of_a_connecting_run():
     assert (state["state"], state["local_port"], state["remote_port"], state["server_pid"]) == \
         ("connecting", 8889, 8888, 77)
     assert "secret" not in repr(state)
+
+
+def _fifo(path) -> None:
+    os.mkfifo(path)
+
+
+def _huge(path) -> None:
+    path.write_bytes(b'{"pid": 4242, "pad": "' + b"x" * (jt.MAX_STATE_BYTES + 10) + b'"}')
+
+
+@pytest.mark.parametrize("make, expect", [
+    (lambda path: path.write_text('{"pid": 4242, "state": "ready"}'), 4242),
+    (lambda path: path.write_text('{"pid": 4242, "local_port": 1e400, "started": NaN}'), 4242),  # read; fields checked later
+    (_fifo, None),  # a plain open() blocks until a writer comes: for ever
+    (lambda path: path.mkdir(), None),  # a directory named x.json
+    (_huge, None),
+    (lambda path: path.write_bytes(b'{"pid": 4242, "hosts": ["\xff\xfe"]}'), None),  # not UTF-8
+    (lambda path: path.write_text("[4242]"), None),
+    (lambda path: path.write_text('{"pid": 1e400}'), None),
+    (lambda path: path.write_text("[" * 100000), None),
+    (lambda path: path.symlink_to("/etc/hostname"), None),  # never followed
+], ids=["entry", "odd-fields", "fifo", "directory", "huge", "not-utf8", "list", "pid-1e400", "deep", "symlink"])
+def test_read_state_never_hangs_on_a_damaged_entry(tmp_path, make, expect):
+    path = tmp_path / "4242.json"
+    make(path)
+    found: list = []
+
+    def read() -> None:
+        try:
+            found.append(jt.read_state(str(path)))
+        except Exception as error:  # a traceback in the tool
+            found.append(error)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(5)
+    try:
+        assert found, "read_state hung"
+    finally:
+        if reader.is_alive():  # unblock the old code's open() of the FIFO, which waits for a writer
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    state = found[0]
+    assert not isinstance(state, Exception), repr(state)
+    assert (state and state["pid"]) == expect
+    if state:
+        assert state["file"] == str(path)
