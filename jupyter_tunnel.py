@@ -1156,6 +1156,8 @@ def discover(master: Master, timeout: float = 60.0) -> list[Server]:
 # closes and sshd closes the script's output pipe: with SIGPIPE ignored (set after the
 # server's fork: Python ignores it anyway) the script's next write fails, and it stops the
 # server it started rather than leave one that nobody was told of.
+# A server that dies right after writing its runtime file (a crash in an extension, a port
+# taken) is no start: the pid is looked at again once the file is read.
 START_SCRIPT = r"""M=@MARK@
 exec 3>&1
 fail() { echo "$M fail $1" >&3; if [ -n "${log:-}" ]; then echo "$M tail" >&3; tail -n @TAIL@ "$log" >&3; fi; exit 0; }
@@ -1175,8 +1177,8 @@ else
   nohup "$J" @APP@ --no-browser --ip=127.0.0.1 </dev/null 3>&- &
 fi
 pid=$!
-stop() { kill -TERM -$pid 2>/dev/null || kill -TERM $pid 2>/dev/null; sleep 2
-  kill -KILL -$pid 2>/dev/null || kill -KILL $pid 2>/dev/null
+stop() { if kill -TERM -$pid 2>/dev/null || kill -TERM $pid 2>/dev/null; then sleep 2
+  kill -KILL -$pid 2>/dev/null || kill -KILL $pid 2>/dev/null; fi
   for d in @DIRS@; do [ -n "$d" ] && rm -f "$d/jpserver-$pid.json" "$d/jpserver-$pid-open.html" \
     "$d/nbserver-$pid.json" "$d/nbserver-$pid-open.html"; done; fail "$1"; }
 trap '' PIPE
@@ -1189,6 +1191,7 @@ while :; do
       [ -n "$d" ] && [ -f "$f" ] || continue
       content=$(cat "$f")
       case $content in *"}") ;; *) continue;; esac
+      kill -0 $pid 2>/dev/null || stop "the server exited right after writing its runtime file"
       { echo "$M file $f"; echo "$M cmd $(tr "\000" " " </proc/$pid/cmdline 2>/dev/null)"
         printf "%s\n" "$content"; echo "$M end"; } >&3 || stop "$gone"
       exit 0
@@ -1201,6 +1204,7 @@ while :; do
 done
 """
 START_LOG_TAIL = 15  # lines of the server's log shown with an error
+STARTED_CHECK_INTERVAL = 1.0  # s between the looks at a started server that does not answer yet
 START_APPS = ("lab", "notebook", "server")  # -t: jupyter lab, jupyter notebook, jupyter server
 
 
@@ -1276,8 +1280,9 @@ def format_log_tail(lines: Iterable[str]) -> str:
     return "; its log ends with: " + " | ".join(tail) if tail else ""
 
 
-def start_server(master: Master, options: StartOptions, timeout: float) -> Server:
-    """Start a server on the target through the master; its Server once its runtime file is written."""
+def start_server(master: Master, options: StartOptions, timeout: float) -> Started:
+    """Start a server on the target through the master: the Started with its Server (and log)
+    once its runtime file is written."""
     host = master.route.server_host
     where = options.root_dir or "the home directory"
     say("Info", f"No Jupyter server runs on {host}: starting jupyter {options.app} in {where}...")
@@ -1301,7 +1306,55 @@ def start_server(master: Master, options: StartOptions, timeout: float) -> Serve
         # Jupyter configuration sets a password or disables it
         say("Warning", "the started server has no token: its Jupyter configuration sets a password "
                        "or turns authentication off")
-    return result.server
+    return result
+
+
+# Whether a started server still runs: its pid alive and its runtime file there.  A dead
+# server's file is removed (a SIGKILL leaves it), and the log's end printed for the error.
+STARTED_CHECK_SCRIPT = r"""M=@MARK@; pid=@PID@; f=@FILE@
+if kill -0 $pid 2>/dev/null && [ -f "$f" ]; then echo "$M alive"; exit 0; fi
+kill -0 $pid 2>/dev/null && echo "$M gone runs, but its runtime file $f is gone" || {
+  echo "$M gone exited right after writing its runtime file"; rm -f "$f" "${f%.json}-open.html"; }
+echo "$M tail"; tail -n @TAIL@ @LOG@ 2>/dev/null
+"""
+
+
+def build_started_check(server: Server, log: str) -> str:
+    """The ``sh`` script (for ``sh -s``) that tells whether the server this run started still runs."""
+    return fill_script(STARTED_CHECK_SCRIPT, {
+        "MARK": MARK, "PID": str(server.pid), "FILE": shlex.quote(server.source), "LOG": shlex.quote(log or "/dev/null"),
+        "TAIL": str(START_LOG_TAIL)})
+
+
+def parse_started_check(output: str) -> tuple[str, tuple[str, ...]] | None:
+    """None when the started server still runs, else why not and the log's last lines;
+    None too for an answer that is not the script's (a lost connection: the master's watch)."""
+    why, tail, in_tail = None, [], False
+    for line in output.splitlines():
+        if in_tail:
+            tail.append(line)
+        elif line.startswith(MARK):
+            word, _, arg = line[len(MARK):].strip().partition(" ")
+            if word == "gone":
+                why = arg
+            elif word == "tail":
+                in_tail = True
+    return None if why is None else (why, tuple(tail))
+
+
+def check_started(master: Master, server: Server, log: str, app: str) -> None:
+    """A TunnelError (EXIT_START, with the log's end) when the server this run started has died
+    or lost its runtime file since the start script saw it."""
+    try:
+        done = master.run("sh -s", stdin=build_started_check(server, log), timeout=30)
+    except subprocess.TimeoutExpired:
+        return  # a stuck connection: wait_for_tunnel's own checks tell
+    found = parse_started_check(done.stdout.decode(errors="replace"))
+    if found is not None:
+        why, tail = found
+        raise TunnelError(f"could not start jupyter {app} on {master.route.server_host}: the server (pid "
+                          f"{server.pid}) {why} (log: {log}){format_log_tail(tail)}", EXIT_START)
+
 
 # Waits until a runtime file is gone: jupyter removes it last when it shuts down.
 GONE_SCRIPT = r"""f=@FILE@
@@ -2031,9 +2084,14 @@ def probe_server(local_port: int, server: Server, timeout: float = 5.0, method: 
     return parse_probe_answer(answer)
 
 
-def wait_for_tunnel(master: Master, local_port: int, server: Server, timeout: float) -> int:
-    """Poll the server through the tunnel until Jupyter answers; returns the HTTP status."""
-    started = time.monotonic()
+def wait_for_tunnel(master: Master, local_port: int, server: Server, timeout: float,
+                    still_there: Callable[[], None] | None = None) -> int:
+    """Poll the server through the tunnel until Jupyter answers; returns the HTTP status.
+
+    ``still_there`` (for a server this run started) raises when the server has gone: it is
+    called every STARTED_CHECK_INTERVAL while no ready answer came, so that a server that died
+    right after writing its runtime file fails the start rather than time out as a silent port."""
+    started = last_check = time.monotonic()
     deadline = started + timeout
     delay = POLL_INTERVAL
     foreign = 0  # the status of the last answer that was not Jupyter's
@@ -2055,6 +2113,9 @@ def wait_for_tunnel(master: Master, local_port: int, server: Server, timeout: fl
                 f"the connection to {master.route.target} was lost: {master.why()}",
                 EXIT_LOST,
             )
+        if still_there is not None and time.monotonic() - last_check >= STARTED_CHECK_INTERVAL:
+            still_there()
+            last_check = time.monotonic()
         if answer == Answer(0) and time.monotonic() - started > CONNECT_FAILURE_GRACE:
             # Jupyter writes its runtime file once it listens: a server that refuses
             # connections now (a dead server's unix socket, say) will not answer later
@@ -3010,6 +3071,7 @@ class Tunnel:
         self.status = 0  # HTTP status of the last successful probe
         self.redirect: OneShotRedirect | None = None  # the browser's one-time address
         self.started = False  # whether this run started its server (--start)
+        self.start_log = ""  # --start: the started server's log on the remote
         self.job: ClusterJob | None = None  # the scheduler job the server runs in
         self.jobs: list[ClusterJob] | None = None  # --list -n auto: the jobs found
         self.job_end: float | None = None  # time.monotonic() at the job's time limit
@@ -3209,7 +3271,18 @@ class Tunnel:
         if isinstance(self.master, SharedMaster):
             shared = {"control": self.master.control, "spec": self.master.forwards[-1]}
         self.registration.update(**build_forward_state(self.server, self.local_port), shared_forward=shared)
-        self.status = wait_for_tunnel(self.master, self.local_port, self.server, self.settings.timeout)
+        still_there = None
+        if self.started and self.settings.start is not None and not self.status:
+            # the first wait for a server this run started: it may die right after its start
+            still_there = functools.partial(check_started, self.master, self.server, self.start_log,
+                                            self.settings.start.app)
+        try:
+            self.status = wait_for_tunnel(self.master, self.local_port, self.server, self.settings.timeout,
+                                          still_there)
+        except TunnelError as error:
+            if error.code == EXIT_START:
+                self.server = None  # it is gone: nothing keeps running, nothing to stop at close
+            raise
         self.registration.update(state=READY)
 
     def choose_or_start(self, servers: list[Server]) -> Server:
@@ -3221,10 +3294,11 @@ class Tunnel:
                 say("Info", f"A Jupyter server already runs on {self.route.server_host}: "
                             "attaching to it (--start was not needed).")
             return choose_server(servers, self.route.server_host, settings.port, settings.dir, settings.pick)
-        server = start_server(self.master, settings.start, settings.timeout)
-        self.started = True
+        started = start_server(self.master, settings.start, settings.timeout)
+        self.started, self.start_log = True, started.log
         self.registration.update(started_server=True)
-        return server
+        assert started.server is not None
+        return started.server
 
     def stop_server(self) -> None:
         """At close: with --stop-server, shut the server down; else say that it keeps running."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -230,6 +231,37 @@ def test_start_notebook_not_installed(tunnel, no_server, tools_dir):
     assert run.wait(90) == EXIT_START
     [error] = [line for line in run.stderr.splitlines() if line.startswith("Error: ")]
     assert "the server exited" in error and "jupyter-notebook" in error and "not found" in error, error
+    run.assert_clean()
+    assert user_processes() == {} and runtime_files() == []
+
+
+# A jupyter that writes a valid runtime file for its own pid (setsid does not fork: $$ is the
+# pid the start script knows), then crashes: at once, or once the start script has seen it.
+CRASHING_JUPYTER = """#!/bin/sh
+echo "fake jupyter: writing its runtime file"
+d="$HOME/.local/share/jupyter/runtime"
+mkdir -p "$d"
+printf '{"port": @PORT@, "token": "t", "pid": %s, "url": "http://127.0.0.1:@PORT@/", "hostname": "127.0.0.1", \
+"base_url": "/", "root_dir": "/", "sock": "", "version": "2.21.1"}' $$ >"$d/jpserver-$$.json"
+sleep @DELAY@
+echo "fake jupyter: crashing"
+exit 1
+"""
+
+
+@pytest.mark.parametrize("delay", ["0", "0.5"], ids=["at-once", "after-the-script-saw-it"])
+def test_start_fails_for_a_server_that_dies_after_its_runtime_file(tunnel, no_server, tools_dir, delay):
+    jupyter = tools_dir / "crashing-jupyter"
+    jupyter.write_text(CRASHING_JUPYTER.replace("@PORT@", str(helpers.free_port())).replace("@DELAY@", delay))
+    jupyter.chmod(0o755)
+    run = tunnel("-s", f"{USER}@srv", "--start", "-t", "server", "--jupyter", str(jupyter))
+    assert run.wait(60) == EXIT_START, run.stderr
+    assert run.lines.empty(), "a URL was printed"
+    [error] = [line for line in run.stderr.splitlines() if line.startswith("Error: ")]
+    assert re.match(r"Error: could not start jupyter server on jtmulti@srv: the server( \(pid \d+\))? exited "
+                    r"right after writing its runtime file \(log: ", error), error
+    assert "its log ends with: fake jupyter: writing its runtime file | fake jupyter: crashing" in error, error
+    assert "keeps running" not in run.stderr
     run.assert_clean()
     assert user_processes() == {} and runtime_files() == []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 
 import pytest
@@ -101,3 +102,63 @@ def test_the_error_never_shows_a_token_from_the_log(line, shown):
 ])
 def test_log_tail_in_an_error_is_short_and_masks_tokens(lines, expected):
     assert jt.format_log_tail(lines) == expected
+
+
+@pytest.mark.parametrize("output, expect", [
+    (f"{M} alive\n", None),
+    (f"{M} gone exited right after writing its runtime file\n{M} tail\nboom\nTraceback\n",
+     ("exited right after writing its runtime file", ("boom", "Traceback"))),
+    (f"{M} gone runs, but its runtime file /r/jpserver-7.json is gone\n{M} tail\n",
+     ("runs, but its runtime file /r/jpserver-7.json is gone", ())),
+    ("", None),  # no answer (a lost connection): not a verdict
+])
+def test_parse_started_check(output, expect):
+    assert jt.parse_started_check(output) == expect
+
+
+# A fake jupyter for the real start script, run here with sh: it writes a valid runtime file
+# for its own pid (the script starts it with setsid, which does not fork: $$ is $!) and then
+# exits or stays, as FAKE_MODE says.
+FAKE_JUPYTER = """#!/bin/sh
+echo "fake jupyter: starting"
+printf '{"port": 1, "token": "t", "pid": %s, "url": "http://127.0.0.1:1/", "base_url": "/"}' $$ \
+    >"$JUPYTER_RUNTIME_DIR/jpserver-$$.json"
+echo "fake jupyter: crashing"
+[ "$FAKE_MODE" = exit ] || exec sleep 30
+"""
+
+
+@pytest.fixture
+def remote(tmp_path):
+    """A home, a runtime directory and a fake jupyter for running the start script with sh here."""
+    jupyter = tmp_path / "jupyter"
+    jupyter.write_text(FAKE_JUPYTER)
+    jupyter.chmod(0o755)
+    (tmp_path / "runtime").mkdir()
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+           "FAKE_MODE": "exit"}
+    started: list[int] = []
+
+    def run(timeout=5, **more_env) -> "jt.Started":
+        script = jt.build_start_script(jt.StartOptions(jupyter=str(jupyter)), timeout)
+        done = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True, env={**env, **more_env},
+                              timeout=60)
+        result = jt.parse_start_output(done.stdout)
+        if result.pid:
+            started.append(result.pid)
+        return result
+
+    yield run
+    for pid in started:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def test_start_script_fails_for_a_server_that_dies_after_its_runtime_file(remote, tmp_path):
+    result = remote()
+    assert result.server is None and result.failure == "the server exited right after writing its runtime file"
+    assert result.tail == ("fake jupyter: starting", "fake jupyter: crashing")
+    assert list((tmp_path / "runtime").iterdir()) == []  # its runtime file removed
+
