@@ -1158,12 +1158,67 @@ def discover(master: Master, timeout: float = 60.0) -> list[Server]:
 # server it started rather than leave one that nobody was told of.
 # A server that dies right after writing its runtime file (a crash in an extension, a port
 # taken) is no start: the pid is looked at again once the file is read.
+#
+# One start at a time per account: runs started together (ten terminals, a script) each
+# found no server, and each would start one.  The script takes a lock first, a directory
+# made with mkdir (atomic everywhere, POSIX; flock(1) is missing on macOS and some BSDs)
+# in the state directory, and holds it from the look for new servers until the runtime
+# file is written (or the start failed): its EXIT trap removes it.  Under the lock it
+# looks again for servers whose pid the run's discovery did not see (@KNOWN@): when
+# another run started one meanwhile, it says "changed" with their pids and starts
+# nothing; the run then discovers again and attaches.  The lock holds "PID HOST EPOCH":
+# a lock whose holder is dead (same host: kill -0), or that is older than @STALE@ s
+# (another host sharing the home: its pid means nothing here), is stale and taken over
+# (a run killed by SIGKILL leaves its lock); an owner still being written (empty) counts
+# as stale after 5 s.  The takeover renames the stale lock away first; two waiters judging
+# the same stale lock at the same moment could still both start (a window of
+# milliseconds, and only after a killed run: at worst two servers, as without the lock).
+# A waiter writes a marker every second: once the run has gone, the write kills it.
 START_SCRIPT = r"""M=@MARK@
 exec 3>&1
 fail() { echo "$M fail $1" >&3; if [ -n "${log:-}" ]; then echo "$M tail" >&3; tail -n @TAIL@ "$log" >&3; fi; exit 0; }
 umask 077
 state="${XDG_STATE_HOME:-$HOME/.local/state}/jupyter-tunnel"
 mkdir -p "$state" && chmod 700 "$state" || fail "cannot create the directory $state"
+lock="$state/start.lock"
+host=$(uname -n 2>/dev/null)
+me="$$ $host $(date +%s 2>/dev/null)"
+stale() {
+  set -- $1
+  [ $# -ge 2 ] || { empty=$((empty + 1)); [ $empty -gt 50 ]; return; }
+  if [ "$2" = "$host" ]; then kill -0 "$1" 2>/dev/null && return 1; return 0; fi
+  now=$(date +%s 2>/dev/null)
+  case "$now:${3:-x}" in *[!0-9:]*) return 1;; esac
+  [ $((now - $3)) -gt @STALE@ ]
+}
+release() { [ "$(cat "$lock/owner" 2>/dev/null)" = "$me" ] && rm -rf "$lock"; }
+waited=0 empty=0
+until mkdir "$lock" 2>/dev/null; do
+  owner=$(cat "$lock/owner" 2>/dev/null)
+  if stale "$owner"; then
+    mv "$lock" "$lock.stale.$$" 2>/dev/null && rm -rf "$lock.stale.$$"
+    empty=0
+    continue
+  fi
+  waited=$((waited + 1))
+  [ $waited -le @LOCKTRIES@ ] || fail "another jupyter-tunnel --start of this account has held $lock for @LOCKWAIT@ s (${owner:-its owner unknown}); remove it if none runs"
+  [ $((waited % 10)) != 0 ] || echo "$M wait" >&3
+  sleep 0.1 2>/dev/null || sleep 1
+done
+trap release EXIT
+trap 'exit 1' HUP INT TERM
+echo "$me" >"$lock/owner"
+new=
+for d in @DIRS@; do
+  [ -n "$d" ] && [ -d "$d" ] || continue
+  for f in "$d"/jpserver-*.json "$d"/nbserver-*.json; do
+    [ -f "$f" ] || continue
+    p=${f##*/}; p=${p#*server-}; p=${p%.json}
+    [ "$p" -gt 0 ] 2>/dev/null && kill -0 "$p" 2>/dev/null || continue
+    case " @KNOWN@ " in *" $p "*) ;; *) new="$new $p";; esac
+  done
+done
+[ -z "$new" ] || { echo "$M changed$new" >&3; exit 0; }
 log=$(mktemp "$state/server-XXXXXXXX") || fail "cannot create a log in $state"
 echo "$M log $log"
 exec >>"$log" 2>&1
@@ -1204,6 +1259,14 @@ while :; do
 done
 """
 START_LOG_TAIL = 15  # lines of the server's log shown with an error
+# How long a start waits for another run's start on the same account, beyond --timeout
+# (the holder gives up at --timeout itself, 2 s after that its server is killed).
+START_LOCK_GRACE = 15.0
+# A lock of another host (a home shared by login nodes) is stale this long after --timeout.
+START_LOCK_STALE = 120.0
+# How many times a run looks again when other runs keep starting servers under it: each
+# look adds the new servers' pids to the known ones, so two are all a sane account needs.
+START_ATTEMPTS = 5
 STARTED_CHECK_INTERVAL = 1.0  # s between the looks at a started server that does not answer yet
 START_APPS = ("lab", "notebook", "server")  # -t: jupyter lab, jupyter notebook, jupyter server
 
@@ -1226,6 +1289,7 @@ class Started(NamedTuple):
     server: Server | None = None
     failure: str = ""
     tail: tuple[str, ...] = ()
+    changed: tuple[int, ...] = ()  # pids of servers other runs started meanwhile: none was started
 
 
 def fill_script(template: str, values: Mapping[str, str]) -> str:
@@ -1234,8 +1298,9 @@ def fill_script(template: str, values: Mapping[str, str]) -> str:
     return re.sub(r"@([A-Z]+)@", lambda match: values[match.group(1)], template)
 
 
-def build_start_script(options: StartOptions, timeout: float) -> str:
-    """The ``sh`` script (for ``sh -s``) that starts a detached server and waits for its runtime file."""
+def build_start_script(options: StartOptions, timeout: float, known: Iterable[int] = ()) -> str:
+    """The ``sh`` script (for ``sh -s``) that starts a detached server and waits for its runtime
+    file, unless a server whose pid is not in ``known`` appeared meanwhile."""
     if options.root_dir:
         cd = f"cd {shlex.quote(options.root_dir)} || fail {shlex.quote('no directory ' + options.root_dir)}"
     else:
@@ -1248,12 +1313,15 @@ def build_start_script(options: StartOptions, timeout: float) -> str:
         "MARK": MARK, "TAIL": str(START_LOG_TAIL), "CD": cd, "ACTIVATE": activate,
         "JUPYTER": shlex.quote(options.jupyter), "APP": shlex.quote(options.app),
         "DIRS": RUNTIME_DIRS, "TRIES": str(int(timeout * 10)), "TIMEOUT": f"{timeout:g}",
+        "KNOWN": " ".join(str(pid) for pid in sorted(set(known))),
+        "LOCKTRIES": str(int((timeout + START_LOCK_GRACE) * 10)), "LOCKWAIT": f"{timeout + START_LOCK_GRACE:g}",
+        "STALE": str(int(timeout + START_LOCK_STALE)),
     })
 
 
 def parse_start_output(output: str) -> Started:
     """The start script's answer: the log, the pid, and the server's runtime file or the failure."""
-    log, pid, failure, tail, in_tail = "", None, "", [], False
+    log, pid, failure, tail, in_tail, changed = "", None, "", [], False, ()
     for line in output.splitlines():
         if in_tail:
             tail.append(line)
@@ -1267,9 +1335,11 @@ def parse_start_output(output: str) -> Started:
                 failure = arg
             elif word == "tail":
                 in_tail = True
+            elif word == "changed":
+                changed = tuple(int(n) for n in arg.split() if n.isascii() and n.isdigit() and 0 < int(n) <= MAX_PID)
     servers, _ = parse_discovery(output) if not failure else ([], [])
     server = next((s for s in servers if s.pid == pid), None)
-    return Started(log, pid, server, failure, tuple(tail))
+    return Started(log, pid, server, failure, tuple(tail), changed)
 
 
 def format_log_tail(lines: Iterable[str]) -> str:
@@ -1280,19 +1350,24 @@ def format_log_tail(lines: Iterable[str]) -> str:
     return "; its log ends with: " + " | ".join(tail) if tail else ""
 
 
-def start_server(master: Master, options: StartOptions, timeout: float) -> Started:
-    """Start a server on the target through the master: the Started with its Server (and log)
-    once its runtime file is written."""
+def start_server(master: Master, options: StartOptions, timeout: float, known: Iterable[int] = ()) -> Started:
+    """Start a server on the target through the master: the Started with its Server once its
+    runtime file is written, or with the pids of the servers that appeared meanwhile (another
+    run started one: none was started; ``known``: the pids the run had seen)."""
     host = master.route.server_host
     where = options.root_dir or "the home directory"
     say("Info", f"No Jupyter server runs on {host}: starting jupyter {options.app} in {where}...")
     started = time.monotonic()
     try:
-        # the remote script gives up after ``timeout`` itself, and kills what it started
-        done = master.run("sh -s", stdin=build_start_script(options, timeout), timeout=timeout + 30)
+        # the remote script gives up after ``timeout`` itself, and kills what it started; it
+        # may first wait up to timeout + START_LOCK_GRACE for another run's start
+        done = master.run("sh -s", stdin=build_start_script(options, timeout, known),
+                          timeout=2 * timeout + START_LOCK_GRACE + 30)
     except subprocess.TimeoutExpired:
         raise TunnelError(f"starting Jupyter on {host} did not finish in time", EXIT_START)
     result = parse_start_output(done.stdout.decode(errors="replace"))
+    if result.changed and not result.failure:
+        return result
     if result.server is None:
         why = result.failure or parse_ssh_error(done.stderr.decode(errors="replace").splitlines(),
                                                 done.returncode)
@@ -3288,17 +3363,25 @@ class Tunnel:
     def choose_or_start(self, servers: list[Server]) -> Server:
         """The server to tunnel to; with --start, one started now when none matches."""
         assert self.master is not None and self.registration is not None
-        settings = self.settings
-        if settings.start is None or select_servers(servers, settings.port, settings.dir, settings.pick):
-            if settings.start is not None:
-                say("Info", f"A Jupyter server already runs on {self.route.server_host}: "
-                            "attaching to it (--start was not needed).")
-            return choose_server(servers, self.route.server_host, settings.port, settings.dir, settings.pick)
-        started = start_server(self.master, settings.start, settings.timeout)
-        self.started, self.start_log = True, started.log
-        self.registration.update(started_server=True)
-        assert started.server is not None
-        return started.server
+        settings, host = self.settings, self.route.server_host
+        known = {server.pid for server in servers}
+        for _ in range(START_ATTEMPTS):
+            if settings.start is None or select_servers(servers, settings.port, settings.dir, settings.pick):
+                if settings.start is not None:
+                    say("Info", f"A Jupyter server already runs on {host}: attaching to it (--start was not needed).")
+                return choose_server(servers, host, settings.port, settings.dir, settings.pick)
+            started = start_server(self.master, settings.start, settings.timeout, known)
+            if started.server is not None:
+                self.started, self.start_log = True, started.log
+                self.registration.update(started_server=True)
+                return started.server
+            # another run of this account started a server while this one waited for the
+            # start lock (see START_SCRIPT): look again, and attach to it if it matches
+            say("Info", f"Another jupyter-tunnel started a Jupyter server on {host} meanwhile: looking again...")
+            servers = discover(self.master)
+            known |= {server.pid for server in servers} | set(started.changed)
+        raise TunnelError(f"Jupyter servers kept appearing on {host} while this run tried to start one; "
+                          "run it again", EXIT_START)
 
     def stop_server(self) -> None:
         """At close: with --stop-server, shut the server down; else say that it keeps running."""

@@ -266,6 +266,32 @@ def test_start_fails_for_a_server_that_dies_after_its_runtime_file(tunnel, no_se
     assert user_processes() == {} and runtime_files() == []
 
 
+RUNS = 8
+
+
+def test_starts_at_the_same_moment_start_one_server(tunnel, sshd, no_server, registry):
+    # eight terminals, one account, no server: one start, and every run on that server
+    offset = sshd.log_offset()
+    runs = [tunnel("-s", f"{USER}@srv", "--start", "-t", "server", "--jupyter", f"{VENV}/bin/jupyter")
+            for _ in range(RUNS)]
+    urls = [run.url(timeout=90) for run in runs]
+    [pid] = user_processes()
+    for url in urls:
+        assert get_status(url)[0] == 200
+    assert len(sshd.logins_since(offset)) == RUNS
+    entries = [json.loads(path.read_text()) for path in Path(registry).iterdir()]
+    assert {entry["server_pid"] for entry in entries} == {pid}
+    assert sorted(entry["started_server"] for entry in entries) == [False] * (RUNS - 1) + [True]
+    for run in runs:
+        assert "Error" not in run.stderr and "Warning" not in run.stderr, run.stderr
+        assert run.stop(signal.SIGINT) == 0
+        run.assert_clean()
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not user_processes(), 30, what="the started server to stop")
+    lock = Path(pwd.getpwnam(USER).pw_dir) / ".local/state/jupyter-tunnel/start.lock"
+    assert not lock.exists()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupted_while_the_server_starts_leaves_nothing(tunnel, no_server, tools_dir, signum):
     # A jupyter that takes 3 s before it even starts: the run is stopped after the server's
