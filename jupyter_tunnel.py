@@ -152,6 +152,9 @@ READY = "ready"  # the URL was printed
 PRIVATE_PREFIX = "jt-"
 MKDTEMP_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")  # tempfile's alphabet
 CONFIG_FILE, CONTROL_SOCKET, AGENT_SOCKET = "ssh_config", "c", "a"
+# ...and the run's lock: held (flock) for the run's whole life, it tells a live run whatever
+# process hosts it (see take_run_lock)
+RUN_LOCK = "lock"
 # The master's command line holds only these ssh options (see build_master_argv); -v may
 # come from the user asking for ssh's own debug output.
 MASTER_FLAGS = ("-M", "-N", "-T")
@@ -2782,7 +2785,7 @@ def read_state(path: str) -> dict | None:
     but a FIFO named ``*.json`` would block a plain open() for ever (O_NONBLOCK: it opens at
     once, and fstat tells it is no file), and a huge file would be read whole.
     """
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags)
     except OSError:  # gone, a symbolic link (ELOOP), unreadable
@@ -2914,12 +2917,103 @@ def parent_pid(pid: int) -> int | None:
 def is_leftover(pid: int, control_dir: str, shape: Callable[[Sequence[str], str], bool]) -> bool:
     """Whether ``pid`` is, right now, a dead run's own master or agent: ours, with exactly the
     command line the run gave it (``shape``), and orphaned (its parent is no live tunnel:
-    a live run's master is its child)."""
+    a live run's master is its child; a run inside another program holds its lock)."""
     info = process_info(pid)
     if info is None or info[0] != os.getuid() or not shape(info[1], control_dir):
         return False
     parent = parent_pid(pid)
-    return parent is not None and not is_own_tunnel(parent)
+    return parent is not None and not is_own_tunnel(parent) and not holds_run_lock(parent, control_dir)
+
+
+def take_run_lock(directory: str) -> int | None:
+    """Create the run's lock file in its fresh private directory, holding its pid, and lock it
+    (``flock``, exclusive) for the run's whole life; its descriptor (None without fcntl).
+
+    A run's argv tells a live jupyter-tunnel (is_own_tunnel) only when it runs as the script;
+    ``jupyter_tunnel.main([...])`` called by another program (the README allows it) runs
+    under that program's argv.  The lock tells it whatever the argv: the kernel drops it when
+    the process dies, so a lock that is held is a live run.  The descriptor is not inherited
+    (O_CLOEXEC: the master and the agent, which outlive a killed run, must not hold it).
+    """
+    try:
+        import fcntl  # not on Windows (a later port): there the argv alone tells
+    except ImportError:
+        return None
+    fd = os.open(os.path.join(directory, RUN_LOCK),
+                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0),
+                 0o600)
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def has_file_open(pid: int, path: str) -> bool:
+    """Whether process ``pid`` holds ``path`` open (Linux: its /proc/PID/fd links); True where
+    that cannot be told (no /proc)."""
+    if not HAVE_PROC:
+        return True
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for name in names:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{name}") in (path, os.path.realpath(path)):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def holds_run_lock(pid: int, control_dir: object) -> bool:
+    """Whether ``pid`` is a live run whose private directory is ``control_dir``: a process of
+    ours that holds that directory's lock (take_run_lock), whose file names ``pid``.
+
+    The registry's word alone proves nothing: the directory must be one make_private_dir
+    makes, ours and 0700, before anything in it is opened; the lock file must be a regular
+    file of ours (O_NONBLOCK, O_NOFOLLOW: never a FIFO's wait, never a link followed) naming
+    that pid, and locked by someone; and the pid must be ours and, where /proc tells, hold
+    the file open (a child that inherited the lock through a bare fork is not the run).
+    """
+    if not (is_private_dir_path(control_dir, private_dir_parents()) and check_private_dir(control_dir) == ""):
+        return False
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    path = os.path.join(control_dir, RUN_LOCK)  # type: ignore[arg-type]
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return False
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or os.read(fd, 32).strip() != str(pid).encode():
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # held: a live run
+        else:
+            return False  # nobody holds it: the run is gone (closing fd lets it go again)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    owner = process_info(pid)
+    return owner is not None and owner[0] == os.getuid() and has_file_open(pid, path)
+
+
+def is_live_run(state: Mapping) -> bool:
+    """Whether the run of a registry entry still runs: its pid is a jupyter-tunnel of ours by
+    its argv, or a run hosted by another program that holds its directory's lock."""
+    pid = as_pid(state.get("pid"))
+    return pid is not None and (is_own_tunnel(pid) or holds_run_lock(pid, state.get("control_dir")))
 
 
 def signal_if(pid: int, check: Callable[[], bool], signum: int) -> bool:
@@ -3045,7 +3139,7 @@ def scan_registry(clean: bool = True, on_cleaned: Callable[[dict], None] = lambd
     live: list[dict] = []
     for directory in registry_dirs():
         for state in read_states(directory):
-            if is_own_tunnel(int(state["pid"])):
+            if is_live_run(state):
                 if all(other["pid"] != state["pid"] for other in live):
                     live.append(state)
             elif clean:
@@ -3139,6 +3233,7 @@ class Tunnel:
         self.env = dict(os.environ)
         self.directory = ""
         self.registration: Registration | None = None
+        self.lock: int | None = None  # the descriptor of the run's lock (take_run_lock)
         self.agent: subprocess.Popen | None = None
         self.master: Master | None = None
         self.server: Server | None = None
@@ -3167,6 +3262,8 @@ class Tunnel:
     def prepare(self) -> None:
         """What the login needs: the private directory, the entry, askpass, the config."""
         self.directory = make_private_dir()
+        # locked before the entry names the directory: a run is never seen registered and unlocked
+        self.lock = take_run_lock(self.directory)
         # registered at once: from now on there is something to clean up after this run
         self.registration = Registration(build_state(os.getpid(), self.route, self.directory, time.time()))
         if self.password is not None:
@@ -3524,6 +3621,11 @@ class Tunnel:
             shutil.rmtree(self.directory, ignore_errors=True)
         if self.registration is not None:
             self.registration.remove()
+        if self.lock is not None:
+            # last: until the entry is gone, the lock tells that the run is alive; run_tunnel
+            # has its signals ignored meanwhile (see jupyter_tunnel_shutdown.send)
+            os.close(self.lock)
+            self.lock = None
 
 
 def run_list(tunnel: Tunnel, as_json: bool) -> int:

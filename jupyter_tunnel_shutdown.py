@@ -107,6 +107,11 @@ class RunningTunnel:
         return cls(pid=pid, hosts=hosts, node=node, remote_host=node or (hosts[-1] if hosts else ""),
                    command=" ".join(argv))
 
+    def alive(self) -> bool:
+        """Whether it still runs: a jupyter-tunnel of ours by its argv, or (registered) a run
+        hosted by another program that holds its directory's lock (jupyter_tunnel.is_live_run)."""
+        return jt.is_live_run(self.state) if self.state is not None else jt.is_own_tunnel(self.pid)
+
     @property
     def registered(self) -> bool:
         """Whether it has a registry entry (else it was found by the process scan)."""
@@ -344,7 +349,7 @@ def wait_until_gone(tunnels: Sequence[RunningTunnel], timeout: float,
     remaining = list(tunnels)
     while True:
         for tunnel in list(remaining):
-            if not jt.is_own_tunnel(tunnel.pid):  # exited (a zombie counts: its cleanup is done)
+            if not tunnel.alive():  # exited (a zombie counts: its cleanup is done)
                 remaining.remove(tunnel)
                 on_gone(tunnel)
         if not remaining or time.monotonic() >= deadline:
@@ -353,8 +358,17 @@ def wait_until_gone(tunnels: Sequence[RunningTunnel], timeout: float,
 
 
 def send(tunnel: RunningTunnel, signum: int) -> bool:
-    """Signal ``tunnel`` if its pid is still one of our tunnels; whether it was signalled."""
-    return jt.signal_if(tunnel.pid, lambda: jt.is_own_tunnel(tunnel.pid), signum)
+    """Signal ``tunnel`` if its pid is still one of our tunnels; whether it was signalled.
+
+    A run hosted by another program (``jupyter_tunnel.main([...])``) is signalled too, as the
+    script is: its lock proves, right before the signal (a pidfd pins the pid meanwhile), that
+    the pid is a live run, and a run holds its lock only inside run_tunnel, where SIGINT
+    raises KeyboardInterrupt into it (its Ctrl+C: it cleans up, main() returns 0) and SIGTERM
+    and SIGHUP end it the same way; the host's own handlers come back only once the lock is
+    released, with the run's signals ignored in between.  So the signal ends the run, not
+    the program around it (that one then goes on after main() as after a Ctrl+C).
+    """
+    return jt.signal_if(tunnel.pid, tunnel.alive, signum)
 
 
 def clean_after(tunnel: RunningTunnel) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import shutil
 import threading
 
 import pytest
@@ -166,3 +167,27 @@ def test_read_state_never_hangs_on_a_damaged_entry(tmp_path, make, expect):
     assert (state and state["pid"]) == expect
     if state:
         assert state["file"] == str(path)
+
+
+def _lock_fifo(directory: str) -> None:
+    os.mkfifo(os.path.join(directory, jt.RUN_LOCK))
+
+
+@pytest.mark.parametrize("prepare, pid, expect", [
+    (lambda d: jt.take_run_lock(d), "me", True),  # held by this process, which its file names
+    (lambda d: jt.take_run_lock(d), "parent", False),  # held, but the entry names another pid
+    (lambda d: os.close(jt.take_run_lock(d)), "me", False),  # released: the run is gone
+    (lambda d: None, "me", False),  # no lock file
+    (_lock_fifo, "me", False),  # never a wait on a FIFO
+    (lambda d: os.chmod(d, 0o755) or jt.take_run_lock(d), "me", False),  # not a private directory
+], ids=["held", "other-pid", "released", "none", "fifo", "loose-dir"])
+def test_holds_run_lock(prepare, pid, expect):
+    directory = jt.make_private_dir()
+    try:
+        held = prepare(directory)
+        assert jt.holds_run_lock(os.getpid() if pid == "me" else os.getppid(), directory) is expect
+        assert jt.is_live_run({"pid": os.getpid(), "control_dir": directory}) is (expect or pid == "parent")
+        if isinstance(held, int):
+            os.close(held)
+    finally:
+        shutil.rmtree(directory)
