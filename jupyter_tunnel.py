@@ -2945,6 +2945,10 @@ def take_run_lock(directory: str) -> int | None:
     try:
         os.write(fd, f"{os.getpid()}\n".encode())
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        # a file system without flock (ENOLCK): the run goes on, told live by its argv alone
+        os.close(fd)
+        return None
     except BaseException:
         os.close(fd)
         raise
