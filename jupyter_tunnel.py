@@ -148,6 +148,7 @@ SSH_NOISE = (
 # Running tunnels register in $XDG_RUNTIME_DIR/jupyter-tunnel (or ~/.cache/jupyter-tunnel);
 # this variable overrides the directory (the tests use it).
 REGISTRY_ENV = "JUPYTER_TUNNEL_REGISTRY"
+MAX_STATE_BYTES = 65536  # a registry entry is ~500 bytes: a larger file is not one of ours
 MISSING = "it does not exist"  # check_private_dir's answer for a path that is not there
 # A registry entry's "state": written as soon as the run has something to clean up after
 # it (its private directory), so that a run killed while it logs in leaves nothing behind.
@@ -158,6 +159,9 @@ READY = "ready"  # the URL was printed
 PRIVATE_PREFIX = "jt-"
 MKDTEMP_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")  # tempfile's alphabet
 CONFIG_FILE, CONTROL_SOCKET, AGENT_SOCKET, FORWARD_SOCKET = "ssh_config", "c", "a", "f"
+# ...and the run's lock: held (flock) for the run's whole life, it tells a live run whatever
+# process hosts it (see take_run_lock)
+RUN_LOCK = "lock"
 # The master's command line holds only these ssh options (see build_master_argv); -v may
 # come from the user asking for ssh's own debug output.
 MASTER_FLAGS = ("-M", "-N", "-T")
@@ -1229,12 +1233,69 @@ def discover(master: Master, timeout: float = 60.0) -> list[Server]:
 # closes and sshd closes the script's output pipe: with SIGPIPE ignored (set after the
 # server's fork: Python ignores it anyway) the script's next write fails, and it stops the
 # server it started rather than leave one that nobody was told of.
+# A server that dies right after writing its runtime file (a crash in an extension, a port
+# taken) is no start: the pid is looked at again once the file is read.
+#
+# One start at a time per account: runs started together (ten terminals, a script) each
+# found no server, and each would start one.  The script takes a lock first, a directory
+# made with mkdir (atomic everywhere, POSIX; flock(1) is missing on macOS and some BSDs)
+# in the state directory, and holds it from the look for new servers until the runtime
+# file is written (or the start failed): its EXIT trap removes it.  Under the lock it
+# looks again for servers whose pid the run's discovery did not see (@KNOWN@): when
+# another run started one meanwhile, it says "changed" with their pids and starts
+# nothing; the run then discovers again and attaches.  The lock holds "PID HOST EPOCH":
+# a lock whose holder is dead (same host: kill -0), or that is older than @STALE@ s
+# (another host sharing the home: its pid means nothing here), is stale and taken over
+# (a run killed by SIGKILL leaves its lock); an owner still being written (empty) counts
+# as stale after 5 s.  The takeover renames the stale lock away first; two waiters judging
+# the same stale lock at the same moment could still both start (a window of
+# milliseconds, and only after a killed run: at worst two servers, as without the lock).
+# A waiter writes a marker every second: once the run has gone, the write kills it.
 START_SCRIPT = r"""M=@MARK@
 exec 3>&1
 fail() { echo "$M fail $1" >&3; if [ -n "${log:-}" ]; then echo "$M tail" >&3; tail -n @TAIL@ "$log" >&3; fi; exit 0; }
 umask 077
 state="${XDG_STATE_HOME:-$HOME/.local/state}/jupyter-tunnel"
 mkdir -p "$state" && chmod 700 "$state" || fail "cannot create the directory $state"
+lock="$state/start.lock"
+host=$(uname -n 2>/dev/null)
+me="$$ $host $(date +%s 2>/dev/null)"
+stale() {
+  set -- $1
+  [ $# -ge 2 ] || { empty=$((empty + 1)); [ $empty -gt 50 ]; return; }
+  if [ "$2" = "$host" ]; then kill -0 "$1" 2>/dev/null && return 1; return 0; fi
+  now=$(date +%s 2>/dev/null)
+  case "$now:${3:-x}" in *[!0-9:]*) return 1;; esac
+  [ $((now - $3)) -gt @STALE@ ]
+}
+release() { [ "$(cat "$lock/owner" 2>/dev/null)" = "$me" ] && rm -rf "$lock"; }
+waited=0 empty=0
+until mkdir "$lock" 2>/dev/null; do
+  owner=$(cat "$lock/owner" 2>/dev/null)
+  if stale "$owner"; then
+    mv "$lock" "$lock.stale.$$" 2>/dev/null && rm -rf "$lock.stale.$$"
+    empty=0
+    continue
+  fi
+  waited=$((waited + 1))
+  [ $waited -le @LOCKTRIES@ ] || fail "another jupyter-tunnel --start of this account has held $lock for @LOCKWAIT@ s (${owner:-its owner unknown}); remove it if none runs"
+  [ $((waited % 10)) != 0 ] || echo "$M wait" >&3
+  sleep 0.1 2>/dev/null || sleep 1
+done
+trap release EXIT
+trap 'exit 1' HUP INT TERM
+echo "$me" >"$lock/owner"
+new=
+for d in @DIRS@; do
+  [ -n "$d" ] && [ -d "$d" ] || continue
+  for f in "$d"/jpserver-*.json "$d"/nbserver-*.json; do
+    [ -f "$f" ] || continue
+    p=${f##*/}; p=${p#*server-}; p=${p%.json}
+    [ "$p" -gt 0 ] 2>/dev/null && kill -0 "$p" 2>/dev/null || continue
+    case " @KNOWN@ " in *" $p "*) ;; *) new="$new $p";; esac
+  done
+done
+[ -z "$new" ] || { echo "$M changed$new" >&3; exit 0; }
 log=$(mktemp "$state/server-XXXXXXXX") || fail "cannot create a log in $state"
 echo "$M log $log"
 exec >>"$log" 2>&1
@@ -1248,8 +1309,8 @@ else
   nohup "$J" @APP@ --no-browser --ip=127.0.0.1 </dev/null 3>&- &
 fi
 pid=$!
-stop() { kill -TERM -$pid 2>/dev/null || kill -TERM $pid 2>/dev/null; sleep 2
-  kill -KILL -$pid 2>/dev/null || kill -KILL $pid 2>/dev/null
+stop() { if kill -TERM -$pid 2>/dev/null || kill -TERM $pid 2>/dev/null; then sleep 2
+  kill -KILL -$pid 2>/dev/null || kill -KILL $pid 2>/dev/null; fi
   for d in @DIRS@; do [ -n "$d" ] && rm -f "$d/jpserver-$pid.json" "$d/jpserver-$pid-open.html" \
     "$d/nbserver-$pid.json" "$d/nbserver-$pid-open.html"; done; fail "$1"; }
 trap '' PIPE
@@ -1262,6 +1323,7 @@ while :; do
       [ -n "$d" ] && [ -f "$f" ] || continue
       content=$(cat "$f")
       case $content in *"}") ;; *) continue;; esac
+      kill -0 $pid 2>/dev/null || stop "the server exited right after writing its runtime file"
       { echo "$M file $f"; echo "$M cmd $(tr "\000" " " </proc/$pid/cmdline 2>/dev/null)"
         printf "%s\n" "$content"; echo "$M end"; } >&3 || stop "$gone"
       exit 0
@@ -1275,6 +1337,15 @@ done
 """
 START_LOG_TAIL = 15  # lines of the server's log shown with an error
 START_GRACE = 30.0  # seconds beyond --timeout for the start script, which gives up at --timeout itself
+# How long a start waits for another run's start on the same account, beyond --timeout
+# (the holder gives up at --timeout itself, 2 s after that its server is killed).
+START_LOCK_GRACE = 15.0
+# A lock of another host (a home shared by login nodes) is stale this long after --timeout.
+START_LOCK_STALE = 120.0
+# How many times a run looks again when other runs keep starting servers under it: each
+# look adds the new servers' pids to the known ones, so two are all a sane account needs.
+START_ATTEMPTS = 5
+STARTED_CHECK_INTERVAL = 1.0  # s between the looks at a started server that does not answer yet
 START_APPS = ("lab", "notebook", "server")  # -t: jupyter lab, jupyter notebook, jupyter server
 
 
@@ -1296,6 +1367,7 @@ class Started(NamedTuple):
     server: Server | None = None
     failure: str = ""
     tail: tuple[str, ...] = ()
+    changed: tuple[int, ...] = ()  # pids of servers other runs started meanwhile: none was started
 
 
 def fill_script(template: str, values: Mapping[str, str]) -> str:
@@ -1304,8 +1376,9 @@ def fill_script(template: str, values: Mapping[str, str]) -> str:
     return re.sub(r"@([A-Z]+)@", lambda match: values[match.group(1)], template)
 
 
-def build_start_script(options: StartOptions, timeout: float) -> str:
-    """The ``sh`` script (for ``sh -s``) that starts a detached server and waits for its runtime file."""
+def build_start_script(options: StartOptions, timeout: float, known: Iterable[int] = ()) -> str:
+    """The ``sh`` script (for ``sh -s``) that starts a detached server and waits for its runtime
+    file, unless a server whose pid is not in ``known`` appeared meanwhile."""
     if options.root_dir:
         # "./-L", not "-L": cd would take it for its option (and go home); "./" works in
         # every sh, where "cd --" is one more thing an old shell may not know
@@ -1320,12 +1393,15 @@ def build_start_script(options: StartOptions, timeout: float) -> str:
         "MARK": MARK, "TAIL": str(START_LOG_TAIL), "CD": cd, "ACTIVATE": activate,
         "JUPYTER": shlex.quote(options.jupyter), "APP": shlex.quote(options.app),
         "DIRS": RUNTIME_DIRS, "TRIES": str(int(timeout * 10)), "TIMEOUT": f"{timeout:g}",
+        "KNOWN": " ".join(str(pid) for pid in sorted(set(known))),
+        "LOCKTRIES": str(int((timeout + START_LOCK_GRACE) * 10)), "LOCKWAIT": f"{timeout + START_LOCK_GRACE:g}",
+        "STALE": str(int(timeout + START_LOCK_STALE)),
     })
 
 
 def parse_start_output(output: str) -> Started:
     """The start script's answer: the log, the pid, and the server's runtime file or the failure."""
-    log, pid, failure, tail, in_tail = "", None, "", [], False
+    log, pid, failure, tail, in_tail, changed = "", None, "", [], False, ()
     for line in output.splitlines():
         if in_tail:
             tail.append(line)
@@ -1339,9 +1415,11 @@ def parse_start_output(output: str) -> Started:
                 failure = arg
             elif word == "tail":
                 in_tail = True
+            elif word == "changed":
+                changed = tuple(int(n) for n in arg.split() if n.isascii() and n.isdigit() and 0 < int(n) <= MAX_PID)
     servers, _ = parse_discovery(output) if not failure else ([], [])
     server = next((s for s in servers if s.pid == pid), None)
-    return Started(log, pid, server, failure, tuple(tail))
+    return Started(log, pid, server, failure, tuple(tail), changed)
 
 
 def format_log_tail(lines: Iterable[str]) -> str:
@@ -1352,20 +1430,26 @@ def format_log_tail(lines: Iterable[str]) -> str:
     return "; its log ends with: " + " | ".join(tail) if tail else ""
 
 
-def start_server(master: Master, options: StartOptions, timeout: float) -> Server:
-    """Start a server on the target through the master; its Server once its runtime file is written."""
+def start_server(master: Master, options: StartOptions, timeout: float, known: Iterable[int] = ()) -> Started:
+    """Start a server on the target through the master: the Started with its Server once its
+    runtime file is written, or with the pids of the servers that appeared meanwhile (another
+    run started one: none was started; ``known``: the pids the run had seen)."""
     host = master.route.server_host
     where = options.root_dir or "the home directory"
     say("Info", f"No Jupyter server runs on {host}: starting jupyter {options.app} in {where}...")
     started = time.monotonic()
+    limit = 2 * timeout + START_LOCK_GRACE + START_GRACE
     try:
-        # the remote script gives up after ``timeout`` itself, and kills what it started
-        done = master.run("sh -s", stdin=build_start_script(options, timeout), timeout=timeout + START_GRACE,
+        # the remote script gives up after ``timeout`` itself, and kills what it started; it
+        # may first wait up to timeout + START_LOCK_GRACE for another run's start
+        done = master.run("sh -s", stdin=build_start_script(options, timeout, known), timeout=limit,
                           what=f"starting Jupyter on {host}")
     except subprocess.TimeoutExpired:
-        raise TunnelError(f"starting Jupyter on {host} did not answer within {timeout + START_GRACE:g} s",
+        raise TunnelError(f"starting Jupyter on {host} did not answer within {limit:g} s",
                           EXIT_START)
     result = parse_start_output(done.stdout.decode(errors="replace"))
+    if result.changed and not result.failure:
+        return result
     if result.server is None:
         why = result.failure or parse_ssh_error(done.stderr.decode(errors="replace").splitlines(),
                                                 done.returncode)
@@ -1379,7 +1463,55 @@ def start_server(master: Master, options: StartOptions, timeout: float) -> Serve
         # Jupyter configuration sets a password or disables it
         say("Warning", "the started server has no token: its Jupyter configuration sets a password "
                        "or turns authentication off")
-    return result.server
+    return result
+
+
+# Whether a started server still runs: its pid alive and its runtime file there.  A dead
+# server's file is removed (a SIGKILL leaves it), and the log's end printed for the error.
+STARTED_CHECK_SCRIPT = r"""M=@MARK@; pid=@PID@; f=@FILE@
+if kill -0 $pid 2>/dev/null && [ -f "$f" ]; then echo "$M alive"; exit 0; fi
+kill -0 $pid 2>/dev/null && echo "$M gone runs, but its runtime file $f is gone" || {
+  echo "$M gone exited right after writing its runtime file"; rm -f "$f" "${f%.json}-open.html"; }
+echo "$M tail"; tail -n @TAIL@ @LOG@ 2>/dev/null
+"""
+
+
+def build_started_check(server: Server, log: str) -> str:
+    """The ``sh`` script (for ``sh -s``) that tells whether the server this run started still runs."""
+    return fill_script(STARTED_CHECK_SCRIPT, {
+        "MARK": MARK, "PID": str(server.pid), "FILE": shlex.quote(server.source), "LOG": shlex.quote(log or "/dev/null"),
+        "TAIL": str(START_LOG_TAIL)})
+
+
+def parse_started_check(output: str) -> tuple[str, tuple[str, ...]] | None:
+    """None when the started server still runs, else why not and the log's last lines;
+    None too for an answer that is not the script's (a lost connection: the master's watch)."""
+    why, tail, in_tail = None, [], False
+    for line in output.splitlines():
+        if in_tail:
+            tail.append(line)
+        elif line.startswith(MARK):
+            word, _, arg = line[len(MARK):].strip().partition(" ")
+            if word == "gone":
+                why = arg
+            elif word == "tail":
+                in_tail = True
+    return None if why is None else (why, tuple(tail))
+
+
+def check_started(master: Master, server: Server, log: str, app: str) -> None:
+    """A TunnelError (EXIT_START, with the log's end) when the server this run started has died
+    or lost its runtime file since the start script saw it."""
+    try:
+        done = master.run("sh -s", stdin=build_started_check(server, log), timeout=30)
+    except subprocess.TimeoutExpired:
+        return  # a stuck connection: wait_for_tunnel's own checks tell
+    found = parse_started_check(done.stdout.decode(errors="replace"))
+    if found is not None:
+        why, tail = found
+        raise TunnelError(f"could not start jupyter {app} on {master.route.server_host}: the server (pid "
+                          f"{server.pid}) {why} (log: {log}){format_log_tail(tail)}", EXIT_START)
+
 
 # Waits until a runtime file is gone: jupyter removes it last when it shuts down.
 GONE_SCRIPT = r"""f=@FILE@
@@ -2409,6 +2541,33 @@ def parse_probe_answer(answer: bytes) -> Answer:
     return Answer(status, isinstance(data, dict) and key in data)
 
 
+# What an answer to the readiness probe means (probe_verdict).
+READY_ANSWER = "ready"  # Jupyter accepted the request: the tunnel works
+REFUSED_TOKEN = "refused"  # Jupyter refused the token of the server's own runtime file
+NOT_JUPYTER = "foreign"  # something answered, but not as Jupyter does
+NO_ANSWER = "none"  # nothing yet (a timeout, or the connection closed without a word)
+
+
+def probe_verdict(answer: Answer | None, token_sent: bool) -> str:
+    """What the probe's answer means for readiness: READY_ANSWER, REFUSED_TOKEN, NOT_JUPYTER
+    or NO_ANSWER.
+
+    Jupyter's 403 means two things.  Without a token (the runtime file has none: a password
+    server, or authentication off) it is what a password server says to any request: ready,
+    the page asks for the password.  With a token it is the server refusing the token its own
+    runtime file holds: the file is not that server's (a forged or stale file naming another
+    server's port) or the token changed; never ready.  wait_for_tunnel keeps asking until
+    --timeout (a server may still be setting its token up), then says so.
+    """
+    if answer is None or not answer.status:
+        return NO_ANSWER
+    if not answer.jupyter:
+        return NOT_JUPYTER
+    if answer.status == 403 and token_sent:
+        return REFUSED_TOKEN
+    return READY_ANSWER
+
+
 def probe_server(forward: str, server: Server, timeout: float = 5.0, method: str = "GET",
                  path: str = "api/status") -> Answer | None:
     """The answer to ``/api/status`` through ssh's forward (the unix socket ``forward``);
@@ -2452,24 +2611,38 @@ def probe_server(forward: str, server: Server, timeout: float = 5.0, method: str
     return parse_probe_answer(answer)
 
 
-def wait_for_tunnel(master: Master, forward: str, server: Server, timeout: float) -> int:
-    """Poll the server through the tunnel until Jupyter answers; returns the HTTP status."""
-    started = time.monotonic()
+def wait_for_tunnel(master: Master, forward: str, server: Server, timeout: float,
+                    still_there: Callable[[], None] | None = None) -> int:
+    """Poll the server through the tunnel until Jupyter answers; returns the HTTP status.
+
+    ``still_there`` (for a server this run started) raises when the server has gone: it is
+    called every STARTED_CHECK_INTERVAL while no ready answer came, so that a server that died
+    right after writing its runtime file fails the start rather than time out as a silent port."""
+    started = last_check = time.monotonic()
     deadline = started + timeout
     delay = POLL_INTERVAL
     foreign = 0  # the status of the last answer that was not Jupyter's
+    refused = False  # whether Jupyter refused the runtime file's token (see probe_verdict)
     where = f"{forward_target(server, master.route.node)} on {master.route.server_host}"
     while True:
         answer = probe_server(forward, server, timeout=max(0.5, min(5.0, deadline - time.monotonic())))
-        if answer is not None and answer.jupyter:
+        verdict = probe_verdict(answer, bool(server.token))
+        if verdict == READY_ANSWER:
+            assert answer is not None
             return answer.status
-        if answer is not None and answer.status:
+        if verdict == REFUSED_TOKEN:
+            refused = True
+        elif verdict == NOT_JUPYTER:
+            assert answer is not None
             foreign = answer.status  # maybe a server still starting: keep asking until --timeout
         if not master.alive():
             raise TunnelError(
                 f"the connection to {master.route.target} was lost: {master.why()}",
                 EXIT_LOST,
             )
+        if still_there is not None and time.monotonic() - last_check >= STARTED_CHECK_INTERVAL:
+            still_there()
+            last_check = time.monotonic()
         if answer == Answer(0) and time.monotonic() - started > CONNECT_FAILURE_GRACE:
             # Jupyter writes its runtime file once it listens: a server that refuses
             # connections now (a dead server's unix socket, say) will not answer later
@@ -2477,6 +2650,11 @@ def wait_for_tunnel(master: Master, forward: str, server: Server, timeout: float
             raise TunnelError(f"the Jupyter server at {where} does not accept connections"
                               + (f" (ssh: {refused[-1]})" if refused else ""), EXIT_TIMEOUT)
         if time.monotonic() + delay > deadline:
+            if refused:
+                raise TunnelError(
+                    f"the Jupyter server at {where} refused the token of its own runtime file (HTTP 403) "
+                    f"for {timeout:g} s: the file (pid {server.pid}) does not describe the server that "
+                    "listens there, or its token changed", EXIT_TIMEOUT)
             if foreign:
                 raise TunnelError(
                     f"{where} answered (HTTP {foreign}), but not as a Jupyter server: another "
@@ -2815,16 +2993,42 @@ def write_state(state: dict, directory: str) -> str:
     return path
 
 
-def read_state(path: str) -> dict | None:
-    """One registry entry, or None when it is gone or not one."""
+def parse_state(data: bytes) -> dict | None:
+    """A registry entry from the bytes of its file; None when they are not one (not UTF-8, not
+    JSON, not an object, no pid worth looking at).  Its other fields are checked by each reader."""
     try:
-        with open(path) as f:
-            state = json.load(f)
-    except (OSError, ValueError):
+        state = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; [[[[...]]]] too deep
         return None
     if not isinstance(state, dict) or as_pid(state.get("pid")) is None:
         return None
-    state["file"] = path
+    return state
+
+
+def read_state(path: str) -> dict | None:
+    """One registry entry, or None when it is gone or not one.
+
+    Only a regular file of ours, and at most MAX_STATE_BYTES of it: the directory is private,
+    but a FIFO named ``*.json`` would block a plain open() for ever (O_NONBLOCK: it opens at
+    once, and fstat tells it is no file), and a huge file would be read whole.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # gone, a symbolic link (ELOOP), unreadable
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_size > MAX_STATE_BYTES:
+            return None
+        data = os.read(fd, MAX_STATE_BYTES + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    state = parse_state(data) if len(data) <= MAX_STATE_BYTES else None
+    if state is not None:
+        state["file"] = path
     return state
 
 
@@ -2851,8 +3055,15 @@ def read_states(directory: str | None = None) -> list[dict]:
 
 
 def _number(value: object) -> float:
-    """A float for sorting, 0 for anything that is not a number."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+    """A float for sorting, 0 for anything that is not a finite number (NaN would make the
+    sort's order arbitrary; an integer too large for a float overflows)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return 0.0
+    try:
+        number = float(value)
+    except OverflowError:
+        return 0.0
+    return number if math.isfinite(number) else 0.0
 
 
 class Registration:
@@ -2933,12 +3144,107 @@ def parent_pid(pid: int) -> int | None:
 def is_leftover(pid: int, control_dir: str, shape: Callable[[Sequence[str], str], bool]) -> bool:
     """Whether ``pid`` is, right now, a dead run's own master or agent: ours, with exactly the
     command line the run gave it (``shape``), and orphaned (its parent is no live tunnel:
-    a live run's master is its child)."""
+    a live run's master is its child; a run inside another program holds its lock)."""
     info = process_info(pid)
     if info is None or info[0] != os.getuid() or not shape(info[1], control_dir):
         return False
     parent = parent_pid(pid)
-    return parent is not None and not is_own_tunnel(parent)
+    return parent is not None and not is_own_tunnel(parent) and not holds_run_lock(parent, control_dir)
+
+
+def take_run_lock(directory: str) -> int | None:
+    """Create the run's lock file in its fresh private directory, holding its pid, and lock it
+    (``flock``, exclusive) for the run's whole life; its descriptor (None without fcntl).
+
+    A run's argv tells a live jupyter-tunnel (is_own_tunnel) only when it runs as the script;
+    ``jupyter_tunnel.main([...])`` called by another program (the README allows it) runs
+    under that program's argv.  The lock tells it whatever the argv: the kernel drops it when
+    the process dies, so a lock that is held is a live run.  The descriptor is not inherited
+    (O_CLOEXEC: the master and the agent, which outlive a killed run, must not hold it).
+    """
+    try:
+        import fcntl  # not on Windows (a later port): there the argv alone tells
+    except ImportError:
+        return None
+    fd = os.open(os.path.join(directory, RUN_LOCK),
+                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0),
+                 0o600)
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        # a file system without flock (ENOLCK): the run goes on, told live by its argv alone
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def has_file_open(pid: int, path: str) -> bool:
+    """Whether process ``pid`` holds ``path`` open (Linux: its /proc/PID/fd links); True where
+    that cannot be told (no /proc)."""
+    if not HAVE_PROC:
+        return True
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for name in names:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{name}") in (path, os.path.realpath(path)):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def holds_run_lock(pid: int, control_dir: object) -> bool:
+    """Whether ``pid`` is a live run whose private directory is ``control_dir``: a process of
+    ours that holds that directory's lock (take_run_lock), whose file names ``pid``.
+
+    The registry's word alone proves nothing: the directory must be one make_private_dir
+    makes, ours and 0700, before anything in it is opened; the lock file must be a regular
+    file of ours (O_NONBLOCK, O_NOFOLLOW: never a FIFO's wait, never a link followed) naming
+    that pid, and locked by someone; and the pid must be ours and, where /proc tells, hold
+    the file open (a child that inherited the lock through a bare fork is not the run).
+    """
+    if not (is_private_dir_path(control_dir, private_dir_parents()) and check_private_dir(control_dir) == ""):
+        return False
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    path = os.path.join(control_dir, RUN_LOCK)  # type: ignore[arg-type]
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return False
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or os.read(fd, 32).strip() != str(pid).encode():
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # held: a live run
+        else:
+            return False  # nobody holds it: the run is gone (closing fd lets it go again)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    owner = process_info(pid)
+    return owner is not None and owner[0] == os.getuid() and has_file_open(pid, path)
+
+
+def is_live_run(state: Mapping) -> bool:
+    """Whether the run of a registry entry still runs: its pid is a jupyter-tunnel of ours by
+    its argv, or a run hosted by another program that holds its directory's lock."""
+    pid = as_pid(state.get("pid"))
+    return pid is not None and (is_own_tunnel(pid) or holds_run_lock(pid, state.get("control_dir")))
 
 
 def signal_if(pid: int, check: Callable[[], bool], signum: int) -> bool:
@@ -3066,7 +3372,7 @@ def scan_registry(clean: bool = True, on_cleaned: Callable[[dict], None] = lambd
     live: list[dict] = []
     for directory in registry_dirs():
         for state in read_states(directory):
-            if is_own_tunnel(int(state["pid"])):
+            if is_live_run(state):
                 if all(other["pid"] != state["pid"] for other in live):
                     live.append(state)
             elif clean:
@@ -3162,6 +3468,7 @@ class Tunnel:
         self.env = dict(os.environ)
         self.directory = ""
         self.registration: Registration | None = None
+        self.lock: int | None = None  # the descriptor of the run's lock (take_run_lock)
         self.agent: subprocess.Popen | None = None
         self.master: Master | None = None
         self.server: Server | None = None
@@ -3171,6 +3478,7 @@ class Tunnel:
         self.status = 0  # HTTP status of the last successful probe
         self.ready = False  # whether the tunnel has answered once (the URL was printed)
         self.started = False  # whether this run started its server (--start)
+        self.start_log = ""  # --start: the started server's log on the remote
         self.job: ClusterJob | None = None  # the scheduler job the server runs in
         self.jobs: list[ClusterJob] | None = None  # --list -n auto: the jobs found
         self.job_end: float | None = None  # time.monotonic() at the job's time limit
@@ -3191,6 +3499,8 @@ class Tunnel:
     def prepare(self) -> None:
         """What the login needs: the private directory, the entry, askpass, the config."""
         self.directory = make_private_dir()
+        # locked before the entry names the directory: a run is never seen registered and unlocked
+        self.lock = take_run_lock(self.directory)
         # registered at once: from now on there is something to clean up after this run
         self.registration = Registration(build_state(os.getpid(), self.route, self.directory, time.time()))
         if self.password is not None:
@@ -3377,24 +3687,44 @@ class Tunnel:
         if isinstance(self.master, SharedMaster):
             shared = {"control": self.master.control, "spec": self.master.forwards[-1]}
         self.registration.update(**build_forward_state(self.server, self.local_port), shared_forward=shared)
-        self.status = wait_for_tunnel(self.master, self.forward, self.server, self.settings.timeout)
+        still_there = None
+        if self.started and self.settings.start is not None and not self.status:
+            # the first wait for a server this run started: it may die right after its start
+            still_there = functools.partial(check_started, self.master, self.server, self.start_log,
+                                            self.settings.start.app)
+        try:
+            self.status = wait_for_tunnel(self.master, self.forward, self.server, self.settings.timeout,
+                                          still_there)
+        except TunnelError as error:
+            if error.code == EXIT_START:
+                self.server = None  # it is gone: nothing keeps running, nothing to stop at close
+            raise
         self.registration.update(state=READY)
         self.ready = True
 
     def choose_or_start(self, servers: list[Server]) -> Server:
         """The server to tunnel to; with --start, one started now when none matches."""
         assert self.master is not None and self.registration is not None
-        settings = self.settings
-        if settings.start is None or select_servers(servers, settings.port, settings.dir, settings.pick):
-            if settings.start is not None:
-                say("Info", f"A Jupyter server already runs on {self.route.server_host}: "
-                            "attaching to it (--start was not needed).")
-            return choose_server(servers, self.route.server_host, settings.port, settings.dir, settings.pick,
-                                 on_node=bool(self.route.node))
-        server = start_server(self.master, settings.start, settings.timeout)
-        self.started = True
-        self.registration.update(started_server=True)
-        return server
+        settings, host = self.settings, self.route.server_host
+        known = {server.pid for server in servers}
+        for _ in range(START_ATTEMPTS):
+            if settings.start is None or select_servers(servers, settings.port, settings.dir, settings.pick):
+                if settings.start is not None:
+                    say("Info", f"A Jupyter server already runs on {host}: attaching to it (--start was not needed).")
+                return choose_server(servers, host, settings.port, settings.dir, settings.pick,
+                                     on_node=bool(self.route.node))
+            started = start_server(self.master, settings.start, settings.timeout, known)
+            if started.server is not None:
+                self.started, self.start_log = True, started.log
+                self.registration.update(started_server=True)
+                return started.server
+            # another run of this account started a server while this one waited for the
+            # start lock (see START_SCRIPT): look again, and attach to it if it matches
+            say("Info", f"Another jupyter-tunnel started a Jupyter server on {host} meanwhile: looking again...")
+            servers = discover(self.master)
+            known |= {server.pid for server in servers} | set(started.changed)
+        raise TunnelError(f"Jupyter servers kept appearing on {host} while this run tried to start one; "
+                          "run it again", EXIT_START)
 
     def stop_server(self) -> None:
         """At close: with --stop-server, shut the server down; else say that it keeps running."""
@@ -3410,6 +3740,13 @@ class Tunnel:
             if self.started:
                 say("Info", f"The Jupyter server started on {host} keeps running (pid {server.pid}): "
                             "a later jupyter-tunnel attaches to it; --stop-server stops it when the tunnel closes.")
+            return
+        if self.settings.start is not None and not self.started:
+            # "--start --stop-server" reads "a server for this session": one that ran before
+            # (someone else's work in it, maybe) is not the run's to stop; plain --stop-server
+            # names the attached server, and stops it
+            say("Info", f"The Jupyter server on {host} was already running: left running (--stop-server "
+                        "stops only a server this run started when used with --start)")
             return
         if self.master is None or not self.master.alive():
             say("Warning", f"the connection to {host} is gone: cannot stop its Jupyter server (pid {server.pid})")
@@ -3532,6 +3869,11 @@ class Tunnel:
             shutil.rmtree(self.directory, ignore_errors=True)
         if self.registration is not None:
             self.registration.remove()
+        if self.lock is not None:
+            # last: until the entry is gone, the lock tells that the run is alive; run_tunnel
+            # has its signals ignored meanwhile (see jupyter_tunnel_shutdown.send)
+            os.close(self.lock)
+            self.lock = None
 
 
 def run_list(tunnel: Tunnel, as_json: bool) -> int:
@@ -3806,7 +4148,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the started server's working and root directory [default: the remote home]")
     start.add_argument("--stop-server", action="store_true",
                        help="when the tunnel closes, shut down the Jupyter server it is attached to "
-                            "(POST /api/shutdown with its token) and wait until it is gone")
+                            "(POST /api/shutdown with its token) and wait until it is gone; with --start, "
+                            "only a server this run started (one that already ran is left running)")
     cluster = parser.add_argument_group(
         "a cluster job (--submit, -n auto, --job)",
         "jupyter_node.py runs on the head through the same login (its source on the head's python's "

@@ -78,7 +78,7 @@ class RunningTunnel:
     @classmethod
     def from_state(cls, state: Mapping) -> RunningTunnel:
         """From a registry entry (written by jupyter_tunnel.build_state); odd fields are dropped."""
-        hosts, job = state.get("hosts"), state.get("job")
+        hosts, job, scheduler = state.get("hosts"), state.get("job"), state.get("scheduler")
         return cls(
             pid=int(state["pid"]),
             hosts=tuple(str(h) for h in hosts) if isinstance(hosts, list) else (),
@@ -95,7 +95,7 @@ class RunningTunnel:
                             else False if state.get("server_pid") else None),
             # shown, and put in a qdel/scancel command by the reader: only a job id passes
             job=job if isinstance(job, str) and jt.JOB_ID_RE.fullmatch(job) else "",
-            scheduler=str(state.get("scheduler") or "") if state.get("scheduler") in jt.CANCEL_COMMANDS else "",
+            scheduler=scheduler if isinstance(scheduler, str) and scheduler in jt.CANCEL_COMMANDS else "",
             job_end=_finite_or_none(state.get("job_end")),
             state=dict(state),
         )
@@ -106,6 +106,11 @@ class RunningTunnel:
         hosts, node = hosts_from_argv(argv)
         return cls(pid=pid, hosts=hosts, node=node, remote_host=node or (hosts[-1] if hosts else ""),
                    command=" ".join(argv))
+
+    def alive(self) -> bool:
+        """Whether it still runs: a jupyter-tunnel of ours by its argv, or (registered) a run
+        hosted by another program that holds its directory's lock (jupyter_tunnel.is_live_run)."""
+        return jt.is_live_run(self.state) if self.state is not None else jt.is_own_tunnel(self.pid)
 
     @property
     def registered(self) -> bool:
@@ -144,18 +149,20 @@ class RunningTunnel:
 
 
 def _int_or_none(value: object) -> int | None:
-    """``int(value)``, or None for a missing or malformed field."""
+    """``int(value)``, or None for a missing or malformed field (a JSON 1e400 is an infinite
+    float: int() raises OverflowError for it)."""
     try:
         return int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
 def _float_or_none(value: object) -> float | None:
-    """``float(value)``, or None for a missing or malformed field."""
+    """``float(value)``, or None for a missing or malformed field (an integer of 400 digits
+    overflows a float)."""
     try:
         return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
@@ -316,7 +323,7 @@ def find_tunnels(clean: bool = True) -> list[RunningTunnel]:
     def cleaned(state: dict) -> None:
         try:
             what = RunningTunnel.from_state(state).describe()
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             what = "its registry entry is damaged"
         jt.say("Info", f"Cleaned up after process {state['pid']}, which had died ({what})")
 
@@ -324,7 +331,7 @@ def find_tunnels(clean: bool = True) -> list[RunningTunnel]:
     for state in jt.scan_registry(clean, cleaned):
         try:
             found.append(RunningTunnel.from_state(state))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             continue  # read_states checked pid; keep going whatever else is odd
     ours = os.environ.get(jt.REGISTRY_ENV, "")
     known = {t.pid for t in found}
@@ -342,7 +349,7 @@ def wait_until_gone(tunnels: Sequence[RunningTunnel], timeout: float,
     remaining = list(tunnels)
     while True:
         for tunnel in list(remaining):
-            if not jt.is_own_tunnel(tunnel.pid):  # exited (a zombie counts: its cleanup is done)
+            if not tunnel.alive():  # exited (a zombie counts: its cleanup is done)
                 remaining.remove(tunnel)
                 on_gone(tunnel)
         if not remaining or time.monotonic() >= deadline:
@@ -351,8 +358,17 @@ def wait_until_gone(tunnels: Sequence[RunningTunnel], timeout: float,
 
 
 def send(tunnel: RunningTunnel, signum: int) -> bool:
-    """Signal ``tunnel`` if its pid is still one of our tunnels; whether it was signalled."""
-    return jt.signal_if(tunnel.pid, lambda: jt.is_own_tunnel(tunnel.pid), signum)
+    """Signal ``tunnel`` if its pid is still one of our tunnels; whether it was signalled.
+
+    A run hosted by another program (``jupyter_tunnel.main([...])``) is signalled too, as the
+    script is: its lock proves, right before the signal (a pidfd pins the pid meanwhile), that
+    the pid is a live run, and a run holds its lock only inside run_tunnel, where SIGINT
+    raises KeyboardInterrupt into it (its Ctrl+C: it cleans up, main() returns 0) and SIGTERM
+    and SIGHUP end it the same way; the host's own handlers come back only once the lock is
+    released, with the run's signals ignored in between.  So the signal ends the run, not
+    the program around it (that one then goes on after main() as after a Ctrl+C).
+    """
+    return jt.signal_if(tunnel.pid, tunnel.alive, signum)
 
 
 def clean_after(tunnel: RunningTunnel) -> None:

@@ -157,6 +157,36 @@ def test_crafted_entries_make_nothing_signalled_or_deleted(tunnel, shutdown, reg
     listener.close()
 
 
+def test_a_tunnel_inside_another_program_is_not_taken_for_dead(tunnel, shutdown, registry, jtuser_server):
+    # python -c '...main([...])': its command line is no jupyter-tunnel's, its lock tells it lives
+    hosted = tunnel("-a", "-s", "srv", in_process=True)
+    url = hosted.url()
+    assert not jt.is_tunnel_argv(jt.process_info(hosted.process.pid)[1])
+    [state] = [json.loads(Path(registry, name).read_text()) for name in os.listdir(registry)]
+    before = snapshot(state["control_dir"])
+    # another run prunes the registry, and shutdown lists, looking where its directory is
+    other = tunnel("-s", "srv", env={"TMPDIR": hosted.tmp})
+    other.url()
+    assert "Warning" not in other.stderr, other.stderr
+    done = shutdown("--list", "--json", TMPDIR=hosted.tmp)
+    assert done.returncode == sd.EXIT_OK and done.stderr == "", done.stderr
+    assert sorted(entry["pid"] for entry in json.loads(done.stdout)) == sorted([hosted.process.pid,
+                                                                                 other.process.pid])
+    assert alive(state["master_pid"]) and alive(state["agent_pid"])
+    assert snapshot(state["control_dir"]) == before
+    assert get_status(url)[0] == 200
+    # and shutdown stops it as it stops the script: main() cleans up and returns 0
+    done = shutdown(TMPDIR=hosted.tmp)
+    assert done.returncode == sd.EXIT_OK, done.stderr
+    assert f"Info: Killed process {hosted.process.pid} (localhost:" in done.stderr
+    assert f"Info: Killed process {other.process.pid} (localhost:" in done.stderr
+    assert hosted.wait() == jt.EXIT_OK and "Info: Closing the tunnel." in hosted.stderr
+    assert other.wait() == jt.EXIT_OK
+    hosted.assert_clean()
+    other.assert_clean()
+    assert os.listdir(registry) == []
+
+
 @pytest.mark.parametrize("kind", ["symlink", "directory"])
 def test_a_registry_other_users_can_write_is_not_used(tunnel, shutdown, jtuser_server, test_users, kind):
     # the user is made by the fixtures: looked up here, not when the module is collected (a

@@ -3,7 +3,10 @@ directory named by a registry entry is a dead tunnel's own leftover (no processe
 
 from __future__ import annotations
 
+import os
 import stat
+import shutil
+import threading
 
 import pytest
 
@@ -118,3 +121,73 @@ def test_entry_of_a_connecting_run():
     assert (state["state"], state["local_port"], state["remote_port"], state["server_pid"]) == \
         ("connecting", 8889, 8888, 77)
     assert "secret" not in repr(state)
+
+
+def _fifo(path) -> None:
+    os.mkfifo(path)
+
+
+def _huge(path) -> None:
+    path.write_bytes(b'{"pid": 4242, "pad": "' + b"x" * (jt.MAX_STATE_BYTES + 10) + b'"}')
+
+
+@pytest.mark.parametrize("make, expect", [
+    (lambda path: path.write_text('{"pid": 4242, "state": "ready"}'), 4242),
+    (lambda path: path.write_text('{"pid": 4242, "local_port": 1e400, "started": NaN}'), 4242),  # read; fields checked later
+    (_fifo, None),  # a plain open() blocks until a writer comes: for ever
+    (lambda path: path.mkdir(), None),  # a directory named x.json
+    (_huge, None),
+    (lambda path: path.write_bytes(b'{"pid": 4242, "hosts": ["\xff\xfe"]}'), None),  # not UTF-8
+    (lambda path: path.write_text("[4242]"), None),
+    (lambda path: path.write_text('{"pid": 1e400}'), None),
+    (lambda path: path.write_text("[" * 100000), None),
+    (lambda path: path.symlink_to("/etc/hostname"), None),  # never followed
+], ids=["entry", "odd-fields", "fifo", "directory", "huge", "not-utf8", "list", "pid-1e400", "deep", "symlink"])
+def test_read_state_never_hangs_on_a_damaged_entry(tmp_path, make, expect):
+    path = tmp_path / "4242.json"
+    make(path)
+    found: list = []
+
+    def read() -> None:
+        try:
+            found.append(jt.read_state(str(path)))
+        except Exception as error:  # a traceback in the tool
+            found.append(error)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(5)
+    try:
+        assert found, "read_state hung"
+    finally:
+        if reader.is_alive():  # unblock the old code's open() of the FIFO, which waits for a writer
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    state = found[0]
+    assert not isinstance(state, Exception), repr(state)
+    assert (state and state["pid"]) == expect
+    if state:
+        assert state["file"] == str(path)
+
+
+def _lock_fifo(directory: str) -> None:
+    os.mkfifo(os.path.join(directory, jt.RUN_LOCK))
+
+
+@pytest.mark.parametrize("prepare, pid, expect", [
+    (lambda d: jt.take_run_lock(d), "me", True),  # held by this process, which its file names
+    (lambda d: jt.take_run_lock(d), "parent", False),  # held, but the entry names another pid
+    (lambda d: os.close(jt.take_run_lock(d)), "me", False),  # released: the run is gone
+    (lambda d: None, "me", False),  # no lock file
+    (_lock_fifo, "me", False),  # never a wait on a FIFO
+    (lambda d: os.chmod(d, 0o755) or jt.take_run_lock(d), "me", False),  # not a private directory
+], ids=["held", "other-pid", "released", "none", "fifo", "loose-dir"])
+def test_holds_run_lock(prepare, pid, expect):
+    directory = jt.make_private_dir()
+    try:
+        held = prepare(directory)
+        assert jt.holds_run_lock(os.getpid() if pid == "me" else os.getppid(), directory) is expect
+        assert jt.is_live_run({"pid": os.getpid(), "control_dir": directory}) is (expect or pid == "parent")
+        if isinstance(held, int):
+            os.close(held)
+    finally:
+        shutil.rmtree(directory)

@@ -111,6 +111,45 @@ def test_sigkilled_tunnel_leftovers_are_pruned(tunnel, shutdown, registry, jtuse
     wait_for(lambda: port_is_free(port), 5, what="the dead tunnel's local port to be free")
 
 
+def test_damaged_entries_never_stop_the_rest(tunnel, shutdown, registry, jtuser_server):
+    live = tunnel("-s", "srv")
+    live_url = live.url()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    damaged = {
+        "fifo.json": lambda path: os.mkfifo(path),  # a plain open() blocks for ever
+        "x.json": lambda path: os.mkdir(path),
+        "huge.json": lambda path: open(path, "wb").write(b'{"pid": 3, "x": "' + b"y" * 2**21 + b'"}'),
+        "bytes.json": lambda path: open(path, "wb").write(b'{"pid": 3, "hosts": ["\xff"]}'),
+        "list.json": lambda path: open(path, "w").write("[1, 2]"),
+        f"{dead.pid}.json": lambda path: open(path, "w").write(
+            f'{{"pid": {dead.pid}, "state": NaN, "hosts": [1e400], "local_port": 1e400, "remote_port": NaN, '
+            f'"started": 1e400, "started_server": 1e400, "job": 1e400, "scheduler": [1], "job_end": -1e400, '
+            f'"control_dir": 1e400, "master_pid": 1e400, "agent_pid": NaN, "shared_forward": 1e400}}'),
+    }
+    for name, make in damaged.items():
+        make(os.path.join(registry, name))
+    # a run prunes the registry as it starts
+    other = tunnel("-s", "srv")
+    other_url = other.url()
+    assert "Traceback" not in other.stderr and "Error" not in other.stderr, other.stderr
+    assert f"{dead.pid}.json" not in entries(registry)  # the dead run's entry was pruned, damaged as it is
+    for args in (["--list"], ["--json"]):
+        done = shutdown(*args)
+        assert (done.returncode, done.stderr) == (sd.EXIT_OK, ""), done.stderr
+        assert str(live.process.pid) in done.stdout and str(other.process.pid) in done.stdout
+    assert get_status(live_url)[0] == 200 and get_status(other_url)[0] == 200
+    done = shutdown()
+    assert done.returncode == sd.EXIT_OK and "Traceback" not in done.stderr, done.stderr
+    assert f"Info: Killed process {live.process.pid} " in done.stderr
+    assert f"Info: Killed process {other.process.pid} " in done.stderr
+    assert live.wait() == jt.EXIT_OK and other.wait() == jt.EXIT_OK
+    live.assert_clean()
+    other.assert_clean()
+    # what is no entry at all is left for the user to look at
+    assert entries(registry) == sorted(set(damaged) - {f"{dead.pid}.json"})
+
+
 def test_force_kills_a_tunnel_that_does_not_stop(tunnel, shutdown, registry, jtuser_server):
     run = tunnel("-s", "gw", "srv")
     port = local_port_of(run.url())

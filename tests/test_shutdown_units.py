@@ -288,3 +288,31 @@ def test_job_fields_from_the_registry_are_checked():
 def test_a_registry_start_time_that_is_no_time_shows_as_unknown(started):
     tunnel = sd.RunningTunnel.from_state({"pid": 4242, "hosts": ["srv"], "started": started})
     assert sd.table_row(tunnel)[-1] == "?"
+
+
+# What a damaged registry entry may hold in any field: numbers no float or int takes, NaN,
+# a 400-digit integer, and values of the wrong type.
+DAMAGED_VALUES = ["1e400", "-1e400", "NaN", "Infinity", "-Infinity", "1" + "0" * 400, '"x"', "[1, [2]]",
+                  "{}", "true", "null", '"\\u001b[31m"']
+FIELDS = ["hosts", "node", "local_port", "remote_host", "remote_port", "sock", "root_dir", "started", "state",
+          "started_server", "server_pid", "job", "scheduler", "job_end", "control_dir", "master_pid",
+          "agent_pid", "shared_forward"]
+
+
+@pytest.mark.parametrize("field", FIELDS)
+@pytest.mark.parametrize("value", DAMAGED_VALUES)
+def test_a_damaged_field_is_listed_without_a_traceback(field, value):
+    state = jt.parse_state(f'{{"pid": 4242, "state": "ready", "{field}": {value}}}'.encode())
+    tunnel = sd.RunningTunnel.from_state({**state, "file": "/r/4242.json"})
+    assert tunnel.pid == 4242
+    json.dumps(tunnel.to_json(), allow_nan=False)  # --json prints valid JSON
+    assert jt.format_table([sd.TABLE_COLUMNS, sd.table_row(tunnel)])
+    assert tunnel.describe()
+    assert jt._number(state.get("started")) == 0.0  # the sort key: not a finite number, so 0
+
+
+@pytest.mark.parametrize("text", ["1e400", "NaN", "[4242]", '{"pid": 1e400}', '{"pid": NaN}', '{"pid": "4242"}',
+                                  '{"pid": ' + "1" * 400 + "}", "[" * 100000, "\\xff\\xfe{}", ""])
+def test_an_entry_that_is_no_entry_is_skipped(text):
+    data = text.encode().decode("unicode_escape").encode("latin-1")
+    assert jt.parse_state(data) is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -153,6 +154,27 @@ def test_start_attaches_when_a_server_runs(tunnel, no_server, start_jupyter):
     assert run.stop(signal.SIGINT) == 0
 
 
+def test_start_stop_server_leaves_a_server_it_only_attached_to(tunnel, no_server, start_jupyter):
+    # --start --stop-server stops the server the run started; this one ran before the run
+    server = start_jupyter(USER)
+    run = tunnel("-s", f"{USER}@srv", "--start", "--stop-server", "--pre", ACTIVATE)
+    assert get_status(run.url())[0] == 200
+    assert "--start was not needed" in run.stderr
+    assert run.stop(signal.SIGINT) == 0
+    assert (f"Info: The Jupyter server on {USER}@srv was already running: left running (--stop-server "
+            "stops only a server this run started when used with --start)") in run.stderr
+    assert "Stopping the Jupyter server" not in run.stderr
+    run.assert_clean()
+    assert server.alive and server.api()[0] == 200
+    # plain --stop-server names the attached server: it stops it
+    run = tunnel("-s", f"{USER}@srv", "--stop-server")
+    assert get_status(run.url())[0] == 200
+    assert run.stop(signal.SIGINT) == 0
+    assert "The Jupyter server has stopped." in run.stderr
+    run.assert_clean()
+    wait_for(lambda: not server.alive, 10, what="the attached server to stop")
+
+
 @pytest.mark.parametrize("args, said", [
     ((), "jupyter not found"),  # not on the non-interactive PATH
     (("--pre", "false"), "failed: false"),
@@ -217,6 +239,63 @@ def test_start_notebook_not_installed(tunnel, no_server, tools_dir):
     assert "the server exited" in error and "jupyter-notebook" in error and "not found" in error, error
     run.assert_clean()
     assert user_processes() == {} and runtime_files() == []
+
+
+# A jupyter that writes a valid runtime file for its own pid (setsid does not fork: $$ is the
+# pid the start script knows), then crashes: at once, or once the start script has seen it.
+CRASHING_JUPYTER = """#!/bin/sh
+echo "fake jupyter: writing its runtime file"
+d="$HOME/.local/share/jupyter/runtime"
+mkdir -p "$d"
+printf '{"port": @PORT@, "token": "t", "pid": %s, "url": "http://127.0.0.1:@PORT@/", "hostname": "127.0.0.1", \
+"base_url": "/", "root_dir": "/", "sock": "", "version": "2.21.1"}' $$ >"$d/jpserver-$$.json"
+sleep @DELAY@
+echo "fake jupyter: crashing"
+exit 1
+"""
+
+
+@pytest.mark.parametrize("delay", ["0", "0.5"], ids=["at-once", "after-the-script-saw-it"])
+def test_start_fails_for_a_server_that_dies_after_its_runtime_file(tunnel, no_server, tools_dir, delay):
+    jupyter = tools_dir / "crashing-jupyter"
+    jupyter.write_text(CRASHING_JUPYTER.replace("@PORT@", str(helpers.free_port())).replace("@DELAY@", delay))
+    jupyter.chmod(0o755)
+    run = tunnel("-s", f"{USER}@srv", "--start", "-t", "server", "--jupyter", str(jupyter))
+    assert run.wait(60) == EXIT_START, run.stderr
+    assert run.lines.empty(), "a URL was printed"
+    [error] = [line for line in run.stderr.splitlines() if line.startswith("Error: ")]
+    assert re.match(r"Error: could not start jupyter server on jtmulti@srv: the server( \(pid \d+\))? exited "
+                    r"right after writing its runtime file \(log: ", error), error
+    assert "its log ends with: fake jupyter: writing its runtime file | fake jupyter: crashing" in error, error
+    assert "keeps running" not in run.stderr
+    run.assert_clean()
+    assert user_processes() == {} and runtime_files() == []
+
+
+RUNS = 8
+
+
+def test_starts_at_the_same_moment_start_one_server(tunnel, sshd, no_server, registry):
+    # eight terminals, one account, no server: one start, and every run on that server
+    offset = sshd.log_offset()
+    runs = [tunnel("-s", f"{USER}@srv", "--start", "-t", "server", "--jupyter", f"{VENV}/bin/jupyter")
+            for _ in range(RUNS)]
+    urls = [run.url(timeout=90) for run in runs]
+    [pid] = user_processes()
+    for url in urls:
+        assert get_status(url)[0] == 200
+    assert len(sshd.logins_since(offset)) == RUNS
+    entries = [json.loads(path.read_text()) for path in Path(registry).iterdir()]
+    assert {entry["server_pid"] for entry in entries} == {pid}
+    assert sorted(entry["started_server"] for entry in entries) == [False] * (RUNS - 1) + [True]
+    for run in runs:
+        assert "Error" not in run.stderr and "Warning" not in run.stderr, run.stderr
+        assert run.stop(signal.SIGINT) == 0
+        run.assert_clean()
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not user_processes(), 30, what="the started server to stop")
+    lock = Path(pwd.getpwnam(USER).pw_dir) / ".local/state/jupyter-tunnel/start.lock"
+    assert not lock.exists()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 
 import pytest
@@ -124,3 +125,125 @@ def test_the_error_never_shows_a_token_from_the_log(line, shown):
 ])
 def test_log_tail_in_an_error_is_short_and_masks_tokens(lines, expected):
     assert jt.format_log_tail(lines) == expected
+
+
+@pytest.mark.parametrize("output, changed, pid", [
+    (f"{M} wait\n{M} wait\n{M} changed 4242 4243\n", (4242, 4243), None),  # another run's server
+    (f"{M} changed 1 x 99999999999\n", (1,), None),  # only pids pass
+    (f"{M} log /s/l\n{M} pid 7\n", (), 7),
+])
+def test_parse_start_output_changed(output, changed, pid):
+    result = jt.parse_start_output(output)
+    assert (result.changed, result.pid, result.server) == (changed, pid, None)
+
+
+@pytest.mark.parametrize("output, expect", [
+    (f"{M} alive\n", None),
+    (f"{M} gone exited right after writing its runtime file\n{M} tail\nboom\nTraceback\n",
+     ("exited right after writing its runtime file", ("boom", "Traceback"))),
+    (f"{M} gone runs, but its runtime file /r/jpserver-7.json is gone\n{M} tail\n",
+     ("runs, but its runtime file /r/jpserver-7.json is gone", ())),
+    ("", None),  # no answer (a lost connection): not a verdict
+])
+def test_parse_started_check(output, expect):
+    assert jt.parse_started_check(output) == expect
+
+
+# A fake jupyter for the real start script, run here with sh: it writes a valid runtime file
+# for its own pid (the script starts it with setsid, which does not fork: $$ is $!) and then
+# exits or stays, as FAKE_MODE says.
+FAKE_JUPYTER = """#!/bin/sh
+echo "fake jupyter: starting"
+printf '{"port": 1, "token": "t", "pid": %s, "url": "http://127.0.0.1:1/", "base_url": "/"}' $$ \
+    >"$JUPYTER_RUNTIME_DIR/jpserver-$$.json"
+echo "fake jupyter: crashing"
+[ "$FAKE_MODE" = exit ] || exec sleep 30
+"""
+
+
+@pytest.fixture
+def remote(tmp_path):
+    """A home, a runtime directory and a fake jupyter for running the start script with sh here."""
+    jupyter = tmp_path / "jupyter"
+    jupyter.write_text(FAKE_JUPYTER)
+    jupyter.chmod(0o755)
+    (tmp_path / "runtime").mkdir()
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+           "FAKE_MODE": "exit"}
+    started: list[int] = []
+
+    def run(known=(), timeout=5, **more_env) -> "jt.Started":
+        script = jt.build_start_script(jt.StartOptions(jupyter=str(jupyter)), timeout, known)
+        done = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True, env={**env, **more_env},
+                              timeout=60)
+        result = jt.parse_start_output(done.stdout)
+        if result.pid:
+            started.append(result.pid)
+        return result
+
+    yield run
+    for pid in started:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def test_start_script_fails_for_a_server_that_dies_after_its_runtime_file(remote, tmp_path):
+    result = remote()
+    assert result.server is None and result.failure == "the server exited right after writing its runtime file"
+    assert result.tail == ("fake jupyter: starting", "fake jupyter: crashing")
+    assert list((tmp_path / "runtime").iterdir()) == []  # its runtime file removed
+    assert not (tmp_path / ".local/state/jupyter-tunnel/start.lock").exists()  # the lock released
+
+
+def lock_dir(home) -> "os.PathLike[str]":
+    """The start lock of the account whose home is ``home``."""
+    return home / ".local/state/jupyter-tunnel/start.lock"
+
+
+def take_lock(home, owner: str) -> None:
+    """Make the start lock as another run holds it."""
+    lock = lock_dir(home)
+    lock.mkdir(parents=True)
+    (lock / "owner").write_text(owner + "\n")
+
+
+def test_start_script_takes_over_the_lock_of_a_dead_run(remote, tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    take_lock(tmp_path, f"{dead.pid} {os.uname().nodename} 1")
+    result = remote(FAKE_MODE="stay")
+    assert result.server is not None and result.failure == ""
+    assert not lock_dir(tmp_path).exists()
+
+
+def test_start_script_waits_for_a_live_lock_then_gives_up(remote, tmp_path, monkeypatch):
+    monkeypatch.setattr(jt, "START_LOCK_GRACE", 1.0)
+    take_lock(tmp_path, f"{os.getpid()} {os.uname().nodename} 1")  # this live process holds it
+    result = remote(timeout=0.5)
+    assert result.server is None and result.pid is None  # nothing started
+    assert result.failure.startswith("another jupyter-tunnel --start of this account has held "
+                                     f"{lock_dir(tmp_path)} for 1.5 s ({os.getpid()} ")
+    assert lock_dir(tmp_path).exists()  # not ours to remove
+
+
+def test_start_script_takes_over_an_old_lock_of_another_host(remote, tmp_path):
+    take_lock(tmp_path, f"{os.getpid()} another-login-node 1")  # epoch 1: long past
+    result = remote(FAKE_MODE="stay")
+    assert result.server is not None
+
+
+def test_start_script_starts_nothing_when_another_run_started_a_server(remote, tmp_path):
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        (tmp_path / "runtime" / f"jpserver-{other.pid}.json").write_text("{}")
+        result = remote(known=[4242])
+        assert (result.changed, result.pid, result.server) == ((other.pid,), None, None)
+        assert not lock_dir(tmp_path).exists()
+        # once the run knows it (it discovered again), it is no news
+        result = remote(known=[4242, other.pid], FAKE_MODE="stay")
+        assert result.changed == () and result.server is not None
+    finally:
+        other.kill()
+        other.wait()

@@ -179,6 +179,20 @@ def test_server_that_does_not_answer_times_out(tunnel, hung_server):
     run.assert_clean()
 
 
+def test_a_file_whose_token_the_server_refuses_is_never_ready(tunnel, jtuser_server, forged_file):
+    # jtnone's forged runtime file names the port of jtuser's real server, with a token that
+    # server does not know: its 403 to that token is no readiness (a password server's 403 is)
+    forged_file(dict(port=jtuser_server.port, url=f"http://localhost:{jtuser_server.port}/",
+                     hostname="127.0.0.1", token="not-the-servers-token"), user="jtnone")
+    run = tunnel("-s", "jtnone@srv", "--timeout", "2")
+    assert run.wait() == jt.EXIT_TIMEOUT
+    assert run.lines.empty(), "a URL was printed"
+    assert run.stderr.splitlines()[-1].startswith(
+        f"Error: the Jupyter server at 127.0.0.1:{jtuser_server.port} on jtnone@srv refused the token of its "
+        "own runtime file (HTTP 403) for 2 s"), run.stderr
+    run.assert_clean()
+
+
 def test_master_killed_is_reported_and_cleaned(tunnel, jtuser_server):
     run = tunnel("-s", "gw", "srv", "--no-reconnect")
     run.url()

@@ -623,3 +623,19 @@ def test_no_server_names_the_next_step(on_node, next_step):
     with pytest.raises(jt.TunnelError) as error:
         jt.choose_server([], "srv", on_node=on_node)
     assert (str(error.value), error.value.code) == (next_step, jt.EXIT_NO_SERVER)
+
+
+@pytest.mark.parametrize("answer, token_sent, verdict", [
+    (STATUS_200, True, jt.READY_ANSWER),
+    (STATUS_200, False, jt.READY_ANSWER),
+    (STATUS_403, False, jt.READY_ANSWER),  # a password server: the page asks for the password
+    (STATUS_403, True, jt.REFUSED_TOKEN),  # the runtime file's token refused: not that server's file
+    (b"HTTP/1.0 403 Forbidden\r\n\r\n<h1>Forbidden</h1>", True, jt.NOT_JUPYTER),
+    (b"HTTP/1.0 403 Forbidden\r\n\r\n<h1>Forbidden</h1>", False, jt.NOT_JUPYTER),
+    (b"HTTP/1.0 200 OK\r\n\r\n<html>It works!</html>", True, jt.NOT_JUPYTER),
+    (b"", True, jt.NO_ANSWER),  # closed without a word
+    (None, True, jt.NO_ANSWER),  # nothing in time
+])
+def test_probe_verdict(answer, token_sent, verdict):
+    parsed = None if answer is None else jt.parse_probe_answer(answer)
+    assert jt.probe_verdict(parsed, token_sent) == verdict

@@ -23,12 +23,14 @@ from helpers import http_get, process_state, wait_for
 SCRIPT = Path(__file__).resolve().parent.parent / "jupyter_tunnel.py"
 SHUTDOWN = SCRIPT.with_name("jupyter_tunnel_shutdown.py")
 READY_TIMEOUT = 30.0
+# A program that runs a tunnel inside itself, as the README allows
+IN_PROCESS = "import sys, jupyter_tunnel; sys.exit(jupyter_tunnel.main(sys.argv[1:]))"
 
 class Tunnel:
     """A running jupyter_tunnel.py, with its output collected as it comes."""
 
     def __init__(self, config: "str | os.PathLike[str]", *args: str, stdin: str | None = None, env: dict | None = None,
-                 registry: str | None = None) -> None:
+                 registry: str | None = None, in_process: bool = False) -> None:
         # A private short TMPDIR per run: whatever the tool leaves behind shows up there.
         self.tmp = tempfile.mkdtemp(prefix="jtt-", dir="/tmp")
         # the registry the caller's other runs share, or a private one
@@ -37,7 +39,12 @@ class Tunnel:
         self.env = dict(os.environ, TMPDIR=self.tmp, NO_COLOR="1", JUPYTER_TUNNEL_REGISTRY=self.registry)
         self.env.pop("SSH_AUTH_SOCK", None)
         self.env.update(env or {})
-        self.argv = [sys.executable, str(SCRIPT), "-F", str(config), "-b", "none", *args]
+        # in_process: jupyter_tunnel.main([...]) called by another program (python -c), whose
+        # command line says nothing of jupyter-tunnel
+        program = ["-c", IN_PROCESS] if in_process else [str(SCRIPT)]
+        if in_process:
+            self.env["PYTHONPATH"] = str(SCRIPT.parent)
+        self.argv = [sys.executable, *program, "-F", str(config), "-b", "none", *args]
         self.process = subprocess.Popen(
             self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=self.env, text=True, start_new_session=True,
