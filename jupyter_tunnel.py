@@ -69,6 +69,15 @@ from typing import Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence, 
 
 T = TypeVar("T")
 
+# The API of this module for jupyter_tunnel_shutdown.py (tests/test_api.py keeps the two
+# honest): its registry, process identity and message helpers.  The rest is this tool's own.
+__all__ = [
+    "CANCEL_COMMANDS", "CONNECTING", "HAVE_PROC", "JOB_ID_RE", "MAX_TIMEOUT", "REGISTRY_ENV", "TUNNEL_MODULE",
+    "__version__", "clean_leftovers", "explain_error", "format_table", "int_option", "is_live_run",
+    "is_own_tunnel", "is_tunnel_argv", "main", "number_option", "parse_ps", "process_info", "read_state", "say",
+    "scan_registry", "script_index", "signal_if", "split_host", "split_host_list", "warn_left_alone",
+]
+
 # --start's options and activation commands are jupyter-node's own (both are installed
 # modules; jupyter_node.py imports nothing from here: it must run alone on a head node)
 import jupyter_node  # --submit sends its source to the head
@@ -740,7 +749,7 @@ class Master:
         self.stderr: deque[str] = deque(maxlen=40)
         self._reader: threading.Thread | None = None
 
-    def _command(self, argv: list[str]) -> list[str]:
+    def shown(self, argv: list[str]) -> list[str]:
         """``argv`` as run: with ``-v`` at -vv, shown on a ``Debug:`` line from -v on.
 
         Only the argv is shown, never the environment: that is where ``-p``'s password is.
@@ -751,7 +760,7 @@ class Master:
             say("Debug", shlex.join(argv))
         return argv
 
-    def _echo(self, stderr: bytes) -> None:
+    def echo(self, stderr: bytes) -> None:
         """At -vv, show what a multiplexed ssh said (its ``debug1:`` lines)."""
         if self.verbose >= 2:
             for line in stderr.decode(errors="replace").splitlines():
@@ -760,7 +769,7 @@ class Master:
     def open(self, on_start: Callable[[int], None] = lambda pid: None) -> None:
         """Start the master and wait until it has logged in (its control socket exists);
         ``on_start`` gets its pid at once, before the login (which may wait for a person)."""
-        argv = self._command(build_master_argv(self.ssh, self.config, self.control, self.route))
+        argv = self.shown(build_master_argv(self.ssh, self.config, self.control, self.route))
         if os.path.exists(self.control):
             os.unlink(self.control)  # left by a master that was killed: not a sign of login
         # Not a new session and not a new process group: ssh asks for passwords on the
@@ -845,7 +854,7 @@ class Master:
         options = ["-T", "-A"] if forward_agent else ["-T"]
         if not stdin:
             options.append("-n")  # no stdin: ssh sends none, and the command needs none
-        argv = self._command(build_mux_argv(self.ssh, self.config, self.control, self.route, *options, "--")
+        argv = self.shown(build_mux_argv(self.ssh, self.config, self.control, self.route, *options, "--")
                              + [command])
 
         def keep(line: str) -> bool:
@@ -860,9 +869,9 @@ class Master:
     def forward(self, spec: str) -> tuple[bool, str]:
         """Ask the master to add ``-L spec``; returns (ok, ssh's message)."""
         argv = build_mux_argv(self.ssh, self.config, self.control, self.route, "-O", "forward", "-L", spec)
-        done = subprocess.run(self._command(argv), stdin=subprocess.DEVNULL, capture_output=True,
+        done = subprocess.run(self.shown(argv), stdin=subprocess.DEVNULL, capture_output=True,
                               env=self.env, timeout=30)
-        self._echo(done.stderr)
+        self.echo(done.stderr)
         return done.returncode == 0, done.stderr.decode(errors="replace").strip()
 
     def close(self) -> None:
@@ -916,7 +925,7 @@ class SharedMaster(Master):
     def close(self) -> None:
         """Cancel this run's forwards (``-O cancel``); the master itself is the user's: it stays."""
         for spec in self.forwards:
-            self._echo(cancel_forward(self._command(build_cancel_argv(self.ssh, self.control, spec))))
+            self.echo(cancel_forward(self.shown(build_cancel_argv(self.ssh, self.control, spec))))
         self.forwards = []
 
 
@@ -935,7 +944,7 @@ def find_shared_master(ssh: str, route: Route, directory: str, env: dict[str, st
     there is none.  ``ssh -G`` (one exec, ~8 ms next to a login of 0.2 s to seconds) is the
     truth about the config; ``-O check`` runs only when something listens at the ControlPath."""
     master = SharedMaster(ssh, route, directory, env, verbose, "")
-    argv = master._command(build_settings_argv(ssh, master.config, route))
+    argv = master.shown(build_settings_argv(ssh, master.config, route))
     done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=30)
     master.control = shared_control_path(parse_ssh_settings(done.stdout.decode(errors="replace")),
                                          bool(route.node or route.scheduled))
@@ -945,9 +954,9 @@ def find_shared_master(ssh: str, route: Route, directory: str, env: dict[str, st
     # that is no working master makes ssh fall back to a login and exit 0 (OpenSSH 9.2):
     # build_mux_argv's options make that fail instead, and only the master's answer counts.
     argv = build_mux_argv(ssh, master.config, master.control, route, "-O", "check")
-    check = subprocess.run(master._command(argv), stdin=subprocess.DEVNULL, capture_output=True, env=env,
+    check = subprocess.run(master.shown(argv), stdin=subprocess.DEVNULL, capture_output=True, env=env,
                            timeout=30)
-    master._echo(check.stderr)
+    master.echo(check.stderr)
     return master if check.returncode == 0 and b"Master running" in check.stderr else None
 
 
@@ -1874,7 +1883,7 @@ def run_node_tool(master: Master, python: str, args: Sequence[str], timeout: flo
     and size as every remote command (run_bounded): a TunnelError that names the stage."""
     head = master.route.target
     what = f"jupyter_node.py on {head} ({describe_node_args(args)})"
-    argv = master._command(build_node_argv(master.ssh, master.config, master.control, master.route, python))
+    argv = master.shown(build_node_argv(master.ssh, master.config, master.control, master.route, python))
     if master.verbose:
         say("Debug", f"on {head}: {shlex.join([python, '-', *args])} (jupyter_node.py on stdin)")
 
@@ -1884,7 +1893,7 @@ def run_node_tool(master: Master, python: str, args: Sequence[str], timeout: flo
             say(kind, text)
             return False
         if line.startswith(SSH_DEBUG):
-            master._echo(line.encode())
+            master.echo(line.encode())
             return False
         return True
 

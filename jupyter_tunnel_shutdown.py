@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
 # the registry, process identity and messages are the tunnel's own: one API, used as jt.*
+import jupyter_node
 import jupyter_tunnel as jt
 
 __all__ = ["RunningTunnel", "find_tunnels", "select_tunnels", "stop_tunnels", "main"]
@@ -249,7 +250,7 @@ def format_time_left(job: str, job_end: float | None, now: float) -> str:
     left = time_left(job_end, now)
     if not job or left is None:
         return "-" if not job else "?"
-    return jt.jupyter_node.format_clock(left)  # as jupyter-node --jobs shows it
+    return jupyter_node.format_clock(left)  # as jupyter-node --jobs shows it
 
 
 def format_started(started: float | None) -> str:
