@@ -217,8 +217,10 @@ class Terminal:
             if select.select([self.fd], [], [], 0.5)[0]:
                 try:
                     self.screen += os.read(self.fd, 4096)
-                except OSError:
-                    break
+                except OSError:  # the terminal closed: everything on it has been read
+                    assert text in self.screen, \
+                        f"no {text!r} on the terminal, which closed:\n{self.screen.decode(errors='replace')}"
+                    return
 
     def drain(self, seconds: float) -> None:
         """Read whatever the terminal shows within ``seconds``."""
