@@ -124,10 +124,14 @@ MUX_HELLO_TIMEOUT = 3.0
 # passes only -l -p -J -F -v to the ssh it starts for a jump host, so a config file given
 # with -F is the one way to reach every hop.
 DEFAULT_SSH_OPTIONS = (
-    ("ConnectTimeout", "20"),  # per hop; an unreachable host fails in seconds, not minutes
     # ServerAliveInterval comes from --keepalive: a dead network is noticed after 3 intervals
     ("ServerAliveCountMax", "3"),
 )
+# ConnectTimeout, for the first hop only (see build_ssh_config): an unreachable host fails in
+# seconds, not minutes, but no prompt of a person's login is cut short.
+FIRST_HOP_CONNECT_TIMEOUT = 20
+# A host name ssh's Match takes as it is (no pattern characters: * ? ! , nor quotes or spaces).
+MATCH_HOST_RE = re.compile(r"[A-Za-z0-9_.:%\[\]-]+")
 DEFAULT_KEEPALIVE = 10  # seconds: a dropped network is noticed within ~30 s
 DEFAULT_CHECK_INTERVAL = 10.0  # seconds between checks that the Jupyter server still runs
 MAX_BACKOFF = 30.0  # seconds: the longest wait between two reconnection attempts
@@ -471,12 +475,14 @@ def build_ssh_config(
     password: bool = False,
     keepalive: int = DEFAULT_KEEPALIVE,
     batch: bool = False,
+    first_hop: str = "",
 ) -> str:
     """Text of the config file every ssh of the run reads with ``-F``.
 
     ssh keeps the first value it reads for an option, so the order is: the user's ``-o``
     options, the user's own config, our defaults, and the system config (as ssh itself
-    reads the user's file before the system one).
+    reads the user's file before the system one).  ``first_hop``: the ``-s`` host ssh
+    connects to over TCP itself (the first one), the only one given a ConnectTimeout.
     """
     lines = ["# Written by jupyter-tunnel for one run; removed when it exits."]
     if batch:
@@ -507,6 +513,18 @@ def build_ssh_config(
         # only for an agent this run started: adding keys to the user's own agent
         # would change it behind their back
         lines.append("AddKeysToAgent yes")
+    name = split_host(first_hop)[1]
+    if MATCH_HOST_RE.fullmatch(name):
+        # ConnectTimeout bounds the TCP connect AND the wait for the server's banner
+        # (sshconnect.c passes it to kex_exchange_identification), even when the connection
+        # is a jump host's "ssh -W" pipe: behind a jump host the banner comes only once the
+        # person has answered the jump host's prompts, so a timeout there cuts a slow 2FA
+        # code short ("Connection timed out during banner exchange").  Only the first hop's
+        # ssh connects over TCP itself: it alone gets one, as plain "ssh -J" gives none.
+        # A dead network is still noticed: at the first hop by this, and once a hop is
+        # logged in by its keepalive (ServerAliveInterval).  "originalhost": the name as ssh
+        # was given it, which is what ssh -J passes to the jump host's ssh.
+        lines += [f"Match originalhost {name}", f"ConnectTimeout {FIRST_HOP_CONNECT_TIMEOUT}", "Match all"]
     lines.append("Include /etc/ssh/ssh_config")
     return "\n".join(lines) + "\n"
 
@@ -3059,7 +3077,8 @@ class Tunnel:
         text = build_ssh_config(self.settings.ssh_config, self.settings.ssh_options,
                                 add_keys_to_agent=self.own_agent,
                                 password=self.password is not None,
-                                keepalive=self.settings.keepalive, batch=self.batch)
+                                keepalive=self.settings.keepalive, batch=self.batch,
+                                first_hop=self.route.hosts[0])
         path = os.path.join(self.directory, CONFIG_FILE)
         with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(text)
