@@ -203,22 +203,101 @@ TOKEN_RE = re.compile(r"token=[^&\s]+")  # a token in a URL that Jupyter logged
 # /api/status answers ~700 bytes; anything larger is not that answer.
 MAX_ANSWER = 65536
 
-ASKPASS_SCRIPT = r"""#!/bin/sh
-# jupyter-tunnel's SSH_ASKPASS helper.  ssh runs it (SSH_ASKPASS_REQUIRE=force) for every
-# prompt of every hop: a password prompt gets the password the user typed once, taken from
-# the environment (never a command line or a file); any other prompt (host key, 2FA code,
-# key passphrase) is asked on the terminal.
-case "$1" in
-  *assword*) printf '%s\n' "$JUPYTER_TUNNEL_PASSWORD"; exit 0;;
-esac
-{ : </dev/tty; } 2>/dev/null || exit 1
-printf '%s ' "$1" >/dev/tty
-case "$1" in
-  *"(yes/no"*) read -r answer </dev/tty;;
-  *) stty -echo </dev/tty; read -r answer </dev/tty; stty echo </dev/tty; printf '\n' >/dev/tty;;
-esac
-printf '%s\n' "$answer"
+# -p answers only the prompts ssh itself shows for a password; every other prompt goes to the
+# person (a verification code, "Password & verification code:", pam_oath's "One-time password
+# (OATH) for 'user':", a key passphrase, a host key question):
+# - "user@host's password: ": password authentication (sshconnect2.c, userauth_passwd);
+# - "Password: ": PAM's own prompt (pam_unix) over keyboard-interactive, which OpenSSH >= 8.4
+#   shows as "(user@host) Password: " (sshconnect2.c, input_userauth_info_req).
+PASSWORD_PROMPT_RE = re.compile(r"\S+@[^\s@]+'s password: |(?:\(\S+@[^\s@]+\) )?Password: ")
+ASKPASS_FILE, ASKPASS_LOCK = "askpass", "askpass.lock"
+PASSWORD_ENV = "JUPYTER_TUNNEL_PASSWORD"
+# The -p helper (write_askpass): a Python script, as only a program of its own can restore the
+# terminal when it is interrupted and notice that its ssh has gone (a shell's "read" cannot).
+ASKPASS_SCRIPT = r'''#!@PYTHON@ -IS
+"""jupyter-tunnel's SSH_ASKPASS helper, written by one run into its private directory.
+
+ssh runs it for every prompt of every hop (SSH_ASKPASS_REQUIRE=force), the prompt as its
+argument, and sends what it prints.  The prompt ssh itself uses for a password gets the
+password typed once, from the environment (never a command line or a file); any other
+prompt is asked of the person on the terminal, by one helper at a time (a lock in the
+run's directory), with the terminal's settings put back however it ends, and given up when
+its ssh has gone.
 """
+import fcntl, os, re, select, signal, sys, termios
+
+PASSWORD_PROMPT = re.compile(@PATTERN@)
+LOCK = os.path.join(os.path.dirname(os.path.abspath(__file__)), @LOCK@)
+POLL = 0.2  # seconds: how soon a helper notices that its ssh has gone
+
+
+def stop(signum, frame):
+    raise SystemExit(1)
+
+
+def ask(prompt, parent):
+    """The person's answer, or None when the terminal is gone or ssh is."""
+    try:
+        tty = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        sys.stderr.write("jupyter-tunnel: no terminal to ask %r on\n" % prompt.strip())
+        return None
+    lock = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    while True:  # one helper reads the keyboard at a time (a reconnection's, another hop's)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if os.getppid() != parent:
+                return None
+            select.select([], [], [], POLL)
+    saved = termios.tcgetattr(tty)
+    quiet = "(yes/no" not in prompt  # a host key question is answered in the open
+    answer, done = b"", False
+    try:
+        if quiet:
+            settings = termios.tcgetattr(tty)
+            settings[3] &= ~termios.ECHO
+            termios.tcsetattr(tty, termios.TCSADRAIN, settings)
+        os.write(tty, prompt.encode())
+        while not answer.endswith(b"\n"):
+            if os.getppid() != parent:  # ssh has gone (killed, timed out): stop reading
+                return None
+            if select.select([tty], [], [], POLL)[0]:
+                chunk = os.read(tty, 4096)
+                if not chunk:  # Ctrl+D
+                    return None
+                answer += chunk
+        done = True
+        return answer[:-1].decode(errors="replace")
+    finally:
+        termios.tcsetattr(tty, termios.TCSADRAIN, saved)
+        if quiet or not done:
+            os.write(tty, b"\n")  # the prompt's line ends here, whatever comes next
+        os.close(tty)
+        os.close(lock)
+
+
+def main():
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
+    prompt = sys.argv[1] if len(sys.argv) > 1 else ""
+    password = os.environ.get(@ENV@)
+    if password is not None and PASSWORD_PROMPT.fullmatch(prompt):
+        answer = password
+    else:
+        try:
+            answer = ask(prompt, os.getppid())
+        except KeyboardInterrupt:
+            answer = None
+    if answer is None:
+        return 1
+    sys.stdout.write(answer + "\n")
+    return 0
+
+
+sys.exit(main())
+'''
 
 
 # ------------------------------------------------------------------ errors and messages
@@ -606,6 +685,12 @@ def parse_ssh_error(lines: Iterable[str], returncode: int | None = None) -> str:
     return "ssh gave no reason"
 
 
+def build_askpass_script(python: str) -> str:
+    """The -p helper's source (ASKPASS_SCRIPT), run by ``python``."""
+    return fill_script(ASKPASS_SCRIPT, {"PYTHON": python, "PATTERN": repr(PASSWORD_PROMPT_RE.pattern),
+                                        "LOCK": repr(ASKPASS_LOCK), "ENV": repr(PASSWORD_ENV)})
+
+
 def make_private_dir() -> str:
     """A fresh 0700 directory with a short path, for the control socket and friends."""
     base = tempfile.gettempdir()
@@ -921,6 +1006,68 @@ def has_terminal() -> bool:
     except OSError:
         return False
     return True
+
+
+def save_terminal() -> tuple[int, list] | None:
+    """The terminal's settings now (an open /dev/tty and its termios), to put back at exit;
+    None without a terminal.  termios is imported here: Windows has none."""
+    try:
+        import termios
+
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except (ImportError, OSError):
+        return None
+    try:
+        return fd, termios.tcgetattr(fd)
+    except termios.error:
+        os.close(fd)
+        return None
+
+
+def restore_terminal(saved: tuple[int, list] | None) -> None:
+    """Put the terminal's settings back as save_terminal found them, if anything changed them
+    (a prompt's helper killed with echo off); closes the terminal."""
+    if saved is None:
+        return
+    import termios
+
+    fd, settings = saved
+    try:
+        if termios.tcgetattr(fd) != settings:
+            # a run in the background would be stopped (SIGTTOU) for changing its terminal:
+            # with the signal ignored the change is made (POSIX, tcsetattr)
+            previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+            try:
+                termios.tcsetattr(fd, termios.TCSADRAIN, settings)
+            finally:
+                signal.signal(signal.SIGTTOU, previous)
+    except termios.error:
+        pass  # the terminal has gone (closed window): nothing to put back
+    finally:
+        os.close(fd)
+
+
+def wait_for_prompts(directory: str, timeout: float = 2.0) -> bool:
+    """Wait up to ``timeout`` s until no -p helper of the run reads the terminal (each holds the
+    lock ASKPASS_LOCK while it asks, and gives up within 0.2 s of its ssh's end); True when none does."""
+    path = os.path.join(directory, ASKPASS_LOCK)
+    if not os.path.exists(path):
+        return True
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.02)
+    finally:
+        os.close(fd)
 
 
 # -------------------------------------------------------------------------- 2. discover
@@ -3005,13 +3152,14 @@ def cluster_options(args: argparse.Namespace) -> ClusterOptions | None:
 
 
 def write_askpass(directory: str, password: str) -> dict[str, str]:
-    """Write the SSH_ASKPASS helper; returns the environment that makes ssh use it."""
-    askpass = os.path.join(directory, "askpass")
+    """Write the SSH_ASKPASS helper (run by this Python) into the run's 0700 ``directory``;
+    returns the environment that makes ssh use it."""
+    askpass = os.path.join(directory, ASKPASS_FILE)
     with open(os.open(askpass, os.O_WRONLY | os.O_CREAT, 0o700), "w") as f:
-        f.write(ASKPASS_SCRIPT)
+        f.write(build_askpass_script(sys.executable))
     # OpenSSH >= 8.4 sends every prompt of every hop to SSH_ASKPASS with "force"; sshpass
     # would answer only the first hop's prompt.  The password stays in the environment.
-    return {"SSH_ASKPASS": askpass, "SSH_ASKPASS_REQUIRE": "force", "JUPYTER_TUNNEL_PASSWORD": password}
+    return {"SSH_ASKPASS": askpass, "SSH_ASKPASS_REQUIRE": "force", PASSWORD_ENV: password}
 
 
 class Tunnel:
@@ -3353,6 +3501,7 @@ class Tunnel:
         """Log in again with backoff and forward the SAME local port (open tabs keep working)."""
         old_url = self.url
         self.close_master()
+        wait_for_prompts(self.directory)  # a helper of the dead login must not ask beside the new one
         batch = self.batch = self.password is None and not has_terminal()
         self.write_config()
         for attempt, delay in enumerate(backoff_delays()):
@@ -3378,6 +3527,14 @@ class Tunnel:
                 self.announce()  # the server was restarted: new token, new URL
             return
 
+    def end_prompts(self) -> None:
+        """Interrupted while logging in: let the login's ssh and the -p helper end their prompt's
+        line (each ends it when interrupted at a prompt) before the run writes its own."""
+        if self.master is not None and self.master.process is not None:
+            self.master.wait(1.0)
+        if self.directory:
+            wait_for_prompts(self.directory, 1.0)
+
     def close_master(self) -> None:
         """Stop the master of the moment (its forward goes with it)."""
         if self.master is not None:
@@ -3391,6 +3548,8 @@ class Tunnel:
             self.relay.close()  # first: no new connection reaches a server about to stop
         self.stop_server()
         self.close_master()
+        if self.directory:
+            wait_for_prompts(self.directory)  # what the run started to read the terminal ends with it
         if self.agent is not None:
             stop_process(self.agent)
         if self.directory:
@@ -3481,6 +3640,7 @@ def run_tunnel(args: argparse.Namespace) -> int:
         if ready:
             say("Info", "Closing the tunnel.")
             return EXIT_OK
+        tunnel.end_prompts()
         say("Info", "Interrupted.")
         return EXIT_INTERRUPTED
     finally:
@@ -3742,6 +3902,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     problem = cluster_option_problem(args)
     if problem:
         parser.error(problem)
+    # put back at every exit whatever a prompt of the run left changed (echo off)
+    terminal = save_terminal()
     try:
         return run_tunnel(args)
     except KeyboardInterrupt:
@@ -3751,6 +3913,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         message, code = explain_error(error)
         say("Error", message)
         return code
+    finally:
+        restore_terminal(terminal)
 
 
 if __name__ == "__main__":

@@ -64,3 +64,99 @@ def test_gateway_code_prompt_waits_for_the_person(twofa, sshd, jtuser_server, tm
         assert term.ctrl_c() == jt.EXIT_OK
     finally:
         term.close()
+
+
+def test_dash_p_leaves_a_code_prompt_to_the_person(twofa, jtuser_server, tmp_path):
+    """2. -p answers only ssh's own password prompt: google-authenticator's "Password &
+    verification code:" goes to the person, who logs in with no failed attempt."""
+    twofa.use_pam("forward_pass")
+    offset = twofa.log_offset()
+    term = terminal(twofa, tmp_path, "-p", "-s", "tgw", "srv")
+    try:
+        term.read_until(b"SSH password: ")
+        term.type(TEST_PASSWORD)
+        term.read_until(FORWARD_PASS_PROMPT.encode())
+        term.type(TEST_PASSWORD + twofa.code())
+        term.read_until(f"?token={jtuser_server.token}".encode())
+        assert twofa.failures_since(offset) == []
+        assert len(twofa.logins_since(offset)) == 1
+        assert TEST_PASSWORD.encode() not in term.screen  # typed unechoed, twice
+        assert term.ctrl_c() == jt.EXIT_OK
+    finally:
+        term.close()
+
+
+def test_dash_p_answers_the_pam_password_and_asks_the_code(twofa, jtuser_server, tmp_path):
+    """2. -p with password + code: PAM's "(user@host) Password:" is answered with the password
+    typed once, the code is asked on the terminal."""
+    offset = twofa.log_offset()
+    term = terminal(twofa, tmp_path, "-p", "-s", "tgw", "srv")
+    try:
+        term.read_until(b"SSH password: ")
+        term.type(TEST_PASSWORD)
+        term.read_until(CODE_PROMPT.encode())
+        assert b"Password: " not in term.screen.replace(b"SSH password: ", b"")  # answered by -p
+        term.type(twofa.code())
+        term.read_until(f"?token={jtuser_server.token}".encode())
+        assert twofa.failures_since(offset) == []
+        assert term.ctrl_c() == jt.EXIT_OK
+        assert term.processes() == []
+    finally:
+        term.close()
+
+
+def test_ctrl_c_at_a_code_prompt_leaves_the_terminal_as_it_was(twofa, tmp_path):
+    """3 and 6. Ctrl+C at -p's code prompt: the terminal echoes again, nothing of the run reads it
+    any more, and "Info: Interrupted." starts a line of its own."""
+    term = terminal(twofa, tmp_path, "-p", "-s", "tgw", "srv")
+    try:
+        term.read_until(b"SSH password: ")
+        term.type(TEST_PASSWORD)
+        term.read_until(CODE_PROMPT.encode())
+        assert not term.echo()  # the code is typed unechoed
+        assert term.ctrl_c() == jt.EXIT_INTERRUPTED
+        assert term.echo()
+        assert term.processes() == []
+        assert re.search(rb"(^|\n)Info: Interrupted\.", term.screen.replace(b"\r", b"")), term.screen
+    finally:
+        term.close()
+
+
+def test_a_helper_gives_up_when_its_ssh_dies(twofa, tmp_path):
+    """3. The ssh that asked for a code dies (killed, timed out): its helper stops reading the
+    keyboard at once and puts the terminal back; the run fails with one clear error."""
+    term = terminal(twofa, tmp_path, "-p", "-s", "tgw", "srv")
+    try:
+        term.read_until(b"SSH password: ")
+        term.type(TEST_PASSWORD)
+        term.read_until(CODE_PROMPT.encode())
+        [(helper, _)] = term.processes("askpass")
+        ssh = int(Path(f"/proc/{helper}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        os.kill(ssh, signal.SIGKILL)
+        wait_for(lambda: not term.processes("askpass"), 3, what="the helper to give up")
+        assert term.wait() == jt.EXIT_CONNECT
+        assert term.echo()
+        assert term.processes() == []
+    finally:
+        term.close()
+
+
+def test_two_helpers_never_read_the_keyboard_at_once(tmp_path):
+    """3. Two prompts at once on one terminal (a reconnection's login while an old one ends,
+    two hops): the second is shown only once the first is answered, and each gets its own answer."""
+    env = jt.write_askpass(str(tmp_path), TEST_PASSWORD)
+    helper = env["SSH_ASKPASS"]
+    script = (f"{helper} 'first code: ' >{tmp_path}/1 & sleep 0.5; {helper} 'second code: ' >{tmp_path}/2 & "
+              "wait; echo done")
+    term = Terminal.command(["/bin/sh", "-c", script])
+    try:
+        term.read_until(b"first code: ")
+        term.drain(1.5)  # the second helper has started meanwhile: it must wait for the first
+        assert b"second code: " not in term.screen
+        term.type("111111")
+        term.read_until(b"second code: ")
+        term.type("222222")
+        term.read_until(b"done")
+        assert ((tmp_path / "1").read_text(), (tmp_path / "2").read_text()) == ("111111\n", "222222\n")
+    finally:
+        term.close()

@@ -10,6 +10,33 @@ import pytest
 import jupyter_tunnel as jt
 
 
+@pytest.mark.parametrize("prompt, answered", [
+    ("jtuser@127.0.0.1's password: ", True),  # password authentication
+    ("alice@example.org@login.hpc.example's password: ", True),  # a user name with an @
+    ("(jtuser@127.0.0.1) Password: ", True),  # PAM's over keyboard-interactive, OpenSSH >= 8.4
+    ("Password: ", True),  # ...before 8.4
+    ("(jtuser@127.0.0.1) Verification code: ", False),  # google-authenticator
+    ("Verification code: ", False),
+    ("(jtuser@gw) Password & verification code: ", False),  # google-authenticator's forward_pass
+    ("One-time password (OATH) for `jtuser':", False),  # pam_oath
+    ("(jtuser@gw) One-time password (OATH) for `jtuser': ", False),
+    ("Enter passphrase for key '/home/u/.ssh/id_ed25519': ", False),
+    ("Enter jtuser@gw's old password: ", False),  # an expired password's change
+    ("Are you sure you want to continue connecting (yes/no/[fingerprint])? ", False),
+    ("(u@h) Password for u@REALM: ", False),  # Kerberos: not ssh's prompt, the person's
+    ("jtuser@127.0.0.1's password: extra", False),
+])
+def test_only_the_password_prompt_is_answered(prompt, answered):
+    assert bool(jt.PASSWORD_PROMPT_RE.fullmatch(prompt)) == answered
+
+
+def test_the_helper_is_python_with_the_same_pattern():
+    script = jt.build_askpass_script(sys.executable)
+    assert script.startswith(f"#!{sys.executable} -IS\n")
+    assert repr(jt.PASSWORD_PROMPT_RE.pattern) in script and "@" + "PATTERN@" not in script
+    compile(script, "askpass", "exec")
+
+
 @pytest.mark.parametrize("first_hop, match", [
     ("gw", "gw"),
     ("alice@gw.example.org:2222", "gw.example.org"),
