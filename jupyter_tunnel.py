@@ -135,11 +135,26 @@ MATCH_HOST_RE = re.compile(r"[A-Za-z0-9_.:%\[\]-]+")
 DEFAULT_KEEPALIVE = 10  # seconds: a dropped network is noticed within ~30 s
 DEFAULT_CHECK_INTERVAL = 10.0  # seconds between checks that the Jupyter server still runs
 MAX_BACKOFF = 30.0  # seconds: the longest wait between two reconnection attempts
+# --max-retries: failed attempts after one drop (any failure: an unreachable network too),
+# with the waits of backoff_delays about 7 minutes; a successful reconnection starts anew.
+DEFAULT_MAX_RETRIES = 20
+# Logins of one run that the server refused ("Permission denied"): each one counts against the
+# account (centres lock it after a few: pam_faillock, a 2FA module's rate limit), and a
+# refusal that comes without any prompt (a rate limit) would come again at every attempt, so
+# the run stops at this many instead of trying again.
+MAX_REFUSED_LOGINS = 3
 CONNECT_FAILURE_GRACE = 3.0  # seconds of "connection refused" at the remote end before giving up
 # What ssh -v adds to its stderr (-vv passes -v to ssh): debug lines, and a few lines of
 # its VERBOSE level (seen with OpenSSH 9.2).  They never explain a failure.
 SSH_DEBUG = ("debug1:", "debug2:", "debug3:", "OpenSSH_", "Authenticated to ", "Transferred: ",
              "Bytes per second: ")
+# Lines of ssh's stderr that follow from a failure rather than explain it: when a jump host's
+# login fails, its "ssh -W" closes the pipe and the ssh behind it reports its banner exchange
+# failing too.  Shown only when nothing else explains.
+SSH_CONSEQUENCES = ("kex_exchange_identification:", "banner exchange:")
+# What ssh says when the server refused the login (sshconnect2.c; "Too many authentication
+# failures": the server's MaxAuthTries).
+SSH_REFUSED = ("Permission denied", "Too many authentication failures")
 # Lines of ssh's stderr that never explain a failure.
 SSH_NOISE = (
     *SSH_DEBUG,
@@ -565,7 +580,8 @@ def build_ssh_config(
     """
     lines = ["# Written by jupyter-tunnel for one run; removed when it exits."]
     if batch:
-        # reconnecting with no terminal: a prompt could never be answered, so fail fast
+        # no terminal (and no -p): a prompt could never be answered, and ssh would send
+        # empty answers instead, each a failed attempt at the server: fail at once
         lines.append("BatchMode yes")
     if password:
         # The password given with -p is the only answer: when it is wrong, asking again
@@ -676,13 +692,48 @@ def shared_control_path(settings: Mapping[str, str], node: bool = False) -> str:
 
 
 def parse_ssh_error(lines: Iterable[str], returncode: int | None = None) -> str:
-    """ssh's own reason for a failure, from its stderr, without the noise lines."""
+    """ssh's own reason for a failure, from its stderr, without the noise lines (and without
+    the lines that only follow from another one, SSH_CONSEQUENCES)."""
     useful = [line.strip() for line in lines if line.strip() and not line.startswith(SSH_NOISE)]
+    useful = [line for line in useful if not line.startswith(SSH_CONSEQUENCES)] or useful
     if useful:
         return "; ".join(useful[:3])
     if returncode is not None and returncode < 0:
         return f"ssh was killed by {signal.Signals(-returncode).name}"
     return "ssh gave no reason"
+
+
+def is_login_refused(reason: str) -> bool:
+    """Whether ssh's ``reason`` says that the server refused the login (a failed attempt that
+    counts against the account), rather than that it could not be reached."""
+    return any(words in reason for words in SSH_REFUSED)
+
+
+def build_login_error(where: str, reason: str, batch: bool = False, reconnecting: bool = False) -> str:
+    """The words for a login that failed: ssh's ``reason``, and for a refusal its likely causes,
+    or (``batch``: no terminal, no -p) what to do instead of a prompt."""
+    if not is_login_refused(reason):
+        return f"cannot connect to {where}: {reason}"
+    if batch:
+        what = "reconnecting to" if reconnecting else "logging in to"
+        return (f"{what} {where} needs a password, key passphrase or verification code, and there is no "
+                f"terminal to ask it on ({reason}): use a key the server accepts (without a passphrase, or "
+                "in your ssh-agent), your own open ssh connection (ControlMaster), or run it on a terminal "
+                "(-p there gives the password)")
+    return (f"cannot connect to {where}: {reason} (a wrong password, key passphrase or verification code, "
+            "or a key the server does not accept)")
+
+
+def can_prompt(terminal: bool, env: Mapping[str, str]) -> bool:
+    """Whether ssh could ask a person anything: on the ``terminal``, or through an
+    SSH_ASKPASS program, which it runs with a display, or always with SSH_ASKPASS_REQUIRE=force
+    (readpass.c)."""
+    require = env.get("SSH_ASKPASS_REQUIRE", "")
+    if terminal:
+        return True
+    if not env.get("SSH_ASKPASS") or require == "never":
+        return False
+    return require == "force" or bool(env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"))
 
 
 def build_askpass_script(python: str) -> str:
@@ -722,8 +773,9 @@ class Master:
     """The one ssh connection of the run, and the multiplexed commands sent through it."""
 
     def __init__(self, ssh: str, route: Route, directory: str, env: dict[str, str], verbose: int = 0,
-                 outlive_interrupt: bool = False) -> None:
+                 outlive_interrupt: bool = False, batch: bool = False) -> None:
         self.ssh = ssh
+        self.batch = batch  # BatchMode: no prompt (no terminal, no -p); said when a login is refused
         # --stop-server: the server is shut down through the master after a Ctrl+C (or a
         # closed terminal's SIGHUP), which the terminal sends to the master too
         self.outlive_interrupt = outlive_interrupt
@@ -793,7 +845,7 @@ class Master:
         while not os.path.exists(self.control):
             if self.process.poll() is not None:
                 self._reader.join(timeout=1)
-                raise TunnelError(f"cannot connect to {self.route.describe()}: {self.why()}", EXIT_CONNECT)
+                raise TunnelError(build_login_error(self.route.describe(), self.why(), self.batch), EXIT_CONNECT)
             time.sleep(delay)
             if time.monotonic() - started > FAST_POLL_SECONDS:
                 # a person types a password or a 2FA code: no need to look 500 times a second
@@ -3122,7 +3174,7 @@ class Settings(NamedTuple):
     timeout: float = DEFAULT_TIMEOUT
     check_interval: float = DEFAULT_CHECK_INTERVAL
     no_reconnect: bool = False
-    max_retries: int | None = None
+    max_retries: int = DEFAULT_MAX_RETRIES
     json: bool = False
     start: StartOptions | None = None  # --start: how to start a server when none runs
     stop_server: bool = False
@@ -3191,7 +3243,11 @@ class Tunnel:
         # ride the user's own master at the first login (never with -p or -a: they ask for
         # this run's own login); after it dies, the run logs in itself
         self.may_share = not (settings.new_login or settings.new_agent or password is not None)
-        self.batch = False  # reconnecting without a terminal: no prompt can be answered
+        # no terminal and no -p: no prompt can be answered, and ssh would send empty answers
+        # (failed attempts at the server): BatchMode from the first login on
+        self.batch = password is None and not can_prompt(has_terminal(), self.env)
+        self.refused_logins = 0  # logins of this run the server refused (MAX_REFUSED_LOGINS)
+        self.last_refusal = ""  # ssh's words for the last one
         # whether its own logins use an agent of its own (-a, or none in the environment)
         self.own_agent = settings.new_agent or not self.env.get("SSH_AUTH_SOCK")
 
@@ -3246,13 +3302,19 @@ class Tunnel:
                 return self.discover()
         self.start_agent()
         self.master = Master(self.ssh, self.route, self.directory, self.env, self.settings.verbose,
-                             outlive_interrupt=self.settings.stop_server)
+                             outlive_interrupt=self.settings.stop_server, batch=self.batch)
         say("Info", f"Connecting to {self.route.describe()}...")
         started = time.monotonic()
         # registered before the login: a run killed while ssh waits (a slow host, a 2FA
         # prompt) leaves a master that the next run or jupyter-tunnel-shutdown must find
         assert self.registration is not None
-        self.master.open(on_start=lambda pid: self.registration.update(state=CONNECTING, master_pid=pid))
+        try:
+            self.master.open(on_start=lambda pid: self.registration.update(state=CONNECTING, master_pid=pid))
+        except TunnelError as error:
+            if error.code == EXIT_CONNECT and is_login_refused(self.master.why()):
+                self.refused_logins += 1
+                self.last_refusal = self.master.why()
+            raise
         if self.settings.cluster is not None and not self.route.node:
             say("Info", f"Connected in {time.monotonic() - started:.2f} s.")
         else:
@@ -3502,24 +3564,36 @@ class Tunnel:
         old_url = self.url
         self.close_master()
         wait_for_prompts(self.directory)  # a helper of the dead login must not ask beside the new one
-        batch = self.batch = self.password is None and not has_terminal()
+        batch = self.batch = self.password is None and not can_prompt(has_terminal(), self.env)
         self.write_config()
+        # Every failed attempt counts against --max-retries; a refused login also against the
+        # run's MAX_REFUSED_LOGINS (it is a failed attempt at the server, and one refused without
+        # a prompt, a rate limit, would be refused again), and without a way to ask it ends the
+        # run at once.  An unreachable network costs the account nothing: it is retried.
         for attempt, delay in enumerate(backoff_delays()):
-            if self.settings.max_retries is not None and attempt >= self.settings.max_retries:
+            if attempt >= self.settings.max_retries:
                 raise TunnelError(f"could not reconnect to {self.route.target} after "
                                   f"{self.settings.max_retries} attempts", EXIT_LOST)
             if delay:
                 say("Info", f"Retrying in {delay:g} s...")
                 time.sleep(delay)
+            refused = self.refused_logins
             try:
                 self.connect()
             except TunnelError as error:
                 self.close_master()
                 if error.code in (EXIT_NO_SERVER, EXIT_PORT):
                     raise
-                if batch and "Permission denied" in str(error):
-                    raise TunnelError(f"reconnecting to {self.route.target} needs a password or key "
-                                      "passphrase, and there is no terminal to ask it on", EXIT_LOST)
+                if self.refused_logins > refused:
+                    if batch:
+                        raise TunnelError(build_login_error(self.route.describe(), self.last_refusal,
+                                                            batch=True, reconnecting=True), EXIT_LOST)
+                    if self.refused_logins >= MAX_REFUSED_LOGINS:
+                        raise TunnelError(
+                            f"the login to {self.route.describe()} was refused {self.refused_logins} times in "
+                            f"this run ({self.last_refusal}): not trying again, as each refusal counts against "
+                            "your account, which may lock. Check your password, key or verification code, and "
+                            "run jupyter-tunnel again", EXIT_LOST)
                 say("Warning", str(error))
                 continue
             say("Info", "Reconnected.")
@@ -3805,9 +3879,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "after 3 of them [default: %(default)s]")
     parser.add_argument("--no-reconnect", action="store_true",
                         help="exit (code 8) when the connection drops instead of reconnecting")
-    parser.add_argument("--max-retries", type=int_option(1, MAX_RETRIES), metavar="N",
-                        help=f"give up (code 8) after N failed reconnection attempts (at most {MAX_RETRIES}) "
-                             "[default: never]")
+    parser.add_argument("--max-retries", type=int_option(1, MAX_RETRIES), default=DEFAULT_MAX_RETRIES,
+                        metavar="N",
+                        help=f"give up (code 8) after N failed reconnection attempts after a drop (at most "
+                             f"{MAX_RETRIES}); {MAX_REFUSED_LOGINS} logins refused by the server end the run "
+                             "anyway [default: %(default)s]")
     parser.add_argument("--check-interval", type=number_option("seconds", MAX_CHECK_INTERVAL),
                         default=DEFAULT_CHECK_INTERVAL, metavar="SECONDS",
                         help=f"how often to check that the Jupyter server still runs (at most "

@@ -160,3 +160,66 @@ def test_two_helpers_never_read_the_keyboard_at_once(tmp_path):
         assert ((tmp_path / "1").read_text(), (tmp_path / "2").read_text()) == ("111111\n", "222222\n")
     finally:
         term.close()
+
+
+def test_no_terminal_no_prompt_based_login(twofa, jtuser_server):
+    """4 and 6. No terminal and no -p: no empty answers to the prompts (each a failed attempt),
+    and the error says what to do instead."""
+    offset = twofa.log_offset()
+    run = Tunnel(twofa.config, "-s", "tgw", "srv")
+    try:
+        assert run.wait() == jt.EXIT_CONNECT
+        last = run.stderr.splitlines()[-1]
+        assert last.startswith("Error: logging in to srv via tgw needs a password, key passphrase or "
+                               "verification code, and there is no terminal to ask it on"), last
+        assert "ssh-agent" in last and "ControlMaster" in last and "-p" in last
+        time.sleep(1)  # sshd logs a failure when the connection closes: none may come
+        assert twofa.failures_since(offset) == []
+        run.assert_clean()
+    finally:
+        run.kill()
+
+
+def test_a_wrong_code_is_one_failed_attempt_and_named(twofa, tmp_path):
+    """6. A wrong code at the gateway: one failed attempt (-p sets NumberOfPasswordPrompts 1), and
+    the error names the likely causes, with no stray banner-exchange words after ssh's reason."""
+    offset = twofa.log_offset()
+    term = terminal(twofa, tmp_path, "-p", "-s", "tgw", "srv")
+    try:
+        term.read_until(b"SSH password: ")
+        term.type(TEST_PASSWORD)
+        term.read_until(CODE_PROMPT.encode())
+        term.type("000000" if twofa.code() != "000000" else "111111")
+        assert term.wait() == jt.EXIT_CONNECT
+        [error] = [line for line in term.screen.decode().splitlines() if line.startswith("Error:")]
+        assert error.startswith("Error: cannot connect to srv via tgw: ") and "Permission denied" in error
+        assert "a wrong password, key passphrase or verification code" in error
+        assert "kex_exchange_identification" not in error
+        assert len(wait_for(lambda: twofa.failures_since(offset), 5, what="the failure in the log")) == 1
+    finally:
+        term.close()
+
+
+def test_reconnects_stop_when_logins_are_refused(twofa, jtuser_server, tmp_path):
+    """5. After the first login the server refuses every login without asking anything (a rate
+    limit, a revoked token): the run stops after MAX_REFUSED_LOGINS failed attempts, not never."""
+    term = terminal(twofa, tmp_path, "-p", "-s", "tgw", "srv")
+    try:
+        term.read_until(b"SSH password: ")
+        term.type(TEST_PASSWORD)
+        term.read_until(CODE_PROMPT.encode())
+        term.type(twofa.code())
+        term.read_until(f"?token={jtuser_server.token}".encode())
+        twofa.use_pam("refuse")
+        offset = twofa.log_offset()
+        [(master, _)] = term.processes(" -M ")
+        os.kill(master, signal.SIGKILL)
+        assert term.wait(30) == jt.EXIT_LOST
+        [error] = [line for line in term.screen.decode().splitlines() if line.startswith("Error:")]
+        assert error.startswith(f"Error: the login to srv via tgw was refused {jt.MAX_REFUSED_LOGINS} times "
+                                "in this run"), error
+        assert "Permission denied" in error and "may lock" in error
+        assert len(twofa.failures_since(offset)) == jt.MAX_REFUSED_LOGINS
+        assert term.echo() and term.processes() == []
+    finally:
+        term.close()
