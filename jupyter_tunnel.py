@@ -255,7 +255,11 @@ def ask(prompt, parent):
     try:
         tty = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
     except OSError:
-        sys.stderr.write("jupyter-tunnel: no terminal to ask %r on\n" % prompt.strip())
+        sys.stderr.write("jupyter-tunnel: no terminal to ask %r on (-p answers the password only)\n"
+                         % prompt.strip())
+        # a helper that fails makes ssh send an empty answer (readpass.c), one more failed
+        # attempt at the server: end the login before that
+        os.kill(parent, signal.SIGTERM)
         return None
     lock = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     while True:  # one helper reads the keyboard at a time (a reconnection's, another hop's)

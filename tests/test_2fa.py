@@ -180,6 +180,23 @@ def test_no_terminal_no_prompt_based_login(twofa, jtuser_server):
         run.kill()
 
 
+def test_dash_p_without_a_terminal_spends_no_attempt_on_a_code(twofa):
+    """4. -p without a terminal (the password on stdin): the code cannot be asked, and the login
+    ends before ssh sends an empty answer, which would be a failed attempt."""
+    offset = twofa.log_offset()
+    run = Tunnel(twofa.config, "-p", "-s", "tgw", "srv", stdin=TEST_PASSWORD + "\n")
+    try:
+        assert run.wait() == jt.EXIT_CONNECT
+        last = run.stderr.splitlines()[-1]
+        assert last.startswith("Error: cannot connect to srv via tgw: jupyter-tunnel: no terminal to ask "
+                               "'(jtuser@127.0.0.1) Verification code:' on (-p answers the password only)"), last
+        time.sleep(1)  # sshd logs a failure when the connection closes: none may come
+        assert twofa.failures_since(offset) == []
+        run.assert_clean()
+    finally:
+        run.kill()
+
+
 def test_a_wrong_code_is_one_failed_attempt_and_named(twofa, tmp_path):
     """6. A wrong code at the gateway: one failed attempt (-p sets NumberOfPasswordPrompts 1), and
     the error names the likely causes, with no stray banner-exchange words after ssh's reason."""
