@@ -134,18 +134,37 @@ MUX_HELLO_TIMEOUT = 3.0
 # passes only -l -p -J -F -v to the ssh it starts for a jump host, so a config file given
 # with -F is the one way to reach every hop.
 DEFAULT_SSH_OPTIONS = (
-    ("ConnectTimeout", "20"),  # per hop; an unreachable host fails in seconds, not minutes
     # ServerAliveInterval comes from --keepalive: a dead network is noticed after 3 intervals
     ("ServerAliveCountMax", "3"),
 )
+# ConnectTimeout, for the first hop only (see build_ssh_config): an unreachable host fails in
+# seconds, not minutes, but no prompt of a person's login is cut short.
+FIRST_HOP_CONNECT_TIMEOUT = 20
+# A host name ssh's Match takes as it is (no pattern characters: * ? ! , nor quotes or spaces).
+MATCH_HOST_RE = re.compile(r"[A-Za-z0-9_.:%\[\]-]+")
 DEFAULT_KEEPALIVE = 10  # seconds: a dropped network is noticed within ~30 s
 DEFAULT_CHECK_INTERVAL = 10.0  # seconds between checks that the Jupyter server still runs
 MAX_BACKOFF = 30.0  # seconds: the longest wait between two reconnection attempts
+# --max-retries: failed attempts after one drop (any failure: an unreachable network too),
+# with the waits of backoff_delays about 7 minutes; a successful reconnection starts anew.
+DEFAULT_MAX_RETRIES = 20
+# Logins of one run that the server refused ("Permission denied"): each one counts against the
+# account (centres lock it after a few: pam_faillock, a 2FA module's rate limit), and a
+# refusal that comes without any prompt (a rate limit) would come again at every attempt, so
+# the run stops at this many instead of trying again.
+MAX_REFUSED_LOGINS = 3
 CONNECT_FAILURE_GRACE = 3.0  # seconds of "connection refused" at the remote end before giving up
 # What ssh -v adds to its stderr (-vv passes -v to ssh): debug lines, and a few lines of
 # its VERBOSE level (seen with OpenSSH 9.2).  They never explain a failure.
 SSH_DEBUG = ("debug1:", "debug2:", "debug3:", "OpenSSH_", "Authenticated to ", "Transferred: ",
              "Bytes per second: ")
+# Lines of ssh's stderr that follow from a failure rather than explain it: when a jump host's
+# login fails, its "ssh -W" closes the pipe and the ssh behind it reports its banner exchange
+# failing too.  Shown only when nothing else explains.
+SSH_CONSEQUENCES = ("kex_exchange_identification:", "banner exchange:")
+# What ssh says when the server refused the login (sshconnect2.c; "Too many authentication
+# failures": the server's MaxAuthTries).
+SSH_REFUSED = ("Permission denied", "Too many authentication failures")
 # Lines of ssh's stderr that never explain a failure.
 SSH_NOISE = (
     *SSH_DEBUG,
@@ -225,22 +244,105 @@ MAX_REMOTE_OUTPUT = 4 * 1024 * 1024
 MAX_REMOTE_LINE = 64 * 1024
 REMOTE_STDERR_LINES = 200
 
-ASKPASS_SCRIPT = r"""#!/bin/sh
-# jupyter-tunnel's SSH_ASKPASS helper.  ssh runs it (SSH_ASKPASS_REQUIRE=force) for every
-# prompt of every hop: a password prompt gets the password the user typed once, taken from
-# the environment (never a command line or a file); any other prompt (host key, 2FA code,
-# key passphrase) is asked on the terminal.
-case "$1" in
-  *assword*) printf '%s\n' "$JUPYTER_TUNNEL_PASSWORD"; exit 0;;
-esac
-{ : </dev/tty; } 2>/dev/null || exit 1
-printf '%s ' "$1" >/dev/tty
-case "$1" in
-  *"(yes/no"*) read -r answer </dev/tty;;
-  *) stty -echo </dev/tty; read -r answer </dev/tty; stty echo </dev/tty; printf '\n' >/dev/tty;;
-esac
-printf '%s\n' "$answer"
+# -p answers only the prompts ssh itself shows for a password; every other prompt goes to the
+# person (a verification code, "Password & verification code:", pam_oath's "One-time password
+# (OATH) for 'user':", a key passphrase, a host key question):
+# - "user@host's password: ": password authentication (sshconnect2.c, userauth_passwd);
+# - "Password: ": PAM's own prompt (pam_unix) over keyboard-interactive, which OpenSSH >= 8.4
+#   shows as "(user@host) Password: " (sshconnect2.c, input_userauth_info_req).
+PASSWORD_PROMPT_RE = re.compile(r"\S+@[^\s@]+'s password: |(?:\(\S+@[^\s@]+\) )?Password: ")
+ASKPASS_FILE, ASKPASS_LOCK = "askpass", "askpass.lock"
+PASSWORD_ENV = "JUPYTER_TUNNEL_PASSWORD"
+# The -p helper (write_askpass): a Python script, as only a program of its own can restore the
+# terminal when it is interrupted and notice that its ssh has gone (a shell's "read" cannot).
+ASKPASS_SCRIPT = r'''#!@PYTHON@ -IS
+"""jupyter-tunnel's SSH_ASKPASS helper, written by one run into its private directory.
+
+ssh runs it for every prompt of every hop (SSH_ASKPASS_REQUIRE=force), the prompt as its
+argument, and sends what it prints.  The prompt ssh itself uses for a password gets the
+password typed once, from the environment (never a command line or a file); any other
+prompt is asked of the person on the terminal, by one helper at a time (a lock in the
+run's directory), with the terminal's settings put back however it ends, and given up when
+its ssh has gone.
 """
+import fcntl, os, re, select, signal, sys, termios
+
+PASSWORD_PROMPT = re.compile(@PATTERN@)
+LOCK = os.path.join(os.path.dirname(os.path.abspath(__file__)), @LOCK@)
+POLL = 0.2  # seconds: how soon a helper notices that its ssh has gone
+
+
+def stop(signum, frame):
+    raise SystemExit(1)
+
+
+def ask(prompt, parent):
+    """The person's answer, or None when the terminal is gone or ssh is."""
+    try:
+        tty = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        sys.stderr.write("jupyter-tunnel: no terminal to ask %r on (-p answers the password only)\n"
+                         % prompt.strip())
+        # a helper that fails makes ssh send an empty answer (readpass.c), one more failed
+        # attempt at the server: end the login before that
+        os.kill(parent, signal.SIGTERM)
+        return None
+    lock = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    while True:  # one helper reads the keyboard at a time (a reconnection's, another hop's)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if os.getppid() != parent:
+                return None
+            select.select([], [], [], POLL)
+    saved = termios.tcgetattr(tty)
+    quiet = "(yes/no" not in prompt  # a host key question is answered in the open
+    answer, done = b"", False
+    try:
+        if quiet:
+            settings = termios.tcgetattr(tty)
+            settings[3] &= ~termios.ECHO
+            termios.tcsetattr(tty, termios.TCSADRAIN, settings)
+        os.write(tty, prompt.encode())
+        while not answer.endswith(b"\n"):
+            if os.getppid() != parent:  # ssh has gone (killed, timed out): stop reading
+                return None
+            if select.select([tty], [], [], POLL)[0]:
+                chunk = os.read(tty, 4096)
+                if not chunk:  # Ctrl+D
+                    return None
+                answer += chunk
+        done = True
+        return answer[:-1].decode(errors="replace")
+    finally:
+        termios.tcsetattr(tty, termios.TCSADRAIN, saved)
+        if quiet or not done:
+            os.write(tty, b"\n")  # the prompt's line ends here, whatever comes next
+        os.close(tty)
+        os.close(lock)
+
+
+def main():
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
+    prompt = sys.argv[1] if len(sys.argv) > 1 else ""
+    password = os.environ.get(@ENV@)
+    if password is not None and PASSWORD_PROMPT.fullmatch(prompt):
+        answer = password
+    else:
+        try:
+            answer = ask(prompt, os.getppid())
+        except KeyboardInterrupt:
+            answer = None
+    if answer is None:
+        return 1
+    sys.stdout.write(answer + "\n")
+    return 0
+
+
+sys.exit(main())
+'''
 
 
 # ------------------------------------------------------------------ errors and messages
@@ -497,16 +599,19 @@ def build_ssh_config(
     password: bool = False,
     keepalive: int = DEFAULT_KEEPALIVE,
     batch: bool = False,
+    first_hop: str = "",
 ) -> str:
     """Text of the config file every ssh of the run reads with ``-F``.
 
     ssh keeps the first value it reads for an option, so the order is: the user's ``-o``
     options, the user's own config, our defaults, and the system config (as ssh itself
-    reads the user's file before the system one).
+    reads the user's file before the system one).  ``first_hop``: the ``-s`` host ssh
+    connects to over TCP itself (the first one), the only one given a ConnectTimeout.
     """
     lines = ["# Written by jupyter-tunnel for one run; removed when it exits."]
     if batch:
-        # reconnecting with no terminal: a prompt could never be answered, so fail fast
+        # no terminal (and no -p): a prompt could never be answered, and ssh would send
+        # empty answers instead, each a failed attempt at the server: fail at once
         lines.append("BatchMode yes")
     if password:
         # The password given with -p is the only answer: when it is wrong, asking again
@@ -533,6 +638,18 @@ def build_ssh_config(
         # only for an agent this run started: adding keys to the user's own agent
         # would change it behind their back
         lines.append("AddKeysToAgent yes")
+    name = split_host(first_hop)[1]
+    if MATCH_HOST_RE.fullmatch(name):
+        # ConnectTimeout bounds the TCP connect AND the wait for the server's banner
+        # (sshconnect.c passes it to kex_exchange_identification), even when the connection
+        # is a jump host's "ssh -W" pipe: behind a jump host the banner comes only once the
+        # person has answered the jump host's prompts, so a timeout there cuts a slow 2FA
+        # code short ("Connection timed out during banner exchange").  Only the first hop's
+        # ssh connects over TCP itself: it alone gets one, as plain "ssh -J" gives none.
+        # A dead network is still noticed: at the first hop by this, and once a hop is
+        # logged in by its keepalive (ServerAliveInterval).  "originalhost": the name as ssh
+        # was given it, which is what ssh -J passes to the jump host's ssh.
+        lines += [f"Match originalhost {name}", f"ConnectTimeout {FIRST_HOP_CONNECT_TIMEOUT}", "Match all"]
     lines.append("Include /etc/ssh/ssh_config")
     return "\n".join(lines) + "\n"
 
@@ -605,13 +722,54 @@ def shared_control_path(settings: Mapping[str, str], node: bool = False) -> str:
 
 
 def parse_ssh_error(lines: Iterable[str], returncode: int | None = None) -> str:
-    """ssh's own reason for a failure, from its stderr, without the noise lines."""
+    """ssh's own reason for a failure, from its stderr, without the noise lines (and without
+    the lines that only follow from another one, SSH_CONSEQUENCES)."""
     useful = [line.strip() for line in lines if line.strip() and not line.startswith(SSH_NOISE)]
+    useful = [line for line in useful if not line.startswith(SSH_CONSEQUENCES)] or useful
     if useful:
         return "; ".join(useful[:3])
     if returncode is not None and returncode < 0:
         return f"ssh was killed by {signal.Signals(-returncode).name}"
     return "ssh gave no reason"
+
+
+def is_login_refused(reason: str) -> bool:
+    """Whether ssh's ``reason`` says that the server refused the login (a failed attempt that
+    counts against the account), rather than that it could not be reached."""
+    return any(words in reason for words in SSH_REFUSED)
+
+
+def build_login_error(where: str, reason: str, batch: bool = False, reconnecting: bool = False) -> str:
+    """The words for a login that failed: ssh's ``reason``, and for a refusal its likely causes,
+    or (``batch``: no terminal, no -p) what to do instead of a prompt."""
+    if not is_login_refused(reason):
+        return f"cannot connect to {where}: {reason}"
+    if batch:
+        what = "reconnecting to" if reconnecting else "logging in to"
+        return (f"{what} {where} needs a password, key passphrase or verification code, and there is no "
+                f"terminal to ask it on ({reason}): use a key the server accepts (without a passphrase, or "
+                "in your ssh-agent), your own open ssh connection (ControlMaster), or run it on a terminal "
+                "(-p there gives the password)")
+    return (f"cannot connect to {where}: {reason} (a wrong password, key passphrase or verification code, "
+            "or a key the server does not accept)")
+
+
+def can_prompt(terminal: bool, env: Mapping[str, str]) -> bool:
+    """Whether ssh could ask a person anything: on the ``terminal``, or through an
+    SSH_ASKPASS program, which it runs with a display, or always with SSH_ASKPASS_REQUIRE=force
+    (readpass.c)."""
+    require = env.get("SSH_ASKPASS_REQUIRE", "")
+    if terminal:
+        return True
+    if not env.get("SSH_ASKPASS") or require == "never":
+        return False
+    return require == "force" or bool(env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"))
+
+
+def build_askpass_script(python: str) -> str:
+    """The -p helper's source (ASKPASS_SCRIPT), run by ``python``."""
+    return fill_script(ASKPASS_SCRIPT, {"PYTHON": python, "PATTERN": repr(PASSWORD_PROMPT_RE.pattern),
+                                        "LOCK": repr(ASKPASS_LOCK), "ENV": repr(PASSWORD_ENV)})
 
 
 def make_private_dir() -> str:
@@ -735,8 +893,9 @@ class Master:
     """The one ssh connection of the run, and the multiplexed commands sent through it."""
 
     def __init__(self, ssh: str, route: Route, directory: str, env: dict[str, str], verbose: int = 0,
-                 outlive_interrupt: bool = False) -> None:
+                 outlive_interrupt: bool = False, batch: bool = False) -> None:
         self.ssh = ssh
+        self.batch = batch  # BatchMode: no prompt (no terminal, no -p); said when a login is refused
         # --stop-server: the server is shut down through the master after a Ctrl+C (or a
         # closed terminal's SIGHUP), which the terminal sends to the master too
         self.outlive_interrupt = outlive_interrupt
@@ -806,7 +965,7 @@ class Master:
         while not os.path.exists(self.control):
             if self.process.poll() is not None:
                 self._reader.join(timeout=1)
-                raise TunnelError(f"cannot connect to {self.route.describe()}: {self.why()}", EXIT_CONNECT)
+                raise TunnelError(build_login_error(self.route.describe(), self.why(), self.batch), EXIT_CONNECT)
             time.sleep(delay)
             if time.monotonic() - started > FAST_POLL_SECONDS:
                 # a person types a password or a 2FA code: no need to look 500 times a second
@@ -1026,6 +1185,68 @@ def has_terminal() -> bool:
     except OSError:
         return False
     return True
+
+
+def save_terminal() -> tuple[int, list] | None:
+    """The terminal's settings now (an open /dev/tty and its termios), to put back at exit;
+    None without a terminal.  termios is imported here: Windows has none."""
+    try:
+        import termios
+
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except (ImportError, OSError):
+        return None
+    try:
+        return fd, termios.tcgetattr(fd)
+    except termios.error:
+        os.close(fd)
+        return None
+
+
+def restore_terminal(saved: tuple[int, list] | None) -> None:
+    """Put the terminal's settings back as save_terminal found them, if anything changed them
+    (a prompt's helper killed with echo off); closes the terminal."""
+    if saved is None:
+        return
+    import termios
+
+    fd, settings = saved
+    try:
+        if termios.tcgetattr(fd) != settings:
+            # a run in the background would be stopped (SIGTTOU) for changing its terminal:
+            # with the signal ignored the change is made (POSIX, tcsetattr)
+            previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+            try:
+                termios.tcsetattr(fd, termios.TCSADRAIN, settings)
+            finally:
+                signal.signal(signal.SIGTTOU, previous)
+    except termios.error:
+        pass  # the terminal has gone (closed window): nothing to put back
+    finally:
+        os.close(fd)
+
+
+def wait_for_prompts(directory: str, timeout: float = 2.0) -> bool:
+    """Wait up to ``timeout`` s until no -p helper of the run reads the terminal (each holds the
+    lock ASKPASS_LOCK while it asks, and gives up within 0.2 s of its ssh's end); True when none does."""
+    path = os.path.join(directory, ASKPASS_LOCK)
+    if not os.path.exists(path):
+        return True
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.02)
+    finally:
+        os.close(fd)
 
 
 # -------------------------------------------------------------------------- 2. discover
@@ -3423,7 +3644,7 @@ class Settings(NamedTuple):
     timeout: float = DEFAULT_TIMEOUT
     check_interval: float = DEFAULT_CHECK_INTERVAL
     no_reconnect: bool = False
-    max_retries: int | None = None
+    max_retries: int = DEFAULT_MAX_RETRIES
     json: bool = False
     start: StartOptions | None = None  # --start: how to start a server when none runs
     stop_server: bool = False
@@ -3455,13 +3676,14 @@ def cluster_options(args: argparse.Namespace) -> ClusterOptions | None:
 
 
 def write_askpass(directory: str, password: str) -> dict[str, str]:
-    """Write the SSH_ASKPASS helper; returns the environment that makes ssh use it."""
-    askpass = os.path.join(directory, "askpass")
+    """Write the SSH_ASKPASS helper (run by this Python) into the run's 0700 ``directory``;
+    returns the environment that makes ssh use it."""
+    askpass = os.path.join(directory, ASKPASS_FILE)
     with open(os.open(askpass, os.O_WRONLY | os.O_CREAT, 0o700), "w") as f:
-        f.write(ASKPASS_SCRIPT)
+        f.write(build_askpass_script(sys.executable))
     # OpenSSH >= 8.4 sends every prompt of every hop to SSH_ASKPASS with "force"; sshpass
     # would answer only the first hop's prompt.  The password stays in the environment.
-    return {"SSH_ASKPASS": askpass, "SSH_ASKPASS_REQUIRE": "force", "JUPYTER_TUNNEL_PASSWORD": password}
+    return {"SSH_ASKPASS": askpass, "SSH_ASKPASS_REQUIRE": "force", PASSWORD_ENV: password}
 
 
 class Tunnel:
@@ -3495,7 +3717,11 @@ class Tunnel:
         # ride the user's own master at the first login (never with -p or -a: they ask for
         # this run's own login); after it dies, the run logs in itself
         self.may_share = not (settings.new_login or settings.new_agent or password is not None)
-        self.batch = False  # reconnecting without a terminal: no prompt can be answered
+        # no terminal and no -p: no prompt can be answered, and ssh would send empty answers
+        # (failed attempts at the server): BatchMode from the first login on
+        self.batch = password is None and not can_prompt(has_terminal(), self.env)
+        self.refused_logins = 0  # logins of this run the server refused (MAX_REFUSED_LOGINS)
+        self.last_refusal = ""  # ssh's words for the last one
         # whether its own logins use an agent of its own (-a, or none in the environment)
         self.own_agent = settings.new_agent or not self.env.get("SSH_AUTH_SOCK")
 
@@ -3531,7 +3757,8 @@ class Tunnel:
         text = build_ssh_config(self.settings.ssh_config, self.settings.ssh_options,
                                 add_keys_to_agent=self.own_agent,
                                 password=self.password is not None,
-                                keepalive=self.settings.keepalive, batch=self.batch)
+                                keepalive=self.settings.keepalive, batch=self.batch,
+                                first_hop=self.route.hosts[0])
         path = os.path.join(self.directory, CONFIG_FILE)
         with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(text)
@@ -3551,13 +3778,19 @@ class Tunnel:
                 return self.discover()
         self.start_agent()
         self.master = Master(self.ssh, self.route, self.directory, self.env, self.settings.verbose,
-                             outlive_interrupt=self.settings.stop_server)
+                             outlive_interrupt=self.settings.stop_server, batch=self.batch)
         say("Info", f"Connecting to {self.route.describe()}...")
         started = time.monotonic()
         # registered before the login: a run killed while ssh waits (a slow host, a 2FA
         # prompt) leaves a master that the next run or jupyter-tunnel-shutdown must find
         assert self.registration is not None
-        self.master.open(on_start=lambda pid: self.registration.update(state=CONNECTING, master_pid=pid))
+        try:
+            self.master.open(on_start=lambda pid: self.registration.update(state=CONNECTING, master_pid=pid))
+        except TunnelError as error:
+            if error.code == EXIT_CONNECT and is_login_refused(self.master.why()):
+                self.refused_logins += 1
+                self.last_refusal = self.master.why()
+            raise
         if self.settings.cluster is not None and not self.route.node:
             say("Info", f"Connected in {time.monotonic() - started:.2f} s.")
         else:
@@ -3834,30 +4067,51 @@ class Tunnel:
         """Log in again with backoff and forward the SAME local port (open tabs keep working)."""
         old_url = self.url
         self.close_master()
-        batch = self.batch = self.password is None and not has_terminal()
+        wait_for_prompts(self.directory)  # a helper of the dead login must not ask beside the new one
+        batch = self.batch = self.password is None and not can_prompt(has_terminal(), self.env)
         self.write_config()
+        # Every failed attempt counts against --max-retries; a refused login also against the
+        # run's MAX_REFUSED_LOGINS (it is a failed attempt at the server, and one refused without
+        # a prompt, a rate limit, would be refused again), and without a way to ask it ends the
+        # run at once.  An unreachable network costs the account nothing: it is retried.
         for attempt, delay in enumerate(backoff_delays()):
-            if self.settings.max_retries is not None and attempt >= self.settings.max_retries:
+            if attempt >= self.settings.max_retries:
                 raise TunnelError(f"could not reconnect to {self.route.target} after "
                                   f"{self.settings.max_retries} attempts", EXIT_LOST)
             if delay:
                 say("Info", f"Retrying in {delay:g} s...")
                 time.sleep(delay)
+            refused = self.refused_logins
             try:
                 self.connect()
             except TunnelError as error:
                 self.close_master()
                 if error.code in (EXIT_NO_SERVER, EXIT_PORT):
                     raise
-                if batch and "Permission denied" in str(error):
-                    raise TunnelError(f"reconnecting to {self.route.target} needs a password or key "
-                                      "passphrase, and there is no terminal to ask it on", EXIT_LOST)
+                if self.refused_logins > refused:
+                    if batch:
+                        raise TunnelError(build_login_error(self.route.describe(), self.last_refusal,
+                                                            batch=True, reconnecting=True), EXIT_LOST)
+                    if self.refused_logins >= MAX_REFUSED_LOGINS:
+                        raise TunnelError(
+                            f"the login to {self.route.describe()} was refused {self.refused_logins} times in "
+                            f"this run ({self.last_refusal}): not trying again, as each refusal counts against "
+                            "your account, which may lock. Check your password, key or verification code, and "
+                            "run jupyter-tunnel again", EXIT_LOST)
                 say("Warning", str(error))
                 continue
             say("Info", "Reconnected.")
             if self.url != old_url:
                 self.announce()  # the server was restarted: new token, new URL
             return
+
+    def end_prompts(self) -> None:
+        """Interrupted while logging in: let the login's ssh and the -p helper end their prompt's
+        line (each ends it when interrupted at a prompt) before the run writes its own."""
+        if self.master is not None and self.master.process is not None:
+            self.master.wait(1.0)
+        if self.directory:
+            wait_for_prompts(self.directory, 1.0)
 
     def close_master(self) -> None:
         """Stop the master of the moment (its forward goes with it)."""
@@ -3872,6 +4126,8 @@ class Tunnel:
             self.relay.close()  # first: no new connection reaches a server about to stop
         self.stop_server()
         self.close_master()
+        if self.directory:
+            wait_for_prompts(self.directory)  # what the run started to read the terminal ends with it
         if self.agent is not None:
             stop_process(self.agent)
         if self.directory:
@@ -3967,6 +4223,7 @@ def run_tunnel(args: argparse.Namespace) -> int:
         if ready:
             say("Info", "Closing the tunnel.")
             return EXIT_OK
+        tunnel.end_prompts()
         say("Info", "Interrupted.")
         return EXIT_INTERRUPTED
     finally:
@@ -4134,9 +4391,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "after 3 of them [default: %(default)s]")
     parser.add_argument("--no-reconnect", action="store_true",
                         help="exit (code 8) when the connection drops instead of reconnecting")
-    parser.add_argument("--max-retries", type=int_option(1, MAX_RETRIES), metavar="N",
-                        help=f"give up (code 8) after N failed reconnection attempts (at most {MAX_RETRIES}) "
-                             "[default: never]")
+    parser.add_argument("--max-retries", type=int_option(1, MAX_RETRIES), default=DEFAULT_MAX_RETRIES,
+                        metavar="N",
+                        help=f"give up (code 8) after N failed reconnection attempts after a drop (at most "
+                             f"{MAX_RETRIES}); {MAX_REFUSED_LOGINS} logins refused by the server end the run "
+                             "anyway [default: %(default)s]")
     parser.add_argument("--check-interval", type=number_option("seconds", MAX_CHECK_INTERVAL),
                         default=DEFAULT_CHECK_INTERVAL, metavar="SECONDS",
                         help=f"how often to check that the Jupyter server still runs (at most "
@@ -4264,6 +4523,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.start and (args.node or args.job):  # --job: a server on the job's node
         parser.error("--start cannot start a server on a cluster node: that needs a scheduler job. "
                      "Use --submit, or run jupyter-node on the head node, then jupyter-tunnel -s ... HEAD -n NODE")
+    # put back at every exit whatever a prompt of the run left changed (echo off)
+    terminal = save_terminal()
     try:
         return run_tunnel(args)
     except KeyboardInterrupt:
@@ -4273,6 +4534,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         message, code = explain_error(error)
         say("Error", message)
         return code
+    finally:
+        restore_terminal(terminal)
 
 
 if __name__ == "__main__":

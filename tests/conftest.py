@@ -57,6 +57,7 @@ from realenv import (  # noqa: F401
     JupyterStarter,
     SetupError,
     SshServer,
+    TwoFactorServer,
     UserAccount,
     check_can_run,
     check_venv,
@@ -64,6 +65,7 @@ from realenv import (  # noqa: F401
     make_session_dir,
     setup_users,
     start_sshd,
+    start_two_factor_sshd,
     stop_leftovers,
 )
 from helpers import user_processes
@@ -74,7 +76,7 @@ pytest_plugins = ["cluster_fixtures"]  # the clusters (Grid Engine, Slurm) for j
 
 # fixtures that need root, sshd or Jupyter: tests using them get the `integration` mark
 INTEGRATION_FIXTURES = frozenset(
-    {"sshd", "test_users", "start_jupyter", "jtuser_server", "jupyter_venv", "session_dir"}
+    {"sshd", "test_users", "start_jupyter", "jtuser_server", "jupyter_venv", "session_dir", "two_factor_sshd"}
 )
 
 
@@ -173,6 +175,20 @@ def sshd(session_dir: Path, test_users: Dict[str, UserAccount]) -> Iterator[SshS
     """Start the session's sshd (key port and password port on 127.0.0.1-3) and check logins work."""
     with fail_on_setup_error():
         server = start_sshd(session_dir)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def two_factor_sshd(sshd: SshServer, session_dir: Path) -> Iterator[TwoFactorServer]:
+    """The two-factor sshd (PAM service sshd-jt2fa, TOTP codes of pam_google_authenticator) beside
+    the session's: aliases tgw/tsrv (password + code), kgw/ksrv (key + code) in its ``config``."""
+    directory = session_dir / "2fa"
+    directory.mkdir(mode=0o755)
+    with fail_on_setup_error():
+        server = start_two_factor_sshd(directory, sshd)
     try:
         yield server
     finally:

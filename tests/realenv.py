@@ -63,9 +63,10 @@ JUPYTER_START_TIMEOUT = 60.0
 LOCK_FILE = "/tmp/jupyter-tunnel-tests.lock"
 LOCK_TIMEOUT = 1800.0  # a whole other test session may be running
 
-# "Accepted publickey for U from A port P ssh2: ..." / "Accepted password for ..." is
+# "Accepted publickey for U from A port P ssh2: ..." / "Accepted password for ..." (the
+# 2FA sshd: "Accepted keyboard-interactive/pam for ...", after a key's "Partial publickey") is
 # logged once per real login; "Accepted key ED25519 ... found at" (the key query) is not one
-_LOGIN_RE = re.compile(r"\bAccepted (?:publickey|password) for \S+ from ")
+_LOGIN_RE = re.compile(r"\bAccepted (?:publickey|password|keyboard-interactive/pam) for \S+ from ")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
@@ -383,8 +384,7 @@ Host *
     UpdateHostKeys no
     # not yes: the tool's password mode must be able to prompt
     BatchMode no
-    ConnectTimeout 5
-    LogLevel ERROR
+{connect_timeout}    LogLevel ERROR
 """
 
 _ASKPASS = """\
@@ -406,8 +406,10 @@ def known_hosts_text(host_key_pub: Path, ports: Iterable[int]) -> str:
     return f"{patterns} {' '.join(host_key)}\n"
 
 
-def ssh_config_text(d: Path, config: Path, port: int, pw_port: int, known_hosts: Path) -> str:
-    """The client config for `ssh -F`: aliases gw/head/srv on `port`, pgw/phead/psrv on `pw_port`."""
+def ssh_config_text(d: Path, config: Path, port: int, pw_port: int, known_hosts: Path,
+                    connect_timeout: Optional[int] = 5) -> str:
+    """The client config for `ssh -F`: aliases gw/head/srv on `port`, pgw/phead/psrv on `pw_port`
+    (``connect_timeout`` None: no ConnectTimeout, as a person's config mostly has none)."""
 
     def host_blocks(aliases: Mapping[str, str]) -> str:
         return "\n".join(f"Host {alias}\n    HostName {addr}" for alias, addr in aliases.items())
@@ -425,6 +427,7 @@ def ssh_config_text(d: Path, config: Path, port: int, pw_port: int, known_hosts:
         dead_host=DEAD_ADDRESS[0],
         dead_port=DEAD_ADDRESS[1],
         known_hosts=known_hosts,
+        connect_timeout="" if connect_timeout is None else f"    ConnectTimeout {connect_timeout}\n",
     )
 
 
@@ -458,15 +461,7 @@ def start_sshd(d: Path) -> SshServer:
     run([SSHD, "-t", "-f", str(d / "sshd_config")], "sshd -t (config check)")
 
     log = d / "sshd.log"
-    log.touch()
-    with open(d / "sshd.out", "wb") as out:
-        proc = subprocess.Popen(
-            [SSHD, "-D", "-e", "-f", str(d / "sshd_config"), "-E", str(log)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
-        )
+    proc = _spawn_sshd(SSHD, d / "sshd_config", log, d / "sshd.out")
     server = SshServer(
         dir=d,
         config=d / "ssh_config",
@@ -480,21 +475,40 @@ def start_sshd(d: Path) -> SshServer:
         proc=proc,
     )
     try:
-
-        def listening() -> bool:
-            if proc.poll() is not None:
-                raise SetupError(f"sshd exited with {proc.returncode}:\n{tail(log)}{tail(d / 'sshd.out')}")
-            return all(tcp_open(a, p) for a in LISTEN_ADDRESSES for p in (port, pw_port))
-
-        try:
-            wait_for(listening, 10, what=f"sshd to listen on {LISTEN_ADDRESSES} ports {port}, {pw_port}")
-        except AssertionError as err:
-            raise SetupError(str(err)) from None
+        _wait_listening(proc, (port, pw_port), log, d / "sshd.out")
         _check_logins(server)
     except BaseException:
         server.stop()
         raise
     return server
+
+
+def _spawn_sshd(program: str, config: Path, log: Path, out: Path) -> "subprocess.Popen[bytes]":
+    """Start ``program`` (sshd, or a link to it: its name is its PAM service) on ``config``."""
+    log.touch()
+    with open(out, "wb") as output:
+        return subprocess.Popen(
+            [program, "-D", "-e", "-f", str(config), "-E", str(log)],
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
+
+
+def _wait_listening(proc: "subprocess.Popen[bytes]", ports: Iterable[int], log: Path, out: Path) -> None:
+    """Wait until the sshd ``proc`` listens on every test address on ``ports``."""
+    ports = tuple(ports)
+
+    def listening() -> bool:
+        if proc.poll() is not None:
+            raise SetupError(f"sshd exited with {proc.returncode}:\n{tail(log)}{tail(out)}")
+        return all(tcp_open(a, p) for a in LISTEN_ADDRESSES for p in ports)
+
+    try:
+        wait_for(listening, 10, what=f"sshd to listen on {LISTEN_ADDRESSES} ports {ports}")
+    except AssertionError as err:
+        raise SetupError(str(err)) from None
 
 
 def _check_logins(server: SshServer) -> None:
@@ -526,6 +540,200 @@ def _check_logins(server: SshServer) -> None:
                 proc.wait()
     if failures:
         raise SetupError("sshd set-up check failed:\n" + "\n".join(failures) + f"\nsshd log:\n{tail(server.log)}")
+
+
+# --- the two-factor sshd: PAM and TOTP codes, as HPC centres run them ------------
+
+# sshd names its PAM service after its program (auth-pam.c: SSHD_PAM_SERVICE is __progname):
+# started through a link of its own it reads /etc/pam.d/sshd-jt2fa, written here, and the
+# system's /etc/pam.d/sshd stays untouched
+TWO_FACTOR_SSHD = "/usr/local/sbin/sshd-jt2fa"
+TWO_FACTOR_PAM = Path("/etc/pam.d/sshd-jt2fa")
+# aliases of the client config: password + code (keyboard-interactive only), key + code
+CODE_ALIASES = {"tgw": "127.0.0.1", "tsrv": "127.0.0.3"}
+KEY_CODE_ALIASES = {"kgw": "127.0.0.1", "ksrv": "127.0.0.3"}
+CODE_PROMPT = "Verification code: "  # pam_google_authenticator's
+FORWARD_PASS_PROMPT = "Password & verification code: "  # ...with its forward_pass option
+# one failed attempt each, as sshd logs it (kbdint through PAM, or plain password)
+_FAILED_RE = re.compile(r"\bFailed (?:keyboard-interactive/pam|password) for ")
+
+# PAM stacks of the 2FA sshd (TwoFactorServer.use_pam).  "code": pam_unix's "Password: ",
+# then google-authenticator's "Verification code: "; after an accepted key (AuthenticationMethods
+# publickey,keyboard-interactive) the code only: sshd hands the methods passed so far to PAM
+# in SSH_AUTH_INFO_0 (auth-pam.c, expose_authinfo), and keyed.sh skips pam_unix then.
+# "forward_pass": one prompt for both, "Password & verification code: ", the password passed
+# on to pam_unix.  "refuse": the password, then a refusal without any prompt (what a centre's
+# rate limit or a revoked token looks like to the client).  nodelay: no 2 s pause after a
+# failure (the tests count failures, not time).
+_PAM_STACKS = {
+    "code": """\
+auth [success=1 default=ignore] pam_exec.so quiet {dir}/keyed.sh
+auth required pam_unix.so nodelay
+auth required pam_google_authenticator.so secret={dir}/secrets/${{USER}} user=root
+""",
+    "forward_pass": """\
+auth required pam_google_authenticator.so forward_pass secret={dir}/secrets/${{USER}} user=root
+auth required pam_unix.so use_first_pass nodelay
+""",
+    "refuse": """\
+auth required pam_unix.so nodelay
+auth requisite pam_deny.so
+""",
+}
+_PAM_REST = """\
+account required pam_unix.so
+session required pam_permit.so
+password required pam_deny.so
+"""
+_KEYED = """\
+#!/bin/sh
+# pam_exec: success when a key was accepted first (sshd's SSH_AUTH_INFO_0 says "publickey ...")
+case "${SSH_AUTH_INFO_0:-}" in publickey*) exit 0;; esac
+exit 1
+"""
+
+_TWO_FACTOR_SSHD_CONFIG = """\
+# written by tests/realenv.py: the two-factor sshd (PAM service sshd-jt2fa)
+{listen}
+HostKey {base}/host_ed25519
+PidFile {dir}/sshd.pid
+AuthorizedKeysFile {base}/authorized_keys
+StrictModes no
+UsePAM yes
+KbdInteractiveAuthentication yes
+PasswordAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin no
+AllowTcpForwarding yes
+AllowStreamLocalForwarding yes
+X11Forwarding no
+PrintMotd no
+PrintLastLog no
+UseDNS no
+MaxStartups 100:30:200
+MaxSessions 50
+LogLevel VERBOSE
+
+Match LocalPort {code_port}
+    AuthenticationMethods keyboard-interactive
+Match LocalPort {key_port}
+    AuthenticationMethods publickey,keyboard-interactive
+"""
+
+_TWO_FACTOR_HOSTS = """\
+# the two-factor sshd: password + code ({code_aliases}), key + code ({key_aliases})
+{code_hosts}
+Host {code_aliases}
+    Port {code_port}
+    User {user}
+    PubkeyAuthentication no
+    PreferredAuthentications keyboard-interactive
+
+{key_hosts}
+Host {key_aliases}
+    Port {key_port}
+    User {user}
+    IdentityFile {client_key}
+    IdentitiesOnly yes
+    PreferredAuthentications publickey,keyboard-interactive
+
+"""
+
+
+@dataclass
+class TwoFactorServer(SshServer):
+    """The 2FA sshd (``port``: key + code, ``pw_port``: password + code) and its ``config``: the
+    aliases tgw/tsrv and kgw/ksrv, then the usual gw/head/srv, with no ConnectTimeout (a person's
+    config mostly has none: ssh then waits at a prompt as long as the person takes)."""
+
+    secrets: Path = Path()
+    secret: str = ""  # jtuser's TOTP secret (base32), the codes' source
+
+    def code(self) -> str:
+        """The code the user's authenticator app shows now (oathtool; the secret on its stdin)."""
+        return run(["oathtool", "--totp", "-b", "-"], "oathtool", input=self.secret + "\n").stdout.strip()
+
+    def use_pam(self, stack: str) -> None:
+        """Switch the PAM stack ("code", "forward_pass", "refuse"): sshd reads it at every new connection."""
+        TWO_FACTOR_PAM.write_text(f"# written by tests/realenv.py for {TWO_FACTOR_SSHD}; removed when it stops\n"
+                                  + _PAM_STACKS[stack].format(dir=self.dir) + _PAM_REST)
+
+    def failures_since(self, offset: int) -> List[str]:
+        """The "Failed keyboard-interactive/pam|password for ..." lines logged after ``offset``."""
+        with open(self.log, "rb") as f:
+            f.seek(offset)
+            lines = f.read().decode("utf-8", errors="replace").split("\n")[:-1]
+        return [line for line in lines if _FAILED_RE.search(line)]
+
+    def stop(self) -> None:
+        """Stop it; remove its PAM file and its link."""
+        super().stop()
+        TWO_FACTOR_PAM.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(TWO_FACTOR_SSHD)
+
+
+def start_two_factor_sshd(d: Path, base: SshServer) -> TwoFactorServer:
+    """Start the 2FA sshd (files in ``d``, ``base``'s host and client keys) for ``SERVER_USER``:
+    the user's TOTP secret made here, PAM stack "code"."""
+    import base64
+    import secrets as random_secrets
+
+    for program in ("oathtool", "google-authenticator"):
+        if not shutil.which(program):
+            raise SetupError(f"{program} is missing: install oathtool and libpam-google-authenticator "
+                             "(./tests/run.sh does)")
+    if os.path.lexists(TWO_FACTOR_SSHD) and os.path.realpath(TWO_FACTOR_SSHD) != SSHD:
+        raise SetupError(f"{TWO_FACTOR_SSHD} exists and is not a link to {SSHD}: not touching it")
+    if not os.path.lexists(TWO_FACTOR_SSHD):
+        os.symlink(SSHD, TWO_FACTOR_SSHD)
+    secret_dir = d / "secrets"
+    secret_dir.mkdir(mode=0o700)
+    secret = base64.b32encode(random_secrets.token_bytes(10)).decode()
+    # google-authenticator's file format: the secret, then its options; no DISALLOW_REUSE nor
+    # RATE_LIMIT (a test logs in several times within one 30 s step), WINDOW_SIZE 3: the code of
+    # the step before and after is taken too
+    path = secret_dir / SERVER_USER
+    path.write_text(f'{secret}\n" WINDOW_SIZE 3\n" TOTP_AUTH\n')
+    path.chmod(0o400)  # owned by root, as user=root wants
+    (d / "keyed.sh").write_text(_KEYED)
+    (d / "keyed.sh").chmod(0o755)
+
+    key_port = free_port(LISTEN_ADDRESSES, exclude=[base.port, base.pw_port])
+    code_port = free_port(LISTEN_ADDRESSES, exclude=[base.port, base.pw_port, key_port])
+    listen = "\n".join(f"ListenAddress {a}:{p}" for a in LISTEN_ADDRESSES for p in (key_port, code_port))
+    (d / "sshd_config").write_text(_TWO_FACTOR_SSHD_CONFIG.format(
+        listen=listen, base=base.dir, dir=d, code_port=code_port, key_port=key_port))
+    known_hosts = d / "known_hosts"
+    known_hosts.write_text(known_hosts_text(base.dir / "host_ed25519.pub",
+                                            (base.port, base.pw_port, key_port, code_port)))
+
+    def hosts(aliases: Mapping[str, str]) -> str:
+        return "\n".join(f"Host {alias}\n    HostName {addr}" for alias, addr in aliases.items())
+
+    config = d / "ssh_config"
+    config.write_text(_TWO_FACTOR_HOSTS.format(
+        code_aliases=" ".join(CODE_ALIASES), key_aliases=" ".join(KEY_CODE_ALIASES),
+        code_hosts=hosts(CODE_ALIASES), key_hosts=hosts(KEY_CODE_ALIASES), code_port=code_port,
+        key_port=key_port, user=SERVER_USER, client_key=base.client_key)
+        + ssh_config_text(base.dir, config, base.port, base.pw_port, known_hosts, connect_timeout=None))
+    server = TwoFactorServer(
+        dir=d, config=config, sshd_config=d / "sshd_config", log=d / "sshd.log", port=key_port,
+        pw_port=code_port, client_key=base.client_key, known_hosts=known_hosts, askpass=base.askpass,
+        proc=None,  # type: ignore[arg-type]  # set below, once the PAM file is there
+        secrets=secret_dir, secret=secret)
+    server.use_pam("code")
+    try:
+        run([TWO_FACTOR_SSHD, "-t", "-f", str(d / "sshd_config")], "sshd -t (2FA config check)")
+        server.proc = _spawn_sshd(TWO_FACTOR_SSHD, d / "sshd_config", server.log, d / "sshd.out")
+        _wait_listening(server.proc, (key_port, code_port), server.log, d / "sshd.out")
+    except BaseException:
+        if server.proc is not None:
+            server.stop()
+        else:
+            TWO_FACTOR_PAM.unlink(missing_ok=True)
+        raise
+    return server
 
 
 # --- Jupyter -----------------------------------------------------------------

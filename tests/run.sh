@@ -53,6 +53,11 @@ command -v fish >/dev/null 2>&1 || missing="$missing fish"
 command -v pgrep >/dev/null 2>&1 || missing="$missing procps"
 # network namespaces of the multi-host cluster (tests/netns.py)
 command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
+# two-factor logins (tests/test_2fa.py): sshd's PAM with pam_google_authenticator's TOTP
+# codes, which the tests compute with oathtool
+command -v oathtool >/dev/null 2>&1 || missing="$missing oathtool"
+dpkg-query -W -f='${Status}' libpam-google-authenticator 2>/dev/null | grep -q 'ok installed' \
+    || missing="$missing libpam-google-authenticator"
 # the real browser of tests/test_browser.py (driven by Playwright from the venv)
 [ -x /usr/bin/chromium ] || missing="$missing chromium"
 [ -x "$py" ] || missing="$missing python3"

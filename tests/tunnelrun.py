@@ -4,6 +4,7 @@ the command ``jupyter-node`` prints, run through a gateway."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -190,17 +191,26 @@ def check_printed_command(hosts, printed: str, token: str, user: str) -> None:
 
 
 class Terminal:
-    """jupyter_tunnel.py on a pseudo-terminal, as a person at a terminal runs it."""
+    """jupyter_tunnel.py on a pseudo-terminal, as a person at a terminal runs it (a private
+    TMPDIR, as ``Tunnel``'s: the run's processes are found by it)."""
 
-    def __init__(self, *args: str, env: dict | None = None) -> None:
+    def __init__(self, *args: str, env: dict | None = None, argv: list[str] | None = None) -> None:
         import pty
 
         self.screen = b""
+        self.tmp = tempfile.mkdtemp(prefix="jtt-", dir="/tmp")
+        argv = argv or [sys.executable, str(SCRIPT), *args]
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: the tool, with the terminal as its controlling tty
-            os.environ.update(NO_COLOR="1", **(env or {}))
+            os.environ.update(NO_COLOR="1", TMPDIR=self.tmp, **(env or {}))
             os.environ.pop("SSH_AUTH_SOCK", None)
-            os.execv(sys.executable, [sys.executable, str(SCRIPT), *args])
+            os.execv(argv[0], argv)
+        self.code: int | None = None
+
+    @classmethod
+    def command(cls, argv: list[str]) -> "Terminal":
+        """Any command on a pseudo-terminal (a helper of the tool, run as ssh runs it)."""
+        return cls(argv=argv)
 
     def read_until(self, text: bytes, timeout: float = 30) -> None:
         """Read the terminal until ``text`` shows on it."""
@@ -214,26 +224,85 @@ class Terminal:
             if select.select([self.fd], [], [], 0.5)[0]:
                 try:
                     self.screen += os.read(self.fd, 4096)
+                except OSError:  # the terminal closed: everything on it has been read
+                    assert text in self.screen, \
+                        f"no {text!r} on the terminal, which closed:\n{self.screen.decode(errors='replace')}"
+                    return
+
+    def drain(self, seconds: float) -> None:
+        """Read whatever the terminal shows within ``seconds``."""
+        import select
+        import time
+
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if select.select([self.fd], [], [], left)[0]:
+                try:
+                    self.screen += os.read(self.fd, 4096)
                 except OSError:
-                    break
+                    return
 
     def type(self, text: str) -> None:
         """Type a line."""
         os.write(self.fd, text.encode() + b"\n")
 
+    def echo(self) -> bool:
+        """Whether the terminal echoes what is typed (its termios, as the tool left it)."""
+        import termios
+
+        return bool(termios.tcgetattr(self.fd)[3] & termios.ECHO)
+
+    def ctrl_c(self, timeout: float = 10) -> int:
+        """Press Ctrl+C (the terminal signals its foreground process group); returns the exit code."""
+        os.write(self.fd, b"\x03")
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 30) -> int:
+        """The tool's exit code, once it has exited by itself within ``timeout`` s (the
+        terminal read meanwhile, so nothing it writes blocks)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while self.code is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.code = os.waitstatus_to_exitcode(status)
+                break
+            assert time.monotonic() < deadline, \
+                f"still running after {timeout} s:\n{self.screen.decode(errors='replace')}"
+            self.drain(0.1)
+        self.drain(0.2)  # what it wrote last
+        return self.code
+
     def interrupt(self) -> int:
         """Ctrl+C; returns the exit code."""
         os.kill(self.pid, signal.SIGINT)
-        _, status = os.waitpid(self.pid, 0)
-        self.pid = 0
-        return os.waitstatus_to_exitcode(status)
+        return self.wait()
+
+    def processes(self, word: str = "") -> list[tuple[int, str]]:
+        """The run's live processes but the tool (its ssh, jump hosts, helpers), whose command
+        line mentions its TMPDIR and ``word``."""
+        found = []
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if (self.tmp in cmdline and word in cmdline and int(entry) != self.pid
+                    and process_state(entry) not in ("Z", None)):
+                found.append((int(entry), cmdline))
+        return found
 
     def close(self) -> None:
-        """Kill the tool if it still runs, and close the terminal."""
-        if self.pid:
+        """Kill the tool and what it left if it still runs, and close the terminal."""
+        if self.code is None:
             try:
                 os.kill(self.pid, signal.SIGKILL)
                 os.waitpid(self.pid, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
+        for pid, _ in self.processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         os.close(self.fd)
+        shutil.rmtree(self.tmp, ignore_errors=True)
