@@ -57,6 +57,7 @@ TARGET_ADDED_MS = 1.0  # per request
 
 
 def note(text: str) -> None:
+    """A progress line on stderr (stdout holds the table)."""
     print(f"[relay.py] {text}", file=sys.stderr, flush=True)
 
 
@@ -102,6 +103,7 @@ def small_requests(port: int, token: str, count: int, keep_alive: bool) -> float
 
 
 def median_range(values: Sequence[float], digits: int = 3) -> str:
+    """``0.318 [0.278–0.490]``: the median, then the range."""
     return f"{statistics.median(values):.{digits}f} [{min(values):.{digits}f}–{max(values):.{digits}f}]"
 
 
@@ -137,6 +139,7 @@ def measure(hops: int, sshd: realenv.SshServer, server: realenv.JupyterProc, siz
 
 
 def report(results: Dict[int, Dict[str, Dict[str, List[float]]]], megabytes: int, runs: int, requests: int) -> str:
+    """The Markdown table of the samples, with the ratios, the time added and the targets."""
     lines = [f"Relay vs ssh's own -L, {runs} runs each (A B A B …), {megabytes} MB file, {requests} requests:",
              "",
              "| hops | what | through the relay | ssh -L direct | relay / direct (median) | added | target |",
@@ -158,18 +161,21 @@ def report(results: Dict[int, Dict[str, Dict[str, List[float]]]], megabytes: int
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; 0 when it ran (targets met or not), 1 when it could not."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--megabytes", type=int, default=100)
     parser.add_argument("--hops", type=int, nargs="+", default=[1, 2], choices=sorted(ROUTES))
+    parser.add_argument("--no-lock", action="store_true",
+                        help="the caller (a test session) holds the tests' lock and has set the users up")
     args = parser.parse_args(argv)
     results = {}
     try:
-        with realenv.environment(USER, on_wait=note) as (sshd, server, _directory):
+        with realenv.environment(USER, no_lock=args.no_lock, on_wait=note) as (sshd, server, _directory):
             path = Path(server.root_dir) / FILE
             path.write_bytes(os.urandom(args.megabytes * 1_000_000))
-            account = realenv.user_accounts()[USER]
+            account = realenv.user_accounts()[USER]  # set up by environment()
             os.chown(path, account.uid, account.gid)
             try:
                 for hops in args.hops:

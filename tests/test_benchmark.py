@@ -1,4 +1,5 @@
-"""benchmarks/ready.py: its pure parts by tables, and a one-run smoke test so that it cannot rot.
+"""benchmarks/ready.py and relay.py: their pure parts by tables, and a one-run smoke test each
+so that they cannot rot.
 
 No timing is asserted anywhere: the targets are read from the benchmark's output by a
 person (README "Benchmark"); here only the shape of that output and the login count.
@@ -14,7 +15,7 @@ from typing import Dict
 
 import pytest
 
-from benchmarks import ready, submit
+from benchmarks import ready, relay, submit
 from cluster import ClusterUser
 from conftest import UserAccount
 
@@ -241,3 +242,26 @@ def test_submit_benchmark_smoke_one_run(sge_netns, cluster_user: ClusterUser, tm
     print(submit.build_report(row))  # for pytest -s
     assert row.logins == [CHAIN]
     assert len(row.ssh) == len(row.job) == len(row.ready) == 1 and min(row.ssh + row.job + row.ready) > 0
+
+
+def test_relay_report_compares_the_medians() -> None:
+    samples = {"relay": {"download": [0.3, 0.5, 0.4], "new": [2.0, 2.0], "alive": [1.0]},
+               "direct": {"download": [0.25, 0.25], "new": [1.5], "alive": [0.95]}}
+    lines = relay.report({1: samples}, 100, 3, 1000).splitlines()
+    assert "| 1 | download 100 MB, s | 0.400 [0.300–0.500] | 0.250 [0.250–0.250] | 1.60 | 250 MB/s via relay " \
+           "| <= 1.2x: missed |" in lines
+    assert "| 1 | request, new connection each, ms | 2.000 [2.000–2.000] | 1.500 [1.500–1.500] | 1.33 | +0.500 ms " \
+           "| <= 1 ms: met |" in lines
+    assert len({line.count("|") for line in lines if line.startswith("|")}) == 1
+
+
+def test_relay_benchmark_smoke_one_run(test_users: Dict[str, UserAccount], jupyter_venv: Path) -> None:
+    """One small run of benchmarks/relay.py: it stands its environment up, measures both ways
+    and prints its table (no timing asserted: the README's table is read by a person)."""
+    done = subprocess.run([sys.executable, relay.__file__, "--runs", "1", "--requests", "20", "--megabytes", "5",
+                           "--hops", "1", "--no-lock"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=SMOKE_TIMEOUT)
+    assert done.returncode == 0, done.stderr.splitlines()[-1:] + [done.stderr]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| 1 |")]
+    assert [row.split(" | ")[1] for row in rows] == [
+        "download 5 MB, s", "request, new connection each, ms", "request, kept-alive, ms"]
