@@ -67,6 +67,7 @@ def unit_python(which: str) -> str:
 
 
 @pytest.mark.parametrize("which", ["oldest", "newest", "node"])
+@pytest.mark.integration  # the other Pythons' venvs are tests/run.sh's, made as root
 def test_unit_tests_pass_under(which):
     python = unit_python(which)
     tests = pythons.NODE_UNIT_TESTS if which == "node" else pythons.UNIT_TESTS
@@ -79,6 +80,7 @@ def test_unit_tests_pass_under(which):
 
 
 @pytest.mark.parametrize("which", ["node", "newest"])
+@pytest.mark.integration  # the other Pythons' venvs are tests/run.sh's, made as root
 def test_jupyter_node_runs_from_stdin_under(which, tmp_path):
     """``python3 - ARGS`` with the source on stdin: how jupyter-tunnel --submit runs it on the head."""
     python = unit_python(which)
@@ -95,6 +97,7 @@ def test_jupyter_node_runs_from_stdin_under(which, tmp_path):
 
 
 @pytest.mark.parametrize("which", ["node", "newest"])
+@pytest.mark.integration  # the other Pythons' venvs are tests/run.sh's, made as root
 def test_submit_program_runs_jupyter_node_under(which, tmp_path):
     """What jupyter-tunnel --submit really sends to the head's python: jupyter_node.py's source
     inside a small program that sets its arguments (none travels through the login shell)."""
