@@ -1629,27 +1629,31 @@ def build_start_script(options: StartOptions, timeout: float, known: Iterable[in
     })
 
 
+def parse_marks(output: str) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The ``MARK word arg`` lines of a remote script's answer (word -> its last arg), and the
+    lines after ``MARK tail`` (a log's end, taken as it comes)."""
+    marks: dict[str, str] = {}
+    lines = output.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(MARK):
+            word, _, arg = line[len(MARK):].strip().partition(" ")
+            if word == "tail":
+                return marks, tuple(lines[i + 1:])
+            marks[word] = arg
+    return marks, ()
+
+
 def parse_start_output(output: str) -> Started:
     """The start script's answer: the log, the pid, and the server's runtime file or the failure."""
-    log, pid, failure, tail, in_tail, changed = "", None, "", [], False, ()
-    for line in output.splitlines():
-        if in_tail:
-            tail.append(line)
-        elif line.startswith(MARK):
-            word, _, arg = line[len(MARK):].strip().partition(" ")
-            if word == "log":
-                log = arg
-            elif word == "pid" and arg.isascii() and arg.isdigit() and 1 < int(arg) <= MAX_PID:
-                pid = int(arg)
-            elif word == "fail":
-                failure = arg
-            elif word == "tail":
-                in_tail = True
-            elif word == "changed":
-                changed = tuple(int(n) for n in arg.split() if n.isascii() and n.isdigit() and 0 < int(n) <= MAX_PID)
+    marks, tail = parse_marks(output)
+    pid_text = marks.get("pid", "")
+    pid = int(pid_text) if pid_text.isascii() and pid_text.isdigit() and 1 < int(pid_text) <= MAX_PID else None
+    changed = tuple(int(n) for n in marks.get("changed", "").split()
+                    if n.isascii() and n.isdigit() and 0 < int(n) <= MAX_PID)
+    failure = marks.get("fail", "")
     servers, _ = parse_discovery(output) if not failure else ([], [])
     server = next((s for s in servers if s.pid == pid), None)
-    return Started(log, pid, server, failure, tuple(tail), changed)
+    return Started(marks.get("log", ""), pid, server, failure, tail, changed)
 
 
 def format_log_tail(lines: Iterable[str]) -> str:
@@ -1716,17 +1720,8 @@ def build_started_check(server: Server, log: str) -> str:
 def parse_started_check(output: str) -> tuple[str, tuple[str, ...]] | None:
     """None when the started server still runs, else why not and the log's last lines;
     None too for an answer that is not the script's (a lost connection: the master's watch)."""
-    why, tail, in_tail = None, [], False
-    for line in output.splitlines():
-        if in_tail:
-            tail.append(line)
-        elif line.startswith(MARK):
-            word, _, arg = line[len(MARK):].strip().partition(" ")
-            if word == "gone":
-                why = arg
-            elif word == "tail":
-                in_tail = True
-    return None if why is None else (why, tuple(tail))
+    marks, tail = parse_marks(output)
+    return None if "gone" not in marks else (marks["gone"], tail)
 
 
 def check_started(master: Master, server: Server, log: str, app: str) -> None:

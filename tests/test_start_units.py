@@ -247,3 +247,14 @@ def test_start_script_starts_nothing_when_another_run_started_a_server(remote, t
     finally:
         other.kill()
         other.wait()
+
+
+@pytest.mark.parametrize("output, marks, tail", [
+    ("", {}, ()),
+    (f"chatty rc\n{jt.MARK} log /s/l\n{jt.MARK} pid 42\n", {"log": "/s/l", "pid": "42"}, ()),
+    (f"{jt.MARK} fail it died\n{jt.MARK} tail\nline 1\n{jt.MARK} pid 9\n", {"fail": "it died"},
+     ("line 1", f"{jt.MARK} pid 9")),  # after the tail marker, lines are the log's own
+    (f"{jt.MARK} gone\n", {"gone": ""}, ()),
+])
+def test_parse_marks(output, marks, tail):
+    assert jt.parse_marks(output) == (marks, tail)
