@@ -2148,7 +2148,7 @@ def submit_job(master: Master, options: ClusterOptions, timeout: float) -> Clust
     try:
         info = ask_node_tool(master, options.python, build_submit_args(options, timeout), timeout + NODE_GRACE)
     except KeyboardInterrupt:
-        say("Info", f"Stopped waiting. A job already submitted stays in the queue: --list -n auto shows it, "
+        say("Info", "Stopped waiting. A job already submitted stays in the queue: --list -n auto shows it, "
                     "-n auto attaches to it once it runs.")
         raise
     return _checked(head, parse_job, info)
