@@ -252,6 +252,7 @@ REMOTE_STDERR_LINES = 200
 #   shows as "(user@host) Password: " (sshconnect2.c, input_userauth_info_req).
 PASSWORD_PROMPT_RE = re.compile(r"\S+@[^\s@]+'s password: |(?:\(\S+@[^\s@]+\) )?Password: ")
 ASKPASS_FILE, ASKPASS_LOCK = "askpass", "askpass.lock"
+ASKPASS_PROGRAM = "askpass.py"  # the helper itself, run by ASKPASS_FILE (see write_askpass)
 PASSWORD_ENV = "JUPYTER_TUNNEL_PASSWORD"
 # The -p helper (write_askpass): a Python script, as only a program of its own can restore the
 # terminal when it is interrupted and notice that its ssh has gone (a shell's "read" cannot).
@@ -688,7 +689,8 @@ def build_cancel_argv(ssh: str, control: str, spec: str) -> list[str]:
     ``-F none``: no config is needed to talk to a master (and a dead run's may be gone);
     with ``-S`` the host is a mere word.
     """
-    return [ssh, "-F", "none", "-S", control, "-o", "ControlMaster=no", "-O", "cancel", "-L", spec, "x"]
+    return [ssh, "-F", "none", "-S", control, "-o", "ControlMaster=no", "-o", "ProxyCommand=false",
+            "-o", "BatchMode=yes", "-O", "cancel", "-L", spec, "x"]  # never a login: see build_mux_argv
 
 
 def build_settings_argv(ssh: str, config: str, route: Route) -> list[str]:
@@ -2401,7 +2403,11 @@ def peer_uid(family: int, peer: tuple[str, int], listener: tuple[str, int]) -> i
         with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as diag:  # type: ignore[attr-defined]
             diag.settimeout(1.0)
             diag.sendto(build_diag_request(family, peer, listener), (0, 0))
-            return parse_diag_answer(diag.recv(8192))
+            uid = parse_diag_answer(diag.recv(8192))
+        if uid is not None:
+            return uid
+        # an error answer: no such socket (gone already), or a kernel without tcp_diag,
+        # which answers the same ENOENT: the table tells the two apart
     except (AttributeError, OSError):
         pass  # no netlink (not Linux), or refused: read the table
     try:
@@ -2464,6 +2470,31 @@ def open_local_port(first: int, fixed: bool) -> list[socket.socket]:
     raise TunnelError(f"no free local port from {first} to {candidate_ports(first)[-1]}", EXIT_PORT)
 
 
+def can_tell_peers(listener: socket.socket, uid: int) -> bool:
+    """Whether this machine tells who connects to ``listener``: a connection of our own must be
+    found ours (peer_uid).  Where it cannot (no /proc nor netlink: macOS, BSD; a kernel without
+    tcp_diag whose /proc is hidden), every connection would be refused, the user's too: the
+    port is then open to every local user, as any ``ssh -L`` port is (docs: Security)."""
+    address = listener.getsockname()[:2]
+    listener.settimeout(2.0)
+    try:
+        with socket.socket(listener.family, socket.SOCK_STREAM) as client:
+            client.settimeout(2.0)
+            client.connect(address)  # queued by the kernel: listen() was called
+            mine = client.getsockname()[:2]
+            while True:
+                conn, peer = listener.accept()
+                with conn:
+                    # another process's connection, before the port serves anyone: dropped,
+                    # and never the one that decides (it could make the check fail on purpose)
+                    if peer[:2] == mine:
+                        return peer_uid(listener.family, peer[:2], address) == uid
+    except OSError:  # socket.timeout included
+        return False
+    finally:
+        listener.settimeout(None)
+
+
 class Relay:
     """The run's local port, the tool's own for the whole run: it listens on 127.0.0.1:PORT
     and [::1]:PORT itself and splices each connection into ssh's forward (a unix socket in
@@ -2485,8 +2516,11 @@ class Relay:
         self.port: int = listeners[0].getsockname()[1]
         self.forward = forward  # ssh's unix socket, set once the master forwards it
         self.secure = secure  # the server speaks TLS: no plain-HTTP answer of ours
-        self.check_peer = os.path.exists(PROC_NET_TCP)
         self.uid = os.getuid() if hasattr(os, "getuid") else None
+        self.check_peer = self.uid is not None and can_tell_peers(listeners[0], self.uid)
+        if not self.check_peer and HAVE_PROC:  # Linux, where it should: say so (macOS: see the docs)
+            say("Warning", "this machine does not tell who connects to a local port (no netlink sock_diag, "
+                           f"no /proc/net/tcp): port {self.port} is open to every local user, as an ssh -L port is")
         self.redirect: tuple[bytes, str, float] | None = None  # (request prefix, location, deadline)
         self.closed = threading.Event()
         self._lock = threading.Lock()
@@ -2546,7 +2580,14 @@ class Relay:
             sock.close()
 
     def _serve(self) -> None:
-        """Accept connections until close(); each allowed one is relayed by a thread of its own."""
+        """Accept connections until close(); each allowed one is relayed by a thread of its own.
+
+        Nothing but close() ends this loop: were it to end, the listeners would close and the
+        port would be free for anyone to take while the run goes on (issue 19)."""
+        for sock in self.listeners:
+            # a peer that resets before accept() is dropped from the queue on BSD stacks: a
+            # blocking accept() would then hang the loop
+            sock.setblocking(False)
         with selectors.DefaultSelector() as selector:
             for sock in [*self.listeners, self._wake_r]:
                 selector.register(sock, selectors.EVENT_READ)
@@ -2555,7 +2596,10 @@ class Relay:
                     for key, _ in selector.select():
                         if key.fileobj is self._wake_r:
                             return
-                        self._accept(key.fileobj)  # type: ignore[arg-type]
+                        try:
+                            self._accept(key.fileobj)  # type: ignore[arg-type]
+                        except Exception:  # out of threads, a stderr that is gone...: that one connection
+                            pass
             finally:
                 for sock in self.listeners:
                     sock.close()
@@ -2564,8 +2608,9 @@ class Relay:
         """Take a connection: drop it at once unless it is the user's own, else relay it."""
         try:
             conn, peer = listener.accept()
-        except OSError:  # taken by nobody after all, or out of file descriptors
+        except OSError:  # taken by nobody after all (reset), or out of file descriptors
             return
+        conn.setblocking(True)  # whatever the platform made of the listener's non-blocking mode
         if not self._allowed(listener, peer):
             conn.close()  # at once: a crowd of refused peers holds nothing of ours
             return
@@ -2575,7 +2620,14 @@ class Relay:
                 return
             self._clients += 1
             self._open.add(conn)
-        threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
+        try:
+            threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
+        except BaseException:  # RuntimeError: can't start new thread
+            with self._lock:
+                self._clients -= 1
+                self._open.discard(conn)
+            conn.close()
+            raise
 
     def _allowed(self, listener: socket.socket, peer: tuple) -> bool:
         """Whether the socket that connected from ``peer`` is one of the user's own."""
@@ -2584,10 +2636,14 @@ class Relay:
         uid = peer_uid(listener.family, peer[:2], listener.getsockname()[:2])
         if uid == self.uid:
             return True
-        if uid not in self._refused:
+        # None: the peer's socket is gone or orphaned already (a connection closed at once,
+        # a cancelled pre-connect): nobody to warn about (can_tell_peers proved the lookup)
+        if uid is not None and uid not in self._refused:
             self._refused.add(uid)
-            who = f"another local user (uid {uid})" if uid is not None else "a process whose owner cannot be told"
-            say("Warning", f"{who} connected to the tunnel's port {self.port}: refused.")
+            try:
+                say("Warning", f"another local user (uid {uid}) connected to the tunnel's port {self.port}: refused.")
+            except Exception:  # stderr gone (a closed pipe): the refusal stands, unsaid
+                pass
         return False
 
     def _relay(self, conn: socket.socket) -> None:
@@ -3673,9 +3729,14 @@ def cluster_options(args: argparse.Namespace) -> ClusterOptions | None:
 def write_askpass(directory: str, password: str) -> dict[str, str]:
     """Write the SSH_ASKPASS helper (run by this Python) into the run's 0700 ``directory``;
     returns the environment that makes ssh use it."""
-    askpass = os.path.join(directory, ASKPASS_FILE)
-    with open(os.open(askpass, os.O_WRONLY | os.O_CREAT, 0o700), "w") as f:
+    askpass, program = os.path.join(directory, ASKPASS_FILE), os.path.join(directory, ASKPASS_PROGRAM)
+    with open(os.open(program, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
         f.write(build_askpass_script(sys.executable))
+    # ssh execs SSH_ASKPASS itself: a "#!PYTHON" line would end at a space in the interpreter's
+    # path (a venv in "My Project") and exceed older kernels' 127 bytes; sh quotes it instead,
+    # and exec keeps the helper's parent ssh's (it watches that ssh)
+    with open(os.open(askpass, os.O_WRONLY | os.O_CREAT, 0o700), "w") as f:
+        f.write(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -IS {shlex.quote(program)} "$@"\n')
     # OpenSSH >= 8.4 sends every prompt of every hop to SSH_ASKPASS with "force"; sshpass
     # would answer only the first hop's prompt.  The password stays in the environment.
     return {"SSH_ASKPASS": askpass, "SSH_ASKPASS_REQUIRE": "force", PASSWORD_ENV: password}

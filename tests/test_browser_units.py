@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import subprocess
 import threading
 
 import pytest
@@ -193,13 +194,16 @@ def exchange(host: str, port: int, data: bytes) -> bytes:
     with socket.socket(family, socket.SOCK_STREAM) as conn:
         conn.settimeout(10)
         conn.connect((host, port))
-        conn.sendall(data)
         answer = b""
-        while b"\r\n\r\n" not in answer or answer.startswith(b"answer:") and not answer.endswith(b"\r\n\r\n"):
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
+        try:
+            conn.sendall(data)
+            while b"\r\n\r\n" not in answer or answer.startswith(b"answer:") and not answer.endswith(b"\r\n\r\n"):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        except ConnectionResetError:  # refused: closed with our request unread
+            pass
         return answer
 
 
@@ -297,3 +301,66 @@ def test_close_ends_the_connections_and_frees_the_port(relay):
             ended = b""
         assert ended == b""  # ended by the relay
     wait_for(lambda: helpers.port_is_free(port, ("127.0.0.1", "::1")), 5, what="the port to be free")
+
+
+def test_this_machine_tells_who_connects():
+    """The test machines are Linux: the relay must be able to tell its peers (else it warns)."""
+    listeners = jt.open_local_port(41000 + os.getpid() % 20000, fixed=False)
+    try:
+        assert jt.can_tell_peers(listeners[0], os.getuid())
+        assert not jt.can_tell_peers(listeners[0], os.getuid() + 1)  # found, and not that uid
+    finally:
+        for sock in listeners:
+            sock.close()
+
+
+def test_where_peers_cannot_be_told_the_port_serves_everyone_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(jt, "peer_uid", lambda family, peer, listener: None)  # as on macOS
+    upstream = Upstream(str(tmp_path / "f"))
+    relay = jt.Relay(jt.open_local_port(42000 + os.getpid() % 20000, fixed=False), upstream.path)
+    try:
+        assert not relay.check_peer
+        request = b"GET /api/status HTTP/1.1\r\n\r\n"
+        assert exchange("127.0.0.1", relay.port, request) == b"answer:" + request
+        if jt.HAVE_PROC:
+            assert "is open to every local user, as an ssh -L port is" in capsys.readouterr().err
+    finally:
+        relay.close()
+        upstream.close()
+
+
+def test_a_failure_while_accepting_never_frees_the_port(relay, monkeypatch):
+    """A refused peer whose warning cannot be printed (stderr gone) must not end the
+    accepting thread: that would close the listeners and free the port for anyone."""
+    relay, upstream = relay
+    foreign = [True]
+
+    def lookup(family, peer, listener):
+        if foreign:
+            foreign.clear()
+            return os.getuid() + 1
+        return os.getuid()
+
+    def broken_stderr(*args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(jt, "peer_uid", lookup)
+    monkeypatch.setattr(jt, "say", broken_stderr)
+    relay.check_peer = True
+    request = b"GET /api/status HTTP/1.1\r\n\r\n"
+    assert exchange("127.0.0.1", relay.port, request) == b""  # refused, its warning lost
+    assert exchange("127.0.0.1", relay.port, request) == b"answer:" + request  # still ours
+    assert not helpers.port_is_free(relay.port, ("127.0.0.1", "::1"))
+
+
+def test_the_askpass_helper_runs_whatever_the_interpreters_path(tmp_path):
+    """ssh execs SSH_ASKPASS: a sh wrapper runs the Python helper (a "#!" line would break at
+    a space in the interpreter's path); the password prompt gets the password, from the
+    environment only."""
+    directory = tmp_path / "a dir"
+    directory.mkdir()
+    env = jt.write_askpass(str(directory), "s3cret")
+    done = subprocess.run([env["SSH_ASKPASS"], "alice@srv's password: "], capture_output=True, text=True,
+                          env=dict(os.environ, **env), timeout=30)
+    assert (done.returncode, done.stdout) == (0, "s3cret\n")
+    assert "s3cret" not in (directory / jt.ASKPASS_FILE).read_text()

@@ -93,6 +93,6 @@ def test_parse_shared_forward(value, found):
 
 
 def test_build_cancel_argv_names_the_master_and_nothing_else():
-    assert jt.build_cancel_argv("ssh", "/home/u/.ssh/cm-1afc", "127.0.0.1:8889:localhost:8888") == [
-        "ssh", "-F", "none", "-S", "/home/u/.ssh/cm-1afc", "-o", "ControlMaster=no", "-O", "cancel",
-        "-L", "127.0.0.1:8889:localhost:8888", "x"]
+    assert jt.build_cancel_argv("ssh", "/home/u/.ssh/cm-1afc", f"{DIR}/f:localhost:8888") == [
+        "ssh", "-F", "none", "-S", "/home/u/.ssh/cm-1afc", "-o", "ControlMaster=no", "-o", "ProxyCommand=false",
+        "-o", "BatchMode=yes", "-O", "cancel", "-L", f"{DIR}/f:localhost:8888", "x"]
