@@ -4382,13 +4382,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "examples:\n"
-            "  on the intranet:        jupyter-tunnel -s user@server.ext\n"
             "  through a gateway:      jupyter-tunnel -s user@gateway.ext user@server.ext\n"
-            "  no browser, fixed port: jupyter-tunnel -s gw server -b none --local-port 8888\n"
-            "  cluster node:           jupyter-tunnel -s user@gateway.ext user@head.ext -n node12\n"
+            "  start one if none runs: jupyter-tunnel -s gw server --start --pre '. ~/venv/bin/activate'\n"
             "  a cluster job:          jupyter-tunnel -s gw head --submit -t lab -r h_rt=4:00:00 -w 10m\n"
-            "  your running job:       jupyter-tunnel -s gw head -n auto\n"
-            "  several servers:        jupyter-tunnel -s server --list, then --pick 2\n"
             "\nexit codes: 0 closed normally, 2 bad option, 3 program missing, 4 cannot connect (or\n"
             "  the account runs no command), 5 no (single) server, 6 no local port, 7 Jupyter did\n"
             "  not answer in time (or the job did not start), 8 connection lost, 9 --start or\n"
@@ -4398,61 +4394,66 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-s", "--host", type=text_option, nargs="+", action="extend", default=[], metavar="HOST",
+    # the groups in the order a run needs them (the README's tables follow the same order)
+    connection = parser.add_argument_group("connection (one login per host for the whole run)")
+    choosing = parser.add_argument_group("choosing a server")
+    local = parser.add_argument_group("the browser and the local port")
+    lifetime = parser.add_argument_group("lifetime: waiting, reconnecting, closing")
+    connection.add_argument("-s", "--host", type=text_option, nargs="+", action="extend", default=[], metavar="HOST",
                         help="host(s) to contact in order: all but the last are jump hosts "
                              "([user@]host[:port], names from ~/.ssh/config work); repeatable: "
                              "-s gw -s srv is -s gw srv")
-    parser.add_argument("-b", "--browser", type=browser_option, metavar="PROG",
+    local.add_argument("-b", "--browser", type=browser_option, metavar="PROG",
                         help="browser to start once the tunnel answers (it gets a one-time address that "
                              'redirects to the URL); "n" or "none": start none '
                              "[default: the system's default browser]")
-    parser.add_argument("-n", "--node", type=text_option, metavar="NODE",
+    connection.add_argument("-n", "--node", type=text_option, metavar="NODE",
                         help="cluster node (Grid Engine, Slurm) running the server; the last -s host "
                              "is then the head node, from which the node is reached; \"auto\": the node "
                              "of your running Jupyter job; with --submit: the node to ask for")
-    parser.add_argument("-a", "--ssha", dest="new_agent", action="store_true",
+    connection.add_argument("-a", "--ssha", dest="new_agent", action="store_true",
                         help="start a fresh ssh-agent for this run even if one runs "
                              "(one is started anyway when SSH_AUTH_SOCK is unset)")
-    parser.add_argument("--new-login", action="store_true",
+    connection.add_argument("--new-login", action="store_true",
                         help="log in for this run even when your own ssh connection to the host is open "
                              "(a ControlMaster at its ControlPath), which is otherwise used without a login; "
                              "-a and -p imply it")
-    parser.add_argument("-p", "--pass", "--sshp", dest="password", action="store_true",
+    connection.add_argument("-p", "--pass", "--sshp", dest="password", action="store_true",
                         help="ask the SSH password once and answer every hop's password prompt with it "
                              "(read from stdin when it is not a terminal)")
-    parser.add_argument("-F", "--ssh-config", type=text_option, metavar="FILE",
+    connection.add_argument("-F", "--ssh-config", type=text_option, metavar="FILE",
                         help="ssh config file, used for every hop [default: ~/.ssh/config]")
-    parser.add_argument("-o", "--ssh-option", type=text_option, action="append", default=[], metavar="OPT",
+    connection.add_argument("-o", "--ssh-option", type=text_option, action="append", default=[], metavar="OPT",
                         help="ssh option (Key=Value) for every hop; repeatable")
-    parser.add_argument("--list", action="store_true",
+    choosing.add_argument("--list", action="store_true",
                         help="list the Jupyter servers running on the host (numbered) and exit")
-    parser.add_argument("--json", action="store_true",
+    local.add_argument("--json", action="store_true",
                         help="machine-readable output on stdout: the --list as a JSON array, or, "
                              "once the tunnel is ready, one JSON object (url, local_port, ...) "
                              "instead of the URL")
-    parser.add_argument("--port", type=int_option(1, 65535), metavar="RPORT",
+    choosing.add_argument("--port", type=int_option(1, 65535), metavar="RPORT",
                         help="use the server listening on this remote port")
-    parser.add_argument("--dir", metavar="TEXT", help="use the server whose root directory contains TEXT")
-    parser.add_argument("--pick", type=int_option(1, MAX_PICK), metavar="N", help="use server number N of --list")
-    parser.add_argument("--local-port", type=int_option(1, 65535), metavar="LPORT",
+    choosing.add_argument("--dir", metavar="TEXT", help="use the server whose root directory contains TEXT")
+    choosing.add_argument("--pick", type=int_option(1, MAX_PICK), metavar="N", help="use server number N of --list")
+    local.add_argument("--local-port", type=int_option(1, 65535), metavar="LPORT",
                         help="local port to use [default: the remote port, or the next free one]")
-    parser.add_argument("-w", "--timeout", type=number_option("seconds", MAX_TIMEOUT, durations=True),
+    lifetime.add_argument("-w", "--timeout", type=number_option("seconds", MAX_TIMEOUT, durations=True),
                         default=DEFAULT_TIMEOUT, metavar="SECONDS",
                         help=f"give up when Jupyter does not answer (with --start: has not started) within "
                              f"SECONDS (at most {MAX_TIMEOUT:g}; sleep syntax works too: 90s, 5m, 1.5h); with "
                              "--submit, the job's whole wait in the queue [default: %(default)g]")
-    parser.add_argument("--keepalive", type=int_option(1, MAX_KEEPALIVE), default=DEFAULT_KEEPALIVE,
+    connection.add_argument("--keepalive", type=int_option(1, MAX_KEEPALIVE), default=DEFAULT_KEEPALIVE,
                         metavar="SECONDS",
                         help=f"ssh keepalive interval (1 to {MAX_KEEPALIVE}): a dead connection is noticed "
                              "after 3 of them [default: %(default)s]")
-    parser.add_argument("--no-reconnect", action="store_true",
+    lifetime.add_argument("--no-reconnect", action="store_true",
                         help="exit (code 8) when the connection drops instead of reconnecting")
-    parser.add_argument("--max-retries", type=int_option(1, MAX_RETRIES), default=DEFAULT_MAX_RETRIES,
+    lifetime.add_argument("--max-retries", type=int_option(1, MAX_RETRIES), default=DEFAULT_MAX_RETRIES,
                         metavar="N",
                         help=f"give up (code 8) after N failed reconnection attempts after a drop (at most "
                              f"{MAX_RETRIES}); {MAX_REFUSED_LOGINS} logins refused by the server end the run "
                              "anyway [default: %(default)s]")
-    parser.add_argument("--check-interval", type=number_option("seconds", MAX_CHECK_INTERVAL),
+    lifetime.add_argument("--check-interval", type=number_option("seconds", MAX_CHECK_INTERVAL),
                         default=DEFAULT_CHECK_INTERVAL, metavar="SECONDS",
                         help=f"how often to check that the Jupyter server still runs (at most "
                              f"{MAX_CHECK_INTERVAL:g}); the tunnel closes (code 0) when it has stopped "

@@ -639,3 +639,16 @@ def test_no_server_names_the_next_step(on_node, next_step):
 def test_probe_verdict(answer, token_sent, verdict):
     parsed = None if answer is None else jt.parse_probe_answer(answer)
     assert jt.probe_verdict(parsed, token_sent) == verdict
+
+
+def test_help_groups_the_options_and_ends_with_three_examples():
+    text = jt.build_parser().format_help()
+    # Python < 3.10's argparse calls the first group "optional arguments"
+    headings = [line.replace("optional arguments:", "options:") for line in text.splitlines()
+                if line.endswith(":") and not line.startswith(" ")]
+    assert headings == ["options:", "connection (one login per host for the whole run):", "choosing a server:",
+                        "the browser and the local port:", "lifetime: waiting, reconnecting, closing:",
+                        "starting a server (--start):", "a cluster job (--submit, -n auto, --job):", "examples:"]
+    examples = text.split("examples:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert [line.split(":", 1)[0].strip() for line in examples] == [
+        "through a gateway", "start one if none runs", "a cluster job"]
