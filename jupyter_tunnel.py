@@ -1485,7 +1485,7 @@ def discover(master: Master, timeout: float = 60.0) -> list[Server]:
 # A waiter writes a marker every second: once the run has gone, the write kills it.
 START_SCRIPT = r"""M=@MARK@
 exec 3>&1
-fail() { echo "$M fail $1" >&3; if [ -n "${log:-}" ]; then echo "$M tail" >&3; tail -n @TAIL@ "$log" >&3; fi; exit 0; }
+fail() { printf '%s fail %s\n' "$M" "$1" >&3; if [ -n "${log:-}" ]; then echo "$M tail" >&3; tail -n @TAIL@ "$log" >&3; fi; exit 0; }
 umask 077
 state="${XDG_STATE_HOME:-$HOME/.local/state}/jupyter-tunnel"
 mkdir -p "$state" && chmod 700 "$state" || fail "cannot create the directory $state"

@@ -258,3 +258,13 @@ def test_start_script_starts_nothing_when_another_run_started_a_server(remote, t
 ])
 def test_parse_marks(output, marks, tail):
     assert jt.parse_marks(output) == (marks, tail)
+
+
+def test_a_failing_pre_is_named_whole_backslashes_included(tmp_path):
+    """The failure line is printf's, not echo's: dash's echo would turn a "\\n" in the user's
+    command into a line break and cut the message."""
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    pre = r"printf 'a\nb' >/dev/null; false"
+    script = jt.build_start_script(jt.StartOptions(jupyter="no-such-jupyter", pre=(pre,)), 5)
+    done = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True, env=env)
+    assert jt.parse_start_output(done.stdout).failure == f"failed: {pre}", done.stdout
