@@ -3286,22 +3286,35 @@ def parse_state(data: bytes) -> dict | None:
     return state
 
 
-def read_state(path: str) -> dict | None:
-    """One registry entry, or None when it is gone or not one.
+def open_own_file(path: str) -> int | None:
+    """A read-only descriptor of ``path`` if it is a regular file of ours, else None (closed).
 
-    Only a regular file of ours, and at most MAX_STATE_BYTES of it: the directory is private,
-    but a FIFO named ``*.json`` would block a plain open() for ever (O_NONBLOCK: it opens at
-    once, and fstat tells it is no file), and a huge file would be read whole.
+    Never a wait and never a link followed, whatever a registry or private directory holds:
+    a FIFO would block a plain open() for ever (O_NONBLOCK opens it at once, and fstat tells
+    it is no file), and O_NOFOLLOW refuses a symbolic link (ELOOP).
     """
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags)
-    except OSError:  # gone, a symbolic link (ELOOP), unreadable
+    except OSError:  # gone, a symbolic link, unreadable
         return None
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_size > MAX_STATE_BYTES:
-            return None
+    except OSError:
+        info = None
+    if info is None or not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+        os.close(fd)
+        return None
+    return fd
+
+
+def read_state(path: str) -> dict | None:
+    """One registry entry, or None when it is gone or not one: only a regular file of ours
+    (open_own_file), and at most MAX_STATE_BYTES of it (a huge file is not read whole)."""
+    fd = open_own_file(path)
+    if fd is None:
+        return None
+    try:
         data = os.read(fd, MAX_STATE_BYTES + 1)
     except OSError:
         return None
@@ -3498,14 +3511,11 @@ def holds_run_lock(pid: int, control_dir: object) -> bool:
     except ImportError:
         return False
     path = os.path.join(control_dir, RUN_LOCK)  # type: ignore[arg-type]
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
+    fd = open_own_file(path)
+    if fd is None:
         return False
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or os.read(fd, 32).strip() != str(pid).encode():
+        if os.read(fd, 32).strip() != str(pid).encode():
             return False
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
