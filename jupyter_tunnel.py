@@ -4261,7 +4261,6 @@ def run_tunnel(args: argparse.Namespace) -> int:
     password = read_password() if args.password else None
     prune_registry()  # a SIGKILLed tunnel's ssh master and files go now
     tunnel = Tunnel(settings, ssh, route, password)
-    ready = False
     # SIGINT explicitly too: a shell starts a background job with SIGINT ignored, and
     # jupyter-tunnel-shutdown interrupts tunnels with it, as Ctrl+C would.  The handlers
     # are the caller's again when this returns (main() may be called in-process).
@@ -4274,7 +4273,6 @@ def run_tunnel(args: argparse.Namespace) -> int:
         if args.list:
             return run_list(tunnel, args.json)
         tunnel.connect()
-        ready = True
         tunnel.announce()
         if (browser is not None or args.browser is None) and tunnel.relay is not None:
             open_browser(browser, tunnel.url, tunnel.relay)
@@ -4286,7 +4284,7 @@ def run_tunnel(args: argparse.Namespace) -> int:
         tunnel.server = tunnel.job = None  # nothing left for --stop-server to stop
         return EXIT_OK
     except (KeyboardInterrupt, Interrupted):
-        if ready:
+        if tunnel.ready:
             say("Info", "Closing the tunnel.")
             return EXIT_OK
         tunnel.end_prompts()
