@@ -121,7 +121,14 @@ def measure(hops: int, sshd: realenv.SshServer, server: realenv.JupyterProc, siz
                               capture_output=True, text=True, timeout=30)
         if done.returncode != 0:
             raise RuntimeError(f"cannot add the direct forward: {done.stderr.strip()}")
-        wait_for(lambda: small_requests(direct_port, server.token, 1, False) >= 0, 10, what="the direct forward")
+        def answers() -> bool:
+            try:
+                small_requests(direct_port, server.token, 1, False)
+            except (OSError, RuntimeError):
+                return False
+            return True
+
+        wait_for(answers, 10, what="the direct forward")
         samples: Dict[str, Dict[str, List[float]]] = {
             side: {"download": [], "new": [], "alive": []} for side in ("relay", "direct")}
         for side, port in (("relay", relay_port), ("direct", direct_port)):  # warm-up

@@ -308,7 +308,8 @@ def test_a_damaged_field_is_listed_without_a_traceback(field, value):
     json.dumps(tunnel.to_json(), allow_nan=False)  # --json prints valid JSON
     assert jt.format_table([sd.TABLE_COLUMNS, sd.table_row(tunnel)])
     assert tunnel.describe()
-    assert jt._number(state.get("started")) == 0.0  # the sort key: not a finite number, so 0
+    if field == "started":
+        assert jt._number(state["started"]) == 0.0  # the sort key: not a finite number, so 0
 
 
 @pytest.mark.parametrize("text", ["1e400", "NaN", "[4242]", '{"pid": 1e400}', '{"pid": NaN}', '{"pid": "4242"}',
