@@ -556,6 +556,7 @@ CODE_PROMPT = "Verification code: "  # pam_google_authenticator's
 FORWARD_PASS_PROMPT = "Password & verification code: "  # ...with its forward_pass option
 # one failed attempt each, as sshd logs it (kbdint through PAM, or plain password)
 _FAILED_RE = re.compile(r"\bFailed (?:keyboard-interactive/pam|password) for ")
+_CLOSED_RE = re.compile(r"\b(?:Connection closed by|Disconnected from) ")  # a connection's end, logged last
 
 # PAM stacks of the 2FA sshd (TwoFactorServer.use_pam).  "code": pam_unix's "Password: ",
 # then google-authenticator's "Verification code: "; after an accepted key (AuthenticationMethods
@@ -660,17 +661,25 @@ class TwoFactorServer(SshServer):
 
     def failures_since(self, offset: int) -> List[str]:
         """The "Failed keyboard-interactive/pam|password for ..." lines logged after ``offset``."""
+        return self._lines_since(offset, _FAILED_RE)
+
+    def closed_since(self, offset: int) -> List[str]:
+        """The lines of a connection's end logged after ``offset`` (its failures come before)."""
+        return self._lines_since(offset, _CLOSED_RE)
+
+    def _lines_since(self, offset: int, pattern: "re.Pattern[str]") -> List[str]:
+        """The whole lines matching ``pattern`` logged after ``offset``."""
         with open(self.log, "rb") as f:
             f.seek(offset)
             lines = f.read().decode("utf-8", errors="replace").split("\n")[:-1]
-        return [line for line in lines if _FAILED_RE.search(line)]
+        return [line for line in lines if pattern.search(line)]
 
     def stop(self) -> None:
-        """Stop it; remove its PAM file and its link."""
-        super().stop()
-        TWO_FACTOR_PAM.unlink(missing_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(TWO_FACTOR_SSHD)
+        """Stop it; remove its PAM file and its link (whatever stopping it raised)."""
+        try:
+            super().stop()
+        finally:
+            remove_two_factor_files()
 
 
 def start_two_factor_sshd(d: Path, base: SshServer) -> TwoFactorServer:

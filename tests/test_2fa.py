@@ -173,7 +173,8 @@ def test_no_terminal_no_prompt_based_login(twofa, jtuser_server):
         assert last.startswith("Error: logging in to srv via tgw needs a password, key passphrase or "
                                "verification code, and there is no terminal to ask it on"), last
         assert "ssh-agent" in last and "ControlMaster" in last and "-p" in last
-        time.sleep(1)  # sshd logs a failure when the connection closes: none may come
+        # a failure would be logged before the connection's end: none may come
+        wait_for(lambda: twofa.closed_since(offset), 10, what="sshd to log the connection's end")
         assert twofa.failures_since(offset) == []
         run.assert_clean()
     finally:
@@ -190,7 +191,8 @@ def test_dash_p_without_a_terminal_spends_no_attempt_on_a_code(twofa):
         last = run.stderr.splitlines()[-1]
         assert last.startswith("Error: cannot connect to srv via tgw: jupyter-tunnel: no terminal to ask "
                                "'(jtuser@127.0.0.1) Verification code:' on (-p answers the password only)"), last
-        time.sleep(1)  # sshd logs a failure when the connection closes: none may come
+        # a failure would be logged before the connection's end: none may come
+        wait_for(lambda: twofa.closed_since(offset), 10, what="sshd to log the connection's end")
         assert twofa.failures_since(offset) == []
         run.assert_clean()
     finally:
