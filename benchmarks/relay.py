@@ -181,10 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with realenv.environment(USER, no_lock=args.no_lock, on_wait=note) as (sshd, server, _directory):
             path = Path(server.root_dir) / FILE
-            path.write_bytes(os.urandom(args.megabytes * 1_000_000))
-            account = realenv.user_accounts()[USER]  # set up by environment()
-            os.chown(path, account.uid, account.gid)
             try:
+                path.write_bytes(os.urandom(args.megabytes * 1_000_000))
+                account = realenv.user_accounts()[USER]  # set up by environment()
+                os.chown(path, account.uid, account.gid)
                 for hops in args.hops:
                     note(f"{hops} hop(s): {args.runs} runs...")
                     results[hops] = measure(hops, sshd, server, args.megabytes * 1_000_000, args.runs, args.requests)

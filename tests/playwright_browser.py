@@ -63,7 +63,9 @@ def visit(browser, url: str, result: dict) -> None:
 
 def stay(page, go: str, result: dict) -> None:
     """Keep the tab; once ``go`` exists, fetch api/kernels from it until it answers 200."""
-    write_result(os.environ["JT_BROWSER_RESULT"], dict(result, waiting=True))
+    # its pid: it runs in a session of its own (the tool detaches the browser), so a test that
+    # fails before "go" must be able to stop it
+    write_result(os.environ["JT_BROWSER_RESULT"], dict(result, waiting=True, pid=os.getpid()))
     deadline = time.monotonic() + 300
     while not os.path.exists(go) and time.monotonic() < deadline:
         time.sleep(0.1)

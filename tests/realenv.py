@@ -696,53 +696,61 @@ def start_two_factor_sshd(d: Path, base: SshServer) -> TwoFactorServer:
         raise SetupError(f"{TWO_FACTOR_SSHD} exists and is not a link to {SSHD}: not touching it")
     if not os.path.lexists(TWO_FACTOR_SSHD):
         os.symlink(SSHD, TWO_FACTOR_SSHD)
-    secret_dir = d / "secrets"
-    secret_dir.mkdir(mode=0o700)
-    secret = base64.b32encode(random_secrets.token_bytes(10)).decode()
-    # google-authenticator's file format: the secret, then its options; no DISALLOW_REUSE nor
-    # RATE_LIMIT (a test logs in several times within one 30 s step), WINDOW_SIZE 3: the code of
-    # the step before and after is taken too
-    path = secret_dir / SERVER_USER
-    path.write_text(f'{secret}\n" WINDOW_SIZE 3\n" TOTP_AUTH\n')
-    path.chmod(0o400)  # owned by root, as user=root wants
-    (d / "keyed.sh").write_text(_KEYED)
-    (d / "keyed.sh").chmod(0o755)
+    server: Optional[TwoFactorServer] = None
+    try:  # from here on, the link and the PAM file go again whatever fails
+        secret_dir = d / "secrets"
+        secret_dir.mkdir(mode=0o700)
+        secret = base64.b32encode(random_secrets.token_bytes(10)).decode()
+        # google-authenticator's file format: the secret, then its options; no DISALLOW_REUSE nor
+        # RATE_LIMIT (a test logs in several times within one 30 s step), WINDOW_SIZE 3: the code of
+        # the step before and after is taken too
+        path = secret_dir / SERVER_USER
+        path.write_text(f'{secret}\n" WINDOW_SIZE 3\n" TOTP_AUTH\n')
+        path.chmod(0o400)  # owned by root, as user=root wants
+        (d / "keyed.sh").write_text(_KEYED)
+        (d / "keyed.sh").chmod(0o755)
 
-    key_port = free_port(LISTEN_ADDRESSES, exclude=[base.port, base.pw_port])
-    code_port = free_port(LISTEN_ADDRESSES, exclude=[base.port, base.pw_port, key_port])
-    listen = "\n".join(f"ListenAddress {a}:{p}" for a in LISTEN_ADDRESSES for p in (key_port, code_port))
-    (d / "sshd_config").write_text(_TWO_FACTOR_SSHD_CONFIG.format(
-        listen=listen, base=base.dir, dir=d, code_port=code_port, key_port=key_port))
-    known_hosts = d / "known_hosts"
-    known_hosts.write_text(known_hosts_text(base.dir / "host_ed25519.pub",
-                                            (base.port, base.pw_port, key_port, code_port)))
+        key_port = free_port(LISTEN_ADDRESSES, exclude=[base.port, base.pw_port])
+        code_port = free_port(LISTEN_ADDRESSES, exclude=[base.port, base.pw_port, key_port])
+        listen = "\n".join(f"ListenAddress {a}:{p}" for a in LISTEN_ADDRESSES for p in (key_port, code_port))
+        (d / "sshd_config").write_text(_TWO_FACTOR_SSHD_CONFIG.format(
+            listen=listen, base=base.dir, dir=d, code_port=code_port, key_port=key_port))
+        known_hosts = d / "known_hosts"
+        known_hosts.write_text(known_hosts_text(base.dir / "host_ed25519.pub",
+                                                (base.port, base.pw_port, key_port, code_port)))
 
-    def hosts(aliases: Mapping[str, str]) -> str:
-        return "\n".join(f"Host {alias}\n    HostName {addr}" for alias, addr in aliases.items())
+        def hosts(aliases: Mapping[str, str]) -> str:
+            return "\n".join(f"Host {alias}\n    HostName {addr}" for alias, addr in aliases.items())
 
-    config = d / "ssh_config"
-    config.write_text(_TWO_FACTOR_HOSTS.format(
-        code_aliases=" ".join(CODE_ALIASES), key_aliases=" ".join(KEY_CODE_ALIASES),
-        code_hosts=hosts(CODE_ALIASES), key_hosts=hosts(KEY_CODE_ALIASES), code_port=code_port,
-        key_port=key_port, user=SERVER_USER, client_key=base.client_key)
-        + ssh_config_text(base.dir, config, base.port, base.pw_port, known_hosts, connect_timeout=None))
-    server = TwoFactorServer(
-        dir=d, config=config, sshd_config=d / "sshd_config", log=d / "sshd.log", port=key_port,
-        pw_port=code_port, client_key=base.client_key, known_hosts=known_hosts, askpass=base.askpass,
-        proc=None,  # type: ignore[arg-type]  # set below, once the PAM file is there
-        secrets=secret_dir, secret=secret)
-    server.use_pam("code")
-    try:
+        config = d / "ssh_config"
+        config.write_text(_TWO_FACTOR_HOSTS.format(
+            code_aliases=" ".join(CODE_ALIASES), key_aliases=" ".join(KEY_CODE_ALIASES),
+            code_hosts=hosts(CODE_ALIASES), key_hosts=hosts(KEY_CODE_ALIASES), code_port=code_port,
+            key_port=key_port, user=SERVER_USER, client_key=base.client_key)
+            + ssh_config_text(base.dir, config, base.port, base.pw_port, known_hosts, connect_timeout=None))
+        server = TwoFactorServer(
+            dir=d, config=config, sshd_config=d / "sshd_config", log=d / "sshd.log", port=key_port,
+            pw_port=code_port, client_key=base.client_key, known_hosts=known_hosts, askpass=base.askpass,
+            proc=None,  # type: ignore[arg-type]  # set below, once the PAM file is there
+            secrets=secret_dir, secret=secret)
+        server.use_pam("code")
         run([TWO_FACTOR_SSHD, "-t", "-f", str(d / "sshd_config")], "sshd -t (2FA config check)")
         server.proc = _spawn_sshd(TWO_FACTOR_SSHD, d / "sshd_config", server.log, d / "sshd.out")
         _wait_listening(server.proc, (key_port, code_port), server.log, d / "sshd.out")
     except BaseException:
-        if server.proc is not None:
+        if server is not None and server.proc is not None:
             server.stop()
         else:
-            TWO_FACTOR_PAM.unlink(missing_ok=True)
+            remove_two_factor_files()
         raise
     return server
+
+
+def remove_two_factor_files() -> None:
+    """Remove the 2FA sshd's PAM file and its link (the system's own files are never touched)."""
+    TWO_FACTOR_PAM.unlink(missing_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(TWO_FACTOR_SSHD)
 
 
 # --- Jupyter -----------------------------------------------------------------

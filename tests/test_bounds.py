@@ -161,18 +161,29 @@ def test_run_bounded_stops_reading_at_its_caps(script, said):
     assert caught.value.code == jt.EXIT_ERROR
 
 
+# a sleep the test can find again (its argument is the test's own directory) and stop
+SLEEP = "python3 -c 'import time; time.sleep(60)' {mark}"
+
+
 @pytest.mark.parametrize("script", [
-    "sleep 60",  # never ends
+    "{sleep}",  # never ends
     # ends, but leaves its output open in another process, as the ssh master holds a mux
     # client's pipes after it is killed: a read to EOF waited for ever
-    "sleep 60 & exit 0",
-    "exec 1>&- 2>&-; sleep 60",  # closes its output, never exits
+    "{sleep} & exit 0",
+    "exec 1>&- 2>&-; {sleep}",  # closes its output, never exits
 ])
-def test_run_bounded_ends_at_its_deadline(script):
+def test_run_bounded_ends_at_its_deadline(script, tmp_path):
     started = time.monotonic()
-    with pytest.raises(subprocess.TimeoutExpired):
-        run_bounded(script, timeout=0.5)
-    assert time.monotonic() - started < 10  # a generous bound
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            run_bounded(script.format(sleep=SLEEP.format(mark=tmp_path)), timeout=0.5)
+        assert time.monotonic() - started < 10  # a generous bound
+    finally:  # run_bounded kills the command it ran (sh), not what that left running
+        for pid in helpers.user_processes(os.getuid(), str(tmp_path)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def test_run_bounded_answers():

@@ -277,9 +277,11 @@ def test_the_port_stays_the_runs_through_a_reconnect_and_the_open_tab_works_agai
     url = run.url()
     port = local_port_of(url)
     seen = browser_result(tmp_path, lambda seen: seen.get("waiting") or "error" in seen)
-    assert seen["lab_ui"], seen
-    other = OtherUser(test_users[NO_SERVER_USER], "race", port, ["127.0.0.1", "::1"])
+    browser_pid = seen.get("pid")
+    other = None
     try:
+        assert seen["lab_ui"], seen
+        other = OtherUser(test_users[NO_SERVER_USER], "race", port, ["127.0.0.1", "::1"])
         assert other.bound == []
         master = run.states()[0]["master_pid"]
         os.kill(master, signal.SIGKILL)
@@ -293,7 +295,14 @@ def test_the_port_stays_the_runs_through_a_reconnect_and_the_open_tab_works_agai
         assert run.stop() == jt.EXIT_OK
         run.assert_clean()
     finally:
-        other.kill()
+        go.touch()
+        if browser_pid:
+            try:
+                os.killpg(browser_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # done and gone
+        if other is not None:
+            other.kill()
 
 
 def test_stop_server_sends_the_token_nowhere_when_the_local_port_is_taken(tunnel, start_jupyter, test_users):
