@@ -46,6 +46,7 @@ ProxyJump, agents, ControlMaster and 2FA prompts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import functools
 import json
@@ -891,6 +892,25 @@ def run_bounded(argv: list[str], env: Mapping[str, str], stdin: bytes, timeout: 
     return process.returncode, bytes(stdout), list(kept)
 
 
+def shown(argv: list[str], verbose: int) -> list[str]:
+    """``argv`` as run: with ``-v`` at -vv, shown on a ``Debug:`` line from -v on.
+
+    Only the argv is shown, never the environment: that is where ``-p``'s password is.
+    """
+    if verbose >= 2:
+        argv = [argv[0], "-v", *argv[1:]]
+    if verbose:
+        say("Debug", shlex.join(argv))
+    return argv
+
+
+def echo(stderr: bytes, verbose: int) -> None:
+    """At -vv, show what a multiplexed ssh said (its ``debug1:`` lines)."""
+    if verbose >= 2:
+        for line in stderr.decode(errors="replace").splitlines():
+            print(escape_text(line), file=sys.stderr, flush=True)
+
+
 class Master:
     """The one ssh connection of the run, and the multiplexed commands sent through it."""
 
@@ -911,21 +931,16 @@ class Master:
         self._reader: threading.Thread | None = None
 
     def shown(self, argv: list[str]) -> list[str]:
-        """``argv`` as run: with ``-v`` at -vv, shown on a ``Debug:`` line from -v on.
+        """``argv`` as run (see shown)."""
+        return shown(argv, self.verbose)
 
-        Only the argv is shown, never the environment: that is where ``-p``'s password is.
-        """
-        if self.verbose >= 2:
-            argv = [argv[0], "-v", *argv[1:]]
-        if self.verbose:
-            say("Debug", shlex.join(argv))
-        return argv
+    def reach(self, node: str) -> None:
+        """From now on the remote commands and forwards go on to ``node`` (a job's)."""
+        self.route = self.route._replace(node=node)
 
     def echo(self, stderr: bytes) -> None:
-        """At -vv, show what a multiplexed ssh said (its ``debug1:`` lines)."""
-        if self.verbose >= 2:
-            for line in stderr.decode(errors="replace").splitlines():
-                print(escape_text(line), file=sys.stderr, flush=True)
+        """At -vv, show what a multiplexed ssh said (see echo)."""
+        echo(stderr, self.verbose)
 
     def open(self, on_start: Callable[[int], None] = lambda pid: None) -> None:
         """Start the master and wait until it has logged in (its control socket exists);
@@ -1104,21 +1119,22 @@ def find_shared_master(ssh: str, route: Route, directory: str, env: dict[str, st
     """The user's own live master to the target, as the config in force names it; None when
     there is none.  ``ssh -G`` (one exec, ~8 ms next to a login of 0.2 s to seconds) is the
     truth about the config; ``-O check`` runs only when something listens at the ControlPath."""
-    master = SharedMaster(ssh, route, directory, env, verbose, "")
-    argv = master.shown(build_settings_argv(ssh, master.config, route))
-    done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=30)
-    master.control = shared_control_path(parse_ssh_settings(done.stdout.decode(errors="replace")),
-                                         bool(route.node or route.scheduled))
-    if done.returncode != 0 or not master.control or not mux_hello(master.control):
+    config = os.path.join(directory, CONFIG_FILE)
+    done = subprocess.run(shown(build_settings_argv(ssh, config, route), verbose), stdin=subprocess.DEVNULL,
+                          capture_output=True, env=env, timeout=30)
+    control = shared_control_path(parse_ssh_settings(done.stdout.decode(errors="replace")),
+                                  bool(route.node or route.scheduled))
+    if done.returncode != 0 or not control or not mux_hello(control):
         return None
     # a master says hello: -O check tells whether it takes requests (and its pid).  A socket
     # that is no working master makes ssh fall back to a login and exit 0 (OpenSSH 9.2):
     # build_mux_argv's options make that fail instead, and only the master's answer counts.
-    argv = build_mux_argv(ssh, master.config, master.control, route, "-O", "check")
-    check = subprocess.run(master.shown(argv), stdin=subprocess.DEVNULL, capture_output=True, env=env,
-                           timeout=30)
-    master.echo(check.stderr)
-    return master if check.returncode == 0 and b"Master running" in check.stderr else None
+    argv = shown(build_mux_argv(ssh, config, control, route, "-O", "check"), verbose)
+    check = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=30)
+    echo(check.stderr, verbose)
+    if check.returncode != 0 or b"Master running" not in check.stderr:
+        return None
+    return SharedMaster(ssh, route, directory, env, verbose, control)
 
 
 def mux_hello(path: str, timeout: float = MUX_HELLO_TIMEOUT) -> bool:
@@ -1414,9 +1430,9 @@ def parse_discovery_failure(route: Route, returncode: int, stdout: str, stderr: 
                        EXIT_ERROR)
 
 
-def discover(master: Master, timeout: float = 60.0) -> list[Server]:
-    """The live Jupyter servers on the target (or its node), found through the master."""
-    route = master.route
+def discover(master: Master, node: str | None = None, timeout: float = 60.0) -> list[Server]:
+    """The live Jupyter servers on the target (or its node, or ``node``), found through the master."""
+    route = master.route if node is None else master.route._replace(node=node)
     where = route.describe_server_host()
     try:
         # -A: with -n, the head logs into the node with the user's agent; the agent is
@@ -1745,6 +1761,36 @@ GONE_SCRIPT = r"""f=@FILE@
 tries=0
 while [ -e "$f" ]; do tries=$((tries + 1)); [ $tries -le @TRIES@ ] || exit 1; sleep 0.1 2>/dev/null || sleep 1; done
 """
+
+
+def close_server(master: Master | None, host: str, forward: str, server: Server, stop: bool, reached: bool,
+                 started: bool, start: bool) -> None:
+    """At close: with ``stop`` (--stop-server), shut the server on ``host`` down through the
+    master; else say whether it keeps running.  ``reached``: the tunnel answered once, or the
+    run started the server; ``start``: --start was given."""
+    # a server never reached through the tunnel (the run failed before) is left alone,
+    # unless this run started it
+    if not stop or not reached:
+        if started:
+            say("Info", f"The Jupyter server started on {host} keeps running (pid {server.pid}): "
+                        "a later jupyter-tunnel attaches to it; --stop-server stops it when the tunnel closes.")
+        return
+    if start and not started:
+        # "--start --stop-server" reads "a server for this session": one that ran before
+        # (someone else's work in it, maybe) is not the run's to stop; plain --stop-server
+        # names the attached server, and stops it
+        say("Info", f"The Jupyter server on {host} was already running: left running (--stop-server "
+                    "stops only a server this run started when used with --start)")
+        return
+    if master is None or not master.alive():
+        say("Warning", f"the connection to {host} is gone: cannot stop its Jupyter server (pid {server.pid})")
+        return
+    say("Info", f"Stopping the Jupyter server on {host} (pid {server.pid})...")
+    if forward and shutdown_server(master, forward, server):
+        say("Info", "The Jupyter server has stopped.")
+    else:
+        say("Warning", f"the Jupyter server on {host} (pid {server.pid}) may still run: "
+                       "it did not shut down when asked")
 
 
 def shutdown_server(master: Master, forward: str, server: Server, timeout: float = 30.0) -> bool:
@@ -2182,6 +2228,24 @@ def check_ready(job: ClusterJob, route: Route, timeout: float) -> None:
                       EXIT_TIMEOUT)
 
 
+def find_job(master: Master, options: ClusterOptions, timeout: float, pick: int | None = None) -> ClusterJob:
+    """Step 2: the job whose node the server runs on: submitted and waited for (--submit), or
+    found (-n auto, --job ID, --pick N)."""
+    head = master.route.target
+    if options.submit:
+        job = submit_job(master, options, timeout)
+        check_ready(job, master.route, timeout)
+        if job.existing:
+            say("Info", f"Your Jupyter {job.describe()} already runs on {job.node}: attaching to it "
+                        "instead of submitting another (--new submits one).")
+        return job
+    jobs = find_jobs(master, options)
+    if options.job and not jobs:
+        raise TunnelError(f"no job {options.job} of yours is pending or running on {head}'s cluster",
+                          EXIT_NO_SERVER)
+    return choose_job(jobs, head, pick)
+
+
 # ---------------------------------------------------------------------------- 3. choose
 
 
@@ -2271,6 +2335,28 @@ def choose_server(servers: Sequence[Server], host: str, port: int | None = None,
         "choose one with --port PORT, --dir TEXT or --pick N",
         EXIT_NO_SERVER,
     )
+
+
+def choose_or_start(master: Master, servers: list[Server], start: StartOptions | None, timeout: float,
+                    port: int | None, directory: str | None, pick: int | None) -> tuple[Server, Started | None]:
+    """The server to tunnel to, and how it was started (None: it ran already); with ``start``
+    (--start), one started now when none matches."""
+    host, known = master.route.server_host, {server.pid for server in servers}
+    for _ in range(START_ATTEMPTS):
+        if start is None or select_servers(servers, port, directory, pick):
+            if start is not None:
+                say("Info", f"A Jupyter server already runs on {host}: attaching to it (--start was not needed).")
+            return choose_server(servers, host, port, directory, pick, on_node=bool(master.route.node)), None
+        started = start_server(master, start, timeout, known)
+        if started.server is not None:
+            return started.server, started
+        # another run of this account started a server while this one waited for the
+        # start lock (see START_SCRIPT): look again, and attach to it if it matches
+        say("Info", f"Another jupyter-tunnel started a Jupyter server on {host} meanwhile: looking again...")
+        servers = discover(master)
+        known |= {server.pid for server in servers} | set(started.changed)
+    raise TunnelError(f"Jupyter servers kept appearing on {host} while this run tried to start one; "
+                      "run it again", EXIT_START)
 
 
 # --------------------------------------------------------------------------- 4. forward
@@ -3034,6 +3120,20 @@ def follow_server(servers: Sequence[Server], previous: Server) -> Server | None:
     return None
 
 
+def find_again(servers: Sequence[Server], previous: Server, host: str) -> Server:
+    """After a reconnection: the server to forward to again (see follow_server); ServerStopped
+    when none runs, a TunnelError when others run and none is it."""
+    server = follow_server(servers, previous)
+    if server is None and not servers:
+        raise ServerStopped()
+    if server is None:
+        raise TunnelError(f"the Jupyter server on {host} is gone and {len(servers)} others run there: "
+                          "not following any", EXIT_NO_SERVER)
+    if (server.pid, server.port) != (previous.pid, previous.port):
+        say("Info", f"The Jupyter server was restarted: now {server.describe()}")
+    return server
+
+
 def server_stopped(master: Master, forward: str, server: Server) -> bool:
     """Whether the Jupyter server has stopped (the connection itself still up).
 
@@ -3049,6 +3149,92 @@ def server_stopped(master: Master, forward: str, server: Server) -> bool:
     except TunnelError:
         return False  # the connection is in trouble: that is the master's watch
     return all(s.key != server.key for s in servers)
+
+
+class JobWatch:
+    """The scheduler job a server runs in, while the tunnel stays: the warnings before its
+    time limit, its end (asked of the scheduler on the head: a node may refuse logins once
+    its job is gone), and, at close, its cancelling (--stop-server)."""
+
+    def __init__(self, job: ClusterJob, options: ClusterOptions, warn_before: float) -> None:
+        now = time.monotonic()
+        self.job = job
+        self.options = options
+        self.end = None if job.time_left is None else now + job.time_left  # time.monotonic() at the limit
+        # (monotonic time, seconds left then), soonest first
+        self.warnings = [(now + after, left) for after, left in build_warning_times(job.time_left, warn_before)]
+
+    def end_time(self) -> float | None:
+        """The job's time limit in epoch seconds, for the registry (None: no limit, or unknown)."""
+        left = self.time_left()
+        return None if left is None else time.time() + left
+
+    def time_left(self) -> float | None:
+        """Seconds until the job's time limit (None: no limit, or unknown)."""
+        return None if self.end is None else max(0.0, self.end - time.monotonic())
+
+    def describe_left(self) -> str:
+        """``1 h 30 min left``, or ``no time limit``."""
+        left = self.time_left()
+        return "no time limit" if left is None else f"{format_duration(left)} left"
+
+    def info(self) -> dict:
+        """The job's fields of the run's --json line."""
+        left = self.time_left()
+        return {"job": self.job.job, "scheduler": self.job.scheduler, "time_left": None if left is None else int(left)}
+
+    def wait_time(self, interval: float) -> float:
+        """Seconds until the next look: ``interval`` (--check-interval), or the next warning."""
+        if not self.warnings:
+            return interval
+        return max(0.0, min(interval, self.warnings[0][0] - time.monotonic()))
+
+    def warn(self) -> None:
+        """Print the warnings that are due (at --warn-before and 2 minutes before the end)."""
+        now = time.monotonic()
+        due = [warning for warning in self.warnings if warning[0] <= now]
+        if due:
+            self.warnings = self.warnings[len(due):]
+            # after a long sleep (a laptop's suspend) only the last one that is due
+            say("Warning", build_job_warning(self.job, min(due[-1][1], self.time_left() or 0.0)))
+
+    def ended(self, master: Master, forward: str, server: Server) -> bool:
+        """Whether the job has ended: asked of the scheduler once its server stops answering,
+        or its time limit has passed."""
+        overdue = self.end is not None and time.monotonic() >= self.end
+        if not overdue:
+            answer = probe_server(forward, server, timeout=10.0)
+            if answer is None or answer.jupyter:
+                return False
+        try:
+            jobs = find_jobs(master, self.options._replace(job=self.job.job, scheduler=self.job.scheduler),
+                             30.0, relay=False)
+        except TunnelError:
+            return False  # the connection is in trouble: that is the master's watch
+        # its time left is not taken again: the warnings already given would come again
+        return all(job.job != self.job.job or job.state not in ("running", "ready") for job in jobs)
+
+    def stop(self, master: Master | None, head: str, cancel: bool) -> None:
+        """At close: with ``cancel`` (--stop-server) cancel the job; else say that it keeps
+        running, and how to stop it."""
+        job = self.job
+        if not cancel:
+            left = self.time_left()
+            say("Info", f"{job.describe(first=True)} keeps running on {job.node}"
+                        + ("" if left is None else f" ({format_duration(left)} left)")
+                        + f": {job.cancel_command} on {head} stops it; jupyter-tunnel -n auto attaches to it again.")
+            return
+        if master is None or not master.alive():
+            say("Warning", f"the connection to {head} is gone: cannot cancel {job.describe()} "
+                           f"({job.cancel_command} on {head} does)")
+            return
+        say("Info", f"Cancelling {job.describe()} on {head}...")
+        try:
+            ask_node_tool(master, self.options.python, build_cancel_args(job), 60.0, relay=False)
+        except (TunnelError, OSError) as error:
+            say("Warning", f"{job.describe()} may still run: {error}")
+            return
+        say("Info", f"Cancelled {job.describe()}.")
 
 
 # ----------- the registry and process identity (shared with jupyter_tunnel_shutdown.py)
@@ -3689,6 +3875,24 @@ def _raise_interrupted(signum: int, _frame) -> None:
     raise Interrupted(signal.Signals(signum).name)
 
 
+@contextlib.contextmanager
+def signals_raised() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt, SIGTERM and SIGHUP Interrupted while inside; the
+    caller's handlers are put back after (main() may be called in-process)."""
+    # SIGINT explicitly too: a shell starts a background job with SIGINT ignored, and
+    # jupyter-tunnel-shutdown interrupts tunnels with it, as Ctrl+C would
+    previous = {signum: signal.getsignal(signum) for signum in HANDLED_SIGNALS}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_interrupted)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            # None: a handler not installed from Python, which cannot be put back as such
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
 class Settings(NamedTuple):
     """What a run needs of the command line (settings_from builds it from argparse's answer)."""
 
@@ -3707,6 +3911,8 @@ class Settings(NamedTuple):
     no_reconnect: bool = False
     max_retries: int = DEFAULT_MAX_RETRIES
     json: bool = False
+    listing: bool = False  # --list: print what runs, and stop
+    browser: str | None = None  # -b: None the default browser, "" none
     start: StartOptions | None = None  # --start: how to start a server when none runs
     stop_server: bool = False
     cluster: ClusterOptions | None = None  # --submit, -n auto, --job: the node comes from a job
@@ -3719,9 +3925,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if args.start:
         start = StartOptions(args.type or "lab", tuple(args.pre), args.conda_env or "", args.jupyter or "jupyter",
                              args.root_dir or "")
-    built = ("ssh_options", "start", "cluster", "warn_before")
+    browser = "" if args.browser is not None and args.browser.lower() in NO_BROWSER else args.browser
+    built = ("ssh_options", "listing", "browser", "start", "cluster", "warn_before")
     return Settings(**{name: getattr(args, name) for name in Settings._fields if name not in built},
-                    ssh_options=tuple(args.ssh_option), start=start, cluster=cluster_options(args),
+                    ssh_options=tuple(args.ssh_option), listing=args.list, browser=browser, start=start,
+                    cluster=cluster_options(args),
                     warn_before=DEFAULT_WARN_BEFORE if args.warn_before is None else args.warn_before)
 
 
@@ -3752,10 +3960,10 @@ def write_askpass(directory: str, password: str) -> dict[str, str]:
     return {"SSH_ASKPASS": askpass, "SSH_ASKPASS_REQUIRE": "force", PASSWORD_ENV: password}
 
 
-class Tunnel:
-    """One run and all it owns: the private directory, the registry entry, the agent and the
-    askpass helper it may start, the ssh master (re-opened when it drops), the forward and
-    the browser's one-time address.  ``close()`` takes them all down, whatever was reached."""
+class Connection:
+    """The run's one login per hop: its ssh config file, the agent and askpass helper it may
+    need, the master of the moment (the user's own, or the run's: opened again after a drop),
+    and the logins the server refused."""
 
     def __init__(self, settings: Settings, ssh: str, route: Route, password: str | None = None) -> None:
         self.settings = settings
@@ -3763,23 +3971,10 @@ class Tunnel:
         self.route = route
         self.password = password
         self.env = dict(os.environ)
-        self.directory = ""
+        self.directory = ""  # the run's private directory (set_up)
         self.registration: Registration | None = None
-        self.lock: int | None = None  # the descriptor of the run's lock (take_run_lock)
         self.agent: subprocess.Popen | None = None
         self.master: Master | None = None
-        self.server: Server | None = None
-        self.local_port: int | None = None
-        self.relay: Relay | None = None  # the local port, listened on by the run itself
-        self.forward = ""  # ssh's forward to the server: a unix socket in the private directory
-        self.status = 0  # HTTP status of the last successful probe
-        self.ready = False  # whether the tunnel has answered once (the URL was printed)
-        self.started = False  # whether this run started its server (--start)
-        self.start_log = ""  # --start: the started server's log on the remote
-        self.job: ClusterJob | None = None  # the scheduler job the server runs in
-        self.jobs: list[ClusterJob] | None = None  # --list -n auto: the jobs found
-        self.job_end: float | None = None  # time.monotonic() at the job's time limit
-        self.warnings: list[tuple[float, float]] = []  # (monotonic time, seconds left then), soonest first
         # ride the user's own master at the first login (never with -p or -a: they ask for
         # this run's own login); after it dies, the run logs in itself
         self.may_share = not (settings.new_login or settings.new_agent or password is not None)
@@ -3791,38 +3986,19 @@ class Tunnel:
         # whether its own logins use an agent of its own (-a, or none in the environment)
         self.own_agent = settings.new_agent or not self.env.get("SSH_AUTH_SOCK")
 
-    @property
-    def url(self) -> str:
-        """The URL of the server through the tunnel, with its token."""
-        assert self.server is not None and self.local_port is not None
-        return build_url(self.local_port, self.server)
-
-    def prepare(self) -> None:
-        """What the login needs: the private directory, the entry, askpass, the config."""
-        self.directory = make_private_dir()
-        # locked before the entry names the directory: a run is never seen registered and unlocked
-        self.lock = take_run_lock(self.directory)
-        # registered at once: from now on there is something to clean up after this run
-        self.registration = Registration(build_state(os.getpid(), self.route, self.directory, time.time()))
+    def set_up(self, directory: str, registration: Registration) -> None:
+        """Write what the logins need into the run's private ``directory``: askpass, the config."""
+        self.directory, self.registration = directory, registration
         if self.password is not None:
-            self.env.update(write_askpass(self.directory, self.password))
+            self.env.update(write_askpass(directory, self.password))
         self.write_config()
-
-    def start_agent(self) -> None:
-        """Start the run's own agent, if it needs one, before its first login of its own
-        (riding the user's master needs none)."""
-        if self.agent is None and self.own_agent:
-            assert self.registration is not None
-            self.agent, self.env["SSH_AUTH_SOCK"] = start_agent(self.directory, self.registration)
-            self.env.pop("SSH_AGENT_PID", None)
 
     def write_config(self) -> None:
         """(Re)write the ssh config file of the run (see build_ssh_config)."""
         # AddKeysToAgent only for an agent of the run's own, written before it is started:
         # until then no ssh of the run authenticates
         text = build_ssh_config(self.settings.ssh_config, self.settings.ssh_options,
-                                add_keys_to_agent=self.own_agent,
-                                password=self.password is not None,
+                                add_keys_to_agent=self.own_agent, password=self.password is not None,
                                 keepalive=self.settings.keepalive, batch=self.batch,
                                 first_hop=self.route.hosts[0])
         path = os.path.join(self.directory, CONFIG_FILE)
@@ -3833,343 +4009,66 @@ class Tunnel:
             for line in text.splitlines():
                 say("Debug", f"  {line}")
 
-    def login(self) -> list[Server]:
-        """Ride the user's open master, or open ours (the run's one login); discover the servers."""
+    def open(self) -> float | None:
+        """Ride the user's open master, or log in (the run's one login): the login's seconds,
+        None when riding."""
         if self.may_share:
             self.may_share = False
             self.master = find_shared_master(self.ssh, self.route, self.directory, self.env,
                                              self.settings.verbose)
             if self.master is not None:
                 say("Info", f"Using your open connection to {self.route.target} (no login).")
-                return self.discover()
-        self.start_agent()
-        self.master = Master(self.ssh, self.route, self.directory, self.env, self.settings.verbose,
-                             outlive_interrupt=self.settings.stop_server, batch=self.batch)
+                return None
+        assert self.registration is not None
+        if self.agent is None and self.own_agent:  # riding the user's master needs none
+            self.agent, self.env["SSH_AUTH_SOCK"] = start_agent(self.directory, self.registration)
+            self.env.pop("SSH_AGENT_PID", None)
+        self.master = master = Master(self.ssh, self.route, self.directory, self.env, self.settings.verbose,
+                                      outlive_interrupt=self.settings.stop_server, batch=self.batch)
         say("Info", f"Connecting to {self.route.describe()}...")
         started = time.monotonic()
         # registered before the login: a run killed while ssh waits (a slow host, a 2FA
         # prompt) leaves a master that the next run or jupyter-tunnel-shutdown must find
-        assert self.registration is not None
+        registration = self.registration
         try:
-            self.master.open(on_start=lambda pid: self.registration.update(state=CONNECTING, master_pid=pid))
+            master.open(on_start=lambda pid: registration.update(state=CONNECTING, master_pid=pid))
         except TunnelError as error:
-            if error.code == EXIT_CONNECT and is_login_refused(self.master.why()):
+            if error.code == EXIT_CONNECT and is_login_refused(master.why()):
                 self.refused_logins += 1
-                self.last_refusal = self.master.why()
+                self.last_refusal = master.why()
             raise
-        if self.settings.cluster is not None and not self.route.node:
-            say("Info", f"Connected in {time.monotonic() - started:.2f} s.")
-        else:
-            say("Info", f"Connected in {time.monotonic() - started:.2f} s; "
-                        f"looking for Jupyter servers on {self.route.describe_server_host()}...")
-        return self.discover()
+        return time.monotonic() - started
 
-    def discover(self) -> list[Server]:
-        """The servers found through the master; with --submit, -n auto or --job, on the job's
-        node, learnt first (none for --list -n auto: it lists the jobs)."""
-        assert self.master is not None
-        if self.settings.cluster is not None and not self.route.node:
-            if not self.find_node():
-                return []  # --list -n auto: the jobs are listed, none is chosen
-            say("Info", f"Looking for Jupyter servers on {self.route.describe_server_host()}...")
-        return discover(self.master)
+    def reach(self, node: str) -> None:
+        """From now on the remote commands and forwards go on to ``node`` (a job's)."""
+        self.route = self.route._replace(node=node)
+        if self.master is not None:
+            self.master.reach(node)
 
-    def find_node(self) -> bool:
-        """--submit, -n auto, --job: the job's node, asked of the scheduler on the head through
-        the master; False for --list -n auto, which lists the jobs and chooses none."""
-        assert self.master is not None and self.registration is not None and self.settings.cluster is not None
-        options, settings = self.settings.cluster, self.settings
-        if options.submit:
-            job = submit_job(self.master, options, settings.timeout)
-            check_ready(job, self.route, settings.timeout)
-            if job.existing:
-                say("Info", f"Your Jupyter {job.describe()} already runs on {job.node}: attaching to it "
-                            "instead of submitting another (--new submits one).")
-            else:
-                self.started = True
-                self.registration.update(started_server=True)
-            # the job's own server, whatever else runs on its node
-            self.settings = settings._replace(port=settings.port or job.port)
-        else:
-            jobs = find_jobs(self.master, options)
-            if options.listing:
-                self.jobs = jobs
-                return False
-            if options.job and not jobs:
-                raise TunnelError(f"no job {options.job} of yours is pending or running on "
-                                  f"{self.route.target}'s cluster", EXIT_NO_SERVER)
-            job = choose_job(jobs, self.route.target, settings.pick)
-            # --pick chose the job; on its node, its own server (several jobs may share a node)
-            self.settings = settings._replace(pick=None, port=settings.port or job.port)
-        self.attach_job(job)
-        return True
+    def refusal_error(self, refused_before: int) -> TunnelError | None:
+        """After a failed reconnection: the error that ends the run when the server refused
+        the login again (``refused_before``: the count before it), else None."""
+        # A refused login is a failed attempt at the server (a rate limit would refuse it
+        # again): without a way to ask it ends the run at once, else after MAX_REFUSED_LOGINS.
+        if self.refused_logins <= refused_before:
+            return None
+        if self.batch:
+            return TunnelError(build_login_error(self.route.describe(), self.last_refusal, batch=True,
+                                                 reconnecting=True), EXIT_LOST)
+        if self.refused_logins >= MAX_REFUSED_LOGINS:
+            return TunnelError(
+                f"the login to {self.route.describe()} was refused {self.refused_logins} times in "
+                f"this run ({self.last_refusal}): not trying again, as each refusal counts against "
+                "your account, which may lock. Check your password, key or verification code, and "
+                "run jupyter-tunnel again", EXIT_LOST)
+        return None
 
-    def attach_job(self, job: ClusterJob) -> None:
-        """From now on the route goes to the job's node; its time limit is watched."""
-        assert self.master is not None and self.registration is not None
-        self.job = job
-        self.route = self.master.route = self.route._replace(node=job.node)
-        self.set_time_left(job.time_left)
-        self.registration.update(node=job.node, remote_host=job.node, job=job.job, scheduler=job.scheduler)
-
-    def set_time_left(self, time_left: int | None) -> None:
-        """The job's time left, as the scheduler just said: the warnings and the registry follow it."""
-        now = time.monotonic()
-        self.job_end = None if time_left is None else now + time_left
-        self.warnings = [(now + after, left)
-                         for after, left in build_warning_times(time_left, self.settings.warn_before)]
-        if self.registration is not None:
-            self.registration.update(job_end=None if time_left is None else time.time() + time_left)
-
-    def time_left(self) -> float | None:
-        """Seconds until the job's time limit (None: no limit, or unknown)."""
-        return None if self.job_end is None else max(0.0, self.job_end - time.monotonic())
-
-    def warn_job_end(self) -> None:
-        """Print the warnings that are due (at --warn-before and 2 minutes before the end)."""
-        now = time.monotonic()
-        due = [warning for warning in self.warnings if warning[0] <= now]
-        if due and self.job is not None:
-            self.warnings = self.warnings[len(due):]
-            # after a long sleep (a laptop's suspend) only the last one that is due
-            say("Warning", build_job_warning(self.job, min(due[-1][1], self.time_left() or 0.0)))
-
-    def job_ended(self) -> bool:
-        """Whether the job has ended, as the scheduler tells (asked through the master, no
-        login into the node: a node may refuse logins once the job is gone)."""
-        assert self.master is not None and self.job is not None and self.settings.cluster is not None
-        try:
-            jobs = find_jobs(self.master, self.settings.cluster._replace(job=self.job.job, scheduler=self.job.scheduler),
-                             30.0, relay=False)
-        except TunnelError:
-            return False  # the connection is in trouble: that is the master's watch
-        # its time left is not taken again: the warnings already given would come again
-        return all(job.job != self.job.job or job.state not in ("running", "ready") for job in jobs)
-
-    def server_gone(self) -> bool:
-        """Whether the server (or the job it runs in) has ended; raises ServerStopped for a job."""
-        assert self.master is not None and self.server is not None
-        if self.job is None:
-            return server_stopped(self.master, self.forward, self.server)
-        overdue = self.job_end is not None and time.monotonic() >= self.job_end
-        if not overdue:
-            answer = probe_server(self.forward, self.server, timeout=10.0)
-            if answer is None or answer.jupyter:
-                return False
-        if self.job_ended():
-            raise ServerStopped(f"{self.job.describe(first=True)} has ended; closing the tunnel.")
-        return False
-
-    def next_check(self) -> float:
-        """Seconds until the next look at the server: --check-interval, or the next warning."""
-        if not self.warnings:
-            return self.settings.check_interval
-        return max(0.0, min(self.settings.check_interval, self.warnings[0][0] - time.monotonic()))
-
-    def connect(self) -> None:
-        """Log in, choose the server and forward the local port to it; wait until it answers."""
-        servers = self.login()
-        assert self.master is not None
-        if self.server is None:
-            self.server = self.choose_or_start(servers)
-        else:
-            server = follow_server(servers, self.server)
-            if server is None and not servers:
-                raise ServerStopped()
-            if server is None:
-                raise TunnelError(f"the Jupyter server on {self.route.server_host} is gone and "
-                                  f"{len(servers)} others run there: not following any", EXIT_NO_SERVER)
-            if (server.pid, server.port) != (self.server.pid, self.server.port):
-                say("Info", f"The Jupyter server was restarted: now {server.describe()}")
-            self.server = server
-        # the forward first: --stop-server can reach the server even when no local port can be had
-        self.forward = add_forward(self.master, self.server)
-        if self.relay is None:
-            fixed = self.settings.local_port is not None
-            first = self.settings.local_port or self.server.port or DEFAULT_SOCKET_PORT
-            self.relay = Relay(open_local_port(first, fixed), self.forward, self.server.secure)
-            self.local_port = self.relay.port
-        self.relay.forward, self.relay.secure = self.forward, self.server.secure
-        assert self.registration is not None
-        shared = None
-        if isinstance(self.master, SharedMaster):
-            shared = {"control": self.master.control, "spec": self.master.forwards[-1]}
-        self.registration.update(**build_forward_state(self.server, self.local_port), shared_forward=shared)
-        still_there = None
-        if self.started and self.settings.start is not None and not self.status:
-            # the first wait for a server this run started: it may die right after its start
-            still_there = functools.partial(check_started, self.master, self.server, self.start_log,
-                                            self.settings.start.app)
-        try:
-            self.status = wait_for_tunnel(self.master, self.forward, self.server, self.settings.timeout,
-                                          still_there)
-        except TunnelError as error:
-            if error.code == EXIT_START:
-                self.server = None  # it is gone: nothing keeps running, nothing to stop at close
-            raise
-        self.registration.update(state=READY)
-        self.ready = True
-
-    def choose_or_start(self, servers: list[Server]) -> Server:
-        """The server to tunnel to; with --start, one started now when none matches."""
-        assert self.master is not None and self.registration is not None
-        settings, host = self.settings, self.route.server_host
-        known = {server.pid for server in servers}
-        for _ in range(START_ATTEMPTS):
-            if settings.start is None or select_servers(servers, settings.port, settings.dir, settings.pick):
-                if settings.start is not None:
-                    say("Info", f"A Jupyter server already runs on {host}: attaching to it (--start was not needed).")
-                return choose_server(servers, host, settings.port, settings.dir, settings.pick,
-                                     on_node=bool(self.route.node))
-            started = start_server(self.master, settings.start, settings.timeout, known)
-            if started.server is not None:
-                self.started, self.start_log = True, started.log
-                self.registration.update(started_server=True)
-                return started.server
-            # another run of this account started a server while this one waited for the
-            # start lock (see START_SCRIPT): look again, and attach to it if it matches
-            say("Info", f"Another jupyter-tunnel started a Jupyter server on {host} meanwhile: looking again...")
-            servers = discover(self.master)
-            known |= {server.pid for server in servers} | set(started.changed)
-        raise TunnelError(f"Jupyter servers kept appearing on {host} while this run tried to start one; "
-                          "run it again", EXIT_START)
-
-    def stop_server(self) -> None:
-        """At close: with --stop-server, shut the server down; else say that it keeps running."""
-        server, host = self.server, self.route.server_host
-        if self.job is not None:
-            self.stop_job()
-            return
-        if server is None:
-            return
-        # a server never reached through the tunnel (the run failed before) is left alone,
-        # unless this run started it
-        if not self.settings.stop_server or not (self.ready or self.started):
-            if self.started:
-                say("Info", f"The Jupyter server started on {host} keeps running (pid {server.pid}): "
-                            "a later jupyter-tunnel attaches to it; --stop-server stops it when the tunnel closes.")
-            return
-        if self.settings.start is not None and not self.started:
-            # "--start --stop-server" reads "a server for this session": one that ran before
-            # (someone else's work in it, maybe) is not the run's to stop; plain --stop-server
-            # names the attached server, and stops it
-            say("Info", f"The Jupyter server on {host} was already running: left running (--stop-server "
-                        "stops only a server this run started when used with --start)")
-            return
-        if self.master is None or not self.master.alive():
-            say("Warning", f"the connection to {host} is gone: cannot stop its Jupyter server (pid {server.pid})")
-            return
-        say("Info", f"Stopping the Jupyter server on {host} (pid {server.pid})...")
-        if self.forward and shutdown_server(self.master, self.forward, server):
-            say("Info", "The Jupyter server has stopped.")
-        else:
-            say("Warning", f"the Jupyter server on {host} (pid {server.pid}) may still run: "
-                           "it did not shut down when asked")
-
-    def stop_job(self) -> None:
-        """At close: with --stop-server, cancel the job; else say that it keeps running, and how
-        to stop it."""
-        job, head = self.job, self.route.target
-        assert job is not None and self.settings.cluster is not None
-        if not self.settings.stop_server:
-            left = self.time_left()
-            say("Info", f"{job.describe(first=True)} keeps running on {job.node}"
-                        + ("" if left is None else f" ({format_duration(left)} left)")
-                        + f": {job.cancel_command} on {head} stops it; jupyter-tunnel -n auto attaches to it again.")
-            return
-        if self.master is None or not self.master.alive():
-            say("Warning", f"the connection to {head} is gone: cannot cancel {job.describe()} "
-                           f"({job.cancel_command} on {head} does)")
-            return
-        say("Info", f"Cancelling {job.describe()} on {head}...")
-        try:
-            ask_node_tool(self.master, self.settings.cluster.python, build_cancel_args(job), 60.0, relay=False)
-        except (TunnelError, OSError) as error:
-            say("Warning", f"{job.describe()} may still run: {error}")
-            return
-        say("Info", f"Cancelled {job.describe()}.")
-
-    def announce(self) -> None:
-        """Tell the user where the tunnel is: the Info lines, the URL on stdout, the browser."""
-        assert self.server is not None and self.local_port is not None
-        server = self.server
-        url = self.url
-        say("Info", f"Jupyter {server.describe()} on {self.route.server_host}")
-        if self.status == 403:
-            say("Info", "The server asks for its password: the page will prompt for it.")
-        if server.secure:
-            say("Info", "The server uses https with its own certificate: the browser will warn about it.")
-        job = {}
-        if self.job is not None:
-            left = self.time_left()
-            say("Info", f"Running in {self.job.scheduler} {self.job.describe()} on {self.job.node}: "
-                        + ("no time limit" if left is None else f"{format_duration(left)} left"))
-            job = {"job": self.job.job, "scheduler": self.job.scheduler,
-                   "time_left": None if left is None else int(left)}
-        say("Info", f"Port used on localhost: {self.local_port}")  # last, right before the URL
-        if self.settings.json:
-            where = {"sock": server.sock} if server.sock else {"remote_port": server.port}
-            print(json.dumps({"url": url, "local_port": self.local_port, "remote_host": self.route.server_host,
-                              **where, "pid": os.getpid(), **job}), flush=True)
-        else:
-            print(url, flush=True)
-
-    def stay(self) -> int:
-        """Watch the connection and the server until interrupted; reconnect when it drops."""
-        assert self.master is not None and self.server is not None and self.local_port is not None
-        while True:
-            if not self.master.wait(self.next_check()):
-                self.warn_job_end()
-                if self.server_gone():
-                    raise ServerStopped()
-                continue
-            reason = self.master.why()
-            if self.settings.no_reconnect:
-                raise TunnelError(f"the connection to {self.route.target} was lost: {reason}", EXIT_LOST)
-            say("Warning", f"connection to {self.route.target} lost ({reason}); reconnecting...")
-            self.reconnect()
-
-    def reconnect(self) -> None:
-        """Log in again with backoff and forward the SAME local port (open tabs keep working)."""
-        old_url = self.url
+    def reset(self) -> None:
+        """Before logging in again: the dead master gone, its prompts ended, the config anew."""
         self.close_master()
         wait_for_prompts(self.directory)  # a helper of the dead login must not ask beside the new one
-        batch = self.batch = self.password is None and not can_prompt(has_terminal(), self.env)
+        self.batch = self.password is None and not can_prompt(has_terminal(), self.env)
         self.write_config()
-        # Every failed attempt counts against --max-retries; a refused login also against the
-        # run's MAX_REFUSED_LOGINS (it is a failed attempt at the server, and one refused without
-        # a prompt, a rate limit, would be refused again), and without a way to ask it ends the
-        # run at once.  An unreachable network costs the account nothing: it is retried.
-        for attempt, delay in enumerate(backoff_delays()):
-            if attempt >= self.settings.max_retries:
-                raise TunnelError(f"could not reconnect to {self.route.target} after "
-                                  f"{self.settings.max_retries} attempts", EXIT_LOST)
-            if delay:
-                say("Info", f"Retrying in {delay:g} s...")
-                time.sleep(delay)
-            refused = self.refused_logins
-            try:
-                self.connect()
-            except TunnelError as error:
-                self.close_master()
-                if error.code in (EXIT_NO_SERVER, EXIT_PORT):
-                    raise
-                if self.refused_logins > refused:
-                    if batch:
-                        raise TunnelError(build_login_error(self.route.describe(), self.last_refusal,
-                                                            batch=True, reconnecting=True), EXIT_LOST)
-                    if self.refused_logins >= MAX_REFUSED_LOGINS:
-                        raise TunnelError(
-                            f"the login to {self.route.describe()} was refused {self.refused_logins} times in "
-                            f"this run ({self.last_refusal}): not trying again, as each refusal counts against "
-                            "your account, which may lock. Check your password, key or verification code, and "
-                            "run jupyter-tunnel again", EXIT_LOST)
-                say("Warning", str(error))
-                continue
-            say("Info", "Reconnected.")
-            if self.url != old_url:
-                self.announce()  # the server was restarted: new token, new URL
-            return
 
     def end_prompts(self) -> None:
         """Interrupted while logging in: let the login's ssh and the -p helper end their prompt's
@@ -4186,118 +4085,296 @@ class Tunnel:
             self.master = None
 
     def close(self) -> None:
-        """Leave nothing behind: the browser's address, the master, the agent, the private
-        directory, and the registry entry last (until everything is gone, it leads to it)."""
-        if self.relay is not None:
-            self.relay.close()  # first: no new connection reaches a server about to stop
-        self.stop_server()
+        """Stop the master, what reads the terminal, and the agent."""
         self.close_master()
         if self.directory:
             wait_for_prompts(self.directory)  # what the run started to read the terminal ends with it
         if self.agent is not None:
             stop_process(self.agent)
-        if self.directory:
-            shutil.rmtree(self.directory, ignore_errors=True)
-        if self.registration is not None:
-            self.registration.remove()
-        if self.lock is not None:
-            # last: until the entry is gone, the lock tells that the run is alive; run_tunnel
-            # has its signals ignored meanwhile (see jupyter_tunnel_shutdown.send)
-            os.close(self.lock)
-            self.lock = None
 
 
-def run_list(tunnel: Tunnel, as_json: bool) -> int:
-    """``--list``: log in, print the servers found (a table, or JSON) and stop."""
-    servers = tunnel.login()
-    if tunnel.jobs is not None:
-        return run_job_list(tunnel, tunnel.jobs, as_json)
-    if as_json:
-        print(json.dumps([server_info(n, s) for n, s in enumerate(servers, 1)], indent=2))
-    elif servers:
-        print(format_server_table(servers))
-    else:
-        say("Info", f"No Jupyter server is running on {tunnel.route.server_host}.")
-    return EXIT_OK
-
-
-def run_job_list(tunnel: Tunnel, jobs: list[ClusterJob], as_json: bool) -> int:
+def list_jobs(master: Master, jobs: list[ClusterJob], as_json: bool) -> int:
     """``--list -n auto``: the user's Jupyter jobs, and the servers on each running job's node."""
-    assert tunnel.master is not None
-    head = tunnel.route.target
     servers: dict[str, list[Server] | None] = {}
-    try:
-        for node in dict.fromkeys(job.node for job in jobs if job.node):  # one login per node
-            tunnel.master.route = tunnel.route._replace(node=node)
-            try:
-                servers[node] = discover(tunnel.master)
-            except TunnelError as error:
-                # one node refusing (down, or no login allowed) must not hide the other jobs:
-                # its servers show as unknown ("?" / null)
-                say("Warning", f"cannot list the servers on {node}: {error}")
-                servers[node] = None
-    finally:
-        tunnel.master.route = tunnel.route
+    for node in dict.fromkeys(job.node for job in jobs if job.node):  # one login per node
+        try:
+            servers[node] = discover(master, node)
+        except TunnelError as error:
+            # one node refusing (down, or no login allowed) must not hide the other jobs:
+            # its servers show as unknown ("?" / null)
+            say("Warning", f"cannot list the servers on {node}: {error}")
+            servers[node] = None
     if as_json:
         print(json.dumps([job_info(n, job, servers.get(job.node, [])) for n, job in enumerate(jobs, 1)], indent=2))
     elif jobs:
         print(format_job_table(jobs, servers))
     else:
-        say("Info", f"No Jupyter job of yours is pending or running on {head}'s cluster: start one with --submit.")
+        say("Info", f"No Jupyter job of yours is pending or running on {master.route.target}'s cluster: "
+                    "start one with --submit.")
     return EXIT_OK
 
 
-def run_tunnel(args: argparse.Namespace) -> int:
-    """Connect, discover, forward, wait, and stay until interrupted; returns the exit code."""
-    settings = settings_from(args)
-    # checked by main already; with a job, the node is learnt once logged into the head
-    route = parse_hosts(args.host, None if settings.cluster else args.node)._replace(
-        scheduled=settings.cluster is not None)
-    ssh = which_or_fail("ssh", "the OpenSSH client")
-    browser = None
-    if args.browser is not None and args.browser.lower() not in NO_BROWSER:
-        browser = args.browser
-        which_or_fail(shlex.split(browser)[0], "given with -b/--browser")
-    password = read_password() if args.password else None
-    prune_registry()  # a SIGKILLed tunnel's ssh master and files go now
-    tunnel = Tunnel(settings, ssh, route, password)
-    # SIGINT explicitly too: a shell starts a background job with SIGINT ignored, and
-    # jupyter-tunnel-shutdown interrupts tunnels with it, as Ctrl+C would.  The handlers
-    # are the caller's again when this returns (main() may be called in-process).
-    previous = {signum: signal.getsignal(signum) for signum in HANDLED_SIGNALS}
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _raise_interrupted)
-    try:
-        tunnel.prepare()
-        if args.list:
-            return run_list(tunnel, args.json)
-        tunnel.connect()
-        tunnel.announce()
-        if (browser is not None or args.browser is None) and tunnel.relay is not None:
-            open_browser(browser, tunnel.url, tunnel.relay)
-        say("Info", "Press Ctrl+C to close the tunnel.")
-        return tunnel.stay()
-    except ServerStopped as stopped:
-        say("Info", str(stopped) or f"The Jupyter server on {tunnel.route.server_host} has stopped; "
-                                    "closing the tunnel.")
-        tunnel.server = tunnel.job = None  # nothing left for --stop-server to stop
-        return EXIT_OK
-    except (KeyboardInterrupt, Interrupted):
-        if tunnel.ready:
-            say("Info", "Closing the tunnel.")
-            return EXIT_OK
-        tunnel.end_prompts()
-        say("Info", "Interrupted.")
-        return EXIT_INTERRUPTED
-    finally:
-        # No signal may cut the cleanup short: it is what leaves nothing behind.
-        for signum in HANDLED_SIGNALS:
-            signal.signal(signum, signal.SIG_IGN)
-        tunnel.close()
-        for signum, handler in previous.items():
-            # None: a handler not installed from Python, which cannot be put back as such
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+def list_servers(servers: list[Server], host: str, as_json: bool) -> int:
+    """``--list``: the servers found, as a table or JSON."""
+    if as_json:
+        print(json.dumps([server_info(n, s) for n, s in enumerate(servers, 1)], indent=2))
+    elif servers:
+        print(format_server_table(servers))
+    else:
+        say("Info", f"No Jupyter server is running on {host}.")
+    return EXIT_OK
+
+
+class Tunnel:
+    """One run and all it owns: the private directory and its lock, the registry entry, the
+    connection, the server and the forward to it, the local port (the relay), and the job
+    watch of a server in a scheduler job.  ``run()`` takes the steps; ``close()`` takes down
+    whatever was reached."""
+
+    def __init__(self, settings: Settings, ssh: str, route: Route, password: str | None = None) -> None:
+        self.settings = settings
+        self.connection = Connection(settings, ssh, route, password)
+        self.directory = ""
+        self.lock: int | None = None  # the descriptor of the run's lock (take_run_lock)
+        self.registration: Registration | None = None
+        self.server: Server | None = None
+        self.relay: Relay | None = None  # the local port, listened on by the run itself
+        self.forward = ""  # ssh's forward to the server: a unix socket in the private directory
+        self.status = 0  # HTTP status of the last successful probe
+        self.ready = False  # whether the tunnel has answered once (the URL was printed)
+        self.started = False  # whether this run started its server (--start, --submit)
+        self.start_log = ""  # --start: the started server's log on the remote
+        self.watch: JobWatch | None = None  # the scheduler job the server runs in
+
+    @property
+    def route(self) -> Route:
+        """The hops, and the node once a job named it."""
+        return self.connection.route
+
+    @property
+    def url(self) -> str:
+        """The URL of the server through the tunnel, with its token."""
+        assert self.server is not None and self.relay is not None
+        return build_url(self.relay.port, self.server)
+
+    def run(self) -> int:
+        """Every step, until interrupted or the server ends; returns the exit code."""
+        with signals_raised():
+            try:
+                self.prepare()
+                if self.settings.listing:
+                    return self.list()
+                self.connect()
+                self.announce()
+                if self.settings.browser != "" and self.relay is not None:
+                    open_browser(self.settings.browser, self.url, self.relay)
+                say("Info", "Press Ctrl+C to close the tunnel.")
+                return self.stay()
+            except ServerStopped as stopped:
+                say("Info", str(stopped) or f"The Jupyter server on {self.route.server_host} has stopped; "
+                                            "closing the tunnel.")
+                self.server = self.watch = None  # nothing left for --stop-server to stop
+                return EXIT_OK
+            except (KeyboardInterrupt, Interrupted):
+                if self.ready:
+                    say("Info", "Closing the tunnel.")
+                    return EXIT_OK
+                self.connection.end_prompts()
+                say("Info", "Interrupted.")
+                return EXIT_INTERRUPTED
+            finally:
+                # No signal may cut the cleanup short: it is what leaves nothing behind.
+                for signum in HANDLED_SIGNALS:
+                    signal.signal(signum, signal.SIG_IGN)
+                self.close()
+
+    def prepare(self) -> None:
+        """Step 1's start: the private directory, its lock, the registry entry, the ssh config."""
+        self.directory = make_private_dir()
+        # locked before the entry names the directory: a run is never seen registered and unlocked
+        self.lock = take_run_lock(self.directory)
+        # registered at once: from now on there is something to clean up after this run
+        self.registration = Registration(build_state(os.getpid(), self.route, self.directory, time.time()))
+        self.connection.set_up(self.directory, self.registration)
+
+    def login(self) -> Master:
+        """Step 1: ride the user's master or log in, and say what comes next."""
+        seconds = self.connection.open()
+        if seconds is not None:  # on a cluster, the job's node comes first
+            then = "." if self.settings.cluster and not self.watch else \
+                f"; looking for Jupyter servers on {self.route.describe_server_host()}..."
+            say("Info", f"Connected in {seconds:.2f} s{then}")
+        assert self.connection.master is not None
+        return self.connection.master
+
+    def list(self) -> int:
+        """``--list``: log in, print the servers found (or, -n auto, the jobs) and stop."""
+        master = self.login()
+        if self.settings.cluster is not None:
+            return list_jobs(master, find_jobs(master, self.settings.cluster), self.settings.json)
+        return list_servers(discover(master), self.route.server_host, self.settings.json)
+
+    def discover(self, master: Master) -> list[Server]:
+        """Steps 2 and 3: on a cluster the job first (its node is where to look), then the servers."""
+        cluster = self.settings.cluster
+        if cluster is not None and self.watch is None:
+            assert self.registration is not None
+            job = find_job(master, cluster, self.settings.timeout, self.settings.pick)
+            self.watch = JobWatch(job, cluster, self.settings.warn_before)
+            self.connection.reach(job.node)
+            self.started = cluster.submit and not job.existing
+            self.registration.update(node=job.node, remote_host=job.node, job=job.job, scheduler=job.scheduler,
+                                     job_end=self.watch.end_time(), started_server=self.started)
+            say("Info", f"Looking for Jupyter servers on {self.route.describe_server_host()}...")
+        return discover(master)
+
+    def connect(self) -> None:
+        """Steps 1 to 7: log in, find or start the server, forward the local port, wait for it."""
+        master = self.login()
+        servers = self.discover(master)
+        if self.server is None:
+            self.server = self.choose_or_start(master, servers)
+        else:
+            self.server = find_again(servers, self.server, self.route.server_host)
+        # the forward first: --stop-server can reach the server even when no local port can be had
+        self.forward = add_forward(master, self.server)
+        if self.relay is None:
+            fixed = self.settings.local_port is not None
+            first = self.settings.local_port or self.server.port or DEFAULT_SOCKET_PORT
+            self.relay = Relay(open_local_port(first, fixed), self.forward, self.server.secure)
+        self.relay.forward, self.relay.secure = self.forward, self.server.secure
+        assert self.registration is not None
+        shared = None
+        if isinstance(master, SharedMaster):
+            shared = {"control": master.control, "spec": master.forwards[-1]}
+        self.registration.update(**build_forward_state(self.server, self.relay.port), shared_forward=shared)
+        still_there = None
+        if self.started and self.settings.start is not None and not self.status:
+            # the first wait for a server this run started: it may die right after its start
+            still_there = functools.partial(check_started, master, self.server, self.start_log,
+                                            self.settings.start.app)
+        try:
+            self.status = wait_for_tunnel(master, self.forward, self.server, self.settings.timeout, still_there)
+        except TunnelError as error:
+            if error.code == EXIT_START:
+                self.server = None  # it is gone: nothing keeps running, nothing to stop at close
+            raise
+        self.registration.update(state=READY)
+        self.ready = True
+
+    def choose_or_start(self, master: Master, servers: list[Server]) -> Server:
+        """Steps 4 and 5: the server to tunnel to; with --start, one started now when none matches."""
+        assert self.registration is not None
+        port, pick = self.settings.port, self.settings.pick
+        if self.watch is not None:
+            # the job's own server, whatever else runs on its node; --pick chose the job
+            port, pick = port or self.watch.job.port, pick if self.watch.options.submit else None
+        server, started = choose_or_start(master, servers, self.settings.start, self.settings.timeout,
+                                          port, self.settings.dir, pick)
+        if started is not None:
+            self.started, self.start_log = True, started.log
+            self.registration.update(started_server=True)
+        return server
+
+    def announce(self) -> None:
+        """Step 8: the Info lines, and the URL on stdout (or --json)."""
+        assert self.server is not None and self.relay is not None
+        server, port = self.server, self.relay.port
+        say("Info", f"Jupyter {server.describe()} on {self.route.server_host}")
+        if self.status == 403:
+            say("Info", "The server asks for its password: the page will prompt for it.")
+        if server.secure:
+            say("Info", "The server uses https with its own certificate: the browser will warn about it.")
+        if self.watch is not None:
+            job = self.watch.job
+            say("Info", f"Running in {job.scheduler} {job.describe()} on {job.node}: {self.watch.describe_left()}")
+        say("Info", f"Port used on localhost: {port}")  # last, right before the URL
+        if self.settings.json:
+            where = {"sock": server.sock} if server.sock else {"remote_port": server.port}
+            print(json.dumps({"url": self.url, "local_port": port, "remote_host": self.route.server_host,
+                              **where, "pid": os.getpid(), **(self.watch.info() if self.watch else {})}), flush=True)
+        else:
+            print(self.url, flush=True)
+
+    def stay(self) -> int:
+        """Step 9: watch the connection and the server until interrupted; reconnect when it drops."""
+        while True:
+            master = self.connection.master
+            assert master is not None and self.server is not None
+            interval = self.settings.check_interval
+            if not master.wait(interval if self.watch is None else self.watch.wait_time(interval)):
+                if self.watch is None and server_stopped(master, self.forward, self.server):
+                    raise ServerStopped()
+                if self.watch is not None:
+                    self.watch.warn()
+                    if self.watch.ended(master, self.forward, self.server):
+                        raise ServerStopped(f"{self.watch.job.describe(first=True)} has ended; closing the tunnel.")
+                continue
+            reason = master.why()
+            if self.settings.no_reconnect:
+                raise TunnelError(f"the connection to {self.route.target} was lost: {reason}", EXIT_LOST)
+            say("Warning", f"connection to {self.route.target} lost ({reason}); reconnecting...")
+            self.reconnect()
+
+    def reconnect(self) -> None:
+        """Log in again with backoff and forward the SAME local port (open tabs keep working)."""
+        old_url = self.url
+        self.connection.reset()
+        # Every failed attempt counts against --max-retries, a refused login also against the
+        # run's MAX_REFUSED_LOGINS (Connection.refusal_error); an unreachable network costs the
+        # account nothing: it is retried.
+        for attempt, delay in enumerate(backoff_delays()):
+            if attempt >= self.settings.max_retries:
+                raise TunnelError(f"could not reconnect to {self.route.target} after "
+                                  f"{self.settings.max_retries} attempts", EXIT_LOST)
+            if delay:
+                say("Info", f"Retrying in {delay:g} s...")
+                time.sleep(delay)
+            refused = self.connection.refused_logins
+            try:
+                self.connect()
+            except TunnelError as error:
+                self.connection.close_master()
+                if error.code in (EXIT_NO_SERVER, EXIT_PORT):
+                    raise
+                stop = self.connection.refusal_error(refused)
+                if stop is not None:
+                    raise stop from None
+                say("Warning", str(error))
+                continue
+            say("Info", "Reconnected.")
+            if self.url != old_url:
+                self.announce()  # the server was restarted: new token, new URL
+            return
+
+    def stop_server(self) -> None:
+        """At close: with --stop-server, shut the server down (or cancel its job); else say that
+        it keeps running."""
+        server, host, master = self.server, self.route.server_host, self.connection.master
+        if self.watch is not None:
+            self.watch.stop(master, self.route.target, self.settings.stop_server)
+            return
+        if server is None:
+            return
+        close_server(master, host, self.forward, server, self.settings.stop_server, self.ready or self.started,
+                     self.started, self.settings.start is not None)
+
+    def close(self) -> None:
+        """Step 10: leave nothing behind: the local port, the server if asked, the connection,
+        the private directory, and the registry entry last (until all is gone, it leads to it)."""
+        if self.relay is not None:
+            self.relay.close()  # first: no new connection reaches a server about to stop
+        self.stop_server()
+        self.connection.close()
+        if self.directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+        if self.registration is not None:
+            self.registration.remove()
+        if self.lock is not None:
+            # last: until the entry is gone, the lock tells that the run is alive; run() has
+            # its signals ignored meanwhile (see jupyter_tunnel_shutdown.send)
+            os.close(self.lock)
+            self.lock = None
 
 
 # --------------------------------------------------------------------- the command line
@@ -4581,17 +4658,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(problem)
     if args.ssh_config and not os.path.isfile(args.ssh_config):
         parser.error(f"ssh config file not found: {args.ssh_config}")
+    settings = settings_from(args)
     try:
-        parse_hosts(args.host, args.node)
+        route = parse_hosts(args.host, args.node)
     except TunnelError as error:
         parser.error(str(error))
+    if settings.cluster is not None:  # the node is learnt from the scheduler, once on the head
+        route = route._replace(node="", scheduled=True)
     if args.start and (args.node or args.job):  # --job: a server on the job's node
         parser.error("--start cannot start a server on a cluster node: that needs a scheduler job. "
                      "Use --submit, or run jupyter-node on the head node, then jupyter-tunnel -s ... HEAD -n NODE")
     # put back at every exit whatever a prompt of the run left changed (echo off)
     terminal = save_terminal()
     try:
-        return run_tunnel(args)
+        ssh = which_or_fail("ssh", "the OpenSSH client")
+        if settings.browser:
+            which_or_fail(shlex.split(settings.browser)[0], "given with -b/--browser")
+        password = read_password() if args.password else None
+        prune_registry()  # a SIGKILLed tunnel's ssh master and files go now
+        return Tunnel(settings, ssh, route, password).run()
     except KeyboardInterrupt:
         say("Info", "Interrupted.")
         return EXIT_INTERRUPTED

@@ -64,9 +64,9 @@ def test_ssh_reads_controlmaster_no_and_the_users_controlpath(tmp_path):
 ])
 def test_who_rides_the_users_master(args, shares):
     settings = jt.settings_from(jt.build_parser().parse_args(["-s", "srv", *args]))
-    assert jt.Tunnel(settings, "ssh", jt.Route(("srv",))).may_share is shares
+    assert jt.Tunnel(settings, "ssh", jt.Route(("srv",))).connection.may_share is shares
     # -p: the password is for this run's own login
-    assert not jt.Tunnel(settings, "ssh", jt.Route(("srv",)), password="pw").may_share
+    assert not jt.Tunnel(settings, "ssh", jt.Route(("srv",)), password="pw").connection.may_share
 
 
 DIR = "/tmp/jt-abcd1234"
