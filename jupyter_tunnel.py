@@ -166,6 +166,17 @@ SSH_CONSEQUENCES = ("kex_exchange_identification:", "banner exchange:")
 # What ssh says when the server refused the login (sshconnect2.c; "Too many authentication
 # failures": the server's MaxAuthTries).
 SSH_REFUSED = ("Permission denied", "Too many authentication failures")
+# ssh's words for the failures a user meets most (ssh.c, sshconnect.c, channels.c): the host
+# each names, to say what went wrong in the user's terms (explain_ssh_failure).
+SSH_UNRESOLVED_RE = re.compile(r"Could not resolve hostname (\S+?): (.+?)\.?$", re.MULTILINE)
+SSH_CONNECT_RE = re.compile(r"connect to host (\S+) port (\d+): (.+?)\.?$", re.MULTILINE)
+# a jump host's sshd could not open the connection to the next host (ssh -W's channel)
+SSH_JUMP_FAILED_RE = re.compile(r"channel \d+: open failed: [a-z ]+: (.+?)\.?$", re.MULTILINE)
+SSH_UNKNOWN_KEY_RE = re.compile(r"No \S+ host key is known for (\S+?) and", re.MULTILINE)
+SSH_CHANGED_KEY_RE = re.compile(r"Host key for (\S+?) has changed", re.MULTILINE)
+SSH_NO_KEY_RE = re.compile(r"^(?:\S+@)?(\S+?): Permission denied \(publickey\)", re.MULTILINE)
+# getaddrinfo's words (glibc, macOS) for a name that does not resolve
+NAME_NOT_FOUND = ("not known", "name resolution", "No address associated", "nodename nor servname")
 # Lines of ssh's stderr that never explain a failure.
 SSH_NOISE = (
     *SSH_DEBUG,
@@ -724,9 +735,54 @@ def shared_control_path(settings: Mapping[str, str], node: bool = False) -> str:
     return path
 
 
-def parse_ssh_error(lines: Iterable[str], returncode: int | None = None) -> str:
+def explain_ssh_failure(lines: Sequence[str], hosts: Sequence[str] = (), here: str = "") -> str:
+    """ssh's failure in the user's terms: which host could not be resolved, reached or
+    trusted, and the next step; "" when its words are none of those.  ``hosts``: the chain
+    that ssh went through, in order; ``here``: the host that ssh ran on ("": this machine)."""
+    text, on = "\n".join(lines), f"on {here}" if here else "here"
+    # the command that checks every host key on the way: the user's own chain from here
+    check = shlex.join(["ssh", *(["-J", ",".join(hosts[:-1])] if len(hosts) > 1 else []), *hosts[-1:]])
+    if SSH_CHANGED_KEY_RE.search(text):
+        host = SSH_CHANGED_KEY_RE.search(text)[1]
+        check = check if hosts else f"ssh {shlex.quote(host)}"
+        return (f"the host key of {host} is not the one saved {on} (~/.ssh/known_hosts): if its admins changed "
+                f"it, remove the old one with ssh-keygen -R {host} {on} and accept the new one with {check} "
+                "(compare its fingerprint with theirs); else someone may be in between: do not connect")
+    if SSH_UNKNOWN_KEY_RE.search(text):
+        host = SSH_UNKNOWN_KEY_RE.search(text)[1]
+        check = check if hosts else f"ssh {shlex.quote(host)}"
+        return (f"the host key of {host} is not known {on} yet: connect once with {check} {on}, check its "
+                "fingerprint and accept it, then run jupyter-tunnel again")
+    found = SSH_UNRESOLVED_RE.search(text)
+    if found:
+        return f"the host name {found[1]} cannot be resolved {on} ({found[2]}): check its spelling"
+    found = SSH_JUMP_FAILED_RE.search(text)
+    if found and len(hosts) > 1:
+        jump, after = (hosts[0], hosts[1]) if len(hosts) == 2 else \
+            (f"a jump host ({', '.join(hosts[:-1])})", f"the host after it ({', '.join(hosts[1:])})")
+        if any(words in found[1] for words in NAME_NOT_FOUND):
+            return f"{jump} cannot resolve the host name of {after} ({found[1]}): check its spelling"
+        return f"{jump} cannot connect to {after} ({found[1]})"
+    found = SSH_CONNECT_RE.search(text)
+    if found:
+        host, port, why = found.groups()
+        if "refused" in why:
+            return f"{host} refuses connections on port {port} ({why}): no ssh server listens there"
+        if "timed out" in why:
+            return f"{host} did not answer on port {port} ({why}): it is down, or a firewall or VPN is in the way"
+        return f"cannot reach {host} port {port} ({why})"
+    return ""
+
+
+def parse_ssh_error(lines: Iterable[str], returncode: int | None = None, hosts: Sequence[str] = (),
+                    here: str = "") -> str:
     """ssh's own reason for a failure, from its stderr, without the noise lines (and without
-    the lines that only follow from another one, SSH_CONSEQUENCES)."""
+    the lines that only follow from another one, SSH_CONSEQUENCES); in the user's terms when
+    it is a common one (explain_ssh_failure: ``hosts`` and ``here`` are its)."""
+    lines = list(lines)
+    explained = explain_ssh_failure(lines, hosts, here)
+    if explained:
+        return explained
     useful = [line.strip() for line in lines if line.strip() and not line.startswith(SSH_NOISE)]
     useful = [line for line in useful if not line.startswith(SSH_CONSEQUENCES)] or useful
     if useful:
@@ -753,6 +809,11 @@ def build_login_error(where: str, reason: str, batch: bool = False, reconnecting
                 f"terminal to ask it on ({reason}): use a key the server accepts (without a passphrase, or "
                 "in your ssh-agent), your own open ssh connection (ControlMaster), or run it on a terminal "
                 "(-p there gives the password)")
+    found = SSH_NO_KEY_RE.search(reason)
+    if found:  # the server takes keys only
+        return (f"cannot connect to {where}: {reason} ({found[1]} takes only keys, and none of yours was "
+                "accepted: add your public key to its ~/.ssh/authorized_keys with ssh-copy-id, or name your "
+                "key with IdentityFile in ~/.ssh/config)")
     return (f"cannot connect to {where}: {reason} (a wrong password, key passphrase or verification code, "
             "or a key the server does not accept)")
 
@@ -1012,7 +1073,7 @@ class Master:
     def why(self, last: int = 0) -> str:
         """ssh's own words for what went wrong (its last ``last`` lines only, if given)."""
         lines = list(self.stderr)[-last:] if last else self.stderr
-        return parse_ssh_error(lines, self.process.poll() if self.process is not None else None)
+        return parse_ssh_error(lines, self.process.poll() if self.process is not None else None, self.route.hosts)
 
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the master to exit; True when it has."""
@@ -1412,9 +1473,11 @@ def parse_discovery_failure(route: Route, returncode: int, stdout: str, stderr: 
     ran = f"{MARK} start" in lines
     if ran and returncode == 0:
         return None
-    reason = parse_ssh_error(stderr.splitlines())
+    reason = parse_ssh_error(stderr.splitlines(), hosts=route.hosts)
     if returncode == 255 and not ran:
         if route.node and master_alive and f"{MARK} head" in lines:
+            # the head's own ssh to the node failed: its words are about the head's view
+            reason = parse_ssh_error(stderr.splitlines(), hosts=(route.node,), here=route.target)
             return TunnelError(f"cannot reach node {route.node} from {route.target}: {reason}", EXIT_CONNECT)
         return TunnelError(f"cannot look for Jupyter servers on {route.describe_server_host()}: {reason}",
                            EXIT_ERROR)

@@ -264,7 +264,7 @@ def test_build_url(info, url):
 
 @pytest.mark.parametrize("lines, reason", [
     (["ssh: connect to host 127.0.0.4 port 1: Connection refused"],
-     "ssh: connect to host 127.0.0.4 port 1: Connection refused"),
+     "127.0.0.4 refuses connections on port 1 (Connection refused): no ssh server listens there"),
     (["Warning: Permanently added 'x' (ED25519) to the list of known hosts.",
       "jtuser@127.0.0.1: Permission denied (password)."],
      "jtuser@127.0.0.1: Permission denied (password)."),
