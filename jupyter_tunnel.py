@@ -1847,13 +1847,18 @@ def close_server(master: Master | None, host: str, forward: str, server: Server,
         return
     if master is None or not master.alive():
         say("Warning", f"the connection to {host} is gone: cannot stop its Jupyter server (pid {server.pid})")
-        return
-    say("Info", f"Stopping the Jupyter server on {host} (pid {server.pid})...")
-    if forward and shutdown_server(master, forward, server):
-        say("Info", "The Jupyter server has stopped.")
-    else:
+    elif not (forward and stop_jupyter(master, host, forward, server)):
         say("Warning", f"the Jupyter server on {host} (pid {server.pid}) may still run: "
                        "it did not shut down when asked")
+
+
+def stop_jupyter(master: Master, host: str, forward: str, server: Server) -> bool:
+    """Shut the server down through ``forward``, saying so; whether it has stopped."""
+    say("Info", f"Stopping the Jupyter server on {host} (pid {server.pid})...")
+    stopped = shutdown_server(master, forward, server)
+    if stopped:
+        say("Info", "The Jupyter server has stopped.")
+    return stopped
 
 
 def shutdown_server(master: Master, forward: str, server: Server, timeout: float = 30.0) -> bool:
@@ -3227,6 +3232,11 @@ class JobWatch:
         # (monotonic time, seconds left then), soonest first
         self.warnings = [(now + after, left) for after, left in build_warning_times(job.time_left, warn_before)]
 
+    def wanted(self, port: int | None, pick: int | None) -> tuple[int | None, int | None]:
+        """--port and --pick on the job's node: its own server, whatever else runs there
+        (with -n auto, --pick chose the job)."""
+        return port or self.job.port, pick if self.options.submit else None
+
     def end_time(self) -> float | None:
         """The job's time limit in epoch seconds, for the registry (None: no limit, or unknown)."""
         left = self.time_left()
@@ -3261,9 +3271,10 @@ class JobWatch:
             # after a long sleep (a laptop's suspend) only the last one that is due
             say("Warning", build_job_warning(self.job, min(due[-1][1], self.time_left() or 0.0)))
 
-    def ended(self, master: Master, forward: str, server: Server) -> bool:
-        """Whether the job has ended: asked of the scheduler once its server stops answering,
-        or its time limit has passed."""
+    def check(self, master: Master, forward: str, server: Server) -> bool:
+        """Give the warnings that are due; whether the job has ended: asked of the scheduler
+        once its server stops answering, or its time limit has passed."""
+        self.warn()
         overdue = self.end is not None and time.monotonic() >= self.end
         if not overdue:
             answer = probe_server(forward, server, timeout=10.0)
@@ -3291,13 +3302,16 @@ class JobWatch:
             say("Warning", f"the connection to {head} is gone: cannot cancel {job.describe()} "
                            f"({job.cancel_command} on {head} does)")
             return
-        say("Info", f"Cancelling {job.describe()} on {head}...")
         try:
-            ask_node_tool(master, self.options.python, build_cancel_args(job), 60.0, relay=False)
+            self.cancel(master, head)
         except (TunnelError, OSError) as error:
             say("Warning", f"{job.describe()} may still run: {error}")
-            return
-        say("Info", f"Cancelled {job.describe()}.")
+
+    def cancel(self, master: Master, head: str) -> None:
+        """Cancel the job through jupyter_node.py on the ``head``; a TunnelError when it could not."""
+        say("Info", f"Cancelling {self.job.describe()} on {head}...")
+        ask_node_tool(master, self.options.python, build_cancel_args(self.job), 60.0, relay=False)
+        say("Info", f"Cancelled {self.job.describe()}.")
 
 
 # ----------- the registry and process identity (shared with jupyter_tunnel_shutdown.py)
@@ -3975,6 +3989,7 @@ class Settings(NamedTuple):
     max_retries: int = DEFAULT_MAX_RETRIES
     json: bool = False
     listing: bool = False  # --list: print what runs, and stop
+    stop: bool = False  # --stop: stop the chosen server (or cancel its job) now, open no tunnel
     browser: str | None = None  # -b: None the default browser, "" none
     start: StartOptions | None = None  # --start: how to start a server when none runs
     stop_server: bool = False
@@ -4126,6 +4141,21 @@ class Connection:
                 "run jupyter-tunnel again", EXIT_LOST)
         return None
 
+    def retries(self) -> Iterator[int]:
+        """Attempts at logging in again, with backoff: the refused logins so far, for each.
+
+        Every failed attempt counts against --max-retries, a refused login also against the
+        run's MAX_REFUSED_LOGINS (refusal_error); an unreachable network costs the account
+        nothing: it is retried."""
+        for attempt, delay in enumerate(backoff_delays()):
+            if attempt >= self.settings.max_retries:
+                raise TunnelError(f"could not reconnect to {self.route.target} after "
+                                  f"{self.settings.max_retries} attempts", EXIT_LOST)
+            if delay:
+                say("Info", f"Retrying in {delay:g} s...")
+                time.sleep(delay)
+            yield self.refused_logins
+
     def reset(self) -> None:
         """Before logging in again: the dead master gone, its prompts ended, the config anew."""
         self.close_master()
@@ -4190,9 +4220,8 @@ def list_servers(servers: list[Server], host: str, as_json: bool) -> int:
 
 class Tunnel:
     """One run and all it owns: the private directory and its lock, the registry entry, the
-    connection, the server and the forward to it, the local port (the relay), and the job
-    watch of a server in a scheduler job.  ``run()`` takes the steps; ``close()`` takes down
-    whatever was reached."""
+    connection, the server, its forward and local port (the relay), a job's watch.  ``run()``
+    takes the steps; ``close()`` takes down whatever was reached."""
 
     def __init__(self, settings: Settings, ssh: str, route: Route, password: str | None = None) -> None:
         self.settings = settings
@@ -4227,6 +4256,8 @@ class Tunnel:
                 self.prepare()
                 if self.settings.listing:
                     return self.list()
+                if self.settings.stop:
+                    return self.stop_now()
                 self.connect()
                 self.announce()
                 if self.settings.browser != "" and self.relay is not None:
@@ -4276,6 +4307,20 @@ class Tunnel:
         if self.settings.cluster is not None:
             return list_jobs(master, find_jobs(master, self.settings.cluster), self.settings.json)
         return list_servers(discover(master), self.route.server_host, self.settings.json)
+
+    def stop_now(self) -> int:
+        """``--stop``: choose the server (or job) as a run would, stop it now, and exit."""
+        master = self.login()
+        servers, host = self.discover(master), self.route.server_host
+        if self.watch is not None:
+            self.watch.cancel(master, self.route.target)
+            self.watch = None  # cancelled: nothing left to say at close
+            return EXIT_OK
+        server = self.choose_or_start(master, servers)
+        if not stop_jupyter(master, host, add_forward(master, server), server):
+            raise TunnelError(f"the Jupyter server on {host} (pid {server.pid}) did not stop when asked: "
+                              f"it may be busy; kill {server.pid} on {host} stops it", EXIT_ERROR)
+        return EXIT_OK
 
     def discover(self, master: Master) -> list[Server]:
         """Steps 2 and 3: on a cluster the job first (its node is where to look), then the servers."""
@@ -4330,8 +4375,7 @@ class Tunnel:
         assert self.registration is not None
         port, pick = self.settings.port, self.settings.pick
         if self.watch is not None:
-            # the job's own server, whatever else runs on its node; --pick chose the job
-            port, pick = port or self.watch.job.port, pick if self.watch.options.submit else None
+            port, pick = self.watch.wanted(port, pick)
         server, started = choose_or_start(master, servers, self.settings.start, self.settings.timeout,
                                           port, self.settings.dir, pick)
         if started is not None:
@@ -4368,10 +4412,8 @@ class Tunnel:
             if not master.wait(interval if self.watch is None else self.watch.wait_time(interval)):
                 if self.watch is None and server_stopped(master, self.forward, self.server):
                     raise ServerStopped()
-                if self.watch is not None:
-                    self.watch.warn()
-                    if self.watch.ended(master, self.forward, self.server):
-                        raise ServerStopped(f"{self.watch.job.describe(first=True)} has ended; closing the tunnel.")
+                if self.watch is not None and self.watch.check(master, self.forward, self.server):
+                    raise ServerStopped(f"{self.watch.job.describe(first=True)} has ended; closing the tunnel.")
                 continue
             reason = master.why()
             if self.settings.no_reconnect:
@@ -4383,17 +4425,7 @@ class Tunnel:
         """Log in again with backoff and forward the SAME local port (open tabs keep working)."""
         old_url = self.url
         self.connection.reset()
-        # Every failed attempt counts against --max-retries, a refused login also against the
-        # run's MAX_REFUSED_LOGINS (Connection.refusal_error); an unreachable network costs the
-        # account nothing: it is retried.
-        for attempt, delay in enumerate(backoff_delays()):
-            if attempt >= self.settings.max_retries:
-                raise TunnelError(f"could not reconnect to {self.route.target} after "
-                                  f"{self.settings.max_retries} attempts", EXIT_LOST)
-            if delay:
-                say("Info", f"Retrying in {delay:g} s...")
-                time.sleep(delay)
-            refused = self.connection.refused_logins
+        for refused in self.connection.retries():
             try:
                 self.connect()
             except TunnelError as error:
@@ -4413,14 +4445,12 @@ class Tunnel:
     def stop_server(self) -> None:
         """At close: with --stop-server, shut the server down (or cancel its job); else say that
         it keeps running."""
-        server, host, master = self.server, self.route.server_host, self.connection.master
+        master = self.connection.master
         if self.watch is not None:
             self.watch.stop(master, self.route.target, self.settings.stop_server)
-            return
-        if server is None:
-            return
-        close_server(master, host, self.forward, server, self.settings.stop_server, self.ready or self.started,
-                     self.started, self.settings.start is not None)
+        elif self.server is not None:
+            close_server(master, self.route.server_host, self.forward, self.server, self.settings.stop_server,
+                         self.ready or self.started, self.started, self.settings.start is not None)
 
     def close(self) -> None:
         """Step 10: leave nothing behind: the local port, the server if asked, the connection,
@@ -4575,6 +4605,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ssh option (Key=Value) for every hop; repeatable")
     choosing.add_argument("--list", action="store_true",
                         help="list the Jupyter servers running on the host (numbered) and exit")
+    choosing.add_argument("--stop", action="store_true",
+                        help="stop the Jupyter server chosen as a run would choose it (with -n auto or --job: "
+                             "cancel its job) and exit, without a tunnel")
     local.add_argument("--json", action="store_true",
                         help="machine-readable output on stdout: the --list as a JSON array, or, "
                              "once the tunnel is ready, one JSON object (url, local_port, ...) "
@@ -4685,6 +4718,12 @@ def ignored_option_problem(args: argparse.Namespace) -> str:
                 return f"{name} goes with a scheduler job: --submit, -n auto or --job"
     if args.list and args.stop_server:
         return "--stop-server cannot go with --list: --list only lists, it stops nothing"
+    if args.stop:
+        clashes = [("--list", args.list), ("--start", args.start), ("--submit", args.submit),
+                   ("--stop-server", args.stop_server)]
+        given = [name for name, value in clashes if value]
+        if given:
+            return f"--stop cannot go with {given[0]}: it stops a running server, and opens no tunnel"
     return ""
 
 
