@@ -2,8 +2,8 @@
 
 The options and defaults are taken from the parsers themselves (``build_parser()``), the exit
 codes from the modules' ``EXIT_*`` constants, so a new option, a changed default or a new
-exit code fails here until the README's tables say the same.  Each tool's tables are found
-under its section headings (``TOOLS``); an options table is one whose header starts with
+exit code fails here until the documentation's tables say the same.  Each tool's tables are
+found in its document under its section headings (``TOOLS``); an options table is one whose header starts with
 ``option``, an exit-code table one whose header starts with ``code``.
 """
 
@@ -19,14 +19,15 @@ import jupyter_node as jn
 import jupyter_tunnel as jt
 import jupyter_tunnel_shutdown as sd
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 
-# tool -> (its module, the README headings whose sections, subsections included, hold its
-# usage block, its options table(s) and its exit-code table; sections that do not nest)
+# tool -> (its module, the document and its headings whose sections, subsections included, hold
+# its usage block, its options table(s) and its exit-code table; sections that do not nest)
 TOOLS = {
-    "jupyter-tunnel": (jt, ("Usage",)),
-    "jupyter-tunnel-shutdown": (sd, ("jupyter-tunnel-shutdown",)),
-    "jupyter-node": (jn, ("Grid Engine cluster",)),
+    "jupyter-tunnel": (jt, README, ("Usage",)),
+    "jupyter-tunnel-shutdown": (sd, README, ("jupyter-tunnel-shutdown",)),
+    "jupyter-node": (jn, README, ("Grid Engine cluster",)),
 }
 FLAG_RE = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
 HEADING_RE = re.compile(r"(#{1,6})\s+(.*?)\s*#*\s*$")
@@ -113,12 +114,12 @@ def says_default(text: str, value: str) -> bool:
                 or re.search(rf"(?<![\w.])`?{v}`?\s*(?:\(default\)|,\s*the default\b)", text, re.I))
 
 
-def section_lines(text: str, headings: tuple[str, ...]) -> tuple[list[str], str]:
+def section_lines(text: str, headings: tuple[str, ...], document: str = "README.md") -> tuple[list[str], str]:
     """The lines of the sections under ``headings``, and the problem ("" when there is none)."""
     sections = markdown_sections(text)
     missing = [heading for heading in headings if heading not in sections]
     if missing:
-        return [], f"README.md has no heading {missing[0]!r}"
+        return [], f"{document} has no heading {missing[0]!r}"
     return [line for heading in headings for line in sections[heading]], ""
 
 
@@ -128,10 +129,10 @@ def tables_with(header: str, lines: list[str]) -> list[list[list[str]]]:
 
 
 def option_problems(tool: str, headings: tuple[str, ...], parser: argparse.ArgumentParser,
-                    text: str) -> list[str]:
+                    text: str, document: str = "README.md") -> list[str]:
     """What the usage block and options table(s) under ``headings`` say wrong about ``tool``'s ``parser``."""
-    where = f"README.md, {tool}'s section {' + '.join(map(repr, headings))}"
-    lines, missing = section_lines(text, headings)
+    where = f"{document}, {tool}'s section {' + '.join(map(repr, headings))}"
+    lines, missing = section_lines(text, headings, document)
     if missing:
         return [f"{missing} (where {tool}'s options are looked for)"]
     rows = [row for table in tables_with("option", lines) for row in table[1:]]
@@ -187,10 +188,10 @@ def exit_codes(module) -> dict[int, list[str]]:
 
 
 def exit_code_problems(tool: str, headings: tuple[str, ...], codes: dict[int, list[str]],
-                       text: str) -> list[str]:
+                       text: str, document: str = "README.md") -> list[str]:
     """What the exit-code table under ``headings`` says wrong about ``tool``'s ``codes`` (``exit_codes``)."""
-    where = f"README.md, {tool}'s section {' + '.join(map(repr, headings))}"
-    lines, missing = section_lines(text, headings)
+    where = f"{document}, {tool}'s section {' + '.join(map(repr, headings))}"
+    lines, missing = section_lines(text, headings, document)
     if missing:
         return [f"{missing} (where {tool}'s exit codes are looked for)"]
     tables = tables_with("code", lines)
@@ -219,17 +220,24 @@ def help_exit_codes(parser: argparse.ArgumentParser) -> set[int]:
     return {int(code) for code in re.findall(r"(?:^|[,:])\s+(\d+)\s", tail)}
 
 
+def document_name(path: Path) -> str:
+    """``path`` as the problems name it: relative to the repository."""
+    return str(path.relative_to(ROOT))
+
+
 @pytest.mark.parametrize("tool", TOOLS)
 def test_every_option_has_its_readme_row_and_default(tool):
-    module, headings = TOOLS[tool]
-    problems = option_problems(tool, headings, module.build_parser(), README.read_text(encoding="utf-8"))
+    module, document, headings = TOOLS[tool]
+    problems = option_problems(tool, headings, module.build_parser(), document.read_text(encoding="utf-8"),
+                               document_name(document))
     assert not problems, "\n".join(problems)
 
 
 @pytest.mark.parametrize("tool", TOOLS)
 def test_every_exit_code_is_in_the_readme_table(tool):
-    module, headings = TOOLS[tool]
-    problems = exit_code_problems(tool, headings, exit_codes(module), README.read_text(encoding="utf-8"))
+    module, document, headings = TOOLS[tool]
+    problems = exit_code_problems(tool, headings, exit_codes(module), document.read_text(encoding="utf-8"),
+                                  document_name(document))
     assert not problems, "\n".join(problems)
 
 
