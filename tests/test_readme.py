@@ -21,13 +21,14 @@ import jupyter_tunnel_shutdown as sd
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 
 # tool -> (its module, the document and its headings whose sections, subsections included, hold
 # its usage block, its options table(s) and its exit-code table; sections that do not nest)
 TOOLS = {
     "jupyter-tunnel": (jt, README, ("Usage",)),
-    "jupyter-tunnel-shutdown": (sd, README, ("jupyter-tunnel-shutdown",)),
-    "jupyter-node": (jn, README, ("Grid Engine cluster",)),
+    "jupyter-tunnel-shutdown": (sd, DOCS / "shutdown.md", ("jupyter-tunnel-shutdown",)),
+    "jupyter-node": (jn, DOCS / "jupyter-node.md", ("jupyter-node",)),
 }
 FLAG_RE = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
 HEADING_RE = re.compile(r"(#{1,6})\s+(.*?)\s*#*\s*$")
