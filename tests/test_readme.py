@@ -1,10 +1,12 @@
-"""README.md against the code: every option, its default and every exit code of the three tools.
+"""README.md and docs/ against the code: every option, its default and every exit code of the three tools.
 
 The options and defaults are taken from the parsers themselves (``build_parser()``), the exit
 codes from the modules' ``EXIT_*`` constants, so a new option, a changed default or a new
-exit code fails here until the README's tables say the same.  Each tool's tables are found
-under its section headings (``TOOLS``); an options table is one whose header starts with
-``option``, an exit-code table one whose header starts with ``code``.
+exit code fails here until the documentation's tables say the same.  Each tool's tables are
+found in its document under its section headings (``TOOLS``); an options table is one whose
+header starts with ``option``, an exit-code table one whose header starts with ``code``.
+jupyter-tunnel's options tables follow its ``--help`` groups, one table each.  The README stays
+a short door (``README_MAX_LINES``), and every relative link in it and in docs/ leads somewhere.
 """
 
 from __future__ import annotations
@@ -19,17 +21,24 @@ import jupyter_node as jn
 import jupyter_tunnel as jt
 import jupyter_tunnel_shutdown as sd
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+# a newcomer reads the README's first screens; the rest of the manual lives in docs/
+README_MAX_LINES = 400
 
-# tool -> (its module, the README headings whose sections, subsections included, hold its
-# usage block, its options table(s) and its exit-code table; sections that do not nest)
+# tool -> (its module, the document and its headings whose sections, subsections included, hold
+# its usage block, its options table(s) and its exit-code table; sections that do not nest)
 TOOLS = {
-    "jupyter-tunnel": (jt, ("Usage",)),
-    "jupyter-tunnel-shutdown": (sd, ("jupyter-tunnel-shutdown",)),
-    "jupyter-node": (jn, ("Grid Engine cluster",)),
+    "jupyter-tunnel": (jt, README, ("Usage",)),
+    "jupyter-tunnel-shutdown": (sd, DOCS / "shutdown.md", ("jupyter-tunnel-shutdown",)),
+    "jupyter-node": (jn, DOCS / "jupyter-node.md", ("jupyter-node",)),
 }
 FLAG_RE = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
 HEADING_RE = re.compile(r"(#{1,6})\s+(.*?)\s*#*\s*$")
+# [text](target): the target has no spaces; code spans are taken out first
+LINK_RE = re.compile(r"\[[^\]]*\]\(([^()\s]+)\)")
+CODE_SPAN_RE = re.compile(r"`[^`]*`")
 FENCE_RE = re.compile(r"\s*(```|~~~)")
 # argparse's own actions, which the options tables leave to the synopsis
 BUILTIN_ACTIONS = (argparse._HelpAction, argparse._VersionAction)
@@ -113,12 +122,12 @@ def says_default(text: str, value: str) -> bool:
                 or re.search(rf"(?<![\w.])`?{v}`?\s*(?:\(default\)|,\s*the default\b)", text, re.I))
 
 
-def section_lines(text: str, headings: tuple[str, ...]) -> tuple[list[str], str]:
+def section_lines(text: str, headings: tuple[str, ...], document: str = "README.md") -> tuple[list[str], str]:
     """The lines of the sections under ``headings``, and the problem ("" when there is none)."""
     sections = markdown_sections(text)
     missing = [heading for heading in headings if heading not in sections]
     if missing:
-        return [], f"README.md has no heading {missing[0]!r}"
+        return [], f"{document} has no heading {missing[0]!r}"
     return [line for heading in headings for line in sections[heading]], ""
 
 
@@ -128,10 +137,10 @@ def tables_with(header: str, lines: list[str]) -> list[list[list[str]]]:
 
 
 def option_problems(tool: str, headings: tuple[str, ...], parser: argparse.ArgumentParser,
-                    text: str) -> list[str]:
+                    text: str, document: str = "README.md") -> list[str]:
     """What the usage block and options table(s) under ``headings`` say wrong about ``tool``'s ``parser``."""
-    where = f"README.md, {tool}'s section {' + '.join(map(repr, headings))}"
-    lines, missing = section_lines(text, headings)
+    where = f"{document}, {tool}'s section {' + '.join(map(repr, headings))}"
+    lines, missing = section_lines(text, headings, document)
     if missing:
         return [f"{missing} (where {tool}'s options are looked for)"]
     rows = [row for table in tables_with("option", lines) for row in table[1:]]
@@ -187,10 +196,10 @@ def exit_codes(module) -> dict[int, list[str]]:
 
 
 def exit_code_problems(tool: str, headings: tuple[str, ...], codes: dict[int, list[str]],
-                       text: str) -> list[str]:
+                       text: str, document: str = "README.md") -> list[str]:
     """What the exit-code table under ``headings`` says wrong about ``tool``'s ``codes`` (``exit_codes``)."""
-    where = f"README.md, {tool}'s section {' + '.join(map(repr, headings))}"
-    lines, missing = section_lines(text, headings)
+    where = f"{document}, {tool}'s section {' + '.join(map(repr, headings))}"
+    lines, missing = section_lines(text, headings, document)
     if missing:
         return [f"{missing} (where {tool}'s exit codes are looked for)"]
     tables = tables_with("code", lines)
@@ -219,18 +228,160 @@ def help_exit_codes(parser: argparse.ArgumentParser) -> set[int]:
     return {int(code) for code in re.findall(r"(?:^|[,:])\s+(\d+)\s", tail)}
 
 
+def titled_tables(lines: list[str], header: str) -> list[tuple[str, list[list[str]]]]:
+    """The tables whose first header cell is ``header``, each with the title of the heading right above it."""
+    titled, title, chunk = [], "", []
+    for line, prose in prose_lines("\n".join(lines)) + [("# end", True)]:
+        match = HEADING_RE.fullmatch(line) if prose else None
+        if match:
+            titled += [(title, table) for table in tables_with(header, chunk)]
+            title, chunk = match.group(2), []
+        else:
+            chunk.append(line)
+    return titled
+
+
+def group_problems(tool: str, headings: tuple[str, ...], parser: argparse.ArgumentParser,
+                   text: str, document: str = "README.md") -> list[str]:
+    """Where the options tables under ``headings`` do not follow ``parser``'s ``--help`` groups.
+
+    One table per group, under a heading that starts with the group's title (up to a ``:`` or
+    ``(``), in the groups' order.  The untitled default group (``-v``; "options" or, before
+    Python 3.10, "optional arguments") has a table of its own under any heading.
+    """
+    where = f"{document}, {tool}'s section {' + '.join(map(repr, headings))}"
+    lines, missing = section_lines(text, headings, document)
+    if missing:
+        return [f"{missing} (where {tool}'s options are looked for)"]
+    groups = [g for g in parser._action_groups
+              if any(a.option_strings and not isinstance(a, BUILTIN_ACTIONS) for a in g._group_actions)]
+    group_of = {frozenset(a.option_strings): g for g in groups for a in g._group_actions}
+    tables = titled_tables(lines, "option")
+    # the groups each table holds, in the order of its rows
+    held = [[group_of[flags] for row in table[1:]
+             if (flags := frozenset(FLAG_RE.findall(row[0]))) in group_of] for _, table in tables]
+    problems, order = [], []
+    for (title, _), table_groups in zip(tables, held):
+        named = list(dict.fromkeys(g.title for g in table_groups))
+        if len(named) > 1:
+            problems.append(f"{where}: the options table under {title!r} mixes the --help groups {named}")
+    for group in groups:
+        at = [n for n, table_groups in enumerate(held) if group in table_groups]
+        if len(at) != 1:
+            problems.append(f"{where}: the options of the --help group {group.title!r} are in "
+                            f"{len(at)} tables ({[tables[n][0] for n in at]}); want one")
+            continue
+        if group is parser._optionals:
+            continue
+        order.append(at[0])
+        title = tables[at[0]][0]
+        wanted = re.split(r"[:(]", group.title)[0].strip().lower()
+        if not title.replace("`", "").lower().startswith(wanted):
+            problems.append(f"{where}: the --help group {group.title!r} has its table under the heading "
+                            f"{title!r}, which does not start with {wanted!r}")
+    if order != sorted(order):
+        problems.append(f"{where}: the options tables are not in the order of the --help groups")
+    return problems
+
+
+def github_anchor(title: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces made hyphens."""
+    return re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+
+
+def heading_anchors(text: str) -> set[str]:
+    """Every heading's anchor in markdown ``text``; a repeated one gets ``-1``, ``-2`` as on GitHub."""
+    anchors: set[str] = set()
+    seen: dict[str, int] = {}
+    for line, prose in prose_lines(text):
+        if prose and (match := HEADING_RE.fullmatch(line)):
+            anchor = github_anchor(match.group(2))
+            count = seen.get(anchor, 0)
+            seen[anchor] = count + 1
+            anchors.add(f"{anchor}-{count}" if count else anchor)
+    return anchors
+
+
+def relative_links(text: str) -> list[str]:
+    """The targets of the links in markdown ``text`` that stay in the repository (no ``scheme:``).
+
+    Paragraph by paragraph, so that a link whose text wraps onto the next line is seen too.
+    """
+    prose = "\n".join(line if is_prose else "" for line, is_prose in prose_lines(text))
+    return [target for paragraph in re.split(r"\n\s*\n", prose)
+            for target in LINK_RE.findall(CODE_SPAN_RE.sub("", paragraph))
+            if not re.match(r"[A-Za-z][\w+.-]*:", target)]
+
+
+def link_problems(path: Path) -> list[str]:
+    """The relative links in the markdown file ``path`` whose file, or heading, does not exist."""
+    problems = []
+    for target in relative_links(path.read_text(encoding="utf-8")):
+        name, _, anchor = target.partition("#")
+        dest = (path.parent / name) if name else path
+        if not dest.exists():
+            problems.append(f"{path.name}: link {target!r}: no file {dest}")
+        elif anchor and dest.suffix == ".md" and anchor not in heading_anchors(dest.read_text(encoding="utf-8")):
+            problems.append(f"{path.name}: link {target!r}: {dest.name} has no heading with that anchor")
+    return problems
+
+
+def document_name(path: Path) -> str:
+    """``path`` as the problems name it: relative to the repository."""
+    return str(path.relative_to(ROOT))
+
+
 @pytest.mark.parametrize("tool", TOOLS)
 def test_every_option_has_its_readme_row_and_default(tool):
-    module, headings = TOOLS[tool]
-    problems = option_problems(tool, headings, module.build_parser(), README.read_text(encoding="utf-8"))
+    module, document, headings = TOOLS[tool]
+    problems = option_problems(tool, headings, module.build_parser(), document.read_text(encoding="utf-8"),
+                               document_name(document))
     assert not problems, "\n".join(problems)
 
 
 @pytest.mark.parametrize("tool", TOOLS)
 def test_every_exit_code_is_in_the_readme_table(tool):
-    module, headings = TOOLS[tool]
-    problems = exit_code_problems(tool, headings, exit_codes(module), README.read_text(encoding="utf-8"))
+    module, document, headings = TOOLS[tool]
+    problems = exit_code_problems(tool, headings, exit_codes(module), document.read_text(encoding="utf-8"),
+                                  document_name(document))
     assert not problems, "\n".join(problems)
+
+
+def test_readme_options_tables_follow_the_help_groups():
+    module, document, headings = TOOLS["jupyter-tunnel"]
+    problems = group_problems("jupyter-tunnel", headings, module.build_parser(), document.read_text(encoding="utf-8"))
+    assert not problems, "\n".join(problems)
+
+
+def test_readme_is_short():
+    lines = len(README.read_text(encoding="utf-8").splitlines())
+    assert lines <= README_MAX_LINES, f"README.md has {lines} lines; at most {README_MAX_LINES}: move the rest to docs/"
+
+
+def test_readme_names_the_test_commands():
+    # .ci/run runs "exactly the README's test command"; the no-root line is for contributors
+    lines = {line.strip() for block in code_blocks(README.read_text(encoding="utf-8").splitlines())
+             for line in block.splitlines()}
+    assert "./tests/run.sh" in lines
+    assert any(line.endswith('-m pytest -m "not integration" tests/') for line in lines), sorted(lines)
+
+
+def documents() -> list[Path]:
+    """README.md and every page of docs/."""
+    return [README, *sorted(DOCS.glob("*.md"))]
+
+
+@pytest.mark.parametrize("path", documents(), ids=document_name)
+def test_every_relative_link_leads_somewhere(path):
+    problems = link_problems(path)
+    assert not problems, "\n".join(problems)
+
+
+def test_every_docs_page_is_linked_from_the_readme():
+    linked = {(ROOT / target.partition("#")[0]).resolve() for target in relative_links(README.read_text(encoding="utf-8"))}
+    pages = documents()[1:]
+    assert pages, "docs/ holds no page"
+    assert [document_name(p) for p in pages if p.resolve() not in linked] == []
 
 
 @pytest.mark.parametrize("tool", TOOLS)
@@ -357,3 +508,106 @@ def test_options_may_be_spread_over_several_sections():
     assert any("0 rows whose first cell names exactly --elsewhere" in p
                for p in option_problems("tool", ("Usage",), parser, text))
     assert option_problems("tool", ("Usage", "Other"), parser, text) == []
+
+
+# The group checker: jupyter-tunnel's tables must follow --help's groups.
+
+GROUPED = """\
+## Usage
+
+```
+tool [-x|--ex N] [--mode a|b] [-v] [-h]
+```
+
+#### Numbers (what counts)
+
+| option | meaning |
+|---|---|
+| `-x, --ex N` | a number (default 60) |
+
+#### Modes: a or b
+
+| option | meaning |
+|---|---|
+| `--mode a\\|b` | `a` (default) or `b` |
+
+#### Output
+
+| option | meaning |
+|---|---|
+| `-v` | more |
+"""
+
+
+def grouped_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tool")
+    parser.add_argument_group("numbers (what counts)").add_argument("-x", "--ex", type=float, default=60.0)
+    parser.add_argument_group("modes: a or b").add_argument("--mode", choices=("a", "b"), default="a")
+    parser.add_argument("-v", action="store_true")
+    return parser
+
+
+def test_group_checker_passes_grouped_tables():
+    assert group_problems("tool", ("Usage",), grouped_parser(), GROUPED) == []
+    assert option_problems("tool", ("Usage",), grouped_parser(), GROUPED) == []
+
+
+@pytest.mark.parametrize("change, problem", [
+    (("| `-x, --ex N` | a number (default 60) |\n", ""),
+     "the options of the --help group 'numbers (what counts)' are in 0 tables"),
+    (("| `--mode a\\|b` | `a` (default) or `b` |\n", "| `--mode a\\|b` | `a` (default) or `b` |\n| `-x, --ex N` | again |\n"),
+     "under 'Modes: a or b' mixes the --help groups ['modes: a or b', 'numbers (what counts)']"),
+    (("#### Modes: a or b", "#### Choices"),
+     "the --help group 'modes: a or b' has its table under the heading 'Choices', which does not start with 'modes'"),
+    (("#### Numbers (what counts)\n\n| option | meaning |\n|---|---|\n| `-x, --ex N` | a number (default 60) |\n\n", ""),
+     "are in 0 tables"),
+])
+def test_group_checker_names_the_wrong_table(change, problem):
+    text = GROUPED.replace(*change)
+    assert text != GROUPED
+    problems = group_problems("tool", ("Usage",), grouped_parser(), text)
+    assert any(problem in p for p in problems), problems
+
+
+def test_group_checker_sees_tables_out_of_order():
+    numbers = "#### Numbers (what counts)\n\n| option | meaning |\n|---|---|\n| `-x, --ex N` | a number (default 60) |\n\n"
+    text = GROUPED.replace(numbers, "").replace("#### Output", numbers + "#### Output")
+    assert text != GROUPED
+    assert any("not in the order of the --help groups" in p
+               for p in group_problems("tool", ("Usage",), grouped_parser(), text))
+
+
+# The link checker.
+
+@pytest.mark.parametrize("title, anchor", [
+    ("A cluster in one command: `--submit`, `-n auto`", "a-cluster-in-one-command---submit--n-auto"),
+    ("The relay: the tool's own local port", "the-relay-the-tools-own-local-port"),
+    ("7. Wait", "7-wait"),
+    ("Starting a server (`--start`)", "starting-a-server---start"),
+    ("jupyter-node", "jupyter-node"),
+])
+def test_github_anchor(title, anchor):
+    assert github_anchor(title) == anchor
+
+
+def test_heading_anchors_number_repeats_and_skip_code():
+    text = "# Usage\n\n## Options\n\n```\n# not a heading\n```\n\n## Options\n"
+    assert heading_anchors(text) == {"usage", "options", "options-1"}
+
+
+def test_relative_links_skip_urls_and_code():
+    text = ("See [a](a.md), [b](b.md#x) and [web](https://example.org/c.md).\n"
+            "`[not](code.md)` [`--x`](#opt) [wrapped\nlink](w.md)\n```\n[in](block.md)\n```\n")
+    assert relative_links(text) == ["a.md", "b.md#x", "#opt", "w.md"]
+
+
+def test_link_checker_finds_missing_files_and_headings(tmp_path):
+    (tmp_path / "b.md").write_text("# B\n\n## Some part\n", encoding="utf-8")
+    page = tmp_path / "a.md"
+    page.write_text("# A\n\n[ok](b.md#some-part) [self](#a) [file](b.md)\n"
+                    "[gone](c.md) [no heading](b.md#other) [no self](#nowhere)\n", encoding="utf-8")
+    problems = link_problems(page)
+    assert len(problems) == 3, problems
+    assert "link 'c.md': no file" in problems[0]
+    assert "link 'b.md#other': b.md has no heading" in problems[1]
+    assert "link '#nowhere': a.md has no heading" in problems[2]
