@@ -64,9 +64,11 @@ def run_to_the_end(hosts, *args: str, timeout: float = 60) -> Tunnel:
     return tunnel
 
 
-def submit_find_and_cancel(hosts, cluster, user: ClusterUser, scheduler: str, running: str, find: str) -> None:
+def submit_find_and_cancel(hosts, cluster, user: ClusterUser, scheduler: str, running: str, find: str,
+                           cancel_with: str = "--stop-server") -> None:
     """The scenario of the issue, for one scheduler: --submit, Ctrl+C, -n auto (and --list) or
-    --job ID (``find``), --submit again, --stop-server."""
+    --job ID (``find``), --submit again, then cancelled by that run's --stop-server or by a
+    run of its own with --job ID --stop (``cancel_with``)."""
     assert hosts.ssh("-J", "gw", "head", "command -v jupyter-node jupyter_node.py").stdout == ""  # not installed
     offsets = hosts.log_offsets()
     with Tunnel(hosts.config, "-s", "gw", "head", "--submit", "-t", "lab", "--pre", activate(user),
@@ -98,14 +100,20 @@ def submit_find_and_cancel(hosts, cluster, user: ClusterUser, scheduler: str, ru
         assert again.stop(signal.SIGINT) == jt.EXIT_OK
 
     # --submit again attaches to it (and says so); --stop-server then cancels the job
+    stop_server = ["--stop-server"] if cancel_with == "--stop-server" else []
     with Tunnel(hosts.config, "-s", "gw", "head", "--submit", "-t", "lab", "--pre", activate(user),
-                "--scheduler", scheduler, "-w", WAIT, "--json", "--stop-server") as third:
+                "--scheduler", scheduler, "-w", WAIT, "--json", *stop_server) as third:
         ready(third)
         assert f"Info: Your Jupyter job {job} (jp-lab) already runs on node: attaching to it instead of " \
                "submitting another (--new submits one)." in third.stderr
         assert cluster.jobs() == [job]
         assert third.stop(signal.SIGINT) == jt.EXIT_OK
         third.assert_clean()
+    if cancel_with == "--stop":  # one command, no tunnel (issue 22)
+        assert cluster.job_state(job) == running
+        third = run_to_the_end(hosts, "--job", job, "--scheduler", scheduler, "--stop")
+        assert third.process.returncode == jt.EXIT_OK, third.stderr
+        assert "Port used on localhost" not in third.stderr and third.lines.empty()
     assert f"Info: Cancelled job {job} (jp-lab)." in third.stderr
     wait_for(lambda: cluster.job_state(job) in (None, "CANCELLED"), 60, interval=0.2, what="the job to end")
     for run in (first, listed, again, third):
@@ -119,7 +127,7 @@ def test_sge_submit_then_auto_then_stop(sge_netns, cluster_user: ClusterUser):
 
 def test_slurm_submit_then_auto_then_stop(slurm_netns, cluster_user: ClusterUser):
     hosts, cluster = slurm_netns
-    submit_find_and_cancel(hosts, cluster, cluster_user, "slurm", "RUNNING", find="job")
+    submit_find_and_cancel(hosts, cluster, cluster_user, "slurm", "RUNNING", find="job", cancel_with="--stop")
 
 
 def test_sge_short_job_warns_then_the_tunnel_closes_when_it_ends(sge_netns, cluster_user: ClusterUser):

@@ -314,3 +314,23 @@ def test_interrupted_while_the_server_starts_leaves_nothing(tunnel, no_server, t
     # the start script notices that the run went away, and stops what it started
     wait_for(lambda: not user_processes(), 30, what=f"{USER}'s Jupyter to be stopped")
     assert runtime_files() == []
+
+
+def test_stop_stops_the_chosen_server_and_opens_no_tunnel(tunnel, sshd, no_server, start_jupyter):
+    """--stop: one command that stops a server (issue 22), chosen as a run chooses: --port here."""
+    kept, stopped = start_jupyter(USER), start_jupyter(USER)
+    offset = sshd.log_offset()
+    run = tunnel("-s", "gw", f"{USER}@srv", "--stop", "--port", str(stopped.port))
+    assert run.wait() == 0, run.stderr
+    assert f"Info: Stopping the Jupyter server on {USER}@srv (pid {stopped.pid})..." in run.stderr
+    assert "Info: The Jupyter server has stopped." in run.stderr
+    assert run.lines.empty() and "Port used on localhost" not in run.stderr  # no tunnel, no URL
+    assert not stopped.alive and kept.alive and kept.api()[0] == 200
+    assert len(sshd.logins_since(offset)) == 2  # gw and srv, once each
+    run.assert_clean()
+    # with several left and none chosen, nothing is stopped: the run asks for a choice
+    other = start_jupyter(USER)
+    run = tunnel("-s", f"{USER}@srv", "--stop")
+    assert run.wait() == 5
+    assert "choose one with --port PORT, --dir TEXT or --pick N" in run.stderr
+    assert kept.alive and other.alive
