@@ -154,6 +154,9 @@ DEFAULT_MAX_RETRIES = 20
 # refusal that comes without any prompt (a rate limit) would come again at every attempt, so
 # the run stops at this many instead of trying again.
 MAX_REFUSED_LOGINS = 3
+# A login that takes this long has likely waited for a person (a passphrase, a 2FA code): the
+# time it reports says so (build_connected_line).  Without one it takes well under a second.
+PROMPT_SECONDS = 3.0
 CONNECT_FAILURE_GRACE = 3.0  # seconds of "connection refused" at the remote end before giving up
 # What ssh -v adds to its stderr (-vv passes -v to ssh): debug lines, and a few lines of
 # its VERBOSE level (seen with OpenSSH 9.2).  They never explain a failure.
@@ -1910,6 +1913,7 @@ if sys.version_info < (3, 6):
 sys.argv[1:] = @ARGS@
 exec(compile(@SOURCE@, "jupyter_node.py", "exec"))
 """
+SUBMITTING = "submitting the job"  # describe_node_args's words for --submit
 SHELL_NOT_FOUND = (126, 127)  # the remote shell's exit codes for a program it cannot run
 JSON_START_RE = re.compile(r"^\{", re.MULTILINE)  # where jupyter_node.py's JSON answer may start
 JSON_SPACE = " \t\n\r"  # what JSON allows around a value (str.strip's default takes more)
@@ -2072,9 +2076,10 @@ def parse_python_version(stderr_lines: Iterable[str]) -> str:
 
 
 def node_tool_failure(python: str, head: str, returncode: int, stderr_lines: Sequence[str],
-                      info: dict | None) -> TunnelError | None:
+                      info: dict | None, action: str = SUBMITTING) -> TunnelError | None:
     """Why running jupyter_node.py on the head failed (None when it answered); from its exit
-    code, its stderr and its JSON answer, if any."""
+    code, its stderr and its JSON answer, if any; ``action`` is what it was asked to do
+    (describe_node_args), for the message."""
     old = parse_python_version(stderr_lines)
     said = [line.strip() for line in stderr_lines if line.strip() and not line.startswith((MARK, *SSH_NOISE))]
     words = "; ".join(said[-3:]) or f"exit code {returncode}"
@@ -2093,8 +2098,10 @@ def node_tool_failure(python: str, head: str, returncode: int, stderr_lines: Seq
         error = info.get("error") if isinstance(info.get("error"), str) else ""
         tail = format_log_tail(str(info.get("log_tail") or "").splitlines())
         log = f" (log on {head}: {info['log']})" if isinstance(info.get("log"), str) and info.get("log") else ""
-        return TunnelError(f"the Jupyter job could not start on {head}: {error or words}{log}{tail}",
-                           EXIT_MISSING if returncode == EXIT_MISSING else EXIT_START)
+        # only a submission starts anything: listing, finding or cancelling fails as itself
+        failed = f"the Jupyter job could not start on {head}" if action == SUBMITTING else f"{action} on {head} failed"
+        code = EXIT_MISSING if returncode == EXIT_MISSING else EXIT_START if action == SUBMITTING else EXIT_ERROR
+        return TunnelError(f"{failed}: {error or words}{log}{tail}", code)
     return None
 
 
@@ -2204,7 +2211,7 @@ def describe_node_args(args: Sequence[str]) -> str:
     for flag, words in (("--cancel", "cancelling job"), ("--job", "looking for job")):
         if flag in args[:-1]:
             return f"{words} {args[list(args).index(flag) + 1]}"
-    return "listing your jobs" if "--jobs" in args else "submitting the job"
+    return "listing your jobs" if "--jobs" in args else SUBMITTING
 
 
 def run_node_tool(master: Master, python: str, args: Sequence[str], timeout: float,
@@ -2240,7 +2247,7 @@ def run_node_tool(master: Master, python: str, args: Sequence[str], timeout: flo
 def ask_node_tool(master: Master, python: str, args: Sequence[str], timeout: float, relay: bool = True) -> dict:
     """jupyter_node.py's JSON answer; a TunnelError when it failed or gave none."""
     info, code, lines = run_node_tool(master, python, args, timeout, relay)
-    error = node_tool_failure(python, master.route.target, code, lines, info)
+    error = node_tool_failure(python, master.route.target, code, lines, info, describe_node_args(args))
     if error is not None:
         raise error
     assert info is not None
@@ -4186,6 +4193,14 @@ class Connection:
             stop_process(self.agent)
 
 
+def build_connected_line(seconds: float, could_prompt: bool) -> str:
+    """``Connected in 0.62 s``; a login long enough to have waited for a person says that
+    their time at the prompts is in it (ssh asks on the terminal itself: the run cannot tell)."""
+    if could_prompt and seconds >= PROMPT_SECONDS:
+        return f"Connected in {seconds:.2f} s, your time at the prompts included"
+    return f"Connected in {seconds:.2f} s"
+
+
 def list_jobs(master: Master, jobs: list[ClusterJob], as_json: bool) -> int:
     """``--list -n auto``: the user's Jupyter jobs, and the servers on each running job's node."""
     servers: dict[str, list[Server] | None] = {}
@@ -4297,7 +4312,7 @@ class Tunnel:
         if seconds is not None:  # on a cluster, the job's node comes first
             then = "." if self.settings.cluster and not self.watch else \
                 f"; looking for Jupyter servers on {self.route.describe_server_host()}..."
-            say("Info", f"Connected in {seconds:.2f} s{then}")
+            say("Info", build_connected_line(seconds, not self.connection.batch) + then)
         assert self.connection.master is not None
         return self.connection.master
 

@@ -176,6 +176,20 @@ def test_node_tool_failures(code, stderr, info, message, exit_code):
     assert "abc123" not in str(error)
 
 
+@pytest.mark.parametrize("action, message, exit_code", [
+    # -n auto starts nothing: its failure says what failed, not "could not start" (issue 22)
+    ("listing your jobs", "listing your jobs on head failed: squeue not found in PATH", jt.EXIT_MISSING),
+    ("looking for job 4711", "looking for job 4711 on head failed: squeue said: boom", jt.EXIT_ERROR),
+    ("cancelling job 4711", "cancelling job 4711 on head failed: squeue said: boom", jt.EXIT_ERROR),
+])
+def test_node_tool_failures_name_the_action(action, message, exit_code):
+    error_text = "squeue not found in PATH" if exit_code == jt.EXIT_MISSING else "squeue said: boom"
+    error = jt.node_tool_failure("python3", "head", 3 if exit_code == jt.EXIT_MISSING else 1, [],
+                                 {"error": error_text}, action)
+    assert error is not None and str(error) == message and error.code == exit_code
+    assert "could not start" not in str(error)
+
+
 def test_node_tool_answer_is_no_failure():
     assert jt.node_tool_failure("python3", "head", 0, ["Info: job 4711 is pending"], READY) is None
 

@@ -69,3 +69,12 @@ def test_a_changed_host_key_is_not_three_lines_of_at_signs():
 ])
 def test_a_refused_key_says_what_to_do(reason, hint):
     assert hint in jt.build_login_error("srv", reason)
+
+
+@pytest.mark.parametrize("seconds, could_prompt, line", [
+    (0.62, True, "Connected in 0.62 s"),
+    (12.37, True, "Connected in 12.37 s, your time at the prompts included"),
+    (12.37, False, "Connected in 12.37 s"),  # BatchMode: nobody was asked anything
+])
+def test_the_login_time_says_what_it_includes(seconds, could_prompt, line):
+    assert jt.build_connected_line(seconds, could_prompt) == line
