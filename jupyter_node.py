@@ -65,6 +65,7 @@ APPS = ("notebook", "lab")
 JOB_NAMES = {"notebook": "notebook", "lab": "jp-lab"}  # the original's job names
 APP_OF_NAME = {name: app for app, name in JOB_NAMES.items()}
 SCHEDULERS = ("sge", "slurm")
+CANCEL_COMMANDS = {"sge": "qdel", "slurm": "scancel"}  # what ends a job of each
 DEFAULT_WAIT = "15s"
 # sleep(1) syntax, as the original checked it: a number and an optional unit
 DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
@@ -436,6 +437,20 @@ def format_clock(seconds: Optional[int]) -> str:
     return f"{days}-{rest // 3600:02d}:{clock}" if days else f"{rest // 3600}:{clock}"
 
 
+def format_table(rows: Sequence[Sequence[str]]) -> str:
+    """Rows as left-aligned columns two spaces apart, the last one not padded; cells escaped
+    (root directories, versions and registry entries come from others).
+
+    Shared with jupyter_tunnel.py and jupyter_tunnel_shutdown.py: every table of the tools.
+    """
+    if not rows:
+        return ""
+    rows = [[escape_text(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
 def format_jobs(rows: Sequence[JobRow]) -> str:
     """The ``--jobs`` table for people."""
     lines = ["JOB         NAME      STATE    NODE                  TIME LEFT  REASON"]
@@ -478,6 +493,25 @@ def build_tunnel_command(head: str, node: str) -> str:
     return f"jupyter-tunnel -s {shlex.quote(head)} -n {shlex.quote(node)}"
 
 
+def split_host_list(value: str) -> List[str]:
+    """The hosts of one jupyter-tunnel ``-s`` value: ``"gw srv"`` and ``gw,srv`` hold two.
+
+    Shared with jupyter_tunnel.py and jupyter_tunnel_shutdown.py (which reads tunnels' argv).
+    """
+    return value.replace(",", " ").split()
+
+
+def split_host(host: str) -> Tuple[str, str, str]:
+    """``(user, name, port)`` of ``[ssh://][user@]name[:port]``; empty strings for what is missing."""
+    if host.startswith("ssh://"):
+        host = host[len("ssh://"):]
+    user, _, name = host.rpartition("@")
+    port = ""
+    if name.count(":") == 1 and name.split(":")[1].isdigit():
+        name, port = name.split(":")
+    return user, name, port
+
+
 def scheduler_delays(first: float = SCHEDULER_POLL_FIRST, cap: float = SCHEDULER_POLL_MAX) -> Iterator[float]:
     """Waits between two questions to the scheduler: ``first``, doubled each time, capped at ``cap``."""
     delay = first
@@ -498,6 +532,17 @@ def log_tail(text: str, lines: int = LOG_TAIL) -> str:
 def escape_text(text: str) -> str:
     """``text`` with every character a terminal would act on shown escaped (see ESCAPES)."""
     return text.translate(ESCAPES)
+
+
+def has_control(text: str) -> bool:
+    """Whether ``text`` holds a character that escape_text would escape."""
+    return any(ord(char) in ESCAPES for char in text)
+
+
+def describe_os_error(error: Exception) -> str:
+    """An OSError for an ``Error:`` line: ``Permission denied: /path/of/it``."""
+    where = f": {error.filename}" if getattr(error, "filename", None) else ""
+    return f"{getattr(error, 'strerror', None) or error}{where}"
 
 
 def say(kind: str, text: str) -> None:
@@ -741,7 +786,7 @@ def cancel_job(scheduler: str, job_id: str) -> None:
     # manager's qdel would cancel another user's job
     if not any(row.job == job_id for row in list_jobs(scheduler)):
         raise NodeError(f"no job {job_id} of yours is pending or running")
-    program = "scancel" if scheduler == "slurm" else "qdel"
+    program = CANCEL_COMMANDS[scheduler]
     done = run_command([which_or_fail(program, "to cancel the job"), job_id])
     if done.returncode != 0:
         raise NodeError(f"{program} {job_id} failed: {one_line(done.stderr or done.stdout)}")
@@ -956,6 +1001,47 @@ def resource_option(text: str) -> str:
     return text
 
 
+def number_option(unit: str, high: float, durations: bool = False):
+    """An argparse type: a number of ``unit`` (seconds, minutes), more than 0 and at most
+    ``high``; with ``durations``, the sleep syntax of -w (``90s``, ``5m``, ``1.5h``) too.
+
+    Shared with jupyter_tunnel.py and jupyter_tunnel_shutdown.py.  float() takes "nan",
+    "inf" and "1e300": nan would make every deadline unreachable (a timeout that never
+    fires), and huge values overflow the timers that take them.
+    """
+
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+            if durations:
+                try:
+                    value = parse_duration(text)
+                except ValueError:
+                    pass
+        if not 0 < value <= high:  # false for nan too
+            raise argparse.ArgumentTypeError(f"expected {unit}, more than 0 and at most {high:g}, not {text!r}")
+        return value
+
+    return number
+
+
+def int_option(low: int, high: int):
+    """An argparse type: a whole number from ``low`` to ``high`` (shared as number_option is)."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}, not {text!r}")
+        return value
+
+    return whole_number
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line, with the original tool's option names."""
 
@@ -1083,8 +1169,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return fail(args, f"{os.path.basename(str(error.cmd[0]))} did not answer within {error.timeout:g} s: "
                           "is the scheduler's controller up?", EXIT_ERROR)
     except OSError as error:  # the log, or a scheduler command that cannot run
-        return fail(args, f"{error.strerror or error}{f': {error.filename}' if error.filename else ''}",
-                    EXIT_ERROR)
+        return fail(args, describe_os_error(error), EXIT_ERROR)
 
 
 if __name__ == "__main__":

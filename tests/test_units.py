@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+import jupyter_node as jn
 import jupyter_tunnel as jt
 
 # Real runtime files (tokens trimmed), from ../shared/notes/jupyter-servers.md.
@@ -394,8 +395,8 @@ def test_parse_status_line(answer, status):
     ("\u202eevil\u2028x", "\\u202eevil\\u2028x"),  # bidi override, line separator
 ])
 def test_escape_text(text, shown):
-    assert jt.escape_text(text) == shown
-    assert jt.has_control(text) == (text != shown)
+    assert jn.escape_text(text) == shown
+    assert jn.has_control(text) == (text != shown)
 
 
 def test_say_shows_remote_text_escaped(capsys, monkeypatch):
