@@ -50,7 +50,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 __version__ = "0.1.0"
 
@@ -563,11 +563,12 @@ def say(kind: str, text: str) -> None:
 # --------------------------------------------------------------------------- I/O parts
 
 
-def which_or_fail(program: str, why: str) -> str:
-    """The full path of ``program``, or a NodeError naming what needs it."""
+def which_or_fail(program: str, why: str, error: Callable[[str, int], Exception] = NodeError) -> str:
+    """The full path of ``program``, or ``error`` (a NodeError; jupyter_tunnel.py's own
+    TunnelError) naming what needs it, with EXIT_MISSING."""
     path = shutil.which(program)
     if not path:
-        raise NodeError(f"{program} not found in PATH ({why})", EXIT_MISSING)
+        raise error(f"{program} not found in PATH ({why})", EXIT_MISSING)
     return path
 
 

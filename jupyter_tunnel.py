@@ -338,11 +338,8 @@ class ServerStopped(Exception):
 
 
 def which_or_fail(program: str, why: str) -> str:
-    """The full path of ``program``, or a TunnelError naming what needs it."""
-    path = shutil.which(program)
-    if not path:
-        raise TunnelError(f"{program} not found in PATH ({why})", EXIT_MISSING)
-    return path
+    """The full path of ``program``, or a TunnelError naming what needs it (jupyter_node's)."""
+    return jupyter_node.which_or_fail(program, why, TunnelError)
 
 
 # ------------------------------------------------------------ the route and the servers

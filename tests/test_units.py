@@ -190,6 +190,18 @@ def test_select_servers(port, directory, pids):
     assert [s.pid for s in jt.select_servers(servers, port, directory)] == pids
 
 
+def test_a_missing_program_is_a_tunnel_error(monkeypatch):
+    """jupyter_node's which_or_fail, failing with this tool's error and exit code."""
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(jt.TunnelError) as failed:
+        jt.which_or_fail("ssh", "the OpenSSH client")
+    assert (str(failed.value), failed.value.code) == ("ssh not found in PATH (the OpenSSH client)", jt.EXIT_MISSING)
+    with pytest.raises(jn.NodeError) as failed:
+        jn.which_or_fail("qrsh", "Grid Engine's job launcher")
+    assert (str(failed.value), failed.value.code) == ("qrsh not found in PATH (Grid Engine's job launcher)",
+                                                      jn.EXIT_MISSING)
+
+
 def test_backoff_delays():
     import itertools
 
