@@ -512,8 +512,9 @@ def split_host(host: str) -> Tuple[str, str, str]:
     return user, name, port
 
 
-def scheduler_delays(first: float = SCHEDULER_POLL_FIRST, cap: float = SCHEDULER_POLL_MAX) -> Iterator[float]:
-    """Waits between two questions to the scheduler: ``first``, doubled each time, capped at ``cap``."""
+def doubling_delays(first: float, cap: float) -> Iterator[float]:
+    """Waits that back off: ``first``, doubled each time, capped at ``cap`` (for the scheduler's
+    questions here, for jupyter_tunnel.py's reconnection attempts)."""
     delay = first
     while True:
         yield delay
@@ -843,7 +844,7 @@ def wait_for_job(job: Job, seconds: float) -> JobState:
     change of state is told at once (jupyter-tunnel --submit relays these lines).
     """
     deadline = time.monotonic() + seconds
-    delays = scheduler_delays()
+    delays = doubling_delays(SCHEDULER_POLL_FIRST, SCHEDULER_POLL_MAX)
     next_ask = time.monotonic()
     told = None
     while True:

@@ -2908,10 +2908,7 @@ def open_browser(browser: str | None, url: str, relay: Relay) -> None:
 def backoff_delays(first: float = 1.0, cap: float = MAX_BACKOFF) -> Iterator[float]:
     """Waits before reconnection attempts: 0 (at once), then 1, 2, 4 ... capped at ``cap``."""
     yield 0.0
-    delay = first
-    while True:
-        yield delay
-        delay = min(delay * 2, cap)
+    yield from jupyter_node.doubling_delays(first, cap)
 
 
 def follow_server(servers: Sequence[Server], previous: Server) -> Server | None:

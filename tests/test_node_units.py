@@ -274,7 +274,7 @@ def test_console_script_is_declared():
 
 
 def test_scheduler_is_asked_gently():
-    delays = jn.scheduler_delays(first=0.5, cap=10)
+    delays = jn.doubling_delays(first=0.5, cap=10)
     assert [next(delays) for _ in range(8)] == [0.5, 1, 2, 4, 8, 10, 10, 10]
 
 
