@@ -452,13 +452,11 @@ def format_table(rows: Sequence[Sequence[str]]) -> str:
 
 
 def format_jobs(rows: Sequence[JobRow]) -> str:
-    """The ``--jobs`` table for people."""
-    lines = ["JOB         NAME      STATE    NODE                  TIME LEFT  REASON"]
-    for row in rows:
-        # escaped: with --job ID the name is any job's, and the reason is the scheduler's
-        lines.append(escape_text(f"{row.job:<11} {row.name:<9} {row.state:<8} {row.node or '-':<21} "
-                                 f"{format_clock(row.time_left):>9}  {row.reason}".rstrip()))
-    return "\n".join(lines)
+    """The ``--jobs`` table for people (format_table escapes it: with --job ID the name is
+    any job's, and the reason is the scheduler's)."""
+    return format_table([("JOB", "NAME", "STATE", "NODE", "TIME LEFT", "REASON")]
+                        + [(row.job, row.name, row.state, row.node or "-", format_clock(row.time_left), row.reason)
+                           for row in rows])
 
 
 def build_result(scheduler: str, job_id: str, name: str, state: JobState, log: str,

@@ -548,9 +548,12 @@ def test_format_clock(seconds, text):
 def test_format_jobs():
     lines = jn.format_jobs([jn.JobRow("49", "jp-lab", "running", "node1", 598),
                             jn.JobRow("51", "notebook", "pending", "", None, "Resources")]).splitlines()
-    assert lines[0].split() == ["JOB", "NAME", "STATE", "NODE", "TIME", "LEFT", "REASON"]
-    assert lines[1].split() == ["49", "jp-lab", "running", "node1", "0:09:58"]
-    assert lines[2].split() == ["51", "notebook", "pending", "-", "-", "Resources"]
+    # the same table as jupyter-tunnel's and jupyter-tunnel-shutdown's (jn.format_table)
+    assert lines == [
+        "JOB  NAME      STATE    NODE   TIME LEFT  REASON",
+        "49   jp-lab    running  node1  0:09:58",
+        "51   notebook  pending  -      -          Resources",
+    ]
 
 
 @pytest.mark.parametrize("state, expected", [
