@@ -987,6 +987,17 @@ def line_option(text: str) -> str:
     return text
 
 
+def job_option(text: str) -> str:
+    """An argparse type: a scheduler's job id (``4711``, ``81234_3``).
+
+    Shared with jupyter_tunnel.py's ``--job``: the id goes on qdel/scancel's command line and
+    is compared with the scheduler's ids.
+    """
+    if not JOB_ID_RE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"not a job id (a letter or digit, then letters, digits, . _ -): {text!r}")
+    return text
+
+
 def resource_option(text: str) -> str:
     """An argparse type: a resource request, which must split like a shell's words.
 
@@ -1061,12 +1072,6 @@ def build_parser() -> argparse.ArgumentParser:
             raise argparse.ArgumentTypeError(f"no directory {parent} for the log {text}")
         return text
 
-    def job_id(text: str) -> str:
-        # it goes on qdel/scancel's command line and is compared with the scheduler's ids
-        if not JOB_ID_RE.fullmatch(text):
-            raise argparse.ArgumentTypeError(f"invalid job id {text!r}")
-        return text
-
     parser = argparse.ArgumentParser(
         prog="jupyter-node",
         description=(f"jupyter-node {__version__}: start a Jupyter server on a node of a Grid Engine "
@@ -1110,12 +1115,12 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--jobs", action="store_true",
                        help="submit nothing: list your Jupyter jobs (names notebook, jp-lab) that are "
                             "pending or running, with their time left")
-    which.add_argument("--job", type=job_id, metavar="ID",
+    which.add_argument("--job", type=job_option, metavar="ID",
                        help="as --jobs, for that one job whatever its name")
     which.add_argument("--reuse", action="store_true",
                        help="submit only if no Jupyter job of yours is pending or running; "
                             "else wait for that one")
-    which.add_argument("--cancel", type=job_id, metavar="ID", help="cancel that job (qdel/scancel)")
+    which.add_argument("--cancel", type=job_option, metavar="ID", help="cancel that job (qdel/scancel)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 

@@ -80,8 +80,8 @@ __all__ = ["__version__", "main"]
 # jupyter_tunnel -> jupyter_tunnel_shutdown -> jupyter_node (which must run alone on a head node).
 import jupyter_node  # --submit sends its source to the head
 from jupyter_node import (CANCEL_COMMANDS, JOB_ID_RE, SCHEDULERS, add_server_options, build_activation_steps,
-                          describe_os_error, escape_text, format_table, has_control, int_option, number_option,
-                          say, split_host, split_host_list)
+                          describe_os_error, escape_text, format_table, has_control, int_option, job_option,
+                          number_option, say, split_host, split_host_list)
 from jupyter_node import resource_option as node_resource_option
 # the registry, a run's private directory and its lock
 from jupyter_tunnel_shutdown import (AGENT_SOCKET, CONFIG_FILE, CONNECTING, CONTROL_SOCKET, FORWARD_SOCKET,
@@ -3586,13 +3586,6 @@ def run_tunnel(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------- the command line
-
-
-def job_option(text: str) -> str:
-    """An argparse type: a scheduler's job id (``4711``, ``81234_3``)."""
-    if not JOB_ID_RE.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"not a job id (a letter or digit, then letters, digits, . _ -): {text!r}")
-    return text
 
 
 def resource_option(text: str) -> str:

@@ -242,10 +242,11 @@ def test_make_log_given_path_is_made_private(tmp_path):
     (["-w", "-1"], "invalid wait time '-1'"),
     (["--scheduler", "pbs"], "invalid choice: 'pbs'"),
     (["--bogus"], "unrecognized arguments: --bogus"),
-    (["--job", "4711;rm"], "invalid job id '4711;rm'"),  # it goes on qdel/scancel's command line
-    (["--cancel", "a b"], "invalid job id 'a b'"),
-    (["--cancel=-1"], "invalid job id '-1'"),  # qdel/scancel would read it as an option
-    (["--job=-u"], "invalid job id '-u'"),
+    # a job id goes on qdel/scancel's command line: nothing else, and never an option of theirs
+    (["--job", "4711;rm"], "argument --job: not a job id (a letter or digit, then letters, digits, . _ -): '4711;rm'"),
+    (["--cancel", "a b"], "argument --cancel: not a job id (a letter or digit, then letters, digits, . _ -): 'a b'"),
+    (["--cancel=-1"], "argument --cancel: not a job id (a letter or digit, then letters, digits, . _ -): '-1'"),
+    (["--job=-u"], "argument --job: not a job id (a letter or digit, then letters, digits, . _ -): '-u'"),
     (["--pre", "true\nfalse"], "argument --pre: must be one line (no newline): 'true\\nfalse'"),
     (["--conda-env", "a\u2029b"], "argument --conda-env: must be one line (no newline)"),
     (["--jobs", "--reuse"], "not allowed with argument"),
