@@ -50,7 +50,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 __version__ = "0.1.0"
 
@@ -519,9 +519,15 @@ def doubling_delays(first: float, cap: float) -> Iterator[float]:
         delay = min(delay * 2, cap)
 
 
+def last_lines(lines: Iterable[str], count: int = LOG_TAIL) -> List[str]:
+    """The last ``count`` lines that are not blank, as they are: a log's end for an error
+    (shared with jupyter_tunnel.py, which shows a started server's log so)."""
+    return [line for line in lines if line.strip()][-count:]
+
+
 def log_tail(text: str, lines: int = LOG_TAIL) -> str:
     """The last lines of the log, indented, for an error message."""
-    kept = [line for line in text.splitlines() if line.strip()][-lines:]
+    kept = last_lines(text.splitlines(), lines)
     return "\n".join(f"    {line}" for line in kept) if kept else "    (the log is empty)"
 
 

@@ -81,7 +81,7 @@ __all__ = ["__version__", "main"]
 import jupyter_node  # --submit sends its source to the head
 from jupyter_node import (CANCEL_COMMANDS, JOB_ID_RE, SCHEDULERS, add_server_options, build_activation_steps,
                           describe_os_error, escape_text, format_table, has_control, int_option, job_option,
-                          number_option, say, split_host, split_host_list)
+                          last_lines, number_option, say, split_host, split_host_list)
 from jupyter_node import resource_option as node_resource_option
 # the registry, a run's private directory and its lock
 from jupyter_tunnel_shutdown import (AGENT_SOCKET, CONFIG_FILE, CONNECTING, CONTROL_SOCKET, FORWARD_SOCKET,
@@ -1564,7 +1564,7 @@ def format_log_tail(lines: Iterable[str]) -> str:
     """``; its log ends with: a | b`` (its last START_LOG_TAIL lines) for an error, "" if empty.
 
     Tokens masked: the log may hold the server's URL with its token, printed before it failed."""
-    tail = [TOKEN_RE.sub("token=…", line.strip()) for line in lines if line.strip()][-START_LOG_TAIL:]
+    tail = [TOKEN_RE.sub("token=…", line.strip()) for line in last_lines(lines, START_LOG_TAIL)]
     return "; its log ends with: " + " | ".join(tail) if tail else ""
 
 

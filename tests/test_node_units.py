@@ -218,6 +218,8 @@ def test_log_tail():
     text = "\n".join(f"line {i}" for i in range(30)) + "\n\n"
     assert jn.log_tail(text, 3) == "    line 27\n    line 28\n    line 29"
     assert jn.log_tail("") == "    (the log is empty)"
+    # blank lines do not count, and a traceback keeps its indentation
+    assert jn.log_tail("Traceback:\n  File x\n \n", 2) == "    Traceback:\n      File x"
 
 
 def test_make_log_default_is_private_and_named(tmp_path, monkeypatch):
