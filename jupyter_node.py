@@ -97,6 +97,7 @@ JOB_ID_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]*")  # always with fullmatch: 
 LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 # What squeue's %L and Grid Engine's time values say for "no limit" (squeue(1), queue_conf(5))
 NO_LIMIT = ("UNLIMITED", "NOT_SET", "INVALID", "INFINITY", "")
+NO_TIME_LIMIT = "no time limit"  # ...and what the three tools print for it (format_time_left)
 # Grid Engine prints JAT_start_time in the local time of the host that runs qstat, without zone
 SGE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 # squeue -o: id, name, state, node list, time left, reason (the fields of JobRow, in order)
@@ -428,13 +429,20 @@ def choose_job(rows: Sequence[JobRow], names: Sequence[str]) -> Optional[JobRow]
     return ours[0] if ours else None
 
 
-def format_clock(seconds: Optional[int]) -> str:
-    """``1:29:58`` (``2-01:00:00`` beyond a day) for a time left; ``-`` for none."""
+def format_time_left(seconds: Optional[float]) -> str:
+    """A job's time left as all three tools print it, rounded down: ``45 s``, ``9 min``,
+    ``1 h 30 min``, ``2 d 3 h``; NO_TIME_LIMIT for None (no limit, or none known)."""
     if seconds is None:
-        return "-"
-    days, rest = divmod(int(seconds), 86400)
-    clock = f"{rest // 60 % 60:02d}:{rest % 60:02d}"
-    return f"{days}-{rest // 3600:02d}:{clock}" if days else f"{rest // 3600}:{clock}"
+        return NO_TIME_LIMIT
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, hours, days = seconds // 60 % 60, seconds // 3600 % 24, seconds // 86400
+    if days:
+        return f"{days} d {hours} h" if hours else f"{days} d"
+    if hours:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    return f"{minutes} min"
 
 
 def format_table(rows: Sequence[Sequence[str]]) -> str:
@@ -455,7 +463,7 @@ def format_jobs(rows: Sequence[JobRow]) -> str:
     """The ``--jobs`` table for people (format_table escapes it: with --job ID the name is
     any job's, and the reason is the scheduler's)."""
     return format_table([("JOB", "NAME", "STATE", "NODE", "TIME LEFT", "REASON")]
-                        + [(row.job, row.name, row.state, row.node or "-", format_clock(row.time_left), row.reason)
+                        + [(row.job, row.name, row.state, row.node or "-", format_time_left(row.time_left), row.reason)
                            for row in rows])
 
 
@@ -895,7 +903,7 @@ def report(job: Job, state: JobState, args: argparse.Namespace, scheduler: str, 
         if state.state == "failed":
             result["log_tail"] = "\n".join(line.strip() for line in log_tail(read_log(job.log)).splitlines())
         print(json.dumps(result), flush=True)
-    left = f", {format_clock(seconds_left)} left" if seconds_left is not None else ""
+    left = f", {format_time_left(seconds_left)} left" if seconds_left is not None else ""
     if state.state == "failed":
         return fail(args, f"Jupyter {app} did not start: {state.detail}. Log: {job.log}", EXIT_ERROR,
                     log_tail(read_log(job.log)), result_printed=True)

@@ -76,12 +76,12 @@ T = TypeVar("T")
 __all__ = ["__version__", "main"]
 
 # --start's options and activation commands are jupyter-node's own, as are the helpers all
-# three tools share (messages, option types, tables).  The imports go one way:
+# three tools share (messages, option types, tables, the time left).  The imports go one way:
 # jupyter_tunnel -> jupyter_tunnel_shutdown -> jupyter_node (which must run alone on a head node).
 import jupyter_node  # --submit sends its source to the head
 from jupyter_node import (CANCEL_COMMANDS, JOB_ID_RE, SCHEDULERS, add_server_options, build_activation_steps,
-                          describe_os_error, escape_text, format_table, has_control, int_option, job_option,
-                          last_lines, number_option, say, split_host, split_host_list)
+                          describe_os_error, escape_text, format_table, format_time_left, has_control, int_option,
+                          job_option, last_lines, number_option, say, split_host, split_host_list)
 from jupyter_node import resource_option as node_resource_option
 # the registry, a run's private directory and its lock
 from jupyter_tunnel_shutdown import (AGENT_SOCKET, CONFIG_FILE, CONNECTING, CONTROL_SOCKET, FORWARD_SOCKET,
@@ -1892,19 +1892,6 @@ def build_attach_hint(route: Route, job: ClusterJob) -> str:
             f"or cancel it with {job.cancel_command} on {route.target}")
 
 
-def format_duration(seconds: float) -> str:
-    """``45 s``, ``9 min``, ``1 h 30 min``, ``2 d 3 h``: a job's time left, rounded down."""
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, hours, days = seconds // 60 % 60, seconds // 3600 % 24, seconds // 86400
-    if days:
-        return f"{days} d {hours} h" if hours else f"{days} d"
-    if hours:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    return f"{minutes} min"
-
-
 def build_warning_times(time_left: float | None, warn_before: float) -> list[tuple[float, float]]:
     """When to warn that the job ends: ``(seconds from now, seconds left then)``, soonest first.
 
@@ -1921,7 +1908,7 @@ def build_warning_times(time_left: float | None, warn_before: float) -> list[tup
 def build_job_warning(job: ClusterJob, seconds_left: float) -> str:
     """The line a user cannot miss, before the job's time limit."""
     # rounded up: a warning given on time at its mark (59.98 s left) says the mark (1 min)
-    return f"job {job.job} ends in {format_duration(math.ceil(seconds_left))} (time limit): save your notebooks."
+    return f"job {job.job} ends in {format_time_left(math.ceil(seconds_left))} (time limit): save your notebooks."
 
 
 def format_job_table(jobs: Sequence[ClusterJob], servers: Mapping[str, Sequence[Server] | None]) -> str:
@@ -1929,7 +1916,7 @@ def format_job_table(jobs: Sequence[ClusterJob], servers: Mapping[str, Sequence[
     each job, and the servers found on its node (None: the node could not be asked)."""
     rows = [("#", "JOB", "NAME", "STATE", "NODE", "TIME LEFT", "SERVERS")]
     for number, job in enumerate(jobs, 1):
-        left = "?" if job.time_left is None else format_duration(job.time_left)
+        left = format_time_left(job.time_left)
         found = servers.get(job.node, ())
         if found is None:
             ports = "?"
@@ -3359,7 +3346,7 @@ class Tunnel:
         if not self.settings.stop_server:
             left = self.time_left()
             say("Info", f"{job.describe(first=True)} keeps running on {job.node}"
-                        + ("" if left is None else f" ({format_duration(left)} left)")
+                        + ("" if left is None else f" ({format_time_left(left)} left)")
                         + f": {job.cancel_command} on {head} stops it; jupyter-tunnel -n auto attaches to it again.")
             return
         if self.master is None or not self.master.alive():
@@ -3388,7 +3375,7 @@ class Tunnel:
         if self.job is not None:
             left = self.time_left()
             say("Info", f"Running in {self.job.scheduler} {self.job.describe()} on {self.job.node}: "
-                        + ("no time limit" if left is None else f"{format_duration(left)} left"))
+                        + ("no time limit" if left is None else f"{format_time_left(left)} left"))
             job = {"job": self.job.job, "scheduler": self.job.scheduler,
                    "time_left": None if left is None else int(left)}
         say("Info", f"Port used on localhost: {self.local_port}")  # last, right before the URL

@@ -48,8 +48,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 # messages, option types, tables and the time left are shared by the three tools
 import jupyter_node
-from jupyter_node import (CANCEL_COMMANDS, JOB_ID_RE, describe_os_error, format_table, has_control, int_option,
-                          number_option, say, split_host, split_host_list)
+from jupyter_node import (CANCEL_COMMANDS, JOB_ID_RE, describe_os_error, format_table, format_time_left, has_control,
+                          int_option, number_option, say, split_host, split_host_list)
 
 # This tool's API, and the registry that jupyter_tunnel.py uses (tests/test_api.py checks
 # that it imports nothing else from here).
@@ -951,13 +951,10 @@ def time_left(job_end: float | None, now: float) -> int | None:
     return None if job_end is None else max(0, int(job_end - now))
 
 
-def format_time_left(job: str, job_end: float | None, now: float) -> str:
-    """The TIME LEFT cell: ``1:29:59`` or ``2-03:00:00`` as squeue says it, one word; ``-``
-    without a job, ``?`` for a job without a known end."""
-    left = time_left(job_end, now)
-    if not job or left is None:
-        return "-" if not job else "?"
-    return jupyter_node.format_clock(left)  # as jupyter-node --jobs shows it
+def time_left_cell(job: str, job_end: float | None, now: float) -> str:
+    """The TIME LEFT cell: ``1 h 29 min`` as the other tools say it, ``no time limit`` for a
+    job without a known end; ``-`` without a job."""
+    return format_time_left(time_left(job_end, now)) if job else "-"
 
 
 def format_started(started: float | None) -> str:
@@ -969,7 +966,8 @@ def format_started(started: float | None) -> str:
 
 
 def table_row(tunnel: RunningTunnel) -> tuple[str, ...]:
-    """One ``--list`` row, in TABLE_COLUMNS order; no cell holds a space, but STARTED (last)."""
+    """One ``--list`` row, in TABLE_COLUMNS order; no cell holds a space, but TIME LEFT and
+    STARTED (last)."""
     if tunnel.registered:
         remote = tunnel.sock or (str(tunnel.remote_port) if tunnel.remote_port else "?")
     else:
@@ -982,7 +980,7 @@ def table_row(tunnel: RunningTunnel) -> tuple[str, ...]:
         remote,
         {True: "started", False: "found", None: "?"}[tunnel.started_server],
         tunnel.job or "-",
-        format_time_left(tunnel.job, tunnel.job_end, time.time()),
+        time_left_cell(tunnel.job, tunnel.job_end, time.time()),
         tunnel.phase or "?",
         format_started(tunnel.started),
     )

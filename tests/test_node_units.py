@@ -542,10 +542,15 @@ def test_choose_job(rows, expected):
     assert (chosen.job if chosen else None) == expected
 
 
-@pytest.mark.parametrize("seconds, text", [(None, "-"), (0, "0:00:00"), (598, "0:09:58"),
-                                           (5400, "1:30:00"), (93600, "1-02:00:00")])
-def test_format_clock(seconds, text):
-    assert jn.format_clock(seconds) == text
+@pytest.mark.parametrize("seconds, text", [
+    (0, "0 s"), (59.9, "59 s"), (60, "1 min"), (598, "9 min"), (600, "10 min"), (3600, "1 h"),
+    (5400, "1 h 30 min"), (86400, "1 d"), (93600, "1 d 2 h"), (2 * 86400 + 3 * 3600 + 59, "2 d 3 h"), (-5, "0 s"),
+    (None, "no time limit"),
+])
+def test_format_time_left(seconds, text):
+    """The time left, as all three tools print it (jupyter-tunnel's messages and tables,
+    jupyter-node's, jupyter-tunnel-shutdown --list)."""
+    assert jn.format_time_left(seconds) == text
 
 
 def test_format_jobs():
@@ -553,9 +558,9 @@ def test_format_jobs():
                             jn.JobRow("51", "notebook", "pending", "", None, "Resources")]).splitlines()
     # the same table as jupyter-tunnel's and jupyter-tunnel-shutdown's (jn.format_table)
     assert lines == [
-        "JOB  NAME      STATE    NODE   TIME LEFT  REASON",
-        "49   jp-lab    running  node1  0:09:58",
-        "51   notebook  pending  -      -          Resources",
+        "JOB  NAME      STATE    NODE   TIME LEFT      REASON",
+        "49   jp-lab    running  node1  9 min",
+        "51   notebook  pending  -      no time limit  Resources",
     ]
 
 

@@ -151,10 +151,10 @@ def test_table():
     rows = [sd.TABLE_COLUMNS, sd.table_row(VIA_GW), sd.table_row(ON_NODE), sd.table_row(UNREGISTERED)]
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(STATE["started"]))
     assert jn.format_table(rows).splitlines() == [
-        "PID   LOCAL PORT  HOSTS        NODE   REMOTE  SERVER   JOB   TIME LEFT  STATE  STARTED",
-        f"4242  8889        gw,u@srv     -      8888    started  -     -          ready  {started}",
-        f"3     9001        gw,head      node1  8888    found    4711  ?          ready  {started}",
-        "4     ?           gw,srv:2222  -      ?       ?        -     -          ?      ?",
+        "PID   LOCAL PORT  HOSTS        NODE   REMOTE  SERVER   JOB   TIME LEFT      STATE  STARTED",
+        f"4242  8889        gw,u@srv     -      8888    started  -     -              ready  {started}",
+        f"3     9001        gw,head      node1  8888    found    4711  no time limit  ready  {started}",
+        "4     ?           gw,srv:2222  -      ?       ?        -     -              ?      ?",
     ]
     assert jn.format_table([]) == ""
 
@@ -262,13 +262,13 @@ def test_nothing_registered(monkeypatch, tmp_path, capsys):
 
 @pytest.mark.parametrize("job, job_end, now, cell, seconds", [
     ("", None, 0, "-", None),
-    ("4711", None, 0, "?", None),  # no time limit, or not known
-    ("4711", 5399.5, 0, "1:29:59", 5399),
-    ("4711", 2 * 86400 + 3 * 3600, 0, "2-03:00:00", 2 * 86400 + 3 * 3600),
-    ("4711", 10, 20, "0:00:00", 0),  # past its end: the tunnel closes at once
+    ("4711", None, 0, "no time limit", None),  # or none known
+    ("4711", 5399.5, 0, "1 h 29 min", 5399),
+    ("4711", 2 * 86400 + 3 * 3600, 0, "2 d 3 h", 2 * 86400 + 3 * 3600),
+    ("4711", 10, 20, "0 s", 0),  # past its end: the tunnel closes at once
 ])
 def test_time_left_column(job, job_end, now, cell, seconds):
-    assert sd.format_time_left(job, job_end, now) == cell
+    assert sd.time_left_cell(job, job_end, now) == cell
     assert sd.time_left(job_end, now) == (seconds if job_end is not None else None)
 
 
@@ -277,7 +277,8 @@ def test_job_fields_from_the_registry_are_checked():
     assert (tunnel.job, tunnel.scheduler, tunnel.job_end) == ("", "", None)
     for end in ("nan", float("inf"), "-inf", "1e999"):  # a number no time can be computed from
         tunnel = sd.RunningTunnel.from_state(dict(STATE, job="4711", job_end=end))
-        assert tunnel.job_end is None and sd.table_row(tunnel)[7] == "?" and tunnel.to_json()["time_left"] is None
+        assert tunnel.job_end is None and tunnel.to_json()["time_left"] is None
+        assert sd.table_row(tunnel)[7] == "no time limit"
     tunnel = sd.RunningTunnel.from_state(dict(STATE, job="81234_3", scheduler="slurm", job_end=time.time() + 600))
     info = tunnel.to_json()
     assert (info["job"], info["scheduler"]) == ("81234_3", "slurm") and 590 <= info["time_left"] <= 600
