@@ -50,7 +50,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 __version__ = "0.1.0"
 
@@ -65,6 +65,7 @@ APPS = ("notebook", "lab")
 JOB_NAMES = {"notebook": "notebook", "lab": "jp-lab"}  # the original's job names
 APP_OF_NAME = {name: app for app, name in JOB_NAMES.items()}
 SCHEDULERS = ("sge", "slurm")
+CANCEL_COMMANDS = {"sge": "qdel", "slurm": "scancel"}  # what ends a job of each
 DEFAULT_WAIT = "15s"
 # sleep(1) syntax, as the original checked it: a number and an optional unit
 DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
@@ -96,6 +97,7 @@ JOB_ID_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]*")  # always with fullmatch: 
 LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 # What squeue's %L and Grid Engine's time values say for "no limit" (squeue(1), queue_conf(5))
 NO_LIMIT = ("UNLIMITED", "NOT_SET", "INVALID", "INFINITY", "")
+NO_TIME_LIMIT = "no time limit"  # ...and what the three tools print for it (format_time_left)
 # Grid Engine prints JAT_start_time in the local time of the host that runs qstat, without zone
 SGE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 # squeue -o: id, name, state, node list, time left, reason (the fields of JobRow, in order)
@@ -427,23 +429,42 @@ def choose_job(rows: Sequence[JobRow], names: Sequence[str]) -> Optional[JobRow]
     return ours[0] if ours else None
 
 
-def format_clock(seconds: Optional[int]) -> str:
-    """``1:29:58`` (``2-01:00:00`` beyond a day) for a time left; ``-`` for none."""
+def format_time_left(seconds: Optional[float]) -> str:
+    """A job's time left as all three tools print it, rounded down: ``45 s``, ``9 min``,
+    ``1 h 30 min``, ``2 d 3 h``; NO_TIME_LIMIT for None (no limit, or none known)."""
     if seconds is None:
-        return "-"
-    days, rest = divmod(int(seconds), 86400)
-    clock = f"{rest // 60 % 60:02d}:{rest % 60:02d}"
-    return f"{days}-{rest // 3600:02d}:{clock}" if days else f"{rest // 3600}:{clock}"
+        return NO_TIME_LIMIT
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, hours, days = seconds // 60 % 60, seconds // 3600 % 24, seconds // 86400
+    if days:
+        return f"{days} d {hours} h" if hours else f"{days} d"
+    if hours:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    return f"{minutes} min"
+
+
+def format_table(rows: Sequence[Sequence[str]]) -> str:
+    """Rows as left-aligned columns two spaces apart, the last one not padded; cells escaped
+    (root directories, versions and registry entries come from others).
+
+    Shared with jupyter_tunnel.py and jupyter_tunnel_shutdown.py: every table of the tools.
+    """
+    if not rows:
+        return ""
+    rows = [[escape_text(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def format_jobs(rows: Sequence[JobRow]) -> str:
-    """The ``--jobs`` table for people."""
-    lines = ["JOB         NAME      STATE    NODE                  TIME LEFT  REASON"]
-    for row in rows:
-        # escaped: with --job ID the name is any job's, and the reason is the scheduler's
-        lines.append(escape_text(f"{row.job:<11} {row.name:<9} {row.state:<8} {row.node or '-':<21} "
-                                 f"{format_clock(row.time_left):>9}  {row.reason}".rstrip()))
-    return "\n".join(lines)
+    """The ``--jobs`` table for people (format_table escapes it: with --job ID the name is
+    any job's, and the reason is the scheduler's)."""
+    return format_table([("JOB", "NAME", "STATE", "NODE", "TIME LEFT", "REASON")]
+                        + [(row.job, row.name, row.state, row.node or "-", format_time_left(row.time_left), row.reason)
+                           for row in rows])
 
 
 def build_result(scheduler: str, job_id: str, name: str, state: JobState, log: str,
@@ -478,17 +499,43 @@ def build_tunnel_command(head: str, node: str) -> str:
     return f"jupyter-tunnel -s {shlex.quote(head)} -n {shlex.quote(node)}"
 
 
-def scheduler_delays(first: float = SCHEDULER_POLL_FIRST, cap: float = SCHEDULER_POLL_MAX) -> Iterator[float]:
-    """Waits between two questions to the scheduler: ``first``, doubled each time, capped at ``cap``."""
+def split_host_list(value: str) -> List[str]:
+    """The hosts of one jupyter-tunnel ``-s`` value: ``"gw srv"`` and ``gw,srv`` hold two.
+
+    Shared with jupyter_tunnel.py and jupyter_tunnel_shutdown.py (which reads tunnels' argv).
+    """
+    return value.replace(",", " ").split()
+
+
+def split_host(host: str) -> Tuple[str, str, str]:
+    """``(user, name, port)`` of ``[ssh://][user@]name[:port]``; empty strings for what is missing."""
+    if host.startswith("ssh://"):
+        host = host[len("ssh://"):]
+    user, _, name = host.rpartition("@")
+    port = ""
+    if name.count(":") == 1 and name.split(":")[1].isdigit():
+        name, port = name.split(":")
+    return user, name, port
+
+
+def doubling_delays(first: float, cap: float) -> Iterator[float]:
+    """Waits that back off: ``first``, doubled each time, capped at ``cap`` (for the scheduler's
+    questions here, for jupyter_tunnel.py's reconnection attempts)."""
     delay = first
     while True:
         yield delay
         delay = min(delay * 2, cap)
 
 
+def last_lines(lines: Iterable[str], count: int = LOG_TAIL) -> List[str]:
+    """The last ``count`` lines that are not blank, as they are: a log's end for an error
+    (shared with jupyter_tunnel.py, which shows a started server's log so)."""
+    return [line for line in lines if line.strip()][-count:]
+
+
 def log_tail(text: str, lines: int = LOG_TAIL) -> str:
     """The last lines of the log, indented, for an error message."""
-    kept = [line for line in text.splitlines() if line.strip()][-lines:]
+    kept = last_lines(text.splitlines(), lines)
     return "\n".join(f"    {line}" for line in kept) if kept else "    (the log is empty)"
 
 
@@ -498,6 +545,17 @@ def log_tail(text: str, lines: int = LOG_TAIL) -> str:
 def escape_text(text: str) -> str:
     """``text`` with every character a terminal would act on shown escaped (see ESCAPES)."""
     return text.translate(ESCAPES)
+
+
+def has_control(text: str) -> bool:
+    """Whether ``text`` holds a character that escape_text would escape."""
+    return any(ord(char) in ESCAPES for char in text)
+
+
+def describe_os_error(error: Exception) -> str:
+    """An OSError for an ``Error:`` line: ``Permission denied: /path/of/it``."""
+    where = f": {error.filename}" if getattr(error, "filename", None) else ""
+    return f"{getattr(error, 'strerror', None) or error}{where}"
 
 
 def say(kind: str, text: str) -> None:
@@ -518,11 +576,12 @@ def say(kind: str, text: str) -> None:
 # --------------------------------------------------------------------------- I/O parts
 
 
-def which_or_fail(program: str, why: str) -> str:
-    """The full path of ``program``, or a NodeError naming what needs it."""
+def which_or_fail(program: str, why: str, error: Callable[[str, int], Exception] = NodeError) -> str:
+    """The full path of ``program``, or ``error`` (a NodeError; jupyter_tunnel.py's own
+    TunnelError) naming what needs it, with EXIT_MISSING."""
     path = shutil.which(program)
     if not path:
-        raise NodeError(f"{program} not found in PATH ({why})", EXIT_MISSING)
+        raise error(f"{program} not found in PATH ({why})", EXIT_MISSING)
     return path
 
 
@@ -741,7 +800,7 @@ def cancel_job(scheduler: str, job_id: str) -> None:
     # manager's qdel would cancel another user's job
     if not any(row.job == job_id for row in list_jobs(scheduler)):
         raise NodeError(f"no job {job_id} of yours is pending or running")
-    program = "scancel" if scheduler == "slurm" else "qdel"
+    program = CANCEL_COMMANDS[scheduler]
     done = run_command([which_or_fail(program, "to cancel the job"), job_id])
     if done.returncode != 0:
         raise NodeError(f"{program} {job_id} failed: {one_line(done.stderr or done.stdout)}")
@@ -797,7 +856,7 @@ def wait_for_job(job: Job, seconds: float) -> JobState:
     change of state is told at once (jupyter-tunnel --submit relays these lines).
     """
     deadline = time.monotonic() + seconds
-    delays = scheduler_delays()
+    delays = doubling_delays(SCHEDULER_POLL_FIRST, SCHEDULER_POLL_MAX)
     next_ask = time.monotonic()
     told = None
     while True:
@@ -844,7 +903,7 @@ def report(job: Job, state: JobState, args: argparse.Namespace, scheduler: str, 
         if state.state == "failed":
             result["log_tail"] = "\n".join(line.strip() for line in log_tail(read_log(job.log)).splitlines())
         print(json.dumps(result), flush=True)
-    left = f", {format_clock(seconds_left)} left" if seconds_left is not None else ""
+    left = f", {format_time_left(seconds_left)} left" if seconds_left is not None else ""
     if state.state == "failed":
         return fail(args, f"Jupyter {app} did not start: {state.detail}. Log: {job.log}", EXIT_ERROR,
                     log_tail(read_log(job.log)), result_printed=True)
@@ -942,6 +1001,17 @@ def line_option(text: str) -> str:
     return text
 
 
+def job_option(text: str) -> str:
+    """An argparse type: a scheduler's job id (``4711``, ``81234_3``).
+
+    Shared with jupyter_tunnel.py's ``--job``: the id goes on qdel/scancel's command line and
+    is compared with the scheduler's ids.
+    """
+    if not JOB_ID_RE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"not a job id (a letter or digit, then letters, digits, . _ -): {text!r}")
+    return text
+
+
 def resource_option(text: str) -> str:
     """An argparse type: a resource request, which must split like a shell's words.
 
@@ -954,6 +1024,47 @@ def resource_option(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} does not split like a shell command: "
                                          f"{str(error).lower()}") from None
     return text
+
+
+def number_option(unit: str, high: float, durations: bool = False):
+    """An argparse type: a number of ``unit`` (seconds, minutes), more than 0 and at most
+    ``high``; with ``durations``, the sleep syntax of -w (``90s``, ``5m``, ``1.5h``) too.
+
+    Shared with jupyter_tunnel.py and jupyter_tunnel_shutdown.py.  float() takes "nan",
+    "inf" and "1e300": nan would make every deadline unreachable (a timeout that never
+    fires), and huge values overflow the timers that take them.
+    """
+
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+            if durations:
+                try:
+                    value = parse_duration(text)
+                except ValueError:
+                    pass
+        if not 0 < value <= high:  # false for nan too
+            raise argparse.ArgumentTypeError(f"expected {unit}, more than 0 and at most {high:g}, not {text!r}")
+        return value
+
+    return number
+
+
+def int_option(low: int, high: int):
+    """An argparse type: a whole number from ``low`` to ``high`` (shared as number_option is)."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}, not {text!r}")
+        return value
+
+    return whole_number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -973,12 +1084,6 @@ def build_parser() -> argparse.ArgumentParser:
         parent = os.path.dirname(os.path.abspath(text))
         if not os.path.isdir(parent):
             raise argparse.ArgumentTypeError(f"no directory {parent} for the log {text}")
-        return text
-
-    def job_id(text: str) -> str:
-        # it goes on qdel/scancel's command line and is compared with the scheduler's ids
-        if not JOB_ID_RE.fullmatch(text):
-            raise argparse.ArgumentTypeError(f"invalid job id {text!r}")
         return text
 
     parser = argparse.ArgumentParser(
@@ -1024,12 +1129,12 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--jobs", action="store_true",
                        help="submit nothing: list your Jupyter jobs (names notebook, jp-lab) that are "
                             "pending or running, with their time left")
-    which.add_argument("--job", type=job_id, metavar="ID",
+    which.add_argument("--job", type=job_option, metavar="ID",
                        help="as --jobs, for that one job whatever its name")
     which.add_argument("--reuse", action="store_true",
                        help="submit only if no Jupyter job of yours is pending or running; "
                             "else wait for that one")
-    which.add_argument("--cancel", type=job_id, metavar="ID", help="cancel that job (qdel/scancel)")
+    which.add_argument("--cancel", type=job_option, metavar="ID", help="cancel that job (qdel/scancel)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -1083,8 +1188,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return fail(args, f"{os.path.basename(str(error.cmd[0]))} did not answer within {error.timeout:g} s: "
                           "is the scheduler's controller up?", EXIT_ERROR)
     except OSError as error:  # the log, or a scheduler command that cannot run
-        return fail(args, f"{error.strerror or error}{f': {error.filename}' if error.filename else ''}",
-                    EXIT_ERROR)
+        return fail(args, describe_os_error(error), EXIT_ERROR)
 
 
 if __name__ == "__main__":

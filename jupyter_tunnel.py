@@ -38,9 +38,11 @@ below, in this order, and ``run_tunnel`` drives them through one ``Tunnel``:
 8. clean up (``Tunnel.close``): close the local port, stop the master, reap every child, kill
    the ssh-agent this run started, remove the private directory and, last, the registry entry.
 
-The registry section is shared with jupyter_tunnel_shutdown.py.  Only the standard library
-and the system ``ssh`` are used: the system client is what honours ``~/.ssh/config``,
-ProxyJump, agents, ControlMaster and 2FA prompts.
+The registry (the run's entry, its private directory and lock, and the cleanup after a dead
+run) is jupyter_tunnel_shutdown.py's, and the helpers all three tools share are
+jupyter_node.py's: the imports go one way, jupyter_tunnel -> jupyter_tunnel_shutdown ->
+jupyter_node.  Only the standard library and the system ``ssh`` are used: the system client
+is what honours ``~/.ssh/config``, ProxyJump, agents, ControlMaster and 2FA prompts.
 """
 
 from __future__ import annotations
@@ -58,11 +60,9 @@ import shlex
 import shutil
 import signal
 import socket
-import stat
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -70,21 +70,25 @@ from typing import Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence, 
 
 T = TypeVar("T")
 
-# The API of this module for jupyter_tunnel_shutdown.py (tests/test_api.py keeps the two
-# honest): its registry, process identity and message helpers.  The rest is this tool's own.
-__all__ = [
-    "CANCEL_COMMANDS", "CONNECTING", "HAVE_PROC", "JOB_ID_RE", "MAX_TIMEOUT", "REGISTRY_ENV", "TUNNEL_MODULE",
-    "__version__", "clean_leftovers", "explain_error", "format_table", "int_option", "is_live_run",
-    "is_own_tunnel", "is_tunnel_argv", "main", "number_option", "parse_ps", "process_info", "read_state", "say",
-    "scan_registry", "script_index", "signal_if", "split_host", "split_host_list", "warn_left_alone",
-]
+# What other programs may use: main() (the README shows jupyter_tunnel.main([...]) run from
+# a program of their own) and the version.  Everything else is this tool's own; the tests
+# reach it by name.  The registry is jupyter_tunnel_shutdown.py's: its __all__ is the API
+# between the two (tests/test_api.py).
+__all__ = ["__version__", "main"]
 
-# --start's options and activation commands are jupyter-node's own (both are installed
-# modules; jupyter_node.py imports nothing from here: it must run alone on a head node)
+# --start's options and activation commands are jupyter-node's own, as are the helpers all
+# three tools share (messages, option types, tables, the time left).  The imports go one way:
+# jupyter_tunnel -> jupyter_tunnel_shutdown -> jupyter_node (which must run alone on a head node).
 import jupyter_node  # --submit sends its source to the head
-from jupyter_node import (ESCAPES, JOB_ID_RE, SCHEDULERS, add_server_options, build_activation_steps,
-                          escape_text, parse_duration, say)
+from jupyter_node import (CANCEL_COMMANDS, JOB_ID_RE, NO_TIME_LIMIT, SCHEDULERS, add_server_options,
+                          build_activation_steps, describe_os_error, escape_text, format_table, format_time_left,
+                          has_control, int_option, job_option, last_lines, number_option, say, split_host,
+                          split_host_list)
 from jupyter_node import resource_option as node_resource_option
+# the registry, a run's private directory and its lock
+from jupyter_tunnel_shutdown import (AGENT_SOCKET, CONFIG_FILE, CONNECTING, CONTROL_SOCKET, FORWARD_SOCKET,
+                                     HAVE_PROC, MAX_TIMEOUT, READY, Registration, build_cancel_argv, cancel_forward,
+                                     make_private_dir, prune_registry, socket_answers, take_run_lock)
 
 __version__ = "0.1.0"
 
@@ -104,7 +108,6 @@ EXIT_INTERRUPTED = 130  # Ctrl+C (or SIGTERM/SIGHUP) before the tunnel was ready
 DEFAULT_TIMEOUT = 60.0
 # Ranges of the numeric options: finite, positive, and small enough for every timer that
 # takes them (threading's join() raises OverflowError for 1e300 seconds).
-MAX_TIMEOUT = 86400.0  # --timeout: a day
 MAX_CHECK_INTERVAL = 3600.0  # --check-interval: an hour
 MAX_KEEPALIVE = 3600  # --keepalive: ssh's ServerAliveInterval, in seconds
 MAX_RETRIES = 1_000_000  # --max-retries
@@ -112,9 +115,6 @@ MAX_PICK = 10_000  # --pick: a number of --list
 DEFAULT_SOCKET_PORT = 8888  # first local port tried for a unix-socket server
 NO_BROWSER = ("n", "none")
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each ends the run cleanly
-# ssh appends ".<16 random chars>" to a ControlPath while binding it, and a unix socket path
-# is limited to 104-108 bytes: keep the private directory's path short.
-MAX_TMP_PREFIX = 60
 # How often the master is polled while it logs in.  A login takes 0.3 s or more, so 2 ms
 # adds at most a few percent and costs nothing measurable.
 POLL_INTERVAL = 0.002
@@ -188,33 +188,6 @@ SSH_NOISE = (
     "Pseudo-terminal will not be allocated",
     "Killed by signal",
 )
-# Running tunnels register in $XDG_RUNTIME_DIR/jupyter-tunnel (or ~/.cache/jupyter-tunnel);
-# this variable overrides the directory (the tests use it).
-REGISTRY_ENV = "JUPYTER_TUNNEL_REGISTRY"
-MAX_STATE_BYTES = 65536  # a registry entry is ~500 bytes: a larger file is not one of ours
-MISSING = "it does not exist"  # check_private_dir's answer for a path that is not there
-# A registry entry's "state": written as soon as the run has something to clean up after
-# it (its private directory), so that a run killed while it logs in leaves nothing behind.
-CONNECTING = "connecting"  # logging in, choosing the server, waiting for it (again after a drop)
-READY = "ready"  # the URL was printed
-# The run's private directory (make_private_dir): "jt-" and mkdtemp's 8 random characters,
-# holding the ssh config, the master's control socket, the agent's socket and the forward's.
-PRIVATE_PREFIX = "jt-"
-MKDTEMP_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")  # tempfile's alphabet
-CONFIG_FILE, CONTROL_SOCKET, AGENT_SOCKET, FORWARD_SOCKET = "ssh_config", "c", "a", "f"
-# ...and the run's lock: held (flock) for the run's whole life, it tells a live run whatever
-# process hosts it (see take_run_lock)
-RUN_LOCK = "lock"
-# The master's command line holds only these ssh options (see build_master_argv); -v may
-# come from the user asking for ssh's own debug output.
-MASTER_FLAGS = ("-M", "-N", "-T")
-MASTER_OPTIONS_WITH_VALUE = ("-F", "-S", "-o", "-J")
-# What tells a jupyter-tunnel process from a reused pid (see is_tunnel_argv).
-TUNNEL_SCRIPTS = ("jupyter_tunnel.py", "jupyter-tunnel", "jupyter-tunnel.sh")
-TUNNEL_MODULE = "jupyter_tunnel"  # python -m jupyter_tunnel
-SHELLS = ("sh", "bash", "dash", "zsh", "ksh")
-OPTIONS_WITH_VALUE = ("-W", "-X", "--check-hash-based-pycs", "-o")  # -o: the shells' option
-HAVE_PROC = os.path.isdir("/proc/self")  # Linux; elsewhere ps(1) tells
 # Markers of the discovery script's output (see build_discovery_script).
 MARK = "::jupyter-tunnel::"
 # The browser's one-time address (see Relay.offer_redirect).  It waits this long for the
@@ -380,17 +353,9 @@ class ServerStopped(Exception):
     """The Jupyter server stopped while the tunnel was up: a normal end."""
 
 
-def has_control(text: str) -> bool:
-    """Whether ``text`` holds a character that escape_text would escape."""
-    return any(ord(char) in ESCAPES for char in text)
-
-
 def which_or_fail(program: str, why: str) -> str:
-    """The full path of ``program``, or a TunnelError naming what needs it."""
-    path = shutil.which(program)
-    if not path:
-        raise TunnelError(f"{program} not found in PATH ({why})", EXIT_MISSING)
-    return path
+    """The full path of ``program``, or a TunnelError naming what needs it (jupyter_node's)."""
+    return jupyter_node.which_or_fail(program, why, TunnelError)
 
 
 # ------------------------------------------------------------ the route and the servers
@@ -429,22 +394,6 @@ class Route(NamedTuple):
     def describe_server_host(self) -> str:
         """``node1 (from head)`` when a node is involved, else the target."""
         return f"{self.node} (from {self.target})" if self.node else self.target
-
-
-def split_host_list(value: str) -> list[str]:
-    """The hosts of one ``-s`` value: ``"gw srv"`` and ``gw,srv`` hold two."""
-    return value.replace(",", " ").split()
-
-
-def split_host(host: str) -> tuple[str, str, str]:
-    """``(user, name, port)`` of ``[ssh://][user@]name[:port]``; empty strings for what is missing."""
-    if host.startswith("ssh://"):
-        host = host[len("ssh://"):]
-    user, _, name = host.rpartition("@")
-    port = ""
-    if name.count(":") == 1 and name.split(":")[1].isdigit():
-        name, port = name.split(":")
-    return user, name, port
 
 
 def parse_hosts(values: Iterable[str], node: str | None = None) -> Route:
@@ -698,16 +647,6 @@ def build_mux_argv(ssh: str, config: str, control: str, route: Route, *args: str
     return argv + build_destination(route.target)
 
 
-def build_cancel_argv(ssh: str, control: str, spec: str) -> list[str]:
-    """argv of ``ssh -O cancel``: take the forward ``-L spec`` off the master at ``control``.
-
-    ``-F none``: no config is needed to talk to a master (and a dead run's may be gone);
-    with ``-S`` the host is a mere word.
-    """
-    return [ssh, "-F", "none", "-S", control, "-o", "ControlMaster=no", "-o", "ProxyCommand=false",
-            "-o", "BatchMode=yes", "-O", "cancel", "-L", spec, "x"]  # never a login: see build_mux_argv
-
-
 def build_settings_argv(ssh: str, config: str, route: Route) -> list[str]:
     """argv of ``ssh -G``: the configuration in force for the target (it connects nowhere)."""
     jumps = ["-J", ",".join(route.jumps)] if route.jumps else []
@@ -837,33 +776,6 @@ def build_askpass_script(python: str) -> str:
     """The -p helper's source (ASKPASS_SCRIPT), run by ``python``."""
     return fill_script(ASKPASS_SCRIPT, {"PYTHON": python, "PATTERN": repr(PASSWORD_PROMPT_RE.pattern),
                                         "LOCK": repr(ASKPASS_LOCK), "ENV": repr(PASSWORD_ENV)})
-
-
-def make_private_dir() -> str:
-    """A fresh 0700 directory with a short path, for the control socket and friends."""
-    base = tempfile.gettempdir()
-    if len(base) > MAX_TMP_PREFIX and os.access("/tmp", os.W_OK):
-        base = "/tmp"  # macOS's $TMPDIR alone is ~49 bytes: too long for a socket path
-    return tempfile.mkdtemp(prefix=PRIVATE_PREFIX, dir=base)  # mkdtemp makes it 0700
-
-
-def private_dir_parents() -> tuple[str, ...]:
-    """Where make_private_dir may have made a run's directory."""
-    return (tempfile.gettempdir(), "/tmp")
-
-
-def check_private_dir(path: str) -> str:
-    """Why ``path`` is not a real directory of ours with mode 0700 ("" when it is).
-
-    ``lstat``: a symbolic link is refused, never followed to wherever it points.
-    """
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return MISSING
-    except OSError as error:
-        return error.strerror or str(error)
-    return private_dir_problem(info.st_mode, info.st_uid, os.getuid())
 
 
 def run_bounded(argv: list[str], env: Mapping[str, str], stdin: bytes, timeout: float,
@@ -1167,15 +1079,6 @@ class SharedMaster(Master):
         for spec in self.forwards:
             self.echo(cancel_forward(self.shown(build_cancel_argv(self.ssh, self.control, spec))))
         self.forwards = []
-
-
-def cancel_forward(argv: list[str]) -> bytes:
-    """Run an ``ssh -O cancel`` (build_cancel_argv); its stderr ("" when the master hangs:
-    the forward then goes when the master does)."""
-    try:
-        return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=10).stderr
-    except subprocess.TimeoutExpired:
-        return b""
 
 
 def find_shared_master(ssh: str, route: Route, directory: str, env: dict[str, str],
@@ -1744,7 +1647,7 @@ def format_log_tail(lines: Iterable[str]) -> str:
     """``; its log ends with: a | b`` (its last START_LOG_TAIL lines) for an error, "" if empty.
 
     Tokens masked: the log may hold the server's URL with its token, printed before it failed."""
-    tail = [TOKEN_RE.sub("token=…", line.strip()) for line in lines if line.strip()][-START_LOG_TAIL:]
+    tail = [TOKEN_RE.sub("token=…", line.strip()) for line in last_lines(lines, START_LOG_TAIL)]
     return "; its log ends with: " + " | ".join(tail) if tail else ""
 
 
@@ -1893,7 +1796,6 @@ DEFAULT_PYTHON = "python3"  # --python: the head's interpreter that runs jupyter
 # A job id (jupyter_node.JOB_ID_RE, always with fullmatch) ends up in messages and in the
 # qdel/scancel command we suggest: nothing else is let through.
 JOB_STATES = ("ready", "running", "pending", "failed")  # jupyter_node.py --json's words
-CANCEL_COMMANDS = {"sge": "qdel", "slurm": "scancel"}
 DEFAULT_WARN_BEFORE = 10.0  # minutes: the first warning before the job's time limit
 LAST_WARNING = 2.0  # minutes: the last one
 MAX_WARN_BEFORE = 1440.0  # --warn-before: a day
@@ -2112,19 +2014,6 @@ def build_attach_hint(route: Route, job: ClusterJob) -> str:
             f"or cancel it with {job.cancel_command} on {route.target}")
 
 
-def format_duration(seconds: float) -> str:
-    """``45 s``, ``9 min``, ``1 h 30 min``, ``2 d 3 h``: a job's time left, rounded down."""
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, hours, days = seconds // 60 % 60, seconds // 3600 % 24, seconds // 86400
-    if days:
-        return f"{days} d {hours} h" if hours else f"{days} d"
-    if hours:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    return f"{minutes} min"
-
-
 def build_warning_times(time_left: float | None, warn_before: float) -> list[tuple[float, float]]:
     """When to warn that the job ends: ``(seconds from now, seconds left then)``, soonest first.
 
@@ -2141,7 +2030,7 @@ def build_warning_times(time_left: float | None, warn_before: float) -> list[tup
 def build_job_warning(job: ClusterJob, seconds_left: float) -> str:
     """The line a user cannot miss, before the job's time limit."""
     # rounded up: a warning given on time at its mark (59.98 s left) says the mark (1 min)
-    return f"job {job.job} ends in {format_duration(math.ceil(seconds_left))} (time limit): save your notebooks."
+    return f"job {job.job} ends in {format_time_left(math.ceil(seconds_left))} (time limit): save your notebooks."
 
 
 def format_job_table(jobs: Sequence[ClusterJob], servers: Mapping[str, Sequence[Server] | None]) -> str:
@@ -2149,7 +2038,7 @@ def format_job_table(jobs: Sequence[ClusterJob], servers: Mapping[str, Sequence[
     each job, and the servers found on its node (None: the node could not be asked)."""
     rows = [("#", "JOB", "NAME", "STATE", "NODE", "TIME LEFT", "SERVERS")]
     for number, job in enumerate(jobs, 1):
-        left = "?" if job.time_left is None else format_duration(job.time_left)
+        left = format_time_left(job.time_left)
         found = servers.get(job.node, ())
         if found is None:
             ports = "?"
@@ -2353,17 +2242,6 @@ def server_info(number: int, server: Server) -> dict:
         "auth": server_auth(server), "secure": server.secure, "base_url": server.base_url,
         "pid": server.pid,
     }
-
-
-def format_table(rows: Sequence[Sequence[str]]) -> str:
-    """Rows as left-aligned columns two spaces apart, the last one not padded; cells escaped
-    (root directories, versions and registry entries come from others)."""
-    if not rows:
-        return ""
-    rows = [[escape_text(cell) for cell in row] for row in rows]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    lines = ["  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]) for row in rows]
-    return "\n".join(line.rstrip() for line in lines)
 
 
 def format_server_table(servers: Sequence[Server]) -> str:
@@ -3179,10 +3057,7 @@ def open_browser(browser: str | None, url: str, relay: Relay) -> None:
 def backoff_delays(first: float = 1.0, cap: float = MAX_BACKOFF) -> Iterator[float]:
     """Waits before reconnection attempts: 0 (at once), then 1, 2, 4 ... capped at ``cap``."""
     yield 0.0
-    delay = first
-    while True:
-        yield delay
-        delay = min(delay * 2, cap)
+    yield from jupyter_node.doubling_delays(first, cap)
 
 
 def follow_server(servers: Sequence[Server], previous: Server) -> Server | None:
@@ -3256,7 +3131,7 @@ class JobWatch:
     def describe_left(self) -> str:
         """``1 h 30 min left``, or ``no time limit``."""
         left = self.time_left()
-        return "no time limit" if left is None else f"{format_duration(left)} left"
+        return NO_TIME_LIMIT if left is None else f"{format_time_left(left)} left"
 
     def info(self) -> dict:
         """The job's fields of the run's --json line."""
@@ -3302,7 +3177,7 @@ class JobWatch:
         if not cancel:
             left = self.time_left()
             say("Info", f"{job.describe(first=True)} keeps running on {job.node}"
-                        + ("" if left is None else f" ({format_duration(left)} left)")
+                        + ("" if left is None else f" ({format_time_left(left)} left)")
                         + f": {job.cancel_command} on {head} stops it; jupyter-tunnel -n auto attaches to it again.")
             return
         if master is None or not master.alive():
@@ -3321,7 +3196,8 @@ class JobWatch:
         say("Info", f"Cancelled {self.job.describe()}.")
 
 
-# ----------- the registry and process identity (shared with jupyter_tunnel_shutdown.py)
+# ------------------------------------------------------------------- the registry entry
+# (the registry itself, with process identity: jupyter_tunnel_shutdown.py)
 
 
 def build_state(pid: int, route: Route, directory: str, started: float) -> dict:
@@ -3346,609 +3222,6 @@ def build_forward_state(server: Server, local_port: int) -> dict:
     """The fields of a registry entry known once the local port is forwarded to the server."""
     return {"local_port": local_port, "remote_port": server.port, "sock": server.sock,
             "server_pid": server.pid, "root_dir": server.root_dir}
-
-
-def as_pid(value: object) -> int | None:
-    """``value`` if it can be a pid worth looking at (an int above 1: never init), else None."""
-    if isinstance(value, int) and not isinstance(value, bool) and 1 < value < 2**31:
-        return value
-    return None
-
-
-def is_private_dir_path(path: object, parents: Iterable[str]) -> bool:
-    """Whether ``path`` is named as make_private_dir names its directories, in one of ``parents``."""
-    if not isinstance(path, str) or not os.path.isabs(path) or os.path.normpath(path) != path:
-        return False  # "/tmp/../home/u/jt-abcdefgh" is not in /tmp
-    parent, name = os.path.split(path)
-    suffix = name[len(PRIVATE_PREFIX):]
-    return (name.startswith(PRIVATE_PREFIX) and len(suffix) == 8 and set(suffix) <= MKDTEMP_CHARS
-            and parent in {os.path.normpath(p) for p in parents})
-
-
-def private_dir_problem(mode: int, owner: int, uid: int) -> str:
-    """Why a directory with this ``lstat`` mode and owner is not a private one of ``uid``; "" if it is."""
-    if stat.S_ISLNK(mode):
-        return "it is a symbolic link"
-    if not stat.S_ISDIR(mode):
-        return "it is not a directory"
-    if owner != uid:
-        return f"it belongs to uid {owner}"
-    if stat.S_IMODE(mode) != 0o700:
-        return f"its mode is {stat.S_IMODE(mode):04o}, not 0700"
-    return ""
-
-
-def is_master_argv(argv: Sequence[str], control_dir: str) -> bool:
-    """Whether ``argv`` is exactly the shape of the ssh master build_master_argv makes for
-    ``control_dir``: ``ssh``, its options only, ``-M``, ``-S DIR/c``, ``-F DIR/ssh_config``,
-    ``-N``, ``-o ControlPersist=no``, then one destination."""
-    if len(argv) < 3 or os.path.basename(argv[0]) != "ssh" or argv[-1].startswith("-"):
-        return False
-    values: dict[str, list[str]] = {}
-    flags: set[str] = set()
-    i = 1
-    while i < len(argv) - 1:
-        arg = argv[i]
-        if arg in MASTER_OPTIONS_WITH_VALUE and i + 2 < len(argv):
-            values.setdefault(arg, []).append(argv[i + 1])
-            i += 2
-        elif arg in MASTER_FLAGS or (arg.startswith("-") and set(arg[1:]) == {"v"}):  # -v, -vv
-            flags.add(arg)
-            i += 1
-        else:
-            return False
-    return (flags >= {"-M", "-N"} and "ControlPersist=no" in values.get("-o", [])
-            and values.get("-S") == [os.path.join(control_dir, CONTROL_SOCKET)]
-            and values.get("-F") == [os.path.join(control_dir, CONFIG_FILE)])
-
-
-def is_agent_argv(argv: Sequence[str], control_dir: str) -> bool:
-    """Whether ``argv`` is exactly that of the ssh-agent start_agent starts for ``control_dir``."""
-    return (len(argv) == 4 and os.path.basename(argv[0]) == "ssh-agent"
-            and list(argv[1:]) == ["-D", "-a", os.path.join(control_dir, AGENT_SOCKET)])
-
-
-def _is_interpreter(program: str) -> bool:
-    """Whether ``program`` (a basename) runs a script given as an argument."""
-    name = program.lower()  # macOS framework builds run ".../Python"
-    return "python" in name or "pypy" in name or name in SHELLS
-
-
-def script_index(argv: Sequence[str]) -> int | None:
-    """Index in ``argv`` of what the process runs (the program, or an interpreter's script)."""
-    if not argv:
-        return None
-    if not _is_interpreter(os.path.basename(argv[0])):
-        return 0
-    i = 1
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "-m" or (arg.startswith("-m") and not arg.startswith("--")):
-            return i  # python -m MODULE (or -mMODULE)
-        if arg.startswith("-c") and not arg.startswith("--"):
-            return None  # python -c CODE, sh -c CODE: no script
-        if arg in OPTIONS_WITH_VALUE:
-            i += 2
-            continue
-        if arg.startswith("-") and arg != "-":
-            i += 1
-            continue
-        return i
-    return None
-
-
-def is_tunnel_argv(argv: Sequence[str]) -> bool:
-    """Whether a command line runs jupyter-tunnel: the program or the interpreter's script.
-
-    Deliberately strict: a mere mention (``vim jupyter_tunnel.py``, a venv or checkout
-    called ``jupyter-tunnel``) is not a tunnel, and neither is this shutdown script.
-    """
-    i = script_index(argv)
-    if i is None:
-        return False
-    arg = argv[i]
-    if arg.startswith("-m"):
-        module = arg[2:] or (argv[i + 1] if i + 1 < len(argv) else "")
-        return module == TUNNEL_MODULE
-    return os.path.basename(arg) in TUNNEL_SCRIPTS
-
-
-def parse_status_field(text: str, name: str) -> int | None:
-    """The first number of field ``name`` in the text of ``/proc/PID/status`` (``Uid:``, ``PPid:``)."""
-    for line in text.splitlines():
-        if line.startswith(f"{name}:"):
-            fields = line.split()
-            return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
-    return None
-
-
-def parse_status_uid(text: str) -> int | None:
-    """The real uid from the text of ``/proc/PID/status`` (``Uid: real effective saved fs``)."""
-    return parse_status_field(text, "Uid")
-
-
-def split_cmdline(raw: bytes) -> list[str]:
-    """argv from the bytes of ``/proc/PID/cmdline`` (NUL-separated; empty for a zombie)."""
-    return [arg.decode(errors="replace") for arg in raw.split(b"\0")[:-1]] if raw else []
-
-
-def parse_ps(text: str) -> list[tuple[int, int, list[str]]]:
-    """``(pid, uid, argv)`` from ``ps -o pid=,uid=,command=`` (argv split at spaces: ps joins it)."""
-    found = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) >= 3 and fields[0].isdigit() and fields[1].isdigit():
-            found.append((int(fields[0]), int(fields[1]), fields[2:]))
-    return found
-
-
-def registry_dir() -> str:
-    """The private per-user directory where running tunnels register themselves."""
-    if os.environ.get(REGISTRY_ENV):
-        return os.environ[REGISTRY_ENV]
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isdir(runtime):
-        return os.path.join(runtime, "jupyter-tunnel")
-    # cron jobs, runuser and some ssh sessions lack XDG_RUNTIME_DIR: use the same place
-    # a desktop session would when it is there and ours
-    runtime = f"/run/user/{os.getuid()}"
-    if os.path.isdir(runtime) and os.stat(runtime).st_uid == os.getuid():
-        return os.path.join(runtime, "jupyter-tunnel")
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(cache, "jupyter-tunnel")
-
-
-def registry_dirs() -> list[str]:
-    """Every directory where a tunnel of this user may have registered, the usual one first."""
-    if os.environ.get(REGISTRY_ENV):
-        return [registry_dir()]
-    # A tunnel started in a desktop session registers under $XDG_RUNTIME_DIR, which cron
-    # jobs, sleep hooks (runuser) and plain ssh sessions lack: they would look in the cache
-    # directory instead.  So look in both, whatever this environment says.
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    candidates = [registry_dir(), os.path.join(f"/run/user/{os.getuid()}", "jupyter-tunnel"),
-                  os.path.join(cache, "jupyter-tunnel")]
-    dirs: list[str] = []
-    for directory in candidates:
-        if os.path.realpath(directory) not in map(os.path.realpath, dirs):
-            dirs.append(directory)
-    return dirs
-
-
-def prepare_registry(directory: str) -> str:
-    """Create the registry directory if needed; why it cannot be used ("" when it can)."""
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-    except OSError as error:
-        return error.strerror or str(error)
-    return check_private_dir(directory)
-
-
-def registry_refused(directory: str, problem: str) -> str:
-    """The warning for a registry directory that is not a private one of ours."""
-    return (f"not using the registry directory {directory!r}: {problem} (it must be a directory "
-            "of yours with mode 0700, not a link)")
-
-
-def write_state(state: dict, directory: str) -> str:
-    """Write ``<pid>.json`` atomically (0600) into a registry directory prepare_registry passed."""
-    path = os.path.join(directory, f"{state['pid']}.json")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")  # mode 0600
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(state, f)
-        os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
-
-
-def parse_state(data: bytes) -> dict | None:
-    """A registry entry from the bytes of its file; None when they are not one (not UTF-8, not
-    JSON, not an object, no pid worth looking at).  Its other fields are checked by each reader."""
-    try:
-        state = json.loads(data.decode("utf-8"))
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; [[[[...]]]] too deep
-        return None
-    if not isinstance(state, dict) or as_pid(state.get("pid")) is None:
-        return None
-    return state
-
-
-def open_own_file(path: str) -> int | None:
-    """A read-only descriptor of ``path`` if it is a regular file of ours, else None (closed).
-
-    Never a wait and never a link followed, whatever a registry or private directory holds:
-    a FIFO would block a plain open() for ever (O_NONBLOCK opens it at once, and fstat tells
-    it is no file), and O_NOFOLLOW refuses a symbolic link (ELOOP).
-    """
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:  # gone, a symbolic link, unreadable
-        return None
-    try:
-        info = os.fstat(fd)
-    except OSError:
-        info = None
-    if info is None or not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
-        os.close(fd)
-        return None
-    return fd
-
-
-def read_state(path: str) -> dict | None:
-    """One registry entry, or None when it is gone or not one: only a regular file of ours
-    (open_own_file), and at most MAX_STATE_BYTES of it (a huge file is not read whole)."""
-    fd = open_own_file(path)
-    if fd is None:
-        return None
-    try:
-        data = os.read(fd, MAX_STATE_BYTES + 1)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    state = parse_state(data) if len(data) <= MAX_STATE_BYTES else None
-    if state is not None:
-        state["file"] = path
-    return state
-
-
-def read_states(directory: str | None = None) -> list[dict]:
-    """Every entry of a registry directory (oldest first); none, with a warning, from a
-    directory that is not a private one of ours: anyone may have written there."""
-    directory = directory or registry_dir()
-    problem = check_private_dir(directory)
-    if problem:
-        if problem != MISSING:
-            say("Warning", registry_refused(directory, problem))
-        return []
-    try:
-        names = sorted(os.listdir(directory))
-    except OSError:
-        return []
-    states = []
-    for name in names:
-        if name.endswith(".json") and not name.startswith("."):
-            state = read_state(os.path.join(directory, name))
-            if state is not None:
-                states.append(state)
-    return sorted(states, key=lambda state: _number(state.get("started")))
-
-
-def _number(value: object) -> float:
-    """A float for sorting, 0 for anything that is not a finite number (NaN would make the
-    sort's order arbitrary; an integer too large for a float overflows)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return 0.0
-    try:
-        number = float(value)
-    except OverflowError:
-        return 0.0
-    return number if math.isfinite(number) else 0.0
-
-
-class Registration:
-    """This run's registry entry: written as soon as there is something to clean up after
-    the run, rewritten as it goes (state, master pid), removed when it exits."""
-
-    def __init__(self, state: dict) -> None:
-        self.state = state
-        self.directory = registry_dir()
-        self.path = ""
-        problem = prepare_registry(self.directory)
-        if problem:
-            say("Warning", registry_refused(self.directory, problem)
-                + ": this tunnel is not registered; jupyter-tunnel-shutdown finds it by its command line")
-            self.directory = ""
-        self.update()
-
-    def update(self, **changes: object) -> None:
-        """Change fields of the entry and write it again."""
-        self.state.update(changes)
-        if not self.directory:
-            return
-        try:
-            self.path = write_state(self.state, self.directory)
-        except OSError as error:
-            say("Warning", f"cannot register this tunnel in {self.directory!r}: {error}")
-            self.directory = ""
-
-    def remove(self) -> None:
-        """Remove the entry (at exit)."""
-        if self.path:
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
-            self.path = ""
-
-
-def process_info(pid: int) -> tuple[int, list[str]] | None:
-    """The real uid and argv of process ``pid``; None when it is gone or a zombie."""
-    if HAVE_PROC:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                uid = parse_status_uid(f.read())
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = split_cmdline(f.read())
-        except OSError:
-            return None
-        return (uid, argv) if uid is not None and argv else None
-    done = subprocess.run(["ps", "-o", "pid=,uid=,command=", "-p", str(pid)],
-                          capture_output=True, text=True)
-    found = [(uid, argv) for p, uid, argv in parse_ps(done.stdout) if p == pid]
-    return found[0] if found else None
-
-
-def is_own_tunnel(pid: int) -> bool:
-    """Whether ``pid`` is, right now, a live jupyter-tunnel of the user running this script.
-
-    The uid is checked, not a PermissionError awaited: root may signal anyone, and must
-    still touch only its own tunnels.
-    """
-    info = process_info(pid)
-    return info is not None and info[0] == os.getuid() and is_tunnel_argv(info[1])
-
-
-def parent_pid(pid: int) -> int | None:
-    """The parent of process ``pid``; None when it is gone."""
-    if HAVE_PROC:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                return parse_status_field(f.read(), "PPid")
-        except OSError:
-            return None
-    done = subprocess.run(["ps", "-o", "ppid=", "-p", str(pid)], capture_output=True, text=True)
-    return int(done.stdout) if done.stdout.strip().isdigit() else None
-
-
-def is_leftover(pid: int, control_dir: str, shape: Callable[[Sequence[str], str], bool]) -> bool:
-    """Whether ``pid`` is, right now, a dead run's own master or agent: ours, with exactly the
-    command line the run gave it (``shape``), and orphaned (its parent is no live tunnel:
-    a live run's master is its child; a run inside another program holds its lock)."""
-    info = process_info(pid)
-    if info is None or info[0] != os.getuid() or not shape(info[1], control_dir):
-        return False
-    parent = parent_pid(pid)
-    return parent is not None and not is_own_tunnel(parent) and not holds_run_lock(parent, control_dir)
-
-
-def take_run_lock(directory: str) -> int | None:
-    """Create the run's lock file in its fresh private directory, holding its pid, and lock it
-    (``flock``, exclusive) for the run's whole life; its descriptor (None without fcntl).
-
-    A run's argv tells a live jupyter-tunnel (is_own_tunnel) only when it runs as the script;
-    ``jupyter_tunnel.main([...])`` called by another program (the README allows it) runs
-    under that program's argv.  The lock tells it whatever the argv: the kernel drops it when
-    the process dies, so a lock that is held is a live run.  The descriptor is not inherited
-    (O_CLOEXEC: the master and the agent, which outlive a killed run, must not hold it).
-    """
-    try:
-        import fcntl  # not on Windows (a later port): there the argv alone tells
-    except ImportError:
-        return None
-    fd = os.open(os.path.join(directory, RUN_LOCK),
-                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0),
-                 0o600)
-    try:
-        os.write(fd, f"{os.getpid()}\n".encode())
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        # a file system without flock (ENOLCK): the run goes on, told live by its argv alone
-        os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def has_file_open(pid: int, path: str) -> bool:
-    """Whether process ``pid`` holds ``path`` open (Linux: its /proc/PID/fd links); True where
-    that cannot be told (no /proc)."""
-    if not HAVE_PROC:
-        return True
-    try:
-        names = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for name in names:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{name}") in (path, os.path.realpath(path)):
-                return True
-        except OSError:
-            continue
-    return False
-
-
-def holds_run_lock(pid: int, control_dir: object) -> bool:
-    """Whether ``pid`` is a live run whose private directory is ``control_dir``: a process of
-    ours that holds that directory's lock (take_run_lock), whose file names ``pid``.
-
-    The registry's word alone proves nothing: the directory must be one make_private_dir
-    makes, ours and 0700, before anything in it is opened; the lock file must be a regular
-    file of ours (O_NONBLOCK, O_NOFOLLOW: never a FIFO's wait, never a link followed) naming
-    that pid, and locked by someone; and the pid must be ours and, where /proc tells, hold
-    the file open (a child that inherited the lock through a bare fork is not the run).
-    """
-    if not (is_private_dir_path(control_dir, private_dir_parents()) and check_private_dir(control_dir) == ""):
-        return False
-    try:
-        import fcntl
-    except ImportError:
-        return False
-    path = os.path.join(control_dir, RUN_LOCK)  # type: ignore[arg-type]
-    fd = open_own_file(path)
-    if fd is None:
-        return False
-    try:
-        if os.read(fd, 32).strip() != str(pid).encode():
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pass  # held: a live run
-        else:
-            return False  # nobody holds it: the run is gone (closing fd lets it go again)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    owner = process_info(pid)
-    return owner is not None and owner[0] == os.getuid() and has_file_open(pid, path)
-
-
-def is_live_run(state: Mapping) -> bool:
-    """Whether the run of a registry entry still runs: its pid is a jupyter-tunnel of ours by
-    its argv, or a run hosted by another program that holds its directory's lock."""
-    pid = as_pid(state.get("pid"))
-    return pid is not None and (is_own_tunnel(pid) or holds_run_lock(pid, state.get("control_dir")))
-
-
-def signal_if(pid: int, check: Callable[[], bool], signum: int) -> bool:
-    """Send ``signum`` to ``pid`` only if ``check()`` holds right then; whether it was sent.
-
-    A pidfd (Linux >= 5.3) pins the process while it is checked: a pid reused between the
-    check and the signal gets nothing.
-    """
-    try:
-        pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):  # not Linux, or gone already (check() tells)
-        pidfd = None
-    try:
-        if not check():
-            return False
-        if pidfd is not None:
-            signal.pidfd_send_signal(pidfd, signum)
-        else:
-            os.kill(pid, signum)
-    except OSError:
-        return False
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
-    return True
-
-
-def socket_answers(path: str) -> bool:
-    """Whether a process listens on the unix socket ``path`` (a live master or agent)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
-        try:
-            probe.connect(path)
-        except OSError:
-            return False
-    return True
-
-
-def parse_shared_forward(value: object, control_dir: str) -> tuple[str, str] | None:
-    """(socket, ``-L`` spec) of an entry's "shared_forward" if it is what a run writes there,
-    else None: the user's master's socket (an absolute path) and a forward that listens on
-    the run's own socket in its private directory ``control_dir`` (a name nobody else's
-    forward can have: that proves the run added it, see build_forward_spec)."""
-    if not isinstance(value, dict):
-        return None
-    control, spec = value.get("control"), value.get("spec")
-    if not (isinstance(control, str) and isinstance(spec, str) and os.path.isabs(control)):
-        return None
-    if has_control(control + spec) or not spec.startswith(os.path.join(control_dir, FORWARD_SOCKET) + ":"):
-        return None
-    return control, spec
-
-
-def cancel_shared_forward(value: object, control_dir: str) -> None:
-    """After a run that died while riding the user's master: take its forward off that
-    master (``-O cancel``), which would keep it until it exits; only through a socket of
-    this user's, and nothing else of the master is touched."""
-    found = parse_shared_forward(value, control_dir)
-    ssh = shutil.which("ssh")
-    if found is None or ssh is None:
-        return
-    control, spec = found
-    try:
-        info = os.lstat(control)
-    except OSError:
-        return  # the master is gone, and its forward with it
-    if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.getuid():
-        return
-    cancel_forward(build_cancel_argv(ssh, control, spec))
-
-
-def clean_leftovers(state: Mapping) -> str:
-    """After a run that died (SIGKILL): stop its master and agent, remove its directory and
-    its entry, each only once proven to be that run's own; returns why something the entry
-    names was left alone ("" when nothing was; the entry then stays, for the user to check).
-
-    The entry's word alone proves nothing: the directory must be named as make_private_dir
-    names them, where it makes them, and be ours with mode 0700; a process must have exactly
-    the command line the run gave it (is_master_argv, is_agent_argv) and be orphaned.
-    """
-    control = state.get("control_dir")
-    problem = ""
-    if isinstance(control, str) and control:
-        parents = private_dir_parents()
-        if not is_private_dir_path(control, parents):
-            problem = (f"it is not a directory jupyter-tunnel makes ({PRIVATE_PREFIX}XXXXXXXX in "
-                       f"{' or '.join(sorted(set(parents)))})")
-        else:
-            problem = check_private_dir(control)
-        if problem in ("", MISSING):
-            cancel_shared_forward(state.get("shared_forward"), control)
-            stopped = []
-            for key, shape in (("master_pid", is_master_argv), ("agent_pid", is_agent_argv)):
-                pid = as_pid(state.get(key))
-                if pid and signal_if(pid, lambda: is_leftover(pid, control, shape), signal.SIGTERM):
-                    stopped.append((pid, shape))
-            deadline = time.monotonic() + 5
-            while any(is_leftover(p, control, shape) for p, shape in stopped) and time.monotonic() < deadline:
-                time.sleep(0.02)
-        if not problem:
-            # a socket that still answers: some live process uses the directory
-            if any(socket_answers(os.path.join(control, name)) for name in (CONTROL_SOCKET, AGENT_SOCKET)):
-                problem = "a process still listens on its sockets"
-            else:
-                shutil.rmtree(control, ignore_errors=True)
-    if problem not in ("", MISSING):
-        return f"left {control!r} alone: {problem}"
-    try:
-        os.unlink(state["file"])
-    except (KeyError, OSError):
-        pass
-    return ""
-
-
-def warn_left_alone(state: Mapping, why: str) -> None:
-    """Tell the user what clean_leftovers refused to touch, and the entry that named it."""
-    if why:
-        say("Warning", f"registry entry {state.get('file')!r}: {why}; remove the entry once you "
-                       "have checked")
-
-
-def scan_registry(clean: bool = True, on_cleaned: Callable[[dict], None] = lambda state: None) -> list[dict]:
-    """The entries of every live run (one per pid); with ``clean``, clean up after the runs
-    that are gone (``on_cleaned`` hears of each), else leave them: ``--list`` only reads."""
-    live: list[dict] = []
-    for directory in registry_dirs():
-        for state in read_states(directory):
-            if is_live_run(state):
-                if all(other["pid"] != state["pid"] for other in live):
-                    live.append(state)
-            elif clean:
-                # SIGKILLed (or its pid reused): its ssh master and agent may still run
-                why = clean_leftovers(state)
-                if why:
-                    warn_left_alone(state, why)
-                else:
-                    on_cleaned(state)
-    return live
-
-
-def prune_registry() -> list[dict]:
-    """Clean up after every registered run that is gone; returns the live entries."""
-    return scan_registry(clean=True)
 
 
 # --------------------------------------- the run: one Tunnel, taken down by one close()
@@ -4488,56 +3761,9 @@ class Tunnel:
 # --------------------------------------------------------------------- the command line
 
 
-def number_option(unit: str, high: float, durations: bool = False):
-    """An argparse type: a number of ``unit`` (seconds, minutes), more than 0 and at most
-    ``high``; with ``durations``, jupyter-node's sleep syntax (``90s``, ``5m``, ``1.5h``) too.
-
-    float() takes "nan", "inf" and "1e300": nan would make every deadline unreachable (a
-    timeout that never fires), and huge values overflow the timers that take them.
-    """
-
-    def number(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = -1.0
-            if durations:
-                try:
-                    value = parse_duration(text)
-                except ValueError:
-                    pass
-        if not 0 < value <= high:  # false for nan too
-            raise argparse.ArgumentTypeError(f"expected {unit}, more than 0 and at most {high:g}, not {text!r}")
-        return value
-
-    return number
-
-
-def job_option(text: str) -> str:
-    """An argparse type: a scheduler's job id (``4711``, ``81234_3``)."""
-    if not JOB_ID_RE.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"not a job id (a letter or digit, then letters, digits, . _ -): {text!r}")
-    return text
-
-
 def resource_option(text: str) -> str:
     """An argparse type: a jupyter-node resource request, which must split like a shell's words."""
     return node_resource_option(text_option(text))
-
-
-def int_option(low: int, high: int):
-    """An argparse type: a whole number from ``low`` to ``high``."""
-
-    def whole_number(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = low - 1
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}, not {text!r}")
-        return value
-
-    return whole_number
 
 
 def text_option(text: str) -> str:
@@ -4707,8 +3933,7 @@ def explain_error(error: Exception) -> tuple[str, int]:
         # a multiplexed ssh (discovery, -O forward) that hangs: the connection is stuck
         return f"ssh did not answer within {error.timeout:g} s: the connection seems stuck", EXIT_ERROR
     # an OSError: a file of the run (private directory, registry entry) that cannot be written
-    where = f": {error.filename}" if getattr(error, "filename", None) else ""
-    return f"{getattr(error, 'strerror', None) or error}{where}", EXIT_ERROR
+    return describe_os_error(error), EXIT_ERROR
 
 
 # Options that only a started server uses: given without --start or --submit they would be

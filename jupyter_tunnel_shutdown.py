@@ -8,8 +8,8 @@ The companion of jupyter_tunnel.py, for sleep hooks, cron jobs and tidy desktops
    never the token).  An entry whose pid is no longer one of our tunnels is stale: what
    that tunnel left (the ssh master and agent outlive a SIGKILLed tunnel, its private
    directory, the entry) is cleaned up now, each only once proven to be that tunnel's own
-   (jupyter_tunnel.clean_leftovers); ``--list`` only reads.  Then this user's processes
-   are scanned for tunnels without an entry (started by a version without the registry).
+   (``clean_leftovers``); ``--list`` only reads.  Then this user's processes are scanned
+   for tunnels without an entry (started by a version without the registry).
 2. choose: ``--port`` and ``--host`` keep only the matching tunnels.
 3. ``--list`` prints them (a table, or JSON) and stops there.  Otherwise:
 4. interrupt: SIGINT to each, as Ctrl+C would, so that the tunnel's own cleanup runs (it
@@ -20,25 +20,45 @@ The companion of jupyter_tunnel.py, for sleep hooks, cron jobs and tidy desktops
 Only processes of the user running this script are signalled, and only after their command
 line was checked right before: a pid reused by an unrelated process is left alone.  Nothing
 is ever asked, so it runs without a terminal.
+
+The registry itself lives here (the section "the registry and process identity"): a run's
+private directory, its entry, its lock, and what tells a live run from a dead one's
+leftovers.  jupyter_tunnel.py writes its entry with this code and cleans up after dead runs
+with it, so the writer and the reader cannot drift apart.  The imports go one way only,
+jupyter_tunnel -> jupyter_tunnel_shutdown -> jupyter_node: this file imports nothing of
+jupyter_tunnel.py, and ``__all__`` names what jupyter_tunnel.py takes from it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
-# the registry, process identity and messages are the tunnel's own: one API, used as jt.*
+# messages, option types, tables and the time left are shared by the three tools
 import jupyter_node
-import jupyter_tunnel as jt
+from jupyter_node import (CANCEL_COMMANDS, JOB_ID_RE, describe_os_error, format_table, format_time_left, has_control,
+                          int_option, number_option, say, split_host, split_host_list)
 
-__all__ = ["RunningTunnel", "find_tunnels", "select_tunnels", "stop_tunnels", "main"]
+# This tool's API, and the registry that jupyter_tunnel.py uses (tests/test_api.py checks
+# that it imports nothing else from here).
+__all__ = [
+    "AGENT_SOCKET", "CONFIG_FILE", "CONNECTING", "CONTROL_SOCKET", "FORWARD_SOCKET", "HAVE_PROC",
+    "MAX_TIMEOUT", "READY", "Registration", "RunningTunnel", "build_cancel_argv", "cancel_forward",
+    "find_tunnels", "main", "make_private_dir", "prune_registry", "select_tunnels", "socket_answers",
+    "stop_tunnels", "take_run_lock",
+]
 
 # Exit codes (documented in --help and README.md).
 EXIT_OK = 0  # every chosen tunnel stopped, or none was running
@@ -47,12 +67,47 @@ EXIT_USAGE = 2  # bad option (argparse)
 EXIT_INTERRUPTED = 130
 
 DEFAULT_TIMEOUT = 10.0  # seconds a tunnel gets to close (its cleanup takes well under one)
+# --timeout, of this tool and of jupyter-tunnel: at most a day (threading's join() raises
+# OverflowError for 1e300 seconds)
+MAX_TIMEOUT = 86400.0
 KILL_TIMEOUT = 5.0  # after SIGKILL: instant, unless the process is stuck in the kernel
 POLL_INTERVAL = 0.05
 # SERVER: "started" when the run started its Jupyter server (--start, --submit), "found" when it
 # attached; JOB and TIME LEFT: the scheduler job the server runs in (--submit, -n auto, --job)
 TABLE_COLUMNS = ("PID", "LOCAL PORT", "HOSTS", "NODE", "REMOTE", "SERVER", "JOB", "TIME LEFT", "STATE",
                  "STARTED")
+
+# The registry's, which jupyter_tunnel.py shares.
+# Running tunnels register in $XDG_RUNTIME_DIR/jupyter-tunnel (or ~/.cache/jupyter-tunnel);
+# this variable overrides the directory (the tests use it).
+REGISTRY_ENV = "JUPYTER_TUNNEL_REGISTRY"
+MAX_STATE_BYTES = 65536  # a registry entry is ~500 bytes: a larger file is not one of ours
+MISSING = "it does not exist"  # check_private_dir's answer for a path that is not there
+# A registry entry's "state": written as soon as the run has something to clean up after
+# it (its private directory), so that a run killed while it logs in leaves nothing behind.
+CONNECTING = "connecting"  # logging in, choosing the server, waiting for it (again after a drop)
+READY = "ready"  # the URL was printed
+# The run's private directory (make_private_dir): "jt-" and mkdtemp's 8 random characters,
+# holding the ssh config, the master's control socket, the agent's socket and the forward's.
+PRIVATE_PREFIX = "jt-"
+MKDTEMP_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")  # tempfile's alphabet
+CONFIG_FILE, CONTROL_SOCKET, AGENT_SOCKET, FORWARD_SOCKET = "ssh_config", "c", "a", "f"
+# ...and the run's lock: held (flock) for the run's whole life, it tells a live run whatever
+# process hosts it (see take_run_lock)
+RUN_LOCK = "lock"
+# The master's command line holds only these ssh options (see build_master_argv); -v may
+# come from the user asking for ssh's own debug output.
+MASTER_FLAGS = ("-M", "-N", "-T")
+MASTER_OPTIONS_WITH_VALUE = ("-F", "-S", "-o", "-J")
+# What tells a jupyter-tunnel process from a reused pid (see is_tunnel_argv).
+TUNNEL_SCRIPTS = ("jupyter_tunnel.py", "jupyter-tunnel", "jupyter-tunnel.sh")
+TUNNEL_MODULE = "jupyter_tunnel"  # python -m jupyter_tunnel
+SHELLS = ("sh", "bash", "dash", "zsh", "ksh")
+OPTIONS_WITH_VALUE = ("-W", "-X", "--check-hash-based-pycs", "-o")  # -o: the shells' option
+HAVE_PROC = os.path.isdir("/proc/self")  # Linux; elsewhere ps(1) tells
+# ssh appends ".<16 random chars>" to a ControlPath while binding it, and a unix socket path
+# is limited to 104-108 bytes: keep the private directory's path short.
+MAX_TMP_PREFIX = 60
 
 
 @dataclass(frozen=True)
@@ -95,8 +150,8 @@ class RunningTunnel:
             started_server=(True if state.get("started_server") is True
                             else False if state.get("server_pid") else None),
             # shown, and put in a qdel/scancel command by the reader: only a job id passes
-            job=job if isinstance(job, str) and jt.JOB_ID_RE.fullmatch(job) else "",
-            scheduler=scheduler if isinstance(scheduler, str) and scheduler in jt.CANCEL_COMMANDS else "",
+            job=job if isinstance(job, str) and JOB_ID_RE.fullmatch(job) else "",
+            scheduler=scheduler if isinstance(scheduler, str) and scheduler in CANCEL_COMMANDS else "",
             job_end=_finite_or_none(state.get("job_end")),
             state=dict(state),
         )
@@ -110,8 +165,8 @@ class RunningTunnel:
 
     def alive(self) -> bool:
         """Whether it still runs: a jupyter-tunnel of ours by its argv, or (registered) a run
-        hosted by another program that holds its directory's lock (jupyter_tunnel.is_live_run)."""
-        return jt.is_live_run(self.state) if self.state is not None else jt.is_own_tunnel(self.pid)
+        hosted by another program that holds its directory's lock (is_live_run)."""
+        return is_live_run(self.state) if self.state is not None else is_own_tunnel(self.pid)
 
     @property
     def registered(self) -> bool:
@@ -128,7 +183,7 @@ class RunningTunnel:
             # its local and remote ports are nowhere to be read
             return f"unregistered tunnel to {self.remote_host}{via}" if self.remote_host else \
                 "unregistered tunnel"
-        if self.phase == jt.CONNECTING and self.local_port is None:
+        if self.phase == CONNECTING and self.local_port is None:
             return f"tunnel to {self.remote_host or '?'}{via}, connecting"
         remote = self.sock or (str(self.remote_port) if self.remote_port else "?")
         return f"localhost:{self.local_port or '?'} -> {self.remote_host or '?'}:{remote}{via}"
@@ -144,6 +199,658 @@ class RunningTunnel:
             "job": self.job or None, "scheduler": self.scheduler or None,
             "time_left": time_left(self.job_end, time.time()) if self.job else None,
         }
+
+
+# ----------------------------------------- the registry and process identity (jupyter_tunnel.py's too)
+
+
+def make_private_dir() -> str:
+    """A fresh 0700 directory with a short path, for the control socket and friends."""
+    base = tempfile.gettempdir()
+    if len(base) > MAX_TMP_PREFIX and os.access("/tmp", os.W_OK):
+        base = "/tmp"  # macOS's $TMPDIR alone is ~49 bytes: too long for a socket path
+    return tempfile.mkdtemp(prefix=PRIVATE_PREFIX, dir=base)  # mkdtemp makes it 0700
+
+
+def private_dir_parents() -> tuple[str, ...]:
+    """Where make_private_dir may have made a run's directory."""
+    return (tempfile.gettempdir(), "/tmp")
+
+
+def check_private_dir(path: str) -> str:
+    """Why ``path`` is not a real directory of ours with mode 0700 ("" when it is).
+
+    ``lstat``: a symbolic link is refused, never followed to wherever it points.
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return MISSING
+    except OSError as error:
+        return error.strerror or str(error)
+    return private_dir_problem(info.st_mode, info.st_uid, os.getuid())
+
+
+def as_pid(value: object) -> int | None:
+    """``value`` if it can be a pid worth looking at (an int above 1: never init), else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and 1 < value < 2**31:
+        return value
+    return None
+
+
+def is_private_dir_path(path: object, parents: Iterable[str]) -> bool:
+    """Whether ``path`` is named as make_private_dir names its directories, in one of ``parents``."""
+    if not isinstance(path, str) or not os.path.isabs(path) or os.path.normpath(path) != path:
+        return False  # "/tmp/../home/u/jt-abcdefgh" is not in /tmp
+    parent, name = os.path.split(path)
+    suffix = name[len(PRIVATE_PREFIX):]
+    return (name.startswith(PRIVATE_PREFIX) and len(suffix) == 8 and set(suffix) <= MKDTEMP_CHARS
+            and parent in {os.path.normpath(p) for p in parents})
+
+
+def private_dir_problem(mode: int, owner: int, uid: int) -> str:
+    """Why a directory with this ``lstat`` mode and owner is not a private one of ``uid``; "" if it is."""
+    if stat.S_ISLNK(mode):
+        return "it is a symbolic link"
+    if not stat.S_ISDIR(mode):
+        return "it is not a directory"
+    if owner != uid:
+        return f"it belongs to uid {owner}"
+    if stat.S_IMODE(mode) != 0o700:
+        return f"its mode is {stat.S_IMODE(mode):04o}, not 0700"
+    return ""
+
+
+def is_master_argv(argv: Sequence[str], control_dir: str) -> bool:
+    """Whether ``argv`` is exactly the shape of the ssh master build_master_argv makes for
+    ``control_dir``: ``ssh``, its options only, ``-M``, ``-S DIR/c``, ``-F DIR/ssh_config``,
+    ``-N``, ``-o ControlPersist=no``, then one destination."""
+    if len(argv) < 3 or os.path.basename(argv[0]) != "ssh" or argv[-1].startswith("-"):
+        return False
+    values: dict[str, list[str]] = {}
+    flags: set[str] = set()
+    i = 1
+    while i < len(argv) - 1:
+        arg = argv[i]
+        if arg in MASTER_OPTIONS_WITH_VALUE and i + 2 < len(argv):
+            values.setdefault(arg, []).append(argv[i + 1])
+            i += 2
+        elif arg in MASTER_FLAGS or (arg.startswith("-") and set(arg[1:]) == {"v"}):  # -v, -vv
+            flags.add(arg)
+            i += 1
+        else:
+            return False
+    return (flags >= {"-M", "-N"} and "ControlPersist=no" in values.get("-o", [])
+            and values.get("-S") == [os.path.join(control_dir, CONTROL_SOCKET)]
+            and values.get("-F") == [os.path.join(control_dir, CONFIG_FILE)])
+
+
+def is_agent_argv(argv: Sequence[str], control_dir: str) -> bool:
+    """Whether ``argv`` is exactly that of the ssh-agent start_agent starts for ``control_dir``."""
+    return (len(argv) == 4 and os.path.basename(argv[0]) == "ssh-agent"
+            and list(argv[1:]) == ["-D", "-a", os.path.join(control_dir, AGENT_SOCKET)])
+
+
+def _is_interpreter(program: str) -> bool:
+    """Whether ``program`` (a basename) runs a script given as an argument."""
+    name = program.lower()  # macOS framework builds run ".../Python"
+    return "python" in name or "pypy" in name or name in SHELLS
+
+
+def script_index(argv: Sequence[str]) -> int | None:
+    """Index in ``argv`` of what the process runs (the program, or an interpreter's script)."""
+    if not argv:
+        return None
+    if not _is_interpreter(os.path.basename(argv[0])):
+        return 0
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "-m" or (arg.startswith("-m") and not arg.startswith("--")):
+            return i  # python -m MODULE (or -mMODULE)
+        if arg.startswith("-c") and not arg.startswith("--"):
+            return None  # python -c CODE, sh -c CODE: no script
+        if arg in OPTIONS_WITH_VALUE:
+            i += 2
+            continue
+        if arg.startswith("-") and arg != "-":
+            i += 1
+            continue
+        return i
+    return None
+
+
+def is_tunnel_argv(argv: Sequence[str]) -> bool:
+    """Whether a command line runs jupyter-tunnel: the program or the interpreter's script.
+
+    Deliberately strict: a mere mention (``vim jupyter_tunnel.py``, a venv or checkout
+    called ``jupyter-tunnel``) is not a tunnel, and neither is this shutdown script.
+    """
+    i = script_index(argv)
+    if i is None:
+        return False
+    arg = argv[i]
+    if arg.startswith("-m"):
+        module = arg[2:] or (argv[i + 1] if i + 1 < len(argv) else "")
+        return module == TUNNEL_MODULE
+    return os.path.basename(arg) in TUNNEL_SCRIPTS
+
+
+def parse_status_field(text: str, name: str) -> int | None:
+    """The first number of field ``name`` in the text of ``/proc/PID/status`` (``Uid:``, ``PPid:``)."""
+    for line in text.splitlines():
+        if line.startswith(f"{name}:"):
+            fields = line.split()
+            return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+    return None
+
+
+def parse_status_uid(text: str) -> int | None:
+    """The real uid from the text of ``/proc/PID/status`` (``Uid: real effective saved fs``)."""
+    return parse_status_field(text, "Uid")
+
+
+def split_cmdline(raw: bytes) -> list[str]:
+    """argv from the bytes of ``/proc/PID/cmdline`` (NUL-separated; empty for a zombie)."""
+    return [arg.decode(errors="replace") for arg in raw.split(b"\0")[:-1]] if raw else []
+
+
+def parse_ps(text: str) -> list[tuple[int, int, list[str]]]:
+    """``(pid, uid, argv)`` from ``ps -o pid=,uid=,command=`` (argv split at spaces: ps joins it)."""
+    found = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[0].isdigit() and fields[1].isdigit():
+            found.append((int(fields[0]), int(fields[1]), fields[2:]))
+    return found
+
+
+def registry_dir() -> str:
+    """The private per-user directory where running tunnels register themselves."""
+    if os.environ.get(REGISTRY_ENV):
+        return os.environ[REGISTRY_ENV]
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return os.path.join(runtime, "jupyter-tunnel")
+    # cron jobs, runuser and some ssh sessions lack XDG_RUNTIME_DIR: use the same place
+    # a desktop session would when it is there and ours
+    runtime = f"/run/user/{os.getuid()}"
+    if os.path.isdir(runtime) and os.stat(runtime).st_uid == os.getuid():
+        return os.path.join(runtime, "jupyter-tunnel")
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "jupyter-tunnel")
+
+
+def registry_dirs() -> list[str]:
+    """Every directory where a tunnel of this user may have registered, the usual one first."""
+    if os.environ.get(REGISTRY_ENV):
+        return [registry_dir()]
+    # A tunnel started in a desktop session registers under $XDG_RUNTIME_DIR, which cron
+    # jobs, sleep hooks (runuser) and plain ssh sessions lack: they would look in the cache
+    # directory instead.  So look in both, whatever this environment says.
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    candidates = [registry_dir(), os.path.join(f"/run/user/{os.getuid()}", "jupyter-tunnel"),
+                  os.path.join(cache, "jupyter-tunnel")]
+    dirs: list[str] = []
+    for directory in candidates:
+        if os.path.realpath(directory) not in map(os.path.realpath, dirs):
+            dirs.append(directory)
+    return dirs
+
+
+def prepare_registry(directory: str) -> str:
+    """Create the registry directory if needed; why it cannot be used ("" when it can)."""
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as error:
+        return error.strerror or str(error)
+    return check_private_dir(directory)
+
+
+def registry_refused(directory: str, problem: str) -> str:
+    """The warning for a registry directory that is not a private one of ours."""
+    return (f"not using the registry directory {directory!r}: {problem} (it must be a directory "
+            "of yours with mode 0700, not a link)")
+
+
+def write_state(state: dict, directory: str) -> str:
+    """Write ``<pid>.json`` atomically (0600) into a registry directory prepare_registry passed."""
+    path = os.path.join(directory, f"{state['pid']}.json")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+def parse_state(data: bytes) -> dict | None:
+    """A registry entry from the bytes of its file; None when they are not one (not UTF-8, not
+    JSON, not an object, no pid worth looking at).  Its other fields are checked by each reader."""
+    try:
+        state = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; [[[[...]]]] too deep
+        return None
+    if not isinstance(state, dict) or as_pid(state.get("pid")) is None:
+        return None
+    return state
+
+
+def open_own_file(path: str) -> int | None:
+    """A read-only descriptor of ``path`` if it is a regular file of ours, else None (closed).
+
+    Never a wait and never a link followed, whatever a registry or private directory holds:
+    a FIFO would block a plain open() for ever (O_NONBLOCK opens it at once, and fstat tells
+    it is no file), and O_NOFOLLOW refuses a symbolic link (ELOOP).
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # gone, a symbolic link, unreadable
+        return None
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        info = None
+    if info is None or not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+        os.close(fd)
+        return None
+    return fd
+
+
+def read_state(path: str) -> dict | None:
+    """One registry entry, or None when it is gone or not one: only a regular file of ours
+    (open_own_file), and at most MAX_STATE_BYTES of it (a huge file is not read whole)."""
+    fd = open_own_file(path)
+    if fd is None:
+        return None
+    try:
+        data = os.read(fd, MAX_STATE_BYTES + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    state = parse_state(data) if len(data) <= MAX_STATE_BYTES else None
+    if state is not None:
+        state["file"] = path
+    return state
+
+
+def read_states(directory: str | None = None) -> list[dict]:
+    """Every entry of a registry directory (oldest first); none, with a warning, from a
+    directory that is not a private one of ours: anyone may have written there."""
+    directory = directory or registry_dir()
+    problem = check_private_dir(directory)
+    if problem:
+        if problem != MISSING:
+            say("Warning", registry_refused(directory, problem))
+        return []
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    states = []
+    for name in names:
+        if name.endswith(".json") and not name.startswith("."):
+            state = read_state(os.path.join(directory, name))
+            if state is not None:
+                states.append(state)
+    return sorted(states, key=lambda state: _number(state.get("started")))
+
+
+def _number(value: object) -> float:
+    """A float for sorting, 0 for anything that is not a finite number (NaN would make the
+    sort's order arbitrary; an integer too large for a float overflows)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return 0.0
+    try:
+        number = float(value)
+    except OverflowError:
+        return 0.0
+    return number if math.isfinite(number) else 0.0
+
+
+class Registration:
+    """This run's registry entry: written as soon as there is something to clean up after
+    the run, rewritten as it goes (state, master pid), removed when it exits."""
+
+    def __init__(self, state: dict) -> None:
+        self.state = state
+        self.directory = registry_dir()
+        self.path = ""
+        problem = prepare_registry(self.directory)
+        if problem:
+            say("Warning", registry_refused(self.directory, problem)
+                + ": this tunnel is not registered; jupyter-tunnel-shutdown finds it by its command line")
+            self.directory = ""
+        self.update()
+
+    def update(self, **changes: object) -> None:
+        """Change fields of the entry and write it again."""
+        self.state.update(changes)
+        if not self.directory:
+            return
+        try:
+            self.path = write_state(self.state, self.directory)
+        except OSError as error:
+            say("Warning", f"cannot register this tunnel in {self.directory!r}: {error}")
+            self.directory = ""
+
+    def remove(self) -> None:
+        """Remove the entry (at exit)."""
+        if self.path:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            self.path = ""
+
+
+def process_info(pid: int) -> tuple[int, list[str]] | None:
+    """The real uid and argv of process ``pid``; None when it is gone or a zombie."""
+    if HAVE_PROC:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                uid = parse_status_uid(f.read())
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = split_cmdline(f.read())
+        except OSError:
+            return None
+        return (uid, argv) if uid is not None and argv else None
+    done = subprocess.run(["ps", "-o", "pid=,uid=,command=", "-p", str(pid)],
+                          capture_output=True, text=True)
+    found = [(uid, argv) for p, uid, argv in parse_ps(done.stdout) if p == pid]
+    return found[0] if found else None
+
+
+def is_own_tunnel(pid: int) -> bool:
+    """Whether ``pid`` is, right now, a live jupyter-tunnel of the user running this script.
+
+    The uid is checked, not a PermissionError awaited: root may signal anyone, and must
+    still touch only its own tunnels.
+    """
+    info = process_info(pid)
+    return info is not None and info[0] == os.getuid() and is_tunnel_argv(info[1])
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of process ``pid``; None when it is gone."""
+    if HAVE_PROC:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                return parse_status_field(f.read(), "PPid")
+        except OSError:
+            return None
+    done = subprocess.run(["ps", "-o", "ppid=", "-p", str(pid)], capture_output=True, text=True)
+    return int(done.stdout) if done.stdout.strip().isdigit() else None
+
+
+def is_leftover(pid: int, control_dir: str, shape: Callable[[Sequence[str], str], bool]) -> bool:
+    """Whether ``pid`` is, right now, a dead run's own master or agent: ours, with exactly the
+    command line the run gave it (``shape``), and orphaned (its parent is no live tunnel:
+    a live run's master is its child; a run inside another program holds its lock)."""
+    info = process_info(pid)
+    if info is None or info[0] != os.getuid() or not shape(info[1], control_dir):
+        return False
+    parent = parent_pid(pid)
+    return parent is not None and not is_own_tunnel(parent) and not holds_run_lock(parent, control_dir)
+
+
+def take_run_lock(directory: str) -> int | None:
+    """Create the run's lock file in its fresh private directory, holding its pid, and lock it
+    (``flock``, exclusive) for the run's whole life; its descriptor (None without fcntl).
+
+    A run's argv tells a live jupyter-tunnel (is_own_tunnel) only when it runs as the script;
+    ``jupyter_tunnel.main([...])`` called by another program (the README allows it) runs
+    under that program's argv.  The lock tells it whatever the argv: the kernel drops it when
+    the process dies, so a lock that is held is a live run.  The descriptor is not inherited
+    (O_CLOEXEC: the master and the agent, which outlive a killed run, must not hold it).
+    """
+    try:
+        import fcntl  # not on Windows (a later port): there the argv alone tells
+    except ImportError:
+        return None
+    fd = os.open(os.path.join(directory, RUN_LOCK),
+                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0),
+                 0o600)
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        # a file system without flock (ENOLCK): the run goes on, told live by its argv alone
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def has_file_open(pid: int, path: str) -> bool:
+    """Whether process ``pid`` holds ``path`` open (Linux: its /proc/PID/fd links); True where
+    that cannot be told (no /proc)."""
+    if not HAVE_PROC:
+        return True
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for name in names:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{name}") in (path, os.path.realpath(path)):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def holds_run_lock(pid: int, control_dir: object) -> bool:
+    """Whether ``pid`` is a live run whose private directory is ``control_dir``: a process of
+    ours that holds that directory's lock (take_run_lock), whose file names ``pid``.
+
+    The registry's word alone proves nothing: the directory must be one make_private_dir
+    makes, ours and 0700, before anything in it is opened; the lock file must be a regular
+    file of ours (O_NONBLOCK, O_NOFOLLOW: never a FIFO's wait, never a link followed) naming
+    that pid, and locked by someone; and the pid must be ours and, where /proc tells, hold
+    the file open (a child that inherited the lock through a bare fork is not the run).
+    """
+    if not (is_private_dir_path(control_dir, private_dir_parents()) and check_private_dir(control_dir) == ""):
+        return False
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    path = os.path.join(control_dir, RUN_LOCK)  # type: ignore[arg-type]
+    fd = open_own_file(path)
+    if fd is None:
+        return False
+    try:
+        if os.read(fd, 32).strip() != str(pid).encode():
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # held: a live run
+        else:
+            return False  # nobody holds it: the run is gone (closing fd lets it go again)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    owner = process_info(pid)
+    return owner is not None and owner[0] == os.getuid() and has_file_open(pid, path)
+
+
+def is_live_run(state: Mapping) -> bool:
+    """Whether the run of a registry entry still runs: its pid is a jupyter-tunnel of ours by
+    its argv, or a run hosted by another program that holds its directory's lock."""
+    pid = as_pid(state.get("pid"))
+    return pid is not None and (is_own_tunnel(pid) or holds_run_lock(pid, state.get("control_dir")))
+
+
+def signal_if(pid: int, check: Callable[[], bool], signum: int) -> bool:
+    """Send ``signum`` to ``pid`` only if ``check()`` holds right then; whether it was sent.
+
+    A pidfd (Linux >= 5.3) pins the process while it is checked: a pid reused between the
+    check and the signal gets nothing.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux, or gone already (check() tells)
+        pidfd = None
+    try:
+        if not check():
+            return False
+        if pidfd is not None:
+            signal.pidfd_send_signal(pidfd, signum)
+        else:
+            os.kill(pid, signum)
+    except OSError:
+        return False
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    return True
+
+
+def socket_answers(path: str) -> bool:
+    """Whether a process listens on the unix socket ``path`` (a live master or agent)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+def build_cancel_argv(ssh: str, control: str, spec: str) -> list[str]:
+    """argv of ``ssh -O cancel``: take the forward ``-L spec`` off the master at ``control``.
+
+    ``-F none``: no config is needed to talk to a master (and a dead run's may be gone);
+    with ``-S`` the host is a mere word.
+    """
+    return [ssh, "-F", "none", "-S", control, "-o", "ControlMaster=no", "-o", "ProxyCommand=false",
+            "-o", "BatchMode=yes", "-O", "cancel", "-L", spec, "x"]  # never a login: see build_mux_argv
+
+
+def cancel_forward(argv: list[str]) -> bytes:
+    """Run an ``ssh -O cancel`` (build_cancel_argv); its stderr ("" when the master hangs:
+    the forward then goes when the master does)."""
+    try:
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=10).stderr
+    except subprocess.TimeoutExpired:
+        return b""
+
+
+def parse_shared_forward(value: object, control_dir: str) -> tuple[str, str] | None:
+    """(socket, ``-L`` spec) of an entry's "shared_forward" if it is what a run writes there,
+    else None: the user's master's socket (an absolute path) and a forward that listens on
+    the run's own socket in its private directory ``control_dir`` (a name nobody else's
+    forward can have: that proves the run added it, see build_forward_spec)."""
+    if not isinstance(value, dict):
+        return None
+    control, spec = value.get("control"), value.get("spec")
+    if not (isinstance(control, str) and isinstance(spec, str) and os.path.isabs(control)):
+        return None
+    if has_control(control + spec) or not spec.startswith(os.path.join(control_dir, FORWARD_SOCKET) + ":"):
+        return None
+    return control, spec
+
+
+def cancel_shared_forward(value: object, control_dir: str) -> None:
+    """After a run that died while riding the user's master: take its forward off that
+    master (``-O cancel``), which would keep it until it exits; only through a socket of
+    this user's, and nothing else of the master is touched."""
+    found = parse_shared_forward(value, control_dir)
+    ssh = shutil.which("ssh")
+    if found is None or ssh is None:
+        return
+    control, spec = found
+    try:
+        info = os.lstat(control)
+    except OSError:
+        return  # the master is gone, and its forward with it
+    if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.getuid():
+        return
+    cancel_forward(build_cancel_argv(ssh, control, spec))
+
+
+def clean_leftovers(state: Mapping) -> str:
+    """After a run that died (SIGKILL): stop its master and agent, remove its directory and
+    its entry, each only once proven to be that run's own; returns why something the entry
+    names was left alone ("" when nothing was; the entry then stays, for the user to check).
+
+    The entry's word alone proves nothing: the directory must be named as make_private_dir
+    names them, where it makes them, and be ours with mode 0700; a process must have exactly
+    the command line the run gave it (is_master_argv, is_agent_argv) and be orphaned.
+    """
+    control = state.get("control_dir")
+    problem = ""
+    if isinstance(control, str) and control:
+        parents = private_dir_parents()
+        if not is_private_dir_path(control, parents):
+            problem = (f"it is not a directory jupyter-tunnel makes ({PRIVATE_PREFIX}XXXXXXXX in "
+                       f"{' or '.join(sorted(set(parents)))})")
+        else:
+            problem = check_private_dir(control)
+        if problem in ("", MISSING):
+            cancel_shared_forward(state.get("shared_forward"), control)
+            stopped = []
+            for key, shape in (("master_pid", is_master_argv), ("agent_pid", is_agent_argv)):
+                pid = as_pid(state.get(key))
+                if pid and signal_if(pid, lambda: is_leftover(pid, control, shape), signal.SIGTERM):
+                    stopped.append((pid, shape))
+            deadline = time.monotonic() + 5
+            while any(is_leftover(p, control, shape) for p, shape in stopped) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        if not problem:
+            # a socket that still answers: some live process uses the directory
+            if any(socket_answers(os.path.join(control, name)) for name in (CONTROL_SOCKET, AGENT_SOCKET)):
+                problem = "a process still listens on its sockets"
+            else:
+                shutil.rmtree(control, ignore_errors=True)
+    if problem not in ("", MISSING):
+        return f"left {control!r} alone: {problem}"
+    try:
+        os.unlink(state["file"])
+    except (KeyError, OSError):
+        pass
+    return ""
+
+
+def warn_left_alone(state: Mapping, why: str) -> None:
+    """Tell the user what clean_leftovers refused to touch, and the entry that named it."""
+    if why:
+        say("Warning", f"registry entry {state.get('file')!r}: {why}; remove the entry once you "
+                       "have checked")
+
+
+def scan_registry(clean: bool = True, on_cleaned: Callable[[dict], None] = lambda state: None) -> list[dict]:
+    """The entries of every live run (one per pid); with ``clean``, clean up after the runs
+    that are gone (``on_cleaned`` hears of each), else leave them: ``--list`` only reads."""
+    live: list[dict] = []
+    for directory in registry_dirs():
+        for state in read_states(directory):
+            if is_live_run(state):
+                if all(other["pid"] != state["pid"] for other in live):
+                    live.append(state)
+            elif clean:
+                # SIGKILLed (or its pid reused): its ssh master and agent may still run
+                why = clean_leftovers(state)
+                if why:
+                    warn_left_alone(state, why)
+                else:
+                    on_cleaned(state)
+    return live
+
+
+def prune_registry() -> list[dict]:
+    """Clean up after every registered run that is gone; returns the live entries."""
+    return scan_registry(clean=True)
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -175,9 +882,9 @@ def _finite_or_none(value: object) -> float | None:
 
 def hosts_from_argv(argv: Sequence[str]) -> tuple[tuple[str, ...], str]:
     """The ``-s`` hosts and the ``-n`` node of a jupyter-tunnel command line, as far as it tells."""
-    i = jt.script_index(argv)
+    i = script_index(argv)
     args = list(argv[(i or 0) + 1:])
-    if args[:1] == [jt.TUNNEL_MODULE]:  # python -m jupyter_tunnel
+    if args[:1] == [TUNNEL_MODULE]:  # python -m jupyter_tunnel
         args = args[1:]
     hosts: list[str] = []
     node = ""
@@ -187,12 +894,12 @@ def hosts_from_argv(argv: Sequence[str]) -> tuple[tuple[str, ...], str]:
         j += 1
         if arg in ("-s", "--host"):
             while j < len(args) and not args[j].startswith("-"):  # nargs="+"
-                hosts.extend(jt.split_host_list(args[j]))
+                hosts.extend(split_host_list(args[j]))
                 j += 1
         elif arg.startswith("--host="):
-            hosts.extend(jt.split_host_list(arg[len("--host="):]))
+            hosts.extend(split_host_list(arg[len("--host="):]))
         elif arg.startswith("-s") and not arg.startswith("--"):
-            hosts.extend(jt.split_host_list(arg[2:]))  # -sgw
+            hosts.extend(split_host_list(arg[2:]))  # -sgw
         elif arg in ("-n", "--node") and j < len(args):
             node, j = args[j], j + 1
         elif arg.startswith("--node="):
@@ -204,8 +911,8 @@ def host_matches(pattern: str, host: str) -> bool:
     """Whether ``--host pattern`` names ``host``; a user or port the pattern leaves out matches any."""
     if not pattern or not host:
         return False
-    want_user, want_name, want_port = jt.split_host(pattern)
-    user, name, port = jt.split_host(host)
+    want_user, want_name, want_port = split_host(pattern)
+    user, name, port = split_host(host)
     return (want_name == name and want_user in ("", user) and want_port in ("", port))
 
 
@@ -236,7 +943,7 @@ def in_registry_scope(ours: str, environ: Mapping[str, str] | None) -> bool:
     """
     if not ours:
         return True
-    return environ is not None and environ.get(jt.REGISTRY_ENV) == ours
+    return environ is not None and environ.get(REGISTRY_ENV) == ours
 
 
 def time_left(job_end: float | None, now: float) -> int | None:
@@ -244,13 +951,10 @@ def time_left(job_end: float | None, now: float) -> int | None:
     return None if job_end is None else max(0, int(job_end - now))
 
 
-def format_time_left(job: str, job_end: float | None, now: float) -> str:
-    """The TIME LEFT cell: ``1:29:59`` or ``2-03:00:00`` as squeue says it, one word; ``-``
-    without a job, ``?`` for a job without a known end."""
-    left = time_left(job_end, now)
-    if not job or left is None:
-        return "-" if not job else "?"
-    return jupyter_node.format_clock(left)  # as jupyter-node --jobs shows it
+def time_left_cell(job: str, job_end: float | None, now: float) -> str:
+    """The TIME LEFT cell: ``1 h 29 min`` as the other tools say it, ``no time limit`` for a
+    job without a known end; ``-`` without a job."""
+    return format_time_left(time_left(job_end, now)) if job else "-"
 
 
 def format_started(started: float | None) -> str:
@@ -262,7 +966,8 @@ def format_started(started: float | None) -> str:
 
 
 def table_row(tunnel: RunningTunnel) -> tuple[str, ...]:
-    """One ``--list`` row, in TABLE_COLUMNS order; no cell holds a space, but STARTED (last)."""
+    """One ``--list`` row, in TABLE_COLUMNS order; no cell holds a space, but TIME LEFT and
+    STARTED (last)."""
     if tunnel.registered:
         remote = tunnel.sock or (str(tunnel.remote_port) if tunnel.remote_port else "?")
     else:
@@ -275,7 +980,7 @@ def table_row(tunnel: RunningTunnel) -> tuple[str, ...]:
         remote,
         {True: "started", False: "found", None: "?"}[tunnel.started_server],
         tunnel.job or "-",
-        format_time_left(tunnel.job, tunnel.job_end, time.time()),
+        time_left_cell(tunnel.job, tunnel.job_end, time.time()),
         tunnel.phase or "?",
         format_started(tunnel.started),
     )
@@ -305,14 +1010,14 @@ def process_environ(pid: int) -> dict[str, str] | None:
 
 def scan_processes(uid: int) -> list[tuple[int, list[str]]]:
     """``(pid, argv)`` of every process of user ``uid``."""
-    if not jt.HAVE_PROC:
+    if not HAVE_PROC:
         done = subprocess.run(["ps", "-U", str(uid), "-o", "pid=,uid=,command="],
                               capture_output=True, text=True)
-        return [(pid, argv) for pid, owner, argv in jt.parse_ps(done.stdout) if owner == uid]
+        return [(pid, argv) for pid, owner, argv in parse_ps(done.stdout) if owner == uid]
     found = []
     for name in os.listdir("/proc"):
         if name.isdigit():
-            info = jt.process_info(int(name))
+            info = process_info(int(name))
             if info is not None and info[0] == uid:
                 found.append((int(name), info[1]))
     return found
@@ -326,18 +1031,18 @@ def find_tunnels(clean: bool = True) -> list[RunningTunnel]:
             what = RunningTunnel.from_state(state).describe()
         except (TypeError, ValueError, OverflowError):
             what = "its registry entry is damaged"
-        jt.say("Info", f"Cleaned up after process {state['pid']}, which had died ({what})")
+        say("Info", f"Cleaned up after process {state['pid']}, which had died ({what})")
 
     found: list[RunningTunnel] = []
-    for state in jt.scan_registry(clean, cleaned):
+    for state in scan_registry(clean, cleaned):
         try:
             found.append(RunningTunnel.from_state(state))
         except (TypeError, ValueError, OverflowError):
             continue  # read_states checked pid; keep going whatever else is odd
-    ours = os.environ.get(jt.REGISTRY_ENV, "")
+    ours = os.environ.get(REGISTRY_ENV, "")
     known = {t.pid for t in found}
     for pid, argv in scan_processes(os.getuid()):
-        if pid not in known and pid != os.getpid() and jt.is_tunnel_argv(argv) \
+        if pid not in known and pid != os.getpid() and is_tunnel_argv(argv) \
                 and in_registry_scope(ours, process_environ(pid)):
             found.append(RunningTunnel.from_argv(pid, argv))
     return found
@@ -369,7 +1074,7 @@ def send(tunnel: RunningTunnel, signum: int) -> bool:
     released, with the run's signals ignored in between.  So the signal ends the run, not
     the program around it (that one then goes on after main() as after a Ctrl+C).
     """
-    return jt.signal_if(tunnel.pid, tunnel.alive, signum)
+    return signal_if(tunnel.pid, tunnel.alive, signum)
 
 
 def clean_after(tunnel: RunningTunnel) -> None:
@@ -378,9 +1083,9 @@ def clean_after(tunnel: RunningTunnel) -> None:
     The entry is read again: since it was listed, the tunnel may have started its master
     (or a new one, reconnecting).
     """
-    state = jt.read_state(tunnel.state["file"]) if tunnel.state and "file" in tunnel.state else None
+    state = read_state(tunnel.state["file"]) if tunnel.state and "file" in tunnel.state else None
     if state is not None:
-        jt.warn_left_alone(state, jt.clean_leftovers(state))
+        warn_left_alone(state, clean_leftovers(state))
 
 
 def stop_tunnels(tunnels: Sequence[RunningTunnel], timeout: float, force: bool) -> int:
@@ -390,31 +1095,31 @@ def stop_tunnels(tunnels: Sequence[RunningTunnel], timeout: float, force: bool) 
         if send(tunnel, signal.SIGINT):  # what Ctrl+C sends: the tunnel cleans up itself
             signalled.append(tunnel)
         else:
-            jt.say("Info", f"Process {tunnel.pid} has already exited ({tunnel.describe()})")
+            say("Info", f"Process {tunnel.pid} has already exited ({tunnel.describe()})")
 
     def gone(tunnel: RunningTunnel) -> None:
         clean_after(tunnel)
-        jt.say("Info", f"Killed process {tunnel.pid} ({tunnel.describe()})")
+        say("Info", f"Killed process {tunnel.pid} ({tunnel.describe()})")
 
     remaining = wait_until_gone(signalled, timeout, gone)
     if not remaining:
         return EXIT_OK
     if not force:
         for tunnel in remaining:
-            jt.say("Warning", f"process {tunnel.pid} ({tunnel.describe()}) did not stop within "
+            say("Warning", f"process {tunnel.pid} ({tunnel.describe()}) did not stop within "
                            f"{timeout:g} s; --force kills it")
         return EXIT_NOT_STOPPED
 
     def killed(tunnel: RunningTunnel) -> None:
         clean_after(tunnel)
-        jt.say("Info", f"Killed process {tunnel.pid} with SIGKILL ({tunnel.describe()})")
+        say("Info", f"Killed process {tunnel.pid} with SIGKILL ({tunnel.describe()})")
 
     for tunnel in remaining:
-        jt.say("Warning", f"process {tunnel.pid} did not stop within {timeout:g} s: sending SIGKILL")
+        say("Warning", f"process {tunnel.pid} did not stop within {timeout:g} s: sending SIGKILL")
         send(tunnel, signal.SIGKILL)
     survivors = wait_until_gone(remaining, KILL_TIMEOUT, killed)
     for tunnel in survivors:
-        jt.say("Error", f"process {tunnel.pid} ({tunnel.describe()}) survived SIGKILL")
+        say("Error", f"process {tunnel.pid} ({tunnel.describe()}) survived SIGKILL")
     return EXIT_NOT_STOPPED if survivors else EXIT_OK
 
 
@@ -442,18 +1147,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-l", "--list", action="store_true",
                         help="list the running tunnels (a table on stdout) instead of stopping them")
     parser.add_argument("--json", action="store_true", help="list them as a JSON array (implies --list)")
-    parser.add_argument("--port", type=jt.int_option(1, 65535), action="append", default=[], metavar="LPORT",
+    parser.add_argument("--port", type=int_option(1, 65535), action="append", default=[], metavar="LPORT",
                         help="only the tunnel on this local port; repeatable")
     parser.add_argument("--host", action="append", default=[], metavar="HOST",
                         help="only tunnels through HOST (any -s host or the -n node; user@ and "
                              ":port may be left out); repeatable")
-    parser.add_argument("--timeout", type=jt.number_option("seconds", jt.MAX_TIMEOUT), default=DEFAULT_TIMEOUT,
+    parser.add_argument("--timeout", type=number_option("seconds", MAX_TIMEOUT), default=DEFAULT_TIMEOUT,
                         metavar="SECONDS",
                         help="how long each tunnel gets to close [default: %(default)g]")
     parser.add_argument("-f", "--force", action="store_true",
                         help="SIGKILL the tunnels still running after --timeout, and remove "
                              "what they leave (ssh master, agent, private directory)")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {jt.__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {jupyter_node.__version__}")
     return parser
 
 
@@ -470,24 +1175,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.port:
             for tunnel in tunnels:
                 if not tunnel.registered and tunnel not in chosen:
-                    jt.say("Warning", f"process {tunnel.pid} is a tunnel that did not register (an older "
+                    say("Warning", f"process {tunnel.pid} is a tunnel that did not register (an older "
                                    "version): its local port is unknown, so --port leaves it alone")
         if args.json:
             print(json.dumps([t.to_json() for t in chosen], indent=2))
             return EXIT_OK
         if not chosen:
             others = f" ({len(tunnels)} running, none matches --port/--host)" if tunnels else ""
-            jt.say("Info", f"No tunnel {'is running' if args.list else 'to kill'}{others}.")
+            say("Info", f"No tunnel {'is running' if args.list else 'to kill'}{others}.")
             return EXIT_OK
         if args.list:
-            print(jt.format_table([TABLE_COLUMNS, *map(table_row, chosen)]), flush=True)
+            print(format_table([TABLE_COLUMNS, *map(table_row, chosen)]), flush=True)
             return EXIT_OK
         return stop_tunnels(chosen, args.timeout, args.force)
     except OSError as error:  # a registry file or /proc entry that cannot be read or removed
-        jt.say("Error", jt.explain_error(error)[0])
+        say("Error", describe_os_error(error))
         return EXIT_NOT_STOPPED
     except KeyboardInterrupt:
-        jt.say("Info", "Interrupted.")
+        say("Info", "Interrupted.")
         return EXIT_INTERRUPTED
 
 

@@ -607,7 +607,7 @@ class NodeReport:
     log: str
 
 
-_READY_RE = re.compile(r"Info: Jupyter \w+ is running on node (\S+), port (\d+) \(job ([^,\s]+)(?:, \S+ left)?\)\.")
+_READY_RE = re.compile(r"Info: Jupyter \w+ is running on node (\S+), port (\d+) \(job ([^,\s]+)(?:, [^,)]+ left)?\)\.")
 _LOG_RE = re.compile(r"^Info: Log \(it holds the token; private\): (\S+)$", re.M)
 
 

@@ -1,41 +1,93 @@
-"""The declared API between the modules: every ``jt.NAME`` that jupyter_tunnel_shutdown.py
-uses is in ``jupyter_tunnel.__all__``, and every name there exists (issue 21)."""
+"""The declared API between the modules (issue 21): the imports go one way only,
+jupyter_tunnel -> jupyter_tunnel_shutdown -> jupyter_node; every name jupyter_tunnel.py takes
+from jupyter_tunnel_shutdown.py is in that module's ``__all__``, and every name there exists."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
 import jupyter_tunnel as jt
+import jupyter_tunnel_shutdown as sd
 
-SHUTDOWN = Path(__file__).resolve().parent.parent / "jupyter_tunnel_shutdown.py"
-
-
-def names_used_of(module_alias: str, path: Path) -> set[str]:
-    """The attributes read from ``module_alias`` (``jt.X``) anywhere in the file at ``path``."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    return {node.attr for node in ast.walk(tree)
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == module_alias}
+REPO = Path(__file__).resolve().parent.parent
+TUNNEL, SHUTDOWN, NODE = (REPO / f"{name}.py" for name in ("jupyter_tunnel", "jupyter_tunnel_shutdown", "jupyter_node"))
+MODULES = ("jupyter_tunnel", "jupyter_tunnel_shutdown", "jupyter_node")
 
 
-def test_the_shutdown_script_uses_only_the_declared_api():
-    used = names_used_of("jt", SHUTDOWN)
-    assert used, "the shutdown script reads nothing of jupyter_tunnel: the check would prove nothing"
-    assert sorted(used - set(jt.__all__)) == []
+def parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"))
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The modules the file at ``path`` imports, anywhere in it (a function's own import too)."""
+    found = set()
+    for node in ast.walk(parse(path)):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def names_taken(path: Path, module: str) -> set[str]:
+    """What the file at ``path`` takes from ``module``: ``from module import X`` and
+    ``alias.X`` for every name the module is imported as."""
+    tree = parse(path)
+    aliases, taken = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == module:
+            taken |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.Import):
+            aliases |= {alias.asname or alias.name for alias in node.names if alias.name == module}
+    taken |= {node.attr for node in ast.walk(tree)
+              if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases}
+    return taken
+
+
+def test_the_tunnel_takes_only_the_declared_api_of_the_shutdown_module():
+    taken = names_taken(TUNNEL, "jupyter_tunnel_shutdown")
+    assert taken, "jupyter_tunnel.py takes nothing from jupyter_tunnel_shutdown.py: the check would prove nothing"
+    assert sorted(taken - set(sd.__all__)) == []
 
 
 def test_every_declared_name_exists():
+    assert [name for name in sd.__all__ if not hasattr(sd, name)] == []
     assert [name for name in jt.__all__ if not hasattr(jt, name)] == []
+
+
+@pytest.mark.parametrize("path, forbidden", [
+    (SHUTDOWN, {"jupyter_tunnel"}),
+    (NODE, {"jupyter_tunnel", "jupyter_tunnel_shutdown"}),  # it runs alone on a head node
+])
+def test_the_imports_go_one_way(path, forbidden):
+    assert imported_modules(path) & forbidden == set()
+
+
+def test_the_shutdown_script_loads_without_the_tunnel():
+    """Run as the console script runs it: importing it loads jupyter_node, never jupyter_tunnel."""
+    loaded = subprocess.run([sys.executable, "-c", "import sys, jupyter_tunnel_shutdown; print(sorted(sys.modules))"],
+                            cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert "'jupyter_node'" in loaded and "'jupyter_tunnel'" not in loaded
 
 
 def test_no_code_outside_a_class_calls_its_private_members():
     """``obj._name(...)`` only as ``self._name``: a class's underscore members are its own."""
     offenders = []
-    for path in (SHUTDOWN, Path(jt.__file__)):
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
+    for path in (TUNNEL, SHUTDOWN, NODE):
+        for node in ast.walk(parse(path)):
             if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
                     and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
                     and node.attr not in ("_replace", "_fields", "_asdict", "_exit")):
                 offenders.append(f"{path.name}:{node.lineno} .{node.attr}")
     assert offenders == []
+
+
+def test_the_modules_are_the_installed_ones():
+    """pyproject.toml installs the three flat modules that import each other by plain name."""
+    text = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    assert all(f'"{name}"' in text.split("py-modules")[1].splitlines()[0] for name in MODULES)

@@ -16,6 +16,7 @@ import pytest
 
 import helpers
 import jupyter_tunnel as jt
+import jupyter_tunnel_shutdown as sd
 from helpers import wait_for
 
 TOKENED = "http://localhost:8888/?token=5d24abc"
@@ -325,7 +326,7 @@ def test_where_peers_cannot_be_told_the_port_serves_everyone_and_says_so(tmp_pat
         assert not relay.check_peer
         request = b"GET /api/status HTTP/1.1\r\n\r\n"
         assert exchange("127.0.0.1", relay.port, request) == b"answer:" + request
-        if jt.HAVE_PROC:
+        if sd.HAVE_PROC:
             assert "is open to every local user, as an ssh -L port is" in capsys.readouterr().err
     finally:
         relay.close()

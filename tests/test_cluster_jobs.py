@@ -146,9 +146,13 @@ def test_sge_short_job_warns_then_the_tunnel_closes_when_it_ends(sge_netns, clus
         listed = subprocess.run([sys.executable, str(SHUTDOWN), "--list"], env=tunnel.env, capture_output=True,
                                 text=True, timeout=30)
         header, row = listed.stdout.splitlines()
-        # "LOCAL PORT" and "TIME LEFT" are one column each
-        assert row.split()[header.split().index("JOB") - 1] == job
-        assert re.fullmatch(r"0:0[01]:\d\d", row.split()[header.split().index("TIME") - 1]), listed.stdout
+        # a cell starts where its column's name does (names are two spaces apart at least;
+        # "TIME LEFT" holds spaces, and so may its cells)
+        names = re.split(r"  +", header)
+        starts = [header.index(name) for name in names]
+        cells = dict(zip(names, (row[a:b].strip() for a, b in zip(starts, [*starts[1:], None]))))
+        assert cells["JOB"] == job
+        assert re.fullmatch(r"1 min|\d+ s", cells["TIME LEFT"]), listed.stdout
         assert tunnel.wait(timeout=150) == jt.EXIT_OK  # closed by itself
         tunnel.assert_clean()
     warnings = re.findall(rf"^Warning: job {job} ends in (1 min|\d+ s) \(time limit\): save your notebooks\.$",

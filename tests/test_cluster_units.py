@@ -194,14 +194,6 @@ def test_node_tool_answer_is_no_failure():
     assert jt.node_tool_failure("python3", "head", 0, ["Info: job 4711 is pending"], READY) is None
 
 
-@pytest.mark.parametrize("seconds, text", [
-    (0, "0 s"), (59.9, "59 s"), (60, "1 min"), (599, "9 min"), (600, "10 min"), (3600, "1 h"),
-    (5400, "1 h 30 min"), (86400, "1 d"), (2 * 86400 + 3 * 3600 + 59, "2 d 3 h"), (-5, "0 s"),
-])
-def test_duration(seconds, text):
-    assert jt.format_duration(seconds) == text
-
-
 @pytest.mark.parametrize("time_left, warn_before, expected", [
     (None, 10, []),
     (0, 10, []),
@@ -279,9 +271,9 @@ def test_job_table_shows_time_left_and_servers():
                                                            time_left=None, reason="Resources")],
                                 {"node07.cluster": [server]})
     assert table.splitlines() == [
-        "#  JOB   NAME    STATE    NODE            TIME LEFT   SERVERS",
-        "1  4711  jp-lab  running  node07.cluster  1 h 30 min  8888 lab",
-        "2  4712  jp-lab  pending  -               ?           Resources",
+        "#  JOB   NAME    STATE    NODE            TIME LEFT      SERVERS",
+        "1  4711  jp-lab  running  node07.cluster  1 h 30 min     8888 lab",
+        "2  4712  jp-lab  pending  -               no time limit  Resources",
     ]
     info = jt.job_info(1, RUNNING, [server])
     assert (info["job"], info["time_left"], info["servers"][0]["port"]) == ("4711", 5400, 8888)

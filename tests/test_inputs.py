@@ -114,7 +114,7 @@ def test_main_in_process_gives_the_signal_handlers_back(tmp_path, monkeypatch):
     import jupyter_tunnel as jt
 
     # a login that fails at once, without any network: the proxy command exits
-    monkeypatch.setenv(jt.REGISTRY_ENV, str(tmp_path / "registry"))
+    monkeypatch.setenv(sd.REGISTRY_ENV, str(tmp_path / "registry"))
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     before = {signum: signal.getsignal(signum) for signum in jt.HANDLED_SIGNALS}
     code = jt.main(["-s", "nowhere", "-o", "ProxyCommand=false", "-b", "none", "--no-reconnect"])

@@ -218,6 +218,8 @@ def test_log_tail():
     text = "\n".join(f"line {i}" for i in range(30)) + "\n\n"
     assert jn.log_tail(text, 3) == "    line 27\n    line 28\n    line 29"
     assert jn.log_tail("") == "    (the log is empty)"
+    # blank lines do not count, and a traceback keeps its indentation
+    assert jn.log_tail("Traceback:\n  File x\n \n", 2) == "    Traceback:\n      File x"
 
 
 def test_make_log_default_is_private_and_named(tmp_path, monkeypatch):
@@ -242,10 +244,11 @@ def test_make_log_given_path_is_made_private(tmp_path):
     (["-w", "-1"], "invalid wait time '-1'"),
     (["--scheduler", "pbs"], "invalid choice: 'pbs'"),
     (["--bogus"], "unrecognized arguments: --bogus"),
-    (["--job", "4711;rm"], "invalid job id '4711;rm'"),  # it goes on qdel/scancel's command line
-    (["--cancel", "a b"], "invalid job id 'a b'"),
-    (["--cancel=-1"], "invalid job id '-1'"),  # qdel/scancel would read it as an option
-    (["--job=-u"], "invalid job id '-u'"),
+    # a job id goes on qdel/scancel's command line: nothing else, and never an option of theirs
+    (["--job", "4711;rm"], "argument --job: not a job id (a letter or digit, then letters, digits, . _ -): '4711;rm'"),
+    (["--cancel", "a b"], "argument --cancel: not a job id (a letter or digit, then letters, digits, . _ -): 'a b'"),
+    (["--cancel=-1"], "argument --cancel: not a job id (a letter or digit, then letters, digits, . _ -): '-1'"),
+    (["--job=-u"], "argument --job: not a job id (a letter or digit, then letters, digits, . _ -): '-u'"),
     (["--pre", "true\nfalse"], "argument --pre: must be one line (no newline): 'true\\nfalse'"),
     (["--conda-env", "a\u2029b"], "argument --conda-env: must be one line (no newline)"),
     (["--jobs", "--reuse"], "not allowed with argument"),
@@ -274,7 +277,7 @@ def test_console_script_is_declared():
 
 
 def test_scheduler_is_asked_gently():
-    delays = jn.scheduler_delays(first=0.5, cap=10)
+    delays = jn.doubling_delays(first=0.5, cap=10)
     assert [next(delays) for _ in range(8)] == [0.5, 1, 2, 4, 8, 10, 10, 10]
 
 
@@ -539,18 +542,26 @@ def test_choose_job(rows, expected):
     assert (chosen.job if chosen else None) == expected
 
 
-@pytest.mark.parametrize("seconds, text", [(None, "-"), (0, "0:00:00"), (598, "0:09:58"),
-                                           (5400, "1:30:00"), (93600, "1-02:00:00")])
-def test_format_clock(seconds, text):
-    assert jn.format_clock(seconds) == text
+@pytest.mark.parametrize("seconds, text", [
+    (0, "0 s"), (59.9, "59 s"), (60, "1 min"), (598, "9 min"), (600, "10 min"), (3600, "1 h"),
+    (5400, "1 h 30 min"), (86400, "1 d"), (93600, "1 d 2 h"), (2 * 86400 + 3 * 3600 + 59, "2 d 3 h"), (-5, "0 s"),
+    (None, "no time limit"),
+])
+def test_format_time_left(seconds, text):
+    """The time left, as all three tools print it (jupyter-tunnel's messages and tables,
+    jupyter-node's, jupyter-tunnel-shutdown --list)."""
+    assert jn.format_time_left(seconds) == text
 
 
 def test_format_jobs():
     lines = jn.format_jobs([jn.JobRow("49", "jp-lab", "running", "node1", 598),
                             jn.JobRow("51", "notebook", "pending", "", None, "Resources")]).splitlines()
-    assert lines[0].split() == ["JOB", "NAME", "STATE", "NODE", "TIME", "LEFT", "REASON"]
-    assert lines[1].split() == ["49", "jp-lab", "running", "node1", "0:09:58"]
-    assert lines[2].split() == ["51", "notebook", "pending", "-", "-", "Resources"]
+    # the same table as jupyter-tunnel's and jupyter-tunnel-shutdown's (jn.format_table)
+    assert lines == [
+        "JOB  NAME      STATE    NODE   TIME LEFT      REASON",
+        "49   jp-lab    running  node1  9 min",
+        "51   notebook  pending  -      no time limit  Resources",
+    ]
 
 
 @pytest.mark.parametrize("state, expected", [

@@ -38,7 +38,7 @@ def orphans():
         done = subprocess.run(["sh", "-c", 'exec "$@" >/dev/null 2>&1 </dev/null & echo $!', "sh", *argv],
                               capture_output=True, text=True, check=True)
         pid = int(done.stdout)
-        wait_for(lambda: jt.parent_pid(pid) not in (None, os.getpid()), 5, what="the orphan to be adopted")
+        wait_for(lambda: sd.parent_pid(pid) not in (None, os.getpid()), 5, what="the orphan to be adopted")
         pids.append(pid)
         return pid
 
@@ -52,7 +52,7 @@ def orphans():
 
 def alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie does not count)."""
-    return jt.process_info(pid) is not None
+    return sd.process_info(pid) is not None
 
 
 def dead_pid() -> int:
@@ -161,7 +161,7 @@ def test_a_tunnel_inside_another_program_is_not_taken_for_dead(tunnel, shutdown,
     # python -c '...main([...])': its command line is no jupyter-tunnel's, its lock tells it lives
     hosted = tunnel("-a", "-s", "srv", in_process=True)
     url = hosted.url()
-    assert not jt.is_tunnel_argv(jt.process_info(hosted.process.pid)[1])
+    assert not sd.is_tunnel_argv(sd.process_info(hosted.process.pid)[1])
     [state] = [json.loads(Path(registry, name).read_text()) for name in os.listdir(registry)]
     before = snapshot(state["control_dir"])
     # another run prunes the registry, and shutdown lists, looking where its directory is
@@ -219,10 +219,10 @@ def test_a_registry_other_users_can_write_is_not_used(tunnel, shutdown, jtuser_s
         assert "this tunnel is not registered; jupyter-tunnel-shutdown finds it by its command line" in run.stderr
         assert get_status(url)[0] == 200
 
-        done = shutdown("--list", TMPDIR=tmp, **{jt.REGISTRY_ENV: registry})
+        done = shutdown("--list", TMPDIR=tmp, **{sd.REGISTRY_ENV: registry})
         assert done.returncode == sd.EXIT_OK and warning in done.stderr
         assert done.stdout.splitlines()[1].split()[:2] == [str(run.process.pid), "?"]  # found by the scan
-        done = shutdown(TMPDIR=tmp, **{jt.REGISTRY_ENV: registry})
+        done = shutdown(TMPDIR=tmp, **{sd.REGISTRY_ENV: registry})
         assert done.returncode == sd.EXIT_OK and warning in done.stderr
         assert f"Info: Killed process {run.process.pid} (unregistered tunnel to srv)" in done.stderr
         assert run.wait() == jt.EXIT_OK
@@ -238,7 +238,7 @@ def start_connecting(tunnel, registry: str, *args: str) -> tuple[Tunnel, dict]:
     run = tunnel(*args, "-s", "jtnone@srv")
 
     def forwarded() -> dict | None:
-        entries = [jt.read_state(os.path.join(registry, name)) for name in os.listdir(registry)]
+        entries = [sd.read_state(os.path.join(registry, name)) for name in os.listdir(registry)]
         return next((e for e in entries if e and e["local_port"]), None)
 
     state = wait_for(forwarded, 30, what="the run to forward its port")

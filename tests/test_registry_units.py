@@ -11,6 +11,7 @@ import threading
 import pytest
 
 import jupyter_tunnel as jt
+import jupyter_tunnel_shutdown as sd
 
 DIR = "/tmp/jt-a1b_c9zq"
 ROUTES = [jt.Route(("srv",)), jt.Route(("gw", "head", "u@srv:2222")), jt.Route(("gw", "head"), "node1")]
@@ -19,10 +20,10 @@ ROUTES = [jt.Route(("srv",)), jt.Route(("gw", "head", "u@srv:2222")), jt.Route((
 @pytest.mark.parametrize("route", ROUTES, ids=["direct", "jumps", "node"])
 def test_the_masters_the_tool_starts_are_recognised(route):
     argv = jt.build_master_argv("/usr/bin/ssh", f"{DIR}/ssh_config", f"{DIR}/c", route)
-    assert jt.is_master_argv(argv, DIR)
-    assert jt.is_master_argv([*argv[:1], "-vv", *argv[1:]], DIR)  # ssh's own debug output asked for
-    assert not jt.is_master_argv(argv, "/tmp/jt-otherdir")  # another run's master
-    assert not jt.is_agent_argv(argv, DIR)
+    assert sd.is_master_argv(argv, DIR)
+    assert sd.is_master_argv([*argv[:1], "-vv", *argv[1:]], DIR)  # ssh's own debug output asked for
+    assert not sd.is_master_argv(argv, "/tmp/jt-otherdir")  # another run's master
+    assert not sd.is_agent_argv(argv, DIR)
 
 
 MASTER = jt.build_master_argv("/usr/bin/ssh", f"{DIR}/ssh_config", f"{DIR}/c", jt.Route(("srv",)))
@@ -45,7 +46,7 @@ MASTER = jt.build_master_argv("/usr/bin/ssh", f"{DIR}/ssh_config", f"{DIR}/c", j
     [],
 ])
 def test_other_command_lines_are_not_a_master(argv):
-    assert not jt.is_master_argv(argv, DIR)
+    assert not sd.is_master_argv(argv, DIR)
 
 
 @pytest.mark.parametrize("argv, expect", [
@@ -59,7 +60,7 @@ def test_other_command_lines_are_not_a_master(argv):
     ([], False),
 ])
 def test_is_agent_argv(argv, expect):
-    assert jt.is_agent_argv(argv, DIR) is expect
+    assert sd.is_agent_argv(argv, DIR) is expect
 
 
 @pytest.mark.parametrize("path, expect", [
@@ -82,7 +83,7 @@ def test_is_agent_argv(argv, expect):
     (["/tmp/jt-abcdefgh"], False),
 ])
 def test_is_private_dir_path(path, expect):
-    assert jt.is_private_dir_path(path, ["/var/tmp/u", "/tmp"]) is expect
+    assert sd.is_private_dir_path(path, ["/var/tmp/u", "/tmp"]) is expect
 
 
 @pytest.mark.parametrize("mode, owner, problem", [
@@ -95,7 +96,7 @@ def test_is_private_dir_path(path, expect):
     (stat.S_IFREG | 0o700, 1000, "it is not a directory"),
 ])
 def test_private_dir_problem(mode, owner, problem):
-    assert jt.private_dir_problem(mode, owner, 1000) == problem
+    assert sd.private_dir_problem(mode, owner, 1000) == problem
 
 
 @pytest.mark.parametrize("value, pid", [
@@ -103,13 +104,13 @@ def test_private_dir_problem(mode, owner, problem):
     (4242.0, None), (None, None), (2**31, None), ([4242], None),
 ])
 def test_as_pid(value, pid):
-    assert jt.as_pid(value) == pid
+    assert sd.as_pid(value) == pid
 
 
 def test_parse_status_field():
     status = "Name:\tssh\nUmask:\t0022\nPid:\t77\nPPid:\t1\nUid:\t1000\t1000\t1000\t1000\n"
-    assert (jt.parse_status_field(status, "PPid"), jt.parse_status_field(status, "Pid")) == (1, 77)
-    assert jt.parse_status_field(status, "Gid") is None
+    assert (sd.parse_status_field(status, "PPid"), sd.parse_status_field(status, "Pid")) == (1, 77)
+    assert sd.parse_status_field(status, "Gid") is None
 
 
 def test_entry_of_a_connecting_run():
@@ -128,7 +129,7 @@ def _fifo(path) -> None:
 
 
 def _huge(path) -> None:
-    path.write_bytes(b'{"pid": 4242, "pad": "' + b"x" * (jt.MAX_STATE_BYTES + 10) + b'"}')
+    path.write_bytes(b'{"pid": 4242, "pad": "' + b"x" * (sd.MAX_STATE_BYTES + 10) + b'"}')
 
 
 @pytest.mark.parametrize("make, expect", [
@@ -150,7 +151,7 @@ def test_read_state_never_hangs_on_a_damaged_entry(tmp_path, make, expect):
 
     def read() -> None:
         try:
-            found.append(jt.read_state(str(path)))
+            found.append(sd.read_state(str(path)))
         except Exception as error:  # a traceback in the tool
             found.append(error)
 
@@ -170,23 +171,23 @@ def test_read_state_never_hangs_on_a_damaged_entry(tmp_path, make, expect):
 
 
 def _lock_fifo(directory: str) -> None:
-    os.mkfifo(os.path.join(directory, jt.RUN_LOCK))
+    os.mkfifo(os.path.join(directory, sd.RUN_LOCK))
 
 
 @pytest.mark.parametrize("prepare, pid, expect", [
-    (lambda d: jt.take_run_lock(d), "me", True),  # held by this process, which its file names
-    (lambda d: jt.take_run_lock(d), "parent", False),  # held, but the entry names another pid
-    (lambda d: os.close(jt.take_run_lock(d)), "me", False),  # released: the run is gone
+    (lambda d: sd.take_run_lock(d), "me", True),  # held by this process, which its file names
+    (lambda d: sd.take_run_lock(d), "parent", False),  # held, but the entry names another pid
+    (lambda d: os.close(sd.take_run_lock(d)), "me", False),  # released: the run is gone
     (lambda d: None, "me", False),  # no lock file
     (_lock_fifo, "me", False),  # never a wait on a FIFO
-    (lambda d: os.chmod(d, 0o755) or jt.take_run_lock(d), "me", False),  # not a private directory
+    (lambda d: os.chmod(d, 0o755) or sd.take_run_lock(d), "me", False),  # not a private directory
 ], ids=["held", "other-pid", "released", "none", "fifo", "loose-dir"])
 def test_holds_run_lock(prepare, pid, expect):
-    directory = jt.make_private_dir()
+    directory = sd.make_private_dir()
     try:
         held = prepare(directory)
-        assert jt.holds_run_lock(os.getpid() if pid == "me" else os.getppid(), directory) is expect
-        assert jt.is_live_run({"pid": os.getpid(), "control_dir": directory}) is (expect or pid == "parent")
+        assert sd.holds_run_lock(os.getpid() if pid == "me" else os.getppid(), directory) is expect
+        assert sd.is_live_run({"pid": os.getpid(), "control_dir": directory}) is (expect or pid == "parent")
         if isinstance(held, int):
             os.close(held)
     finally:

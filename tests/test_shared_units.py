@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 import jupyter_tunnel as jt
+import jupyter_tunnel_shutdown as sd
 
 
 @pytest.mark.parametrize("route, argv", [
@@ -89,10 +90,10 @@ DIR = "/tmp/jt-abcd1234"
 ])
 def test_parse_shared_forward(value, found):
     """The registry's word for the forward a dead run left on the user's master is checked."""
-    assert jt.parse_shared_forward(value, DIR) == found
+    assert sd.parse_shared_forward(value, DIR) == found
 
 
 def test_build_cancel_argv_names_the_master_and_nothing_else():
-    assert jt.build_cancel_argv("ssh", "/home/u/.ssh/cm-1afc", f"{DIR}/f:localhost:8888") == [
+    assert sd.build_cancel_argv("ssh", "/home/u/.ssh/cm-1afc", f"{DIR}/f:localhost:8888") == [
         "ssh", "-F", "none", "-S", "/home/u/.ssh/cm-1afc", "-o", "ControlMaster=no", "-o", "ProxyCommand=false",
         "-o", "BatchMode=yes", "-O", "cancel", "-L", f"{DIR}/f:localhost:8888", "x"]

@@ -228,7 +228,7 @@ def test_tunnels_of_another_registry_are_left_alone(tunnel, shutdown, registry, 
 
 def test_no_tunnel_running_when_run_from_a_checkout(tmp_path):
     # ./jupyter_tunnel_shutdown.py: its own directory is on sys.path, so jupyter_tunnel imports
-    env = dict(os.environ, NO_COLOR="1", **{jt.REGISTRY_ENV: str(tmp_path)})
+    env = dict(os.environ, NO_COLOR="1", **{sd.REGISTRY_ENV: str(tmp_path)})
     done = subprocess.run([str(SHUTDOWN)], stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           env=env, timeout=30, cwd="/")
     assert (done.returncode, done.stdout, done.stderr) == (sd.EXIT_OK, "", "Info: No tunnel to kill.\n")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-import jupyter_tunnel as jt
+import jupyter_node as jn
 import jupyter_tunnel_shutdown as sd
 
 # A registry entry as jupyter_tunnel.build_state writes it (plus "file", added by read_states).
@@ -47,7 +47,7 @@ UNREGISTERED = sd.RunningTunnel.from_argv(4, ["python3", "./jupyter_tunnel.py", 
     ([], False),
 ])
 def test_is_tunnel_argv(argv, expect):
-    assert jt.is_tunnel_argv(argv) is expect
+    assert sd.is_tunnel_argv(argv) is expect
 
 
 @pytest.mark.parametrize("argv, hosts, node", [
@@ -71,7 +71,7 @@ def test_hosts_from_argv(argv, hosts, node):
     ("fe80::1", ("", "fe80::1", "")),
 ])
 def test_split_host(host, parts):
-    assert jt.split_host(host) == parts
+    assert jn.split_host(host) == parts
 
 
 @pytest.mark.parametrize("pattern, host, expect", [
@@ -150,19 +150,19 @@ def test_server_column_is_unknown_until_the_run_has_its_server():
 def test_table():
     rows = [sd.TABLE_COLUMNS, sd.table_row(VIA_GW), sd.table_row(ON_NODE), sd.table_row(UNREGISTERED)]
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(STATE["started"]))
-    assert jt.format_table(rows).splitlines() == [
-        "PID   LOCAL PORT  HOSTS        NODE   REMOTE  SERVER   JOB   TIME LEFT  STATE  STARTED",
-        f"4242  8889        gw,u@srv     -      8888    started  -     -          ready  {started}",
-        f"3     9001        gw,head      node1  8888    found    4711  ?          ready  {started}",
-        "4     ?           gw,srv:2222  -      ?       ?        -     -          ?      ?",
+    assert jn.format_table(rows).splitlines() == [
+        "PID   LOCAL PORT  HOSTS        NODE   REMOTE  SERVER   JOB   TIME LEFT      STATE  STARTED",
+        f"4242  8889        gw,u@srv     -      8888    started  -     -              ready  {started}",
+        f"3     9001        gw,head      node1  8888    found    4711  no time limit  ready  {started}",
+        "4     ?           gw,srv:2222  -      ?       ?        -     -              ?      ?",
     ]
-    assert jt.format_table([]) == ""
+    assert jn.format_table([]) == ""
 
 
 def test_table_escapes_what_the_registry_says():
     """An entry's hosts could hold anything: no newline or ESC reaches the terminal raw."""
     forged = sd.RunningTunnel.from_state(dict(STATE, hosts=["gw\nInfo: forged", "\x1b[2Jsrv"], node="n\r1"))
-    table = jt.format_table([sd.TABLE_COLUMNS, sd.table_row(forged)])
+    table = jn.format_table([sd.TABLE_COLUMNS, sd.table_row(forged)])
     assert len(table.splitlines()) == 2
     assert "\x1b" not in table and "\r" not in table
     assert "gw\\nInfo: forged,\\x1b[2Jsrv" in table and "n\\r1" in table
@@ -182,14 +182,14 @@ def test_in_registry_scope(ours, environ, expect):
 
 def test_proc_parsers():
     status = "Name:\tpython3\nUmask:\t0022\nState:\tS (sleeping)\nUid:\t1000\t1001\t1000\t1000\nGid:\t1000\n"
-    assert jt.parse_status_uid(status) == 1000
-    assert jt.parse_status_uid("Name:\tx\n") is None
-    assert jt.split_cmdline(b"python3\0./jupyter_tunnel.py\0-s\0gw srv\0") == \
+    assert sd.parse_status_uid(status) == 1000
+    assert sd.parse_status_uid("Name:\tx\n") is None
+    assert sd.split_cmdline(b"python3\0./jupyter_tunnel.py\0-s\0gw srv\0") == \
         ["python3", "./jupyter_tunnel.py", "-s", "gw srv"]
-    assert jt.split_cmdline(b"") == []  # a zombie
+    assert sd.split_cmdline(b"") == []  # a zombie
     assert sd.parse_environ(b"A=1\0B=x=y\0junk\0") == {"A": "1", "B": "x=y"}
     ps = " 123   501 /usr/bin/python3 /usr/local/bin/jupyter-tunnel -s srv\n  7 0 -bash\nbad line\n"
-    assert jt.parse_ps(ps) == [(123, 501, ["/usr/bin/python3", "/usr/local/bin/jupyter-tunnel", "-s", "srv"]),
+    assert sd.parse_ps(ps) == [(123, 501, ["/usr/bin/python3", "/usr/local/bin/jupyter-tunnel", "-s", "srv"]),
                                (7, 0, ["-bash"])]
 
 
@@ -200,26 +200,26 @@ def uid_without_run_user() -> int:
 
 def test_registry_dirs(monkeypatch, tmp_path):
     """Right whatever this machine has under /run/user (a desktop session, root over ssh on systemd)."""
-    monkeypatch.setenv(jt.REGISTRY_ENV, str(tmp_path))
-    assert jt.registry_dirs() == [str(tmp_path)]  # the override is the one place
-    monkeypatch.delenv(jt.REGISTRY_ENV)
+    monkeypatch.setenv(sd.REGISTRY_ENV, str(tmp_path))
+    assert sd.registry_dirs() == [str(tmp_path)]  # the override is the one place
+    monkeypatch.delenv(sd.REGISTRY_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     cache = str(tmp_path / "cache" / "jupyter-tunnel")
     session = f"/run/user/{os.getuid()}"
     # a desktop session: its runtime dir first, then the places other environments use
     (tmp_path / "xdg").mkdir()
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
-    assert jt.registry_dirs() == [str(tmp_path / "xdg" / "jupyter-tunnel"), f"{session}/jupyter-tunnel", cache]
+    assert sd.registry_dirs() == [str(tmp_path / "xdg" / "jupyter-tunnel"), f"{session}/jupyter-tunnel", cache]
     # cron and sleep hooks have no XDG_RUNTIME_DIR: a session's dir of ours is still the usual
     # place, and read in any case
     monkeypatch.delenv("XDG_RUNTIME_DIR")
     ours = os.path.isdir(session) and os.stat(session).st_uid == os.getuid()
     usual = [f"{session}/jupyter-tunnel", cache]
-    assert jt.registry_dirs() == (usual if ours else usual[::-1])
+    assert sd.registry_dirs() == (usual if ours else usual[::-1])
     # and for a user with no session at all, the cache first
     uid = uid_without_run_user()
     monkeypatch.setattr(os, "getuid", lambda: uid)
-    assert jt.registry_dirs() == [cache, f"/run/user/{uid}/jupyter-tunnel"]
+    assert sd.registry_dirs() == [cache, f"/run/user/{uid}/jupyter-tunnel"]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -249,7 +249,7 @@ def test_help_documents_exit_codes(capsys):
 
 def test_nothing_registered(monkeypatch, tmp_path, capsys):
     # an empty registry of its own: the scan then takes only tunnels started with it, so none
-    monkeypatch.setenv(jt.REGISTRY_ENV, str(tmp_path))
+    monkeypatch.setenv(sd.REGISTRY_ENV, str(tmp_path))
     monkeypatch.setenv("NO_COLOR", "1")
     assert sd.main([]) == sd.EXIT_OK
     assert capsys.readouterr().err == "Info: No tunnel to kill.\n"
@@ -262,13 +262,13 @@ def test_nothing_registered(monkeypatch, tmp_path, capsys):
 
 @pytest.mark.parametrize("job, job_end, now, cell, seconds", [
     ("", None, 0, "-", None),
-    ("4711", None, 0, "?", None),  # no time limit, or not known
-    ("4711", 5399.5, 0, "1:29:59", 5399),
-    ("4711", 2 * 86400 + 3 * 3600, 0, "2-03:00:00", 2 * 86400 + 3 * 3600),
-    ("4711", 10, 20, "0:00:00", 0),  # past its end: the tunnel closes at once
+    ("4711", None, 0, "no time limit", None),  # or none known
+    ("4711", 5399.5, 0, "1 h 29 min", 5399),
+    ("4711", 2 * 86400 + 3 * 3600, 0, "2 d 3 h", 2 * 86400 + 3 * 3600),
+    ("4711", 10, 20, "0 s", 0),  # past its end: the tunnel closes at once
 ])
 def test_time_left_column(job, job_end, now, cell, seconds):
-    assert sd.format_time_left(job, job_end, now) == cell
+    assert sd.time_left_cell(job, job_end, now) == cell
     assert sd.time_left(job_end, now) == (seconds if job_end is not None else None)
 
 
@@ -277,7 +277,8 @@ def test_job_fields_from_the_registry_are_checked():
     assert (tunnel.job, tunnel.scheduler, tunnel.job_end) == ("", "", None)
     for end in ("nan", float("inf"), "-inf", "1e999"):  # a number no time can be computed from
         tunnel = sd.RunningTunnel.from_state(dict(STATE, job="4711", job_end=end))
-        assert tunnel.job_end is None and sd.table_row(tunnel)[7] == "?" and tunnel.to_json()["time_left"] is None
+        assert tunnel.job_end is None and tunnel.to_json()["time_left"] is None
+        assert sd.table_row(tunnel)[7] == "no time limit"
     tunnel = sd.RunningTunnel.from_state(dict(STATE, job="81234_3", scheduler="slurm", job_end=time.time() + 600))
     info = tunnel.to_json()
     assert (info["job"], info["scheduler"]) == ("81234_3", "slurm") and 590 <= info["time_left"] <= 600
@@ -302,18 +303,18 @@ FIELDS = ["hosts", "node", "local_port", "remote_host", "remote_port", "sock", "
 @pytest.mark.parametrize("field", FIELDS)
 @pytest.mark.parametrize("value", DAMAGED_VALUES)
 def test_a_damaged_field_is_listed_without_a_traceback(field, value):
-    state = jt.parse_state(f'{{"pid": 4242, "state": "ready", "{field}": {value}}}'.encode())
+    state = sd.parse_state(f'{{"pid": 4242, "state": "ready", "{field}": {value}}}'.encode())
     tunnel = sd.RunningTunnel.from_state({**state, "file": "/r/4242.json"})
     assert tunnel.pid == 4242
     json.dumps(tunnel.to_json(), allow_nan=False)  # --json prints valid JSON
-    assert jt.format_table([sd.TABLE_COLUMNS, sd.table_row(tunnel)])
+    assert jn.format_table([sd.TABLE_COLUMNS, sd.table_row(tunnel)])
     assert tunnel.describe()
     if field == "started":
-        assert jt._number(state["started"]) == 0.0  # the sort key: not a finite number, so 0
+        assert sd._number(state["started"]) == 0.0  # the sort key: not a finite number, so 0
 
 
 @pytest.mark.parametrize("text", ["1e400", "NaN", "[4242]", '{"pid": 1e400}', '{"pid": NaN}', '{"pid": "4242"}',
                                   '{"pid": ' + "1" * 400 + "}", "[" * 100000, "\\xff\\xfe{}", ""])
 def test_an_entry_that_is_no_entry_is_skipped(text):
     data = text.encode().decode("unicode_escape").encode("latin-1")
-    assert jt.parse_state(data) is None
+    assert sd.parse_state(data) is None

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+import jupyter_node as jn
 import jupyter_tunnel as jt
 
 # Real runtime files (tokens trimmed), from ../shared/notes/jupyter-servers.md.
@@ -187,6 +188,18 @@ def test_parse_discovery_server_list_fallback():
 def test_select_servers(port, directory, pids):
     servers = [jt.parse_server(JPSERVER), jt.parse_server(NBSERVER)]
     assert [s.pid for s in jt.select_servers(servers, port, directory)] == pids
+
+
+def test_a_missing_program_is_a_tunnel_error(monkeypatch):
+    """jupyter_node's which_or_fail, failing with this tool's error and exit code."""
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(jt.TunnelError) as failed:
+        jt.which_or_fail("ssh", "the OpenSSH client")
+    assert (str(failed.value), failed.value.code) == ("ssh not found in PATH (the OpenSSH client)", jt.EXIT_MISSING)
+    with pytest.raises(jn.NodeError) as failed:
+        jn.which_or_fail("qrsh", "Grid Engine's job launcher")
+    assert (str(failed.value), failed.value.code) == ("qrsh not found in PATH (Grid Engine's job launcher)",
+                                                      jn.EXIT_MISSING)
 
 
 def test_backoff_delays():
@@ -398,8 +411,8 @@ def test_parse_status_line(answer, status):
     ("\u202eevil\u2028x", "\\u202eevil\\u2028x"),  # bidi override, line separator
 ])
 def test_escape_text(text, shown):
-    assert jt.escape_text(text) == shown
-    assert jt.has_control(text) == (text != shown)
+    assert jn.escape_text(text) == shown
+    assert jn.has_control(text) == (text != shown)
 
 
 def test_say_shows_remote_text_escaped(capsys, monkeypatch):
