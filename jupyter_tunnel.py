@@ -1,48 +1,45 @@
 #!/usr/bin/env python3
 """Put the local browser on a Jupyter server that already runs on a remote machine.
 
-The flow, with exactly one SSH login per hop for the whole run; each step has its section
-below, in this order, and ``run_tunnel`` drives them through one ``Tunnel``:
+The flow, with exactly one SSH login per hop for the whole run.  ``main()`` parses the
+command line and calls ``Tunnel(...).run()``, which takes these steps; each has its section
+below, in this order (docs/how-it-works.md numbers them the same):
 
-1. connect once (``Tunnel.prepare``, ``Master.open``): register the run (``<pid>.json``,
-   state "connecting", for jupyter_tunnel_shutdown.py: a run killed while it waits leaves
-   nothing unfound), then start ONE OpenSSH master connection (``ssh -M -S SOCKET -N``) to
-   the last ``-s`` host, through the others as jump hosts (``-J``).  Every later step is
-   multiplexed over it, so a password or 2FA prompt appears once.  When the user's own
-   master to that host answers at the ControlPath their config names (``ssh -G``, ``-O
-   check``), the run rides it instead (``SharedMaster``): no login at all, and only the
-   forward it added is taken back at the end.
-2. discover (``discover``): a small POSIX ``sh`` script run on the remote through the
-   master (with ``-n``, on the cluster node, from the head) prints the runtime files
-   (``jpserver-*.json``, ``nbserver-*.json``) of the live Jupyter servers; the JSON is
+1. connect once (``Connection.open``, ``Master``): register the run (``<pid>.json``, state
+   "connecting": a run killed while it waits leaves nothing unfound), then start ONE
+   OpenSSH master (``ssh -M -S SOCKET -N``) to the last ``-s`` host, through the others as
+   jump hosts (``-J``).  Every later step is multiplexed over it, so a password or 2FA
+   prompt appears once.  When the user's own master to that host answers at the ControlPath
+   their config names (``ssh -G``, ``-O check``), the run rides it instead (``SharedMaster``).
+2. the cluster job (``find_job``, only with ``--submit``, ``-n auto``, ``--job``):
+   jupyter_node.py runs on the head through the master and submits or finds the job; the
+   route gains its node, and a ``JobWatch`` follows the job.
+3. discover (``discover``): a small POSIX ``sh`` script run on the remote (with a node: on
+   the node, from the head) prints the runtime files of the live Jupyter servers; they are
    parsed and checked here, so the remote needs neither ``python`` nor ``jupyter`` on PATH.
-   ``--list`` stops here (``run_list``).
-2b. start (``start_server``, only with ``--start`` and no matching server): a script sent
-   to ``sh -s`` through the master starts a detached Jupyter on 127.0.0.1 and waits for its
-   runtime file; ``--stop-server`` shuts the server down at close (``shutdown_server``).
-3. choose (``choose_server``): the only server, or the one ``--port``/``--dir``/``--pick``
-   name, or ask on a terminal.
-4. forward (``add_forward``, ``Relay``): the master forwards a unix socket in the run's 0700
-   directory to the server (``-L DIR/f:HOST:RPORT``), and the tool listens on the local port
-   itself (127.0.0.1 and [::1]: the remote port or the next one above it free on both, so a
-   pinned browser tab keeps working) for the whole run, splicing each connection of the
-   user's own (Linux: /proc/net/tcp tells its uid) into that socket.
-5. wait (``wait_for_tunnel``): poll ``/api/status`` through the socket until Jupyter itself
+   ``--list`` stops here.
+4. start (``start_server``, only with ``--start`` and no matching server): a script sent to
+   ``sh -s`` starts a detached Jupyter on 127.0.0.1 and waits for its runtime file.
+5. choose (``choose_or_start``, ``choose_server``): the only server, the one
+   ``--port``/``--dir``/``--pick`` name, or ask on a terminal.  ``--stop`` stops it here.
+6. forward (``add_forward``, ``Relay``): the master forwards a unix socket in the run's 0700
+   directory to the server, and the tool listens on the local port itself (127.0.0.1 and
+   [::1]) for the whole run, splicing each connection of the user's own into that socket.
+7. wait (``wait_for_tunnel``): poll ``/api/status`` through the socket until Jupyter itself
    answers; the entry's state becomes "ready".
-6. browser (``Tunnel.announce``, ``open_browser``): print the URL; open the browser on a
-   one-time address of the relay's that redirects to it (``Relay.offer_redirect``: never
-   the token on a command line).
-7. stay (``Tunnel.stay``): until Ctrl+C, SIGTERM or SIGHUP; when the master dies, log in
-   again and forward the same socket, behind a local port that never closed
-   (``Tunnel.reconnect``); when the server stops, exit.
-8. clean up (``Tunnel.close``): close the local port, stop the master, reap every child, kill
-   the ssh-agent this run started, remove the private directory and, last, the registry entry.
+8. browser (``Tunnel.announce``, ``open_browser``): print the URL; open the browser on a
+   one-time address of the relay's that redirects to it (never the token on a command line).
+9. stay (``Tunnel.stay``, ``JobWatch``): until Ctrl+C, SIGTERM or SIGHUP; when the master
+   dies, log in again behind a local port that never closed (``Tunnel.reconnect``); when the
+   server stops or its job ends, exit.
+10. clean up (``Tunnel.close``): close the local port, stop the server if asked
+   (``close_server``), stop the master and the agent, remove the private directory and,
+   last, the registry entry.
 
-The registry (the run's entry, its private directory and lock, and the cleanup after a dead
-run) is jupyter_tunnel_shutdown.py's, and the helpers all three tools share are
-jupyter_node.py's: the imports go one way, jupyter_tunnel -> jupyter_tunnel_shutdown ->
-jupyter_node.  Only the standard library and the system ``ssh`` are used: the system client
-is what honours ``~/.ssh/config``, ProxyJump, agents, ControlMaster and 2FA prompts.
+The registry and process identity live in jupyter_tunnel_shutdown.py (the tool that reads
+them); the scheduler knowledge in jupyter_node.py.  Only the standard library and the
+system ``ssh`` are used: the system client is what honours ``~/.ssh/config``, ProxyJump,
+agents, ControlMaster and 2FA prompts.
 """
 
 from __future__ import annotations
@@ -219,6 +216,7 @@ INET_DIAG_NOCOOKIE = 0xFFFFFFFF
 HOST_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
 MAX_PID = 2**31 - 1  # pid_t
 TOKEN_RE = re.compile(r"token=[^&\s]+")  # a token in a URL that Jupyter logged
+START_LOG_TAIL = 15  # lines of a remote log shown with an error
 # The readiness probe reads the whole answer (an HTTP/1.0 server closes after it):
 # /api/status answers ~700 bytes; anything larger is not that answer.
 MAX_ANSWER = 65536
@@ -334,7 +332,7 @@ sys.exit(main())
 '''
 
 
-# ------------------------------------------------------------------ errors and messages
+# ---------------------------------------------------------------- errors and messages
 
 
 class TunnelError(Exception):
@@ -358,7 +356,32 @@ def which_or_fail(program: str, why: str) -> str:
     return jupyter_node.which_or_fail(program, why, TunnelError)
 
 
-# ------------------------------------------------------------ the route and the servers
+def fill_script(template: str, values: Mapping[str, str]) -> str:
+    """``template`` with each ``@NAME@`` replaced by ``values[NAME]``, in one pass: an
+    ``@...@`` in a value (a user's --pre command) is never replaced in turn."""
+    return re.sub(r"@([A-Z]+)@", lambda match: values[match.group(1)], template)
+
+
+def ask_server(servers: Sequence[T], what: str = "server") -> T:
+    """Ask on the terminal which of several servers (or jobs: ``what``) to use."""
+    while True:
+        print(f"Which {what}? [1-{len(servers)}] ", end="", file=sys.stderr, flush=True)
+        answer = sys.stdin.readline()
+        if not answer:
+            raise KeyboardInterrupt  # end of input: the user gave up
+        if answer.strip().isdigit() and 1 <= int(answer) <= len(servers):
+            return servers[int(answer) - 1]
+
+
+def format_log_tail(lines: Iterable[str]) -> str:
+    """``; its log ends with: a | b`` (its last START_LOG_TAIL lines) for an error, "" if empty.
+
+    Tokens masked: the log may hold the server's URL with its token, printed before it failed."""
+    tail = [TOKEN_RE.sub("token=…", line.strip()) for line in last_lines(lines, START_LOG_TAIL)]
+    return "; its log ends with: " + " | ".join(tail) if tail else ""
+
+
+# ---------------------------------------------------------- the route and the servers
 
 
 class Route(NamedTuple):
@@ -541,7 +564,28 @@ def parse_server(info: dict, source: str = "", cmdline: str = "") -> Server:
     )
 
 
-# ---------------------------------------------------------------------- 1. connect once
+ANY_ADDRESS = ("", "0.0.0.0", "*", "::", "[::]")
+
+
+def server_auth(server: Server) -> str:
+    """How the server authenticates, as far as its runtime file tells."""
+    # "password": false is unreliable: a server protected by `jupyter server password`
+    # writes exactly what a server with authentication disabled writes
+    return "token" if server.token else "password or none"
+
+
+def server_info(number: int, server: Server) -> dict:
+    """A server as a JSON object for ``--list --json`` (no token: it is a secret)."""
+    return {
+        "number": number, "port": server.port, "sock": server.sock, "host": server.host,
+        "root_dir": server.root_dir, "app": server.app, "version": server.version,
+        "kind": "notebook<7" if server.legacy else "jupyter_server",
+        "auth": server_auth(server), "secure": server.secure, "base_url": server.base_url,
+        "pid": server.pid,
+    }
+
+
+# -------------------------------------------------------------------- 1. connect once
 
 
 def build_include_path(path: str) -> str:
@@ -1234,557 +1278,7 @@ def wait_for_prompts(directory: str, timeout: float = 2.0) -> bool:
         os.close(fd)
 
 
-# -------------------------------------------------------------------------- 2. discover
-
-
-# The discovery script.  It needs neither python nor jupyter on PATH: over a
-# non-interactive ssh a venv or conda jupyter usually is not.  The runtime directory follows
-# jupyter_core's rules ($JUPYTER_RUNTIME_DIR, else $JUPYTER_DATA_DIR/runtime, else the XDG
-# data dir; macOS hosts use ~/Library/Jupyter).  A file whose pid is dead (a SIGKILLed
-# server leaves its file behind) or not a Jupyter process (the pid was reused) is reported,
-# not printed.  A file that says port 0 (notebook < 7 and jupyter_server < 2.20 started with
-# --port=0 write that) comes with the TCP ports its pid listens on: from the pid's socket
-# inodes and /proc/net/tcp* on Linux, from lsof elsewhere.
-#
-# It is written to survive being one line inside single quotes for ANY login shell (sshd
-# hands the command to it): every line ends its own statement, and there is no ' ! or
-# newline in it (csh and tcsh reject a newline inside quotes and expand ! even there) and no
-# double backslash (fish's single quotes).  Sending it as the command rather than on stdin
-# saves a round trip through the whole chain: ssh sends stdin only once the command runs.
-# Its first line, "MARK start", tells that it ran: a login shell such as /bin/false or
-# nologin runs no command at all, and says so at best in words of its own.
-RUNTIME_DIRS = ('"${JUPYTER_RUNTIME_DIR:-}" "${JUPYTER_DATA_DIR:+$JUPYTER_DATA_DIR/runtime}" '
-                '"${XDG_DATA_HOME:-$HOME/.local/share}/jupyter/runtime" "$HOME/Library/Jupyter/runtime" '
-                '"$HOME/Library/Application Support/Jupyter/runtime"')
-DISCOVERY_SCRIPT = r"""M=@MARK@; echo "$M start"; found=0;
-ports_of() { ports=;
-  if [ -d /proc/$1/fd ]; then
-    for inode in $(ls -l /proc/$1/fd 2>/dev/null | sed -n "s/.*socket:\[\([0-9]*\)\].*/\1/p"); do
-      for hex in $(awk -v i=$inode "\$4 == \"0A\" && \$10 == i { split(\$2, a, \":\"); print a[2] }" /proc/net/tcp /proc/net/tcp6 2>/dev/null); do
-        ports="$ports $(printf %d 0x$hex)";
-      done;
-    done;
-  elif command -v lsof >/dev/null 2>&1; then
-    ports=$(lsof -a -p $1 -iTCP -sTCP:LISTEN -P -n -Fn 2>/dev/null | sed -n "s/^n.*:\([0-9]*\)$/\1/p");
-  fi;
-  echo "$M ports $1" $ports;
-};
-for d in @DIRS@; do
-  [ -n "$d" ] && [ -d "$d" ] || continue;
-  for f in "$d"/jpserver-*.json "$d"/nbserver-*.json; do
-    [ -f "$f" ] || continue;
-    found=1;
-    pid=${f##*/}; pid=${pid#*server-}; pid=${pid%.json};
-    [ "$pid" -gt 0 ] 2>/dev/null || continue;
-    if kill -0 $pid 2>/dev/null; then :; else echo "$M stale $f"; continue; fi;
-    if [ -r /proc/$pid/cmdline ]; then cmd=$(tr "\000" " " </proc/$pid/cmdline); else cmd=$(ps -o command= -p $pid 2>/dev/null); fi;
-    case $cmd in *jupyter*|*notebook*) ;; *) echo "$M foreign $f"; continue;; esac;
-    content=$(cat "$f");
-    echo "$M file $f"; echo "$M cmd $cmd"; printf "%s\n" "$content"; echo "$M end";
-    case $content in *\"port\":\ 0,*|*\"port\":0,*) ports_of $pid;; esac;
-  done;
-done;
-if [ $found = 0 ] && command -v jupyter >/dev/null 2>&1; then
-  echo "$M list"; jupyter server list --json 2>/dev/null; jupyter notebook list --json 2>/dev/null; echo "$M end";
-fi
-""".replace("@MARK@", MARK).replace("@DIRS@", RUNTIME_DIRS)
-
-
-def build_discovery_script(one_line: bool = False) -> str:
-    """The POSIX sh script that prints the live Jupyter servers' runtime files."""
-    if one_line:
-        return " ".join(line.strip() for line in DISCOVERY_SCRIPT.splitlines())
-    return DISCOVERY_SCRIPT
-
-
-def build_discovery_command(route: Route) -> tuple[str, str]:
-    """The remote command that discovers the servers, and what to send on its stdin."""
-    if not route.node:
-        return f"sh -c '{build_discovery_script(one_line=True)}'", ""
-    # With -n the head runs ssh to the node: the script goes on stdin, which avoids a
-    # second level of quoting (one more round trip, on the cluster's own network).
-    # BatchMode: a prompt on the head could never be answered, so fail instead of hanging.
-    # "MARK head" first: without it, the head's login shell refused the command.
-    return (f"echo {MARK} head; ssh -o BatchMode=yes -T {shlex.quote(route.node)} sh -s",
-            build_discovery_script())
-
-
-def parse_discovery(output: str) -> tuple[list[Server], list[str]]:
-    """Servers and warnings from the discovery script's output.
-
-    Anything outside the markers (a chatty ``.bashrc``, say) is ignored.  A runtime file
-    that is not valid JSON (a truncated write) is skipped with a warning, never a crash.
-    """
-    servers: list[Server] = []
-    warnings: list[str] = []
-    seen: set[tuple[int, int, str]] = set()
-    block: list[str] | None = None
-    source = cmdline = ""
-
-    def add(text: str, src: str, cmd: str) -> None:
-        try:
-            info = json.loads(text)
-        except (ValueError, RecursionError):  # RecursionError: [[[[...]]]] nested too deep
-            warnings.append(f"skipping unreadable Jupyter runtime file {src}")
-            return
-        try:
-            server = parse_server(info, src, cmd)
-        except ValueError as error:
-            warnings.append(f"skipping Jupyter runtime file {src}: {error}")
-            return
-        key = server.key
-        if key not in seen:  # one file can be reached from two runtime dir rules
-            seen.add(key)
-            servers.append(server)
-
-    listening: dict[int, list[int]] = {}
-    for line in output.splitlines():
-        if line.startswith(MARK):
-            word, _, arg = line[len(MARK):].strip().partition(" ")
-            if word == "ports":
-                numbers = [int(n) for n in arg.split() if n.isascii() and n.isdigit()]
-                if numbers and len(numbers) == len(arg.split()):  # else not our script's line
-                    listening[numbers[0]] = sorted({port for port in numbers[1:] if 0 < port < 65536})
-            elif word in ("file", "list"):
-                block, source, cmdline = [], arg, ""
-            elif word == "cmd" and block is not None:
-                cmdline = arg
-            elif word == "end" and block is not None:
-                if source:
-                    add("\n".join(block), source, cmdline)
-                else:  # "jupyter server list --json": one object per line
-                    for item in block:
-                        if item.strip():
-                            add(item, "jupyter server list", "")
-                block = None
-        elif block is not None:
-            block.append(line)
-    for i, server in enumerate(servers):
-        if server.port == 0 and not server.sock and listening.get(server.pid):
-            # the file said port 0: the pid's one listening port is the server's
-            servers[i] = server._replace(port=listening[server.pid][0])
-    # a stable order, so that the numbers of --list mean the same to --pick
-    return sorted(servers, key=lambda s: (s.sock != "", s.port, s.sock, s.pid)), warnings
-
-
-def parse_discovery_failure(route: Route, returncode: int, stdout: str, stderr: str,
-                            master_alive: bool = True) -> TunnelError | None:
-    """Why the discovery command failed (None when it did not), from its output and exit code.
-
-    ssh exits 255 for its own failures (a lost connection, a node it cannot log into); a
-    login shell that runs no command (/bin/false, nologin) exits 1, and the script's first
-    line ("MARK start", "MARK head" on the head first) never comes.
-    """
-    lines = stdout.splitlines()
-    ran = f"{MARK} start" in lines
-    if ran and returncode == 0:
-        return None
-    reason = parse_ssh_error(stderr.splitlines(), hosts=route.hosts)
-    if returncode == 255 and not ran:
-        if route.node and master_alive and f"{MARK} head" in lines:
-            # the head's own ssh to the node failed: its words are about the head's view
-            reason = parse_ssh_error(stderr.splitlines(), hosts=(route.node,), here=route.target)
-            return TunnelError(f"cannot reach node {route.node} from {route.target}: {reason}", EXIT_CONNECT)
-        return TunnelError(f"cannot look for Jupyter servers on {route.describe_server_host()}: {reason}",
-                           EXIT_ERROR)
-    if not ran:
-        refusing = route.node if f"{MARK} head" in lines else route.target
-        said = [line.strip() for line in [*lines, *stderr.splitlines()]
-                if line.strip() and not line.startswith((MARK, *SSH_NOISE))]
-        return TunnelError(
-            f"the account on {refusing} does not run commands: its login shell refuses them "
-            f"(e.g. /bin/false or nologin); it said "
-            + ("; ".join(said[:3]) if said else f"nothing (exit code {returncode})"), EXIT_CONNECT)
-    return TunnelError(f"cannot look for Jupyter servers on {route.describe_server_host()}: {reason}",
-                       EXIT_ERROR)
-
-
-def discover(master: Master, node: str | None = None, timeout: float = 60.0) -> list[Server]:
-    """The live Jupyter servers on the target (or its node, or ``node``), found through the master."""
-    route = master.route if node is None else master.route._replace(node=node)
-    where = route.describe_server_host()
-    try:
-        # -A: with -n, the head logs into the node with the user's agent; the agent is
-        # forwarded to this one session only
-        command, script = build_discovery_command(route)
-        done = master.run(command, stdin=script, forward_agent=bool(route.node), timeout=timeout,
-                          what=f"looking for Jupyter servers on {where}")
-    except subprocess.TimeoutExpired:
-        raise TunnelError(f"looking for Jupyter servers on {where} did not answer within {timeout:g} s",
-                          EXIT_ERROR)
-    stdout = done.stdout.decode(errors="replace")
-    error = parse_discovery_failure(route, done.returncode, stdout, done.stderr.decode(errors="replace"),
-                                    master.alive())
-    if error is not None:
-        raise error
-    servers, warnings = parse_discovery(stdout)
-    for warning in warnings:
-        say("Warning", warning)
-    return servers
-
-
-# ------------------------------------------------------------ 2b. start a server (--start)
-
-
-# The start script.  It goes on stdin to "sh -s": any login shell runs that command, and a
-# script on stdin needs no second level of quoting (one more round trip: nothing next to a
-# server's start-up).  Its own stdout (fd 3) carries the markers; everything else, the
-# activation's and the server's output included, goes to a new private log (umask 077: 0600
-# in a 0700 directory).  The server is started detached: setsid (else nohup) with stdin
-# from /dev/null and no descriptor of the ssh session, so that it outlives the session and
-# the tunnel.  Neither
-# setsid (not a process group leader here: no fork) nor jupyter (it execs jupyter-APP)
-# changes the pid, so $! is the server's pid, its process group and its runtime file's name.
-# Without setsid(1) (some BSDs, busybox builds) nohup keeps it from SIGHUP, but it stays in
-# the session's process group: "set -m" gives a job its own group only where the shell can
-# do job control, and dash cannot without a terminal.  A failure then kills the pid alone
-# (nothing else runs in it before its runtime file exists: jupyter execs jupyter-APP).
-# It listens on 127.0.0.1 only (login nodes are shared) on the port Jupyter chooses (8888 or
-# the next free one: its port_retries; "--port=0" makes notebook < 7 write port 0).  The
-# script waits for the runtime file itself (no round trip per look) and prints it as the
-# discovery does; on failure it kills the server's process group (SIGTERM, then SIGKILL
-# 2 s later: a SIGTERM right after the runtime file is written lands before the server's
-# event loop runs, and its shutdown then races the start of its extensions), removes the
-# runtime files a SIGKILL leaves for that pid, and prints the log's end.
-# When the run is interrupted while the server starts (Ctrl+C, SIGTERM), its ssh session
-# closes and sshd closes the script's output pipe: with SIGPIPE ignored (set after the
-# server's fork: Python ignores it anyway) the script's next write fails, and it stops the
-# server it started rather than leave one that nobody was told of.
-# A server that dies right after writing its runtime file (a crash in an extension, a port
-# taken) is no start: the pid is looked at again once the file is read.
-#
-# One start at a time per account: runs started together (ten terminals, a script) each
-# found no server, and each would start one.  The script takes a lock first, a directory
-# made with mkdir (atomic everywhere, POSIX; flock(1) is missing on macOS and some BSDs)
-# in the state directory, and holds it from the look for new servers until the runtime
-# file is written (or the start failed): its EXIT trap removes it.  Under the lock it
-# looks again for servers whose pid the run's discovery did not see (@KNOWN@): when
-# another run started one meanwhile, it says "changed" with their pids and starts
-# nothing; the run then discovers again and attaches.  The lock holds "PID HOST EPOCH":
-# a lock whose holder is dead (same host: kill -0), or that is older than @STALE@ s
-# (another host sharing the home: its pid means nothing here), is stale and taken over
-# (a run killed by SIGKILL leaves its lock); an owner still being written (empty) counts
-# as stale after 5 s.  The takeover renames the stale lock away first; two waiters judging
-# the same stale lock at the same moment could still both start (a window of
-# milliseconds, and only after a killed run: at worst two servers, as without the lock).
-# A waiter writes a marker every second: once the run has gone, the write kills it.
-START_SCRIPT = r"""M=@MARK@
-exec 3>&1
-fail() { printf '%s fail %s\n' "$M" "$1" >&3; if [ -n "${log:-}" ]; then echo "$M tail" >&3; tail -n @TAIL@ "$log" >&3; fi; exit 0; }
-umask 077
-state="${XDG_STATE_HOME:-$HOME/.local/state}/jupyter-tunnel"
-mkdir -p "$state" && chmod 700 "$state" || fail "cannot create the directory $state"
-lock="$state/start.lock"
-host=$(uname -n 2>/dev/null)
-me="$$ $host $(date +%s 2>/dev/null)"
-stale() {
-  set -- $1
-  [ $# -ge 2 ] || { empty=$((empty + 1)); [ $empty -gt 50 ]; return; }
-  if [ "$2" = "$host" ]; then kill -0 "$1" 2>/dev/null && return 1; return 0; fi
-  now=$(date +%s 2>/dev/null)
-  case "$now:${3:-x}" in *[!0-9:]*) return 1;; esac
-  [ $((now - $3)) -gt @STALE@ ]
-}
-release() { [ "$(cat "$lock/owner" 2>/dev/null)" = "$me" ] && rm -rf "$lock"; }
-waited=0 empty=0
-until mkdir "$lock" 2>/dev/null; do
-  owner=$(cat "$lock/owner" 2>/dev/null)
-  if stale "$owner"; then
-    mv "$lock" "$lock.stale.$$" 2>/dev/null && rm -rf "$lock.stale.$$"
-    empty=0
-    continue
-  fi
-  waited=$((waited + 1))
-  [ $waited -le @LOCKTRIES@ ] || fail "another jupyter-tunnel --start of this account has held $lock for @LOCKWAIT@ s (${owner:-its owner unknown}); remove it if none runs"
-  [ $((waited % 10)) != 0 ] || echo "$M wait" >&3
-  sleep 0.1 2>/dev/null || sleep 1
-done
-trap release EXIT
-trap 'exit 1' HUP INT TERM
-echo "$me" >"$lock/owner"
-new=
-for d in @DIRS@; do
-  [ -n "$d" ] && [ -d "$d" ] || continue
-  for f in "$d"/jpserver-*.json "$d"/nbserver-*.json; do
-    [ -f "$f" ] || continue
-    p=${f##*/}; p=${p#*server-}; p=${p%.json}
-    [ "$p" -gt 0 ] 2>/dev/null && kill -0 "$p" 2>/dev/null || continue
-    case " @KNOWN@ " in *" $p "*) ;; *) new="$new $p";; esac
-  done
-done
-[ -z "$new" ] || { echo "$M changed$new" >&3; exit 0; }
-log=$(mktemp "$state/server-XXXXXXXX") || fail "cannot create a log in $state"
-echo "$M log $log"
-exec >>"$log" 2>&1
-J=@JUPYTER@
-@CD@
-@ACTIVATE@
-command -v "$J" >/dev/null 2>&1 || fail "$J not found: activate its environment with --pre or --conda-env, or give --jupyter PROG"
-if command -v setsid >/dev/null 2>&1; then
-  setsid "$J" @APP@ --no-browser --ip=127.0.0.1 </dev/null 3>&- &
-else
-  nohup "$J" @APP@ --no-browser --ip=127.0.0.1 </dev/null 3>&- &
-fi
-pid=$!
-stop() { if kill -TERM -$pid 2>/dev/null || kill -TERM $pid 2>/dev/null; then sleep 2
-  kill -KILL -$pid 2>/dev/null || kill -KILL $pid 2>/dev/null; fi
-  for d in @DIRS@; do [ -n "$d" ] && rm -f "$d/jpserver-$pid.json" "$d/jpserver-$pid-open.html" \
-    "$d/nbserver-$pid.json" "$d/nbserver-$pid-open.html"; done; fail "$1"; }
-trap '' PIPE
-gone="jupyter-tunnel went away (interrupted) while the server started"
-echo "$M pid $pid" >&3 || stop "$gone"
-tries=0
-while :; do
-  for d in @DIRS@; do
-    for f in "$d/jpserver-$pid.json" "$d/nbserver-$pid.json"; do
-      [ -n "$d" ] && [ -f "$f" ] || continue
-      content=$(cat "$f")
-      case $content in *"}") ;; *) continue;; esac
-      kill -0 $pid 2>/dev/null || stop "the server exited right after writing its runtime file"
-      { echo "$M file $f"; echo "$M cmd $(tr "\000" " " </proc/$pid/cmdline 2>/dev/null)"
-        printf "%s\n" "$content"; echo "$M end"; } >&3 || stop "$gone"
-      exit 0
-    done
-  done
-  kill -0 $pid 2>/dev/null || stop "the server exited"
-  tries=$((tries + 1))
-  [ $tries -le @TRIES@ ] || stop "the server wrote no runtime file within @TIMEOUT@ s"
-  sleep 0.1 2>/dev/null || sleep 1
-done
-"""
-START_LOG_TAIL = 15  # lines of the server's log shown with an error
-START_GRACE = 30.0  # seconds beyond --timeout for the start script, which gives up at --timeout itself
-# How long a start waits for another run's start on the same account, beyond --timeout
-# (the holder gives up at --timeout itself, 2 s after that its server is killed).
-START_LOCK_GRACE = 15.0
-# A lock of another host (a home shared by login nodes) is stale this long after --timeout.
-START_LOCK_STALE = 120.0
-# How many times a run looks again when other runs keep starting servers under it: each
-# look adds the new servers' pids to the known ones, so two are all a sane account needs.
-START_ATTEMPTS = 5
-STARTED_CHECK_INTERVAL = 1.0  # s between the looks at a started server that does not answer yet
-START_APPS = ("lab", "notebook", "server")  # -t: jupyter lab, jupyter notebook, jupyter server
-
-
-class StartOptions(NamedTuple):
-    """How ``--start`` starts a server (``-t``, ``--pre``, ``--conda-env``, ``--jupyter``, ``--root-dir``)."""
-
-    app: str = "lab"
-    pre: tuple[str, ...] = ()
-    conda_env: str = ""
-    jupyter: str = "jupyter"
-    root_dir: str = ""  # "": the remote home
-
-
-class Started(NamedTuple):
-    """What the start script said: its log, the server's pid, and the server or why not."""
-
-    log: str = ""
-    pid: int | None = None
-    server: Server | None = None
-    failure: str = ""
-    tail: tuple[str, ...] = ()
-    changed: tuple[int, ...] = ()  # pids of servers other runs started meanwhile: none was started
-
-
-def fill_script(template: str, values: Mapping[str, str]) -> str:
-    """``template`` with each ``@NAME@`` replaced by ``values[NAME]``, in one pass: an
-    ``@...@`` in a value (a user's --pre command) is never replaced in turn."""
-    return re.sub(r"@([A-Z]+)@", lambda match: values[match.group(1)], template)
-
-
-def build_start_script(options: StartOptions, timeout: float, known: Iterable[int] = ()) -> str:
-    """The ``sh`` script (for ``sh -s``) that starts a detached server and waits for its runtime
-    file, unless a server whose pid is not in ``known`` appeared meanwhile."""
-    if options.root_dir:
-        # "./-L", not "-L": cd would take it for its option (and go home); "./" works in
-        # every sh, where "cd --" is one more thing an old shell may not know
-        path = f"./{options.root_dir}" if options.root_dir.startswith("-") else options.root_dir
-        cd = f"cd {shlex.quote(path)} || fail {shlex.quote('no directory ' + options.root_dir)}"
-    else:
-        cd = 'cd || fail "cannot change to the home directory"'
-    # each must succeed, and a failing one ("." of a missing file included) is told by its
-    # own words (see build_activation_steps)
-    activate = "\n".join(build_activation_steps(options.pre, options.conda_env or ""))
-    return fill_script(START_SCRIPT, {
-        "MARK": MARK, "TAIL": str(START_LOG_TAIL), "CD": cd, "ACTIVATE": activate,
-        "JUPYTER": shlex.quote(options.jupyter), "APP": shlex.quote(options.app),
-        "DIRS": RUNTIME_DIRS, "TRIES": str(int(timeout * 10)), "TIMEOUT": f"{timeout:g}",
-        "KNOWN": " ".join(str(pid) for pid in sorted(set(known))),
-        "LOCKTRIES": str(int((timeout + START_LOCK_GRACE) * 10)), "LOCKWAIT": f"{timeout + START_LOCK_GRACE:g}",
-        "STALE": str(int(timeout + START_LOCK_STALE)),
-    })
-
-
-def parse_marks(output: str) -> tuple[dict[str, str], tuple[str, ...]]:
-    """The ``MARK word arg`` lines of a remote script's answer (word -> its last arg), and the
-    lines after ``MARK tail`` (a log's end, taken as it comes)."""
-    marks: dict[str, str] = {}
-    lines = output.splitlines()
-    for i, line in enumerate(lines):
-        if line.startswith(MARK):
-            word, _, arg = line[len(MARK):].strip().partition(" ")
-            if word == "tail":
-                return marks, tuple(lines[i + 1:])
-            marks[word] = arg
-    return marks, ()
-
-
-def parse_start_output(output: str) -> Started:
-    """The start script's answer: the log, the pid, and the server's runtime file or the failure."""
-    marks, tail = parse_marks(output)
-    pid_text = marks.get("pid", "")
-    pid = int(pid_text) if pid_text.isascii() and pid_text.isdigit() and 1 < int(pid_text) <= MAX_PID else None
-    changed = tuple(int(n) for n in marks.get("changed", "").split()
-                    if n.isascii() and n.isdigit() and 0 < int(n) <= MAX_PID)
-    failure = marks.get("fail", "")
-    servers, _ = parse_discovery(output) if not failure else ([], [])
-    server = next((s for s in servers if s.pid == pid), None)
-    return Started(marks.get("log", ""), pid, server, failure, tail, changed)
-
-
-def format_log_tail(lines: Iterable[str]) -> str:
-    """``; its log ends with: a | b`` (its last START_LOG_TAIL lines) for an error, "" if empty.
-
-    Tokens masked: the log may hold the server's URL with its token, printed before it failed."""
-    tail = [TOKEN_RE.sub("token=…", line.strip()) for line in last_lines(lines, START_LOG_TAIL)]
-    return "; its log ends with: " + " | ".join(tail) if tail else ""
-
-
-def start_server(master: Master, options: StartOptions, timeout: float, known: Iterable[int] = ()) -> Started:
-    """Start a server on the target through the master: the Started with its Server once its
-    runtime file is written, or with the pids of the servers that appeared meanwhile (another
-    run started one: none was started; ``known``: the pids the run had seen)."""
-    host = master.route.server_host
-    where = options.root_dir or "the home directory"
-    say("Info", f"No Jupyter server runs on {host}: starting jupyter {options.app} in {where}...")
-    started = time.monotonic()
-    limit = 2 * timeout + START_LOCK_GRACE + START_GRACE
-    try:
-        # the remote script gives up after ``timeout`` itself, and kills what it started; it
-        # may first wait up to timeout + START_LOCK_GRACE for another run's start
-        done = master.run("sh -s", stdin=build_start_script(options, timeout, known), timeout=limit,
-                          what=f"starting Jupyter on {host}")
-    except subprocess.TimeoutExpired:
-        raise TunnelError(f"starting Jupyter on {host} did not answer within {limit:g} s",
-                          EXIT_START)
-    result = parse_start_output(done.stdout.decode(errors="replace"))
-    if result.changed and not result.failure:
-        return result
-    if result.server is None:
-        why = result.failure or parse_ssh_error(done.stderr.decode(errors="replace").splitlines(),
-                                                done.returncode)
-        log = f" (log: {result.log})" if result.log else ""
-        raise TunnelError(f"could not start jupyter {options.app} on {host}: {why}{log}"
-                          f"{format_log_tail(result.tail)}", EXIT_START)
-    say("Info", f"Started jupyter {options.app} (pid {result.pid}) in {time.monotonic() - started:.1f} s; "
-                f"its log: {result.log}")
-    if not result.server.token:
-        # started with Jupyter's default, token authentication, unless the user's own
-        # Jupyter configuration sets a password or disables it
-        say("Warning", "the started server has no token: its Jupyter configuration sets a password "
-                       "or turns authentication off")
-    return result
-
-
-# Whether a started server still runs: its pid alive and its runtime file there.  A dead
-# server's file is removed (a SIGKILL leaves it), and the log's end printed for the error.
-STARTED_CHECK_SCRIPT = r"""M=@MARK@; pid=@PID@; f=@FILE@
-if kill -0 $pid 2>/dev/null && [ -f "$f" ]; then echo "$M alive"; exit 0; fi
-kill -0 $pid 2>/dev/null && echo "$M gone runs, but its runtime file $f is gone" || {
-  echo "$M gone exited right after writing its runtime file"; rm -f "$f" "${f%.json}-open.html"; }
-echo "$M tail"; tail -n @TAIL@ @LOG@ 2>/dev/null
-"""
-
-
-def build_started_check(server: Server, log: str) -> str:
-    """The ``sh`` script (for ``sh -s``) that tells whether the server this run started still runs."""
-    return fill_script(STARTED_CHECK_SCRIPT, {
-        "MARK": MARK, "PID": str(server.pid), "FILE": shlex.quote(server.source), "LOG": shlex.quote(log or "/dev/null"),
-        "TAIL": str(START_LOG_TAIL)})
-
-
-def parse_started_check(output: str) -> tuple[str, tuple[str, ...]] | None:
-    """None when the started server still runs, else why not and the log's last lines;
-    None too for an answer that is not the script's (a lost connection: the master's watch)."""
-    marks, tail = parse_marks(output)
-    return None if "gone" not in marks else (marks["gone"], tail)
-
-
-def check_started(master: Master, server: Server, log: str, app: str) -> None:
-    """A TunnelError (EXIT_START, with the log's end) when the server this run started has died
-    or lost its runtime file since the start script saw it."""
-    try:
-        done = master.run("sh -s", stdin=build_started_check(server, log), timeout=30)
-    except subprocess.TimeoutExpired:
-        return  # a stuck connection: wait_for_tunnel's own checks tell
-    found = parse_started_check(done.stdout.decode(errors="replace"))
-    if found is not None:
-        why, tail = found
-        raise TunnelError(f"could not start jupyter {app} on {master.route.server_host}: the server (pid "
-                          f"{server.pid}) {why} (log: {log}){format_log_tail(tail)}", EXIT_START)
-
-
-# Waits until a runtime file is gone: jupyter removes it last when it shuts down.
-GONE_SCRIPT = r"""f=@FILE@
-tries=0
-while [ -e "$f" ]; do tries=$((tries + 1)); [ $tries -le @TRIES@ ] || exit 1; sleep 0.1 2>/dev/null || sleep 1; done
-"""
-
-
-def close_server(master: Master | None, host: str, forward: str, server: Server, stop: bool, reached: bool,
-                 started: bool, start: bool) -> None:
-    """At close: with ``stop`` (--stop-server), shut the server on ``host`` down through the
-    master; else say whether it keeps running.  ``reached``: the tunnel answered once, or the
-    run started the server; ``start``: --start was given."""
-    # a server never reached through the tunnel (the run failed before) is left alone,
-    # unless this run started it
-    if not stop or not reached:
-        if started:
-            say("Info", f"The Jupyter server started on {host} keeps running (pid {server.pid}): "
-                        "a later jupyter-tunnel attaches to it; --stop-server stops it when the tunnel closes.")
-        return
-    if start and not started:
-        # "--start --stop-server" reads "a server for this session": one that ran before
-        # (someone else's work in it, maybe) is not the run's to stop; plain --stop-server
-        # names the attached server, and stops it
-        say("Info", f"The Jupyter server on {host} was already running: left running (--stop-server "
-                    "stops only a server this run started when used with --start)")
-        return
-    if master is None or not master.alive():
-        say("Warning", f"the connection to {host} is gone: cannot stop its Jupyter server (pid {server.pid})")
-    elif not (forward and stop_jupyter(master, host, forward, server)):
-        say("Warning", f"the Jupyter server on {host} (pid {server.pid}) may still run: "
-                       "it did not shut down when asked")
-
-
-def stop_jupyter(master: Master, host: str, forward: str, server: Server) -> bool:
-    """Shut the server down through ``forward``, saying so; whether it has stopped."""
-    say("Info", f"Stopping the Jupyter server on {host} (pid {server.pid})...")
-    stopped = shutdown_server(master, forward, server)
-    if stopped:
-        say("Info", "The Jupyter server has stopped.")
-    return stopped
-
-
-def shutdown_server(master: Master, forward: str, server: Server, timeout: float = 30.0) -> bool:
-    """``--stop-server``: shut the server down through the tunnel (``POST /api/shutdown`` with
-    its token, which every jupyter_server and notebook >= 5.1 take), and wait until its
-    runtime file is gone; True when it is."""
-    answer = probe_server(forward, server, timeout=10.0, method="POST", path="api/shutdown")
-    if answer is None or answer.status not in (200, 204):
-        return False
-    if not server.source.startswith("/"):
-        return True  # found by "jupyter server list": no file to watch
-    script = fill_script(GONE_SCRIPT, {"FILE": shlex.quote(server.source), "TRIES": str(int(timeout * 10))})
-    try:
-        return master.run("sh -s", stdin=script, timeout=timeout + 10,
-                          what=f"waiting for the Jupyter server (pid {server.pid}) to stop").returncode == 0
-    except (subprocess.TimeoutExpired, TunnelError):  # a TunnelError: too much output
-        return False
-
-
-# ------------------------------------------------- 2c. the cluster (--submit, -n auto)
+# -------------------------------------- 2. the cluster job (--submit, -n auto, --job)
 
 
 # With --submit, -n auto and --job the node is not known before the login: jupyter_node.py,
@@ -2210,7 +1704,483 @@ def find_job(master: Master, options: ClusterOptions, timeout: float, pick: int 
     return choose_job(jobs, head, pick)
 
 
-# ---------------------------------------------------------------------------- 3. choose
+# ------------------------------------------------------------------------ 3. discover
+
+
+# The discovery script.  It needs neither python nor jupyter on PATH: over a
+# non-interactive ssh a venv or conda jupyter usually is not.  The runtime directory follows
+# jupyter_core's rules ($JUPYTER_RUNTIME_DIR, else $JUPYTER_DATA_DIR/runtime, else the XDG
+# data dir; macOS hosts use ~/Library/Jupyter).  A file whose pid is dead (a SIGKILLed
+# server leaves its file behind) or not a Jupyter process (the pid was reused) is reported,
+# not printed.  A file that says port 0 (notebook < 7 and jupyter_server < 2.20 started with
+# --port=0 write that) comes with the TCP ports its pid listens on: from the pid's socket
+# inodes and /proc/net/tcp* on Linux, from lsof elsewhere.
+#
+# It is written to survive being one line inside single quotes for ANY login shell (sshd
+# hands the command to it): every line ends its own statement, and there is no ' ! or
+# newline in it (csh and tcsh reject a newline inside quotes and expand ! even there) and no
+# double backslash (fish's single quotes).  Sending it as the command rather than on stdin
+# saves a round trip through the whole chain: ssh sends stdin only once the command runs.
+# Its first line, "MARK start", tells that it ran: a login shell such as /bin/false or
+# nologin runs no command at all, and says so at best in words of its own.
+RUNTIME_DIRS = ('"${JUPYTER_RUNTIME_DIR:-}" "${JUPYTER_DATA_DIR:+$JUPYTER_DATA_DIR/runtime}" '
+                '"${XDG_DATA_HOME:-$HOME/.local/share}/jupyter/runtime" "$HOME/Library/Jupyter/runtime" '
+                '"$HOME/Library/Application Support/Jupyter/runtime"')
+DISCOVERY_SCRIPT = r"""M=@MARK@; echo "$M start"; found=0;
+ports_of() { ports=;
+  if [ -d /proc/$1/fd ]; then
+    for inode in $(ls -l /proc/$1/fd 2>/dev/null | sed -n "s/.*socket:\[\([0-9]*\)\].*/\1/p"); do
+      for hex in $(awk -v i=$inode "\$4 == \"0A\" && \$10 == i { split(\$2, a, \":\"); print a[2] }" /proc/net/tcp /proc/net/tcp6 2>/dev/null); do
+        ports="$ports $(printf %d 0x$hex)";
+      done;
+    done;
+  elif command -v lsof >/dev/null 2>&1; then
+    ports=$(lsof -a -p $1 -iTCP -sTCP:LISTEN -P -n -Fn 2>/dev/null | sed -n "s/^n.*:\([0-9]*\)$/\1/p");
+  fi;
+  echo "$M ports $1" $ports;
+};
+for d in @DIRS@; do
+  [ -n "$d" ] && [ -d "$d" ] || continue;
+  for f in "$d"/jpserver-*.json "$d"/nbserver-*.json; do
+    [ -f "$f" ] || continue;
+    found=1;
+    pid=${f##*/}; pid=${pid#*server-}; pid=${pid%.json};
+    [ "$pid" -gt 0 ] 2>/dev/null || continue;
+    if kill -0 $pid 2>/dev/null; then :; else echo "$M stale $f"; continue; fi;
+    if [ -r /proc/$pid/cmdline ]; then cmd=$(tr "\000" " " </proc/$pid/cmdline); else cmd=$(ps -o command= -p $pid 2>/dev/null); fi;
+    case $cmd in *jupyter*|*notebook*) ;; *) echo "$M foreign $f"; continue;; esac;
+    content=$(cat "$f");
+    echo "$M file $f"; echo "$M cmd $cmd"; printf "%s\n" "$content"; echo "$M end";
+    case $content in *\"port\":\ 0,*|*\"port\":0,*) ports_of $pid;; esac;
+  done;
+done;
+if [ $found = 0 ] && command -v jupyter >/dev/null 2>&1; then
+  echo "$M list"; jupyter server list --json 2>/dev/null; jupyter notebook list --json 2>/dev/null; echo "$M end";
+fi
+""".replace("@MARK@", MARK).replace("@DIRS@", RUNTIME_DIRS)
+
+
+def build_discovery_script(one_line: bool = False) -> str:
+    """The POSIX sh script that prints the live Jupyter servers' runtime files."""
+    if one_line:
+        return " ".join(line.strip() for line in DISCOVERY_SCRIPT.splitlines())
+    return DISCOVERY_SCRIPT
+
+
+def build_discovery_command(route: Route) -> tuple[str, str]:
+    """The remote command that discovers the servers, and what to send on its stdin."""
+    if not route.node:
+        return f"sh -c '{build_discovery_script(one_line=True)}'", ""
+    # With -n the head runs ssh to the node: the script goes on stdin, which avoids a
+    # second level of quoting (one more round trip, on the cluster's own network).
+    # BatchMode: a prompt on the head could never be answered, so fail instead of hanging.
+    # "MARK head" first: without it, the head's login shell refused the command.
+    return (f"echo {MARK} head; ssh -o BatchMode=yes -T {shlex.quote(route.node)} sh -s",
+            build_discovery_script())
+
+
+def parse_discovery(output: str) -> tuple[list[Server], list[str]]:
+    """Servers and warnings from the discovery script's output.
+
+    Anything outside the markers (a chatty ``.bashrc``, say) is ignored.  A runtime file
+    that is not valid JSON (a truncated write) is skipped with a warning, never a crash.
+    """
+    servers: list[Server] = []
+    warnings: list[str] = []
+    seen: set[tuple[int, int, str]] = set()
+    block: list[str] | None = None
+    source = cmdline = ""
+
+    def add(text: str, src: str, cmd: str) -> None:
+        try:
+            info = json.loads(text)
+        except (ValueError, RecursionError):  # RecursionError: [[[[...]]]] nested too deep
+            warnings.append(f"skipping unreadable Jupyter runtime file {src}")
+            return
+        try:
+            server = parse_server(info, src, cmd)
+        except ValueError as error:
+            warnings.append(f"skipping Jupyter runtime file {src}: {error}")
+            return
+        key = server.key
+        if key not in seen:  # one file can be reached from two runtime dir rules
+            seen.add(key)
+            servers.append(server)
+
+    listening: dict[int, list[int]] = {}
+    for line in output.splitlines():
+        if line.startswith(MARK):
+            word, _, arg = line[len(MARK):].strip().partition(" ")
+            if word == "ports":
+                numbers = [int(n) for n in arg.split() if n.isascii() and n.isdigit()]
+                if numbers and len(numbers) == len(arg.split()):  # else not our script's line
+                    listening[numbers[0]] = sorted({port for port in numbers[1:] if 0 < port < 65536})
+            elif word in ("file", "list"):
+                block, source, cmdline = [], arg, ""
+            elif word == "cmd" and block is not None:
+                cmdline = arg
+            elif word == "end" and block is not None:
+                if source:
+                    add("\n".join(block), source, cmdline)
+                else:  # "jupyter server list --json": one object per line
+                    for item in block:
+                        if item.strip():
+                            add(item, "jupyter server list", "")
+                block = None
+        elif block is not None:
+            block.append(line)
+    for i, server in enumerate(servers):
+        if server.port == 0 and not server.sock and listening.get(server.pid):
+            # the file said port 0: the pid's one listening port is the server's
+            servers[i] = server._replace(port=listening[server.pid][0])
+    # a stable order, so that the numbers of --list mean the same to --pick
+    return sorted(servers, key=lambda s: (s.sock != "", s.port, s.sock, s.pid)), warnings
+
+
+def parse_discovery_failure(route: Route, returncode: int, stdout: str, stderr: str,
+                            master_alive: bool = True) -> TunnelError | None:
+    """Why the discovery command failed (None when it did not), from its output and exit code.
+
+    ssh exits 255 for its own failures (a lost connection, a node it cannot log into); a
+    login shell that runs no command (/bin/false, nologin) exits 1, and the script's first
+    line ("MARK start", "MARK head" on the head first) never comes.
+    """
+    lines = stdout.splitlines()
+    ran = f"{MARK} start" in lines
+    if ran and returncode == 0:
+        return None
+    reason = parse_ssh_error(stderr.splitlines(), hosts=route.hosts)
+    if returncode == 255 and not ran:
+        if route.node and master_alive and f"{MARK} head" in lines:
+            # the head's own ssh to the node failed: its words are about the head's view
+            reason = parse_ssh_error(stderr.splitlines(), hosts=(route.node,), here=route.target)
+            return TunnelError(f"cannot reach node {route.node} from {route.target}: {reason}", EXIT_CONNECT)
+        return TunnelError(f"cannot look for Jupyter servers on {route.describe_server_host()}: {reason}",
+                           EXIT_ERROR)
+    if not ran:
+        refusing = route.node if f"{MARK} head" in lines else route.target
+        said = [line.strip() for line in [*lines, *stderr.splitlines()]
+                if line.strip() and not line.startswith((MARK, *SSH_NOISE))]
+        return TunnelError(
+            f"the account on {refusing} does not run commands: its login shell refuses them "
+            f"(e.g. /bin/false or nologin); it said "
+            + ("; ".join(said[:3]) if said else f"nothing (exit code {returncode})"), EXIT_CONNECT)
+    return TunnelError(f"cannot look for Jupyter servers on {route.describe_server_host()}: {reason}",
+                       EXIT_ERROR)
+
+
+def discover(master: Master, node: str | None = None, timeout: float = 60.0) -> list[Server]:
+    """The live Jupyter servers on the target (or its node, or ``node``), found through the master."""
+    route = master.route if node is None else master.route._replace(node=node)
+    where = route.describe_server_host()
+    try:
+        # -A: with -n, the head logs into the node with the user's agent; the agent is
+        # forwarded to this one session only
+        command, script = build_discovery_command(route)
+        done = master.run(command, stdin=script, forward_agent=bool(route.node), timeout=timeout,
+                          what=f"looking for Jupyter servers on {where}")
+    except subprocess.TimeoutExpired:
+        raise TunnelError(f"looking for Jupyter servers on {where} did not answer within {timeout:g} s",
+                          EXIT_ERROR)
+    stdout = done.stdout.decode(errors="replace")
+    error = parse_discovery_failure(route, done.returncode, stdout, done.stderr.decode(errors="replace"),
+                                    master.alive())
+    if error is not None:
+        raise error
+    servers, warnings = parse_discovery(stdout)
+    for warning in warnings:
+        say("Warning", warning)
+    return servers
+
+
+# -------------------------------------------------------- 4. start a server (--start)
+
+
+# The start script.  It goes on stdin to "sh -s": any login shell runs that command, and a
+# script on stdin needs no second level of quoting (one more round trip: nothing next to a
+# server's start-up).  Its own stdout (fd 3) carries the markers; everything else, the
+# activation's and the server's output included, goes to a new private log (umask 077: 0600
+# in a 0700 directory).  The server is started detached: setsid (else nohup) with stdin
+# from /dev/null and no descriptor of the ssh session, so that it outlives the session and
+# the tunnel.  Neither
+# setsid (not a process group leader here: no fork) nor jupyter (it execs jupyter-APP)
+# changes the pid, so $! is the server's pid, its process group and its runtime file's name.
+# Without setsid(1) (some BSDs, busybox builds) nohup keeps it from SIGHUP, but it stays in
+# the session's process group: "set -m" gives a job its own group only where the shell can
+# do job control, and dash cannot without a terminal.  A failure then kills the pid alone
+# (nothing else runs in it before its runtime file exists: jupyter execs jupyter-APP).
+# It listens on 127.0.0.1 only (login nodes are shared) on the port Jupyter chooses (8888 or
+# the next free one: its port_retries; "--port=0" makes notebook < 7 write port 0).  The
+# script waits for the runtime file itself (no round trip per look) and prints it as the
+# discovery does; on failure it kills the server's process group (SIGTERM, then SIGKILL
+# 2 s later: a SIGTERM right after the runtime file is written lands before the server's
+# event loop runs, and its shutdown then races the start of its extensions), removes the
+# runtime files a SIGKILL leaves for that pid, and prints the log's end.
+# When the run is interrupted while the server starts (Ctrl+C, SIGTERM), its ssh session
+# closes and sshd closes the script's output pipe: with SIGPIPE ignored (set after the
+# server's fork: Python ignores it anyway) the script's next write fails, and it stops the
+# server it started rather than leave one that nobody was told of.
+# A server that dies right after writing its runtime file (a crash in an extension, a port
+# taken) is no start: the pid is looked at again once the file is read.
+#
+# One start at a time per account: runs started together (ten terminals, a script) each
+# found no server, and each would start one.  The script takes a lock first, a directory
+# made with mkdir (atomic everywhere, POSIX; flock(1) is missing on macOS and some BSDs)
+# in the state directory, and holds it from the look for new servers until the runtime
+# file is written (or the start failed): its EXIT trap removes it.  Under the lock it
+# looks again for servers whose pid the run's discovery did not see (@KNOWN@): when
+# another run started one meanwhile, it says "changed" with their pids and starts
+# nothing; the run then discovers again and attaches.  The lock holds "PID HOST EPOCH":
+# a lock whose holder is dead (same host: kill -0), or that is older than @STALE@ s
+# (another host sharing the home: its pid means nothing here), is stale and taken over
+# (a run killed by SIGKILL leaves its lock); an owner still being written (empty) counts
+# as stale after 5 s.  The takeover renames the stale lock away first; two waiters judging
+# the same stale lock at the same moment could still both start (a window of
+# milliseconds, and only after a killed run: at worst two servers, as without the lock).
+# A waiter writes a marker every second: once the run has gone, the write kills it.
+START_SCRIPT = r"""M=@MARK@
+exec 3>&1
+fail() { printf '%s fail %s\n' "$M" "$1" >&3; if [ -n "${log:-}" ]; then echo "$M tail" >&3; tail -n @TAIL@ "$log" >&3; fi; exit 0; }
+umask 077
+state="${XDG_STATE_HOME:-$HOME/.local/state}/jupyter-tunnel"
+mkdir -p "$state" && chmod 700 "$state" || fail "cannot create the directory $state"
+lock="$state/start.lock"
+host=$(uname -n 2>/dev/null)
+me="$$ $host $(date +%s 2>/dev/null)"
+stale() {
+  set -- $1
+  [ $# -ge 2 ] || { empty=$((empty + 1)); [ $empty -gt 50 ]; return; }
+  if [ "$2" = "$host" ]; then kill -0 "$1" 2>/dev/null && return 1; return 0; fi
+  now=$(date +%s 2>/dev/null)
+  case "$now:${3:-x}" in *[!0-9:]*) return 1;; esac
+  [ $((now - $3)) -gt @STALE@ ]
+}
+release() { [ "$(cat "$lock/owner" 2>/dev/null)" = "$me" ] && rm -rf "$lock"; }
+waited=0 empty=0
+until mkdir "$lock" 2>/dev/null; do
+  owner=$(cat "$lock/owner" 2>/dev/null)
+  if stale "$owner"; then
+    mv "$lock" "$lock.stale.$$" 2>/dev/null && rm -rf "$lock.stale.$$"
+    empty=0
+    continue
+  fi
+  waited=$((waited + 1))
+  [ $waited -le @LOCKTRIES@ ] || fail "another jupyter-tunnel --start of this account has held $lock for @LOCKWAIT@ s (${owner:-its owner unknown}); remove it if none runs"
+  [ $((waited % 10)) != 0 ] || echo "$M wait" >&3
+  sleep 0.1 2>/dev/null || sleep 1
+done
+trap release EXIT
+trap 'exit 1' HUP INT TERM
+echo "$me" >"$lock/owner"
+new=
+for d in @DIRS@; do
+  [ -n "$d" ] && [ -d "$d" ] || continue
+  for f in "$d"/jpserver-*.json "$d"/nbserver-*.json; do
+    [ -f "$f" ] || continue
+    p=${f##*/}; p=${p#*server-}; p=${p%.json}
+    [ "$p" -gt 0 ] 2>/dev/null && kill -0 "$p" 2>/dev/null || continue
+    case " @KNOWN@ " in *" $p "*) ;; *) new="$new $p";; esac
+  done
+done
+[ -z "$new" ] || { echo "$M changed$new" >&3; exit 0; }
+log=$(mktemp "$state/server-XXXXXXXX") || fail "cannot create a log in $state"
+echo "$M log $log"
+exec >>"$log" 2>&1
+J=@JUPYTER@
+@CD@
+@ACTIVATE@
+command -v "$J" >/dev/null 2>&1 || fail "$J not found: activate its environment with --pre or --conda-env, or give --jupyter PROG"
+if command -v setsid >/dev/null 2>&1; then
+  setsid "$J" @APP@ --no-browser --ip=127.0.0.1 </dev/null 3>&- &
+else
+  nohup "$J" @APP@ --no-browser --ip=127.0.0.1 </dev/null 3>&- &
+fi
+pid=$!
+stop() { if kill -TERM -$pid 2>/dev/null || kill -TERM $pid 2>/dev/null; then sleep 2
+  kill -KILL -$pid 2>/dev/null || kill -KILL $pid 2>/dev/null; fi
+  for d in @DIRS@; do [ -n "$d" ] && rm -f "$d/jpserver-$pid.json" "$d/jpserver-$pid-open.html" \
+    "$d/nbserver-$pid.json" "$d/nbserver-$pid-open.html"; done; fail "$1"; }
+trap '' PIPE
+gone="jupyter-tunnel went away (interrupted) while the server started"
+echo "$M pid $pid" >&3 || stop "$gone"
+tries=0
+while :; do
+  for d in @DIRS@; do
+    for f in "$d/jpserver-$pid.json" "$d/nbserver-$pid.json"; do
+      [ -n "$d" ] && [ -f "$f" ] || continue
+      content=$(cat "$f")
+      case $content in *"}") ;; *) continue;; esac
+      kill -0 $pid 2>/dev/null || stop "the server exited right after writing its runtime file"
+      { echo "$M file $f"; echo "$M cmd $(tr "\000" " " </proc/$pid/cmdline 2>/dev/null)"
+        printf "%s\n" "$content"; echo "$M end"; } >&3 || stop "$gone"
+      exit 0
+    done
+  done
+  kill -0 $pid 2>/dev/null || stop "the server exited"
+  tries=$((tries + 1))
+  [ $tries -le @TRIES@ ] || stop "the server wrote no runtime file within @TIMEOUT@ s"
+  sleep 0.1 2>/dev/null || sleep 1
+done
+"""
+START_GRACE = 30.0  # seconds beyond --timeout for the start script, which gives up at --timeout itself
+# How long a start waits for another run's start on the same account, beyond --timeout
+# (the holder gives up at --timeout itself, 2 s after that its server is killed).
+START_LOCK_GRACE = 15.0
+# A lock of another host (a home shared by login nodes) is stale this long after --timeout.
+START_LOCK_STALE = 120.0
+# How many times a run looks again when other runs keep starting servers under it: each
+# look adds the new servers' pids to the known ones, so two are all a sane account needs.
+START_ATTEMPTS = 5
+STARTED_CHECK_INTERVAL = 1.0  # s between the looks at a started server that does not answer yet
+START_APPS = ("lab", "notebook", "server")  # -t: jupyter lab, jupyter notebook, jupyter server
+
+
+class StartOptions(NamedTuple):
+    """How ``--start`` starts a server (``-t``, ``--pre``, ``--conda-env``, ``--jupyter``, ``--root-dir``)."""
+
+    app: str = "lab"
+    pre: tuple[str, ...] = ()
+    conda_env: str = ""
+    jupyter: str = "jupyter"
+    root_dir: str = ""  # "": the remote home
+
+
+class Started(NamedTuple):
+    """What the start script said: its log, the server's pid, and the server or why not."""
+
+    log: str = ""
+    pid: int | None = None
+    server: Server | None = None
+    failure: str = ""
+    tail: tuple[str, ...] = ()
+    changed: tuple[int, ...] = ()  # pids of servers other runs started meanwhile: none was started
+
+
+def build_start_script(options: StartOptions, timeout: float, known: Iterable[int] = ()) -> str:
+    """The ``sh`` script (for ``sh -s``) that starts a detached server and waits for its runtime
+    file, unless a server whose pid is not in ``known`` appeared meanwhile."""
+    if options.root_dir:
+        # "./-L", not "-L": cd would take it for its option (and go home); "./" works in
+        # every sh, where "cd --" is one more thing an old shell may not know
+        path = f"./{options.root_dir}" if options.root_dir.startswith("-") else options.root_dir
+        cd = f"cd {shlex.quote(path)} || fail {shlex.quote('no directory ' + options.root_dir)}"
+    else:
+        cd = 'cd || fail "cannot change to the home directory"'
+    # each must succeed, and a failing one ("." of a missing file included) is told by its
+    # own words (see build_activation_steps)
+    activate = "\n".join(build_activation_steps(options.pre, options.conda_env or ""))
+    return fill_script(START_SCRIPT, {
+        "MARK": MARK, "TAIL": str(START_LOG_TAIL), "CD": cd, "ACTIVATE": activate,
+        "JUPYTER": shlex.quote(options.jupyter), "APP": shlex.quote(options.app),
+        "DIRS": RUNTIME_DIRS, "TRIES": str(int(timeout * 10)), "TIMEOUT": f"{timeout:g}",
+        "KNOWN": " ".join(str(pid) for pid in sorted(set(known))),
+        "LOCKTRIES": str(int((timeout + START_LOCK_GRACE) * 10)), "LOCKWAIT": f"{timeout + START_LOCK_GRACE:g}",
+        "STALE": str(int(timeout + START_LOCK_STALE)),
+    })
+
+
+def parse_marks(output: str) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The ``MARK word arg`` lines of a remote script's answer (word -> its last arg), and the
+    lines after ``MARK tail`` (a log's end, taken as it comes)."""
+    marks: dict[str, str] = {}
+    lines = output.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(MARK):
+            word, _, arg = line[len(MARK):].strip().partition(" ")
+            if word == "tail":
+                return marks, tuple(lines[i + 1:])
+            marks[word] = arg
+    return marks, ()
+
+
+def parse_start_output(output: str) -> Started:
+    """The start script's answer: the log, the pid, and the server's runtime file or the failure."""
+    marks, tail = parse_marks(output)
+    pid_text = marks.get("pid", "")
+    pid = int(pid_text) if pid_text.isascii() and pid_text.isdigit() and 1 < int(pid_text) <= MAX_PID else None
+    changed = tuple(int(n) for n in marks.get("changed", "").split()
+                    if n.isascii() and n.isdigit() and 0 < int(n) <= MAX_PID)
+    failure = marks.get("fail", "")
+    servers, _ = parse_discovery(output) if not failure else ([], [])
+    server = next((s for s in servers if s.pid == pid), None)
+    return Started(marks.get("log", ""), pid, server, failure, tail, changed)
+
+
+def start_server(master: Master, options: StartOptions, timeout: float, known: Iterable[int] = ()) -> Started:
+    """Start a server on the target through the master: the Started with its Server once its
+    runtime file is written, or with the pids of the servers that appeared meanwhile (another
+    run started one: none was started; ``known``: the pids the run had seen)."""
+    host = master.route.server_host
+    where = options.root_dir or "the home directory"
+    say("Info", f"No Jupyter server runs on {host}: starting jupyter {options.app} in {where}...")
+    started = time.monotonic()
+    limit = 2 * timeout + START_LOCK_GRACE + START_GRACE
+    try:
+        # the remote script gives up after ``timeout`` itself, and kills what it started; it
+        # may first wait up to timeout + START_LOCK_GRACE for another run's start
+        done = master.run("sh -s", stdin=build_start_script(options, timeout, known), timeout=limit,
+                          what=f"starting Jupyter on {host}")
+    except subprocess.TimeoutExpired:
+        raise TunnelError(f"starting Jupyter on {host} did not answer within {limit:g} s",
+                          EXIT_START)
+    result = parse_start_output(done.stdout.decode(errors="replace"))
+    if result.changed and not result.failure:
+        return result
+    if result.server is None:
+        why = result.failure or parse_ssh_error(done.stderr.decode(errors="replace").splitlines(),
+                                                done.returncode)
+        log = f" (log: {result.log})" if result.log else ""
+        raise TunnelError(f"could not start jupyter {options.app} on {host}: {why}{log}"
+                          f"{format_log_tail(result.tail)}", EXIT_START)
+    say("Info", f"Started jupyter {options.app} (pid {result.pid}) in {time.monotonic() - started:.1f} s; "
+                f"its log: {result.log}")
+    if not result.server.token:
+        # started with Jupyter's default, token authentication, unless the user's own
+        # Jupyter configuration sets a password or disables it
+        say("Warning", "the started server has no token: its Jupyter configuration sets a password "
+                       "or turns authentication off")
+    return result
+
+
+# Whether a started server still runs: its pid alive and its runtime file there.  A dead
+# server's file is removed (a SIGKILL leaves it), and the log's end printed for the error.
+STARTED_CHECK_SCRIPT = r"""M=@MARK@; pid=@PID@; f=@FILE@
+if kill -0 $pid 2>/dev/null && [ -f "$f" ]; then echo "$M alive"; exit 0; fi
+kill -0 $pid 2>/dev/null && echo "$M gone runs, but its runtime file $f is gone" || {
+  echo "$M gone exited right after writing its runtime file"; rm -f "$f" "${f%.json}-open.html"; }
+echo "$M tail"; tail -n @TAIL@ @LOG@ 2>/dev/null
+"""
+
+
+def build_started_check(server: Server, log: str) -> str:
+    """The ``sh`` script (for ``sh -s``) that tells whether the server this run started still runs."""
+    return fill_script(STARTED_CHECK_SCRIPT, {
+        "MARK": MARK, "PID": str(server.pid), "FILE": shlex.quote(server.source), "LOG": shlex.quote(log or "/dev/null"),
+        "TAIL": str(START_LOG_TAIL)})
+
+
+def parse_started_check(output: str) -> tuple[str, tuple[str, ...]] | None:
+    """None when the started server still runs, else why not and the log's last lines;
+    None too for an answer that is not the script's (a lost connection: the master's watch)."""
+    marks, tail = parse_marks(output)
+    return None if "gone" not in marks else (marks["gone"], tail)
+
+
+def check_started(master: Master, server: Server, log: str, app: str) -> None:
+    """A TunnelError (EXIT_START, with the log's end) when the server this run started has died
+    or lost its runtime file since the start script saw it."""
+    try:
+        done = master.run("sh -s", stdin=build_started_check(server, log), timeout=30)
+    except subprocess.TimeoutExpired:
+        return  # a stuck connection: wait_for_tunnel's own checks tell
+    found = parse_started_check(done.stdout.decode(errors="replace"))
+    if found is not None:
+        why, tail = found
+        raise TunnelError(f"could not start jupyter {app} on {master.route.server_host}: the server (pid "
+                          f"{server.pid}) {why} (log: {log}){format_log_tail(tail)}", EXIT_START)
+
+
+# -------------------------------------------------------------------------- 5. choose
 
 
 def select_servers(servers: Sequence[Server], port: int | None = None, directory: str | None = None,
@@ -2226,24 +2196,6 @@ def select_servers(servers: Sequence[Server], port: int | None = None, directory
     return chosen
 
 
-def server_auth(server: Server) -> str:
-    """How the server authenticates, as far as its runtime file tells."""
-    # "password": false is unreliable: a server protected by `jupyter server password`
-    # writes exactly what a server with authentication disabled writes
-    return "token" if server.token else "password or none"
-
-
-def server_info(number: int, server: Server) -> dict:
-    """A server as a JSON object for ``--list --json`` (no token: it is a secret)."""
-    return {
-        "number": number, "port": server.port, "sock": server.sock, "host": server.host,
-        "root_dir": server.root_dir, "app": server.app, "version": server.version,
-        "kind": "notebook<7" if server.legacy else "jupyter_server",
-        "auth": server_auth(server), "secure": server.secure, "base_url": server.base_url,
-        "pid": server.pid,
-    }
-
-
 def format_server_table(servers: Sequence[Server]) -> str:
     """The numbered table of ``--list`` (the numbers are what ``--pick`` takes)."""
     rows = [("#", "PORT", "KIND", "AUTH", "ROOT DIRECTORY")]
@@ -2252,17 +2204,6 @@ def format_server_table(servers: Sequence[Server]) -> str:
         auth = server_auth(server) + (", https" if server.secure else "")
         rows.append((str(number), where, server.kind, auth, server.root_dir or "?"))
     return format_table(rows)
-
-
-def ask_server(servers: Sequence[T], what: str = "server") -> T:
-    """Ask on the terminal which of several servers (or jobs: ``what``) to use."""
-    while True:
-        print(f"Which {what}? [1-{len(servers)}] ", end="", file=sys.stderr, flush=True)
-        answer = sys.stdin.readline()
-        if not answer:
-            raise KeyboardInterrupt  # end of input: the user gave up
-        if answer.strip().isdigit() and 1 <= int(answer) <= len(servers):
-            return servers[int(answer) - 1]
 
 
 def choose_server(servers: Sequence[Server], host: str, port: int | None = None,
@@ -2312,7 +2253,7 @@ def choose_or_start(master: Master, servers: list[Server], start: StartOptions |
                       "run it again", EXIT_START)
 
 
-# --------------------------------------------------------------------------- 4. forward
+# ------------------------------------------------------------------------- 6. forward
 
 
 def candidate_ports(first: int, count: int = 100) -> range:
@@ -2322,7 +2263,6 @@ def candidate_ports(first: int, count: int = 100) -> range:
 
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
-ANY_ADDRESS = ("", "0.0.0.0", "*", "::", "[::]")
 
 
 def forward_target(server: Server, node: str = "") -> str:
@@ -2813,7 +2753,28 @@ def _shutdown(sock: socket.socket) -> None:
         pass
 
 
-# ------------------------------------------------------------- 5. wait until it answers
+def build_http_response(status: int, reason: str, body: str, headers: Sequence[str] = ()) -> bytes:
+    """A whole HTTP/1.1 answer that closes the connection, is never cached, and sends no Referer."""
+    data = body.encode()
+    lines = [f"HTTP/1.1 {status} {reason}", *headers, "Content-Type: text/html; charset=utf-8",
+             f"Content-Length: {len(data)}", "Cache-Control: no-store", "Referrer-Policy: no-referrer",
+             "Connection: close"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
+
+
+def build_redirect_response(location: str) -> bytes:
+    """The one answer of the browser's one-time address: a 303 to ``location``, and a link."""
+    from html import escape
+    from urllib.parse import quote
+
+    # Percent-encode all but printable ASCII: a CR or LF from the remote's base_url must not
+    # become a header line of its own, and a header must be ASCII anyway.
+    location = quote(location, safe="".join(map(chr, range(0x21, 0x7F))))
+    body = f'<!DOCTYPE html>\n<title>Jupyter</title>\n<p><a href="{escape(location)}">Open Jupyter</a></p>\n'
+    return build_http_response(303, "See Other", body, [f"Location: {location}"])
+
+
+# ----------------------------------------------------------- 7. wait until it answers
 
 
 def build_probe_request(server: Server, method: str = "GET", path: str = "api/status") -> bytes:
@@ -2989,7 +2950,7 @@ def wait_for_tunnel(master: Master, forward: str, server: Server, timeout: float
         delay = min(delay * 2, 0.25)
 
 
-# ----------------------------------------------------------- 6. the URL and the browser
+# ------------------------------------------ 8. browser: the URL, the one-time address
 
 
 def build_url(local_port: int, server: Server, host: str = "localhost") -> str:
@@ -3002,27 +2963,6 @@ def build_url(local_port: int, server: Server, host: str = "localhost") -> str:
     # base_url holds (parse_server refuses the odd ones anyway), the URL points at
     # host:local_port
     return urlunsplit((scheme, f"{host}:{local_port}", server.base_url, query, ""))
-
-
-def build_http_response(status: int, reason: str, body: str, headers: Sequence[str] = ()) -> bytes:
-    """A whole HTTP/1.1 answer that closes the connection, is never cached, and sends no Referer."""
-    data = body.encode()
-    lines = [f"HTTP/1.1 {status} {reason}", *headers, "Content-Type: text/html; charset=utf-8",
-             f"Content-Length: {len(data)}", "Cache-Control: no-store", "Referrer-Policy: no-referrer",
-             "Connection: close"]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
-
-
-def build_redirect_response(location: str) -> bytes:
-    """The one answer of the browser's one-time address: a 303 to ``location``, and a link."""
-    from html import escape
-    from urllib.parse import quote
-
-    # Percent-encode all but printable ASCII: a CR or LF from the remote's base_url must not
-    # become a header line of its own, and a header must be ASCII anyway.
-    location = quote(location, safe="".join(map(chr, range(0x21, 0x7F))))
-    body = f'<!DOCTYPE html>\n<title>Jupyter</title>\n<p><a href="{escape(location)}">Open Jupyter</a></p>\n'
-    return build_http_response(303, "See Other", body, [f"Location: {location}"])
 
 
 def open_browser(browser: str | None, url: str, relay: Relay) -> None:
@@ -3051,7 +2991,7 @@ def open_browser(browser: str | None, url: str, relay: Relay) -> None:
     subprocess.Popen([*command, relay.offer_redirect(url)], **detached)
 
 
-# --------------------------------------- 7. stay: reconnect, notice the server stopping
+# --------------------------------------- 9. stay: reconnect, the server or job ending
 
 
 def backoff_delays(first: float = 1.0, cap: float = MAX_BACKOFF) -> Iterator[float]:
@@ -3196,7 +3136,69 @@ class JobWatch:
         say("Info", f"Cancelled {self.job.describe()}.")
 
 
-# ------------------------------------------------------------------- the registry entry
+# ----------------------------------------------------------------------- 10. clean up
+
+
+def close_server(master: Master | None, host: str, forward: str, server: Server, stop: bool, reached: bool,
+                 started: bool, start: bool) -> None:
+    """At close: with ``stop`` (--stop-server), shut the server on ``host`` down through the
+    master; else say whether it keeps running.  ``reached``: the tunnel answered once, or the
+    run started the server; ``start``: --start was given."""
+    # a server never reached through the tunnel (the run failed before) is left alone,
+    # unless this run started it
+    if not stop or not reached:
+        if started:
+            say("Info", f"The Jupyter server started on {host} keeps running (pid {server.pid}): "
+                        "a later jupyter-tunnel attaches to it; --stop-server stops it when the tunnel closes.")
+        return
+    if start and not started:
+        # "--start --stop-server" reads "a server for this session": one that ran before
+        # (someone else's work in it, maybe) is not the run's to stop; plain --stop-server
+        # names the attached server, and stops it
+        say("Info", f"The Jupyter server on {host} was already running: left running (--stop-server "
+                    "stops only a server this run started when used with --start)")
+        return
+    if master is None or not master.alive():
+        say("Warning", f"the connection to {host} is gone: cannot stop its Jupyter server (pid {server.pid})")
+    elif not (forward and stop_jupyter(master, host, forward, server)):
+        say("Warning", f"the Jupyter server on {host} (pid {server.pid}) may still run: "
+                       "it did not shut down when asked")
+
+
+def stop_jupyter(master: Master, host: str, forward: str, server: Server) -> bool:
+    """Shut the server down through ``forward``, saying so; whether it has stopped."""
+    say("Info", f"Stopping the Jupyter server on {host} (pid {server.pid})...")
+    stopped = shutdown_server(master, forward, server)
+    if stopped:
+        say("Info", "The Jupyter server has stopped.")
+    return stopped
+
+
+# Waits until a runtime file is gone: jupyter removes it last when it shuts down.
+GONE_SCRIPT = r"""f=@FILE@
+tries=0
+while [ -e "$f" ]; do tries=$((tries + 1)); [ $tries -le @TRIES@ ] || exit 1; sleep 0.1 2>/dev/null || sleep 1; done
+"""
+
+
+def shutdown_server(master: Master, forward: str, server: Server, timeout: float = 30.0) -> bool:
+    """``--stop-server``: shut the server down through the tunnel (``POST /api/shutdown`` with
+    its token, which every jupyter_server and notebook >= 5.1 take), and wait until its
+    runtime file is gone; True when it is."""
+    answer = probe_server(forward, server, timeout=10.0, method="POST", path="api/shutdown")
+    if answer is None or answer.status not in (200, 204):
+        return False
+    if not server.source.startswith("/"):
+        return True  # found by "jupyter server list": no file to watch
+    script = fill_script(GONE_SCRIPT, {"FILE": shlex.quote(server.source), "TRIES": str(int(timeout * 10))})
+    try:
+        return master.run("sh -s", stdin=script, timeout=timeout + 10,
+                          what=f"waiting for the Jupyter server (pid {server.pid}) to stop").returncode == 0
+    except (subprocess.TimeoutExpired, TunnelError):  # a TunnelError: too much output
+        return False
+
+
+# ----------------------------------------------------------------- the registry entry
 # (the registry itself, with process identity: jupyter_tunnel_shutdown.py)
 
 
@@ -3224,7 +3226,7 @@ def build_forward_state(server: Server, local_port: int) -> dict:
             "server_pid": server.pid, "root_dir": server.root_dir}
 
 
-# --------------------------------------- the run: one Tunnel, taken down by one close()
+# ------------------------------------- the run: one Tunnel, taken down by one close()
 
 
 def _raise_interrupted(signum: int, _frame) -> None:
@@ -3758,7 +3760,7 @@ class Tunnel:
             self.lock = None
 
 
-# --------------------------------------------------------------------- the command line
+# ------------------------------------------------------------------- the command line
 
 
 def resource_option(text: str) -> str:

@@ -5,6 +5,7 @@ from jupyter_tunnel_shutdown.py is in that module's ``__all__``, and every name 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,70 @@ def test_the_modules_are_the_installed_ones():
     """pyproject.toml installs the three flat modules that import each other by plain name."""
     text = (REPO / "pyproject.toml").read_text(encoding="utf-8")
     assert all(f'"{name}"' in text.split("py-modules")[1].splitlines()[0] for name in MODULES)
+
+
+# --- the sections of jupyter_tunnel.py (issue 21): in the order the run takes them -------
+
+SECTION_RE = re.compile(r"^# -{5,} (.+)$", re.MULTILINE)
+STEP_RE = re.compile(r"^(\d+)\. (\w+)", re.MULTILINE)
+
+
+def sections(tree: ast.Module, text: str) -> list[tuple[int, str]]:
+    """The section headers of ``text``: (line, title)."""
+    return [(text.count("\n", 0, match.start()) + 1, match.group(1)) for match in SECTION_RE.finditer(text)]
+
+
+def forward_references(path: Path) -> list[str]:
+    """Each use, in a top-level definition, of a top-level name that a later section defines
+    (annotations aside: they are strings under ``from __future__ import annotations``)."""
+    text = path.read_text(encoding="utf-8")
+    tree = ast.parse(text)
+    starts = [line for line, _ in sections(tree, text)]
+
+    def section_of(line: int) -> int:
+        return sum(1 for start in starts if start <= line)
+
+    defined = {}
+    for node in tree.body:
+        targets = [node.name] if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else \
+            [t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)]
+        defined.update({name: section_of(node.lineno) for name in targets})
+    found = []
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom, ast.If)):
+            continue
+        used = {name.id for part in ast.walk(node) for name in [part] if isinstance(name, ast.Name)}
+        annotations = {name.id for part in ast.walk(node) if isinstance(part, (ast.arg, ast.AnnAssign))
+                       for annotation in [getattr(part, "annotation", None)] if annotation is not None
+                       for name in ast.walk(annotation) if isinstance(name, ast.Name)}
+        returns = {name.id for part in ast.walk(node) if isinstance(part, ast.FunctionDef) and part.returns
+                   for name in ast.walk(part.returns) if isinstance(name, ast.Name)}
+        for name in sorted(used - annotations - returns):
+            if defined.get(name, 0) > section_of(node.lineno):
+                found.append(f"{getattr(node, 'name', '?')} -> {name}")
+    return found
+
+
+def test_no_section_uses_a_later_one():
+    assert forward_references(TUNNEL) == []
+
+
+def test_the_checker_finds_a_forward_reference(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("# ----- one\n\ndef a():\n    return b()\n\n# ----- two\n\ndef b():\n    return 1\n")
+    assert forward_references(sample) == ["a -> b"]
+
+
+def test_the_steps_are_numbered_alike_in_the_docstring_the_sections_and_the_docs():
+    """The module docstring's steps, the numbered section headers and docs/how-it-works.md's
+    headings: the same numbers and first words, in the same order."""
+    text = TUNNEL.read_text(encoding="utf-8")
+    docstring = STEP_RE.findall(ast.get_docstring(ast.parse(text)) or "")
+    headers = [STEP_RE.match(title).groups() for _, title in sections(ast.parse(text), text)
+               if STEP_RE.match(title)]
+    docs = re.findall(r"^## (\d+)\. (\w+)", (REPO / "docs" / "how-it-works.md").read_text(encoding="utf-8"),
+                      re.MULTILINE)
+    lower = [(number, word.lower()) for number, word in docstring]
+    assert len(lower) == 10 and [int(number) for number, _ in lower] == list(range(1, 11))
+    assert [(n, w.lower()) for n, w in headers] == lower
+    assert [(n, w.lower()) for n, w in docs] == lower
