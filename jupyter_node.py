@@ -422,7 +422,7 @@ def parse_scontrol_stdout(text: str) -> str:
     return ""
 
 
-def choose_job(rows: Sequence[JobRow], names: Sequence[str]) -> Optional[JobRow]:
+def job_to_reuse(rows: Sequence[JobRow], names: Sequence[str]) -> Optional[JobRow]:
     """The Jupyter job to reuse: a running one first, else one still waiting."""
     ours = [row for row in rows if row.name in names]
     ours.sort(key=lambda row: row.state != "running")
@@ -958,7 +958,7 @@ def show_jobs(args: argparse.Namespace, scheduler: str) -> int:
 def start_job(args: argparse.Namespace, scheduler: str) -> Tuple[Job, str, bool]:
     """The job to wait for, its name and whether it was there already (``--reuse``)."""
     if args.reuse:
-        row = choose_job(list_jobs(scheduler), list(JOB_NAMES.values()))
+        row = job_to_reuse(list_jobs(scheduler), list(JOB_NAMES.values()))
         if row:
             job = ExistingJob(scheduler, row, find_job_logs(scheduler, [row.job]).get(row.job, ""))
             say("Info", f"Found your Jupyter job {row.job} ({row.name}, {row.state}"

@@ -537,8 +537,8 @@ def test_parse_scontrol_stdout():
     ([jn.JobRow("61", "simulation", "running", "n1")], None),
     ([], None),
 ])
-def test_choose_job(rows, expected):
-    chosen = jn.choose_job(rows, list(jn.JOB_NAMES.values()))
+def test_job_to_reuse(rows, expected):
+    chosen = jn.job_to_reuse(rows, list(jn.JOB_NAMES.values()))
     assert (chosen.job if chosen else None) == expected
 
 
