@@ -638,6 +638,11 @@ def build_ssh_config(
     # with OpenSSH 9.2).  "no" still rides a master the user has open: a hop through it
     # needs no login.  Our own master is -M (the command line wins); the user's -o wins too.
     lines.append("ControlMaster no")
+    # INFO at least (the user's LogLevel ERROR or QUIET hides them): a jump host's "channel 0:
+    # open failed: connect failed: Name or service not known" is the only word of why it
+    # could not reach the next host.  ssh's stderr is the run's to read, never the user's
+    # terminal: the user sees the run's one line (explain_ssh_failure).
+    lines.append("LogLevel INFO")
     # an absolute path: a relative Include is taken relative to ~/.ssh
     include = build_include_path(os.path.abspath(user_config)) if user_config else "~/.ssh/config"
     lines.append(f"Include {include}")
@@ -771,8 +776,8 @@ def parse_ssh_error(lines: Iterable[str], returncode: int | None = None, hosts: 
         return explained
     useful = [line.strip() for line in lines if line.strip() and not line.startswith(SSH_NOISE)]
     useful = [line for line in useful if not line.startswith(SSH_CONSEQUENCES)] or useful
-    if useful:
-        return "; ".join(useful[:3])
+    if useful:  # the last ones: a login node's banner comes first, the reason last
+        return "; ".join(useful[-3:])
     if returncode is not None and returncode < 0:
         return f"ssh was killed by {signal.Signals(-returncode).name}"
     return "ssh gave no reason"

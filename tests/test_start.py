@@ -325,7 +325,9 @@ def test_stop_stops_the_chosen_server_and_opens_no_tunnel(tunnel, sshd, no_serve
     assert f"Info: Stopping the Jupyter server on {USER}@srv (pid {stopped.pid})..." in run.stderr
     assert "Info: The Jupyter server has stopped." in run.stderr
     assert run.lines.empty() and "Port used on localhost" not in run.stderr  # no tunnel, no URL
-    assert not stopped.alive and kept.alive and kept.api()[0] == 200
+    # jupyter removes its runtime file (what the run waits for) just before its process ends
+    wait_for(lambda: not stopped.alive, 10, what="the stopped server's process to end")
+    assert kept.alive and kept.api()[0] == 200
     assert len(sshd.logins_since(offset)) == 2  # gw and srv, once each
     run.assert_clean()
     # with several left and none chosen, nothing is stopped: the run asks for a choice
