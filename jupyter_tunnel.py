@@ -1292,8 +1292,6 @@ def wait_for_prompts(directory: str, timeout: float = 2.0) -> bool:
 # reached as ``-n NODE`` reaches one.
 AUTO_NODE = "auto"  # -n auto: the node of a running Jupyter job of the user
 DEFAULT_PYTHON = "python3"  # --python: the head's interpreter that runs jupyter_node.py
-# A job id (jupyter_node.JOB_ID_RE, always with fullmatch) ends up in messages and in the
-# qdel/scancel command we suggest: nothing else is let through.
 JOB_STATES = ("ready", "running", "pending", "failed")  # jupyter_node.py --json's words
 DEFAULT_WARN_BEFORE = 10.0  # minutes: the first warning before the job's time limit
 LAST_WARNING = 2.0  # minutes: the last one
@@ -1370,14 +1368,9 @@ def build_node_program(args: Sequence[str], source: str) -> str:
     return fill_script(NODE_BOOTSTRAP, {"MARK": MARK, "ARGS": ascii(list(args)), "SOURCE": ascii(source)})
 
 
-def build_node_command(python: str) -> str:
-    """The remote command: the head's python reading its program on stdin."""
-    return f"{shlex.quote(python)} -"
-
-
 def build_node_argv(ssh: str, config: str, control: str, route: Route, python: str) -> list[str]:
     """argv of the ssh that runs the head's python through the master (its program on stdin)."""
-    return build_mux_argv(ssh, config, control, route, "-T", "--") + [build_node_command(python)]
+    return build_mux_argv(ssh, config, control, route, "-T", "--") + [f"{shlex.quote(python)} -"]
 
 
 def build_submit_args(options: ClusterOptions, timeout: float) -> list[str]:
@@ -1537,13 +1530,11 @@ def format_job_table(jobs: Sequence[ClusterJob], servers: Mapping[str, Sequence[
     each job, and the servers found on its node (None: the node could not be asked)."""
     rows = [("#", "JOB", "NAME", "STATE", "NODE", "TIME LEFT", "SERVERS")]
     for number, job in enumerate(jobs, 1):
-        left = format_time_left(job.time_left)
         found = servers.get(job.node, ())
-        if found is None:
-            ports = "?"
-        else:
-            ports = ", ".join(f"{s.sock or s.port} {s.app}" for s in found) or ("-" if job.node else job.reason or "-")
-        rows.append((str(number), job.job, job.name or "?", job.state, job.node or "-", left, ports))
+        ports = "?" if found is None else \
+            ", ".join(f"{s.sock or s.port} {s.app}" for s in found) or ("-" if job.node else job.reason or "-")
+        rows.append((str(number), job.job, job.name or "?", job.state, job.node or "-",
+                     format_time_left(job.time_left), ports))
     return format_table(rows)
 
 
