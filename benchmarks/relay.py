@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO))
 import jupyter_tunnel as jt  # noqa: E402
 import realenv  # noqa: E402
 from helpers import free_port, wait_for  # noqa: E402
-from tunnelrun import Tunnel  # noqa: E402
+from tunnelrun import TunnelRun  # noqa: E402
 
 USER = realenv.MULTI_USER
 ROUTES = {1: ("srv",), 2: ("gw", "srv")}
@@ -110,7 +110,7 @@ def median_range(values: Sequence[float], digits: int = 3) -> str:
 def measure(hops: int, sshd: realenv.SshServer, server: realenv.JupyterProc, size: int,
             runs: int, requests: int) -> Dict[str, Dict[str, List[float]]]:
     """The samples of one route: {"relay"|"direct": {"download"|"new"|"alive": [...]}}."""
-    run = Tunnel(sshd.config, "-s", *[f"{USER}@{host}" for host in ROUTES[hops]])
+    run = TunnelRun(sshd.config, "-s", *[f"{USER}@{host}" for host in ROUTES[hops]])
     try:
         url = run.url(timeout=60)
         relay_port = urllib.parse.urlsplit(url).port

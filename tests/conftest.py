@@ -16,7 +16,7 @@ Everything runs on this machine, as root (tests/run.sh installs what is needed):
   ``jtnologin`` can log in but run no command (login shell /bin/false, nologin).
 * Jupyter servers are the real ``jupyter server``/``jupyter lab`` of the venv that
   runs pytest, started as the test user; they write their real runtime files.
-* ``tunnel`` runs jupyter_tunnel.py (tests/tunnelrun.py's ``Tunnel``) and ``shutdown``
+* ``tunnel`` runs jupyter_tunnel.py (tests/tunnelrun.py's ``TunnelRun``) and ``shutdown``
   jupyter_tunnel_shutdown.py, both on the test's own ``registry``; ``forged_file`` and
   ``hung_server`` put a fake Jupyter (a sleeping process and a runtime file) on a test user.
 * the clusters (Grid Engine, Slurm) are in tests/cluster_fixtures.py, a plugin.
@@ -69,7 +69,7 @@ from realenv import (  # noqa: F401
     stop_leftovers,
 )
 from helpers import user_processes
-from tunnelrun import SHUTDOWN, Tunnel
+from tunnelrun import SHUTDOWN, TunnelRun
 
 # fixtures that live in modules of their own, registered as pytest plugins
 pytest_plugins = ["cluster_fixtures"]  # the clusters (Grid Engine, Slurm) for jupyter_node.py
@@ -284,13 +284,13 @@ def registry() -> Iterator[str]:
 
 
 @pytest.fixture
-def tunnel(sshd: SshServer, registry: str) -> Iterator[Callable[..., Tunnel]]:
-    """tunnel(*args, registry_dir=registry, stdin=None, env=None) -> Tunnel: jupyter_tunnel.py with the
+def tunnel(sshd: SshServer, registry: str) -> Iterator[Callable[..., TunnelRun]]:
+    """tunnel(*args, registry_dir=registry, stdin=None, env=None) -> TunnelRun: jupyter_tunnel.py with the
     fixtures' ssh config, registering in the test's registry as one user's tunnels share one; killed at teardown."""
-    started: List[Tunnel] = []
+    started: List[TunnelRun] = []
 
-    def start(*args: str, registry_dir: str = registry, **kwargs: Any) -> Tunnel:
-        run = Tunnel(sshd.config, *args, registry=registry_dir, **kwargs)
+    def start(*args: str, registry_dir: str = registry, **kwargs: Any) -> TunnelRun:
+        run = TunnelRun(sshd.config, *args, registry=registry_dir, **kwargs)
         started.append(run)
         return run
 

@@ -21,7 +21,7 @@ import jupyter_tunnel as jt
 from conftest import TEST_PASSWORD
 from helpers import wait_for
 from realenv import CODE_PROMPT, FORWARD_PASS_PROMPT
-from tunnelrun import Terminal, Tunnel, get_status
+from tunnelrun import Terminal, TunnelRun, get_status
 
 pytestmark = pytest.mark.integration
 
@@ -166,7 +166,7 @@ def test_no_terminal_no_prompt_based_login(twofa, jtuser_server):
     """4 and 6. No terminal and no -p: no empty answers to the prompts (each a failed attempt),
     and the error says what to do instead."""
     offset = twofa.log_offset()
-    run = Tunnel(twofa.config, "-s", "tgw", "srv")
+    run = TunnelRun(twofa.config, "-s", "tgw", "srv")
     try:
         assert run.wait() == jt.EXIT_CONNECT
         last = run.stderr.splitlines()[-1]
@@ -185,7 +185,7 @@ def test_dash_p_without_a_terminal_spends_no_attempt_on_a_code(twofa):
     """4. -p without a terminal (the password on stdin): the code cannot be asked, and the login
     ends before ssh sends an empty answer, which would be a failed attempt."""
     offset = twofa.log_offset()
-    run = Tunnel(twofa.config, "-p", "-s", "tgw", "srv", stdin=TEST_PASSWORD + "\n")
+    run = TunnelRun(twofa.config, "-p", "-s", "tgw", "srv", stdin=TEST_PASSWORD + "\n")
     try:
         assert run.wait() == jt.EXIT_CONNECT
         last = run.stderr.splitlines()[-1]

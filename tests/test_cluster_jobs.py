@@ -26,7 +26,7 @@ import jupyter_tunnel as jt
 import pythons
 from cluster import ClusterUser
 from helpers import wait_for
-from tunnelrun import SHUTDOWN, Tunnel, get_status
+from tunnelrun import SHUTDOWN, TunnelRun, get_status
 
 pytestmark = pytest.mark.integration
 
@@ -39,14 +39,14 @@ def activate(user: ClusterUser) -> str:
     return f". {user.venv}/bin/activate"
 
 
-def job_of(tunnel: Tunnel) -> str:
+def job_of(tunnel: TunnelRun) -> str:
     """The job id the tunnel's Info line names."""
     found = JOB_RE.search(tunnel.stderr)
     assert found, tunnel.stderr
     return found.group(2)
 
 
-def ready(tunnel: Tunnel) -> dict:
+def ready(tunnel: TunnelRun) -> dict:
     """The --json object printed once the tunnel answers; the page answers through its URL."""
     # the job's wait (-w) and the tunnel's: a run that fails says so at once
     wait_for(lambda: not tunnel.lines.empty() or tunnel.process.poll() is not None, 180, interval=0.2,
@@ -57,9 +57,9 @@ def ready(tunnel: Tunnel) -> dict:
     return info
 
 
-def run_to_the_end(hosts, *args: str, timeout: float = 60) -> Tunnel:
+def run_to_the_end(hosts, *args: str, timeout: float = 60) -> TunnelRun:
     """A run that must end by itself (an error): its exit code and stderr are then read."""
-    with Tunnel(hosts.config, "-s", "gw", "head", *args) as tunnel:
+    with TunnelRun(hosts.config, "-s", "gw", "head", *args) as tunnel:
         tunnel.wait(timeout)
     return tunnel
 
@@ -71,8 +71,8 @@ def submit_find_and_cancel(hosts, cluster, user: ClusterUser, scheduler: str, ru
     run of its own with --job ID --stop (``cancel_with``)."""
     assert hosts.ssh("-J", "gw", "head", "command -v jupyter-node jupyter_node.py").stdout == ""  # not installed
     offsets = hosts.log_offsets()
-    with Tunnel(hosts.config, "-s", "gw", "head", "--submit", "-t", "lab", "--pre", activate(user),
-                "--scheduler", scheduler, "-w", WAIT, "--json") as first:
+    with TunnelRun(hosts.config, "-s", "gw", "head", "--submit", "-t", "lab", "--pre", activate(user),
+                   "--scheduler", scheduler, "-w", WAIT, "--json") as first:
         info = ready(first)
         job = job_of(first)
         assert (info["job"], info["scheduler"], info["remote_host"]) == (job, scheduler, "node")
@@ -93,16 +93,16 @@ def submit_find_and_cancel(hosts, cluster, user: ClusterUser, scheduler: str, ru
     assert f"{info['remote_port']} lab" in listed.lines.queue[1]
 
     # from "another machine": -n auto (or --job ID) finds the job and reaches the same server
-    with Tunnel(hosts.config, "-s", "gw", "head", *(["-n", "auto"] if find == "auto" else ["--job", job]),
-                "--scheduler", scheduler, "--json") as again:
+    with TunnelRun(hosts.config, "-s", "gw", "head", *(["-n", "auto"] if find == "auto" else ["--job", job]),
+                   "--scheduler", scheduler, "--json") as again:
         assert ready(again)["url"].split("?")[1] == info["url"].split("?")[1]  # the same token
         assert job_of(again) == job
         assert again.stop(signal.SIGINT) == jt.EXIT_OK
 
     # --submit again attaches to it (and says so); --stop-server then cancels the job
     stop_server = ["--stop-server"] if cancel_with == "--stop-server" else []
-    with Tunnel(hosts.config, "-s", "gw", "head", "--submit", "-t", "lab", "--pre", activate(user),
-                "--scheduler", scheduler, "-w", WAIT, "--json", *stop_server) as third:
+    with TunnelRun(hosts.config, "-s", "gw", "head", "--submit", "-t", "lab", "--pre", activate(user),
+                   "--scheduler", scheduler, "-w", WAIT, "--json", *stop_server) as third:
         ready(third)
         assert f"Info: Your Jupyter job {job} (jp-lab) already runs on node: attaching to it instead of " \
                "submitting another (--new submits one)." in third.stderr
@@ -134,9 +134,9 @@ def test_sge_short_job_warns_then_the_tunnel_closes_when_it_ends(sge_netns, clus
     hosts, cell = sge_netns
     # h_rt 100 s, --warn-before 1: the 2-minute mark has passed at the start (a warning at once),
     # the 1-minute one comes while the tunnel runs; then the job's end closes the tunnel
-    with Tunnel(hosts.config, "-s", "gw", "head", "--submit", "-t", "lab", "--pre", activate(cluster_user),
-                "--scheduler", "sge", "-r", "h_rt=0:1:40", "-w", WAIT, "--warn-before", "1",
-                "--check-interval", "1", "--json") as tunnel:
+    with TunnelRun(hosts.config, "-s", "gw", "head", "--submit", "-t", "lab", "--pre", activate(cluster_user),
+                   "--scheduler", "sge", "-r", "h_rt=0:1:40", "-w", WAIT, "--warn-before", "1",
+                   "--check-interval", "1", "--json") as tunnel:
         info = ready(tunnel)
         job = job_of(tunnel)
         assert re.search(rf"Info: Running in sge job {job} \(jp-lab\) on node: (1 min|\d+ s) left", tunnel.stderr)
@@ -204,8 +204,8 @@ def test_slurm_two_jobs_on_one_node_auto_takes_the_picked_jobs_own_server(slurm_
     hosts, cluster = slurm_netns
     tokens = {}  # job id -> its server's token
     for _ in range(2):
-        with Tunnel(hosts.config, "-s", "gw", "head", "--submit", "--new", "-t", "lab", "--pre",
-                    activate(cluster_user), "--scheduler", "slurm", "-w", WAIT, "--json") as run:
+        with TunnelRun(hosts.config, "-s", "gw", "head", "--submit", "--new", "-t", "lab", "--pre",
+                       activate(cluster_user), "--scheduler", "slurm", "-w", WAIT, "--json") as run:
             url = ready(run)["url"]
             tokens[job_of(run)] = url.split("?")[1]
             assert run.stop(signal.SIGINT) == jt.EXIT_OK
@@ -218,8 +218,8 @@ def test_slurm_two_jobs_on_one_node_auto_takes_the_picked_jobs_own_server(slurm_
     # --pick N: that job, and on the node both share, that job's own server
     picked_jobs = []
     for pick in ("1", "2"):
-        with Tunnel(hosts.config, "-s", "gw", "head", "-n", "auto", "--pick", pick, "--scheduler", "slurm",
-                    "--json") as picked:
+        with TunnelRun(hosts.config, "-s", "gw", "head", "-n", "auto", "--pick", pick, "--scheduler", "slurm",
+                       "--json") as picked:
             url = ready(picked)["url"]
             picked_jobs.append(job_of(picked))
             assert url.split("?")[1] == tokens[picked_jobs[-1]], picked.stderr
@@ -253,9 +253,9 @@ def test_sge_submit_with_a_python36_head(sge_netns, cluster_user: ClusterUser, h
     hosts, cell = sge_netns
     version = hosts.ssh("-J", "gw", "head", f"{head_python36} -c 'import sys; print(sys.version_info[:2])'")
     assert version.stdout.strip() == "(3, 6)", version.stderr
-    with Tunnel(hosts.config, "-s", "gw", "head", "--submit", "--python", head_python36, "-t", "lab",
-                "--pre", activate(cluster_user), "--scheduler", "sge", "-w", WAIT, "--json",
-                "--stop-server") as tunnel:
+    with TunnelRun(hosts.config, "-s", "gw", "head", "--submit", "--python", head_python36, "-t", "lab",
+                   "--pre", activate(cluster_user), "--scheduler", "sge", "-w", WAIT, "--json",
+                   "--stop-server") as tunnel:
         info = ready(tunnel)
         job = job_of(tunnel)
         assert (info["job"], info["remote_host"]) == (job, "node")

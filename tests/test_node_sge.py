@@ -26,7 +26,7 @@ from helpers import tcp_open, wait_for
 from jupyter_node import parse_log
 from netns import ADDRESSES
 from realenv import run
-from tunnelrun import Tunnel, check_printed_command, get_status, local_port_of, through_gateway
+from tunnelrun import TunnelRun, check_printed_command, get_status, local_port_of, through_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +65,7 @@ def test_lab_on_the_node_through_the_tunnel_then_qdel(sge_cluster: SgeCluster, c
 
     # on "the laptop": the printed command, through a gateway as well
     offset = sshd.log_offset()
-    tunnel = Tunnel(user.client_config, *through_gateway(done.stdout))
+    tunnel = TunnelRun(user.client_config, *through_gateway(done.stdout))
     try:
         url = tunnel.url(timeout=60)
         assert url == f"http://localhost:{local_port_of(url)}/?token={token}"

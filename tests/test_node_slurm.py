@@ -22,7 +22,7 @@ import jupyter_tunnel as jt
 from cluster import ClusterUser, SlurmCluster, check_listed_reused_cancelled, logins_by_target, parse_node_report
 from helpers import tcp_open, wait_for
 from netns import ADDRESSES
-from tunnelrun import Tunnel, check_printed_command, get_status, local_port_of
+from tunnelrun import TunnelRun, check_printed_command, get_status, local_port_of
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,7 @@ def test_lab_batch_job_through_the_tunnel_then_scancel(slurm_cluster: SlurmClust
     assert token not in done.stdout + done.stderr
 
     offset = sshd.log_offset()
-    tunnel = Tunnel(user.client_config, *shlex.split(done.stdout)[1:])
+    tunnel = TunnelRun(user.client_config, *shlex.split(done.stdout)[1:])
     try:
         url = tunnel.url(timeout=60)
         assert url == f"http://localhost:{local_port_of(url)}/?token={token}"
@@ -167,9 +167,9 @@ def test_submit_pre_with_a_comment_or_a_background_command_starts_the_server(slu
     """jupyter-tunnel --submit: each --pre runs on its own in the job script, as with --start:
     a trailing comment no longer eats the `exec jupyter`, and `CMD &` is no syntax error."""
     user = cluster_user
-    with Tunnel(user.client_config, "-s", f"{user.name}@{user.head}", "--submit", "--scheduler", "slurm",
-                "-t", "lab", "--pre", f". {user.venv}/bin/activate", "--pre", "true # a comment",
-                "--pre", "sleep 1000 &", "-w", f"{SERVER_TIMEOUT:g}", "--json", "--stop-server") as run:
+    with TunnelRun(user.client_config, "-s", f"{user.name}@{user.head}", "--submit", "--scheduler", "slurm",
+                   "-t", "lab", "--pre", f". {user.venv}/bin/activate", "--pre", "true # a comment",
+                   "--pre", "sleep 1000 &", "-w", f"{SERVER_TIMEOUT:g}", "--json", "--stop-server") as run:
         info = json.loads(run.url(timeout=SERVER_TIMEOUT + 60))
         assert get_status(info["url"])[0] == 200, run.stderr
         job = info["job"]
@@ -183,8 +183,8 @@ def test_submit_pre_whose_dot_fails_says_which_and_why(slurm_cluster: SlurmClust
     with `command eval`, so the error names the command, with the shell's own words."""
     user = cluster_user
     started = time.monotonic()
-    with Tunnel(user.client_config, "-s", f"{user.name}@{user.head}", "--submit", "--scheduler", "slurm",
-                "--pre", ". /nonexistent/activate", "-w", f"{SERVER_TIMEOUT:g}") as run:
+    with TunnelRun(user.client_config, "-s", f"{user.name}@{user.head}", "--submit", "--scheduler", "slurm",
+                   "--pre", ". /nonexistent/activate", "-w", f"{SERVER_TIMEOUT:g}") as run:
         assert run.wait(SERVER_TIMEOUT + 60) == jt.EXIT_START, run.stderr
     assert time.monotonic() - started < SERVER_TIMEOUT / 2  # told by the job at once, not at -w
     [error] = [line for line in run.stderr.splitlines() if line.startswith("Error: ")]

@@ -23,7 +23,7 @@ import pytest
 import jupyter_tunnel as jt
 import jupyter_tunnel_shutdown as sd
 from helpers import port_is_free, wait_for
-from tunnelrun import Tunnel, get_status
+from tunnelrun import TunnelRun, get_status
 
 pytestmark = pytest.mark.integration
 
@@ -233,7 +233,7 @@ def test_a_registry_other_users_can_write_is_not_used(tunnel, shutdown, jtuser_s
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def start_connecting(tunnel, registry: str, *args: str) -> tuple[Tunnel, dict]:
+def start_connecting(tunnel, registry: str, *args: str) -> tuple[TunnelRun, dict]:
     """A run waiting for a server that never answers, its port forwarded, its entry "connecting"."""
     run = tunnel(*args, "-s", "jtnone@srv")
 

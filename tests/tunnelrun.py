@@ -1,5 +1,5 @@
 """Running jupyter_tunnel.py as a user would, for the integration tests (and the checks
-they share): the ``Tunnel`` driver, the page check through the tunnel, and the check of
+they share): the ``TunnelRun`` driver, the page check through the tunnel, and the check of
 the command ``jupyter-node`` prints, run through a gateway."""
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ READY_TIMEOUT = 30.0
 # A program that runs a tunnel inside itself, as the README allows
 IN_PROCESS = "import sys, jupyter_tunnel; sys.exit(jupyter_tunnel.main(sys.argv[1:]))"
 
-class Tunnel:
+
+class TunnelRun:
     """A running jupyter_tunnel.py, with its output collected as it comes."""
 
     def __init__(self, config: "str | os.PathLike[str]", *args: str, stdin: str | None = None, env: dict | None = None,
@@ -119,14 +120,14 @@ class Tunnel:
         """The registry entries of running tunnels."""
         return [json.loads((Path(self.registry) / name).read_text()) for name in os.listdir(self.registry)]
 
-    def __enter__(self) -> "Tunnel":
+    def __enter__(self) -> "TunnelRun":
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.kill()
 
     def kill(self) -> None:
-        """Last-resort cleanup for a failed test (and the end of ``with Tunnel(...) as run:``)."""
+        """Last-resort cleanup for a failed test (and the end of ``with TunnelRun(...) as run:``)."""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
@@ -178,7 +179,7 @@ def check_printed_command(hosts, printed: str, token: str, user: str) -> None:
     gw: the page answers, one login per host (the head's own into the node with the agent),
     and Ctrl+C leaves nothing behind."""
     offsets = hosts.log_offsets()
-    tunnel = Tunnel(hosts.config, *through_gateway(printed))
+    tunnel = TunnelRun(hosts.config, *through_gateway(printed))
     try:
         url = tunnel.url(timeout=60)
         assert url == f"http://localhost:{local_port_of(url)}/?token={token}"
@@ -192,7 +193,7 @@ def check_printed_command(hosts, printed: str, token: str, user: str) -> None:
 
 class Terminal:
     """jupyter_tunnel.py on a pseudo-terminal, as a person at a terminal runs it (a private
-    TMPDIR, as ``Tunnel``'s: the run's processes are found by it)."""
+    TMPDIR, as ``TunnelRun``'s: the run's processes are found by it)."""
 
     def __init__(self, *args: str, env: dict | None = None, argv: list[str] | None = None) -> None:
         import pty
