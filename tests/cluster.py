@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from helpers import process_state, tail, wait_for
+from helpers import alive, tail, wait_for
 from realenv import LISTEN_ADDRESSES, SetupError, SshServer, UserAccount, run
 
 CLUSTER_USER = "jtcluster"  # submits jobs; never has a Jupyter server outside a test
@@ -54,7 +54,7 @@ def daemon_pid(pidfile: Path, comm: str) -> Optional[int]:
         name = Path(f"/proc/{pid}/comm").read_text().strip()
     except (OSError, ValueError, IndexError):
         return None
-    return pid if name == comm[:15] and process_state(pid) not in ("Z", None) else None
+    return pid if name == comm[:15] and alive(pid) else None
 
 
 def stop_pid(pid: int, timeout: float = 15.0) -> None:
@@ -65,7 +65,7 @@ def stop_pid(pid: int, timeout: float = 15.0) -> None:
         return
 
     try:
-        wait_for(lambda: process_state(pid) in ("Z", None), timeout, interval=0.1, what=f"pid {pid} to exit")
+        wait_for(lambda: not alive(pid), timeout, interval=0.1, what=f"pid {pid} to exit")
     except AssertionError:
         os.kill(pid, 9)
 

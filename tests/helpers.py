@@ -116,6 +116,11 @@ def process_state(pid: "int | str") -> Optional[str]:
         return None
 
 
+def alive(pid: "int | str") -> bool:
+    """Whether process ``pid`` runs (a zombie does not: its cleanup is over)."""
+    return process_state(pid) not in ("Z", None)
+
+
 def tail(path: "str | os.PathLike[str]", lines: int = 40) -> str:
     """Return the last `lines` lines of a text file, or a note that it cannot be read."""
     try:

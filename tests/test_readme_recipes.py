@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import wait_for
+from helpers import alive, wait_for
 from tunnelrun import SCRIPT, get_status
 
 pytestmark = pytest.mark.integration
@@ -26,15 +26,6 @@ pytestmark = pytest.mark.integration
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 RECIPE_RE = re.compile(r"`(exec 3< <\(jupyter-tunnel [^`]*)`")
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not: its cleanup is over)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_script_recipe_reads_the_url_while_the_tunnel_keeps_running(sshd, jtuser_server, registry, shutdown):

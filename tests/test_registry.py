@@ -22,7 +22,7 @@ import pytest
 
 import jupyter_tunnel as jt
 import jupyter_tunnel_shutdown as sd
-from helpers import port_is_free, wait_for
+from helpers import alive, port_is_free, wait_for
 from tunnelrun import TunnelRun, get_status
 
 pytestmark = pytest.mark.integration
@@ -48,11 +48,6 @@ def orphans():
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not count)."""
-    return sd.process_info(pid) is not None
 
 
 def dead_pid() -> int:

@@ -19,7 +19,7 @@ import urllib.parse
 from pathlib import Path
 
 import jupyter_tunnel as jt
-from helpers import http_get, process_state, wait_for
+from helpers import alive, http_get, wait_for
 
 SCRIPT = Path(__file__).resolve().parent.parent / "jupyter_tunnel.py"
 SHUTDOWN = SCRIPT.with_name("jupyter_tunnel_shutdown.py")
@@ -103,7 +103,7 @@ class TunnelRun:
                 cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if self.tmp in cmdline and process_state(entry) not in ("Z", None) and int(entry) != self.process.pid:
+            if self.tmp in cmdline and alive(entry) and int(entry) != self.process.pid:
                 found.append(f"{entry}: {cmdline}")
         return found
 
@@ -290,7 +290,7 @@ class Terminal:
             except OSError:
                 continue
             if (self.tmp in cmdline and word in cmdline and int(entry) != self.pid
-                    and process_state(entry) not in ("Z", None)):
+                    and alive(entry)):
                 found.append((int(entry), cmdline))
         return found
 
