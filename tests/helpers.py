@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import random
 import socket
 import time
@@ -43,6 +44,11 @@ def user_processes(uid: int, word: str = "jupyter") -> Dict[int, str]:
         if word in cmdline:
             found[pid] = cmdline
     return found
+
+
+def jupyter_processes(user: str) -> Dict[int, str]:
+    """The processes of the account ``user`` whose command line mentions jupyter, pid -> command line."""
+    return user_processes(pwd.getpwnam(user).pw_uid)
 
 
 def wait_for(

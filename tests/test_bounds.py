@@ -26,9 +26,9 @@ import pytest
 import helpers
 import jupyter_tunnel as jt
 from helpers import wait_for
+from realenv import MULTI_USER
 from tunnelrun import SCRIPT
 
-USER = "jtmulti"
 MAX_RSS_KIB = 200 * 1024  # a generous bound: the tool needs ~30 MB; unbounded reads took GBs
 # The tool runs with its address space limited: a regression that reads without bound then
 # fails this test with a MemoryError, rather than the machine with an OOM.
@@ -86,7 +86,7 @@ def remote_programs(sshd) -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="jt-hostile-", dir="/tmp"))
     path.chmod(0o755)
     yield path
-    uid = pwd.getpwnam(USER).pw_uid
+    uid = pwd.getpwnam(MULTI_USER).pw_uid
     for pid in helpers.user_processes(uid, str(path)):
         try:
             os.kill(pid, signal.SIGKILL)
@@ -120,11 +120,11 @@ SLEEPS = "exec python3 -c 'import time; time.sleep(1000)' {dir}"
 def test_a_head_python_that_hangs_or_floods_ends_the_run(sshd, remote_programs, body, said):
     python = program(remote_programs, "python", body.format(dir=remote_programs))
     # -w 1: jupyter_node.py gets --timeout + NODE_GRACE (60 s) in all, as for a hung scheduler
-    ended = run_measured(sshd.config, "-s", f"{USER}@srv", "--submit", "--python", python, "-w", "1",
+    ended = run_measured(sshd.config, "-s", f"{MULTI_USER}@srv", "--submit", "--python", python, "-w", "1",
                          timeout=1 + jt.NODE_GRACE + 60)
     assert ended.code == jt.EXIT_ERROR, ended.stderr
     [error] = [line for line in ended.stderr.splitlines() if line.startswith("Error: ")]
-    assert error.startswith(f"Error: jupyter_node.py on {USER}@srv (submitting the job) {said}"), ended.stderr
+    assert error.startswith(f"Error: jupyter_node.py on {MULTI_USER}@srv (submitting the job) {said}"), ended.stderr
     assert "Traceback" not in ended.stderr
     assert ended.seconds < 1 + jt.NODE_GRACE + 30  # its bound, and a generous margin
     assert ended.max_rss_kib < MAX_RSS_KIB, ended
@@ -133,10 +133,10 @@ def test_a_head_python_that_hangs_or_floods_ends_the_run(sshd, remote_programs, 
 def test_a_runtime_file_larger_than_any_answer_ends_the_discovery(sshd, forged_file):
     # a live "jupyter" process of jtmulti whose runtime file is 5 MB: the discovery prints it
     forged_file('{"port": 1, "x": "' + "x" * 5_000_000 + '", "pid": @PID@}')
-    ended = run_measured(sshd.config, "-s", f"{USER}@srv", timeout=60)
+    ended = run_measured(sshd.config, "-s", f"{MULTI_USER}@srv", timeout=60)
     assert ended.code == jt.EXIT_ERROR, ended.stderr
     [error] = [line for line in ended.stderr.splitlines() if line.startswith("Error: ")]
-    assert error == (f"Error: looking for Jupyter servers on {USER}@srv sent more than 4 MiB of output, "
+    assert error == (f"Error: looking for Jupyter servers on {MULTI_USER}@srv sent more than 4 MiB of output, "
                      "which no answer of ours is: stopped reading it"), ended.stderr
     assert ended.max_rss_kib < MAX_RSS_KIB, ended
 

@@ -8,18 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-
-from helpers import wait_for
+from helpers import jupyter_processes, wait_for
 from realenv import MULTI_USER
 from tunnelrun import get_status
 
 DEMO = Path(__file__).resolve().parent / "demo.py"
-
-
-def jupyter_pids(user: str) -> list[str]:
-    """Pids of the user's Jupyter processes."""
-    done = subprocess.run(["pgrep", "-u", user, "-f", "jupyter"], capture_output=True, text=True)
-    return done.stdout.split()
 
 
 def test_demo_serves_the_lab_through_two_hops_and_takes_it_all_down(test_users, jupyter_venv):
@@ -32,12 +25,12 @@ def test_demo_serves_the_lab_through_two_hops_and_takes_it_all_down(test_users, 
         assert url.startswith("http://localhost:"), demo.stderr.read() if demo.poll() is not None else url
         status, body = get_status(url)
         assert status == 200 and "started" in body
-        assert jupyter_pids(MULTI_USER)
+        assert jupyter_processes(MULTI_USER)
         os.killpg(demo.pid, signal.SIGINT)  # Ctrl+C in the demo's terminal
         assert demo.wait(timeout=60) == 0
         stderr = demo.stderr.read()
         assert "Info: Closing the tunnel." in stderr and "[demo] taking down Jupyter and sshd..." in stderr
-        wait_for(lambda: not jupyter_pids(MULTI_USER), 10, what="the demo's JupyterLab to stop")
+        wait_for(lambda: not jupyter_processes(MULTI_USER), 10, what="the demo's JupyterLab to stop")
     finally:
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)

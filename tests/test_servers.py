@@ -20,10 +20,10 @@ import pytest
 
 import jupyter_tunnel as jt
 from helpers import free_port, wait_for
+from realenv import MULTI_USER
 from tunnelrun import SCRIPT, Terminal, get_status, local_port_of
 
 pytestmark = pytest.mark.integration
-USER = "jtmulti"
 # notebook < 7 lives in its own venv (tests/run.sh makes it): it cannot share one with
 # jupyter_server 2 and notebook 7
 NB6_VENV = Path(os.environ.get("JT_TEST_NB6_VENV", "/opt/jupyter-tunnel-test-nb6"))
@@ -31,7 +31,7 @@ NB6_VENV = Path(os.environ.get("JT_TEST_NB6_VENV", "/opt/jupyter-tunnel-test-nb6
 
 def list_servers(config, *args: str) -> subprocess.CompletedProcess:
     """Run ``jupyter_tunnel.py --list`` against jtmulti@srv."""
-    return subprocess.run([sys.executable, str(SCRIPT), "-F", str(config), "-s", f"{USER}@srv", "--list", *args],
+    return subprocess.run([sys.executable, str(SCRIPT), "-F", str(config), "-s", f"{MULTI_USER}@srv", "--list", *args],
                           capture_output=True, text=True, timeout=60, env=dict(os.environ, NO_COLOR="1"))
 
 
@@ -80,7 +80,7 @@ def test_choose_by_port_dir_or_pick(tunnel, sshd, two_servers, how):
     option = {"port": ["--port", str(wanted.info["port"])], "dir": ["--dir", wanted.root_dir.name],
               "pick": ["--pick", "2"]}[how]
     offset = sshd.log_offset()
-    run = tunnel("-s", f"{USER}@srv", *option)
+    run = tunnel("-s", f"{MULTI_USER}@srv", *option)
     url = run.url()
     assert url.endswith(f"?token={wanted.info['token']}")
     assert get_status(url)[0] == 200
@@ -90,22 +90,23 @@ def test_choose_by_port_dir_or_pick(tunnel, sshd, two_servers, how):
 
 
 def test_several_servers_without_a_terminal_is_an_error(tunnel, two_servers):
-    run = tunnel("-s", f"{USER}@srv")
+    run = tunnel("-s", f"{MULTI_USER}@srv")
     assert run.wait() == jt.EXIT_NO_SERVER
     assert run.stderr.splitlines()[-1] == (
-        f"Error: 2 Jupyter servers are running on {USER}@srv: choose one with --port PORT, --dir TEXT or --pick N")
+        f"Error: 2 Jupyter servers are running on {MULTI_USER}@srv: "
+        "choose one with --port PORT, --dir TEXT or --pick N")
     run.assert_clean()
 
 
 @pytest.mark.parametrize("option", [["--pick", "3"], ["--port", "1"], ["--dir", "no-such-dir"]])
 def test_a_choice_that_matches_nothing(tunnel, two_servers, option):
-    run = tunnel("-s", f"{USER}@srv", *option)
+    run = tunnel("-s", f"{MULTI_USER}@srv", *option)
     assert run.wait() == jt.EXIT_NO_SERVER
-    assert run.stderr.splitlines()[-1] == f"Error: no Jupyter server on {USER}@srv matches --port/--dir/--pick"
+    assert run.stderr.splitlines()[-1] == f"Error: no Jupyter server on {MULTI_USER}@srv matches --port/--dir/--pick"
 
 
 def test_a_choice_that_matches_several(tunnel, two_servers):
-    run = tunnel("-s", f"{USER}@srv", "--dir", "/home/")
+    run = tunnel("-s", f"{MULTI_USER}@srv", "--dir", "/home/")
     assert run.wait() == jt.EXIT_NO_SERVER
     assert "Error: 2 Jupyter servers match on" in run.stderr
 
@@ -114,7 +115,7 @@ def test_prompt_on_a_terminal(sshd, two_servers, tmp_path):
     """A person at a terminal is asked which server, by number."""
     wanted = two_servers[1]
     registry = tmp_path / "registry"
-    term = Terminal("-F", str(sshd.config), "-s", f"{USER}@srv", "-b", "none",
+    term = Terminal("-F", str(sshd.config), "-s", f"{MULTI_USER}@srv", "-b", "none",
                     env={"JUPYTER_TUNNEL_REGISTRY": str(registry)})
     try:
         term.read_until(b"Which server? [1-2] ")
@@ -131,7 +132,7 @@ def test_prompt_on_a_terminal(sshd, two_servers, tmp_path):
 def expect_page(tunnel, sshd, *args: str, token: str = "", status: int = 200) -> str:
     """Open a tunnel to jtmulti's one server, check the page answers, close it; returns stderr."""
     offset = sshd.log_offset()
-    run = tunnel("-s", "gw", f"{USER}@srv", *args)
+    run = tunnel("-s", "gw", f"{MULTI_USER}@srv", *args)
     url = run.url()
     assert local_port_of(url)
     if token:
@@ -170,8 +171,8 @@ def test_server_on_its_host_name(tunnel, sshd, start_jupyter):
 
 
 def test_unix_socket_server(tunnel, sshd, start_jupyter, test_users):
-    sock = Path(tempfile.mkdtemp(prefix="jts-", dir=test_users[USER].home)) / "j.sock"
-    os.chown(sock.parent, test_users[USER].uid, test_users[USER].gid)
+    sock = Path(tempfile.mkdtemp(prefix="jts-", dir=test_users[MULTI_USER].home)) / "j.sock"
+    os.chown(sock.parent, test_users[MULTI_USER].uid, test_users[MULTI_USER].gid)
     server = start_jupyter.typed("server", f"--sock={sock}")
     assert server.info["sock"] == str(sock)
     wait_for(sock.exists, 30, what="the socket")
@@ -191,7 +192,7 @@ def test_password_server(tunnel, sshd, start_jupyter):
 
 def test_server_with_a_base_url(tunnel, sshd, start_jupyter):
     server = start_jupyter.typed("server", "--ip=127.0.0.1", f"--port={free_port()}", "--ServerApp.base_url=/jt/base/")
-    run = tunnel("-s", f"{USER}@srv")
+    run = tunnel("-s", f"{MULTI_USER}@srv")
     url = run.url()
     assert url == f"http://localhost:{local_port_of(url)}/jt/base/?token={server.info['token']}"
     assert get_status(url)[0] == 200
@@ -199,7 +200,7 @@ def test_server_with_a_base_url(tunnel, sshd, start_jupyter):
 
 
 def test_https_server_with_a_self_signed_certificate(tunnel, sshd, start_jupyter, test_users):
-    account = test_users[USER]
+    account = test_users[MULTI_USER]
     certs = Path(tempfile.mkdtemp(prefix="jtc-", dir=account.home))
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
                     "/CN=localhost", "-keyout", str(certs / "key.pem"), "-out", str(certs / "cert.pem")],
@@ -209,7 +210,7 @@ def test_https_server_with_a_self_signed_certificate(tunnel, sshd, start_jupyter
     server = start_jupyter.typed("server", "--ip=127.0.0.1", f"--port={free_port()}",
                     f"--ServerApp.certfile={certs / 'cert.pem'}", f"--ServerApp.keyfile={certs / 'key.pem'}")
     assert server.info["secure"] is True
-    run = tunnel("-s", f"{USER}@srv")
+    run = tunnel("-s", f"{MULTI_USER}@srv")
     url = run.url()
     assert url.startswith("https://localhost:")
     assert "the browser will warn about it" in run.stderr
@@ -228,9 +229,9 @@ def test_https_server_with_a_self_signed_certificate(tunnel, sshd, start_jupyter
 
 def test_json_output_for_scripts(tunnel, start_jupyter):
     server = start_jupyter.typed("server", "--ip=127.0.0.1", f"--port={free_port()}")
-    run = tunnel("-s", f"{USER}@srv", "--json")
+    run = tunnel("-s", f"{MULTI_USER}@srv", "--json")
     info = json.loads(run.url())
-    assert info == {"url": info["url"], "local_port": local_port_of(info["url"]), "remote_host": f"{USER}@srv",
+    assert info == {"url": info["url"], "local_port": local_port_of(info["url"]), "remote_host": f"{MULTI_USER}@srv",
                     "remote_port": server.info["port"], "pid": run.process.pid}
     assert get_status(info["url"])[0] == 200
     assert run.stop() == jt.EXIT_OK
@@ -240,7 +241,7 @@ def test_a_truncated_runtime_file_is_skipped_with_a_warning(tunnel, start_jupyte
     server = start_jupyter.typed("server", "--ip=127.0.0.1", f"--port={free_port()}")
     # a live jupyter pid whose file was cut short (a full disk, a crash mid-write)
     broken = forged_file('{"port": 88')
-    run = tunnel("-s", f"{USER}@srv")
+    run = tunnel("-s", f"{MULTI_USER}@srv")
     assert run.url().endswith(f"?token={server.info['token']}")
     assert f"Warning: skipping unreadable Jupyter runtime file {broken}" in run.stderr
     assert run.stop() == jt.EXIT_OK
@@ -270,16 +271,16 @@ def test_a_server_that_refuses_connections_fails_fast(tunnel, forged_file):
 def test_discovery_works_whatever_the_login_shell(tunnel, sshd, start_jupyter, shell):
     """sshd hands the discovery command to the user's login shell: csh, fish and bash alike."""
     server = start_jupyter.typed("server", "--ip=127.0.0.1", f"--port={free_port()}")
-    subprocess.run(["usermod", "--shell", shell, USER], check=True)
+    subprocess.run(["usermod", "--shell", shell, MULTI_USER], check=True)
     try:
         done = list_servers(sshd.config, "--json")
         assert done.returncode == jt.EXIT_OK, done.stderr
         assert [s["port"] for s in json.loads(done.stdout)] == [server.info["port"]]
-        run = tunnel("-s", f"{USER}@srv")
+        run = tunnel("-s", f"{MULTI_USER}@srv")
         assert get_status(run.url())[0] == 200
         assert run.stop() == jt.EXIT_OK
     finally:
-        subprocess.run(["usermod", "--shell", "/bin/sh", USER], check=True)
+        subprocess.run(["usermod", "--shell", "/bin/sh", MULTI_USER], check=True)
 
 
 def test_control_characters_from_the_remote_are_shown_escaped(tunnel, sshd, start_jupyter, forged_file):
@@ -288,7 +289,7 @@ def test_control_characters_from_the_remote_are_shown_escaped(tunnel, sshd, star
     server = start_jupyter.typed("server", "--ip=127.0.0.1", f"--port={free_port()}")
     forged_file(dict(server.info, root_dir="/home/jtmulti/forged\nInfo: Open http://evil.example/\x1b[2J",
                      version="2.0\r\x1b]0;pwned\x07\x9b31m"))
-    run = tunnel("-s", f"{USER}@srv", "--dir", "forged")
+    run = tunnel("-s", f"{MULTI_USER}@srv", "--dir", "forged")
     url = run.url()
     assert get_status(url)[0] == 200  # the page itself works: only the text is odd
     assert run.stop() == jt.EXIT_OK
@@ -309,7 +310,7 @@ def test_runtime_files_that_could_mislead_are_skipped_with_a_warning(tunnel, sta
     redirect = forged_file(dict(server.info, base_url="@otherhost:9/"))
     huge_port = forged_file('{"pid": @PID@, "port": 1e999, "url": "http://localhost:1/", "token": "t"}')
     huge_pid = forged_file(f'{{"pid": 1e999, "port": {server.info["port"]}, "token": "t"}}')
-    run = tunnel("-s", f"{USER}@srv")
+    run = tunnel("-s", f"{MULTI_USER}@srv")
     url = run.url()
     assert url == f"http://localhost:{local_port_of(url)}/?token={server.info['token']}"
     assert get_status(url)[0] == 200
@@ -360,12 +361,12 @@ def test_a_port_answered_by_another_program_is_not_ready(tunnel, forged_file, we
     server, asked = web_server
     port = server.server_address[1]
     path = forged_file(dict(port=port, url=f"http://localhost:{port}/", token="t"))
-    run = tunnel("-s", f"{USER}@srv", "--timeout", "3")
+    run = tunnel("-s", f"{MULTI_USER}@srv", "--timeout", "3")
     assert run.wait() == jt.EXIT_TIMEOUT
     assert run.lines.empty()  # no URL: the tunnel was never ready
     pid = path.stem.split("-")[1]
     assert run.stderr.splitlines()[-1] == (
-        f"Error: localhost:{port} on {USER}@srv answered (HTTP 200), but not as a Jupyter server: another "
+        f"Error: localhost:{port} on {MULTI_USER}@srv answered (HTTP 200), but not as a Jupyter server: another "
         f"program listens there, maybe on the port of a Jupyter server that has stopped (its runtime file "
         f"says pid {pid})")
     assert "/api/status" in asked  # it was asked, and its answer was read

@@ -17,25 +17,19 @@ from pathlib import Path
 
 import pytest
 
-import helpers
-from helpers import wait_for
+import jupyter_tunnel as jt
+from helpers import free_port, jupyter_processes, wait_for
+from realenv import MULTI_USER
 from tunnelrun import SCRIPT, get_status
 
 pytestmark = pytest.mark.integration
 
-USER = "jtmulti"
 VENV = Path(sys.prefix)  # the venv running pytest: jupyter_server, jupyterlab, notebook 7
 NB6_VENV = Path("/opt/jupyter-tunnel-test-nb6")  # notebook 6, no jupyterlab
 ACTIVATE = f". {VENV}/bin/activate"
-EXIT_START = 9
 
 
-def user_processes(user: str = USER) -> dict[int, str]:
-    """The user's processes that mention jupyter, pid -> command line."""
-    return helpers.user_processes(pwd.getpwnam(user).pw_uid)
-
-
-def runtime_files(user: str = USER) -> list[Path]:
+def runtime_files(user: str = MULTI_USER) -> list[Path]:
     """The user's Jupyter runtime files."""
     directory = Path(pwd.getpwnam(user).pw_dir) / ".local/share/jupyter/runtime"
     return sorted(directory.glob("*server-*.json")) if directory.is_dir() else []
@@ -68,22 +62,23 @@ def listening_addresses(pid: int) -> set[str]:
 @pytest.fixture
 def no_server(sshd):
     """jtmulti runs no Jupyter server before the test; whatever the test started is gone after it."""
-    assert not user_processes(), f"{USER} already runs Jupyter: {user_processes()}"
+    assert not jupyter_processes(MULTI_USER), f"{MULTI_USER} already runs Jupyter: {jupyter_processes(MULTI_USER)}"
     for path in runtime_files():
         path.unlink()
     yield
-    for pid in user_processes():
+    for pid in jupyter_processes(MULTI_USER):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    wait_for(lambda: not user_processes(), 10, what=f"{USER}'s Jupyter processes to go")
+    wait_for(lambda: not jupyter_processes(MULTI_USER), 10, what=f"{MULTI_USER}'s Jupyter processes to go")
     for path in runtime_files():
         path.unlink()
-    shutil.rmtree(Path(pwd.getpwnam(USER).pw_dir) / ".local/state/jupyter-tunnel", ignore_errors=True)
+    shutil.rmtree(Path(pwd.getpwnam(MULTI_USER).pw_dir) / ".local/state/jupyter-tunnel", ignore_errors=True)
 
 
-@pytest.mark.parametrize("hosts", [[f"{USER}@srv"], ["gw", "head", f"{USER}@srv"]], ids=["direct", "2jumps"])
+@pytest.mark.parametrize("hosts", [[f"{MULTI_USER}@srv"], ["gw", "head", f"{MULTI_USER}@srv"]],
+                         ids=["direct", "2jumps"])
 def test_start_starts_a_server_that_outlives_the_tunnel(tunnel, sshd, no_server, hosts):
     offset = sshd.log_offset()
     run = tunnel("-s", *hosts, "--start", "--pre", ACTIVATE)
@@ -91,12 +86,13 @@ def test_start_starts_a_server_that_outlives_the_tunnel(tunnel, sshd, no_server,
     status, body = get_status(url)
     assert status == 200 and "started" in body
     assert len(sshd.logins_since(offset)) == len(hosts)  # the start went through the master
-    assert f"Info: No Jupyter server runs on {USER}@srv: starting jupyter lab in the home directory..." in run.stderr
+    assert (f"Info: No Jupyter server runs on {MULTI_USER}@srv: starting jupyter lab in the home directory..."
+            in run.stderr)
     [started] = [line for line in run.stderr.splitlines() if line.startswith("Info: Started jupyter lab (pid ")]
     pid = int(started.split("(pid ")[1].split(")")[0])
     log = Path(started.split("its log: ")[1])
     assert log.stat().st_mode & 0o777 == 0o600 and log.parent.stat().st_mode & 0o777 == 0o700
-    assert log.stat().st_uid == pwd.getpwnam(USER).pw_uid
+    assert log.stat().st_uid == pwd.getpwnam(MULTI_USER).pw_uid
     [address] = listening_addresses(pid)
     assert address.startswith("127.0.0.1:")  # never all interfaces
     [state] = run.states()
@@ -104,7 +100,7 @@ def test_start_starts_a_server_that_outlives_the_tunnel(tunnel, sshd, no_server,
     assert run.stop(signal.SIGINT) == 0
     assert "keeps running" in run.stderr
     run.assert_clean()
-    assert pid in user_processes()
+    assert pid in jupyter_processes(MULTI_USER)
     # a later run attaches to it, without --start
     again = tunnel("-s", *hosts)
     assert get_status(again.url())[0] == 200
@@ -113,19 +109,19 @@ def test_start_starts_a_server_that_outlives_the_tunnel(tunnel, sshd, no_server,
 
 
 def test_start_with_stop_server_leaves_nothing(tunnel, no_server):
-    run = tunnel("-s", "gw", f"{USER}@srv", "--start", "--stop-server", "-t", "server",
+    run = tunnel("-s", "gw", f"{MULTI_USER}@srv", "--start", "--stop-server", "-t", "server",
                  "--jupyter", f"{VENV}/bin/jupyter")
     assert get_status(run.url(timeout=90))[0] == 200
     assert runtime_files()
     assert run.stop(signal.SIGINT) == 0
     assert "The Jupyter server has stopped." in run.stderr
     run.assert_clean()
-    wait_for(lambda: not user_processes(), 10, what=f"{USER}'s Jupyter to exit")
+    wait_for(lambda: not jupyter_processes(MULTI_USER), 10, what=f"{MULTI_USER}'s Jupyter to exit")
     assert runtime_files() == []
 
 
 def test_stop_server_through_jupyter_tunnel_shutdown(tunnel, no_server):
-    run = tunnel("-s", f"{USER}@srv", "--start", "--stop-server", "--pre", ACTIVATE, "-t", "server")
+    run = tunnel("-s", f"{MULTI_USER}@srv", "--start", "--stop-server", "--pre", ACTIVATE, "-t", "server")
     assert get_status(run.url(timeout=90))[0] == 200
     shutdown = [sys.executable, str(SCRIPT.parent / "jupyter_tunnel_shutdown.py")]
     listed = subprocess.run([*shutdown, "--list"], env=run.env, capture_output=True, text=True, timeout=30)
@@ -139,35 +135,35 @@ def test_stop_server_through_jupyter_tunnel_shutdown(tunnel, no_server):
     assert run.wait(30) == 0
     assert "The Jupyter server has stopped." in run.stderr
     run.assert_clean()
-    wait_for(lambda: not user_processes(), 10, what=f"{USER}'s Jupyter to exit")
+    wait_for(lambda: not jupyter_processes(MULTI_USER), 10, what=f"{MULTI_USER}'s Jupyter to exit")
     assert runtime_files() == []
 
 
 def test_start_attaches_when_a_server_runs(tunnel, no_server, start_jupyter):
-    server = start_jupyter(USER)
-    run = tunnel("-s", f"{USER}@srv", "--start", "--pre", ACTIVATE)
+    server = start_jupyter(MULTI_USER)
+    run = tunnel("-s", f"{MULTI_USER}@srv", "--start", "--pre", ACTIVATE)
     assert get_status(run.url())[0] == 200
     assert "--start was not needed" in run.stderr
     assert "Started jupyter" not in run.stderr
-    assert list(user_processes()) == [server.pid]
+    assert list(jupyter_processes(MULTI_USER)) == [server.pid]
     assert run.states()[0]["started_server"] is False
     assert run.stop(signal.SIGINT) == 0
 
 
 def test_start_stop_server_leaves_a_server_it_only_attached_to(tunnel, no_server, start_jupyter):
     # --start --stop-server stops the server the run started; this one ran before the run
-    server = start_jupyter(USER)
-    run = tunnel("-s", f"{USER}@srv", "--start", "--stop-server", "--pre", ACTIVATE)
+    server = start_jupyter(MULTI_USER)
+    run = tunnel("-s", f"{MULTI_USER}@srv", "--start", "--stop-server", "--pre", ACTIVATE)
     assert get_status(run.url())[0] == 200
     assert "--start was not needed" in run.stderr
     assert run.stop(signal.SIGINT) == 0
-    assert (f"Info: The Jupyter server on {USER}@srv was already running: left running (--stop-server "
+    assert (f"Info: The Jupyter server on {MULTI_USER}@srv was already running: left running (--stop-server "
             "stops only a server this run started when used with --start)") in run.stderr
     assert "Stopping the Jupyter server" not in run.stderr
     run.assert_clean()
     assert server.alive and server.api()[0] == 200
     # plain --stop-server names the attached server: it stops it
-    run = tunnel("-s", f"{USER}@srv", "--stop-server")
+    run = tunnel("-s", f"{MULTI_USER}@srv", "--stop-server")
     assert get_status(run.url())[0] == 200
     assert run.stop(signal.SIGINT) == 0
     assert "The Jupyter server has stopped." in run.stderr
@@ -186,8 +182,8 @@ def test_start_stop_server_leaves_a_server_it_only_attached_to(tunnel, no_server
     (("-t", "lab", "--jupyter", f"{NB6_VENV}/bin/jupyter"), "the server exited (log: "),
 ], ids=["no-jupyter", "pre-fails", "dot-fails", "root-dir-dash", "lab-missing"])
 def test_start_failures_say_why_and_leave_nothing(tunnel, no_server, args, said):
-    run = tunnel("-s", "gw", f"{USER}@srv", "--start", *args)
-    assert run.wait(90) == EXIT_START
+    run = tunnel("-s", "gw", f"{MULTI_USER}@srv", "--start", *args)
+    assert run.wait(90) == jt.EXIT_START
     [error] = [line for line in run.stderr.splitlines() if line.startswith("Error: ")]
     assert error.startswith("Error: could not start jupyter ") and said in error, error
     assert "(log: " in error
@@ -196,7 +192,7 @@ def test_start_failures_say_why_and_leave_nothing(tunnel, no_server, args, said)
     if ". /nonexistent/activate" in args:
         assert "its log ends with: " in error and ".: cannot open /nonexistent/activate" in error, error
     run.assert_clean()
-    assert user_processes() == {} and runtime_files() == []
+    assert jupyter_processes(MULTI_USER) == {} and runtime_files() == []
 
 
 @pytest.fixture
@@ -213,14 +209,14 @@ def test_start_without_setsid_detaches_with_nohup(tunnel, no_server, tools_dir):
     # A remote without setsid(1) (some BSDs, busybox builds): the script falls back to nohup.
     for tool in ("nohup", "tail", "cat", "tr", "sleep"):
         (tools_dir / tool).symlink_to(shutil.which(tool))
-    run = tunnel("-s", f"{USER}@srv", "--start", "-t", "server", "--pre", f"PATH={tools_dir}",
+    run = tunnel("-s", f"{MULTI_USER}@srv", "--start", "-t", "server", "--pre", f"PATH={tools_dir}",
                  "--jupyter", f"{VENV}/bin/jupyter")
     assert get_status(run.url(timeout=90))[0] == 200
     pid = run.states()[0]["server_pid"]
     assert os.getsid(pid) != pid  # not setsid's new session: the fallback ran
     assert run.stop(signal.SIGINT) == 0
     run.assert_clean()
-    assert pid in user_processes()  # it outlived the ssh session and the tunnel
+    assert pid in jupyter_processes(MULTI_USER)  # it outlived the ssh session and the tunnel
 
 
 def test_start_notebook_not_installed(tunnel, no_server, tools_dir):
@@ -233,12 +229,12 @@ def test_start_notebook_not_installed(tunnel, no_server, tools_dir):
     jupyter = tools_dir / "jupyter"
     jupyter.write_text(f"#!/bin/sh\nexec {tools_dir}/bare/bin/python -m jupyter \"$@\"\n")
     jupyter.chmod(0o755)
-    run = tunnel("-s", f"{USER}@srv", "--start", "-t", "notebook", "--jupyter", str(jupyter))
-    assert run.wait(90) == EXIT_START
+    run = tunnel("-s", f"{MULTI_USER}@srv", "--start", "-t", "notebook", "--jupyter", str(jupyter))
+    assert run.wait(90) == jt.EXIT_START
     [error] = [line for line in run.stderr.splitlines() if line.startswith("Error: ")]
     assert "the server exited" in error and "jupyter-notebook" in error and "not found" in error, error
     run.assert_clean()
-    assert user_processes() == {} and runtime_files() == []
+    assert jupyter_processes(MULTI_USER) == {} and runtime_files() == []
 
 
 # A jupyter that writes a valid runtime file for its own pid (setsid does not fork: $$ is the
@@ -258,10 +254,10 @@ exit 1
 @pytest.mark.parametrize("delay", ["0", "0.5"], ids=["at-once", "after-the-script-saw-it"])
 def test_start_fails_for_a_server_that_dies_after_its_runtime_file(tunnel, no_server, tools_dir, delay):
     jupyter = tools_dir / "crashing-jupyter"
-    jupyter.write_text(CRASHING_JUPYTER.replace("@PORT@", str(helpers.free_port())).replace("@DELAY@", delay))
+    jupyter.write_text(CRASHING_JUPYTER.replace("@PORT@", str(free_port())).replace("@DELAY@", delay))
     jupyter.chmod(0o755)
-    run = tunnel("-s", f"{USER}@srv", "--start", "-t", "server", "--jupyter", str(jupyter))
-    assert run.wait(60) == EXIT_START, run.stderr
+    run = tunnel("-s", f"{MULTI_USER}@srv", "--start", "-t", "server", "--jupyter", str(jupyter))
+    assert run.wait(60) == jt.EXIT_START, run.stderr
     assert run.lines.empty(), "a URL was printed"
     [error] = [line for line in run.stderr.splitlines() if line.startswith("Error: ")]
     assert re.match(r"Error: could not start jupyter server on jtmulti@srv: the server( \(pid \d+\))? exited "
@@ -269,7 +265,7 @@ def test_start_fails_for_a_server_that_dies_after_its_runtime_file(tunnel, no_se
     assert "its log ends with: fake jupyter: writing its runtime file | fake jupyter: crashing" in error, error
     assert "keeps running" not in run.stderr
     run.assert_clean()
-    assert user_processes() == {} and runtime_files() == []
+    assert jupyter_processes(MULTI_USER) == {} and runtime_files() == []
 
 
 RUNS = 8
@@ -278,10 +274,10 @@ RUNS = 8
 def test_starts_at_the_same_moment_start_one_server(tunnel, sshd, no_server, registry):
     # eight terminals, one account, no server: one start, and every run on that server
     offset = sshd.log_offset()
-    runs = [tunnel("-s", f"{USER}@srv", "--start", "-t", "server", "--jupyter", f"{VENV}/bin/jupyter")
+    runs = [tunnel("-s", f"{MULTI_USER}@srv", "--start", "-t", "server", "--jupyter", f"{VENV}/bin/jupyter")
             for _ in range(RUNS)]
     urls = [run.url(timeout=90) for run in runs]
-    [pid] = user_processes()
+    [pid] = jupyter_processes(MULTI_USER)
     for url in urls:
         assert get_status(url)[0] == 200
     assert len(sshd.logins_since(offset)) == RUNS
@@ -293,8 +289,8 @@ def test_starts_at_the_same_moment_start_one_server(tunnel, sshd, no_server, reg
         assert run.stop(signal.SIGINT) == 0
         run.assert_clean()
     os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: not user_processes(), 30, what="the started server to stop")
-    lock = Path(pwd.getpwnam(USER).pw_dir) / ".local/state/jupyter-tunnel/start.lock"
+    wait_for(lambda: not jupyter_processes(MULTI_USER), 30, what="the started server to stop")
+    lock = Path(pwd.getpwnam(MULTI_USER).pw_dir) / ".local/state/jupyter-tunnel/start.lock"
     assert not lock.exists()
 
 
@@ -305,24 +301,24 @@ def test_interrupted_while_the_server_starts_leaves_nothing(tunnel, no_server, t
     jupyter = tools_dir / "slow-jupyter"
     jupyter.write_text(f"#!/bin/sh\nsleep 3\nexec {VENV}/bin/jupyter \"$@\"\n")
     jupyter.chmod(0o755)
-    run = tunnel("-s", "gw", f"{USER}@srv", "--start", "-t", "server", "--jupyter", str(jupyter))
-    wait_for(user_processes, 60, what="the server's process")
+    run = tunnel("-s", "gw", f"{MULTI_USER}@srv", "--start", "-t", "server", "--jupyter", str(jupyter))
+    wait_for(lambda: jupyter_processes(MULTI_USER), 60, what="the server's process")
     assert runtime_files() == []
     assert run.stop(signum) == 130
     assert "Info: Interrupted." in run.stderr
     run.assert_clean()
     # the start script notices that the run went away, and stops what it started
-    wait_for(lambda: not user_processes(), 30, what=f"{USER}'s Jupyter to be stopped")
+    wait_for(lambda: not jupyter_processes(MULTI_USER), 30, what=f"{MULTI_USER}'s Jupyter to be stopped")
     assert runtime_files() == []
 
 
 def test_stop_stops_the_chosen_server_and_opens_no_tunnel(tunnel, sshd, no_server, start_jupyter):
     """--stop: one command that stops a server (issue 22), chosen as a run chooses: --port here."""
-    kept, stopped = start_jupyter(USER), start_jupyter(USER)
+    kept, stopped = start_jupyter(MULTI_USER), start_jupyter(MULTI_USER)
     offset = sshd.log_offset()
-    run = tunnel("-s", "gw", f"{USER}@srv", "--stop", "--port", str(stopped.port))
+    run = tunnel("-s", "gw", f"{MULTI_USER}@srv", "--stop", "--port", str(stopped.port))
     assert run.wait() == 0, run.stderr
-    assert f"Info: Stopping the Jupyter server on {USER}@srv (pid {stopped.pid})..." in run.stderr
+    assert f"Info: Stopping the Jupyter server on {MULTI_USER}@srv (pid {stopped.pid})..." in run.stderr
     assert "Info: The Jupyter server has stopped." in run.stderr
     assert run.lines.empty() and "Port used on localhost" not in run.stderr  # no tunnel, no URL
     # jupyter removes its runtime file (what the run waits for) just before its process ends
@@ -331,8 +327,8 @@ def test_stop_stops_the_chosen_server_and_opens_no_tunnel(tunnel, sshd, no_serve
     assert len(sshd.logins_since(offset)) == 2  # gw and srv, once each
     run.assert_clean()
     # with several left and none chosen, nothing is stopped: the run asks for a choice
-    other = start_jupyter(USER)
-    run = tunnel("-s", f"{USER}@srv", "--stop")
+    other = start_jupyter(MULTI_USER)
+    run = tunnel("-s", f"{MULTI_USER}@srv", "--stop")
     assert run.wait() == 5
     assert "choose one with --port PORT, --dir TEXT or --pick N" in run.stderr
     assert kept.alive and other.alive
