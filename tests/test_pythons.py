@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import jupyter_node as jn
 import pythons
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,7 +91,7 @@ def test_jupyter_node_runs_from_stdin_under(which, tmp_path):
     # a PATH with no scheduler: the one JSON object says so, with exit code 3 (missing)
     done = subprocess.run([python, "-", "--json", "--jobs"], input=source, capture_output=True, text=True,
                           timeout=60, env={"PATH": str(tmp_path), "HOME": str(tmp_path)})
-    assert done.returncode == 3, done.stderr
+    assert done.returncode == jn.EXIT_MISSING, done.stderr
     assert json.loads(done.stdout) == {
         "error": "found neither qrsh nor sbatch/srun on PATH: choose with --scheduler sge|slurm", "state": "failed"}
     assert done.stderr.startswith("Error: found neither qrsh") and "Traceback" not in done.stderr
@@ -106,7 +107,7 @@ def test_submit_program_runs_jupyter_node_under(which, tmp_path):
     program = jt.build_node_program(["--json", "--jobs"], jt.node_source())
     done = subprocess.run([unit_python(which), "-"], input=program, capture_output=True, text=True, timeout=60,
                           env={"PATH": str(tmp_path), "HOME": str(tmp_path)})
-    assert done.returncode == 3, done.stderr
+    assert done.returncode == jn.EXIT_MISSING, done.stderr
     info = jt.parse_node_json(done.stdout)
     assert info is not None and info["error"].startswith("found neither qrsh nor sbatch/srun on PATH")
     error = jt.node_tool_failure("python3", "head", done.returncode, done.stderr.splitlines(), info)

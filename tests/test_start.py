@@ -97,7 +97,7 @@ def test_start_starts_a_server_that_outlives_the_tunnel(tunnel, sshd, no_server,
     assert address.startswith("127.0.0.1:")  # never all interfaces
     [state] = run.states()
     assert state["started_server"] is True and state["server_pid"] == pid
-    assert run.stop(signal.SIGINT) == 0
+    assert run.stop(signal.SIGINT) == jt.EXIT_OK
     assert "keeps running" in run.stderr
     run.assert_clean()
     assert pid in jupyter_processes(MULTI_USER)
@@ -105,7 +105,7 @@ def test_start_starts_a_server_that_outlives_the_tunnel(tunnel, sshd, no_server,
     again = tunnel("-s", *hosts)
     assert get_status(again.url())[0] == 200
     assert again.states()[0]["server_pid"] == pid and again.states()[0]["started_server"] is False
-    assert again.stop(signal.SIGINT) == 0
+    assert again.stop(signal.SIGINT) == jt.EXIT_OK
 
 
 def test_start_with_stop_server_leaves_nothing(tunnel, no_server):
@@ -113,7 +113,7 @@ def test_start_with_stop_server_leaves_nothing(tunnel, no_server):
                  "--jupyter", f"{VENV}/bin/jupyter")
     assert get_status(run.url(timeout=90))[0] == 200
     assert runtime_files()
-    assert run.stop(signal.SIGINT) == 0
+    assert run.stop(signal.SIGINT) == jt.EXIT_OK
     assert "The Jupyter server has stopped." in run.stderr
     run.assert_clean()
     wait_for(lambda: not jupyter_processes(MULTI_USER), 10, what=f"{MULTI_USER}'s Jupyter to exit")
@@ -132,7 +132,7 @@ def test_stop_server_through_jupyter_tunnel_shutdown(tunnel, no_server):
     assert json.loads(listed.stdout)[0]["started_server"] is True
     done = subprocess.run(shutdown, env=run.env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert run.wait(30) == 0
+    assert run.wait(30) == jt.EXIT_OK
     assert "The Jupyter server has stopped." in run.stderr
     run.assert_clean()
     wait_for(lambda: not jupyter_processes(MULTI_USER), 10, what=f"{MULTI_USER}'s Jupyter to exit")
@@ -147,7 +147,7 @@ def test_start_attaches_when_a_server_runs(tunnel, no_server, start_jupyter):
     assert "Started jupyter" not in run.stderr
     assert list(jupyter_processes(MULTI_USER)) == [server.pid]
     assert run.states()[0]["started_server"] is False
-    assert run.stop(signal.SIGINT) == 0
+    assert run.stop(signal.SIGINT) == jt.EXIT_OK
 
 
 def test_start_stop_server_leaves_a_server_it_only_attached_to(tunnel, no_server, start_jupyter):
@@ -156,7 +156,7 @@ def test_start_stop_server_leaves_a_server_it_only_attached_to(tunnel, no_server
     run = tunnel("-s", f"{MULTI_USER}@srv", "--start", "--stop-server", "--pre", ACTIVATE)
     assert get_status(run.url())[0] == 200
     assert "--start was not needed" in run.stderr
-    assert run.stop(signal.SIGINT) == 0
+    assert run.stop(signal.SIGINT) == jt.EXIT_OK
     assert (f"Info: The Jupyter server on {MULTI_USER}@srv was already running: left running (--stop-server "
             "stops only a server this run started when used with --start)") in run.stderr
     assert "Stopping the Jupyter server" not in run.stderr
@@ -165,7 +165,7 @@ def test_start_stop_server_leaves_a_server_it_only_attached_to(tunnel, no_server
     # plain --stop-server names the attached server: it stops it
     run = tunnel("-s", f"{MULTI_USER}@srv", "--stop-server")
     assert get_status(run.url())[0] == 200
-    assert run.stop(signal.SIGINT) == 0
+    assert run.stop(signal.SIGINT) == jt.EXIT_OK
     assert "The Jupyter server has stopped." in run.stderr
     run.assert_clean()
     wait_for(lambda: not server.alive, 10, what="the attached server to stop")
@@ -214,7 +214,7 @@ def test_start_without_setsid_detaches_with_nohup(tunnel, no_server, tools_dir):
     assert get_status(run.url(timeout=90))[0] == 200
     pid = run.states()[0]["server_pid"]
     assert os.getsid(pid) != pid  # not setsid's new session: the fallback ran
-    assert run.stop(signal.SIGINT) == 0
+    assert run.stop(signal.SIGINT) == jt.EXIT_OK
     run.assert_clean()
     assert pid in jupyter_processes(MULTI_USER)  # it outlived the ssh session and the tunnel
 
@@ -286,7 +286,7 @@ def test_starts_at_the_same_moment_start_one_server(tunnel, sshd, no_server, reg
     assert sorted(entry["started_server"] for entry in entries) == [False] * (RUNS - 1) + [True]
     for run in runs:
         assert "Error" not in run.stderr and "Warning" not in run.stderr, run.stderr
-        assert run.stop(signal.SIGINT) == 0
+        assert run.stop(signal.SIGINT) == jt.EXIT_OK
         run.assert_clean()
     os.kill(pid, signal.SIGTERM)
     wait_for(lambda: not jupyter_processes(MULTI_USER), 30, what="the started server to stop")
@@ -304,7 +304,7 @@ def test_interrupted_while_the_server_starts_leaves_nothing(tunnel, no_server, t
     run = tunnel("-s", "gw", f"{MULTI_USER}@srv", "--start", "-t", "server", "--jupyter", str(jupyter))
     wait_for(lambda: jupyter_processes(MULTI_USER), 60, what="the server's process")
     assert runtime_files() == []
-    assert run.stop(signum) == 130
+    assert run.stop(signum) == jt.EXIT_INTERRUPTED
     assert "Info: Interrupted." in run.stderr
     run.assert_clean()
     # the start script notices that the run went away, and stops what it started
@@ -317,7 +317,7 @@ def test_stop_stops_the_chosen_server_and_opens_no_tunnel(tunnel, sshd, no_serve
     kept, stopped = start_jupyter(MULTI_USER), start_jupyter(MULTI_USER)
     offset = sshd.log_offset()
     run = tunnel("-s", "gw", f"{MULTI_USER}@srv", "--stop", "--port", str(stopped.port))
-    assert run.wait() == 0, run.stderr
+    assert run.wait() == jt.EXIT_OK, run.stderr
     assert f"Info: Stopping the Jupyter server on {MULTI_USER}@srv (pid {stopped.pid})..." in run.stderr
     assert "Info: The Jupyter server has stopped." in run.stderr
     assert run.lines.empty() and "Port used on localhost" not in run.stderr  # no tunnel, no URL
@@ -329,6 +329,6 @@ def test_stop_stops_the_chosen_server_and_opens_no_tunnel(tunnel, sshd, no_serve
     # with several left and none chosen, nothing is stopped: the run asks for a choice
     other = start_jupyter(MULTI_USER)
     run = tunnel("-s", f"{MULTI_USER}@srv", "--stop")
-    assert run.wait() == 5
+    assert run.wait() == jt.EXIT_NO_SERVER
     assert "choose one with --port PORT, --dir TEXT or --pick N" in run.stderr
     assert kept.alive and other.alive

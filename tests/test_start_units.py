@@ -104,7 +104,7 @@ def test_shutdown_request_carries_the_token():
 def test_start_with_node_is_refused(capsys):
     with pytest.raises(SystemExit) as exit:
         jt.main(["-s", "head", "-n", "node1", "--start"])
-    assert exit.value.code == 2 and "jupyter-node" in capsys.readouterr().err
+    assert exit.value.code == jt.EXIT_USAGE and "jupyter-node" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("line, shown", [
