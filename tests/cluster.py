@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from helpers import alive, tail, wait_for
+from helpers import alive, kill_all, pids_of, tail, wait_for
 from realenv import LISTEN_ADDRESSES, SetupError, SshServer, UserAccount, run
 
 CLUSTER_USER = "jtcluster"  # submits jobs; never has a Jupyter server outside a test
@@ -68,19 +68,6 @@ def stop_pid(pid: int, timeout: float = 15.0) -> None:
         wait_for(lambda: not alive(pid), timeout, interval=0.1, what=f"pid {pid} to exit")
     except AssertionError:
         os.kill(pid, 9)
-
-
-def user_pids(uid: int) -> List[int]:
-    """Pids of the live processes that run as `uid`."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.stat(f"/proc/{entry}").st_uid == uid:
-                    pids.append(int(entry))
-            except OSError:
-                pass
-    return pids
 
 
 def ensure_host_resolves(host: str) -> str:
@@ -581,11 +568,7 @@ def setup_cluster_user(sshd: SshServer, session_dir: Path, venv: Path, head: str
 
 def stop_user_jobs_and_servers(user: ClusterUser) -> None:
     """Kill what a test may have left of the user's (every process of this test-only user)."""
-    for pid in user_pids(user.uid):
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
+    kill_all(pids_of(user.uid))
     for path in user.runtime_files():
         path.unlink(missing_ok=True)
     # jupyter-node's logs (they stay for the user, by design; not for the test user)

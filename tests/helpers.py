@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import random
+import signal
 import socket
 import time
 import urllib.error
@@ -49,6 +51,16 @@ def user_processes(uid: int, word: str = "jupyter") -> Dict[int, str]:
 def jupyter_processes(user: str) -> Dict[int, str]:
     """The processes of the account ``user`` whose command line mentions jupyter, pid -> command line."""
     return user_processes(pwd.getpwnam(user).pw_uid)
+
+
+def kill_all(pids: Iterable[int], group: bool = False) -> None:
+    """SIGKILL each of ``pids`` (with ``group``, each one's process group); one gone meanwhile is no error."""
+    kill = os.killpg if group else os.kill
+    # a group also answers EPERM on macOS once only zombies are left in it
+    gone = (ProcessLookupError, PermissionError) if group else (ProcessLookupError,)
+    for pid in pids:
+        with contextlib.suppress(*gone):
+            kill(pid, signal.SIGKILL)
 
 
 def wait_for(

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from cluster import SGE_ROOT, ClusterError, SgeCluster, SlurmCluster, _PE, _SLURM_CONF_TEXT, daemon_pid, stop_pid
-from helpers import tail, wait_for
+from helpers import kill_all, tail, wait_for
 from realenv import die_with_parent, run
 
 HOSTS = ("gw", "head", "node")
@@ -140,11 +140,8 @@ def _delete_namespaces() -> None:
     existing = run(["ip", "netns", "list"], "ip netns list").stdout.split()
     for host, ns in NAMESPACES.items():
         if ns in existing:
-            for pid in run(["ip", "netns", "pids", ns], "ip netns pids", check=False).stdout.split():
-                try:
-                    os.kill(int(pid), 9)
-                except (ProcessLookupError, ValueError):
-                    pass
+            pids = run(["ip", "netns", "pids", ns], "ip netns pids", check=False).stdout.split()
+            kill_all(int(pid) for pid in pids if pid.isdigit())
             run(["ip", "netns", "delete", ns], f"deleting netns {ns}", check=False)
         shutil.rmtree(f"/etc/netns/{ns}", ignore_errors=True)
     run(["ip", "link", "delete", "jpc0"], "deleting jpc0", check=False)  # gone with jpn-gw anyway

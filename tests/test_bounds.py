@@ -25,7 +25,7 @@ import pytest
 
 import helpers
 import jupyter_tunnel as jt
-from helpers import wait_for
+from helpers import kill_all, wait_for
 from realenv import MULTI_USER
 from tunnelrun import SCRIPT
 
@@ -87,11 +87,7 @@ def remote_programs(sshd) -> Iterator[Path]:
     path.chmod(0o755)
     yield path
     uid = pwd.getpwnam(MULTI_USER).pw_uid
-    for pid in helpers.user_processes(uid, str(path)):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_all(helpers.user_processes(uid, str(path)))
     wait_for(lambda: not helpers.user_processes(uid, str(path)), 10, what="the remote programs to go")
     shutil.rmtree(path, ignore_errors=True)
 
@@ -179,11 +175,7 @@ def test_run_bounded_ends_at_its_deadline(script, tmp_path):
             run_bounded(script.format(sleep=SLEEP.format(mark=tmp_path)), timeout=0.5)
         assert time.monotonic() - started < 10  # a generous bound
     finally:  # run_bounded kills the command it ran (sh), not what that left running
-        for pid in helpers.user_processes(os.getuid(), str(tmp_path)):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_all(helpers.user_processes(os.getuid(), str(tmp_path)))
 
 
 def test_run_bounded_answers():

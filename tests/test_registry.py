@@ -22,7 +22,7 @@ import pytest
 
 import jupyter_tunnel as jt
 import jupyter_tunnel_shutdown as sd
-from helpers import alive, port_is_free, wait_for
+from helpers import alive, kill_all, port_is_free, wait_for
 from tunnelrun import TunnelRun, get_status
 
 pytestmark = pytest.mark.integration
@@ -43,11 +43,7 @@ def orphans():
         return pid
 
     yield start
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_all(pids)
 
 
 def dead_pid() -> int:

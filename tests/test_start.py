@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import jupyter_tunnel as jt
-from helpers import free_port, jupyter_processes, wait_for
+from helpers import free_port, jupyter_processes, kill_all, wait_for
 from realenv import MULTI_USER
 from tunnelrun import SCRIPT, get_status
 
@@ -66,11 +66,7 @@ def no_server(sshd):
     for path in runtime_files():
         path.unlink()
     yield
-    for pid in jupyter_processes(MULTI_USER):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_all(jupyter_processes(MULTI_USER))
     wait_for(lambda: not jupyter_processes(MULTI_USER), 10, what=f"{MULTI_USER}'s Jupyter processes to go")
     for path in runtime_files():
         path.unlink()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 
 import pytest
 
 import jupyter_tunnel as jt
+from helpers import kill_all
 
 M = jt.MARK
 FILE = '{"port": 8888, "token": "abc", "pid": 4242, "root_dir": "/home/u", "version": "2.21.1", "url": "http://127.0.0.1:8888/", "hostname": "127.0.0.1", "base_url": "/", "secure": false, "sock": ""}'
@@ -182,11 +182,7 @@ def remote(tmp_path):
         return result
 
     yield run
-    for pid in started:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except OSError:
-            pass
+    kill_all(started, group=True)
 
 
 def test_start_script_fails_for_a_server_that_dies_after_its_runtime_file(remote, tmp_path):

@@ -4,7 +4,6 @@ the command ``jupyter-node`` prints, run through a gateway."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import queue
@@ -19,7 +18,7 @@ import urllib.parse
 from pathlib import Path
 
 import jupyter_tunnel as jt
-from helpers import alive, http_get, wait_for
+from helpers import alive, http_get, kill_all, wait_for
 
 SCRIPT = Path(__file__).resolve().parent.parent / "jupyter_tunnel.py"
 SHUTDOWN = SCRIPT.with_name("jupyter_tunnel_shutdown.py")
@@ -131,8 +130,7 @@ class TunnelRun:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
-        for line in self.leftovers():
-            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+        kill_all(int(line.split(":")[0]) for line in self.leftovers())
         shutil.rmtree(self.tmp, ignore_errors=True)
         if self.own_registry:
             shutil.rmtree(self.registry, ignore_errors=True)
@@ -302,8 +300,6 @@ class Terminal:
                 os.waitpid(self.pid, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
-        for pid, _ in self.processes():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_all(pid for pid, _ in self.processes())
         os.close(self.fd)
         shutil.rmtree(self.tmp, ignore_errors=True)
