@@ -27,6 +27,20 @@ READY_TIMEOUT = 30.0
 IN_PROCESS = "import sys, jupyter_tunnel; sys.exit(jupyter_tunnel.main(sys.argv[1:]))"
 
 
+def processes_of_run(tmp: str, tool: int, word: str = "") -> list[tuple[int, str]]:
+    """(pid, command line) of the live processes but ``tool`` whose command line mentions
+    ``tmp``, a run's private TMPDIR (its ssh, jump hosts, agent, helpers), and ``word``."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue  # gone meanwhile
+        if tmp in cmdline and word in cmdline and int(entry) != tool and alive(entry):
+            found.append((int(entry), cmdline))
+    return found
+
+
 class TunnelRun:
     """A running jupyter_tunnel.py, with its output collected as it comes."""
 
@@ -93,18 +107,8 @@ class TunnelRun:
         return self.wait(timeout)
 
     def leftovers(self) -> list[str]:
-        """Processes whose command line mentions this run's TMPDIR (master, hops, agent)."""
-        found = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if self.tmp in cmdline and alive(entry) and int(entry) != self.process.pid:
-                found.append(f"{entry}: {cmdline}")
-        return found
+        """Processes whose command line mentions this run's TMPDIR (master, hops, agent), as "PID: CMDLINE"."""
+        return [f"{pid}: {cmdline}" for pid, cmdline in processes_of_run(self.tmp, self.process.pid)]
 
     def assert_clean(self) -> None:
         """Nothing of the run is left: no process, no control dir, no temp file."""
@@ -130,7 +134,7 @@ class TunnelRun:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
-        kill_all(int(line.split(":")[0]) for line in self.leftovers())
+        kill_all(pid for pid, _ in processes_of_run(self.tmp, self.process.pid))
         shutil.rmtree(self.tmp, ignore_errors=True)
         if self.own_registry:
             shutil.rmtree(self.registry, ignore_errors=True)
@@ -281,16 +285,7 @@ class Terminal:
     def processes(self, word: str = "") -> list[tuple[int, str]]:
         """The run's live processes but the tool (its ssh, jump hosts, helpers), whose command
         line mentions its TMPDIR and ``word``."""
-        found = []
-        for entry in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if (self.tmp in cmdline and word in cmdline and int(entry) != self.pid
-                    and alive(entry)):
-                found.append((int(entry), cmdline))
-        return found
+        return processes_of_run(self.tmp, self.pid, word)
 
     def close(self) -> None:
         """Kill the tool and what it left if it still runs, and close the terminal."""
