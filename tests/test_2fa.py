@@ -43,6 +43,13 @@ def terminal(twofa, registry: Path, *args: str) -> Terminal:
     return Terminal("-F", str(twofa.config), "-b", "none", *args, env={"JUPYTER_TUNNEL_REGISTRY": str(registry)})
 
 
+def reach_code_prompt(term: Terminal, prompt: str = CODE_PROMPT) -> None:
+    """Type the password at -p's "SSH password: " and wait for the server's code ``prompt``."""
+    term.read_until(b"SSH password: ")
+    term.type(TEST_PASSWORD)
+    term.read_until(prompt.encode())
+
+
 def url_on(term: Terminal) -> str:
     """The URL the tool printed on the terminal."""
     return URL_RE.search(term.screen).group().decode()
@@ -73,9 +80,7 @@ def test_dash_p_leaves_a_code_prompt_to_the_person(twofa, jtuser_server, tmp_pat
     offset = twofa.log_offset()
     term = terminal(twofa, tmp_path, "-p", "-s", "tgw", "srv")
     try:
-        term.read_until(b"SSH password: ")
-        term.type(TEST_PASSWORD)
-        term.read_until(FORWARD_PASS_PROMPT.encode())
+        reach_code_prompt(term, FORWARD_PASS_PROMPT)
         term.type(TEST_PASSWORD + twofa.code())
         term.read_until(f"?token={jtuser_server.token}".encode())
         assert twofa.failures_since(offset) == []
@@ -92,9 +97,7 @@ def test_dash_p_answers_the_pam_password_and_asks_the_code(twofa, jtuser_server,
     offset = twofa.log_offset()
     term = terminal(twofa, tmp_path, "-p", "-s", "tgw", "srv")
     try:
-        term.read_until(b"SSH password: ")
-        term.type(TEST_PASSWORD)
-        term.read_until(CODE_PROMPT.encode())
+        reach_code_prompt(term)
         assert b"Password: " not in term.screen.replace(b"SSH password: ", b"")  # answered by -p
         term.type(twofa.code())
         term.read_until(f"?token={jtuser_server.token}".encode())
@@ -110,9 +113,7 @@ def test_ctrl_c_at_a_code_prompt_leaves_the_terminal_as_it_was(twofa, tmp_path):
     any more, and "Info: Interrupted." starts a line of its own."""
     term = terminal(twofa, tmp_path, "-p", "-s", "tgw", "srv")
     try:
-        term.read_until(b"SSH password: ")
-        term.type(TEST_PASSWORD)
-        term.read_until(CODE_PROMPT.encode())
+        reach_code_prompt(term)
         assert not term.echo()  # the code is typed unechoed
         assert term.ctrl_c() == jt.EXIT_INTERRUPTED
         assert term.echo()
@@ -127,9 +128,7 @@ def test_a_helper_gives_up_when_its_ssh_dies(twofa, tmp_path):
     keyboard at once and puts the terminal back; the run fails with one clear error."""
     term = terminal(twofa, tmp_path, "-p", "-s", "tgw", "srv")
     try:
-        term.read_until(b"SSH password: ")
-        term.type(TEST_PASSWORD)
-        term.read_until(CODE_PROMPT.encode())
+        reach_code_prompt(term)
         [(helper, _)] = term.processes("askpass")
         ssh = int(Path(f"/proc/{helper}/stat").read_text().rsplit(")", 1)[1].split()[1])
         os.kill(ssh, signal.SIGKILL)
@@ -205,9 +204,7 @@ def test_a_wrong_code_is_one_failed_attempt_and_named(twofa, tmp_path):
     offset = twofa.log_offset()
     term = terminal(twofa, tmp_path, "-p", "-s", "tgw", "srv")
     try:
-        term.read_until(b"SSH password: ")
-        term.type(TEST_PASSWORD)
-        term.read_until(CODE_PROMPT.encode())
+        reach_code_prompt(term)
         term.type("000000" if twofa.code() != "000000" else "111111")
         assert term.wait() == jt.EXIT_CONNECT
         [error] = [line for line in term.screen.decode().splitlines() if line.startswith("Error:")]
@@ -224,9 +221,7 @@ def test_reconnects_stop_when_logins_are_refused(twofa, jtuser_server, tmp_path)
     limit, a revoked token): the run stops after MAX_REFUSED_LOGINS failed attempts, not never."""
     term = terminal(twofa, tmp_path, "-p", "-s", "tgw", "srv")
     try:
-        term.read_until(b"SSH password: ")
-        term.type(TEST_PASSWORD)
-        term.read_until(CODE_PROMPT.encode())
+        reach_code_prompt(term)
         term.type(twofa.code())
         term.read_until(f"?token={jtuser_server.token}".encode())
         twofa.use_pam("refuse")
