@@ -324,18 +324,15 @@ class SshServer:
 _SSHD_CONFIG = """\
 # written by tests/realenv.py for one test session
 {listen}
-HostKey {dir}/host_ed25519
+HostKey {keys}/host_ed25519
 PidFile {dir}/sshd.pid
 # one authorized_keys for every user; StrictModes no because it lives in /tmp
-AuthorizedKeysFile {dir}/authorized_keys
+AuthorizedKeysFile {keys}/authorized_keys
 StrictModes no
-# no PAM: sshd checks /etc/shadow itself, no pam_systemd/motd side effects
-UsePAM no
+{login}
 PermitRootLogin no
 PubkeyAuthentication yes
-PasswordAuthentication yes
 PermitEmptyPasswords no
-KbdInteractiveAuthentication no
 AllowTcpForwarding yes
 AllowStreamLocalForwarding yes
 X11Forwarding no
@@ -348,11 +345,22 @@ MaxSessions 50
 # VERBOSE logs one "Accepted publickey/password for" line per login: tests count them
 LogLevel VERBOSE
 Subsystem sftp /usr/lib/openssh/sftp-server
+{methods}"""
 
-# the password-only host: keys are refused there
-Match LocalPort {pw_port}
-    AuthenticationMethods password
-"""
+# how passwords are asked, by whether sshd goes through PAM
+_SSHD_LOGIN = {
+    False: """\
+# no PAM: sshd checks /etc/shadow itself, no pam_systemd/motd side effects
+UsePAM no
+PasswordAuthentication yes
+KbdInteractiveAuthentication no""",
+    True: """\
+# PAM asks passwords and codes (keyboard-interactive); its service is the name of the
+# program, sshd-jt2fa: /etc/pam.d/sshd-jt2fa
+UsePAM yes
+PasswordAuthentication no
+KbdInteractiveAuthentication yes""",
+}
 
 _SSH_CONFIG = """\
 # written by tests/realenv.py: use with `ssh -F {config}`
@@ -399,6 +407,21 @@ esac
 """
 
 
+def sshd_config_text(d: Path, keys: Path, ports: Iterable[int], methods: Mapping[int, str],
+                     pam: bool = False) -> str:
+    """The sshd_config of a test sshd: listening on every test address on ``ports``, its pid file
+    in ``d``, the host key and authorized_keys in ``keys``, logins on port P limited to
+    ``methods[P]`` (AuthenticationMethods); ``pam``: PAM asks the passwords and codes."""
+    listen = "\n".join(f"ListenAddress {a}:{p}" for a in LISTEN_ADDRESSES for p in ports)
+    matches = "".join(f"\nMatch LocalPort {port}\n    AuthenticationMethods {how}\n" for port, how in methods.items())
+    return _SSHD_CONFIG.format(listen=listen, dir=d, keys=keys, login=_SSHD_LOGIN[pam], methods=matches)
+
+
+def host_blocks(aliases: Mapping[str, str]) -> str:
+    """``Host ALIAS`` blocks of a client config, each with its ``HostName``."""
+    return "\n".join(f"Host {alias}\n    HostName {addr}" for alias, addr in aliases.items())
+
+
 def known_hosts_text(host_key_pub: Path, ports: Iterable[int]) -> str:
     """A known_hosts line giving the host key for every test address on `ports`."""
     host_key = host_key_pub.read_text().split()[:2]
@@ -410,10 +433,6 @@ def ssh_config_text(d: Path, config: Path, port: int, pw_port: int, known_hosts:
                     connect_timeout: Optional[int] = 5) -> str:
     """The client config for `ssh -F`: aliases gw/head/srv on `port`, pgw/phead/psrv on `pw_port`
     (``connect_timeout`` None: no ConnectTimeout, as a person's config mostly has none)."""
-
-    def host_blocks(aliases: Mapping[str, str]) -> str:
-        return "\n".join(f"Host {alias}\n    HostName {addr}" for alias, addr in aliases.items())
-
     return _SSH_CONFIG.format(
         config=config,
         key_hosts=host_blocks(HOST_ADDRESSES),
@@ -433,8 +452,8 @@ def ssh_config_text(d: Path, config: Path, port: int, pw_port: int, known_hosts:
 
 def _write_ssh_files(d: Path, port: int, pw_port: int) -> None:
     """Write sshd_config, ssh_config, known_hosts and the askpass program into `d`."""
-    listen = "\n".join(f"ListenAddress {a}:{p}" for a in LISTEN_ADDRESSES for p in (port, pw_port))
-    (d / "sshd_config").write_text(_SSHD_CONFIG.format(listen=listen, dir=d, pw_port=pw_port))
+    # the password-only port: keys are refused there
+    (d / "sshd_config").write_text(sshd_config_text(d, d, (port, pw_port), {pw_port: "password"}))
     (d / "known_hosts").write_text(known_hosts_text(d / "host_ed25519.pub", (port, pw_port)))
     (d / "ssh_config").write_text(ssh_config_text(d, d / "ssh_config", port, pw_port, d / "known_hosts"))
     askpass = d / "askpass.sh"
@@ -593,34 +612,6 @@ case "${SSH_AUTH_INFO_0:-}" in publickey*) exit 0;; esac
 exit 1
 """
 
-_TWO_FACTOR_SSHD_CONFIG = """\
-# written by tests/realenv.py: the two-factor sshd (PAM service sshd-jt2fa)
-{listen}
-HostKey {base}/host_ed25519
-PidFile {dir}/sshd.pid
-AuthorizedKeysFile {base}/authorized_keys
-StrictModes no
-UsePAM yes
-KbdInteractiveAuthentication yes
-PasswordAuthentication no
-PubkeyAuthentication yes
-PermitRootLogin no
-AllowTcpForwarding yes
-AllowStreamLocalForwarding yes
-X11Forwarding no
-PrintMotd no
-PrintLastLog no
-UseDNS no
-MaxStartups 100:30:200
-MaxSessions 50
-LogLevel VERBOSE
-
-Match LocalPort {code_port}
-    AuthenticationMethods keyboard-interactive
-Match LocalPort {key_port}
-    AuthenticationMethods publickey,keyboard-interactive
-"""
-
 _TWO_FACTOR_HOSTS = """\
 # the two-factor sshd: password + code ({code_aliases}), key + code ({key_aliases})
 {code_hosts}
@@ -712,20 +703,16 @@ def start_two_factor_sshd(d: Path, base: SshServer) -> TwoFactorServer:
 
         key_port = free_port(LISTEN_ADDRESSES, exclude=[base.port, base.pw_port])
         code_port = free_port(LISTEN_ADDRESSES, exclude=[base.port, base.pw_port, key_port])
-        listen = "\n".join(f"ListenAddress {a}:{p}" for a in LISTEN_ADDRESSES for p in (key_port, code_port))
-        (d / "sshd_config").write_text(_TWO_FACTOR_SSHD_CONFIG.format(
-            listen=listen, base=base.dir, dir=d, code_port=code_port, key_port=key_port))
+        # password + code, key + code; PAM asks the code (and the password), sshd the key
+        methods = {code_port: "keyboard-interactive", key_port: "publickey,keyboard-interactive"}
+        (d / "sshd_config").write_text(sshd_config_text(d, base.dir, (key_port, code_port), methods, pam=True))
         known_hosts = d / "known_hosts"
         known_hosts.write_text(known_hosts_text(base.dir / "host_ed25519.pub",
                                                 (base.port, base.pw_port, key_port, code_port)))
-
-        def hosts(aliases: Mapping[str, str]) -> str:
-            return "\n".join(f"Host {alias}\n    HostName {addr}" for alias, addr in aliases.items())
-
         config = d / "ssh_config"
         config.write_text(_TWO_FACTOR_HOSTS.format(
             code_aliases=" ".join(CODE_ALIASES), key_aliases=" ".join(KEY_CODE_ALIASES),
-            code_hosts=hosts(CODE_ALIASES), key_hosts=hosts(KEY_CODE_ALIASES), code_port=code_port,
+            code_hosts=host_blocks(CODE_ALIASES), key_hosts=host_blocks(KEY_CODE_ALIASES), code_port=code_port,
             key_port=key_port, user=SERVER_USER, client_key=base.client_key)
             + ssh_config_text(base.dir, config, base.port, base.pw_port, known_hosts, connect_timeout=None))
         server = TwoFactorServer(
