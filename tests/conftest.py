@@ -42,17 +42,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import pytest
 
-# re-exported: tests import these names from conftest
-from realenv import (  # noqa: F401
-    FALSE_SHELL_USER,
-    LOCK_FILE,
+from realenv import (
     MULTI_USER,
     NO_SERVER_USER,
-    NOLOGIN_USER,
     RUNTIME_SUBDIR,
     SERVER_USER,
-    TEST_PASSWORD,
-    TEST_USERS,
     JupyterProc,
     JupyterStarter,
     SetupError,

@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 
 import jupyter_tunnel as jt
-from conftest import TEST_PASSWORD
 from helpers import wait_for
-from realenv import CODE_PROMPT, FORWARD_PASS_PROMPT
+from realenv import CODE_PROMPT, FORWARD_PASS_PROMPT, TEST_PASSWORD
 from tunnelrun import Terminal, TunnelRun, get_status
 
 pytestmark = pytest.mark.integration

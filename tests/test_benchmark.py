@@ -17,7 +17,7 @@ import pytest
 
 from benchmarks import ready, relay, submit
 from cluster import ClusterUser
-from conftest import UserAccount
+from realenv import UserAccount
 
 BENCHMARK = Path(ready.__file__)
 SMOKE_TIMEOUT = 300.0  # ~15 s on an idle machine; CI machines are slower and shared

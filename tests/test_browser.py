@@ -22,9 +22,8 @@ from pathlib import Path
 import pytest
 
 import jupyter_tunnel as jt
-from conftest import MULTI_USER, NO_SERVER_USER
 from helpers import free_port, port_is_free, wait_for
-from realenv import user_env
+from realenv import MULTI_USER, NO_SERVER_USER, user_env
 from tunnelrun import get_once, get_status, local_port_of
 
 pytestmark = pytest.mark.integration

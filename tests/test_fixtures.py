@@ -8,16 +8,9 @@ from typing import Dict
 
 import pytest
 
-from conftest import (
-    MULTI_USER,
-    NO_SERVER_USER,
-    SERVER_USER,
-    JupyterFactory,
-    JupyterProc,
-    SshServer,
-    UserAccount,
-)
+from conftest import JupyterFactory
 from helpers import free_port, http_get, port_is_free, wait_for
+from realenv import MULTI_USER, NO_SERVER_USER, SERVER_USER, JupyterProc, SshServer, UserAccount
 
 
 def test_jump_hosts_reach_srv_with_one_login_per_hop(sshd: SshServer) -> None:

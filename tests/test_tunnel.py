@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 import jupyter_tunnel as jt
-from conftest import TEST_PASSWORD
 from helpers import port_is_free, wait_for
+from realenv import TEST_PASSWORD
 from tunnelrun import SCRIPT, Terminal, get_once, get_status, local_port_of
 
 pytestmark = pytest.mark.integration
