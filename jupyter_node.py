@@ -476,12 +476,15 @@ def build_result(scheduler: str, job_id: str, name: str, state: JobState, log: s
             "time_left": seconds_left, "existing": existing, "error": state.detail if failed else None}
 
 
-def progress_line(job_id: str, state: JobState) -> str:
-    """The ``Info:`` line for a job that became pending or running while we wait for it."""
+def progress_line(job_id: str, state: JobState, wait: str = "") -> str:
+    """The ``Info:`` line for a job that became pending or running while we wait for it; the
+    first one says how long the wait may be (``wait``, -w's text)."""
     where = f"job {job_id}" if job_id else "the job"
+    up_to = f"up to {wait} " if wait else ""
     if state.state == "pending":
-        return f"{where} is pending{f' ({state.detail})' if state.detail else ''}"
-    return f"{where} is running on {state.node}; waiting for Jupyter..."
+        waiting = f"; waiting {up_to}for it to start..." if wait else ""
+        return f"{where} is pending{f' ({state.detail})' if state.detail else ''}{waiting}"
+    return f"{where} is running on {state.node}; waiting {up_to}for Jupyter..."
 
 
 def choose_scheduler(have_sge: bool, have_slurm: bool) -> str:
@@ -848,30 +851,33 @@ def submit(args: argparse.Namespace, scheduler: str, log: str) -> Job:
     return JOB_CLASSES[scheduler].submit(args, script, log)
 
 
-def wait_for_job(job: Job, seconds: float) -> JobState:
+def wait_for_job(job: Job, seconds: float, wait: str = "") -> JobState:
     """Poll the job until its server is ready, it failed, or ``seconds`` have passed.
 
     The log is read every POLL_INTERVAL (a local file: the server's URL shows there first);
     a scheduler whose every request goes to its controller is asked with a backoff.  Each
-    change of state is told at once (jupyter-tunnel --submit relays these lines).
+    change of state is told at once (jupyter-tunnel --submit relays these lines), the first
+    with how long the wait may be (``wait``, -w's text); nothing when the first look ends it
+    (a job found ready by --reuse: nothing is waited for).
     """
     deadline = time.monotonic() + seconds
     delays = doubling_delays(SCHEDULER_POLL_FIRST, SCHEDULER_POLL_MAX)
     next_ask = time.monotonic()
-    told = None
+    told = None  # type: Optional[Tuple[str, str]]
     while True:
         now = time.monotonic()
         ask = not job.asks_controller or now >= next_ask
         if ask:
             next_ask = now + next(delays)
         state = job.poll(ask)
-        if state != told and state.state in ("pending", "running"):  # report() tells the rest
-            say("Info", progress_line(job.job_id, state))
-            told = state
         # a job found in the queue whose log is elsewhere: its node is all there is to know
         if state.state in ("ready", "failed") or (state.state == "running" and not job.log) \
                 or time.monotonic() >= deadline:
-            return state
+            return state  # report() tells it
+        # the node is no news once running: squeue's short name may become the log's FQDN
+        if (state.state, state.detail) != told:
+            say("Info", progress_line(job.job_id, state, "" if told else wait))
+            told = (state.state, state.detail)
         time.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
 
 
@@ -961,8 +967,12 @@ def start_job(args: argparse.Namespace, scheduler: str) -> Tuple[Job, str, bool]
         row = job_to_reuse(list_jobs(scheduler), list(JOB_NAMES.values()))
         if row:
             job = ExistingJob(scheduler, row, find_job_logs(scheduler, [row.job]).get(row.job, ""))
-            say("Info", f"Found your Jupyter job {row.job} ({row.name}, {row.state}"
-                        f"{f' on {row.node}' if row.node else ''}): using it instead of submitting another.")
+            # its state comes next, once looked at (or, ready, in the outcome): not twice
+            if args.json:  # for jupyter-tunnel --submit, whose user knows its options
+                say("Info", f"Found your Jupyter job {row.job} ({row.name}): attaching to it instead of "
+                            "submitting another (--new submits one).")
+            else:
+                say("Info", f"Found your Jupyter job {row.job} ({row.name}): using it instead of submitting another.")
             return job, row.name, True
     if not (args.pre or args.conda_env):
         which_or_fail("jupyter", "to start the server on the node; or activate an "
@@ -1172,9 +1182,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if not args.json:
                 return EXIT_OK
             return report(job, job.poll(), args, scheduler, name, existing)
-        say("Info", f"Waiting up to {args.wait} for it to start...")
         try:
-            state = wait_for_job(job, seconds)
+            state = wait_for_job(job, seconds, args.wait)
         except KeyboardInterrupt:
             say("Info", f"Stopped waiting; the job keeps running. Log: {job.log or 'the job log'}")
             return EXIT_INTERRUPTED

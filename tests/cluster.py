@@ -634,7 +634,9 @@ def check_listed_reused_cancelled(user: ClusterUser, scheduler: str, job: dict, 
     done, again = user.node_json(f"--scheduler {scheduler} --reuse -t lab -w {wait:g}s")
     assert done.returncode == 0, done.stderr
     assert (again["existing"], again["job"], again["port"], again["state"]) == (True, job["job"], job["port"], "ready")
-    assert f"Info: Found your Jupyter job {job['job']} ({job['name']}, running on {node})" in done.stderr
+    # ready at the first look: one line, that it was found; nothing waited for (issue 22)
+    assert done.stderr.splitlines() == [f"Info: Found your Jupyter job {job['job']} ({job['name']}): attaching to "
+                                        "it instead of submitting another (--new submits one)."], done.stderr
     assert queued() == [job["job"]]  # nothing new submitted
 
     done, cancelled = user.node_json(f"--scheduler {scheduler} --cancel {job['job']}")

@@ -7,6 +7,7 @@ nodes: nothing newer than 3.6 here either (no ``from __future__ import annotatio
 
 import argparse
 import getpass
+import json
 import os
 import re
 import shlex
@@ -18,6 +19,7 @@ try:
 except ImportError:  # Python < 3.11: the same parser, from PyPI (the test extra)
     import tomli as tomllib
 from pathlib import Path
+from typing import List
 
 import pytest
 
@@ -577,13 +579,18 @@ def test_build_result(state, expected):
                           time_left=500, existing=False)
 
 
-@pytest.mark.parametrize("job, state, line", [
-    ("51", jn.JobState("pending", detail="Resources"), "job 51 is pending (Resources)"),
-    ("", jn.JobState("pending"), "the job is pending"),
-    ("51", jn.JobState("running", "node1"), "job 51 is running on node1; waiting for Jupyter..."),
+@pytest.mark.parametrize("job, state, wait, line", [
+    ("51", jn.JobState("pending", detail="Resources"), "", "job 51 is pending (Resources)"),
+    ("", jn.JobState("pending"), "", "the job is pending"),
+    ("51", jn.JobState("running", "node1"), "", "job 51 is running on node1; waiting for Jupyter..."),
+    # the first line of a wait says how long it may be
+    ("51", jn.JobState("pending", detail="Resources"), "2m",
+     "job 51 is pending (Resources); waiting up to 2m for it to start..."),
+    ("", jn.JobState("pending"), "15s", "the job is pending; waiting up to 15s for it to start..."),
+    ("51", jn.JobState("running", "node1"), "2m", "job 51 is running on node1; waiting up to 2m for Jupyter..."),
 ])
-def test_progress_line(job, state, line):
-    assert jn.progress_line(job, state) == line
+def test_progress_line(job, state, wait, line):
+    assert jn.progress_line(job, state, wait) == line
 
 
 def test_wait_tells_each_change_once(tmp_path, capsys):
@@ -600,10 +607,38 @@ def test_wait_tells_each_change_once(tmp_path, capsys):
 
     job = Changing(str(path), answers)
     job.job_id = "7"
-    assert jn.wait_for_job(job, 30) == jn.JobState("ready", "n1", 8888)
+    assert jn.wait_for_job(job, 30, "30s") == jn.JobState("ready", "n1", 8888)
     assert capsys.readouterr().err.splitlines() == [
-        "Info: job 7 is pending (Priority)", "Info: job 7 is pending (Resources)",
-        "Info: job 7 is running on n1; waiting for Jupyter..."]
+        "Info: job 7 is pending (Priority); waiting up to 30s for it to start...",
+        "Info: job 7 is pending (Resources)", "Info: job 7 is running on n1; waiting for Jupyter..."]
+
+
+def test_wait_tells_nothing_when_nothing_is_waited_for(tmp_path, capsys):
+    path = tmp_path / "log"
+    path.write_text(f"{jn.MARK} job 7 node n1.x\nhttp://n1.x:8888/lab?token=t\n")  # ready at the first look
+    assert jn.wait_for_job(ScriptedJob(str(path), [jn.JobState("running", "n1")]), 30, "30s") == \
+        jn.JobState("ready", "n1.x", 8888)
+    found = ScriptedJob("", [jn.JobState("running", "n1")])  # found by --reuse, its log not here
+    assert jn.wait_for_job(found, 30, "30s") == jn.JobState("running", "n1")
+    assert capsys.readouterr().err == ""
+
+
+def test_wait_does_not_retell_a_running_job_whose_node_name_grows(tmp_path, capsys):
+    path = tmp_path / "log"
+    path.write_text("")
+
+    class Starting(ScriptedJob):
+        def ask_scheduler(self, info):
+            if self.asked == 1:  # squeue's short name first, then the job's marker with its FQDN
+                path.write_text(f"{jn.MARK} job 7 node n1.cluster\n")
+            if self.asked == 3:
+                path.write_text(f"{jn.MARK} job 7 node n1.cluster\nhttp://n1.cluster:8888/lab?token=t\n")
+            return ScriptedJob.ask_scheduler(self, info)
+
+    job = Starting(str(path), [jn.JobState("running", "n1")] * 6)
+    job.job_id = "7"
+    assert jn.wait_for_job(job, 30, "1m").state == "ready"
+    assert capsys.readouterr().err.splitlines() == ["Info: job 7 is running on n1; waiting up to 1m for Jupyter..."]
 
 
 def test_jobs_table_escapes_the_schedulers_words():
@@ -633,3 +668,68 @@ def test_line_option(text, ok):
     else:
         with pytest.raises(argparse.ArgumentTypeError, match="must be one line"):
             jn.line_option(text)
+
+
+# --------------------------------------------------------------------------- the whole run, fake scheduler
+
+class FakeScheduler:
+    """Scheduler commands (squeue, scontrol, qstat...) that answer what a test wrote for them,
+    alone on PATH: main() runs as on a head, its messages read as a user reads them."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.bin = tmp_path / "fake-bin"
+        self.bin.mkdir()
+        self.calls = tmp_path / "calls"
+
+    def answer(self, program: str, stdout: str = "", code: int = 0) -> None:
+        """``program`` prints ``stdout`` and exits with ``code`` (its argv goes to ``calls``)."""
+        answer = self.bin / f"{program}.out"
+        answer.write_text(stdout)
+        script = self.bin / program
+        script.write_text(f'#!/bin/sh\necho "{program} $*" >>{shlex.quote(str(self.calls))}\n'
+                          f"/bin/cat {shlex.quote(str(answer))}\nexit {code}\n")
+        script.chmod(0o755)
+
+    def called(self) -> List[str]:
+        return self.calls.read_text().splitlines() if self.calls.exists() else []
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    scheduler = FakeScheduler(tmp_path)
+    monkeypatch.setenv("PATH", str(scheduler.bin))
+    monkeypatch.setenv("NO_COLOR", "1")
+    return scheduler
+
+
+def run_main(argv, capsys):
+    """main(argv): its exit code, stdout and stderr lines."""
+    code = jn.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err.splitlines()
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_reuse_of_a_ready_job_says_found_then_nothing_twice(fake, tmp_path, capsys, json_mode):
+    """jupyter-tunnel --submit with a Jupyter job running (issue 22): no waiting, one line a fact."""
+    log = tmp_path / "job.log"
+    log.write_text(f"{jn.MARK} job 7 node vm.cluster\n[I ServerApp] http://vm.cluster:8888/lab?token=t\n")
+    fake.answer("squeue", "7|jp-lab|RUNNING|vm|1:30:00|None\n")
+    fake.answer("scontrol", f"JobId=7 JobName=jp-lab StdOut={log}\n")
+    code, out, err = run_main(["--scheduler", "slurm", "--reuse", "-t", "lab", "-w", "60s"]
+                              + (["--json"] if json_mode else []), capsys)
+    assert code == jn.EXIT_OK
+    if json_mode:
+        assert err == ["Info: Found your Jupyter job 7 (jp-lab): attaching to it instead of submitting "
+                       "another (--new submits one).",
+                       "Info: Jupyter lab is running on node vm.cluster, port 8888 (job 7, 1 h 30 min left)."]
+        result = json.loads(out)
+        assert (result["state"], result["existing"], result["port"], result["time_left"]) == ("ready", True, 8888, 5400)
+    else:
+        assert err == [
+            "Info: Found your Jupyter job 7 (jp-lab): using it instead of submitting another.",
+            "Info: Jupyter lab is running on node vm.cluster, port 8888 (job 7, 1 h 30 min left).",
+            "Info: On your computer, run (put your gateway hosts first after -s if you need them):",
+            f"Info: Log (it holds the token; private): {log}",
+        ]
+        assert out.startswith("jupyter-tunnel -s ") and out.rstrip().endswith(" -n vm.cluster")
