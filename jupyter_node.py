@@ -537,8 +537,9 @@ def last_lines(lines: Iterable[str], count: int = LOG_TAIL) -> List[str]:
 
 
 def log_tail(text: str, lines: int = LOG_TAIL) -> str:
-    """The last lines of the log, indented, for an error message."""
-    kept = last_lines(text.splitlines(), lines)
+    """The last lines of the log, indented, for an error message; never our own MARK lines
+    (the job's node and id are told in words, its failure in the message itself)."""
+    kept = last_lines([line for line in text.splitlines() if not line.startswith(MARK)], lines)
     return "\n".join(f"    {line}" for line in kept) if kept else "    (the log is empty)"
 
 
@@ -898,9 +899,22 @@ def job_time_left(scheduler: str, job_id: str) -> Optional[int]:
     return rows[0].time_left if rows else None
 
 
+def build_again_hint(job_id: str, app: str, scheduler: str = "") -> str:
+    """What to run on the head about a job that is not ready yet: wait for it again, cancel it
+    (``scheduler``: the --scheduler the run was given, which those runs need too)."""
+    node = f"jupyter-node --scheduler {scheduler}" if scheduler else "jupyter-node"
+    last = f"{node} --cancel {job_id} cancels it" if job_id else f"{node} --jobs shows its id"
+    return f"{node} --reuse -t {app} waits for it again, {last}"
+
+
 def report(job: Job, state: JobState, args: argparse.Namespace, scheduler: str, name: str,
            existing: bool = False) -> int:
-    """Tell the user (or, with --json, the program) what the wait found; returns the exit code."""
+    """Tell the user (or, with --json, the program) what the wait found; returns the exit code.
+
+    With --json the object is the whole answer: the program (jupyter-tunnel) tells its user
+    the outcome in its own words, with its own commands; a line here would say it twice, and
+    in words for someone on the head (its log's path, jupyter-node's options).
+    """
     where = f"job {job.job_id}" if job.job_id else "the job"
     app = APP_OF_NAME.get(name, args.type)  # a job found by --reuse may be the other type
     seconds_left = job_time_left(scheduler, job.job_id) if state.state != "failed" else None
@@ -913,18 +927,20 @@ def report(job: Job, state: JobState, args: argparse.Namespace, scheduler: str, 
     if state.state == "failed":
         return fail(args, f"Jupyter {app} did not start: {state.detail}. Log: {job.log}", EXIT_ERROR,
                     log_tail(read_log(job.log)), result_printed=True)
-    if state.state == "pending":
-        say("Info", f"After {args.wait}, {where} is still waiting to start"
-                    f"{f' ({state.detail})' if state.detail else ''}; the node will be written in "
-                    f"{job.log or 'the job log'}")
-        return EXIT_OK
-    if state.state == "running":
-        say("Info", f"{where.capitalize()} is running on {state.node}{left}; Jupyter {app} is still "
-                    f"starting (see {job.log or 'the job log'}).")
-    else:
-        say("Info", f"Jupyter {app} is running on node {state.node}, port {state.port} ({where}{left}).")
     if args.json:
         return EXIT_OK
+    if state.state == "pending":
+        say("Info", f"After {args.wait}, {where} is still pending{f' ({state.detail})' if state.detail else ''}; "
+                    f"it stays in the queue: {build_again_hint(job.job_id, app, args.scheduler or '')}.")
+        return EXIT_OK
+    if state.state == "running" and job.log:
+        say("Info", f"{where.capitalize()} is running on {state.node}{left}, but Jupyter {app} did not start "
+                    f"within {args.wait} (its log: {job.log}).")
+    elif state.state == "running":  # found by --reuse, its log elsewhere
+        say("Info", f"{where.capitalize()} is running on {state.node}{left} (its log is not on this head: "
+                    f"whether Jupyter {app} has started is not known here).")
+    else:
+        say("Info", f"Jupyter {app} is running on node {state.node}, port {state.port} ({where}{left}).")
     import getpass
 
     command = build_tunnel_command(f"{getpass.getuser()}@{head_name()}", state.node)
@@ -1177,15 +1193,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         job, name, existing = start_job(args, scheduler)
         seconds = parse_duration(args.wait)
         if seconds <= 0:
+            if args.json:
+                return report(job, job.poll(), args, scheduler, name, existing)
             say("Info", f"Not waiting (-w {args.wait}): the node and the server's URL will be in "
                         f"{job.log or 'the job log'}")
-            if not args.json:
-                return EXIT_OK
-            return report(job, job.poll(), args, scheduler, name, existing)
+            return EXIT_OK
         try:
             state = wait_for_job(job, seconds, args.wait)
         except KeyboardInterrupt:
-            say("Info", f"Stopped waiting; the job keeps running. Log: {job.log or 'the job log'}")
+            where = f"job {job.job_id}" if job.job_id else "the job"
+            hint = "" if args.json else \
+                f": {build_again_hint(job.job_id, APP_OF_NAME.get(name, args.type), args.scheduler or '')}"
+            say("Info", f"Stopped waiting; {where} stays in the queue{hint}.")
             return EXIT_INTERRUPTED
         return report(job, state, args, scheduler, name, existing)
     except KeyboardInterrupt:  # while a scheduler command runs (each may take up to 30 s)

@@ -200,8 +200,9 @@ def test_slurm_job_still_pending_at_the_timeout(slurm_netns, cluster_user: Clust
     assert error == (f"Error: job {job} (jp-lab) is still pending (BeginTime) after 5 s; it stays in the queue: "
                      f"attach to it later with jupyter-tunnel -s gw head --job {job}, or cancel it with "
                      f"scancel {job} on head"), pending.stderr
-    # shown while it waited, with the wait
+    # shown while it waited, with the wait; nothing for someone on the head (its log, jupyter-node)
     assert f"Info: job {job} is pending (BeginTime); waiting up to 5s for it to start..." in pending.stderr
+    assert "jupyter_nb_" not in pending.stderr and "jupyter-node" not in pending.stderr
     assert "Traceback" not in pending.stderr
 
 

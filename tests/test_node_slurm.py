@@ -91,6 +91,7 @@ def test_job_that_fails_on_the_node_is_an_error_with_the_log(slurm_cluster: Slur
     assert "Error: Jupyter lab did not start: failed: echo 'module: no such module python/9' >&2; false. Log: " \
         in done.stderr
     assert "module: no such module python/9" in done.stderr  # the log's last lines
+    assert jn.MARK not in done.stderr  # ...without jupyter-node's own marker lines
 
 
 def _only(programs: dict, tmp: Path) -> str:

@@ -641,6 +641,12 @@ def test_wait_does_not_retell_a_running_job_whose_node_name_grows(tmp_path, caps
     assert capsys.readouterr().err.splitlines() == ["Info: job 7 is running on n1; waiting up to 1m for Jupyter..."]
 
 
+def test_log_tail_leaves_out_our_marker_lines():
+    text = f"{jn.MARK} job 7 node vm\nsh: module: not found\n{jn.MARK} fail failed: module load x\n"
+    assert jn.log_tail(text) == "    sh: module: not found"
+    assert jn.log_tail(f"{jn.MARK} job 7 node vm\n") == "    (the log is empty)"
+
+
 def test_jobs_table_escapes_the_schedulers_words():
     row = jn.JobRow("4711", "evil\x1b[2J", "pending", "", None, "Resources\nInfo: forged")
     table = jn.format_jobs([row])
@@ -719,10 +725,9 @@ def test_reuse_of_a_ready_job_says_found_then_nothing_twice(fake, tmp_path, caps
     code, out, err = run_main(["--scheduler", "slurm", "--reuse", "-t", "lab", "-w", "60s"]
                               + (["--json"] if json_mode else []), capsys)
     assert code == jn.EXIT_OK
-    if json_mode:
+    if json_mode:  # the tunnel tells the outcome (its "Running in slurm job 7 ...")
         assert err == ["Info: Found your Jupyter job 7 (jp-lab): attaching to it instead of submitting "
-                       "another (--new submits one).",
-                       "Info: Jupyter lab is running on node vm.cluster, port 8888 (job 7, 1 h 30 min left)."]
+                       "another (--new submits one)."]
         result = json.loads(out)
         assert (result["state"], result["existing"], result["port"], result["time_left"]) == ("ready", True, 8888, 5400)
     else:
@@ -733,3 +738,34 @@ def test_reuse_of_a_ready_job_says_found_then_nothing_twice(fake, tmp_path, caps
             f"Info: Log (it holds the token; private): {log}",
         ]
         assert out.startswith("jupyter-tunnel -s ") and out.rstrip().endswith(" -n vm.cluster")
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_reuse_of_a_pending_job_says_what_helps_where_it_is_read(fake, capsys, json_mode):
+    fake.answer("squeue", "7|jp-lab|PENDING||1:30:00|Resources\n")
+    fake.answer("scontrol", "JobId=7 JobName=jp-lab StdOut=/nonexistent/job.log\n")  # not written yet
+    code, out, err = run_main(["--scheduler", "slurm", "--reuse", "-t", "lab", "-w", "0.3s"]
+                              + (["--json"] if json_mode else []), capsys)
+    assert code == jn.EXIT_OK
+    waiting = "Info: job 7 is pending (Resources); waiting up to 0.3s for it to start..."
+    if json_mode:  # no log path, no jupyter-node command: the tunnel says what its user can do
+        assert err == ["Info: Found your Jupyter job 7 (jp-lab): attaching to it instead of submitting "
+                       "another (--new submits one).", waiting]
+        assert json.loads(out)["state"] == "pending"
+    else:
+        assert err == [
+            "Info: Found your Jupyter job 7 (jp-lab): using it instead of submitting another.", waiting,
+            "Info: After 0.3s, job 7 is still pending (Resources); it stays in the queue: jupyter-node "
+            "--scheduler slurm --reuse -t lab waits for it again, jupyter-node --scheduler slurm --cancel 7 "
+            "cancels it.",
+        ]
+        assert out == ""
+
+
+@pytest.mark.parametrize("job_id, scheduler, hint", [
+    ("7", "", "jupyter-node --reuse -t lab waits for it again, jupyter-node --cancel 7 cancels it"),
+    ("", "sge", "jupyter-node --scheduler sge --reuse -t notebook waits for it again, "
+                "jupyter-node --scheduler sge --jobs shows its id"),
+])
+def test_build_again_hint(job_id, scheduler, hint):
+    assert jn.build_again_hint(job_id, "lab" if job_id else "notebook", scheduler) == hint
