@@ -75,6 +75,17 @@ MARK = "::jupyter-node::"
 MARK_RE = re.compile(re.escape(MARK) + r" job (\S*) node (\S+)")
 # The line the job prints when an activation command fails (see build_server_script).
 FAIL_RE = re.compile(re.escape(MARK) + r" fail (.*)")
+# The lines jupyter-node writes in the log itself: the scheduler, before submitting, and the
+# job id as soon as it is known (sbatch tells it; qrsh does not, the job's marker will): what
+# tells whose job a log is, when the logs of ended jobs are removed (ended_logs).
+SUBMIT_RE = re.compile(re.escape(MARK) + r" submit(?:ting|ted) to (sge|slurm)(?: as job (\S+))?")
+# The logs' own directory, under the user's home, which the nodes share (a Slurm job writes its
+# log from the node): ${XDG_STATE_HOME:-~/.local/state}/jupyter-node, as jupyter-tunnel's.
+LOG_DIR_NAME = "jupyter-node"
+# Seconds a new log is left alone whatever the listing says: a submission under way (sbatch may
+# take a minute) has no job id in its log yet, nor in the scheduler's listing.
+LOG_GRACE = 600.0
+LOG_HEAD = 65536  # bytes of a log read to tell whose job it is: its first lines say it
 # Jupyter logs "http://NODE:PORT/lab?token=..." once it listens: the sign it is ready.
 URL_RE = re.compile(r"\bhttps?://(?:\[[^\]\s]+\]|[^\s/:\[]+):(\d+)/")
 # Characters a terminal acts on instead of showing them: C0 (newline, ESC starting an ANSI
@@ -275,6 +286,48 @@ def parse_log(text: str) -> LogInfo:
     failed = FAIL_RE.search(text, marker.end())
     return LogInfo(marker.group(1), marker.group(2), int(url.group(1)) if url else 0,
                    failed.group(1).strip() if failed else "")
+
+
+def parse_log_owner(text: str) -> Tuple[str, str]:
+    """(scheduler, job id) of a log this tool made, from its first lines ("" for what is not
+    there yet: a qrsh's job id comes only once the job runs and prints its marker)."""
+    scheduler, job_id = "", ""
+    for line in SUBMIT_RE.finditer(text):
+        scheduler, job_id = line.group(1), line.group(2) or job_id
+    return scheduler, job_id or parse_log(text).job_id
+
+
+def build_log_dir(environ: Dict[str, str], home: str) -> str:
+    """The logs' directory: $XDG_STATE_HOME/jupyter-node, else ~/.local/state/jupyter-node
+    (a relative XDG_STATE_HOME is none: the XDG Base Directory spec says to ignore it)."""
+    state = environ.get("XDG_STATE_HOME", "")
+    base = state if os.path.isabs(state) else os.path.join(home, ".local", "state")
+    return os.path.join(base, LOG_DIR_NAME)
+
+
+def ended_logs(logs: Sequence[Tuple[str, str, float]], listings: Dict[str, Sequence[JobRow]],
+               now: float) -> List[str]:
+    """The logs to remove, of ``logs`` (path, first lines, mtime): those of jobs that ended.
+
+    ``listings``: the pending and running jobs of each scheduler that was asked; a log of
+    another scheduler, of none known, or younger than LOG_GRACE is kept.  A log without a job
+    id (a Grid Engine job still pending, a submission that failed) goes only when every Jupyter
+    job of its scheduler has a log of its own: else it may be that job's.
+    """
+    owners = {path: parse_log_owner(text) for path, text, _ in logs}
+    known = set(owners.values())
+    unaccounted = {scheduler for scheduler, rows in listings.items()
+                   if any(row.name in JOB_NAMES.values() and (scheduler, row.job) not in known for row in rows)}
+    ended = []
+    for path, _, mtime in logs:
+        scheduler, job_id = owners[path]
+        if scheduler not in listings or now - mtime < LOG_GRACE:
+            continue
+        if job_id and all(row.job != job_id for row in listings[scheduler]):
+            ended.append(path)
+        elif not job_id and scheduler not in unaccounted:
+            ended.append(path)
+    return ended
 
 
 def parse_squeue(output: str) -> Tuple[str, str, str]:
@@ -595,8 +648,87 @@ def run_command(argv: Sequence[str], timeout: float = 30) -> subprocess.Complete
                           stderr=subprocess.PIPE, universal_newlines=True, timeout=timeout)
 
 
+def private_log_dir() -> str:
+    """The logs' directory (build_log_dir), made if need be; a real directory of the user's,
+    made 0700 (a link or another user's is refused: the logs hold the server's token)."""
+    path = build_log_dir(dict(os.environ), os.path.expanduser("~"))
+    try:
+        try:
+            os.makedirs(path, 0o700, exist_ok=True)
+        except FileExistsError:
+            pass  # not a directory: told below
+        info = os.lstat(path)
+    except OSError as error:
+        raise NodeError(f"cannot make the log directory {path}: {error.strerror}; give a log file "
+                        "with -l PATH") from None
+    import stat
+
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        what = "a symbolic link" if stat.S_ISLNK(info.st_mode) else \
+            "not a directory" if not stat.S_ISDIR(info.st_mode) else f"owned by uid {info.st_uid}"
+        raise NodeError(f"not writing the log in {path}: it is {what}; remove it, or give a log file "
+                        "with -l PATH")
+    if info.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def read_own_logs(directory: str) -> List[Tuple[str, str, float]]:
+    """(path, first LOG_HEAD bytes, mtime) of the logs in ``directory`` named as make_log
+    names them: regular files of the user's only, never through a link."""
+    import getpass
+    import stat
+
+    prefix = f"jupyter_nb_{getpass.getuser()}_"
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    logs = []
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".log")):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue  # a link (ELOOP), gone meanwhile...
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid():
+                logs.append((path, os.read(fd, LOG_HEAD).decode("utf-8", "replace"), info.st_mtime))
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return logs
+
+
+def remove_ended_logs(listings: Dict[str, Sequence[JobRow]]) -> None:
+    """Remove the logs of ended jobs from the logs' directory (ended_logs); best effort: one
+    that cannot be removed stays, and so does all of a directory that is not the user's own."""
+    import stat
+
+    directory = build_log_dir(dict(os.environ), os.path.expanduser("~"))
+    try:
+        info = os.lstat(directory)
+    except OSError:
+        return  # none yet
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        return  # make_log refuses it, and says why
+    for path in ended_logs(read_own_logs(directory), listings, time.time()):
+        try:
+            os.unlink(path)  # a name in a directory of the user's own: a link would go, not its target
+        except OSError:
+            pass
+
+
 def make_log(path: Optional[str]) -> str:
-    """The log file, created (or made) private: mode 0600 before anything is written to it."""
+    """The log file, created (or made) private: mode 0600 before anything is written to it.
+
+    Without ``path``, a new one in the logs' directory (private_log_dir), which the job on
+    the node reaches too (Slurm writes its output there from the node).
+    """
     if path:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -611,7 +743,8 @@ def make_log(path: Optional[str]) -> str:
     import getpass  # here, not at the top: jupyter-tunnel imports this module for its --help
     import tempfile
 
-    fd, name = tempfile.mkstemp(prefix=f"jupyter_nb_{getpass.getuser()}_{host}_", suffix=".log")
+    fd, name = tempfile.mkstemp(prefix=f"jupyter_nb_{getpass.getuser()}_{host}_", suffix=".log",
+                                dir=private_log_dir())
     os.close(fd)  # mkstemp makes it 0600
     return name
 
@@ -732,6 +865,8 @@ class SlurmJob(Job):
                 out.write(done.stdout + done.stderr)
             raise NodeError(f"sbatch could not submit the job: {one_line(done.stderr or done.stdout)}",
                             EXIT_ERROR, log_tail(done.stderr or read_log(log)))
+        with open(log, "a") as out:  # appended: the job may be writing there already
+            out.write(f"{MARK} submitted to slurm as job {job_id}\n")
         return cls(log, job_id, squeue)
 
     def ask_scheduler(self, info: LogInfo) -> JobState:
@@ -800,9 +935,11 @@ def list_jobs(scheduler: str) -> List[JobRow]:
 
 def cancel_job(scheduler: str, job_id: str) -> None:
     """``qdel ID`` or ``scancel ID`` of one of the user's jobs; the scheduler's words when it refuses."""
+    rows = list_jobs(scheduler)
+    remove_ended_logs({scheduler: rows})
     # only a job of the user's own listing: scancel says nothing for an unknown id, and a
     # manager's qdel would cancel another user's job
-    if not any(row.job == job_id for row in list_jobs(scheduler)):
+    if not any(row.job == job_id for row in rows):
         raise NodeError(f"no job {job_id} of yours is pending or running")
     program = CANCEL_COMMANDS[scheduler]
     done = run_command([which_or_fail(program, "to cancel the job"), job_id])
@@ -814,8 +951,9 @@ def find_job_logs(scheduler: str, job_ids: Sequence[str]) -> Dict[str, str]:
     """The logs of jobs an earlier jupyter-node submitted, by job id (those found here).
 
     Slurm knows each (the job's StdOut).  A Grid Engine job's log is written by its qrsh on
-    the head that submitted it: look in this head's temp dir, among the user's own logs,
-    each read once whatever the number of jobs (the newest log of a job id wins).
+    the head that submitted it, into the logs' directory in the home every head shares: look
+    there, among the user's own logs, each read once whatever the number of jobs (the newest
+    log of a job id wins).
     """
     found = {}  # type: Dict[str, str]
     if not job_ids:
@@ -828,15 +966,10 @@ def find_job_logs(scheduler: str, job_ids: Sequence[str]) -> Dict[str, str]:
             if path and os.access(path, os.R_OK):
                 found[job_id] = path
         return found
-    import getpass
-    import glob
-    import tempfile
-
-    pattern = os.path.join(tempfile.gettempdir(), f"jupyter_nb_{getpass.getuser()}_*.log")
-    logs = [path for path in glob.glob(pattern) if os.stat(path).st_uid == os.getuid()]
-    for path in sorted(logs, key=os.path.getmtime, reverse=True):
-        job_id = parse_log(read_log(path)).job_id
-        if job_id in job_ids and job_id not in found:
+    logs = read_own_logs(build_log_dir(dict(os.environ), os.path.expanduser("~")))
+    for path, head, _ in sorted(logs, key=lambda log: log[2], reverse=True):
+        scheduler, job_id = parse_log_owner(head)
+        if scheduler == "sge" and job_id in job_ids and job_id not in found:
             found[job_id] = path
     return found
 
@@ -849,6 +982,8 @@ def one_line(text: str) -> str:
 def submit(args: argparse.Namespace, scheduler: str, log: str) -> Job:
     """Submit the server job; returns it at once (the job may still be queued)."""
     script = build_server_script(args.type, args.pre, args.conda_env or "", user_config())
+    with open(log, "a") as out:  # whose log it is, for remove_ended_logs
+        out.write(f"{MARK} submitting to {scheduler}\n")
     return JOB_CLASSES[scheduler].submit(args, script, log)
 
 
@@ -961,6 +1096,7 @@ def job_port(log: str) -> Optional[int]:
 def show_jobs(args: argparse.Namespace, scheduler: str) -> int:
     """``--jobs``/``--job ID``: the user's Jupyter jobs (or that one job), as a table or JSON."""
     rows = list_jobs(scheduler)
+    remove_ended_logs({scheduler: rows})
     if args.job:
         rows = [row for row in rows if row.job == args.job]
     else:
@@ -979,8 +1115,17 @@ def show_jobs(args: argparse.Namespace, scheduler: str) -> int:
 
 def start_job(args: argparse.Namespace, scheduler: str) -> Tuple[Job, str, bool]:
     """The job to wait for, its name and whether it was there already (``--reuse``)."""
+    try:
+        rows = list_jobs(scheduler)
+    except (NodeError, OSError, subprocess.TimeoutExpired):
+        if args.reuse:
+            raise
+        rows = None  # submitting does not need it: the logs of ended jobs stay this time
+    if rows is not None:
+        remove_ended_logs({scheduler: rows})
     if args.reuse:
-        row = job_to_reuse(list_jobs(scheduler), list(JOB_NAMES.values()))
+        assert rows is not None
+        row = job_to_reuse(rows, list(JOB_NAMES.values()))
         if row:
             job = ExistingJob(scheduler, row, find_job_logs(scheduler, [row.job]).get(row.job, ""))
             # its state comes next, once looked at (or, ready, in the outcome): not twice
@@ -1135,8 +1280,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-n", "--node", metavar="NAME",
                         help="node to run on (Grid Engine: -l h=NAME; Slurm: --nodelist)")
     parser.add_argument("-l", "--log", type=log_path, metavar="PATH",
-                        help="log file, made private (0600) [default: a new "
-                             "jupyter_nb_USER_HOST_XXXXXXXX.log in the temp dir]")
+                        help="log file, made private (0600) [default: a new jupyter_nb_USER_HOST_XXXXXXXX.log "
+                             "in ${XDG_STATE_HOME:-~/.local/state}/jupyter-node, where the logs of ended "
+                             "jobs are removed]")
     parser.add_argument("-w", "--wait", type=duration, default=DEFAULT_WAIT, metavar="TIME",
                         help="wait up to TIME (sleep syntax: 15s, 2m, 1.5h) for the server to start; "
                              "0: don't check [default: %(default)s]")

@@ -588,10 +588,12 @@ def stop_user_jobs_and_servers(user: ClusterUser) -> None:
             pass
     for path in user.runtime_files():
         path.unlink(missing_ok=True)
-    # jupyter-node's logs (they stay for the user, by design; not for the test user)
-    for path in Path(tempfile.gettempdir()).glob(f"jupyter_nb_{user.name}_*.log"):
-        if path.stat().st_uid == user.uid:
-            path.unlink(missing_ok=True)
+    # jupyter-node's logs (those of running jobs stay for the user, by design; not for the test
+    # user), in their directory in the home, and in the temp dir where versions before kept them
+    for directory in (user.home / ".local" / "state" / "jupyter-node", Path(tempfile.gettempdir())):
+        for path in directory.glob(f"jupyter_nb_{user.name}_*.log"):
+            if path.lstat().st_uid == user.uid:
+                path.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- reading results

@@ -163,6 +163,47 @@ def test_json_submit_list_reuse_cancel_sent_on_stdin(slurm_cluster: SlurmCluster
                                   lambda: slurm_cluster.job_state(job["job"]) in (None, "CANCELLED"))
 
 
+def test_logs_are_private_in_the_home_and_those_of_ended_jobs_go(slurm_cluster: SlurmCluster,
+                                                                 cluster_user: ClusterUser):
+    """One place for the logs, which the job writes from the node (the home is shared), and a
+    run removes those of jobs that ended: no pile of jupyter_nb_*.log in the head's /tmp."""
+    user = cluster_user
+    # a job that stays running without a server: its activation never ends
+    done, job = user.node_json(f"--scheduler slurm --pre {shlex.quote('sleep 600')} -w 0")
+    assert done.returncode == jn.EXIT_OK, done.stderr
+    directory = user.home / ".local" / "state" / "jupyter-node"
+    log = Path(job["log"])
+    assert log.parent == directory and log.name.startswith(f"jupyter_nb_{user.name}_")
+    for path, mode in ((directory, 0o700), (log, 0o600)):
+        info = path.lstat()
+        assert (stat.S_IMODE(info.st_mode), info.st_uid) == (mode, user.uid), path
+    # the job writes its marker there, from the node
+    wait_for(lambda: jn.parse_log(log.read_text()).job_id == job["job"], 60, interval=0.2,
+             what="the job's marker in its log")
+    assert not list(Path("/tmp").glob(f"jupyter_nb_{user.name}_*.log"))
+
+    # logs of jobs that ended (a job gone, a submission sbatch refused), an hour old, and
+    # what is not ours to remove: a new log (a submission may be under way), another file
+    planted = {
+        "ended": f"{jn.MARK} submitting to slurm\n{jn.MARK} submitted to slurm as job 999999\n",
+        "refused": f"{jn.MARK} submitting to slurm\nsbatch: error: invalid partition specified: nosuch\n",
+        "young": f"{jn.MARK} submitting to slurm\n{jn.MARK} submitted to slurm as job 999998\n",
+    }
+    paths = {name: directory / f"jupyter_nb_{user.name}_head_{name:x<8}.log" for name in planted}
+    paths["other"] = directory / "notes.txt"
+    for name, path in paths.items():
+        path.write_text(planted.get(name, "mine\n"))
+        os.chown(path, user.uid, user.uid)
+    hour_ago = time.time() - 3600
+    for path in (log, paths["ended"], paths["refused"], paths["other"]):
+        os.utime(path, (hour_ago, hour_ago))
+    done, listed = user.node_json("--scheduler slurm --jobs")
+    assert done.returncode == jn.EXIT_OK, done.stderr
+    assert [row["job"] for row in listed["jobs"]] == [job["job"]]
+    assert not paths["ended"].exists() and not paths["refused"].exists()
+    assert log.exists() and paths["young"].exists() and paths["other"].exists()  # its job runs; the rest
+
+
 def test_submit_pre_with_a_comment_or_a_background_command_starts_the_server(slurm_cluster: SlurmCluster,
                                                                               cluster_user: ClusterUser):
     """jupyter-tunnel --submit: each --pre runs on its own in the job script, as with --start:

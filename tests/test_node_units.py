@@ -14,6 +14,7 @@ import shlex
 import stat
 import subprocess
 import sys
+import time
 try:
     import tomllib
 except ImportError:  # Python < 3.11: the same parser, from PyPI (the test extra)
@@ -26,6 +27,13 @@ import pytest
 import jupyter_node as jn
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def state_home(tmp_path, monkeypatch) -> Path:
+    """$XDG_STATE_HOME of the test's own: the logs' directory, never the real one's."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    return tmp_path / "state"
 # subprocess.run's text output, as Python 3.6 spells it (capture_output/text came in 3.7)
 TEXT = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "universal_newlines": True}
 
@@ -224,12 +232,100 @@ def test_log_tail():
     assert jn.log_tail("Traceback:\n  File x\n \n", 2) == "    Traceback:\n      File x"
 
 
-def test_make_log_default_is_private_and_named(tmp_path, monkeypatch):
-    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+def test_make_log_default_is_private_and_named(state_home):
     path = jn.make_log(None)
     name = os.path.basename(path)
+    assert os.path.dirname(path) == str(state_home / "jupyter-node")
     assert name.startswith(f"jupyter_nb_{getpass.getuser()}_") and name.endswith(".log")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+    # one made open to others (umask 022, say) is made private again
+    os.chmod(os.path.dirname(path), 0o755)
+    jn.make_log(None)
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+
+
+@pytest.mark.parametrize("environ, directory", [
+    ({"XDG_STATE_HOME": "/s"}, "/s/jupyter-node"),
+    ({}, "/home/u/.local/state/jupyter-node"),
+    ({"XDG_STATE_HOME": ""}, "/home/u/.local/state/jupyter-node"),
+    ({"XDG_STATE_HOME": "state"}, "/home/u/.local/state/jupyter-node"),  # relative: ignored (XDG spec)
+])
+def test_build_log_dir(environ, directory):
+    assert jn.build_log_dir(environ, "/home/u") == directory
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda path: path.symlink_to(path.parent), "it is a symbolic link"),
+    (lambda path: path.write_text(""), "it is not a directory"),
+])
+def test_a_log_directory_that_is_not_a_private_one_is_refused(state_home, make, words):
+    state_home.mkdir()
+    make(state_home / "jupyter-node")
+    with pytest.raises(jn.NodeError) as caught:
+        jn.make_log(None)
+    assert str(caught.value) == (f"not writing the log in {state_home / 'jupyter-node'}: {words}; remove it, "
+                                 "or give a log file with -l PATH")
+
+
+AGE = jn.LOG_GRACE + 1  # older than the grace a new log has
+
+
+@pytest.mark.parametrize("head, age, listings, removed", [
+    # the job id (ours, or the job's own marker) in the listing: it runs; else it has ended
+    (f"{jn.MARK} submitting to slurm\n{jn.MARK} submitted to slurm as job 7\n", AGE,
+     {"slurm": [jn.JobRow("7", "jp-lab", "running", "n1")]}, False),
+    (f"{jn.MARK} submitting to slurm\n{jn.MARK} submitted to slurm as job 7\n", AGE,
+     {"slurm": [jn.JobRow("8", "jp-lab", "running", "n1")]}, True),
+    (f"{jn.MARK} submitting to sge\n{jn.MARK} job 7 node n1\n", AGE, {"sge": []}, True),
+    (f"{jn.MARK} submitting to sge\n{jn.MARK} job 7 node n1\n", AGE,
+     {"sge": [jn.JobRow("7", "notebook", "running", "n1")]}, False),
+    # young: a submission may be under way, whatever the listing says
+    (f"{jn.MARK} submitting to slurm\n", 10, {"slurm": []}, False),
+    # no job id yet (a qrsh's pending job): kept while a Jupyter job has no log of its own
+    (f"{jn.MARK} submitting to sge\n", AGE, {"sge": [jn.JobRow("9", "jp-lab", "pending")]}, False),
+    (f"{jn.MARK} submitting to sge\n", AGE, {"sge": [jn.JobRow("9", "simulation", "pending")]}, True),
+    (f"{jn.MARK} submitting to sge\nerror: no suitable queues\n", AGE, {"sge": []}, True),
+    # a scheduler that was not asked, or no scheduler said: nothing is known, nothing removed
+    (f"{jn.MARK} submitting to slurm\n{jn.MARK} submitted to slurm as job 7\n", AGE, {"sge": []}, False),
+    ("something else\n", AGE, {"sge": [], "slurm": []}, False),
+])
+def test_ended_logs(head, age, listings, removed):
+    assert jn.ended_logs([("/l/a.log", head, 1000.0)], listings, 1000.0 + age) == (["/l/a.log"] if removed else [])
+
+
+def test_a_pending_jobs_log_is_kept_once_another_has_its_own():
+    logs = [("/l/pending.log", f"{jn.MARK} submitting to sge\n", 0.0),
+            ("/l/running.log", f"{jn.MARK} submitting to sge\n{jn.MARK} job 4 node n1\n", 0.0)]
+    listing = {"sge": [jn.JobRow("4", "jp-lab", "running", "n1"), jn.JobRow("5", "jp-lab", "pending")]}
+    assert jn.ended_logs(logs, listing, AGE) == []
+    assert jn.ended_logs(logs, {"sge": listing["sge"][:1]}, AGE) == ["/l/pending.log"]
+
+
+def test_remove_ended_logs_takes_only_our_own_files(state_home, tmp_path):
+    directory = Path(jn.make_log(None)).parent
+    user = getpass.getuser()
+    ended = f"{jn.MARK} submitting to slurm\n{jn.MARK} submitted to slurm as job 7\n"
+    outside = tmp_path / "outside.log"
+    outside.write_text(ended)
+    files = {
+        f"jupyter_nb_{user}_h_ended001.log": ended,
+        f"jupyter_nb_{user}_h_running1.log": f"{jn.MARK} submitting to slurm\n{jn.MARK} submitted to slurm as job 8\n",
+        "notes.log": ended,  # not our naming
+        f"jupyter_nb_{user}_h_ended002.txt": ended,
+    }
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    (directory / f"jupyter_nb_{user}_h_link0001.log").symlink_to(outside)  # never followed
+    old = time.time() - jn.LOG_GRACE - 60
+    for path in [*directory.iterdir(), outside]:
+        os.utime(path, (old, old), follow_symlinks=False)
+    jn.remove_ended_logs({"slurm": [jn.JobRow("8", "jp-lab", "running", "n1")]})
+    left = sorted(path.name for path in directory.iterdir())
+    assert f"jupyter_nb_{user}_h_ended001.log" not in left
+    assert set(left) >= {f"jupyter_nb_{user}_h_running1.log", "notes.log", f"jupyter_nb_{user}_h_ended002.txt",
+                         f"jupyter_nb_{user}_h_link0001.log"}
+    assert outside.read_text() == ended
 
 
 def test_make_log_given_path_is_made_private(tmp_path):
@@ -701,7 +797,7 @@ class FakeScheduler:
 
 
 @pytest.fixture
-def fake(tmp_path, monkeypatch):
+def fake(tmp_path, monkeypatch, state_home):
     scheduler = FakeScheduler(tmp_path)
     monkeypatch.setenv("PATH", str(scheduler.bin))
     monkeypatch.setenv("NO_COLOR", "1")
