@@ -28,8 +28,9 @@ computer, ``jupyter-tunnel -s [GATEWAY ...] USER@HEAD -n NODE``.  The flow:
    ends (``Error:`` with the log's last lines), or the time is up (report what is known so
    far).  Each change of state on the way is an ``Info:`` line.
 
-``--jobs``/``--job ID`` list the user's Jupyter jobs instead (``squeue``; ``qstat -xml``), with
-the time they have left; ``--reuse`` waits for such a job rather than submitting another one;
+``--jobs``/``--job ID`` list the user's Jupyter jobs instead (``squeue``; ``qstat -xml``; both
+on a head that has both: nothing to choose when nothing is submitted), with the time they have
+left; ``--reuse`` waits for such a job rather than submitting another one;
 ``--cancel ID`` ends one.  ``--json`` prints the outcome as one JSON object on stdout, for
 jupyter-tunnel --submit and -n auto, which run this file on the head through their login.
 
@@ -66,6 +67,7 @@ JOB_NAMES = {"notebook": "notebook", "lab": "jp-lab"}  # the original's job name
 APP_OF_NAME = {name: app for app, name in JOB_NAMES.items()}
 SCHEDULERS = ("sge", "slurm")
 CANCEL_COMMANDS = {"sge": "qdel", "slurm": "scancel"}  # what ends a job of each
+SCHEDULER_NAMES = {"sge": "Grid Engine", "slurm": "Slurm"}  # for messages
 DEFAULT_WAIT = "15s"
 # sleep(1) syntax, as the original checked it: a number and an optional unit
 DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
@@ -512,12 +514,15 @@ def format_table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def format_jobs(rows: Sequence[JobRow]) -> str:
+def format_jobs(rows: Sequence[JobRow], schedulers: Sequence[str] = ()) -> str:
     """The ``--jobs`` table for people (format_table escapes it: with --job ID the name is
-    any job's, and the reason is the scheduler's)."""
-    return format_table([("JOB", "NAME", "STATE", "NODE", "TIME LEFT", "REASON")]
-                        + [(row.job, row.name, row.state, row.node or "-", format_time_left(row.time_left), row.reason)
-                           for row in rows])
+    any job's, and the reason is the scheduler's); with ``schedulers`` (each row's, when two
+    were asked) a SCHEDULER column says which one each job is in."""
+    which = list(schedulers) or [""] * len(rows)
+    columns = slice(None) if schedulers else slice(1, None)
+    return format_table([("SCHEDULER", "JOB", "NAME", "STATE", "NODE", "TIME LEFT", "REASON")[columns]]
+                        + [(scheduler, row.job, row.name, row.state, row.node or "-", format_time_left(row.time_left),
+                            row.reason)[columns] for scheduler, row in zip(which, rows)])
 
 
 def build_result(scheduler: str, job_id: str, name: str, state: JobState, log: str,
@@ -541,13 +546,20 @@ def progress_line(job_id: str, state: JobState, wait: str = "") -> str:
 
 
 def choose_scheduler(have_sge: bool, have_slurm: bool) -> str:
-    """The scheduler to use when ``--scheduler`` is not given."""
-    if have_sge and not have_slurm:
-        return "sge"
-    if have_slurm and not have_sge:
-        return "slurm"
-    found = "both Grid Engine (qrsh) and Slurm (sbatch)" if have_sge else "neither qrsh nor sbatch/srun"
-    raise NodeError(f"found {found} on PATH: choose with --scheduler sge|slurm", EXIT_MISSING)
+    """The scheduler to submit to when ``--scheduler`` is not given: the one on PATH."""
+    if have_sge and have_slurm:
+        raise NodeError("found both Grid Engine (qrsh) and Slurm (sbatch) on PATH: choose the one to submit "
+                        "to with --scheduler sge|slurm", EXIT_MISSING)
+    return found_schedulers(have_sge, have_slurm)[0]
+
+
+def found_schedulers(have_sge: bool, have_slurm: bool) -> List[str]:
+    """The schedulers to ask when ``--scheduler`` is not given and nothing is submitted
+    (--jobs, --job, --cancel): every one on PATH."""
+    found = [name for name, have in (("sge", have_sge), ("slurm", have_slurm)) if have]
+    if not found:
+        raise NodeError("found neither qrsh nor sbatch/srun on PATH: choose with --scheduler sge|slurm", EXIT_MISSING)
+    return found
 
 
 def build_tunnel_command(head: str, node: str) -> str:
@@ -933,18 +945,55 @@ def list_jobs(scheduler: str) -> List[JobRow]:
     return build_sge_rows(entries, limits, time.time())
 
 
-def cancel_job(scheduler: str, job_id: str) -> None:
-    """``qdel ID`` or ``scancel ID`` of one of the user's jobs; the scheduler's words when it refuses."""
-    rows = list_jobs(scheduler)
-    remove_ended_logs({scheduler: rows})
+def list_all_jobs(schedulers: Sequence[str]) -> Dict[str, List[JobRow]]:
+    """Each scheduler's listing of the user's jobs (list_jobs).  Of two, one that cannot be
+    asked (a client installed, its controller elsewhere or gone) is a Warning that names it
+    and the option that leaves it out; of one, or of both, an error."""
+    if len(schedulers) == 1:
+        return {schedulers[0]: list_jobs(schedulers[0])}
+    listings, failures = {}, {}  # type: Dict[str, List[JobRow]], Dict[str, str]
+    for scheduler in schedulers:
+        try:
+            listings[scheduler] = list_jobs(scheduler)
+        except (NodeError, OSError, subprocess.TimeoutExpired) as error:
+            failures[scheduler] = describe_failure(error)
+    if not listings:
+        raise NodeError("neither scheduler could be asked: " + "; ".join(
+            f"{SCHEDULER_NAMES[scheduler]}: {why}" for scheduler, why in failures.items()))
+    for scheduler, why in failures.items():
+        other = next(iter(listings))
+        say("Warning", f"{SCHEDULER_NAMES[scheduler]} could not be asked ({why}): its jobs are left out; "
+                       f"--scheduler {other} asks {SCHEDULER_NAMES[other]} alone")
+    return listings
+
+
+def describe_failure(error: Exception) -> str:
+    """A scheduler command's failure in words (a NodeError, an OSError, a timeout)."""
+    if isinstance(error, subprocess.TimeoutExpired):
+        return f"{os.path.basename(str(error.cmd[0]))} did not answer within {error.timeout:g} s"
+    if isinstance(error, NodeError):
+        return str(error)
+    return describe_os_error(error)
+
+
+def cancel_job(listings: Dict[str, List[JobRow]], job_id: str) -> str:
+    """``qdel ID`` or ``scancel ID`` of one of the user's jobs, in the scheduler whose listing
+    holds it (returned); the scheduler's words when it refuses."""
     # only a job of the user's own listing: scancel says nothing for an unknown id, and a
     # manager's qdel would cancel another user's job
-    if not any(row.job == job_id for row in rows):
-        raise NodeError(f"no job {job_id} of yours is pending or running")
+    holders = [scheduler for scheduler, rows in listings.items() if any(row.job == job_id for row in rows)]
+    if not holders:
+        where = f" in {' or '.join(SCHEDULER_NAMES[name] for name in listings)}" if len(listings) > 1 else ""
+        raise NodeError(f"no job {job_id} of yours is pending or running{where}")
+    if len(holders) > 1:
+        raise NodeError(f"both Grid Engine and Slurm have a job {job_id} of yours: choose with --scheduler "
+                        "sge|slurm")
+    scheduler = holders[0]
     program = CANCEL_COMMANDS[scheduler]
     done = run_command([which_or_fail(program, "to cancel the job"), job_id])
     if done.returncode != 0:
         raise NodeError(f"{program} {job_id} failed: {one_line(done.stderr or done.stdout)}")
+    return scheduler
 
 
 def find_job_logs(scheduler: str, job_ids: Sequence[str]) -> Dict[str, str]:
@@ -1017,10 +1066,9 @@ def wait_for_job(job: Job, seconds: float, wait: str = "") -> JobState:
         time.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
 
 
-def detect_scheduler() -> str:
-    """The scheduler found on PATH (``qrsh``: sge; ``sbatch``/``srun``: slurm)."""
-    have_slurm = bool(shutil.which("sbatch") or shutil.which("srun"))
-    return choose_scheduler(bool(shutil.which("qrsh")), have_slurm)
+def detect_schedulers() -> Tuple[bool, bool]:
+    """Whether Grid Engine (``qrsh``) and Slurm (``sbatch``/``srun``) are on PATH."""
+    return bool(shutil.which("qrsh")), bool(shutil.which("sbatch") or shutil.which("srun"))
 
 
 def job_time_left(scheduler: str, job_id: str) -> Optional[int]:
@@ -1093,23 +1141,27 @@ def job_port(log: str) -> Optional[int]:
     return port if 0 < port < 65536 else None
 
 
-def show_jobs(args: argparse.Namespace, scheduler: str) -> int:
-    """``--jobs``/``--job ID``: the user's Jupyter jobs (or that one job), as a table or JSON."""
-    rows = list_jobs(scheduler)
-    remove_ended_logs({scheduler: rows})
-    if args.job:
-        rows = [row for row in rows if row.job == args.job]
-    else:
-        rows = [row for row in rows if row.name in JOB_NAMES.values()]
+def show_jobs(args: argparse.Namespace, listings: Dict[str, List[JobRow]]) -> int:
+    """``--jobs``/``--job ID``: the user's Jupyter jobs (or that one job) of each scheduler
+    asked, as a table or JSON; each job says its scheduler (JSON: ``scheduler`` of each job;
+    the top one is null when two were asked)."""
+    found = [(scheduler, row) for scheduler, rows in listings.items() for row in rows
+             if (row.job == args.job if args.job else row.name in JOB_NAMES.values())]
     if args.json:
-        logs = find_job_logs(scheduler, [row.job for row in rows if row.state == "running"])
-        jobs = [dict(row._asdict(), port=job_port(logs.get(row.job, ""))) for row in rows]
-        print(json.dumps({"scheduler": scheduler, "jobs": jobs}), flush=True)
-    elif rows:
-        print(format_jobs(rows), flush=True)
+        jobs = []
+        for scheduler in listings:
+            rows = [row for which, row in found if which == scheduler]
+            logs = find_job_logs(scheduler, [row.job for row in rows if row.state == "running"])
+            jobs += [dict(row._asdict(), scheduler=scheduler, port=job_port(logs.get(row.job, ""))) for row in rows]
+        only = list(listings)[0] if len(listings) == 1 else None
+        print(json.dumps({"scheduler": only, "jobs": jobs}), flush=True)
+    elif found:
+        schedulers = [scheduler for scheduler, _ in found] if len(listings) > 1 else []
+        print(format_jobs([row for _, row in found], schedulers), flush=True)
     else:
         what = f"job {args.job}" if args.job else "Jupyter job of yours"
-        say("Info", f"No {what} is pending or running.")
+        where = f" in {' or '.join(SCHEDULER_NAMES[name] for name in listings)}" if len(listings) > 1 else ""
+        say("Info", f"No {what} is pending or running{where}.")
     return EXIT_OK
 
 
@@ -1293,7 +1345,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_server_options(parser, APPS, "notebook", "the node",
                        "notebook (job name notebook) or lab (job name jp-lab)")
     parser.add_argument("--scheduler", choices=SCHEDULERS,
-                        help="sge or slurm [default: the one found on PATH]")
+                        help="sge or slurm [default: the one found on PATH; with both, --jobs, --job "
+                             "and --cancel ask both]")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object on stdout (for programs: jupyter-tunnel --submit); "
                              "messages stay on stderr")
@@ -1327,15 +1380,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
-        scheduler = args.scheduler or detect_scheduler()
-        if args.cancel:
-            cancel_job(scheduler, args.cancel)
+        if args.cancel or args.jobs or args.job:
+            # nothing is submitted, so nothing to choose: ask every scheduler there is
+            listings = list_all_jobs([args.scheduler] if args.scheduler else found_schedulers(*detect_schedulers()))
+            remove_ended_logs(listings)
+            if not args.cancel:
+                return show_jobs(args, listings)
+            scheduler = cancel_job(listings, args.cancel)
             if args.json:
-                print(json.dumps({"cancelled": args.cancel}), flush=True)
-            say("Info", f"Cancelled job {args.cancel}.")
+                print(json.dumps({"cancelled": args.cancel, "scheduler": scheduler}), flush=True)
+            where = f" ({SCHEDULER_NAMES[scheduler]})" if len(listings) > 1 else ""
+            say("Info", f"Cancelled job {args.cancel}{where}.")
             return EXIT_OK
-        if args.jobs or args.job:
-            return show_jobs(args, scheduler)
+        scheduler = args.scheduler or choose_scheduler(*detect_schedulers())
         job, name, existing = start_job(args, scheduler)
         seconds = parse_duration(args.wait)
         if seconds <= 0:
@@ -1359,8 +1416,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except NodeError as error:
         return fail(args, str(error), error.code, error.details)
     except subprocess.TimeoutExpired as error:  # a scheduler command that hangs (controller down)
-        return fail(args, f"{os.path.basename(str(error.cmd[0]))} did not answer within {error.timeout:g} s: "
-                          "is the scheduler's controller up?", EXIT_ERROR)
+        return fail(args, f"{describe_failure(error)}: is the scheduler's controller up?", EXIT_ERROR)
     except OSError as error:  # the log, or a scheduler command that cannot run
         return fail(args, describe_os_error(error), EXIT_ERROR)
 

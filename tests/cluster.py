@@ -642,7 +642,7 @@ def check_listed_reused_cancelled(user: ClusterUser, scheduler: str, job: dict, 
     assert queued() == [job["job"]]  # nothing new submitted
 
     done, cancelled = user.node_json(f"--scheduler {scheduler} --cancel {job['job']}")
-    assert (done.returncode, cancelled) == (0, {"cancelled": job["job"]}), done.stderr
+    assert (done.returncode, cancelled) == (0, {"cancelled": job["job"], "scheduler": scheduler}), done.stderr
     wait_for(gone, 60, interval=0.2, what="the job to end")
     done, listed = user.node_json(f"--scheduler {scheduler} --job {job['job']}")
     assert (done.returncode, listed) == (0, {"scheduler": scheduler, "jobs": []}), done.stderr

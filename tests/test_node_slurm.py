@@ -19,7 +19,7 @@ import pytest
 
 import jupyter_node as jn
 import jupyter_tunnel as jt
-from cluster import ClusterUser, SlurmCluster, check_listed_reused_cancelled, logins_by_target, parse_node_report
+from cluster import ClusterUser, SgeCluster, SlurmCluster, check_listed_reused_cancelled, logins_by_target, parse_node_report
 from helpers import tcp_open, wait_for
 from netns import ADDRESSES
 from tunnelrun import Tunnel, check_printed_command, get_status, local_port_of
@@ -119,11 +119,55 @@ def test_scheduler_detection_asks_when_ambiguous(slurm_cluster: SlurmCluster, cl
                                                 session_dir: Path):
     done = cluster_user.ssh_head("jupyter-node -t lab")  # /usr/bin has qrsh and sbatch here
     assert done.returncode == jn.EXIT_MISSING
-    assert "Error: found both Grid Engine (qrsh) and Slurm (sbatch) on PATH: choose with --scheduler" in done.stderr
+    assert "Error: found both Grid Engine (qrsh) and Slurm (sbatch) on PATH: choose the one to submit to with " \
+        "--scheduler sge|slurm" in done.stderr
     nothing = _only({}, session_dir / "no-scheduler")
     done = cluster_user.ssh_head(f"PATH={nothing}:{cluster_user.bin_dir}:{cluster_user.venv}/bin exec jupyter-node -t lab")
     assert done.returncode == jn.EXIT_MISSING and "found neither qrsh nor sbatch/srun" in done.stderr
     assert slurm_cluster.jobs() == []
+
+
+def test_jobs_and_cancel_ask_both_schedulers_when_both_are_on_path(sge_cluster: SgeCluster,
+                                                                   slurm_cluster: SlurmCluster,
+                                                                   cluster_user: ClusterUser):
+    """A head with Grid Engine and Slurm (/usr/bin has qrsh and sbatch here): listing and
+    cancelling choose nothing, so they need no --scheduler; only submitting does."""
+    user = cluster_user
+    # a Jupyter job in each, whose activation never ends (no server needed)
+    for scheduler in ("sge", "slurm"):
+        done = user.ssh_head(f"cd && jupyter-node --scheduler {scheduler} --pre {shlex.quote('sleep 600')} -w 0")
+        assert done.returncode == jn.EXIT_OK, done.stderr
+    [sge_job] = wait_for(sge_cluster.jobs, 30, what="the Grid Engine job")
+    [slurm_job] = slurm_cluster.jobs()
+
+    done, listed = user.node_json("--jobs")  # as jupyter-tunnel -n auto asks, without --scheduler
+    assert done.returncode == jn.EXIT_OK and "Warning" not in done.stderr, done.stderr
+    assert listed["scheduler"] is None  # each job says its own
+    assert sorted((job["scheduler"], job["job"], job["name"]) for job in listed["jobs"]) == [
+        ("sge", sge_job, "notebook"), ("slurm", slurm_job, "notebook")]
+    done = user.ssh_head("jupyter-node --jobs")
+    assert done.returncode == jn.EXIT_OK, done.stderr
+    header, *rows = [line.split()[:3] for line in done.stdout.splitlines()]
+    assert header == ["SCHEDULER", "JOB", "NAME"]
+    assert sorted(rows) == [["sge", sge_job, "notebook"], ["slurm", slurm_job, "notebook"]]
+
+    # --cancel ID, in the one that has it, the other's job left alone
+    collide = sge_job == slurm_job  # the two counters met: the id alone cannot say which
+    if collide:
+        done = user.ssh_head(f"jupyter-node --cancel {sge_job}")
+        assert done.returncode == jn.EXIT_ERROR
+        assert f"Error: both Grid Engine and Slurm have a job {sge_job} of yours: choose with --scheduler" \
+            in done.stderr
+    only = " --scheduler sge" if collide else ""
+    done = user.ssh_head(f"jupyter-node --cancel {sge_job}{only}")
+    where = "" if collide else " (Grid Engine)"
+    assert (done.returncode, done.stderr) == (jn.EXIT_OK, f"Info: Cancelled job {sge_job}{where}.\n")
+    wait_for(lambda: sge_cluster.job_state(sge_job) is None, 60, interval=0.2, what="the Grid Engine job to end")
+    assert slurm_cluster.job_state(slurm_job) is not None
+    done, cancelled = user.node_json(f"--cancel {slurm_job}")
+    assert (done.returncode, cancelled) == (jn.EXIT_OK, {"cancelled": slurm_job, "scheduler": "slurm"}), done.stderr
+    wait_for(lambda: slurm_cluster.job_state(slurm_job) in (None, "CANCELLED"), 60, interval=0.2,
+             what="the Slurm job to end")
 
 
 def test_node_reachable_only_from_the_head(slurm_netns, cluster_user: ClusterUser):

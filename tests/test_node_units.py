@@ -219,6 +219,20 @@ def test_choose_scheduler_asks_for_the_option(sge, slurm, words):
     assert caught.value.code == jn.EXIT_MISSING
 
 
+@pytest.mark.parametrize("sge, slurm, expected", [
+    (True, True, ["sge", "slurm"]), (True, False, ["sge"]), (False, True, ["slurm"]),
+])
+def test_found_schedulers_to_list_or_cancel_are_all_there_are(sge, slurm, expected):
+    assert jn.found_schedulers(sge, slurm) == expected
+
+
+def test_found_schedulers_none_is_an_error():
+    with pytest.raises(jn.NodeError) as caught:
+        jn.found_schedulers(False, False)
+    assert (str(caught.value), caught.value.code) == (
+        "found neither qrsh nor sbatch/srun on PATH: choose with --scheduler sge|slurm", jn.EXIT_MISSING)
+
+
 def test_build_tunnel_command_quotes():
     assert jn.build_tunnel_command("me@head.x", "n1") == "jupyter-tunnel -s me@head.x -n n1"
     assert shlex.split(jn.build_tunnel_command("a b", "n;1")) == ["jupyter-tunnel", "-s", "a b", "-n", "n;1"]
@@ -651,6 +665,17 @@ def test_format_time_left(seconds, text):
     assert jn.format_time_left(seconds) == text
 
 
+def test_format_jobs_says_each_jobs_scheduler_when_two_were_asked():
+    lines = jn.format_jobs([jn.JobRow("49", "jp-lab", "running", "node1", 598),
+                            jn.JobRow("81234", "notebook", "pending", "", None, "Resources")],
+                           ["sge", "slurm"]).splitlines()
+    assert lines == [
+        "SCHEDULER  JOB    NAME      STATE    NODE   TIME LEFT      REASON",
+        "sge        49     jp-lab    running  node1  9 min",
+        "slurm      81234  notebook  pending  -      no time limit  Resources",
+    ]
+
+
 def test_format_jobs():
     lines = jn.format_jobs([jn.JobRow("49", "jp-lab", "running", "node1", 598),
                             jn.JobRow("51", "notebook", "pending", "", None, "Resources")]).splitlines()
@@ -865,3 +890,81 @@ def test_reuse_of_a_pending_job_says_what_helps_where_it_is_read(fake, capsys, j
 ])
 def test_build_again_hint(job_id, scheduler, hint):
     assert jn.build_again_hint(job_id, "lab" if job_id else "notebook", scheduler) == hint
+
+
+# Both schedulers on PATH (a head with Grid Engine and Slurm): a job of each, as they list them.
+# Grid Engine's are QSTAT_XML's (65 jp-lab and 66 notebook running, 67-69 pending...)
+BOTH_SQUEUE = "81234|jp-lab|RUNNING|gpu03|1:00:00|None\n81300|simulation|RUNNING|gpu04|2:00:00|None\n"
+
+
+@pytest.fixture
+def both(fake):
+    for program in ("qrsh", "sbatch", "qdel", "scancel"):
+        fake.answer(program)
+    fake.answer("qstat", QSTAT_XML)
+    fake.answer("squeue", BOTH_SQUEUE)
+    fake.answer("scontrol", "JobId=81234 StdOut=/nonexistent/log\n")
+    return fake
+
+
+def test_jobs_with_both_schedulers_lists_both_and_says_which(both, capsys):
+    code, out, err = run_main(["--jobs", "--json"], capsys)
+    assert code == jn.EXIT_OK and err == []
+    answer = json.loads(out)
+    assert answer["scheduler"] is None  # no one scheduler: each job says its own
+    assert [(job["scheduler"], job["job"]) for job in answer["jobs"]] == [
+        ("sge", "65"), ("sge", "66"), ("sge", "67"), ("sge", "68"), ("sge", "69"), ("slurm", "81234")]
+    code, out, err = run_main(["--jobs"], capsys)
+    assert code == jn.EXIT_OK
+    assert [line.split()[:2] for line in out.splitlines()] == [
+        ["SCHEDULER", "JOB"], ["sge", "65"], ["sge", "66"], ["sge", "67"], ["sge", "68"], ["sge", "69"],
+        ["slurm", "81234"]]
+    # one scheduler asked (--scheduler): as before, and each job says its scheduler in JSON too
+    asked = len(both.called())
+    code, out, err = run_main(["--jobs", "--json", "--scheduler", "slurm"], capsys)
+    answer = json.loads(out)
+    assert answer["scheduler"] == "slurm" and [job["scheduler"] for job in answer["jobs"]] == ["slurm"]
+    assert [line.split()[0] for line in both.called()[asked:]] == ["squeue", "scontrol"]
+
+
+def test_jobs_with_both_schedulers_one_that_cannot_be_asked_is_a_warning(both, capsys):
+    both.answer("qstat", "", code=1)
+    (both.bin / "qstat").write_text((both.bin / "qstat").read_text().replace(
+        "/bin/cat", "echo 'error: commlib error: got select error (Connection refused)' >&2; /bin/cat"))
+    code, out, err = run_main(["--jobs", "--json"], capsys)
+    assert code == jn.EXIT_OK
+    assert err == ["Warning: Grid Engine could not be asked (qstat failed: error: commlib error: got select error "
+                   "(Connection refused)): its jobs are left out; --scheduler slurm asks Slurm alone"]
+    assert [(job["scheduler"], job["job"]) for job in json.loads(out)["jobs"]] == [("slurm", "81234")]
+    both.answer("squeue", "", code=1)
+    code, out, err = run_main(["--jobs", "--json"], capsys)
+    assert code == jn.EXIT_ERROR
+    assert json.loads(out)["error"] == (
+        "neither scheduler could be asked: Grid Engine: qstat failed: error: commlib error: got select error "
+        "(Connection refused); Slurm: squeue failed: (no message)")
+
+
+@pytest.mark.parametrize("job, code, said, called", [
+    ("81234", jn.EXIT_OK, "Info: Cancelled job 81234 (Slurm).", "scancel 81234"),
+    ("65", jn.EXIT_OK, "Info: Cancelled job 65 (Grid Engine).", "qdel 65"),
+    ("4711", jn.EXIT_ERROR, "Error: no job 4711 of yours is pending or running in Grid Engine or Slurm", None),
+])
+def test_cancel_with_both_schedulers_cancels_where_the_job_is(both, capsys, job, code, said, called):
+    assert run_main(["--cancel", job], capsys)[::2] == (code, [said])
+    assert [line for line in both.called() if line.startswith(("qdel", "scancel"))] == ([called] if called else [])
+
+
+def test_cancel_of_an_id_both_schedulers_have_asks_which(both, capsys):
+    both.answer("squeue", "65|jp-lab|RUNNING|gpu03|1:00:00|None\n")
+    code, out, err = run_main(["--cancel", "65", "--json"], capsys)
+    assert code == jn.EXIT_ERROR and json.loads(out)["error"] == (
+        "both Grid Engine and Slurm have a job 65 of yours: choose with --scheduler sge|slurm")
+    code, out, err = run_main(["--cancel", "65", "--json", "--scheduler", "slurm"], capsys)
+    assert (code, json.loads(out)) == (jn.EXIT_OK, {"cancelled": "65", "scheduler": "slurm"})
+
+
+def test_submitting_with_both_schedulers_asks_which(both, capsys):
+    code, out, err = run_main(["-t", "lab", "--pre", "true"], capsys)
+    assert (code, err) == (jn.EXIT_MISSING, ["Error: found both Grid Engine (qrsh) and Slurm (sbatch) on PATH: "
+                                             "choose the one to submit to with --scheduler sge|slurm"])
+    assert not [line for line in both.called() if line.startswith(("qrsh", "sbatch"))]
