@@ -28,8 +28,9 @@ computer, ``jupyter-tunnel -s [GATEWAY ...] USER@HEAD -n NODE``.  The flow:
    ends (``Error:`` with the log's last lines), or the time is up (report what is known so
    far).  Each change of state on the way is an ``Info:`` line.
 
-``--jobs``/``--job ID`` list the user's Jupyter jobs instead (``squeue``; ``qstat -xml``), with
-the time they have left; ``--reuse`` waits for such a job rather than submitting another one;
+``--jobs``/``--job ID`` list the user's Jupyter jobs instead (``squeue``; ``qstat -xml``; both
+on a head that has both: nothing to choose when nothing is submitted), with the time they have
+left; ``--reuse`` waits for such a job rather than submitting another one;
 ``--cancel ID`` ends one.  ``--json`` prints the outcome as one JSON object on stdout, for
 jupyter-tunnel --submit and -n auto, which run this file on the head through their login.
 
@@ -66,6 +67,7 @@ JOB_NAMES = {"notebook": "notebook", "lab": "jp-lab"}  # the original's job name
 APP_OF_NAME = {name: app for app, name in JOB_NAMES.items()}
 SCHEDULERS = ("sge", "slurm")
 CANCEL_COMMANDS = {"sge": "qdel", "slurm": "scancel"}  # what ends a job of each
+SCHEDULER_NAMES = {"sge": "Grid Engine", "slurm": "Slurm"}  # for messages
 DEFAULT_WAIT = "15s"
 # sleep(1) syntax, as the original checked it: a number and an optional unit
 DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
@@ -75,6 +77,17 @@ MARK = "::jupyter-node::"
 MARK_RE = re.compile(re.escape(MARK) + r" job (\S*) node (\S+)")
 # The line the job prints when an activation command fails (see build_server_script).
 FAIL_RE = re.compile(re.escape(MARK) + r" fail (.*)")
+# The lines jupyter-node writes in the log itself: the scheduler, before submitting, and the
+# job id as soon as it is known (sbatch tells it; qrsh does not, the job's marker will): what
+# tells whose job a log is, when the logs of ended jobs are removed (ended_logs).
+SUBMIT_RE = re.compile(re.escape(MARK) + r" submit(?:ting|ted) to (sge|slurm)(?: as job (\S+))?")
+# The logs' own directory, under the user's home, which the nodes share (a Slurm job writes its
+# log from the node): ${XDG_STATE_HOME:-~/.local/state}/jupyter-node, as jupyter-tunnel's.
+LOG_DIR_NAME = "jupyter-node"
+# Seconds a new log is left alone whatever the listing says: a submission under way (sbatch may
+# take a minute) has no job id in its log yet, nor in the scheduler's listing.
+LOG_GRACE = 600.0
+LOG_HEAD = 65536  # bytes of a log read to tell whose job it is: its first lines say it
 # Jupyter logs "http://NODE:PORT/lab?token=..." once it listens: the sign it is ready.
 URL_RE = re.compile(r"\bhttps?://(?:\[[^\]\s]+\]|[^\s/:\[]+):(\d+)/")
 # Characters a terminal acts on instead of showing them: C0 (newline, ESC starting an ANSI
@@ -277,6 +290,48 @@ def parse_log(text: str) -> LogInfo:
                    failed.group(1).strip() if failed else "")
 
 
+def parse_log_owner(text: str) -> Tuple[str, str]:
+    """(scheduler, job id) of a log this tool made, from its first lines ("" for what is not
+    there yet: a qrsh's job id comes only once the job runs and prints its marker)."""
+    scheduler, job_id = "", ""
+    for line in SUBMIT_RE.finditer(text):
+        scheduler, job_id = line.group(1), line.group(2) or job_id
+    return scheduler, job_id or parse_log(text).job_id
+
+
+def build_log_dir(environ: Dict[str, str], home: str) -> str:
+    """The logs' directory: $XDG_STATE_HOME/jupyter-node, else ~/.local/state/jupyter-node
+    (a relative XDG_STATE_HOME is none: the XDG Base Directory spec says to ignore it)."""
+    state = environ.get("XDG_STATE_HOME", "")
+    base = state if os.path.isabs(state) else os.path.join(home, ".local", "state")
+    return os.path.join(base, LOG_DIR_NAME)
+
+
+def ended_logs(logs: Sequence[Tuple[str, str, float]], listings: Dict[str, Sequence[JobRow]],
+               now: float) -> List[str]:
+    """The logs to remove, of ``logs`` (path, first lines, mtime): those of jobs that ended.
+
+    ``listings``: the pending and running jobs of each scheduler that was asked; a log of
+    another scheduler, of none known, or younger than LOG_GRACE is kept.  A log without a job
+    id (a Grid Engine job still pending, a submission that failed) goes only when every Jupyter
+    job of its scheduler has a log of its own: else it may be that job's.
+    """
+    owners = {path: parse_log_owner(text) for path, text, _ in logs}
+    known = set(owners.values())
+    unaccounted = {scheduler for scheduler, rows in listings.items()
+                   if any(row.name in JOB_NAMES.values() and (scheduler, row.job) not in known for row in rows)}
+    ended = []
+    for path, _, mtime in logs:
+        scheduler, job_id = owners[path]
+        if scheduler not in listings or now - mtime < LOG_GRACE:
+            continue
+        if job_id and all(row.job != job_id for row in listings[scheduler]):
+            ended.append(path)
+        elif not job_id and scheduler not in unaccounted:
+            ended.append(path)
+    return ended
+
+
 def parse_squeue(output: str) -> Tuple[str, str, str]:
     """(state, node list, reason) from ``squeue -h -o '%T|%N|%r'``; empty strings once the job is gone."""
     fields = [field.strip() for field in output.strip().split("|")]
@@ -459,12 +514,15 @@ def format_table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def format_jobs(rows: Sequence[JobRow]) -> str:
+def format_jobs(rows: Sequence[JobRow], schedulers: Sequence[str] = ()) -> str:
     """The ``--jobs`` table for people (format_table escapes it: with --job ID the name is
-    any job's, and the reason is the scheduler's)."""
-    return format_table([("JOB", "NAME", "STATE", "NODE", "TIME LEFT", "REASON")]
-                        + [(row.job, row.name, row.state, row.node or "-", format_time_left(row.time_left), row.reason)
-                           for row in rows])
+    any job's, and the reason is the scheduler's); with ``schedulers`` (each row's, when two
+    were asked) a SCHEDULER column says which one each job is in."""
+    which = list(schedulers) or [""] * len(rows)
+    columns = slice(None) if schedulers else slice(1, None)
+    return format_table([("SCHEDULER", "JOB", "NAME", "STATE", "NODE", "TIME LEFT", "REASON")[columns]]
+                        + [(scheduler, row.job, row.name, row.state, row.node or "-", format_time_left(row.time_left),
+                            row.reason)[columns] for scheduler, row in zip(which, rows)])
 
 
 def build_result(scheduler: str, job_id: str, name: str, state: JobState, log: str,
@@ -476,22 +534,32 @@ def build_result(scheduler: str, job_id: str, name: str, state: JobState, log: s
             "time_left": seconds_left, "existing": existing, "error": state.detail if failed else None}
 
 
-def progress_line(job_id: str, state: JobState) -> str:
-    """The ``Info:`` line for a job that became pending or running while we wait for it."""
+def progress_line(job_id: str, state: JobState, wait: str = "") -> str:
+    """The ``Info:`` line for a job that became pending or running while we wait for it; the
+    first one says how long the wait may be (``wait``, -w's text)."""
     where = f"job {job_id}" if job_id else "the job"
+    up_to = f"up to {wait} " if wait else ""
     if state.state == "pending":
-        return f"{where} is pending{f' ({state.detail})' if state.detail else ''}"
-    return f"{where} is running on {state.node}; waiting for Jupyter..."
+        waiting = f"; waiting {up_to}for it to start..." if wait else ""
+        return f"{where} is pending{f' ({state.detail})' if state.detail else ''}{waiting}"
+    return f"{where} is running on {state.node}; waiting {up_to}for Jupyter..."
 
 
 def choose_scheduler(have_sge: bool, have_slurm: bool) -> str:
-    """The scheduler to use when ``--scheduler`` is not given."""
-    if have_sge and not have_slurm:
-        return "sge"
-    if have_slurm and not have_sge:
-        return "slurm"
-    found = "both Grid Engine (qrsh) and Slurm (sbatch)" if have_sge else "neither qrsh nor sbatch/srun"
-    raise NodeError(f"found {found} on PATH: choose with --scheduler sge|slurm", EXIT_MISSING)
+    """The scheduler to submit to when ``--scheduler`` is not given: the one on PATH."""
+    if have_sge and have_slurm:
+        raise NodeError("found both Grid Engine (qrsh) and Slurm (sbatch) on PATH: choose the one to submit "
+                        "to with --scheduler sge|slurm", EXIT_MISSING)
+    return found_schedulers(have_sge, have_slurm)[0]
+
+
+def found_schedulers(have_sge: bool, have_slurm: bool) -> List[str]:
+    """The schedulers to ask when ``--scheduler`` is not given and nothing is submitted
+    (--jobs, --job, --cancel): every one on PATH."""
+    found = [name for name, have in (("sge", have_sge), ("slurm", have_slurm)) if have]
+    if not found:
+        raise NodeError("found neither qrsh nor sbatch/srun on PATH: choose with --scheduler sge|slurm", EXIT_MISSING)
+    return found
 
 
 def build_tunnel_command(head: str, node: str) -> str:
@@ -534,8 +602,9 @@ def last_lines(lines: Iterable[str], count: int = LOG_TAIL) -> List[str]:
 
 
 def log_tail(text: str, lines: int = LOG_TAIL) -> str:
-    """The last lines of the log, indented, for an error message."""
-    kept = last_lines(text.splitlines(), lines)
+    """The last lines of the log, indented, for an error message; never our own MARK lines
+    (the job's node and id are told in words, its failure in the message itself)."""
+    kept = last_lines([line for line in text.splitlines() if not line.startswith(MARK)], lines)
     return "\n".join(f"    {line}" for line in kept) if kept else "    (the log is empty)"
 
 
@@ -591,8 +660,87 @@ def run_command(argv: Sequence[str], timeout: float = 30) -> subprocess.Complete
                           stderr=subprocess.PIPE, universal_newlines=True, timeout=timeout)
 
 
+def private_log_dir() -> str:
+    """The logs' directory (build_log_dir), made if need be; a real directory of the user's,
+    made 0700 (a link or another user's is refused: the logs hold the server's token)."""
+    path = build_log_dir(dict(os.environ), os.path.expanduser("~"))
+    try:
+        try:
+            os.makedirs(path, 0o700, exist_ok=True)
+        except FileExistsError:
+            pass  # not a directory: told below
+        info = os.lstat(path)
+    except OSError as error:
+        raise NodeError(f"cannot make the log directory {path}: {error.strerror}; give a log file "
+                        "with -l PATH") from None
+    import stat
+
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        what = "a symbolic link" if stat.S_ISLNK(info.st_mode) else \
+            "not a directory" if not stat.S_ISDIR(info.st_mode) else f"owned by uid {info.st_uid}"
+        raise NodeError(f"not writing the log in {path}: it is {what}; remove it, or give a log file "
+                        "with -l PATH")
+    if info.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def read_own_logs(directory: str) -> List[Tuple[str, str, float]]:
+    """(path, first LOG_HEAD bytes, mtime) of the logs in ``directory`` named as make_log
+    names them: regular files of the user's only, never through a link."""
+    import getpass
+    import stat
+
+    prefix = f"jupyter_nb_{getpass.getuser()}_"
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    logs = []
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".log")):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue  # a link (ELOOP), gone meanwhile...
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid():
+                logs.append((path, os.read(fd, LOG_HEAD).decode("utf-8", "replace"), info.st_mtime))
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return logs
+
+
+def remove_ended_logs(listings: Dict[str, Sequence[JobRow]]) -> None:
+    """Remove the logs of ended jobs from the logs' directory (ended_logs); best effort: one
+    that cannot be removed stays, and so does all of a directory that is not the user's own."""
+    import stat
+
+    directory = build_log_dir(dict(os.environ), os.path.expanduser("~"))
+    try:
+        info = os.lstat(directory)
+    except OSError:
+        return  # none yet
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        return  # make_log refuses it, and says why
+    for path in ended_logs(read_own_logs(directory), listings, time.time()):
+        try:
+            os.unlink(path)  # a name in a directory of the user's own: a link would go, not its target
+        except OSError:
+            pass
+
+
 def make_log(path: Optional[str]) -> str:
-    """The log file, created (or made) private: mode 0600 before anything is written to it."""
+    """The log file, created (or made) private: mode 0600 before anything is written to it.
+
+    Without ``path``, a new one in the logs' directory (private_log_dir), which the job on
+    the node reaches too (Slurm writes its output there from the node).
+    """
     if path:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -607,7 +755,8 @@ def make_log(path: Optional[str]) -> str:
     import getpass  # here, not at the top: jupyter-tunnel imports this module for its --help
     import tempfile
 
-    fd, name = tempfile.mkstemp(prefix=f"jupyter_nb_{getpass.getuser()}_{host}_", suffix=".log")
+    fd, name = tempfile.mkstemp(prefix=f"jupyter_nb_{getpass.getuser()}_{host}_", suffix=".log",
+                                dir=private_log_dir())
     os.close(fd)  # mkstemp makes it 0600
     return name
 
@@ -728,6 +877,8 @@ class SlurmJob(Job):
                 out.write(done.stdout + done.stderr)
             raise NodeError(f"sbatch could not submit the job: {one_line(done.stderr or done.stdout)}",
                             EXIT_ERROR, log_tail(done.stderr or read_log(log)))
+        with open(log, "a") as out:  # appended: the job may be writing there already
+            out.write(f"{MARK} submitted to slurm as job {job_id}\n")
         return cls(log, job_id, squeue)
 
     def ask_scheduler(self, info: LogInfo) -> JobState:
@@ -794,24 +945,64 @@ def list_jobs(scheduler: str) -> List[JobRow]:
     return build_sge_rows(entries, limits, time.time())
 
 
-def cancel_job(scheduler: str, job_id: str) -> None:
-    """``qdel ID`` or ``scancel ID`` of one of the user's jobs; the scheduler's words when it refuses."""
+def list_all_jobs(schedulers: Sequence[str]) -> Dict[str, List[JobRow]]:
+    """Each scheduler's listing of the user's jobs (list_jobs).  Of two, one that cannot be
+    asked (a client installed, its controller elsewhere or gone) is a Warning that names it
+    and the option that leaves it out; of one, or of both, an error."""
+    if len(schedulers) == 1:
+        return {schedulers[0]: list_jobs(schedulers[0])}
+    listings, failures = {}, {}  # type: Dict[str, List[JobRow]], Dict[str, str]
+    for scheduler in schedulers:
+        try:
+            listings[scheduler] = list_jobs(scheduler)
+        except (NodeError, OSError, subprocess.TimeoutExpired) as error:
+            failures[scheduler] = describe_failure(error)
+    if not listings:
+        raise NodeError("neither scheduler could be asked: " + "; ".join(
+            f"{SCHEDULER_NAMES[scheduler]}: {why}" for scheduler, why in failures.items()))
+    for scheduler, why in failures.items():
+        other = next(iter(listings))
+        say("Warning", f"{SCHEDULER_NAMES[scheduler]} could not be asked ({why}): its jobs are left out; "
+                       f"--scheduler {other} asks {SCHEDULER_NAMES[other]} alone")
+    return listings
+
+
+def describe_failure(error: Exception) -> str:
+    """A scheduler command's failure in words (a NodeError, an OSError, a timeout)."""
+    if isinstance(error, subprocess.TimeoutExpired):
+        return f"{os.path.basename(str(error.cmd[0]))} did not answer within {error.timeout:g} s"
+    if isinstance(error, NodeError):
+        return str(error)
+    return describe_os_error(error)
+
+
+def cancel_job(listings: Dict[str, List[JobRow]], job_id: str) -> str:
+    """``qdel ID`` or ``scancel ID`` of one of the user's jobs, in the scheduler whose listing
+    holds it (returned); the scheduler's words when it refuses."""
     # only a job of the user's own listing: scancel says nothing for an unknown id, and a
     # manager's qdel would cancel another user's job
-    if not any(row.job == job_id for row in list_jobs(scheduler)):
-        raise NodeError(f"no job {job_id} of yours is pending or running")
+    holders = [scheduler for scheduler, rows in listings.items() if any(row.job == job_id for row in rows)]
+    if not holders:
+        where = f" in {' or '.join(SCHEDULER_NAMES[name] for name in listings)}" if len(listings) > 1 else ""
+        raise NodeError(f"no job {job_id} of yours is pending or running{where}")
+    if len(holders) > 1:
+        raise NodeError(f"both Grid Engine and Slurm have a job {job_id} of yours: choose with --scheduler "
+                        "sge|slurm")
+    scheduler = holders[0]
     program = CANCEL_COMMANDS[scheduler]
     done = run_command([which_or_fail(program, "to cancel the job"), job_id])
     if done.returncode != 0:
         raise NodeError(f"{program} {job_id} failed: {one_line(done.stderr or done.stdout)}")
+    return scheduler
 
 
 def find_job_logs(scheduler: str, job_ids: Sequence[str]) -> Dict[str, str]:
     """The logs of jobs an earlier jupyter-node submitted, by job id (those found here).
 
     Slurm knows each (the job's StdOut).  A Grid Engine job's log is written by its qrsh on
-    the head that submitted it: look in this head's temp dir, among the user's own logs,
-    each read once whatever the number of jobs (the newest log of a job id wins).
+    the head that submitted it, into the logs' directory in the home every head shares: look
+    there, among the user's own logs, each read once whatever the number of jobs (the newest
+    log of a job id wins).
     """
     found = {}  # type: Dict[str, str]
     if not job_ids:
@@ -824,15 +1015,10 @@ def find_job_logs(scheduler: str, job_ids: Sequence[str]) -> Dict[str, str]:
             if path and os.access(path, os.R_OK):
                 found[job_id] = path
         return found
-    import getpass
-    import glob
-    import tempfile
-
-    pattern = os.path.join(tempfile.gettempdir(), f"jupyter_nb_{getpass.getuser()}_*.log")
-    logs = [path for path in glob.glob(pattern) if os.stat(path).st_uid == os.getuid()]
-    for path in sorted(logs, key=os.path.getmtime, reverse=True):
-        job_id = parse_log(read_log(path)).job_id
-        if job_id in job_ids and job_id not in found:
+    logs = read_own_logs(build_log_dir(dict(os.environ), os.path.expanduser("~")))
+    for path, head, _ in sorted(logs, key=lambda log: log[2], reverse=True):
+        scheduler, job_id = parse_log_owner(head)
+        if scheduler == "sge" and job_id in job_ids and job_id not in found:
             found[job_id] = path
     return found
 
@@ -845,40 +1031,44 @@ def one_line(text: str) -> str:
 def submit(args: argparse.Namespace, scheduler: str, log: str) -> Job:
     """Submit the server job; returns it at once (the job may still be queued)."""
     script = build_server_script(args.type, args.pre, args.conda_env or "", user_config())
+    with open(log, "a") as out:  # whose log it is, for remove_ended_logs
+        out.write(f"{MARK} submitting to {scheduler}\n")
     return JOB_CLASSES[scheduler].submit(args, script, log)
 
 
-def wait_for_job(job: Job, seconds: float) -> JobState:
+def wait_for_job(job: Job, seconds: float, wait: str = "") -> JobState:
     """Poll the job until its server is ready, it failed, or ``seconds`` have passed.
 
     The log is read every POLL_INTERVAL (a local file: the server's URL shows there first);
     a scheduler whose every request goes to its controller is asked with a backoff.  Each
-    change of state is told at once (jupyter-tunnel --submit relays these lines).
+    change of state is told at once (jupyter-tunnel --submit relays these lines), the first
+    with how long the wait may be (``wait``, -w's text); nothing when the first look ends it
+    (a job found ready by --reuse: nothing is waited for).
     """
     deadline = time.monotonic() + seconds
     delays = doubling_delays(SCHEDULER_POLL_FIRST, SCHEDULER_POLL_MAX)
     next_ask = time.monotonic()
-    told = None
+    told = None  # type: Optional[Tuple[str, str]]
     while True:
         now = time.monotonic()
         ask = not job.asks_controller or now >= next_ask
         if ask:
             next_ask = now + next(delays)
         state = job.poll(ask)
-        if state != told and state.state in ("pending", "running"):  # report() tells the rest
-            say("Info", progress_line(job.job_id, state))
-            told = state
         # a job found in the queue whose log is elsewhere: its node is all there is to know
         if state.state in ("ready", "failed") or (state.state == "running" and not job.log) \
                 or time.monotonic() >= deadline:
-            return state
+            return state  # report() tells it
+        # the node is no news once running: squeue's short name may become the log's FQDN
+        if (state.state, state.detail) != told:
+            say("Info", progress_line(job.job_id, state, "" if told else wait))
+            told = (state.state, state.detail)
         time.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
 
 
-def detect_scheduler() -> str:
-    """The scheduler found on PATH (``qrsh``: sge; ``sbatch``/``srun``: slurm)."""
-    have_slurm = bool(shutil.which("sbatch") or shutil.which("srun"))
-    return choose_scheduler(bool(shutil.which("qrsh")), have_slurm)
+def detect_schedulers() -> Tuple[bool, bool]:
+    """Whether Grid Engine (``qrsh``) and Slurm (``sbatch``/``srun``) are on PATH."""
+    return bool(shutil.which("qrsh")), bool(shutil.which("sbatch") or shutil.which("srun"))
 
 
 def job_time_left(scheduler: str, job_id: str) -> Optional[int]:
@@ -892,9 +1082,22 @@ def job_time_left(scheduler: str, job_id: str) -> Optional[int]:
     return rows[0].time_left if rows else None
 
 
+def build_again_hint(job_id: str, app: str, scheduler: str = "") -> str:
+    """What to run on the head about a job that is not ready yet: wait for it again, cancel it
+    (``scheduler``: the --scheduler the run was given, which those runs need too)."""
+    node = f"jupyter-node --scheduler {scheduler}" if scheduler else "jupyter-node"
+    last = f"{node} --cancel {job_id} cancels it" if job_id else f"{node} --jobs shows its id"
+    return f"{node} --reuse -t {app} waits for it again, {last}"
+
+
 def report(job: Job, state: JobState, args: argparse.Namespace, scheduler: str, name: str,
            existing: bool = False) -> int:
-    """Tell the user (or, with --json, the program) what the wait found; returns the exit code."""
+    """Tell the user (or, with --json, the program) what the wait found; returns the exit code.
+
+    With --json the object is the whole answer: the program (jupyter-tunnel) tells its user
+    the outcome in its own words, with its own commands; a line here would say it twice, and
+    in words for someone on the head (its log's path, jupyter-node's options).
+    """
     where = f"job {job.job_id}" if job.job_id else "the job"
     app = APP_OF_NAME.get(name, args.type)  # a job found by --reuse may be the other type
     seconds_left = job_time_left(scheduler, job.job_id) if state.state != "failed" else None
@@ -907,18 +1110,20 @@ def report(job: Job, state: JobState, args: argparse.Namespace, scheduler: str, 
     if state.state == "failed":
         return fail(args, f"Jupyter {app} did not start: {state.detail}. Log: {job.log}", EXIT_ERROR,
                     log_tail(read_log(job.log)), result_printed=True)
-    if state.state == "pending":
-        say("Info", f"After {args.wait}, {where} is still waiting to start"
-                    f"{f' ({state.detail})' if state.detail else ''}; the node will be written in "
-                    f"{job.log or 'the job log'}")
-        return EXIT_OK
-    if state.state == "running":
-        say("Info", f"{where.capitalize()} is running on {state.node}{left}; Jupyter {app} is still "
-                    f"starting (see {job.log or 'the job log'}).")
-    else:
-        say("Info", f"Jupyter {app} is running on node {state.node}, port {state.port} ({where}{left}).")
     if args.json:
         return EXIT_OK
+    if state.state == "pending":
+        say("Info", f"After {args.wait}, {where} is still pending{f' ({state.detail})' if state.detail else ''}; "
+                    f"it stays in the queue: {build_again_hint(job.job_id, app, args.scheduler or '')}.")
+        return EXIT_OK
+    if state.state == "running" and job.log:
+        say("Info", f"{where.capitalize()} is running on {state.node}{left}, but Jupyter {app} did not start "
+                    f"within {args.wait} (its log: {job.log}).")
+    elif state.state == "running":  # found by --reuse, its log elsewhere
+        say("Info", f"{where.capitalize()} is running on {state.node}{left} (its log is not on this head: "
+                    f"whether Jupyter {app} has started is not known here).")
+    else:
+        say("Info", f"Jupyter {app} is running on node {state.node}, port {state.port} ({where}{left}).")
     import getpass
 
     command = build_tunnel_command(f"{getpass.getuser()}@{head_name()}", state.node)
@@ -936,33 +1141,51 @@ def job_port(log: str) -> Optional[int]:
     return port if 0 < port < 65536 else None
 
 
-def show_jobs(args: argparse.Namespace, scheduler: str) -> int:
-    """``--jobs``/``--job ID``: the user's Jupyter jobs (or that one job), as a table or JSON."""
-    rows = list_jobs(scheduler)
-    if args.job:
-        rows = [row for row in rows if row.job == args.job]
-    else:
-        rows = [row for row in rows if row.name in JOB_NAMES.values()]
+def show_jobs(args: argparse.Namespace, listings: Dict[str, List[JobRow]]) -> int:
+    """``--jobs``/``--job ID``: the user's Jupyter jobs (or that one job) of each scheduler
+    asked, as a table or JSON; each job says its scheduler (JSON: ``scheduler`` of each job;
+    the top one is null when two were asked)."""
+    found = [(scheduler, row) for scheduler, rows in listings.items() for row in rows
+             if (row.job == args.job if args.job else row.name in JOB_NAMES.values())]
     if args.json:
-        logs = find_job_logs(scheduler, [row.job for row in rows if row.state == "running"])
-        jobs = [dict(row._asdict(), port=job_port(logs.get(row.job, ""))) for row in rows]
-        print(json.dumps({"scheduler": scheduler, "jobs": jobs}), flush=True)
-    elif rows:
-        print(format_jobs(rows), flush=True)
+        jobs = []
+        for scheduler in listings:
+            rows = [row for which, row in found if which == scheduler]
+            logs = find_job_logs(scheduler, [row.job for row in rows if row.state == "running"])
+            jobs += [dict(row._asdict(), scheduler=scheduler, port=job_port(logs.get(row.job, ""))) for row in rows]
+        only = list(listings)[0] if len(listings) == 1 else None
+        print(json.dumps({"scheduler": only, "jobs": jobs}), flush=True)
+    elif found:
+        schedulers = [scheduler for scheduler, _ in found] if len(listings) > 1 else []
+        print(format_jobs([row for _, row in found], schedulers), flush=True)
     else:
         what = f"job {args.job}" if args.job else "Jupyter job of yours"
-        say("Info", f"No {what} is pending or running.")
+        where = f" in {' or '.join(SCHEDULER_NAMES[name] for name in listings)}" if len(listings) > 1 else ""
+        say("Info", f"No {what} is pending or running{where}.")
     return EXIT_OK
 
 
 def start_job(args: argparse.Namespace, scheduler: str) -> Tuple[Job, str, bool]:
     """The job to wait for, its name and whether it was there already (``--reuse``)."""
+    try:
+        rows = list_jobs(scheduler)
+    except (NodeError, OSError, subprocess.TimeoutExpired):
+        if args.reuse:
+            raise
+        rows = None  # submitting does not need it: the logs of ended jobs stay this time
+    if rows is not None:
+        remove_ended_logs({scheduler: rows})
     if args.reuse:
-        row = job_to_reuse(list_jobs(scheduler), list(JOB_NAMES.values()))
+        assert rows is not None
+        row = job_to_reuse(rows, list(JOB_NAMES.values()))
         if row:
             job = ExistingJob(scheduler, row, find_job_logs(scheduler, [row.job]).get(row.job, ""))
-            say("Info", f"Found your Jupyter job {row.job} ({row.name}, {row.state}"
-                        f"{f' on {row.node}' if row.node else ''}): using it instead of submitting another.")
+            # its state comes next, once looked at (or, ready, in the outcome): not twice
+            if args.json:  # for jupyter-tunnel --submit, whose user knows its options
+                say("Info", f"Found your Jupyter job {row.job} ({row.name}): attaching to it instead of "
+                            "submitting another (--new submits one).")
+            else:
+                say("Info", f"Found your Jupyter job {row.job} ({row.name}): using it instead of submitting another.")
             return job, row.name, True
     if not (args.pre or args.conda_env):
         which_or_fail("jupyter", "to start the server on the node; or activate an "
@@ -1109,8 +1332,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-n", "--node", metavar="NAME",
                         help="node to run on (Grid Engine: -l h=NAME; Slurm: --nodelist)")
     parser.add_argument("-l", "--log", type=log_path, metavar="PATH",
-                        help="log file, made private (0600) [default: a new "
-                             "jupyter_nb_USER_HOST_XXXXXXXX.log in the temp dir]")
+                        help="log file, made private (0600) [default: a new jupyter_nb_USER_HOST_XXXXXXXX.log "
+                             "in ${XDG_STATE_HOME:-~/.local/state}/jupyter-node, where the logs of ended "
+                             "jobs are removed]")
     parser.add_argument("-w", "--wait", type=duration, default=DEFAULT_WAIT, metavar="TIME",
                         help="wait up to TIME (sleep syntax: 15s, 2m, 1.5h) for the server to start; "
                              "0: don't check [default: %(default)s]")
@@ -1121,7 +1345,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_server_options(parser, APPS, "notebook", "the node",
                        "notebook (job name notebook) or lab (job name jp-lab)")
     parser.add_argument("--scheduler", choices=SCHEDULERS,
-                        help="sge or slurm [default: the one found on PATH]")
+                        help="sge or slurm [default: the one found on PATH; with both, --jobs, --job "
+                             "and --cancel ask both]")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object on stdout (for programs: jupyter-tunnel --submit); "
                              "messages stay on stderr")
@@ -1155,28 +1380,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
-        scheduler = args.scheduler or detect_scheduler()
-        if args.cancel:
-            cancel_job(scheduler, args.cancel)
+        if args.cancel or args.jobs or args.job:
+            # nothing is submitted, so nothing to choose: ask every scheduler there is
+            listings = list_all_jobs([args.scheduler] if args.scheduler else found_schedulers(*detect_schedulers()))
+            remove_ended_logs(listings)
+            if not args.cancel:
+                return show_jobs(args, listings)
+            scheduler = cancel_job(listings, args.cancel)
             if args.json:
-                print(json.dumps({"cancelled": args.cancel}), flush=True)
-            say("Info", f"Cancelled job {args.cancel}.")
+                print(json.dumps({"cancelled": args.cancel, "scheduler": scheduler}), flush=True)
+            where = f" ({SCHEDULER_NAMES[scheduler]})" if len(listings) > 1 else ""
+            say("Info", f"Cancelled job {args.cancel}{where}.")
             return EXIT_OK
-        if args.jobs or args.job:
-            return show_jobs(args, scheduler)
+        scheduler = args.scheduler or choose_scheduler(*detect_schedulers())
         job, name, existing = start_job(args, scheduler)
         seconds = parse_duration(args.wait)
         if seconds <= 0:
+            if args.json:
+                return report(job, job.poll(), args, scheduler, name, existing)
             say("Info", f"Not waiting (-w {args.wait}): the node and the server's URL will be in "
                         f"{job.log or 'the job log'}")
-            if not args.json:
-                return EXIT_OK
-            return report(job, job.poll(), args, scheduler, name, existing)
-        say("Info", f"Waiting up to {args.wait} for it to start...")
+            return EXIT_OK
         try:
-            state = wait_for_job(job, seconds)
+            state = wait_for_job(job, seconds, args.wait)
         except KeyboardInterrupt:
-            say("Info", f"Stopped waiting; the job keeps running. Log: {job.log or 'the job log'}")
+            where = f"job {job.job_id}" if job.job_id else "the job"
+            hint = "" if args.json else \
+                f": {build_again_hint(job.job_id, APP_OF_NAME.get(name, args.type), args.scheduler or '')}"
+            say("Info", f"Stopped waiting; {where} stays in the queue{hint}.")
             return EXIT_INTERRUPTED
         return report(job, state, args, scheduler, name, existing)
     except KeyboardInterrupt:  # while a scheduler command runs (each may take up to 30 s)
@@ -1185,8 +1416,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except NodeError as error:
         return fail(args, str(error), error.code, error.details)
     except subprocess.TimeoutExpired as error:  # a scheduler command that hangs (controller down)
-        return fail(args, f"{os.path.basename(str(error.cmd[0]))} did not answer within {error.timeout:g} s: "
-                          "is the scheduler's controller up?", EXIT_ERROR)
+        return fail(args, f"{describe_failure(error)}: is the scheduler's controller up?", EXIT_ERROR)
     except OSError as error:  # the log, or a scheduler command that cannot run
         return fail(args, describe_os_error(error), EXIT_ERROR)
 

@@ -176,7 +176,7 @@ class RunningTunnel(NamedTuple):
         return self.state is not None
 
     def describe(self) -> str:
-        """``localhost:8889 -> srv:8888 via gw``, for messages."""
+        """``tunnel localhost:8889 -> srv:8888 via gw``, for messages (``the tunnel ...``)."""
         # as in jupyter_tunnel.Route: all -s hosts but the last are jumps, and with a node
         # the last one (the head) is a jump too
         hops = self.hosts if self.node else self.hosts[:-1]
@@ -186,9 +186,14 @@ class RunningTunnel(NamedTuple):
             return f"unregistered tunnel to {self.remote_host}{via}" if self.remote_host else \
                 "unregistered tunnel"
         if self.phase == CONNECTING and self.local_port is None:
-            return f"tunnel to {self.remote_host or '?'}{via}, connecting"
+            return f"connecting tunnel to {self.remote_host or '?'}{via}"
         remote = self.sock or (str(self.remote_port) if self.remote_port else "?")
-        return f"localhost:{self.local_port or '?'} -> {self.remote_host or '?'}:{remote}{via}"
+        return f"tunnel localhost:{self.local_port or '?'} -> {self.remote_host or '?'}:{remote}{via}"
+
+    def name(self, first: bool = False) -> str:
+        """``the tunnel localhost:8889 -> srv:8888 (pid 4242)`` for messages (``The ...``
+        ``first`` in a sentence)."""
+        return f"{'The' if first else 'the'} {self.describe()} (pid {self.pid})"
 
     def to_json(self) -> dict:
         """The ``--json`` form: the same keys for every tunnel, null when unknown."""
@@ -1030,10 +1035,10 @@ def find_tunnels(clean: bool = True) -> list[RunningTunnel]:
     cleaned up on the way (else they are left as they are: ``--list`` only reads)."""
     def cleaned(state: dict) -> None:
         try:
-            what = RunningTunnel.from_state(state).describe()
+            what = RunningTunnel.from_state(state).name()
         except (TypeError, ValueError, OverflowError):
-            what = "its registry entry is damaged"
-        say("Info", f"Cleaned up after process {state['pid']}, which had died ({what})")
+            what = f"process {state['pid']} (its registry entry is damaged)"
+        say("Info", f"Cleaned up after {what}, which had died.")
 
     found: list[RunningTunnel] = []
     for state in scan_registry(clean, cleaned):
@@ -1091,37 +1096,41 @@ def clean_after(tunnel: RunningTunnel) -> None:
 
 
 def stop_tunnels(tunnels: Sequence[RunningTunnel], timeout: float, force: bool) -> int:
-    """Interrupt the tunnels, wait for them, SIGKILL the rest with ``force``; the exit code."""
+    """Interrupt the tunnels, wait for them, SIGKILL the rest with ``force``; the exit code.
+
+    The words say what happened: a tunnel that honoured the SIGINT "Closed" (it closed its
+    connection and cleaned up itself), "Killed" only for SIGKILL.
+    """
     signalled = []
     for tunnel in tunnels:
         if send(tunnel, signal.SIGINT):  # what Ctrl+C sends: the tunnel cleans up itself
             signalled.append(tunnel)
         else:
-            say("Info", f"Process {tunnel.pid} has already exited ({tunnel.describe()})")
+            say("Info", f"{tunnel.name(first=True)} had already exited.")
 
     def gone(tunnel: RunningTunnel) -> None:
         clean_after(tunnel)
-        say("Info", f"Killed process {tunnel.pid} ({tunnel.describe()})")
+        say("Info", f"Closed {tunnel.name()}.")
 
     remaining = wait_until_gone(signalled, timeout, gone)
     if not remaining:
         return EXIT_OK
     if not force:
         for tunnel in remaining:
-            say("Warning", f"process {tunnel.pid} ({tunnel.describe()}) did not stop within "
-                           f"{timeout:g} s; --force kills it")
+            say("Warning", f"{tunnel.name()} did not close within {timeout:g} s; "
+                           "jupyter-tunnel-shutdown --force kills it")
         return EXIT_NOT_STOPPED
 
     def killed(tunnel: RunningTunnel) -> None:
         clean_after(tunnel)
-        say("Info", f"Killed process {tunnel.pid} with SIGKILL ({tunnel.describe()})")
+        say("Info", f"Killed {tunnel.name()}.")
 
     for tunnel in remaining:
-        say("Warning", f"process {tunnel.pid} did not stop within {timeout:g} s: sending SIGKILL")
+        say("Warning", f"{tunnel.name()} did not close within {timeout:g} s: killing it (SIGKILL)")
         send(tunnel, signal.SIGKILL)
     survivors = wait_until_gone(remaining, KILL_TIMEOUT, killed)
     for tunnel in survivors:
-        say("Error", f"process {tunnel.pid} ({tunnel.describe()}) survived SIGKILL")
+        say("Error", f"{tunnel.name()} survived SIGKILL")
     return EXIT_NOT_STOPPED if survivors else EXIT_OK
 
 
@@ -1183,8 +1192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps([t.to_json() for t in chosen], indent=2))
             return EXIT_OK
         if not chosen:
-            others = f" ({len(tunnels)} running, none matches --port/--host)" if tunnels else ""
-            say("Info", f"No tunnel {'is running' if args.list else 'to kill'}{others}.")
+            if tunnels:
+                say("Info", f"No tunnel matches --port/--host ({len(tunnels)} running: "
+                            "jupyter-tunnel-shutdown --list shows them).")
+            else:
+                say("Info", "No tunnel is running.")
             return EXIT_OK
         if args.list:
             print(format_table([TABLE_COLUMNS, *map(table_row, chosen)]), flush=True)

@@ -571,10 +571,12 @@ def stop_user_jobs_and_servers(user: ClusterUser) -> None:
     kill_all(pids_of(user.uid))
     for path in user.runtime_files():
         path.unlink(missing_ok=True)
-    # jupyter-node's logs (they stay for the user, by design; not for the test user)
-    for path in Path(tempfile.gettempdir()).glob(f"jupyter_nb_{user.name}_*.log"):
-        if path.stat().st_uid == user.uid:
-            path.unlink(missing_ok=True)
+    # jupyter-node's logs (those of running jobs stay for the user, by design; not for the test
+    # user), in their directory in the home, and in the temp dir where versions before kept them
+    for directory in (user.home / ".local" / "state" / "jupyter-node", Path(tempfile.gettempdir())):
+        for path in directory.glob(f"jupyter_nb_{user.name}_*.log"):
+            if path.lstat().st_uid == user.uid:
+                path.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- reading results
@@ -617,11 +619,13 @@ def check_listed_reused_cancelled(user: ClusterUser, scheduler: str, job: dict, 
     done, again = user.node_json(f"--scheduler {scheduler} --reuse -t lab -w {wait:g}s")
     assert done.returncode == 0, done.stderr
     assert (again["existing"], again["job"], again["port"], again["state"]) == (True, job["job"], job["port"], "ready")
-    assert f"Info: Found your Jupyter job {job['job']} ({job['name']}, running on {node})" in done.stderr
+    # ready at the first look: one line, that it was found; nothing waited for (issue 22)
+    assert done.stderr.splitlines() == [f"Info: Found your Jupyter job {job['job']} ({job['name']}): attaching to "
+                                        "it instead of submitting another (--new submits one)."], done.stderr
     assert queued() == [job["job"]]  # nothing new submitted
 
     done, cancelled = user.node_json(f"--scheduler {scheduler} --cancel {job['job']}")
-    assert (done.returncode, cancelled) == (0, {"cancelled": job["job"]}), done.stderr
+    assert (done.returncode, cancelled) == (0, {"cancelled": job["job"], "scheduler": scheduler}), done.stderr
     wait_for(gone, 60, interval=0.2, what="the job to end")
     done, listed = user.node_json(f"--scheduler {scheduler} --job {job['job']}")
     assert (done.returncode, listed) == (0, {"scheduler": scheduler, "jobs": []}), done.stderr

@@ -106,6 +106,10 @@ def submit_find_and_cancel(hosts, cluster, user: ClusterUser, scheduler: str, ru
         ready(third)
         assert f"Info: Your Jupyter job {job} (jp-lab) already runs on node: attaching to it instead of " \
                "submitting another (--new submits one)." in third.stderr
+        # jupyter_node.py's own line, relayed: nothing about a wait, no state said twice
+        assert f"Info: Found your Jupyter job {job} (jp-lab): attaching to it instead of submitting another " \
+               "(--new submits one)." in third.stderr
+        assert "Waiting up to" not in third.stderr and "waiting up to" not in third.stderr
         assert cluster.jobs() == [job]
         assert third.stop(signal.SIGINT) == jt.EXIT_OK
         third.assert_clean()
@@ -196,7 +200,9 @@ def test_slurm_job_still_pending_at_the_timeout(slurm_netns, cluster_user: Clust
     assert error == (f"Error: job {job} (jp-lab) is still pending (BeginTime) after 5 s; it stays in the queue: "
                      f"attach to it later with jupyter-tunnel -s gw head --job {job}, or cancel it with "
                      f"scancel {job} on head"), pending.stderr
-    assert f"Info: job {job} is pending (BeginTime)" in pending.stderr  # shown while it waited
+    # shown while it waited, with the wait; nothing for someone on the head (its log, jupyter-node)
+    assert f"Info: job {job} is pending (BeginTime); waiting up to 5s for it to start..." in pending.stderr
+    assert "jupyter_nb_" not in pending.stderr and "jupyter-node" not in pending.stderr
     assert "Traceback" not in pending.stderr
 
 

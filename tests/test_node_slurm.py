@@ -19,7 +19,7 @@ import pytest
 
 import jupyter_node as jn
 import jupyter_tunnel as jt
-from cluster import ClusterUser, SlurmCluster, check_listed_reused_cancelled, logins_by_target, parse_node_report
+from cluster import ClusterUser, SgeCluster, SlurmCluster, check_listed_reused_cancelled, logins_by_target, parse_node_report
 from helpers import tcp_open, wait_for
 from netns import ADDRESSES
 from tunnelrun import TunnelRun, check_printed_command, get_status, local_port_of
@@ -91,6 +91,7 @@ def test_job_that_fails_on_the_node_is_an_error_with_the_log(slurm_cluster: Slur
     assert "Error: Jupyter lab did not start: failed: echo 'module: no such module python/9' >&2; false. Log: " \
         in done.stderr
     assert "module: no such module python/9" in done.stderr  # the log's last lines
+    assert jn.MARK not in done.stderr  # ...without jupyter-node's own marker lines
 
 
 def _only(programs: dict, tmp: Path) -> str:
@@ -118,11 +119,55 @@ def test_scheduler_detection_asks_when_ambiguous(slurm_cluster: SlurmCluster, cl
                                                 session_dir: Path):
     done = cluster_user.ssh_head("jupyter-node -t lab")  # /usr/bin has qrsh and sbatch here
     assert done.returncode == jn.EXIT_MISSING
-    assert "Error: found both Grid Engine (qrsh) and Slurm (sbatch) on PATH: choose with --scheduler" in done.stderr
+    assert "Error: found both Grid Engine (qrsh) and Slurm (sbatch) on PATH: choose the one to submit to with " \
+        "--scheduler sge|slurm" in done.stderr
     nothing = _only({}, session_dir / "no-scheduler")
     done = cluster_user.ssh_head(f"PATH={nothing}:{cluster_user.bin_dir}:{cluster_user.venv}/bin exec jupyter-node -t lab")
     assert done.returncode == jn.EXIT_MISSING and "found neither qrsh nor sbatch/srun" in done.stderr
     assert slurm_cluster.jobs() == []
+
+
+def test_jobs_and_cancel_ask_both_schedulers_when_both_are_on_path(sge_cluster: SgeCluster,
+                                                                   slurm_cluster: SlurmCluster,
+                                                                   cluster_user: ClusterUser):
+    """A head with Grid Engine and Slurm (/usr/bin has qrsh and sbatch here): listing and
+    cancelling choose nothing, so they need no --scheduler; only submitting does."""
+    user = cluster_user
+    # a Jupyter job in each, whose activation never ends (no server needed)
+    for scheduler in ("sge", "slurm"):
+        done = user.ssh_head(f"cd && jupyter-node --scheduler {scheduler} --pre {shlex.quote('sleep 600')} -w 0")
+        assert done.returncode == jn.EXIT_OK, done.stderr
+    [sge_job] = wait_for(sge_cluster.jobs, 30, what="the Grid Engine job")
+    [slurm_job] = slurm_cluster.jobs()
+
+    done, listed = user.node_json("--jobs")  # as jupyter-tunnel -n auto asks, without --scheduler
+    assert done.returncode == jn.EXIT_OK and "Warning" not in done.stderr, done.stderr
+    assert listed["scheduler"] is None  # each job says its own
+    assert sorted((job["scheduler"], job["job"], job["name"]) for job in listed["jobs"]) == [
+        ("sge", sge_job, "notebook"), ("slurm", slurm_job, "notebook")]
+    done = user.ssh_head("jupyter-node --jobs")
+    assert done.returncode == jn.EXIT_OK, done.stderr
+    header, *rows = [line.split()[:3] for line in done.stdout.splitlines()]
+    assert header == ["SCHEDULER", "JOB", "NAME"]
+    assert sorted(rows) == [["sge", sge_job, "notebook"], ["slurm", slurm_job, "notebook"]]
+
+    # --cancel ID, in the one that has it, the other's job left alone
+    collide = sge_job == slurm_job  # the two counters met: the id alone cannot say which
+    if collide:
+        done = user.ssh_head(f"jupyter-node --cancel {sge_job}")
+        assert done.returncode == jn.EXIT_ERROR
+        assert f"Error: both Grid Engine and Slurm have a job {sge_job} of yours: choose with --scheduler" \
+            in done.stderr
+    only = " --scheduler sge" if collide else ""
+    done = user.ssh_head(f"jupyter-node --cancel {sge_job}{only}")
+    where = "" if collide else " (Grid Engine)"
+    assert (done.returncode, done.stderr) == (jn.EXIT_OK, f"Info: Cancelled job {sge_job}{where}.\n")
+    wait_for(lambda: sge_cluster.job_state(sge_job) is None, 60, interval=0.2, what="the Grid Engine job to end")
+    assert slurm_cluster.job_state(slurm_job) is not None
+    done, cancelled = user.node_json(f"--cancel {slurm_job}")
+    assert (done.returncode, cancelled) == (jn.EXIT_OK, {"cancelled": slurm_job, "scheduler": "slurm"}), done.stderr
+    wait_for(lambda: slurm_cluster.job_state(slurm_job) in (None, "CANCELLED"), 60, interval=0.2,
+             what="the Slurm job to end")
 
 
 def test_node_reachable_only_from_the_head(slurm_netns, cluster_user: ClusterUser):
@@ -160,6 +205,50 @@ def test_json_submit_list_reuse_cancel_sent_on_stdin(slurm_cluster: SlurmCluster
     assert f"Info: job {job['job']} is " in done.stderr  # a change of state, as it happened
     check_listed_reused_cancelled(user, "slurm", job, slurm_cluster.node, SERVER_TIMEOUT, slurm_cluster.jobs,
                                   lambda: slurm_cluster.job_state(job["job"]) in (None, "CANCELLED"))
+
+
+def test_logs_are_private_in_the_home_and_those_of_ended_jobs_go(slurm_cluster: SlurmCluster,
+                                                                 cluster_user: ClusterUser):
+    """One place for the logs, which the job writes from the node (the home is shared), and a
+    run removes those of jobs that ended: no pile of jupyter_nb_*.log in the head's /tmp."""
+    user = cluster_user
+    # a job that stays running without a server: its activation never ends
+    done, job = user.node_json(f"--scheduler slurm --pre {shlex.quote('sleep 600')} -w 0")
+    assert done.returncode == jn.EXIT_OK, done.stderr
+    directory = user.home / ".local" / "state" / "jupyter-node"
+    log = Path(job["log"])
+    assert log.parent == directory and log.name.startswith(f"jupyter_nb_{user.name}_")
+    for path, mode in ((directory, 0o700), (log, 0o600)):
+        info = path.lstat()
+        assert (stat.S_IMODE(info.st_mode), info.st_uid) == (mode, user.uid), path
+    # the job writes its marker there, from the node
+    wait_for(lambda: jn.parse_log(log.read_text()).job_id == job["job"], 60, interval=0.2,
+             what="the job's marker in its log")
+    assert not list(Path("/tmp").glob(f"jupyter_nb_{user.name}_*.log"))
+
+    # logs of jobs that ended (a job gone, a submission sbatch refused), an hour old, and
+    # what is not ours to remove: a new log (a submission may be under way), another file
+    planted = {
+        "ended": f"{jn.MARK} submitting to slurm\n{jn.MARK} submitted to slurm as job 999999\n",
+        "refused": f"{jn.MARK} submitting to slurm\nsbatch: error: invalid partition specified: nosuch\n",
+        "young": f"{jn.MARK} submitting to slurm\n{jn.MARK} submitted to slurm as job 999998\n",
+    }
+    paths = {name: directory / f"jupyter_nb_{user.name}_head_{name:x<8}.log" for name in planted}
+    paths["other"] = directory / "notes.txt"
+    for name, path in paths.items():
+        path.write_text(planted.get(name, "mine\n"))
+        os.chown(path, user.uid, user.uid)
+    hour_ago = time.time() - 3600
+    for path in (log, paths["ended"], paths["refused"], paths["other"]):
+        os.utime(path, (hour_ago, hour_ago))
+    try:
+        done, listed = user.node_json("--scheduler slurm --jobs")
+        assert done.returncode == jn.EXIT_OK, done.stderr
+        assert [row["job"] for row in listed["jobs"]] == [job["job"]]
+        assert not paths["ended"].exists() and not paths["refused"].exists()
+        assert log.exists() and paths["young"].exists() and paths["other"].exists()  # its job runs; the rest
+    finally:
+        paths["other"].unlink(missing_ok=True)  # the fixtures remove the logs, not this
 
 
 def test_submit_pre_with_a_comment_or_a_background_command_starts_the_server(slurm_cluster: SlurmCluster,

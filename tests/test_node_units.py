@@ -7,23 +7,33 @@ nodes: nothing newer than 3.6 here either (no ``from __future__ import annotatio
 
 import argparse
 import getpass
+import json
 import os
 import re
 import shlex
 import stat
 import subprocess
 import sys
+import time
 try:
     import tomllib
 except ImportError:  # Python < 3.11: the same parser, from PyPI (the test extra)
     import tomli as tomllib
 from pathlib import Path
+from typing import List
 
 import pytest
 
 import jupyter_node as jn
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def state_home(tmp_path, monkeypatch) -> Path:
+    """$XDG_STATE_HOME of the test's own: the logs' directory, never the real one's."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    return tmp_path / "state"
 # subprocess.run's text output, as Python 3.6 spells it (capture_output/text came in 3.7)
 TEXT = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "universal_newlines": True}
 
@@ -209,6 +219,20 @@ def test_choose_scheduler_asks_for_the_option(sge, slurm, words):
     assert caught.value.code == jn.EXIT_MISSING
 
 
+@pytest.mark.parametrize("sge, slurm, expected", [
+    (True, True, ["sge", "slurm"]), (True, False, ["sge"]), (False, True, ["slurm"]),
+])
+def test_found_schedulers_to_list_or_cancel_are_all_there_are(sge, slurm, expected):
+    assert jn.found_schedulers(sge, slurm) == expected
+
+
+def test_found_schedulers_none_is_an_error():
+    with pytest.raises(jn.NodeError) as caught:
+        jn.found_schedulers(False, False)
+    assert (str(caught.value), caught.value.code) == (
+        "found neither qrsh nor sbatch/srun on PATH: choose with --scheduler sge|slurm", jn.EXIT_MISSING)
+
+
 def test_build_tunnel_command_quotes():
     assert jn.build_tunnel_command("me@head.x", "n1") == "jupyter-tunnel -s me@head.x -n n1"
     assert shlex.split(jn.build_tunnel_command("a b", "n;1")) == ["jupyter-tunnel", "-s", "a b", "-n", "n;1"]
@@ -222,12 +246,100 @@ def test_log_tail():
     assert jn.log_tail("Traceback:\n  File x\n \n", 2) == "    Traceback:\n      File x"
 
 
-def test_make_log_default_is_private_and_named(tmp_path, monkeypatch):
-    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+def test_make_log_default_is_private_and_named(state_home):
     path = jn.make_log(None)
     name = os.path.basename(path)
+    assert os.path.dirname(path) == str(state_home / "jupyter-node")
     assert name.startswith(f"jupyter_nb_{getpass.getuser()}_") and name.endswith(".log")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+    # one made open to others (umask 022, say) is made private again
+    os.chmod(os.path.dirname(path), 0o755)
+    jn.make_log(None)
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+
+
+@pytest.mark.parametrize("environ, directory", [
+    ({"XDG_STATE_HOME": "/s"}, "/s/jupyter-node"),
+    ({}, "/home/u/.local/state/jupyter-node"),
+    ({"XDG_STATE_HOME": ""}, "/home/u/.local/state/jupyter-node"),
+    ({"XDG_STATE_HOME": "state"}, "/home/u/.local/state/jupyter-node"),  # relative: ignored (XDG spec)
+])
+def test_build_log_dir(environ, directory):
+    assert jn.build_log_dir(environ, "/home/u") == directory
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda path: path.symlink_to(path.parent), "it is a symbolic link"),
+    (lambda path: path.write_text(""), "it is not a directory"),
+])
+def test_a_log_directory_that_is_not_a_private_one_is_refused(state_home, make, words):
+    state_home.mkdir()
+    make(state_home / "jupyter-node")
+    with pytest.raises(jn.NodeError) as caught:
+        jn.make_log(None)
+    assert str(caught.value) == (f"not writing the log in {state_home / 'jupyter-node'}: {words}; remove it, "
+                                 "or give a log file with -l PATH")
+
+
+AGE = jn.LOG_GRACE + 1  # older than the grace a new log has
+
+
+@pytest.mark.parametrize("head, age, listings, removed", [
+    # the job id (ours, or the job's own marker) in the listing: it runs; else it has ended
+    (f"{jn.MARK} submitting to slurm\n{jn.MARK} submitted to slurm as job 7\n", AGE,
+     {"slurm": [jn.JobRow("7", "jp-lab", "running", "n1")]}, False),
+    (f"{jn.MARK} submitting to slurm\n{jn.MARK} submitted to slurm as job 7\n", AGE,
+     {"slurm": [jn.JobRow("8", "jp-lab", "running", "n1")]}, True),
+    (f"{jn.MARK} submitting to sge\n{jn.MARK} job 7 node n1\n", AGE, {"sge": []}, True),
+    (f"{jn.MARK} submitting to sge\n{jn.MARK} job 7 node n1\n", AGE,
+     {"sge": [jn.JobRow("7", "notebook", "running", "n1")]}, False),
+    # young: a submission may be under way, whatever the listing says
+    (f"{jn.MARK} submitting to slurm\n", 10, {"slurm": []}, False),
+    # no job id yet (a qrsh's pending job): kept while a Jupyter job has no log of its own
+    (f"{jn.MARK} submitting to sge\n", AGE, {"sge": [jn.JobRow("9", "jp-lab", "pending")]}, False),
+    (f"{jn.MARK} submitting to sge\n", AGE, {"sge": [jn.JobRow("9", "simulation", "pending")]}, True),
+    (f"{jn.MARK} submitting to sge\nerror: no suitable queues\n", AGE, {"sge": []}, True),
+    # a scheduler that was not asked, or no scheduler said: nothing is known, nothing removed
+    (f"{jn.MARK} submitting to slurm\n{jn.MARK} submitted to slurm as job 7\n", AGE, {"sge": []}, False),
+    ("something else\n", AGE, {"sge": [], "slurm": []}, False),
+])
+def test_ended_logs(head, age, listings, removed):
+    assert jn.ended_logs([("/l/a.log", head, 1000.0)], listings, 1000.0 + age) == (["/l/a.log"] if removed else [])
+
+
+def test_a_pending_jobs_log_is_kept_once_another_has_its_own():
+    logs = [("/l/pending.log", f"{jn.MARK} submitting to sge\n", 0.0),
+            ("/l/running.log", f"{jn.MARK} submitting to sge\n{jn.MARK} job 4 node n1\n", 0.0)]
+    listing = {"sge": [jn.JobRow("4", "jp-lab", "running", "n1"), jn.JobRow("5", "jp-lab", "pending")]}
+    assert jn.ended_logs(logs, listing, AGE) == []
+    assert jn.ended_logs(logs, {"sge": listing["sge"][:1]}, AGE) == ["/l/pending.log"]
+
+
+def test_remove_ended_logs_takes_only_our_own_files(state_home, tmp_path):
+    directory = Path(jn.make_log(None)).parent
+    user = getpass.getuser()
+    ended = f"{jn.MARK} submitting to slurm\n{jn.MARK} submitted to slurm as job 7\n"
+    outside = tmp_path / "outside.log"
+    outside.write_text(ended)
+    files = {
+        f"jupyter_nb_{user}_h_ended001.log": ended,
+        f"jupyter_nb_{user}_h_running1.log": f"{jn.MARK} submitting to slurm\n{jn.MARK} submitted to slurm as job 8\n",
+        "notes.log": ended,  # not our naming
+        f"jupyter_nb_{user}_h_ended002.txt": ended,
+    }
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    (directory / f"jupyter_nb_{user}_h_link0001.log").symlink_to(outside)  # never followed
+    old = time.time() - jn.LOG_GRACE - 60
+    for path in [*directory.iterdir(), outside]:
+        os.utime(path, (old, old), follow_symlinks=False)
+    jn.remove_ended_logs({"slurm": [jn.JobRow("8", "jp-lab", "running", "n1")]})
+    left = sorted(path.name for path in directory.iterdir())
+    assert f"jupyter_nb_{user}_h_ended001.log" not in left
+    assert set(left) >= {f"jupyter_nb_{user}_h_running1.log", "notes.log", f"jupyter_nb_{user}_h_ended002.txt",
+                         f"jupyter_nb_{user}_h_link0001.log"}
+    assert outside.read_text() == ended
 
 
 def test_make_log_given_path_is_made_private(tmp_path):
@@ -553,6 +665,17 @@ def test_format_time_left(seconds, text):
     assert jn.format_time_left(seconds) == text
 
 
+def test_format_jobs_says_each_jobs_scheduler_when_two_were_asked():
+    lines = jn.format_jobs([jn.JobRow("49", "jp-lab", "running", "node1", 598),
+                            jn.JobRow("81234", "notebook", "pending", "", None, "Resources")],
+                           ["sge", "slurm"]).splitlines()
+    assert lines == [
+        "SCHEDULER  JOB    NAME      STATE    NODE   TIME LEFT      REASON",
+        "sge        49     jp-lab    running  node1  9 min",
+        "slurm      81234  notebook  pending  -      no time limit  Resources",
+    ]
+
+
 def test_format_jobs():
     lines = jn.format_jobs([jn.JobRow("49", "jp-lab", "running", "node1", 598),
                             jn.JobRow("51", "notebook", "pending", "", None, "Resources")]).splitlines()
@@ -577,13 +700,18 @@ def test_build_result(state, expected):
                           time_left=500, existing=False)
 
 
-@pytest.mark.parametrize("job, state, line", [
-    ("51", jn.JobState("pending", detail="Resources"), "job 51 is pending (Resources)"),
-    ("", jn.JobState("pending"), "the job is pending"),
-    ("51", jn.JobState("running", "node1"), "job 51 is running on node1; waiting for Jupyter..."),
+@pytest.mark.parametrize("job, state, wait, line", [
+    ("51", jn.JobState("pending", detail="Resources"), "", "job 51 is pending (Resources)"),
+    ("", jn.JobState("pending"), "", "the job is pending"),
+    ("51", jn.JobState("running", "node1"), "", "job 51 is running on node1; waiting for Jupyter..."),
+    # the first line of a wait says how long it may be
+    ("51", jn.JobState("pending", detail="Resources"), "2m",
+     "job 51 is pending (Resources); waiting up to 2m for it to start..."),
+    ("", jn.JobState("pending"), "15s", "the job is pending; waiting up to 15s for it to start..."),
+    ("51", jn.JobState("running", "node1"), "2m", "job 51 is running on node1; waiting up to 2m for Jupyter..."),
 ])
-def test_progress_line(job, state, line):
-    assert jn.progress_line(job, state) == line
+def test_progress_line(job, state, wait, line):
+    assert jn.progress_line(job, state, wait) == line
 
 
 def test_wait_tells_each_change_once(tmp_path, capsys):
@@ -600,10 +728,44 @@ def test_wait_tells_each_change_once(tmp_path, capsys):
 
     job = Changing(str(path), answers)
     job.job_id = "7"
-    assert jn.wait_for_job(job, 30) == jn.JobState("ready", "n1", 8888)
+    assert jn.wait_for_job(job, 30, "30s") == jn.JobState("ready", "n1", 8888)
     assert capsys.readouterr().err.splitlines() == [
-        "Info: job 7 is pending (Priority)", "Info: job 7 is pending (Resources)",
-        "Info: job 7 is running on n1; waiting for Jupyter..."]
+        "Info: job 7 is pending (Priority); waiting up to 30s for it to start...",
+        "Info: job 7 is pending (Resources)", "Info: job 7 is running on n1; waiting for Jupyter..."]
+
+
+def test_wait_tells_nothing_when_nothing_is_waited_for(tmp_path, capsys):
+    path = tmp_path / "log"
+    path.write_text(f"{jn.MARK} job 7 node n1.x\nhttp://n1.x:8888/lab?token=t\n")  # ready at the first look
+    assert jn.wait_for_job(ScriptedJob(str(path), [jn.JobState("running", "n1")]), 30, "30s") == \
+        jn.JobState("ready", "n1.x", 8888)
+    found = ScriptedJob("", [jn.JobState("running", "n1")])  # found by --reuse, its log not here
+    assert jn.wait_for_job(found, 30, "30s") == jn.JobState("running", "n1")
+    assert capsys.readouterr().err == ""
+
+
+def test_wait_does_not_retell_a_running_job_whose_node_name_grows(tmp_path, capsys):
+    path = tmp_path / "log"
+    path.write_text("")
+
+    class Starting(ScriptedJob):
+        def ask_scheduler(self, info):
+            if self.asked == 1:  # squeue's short name first, then the job's marker with its FQDN
+                path.write_text(f"{jn.MARK} job 7 node n1.cluster\n")
+            if self.asked == 3:
+                path.write_text(f"{jn.MARK} job 7 node n1.cluster\nhttp://n1.cluster:8888/lab?token=t\n")
+            return ScriptedJob.ask_scheduler(self, info)
+
+    job = Starting(str(path), [jn.JobState("running", "n1")] * 6)
+    job.job_id = "7"
+    assert jn.wait_for_job(job, 30, "1m").state == "ready"
+    assert capsys.readouterr().err.splitlines() == ["Info: job 7 is running on n1; waiting up to 1m for Jupyter..."]
+
+
+def test_log_tail_leaves_out_our_marker_lines():
+    text = f"{jn.MARK} job 7 node vm\nsh: module: not found\n{jn.MARK} fail failed: module load x\n"
+    assert jn.log_tail(text) == "    sh: module: not found"
+    assert jn.log_tail(f"{jn.MARK} job 7 node vm\n") == "    (the log is empty)"
 
 
 def test_jobs_table_escapes_the_schedulers_words():
@@ -633,3 +795,176 @@ def test_line_option(text, ok):
     else:
         with pytest.raises(argparse.ArgumentTypeError, match="must be one line"):
             jn.line_option(text)
+
+
+# --------------------------------------------------------------------------- the whole run, fake scheduler
+
+class FakeScheduler:
+    """Scheduler commands (squeue, scontrol, qstat...) that answer what a test wrote for them,
+    alone on PATH: main() runs as on a head, its messages read as a user reads them."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.bin = tmp_path / "fake-bin"
+        self.bin.mkdir()
+        self.calls = tmp_path / "calls"
+
+    def answer(self, program: str, stdout: str = "", code: int = 0) -> None:
+        """``program`` prints ``stdout`` and exits with ``code`` (its argv goes to ``calls``)."""
+        answer = self.bin / f"{program}.out"
+        answer.write_text(stdout)
+        script = self.bin / program
+        script.write_text(f'#!/bin/sh\necho "{program} $*" >>{shlex.quote(str(self.calls))}\n'
+                          f"/bin/cat {shlex.quote(str(answer))}\nexit {code}\n")
+        script.chmod(0o755)
+
+    def called(self) -> List[str]:
+        return self.calls.read_text().splitlines() if self.calls.exists() else []
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch, state_home):
+    scheduler = FakeScheduler(tmp_path)
+    monkeypatch.setenv("PATH", str(scheduler.bin))
+    monkeypatch.setenv("NO_COLOR", "1")
+    return scheduler
+
+
+def run_main(argv, capsys):
+    """main(argv): its exit code, stdout and stderr lines."""
+    code = jn.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err.splitlines()
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_reuse_of_a_ready_job_says_found_then_nothing_twice(fake, tmp_path, capsys, json_mode):
+    """jupyter-tunnel --submit with a Jupyter job running (issue 22): no waiting, one line a fact."""
+    log = tmp_path / "job.log"
+    log.write_text(f"{jn.MARK} job 7 node vm.cluster\n[I ServerApp] http://vm.cluster:8888/lab?token=t\n")
+    fake.answer("squeue", "7|jp-lab|RUNNING|vm|1:30:00|None\n")
+    fake.answer("scontrol", f"JobId=7 JobName=jp-lab StdOut={log}\n")
+    code, out, err = run_main(["--scheduler", "slurm", "--reuse", "-t", "lab", "-w", "60s"]
+                              + (["--json"] if json_mode else []), capsys)
+    assert code == jn.EXIT_OK
+    if json_mode:  # the tunnel tells the outcome (its "Running in slurm job 7 ...")
+        assert err == ["Info: Found your Jupyter job 7 (jp-lab): attaching to it instead of submitting "
+                       "another (--new submits one)."]
+        result = json.loads(out)
+        assert (result["state"], result["existing"], result["port"], result["time_left"]) == ("ready", True, 8888, 5400)
+    else:
+        assert err == [
+            "Info: Found your Jupyter job 7 (jp-lab): using it instead of submitting another.",
+            "Info: Jupyter lab is running on node vm.cluster, port 8888 (job 7, 1 h 30 min left).",
+            "Info: On your computer, run (put your gateway hosts first after -s if you need them):",
+            f"Info: Log (it holds the token; private): {log}",
+        ]
+        assert out.startswith("jupyter-tunnel -s ") and out.rstrip().endswith(" -n vm.cluster")
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_reuse_of_a_pending_job_says_what_helps_where_it_is_read(fake, capsys, json_mode):
+    fake.answer("squeue", "7|jp-lab|PENDING||1:30:00|Resources\n")
+    fake.answer("scontrol", "JobId=7 JobName=jp-lab StdOut=/nonexistent/job.log\n")  # not written yet
+    code, out, err = run_main(["--scheduler", "slurm", "--reuse", "-t", "lab", "-w", "0.3s"]
+                              + (["--json"] if json_mode else []), capsys)
+    assert code == jn.EXIT_OK
+    waiting = "Info: job 7 is pending (Resources); waiting up to 0.3s for it to start..."
+    if json_mode:  # no log path, no jupyter-node command: the tunnel says what its user can do
+        assert err == ["Info: Found your Jupyter job 7 (jp-lab): attaching to it instead of submitting "
+                       "another (--new submits one).", waiting]
+        assert json.loads(out)["state"] == "pending"
+    else:
+        assert err == [
+            "Info: Found your Jupyter job 7 (jp-lab): using it instead of submitting another.", waiting,
+            "Info: After 0.3s, job 7 is still pending (Resources); it stays in the queue: jupyter-node "
+            "--scheduler slurm --reuse -t lab waits for it again, jupyter-node --scheduler slurm --cancel 7 "
+            "cancels it.",
+        ]
+        assert out == ""
+
+
+@pytest.mark.parametrize("job_id, scheduler, hint", [
+    ("7", "", "jupyter-node --reuse -t lab waits for it again, jupyter-node --cancel 7 cancels it"),
+    ("", "sge", "jupyter-node --scheduler sge --reuse -t notebook waits for it again, "
+                "jupyter-node --scheduler sge --jobs shows its id"),
+])
+def test_build_again_hint(job_id, scheduler, hint):
+    assert jn.build_again_hint(job_id, "lab" if job_id else "notebook", scheduler) == hint
+
+
+# Both schedulers on PATH (a head with Grid Engine and Slurm): a job of each, as they list them.
+# Grid Engine's are QSTAT_XML's (65 jp-lab and 66 notebook running, 67-69 pending...)
+BOTH_SQUEUE = "81234|jp-lab|RUNNING|gpu03|1:00:00|None\n81300|simulation|RUNNING|gpu04|2:00:00|None\n"
+
+
+@pytest.fixture
+def both(fake):
+    for program in ("qrsh", "sbatch", "qdel", "scancel"):
+        fake.answer(program)
+    fake.answer("qstat", QSTAT_XML)
+    fake.answer("squeue", BOTH_SQUEUE)
+    fake.answer("scontrol", "JobId=81234 StdOut=/nonexistent/log\n")
+    return fake
+
+
+def test_jobs_with_both_schedulers_lists_both_and_says_which(both, capsys):
+    code, out, err = run_main(["--jobs", "--json"], capsys)
+    assert code == jn.EXIT_OK and err == []
+    answer = json.loads(out)
+    assert answer["scheduler"] is None  # no one scheduler: each job says its own
+    assert [(job["scheduler"], job["job"]) for job in answer["jobs"]] == [
+        ("sge", "65"), ("sge", "66"), ("sge", "67"), ("sge", "68"), ("sge", "69"), ("slurm", "81234")]
+    code, out, err = run_main(["--jobs"], capsys)
+    assert code == jn.EXIT_OK
+    assert [line.split()[:2] for line in out.splitlines()] == [
+        ["SCHEDULER", "JOB"], ["sge", "65"], ["sge", "66"], ["sge", "67"], ["sge", "68"], ["sge", "69"],
+        ["slurm", "81234"]]
+    # one scheduler asked (--scheduler): as before, and each job says its scheduler in JSON too
+    asked = len(both.called())
+    code, out, err = run_main(["--jobs", "--json", "--scheduler", "slurm"], capsys)
+    answer = json.loads(out)
+    assert answer["scheduler"] == "slurm" and [job["scheduler"] for job in answer["jobs"]] == ["slurm"]
+    assert [line.split()[0] for line in both.called()[asked:]] == ["squeue", "scontrol"]
+
+
+def test_jobs_with_both_schedulers_one_that_cannot_be_asked_is_a_warning(both, capsys):
+    both.answer("qstat", "", code=1)
+    (both.bin / "qstat").write_text((both.bin / "qstat").read_text().replace(
+        "/bin/cat", "echo 'error: commlib error: got select error (Connection refused)' >&2; /bin/cat"))
+    code, out, err = run_main(["--jobs", "--json"], capsys)
+    assert code == jn.EXIT_OK
+    assert err == ["Warning: Grid Engine could not be asked (qstat failed: error: commlib error: got select error "
+                   "(Connection refused)): its jobs are left out; --scheduler slurm asks Slurm alone"]
+    assert [(job["scheduler"], job["job"]) for job in json.loads(out)["jobs"]] == [("slurm", "81234")]
+    both.answer("squeue", "", code=1)
+    code, out, err = run_main(["--jobs", "--json"], capsys)
+    assert code == jn.EXIT_ERROR
+    assert json.loads(out)["error"] == (
+        "neither scheduler could be asked: Grid Engine: qstat failed: error: commlib error: got select error "
+        "(Connection refused); Slurm: squeue failed: (no message)")
+
+
+@pytest.mark.parametrize("job, code, said, called", [
+    ("81234", jn.EXIT_OK, "Info: Cancelled job 81234 (Slurm).", "scancel 81234"),
+    ("65", jn.EXIT_OK, "Info: Cancelled job 65 (Grid Engine).", "qdel 65"),
+    ("4711", jn.EXIT_ERROR, "Error: no job 4711 of yours is pending or running in Grid Engine or Slurm", None),
+])
+def test_cancel_with_both_schedulers_cancels_where_the_job_is(both, capsys, job, code, said, called):
+    assert run_main(["--cancel", job], capsys)[::2] == (code, [said])
+    assert [line for line in both.called() if line.startswith(("qdel", "scancel"))] == ([called] if called else [])
+
+
+def test_cancel_of_an_id_both_schedulers_have_asks_which(both, capsys):
+    both.answer("squeue", "65|jp-lab|RUNNING|gpu03|1:00:00|None\n")
+    code, out, err = run_main(["--cancel", "65", "--json"], capsys)
+    assert code == jn.EXIT_ERROR and json.loads(out)["error"] == (
+        "both Grid Engine and Slurm have a job 65 of yours: choose with --scheduler sge|slurm")
+    code, out, err = run_main(["--cancel", "65", "--json", "--scheduler", "slurm"], capsys)
+    assert (code, json.loads(out)) == (jn.EXIT_OK, {"cancelled": "65", "scheduler": "slurm"})
+
+
+def test_submitting_with_both_schedulers_asks_which(both, capsys):
+    code, out, err = run_main(["-t", "lab", "--pre", "true"], capsys)
+    assert (code, err) == (jn.EXIT_MISSING, ["Error: found both Grid Engine (qrsh) and Slurm (sbatch) on PATH: "
+                                             "choose the one to submit to with --scheduler sge|slurm"])
+    assert not [line for line in both.called() if line.startswith(("qrsh", "sbatch"))]

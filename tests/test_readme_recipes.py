@@ -54,7 +54,7 @@ def test_script_recipe_reads_the_url_while_the_tunnel_keeps_running(sshd, jtuser
             # Quick start's "close them all"
             stopped = shutdown()
             assert stopped.returncode == 0, stopped.stderr
-            assert f"Info: Killed process {pid} " in stopped.stderr
+            assert re.search(rf"^Info: Closed the tunnel localhost:\d+ -> .* \(pid {pid}\)\.$", stopped.stderr, re.M)
             assert not alive(pid)
             assert os.listdir(registry) == [] and os.listdir(tmp) == []
         finally:

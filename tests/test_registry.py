@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -136,8 +137,8 @@ def test_crafted_entries_make_nothing_signalled_or_deleted(tunnel, shutdown, reg
     done = shutdown(TMPDIR=tmp)
     assert done.returncode == sd.EXIT_OK
     warned(done.stderr)
-    assert f"Info: Killed process {live.process.pid} " in done.stderr
-    assert f"Info: Killed process {run.process.pid} " in done.stderr
+    for pid in (live.process.pid, run.process.pid):
+        assert re.search(rf"^Info: Closed the tunnel localhost:\d+ -> .* \(pid {pid}\)\.$", done.stderr, re.M)
     assert live.wait() == jt.EXIT_OK and run.wait() == jt.EXIT_OK
     wait_for(lambda: not alive(live_state["master_pid"]) and not alive(live_state["agent_pid"]), 10,
              what="the live tunnel's own master and agent to go with it")
@@ -169,8 +170,8 @@ def test_a_tunnel_inside_another_program_is_not_taken_for_dead(tunnel, shutdown,
     # and shutdown stops it as it stops the script: main() cleans up and returns 0
     done = shutdown(TMPDIR=hosted.tmp)
     assert done.returncode == sd.EXIT_OK, done.stderr
-    assert f"Info: Killed process {hosted.process.pid} (localhost:" in done.stderr
-    assert f"Info: Killed process {other.process.pid} (localhost:" in done.stderr
+    for pid in (hosted.process.pid, other.process.pid):
+        assert re.search(rf"^Info: Closed the tunnel localhost:\d+ -> .* \(pid {pid}\)\.$", done.stderr, re.M)
     assert hosted.wait() == jt.EXIT_OK and "Info: Closing the tunnel." in hosted.stderr
     assert other.wait() == jt.EXIT_OK
     hosted.assert_clean()
@@ -215,7 +216,7 @@ def test_a_registry_other_users_can_write_is_not_used(tunnel, shutdown, jtuser_s
         assert done.stdout.splitlines()[1].split()[:2] == [str(run.process.pid), "?"]  # found by the scan
         done = shutdown(TMPDIR=tmp, **{sd.REGISTRY_ENV: registry})
         assert done.returncode == sd.EXIT_OK and warning in done.stderr
-        assert f"Info: Killed process {run.process.pid} (unregistered tunnel to srv)" in done.stderr
+        assert f"Info: Closed the unregistered tunnel to srv (pid {run.process.pid})." in done.stderr
         assert run.wait() == jt.EXIT_OK
         assert snapshot(shared, str(ours)) == before
     finally:
@@ -263,9 +264,9 @@ def test_run_killed_before_ready_leaves_nothing(tunnel, shutdown, registry, jtus
         done = shutdown("--force", TMPDIR=dead.tmp)  # where the run made its directory
         assert done.returncode == sd.EXIT_OK
         assert done.stderr.splitlines() == [
-            f"Info: Cleaned up after process {dead.process.pid}, which had died "
-            f"(localhost:{state['local_port']} -> jtnone@srv:{hung_server})",
-            "Info: No tunnel to kill.",
+            f"Info: Cleaned up after the tunnel localhost:{state['local_port']} -> jtnone@srv:{hung_server} "
+            f"(pid {dead.process.pid}), which had died.",
+            "Info: No tunnel is running.",
         ]
     dead.assert_clean()  # no master, hop or agent of the run, no directory
     assert os.listdir(registry) == []
@@ -276,7 +277,7 @@ def test_shutdown_stops_a_connecting_run(tunnel, shutdown, registry, hung_server
     done = shutdown()
     assert done.returncode == sd.EXIT_OK
     assert done.stderr == \
-        f"Info: Killed process {run.process.pid} (localhost:{state['local_port']} -> jtnone@srv:{hung_server})\n"
+        f"Info: Closed the tunnel localhost:{state['local_port']} -> jtnone@srv:{hung_server} (pid {run.process.pid}).\n"
     assert run.wait() == jt.EXIT_INTERRUPTED and run.stderr.splitlines()[-1] == "Info: Interrupted."
     run.assert_clean()
     assert os.listdir(registry) == []
@@ -287,8 +288,8 @@ def test_force_kills_a_stuck_connecting_run_and_its_leftovers(tunnel, shutdown, 
     os.kill(run.process.pid, signal.SIGSTOP)  # stuck: SIGINT cannot reach its cleanup
     done = shutdown("--timeout", "1", "--force", TMPDIR=run.tmp)
     assert done.returncode == sd.EXIT_OK
-    assert done.stderr.splitlines()[-1] == f"Info: Killed process {run.process.pid} with SIGKILL " \
-        f"(localhost:{state['local_port']} -> jtnone@srv:{hung_server})"
+    assert done.stderr.splitlines()[-1] == f"Info: Killed the tunnel localhost:{state['local_port']} -> " \
+        f"jtnone@srv:{hung_server} (pid {run.process.pid})."
     assert run.wait() == -signal.SIGKILL
     run.assert_clean()  # its master and agent, found through the entry read again, are gone
     assert os.listdir(registry) == []

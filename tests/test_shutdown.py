@@ -22,6 +22,12 @@ import jupyter_tunnel_shutdown as sd
 from helpers import port_is_free, wait_for
 from tunnelrun import SHUTDOWN, get_status, local_port_of
 
+
+def line_of(stderr: str, pid: int) -> str:
+    """The one line of the shutdown's stderr about process ``pid`` (it ends "(pid N).")."""
+    [line] = [line for line in stderr.splitlines() if line.endswith(f" (pid {pid}).")]
+    return line
+
 def entries(registry: str) -> list[str]:
     """The registry's file names."""
     return sorted(os.listdir(registry))
@@ -54,7 +60,7 @@ def test_list_then_stop_one_by_port_then_the_rest(tunnel, shutdown, registry, st
     # --port stops that one only, and returns once it is gone
     done = shutdown("--port", str(port_one))
     assert done.returncode == sd.EXIT_OK
-    assert done.stderr == f"Info: Killed process {pid_one} (localhost:{port_one} -> jtmulti@srv:{first.port})\n"
+    assert done.stderr == f"Info: Closed the tunnel localhost:{port_one} -> jtmulti@srv:{first.port} (pid {pid_one}).\n"
     assert one.wait() == jt.EXIT_OK and "Info: Closing the tunnel." in one.stderr  # its own cleanup ran
     one.assert_clean()  # no ssh master, hop or agent left, no control dir
     assert entries(registry) == [f"{pid_two}.json"]
@@ -62,19 +68,19 @@ def test_list_then_stop_one_by_port_then_the_rest(tunnel, shutdown, registry, st
     assert get_status(url_two)[0] == 200  # the other one still serves
 
     done = shutdown("--host", "elsewhere")
-    assert (done.returncode, done.stderr) == (sd.EXIT_OK, "Info: No tunnel to kill (1 running, none matches --port/--host).\n")
+    assert (done.returncode, done.stderr) == (sd.EXIT_OK, "Info: No tunnel matches --port/--host (1 running: jupyter-tunnel-shutdown --list shows them).\n")
 
     # no argument: the rest
     done = shutdown()
     assert done.returncode == sd.EXIT_OK
     assert done.stderr == \
-        f"Info: Killed process {pid_two} (localhost:{port_two} -> jtmulti@srv:{second.port} via gw)\n"
+        f"Info: Closed the tunnel localhost:{port_two} -> jtmulti@srv:{second.port} via gw (pid {pid_two}).\n"
     assert two.wait() == jt.EXIT_OK
     two.assert_clean()
     assert entries(registry) == []
 
     done = shutdown()
-    assert (done.returncode, done.stdout, done.stderr) == (sd.EXIT_OK, "", "Info: No tunnel to kill.\n")
+    assert (done.returncode, done.stdout, done.stderr) == (sd.EXIT_OK, "", "Info: No tunnel is running.\n")
 
 
 @pytest.mark.parametrize("cleaner", ["shutdown", "next tunnel"])
@@ -95,9 +101,9 @@ def test_sigkilled_tunnel_leftovers_are_pruned(tunnel, shutdown, registry, jtuse
         done = shutdown(TMPDIR=dead.tmp)
         assert done.returncode == sd.EXIT_OK
         assert done.stderr.splitlines() == [
-            f"Info: Cleaned up after process {pid}, which had died "
-            f"(localhost:{port} -> srv:{jtuser_server.port} via gw)",
-            "Info: No tunnel to kill.",
+            f"Info: Cleaned up after the tunnel localhost:{port} -> srv:{jtuser_server.port} via gw "
+            f"(pid {pid}), which had died.",
+            "Info: No tunnel is running.",
         ]
     else:
         after = tunnel("-s", "srv", env={"TMPDIR": dead.tmp})  # any tunnel prunes the registry as it starts
@@ -141,8 +147,8 @@ def test_damaged_entries_never_stop_the_rest(tunnel, shutdown, registry, jtuser_
     assert get_status(live_url)[0] == 200 and get_status(other_url)[0] == 200
     done = shutdown()
     assert done.returncode == sd.EXIT_OK and "Traceback" not in done.stderr, done.stderr
-    assert f"Info: Killed process {live.process.pid} " in done.stderr
-    assert f"Info: Killed process {other.process.pid} " in done.stderr
+    for run in (live, other):
+        assert line_of(done.stderr, run.process.pid).startswith("Info: Closed the tunnel localhost:")
     assert live.wait() == jt.EXIT_OK and other.wait() == jt.EXIT_OK
     live.assert_clean()
     other.assert_clean()
@@ -154,19 +160,19 @@ def test_force_kills_a_tunnel_that_does_not_stop(tunnel, shutdown, registry, jtu
     run = tunnel("-s", "gw", "srv")
     port = local_port_of(run.url())
     pid = run.process.pid
-    described = f"localhost:{port} -> srv:{jtuser_server.port} via gw"
+    described = f"the tunnel localhost:{port} -> srv:{jtuser_server.port} via gw (pid {pid})"
     os.kill(pid, signal.SIGSTOP)  # a stopped process cannot act on SIGINT
 
     done = shutdown("--timeout", "1")
     assert done.returncode == sd.EXIT_NOT_STOPPED
-    assert done.stderr == f"Warning: process {pid} ({described}) did not stop within 1 s; --force kills it\n"
+    assert done.stderr == f"Warning: {described} did not close within 1 s; jupyter-tunnel-shutdown --force kills it\n"
     assert run.process.poll() is None and entries(registry) == [f"{pid}.json"]
 
     done = shutdown("--timeout", "1", "--force", TMPDIR=run.tmp)  # where its directory is
     assert done.returncode == sd.EXIT_OK
     assert done.stderr.splitlines() == [
-        f"Warning: process {pid} did not stop within 1 s: sending SIGKILL",
-        f"Info: Killed process {pid} with SIGKILL ({described})",
+        f"Warning: {described} did not close within 1 s: killing it (SIGKILL)",
+        f"Info: Killed {described}.",
     ]
     assert run.wait() == -signal.SIGKILL
     run.assert_clean()  # its orphaned ssh master and agent were stopped, its directory removed
@@ -187,10 +193,10 @@ def test_unregistered_tunnel_is_found_by_the_process_scan(tunnel, shutdown, regi
     assert done.stderr.splitlines() == [
         f"Warning: process {pid} is a tunnel that did not register (an older version): its local "
         "port is unknown, so --port leaves it alone",
-        "Info: No tunnel to kill (1 running, none matches --port/--host).",
+        "Info: No tunnel matches --port/--host (1 running: jupyter-tunnel-shutdown --list shows them).",
     ]
     done = shutdown("--host", "srv")  # its hosts are read from its command line
-    assert (done.returncode, done.stderr) == (sd.EXIT_OK, f"Info: Killed process {pid} (unregistered tunnel to srv via gw)\n")
+    assert (done.returncode, done.stderr) == (sd.EXIT_OK, f"Info: Closed the unregistered tunnel to srv via gw (pid {pid}).\n")
     assert run.wait() == jt.EXIT_OK
     run.assert_clean()
 
@@ -205,7 +211,7 @@ def test_background_tunnel_with_sigint_ignored_stops_too(tunnel, shutdown, regis
         signal.signal(signal.SIGINT, previous)
     run.url()
     done = shutdown()
-    assert done.returncode == sd.EXIT_OK and done.stderr.startswith(f"Info: Killed process {run.process.pid} ")
+    assert done.returncode == sd.EXIT_OK and line_of(done.stderr, run.process.pid).startswith("Info: Closed the tunnel ")
     assert run.wait() == jt.EXIT_OK
     run.assert_clean()
     assert entries(registry) == []
@@ -218,7 +224,7 @@ def test_tunnels_of_another_registry_are_left_alone(tunnel, shutdown, registry, 
         run = tunnel("-s", "srv", registry_dir=other)
         url = run.url()
         done = shutdown()
-        assert (done.returncode, done.stderr) == (sd.EXIT_OK, "Info: No tunnel to kill.\n")
+        assert (done.returncode, done.stderr) == (sd.EXIT_OK, "Info: No tunnel is running.\n")
         assert get_status(url)[0] == 200
         assert run.stop() == jt.EXIT_OK
         run.assert_clean()
@@ -231,4 +237,4 @@ def test_no_tunnel_running_when_run_from_a_checkout(tmp_path):
     env = dict(os.environ, NO_COLOR="1", **{sd.REGISTRY_ENV: str(tmp_path)})
     done = subprocess.run([str(SHUTDOWN)], stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           env=env, timeout=30, cwd="/")
-    assert (done.returncode, done.stdout, done.stderr) == (sd.EXIT_OK, "", "Info: No tunnel to kill.\n")
+    assert (done.returncode, done.stdout, done.stderr) == (sd.EXIT_OK, "", "Info: No tunnel is running.\n")

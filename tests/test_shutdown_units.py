@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
 
 import pytest
 
@@ -108,16 +112,16 @@ def test_select_tunnels(ports, hosts, pids):
 
 
 @pytest.mark.parametrize("tunnel, text", [
-    (DIRECT, "localhost:9000 -> srv:8888"),
-    (VIA_GW, "localhost:8889 -> u@srv:8888 via gw"),
-    (ON_NODE, "localhost:9001 -> node1:8888 via gw, head"),
+    (DIRECT, "tunnel localhost:9000 -> srv:8888"),
+    (VIA_GW, "tunnel localhost:8889 -> u@srv:8888 via gw"),
+    (ON_NODE, "tunnel localhost:9001 -> node1:8888 via gw, head"),
     (sd.RunningTunnel.from_state(dict(STATE, remote_port=0, sock="/tmp/j.sock")),
-     "localhost:8889 -> u@srv:/tmp/j.sock via gw"),
+     "tunnel localhost:8889 -> u@srv:/tmp/j.sock via gw"),
     (UNREGISTERED, "unregistered tunnel to srv:2222 via gw"),
     (sd.RunningTunnel.from_state(dict(STATE, state="connecting", local_port=None, remote_port=None)),
-     "tunnel to u@srv via gw, connecting"),
+     "connecting tunnel to u@srv via gw"),
     (sd.RunningTunnel.from_state(dict(STATE, state="connecting")),  # reconnecting: its port is known
-     "localhost:8889 -> u@srv:8888 via gw"),
+     "tunnel localhost:8889 -> u@srv:8888 via gw"),
     (sd.RunningTunnel.from_argv(5, ["jupyter-tunnel"]), "unregistered tunnel"),
 ])
 def test_describe(tunnel, text):
@@ -252,7 +256,7 @@ def test_nothing_registered(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv(sd.REGISTRY_ENV, str(tmp_path))
     monkeypatch.setenv("NO_COLOR", "1")
     assert sd.main([]) == sd.EXIT_OK
-    assert capsys.readouterr().err == "Info: No tunnel to kill.\n"
+    assert capsys.readouterr().err == "Info: No tunnel is running.\n"
     assert sd.main(["--json"]) == sd.EXIT_OK
     assert json.loads(capsys.readouterr().out) == []
     assert sd.main(["--list"]) == sd.EXIT_OK
@@ -318,3 +322,52 @@ def test_a_damaged_field_is_listed_without_a_traceback(field, value):
 def test_an_entry_that_is_no_entry_is_skipped(text):
     data = text.encode().decode("unicode_escape").encode("latin-1")
     assert sd.parse_state(data) is None
+
+
+@pytest.mark.parametrize("tunnel, text", [
+    (VIA_GW, "the tunnel localhost:8889 -> u@srv:8888 via gw (pid 4242)"),
+    (UNREGISTERED, "the unregistered tunnel to srv:2222 via gw (pid 4)"),
+    (sd.RunningTunnel.from_state(dict(STATE, state="connecting", local_port=None, remote_port=None)),
+     "the connecting tunnel to u@srv via gw (pid 4242)"),
+])
+def test_name_is_the_subject_of_the_messages(tunnel, text):
+    assert tunnel.name() == text and tunnel.name(first=True) == "T" + text[1:]
+
+
+@dataclass(frozen=True)
+class ChildTunnel(sd.RunningTunnel):
+    """A RunningTunnel that is a child process of the test (alive until it exits)."""
+
+    def alive(self) -> bool:
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+        except OSError:
+            return False
+
+
+def test_stop_tunnels_says_closed_for_sigint_and_killed_only_for_sigkill(monkeypatch, capsys):
+    monkeypatch.setenv("NO_COLOR", "1")
+    # one honours SIGINT (Python's KeyboardInterrupt ends it), one ignores it as a stuck tunnel would
+    polite = subprocess.Popen([sys.executable, "-c", "import time; print(flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    stuck = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, "
+                              "signal.SIG_IGN); print(flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
+    try:
+        for child in (polite, stuck):
+            child.stdout.readline()  # its handlers are set up
+        tunnels = [ChildTunnel(child.pid, ("srv",), remote_host="srv", local_port=port, remote_port=8888,
+                               phase="ready", state={"pid": child.pid})  # registered
+                   for child, port in ((polite, 9000), (stuck, 9001))]
+        assert sd.stop_tunnels(tunnels, 0.5, force=True) == sd.EXIT_OK
+        assert capsys.readouterr().err.splitlines() == [
+            f"Info: Closed the tunnel localhost:9000 -> srv:8888 (pid {polite.pid}).",
+            f"Warning: the tunnel localhost:9001 -> srv:8888 (pid {stuck.pid}) did not close within 0.5 s: "
+            "killing it (SIGKILL)",
+            f"Info: Killed the tunnel localhost:9001 -> srv:8888 (pid {stuck.pid}).",
+        ]
+        assert polite.wait(5) != 0 and stuck.wait(5) == -signal.SIGKILL
+    finally:
+        for child in (polite, stuck):
+            child.kill()
+            child.wait()
