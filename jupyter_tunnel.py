@@ -1687,11 +1687,8 @@ def find_job(master: Master, options: ClusterOptions, timeout: float, pick: int 
     found (-n auto, --job ID, --pick N)."""
     head = master.route.target
     if options.submit:
-        job = submit_job(master, options, timeout)
+        job = submit_job(master, options, timeout)  # a job found running: jupyter_node.py says so
         check_ready(job, master.route, timeout)
-        if job.existing:
-            say("Info", f"Your Jupyter {job.describe()} already runs on {job.node}: attaching to it "
-                        "instead of submitting another (--new submits one).")
         return job
     jobs = find_jobs(master, options)
     if options.job and not jobs:

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 
 import pytest
 
@@ -334,7 +333,6 @@ def test_name_is_the_subject_of_the_messages(tunnel, text):
     assert tunnel.name() == text and tunnel.name(first=True) == "T" + text[1:]
 
 
-@dataclass(frozen=True)
 class ChildTunnel(sd.RunningTunnel):
     """A RunningTunnel that is a child process of the test (alive until it exits)."""
 
