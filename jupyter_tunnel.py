@@ -118,17 +118,11 @@ HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each ends th
 POLL_INTERVAL = 0.002
 FAST_POLL_SECONDS = 1.0
 SLOW_POLL_INTERVAL = 0.1
-# How often the user's own master (not our child: no exit to wait for) is looked at while
-# the tunnel is up: a connect() to its socket, which costs it nothing measurable.
-SHARED_POLL_INTERVAL = 1.0
+SHARED_POLL_INTERVAL = 1.0  # s between looks at the user's own master: a connect(), which costs it nothing
 # ssh's multiplexing protocol (PROTOCOL.mux): a live master greets a client within milliseconds
 # with a packet (4-byte length) of type MUX_MSG_HELLO; one silent this long is of no use.
 MUX_MSG_HELLO = 0x00000001
 MUX_HELLO_TIMEOUT = 3.0
-# Options every ssh of the run gets through the generated config file, not via "-o": ssh passes
-# only -l -p -J -F -v to the ssh it starts for a jump host, so -F's file is the one way to reach
-# every hop.  ServerAliveInterval comes from --keepalive: a dead network is noticed after 3.
-DEFAULT_SSH_OPTIONS = (("ServerAliveCountMax", "3"),)
 FIRST_HOP_CONNECT_TIMEOUT = 20  # seconds, not minutes, for an unreachable first hop (see build_ssh_config)
 # A host name ssh's Match takes as it is (no pattern characters: * ? ! , nor quotes or spaces).
 MATCH_HOST_RE = re.compile(r"[A-Za-z0-9_.:%\[\]-]+")
@@ -150,13 +144,10 @@ CONNECT_FAILURE_GRACE = 3.0  # seconds of "connection refused" at the remote end
 # with OpenSSH 9.2).  They never explain a failure.
 SSH_DEBUG = ("debug1:", "debug2:", "debug3:", "OpenSSH_", "Authenticated to ", "Transferred: ",
              "Bytes per second: ")
-# Lines of ssh's stderr that follow from a failure rather than explain it: when a jump host's
-# login fails, its "ssh -W" closes the pipe and the ssh behind it reports its banner exchange
-# failing too.  Shown only when nothing else explains.
+# Lines of ssh's stderr shown only when nothing else explains: a jump host's failed login closes
+# its "ssh -W" pipe, and the ssh behind it reports its banner exchange failing too.
 SSH_CONSEQUENCES = ("kex_exchange_identification:", "banner exchange:")
-# What ssh says when the server refused the login (sshconnect2.c; "Too many authentication
-# failures": the server's MaxAuthTries).
-SSH_REFUSED = ("Permission denied", "Too many authentication failures")
+SSH_REFUSED = ("Permission denied", "Too many authentication failures")  # sshconnect2.c; sshd's MaxAuthTries
 # ssh's words for the failures a user meets most (ssh.c, sshconnect.c, channels.c): the host
 # each names, to say what went wrong in the user's terms (explain_ssh_failure).
 SSH_UNRESOLVED_RE = re.compile(r"Could not resolve hostname (\S+?): (.+?)\.?$", re.MULTILINE)
@@ -168,11 +159,9 @@ SSH_CHANGED_KEY_RE = re.compile(r"Host key for (\S+?) has changed", re.MULTILINE
 SSH_NO_KEY_RE = re.compile(r"^(?:\S+@)?(\S+?): Permission denied \(publickey\)", re.MULTILINE)
 # getaddrinfo's words (glibc, macOS) for a name that does not resolve
 NAME_NOT_FOUND = ("not known", "name resolution", "No address associated", "nodename nor servname")
-# Lines of ssh's stderr that never explain a failure.
 SSH_NOISE = (*SSH_DEBUG, "Warning: Permanently added", "Connection closed by UNKNOWN port 65535",
-             "Pseudo-terminal will not be allocated", "Killed by signal")
-# Markers of the discovery script's output (see build_discovery_script).
-MARK = "::jupyter-tunnel::"
+             "Pseudo-terminal will not be allocated", "Killed by signal")  # never explain a failure
+MARK = "::jupyter-tunnel::"  # begins the lines our remote scripts print for us (build_discovery_script)
 # How long the browser's one-time address (Relay.offer_redirect) waits for the browser: a cold
 # start (a snap-packaged one can take half a minute) must not find it gone; after that, the URL
 # printed on stdout is there to open by hand.  A connection to it must send its request's first
@@ -192,8 +181,7 @@ RELAY_BUFFER = 65536  # bytes per read and direction: 128 KiB a connection, and 
 # (JupyterLab's requests then go through unharmed), then gets a page that reloads itself.
 RELAY_WAIT = 10.0
 RELAY_RETRY = 0.1
-# Linux: every IPv4 and IPv6 TCP socket, with the uid that owns it
-PROC_NET_TCP, PROC_NET_TCP6 = "/proc/net/tcp", "/proc/net/tcp6"
+PROC_NET_TCP, PROC_NET_TCP6 = "/proc/net/tcp", "/proc/net/tcp6"  # Linux: every TCP socket and its owner's uid
 # Linux's netlink sock_diag (linux/sock_diag.h, inet_diag.h): the owner of one TCP socket.
 NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST = 4, 20, 1
 INET_DIAG_NOCOOKIE = 0xFFFFFFFF
@@ -484,11 +472,9 @@ def _whole_number(info: dict, key: str, low: int, high: int, default: int | None
 
 def parse_app(cmdline: str) -> str:
     """``lab``, ``notebook`` or ``server`` from a Jupyter process's command line."""
-    if "jupyter-lab" in cmdline or "jupyterlab" in cmdline or "jupyter lab" in cmdline:
+    if any(name in cmdline for name in ("jupyter-lab", "jupyterlab", "jupyter lab")):
         return "lab"
-    if "notebook" in cmdline:
-        return "notebook"
-    return "server"
+    return "notebook" if "notebook" in cmdline else "server"
 
 
 def parse_server(info: dict, source: str = "", cmdline: str = "") -> Server:
@@ -504,17 +490,14 @@ def parse_server(info: dict, source: str = "", cmdline: str = "") -> Server:
     url = urlsplit(str(info.get("url") or ""))
     port = _whole_number(info, "port", 0, 65535, default=0)
     if not port:
-        try:
+        with contextlib.suppress(ValueError):  # "http://localhost:99999/" leaves it 0
             port = url.port or 0
-        except ValueError:  # "http://localhost:99999/"
-            port = 0
     host = str(info.get("hostname") or url.hostname or "localhost")
     if not is_host_address(host):
         raise ValueError(f"its hostname {_short(host)} is not a host name or an IP address")
     base_url = str(info.get("base_url") or "/")
-    # The URL is http://localhost:PORT + base_url: a base_url not starting with "/" would
-    # change the host ("@otherhost:9/"); a space or newline would cut the URL, "?" and "#"
-    # would push the token out of the path.
+    # The URL is http://localhost:PORT + base_url: without a leading "/" it could change the host
+    # ("@otherhost:9/"), a space or newline would cut it, "?" and "#" push the token out of the path.
     if not base_url.startswith("/") or any(char.isspace() or char in "?#" for char in base_url) \
             or has_control(base_url):
         raise ValueError(f"its base_url {_short(base_url)} is not a path starting with /")
@@ -549,8 +532,7 @@ def server_info(number: int, server: Server) -> dict:
         "number": number, "port": server.port, "sock": server.sock, "host": server.host,
         "root_dir": server.root_dir, "app": server.app, "version": server.version,
         "kind": "notebook<7" if server.legacy else "jupyter_server",
-        "auth": server_auth(server), "secure": server.secure, "base_url": server.base_url,
-        "pid": server.pid,
+        "auth": server_auth(server), "secure": server.secure, "base_url": server.base_url, "pid": server.pid,
     }
 
 
@@ -572,12 +554,12 @@ def build_include_path(path: str) -> str:
 def build_ssh_config(user_config: str | None, options: Sequence[str], add_keys_to_agent: bool = False,
                      password: bool = False, keepalive: int = DEFAULT_KEEPALIVE, batch: bool = False,
                      first_hop: str = "") -> str:
-    """Text of the config file every ssh of the run reads with ``-F``.
+    """Text of the config file every ssh of the run reads with ``-F``: the one way to reach every
+    hop, as ssh passes only -l -p -J -F -v to the ssh it starts for a jump host.
 
     ssh keeps the first value it reads for an option, so the order is: the user's ``-o`` options,
     the user's own config, our defaults, and the system config (as ssh itself reads the user's
-    file before the system one).  ``first_hop``: the first ``-s`` host, given a ConnectTimeout.
-    """
+    file before the system one).  ``first_hop``: the first ``-s`` host, given a ConnectTimeout."""
     lines = ["# Written by jupyter-tunnel for one run; removed when it exits."]
     if batch:
         # no terminal (and no -p): a prompt could never be answered, and ssh would send
@@ -592,16 +574,14 @@ def build_ssh_config(user_config: str | None, options: Sequence[str], add_keys_t
         if not sep:
             key, _, value = option.strip().partition(" ")
         lines.append(f"{key.strip()} {value.strip()}")
+    # an absolute path: a relative Include is taken relative to ~/.ssh
+    include = build_include_path(os.path.abspath(user_config)) if user_config else "~/.ssh/config"
     # ControlMaster no, before the user's config: a jump hop's ssh reads this file too, and with
     # the user's "ControlMaster auto" and "ControlPersist" it would become a master that outlives
     # the run (OpenSSH 9.2).  "no" still rides a master the user has open (a hop with no login).
     # Our own master is -M (the command line wins); the user's -o wins too.
-    lines.append("ControlMaster no")
-    # an absolute path: a relative Include is taken relative to ~/.ssh
-    include = build_include_path(os.path.abspath(user_config)) if user_config else "~/.ssh/config"
-    lines.append(f"Include {include}")
-    lines.append(f"ServerAliveInterval {keepalive}")
-    lines.extend(f"{key} {value}" for key, value in DEFAULT_SSH_OPTIONS)
+    # ServerAliveCountMax 3: a dead network is noticed after 3 --keepalive intervals
+    lines += ["ControlMaster no", f"Include {include}", f"ServerAliveInterval {keepalive}", "ServerAliveCountMax 3"]
     if add_keys_to_agent:  # only for an agent this run started: never the user's own behind their back
         lines.append("AddKeysToAgent yes")
     name = split_host(first_hop)[1]
@@ -640,9 +620,8 @@ def build_mux_argv(ssh: str, config: str, control: str, route: Route, *args: str
     # muxclient returns, ssh.c connects): ProxyCommand=false makes that fail at once, with
     # no connection, no prompt and no failed attempt on any server (on the command line it
     # wins over the config's ProxyJump: ssh keeps the first value it reads).
-    argv = [ssh, "-F", config, "-S", control, "-o", "ControlMaster=no", "-o", "ProxyCommand=false",
-            "-o", "BatchMode=yes", *args]
-    return argv + build_destination(route.target)
+    return [ssh, "-F", config, "-S", control, "-o", "ControlMaster=no", "-o", "ProxyCommand=false",
+            "-o", "BatchMode=yes", *args, *build_destination(route.target)]
 
 
 def build_settings_argv(ssh: str, config: str, route: Route) -> list[str]:
@@ -666,10 +645,8 @@ def shared_control_path(settings: Mapping[str, str], node: bool = False) -> str:
     With ``-n`` the head logs into the node with the agent, which a master forwards to a session
     only when started with ForwardAgent (OpenSSH 9.2: a client's ``-A`` alone gets nothing):
     without it in the config, the run logs in itself."""
-    path = settings.get("controlpath", "")
-    if path in ("", "none") or not os.path.isabs(path):
-        return ""
-    if node and settings.get("forwardagent", "no") == "no":
+    path = settings.get("controlpath", "")  # "none" too is no absolute path
+    if not os.path.isabs(path) or (node and settings.get("forwardagent", "no") == "no"):
         return ""
     return path
 
@@ -860,15 +837,13 @@ class Master:
 
     def __init__(self, ssh: str, route: Route, directory: str, env: dict[str, str], verbose: int = 0,
                  outlive_interrupt: bool = False, batch: bool = False) -> None:
-        self.ssh = ssh
+        self.ssh, self.route, self.env = ssh, route, env
         self.batch = batch  # BatchMode: no prompt (no terminal, no -p); said when a login is refused
         # --stop-server: the server is shut down through the master after a Ctrl+C (or a
         # closed terminal's SIGHUP), which the terminal sends to the master too
         self.outlive_interrupt = outlive_interrupt
-        self.route = route
         self.config = os.path.join(directory, CONFIG_FILE)
         self.control = os.path.join(directory, CONTROL_SOCKET)
-        self.env = env
         self.verbose = verbose  # -v: show every ssh command; -vv: ssh -v too, its words shown
         self.process: subprocess.Popen | None = None
         self.stderr: deque[str] = deque(maxlen=40)
@@ -930,8 +905,7 @@ class Master:
         # Drain stderr all the time: a full pipe would block ssh.
         self._reader = threading.Thread(target=self._read_stderr, args=(read_end,), daemon=True)
         self._reader.start()
-        started = time.monotonic()
-        delay = POLL_INTERVAL
+        started, delay = time.monotonic(), POLL_INTERVAL
         while not os.path.exists(self.control):
             if self.process.poll() is not None:
                 self._reader.join(timeout=1)
@@ -974,9 +948,8 @@ class Master:
 
     def run(self, command: str, stdin: str = "", timeout: float = 60.0,
             forward_agent: bool = False, what: str = "") -> subprocess.CompletedProcess:
-        """Run ``command`` on the target through the master (no new login), bounded in time
-        and size (see run_bounded): subprocess.TimeoutExpired after ``timeout``, a TunnelError
-        that names ``what`` (the stage: "looking for Jupyter servers on srv") for too much output."""
+        """Run ``command`` on the target through the master (no new login), bounded as run_bounded
+        says; ``what`` is the stage its errors name ("looking for Jupyter servers on srv")."""
         options = ["-T", "-A"] if forward_agent else ["-T"]
         if not stdin:
             options.append("-n")  # no stdin: ssh sends none, and the command needs none
@@ -986,12 +959,16 @@ class Master:
                                            what or f"a command on {self.route.target}")
         return subprocess.CompletedProcess(argv, code, stdout, "\n".join(stderr).encode())
 
+    def request(self, *args: str) -> subprocess.CompletedProcess:
+        """Send the master a control request (``-O ...``): its answer is on stderr."""
+        done = subprocess.run(self.shown(build_mux_argv(self.ssh, self.config, self.control, self.route, *args)),
+                              stdin=subprocess.DEVNULL, capture_output=True, env=self.env, timeout=30)
+        self.echo(done.stderr)
+        return done
+
     def forward(self, spec: str) -> tuple[bool, str]:
         """Ask the master to add ``-L spec``; returns (ok, ssh's message)."""
-        argv = build_mux_argv(self.ssh, self.config, self.control, self.route, "-O", "forward", "-L", spec)
-        done = subprocess.run(self.shown(argv), stdin=subprocess.DEVNULL, capture_output=True,
-                              env=self.env, timeout=30)
-        self.echo(done.stderr)
+        done = self.request("-O", "forward", "-L", spec)
         return done.returncode == 0, done.stderr.decode(errors="replace").strip()
 
     def close(self) -> None:
@@ -1007,9 +984,8 @@ class Master:
 
 
 class SharedMaster(Master):
-    """The user's own master to the target (their ControlMaster/ControlPath), ridden instead
-    of logging in: sessions and forwards go through it, and close() takes back only the
-    forwards this run added.  It is not our child, so it is watched through its socket."""
+    """The user's own master to the target (their ControlMaster/ControlPath), ridden instead of
+    logging in.  It is not our child: it is watched through its socket."""
 
     def __init__(self, ssh: str, route: Route, directory: str, env: dict[str, str], verbose: int,
                  control: str) -> None:
@@ -1054,7 +1030,7 @@ def find_shared_master(ssh: str, route: Route, directory: str, env: dict[str, st
     """The user's own live master to the target, as the config in force names it; None when
     there is none.  ``ssh -G`` (one exec, ~8 ms next to a login of 0.2 s to seconds) is the
     truth about the config; ``-O check`` runs only when something listens at the ControlPath."""
-    shared = SharedMaster(ssh, route, directory, env, verbose, control="")  # its control once found
+    shared = SharedMaster(ssh, route, directory, env, verbose, control="")  # control: once found
     done = subprocess.run(shared.shown(build_settings_argv(ssh, shared.config, route)), stdin=subprocess.DEVNULL,
                           capture_output=True, env=env, timeout=30)
     control = shared_control_path(parse_ssh_settings(done.stdout.decode(errors="replace")),
@@ -1064,13 +1040,9 @@ def find_shared_master(ssh: str, route: Route, directory: str, env: dict[str, st
     # a master says hello: -O check tells whether it takes requests (and its pid).  A socket
     # that is no working master makes ssh fall back to a login and exit 0 (OpenSSH 9.2):
     # build_mux_argv's options make that fail instead, and only the master's answer counts.
-    argv = shared.shown(build_mux_argv(ssh, shared.config, control, route, "-O", "check"))
-    check = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=30)
-    shared.echo(check.stderr)
-    if check.returncode != 0 or b"Master running" not in check.stderr:
-        return None
     shared.control = control
-    return shared
+    check = shared.request("-O", "check")
+    return shared if check.returncode == 0 and b"Master running" in check.stderr else None
 
 
 def mux_hello(path: str, timeout: float = MUX_HELLO_TIMEOUT) -> bool:
@@ -1630,19 +1602,19 @@ def find_job(master: Master, options: ClusterOptions, timeout: float, pick: int 
 # ------------------------------------------------------------------------ 3. discover
 
 
-# The discovery script needs neither python nor jupyter on PATH: over a non-interactive ssh a
-# venv or conda jupyter usually is not.  The runtime directory follows jupyter_core's rules
+# The discovery script needs neither python nor jupyter on PATH (over a non-interactive ssh a
+# venv's or conda's jupyter usually is not).  It looks where jupyter_core would
 # ($JUPYTER_RUNTIME_DIR, else $JUPYTER_DATA_DIR/runtime, else the XDG data dir; macOS hosts use
-# ~/Library/Jupyter).  A file whose pid is dead (a SIGKILLed server leaves its file) or not a
-# Jupyter process (a reused pid) is reported, not printed.  A file that says port 0 (notebook < 7
-# and jupyter_server < 2.20 write that for --port=0) comes with the TCP ports its pid listens
-# on: from the pid's socket inodes and /proc/net/tcp* on Linux, from lsof elsewhere.
-# It survives being one line in single quotes for ANY login shell (sshd hands it the command):
-# every line ends its own statement, with no ' ! or newline (csh and tcsh reject a newline in
-# quotes and expand ! even there) and no double backslash (fish's single quotes).  As the
-# command rather than on stdin it saves a round trip through the whole chain: ssh sends stdin
-# only once the command runs.  Its first line, "MARK start", tells that it ran: a login shell
-# such as /bin/false or nologin runs no command, and says so at best in words of its own.
+# ~/Library/Jupyter), and reports, not prints, a file whose pid is dead (a SIGKILLed server
+# leaves its file) or no Jupyter (a reused pid).  A file that says port 0 (notebook < 7 and
+# jupyter_server < 2.20 write that for --port=0) comes with the TCP ports its pid listens on
+# (from its socket inodes and /proc/net/tcp* on Linux, from lsof elsewhere).  It survives being
+# one line in single quotes for ANY login shell (sshd hands it the command): every line ends its
+# statement, with no ' ! or newline (csh and tcsh reject a newline in quotes and expand ! even
+# there) and no double backslash (fish's single quotes).  As the command, not on stdin, it saves
+# a round trip through the whole chain (ssh sends stdin only once the command runs).  Its first
+# line, "MARK start", tells that it ran: a login shell such as /bin/false or nologin runs no
+# command, and says so at best in words of its own.
 RUNTIME_DIRS = ('"${JUPYTER_RUNTIME_DIR:-}" "${JUPYTER_DATA_DIR:+$JUPYTER_DATA_DIR/runtime}" '
                 '"${XDG_DATA_HOME:-$HOME/.local/share}/jupyter/runtime" "$HOME/Library/Jupyter/runtime" '
                 '"$HOME/Library/Application Support/Jupyter/runtime"')
@@ -1767,13 +1739,11 @@ def parse_discovery_failure(route: Route, returncode: int, stdout: str, stderr: 
         refusing = route.node if f"{MARK} head" in lines else route.target
         said = [line.strip() for line in [*lines, *stderr.splitlines()]
                 if line.strip() and not line.startswith((MARK, *SSH_NOISE))]
-        return TunnelError(
-            f"the account on {refusing} does not run commands: its login shell refuses them "
-            f"(e.g. /bin/false or nologin); it said "
-            + ("; ".join(said[:3]) if said else f"nothing (exit code {returncode})"), EXIT_CONNECT)
+        words = "; ".join(said[:3]) if said else f"nothing (exit code {returncode})"
+        return TunnelError(f"the account on {refusing} does not run commands: its login shell refuses them "
+                           f"(e.g. /bin/false or nologin); it said {words}", EXIT_CONNECT)
     reason = parse_ssh_error(stderr.splitlines(), hosts=route.hosts)
-    return TunnelError(f"cannot look for Jupyter servers on {route.describe_server_host()}: {reason}",
-                       EXIT_ERROR)
+    return TunnelError(f"cannot look for Jupyter servers on {route.describe_server_host()}: {reason}")
 
 
 def discover(master: Master, node: str | None = None, timeout: float = 60.0) -> list[Server]:
@@ -1781,8 +1751,7 @@ def discover(master: Master, node: str | None = None, timeout: float = 60.0) -> 
     route = master.route if node is None else master.route._replace(node=node)
     where = route.describe_server_host()
     try:
-        # -A: with -n, the head logs into the node with the user's agent; the agent is
-        # forwarded to this one session only
+        # -A: with -n, the head logs into the node with the user's agent (this session only)
         command, script = build_discovery_command(route)
         done = master.run(command, stdin=script, forward_agent=bool(route.node), timeout=timeout,
                           what=f"looking for Jupyter servers on {where}")
@@ -1802,42 +1771,39 @@ def discover(master: Master, node: str | None = None, timeout: float = 60.0) -> 
 # -------------------------------------------------------- 4. start a server (--start)
 
 
-# The start script goes on stdin to "sh -s": any login shell runs that, and it needs no second
-# level of quoting (its round trip is nothing next to a server's start-up).  Its stdout (fd 3)
-# carries the markers; all else, the activation's and the server's output, goes to a new
-# private log (umask 077: 0600 in a 0700 directory).  The server runs detached, to outlive the
-# session and the tunnel: setsid (else nohup), stdin from /dev/null, no descriptor of the ssh
-# session.  Neither setsid (not a process group leader here: no fork) nor jupyter (it execs
-# jupyter-APP) changes the pid: $! is the server's pid, process group and runtime file's name.
-# Without setsid(1) (some BSDs, busybox builds) nohup keeps SIGHUP away, but the server stays in
-# the session's process group ("set -m" gives a job its own group only with job control, which
-# dash has not without a terminal): a failure then kills the pid alone (nothing else runs in it
-# before its runtime file exists).  It listens on 127.0.0.1 only (login nodes are shared), on
-# the port Jupyter chooses (8888 or the next free one: its port_retries; "--port=0" makes
-# notebook < 7 write port 0).  The script waits for the runtime file itself (no round trip per
-# look) and prints it as the discovery does; a server that dies right after writing it (a crash
-# in an extension, a port taken) is no start: the pid is looked at again once the file is read.
-# On failure it kills the server's process group (SIGTERM, then SIGKILL 2 s later: a SIGTERM
-# right after the runtime file is written lands before the server's event loop runs, and its
-# shutdown then races the start of its extensions), removes the runtime files a SIGKILL leaves
-# for that pid, and prints the log's end.  When the run is interrupted meanwhile (Ctrl+C,
-# SIGTERM), its ssh session closes and sshd closes the script's output: with SIGPIPE ignored
-# (after the server's fork: Python ignores it anyway) the next write fails, and the script stops
-# the server rather than leave one that nobody was told of.
+# The start script goes on stdin to "sh -s", which any login shell runs, with no second level of
+# quoting (its round trip is nothing next to a server's start-up).  Markers go to its stdout (fd
+# 3); the rest, the activation's and the server's output, to a new private log (umask 077: 0600
+# in a 0700 directory).  The server runs detached, to outlive the ssh session and the tunnel:
+# setsid (else nohup), stdin from /dev/null, none of the session's descriptors.  Neither setsid
+# (not a group leader here: no fork) nor jupyter (it execs jupyter-APP) changes the pid, so $! is
+# the server's pid, its process group and its runtime file's name.  Without setsid(1) (some BSDs,
+# busybox builds) nohup keeps SIGHUP off, but the server stays in the session's process group
+# ("set -m" needs job control, which dash lacks without a terminal): a failure then kills the pid
+# alone (nothing else runs in it before its runtime file exists).  It listens on 127.0.0.1 only
+# (login nodes are shared), on the port Jupyter picks (8888 or the next free one: port_retries;
+# "--port=0" makes notebook < 7 write port 0).  The script waits for the runtime file itself (no
+# round trip per look); a server that dies right after writing it (a crash in an extension, a
+# port taken) is no start: the pid is looked at again once the file is read.  On failure it
+# kills the server's process group (SIGTERM, then SIGKILL 2 s later: a SIGTERM right after the
+# runtime file is written lands before the server's event loop runs, and its shutdown then races
+# the start of its extensions), removes the runtime files a SIGKILL leaves, and prints the log's
+# end.  When the run is interrupted meanwhile (Ctrl+C, SIGTERM), sshd closes the script's output:
+# with SIGPIPE ignored (after the server's fork: Python ignores it anyway) the next write fails,
+# and the script stops the server rather than leave one that nobody was told of.
 #
 # One start at a time per account: runs started together (ten terminals, a script) each found no
-# server, and each would start one.  The script first takes a lock, a directory made with mkdir
-# (atomic everywhere, POSIX; flock(1) is missing on macOS and some BSDs) in the state directory,
-# held until the runtime file is written or the start failed (its EXIT trap removes it).  Under
-# it, it looks again for servers whose pid the run's discovery did not see (@KNOWN@): if another
-# run started one meanwhile, it says "changed" with their pids and starts nothing; the run then
-# discovers again and attaches.  The lock holds "PID HOST EPOCH"; it is stale, and taken over (a
-# run killed by SIGKILL leaves it), when its holder is dead (same host: kill -0), when it is
-# older than @STALE@ s (another host sharing the home: its pid means nothing here), or when its
-# owner is still unwritten after 5 s.  The takeover renames it away first; two waiters judging
-# the same stale lock at once could still both start (a window of milliseconds, and only after a
-# killed run: at worst two servers, as without the lock).  A waiter writes a marker every
-# second: once the run has gone, the write kills it.
+# server, and each would start one.  The lock is a directory made by mkdir (atomic everywhere,
+# POSIX; flock(1) is missing on macOS and some BSDs) in the state directory, held until the
+# runtime file is written or the start failed (its EXIT trap removes it).  Under it the script
+# looks again for servers whose pid the run's discovery did not see (@KNOWN@): if another run
+# started one, it says "changed" with their pids and starts nothing; the run discovers again and
+# attaches.  The lock holds "PID HOST EPOCH"; it is stale, and taken over (a SIGKILLed run leaves
+# it), when its holder is dead (same host: kill -0), when it is older than @STALE@ s (another
+# host sharing the home: its pid means nothing here), or when its owner is still unwritten after
+# 5 s.  Two waiters taking over the same stale lock at once (it is renamed away first) could
+# still both start: a window of milliseconds after a killed run, at worst two servers, as without
+# the lock.  A waiter writes a marker every second: once the run has gone, the write kills it.
 START_SCRIPT = r"""M=@MARK@
 exec 3>&1
 fail() { printf '%s fail %s\n' "$M" "$1" >&3; if [ -n "${log:-}" ]; then echo "$M tail" >&3; tail -n @TAIL@ "$log" >&3; fi; exit 0; }
@@ -1922,9 +1888,10 @@ while :; do
   sleep 0.1 2>/dev/null || sleep 1
 done
 """
-START_GRACE = 30.0  # seconds beyond --timeout for the start script, which gives up at --timeout itself
-# How long a start waits for another run's start on the same account, beyond --timeout
-# (the holder gives up at --timeout itself, 2 s after that its server is killed).
+# The start script waits up to --timeout + START_LOCK_GRACE for another run's start on the same
+# account (whose holder gives up at --timeout, and kills its server 2 s later), then gives up on
+# its own start at --timeout; the run waits START_GRACE more for its answer.
+START_GRACE = 30.0
 START_LOCK_GRACE = 15.0
 # A lock of another host (a home shared by login nodes) is stale this long after --timeout.
 START_LOCK_STALE = 120.0
@@ -1966,8 +1933,6 @@ def build_start_script(options: StartOptions, timeout: float, known: Iterable[in
         cd = f"cd {shlex.quote(path)} || fail {shlex.quote('no directory ' + options.root_dir)}"
     else:
         cd = 'cd || fail "cannot change to the home directory"'
-    # each must succeed, and a failing one ("." of a missing file included) is told by its
-    # own words (see build_activation_steps)
     activate = "\n".join(build_activation_steps(options.pre, options.conda_env or ""))
     return fill_script(START_SCRIPT, {
         "MARK": MARK, "TAIL": str(START_LOG_TAIL), "CD": cd, "ACTIVATE": activate,
@@ -2016,8 +1981,6 @@ def start_server(master: Master, options: StartOptions, timeout: float, known: I
     started = time.monotonic()
     limit = 2 * timeout + START_LOCK_GRACE + START_GRACE
     try:
-        # the remote script gives up after ``timeout`` itself, and kills what it started; it
-        # may first wait up to timeout + START_LOCK_GRACE for another run's start
         done = master.run("sh -s", stdin=build_start_script(options, timeout, known), timeout=limit,
                           what=f"starting Jupyter on {host}")
     except subprocess.TimeoutExpired:
