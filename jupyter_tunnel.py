@@ -111,16 +111,14 @@ MAX_PICK = 10_000  # --pick: a number of --list
 DEFAULT_SOCKET_PORT = 8888  # first local port tried for a unix-socket server
 NO_BROWSER = ("n", "none")
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each ends the run cleanly
-# How often the master is polled while it logs in: a login takes 0.3 s or more, so 2 ms adds a
-# few percent at most.  After FAST_POLL_SECONDS a person is typing a password or a 2FA code,
-# and the poll backs off to SLOW_POLL_INTERVAL (a 20 s wait for a login: 0.28 s of CPU in
-# all, start-up included, instead of 0.84 s).
+# The master is polled every 2 ms while it logs in (a login takes 0.3 s or more: a few percent
+# at most); after FAST_POLL_SECONDS a person is typing a password or 2FA code, and the poll backs
+# off to SLOW_POLL_INTERVAL (a 20 s login: 0.28 s of CPU, start-up included, instead of 0.84 s).
 POLL_INTERVAL = 0.002
 FAST_POLL_SECONDS = 1.0
 SLOW_POLL_INTERVAL = 0.1
 SHARED_POLL_INTERVAL = 1.0  # s between looks at the user's own master: a connect(), which costs it nothing
-# ssh's multiplexing protocol (PROTOCOL.mux): a live master greets a client within milliseconds
-# with a packet (4-byte length) of type MUX_MSG_HELLO; one silent this long is of no use.
+# PROTOCOL.mux: a live master's hello, a packet (4-byte length) of this type, comes in milliseconds
 MUX_MSG_HELLO = 0x00000001
 MUX_HELLO_TIMEOUT = 3.0
 FIRST_HOP_CONNECT_TIMEOUT = 20  # seconds, not minutes, for an unreachable first hop (see build_ssh_config)
@@ -148,8 +146,7 @@ SSH_DEBUG = ("debug1:", "debug2:", "debug3:", "OpenSSH_", "Authenticated to ", "
 # its "ssh -W" pipe, and the ssh behind it reports its banner exchange failing too.
 SSH_CONSEQUENCES = ("kex_exchange_identification:", "banner exchange:")
 SSH_REFUSED = ("Permission denied", "Too many authentication failures")  # sshconnect2.c; sshd's MaxAuthTries
-# ssh's words for the failures a user meets most (ssh.c, sshconnect.c, channels.c): the host
-# each names, to say what went wrong in the user's terms (explain_ssh_failure).
+# ssh's words (ssh.c, sshconnect.c, channels.c) for the failures a user meets most, and the host each names
 SSH_UNRESOLVED_RE = re.compile(r"Could not resolve hostname (\S+?): (.+?)\.?$", re.MULTILINE)
 SSH_CONNECT_RE = re.compile(r"connect to host (\S+) port (\d+): (.+?)\.?$", re.MULTILINE)
 # a jump host's sshd could not open the connection to the next host (ssh -W's channel)
@@ -162,10 +159,9 @@ NAME_NOT_FOUND = ("not known", "name resolution", "No address associated", "node
 SSH_NOISE = (*SSH_DEBUG, "Warning: Permanently added", "Connection closed by UNKNOWN port 65535",
              "Pseudo-terminal will not be allocated", "Killed by signal")  # never explain a failure
 MARK = "::jupyter-tunnel::"  # begins the lines our remote scripts print for us (build_discovery_script)
-# How long the browser's one-time address (Relay.offer_redirect) waits for the browser: a cold
-# start (a snap-packaged one can take half a minute) must not find it gone; after that, the URL
-# printed on stdout is there to open by hand.  A connection to it must send its request's first
-# bytes within ONE_SHOT_REQUEST_TIMEOUT.
+# How long the browser's one-time address (Relay.offer_redirect) waits: a browser's cold start (a
+# snap-packaged one can take half a minute) must not find it gone; then the URL printed on stdout
+# is there to open by hand.  A connection to it sends its request within ONE_SHOT_REQUEST_TIMEOUT.
 ONE_SHOT_TIMEOUT = 120.0
 ONE_SHOT_REQUEST_TIMEOUT = 10.0
 MAX_REQUEST_HEAD = 8192  # bytes; a browser's GET head is well under 2 KiB
@@ -185,15 +181,13 @@ PROC_NET_TCP, PROC_NET_TCP6 = "/proc/net/tcp", "/proc/net/tcp6"  # Linux: every 
 # Linux's netlink sock_diag (linux/sock_diag.h, inet_diag.h): the owner of one TCP socket.
 NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST = 4, 20, 1
 INET_DIAG_NOCOOKIE = 0xFFFFFFFF
-# A runtime file's "hostname" (it ends up in ssh's -L spec): a DNS name, letters, digits,
-# "-", "_" (seen in /etc/hosts) and dots; IP literals are checked by ipaddress.
+# A runtime file's "hostname" (it goes into ssh's -L spec): letters, digits, "-", "_" (seen in /etc/hosts), dots
 HOST_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
+ANY_ADDRESS = ("", "0.0.0.0", "*", "::", "[::]")  # a runtime file's "hostname" for every interface
 MAX_PID = 2**31 - 1  # pid_t
 TOKEN_RE = re.compile(r"token=[^&\s]+")  # a token in a URL that Jupyter logged
 START_LOG_TAIL = 15  # lines of a remote log shown with an error
-# The readiness probe reads the whole answer (an HTTP/1.0 server closes after it): /api/status
-# answers ~700 bytes; anything larger is not that answer.
-MAX_ANSWER = 65536
+MAX_ANSWER = 65536  # the probe reads /api/status's answer whole (HTTP/1.0 closes after it): ~700 bytes
 # What a remote command may send back (issue 19: a hostile or broken remote must not bloat the
 # run).  Its stdout: a runtime file is ~1 KB, the start script's answer adds 15 log lines,
 # jupyter_node.py's JSON a few KB; 4 MiB is thousands of servers, far less than would hurt.
@@ -329,8 +323,7 @@ def which_or_fail(program: str, why: str) -> str:
 
 
 def fill_script(template: str, values: Mapping[str, str]) -> str:
-    """``template`` with each ``@NAME@`` replaced by ``values[NAME]``, in one pass: an
-    ``@...@`` in a value (a user's --pre command) is never replaced in turn."""
+    """``template`` with each ``@NAME@`` replaced by ``values[NAME]`` in one pass: never inside a value (--pre's)."""
     return re.sub(r"@([A-Z]+)@", lambda match: values[match.group(1)], template)
 
 
@@ -503,8 +496,7 @@ def parse_server(info: dict, source: str = "", cmdline: str = "") -> Server:
         raise ValueError(f"its base_url {_short(base_url)} is not a path starting with /")
     if not base_url.endswith("/"):
         base_url += "/"
-    token = str(info.get("token") or "")
-    sock = str(info.get("sock") or "")
+    token, sock = str(info.get("token") or ""), str(info.get("sock") or "")
     for key, value in (("token", token), ("sock", sock)):
         if has_control(value):  # the token goes into the probe's header, sock into -L
             raise ValueError(f"its {key} holds control characters")
@@ -517,12 +509,9 @@ def parse_server(info: dict, source: str = "", cmdline: str = "") -> Server:
         source=source)
 
 
-ANY_ADDRESS = ("", "0.0.0.0", "*", "::", "[::]")
-
-
 def server_auth(server: Server) -> str:
-    """How the server authenticates, as far as its runtime file tells ("password": false does
-    not: a server protected by `jupyter server password` writes it as one without any does)."""
+    """How the server authenticates, as far as its runtime file tells ("password": false does not:
+    a server protected by `jupyter server password` writes it just as one with no authentication)."""
     return "token" if server.token else "password or none"
 
 
@@ -586,12 +575,12 @@ def build_ssh_config(user_config: str | None, options: Sequence[str], add_keys_t
         lines.append("AddKeysToAgent yes")
     name = split_host(first_hop)[1]
     if MATCH_HOST_RE.fullmatch(name):
-        # ConnectTimeout bounds the TCP connect AND the wait for the banner (sshconnect.c passes
-        # it to kex_exchange_identification), also over a jump host's "ssh -W" pipe, where the
-        # banner waits for the person to answer the jump host's prompts: a slow 2FA code would be
-        # cut short ("Connection timed out during banner exchange").  So only the first hop, the
-        # one ssh connects to over TCP itself, gets one; a logged-in hop's dead network is noticed
-        # by its keepalive.  "originalhost": the name as ssh was given it, which ssh -J passes on.
+        # ConnectTimeout bounds the TCP connect AND the wait for the banner (sshconnect.c passes it
+        # to kex_exchange_identification), also over a jump host's "ssh -W" pipe, where the banner
+        # waits for the person to answer the jump host's prompts: a slow 2FA code would be cut short
+        # ("Connection timed out during banner exchange").  So only the first hop, the one ssh
+        # connects to over TCP itself, gets one; a logged-in hop's dead network is noticed by its
+        # keepalive.  "originalhost": the name as ssh was given it, which ssh -J passes on.
         lines += [f"Match originalhost {name}", f"ConnectTimeout {FIRST_HOP_CONNECT_TIMEOUT}", "Match all"]
     lines.append("Include /etc/ssh/ssh_config")
     return "\n".join(lines) + "\n"
@@ -599,8 +588,7 @@ def build_ssh_config(user_config: str | None, options: Sequence[str], add_keys_t
 
 def build_master_argv(ssh: str, config: str, control: str, route: Route) -> list[str]:
     """argv of the one ssh that logs in and holds the connection for the run."""
-    # ControlPersist=no: the master stays our child, so that we notice when it dies.
-    # ExitOnForwardFailure: a forward that cannot be set up is an error, not a warning.
+    # ControlPersist=no: the master stays our child (we notice it die); a failed forward is an error
     argv = [ssh, "-F", config, "-M", "-S", control, "-N", "-T", "-o", "ControlPersist=no",
             "-o", "ExitOnForwardFailure=yes"]
     if route.node or route.scheduled:
@@ -615,11 +603,10 @@ def build_master_argv(ssh: str, config: str, control: str, route: Route) -> list
 
 def build_mux_argv(ssh: str, config: str, control: str, route: Route, *args: str) -> list[str]:
     """argv of an ssh that only talks to the running master (never a login of its own)."""
-    # ControlMaster=no: never become a master ourselves if the socket vanished.  When the
-    # socket is gone or answers no mux hello, ssh falls back to a login of its own (mux.c's
-    # muxclient returns, ssh.c connects): ProxyCommand=false makes that fail at once, with
-    # no connection, no prompt and no failed attempt on any server (on the command line it
-    # wins over the config's ProxyJump: ssh keeps the first value it reads).
+    # ControlMaster=no: never become a master ourselves if the socket vanished.  A socket gone or
+    # answering no mux hello makes ssh log in itself (mux.c's muxclient returns, ssh.c connects):
+    # ProxyCommand=false fails that at once, with no connection, prompt or failed attempt on any
+    # server (on the command line it wins over the config's ProxyJump: the first value wins).
     return [ssh, "-F", config, "-S", control, "-o", "ControlMaster=no", "-o", "ProxyCommand=false",
             "-o", "BatchMode=yes", *args, *build_destination(route.target)]
 
@@ -658,15 +645,14 @@ def explain_ssh_failure(lines: Sequence[str], hosts: Sequence[str] = (), here: s
     text, on = "\n".join(lines), f"on {here}" if here else "here"
     # the command that checks every host key on the way: the user's own chain from here
     check = shlex.join(["ssh", *(["-J", ",".join(hosts[:-1])] if len(hosts) > 1 else []), *hosts[-1:]])
-    if SSH_CHANGED_KEY_RE.search(text):
-        host = SSH_CHANGED_KEY_RE.search(text)[1]
+    found = SSH_CHANGED_KEY_RE.search(text) or SSH_UNKNOWN_KEY_RE.search(text)
+    if found:
+        host = found[1]
         check = check if hosts else f"ssh {shlex.quote(host)}"
-        return (f"the host key of {host} is not the one saved {on} (~/.ssh/known_hosts): if its admins changed "
-                f"it, remove the old one with ssh-keygen -R {host} {on} and accept the new one with {check} "
-                "(compare its fingerprint with theirs); else someone may be in between: do not connect")
-    if SSH_UNKNOWN_KEY_RE.search(text):
-        host = SSH_UNKNOWN_KEY_RE.search(text)[1]
-        check = check if hosts else f"ssh {shlex.quote(host)}"
+        if found.re is SSH_CHANGED_KEY_RE:
+            return (f"the host key of {host} is not the one saved {on} (~/.ssh/known_hosts): if its admins "
+                    f"changed it, remove the old one with ssh-keygen -R {host} {on} and accept the new one with "
+                    f"{check} (compare its fingerprint with theirs); else someone may be in between: do not connect")
         return (f"the host key of {host} is not known {on} yet: connect once with {check} {on}, check its "
                 "fingerprint and accept it, then run jupyter-tunnel again")
     found = SSH_UNRESOLVED_RE.search(text)
@@ -756,8 +742,7 @@ def run_bounded(argv: list[str], env: Mapping[str, str], stdin: bytes, timeout: 
     so a remote command that never ends keeps them open after the client is killed, and a read
     until EOF would wait for ever.  More than MAX_REMOTE_OUTPUT bytes on stdout, or a stderr
     line longer than MAX_REMOTE_LINE, is a TunnelError naming ``what``.  Each stderr line goes
-    to ``keep`` as it comes; the last REMOTE_STDERR_LINES it returns True for are kept.
-    """
+    to ``keep`` as it comes; the last REMOTE_STDERR_LINES it returns True for are kept."""
     deadline = time.monotonic() + timeout
     process = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -839,9 +824,7 @@ class Master:
                  outlive_interrupt: bool = False, batch: bool = False) -> None:
         self.ssh, self.route, self.env = ssh, route, env
         self.batch = batch  # BatchMode: no prompt (no terminal, no -p); said when a login is refused
-        # --stop-server: the server is shut down through the master after a Ctrl+C (or a
-        # closed terminal's SIGHUP), which the terminal sends to the master too
-        self.outlive_interrupt = outlive_interrupt
+        self.outlive_interrupt = outlive_interrupt  # --stop-server: it stops the server after a Ctrl+C or SIGHUP
         self.config = os.path.join(directory, CONFIG_FILE)
         self.control = os.path.join(directory, CONTROL_SOCKET)
         self.verbose = verbose  # -v: show every ssh command; -vv: ssh -v too, its words shown
@@ -850,8 +833,7 @@ class Master:
         self._reader: threading.Thread | None = None
 
     def shown(self, argv: list[str]) -> list[str]:
-        """``argv`` as run: with ``-v`` at -vv, shown on a ``Debug:`` line from -v on (never the
-        environment: that is where ``-p``'s password is)."""
+        """``argv`` as run: ``-v`` added at -vv, shown from -v on (never the environment, where -p's password is)."""
         if self.verbose >= 2:
             argv = [argv[0], "-v", *argv[1:]]
         if self.verbose:
@@ -868,8 +850,7 @@ class Master:
             self.relay(line)
 
     def relay(self, line: str) -> bool:
-        """Show a line of ssh's stderr at -vv (ssh -v's words, as they come); whether it is worth
-        keeping (debug lines would push the reason out of the last lines)."""
+        """Show a line of ssh's stderr at -vv, as it comes; False for a debug line (it would push the reason out)."""
         if self.verbose >= 2:
             print(escape_text(line), file=sys.stderr, flush=True)
         return not line.startswith(SSH_DEBUG)
@@ -880,11 +861,10 @@ class Master:
         argv = self.shown(build_master_argv(self.ssh, self.config, self.control, self.route))
         if os.path.exists(self.control):
             os.unlink(self.control)  # left by a master that was killed: not a sign of login
-        # Not a new session nor a new process group: ssh asks for passwords only from the
-        # terminal's foreground process group, so the master gets the user's Ctrl+C too (it
-        # exits 255: fine).  ssh keeps SIGINT and SIGHUP ignored when it starts with them
-        # ignored (clientloop.c sets its handlers only over a disposition that is not SIG_IGN),
-        # and an ignored disposition survives exec: set it around the fork (the main thread's).
+        # The terminal's foreground process group (no new session or group): ssh asks for passwords
+        # only from there, so the master gets the user's Ctrl+C too (it exits 255: fine).  ssh keeps
+        # SIGINT and SIGHUP ignored when started so (clientloop.c sets its handlers only over a
+        # disposition that is not SIG_IGN), and exec keeps that: set it around the fork.
         ignored = (signal.SIGINT, signal.SIGHUP) if self.outlive_interrupt else ()
         previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in ignored}
         # Only the reader thread holds the read end of ssh's stderr: a file object on Popen could
@@ -976,9 +956,8 @@ class Master:
         if self.process is None:
             return
         stop_process(self.process, timeout=5.0)
-        # The jump host's ssh (the master's child, -J) holds the stderr pipe too, and may
-        # outlive the master a little (ssh stops it with SIGHUP, which --stop-server's master
-        # had ignored, and the child with it): the reader ends, and closes the pipe, then.
+        # The jump host's ssh (the master's -J child) holds the stderr pipe too, and may outlive it
+        # a little (ssh stops it with SIGHUP, ignored by both under --stop-server): the reader ends then.
         if self._reader is not None:
             self._reader.join(timeout=1)
 
@@ -1037,9 +1016,8 @@ def find_shared_master(ssh: str, route: Route, directory: str, env: dict[str, st
                                   bool(route.node or route.scheduled))
     if done.returncode != 0 or not control or not mux_hello(control):
         return None
-    # a master says hello: -O check tells whether it takes requests (and its pid).  A socket
-    # that is no working master makes ssh fall back to a login and exit 0 (OpenSSH 9.2):
-    # build_mux_argv's options make that fail instead, and only the master's answer counts.
+    # -O check: whether it takes requests.  A socket that is no working master makes ssh fall back
+    # to a login and exit 0 (OpenSSH 9.2): build_mux_argv's options fail that; only "Master running" counts.
     shared.control = control
     check = shared.request("-O", "check")
     return shared if check.returncode == 0 and b"Master running" in check.stderr else None
@@ -1066,8 +1044,7 @@ def mux_hello(path: str, timeout: float = MUX_HELLO_TIMEOUT) -> bool:
 
 
 def start_agent(directory: str, registration: Registration) -> tuple[subprocess.Popen, str]:
-    """Start a private ssh-agent as our child (``-D``), so it can be killed at exit; registered
-    at once, so that it is found if this run is killed."""
+    """Start a private ssh-agent as our child (``-D``: killed at exit), registered at once (found if we are killed)."""
     agent = which_or_fail("ssh-agent", "needed to start an agent")
     sock = os.path.join(directory, AGENT_SOCKET)
     process = subprocess.Popen([agent, "-D", "-a", sock], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -1603,18 +1580,17 @@ def find_job(master: Master, options: ClusterOptions, timeout: float, pick: int 
 
 
 # The discovery script needs neither python nor jupyter on PATH (over a non-interactive ssh a
-# venv's or conda's jupyter usually is not).  It looks where jupyter_core would
-# ($JUPYTER_RUNTIME_DIR, else $JUPYTER_DATA_DIR/runtime, else the XDG data dir; macOS hosts use
+# venv's or conda's jupyter usually is not).  It looks where jupyter_core would (macOS hosts use
 # ~/Library/Jupyter), and reports, not prints, a file whose pid is dead (a SIGKILLed server
-# leaves its file) or no Jupyter (a reused pid).  A file that says port 0 (notebook < 7 and
-# jupyter_server < 2.20 write that for --port=0) comes with the TCP ports its pid listens on
-# (from its socket inodes and /proc/net/tcp* on Linux, from lsof elsewhere).  It survives being
-# one line in single quotes for ANY login shell (sshd hands it the command): every line ends its
-# statement, with no ' ! or newline (csh and tcsh reject a newline in quotes and expand ! even
-# there) and no double backslash (fish's single quotes).  As the command, not on stdin, it saves
-# a round trip through the whole chain (ssh sends stdin only once the command runs).  Its first
-# line, "MARK start", tells that it ran: a login shell such as /bin/false or nologin runs no
-# command, and says so at best in words of its own.
+# leaves its file) or no Jupyter (a reused pid).  To a file that says port 0 (notebook < 7 and
+# jupyter_server < 2.20 write that for --port=0) it adds the TCP ports its pid listens on (from
+# socket inodes and /proc/net/tcp* on Linux, from lsof elsewhere).  It survives being one line in
+# single quotes for ANY login shell (sshd hands it the command): every line ends its statement,
+# with no ' ! or newline (csh and tcsh reject a newline in quotes and expand ! even there) and no
+# double backslash (fish's single quotes).  As the command, not on stdin, it saves a round trip
+# through the whole chain (ssh sends stdin only once the command runs).  Its first line, "MARK
+# start", tells that it ran: a login shell such as /bin/false or nologin runs no command, and
+# says so at best in words of its own.
 RUNTIME_DIRS = ('"${JUPYTER_RUNTIME_DIR:-}" "${JUPYTER_DATA_DIR:+$JUPYTER_DATA_DIR/runtime}" '
                 '"${XDG_DATA_HOME:-$HOME/.local/share}/jupyter/runtime" "$HOME/Library/Jupyter/runtime" '
                 '"$HOME/Library/Application Support/Jupyter/runtime"')
@@ -1772,38 +1748,34 @@ def discover(master: Master, node: str | None = None, timeout: float = 60.0) -> 
 
 
 # The start script goes on stdin to "sh -s", which any login shell runs, with no second level of
-# quoting (its round trip is nothing next to a server's start-up).  Markers go to its stdout (fd
-# 3); the rest, the activation's and the server's output, to a new private log (umask 077: 0600
-# in a 0700 directory).  The server runs detached, to outlive the ssh session and the tunnel:
-# setsid (else nohup), stdin from /dev/null, none of the session's descriptors.  Neither setsid
-# (not a group leader here: no fork) nor jupyter (it execs jupyter-APP) changes the pid, so $! is
-# the server's pid, its process group and its runtime file's name.  Without setsid(1) (some BSDs,
-# busybox builds) nohup keeps SIGHUP off, but the server stays in the session's process group
-# ("set -m" needs job control, which dash lacks without a terminal): a failure then kills the pid
-# alone (nothing else runs in it before its runtime file exists).  It listens on 127.0.0.1 only
-# (login nodes are shared), on the port Jupyter picks (8888 or the next free one: port_retries;
-# "--port=0" makes notebook < 7 write port 0).  The script waits for the runtime file itself (no
-# round trip per look); a server that dies right after writing it (a crash in an extension, a
-# port taken) is no start: the pid is looked at again once the file is read.  On failure it
-# kills the server's process group (SIGTERM, then SIGKILL 2 s later: a SIGTERM right after the
-# runtime file is written lands before the server's event loop runs, and its shutdown then races
-# the start of its extensions), removes the runtime files a SIGKILL leaves, and prints the log's
-# end.  When the run is interrupted meanwhile (Ctrl+C, SIGTERM), sshd closes the script's output:
-# with SIGPIPE ignored (after the server's fork: Python ignores it anyway) the next write fails,
-# and the script stops the server rather than leave one that nobody was told of.
+# quoting (its round trip is nothing next to a server's start-up).  Its output goes to a new
+# private log (umask 077: 0600 in a 0700 directory), its markers to fd 3.  The server is detached
+# (setsid, else nohup; stdin from /dev/null, none of the session's descriptors) to outlive ssh
+# and the tunnel.  Neither setsid (not a group leader here: no fork) nor jupyter (it execs
+# jupyter-APP) changes the pid, so $! is the server's pid, process group and runtime file's name.
+# Without setsid(1) (some BSDs, busybox) nohup keeps SIGHUP off, but the server stays in the
+# session's process group ("set -m" needs job control, which dash lacks without a terminal): a
+# failure then kills the pid alone (nothing else runs in it before its runtime file exists).  It
+# listens on 127.0.0.1 only (login nodes are shared), on the port Jupyter picks (8888 or the next
+# free: port_retries; "--port=0" makes notebook < 7 write port 0).  The script waits for the
+# runtime file itself (no round trip per look); a server that dies right after writing it (a
+# crash in an extension, a port taken) is no start.  On failure it kills the server's process
+# group (SIGTERM, then SIGKILL 2 s later: a SIGTERM right after the runtime file is written lands
+# before the event loop runs, and the shutdown races the extensions' start), removes the runtime
+# files a SIGKILL leaves, and prints the log's end.  When the run is interrupted, sshd closes the
+# script's output: with SIGPIPE ignored (after the server's fork: Python ignores it anyway) the
+# next write fails, and the script stops the server (nobody was told of it).
 #
-# One start at a time per account: runs started together (ten terminals, a script) each found no
-# server, and each would start one.  The lock is a directory made by mkdir (atomic everywhere,
-# POSIX; flock(1) is missing on macOS and some BSDs) in the state directory, held until the
-# runtime file is written or the start failed (its EXIT trap removes it).  Under it the script
-# looks again for servers whose pid the run's discovery did not see (@KNOWN@): if another run
-# started one, it says "changed" with their pids and starts nothing; the run discovers again and
-# attaches.  The lock holds "PID HOST EPOCH"; it is stale, and taken over (a SIGKILLed run leaves
-# it), when its holder is dead (same host: kill -0), when it is older than @STALE@ s (another
-# host sharing the home: its pid means nothing here), or when its owner is still unwritten after
-# 5 s.  Two waiters taking over the same stale lock at once (it is renamed away first) could
-# still both start: a window of milliseconds after a killed run, at worst two servers, as without
-# the lock.  A waiter writes a marker every second: once the run has gone, the write kills it.
+# One start at a time per account: runs started together each found no server, and each would
+# start one.  The lock is a directory (mkdir is atomic everywhere, POSIX; flock(1) is missing on
+# macOS and some BSDs), held until the runtime file is written or the start failed.  Under it the
+# script looks again for servers the run's discovery did not see (@KNOWN@): if another run
+# started one, it says "changed" and starts nothing; the run discovers again and attaches.  A
+# lock is stale, and taken over (a SIGKILLed run leaves it), when its holder is dead (same host:
+# kill -0), is older than @STALE@ s (another host sharing the home: its pid means nothing here)
+# or still ownerless after 5 s.  Two waiters taking over one stale lock at once could both start
+# (milliseconds after a killed run: at worst two servers, as without a lock).  A waiter writes a
+# marker each second: once the run is gone, the write kills it.
 START_SCRIPT = r"""M=@MARK@
 exec 3>&1
 fail() { printf '%s fail %s\n' "$M" "$1" >&3; if [ -n "${log:-}" ]; then echo "$M tail" >&3; tail -n @TAIL@ "$log" >&3; fi; exit 0; }
@@ -1972,9 +1944,8 @@ def parse_start_output(output: str) -> Started:
 
 
 def start_server(master: Master, options: StartOptions, timeout: float, known: Iterable[int] = ()) -> Started:
-    """Start a server on the target through the master: the Started with its Server once its
-    runtime file is written, or with the pids of the servers that appeared meanwhile (another
-    run started one: none was started; ``known``: the pids the run had seen)."""
+    """Start a server on the target through the master: the Started with its Server, or with the
+    pids of servers that appeared meanwhile (another run started one; ``known``: the run's pids)."""
     host = master.route.server_host
     where = options.root_dir or "the home directory"
     say("Info", f"No Jupyter server runs on {host}: starting jupyter {options.app} in {where}...")
@@ -1989,8 +1960,7 @@ def start_server(master: Master, options: StartOptions, timeout: float, known: I
     if result.changed and not result.failure:
         return result
     if result.server is None:
-        why = result.failure or parse_ssh_error(done.stderr.decode(errors="replace").splitlines(),
-                                                done.returncode)
+        why = result.failure or parse_ssh_error(done.stderr.decode(errors="replace").splitlines(), done.returncode)
         log = f" (log: {result.log})" if result.log else ""
         raise TunnelError(f"could not start jupyter {options.app} on {host}: {why}{log}"
                           f"{format_log_tail(result.tail)}", EXIT_START)
@@ -2002,8 +1972,7 @@ def start_server(master: Master, options: StartOptions, timeout: float, known: I
     return result
 
 
-# Whether a started server still runs: its pid alive and its runtime file there.  A dead
-# server's file is removed (a SIGKILL leaves it), and the log's end printed for the error.
+# A dead started server's runtime file is removed (a SIGKILL leaves it), its log's end printed.
 STARTED_CHECK_SCRIPT = r"""M=@MARK@; pid=@PID@; f=@FILE@
 if kill -0 $pid 2>/dev/null && [ -f "$f" ]; then echo "$M alive"; exit 0; fi
 kill -0 $pid 2>/dev/null && echo "$M gone runs, but its runtime file $f is gone" || {
