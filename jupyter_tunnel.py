@@ -67,10 +67,9 @@ from typing import Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence, 
 
 T = TypeVar("T")
 
-# What other programs may use: main() (the README shows jupyter_tunnel.main([...]) run from
-# a program of their own) and the version.  Everything else is this tool's own; the tests
-# reach it by name.  The registry is jupyter_tunnel_shutdown.py's: its __all__ is the API
-# between the two (tests/test_api.py).
+# What other programs may use: main() (the README calls jupyter_tunnel.main([...])) and the
+# version; the rest is this tool's own (the tests reach it by name).  The registry is
+# jupyter_tunnel_shutdown.py's: its __all__ is the API between the two (tests/test_api.py).
 __all__ = ["__version__", "main"]
 
 # --start's options and activation commands are jupyter-node's own, as are the helpers all
@@ -112,32 +111,17 @@ MAX_PICK = 10_000  # --pick: a number of --list
 DEFAULT_SOCKET_PORT = 8888  # first local port tried for a unix-socket server
 NO_BROWSER = ("n", "none")
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each ends the run cleanly
-# How often the master is polled while it logs in.  A login takes 0.3 s or more, so 2 ms
-# adds at most a few percent and costs nothing measurable.
+# The master is polled every 2 ms while it logs in (a login takes 0.3 s or more: a few percent
+# at most); after FAST_POLL_SECONDS a person is typing a password or 2FA code, and the poll backs
+# off to SLOW_POLL_INTERVAL (a 20 s login: 0.28 s of CPU, start-up included, instead of 0.84 s).
 POLL_INTERVAL = 0.002
-# ...for the first second only: after that a person is typing a password or a 2FA code, and
-# the poll backs off to this (measured over a 20 s wait for a login: 0.28 s of CPU in all,
-# start-up included, instead of 0.84 s).
 FAST_POLL_SECONDS = 1.0
 SLOW_POLL_INTERVAL = 0.1
-# How often the user's own master (not our child: no exit to wait for) is looked at while
-# the tunnel is up: a connect() to its socket, which costs it nothing measurable.
-SHARED_POLL_INTERVAL = 1.0
-# ssh's multiplexing protocol (PROTOCOL.mux): a master's first words to a client are a
-# packet (4-byte length) of type MUX_MSG_HELLO.  A live master sends it within
-# milliseconds; one that has not within this time is none we can use.
+SHARED_POLL_INTERVAL = 1.0  # s between looks at the user's own master: a connect(), which costs it nothing
+# PROTOCOL.mux: a live master's hello, a packet (4-byte length) of this type, comes in milliseconds
 MUX_MSG_HELLO = 0x00000001
 MUX_HELLO_TIMEOUT = 3.0
-# Options every ssh of the run gets through the generated config file, not via "-o": ssh
-# passes only -l -p -J -F -v to the ssh it starts for a jump host, so a config file given
-# with -F is the one way to reach every hop.
-DEFAULT_SSH_OPTIONS = (
-    # ServerAliveInterval comes from --keepalive: a dead network is noticed after 3 intervals
-    ("ServerAliveCountMax", "3"),
-)
-# ConnectTimeout, for the first hop only (see build_ssh_config): an unreachable host fails in
-# seconds, not minutes, but no prompt of a person's login is cut short.
-FIRST_HOP_CONNECT_TIMEOUT = 20
+FIRST_HOP_CONNECT_TIMEOUT = 20  # seconds, not minutes, for an unreachable first hop (see build_ssh_config)
 # A host name ssh's Match takes as it is (no pattern characters: * ? ! , nor quotes or spaces).
 MATCH_HOST_RE = re.compile(r"[A-Za-z0-9_.:%\[\]-]+")
 DEFAULT_KEEPALIVE = 10  # seconds: a dropped network is noticed within ~30 s
@@ -146,28 +130,23 @@ MAX_BACKOFF = 30.0  # seconds: the longest wait between two reconnection attempt
 # --max-retries: failed attempts after one drop (any failure: an unreachable network too),
 # with the waits of backoff_delays about 7 minutes; a successful reconnection starts anew.
 DEFAULT_MAX_RETRIES = 20
-# Logins of one run that the server refused ("Permission denied"): each one counts against the
-# account (centres lock it after a few: pam_faillock, a 2FA module's rate limit), and a
-# refusal that comes without any prompt (a rate limit) would come again at every attempt, so
-# the run stops at this many instead of trying again.
+# Refused logins ("Permission denied") after which a run stops trying: each counts against the
+# account (centres lock it after a few: pam_faillock, a 2FA module's rate limit), and a refusal
+# without any prompt (a rate limit) would come again at every attempt.
 MAX_REFUSED_LOGINS = 3
 # A login that takes this long has likely waited for a person (a passphrase, a 2FA code): the
 # time it reports says so (build_connected_line).  Without one it takes well under a second.
 PROMPT_SECONDS = 3.0
 CONNECT_FAILURE_GRACE = 3.0  # seconds of "connection refused" at the remote end before giving up
-# What ssh -v adds to its stderr (-vv passes -v to ssh): debug lines, and a few lines of
-# its VERBOSE level (seen with OpenSSH 9.2).  They never explain a failure.
+# What ssh -v (our -vv) adds to its stderr: debug lines, and a few of its VERBOSE level (seen
+# with OpenSSH 9.2).  They never explain a failure.
 SSH_DEBUG = ("debug1:", "debug2:", "debug3:", "OpenSSH_", "Authenticated to ", "Transferred: ",
              "Bytes per second: ")
-# Lines of ssh's stderr that follow from a failure rather than explain it: when a jump host's
-# login fails, its "ssh -W" closes the pipe and the ssh behind it reports its banner exchange
-# failing too.  Shown only when nothing else explains.
+# Lines of ssh's stderr shown only when nothing else explains: a jump host's failed login closes
+# its "ssh -W" pipe, and the ssh behind it reports its banner exchange failing too.
 SSH_CONSEQUENCES = ("kex_exchange_identification:", "banner exchange:")
-# What ssh says when the server refused the login (sshconnect2.c; "Too many authentication
-# failures": the server's MaxAuthTries).
-SSH_REFUSED = ("Permission denied", "Too many authentication failures")
-# ssh's words for the failures a user meets most (ssh.c, sshconnect.c, channels.c): the host
-# each names, to say what went wrong in the user's terms (explain_ssh_failure).
+SSH_REFUSED = ("Permission denied", "Too many authentication failures")  # sshconnect2.c; sshd's MaxAuthTries
+# ssh's words (ssh.c, sshconnect.c, channels.c) for the failures a user meets most, and the host each names
 SSH_UNRESOLVED_RE = re.compile(r"Could not resolve hostname (\S+?): (.+?)\.?$", re.MULTILINE)
 SSH_CONNECT_RE = re.compile(r"connect to host (\S+) port (\d+): (.+?)\.?$", re.MULTILINE)
 # a jump host's sshd could not open the connection to the next host (ssh -W's channel)
@@ -177,21 +156,13 @@ SSH_CHANGED_KEY_RE = re.compile(r"Host key for (\S+?) has changed", re.MULTILINE
 SSH_NO_KEY_RE = re.compile(r"^(?:\S+@)?(\S+?): Permission denied \(publickey\)", re.MULTILINE)
 # getaddrinfo's words (glibc, macOS) for a name that does not resolve
 NAME_NOT_FOUND = ("not known", "name resolution", "No address associated", "nodename nor servname")
-# Lines of ssh's stderr that never explain a failure.
-SSH_NOISE = (
-    *SSH_DEBUG,
-    "Warning: Permanently added",
-    "Connection closed by UNKNOWN port 65535",
-    "Pseudo-terminal will not be allocated",
-    "Killed by signal",
-)
-# Markers of the discovery script's output (see build_discovery_script).
-MARK = "::jupyter-tunnel::"
-# The browser's one-time address (see Relay.offer_redirect).  It waits this long for the
-# browser: a browser's cold start (a snap-packaged one can take half a minute) must not find
-# it gone; after that, the URL printed on stdout is still there to open by hand.
+SSH_NOISE = (*SSH_DEBUG, "Warning: Permanently added", "Connection closed by UNKNOWN port 65535",
+             "Pseudo-terminal will not be allocated", "Killed by signal")  # never explain a failure
+MARK = "::jupyter-tunnel::"  # begins the lines our remote scripts print for us (build_discovery_script)
+# How long the browser's one-time address (Relay.offer_redirect) waits: a browser's cold start (a
+# snap-packaged one can take half a minute) must not find it gone; then the URL printed on stdout
+# is there to open by hand.  A connection to it sends its request within ONE_SHOT_REQUEST_TIMEOUT.
 ONE_SHOT_TIMEOUT = 120.0
-# While it is open, a connection must send its request's first bytes within this time.
 ONE_SHOT_REQUEST_TIMEOUT = 10.0
 MAX_REQUEST_HEAD = 8192  # bytes; a browser's GET head is well under 2 KiB
 # The relay (see Relay): the run's local port, listened on by the tool itself.
@@ -206,36 +177,31 @@ RELAY_BUFFER = 65536  # bytes per read and direction: 128 KiB a connection, and 
 # (JupyterLab's requests then go through unharmed), then gets a page that reloads itself.
 RELAY_WAIT = 10.0
 RELAY_RETRY = 0.1
-PROC_NET_TCP = "/proc/net/tcp"  # Linux: every IPv4 TCP socket, with the uid that owns it
-PROC_NET_TCP6 = "/proc/net/tcp6"  # ...and every IPv6 one
+PROC_NET_TCP, PROC_NET_TCP6 = "/proc/net/tcp", "/proc/net/tcp6"  # Linux: every TCP socket and its owner's uid
 # Linux's netlink sock_diag (linux/sock_diag.h, inet_diag.h): the owner of one TCP socket.
 NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST = 4, 20, 1
 INET_DIAG_NOCOOKIE = 0xFFFFFFFF
-# A runtime file's "hostname" (it ends up in ssh's -L spec): a DNS name, letters, digits,
-# "-", "_" (seen in /etc/hosts) and dots; IP literals are checked by ipaddress.
+# A runtime file's "hostname" (it goes into ssh's -L spec): letters, digits, "-", "_" (seen in /etc/hosts), dots
 HOST_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
+ANY_ADDRESS = ("", "0.0.0.0", "*", "::", "[::]")  # a runtime file's "hostname" for every interface
 MAX_PID = 2**31 - 1  # pid_t
 TOKEN_RE = re.compile(r"token=[^&\s]+")  # a token in a URL that Jupyter logged
 START_LOG_TAIL = 15  # lines of a remote log shown with an error
-# The readiness probe reads the whole answer (an HTTP/1.0 server closes after it):
-# /api/status answers ~700 bytes; anything larger is not that answer.
-MAX_ANSWER = 65536
-# What a remote command may send back (issue 19: a hostile or broken remote must not bloat
-# the run).  Its stdout: a runtime file is ~1 KB, the start script's answer adds 15 log
-# lines, jupyter_node.py's JSON a few KB; 4 MiB is thousands of servers, and far less than
-# what would hurt.  One line of its stderr (ssh's, the shell's, jupyter_node.py's Info:
-# lines): a few hundred bytes; 64 KiB is no message.  Of the stderr lines only the last
-# REMOTE_STDERR_LINES are kept: the reason for a failure comes last.
+MAX_ANSWER = 65536  # the probe reads /api/status's answer whole (HTTP/1.0 closes after it): ~700 bytes
+# What a remote command may send back (issue 19: a hostile or broken remote must not bloat the
+# run).  Its stdout: a runtime file is ~1 KB, the start script's answer adds 15 log lines,
+# jupyter_node.py's JSON a few KB; 4 MiB is thousands of servers, far less than would hurt.
+# A line of its stderr (ssh's, the shell's, jupyter_node.py's Info: lines) is a few hundred
+# bytes: 64 KiB is no message.  Only the last lines are kept: the reason for a failure comes last.
 MAX_REMOTE_OUTPUT = 4 * 1024 * 1024
 MAX_REMOTE_LINE = 64 * 1024
 REMOTE_STDERR_LINES = 200
 
-# -p answers only the prompts ssh itself shows for a password; every other prompt goes to the
-# person (a verification code, "Password & verification code:", pam_oath's "One-time password
-# (OATH) for 'user':", a key passphrase, a host key question):
-# - "user@host's password: ": password authentication (sshconnect2.c, userauth_passwd);
-# - "Password: ": PAM's own prompt (pam_unix) over keyboard-interactive, which OpenSSH >= 8.4
-#   shows as "(user@host) Password: " (sshconnect2.c, input_userauth_info_req).
+# -p answers only ssh's own password prompts: "user@host's password: " (password
+# authentication: sshconnect2.c, userauth_passwd) and PAM's "Password: " (pam_unix) over
+# keyboard-interactive, "(user@host) Password: " since OpenSSH 8.4 (input_userauth_info_req).
+# Every other prompt goes to the person (a verification code, "Password & verification code:",
+# pam_oath's "One-time password (OATH) for 'user':", a key passphrase, a host key question).
 PASSWORD_PROMPT_RE = re.compile(r"\S+@[^\s@]+'s password: |(?:\(\S+@[^\s@]+\) )?Password: ")
 ASKPASS_FILE, ASKPASS_LOCK = "askpass", "askpass.lock"
 ASKPASS_PROGRAM = "askpass.py"  # the helper itself, run by ASKPASS_FILE (see write_askpass)
@@ -357,8 +323,7 @@ def which_or_fail(program: str, why: str) -> str:
 
 
 def fill_script(template: str, values: Mapping[str, str]) -> str:
-    """``template`` with each ``@NAME@`` replaced by ``values[NAME]``, in one pass: an
-    ``@...@`` in a value (a user's --pre command) is never replaced in turn."""
+    """``template`` with each ``@NAME@`` replaced by ``values[NAME]`` in one pass: never inside a value (--pre's)."""
     return re.sub(r"@([A-Z]+)@", lambda match: values[match.group(1)], template)
 
 
@@ -374,9 +339,8 @@ def ask_server(servers: Sequence[T], what: str = "server") -> T:
 
 
 def format_log_tail(lines: Iterable[str]) -> str:
-    """``; its log ends with: a | b`` (its last START_LOG_TAIL lines) for an error, "" if empty.
-
-    Tokens masked: the log may hold the server's URL with its token, printed before it failed."""
+    """``; its log ends with: a | b`` (its last START_LOG_TAIL lines) for an error, "" if empty;
+    tokens masked: the log may hold the server's URL, printed before it failed."""
     tail = [TOKEN_RE.sub("token=…", line.strip()) for line in last_lines(lines, START_LOG_TAIL)]
     return "; its log ends with: " + " | ".join(tail) if tail else ""
 
@@ -389,9 +353,7 @@ class Route(NamedTuple):
 
     hosts: tuple[str, ...]
     node: str = ""  # a cluster node reached from the last host, which is then the head node
-    # --submit, -n auto, --job: a node learnt from the scheduler once logged into the head
-    # (node is "" until then)
-    scheduled: bool = False
+    scheduled: bool = False  # --submit, -n auto, --job: node is "" until the scheduler names it
 
     @property
     def target(self) -> str:
@@ -410,9 +372,7 @@ class Route(NamedTuple):
 
     def describe(self) -> str:
         """``srv`` or ``srv via gw, head`` for messages."""
-        if not self.jumps:
-            return self.target
-        return f"{self.target} via {', '.join(self.jumps)}"
+        return f"{self.target} via {', '.join(self.jumps)}" if self.jumps else self.target
 
     def describe_server_host(self) -> str:
         """``node1 (from head)`` when a node is involved, else the target."""
@@ -426,8 +386,7 @@ def parse_hosts(values: Iterable[str], node: str | None = None) -> Route:
         raise TunnelError("no host given to -s/--host", EXIT_USAGE)
     node = (node or "").strip()
     for host in [*hosts, node]:
-        if host.startswith("-") or any(c.isspace() for c in host):
-            # ssh would take it for an option: refuse instead of letting it change ssh's behaviour
+        if host.startswith("-") or any(c.isspace() for c in host):  # ssh would take it for an option
             raise TunnelError(f"invalid host name {host!r}", EXIT_USAGE)
     return Route(tuple(hosts), node)
 
@@ -506,20 +465,17 @@ def _whole_number(info: dict, key: str, low: int, high: int, default: int | None
 
 def parse_app(cmdline: str) -> str:
     """``lab``, ``notebook`` or ``server`` from a Jupyter process's command line."""
-    if "jupyter-lab" in cmdline or "jupyterlab" in cmdline or "jupyter lab" in cmdline:
+    if any(name in cmdline for name in ("jupyter-lab", "jupyterlab", "jupyter lab")):
         return "lab"
-    if "notebook" in cmdline:
-        return "notebook"
-    return "server"
+    return "notebook" if "notebook" in cmdline else "server"
 
 
 def parse_server(info: dict, source: str = "", cmdline: str = "") -> Server:
     """A Server from the JSON of one runtime file (jpserver or nbserver).
 
-    Everything in the file is the remote's word, and parts of it end up in the browser's
-    URL, in ssh's ``-L`` and in the probe's request: a field that could make any of them
-    point elsewhere is a ValueError (its message says which field), never a guess.
-    """
+    The file is the remote's word, and parts of it go into the browser's URL, ssh's ``-L`` and
+    the probe's request: a field that could make any of them point elsewhere is a ValueError
+    (its message says which field), never a guess."""
     from urllib.parse import urlsplit
 
     if not isinstance(info, dict):
@@ -527,50 +483,35 @@ def parse_server(info: dict, source: str = "", cmdline: str = "") -> Server:
     url = urlsplit(str(info.get("url") or ""))
     port = _whole_number(info, "port", 0, 65535, default=0)
     if not port:
-        try:
+        with contextlib.suppress(ValueError):  # "http://localhost:99999/" leaves it 0
             port = url.port or 0
-        except ValueError:  # "http://localhost:99999/"
-            port = 0
     host = str(info.get("hostname") or url.hostname or "localhost")
     if not is_host_address(host):
         raise ValueError(f"its hostname {_short(host)} is not a host name or an IP address")
     base_url = str(info.get("base_url") or "/")
-    # The URL is http://localhost:PORT + base_url: a base_url not starting with "/" would
-    # change the host ("@otherhost:9/"); a space or newline would cut the URL, "?" and "#"
-    # would push the token out of the path.
+    # The URL is http://localhost:PORT + base_url: without a leading "/" it could change the host
+    # ("@otherhost:9/"), a space or newline would cut it, "?" and "#" push the token out of the path.
     if not base_url.startswith("/") or any(char.isspace() or char in "?#" for char in base_url) \
             or has_control(base_url):
         raise ValueError(f"its base_url {_short(base_url)} is not a path starting with /")
     if not base_url.endswith("/"):
         base_url += "/"
-    token = str(info.get("token") or "")
-    sock = str(info.get("sock") or "")
+    token, sock = str(info.get("token") or ""), str(info.get("sock") or "")
     for key, value in (("token", token), ("sock", sock)):
         if has_control(value):  # the token goes into the probe's header, sock into -L
             raise ValueError(f"its {key} holds control characters")
     return Server(
-        pid=_whole_number(info, "pid", 1, MAX_PID),
-        port=port,
-        host=host,
-        base_url=base_url,
-        token=token,
+        pid=_whole_number(info, "pid", 1, MAX_PID), port=port, host=host, base_url=base_url, token=token,
         # notebook < 7 says notebook_dir, jupyter_server says root_dir
-        root_dir=str(info.get("root_dir") or info.get("notebook_dir") or ""),
-        sock=sock,
-        secure=bool(info.get("secure")),
-        version=str(info.get("version") or ""),
+        root_dir=str(info.get("root_dir") or info.get("notebook_dir") or ""), sock=sock,
+        secure=bool(info.get("secure")), version=str(info.get("version") or ""),
         app=parse_app(cmdline) if cmdline else ("notebook" if "nbserver-" in source else "server"),
-        source=source,
-    )
-
-
-ANY_ADDRESS = ("", "0.0.0.0", "*", "::", "[::]")
+        source=source)
 
 
 def server_auth(server: Server) -> str:
-    """How the server authenticates, as far as its runtime file tells."""
-    # "password": false is unreliable: a server protected by `jupyter server password`
-    # writes exactly what a server with authentication disabled writes
+    """How the server authenticates, as far as its runtime file tells ("password": false does not:
+    a server protected by `jupyter server password` writes it just as one with no authentication)."""
     return "token" if server.token else "password or none"
 
 
@@ -580,8 +521,7 @@ def server_info(number: int, server: Server) -> dict:
         "number": number, "port": server.port, "sock": server.sock, "host": server.host,
         "root_dir": server.root_dir, "app": server.app, "version": server.version,
         "kind": "notebook<7" if server.legacy else "jupyter_server",
-        "auth": server_auth(server), "secure": server.secure, "base_url": server.base_url,
-        "pid": server.pid,
+        "auth": server_auth(server), "secure": server.secure, "base_url": server.base_url, "pid": server.pid,
     }
 
 
@@ -591,78 +531,59 @@ def server_info(number: int, server: Server) -> dict:
 def build_include_path(path: str) -> str:
     r"""``path`` as ssh reads it back from an ``Include`` line: quoted, and not a pattern.
 
-    ssh splits the line into words (a space ends a word unless it is in double quotes;
-    since OpenSSH 8.7 a backslash escapes ``"`` and ``\`` there), then hands each word to
-    glob(3), where ``*``, ``?`` and ``[`` are wildcards and a backslash escapes the next
-    character.  Seen with OpenSSH 9.2: ``Include "/tmp/a b/c\\\\q"`` reads ``/tmp/a b/c\q``.
-    """
+    ssh splits the line into words (a space ends a word unless it is in double quotes; since
+    OpenSSH 8.7 a backslash escapes ``"`` and ``\`` there), then hands each word to glob(3),
+    where ``*``, ``?`` and ``[`` are wildcards and a backslash escapes the next character.
+    Seen with OpenSSH 9.2: ``Include "/tmp/a b/c\\\\q"`` reads ``/tmp/a b/c\q``."""
     for char in "\\*?[":
         path = path.replace(char, "\\" + char)  # for glob (the backslash first)
     return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'  # for ssh's words
 
 
-def build_ssh_config(
-    user_config: str | None,
-    options: Sequence[str],
-    add_keys_to_agent: bool = False,
-    password: bool = False,
-    keepalive: int = DEFAULT_KEEPALIVE,
-    batch: bool = False,
-    first_hop: str = "",
-) -> str:
-    """Text of the config file every ssh of the run reads with ``-F``.
+def build_ssh_config(user_config: str | None, options: Sequence[str], add_keys_to_agent: bool = False,
+                     password: bool = False, keepalive: int = DEFAULT_KEEPALIVE, batch: bool = False,
+                     first_hop: str = "") -> str:
+    """Text of the config file every ssh of the run reads with ``-F``: the one way to reach every
+    hop, as ssh passes only -l -p -J -F -v to the ssh it starts for a jump host.
 
-    ssh keeps the first value it reads for an option, so the order is: the user's ``-o``
-    options, the user's own config, our defaults, and the system config (as ssh itself
-    reads the user's file before the system one).  ``first_hop``: the ``-s`` host ssh
-    connects to over TCP itself (the first one), the only one given a ConnectTimeout.
-    """
+    ssh keeps the first value it reads for an option, so the order is: the user's ``-o`` options,
+    the user's own config, our defaults, and the system config (as ssh itself reads the user's
+    file before the system one).  ``first_hop``: the first ``-s`` host, given a ConnectTimeout."""
     lines = ["# Written by jupyter-tunnel for one run; removed when it exits."]
     if batch:
         # no terminal (and no -p): a prompt could never be answered, and ssh would send
         # empty answers instead, each a failed attempt at the server: fail at once
         lines.append("BatchMode yes")
     if password:
-        # The password given with -p is the only answer: when it is wrong, asking again
-        # would only send it (or, once askpass gives up, an empty one) again and count
-        # more failures against the account.
+        # -p's password is the only answer: asking again would only send it (or, once askpass
+        # gives up, an empty one) again, one more failure against the account
         lines.append("NumberOfPasswordPrompts 1")
     for option in options:
         key, sep, value = option.partition("=")
         if not sep:
             key, _, value = option.strip().partition(" ")
         lines.append(f"{key.strip()} {value.strip()}")
-    # ControlMaster no, before the user's own config (ssh keeps the first value): a jump
-    # hop's ssh reads this file too, and with the user's "ControlMaster auto" and
-    # "ControlPersist" it would become a master of their kind that outlives the run (seen
-    # with OpenSSH 9.2).  "no" still rides a master the user has open: a hop through it
-    # needs no login.  Our own master is -M (the command line wins); the user's -o wins too.
-    lines.append("ControlMaster no")
-    # INFO at least (the user's LogLevel ERROR or QUIET hides them): a jump host's "channel 0:
-    # open failed: connect failed: Name or service not known" is the only word of why it
-    # could not reach the next host.  ssh's stderr is the run's to read, never the user's
-    # terminal: the user sees the run's one line (explain_ssh_failure).
-    lines.append("LogLevel INFO")
     # an absolute path: a relative Include is taken relative to ~/.ssh
     include = build_include_path(os.path.abspath(user_config)) if user_config else "~/.ssh/config"
-    lines.append(f"Include {include}")
-    lines.append(f"ServerAliveInterval {keepalive}")
-    lines.extend(f"{key} {value}" for key, value in DEFAULT_SSH_OPTIONS)
-    if add_keys_to_agent:
-        # only for an agent this run started: adding keys to the user's own agent
-        # would change it behind their back
+    # ControlMaster no, before the user's config: a jump hop's ssh reads this file too, and with
+    # the user's "ControlMaster auto" and "ControlPersist" it would become a master that outlives
+    # the run (OpenSSH 9.2).  "no" still rides a master the user has open (a hop with no login).
+    # Our own master is -M (the command line wins); the user's -o wins too.
+    # LogLevel INFO at least: a jump host's "channel 0: open failed: connect failed: Name or
+    # service not known" is logged at INFO (channels.c), and a user's ERROR or QUIET hides it.
+    # ssh's stderr is the run's to read, never shown as it is (explain_ssh_failure).
+    # ServerAliveCountMax 3: a dead network is noticed after 3 --keepalive intervals
+    lines += ["ControlMaster no", "LogLevel INFO", f"Include {include}", f"ServerAliveInterval {keepalive}", "ServerAliveCountMax 3"]
+    if add_keys_to_agent:  # only for an agent this run started: never the user's own behind their back
         lines.append("AddKeysToAgent yes")
     name = split_host(first_hop)[1]
     if MATCH_HOST_RE.fullmatch(name):
-        # ConnectTimeout bounds the TCP connect AND the wait for the server's banner
-        # (sshconnect.c passes it to kex_exchange_identification), even when the connection
-        # is a jump host's "ssh -W" pipe: behind a jump host the banner comes only once the
-        # person has answered the jump host's prompts, so a timeout there cuts a slow 2FA
-        # code short ("Connection timed out during banner exchange").  Only the first hop's
-        # ssh connects over TCP itself: it alone gets one, as plain "ssh -J" gives none.
-        # A dead network is still noticed: at the first hop by this, and once a hop is
-        # logged in by its keepalive (ServerAliveInterval).  "originalhost": the name as ssh
-        # was given it, which is what ssh -J passes to the jump host's ssh.
+        # ConnectTimeout bounds the TCP connect AND the wait for the banner (sshconnect.c passes it
+        # to kex_exchange_identification), also over a jump host's "ssh -W" pipe, where the banner
+        # waits for the person to answer the jump host's prompts: a slow 2FA code would be cut short
+        # ("Connection timed out during banner exchange").  So only the first hop, the one ssh
+        # connects to over TCP itself, gets one; a logged-in hop's dead network is noticed by its
+        # keepalive.  "originalhost": the name as ssh was given it, which ssh -J passes on.
         lines += [f"Match originalhost {name}", f"ConnectTimeout {FIRST_HOP_CONNECT_TIMEOUT}", "Match all"]
     lines.append("Include /etc/ssh/ssh_config")
     return "\n".join(lines) + "\n"
@@ -670,14 +591,13 @@ def build_ssh_config(
 
 def build_master_argv(ssh: str, config: str, control: str, route: Route) -> list[str]:
     """argv of the one ssh that logs in and holds the connection for the run."""
-    argv = [ssh, "-F", config, "-M", "-S", control, "-N", "-T"]
-    # ControlPersist=no: the master stays our child so that we notice when it dies.
-    # ExitOnForwardFailure: a forward that cannot be set up is an error, not a warning.
-    argv += ["-o", "ControlPersist=no", "-o", "ExitOnForwardFailure=yes"]
+    # ControlPersist=no: the master stays our child (we notice it die); a failed forward is an error
+    argv = [ssh, "-F", config, "-M", "-S", control, "-N", "-T", "-o", "ControlPersist=no",
+            "-o", "ExitOnForwardFailure=yes"]
     if route.node or route.scheduled:
-        # The head needs the agent to log into the node.  A master with ForwardAgent=yes
-        # forwards it to no session by itself (-N opens none): only the discovery session,
-        # which asks with -A, gets it.  "-o" reaches the head only, never a jump host.
+        # The head needs the agent to log into the node.  ForwardAgent=yes on a master forwards
+        # it to no session by itself (-N opens none): only the discovery session's -A gets it.
+        # "-o" reaches the head only, never a jump host.
         argv += ["-o", "ForwardAgent=yes"]
     if route.jumps:
         argv += ["-J", ",".join(route.jumps)]
@@ -686,14 +606,12 @@ def build_master_argv(ssh: str, config: str, control: str, route: Route) -> list
 
 def build_mux_argv(ssh: str, config: str, control: str, route: Route, *args: str) -> list[str]:
     """argv of an ssh that only talks to the running master (never a login of its own)."""
-    # ControlMaster=no: never become a master ourselves if the socket vanished.  When the
-    # socket is gone or answers no mux hello, ssh falls back to a login of its own (mux.c's
-    # muxclient returns, ssh.c connects): ProxyCommand=false makes that fail at once, with
-    # no connection, no prompt and no failed attempt on any server (on the command line it
-    # wins over the config's ProxyJump: ssh keeps the first value it reads).
-    argv = [ssh, "-F", config, "-S", control, "-o", "ControlMaster=no", "-o", "ProxyCommand=false",
-            "-o", "BatchMode=yes", *args]
-    return argv + build_destination(route.target)
+    # ControlMaster=no: never become a master ourselves if the socket vanished.  A socket gone or
+    # answering no mux hello makes ssh log in itself (mux.c's muxclient returns, ssh.c connects):
+    # ProxyCommand=false fails that at once, with no connection, prompt or failed attempt on any
+    # server (on the command line it wins over the config's ProxyJump: the first value wins).
+    return [ssh, "-F", config, "-S", control, "-o", "ControlMaster=no", "-o", "ProxyCommand=false",
+            "-o", "BatchMode=yes", *args, *build_destination(route.target)]
 
 
 def build_settings_argv(ssh: str, config: str, route: Route) -> list[str]:
@@ -714,14 +632,11 @@ def parse_ssh_settings(text: str) -> dict[str, str]:
 def shared_control_path(settings: Mapping[str, str], node: bool = False) -> str:
     """The ControlPath where the user's own master to the target would listen ("" for none).
 
-    With ``-n`` the head logs into the node with the agent, which a master forwards to a
-    session only when it was started with ForwardAgent (OpenSSH 9.2: the client's ``-A``
-    alone gets nothing): without it in the config, the run logs in itself.
-    """
-    path = settings.get("controlpath", "")
-    if path in ("", "none") or not os.path.isabs(path):
-        return ""
-    if node and settings.get("forwardagent", "no") == "no":
+    With ``-n`` the head logs into the node with the agent, which a master forwards to a session
+    only when started with ForwardAgent (OpenSSH 9.2: a client's ``-A`` alone gets nothing):
+    without it in the config, the run logs in itself."""
+    path = settings.get("controlpath", "")  # "none" too is no absolute path
+    if not os.path.isabs(path) or (node and settings.get("forwardagent", "no") == "no"):
         return ""
     return path
 
@@ -733,15 +648,14 @@ def explain_ssh_failure(lines: Sequence[str], hosts: Sequence[str] = (), here: s
     text, on = "\n".join(lines), f"on {here}" if here else "here"
     # the command that checks every host key on the way: the user's own chain from here
     check = shlex.join(["ssh", *(["-J", ",".join(hosts[:-1])] if len(hosts) > 1 else []), *hosts[-1:]])
-    if SSH_CHANGED_KEY_RE.search(text):
-        host = SSH_CHANGED_KEY_RE.search(text)[1]
+    found = SSH_CHANGED_KEY_RE.search(text) or SSH_UNKNOWN_KEY_RE.search(text)
+    if found:
+        host = found[1]
         check = check if hosts else f"ssh {shlex.quote(host)}"
-        return (f"the host key of {host} is not the one saved {on} (~/.ssh/known_hosts): if its admins changed "
-                f"it, remove the old one with ssh-keygen -R {host} {on} and accept the new one with {check} "
-                "(compare its fingerprint with theirs); else someone may be in between: do not connect")
-    if SSH_UNKNOWN_KEY_RE.search(text):
-        host = SSH_UNKNOWN_KEY_RE.search(text)[1]
-        check = check if hosts else f"ssh {shlex.quote(host)}"
+        if found.re is SSH_CHANGED_KEY_RE:
+            return (f"the host key of {host} is not the one saved {on} (~/.ssh/known_hosts): if its admins "
+                    f"changed it, remove the old one with ssh-keygen -R {host} {on} and accept the new one with "
+                    f"{check} (compare its fingerprint with theirs); else someone may be in between: do not connect")
         return (f"the host key of {host} is not known {on} yet: connect once with {check} {on}, check its "
                 "fingerprint and accept it, then run jupyter-tunnel again")
     found = SSH_UNRESOLVED_RE.search(text)
@@ -767,9 +681,8 @@ def explain_ssh_failure(lines: Sequence[str], hosts: Sequence[str] = (), here: s
 
 def parse_ssh_error(lines: Iterable[str], returncode: int | None = None, hosts: Sequence[str] = (),
                     here: str = "") -> str:
-    """ssh's own reason for a failure, from its stderr, without the noise lines (and without
-    the lines that only follow from another one, SSH_CONSEQUENCES); in the user's terms when
-    it is a common one (explain_ssh_failure: ``hosts`` and ``here`` are its)."""
+    """ssh's own reason for a failure, from its stderr without SSH_NOISE (nor SSH_CONSEQUENCES
+    when more is said); in the user's terms when explain_ssh_failure knows it."""
     lines = list(lines)
     explained = explain_ssh_failure(lines, hosts, here)
     if explained:
@@ -784,8 +697,7 @@ def parse_ssh_error(lines: Iterable[str], returncode: int | None = None, hosts: 
 
 
 def is_login_refused(reason: str) -> bool:
-    """Whether ssh's ``reason`` says that the server refused the login (a failed attempt that
-    counts against the account), rather than that it could not be reached."""
+    """Whether ssh's ``reason`` says that the server refused the login (a failed attempt on the account)."""
     return any(words in reason for words in SSH_REFUSED)
 
 
@@ -810,15 +722,12 @@ def build_login_error(where: str, reason: str, batch: bool = False, reconnecting
 
 
 def can_prompt(terminal: bool, env: Mapping[str, str]) -> bool:
-    """Whether ssh could ask a person anything: on the ``terminal``, or through an
-    SSH_ASKPASS program, which it runs with a display, or always with SSH_ASKPASS_REQUIRE=force
-    (readpass.c)."""
+    """Whether ssh could ask a person anything: on the ``terminal``, or through an SSH_ASKPASS
+    program, which it runs with a display, or always with SSH_ASKPASS_REQUIRE=force (readpass.c)."""
     require = env.get("SSH_ASKPASS_REQUIRE", "")
-    if terminal:
-        return True
     if not env.get("SSH_ASKPASS") or require == "never":
-        return False
-    return require == "force" or bool(env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"))
+        return terminal
+    return terminal or require == "force" or bool(env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"))
 
 
 def build_askpass_script(python: str) -> str:
@@ -831,20 +740,16 @@ def run_bounded(argv: list[str], env: Mapping[str, str], stdin: bytes, timeout: 
                 keep: Callable[[str], bool], what: str) -> tuple[int, bytes, list[str]]:
     """Run ``argv`` (a multiplexed ssh) with ``stdin``; its exit code, stdout and last stderr lines.
 
-    Ended within ``timeout`` whatever the remote does: the mux client hands its pipes to the
-    master, so a remote command that never ends keeps them open after the client is killed,
-    and a read until EOF (``for line in stderr``, ``.read()``) would wait for ever.  So one
-    deadline for the writes, the reads and the exit; then subprocess.TimeoutExpired (the
-    client killed, its pipes closed on our side).  Bounded in size: more than
-    MAX_REMOTE_OUTPUT bytes on stdout, or a stderr line longer than MAX_REMOTE_LINE, is a
-    TunnelError naming ``what``.  Each stderr line (decoded, without its newline) goes to
-    ``keep`` as it comes (to relay it); the last REMOTE_STDERR_LINES it returns True for are kept.
-    """
+    One deadline for the writes, the reads and the exit, then subprocess.TimeoutExpired (the
+    client killed, its pipes closed on our side): the mux client hands its pipes to the master,
+    so a remote command that never ends keeps them open after the client is killed, and a read
+    until EOF would wait for ever.  More than MAX_REMOTE_OUTPUT bytes on stdout, or a stderr
+    line longer than MAX_REMOTE_LINE, is a TunnelError naming ``what``.  Each stderr line goes
+    to ``keep`` as it comes; the last REMOTE_STDERR_LINES it returns True for are kept."""
     deadline = time.monotonic() + timeout
     process = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    stdout = bytearray()
-    partial = bytearray()  # stderr since its last newline
+    stdout, partial = bytearray(), bytearray()  # partial: stderr since its last newline
     kept: deque[str] = deque(maxlen=REMOTE_STDERR_LINES)
     pending = memoryview(stdin)
 
@@ -884,8 +789,7 @@ def run_bounded(argv: list[str], env: Mapping[str, str], stdin: bytes, timeout: 
                         stdout += chunk
                         if len(stdout) > MAX_REMOTE_OUTPUT:
                             raise TunnelError(f"{what} sent more than {MAX_REMOTE_OUTPUT // 1048576} MiB of "
-                                              "output, which no answer of ours is: stopped reading it",
-                                              EXIT_ERROR)
+                                              "output, which no answer of ours is: stopped reading it")
                     else:
                         # split only when the chunk ends a line: a line sent a byte at a time
                         # costs no more than one sent at once
@@ -897,8 +801,7 @@ def run_bounded(argv: list[str], env: Mapping[str, str], stdin: bytes, timeout: 
                             partial += chunk
                         if len(partial) > MAX_REMOTE_LINE or any(len(raw) > MAX_REMOTE_LINE for raw in lines):
                             raise TunnelError(f"{what} wrote a line longer than {MAX_REMOTE_LINE // 1024} KiB "
-                                              "on its standard error, which no message is: stopped reading it",
-                                              EXIT_ERROR)
+                                              "on its standard error, which no message is: stopped reading it")
                         for raw in lines:
                             line_done(raw)
         if partial:
@@ -917,55 +820,43 @@ def run_bounded(argv: list[str], env: Mapping[str, str], stdin: bytes, timeout: 
     return process.returncode, bytes(stdout), list(kept)
 
 
-def shown(argv: list[str], verbose: int) -> list[str]:
-    """``argv`` as run: with ``-v`` at -vv, shown on a ``Debug:`` line from -v on.
-
-    Only the argv is shown, never the environment: that is where ``-p``'s password is.
-    """
-    if verbose >= 2:
-        argv = [argv[0], "-v", *argv[1:]]
-    if verbose:
-        say("Debug", shlex.join(argv))
-    return argv
-
-
-def echo(stderr: bytes, verbose: int) -> None:
-    """At -vv, show what a multiplexed ssh said (its ``debug1:`` lines)."""
-    if verbose >= 2:
-        for line in stderr.decode(errors="replace").splitlines():
-            print(escape_text(line), file=sys.stderr, flush=True)
-
-
 class Master:
     """The one ssh connection of the run, and the multiplexed commands sent through it."""
 
     def __init__(self, ssh: str, route: Route, directory: str, env: dict[str, str], verbose: int = 0,
                  outlive_interrupt: bool = False, batch: bool = False) -> None:
-        self.ssh = ssh
+        self.ssh, self.route, self.env = ssh, route, env
         self.batch = batch  # BatchMode: no prompt (no terminal, no -p); said when a login is refused
-        # --stop-server: the server is shut down through the master after a Ctrl+C (or a
-        # closed terminal's SIGHUP), which the terminal sends to the master too
-        self.outlive_interrupt = outlive_interrupt
-        self.route = route
+        self.outlive_interrupt = outlive_interrupt  # --stop-server: it stops the server after a Ctrl+C or SIGHUP
         self.config = os.path.join(directory, CONFIG_FILE)
         self.control = os.path.join(directory, CONTROL_SOCKET)
-        self.env = env
         self.verbose = verbose  # -v: show every ssh command; -vv: ssh -v too, its words shown
         self.process: subprocess.Popen | None = None
         self.stderr: deque[str] = deque(maxlen=40)
         self._reader: threading.Thread | None = None
 
     def shown(self, argv: list[str]) -> list[str]:
-        """``argv`` as run (see shown)."""
-        return shown(argv, self.verbose)
+        """``argv`` as run: ``-v`` added at -vv, shown from -v on (never the environment, where -p's password is)."""
+        if self.verbose >= 2:
+            argv = [argv[0], "-v", *argv[1:]]
+        if self.verbose:
+            say("Debug", shlex.join(argv))
+        return argv
 
     def reach(self, node: str) -> None:
         """From now on the remote commands and forwards go on to ``node`` (a job's)."""
         self.route = self.route._replace(node=node)
 
     def echo(self, stderr: bytes) -> None:
-        """At -vv, show what a multiplexed ssh said (see echo)."""
-        echo(stderr, self.verbose)
+        """At -vv, show what a multiplexed ssh said (its ``debug1:`` lines)."""
+        for line in stderr.decode(errors="replace").splitlines():
+            self.relay(line)
+
+    def relay(self, line: str) -> bool:
+        """Show a line of ssh's stderr at -vv, as it comes; False for a debug line (it would push the reason out)."""
+        if self.verbose >= 2:
+            print(escape_text(line), file=sys.stderr, flush=True)
+        return not line.startswith(SSH_DEBUG)
 
     def open(self, on_start: Callable[[int], None] = lambda pid: None) -> None:
         """Start the master and wait until it has logged in (its control socket exists);
@@ -973,24 +864,19 @@ class Master:
         argv = self.shown(build_master_argv(self.ssh, self.config, self.control, self.route))
         if os.path.exists(self.control):
             os.unlink(self.control)  # left by a master that was killed: not a sign of login
-        # Not a new session and not a new process group: ssh asks for passwords on the
-        # terminal only from the terminal's foreground process group, so the master also
-        # gets the user's Ctrl+C (it then exits 255, which is fine).
-        # ssh keeps SIGINT and SIGHUP ignored when it starts with them ignored (clientloop.c
-        # installs its handlers only over a disposition that is not SIG_IGN), and an ignored
-        # disposition survives exec: set it around the fork (the main thread's handlers)
+        # The terminal's foreground process group (no new session or group): ssh asks for passwords
+        # only from there, so the master gets the user's Ctrl+C too (it exits 255: fine).  ssh keeps
+        # SIGINT and SIGHUP ignored when started so (clientloop.c sets its handlers only over a
+        # disposition that is not SIG_IGN), and exec keeps that: set it around the fork.
         ignored = (signal.SIGINT, signal.SIGHUP) if self.outlive_interrupt else ()
         previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in ignored}
-        # ssh's stderr is a pipe whose read end only the reader thread ever holds: a file
-        # object on Popen could be closed by another thread while the reader is in it, which
-        # frees its buffer under the read (CI saw "PyMemoryView_FromBuffer(): info->buf must
-        # not be NULL" in the reader at exit).
+        # Only the reader thread holds the read end of ssh's stderr: a file object on Popen could
+        # be closed by another thread under the reader's read, freeing its buffer (CI saw
+        # "PyMemoryView_FromBuffer(): info->buf must not be NULL" in the reader at exit).
         read_end, write_end = os.pipe()
         try:
-            self.process = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=write_end, env=self.env,
-            )
+            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                            stderr=write_end, env=self.env)
         except BaseException:
             os.close(read_end)
             raise
@@ -1002,15 +888,13 @@ class Master:
         # Drain stderr all the time: a full pipe would block ssh.
         self._reader = threading.Thread(target=self._read_stderr, args=(read_end,), daemon=True)
         self._reader.start()
-        started = time.monotonic()
-        delay = POLL_INTERVAL
+        started, delay = time.monotonic(), POLL_INTERVAL
         while not os.path.exists(self.control):
             if self.process.poll() is not None:
                 self._reader.join(timeout=1)
                 raise TunnelError(build_login_error(self.route.describe(), self.why(), self.batch), EXIT_CONNECT)
             time.sleep(delay)
             if time.monotonic() - started > FAST_POLL_SECONDS:
-                # a person types a password or a 2FA code: no need to look 500 times a second
                 delay = min(delay * 2, SLOW_POLL_INTERVAL)
 
     def _read_stderr(self, fd: int) -> None:
@@ -1019,10 +903,8 @@ class Master:
             # a line cut at MAX_REMOTE_LINE bytes: ssh passes on a server's banner, a jump host's words
             for raw in iter(lambda: stream.readline(MAX_REMOTE_LINE), b""):
                 line = raw.decode(errors="replace").rstrip()
-                if self.verbose >= 2:
-                    print(escape_text(line), file=sys.stderr, flush=True)  # ssh -v's words, as they come
-                if not line.startswith(SSH_DEBUG):
-                    self.stderr.append(line)  # debug lines would push the reason out of the deque
+                if self.relay(line):
+                    self.stderr.append(line)
 
     @property
     def pid(self) -> int:
@@ -1049,30 +931,27 @@ class Master:
 
     def run(self, command: str, stdin: str = "", timeout: float = 60.0,
             forward_agent: bool = False, what: str = "") -> subprocess.CompletedProcess:
-        """Run ``command`` on the target through the master (no new login), bounded in time
-        and size (see run_bounded): subprocess.TimeoutExpired after ``timeout``, a TunnelError
-        that names ``what`` (the stage: "looking for Jupyter servers on srv") for too much output."""
+        """Run ``command`` on the target through the master (no new login), bounded as run_bounded
+        says; ``what`` is the stage its errors name ("looking for Jupyter servers on srv")."""
         options = ["-T", "-A"] if forward_agent else ["-T"]
         if not stdin:
             options.append("-n")  # no stdin: ssh sends none, and the command needs none
         argv = self.shown(build_mux_argv(self.ssh, self.config, self.control, self.route, *options, "--")
                              + [command])
-
-        def keep(line: str) -> bool:
-            if self.verbose >= 2:
-                print(escape_text(line), file=sys.stderr, flush=True)  # ssh -v's words, as they come
-            return not line.startswith(SSH_DEBUG)  # they would push the reason out of the last lines
-
-        code, stdout, stderr = run_bounded(argv, self.env, stdin.encode(), timeout, keep,
+        code, stdout, stderr = run_bounded(argv, self.env, stdin.encode(), timeout, self.relay,
                                            what or f"a command on {self.route.target}")
         return subprocess.CompletedProcess(argv, code, stdout, "\n".join(stderr).encode())
 
+    def request(self, *args: str) -> subprocess.CompletedProcess:
+        """Send the master a control request (``-O ...``): its answer is on stderr."""
+        done = subprocess.run(self.shown(build_mux_argv(self.ssh, self.config, self.control, self.route, *args)),
+                              stdin=subprocess.DEVNULL, capture_output=True, env=self.env, timeout=30)
+        self.echo(done.stderr)
+        return done
+
     def forward(self, spec: str) -> tuple[bool, str]:
         """Ask the master to add ``-L spec``; returns (ok, ssh's message)."""
-        argv = build_mux_argv(self.ssh, self.config, self.control, self.route, "-O", "forward", "-L", spec)
-        done = subprocess.run(self.shown(argv), stdin=subprocess.DEVNULL, capture_output=True,
-                              env=self.env, timeout=30)
-        self.echo(done.stderr)
+        done = self.request("-O", "forward", "-L", spec)
         return done.returncode == 0, done.stderr.decode(errors="replace").strip()
 
     def close(self) -> None:
@@ -1080,17 +959,15 @@ class Master:
         if self.process is None:
             return
         stop_process(self.process, timeout=5.0)
-        # The jump host's ssh (the master's child, -J) holds the stderr pipe too, and may
-        # outlive the master a little (ssh stops it with SIGHUP, which --stop-server's master
-        # had ignored, and the child with it): the reader ends, and closes the pipe, then.
+        # The jump host's ssh (the master's -J child) holds the stderr pipe too, and may outlive it
+        # a little (ssh stops it with SIGHUP, ignored by both under --stop-server): the reader ends then.
         if self._reader is not None:
             self._reader.join(timeout=1)
 
 
 class SharedMaster(Master):
-    """The user's own master to the target (their ControlMaster/ControlPath), ridden instead
-    of logging in: sessions and forwards go through it, and close() takes back only the
-    forwards this run added.  It is not our child, so it is watched through its socket."""
+    """The user's own master to the target (their ControlMaster/ControlPath), ridden instead of
+    logging in.  It is not our child: it is watched through its socket."""
 
     def __init__(self, ssh: str, route: Route, directory: str, env: dict[str, str], verbose: int,
                  control: str) -> None:
@@ -1135,22 +1012,18 @@ def find_shared_master(ssh: str, route: Route, directory: str, env: dict[str, st
     """The user's own live master to the target, as the config in force names it; None when
     there is none.  ``ssh -G`` (one exec, ~8 ms next to a login of 0.2 s to seconds) is the
     truth about the config; ``-O check`` runs only when something listens at the ControlPath."""
-    config = os.path.join(directory, CONFIG_FILE)
-    done = subprocess.run(shown(build_settings_argv(ssh, config, route), verbose), stdin=subprocess.DEVNULL,
+    shared = SharedMaster(ssh, route, directory, env, verbose, control="")  # control: once found
+    done = subprocess.run(shared.shown(build_settings_argv(ssh, shared.config, route)), stdin=subprocess.DEVNULL,
                           capture_output=True, env=env, timeout=30)
     control = shared_control_path(parse_ssh_settings(done.stdout.decode(errors="replace")),
                                   bool(route.node or route.scheduled))
     if done.returncode != 0 or not control or not mux_hello(control):
         return None
-    # a master says hello: -O check tells whether it takes requests (and its pid).  A socket
-    # that is no working master makes ssh fall back to a login and exit 0 (OpenSSH 9.2):
-    # build_mux_argv's options make that fail instead, and only the master's answer counts.
-    argv = shown(build_mux_argv(ssh, config, control, route, "-O", "check"), verbose)
-    check = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=30)
-    echo(check.stderr, verbose)
-    if check.returncode != 0 or b"Master running" not in check.stderr:
-        return None
-    return SharedMaster(ssh, route, directory, env, verbose, control)
+    # -O check: whether it takes requests.  A socket that is no working master makes ssh fall back
+    # to a login and exit 0 (OpenSSH 9.2): build_mux_argv's options fail that; only "Master running" counts.
+    shared.control = control
+    check = shared.request("-O", "check")
+    return shared if check.returncode == 0 and b"Master running" in check.stderr else None
 
 
 def mux_hello(path: str, timeout: float = MUX_HELLO_TIMEOUT) -> bool:
@@ -1174,14 +1047,11 @@ def mux_hello(path: str, timeout: float = MUX_HELLO_TIMEOUT) -> bool:
 
 
 def start_agent(directory: str, registration: Registration) -> tuple[subprocess.Popen, str]:
-    """Start a private ssh-agent as our child (``-D``), so it can be killed at exit; registered
-    at once, so that it is found if this run is killed."""
+    """Start a private ssh-agent as our child (``-D``: killed at exit), registered at once (found if we are killed)."""
     agent = which_or_fail("ssh-agent", "needed to start an agent")
     sock = os.path.join(directory, AGENT_SOCKET)
-    process = subprocess.Popen(
-        [agent, "-D", "-a", sock], stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    process = subprocess.Popen([agent, "-D", "-a", sock], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     registration.update(agent_pid=process.pid)
     deadline = time.monotonic() + 10
     while not os.path.exists(sock):
@@ -1700,22 +1570,18 @@ def find_job(master: Master, options: ClusterOptions, timeout: float, pick: int 
 # ------------------------------------------------------------------------ 3. discover
 
 
-# The discovery script.  It needs neither python nor jupyter on PATH: over a
-# non-interactive ssh a venv or conda jupyter usually is not.  The runtime directory follows
-# jupyter_core's rules ($JUPYTER_RUNTIME_DIR, else $JUPYTER_DATA_DIR/runtime, else the XDG
-# data dir; macOS hosts use ~/Library/Jupyter).  A file whose pid is dead (a SIGKILLed
-# server leaves its file behind) or not a Jupyter process (the pid was reused) is reported,
-# not printed.  A file that says port 0 (notebook < 7 and jupyter_server < 2.20 started with
-# --port=0 write that) comes with the TCP ports its pid listens on: from the pid's socket
-# inodes and /proc/net/tcp* on Linux, from lsof elsewhere.
-#
-# It is written to survive being one line inside single quotes for ANY login shell (sshd
-# hands the command to it): every line ends its own statement, and there is no ' ! or
-# newline in it (csh and tcsh reject a newline inside quotes and expand ! even there) and no
-# double backslash (fish's single quotes).  Sending it as the command rather than on stdin
-# saves a round trip through the whole chain: ssh sends stdin only once the command runs.
-# Its first line, "MARK start", tells that it ran: a login shell such as /bin/false or
-# nologin runs no command at all, and says so at best in words of its own.
+# The discovery script needs neither python nor jupyter on PATH (over a non-interactive ssh a
+# venv's or conda's jupyter usually is not).  It looks where jupyter_core would (macOS hosts use
+# ~/Library/Jupyter), and reports, not prints, a file whose pid is dead (a SIGKILLed server
+# leaves its file) or no Jupyter (a reused pid).  To a file that says port 0 (notebook < 7 and
+# jupyter_server < 2.20 write that for --port=0) it adds the TCP ports its pid listens on (from
+# socket inodes and /proc/net/tcp* on Linux, from lsof elsewhere).  It survives being one line in
+# single quotes for ANY login shell (sshd hands it the command): every line ends its statement,
+# with no ' ! or newline (csh and tcsh reject a newline in quotes and expand ! even there) and no
+# double backslash (fish's single quotes).  As the command, not on stdin, it saves a round trip
+# through the whole chain (ssh sends stdin only once the command runs).  Its first line, "MARK
+# start", tells that it ran: a login shell such as /bin/false or nologin runs no command, and
+# says so at best in words of its own.
 RUNTIME_DIRS = ('"${JUPYTER_RUNTIME_DIR:-}" "${JUPYTER_DATA_DIR:+$JUPYTER_DATA_DIR/runtime}" '
                 '"${XDG_DATA_HOME:-$HOME/.local/share}/jupyter/runtime" "$HOME/Library/Jupyter/runtime" '
                 '"$HOME/Library/Application Support/Jupyter/runtime"')
@@ -1755,32 +1621,26 @@ fi
 
 def build_discovery_script(one_line: bool = False) -> str:
     """The POSIX sh script that prints the live Jupyter servers' runtime files."""
-    if one_line:
-        return " ".join(line.strip() for line in DISCOVERY_SCRIPT.splitlines())
-    return DISCOVERY_SCRIPT
+    return " ".join(line.strip() for line in DISCOVERY_SCRIPT.splitlines()) if one_line else DISCOVERY_SCRIPT
 
 
 def build_discovery_command(route: Route) -> tuple[str, str]:
     """The remote command that discovers the servers, and what to send on its stdin."""
     if not route.node:
         return f"sh -c '{build_discovery_script(one_line=True)}'", ""
-    # With -n the head runs ssh to the node: the script goes on stdin, which avoids a
-    # second level of quoting (one more round trip, on the cluster's own network).
-    # BatchMode: a prompt on the head could never be answered, so fail instead of hanging.
-    # "MARK head" first: without it, the head's login shell refused the command.
+    # With -n the head runs ssh to the node, the script on stdin: no second level of quoting,
+    # for one more round trip on the cluster's own network.  BatchMode: a prompt on the head
+    # could never be answered.  "MARK head" first: without it, the head's login shell refused.
     return (f"echo {MARK} head; ssh -o BatchMode=yes -T {shlex.quote(route.node)} sh -s",
             build_discovery_script())
 
 
 def parse_discovery(output: str) -> tuple[list[Server], list[str]]:
-    """Servers and warnings from the discovery script's output.
-
-    Anything outside the markers (a chatty ``.bashrc``, say) is ignored.  A runtime file
-    that is not valid JSON (a truncated write) is skipped with a warning, never a crash.
-    """
-    servers: list[Server] = []
+    """Servers and warnings from the discovery script's output.  Anything outside the markers (a
+    chatty ``.bashrc``) is ignored; a runtime file that is not valid JSON (a truncated write) is
+    skipped with a warning, never a crash."""
+    servers: dict[tuple[int, int, str], Server] = {}  # by key: one file, two runtime dir rules
     warnings: list[str] = []
-    seen: set[tuple[int, int, str]] = set()
     block: list[str] | None = None
     source = cmdline = ""
 
@@ -1795,10 +1655,7 @@ def parse_discovery(output: str) -> tuple[list[Server], list[str]]:
         except ValueError as error:
             warnings.append(f"skipping Jupyter runtime file {src}: {error}")
             return
-        key = server.key
-        if key not in seen:  # one file can be reached from two runtime dir rules
-            seen.add(key)
-            servers.append(server)
+        servers.setdefault(server.key, server)
 
     listening: dict[int, list[int]] = {}
     for line in output.splitlines():
@@ -1822,44 +1679,38 @@ def parse_discovery(output: str) -> tuple[list[Server], list[str]]:
                 block = None
         elif block is not None:
             block.append(line)
-    for i, server in enumerate(servers):
+    for key, server in servers.items():
         if server.port == 0 and not server.sock and listening.get(server.pid):
             # the file said port 0: the pid's one listening port is the server's
-            servers[i] = server._replace(port=listening[server.pid][0])
+            servers[key] = server._replace(port=listening[server.pid][0])
     # a stable order, so that the numbers of --list mean the same to --pick
-    return sorted(servers, key=lambda s: (s.sock != "", s.port, s.sock, s.pid)), warnings
+    return sorted(servers.values(), key=lambda s: (s.sock != "", s.port, s.sock, s.pid)), warnings
 
 
 def parse_discovery_failure(route: Route, returncode: int, stdout: str, stderr: str,
                             master_alive: bool = True) -> TunnelError | None:
     """Why the discovery command failed (None when it did not), from its output and exit code.
 
-    ssh exits 255 for its own failures (a lost connection, a node it cannot log into); a
-    login shell that runs no command (/bin/false, nologin) exits 1, and the script's first
-    line ("MARK start", "MARK head" on the head first) never comes.
-    """
+    ssh exits 255 for its own failures (a lost connection, a node it cannot log into); a login
+    shell that runs no command (/bin/false, nologin) exits 1, and the script's first line ("MARK
+    start", after "MARK head" on the head) never comes."""
     lines = stdout.splitlines()
     ran = f"{MARK} start" in lines
     if ran and returncode == 0:
         return None
-    reason = parse_ssh_error(stderr.splitlines(), hosts=route.hosts)
-    if returncode == 255 and not ran:
-        if route.node and master_alive and f"{MARK} head" in lines:
-            # the head's own ssh to the node failed: its words are about the head's view
-            reason = parse_ssh_error(stderr.splitlines(), hosts=(route.node,), here=route.target)
-            return TunnelError(f"cannot reach node {route.node} from {route.target}: {reason}", EXIT_CONNECT)
-        return TunnelError(f"cannot look for Jupyter servers on {route.describe_server_host()}: {reason}",
-                           EXIT_ERROR)
-    if not ran:
+    if returncode == 255 and not ran and route.node and master_alive and f"{MARK} head" in lines:
+        # the head's own ssh to the node failed: its words are about the head's view
+        reason = parse_ssh_error(stderr.splitlines(), hosts=(route.node,), here=route.target)
+        return TunnelError(f"cannot reach node {route.node} from {route.target}: {reason}", EXIT_CONNECT)
+    if returncode != 255 and not ran:
         refusing = route.node if f"{MARK} head" in lines else route.target
         said = [line.strip() for line in [*lines, *stderr.splitlines()]
                 if line.strip() and not line.startswith((MARK, *SSH_NOISE))]
-        return TunnelError(
-            f"the account on {refusing} does not run commands: its login shell refuses them "
-            f"(e.g. /bin/false or nologin); it said "
-            + ("; ".join(said[:3]) if said else f"nothing (exit code {returncode})"), EXIT_CONNECT)
-    return TunnelError(f"cannot look for Jupyter servers on {route.describe_server_host()}: {reason}",
-                       EXIT_ERROR)
+        words = "; ".join(said[:3]) if said else f"nothing (exit code {returncode})"
+        return TunnelError(f"the account on {refusing} does not run commands: its login shell refuses them "
+                           f"(e.g. /bin/false or nologin); it said {words}", EXIT_CONNECT)
+    reason = parse_ssh_error(stderr.splitlines(), hosts=route.hosts)
+    return TunnelError(f"cannot look for Jupyter servers on {route.describe_server_host()}: {reason}")
 
 
 def discover(master: Master, node: str | None = None, timeout: float = 60.0) -> list[Server]:
@@ -1867,14 +1718,12 @@ def discover(master: Master, node: str | None = None, timeout: float = 60.0) -> 
     route = master.route if node is None else master.route._replace(node=node)
     where = route.describe_server_host()
     try:
-        # -A: with -n, the head logs into the node with the user's agent; the agent is
-        # forwarded to this one session only
+        # -A: with -n, the head logs into the node with the user's agent (this session only)
         command, script = build_discovery_command(route)
         done = master.run(command, stdin=script, forward_agent=bool(route.node), timeout=timeout,
                           what=f"looking for Jupyter servers on {where}")
     except subprocess.TimeoutExpired:
-        raise TunnelError(f"looking for Jupyter servers on {where} did not answer within {timeout:g} s",
-                          EXIT_ERROR)
+        raise TunnelError(f"looking for Jupyter servers on {where} did not answer within {timeout:g} s")
     stdout = done.stdout.decode(errors="replace")
     error = parse_discovery_failure(route, done.returncode, stdout, done.stderr.decode(errors="replace"),
                                     master.alive())
@@ -1889,48 +1738,35 @@ def discover(master: Master, node: str | None = None, timeout: float = 60.0) -> 
 # -------------------------------------------------------- 4. start a server (--start)
 
 
-# The start script.  It goes on stdin to "sh -s": any login shell runs that command, and a
-# script on stdin needs no second level of quoting (one more round trip: nothing next to a
-# server's start-up).  Its own stdout (fd 3) carries the markers; everything else, the
-# activation's and the server's output included, goes to a new private log (umask 077: 0600
-# in a 0700 directory).  The server is started detached: setsid (else nohup) with stdin
-# from /dev/null and no descriptor of the ssh session, so that it outlives the session and
-# the tunnel.  Neither
-# setsid (not a process group leader here: no fork) nor jupyter (it execs jupyter-APP)
-# changes the pid, so $! is the server's pid, its process group and its runtime file's name.
-# Without setsid(1) (some BSDs, busybox builds) nohup keeps it from SIGHUP, but it stays in
-# the session's process group: "set -m" gives a job its own group only where the shell can
-# do job control, and dash cannot without a terminal.  A failure then kills the pid alone
-# (nothing else runs in it before its runtime file exists: jupyter execs jupyter-APP).
-# It listens on 127.0.0.1 only (login nodes are shared) on the port Jupyter chooses (8888 or
-# the next free one: its port_retries; "--port=0" makes notebook < 7 write port 0).  The
-# script waits for the runtime file itself (no round trip per look) and prints it as the
-# discovery does; on failure it kills the server's process group (SIGTERM, then SIGKILL
-# 2 s later: a SIGTERM right after the runtime file is written lands before the server's
-# event loop runs, and its shutdown then races the start of its extensions), removes the
-# runtime files a SIGKILL leaves for that pid, and prints the log's end.
-# When the run is interrupted while the server starts (Ctrl+C, SIGTERM), its ssh session
-# closes and sshd closes the script's output pipe: with SIGPIPE ignored (set after the
-# server's fork: Python ignores it anyway) the script's next write fails, and it stops the
-# server it started rather than leave one that nobody was told of.
-# A server that dies right after writing its runtime file (a crash in an extension, a port
-# taken) is no start: the pid is looked at again once the file is read.
+# The start script goes on stdin to "sh -s", which any login shell runs, with no second level of
+# quoting (its round trip is nothing next to a server's start-up).  Its output goes to a new
+# private log (umask 077: 0600 in a 0700 directory), its markers to fd 3.  The server is detached
+# (setsid, else nohup; stdin from /dev/null, none of the session's descriptors) to outlive ssh
+# and the tunnel.  Neither setsid (not a group leader here: no fork) nor jupyter (it execs
+# jupyter-APP) changes the pid, so $! is the server's pid, process group and runtime file's name.
+# Without setsid(1) (some BSDs, busybox) nohup keeps SIGHUP off, but the server stays in the
+# session's process group ("set -m" needs job control, which dash lacks without a terminal): a
+# failure then kills the pid alone (nothing else runs in it before its runtime file exists).  It
+# listens on 127.0.0.1 only (login nodes are shared), on the port Jupyter picks (8888 or the next
+# free: port_retries; "--port=0" makes notebook < 7 write port 0).  The script waits for the
+# runtime file itself (no round trip per look); a server that dies right after writing it (a
+# crash in an extension, a port taken) is no start.  On failure it kills the server's process
+# group (SIGTERM, then SIGKILL 2 s later: a SIGTERM right after the runtime file is written lands
+# before the event loop runs, and the shutdown races the extensions' start), removes the runtime
+# files a SIGKILL leaves, and prints the log's end.  When the run is interrupted, sshd closes the
+# script's output: with SIGPIPE ignored (after the server's fork: Python ignores it anyway) the
+# next write fails, and the script stops the server (nobody was told of it).
 #
-# One start at a time per account: runs started together (ten terminals, a script) each
-# found no server, and each would start one.  The script takes a lock first, a directory
-# made with mkdir (atomic everywhere, POSIX; flock(1) is missing on macOS and some BSDs)
-# in the state directory, and holds it from the look for new servers until the runtime
-# file is written (or the start failed): its EXIT trap removes it.  Under the lock it
-# looks again for servers whose pid the run's discovery did not see (@KNOWN@): when
-# another run started one meanwhile, it says "changed" with their pids and starts
-# nothing; the run then discovers again and attaches.  The lock holds "PID HOST EPOCH":
-# a lock whose holder is dead (same host: kill -0), or that is older than @STALE@ s
-# (another host sharing the home: its pid means nothing here), is stale and taken over
-# (a run killed by SIGKILL leaves its lock); an owner still being written (empty) counts
-# as stale after 5 s.  The takeover renames the stale lock away first; two waiters judging
-# the same stale lock at the same moment could still both start (a window of
-# milliseconds, and only after a killed run: at worst two servers, as without the lock).
-# A waiter writes a marker every second: once the run has gone, the write kills it.
+# One start at a time per account: runs started together each found no server, and each would
+# start one.  The lock is a directory (mkdir is atomic everywhere, POSIX; flock(1) is missing on
+# macOS and some BSDs), held until the runtime file is written or the start failed.  Under it the
+# script looks again for servers the run's discovery did not see (@KNOWN@): if another run
+# started one, it says "changed" and starts nothing; the run discovers again and attaches.  A
+# lock is stale, and taken over (a SIGKILLed run leaves it), when its holder is dead (same host:
+# kill -0), is older than @STALE@ s (another host sharing the home: its pid means nothing here)
+# or still ownerless after 5 s.  Two waiters taking over one stale lock at once could both start
+# (milliseconds after a killed run: at worst two servers, as without a lock).  A waiter writes a
+# marker each second: once the run is gone, the write kills it.
 START_SCRIPT = r"""M=@MARK@
 exec 3>&1
 fail() { printf '%s fail %s\n' "$M" "$1" >&3; if [ -n "${log:-}" ]; then echo "$M tail" >&3; tail -n @TAIL@ "$log" >&3; fi; exit 0; }
@@ -2015,9 +1851,10 @@ while :; do
   sleep 0.1 2>/dev/null || sleep 1
 done
 """
-START_GRACE = 30.0  # seconds beyond --timeout for the start script, which gives up at --timeout itself
-# How long a start waits for another run's start on the same account, beyond --timeout
-# (the holder gives up at --timeout itself, 2 s after that its server is killed).
+# The start script waits up to --timeout + START_LOCK_GRACE for another run's start on the same
+# account (whose holder gives up at --timeout, and kills its server 2 s later), then gives up on
+# its own start at --timeout; the run waits START_GRACE more for its answer.
+START_GRACE = 30.0
 START_LOCK_GRACE = 15.0
 # A lock of another host (a home shared by login nodes) is stale this long after --timeout.
 START_LOCK_STALE = 120.0
@@ -2059,8 +1896,6 @@ def build_start_script(options: StartOptions, timeout: float, known: Iterable[in
         cd = f"cd {shlex.quote(path)} || fail {shlex.quote('no directory ' + options.root_dir)}"
     else:
         cd = 'cd || fail "cannot change to the home directory"'
-    # each must succeed, and a failing one ("." of a missing file included) is told by its
-    # own words (see build_activation_steps)
     activate = "\n".join(build_activation_steps(options.pre, options.conda_env or ""))
     return fill_script(START_SCRIPT, {
         "MARK": MARK, "TAIL": str(START_LOG_TAIL), "CD": cd, "ACTIVATE": activate,
@@ -2100,43 +1935,35 @@ def parse_start_output(output: str) -> Started:
 
 
 def start_server(master: Master, options: StartOptions, timeout: float, known: Iterable[int] = ()) -> Started:
-    """Start a server on the target through the master: the Started with its Server once its
-    runtime file is written, or with the pids of the servers that appeared meanwhile (another
-    run started one: none was started; ``known``: the pids the run had seen)."""
+    """Start a server on the target through the master: the Started with its Server, or with the
+    pids of servers that appeared meanwhile (another run started one; ``known``: the run's pids)."""
     host = master.route.server_host
     where = options.root_dir or "the home directory"
     say("Info", f"No Jupyter server runs on {host}: starting jupyter {options.app} in {where}...")
     started = time.monotonic()
     limit = 2 * timeout + START_LOCK_GRACE + START_GRACE
     try:
-        # the remote script gives up after ``timeout`` itself, and kills what it started; it
-        # may first wait up to timeout + START_LOCK_GRACE for another run's start
         done = master.run("sh -s", stdin=build_start_script(options, timeout, known), timeout=limit,
                           what=f"starting Jupyter on {host}")
     except subprocess.TimeoutExpired:
-        raise TunnelError(f"starting Jupyter on {host} did not answer within {limit:g} s",
-                          EXIT_START)
+        raise TunnelError(f"starting Jupyter on {host} did not answer within {limit:g} s", EXIT_START)
     result = parse_start_output(done.stdout.decode(errors="replace"))
     if result.changed and not result.failure:
         return result
     if result.server is None:
-        why = result.failure or parse_ssh_error(done.stderr.decode(errors="replace").splitlines(),
-                                                done.returncode)
+        why = result.failure or parse_ssh_error(done.stderr.decode(errors="replace").splitlines(), done.returncode)
         log = f" (log: {result.log})" if result.log else ""
         raise TunnelError(f"could not start jupyter {options.app} on {host}: {why}{log}"
                           f"{format_log_tail(result.tail)}", EXIT_START)
     say("Info", f"Started jupyter {options.app} (pid {result.pid}) in {time.monotonic() - started:.1f} s; "
                 f"its log: {result.log}")
-    if not result.server.token:
-        # started with Jupyter's default, token authentication, unless the user's own
-        # Jupyter configuration sets a password or disables it
+    if not result.server.token:  # Jupyter's default is a token: the user's own configuration says otherwise
         say("Warning", "the started server has no token: its Jupyter configuration sets a password "
                        "or turns authentication off")
     return result
 
 
-# Whether a started server still runs: its pid alive and its runtime file there.  A dead
-# server's file is removed (a SIGKILL leaves it), and the log's end printed for the error.
+# A dead started server's runtime file is removed (a SIGKILL leaves it), its log's end printed.
 STARTED_CHECK_SCRIPT = r"""M=@MARK@; pid=@PID@; f=@FILE@
 if kill -0 $pid 2>/dev/null && [ -f "$f" ]; then echo "$M alive"; exit 0; fi
 kill -0 $pid 2>/dev/null && echo "$M gone runs, but its runtime file $f is gone" || {
