@@ -2210,7 +2210,6 @@ def choose_server(servers: Sequence[Server], host: str, port: int | None = None,
                   directory: str | None = None, pick: int | None = None, on_node: bool = False) -> Server:
     """The one server to tunnel to: the only one, the one chosen, or asked on a terminal."""
     if not servers:
-        # the next step: a node's server comes from a job, any other host's from --start
         how = ("start one with --submit (without -n NODE) or jupyter-node on the head" if on_node else
                "add --start to start one (on a cluster's head node, --submit starts one as a scheduler job)")
         raise TunnelError(f"no Jupyter server is running on {host}: {how}", EXIT_NO_SERVER)
@@ -2244,8 +2243,7 @@ def choose_or_start(master: Master, servers: list[Server], start: StartOptions |
         started = start_server(master, start, timeout, known)
         if started.server is not None:
             return started.server, started
-        # another run of this account started a server while this one waited for the
-        # start lock (see START_SCRIPT): look again, and attach to it if it matches
+        # another run took the start lock (START_SCRIPT) first: attach to its server if it matches
         say("Info", f"Another jupyter-tunnel started a Jupyter server on {host} meanwhile: looking again...")
         servers = discover(master)
         known |= {server.pid for server in servers} | set(started.changed)
@@ -2266,10 +2264,8 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 
 
 def forward_target(server: Server, node: str = "") -> str:
-    """The ``host:port`` (or socket path) the remote side connects to for the forward.
-
-    The remote sshd resolves the host name, so a name only the remote side knows works.
-    """
+    """The ``host:port`` (or socket path) the forward connects to: the remote sshd resolves the
+    host name, so a name only the remote side knows works."""
     if server.sock:
         if node:
             raise TunnelError(f"the server on {node} listens on a unix socket, which the head "
@@ -2292,21 +2288,16 @@ def forward_target(server: Server, node: str = "") -> str:
 
 
 def build_forward_spec(path: str, server: Server, node: str = "") -> str:
-    """The ``-L`` argument: ssh listens on the unix socket ``path``, in the run's 0700
-    directory, which no other local user can reach (ssh makes it 0600 too: its
-    StreamLocalBindMask); only the relay connects to it."""
+    """The ``-L`` argument: ssh listens on the unix socket ``path`` in the run's 0700 directory
+    (and makes it 0600: StreamLocalBindMask), which only the relay connects to."""
     return f"{path}:{forward_target(server, node)}"
 
 
 def add_forward(master: Master, server: Server) -> str:
     """Have the master forward the run's unix socket to the server; returns its path."""
     path = os.path.join(os.path.dirname(master.config), FORWARD_SOCKET)
-    try:
-        # a dead master's socket stays (ssh never unlinks a forward's socket), and ssh
-        # refuses to bind over it: "cannot bind to path"
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # ssh never unlinks a forward's socket, and will not bind over a dead one
     ok, message = master.forward(build_forward_spec(path, server, master.route.node))
     if not ok and not master.alive():  # gone meanwhile: a reconnection's business
         raise TunnelError(f"the connection to {master.route.target} was lost: {master.why()}", EXIT_LOST)
@@ -2316,12 +2307,9 @@ def add_forward(master: Master, server: Server) -> str:
 
 
 def proc_net_address(host: str, port: int, byteorder: str = sys.byteorder) -> str:
-    """``host:port`` as ``/proc/net/tcp`` (IPv4) or ``tcp6`` writes it: ``0100007F:1F90`` for
-    127.0.0.1:8080, ``00000000000000000000000001000000:1F90`` for [::1]:8080.
-
-    The kernel prints the address in 32-bit words, each in the machine's own byte order (so
-    little-endian machines show 127.0.0.1 backwards), and the port in hex.
-    """
+    """``host:port`` as ``/proc/net/tcp`` (or ``tcp6``) writes it: the address in 32-bit words, each in
+    the machine's byte order, the port in hex (on a little-endian machine ``0100007F:1F90`` for
+    127.0.0.1:8080, ``00000000000000000000000001000000:1F90`` for [::1]:8080)."""
     packed = socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
     words = "".join(f"{int.from_bytes(packed[i:i + 4], byteorder):08X}"  # type: ignore[arg-type]
                     for i in range(0, len(packed), 4))
@@ -2332,10 +2320,7 @@ def parse_peer_uid(text: str, peer: tuple[str, int], listener: tuple[str, int],
                    byteorder: str = sys.byteorder) -> int | None:
     """The uid that owns the socket connected from ``peer`` to ``listener``, from the text of
     ``/proc/net/tcp`` (or ``tcp6``); None when it is not listed or no process holds it any more.
-
-    The peer's own entry is the one whose local address is ``peer`` and whose remote address
-    is ``listener`` (our accepted socket is listed too, the other way round, with OUR uid).
-    """
+    Its local address is ``peer`` (our accepted socket is listed too, reversed, with OUR uid)."""
     local, remote = proc_net_address(*peer, byteorder), proc_net_address(*listener, byteorder)
     for line in text.splitlines()[1:]:
         # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
@@ -2374,10 +2359,8 @@ def parse_diag_answer(data: bytes) -> int | None:
 
 def peer_uid(family: int, peer: tuple[str, int], listener: tuple[str, int]) -> int | None:
     """The uid of the local process that connected from ``peer`` (Linux); None when unknown.
-
-    Netlink sock_diag asks the kernel for that one socket (~10 us); /proc/net/tcp is the
-    fallback, but it lists every socket of the machine (29 ms with 10,000 in TIME_WAIT,
-    which a busy browser session leaves), too slow to read for every connection."""
+    Netlink sock_diag asks for that one socket (~10 us); /proc/net/tcp, the fallback, lists every
+    socket (29 ms with the 10,000 in TIME_WAIT a busy browser leaves): too slow for each connection."""
     try:
         with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as diag:  # type: ignore[attr-defined]
             diag.settimeout(1.0)
@@ -2397,13 +2380,10 @@ def peer_uid(family: int, peer: tuple[str, int], listener: tuple[str, int]) -> i
 
 
 def bind_loopback(port: int) -> list[socket.socket]:
-    """Listening sockets on 127.0.0.1:``port`` and, where the machine has IPv6 loopback,
-    [::1]:``port``; OSError (EADDRINUSE) when the port is taken in either.
-
-    Both, because a browser asked for ``localhost`` may try [::1] first (Chromium does): a
-    port that is ours on one loopback only would let another user's listener on the other
-    receive the token.  Where the machine has no IPv6 loopback, nobody can listen there.
-    """
+    """Listening sockets on 127.0.0.1:``port`` and [::1]:``port`` (unless the machine has no IPv6
+    loopback: nobody can listen there); OSError (EADDRINUSE) when the port is taken in either.
+    Both: a browser may try [::1] first for ``localhost`` (Chromium does), and another user's
+    listener on the loopback left free would receive the token."""
     sockets: list[socket.socket] = []
     try:
         for family, host in LOOPBACKS:
@@ -2416,9 +2396,7 @@ def bind_loopback(port: int) -> list[socket.socket]:
             sockets.append(sock)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if os.name != "nt":
-                # as ssh does: a port whose last connection is in TIME_WAIT is free.  On
-                # POSIX it lets nobody else bind a port that listens (Windows differs).
+            if os.name != "nt":  # as ssh: a port in TIME_WAIT is free (on Windows, one that listens too)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, port))
@@ -2475,20 +2453,15 @@ def can_tell_peers(listener: socket.socket, uid: int) -> bool:
 
 
 class Relay:
-    """The run's local port, the tool's own for the whole run: it listens on 127.0.0.1:PORT
-    and [::1]:PORT itself and splices each connection into ssh's forward (a unix socket in
-    the run's private directory).
+    """The run's local port, its own for the whole run: it listens on 127.0.0.1:PORT and
+    [::1]:PORT, splices each connection into ssh's forward (a unix socket in the run's private
+    directory), and answers the browser's one-time address (``offer_redirect``).
 
-    So the port never closes while the run lives, reconnects included (a new master forwards
-    the same socket again), and only the user's own processes get through: on Linux a peer
-    whose socket another uid owns (``/proc/net/tcp``, ``tcp6``) is dropped at once, before it
-    can send a byte, so that neither the token in a browser's request nor the server (code
-    execution as you, on the remote) reaches another local user.  Without /proc (macOS,
-    BSD) nothing tells who connected, and the port is open to every local user, as a
-    forward by ssh is (see docs: Security).
-
-    It also answers the browser's one-time address (``offer_redirect``) on the same port.
-    """
+    So the port never closes while the run lives, reconnects included (a new master forwards the
+    same socket), and on Linux a peer whose socket another uid owns is dropped before it can send
+    a byte: neither the token nor the server (code execution as you) reaches another local user.
+    Where nothing tells who connected (macOS, BSD), the port is open to every local user, as an
+    ssh -L port is (docs: Security)."""
 
     def __init__(self, listeners: list[socket.socket], forward: str = "", secure: bool = False) -> None:
         self.listeners = listeners
@@ -2513,15 +2486,11 @@ class Relay:
         self._thread.start()
 
     def offer_redirect(self, location: str, timeout: float = ONE_SHOT_TIMEOUT) -> str:
-        """The browser's one-time address on this port: ``http://127.0.0.1:PORT/<random>``,
-        answered ONCE with a redirect to ``location`` (the URL with the token).
-
-        Any local user can read a process's command line (``/proc/PID/cmdline``, ``ps``), so
-        the browser never gets the token on its own.  Jupyter's answer, a ``file://…-open.html``
-        redirect file, fails for snap-packaged browsers (no /tmp, no hidden directories), for
-        a Windows browser under WSL and on Chromebooks; a loopback address works wherever the
-        tunnel does.  Only the user's own processes reach the port (see the class).
-        """
+        """The browser's one-time address on this port, ``http://127.0.0.1:PORT/<random>``,
+        answered ONCE with a redirect to ``location`` (the URL with the token): any local user can
+        read a command line (``ps``), so the browser never gets the token itself.  Jupyter's own
+        ``file://…-open.html`` redirect fails for snap browsers (no /tmp, no hidden directories), a
+        Windows browser under WSL and Chromebooks; a loopback address works wherever the tunnel does."""
         import secrets  # only here: it costs ~6 ms (hashlib) at every start
 
         path = "/" + secrets.token_urlsafe(32)
@@ -2543,29 +2512,23 @@ class Relay:
     def close(self) -> None:
         """Stop listening and end every connection (at the tool's exit)."""
         self.closed.set()
-        try:
+        with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
-        except OSError:
-            pass
         self._thread.join(timeout=2)
         with self._lock:
             for conn in self._open:
                 _shutdown(conn)
-        if not self._thread.is_alive():
-            # else the thread closes them at its end: not under its select()
+        if not self._thread.is_alive():  # else the thread closes them at its end, not under its select()
             for sock in self.listeners:
                 sock.close()
         for sock in (self._wake_r, self._wake_w):
             sock.close()
 
     def _serve(self) -> None:
-        """Accept connections until close(); each allowed one is relayed by a thread of its own.
-
-        Nothing but close() ends this loop: were it to end, the listeners would close and the
-        port would be free for anyone to take while the run goes on (issue 19)."""
+        """Accept connections until close(), each allowed one relayed by a thread of its own.
+        Only close() ends this loop: else the port would be free for anyone to take (issue 19)."""
         for sock in self.listeners:
-            # a peer that resets before accept() is dropped from the queue on BSD stacks: a
-            # blocking accept() would then hang the loop
+            # BSD stacks drop a peer that resets before accept(): a blocking accept() would hang
             sock.setblocking(False)
         with selectors.DefaultSelector() as selector:
             for sock in [*self.listeners, self._wake_r]:
@@ -2619,17 +2582,15 @@ class Relay:
         # a cancelled pre-connect): nobody to warn about (can_tell_peers proved the lookup)
         if uid is not None and uid not in self._refused:
             self._refused.add(uid)
-            try:
+            with contextlib.suppress(Exception):  # stderr gone (a closed pipe): the refusal stands, unsaid
                 say("Warning", f"another local user (uid {uid}) connected to the tunnel's port {self.port}: refused.")
-            except Exception:  # stderr gone (a closed pipe): the refusal stands, unsaid
-                pass
         return False
 
     def _relay(self, conn: socket.socket) -> None:
         """Serve one accepted connection: the redirect, or a splice into ssh's forward."""
         upstream = None
         try:
-            first = self._take_redirect(conn) if self.redirect is not None else b""
+            first = self._take_redirect(conn)
             if first is None:
                 return  # the redirect went out, or the peer went away
             upstream = self._connect_forward()
@@ -2713,15 +2674,13 @@ class Relay:
         """Tell a browser that the tunnel is reconnecting (a page that reloads itself)."""
         if self.secure or self.closed.is_set():
             return  # a TLS client could not read a plain answer
-        try:
+        with contextlib.suppress(OSError):
             conn.settimeout(1.0)
             conn.recv(MAX_REQUEST_HEAD)  # its request: a close with unread data is a reset
             conn.sendall(build_http_response(
                 503, "Service Unavailable", '<!DOCTYPE html>\n<meta http-equiv="refresh" content="5">\n'
                 "<p>jupyter-tunnel is reconnecting to the Jupyter server; this page reloads itself.</p>\n",
                 ["Retry-After: 5"]))
-        except OSError:
-            pass
 
 
 def _pump(source: socket.socket, sink: socket.socket) -> None:
@@ -2739,18 +2698,14 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
         _shutdown(source)
         _shutdown(sink)
         return
-    try:
+    with contextlib.suppress(OSError):
         sink.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
 
 
 def _shutdown(sock: socket.socket) -> None:
     """End both directions of ``sock`` now (a thread blocked on it wakes up)."""
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 def build_http_response(status: int, reason: str, body: str, headers: Sequence[str] = ()) -> bytes:
@@ -2803,15 +2758,11 @@ class Answer(NamedTuple):
 
 
 def parse_probe_answer(answer: bytes) -> Answer:
-    """The status of the probe's answer, and whether a Jupyter server gave it.
-
-    Any program may listen on the forwarded port (a dead server's port, taken again): only
-    Jupyter's own answers count.  jupyter_server and notebook >= 5 answer /api/status with
-    a JSON object holding "started" (and last_activity, connections, kernels), and refuse a
-    request without a valid token (a password server) with a 403 whose body their
-    APIHandler writes as JSON: {"message": "Forbidden", "reason": null} (jupyter_server
-    2.21 and notebook 6.5 alike).
-    """
+    """The status of the probe's answer, and whether a Jupyter server gave it: any program may
+    listen on the forwarded port (a dead server's, taken again).  jupyter_server and notebook >= 5
+    answer /api/status with a JSON object holding "started", and refuse a request without a valid
+    token (a password server) with a 403 whose body their APIHandler writes as JSON:
+    {"message": "Forbidden", "reason": null} (jupyter_server 2.21 and notebook 6.5 alike)."""
     status = parse_status_line(answer)
     _, sep, body = answer.partition(b"\r\n\r\n")
     try:
@@ -2830,16 +2781,13 @@ NO_ANSWER = "none"  # nothing yet (a timeout, or the connection closed without a
 
 
 def probe_verdict(answer: Answer | None, token_sent: bool) -> str:
-    """What the probe's answer means for readiness: READY_ANSWER, REFUSED_TOKEN, NOT_JUPYTER
-    or NO_ANSWER.
+    """What the probe's answer means: READY_ANSWER, REFUSED_TOKEN, NOT_JUPYTER or NO_ANSWER.
 
-    Jupyter's 403 means two things.  Without a token (the runtime file has none: a password
-    server, or authentication off) it is what a password server says to any request: ready,
-    the page asks for the password.  With a token it is the server refusing the token its own
-    runtime file holds: the file is not that server's (a forged or stale file naming another
-    server's port) or the token changed; never ready.  wait_for_tunnel keeps asking until
-    --timeout (a server may still be setting its token up), then says so.
-    """
+    Jupyter's 403 without a token (the runtime file has none: a password server, or no auth) is
+    what a password server says to anyone: ready, the page asks for the password.  With a token,
+    the server refuses the one its own runtime file holds: the file is not that server's (forged,
+    or stale and naming another's port) or the token changed; never ready (wait_for_tunnel asks
+    until --timeout: a server may still be setting its token up)."""
     if answer is None or not answer.status:
         return NO_ANSWER
     if not answer.jupyter:
@@ -2851,18 +2799,14 @@ def probe_verdict(answer: Answer | None, token_sent: bool) -> str:
 
 def probe_server(forward: str, server: Server, timeout: float = 5.0, method: str = "GET",
                  path: str = "api/status") -> Answer | None:
-    """The answer to ``/api/status`` through ssh's forward (the unix socket ``forward``);
-    status 0 when the connection was closed without an answer (the remote end refused it),
-    None when nothing came in time.
+    """The answer to ``/api/status`` through ssh's forward (the unix socket ``forward``); status 0
+    when the connection closed without a status line (ssh accepted it, then could not connect to
+    the server on the remote side), None when nothing came in time.
 
-    Through the run's own socket, never the local TCP port: the token in this request must
-    reach nobody but the server, whoever else may listen on a port.  ``Authorization:
-    token`` works on notebook >= 5 and every jupyter_server (``Bearer`` only on
-    jupyter_server >= 2), and the request does not count as activity, so probing never
-    defeats the server's idle culling.  A raw socket, not urllib: it costs nothing to
-    import, and HTTP/1.0 makes the server close once it has answered.
-    """
-    request = build_probe_request(server, method, path)
+    Through the run's own socket, never the local TCP port: the token must reach nobody but the
+    server.  ``Authorization: token`` works on notebook >= 5 and every jupyter_server (``Bearer``
+    only on >= 2), and the request is no activity: probing never defeats idle culling.  A raw socket,
+    not urllib: it costs nothing to import, and HTTP/1.0 makes the server close once it has answered."""
     answer = b""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
@@ -2875,7 +2819,7 @@ def probe_server(forward: str, server: Server, timeout: float = 5.0, method: str
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE  # the server's own self-signed certificate
                 conn = context.wrap_socket(conn)
-            conn.sendall(request)
+            conn.sendall(build_probe_request(server, method, path))
             while len(answer) < MAX_ANSWER:
                 chunk = conn.recv(16384)
                 if not chunk:
@@ -2887,8 +2831,6 @@ def probe_server(forward: str, server: Server, timeout: float = 5.0, method: str
     except OSError:
         if not answer:
             return Answer(0)  # reset, or refused: nothing will answer there
-    # closed without a status line (status 0): ssh accepted the local connection, could not
-    # connect to the server on the remote side, and closed it
     return parse_probe_answer(answer)
 
 
@@ -2917,19 +2859,16 @@ def wait_for_tunnel(master: Master, forward: str, server: Server, timeout: float
             assert answer is not None
             foreign = answer.status  # maybe a server still starting: keep asking until --timeout
         if not master.alive():
-            raise TunnelError(
-                f"the connection to {master.route.target} was lost: {master.why()}",
-                EXIT_LOST,
-            )
+            raise TunnelError(f"the connection to {master.route.target} was lost: {master.why()}", EXIT_LOST)
         if still_there is not None and time.monotonic() - last_check >= STARTED_CHECK_INTERVAL:
             still_there()
             last_check = time.monotonic()
         if answer == Answer(0) and time.monotonic() - started > CONNECT_FAILURE_GRACE:
             # Jupyter writes its runtime file once it listens: a server that refuses
             # connections now (a dead server's unix socket, say) will not answer later
-            refused = [line for line in master.stderr if "open failed" in line]
+            failures = [line for line in master.stderr if "open failed" in line]
             raise TunnelError(f"the Jupyter server at {where} does not accept connections"
-                              + (f" (ssh: {refused[-1]})" if refused else ""), EXIT_TIMEOUT)
+                              + (f" (ssh: {failures[-1]})" if failures else ""), EXIT_TIMEOUT)
         if time.monotonic() + delay > deadline:
             if refused:
                 raise TunnelError(
@@ -2942,10 +2881,8 @@ def wait_for_tunnel(master: Master, forward: str, server: Server, timeout: float
                     f"program listens there, maybe on the port of a Jupyter server that has stopped "
                     f"(its runtime file says pid {server.pid})", EXIT_TIMEOUT)
             reason = master.why(last=2) if master.stderr else "no answer"
-            raise TunnelError(
-                f"the Jupyter server did not answer through the tunnel within {timeout:g} s ({reason})",
-                EXIT_TIMEOUT,
-            )
+            raise TunnelError(f"the Jupyter server did not answer through the tunnel within {timeout:g} s "
+                              f"({reason})", EXIT_TIMEOUT)
         time.sleep(delay)
         delay = min(delay * 2, 0.25)
 
@@ -2959,20 +2896,14 @@ def build_url(local_port: int, server: Server, host: str = "localhost") -> str:
 
     scheme = "https" if server.secure else "http"
     query = f"token={quote(server.token, safe='')}" if server.token else ""
-    # urlunsplit writes the authority first and makes the path start with "/": whatever a
-    # base_url holds (parse_server refuses the odd ones anyway), the URL points at
-    # host:local_port
+    # urlunsplit writes the authority first and starts the path with "/": whatever a base_url
+    # holds (parse_server refuses the odd ones anyway), the URL points at host:local_port
     return urlunsplit((scheme, f"{host}:{local_port}", server.base_url, query, ""))
 
 
 def open_browser(browser: str | None, url: str, relay: Relay) -> None:
-    """Open ``url`` in the browser, detached so it outlives neither Ctrl+C nor our exit.
-
-    The browser gets the relay's one-time address that redirects to ``url``, never ``url``
-    itself (see Relay.offer_redirect): its command line is readable by every local user.
-    """
-    detached = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL, start_new_session=True)
+    """Open the browser, detached (neither Ctrl+C nor our exit ends it), on the relay's one-time
+    address that redirects to ``url``: never ``url`` itself, as every local user reads its command line."""
     if browser is not None:
         command = shlex.split(browser)
     elif sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
@@ -2988,7 +2919,8 @@ def open_browser(browser: str | None, url: str, relay: Relay) -> None:
             say("Warning", "No web browser found: open the URL above yourself.")
             return
         command = [sys.executable, "-m", "webbrowser", "-t"]
-    subprocess.Popen([*command, relay.offer_redirect(url)], **detached)
+    subprocess.Popen([*command, relay.offer_redirect(url)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 # --------------------------------------- 9. stay: reconnect, the server or job ending
@@ -3025,12 +2957,9 @@ def find_again(servers: Sequence[Server], previous: Server, host: str) -> Server
 
 
 def server_stopped(master: Master, forward: str, server: Server) -> bool:
-    """Whether the Jupyter server has stopped (the connection itself still up).
-
-    A probe that fails alone proves nothing (a busy server, a slow network); the server is
-    gone only when its runtime file is gone or its pid is dead, which discovery tells.
-    Neither request counts as activity, so idle culling still works.
-    """
+    """Whether the Jupyter server has stopped (the connection itself still up): a failed probe
+    proves nothing (a busy server, a slow network), a runtime file gone or a dead pid does, as
+    discovery tells.  Neither request counts as activity, so idle culling still works."""
     answer = probe_server(forward, server, timeout=10.0)
     if answer is None or answer.jupyter:
         return False  # it answered, or is too busy to: not stopped
@@ -3048,8 +2977,7 @@ class JobWatch:
 
     def __init__(self, job: ClusterJob, options: ClusterOptions, warn_before: float) -> None:
         now = time.monotonic()
-        self.job = job
-        self.options = options
+        self.job, self.options = job, options
         self.end = None if job.time_left is None else now + job.time_left  # time.monotonic() at the limit
         # (monotonic time, seconds left then), soonest first
         self.warnings = [(now + after, left) for after, left in build_warning_times(job.time_left, warn_before)]
@@ -3143,18 +3071,16 @@ def close_server(master: Master | None, host: str, forward: str, server: Server,
                  started: bool, start: bool) -> None:
     """At close: with ``stop`` (--stop-server), shut the server on ``host`` down through the
     master; else say whether it keeps running.  ``reached``: the tunnel answered once, or the
-    run started the server; ``start``: --start was given."""
-    # a server never reached through the tunnel (the run failed before) is left alone,
-    # unless this run started it
+    run started the server (one never reached, the run failing before, is left alone);
+    ``start``: --start was given."""
     if not stop or not reached:
         if started:
             say("Info", f"The Jupyter server started on {host} keeps running (pid {server.pid}): "
                         "a later jupyter-tunnel attaches to it; --stop-server stops it when the tunnel closes.")
         return
     if start and not started:
-        # "--start --stop-server" reads "a server for this session": one that ran before
-        # (someone else's work in it, maybe) is not the run's to stop; plain --stop-server
-        # names the attached server, and stops it
+        # "--start --stop-server" reads "a server for this session": one that ran before (someone
+        # else's work in it, maybe) is not the run's to stop; plain --stop-server stops the attached one
         say("Info", f"The Jupyter server on {host} was already running: left running (--stop-server "
                     "stops only a server this run started when used with --start)")
         return
@@ -3209,13 +3135,11 @@ def build_state(pid: int, route: Route, directory: str, started: float) -> dict:
         "pid": pid, "state": CONNECTING, "hosts": list(route.hosts), "node": route.node,
         "local_port": None, "remote_host": route.server_host, "remote_port": None, "sock": "",
         "server_pid": None, "root_dir": "", "started": started, "started_server": False,
-        # for cleaning up after a run that was SIGKILLed: its ssh master (and agent)
-        # outlive it, and its private directory stays
+        # to clean up after a SIGKILLed run: its ssh master and agent outlive it, its directory stays
         "control_dir": directory, "master_pid": None, "agent_pid": None,
         # a server in a scheduler job: its id, scheduler and end (epoch seconds; None: no limit)
         "job": "", "scheduler": "", "job_end": None,
-        # riding the user's own master: {"control": its socket, "spec": the -L of this run},
-        # for cancelling the forward on it after a run that was SIGKILLed
+        # riding the user's master: {"control": its socket, "spec": this run's -L}, to cancel after a SIGKILL
         "shared_forward": None,
     }
 
@@ -3230,7 +3154,7 @@ def build_forward_state(server: Server, local_port: int) -> dict:
 
 
 def _raise_interrupted(signum: int, _frame) -> None:
-    """Turn SIGTERM/SIGHUP into an exception, so that cleanup runs in ``finally``."""
+    """Turn SIGTERM/SIGHUP into an exception: cleanup runs in ``finally``."""
     raise Interrupted(signal.Signals(signum).name)
 
 
@@ -3281,10 +3205,8 @@ class Settings(NamedTuple):
 
 def settings_from(args: argparse.Namespace) -> Settings:
     """The Settings named in ``args`` (argparse's answer)."""
-    start = None
-    if args.start:
-        start = StartOptions(args.type or "lab", tuple(args.pre), args.conda_env or "", args.jupyter or "jupyter",
-                             args.root_dir or "")
+    start = StartOptions(args.type or "lab", tuple(args.pre), args.conda_env or "", args.jupyter or "jupyter",
+                         args.root_dir or "") if args.start else None
     browser = "" if args.browser is not None and args.browser.lower() in NO_BROWSER else args.browser
     built = ("ssh_options", "listing", "browser", "start", "cluster", "warn_before")
     return Settings(**{name: getattr(args, name) for name in Settings._fields if name not in built},
@@ -3354,9 +3276,8 @@ class Connection:
         self.write_config()
 
     def write_config(self) -> None:
-        """(Re)write the ssh config file of the run (see build_ssh_config)."""
-        # AddKeysToAgent only for an agent of the run's own, written before it is started:
-        # until then no ssh of the run authenticates
+        """(Re)write the run's ssh config file (AddKeysToAgent only for an agent of the run's own,
+        written before it is started: until then no ssh of the run authenticates)."""
         text = build_ssh_config(self.settings.ssh_config, self.settings.ssh_options,
                                 add_keys_to_agent=self.own_agent, password=self.password is not None,
                                 keepalive=self.settings.keepalive, batch=self.batch,
@@ -3424,11 +3345,9 @@ class Connection:
         return None
 
     def retries(self) -> Iterator[int]:
-        """Attempts at logging in again, with backoff: the refused logins so far, for each.
-
-        Every failed attempt counts against --max-retries, a refused login also against the
-        run's MAX_REFUSED_LOGINS (refusal_error); an unreachable network costs the account
-        nothing: it is retried."""
+        """Attempts at logging in again, with backoff: the refused logins so far, for each.  Every
+        failed attempt counts against --max-retries, a refused login also against the run's
+        MAX_REFUSED_LOGINS (refusal_error); an unreachable network costs the account nothing."""
         for attempt, delay in enumerate(backoff_delays()):
             if attempt >= self.settings.max_retries:
                 raise TunnelError(f"could not reconnect to {self.route.target} after "
