@@ -2223,11 +2223,8 @@ def choose_server(servers: Sequence[Server], host: str, port: int | None = None,
         raise TunnelError(f"no Jupyter server on {host} matches --port/--dir/--pick", EXIT_NO_SERVER)
     if not given and sys.stdin.isatty() and sys.stderr.isatty():
         return ask_server(chosen)
-    raise TunnelError(
-        f"{len(chosen)} Jupyter servers {'match' if given else 'are running'} on {host}: "
-        "choose one with --port PORT, --dir TEXT or --pick N",
-        EXIT_NO_SERVER,
-    )
+    raise TunnelError(f"{len(chosen)} Jupyter servers {'match' if given else 'are running'} on {host}: "
+                      "choose one with --port PORT, --dir TEXT or --pick N", EXIT_NO_SERVER)
 
 
 def choose_or_start(master: Master, servers: list[Server], start: StartOptions | None, timeout: float,
@@ -2260,24 +2257,18 @@ def candidate_ports(first: int, count: int = 100) -> range:
     return range(first, min(first + count, 65536))
 
 
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
-
-
 def forward_target(server: Server, node: str = "") -> str:
     """The ``host:port`` (or socket path) the forward connects to: the remote sshd resolves the
     host name, so a name only the remote side knows works."""
+    if node and (server.sock or server.host in ("localhost", "127.0.0.1", "::1", "[::1]")):
+        where = "on a unix socket" if server.sock else "on the node's loopback only"
+        raise TunnelError(f"the server on {node} listens {where}, which the head node cannot reach: "
+                          "start it with --ip=$(hostname --fqdn)", EXIT_NO_SERVER)
     if server.sock:
-        if node:
-            raise TunnelError(f"the server on {node} listens on a unix socket, which the head "
-                              "node cannot reach: start it with --ip=$(hostname --fqdn)", EXIT_NO_SERVER)
         return server.sock
     host = server.host
-    if node:
-        if host in LOOPBACK_NAMES:
-            raise TunnelError(f"the server on {node} listens on the node's loopback only, which the "
-                              "head node cannot reach: start it with --ip=$(hostname --fqdn)", EXIT_NO_SERVER)
-        if host in ANY_ADDRESS:
-            host = node  # listening on every interface: the node's name reaches it
+    if node and host in ANY_ADDRESS:
+        host = node  # listening on every interface: the node's name reaches it
     elif host in ("", "0.0.0.0", "*"):
         host = "127.0.0.1"  # a server on every interface listens on loopback too
     elif host in ("::", "[::]"):
@@ -2326,8 +2317,7 @@ def parse_peer_uid(text: str, peer: tuple[str, int], listener: tuple[str, int],
         # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
         fields = line.split()
         if len(fields) >= 10 and fields[1].upper() == local and fields[2].upper() == remote:
-            # Inode 0: a socket that its process has closed (orphaned, or TIME_WAIT), which
-            # the kernel lists with uid 0 whoever owned it; it could not read an answer anyway.
+            # inode 0: closed by its process (orphaned, TIME_WAIT; it reads nothing), listed as uid 0 whoever owned it
             if fields[9] == "0" or not fields[7].isdigit():
                 return None
             return int(fields[7])
@@ -2368,8 +2358,7 @@ def peer_uid(family: int, peer: tuple[str, int], listener: tuple[str, int]) -> i
             uid = parse_diag_answer(diag.recv(8192))
         if uid is not None:
             return uid
-        # an error answer: no such socket (gone already), or a kernel without tcp_diag,
-        # which answers the same ENOENT: the table tells the two apart
+        # an error: no such socket (gone), or a kernel without tcp_diag (the same ENOENT): the table tells
     except (AttributeError, OSError):
         pass  # no netlink (not Linux), or refused: read the table
     try:
@@ -2428,10 +2417,9 @@ def open_local_port(first: int, fixed: bool) -> list[socket.socket]:
 
 
 def can_tell_peers(listener: socket.socket, uid: int) -> bool:
-    """Whether this machine tells who connects to ``listener``: a connection of our own must be
-    found ours (peer_uid).  Where it cannot (no /proc nor netlink: macOS, BSD; a kernel without
-    tcp_diag whose /proc is hidden), every connection would be refused, the user's too: the
-    port is then open to every local user, as any ``ssh -L`` port is (docs: Security)."""
+    """Whether a connection of our own to ``listener`` is found ours (peer_uid).  Where it is not (macOS,
+    BSD; a kernel without tcp_diag whose /proc is hidden) every connection would be refused, the
+    user's too: the port is then open to every local user, as any ``ssh -L`` port is (docs: Security)."""
     address = listener.getsockname()[:2]
     listener.settimeout(2.0)
     try:
@@ -2479,8 +2467,7 @@ class Relay:
         self._open: set[socket.socket] = set()  # every socket of every relayed connection
         self._clients = 0  # connections being relayed
         self._refused: set[int | None] = set()  # uids warned about, once each
-        # close() wakes the accepting thread through this pair: closing a socket that
-        # another thread waits on does not wake it on Linux
+        # close() wakes the accepting thread through this pair: on Linux, closing its sockets would not
         self._wake_r, self._wake_w = socket.socketpair()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -2657,14 +2644,13 @@ class Relay:
         """A connection to ssh's forward; while the run reconnects, wait for it a while."""
         deadline = time.monotonic() + RELAY_WAIT
         while not self.closed.is_set():
-            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                if not self.forward:
-                    raise OSError("not forwarded yet")
-                upstream.connect(self.forward)
-                return upstream
-            except OSError:
-                upstream.close()
+            if self.forward:
+                upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    upstream.connect(self.forward)
+                    return upstream
+                except OSError:
+                    upstream.close()
             if time.monotonic() >= deadline:
                 return None
             self.closed.wait(RELAY_RETRY)
@@ -2733,13 +2719,11 @@ def build_redirect_response(location: str) -> bytes:
 
 
 def build_probe_request(server: Server, method: str = "GET", path: str = "api/status") -> bytes:
-    """The HTTP/1.0 request of the readiness probe (HTTP/1.0: the server closes after it);
-    ``POST api/shutdown`` for --stop-server."""
+    """The readiness probe's HTTP/1.0 request (the server closes after it); ``POST api/shutdown`` too."""
     auth = f"Authorization: token {server.token}\r\n" if server.token else ""
     body = "Content-Length: 0\r\n" if method == "POST" else ""
     # "localhost": a name Jupyter takes as local whatever its allow_remote_access says
-    return (f"{method} {server.base_url}{path} HTTP/1.0\r\nHost: localhost\r\n"
-            f"{auth}{body}\r\n").encode()
+    return f"{method} {server.base_url}{path} HTTP/1.0\r\nHost: localhost\r\n{auth}{body}\r\n".encode()
 
 
 def parse_status_line(answer: bytes) -> int:
@@ -2837,10 +2821,9 @@ def probe_server(forward: str, server: Server, timeout: float = 5.0, method: str
 def wait_for_tunnel(master: Master, forward: str, server: Server, timeout: float,
                     still_there: Callable[[], None] | None = None) -> int:
     """Poll the server through the tunnel until Jupyter answers; returns the HTTP status.
-
-    ``still_there`` (for a server this run started) raises when the server has gone: it is
-    called every STARTED_CHECK_INTERVAL while no ready answer came, so that a server that died
-    right after writing its runtime file fails the start rather than time out as a silent port."""
+    ``still_there`` (for a server this run started), called every STARTED_CHECK_INTERVAL until
+    then, raises when the server has gone: one that died right after writing its runtime file
+    fails the start rather than time out as a silent port."""
     started = last_check = time.monotonic()
     deadline = started + timeout
     delay = POLL_INTERVAL
@@ -2871,15 +2854,13 @@ def wait_for_tunnel(master: Master, forward: str, server: Server, timeout: float
                               + (f" (ssh: {failures[-1]})" if failures else ""), EXIT_TIMEOUT)
         if time.monotonic() + delay > deadline:
             if refused:
-                raise TunnelError(
-                    f"the Jupyter server at {where} refused the token of its own runtime file (HTTP 403) "
-                    f"for {timeout:g} s: the file (pid {server.pid}) does not describe the server that "
-                    "listens there, or its token changed", EXIT_TIMEOUT)
+                raise TunnelError(f"the Jupyter server at {where} refused the token of its own runtime file "
+                                  f"(HTTP 403) for {timeout:g} s: the file (pid {server.pid}) does not describe "
+                                  "the server that listens there, or its token changed", EXIT_TIMEOUT)
             if foreign:
-                raise TunnelError(
-                    f"{where} answered (HTTP {foreign}), but not as a Jupyter server: another "
-                    f"program listens there, maybe on the port of a Jupyter server that has stopped "
-                    f"(its runtime file says pid {server.pid})", EXIT_TIMEOUT)
+                raise TunnelError(f"{where} answered (HTTP {foreign}), but not as a Jupyter server: another "
+                                  f"program listens there, maybe on the port of a Jupyter server that has "
+                                  f"stopped (its runtime file says pid {server.pid})", EXIT_TIMEOUT)
             reason = master.why(last=2) if master.stderr else "no answer"
             raise TunnelError(f"the Jupyter server did not answer through the tunnel within {timeout:g} s "
                               f"({reason})", EXIT_TIMEOUT)
@@ -2983,8 +2964,7 @@ class JobWatch:
         self.warnings = [(now + after, left) for after, left in build_warning_times(job.time_left, warn_before)]
 
     def wanted(self, port: int | None, pick: int | None) -> tuple[int | None, int | None]:
-        """--port and --pick on the job's node: its own server, whatever else runs there
-        (with -n auto, --pick chose the job)."""
+        """--port and --pick on the job's node: its own server (with -n auto, --pick chose the job)."""
         return port or self.job.port, pick if self.options.submit else None
 
     def end_time(self) -> float | None:
@@ -3039,8 +3019,7 @@ class JobWatch:
         return all(job.job != self.job.job or job.state not in ("running", "ready") for job in jobs)
 
     def stop(self, master: Master | None, head: str, cancel: bool) -> None:
-        """At close: with ``cancel`` (--stop-server) cancel the job; else say that it keeps
-        running, and how to stop it."""
+        """At close: with ``cancel`` (--stop-server) cancel the job, else say how to stop it."""
         job = self.job
         if not cancel:
             left = self.time_left()
@@ -3069,10 +3048,9 @@ class JobWatch:
 
 def close_server(master: Master | None, host: str, forward: str, server: Server, stop: bool, reached: bool,
                  started: bool, start: bool) -> None:
-    """At close: with ``stop`` (--stop-server), shut the server on ``host`` down through the
-    master; else say whether it keeps running.  ``reached``: the tunnel answered once, or the
-    run started the server (one never reached, the run failing before, is left alone);
-    ``start``: --start was given."""
+    """At close: with ``stop`` (--stop-server), shut the server on ``host`` down; else say whether
+    it keeps running.  ``reached``: the tunnel answered once, or the run started the server (one
+    never reached, the run failing before, is left alone); ``start``: --start was given."""
     if not stop or not reached:
         if started:
             say("Info", f"The Jupyter server started on {host} keeps running (pid {server.pid}): "
@@ -3129,8 +3107,7 @@ def shutdown_server(master: Master, forward: str, server: Server, timeout: float
 
 
 def build_state(pid: int, route: Route, directory: str, started: float) -> dict:
-    """The registry entry of a run that is connecting: what a user needs to pick it, and
-    what to clean up after it (never the token)."""
+    """A connecting run's registry entry: what a user needs to pick it, and to clean up after it (no token)."""
     return {
         "pid": pid, "state": CONNECTING, "hosts": list(route.hosts), "node": route.node,
         "local_port": None, "remote_host": route.server_host, "remote_port": None, "sock": "",
@@ -3227,8 +3204,7 @@ def cluster_options(args: argparse.Namespace) -> ClusterOptions | None:
 
 
 def write_askpass(directory: str, password: str) -> dict[str, str]:
-    """Write the SSH_ASKPASS helper (run by this Python) into the run's 0700 ``directory``;
-    returns the environment that makes ssh use it."""
+    """Write the SSH_ASKPASS helper into the run's 0700 ``directory``; the environment that makes ssh use it."""
     askpass, program = os.path.join(directory, ASKPASS_FILE), os.path.join(directory, ASKPASS_PROGRAM)
     with open(os.open(program, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
         f.write(build_askpass_script(sys.executable))
@@ -3278,10 +3254,9 @@ class Connection:
     def write_config(self) -> None:
         """(Re)write the run's ssh config file (AddKeysToAgent only for an agent of the run's own,
         written before it is started: until then no ssh of the run authenticates)."""
-        text = build_ssh_config(self.settings.ssh_config, self.settings.ssh_options,
-                                add_keys_to_agent=self.own_agent, password=self.password is not None,
-                                keepalive=self.settings.keepalive, batch=self.batch,
-                                first_hop=self.route.hosts[0])
+        text = build_ssh_config(self.settings.ssh_config, self.settings.ssh_options, add_keys_to_agent=self.own_agent,
+                                password=self.password is not None, keepalive=self.settings.keepalive,
+                                batch=self.batch, first_hop=self.route.hosts[0])
         path = os.path.join(self.directory, CONFIG_FILE)
         with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(text)
@@ -3291,12 +3266,10 @@ class Connection:
                 say("Debug", f"  {line}")
 
     def open(self) -> float | None:
-        """Ride the user's open master, or log in (the run's one login): the login's seconds,
-        None when riding."""
+        """Ride the user's open master, or log in (the run's one login): its seconds, None when riding."""
         if self.may_share:
             self.may_share = False
-            self.master = find_shared_master(self.ssh, self.route, self.directory, self.env,
-                                             self.settings.verbose)
+            self.master = find_shared_master(self.ssh, self.route, self.directory, self.env, self.settings.verbose)
             if self.master is not None:
                 say("Info", f"Using your open connection to {self.route.target} (no login).")
                 return None
@@ -3402,8 +3375,7 @@ def list_jobs(master: Master, jobs: list[ClusterJob], as_json: bool) -> int:
         try:
             servers[node] = discover(master, node)
         except TunnelError as error:
-            # one node refusing (down, or no login allowed) must not hide the other jobs:
-            # its servers show as unknown ("?" / null)
+            # one node refusing (down, no logins) must not hide the other jobs: its servers show as unknown
             say("Warning", f"cannot list the servers on {node}: {error}")
             servers[node] = None
     if as_json:
@@ -3561,9 +3533,7 @@ class Tunnel:
             self.relay = Relay(open_local_port(first, fixed), self.forward, self.server.secure)
         self.relay.forward, self.relay.secure = self.forward, self.server.secure
         assert self.registration is not None
-        shared = None
-        if isinstance(master, SharedMaster):
-            shared = {"control": master.control, "spec": master.forwards[-1]}
+        shared = {"control": master.control, "spec": master.forwards[-1]} if isinstance(master, SharedMaster) else None
         self.registration.update(**build_forward_state(self.server, self.relay.port), shared_forward=shared)
         still_there = None
         if self.started and self.settings.start is not None and not self.status:
@@ -3652,8 +3622,7 @@ class Tunnel:
             return
 
     def stop_server(self) -> None:
-        """At close: with --stop-server, shut the server down (or cancel its job); else say that
-        it keeps running."""
+        """At close: with --stop-server, shut the server down (or cancel its job); else say it keeps running."""
         master = self.connection.master
         if self.watch is not None:
             self.watch.stop(master, self.route.target, self.settings.stop_server)
@@ -3688,11 +3657,8 @@ def resource_option(text: str) -> str:
 
 
 def text_option(text: str) -> str:
-    """An argparse type: text without control characters.
-
-    ``-o`` values and the ``-F`` path are written into the generated ssh config: a newline
-    there would add a line of the user's making to it (ssh reads it as a new option).
-    """
+    """An argparse type: text without control characters (``-o`` values and the ``-F`` path go into
+    the generated ssh config, where a newline would start an option of the user's making)."""
     if has_control(text):
         raise argparse.ArgumentTypeError(f"control characters (a newline, say) are not allowed: {text!r}")
     return text
@@ -3716,22 +3682,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="jupyter-tunnel",
         # one line: an error after it must not drown under 35 options (--help lists them)
         usage="%(prog)s -s [USER@]HOST [HOST ...] [options]   (--help lists the options)",
-        description=(
-            f"jupyter-tunnel {__version__}: create an SSH tunnel to a Jupyter server running\n"
-            "remotely and open the local web browser on it. One login per host for the whole run."
-        ),
-        epilog=(
-            "examples:\n"
-            "  through a gateway:      jupyter-tunnel -s user@gateway.ext user@server.ext\n"
-            "  start one if none runs: jupyter-tunnel -s gw server --start --pre '. ~/venv/bin/activate'\n"
-            "  a cluster job:          jupyter-tunnel -s gw head --submit -t lab -r h_rt=4:00:00 -w 10m\n"
-            "\nexit codes: 0 closed normally, 2 bad option, 3 program missing, 4 cannot connect (or\n"
-            "  the account runs no command), 5 no (single) server, 6 no local port, 7 Jupyter did\n"
-            "  not answer in time (or the job did not start), 8 connection lost, 9 --start or\n"
-            "  --submit could not start a server,\n"
-            "  130 interrupted before the tunnel was ready,\n"
-            "  1 other errors"
-        ),
+        description=f"jupyter-tunnel {__version__}: create an SSH tunnel to a Jupyter server running\n"
+                    "remotely and open the local web browser on it. One login per host for the whole run.",
+        epilog="examples:\n"
+               "  through a gateway:      jupyter-tunnel -s user@gateway.ext user@server.ext\n"
+               "  start one if none runs: jupyter-tunnel -s gw server --start --pre '. ~/venv/bin/activate'\n"
+               "  a cluster job:          jupyter-tunnel -s gw head --submit -t lab -r h_rt=4:00:00 -w 10m\n"
+               "\nexit codes: 0 closed normally, 2 bad option, 3 program missing, 4 cannot connect (or\n"
+               "  the account runs no command), 5 no (single) server, 6 no local port, 7 Jupyter did\n"
+               "  not answer in time (or the job did not start), 8 connection lost, 9 --start or\n"
+               "  --submit could not start a server,\n"
+               "  130 interrupted before the tunnel was ready,\n"
+               "  1 other errors",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     # the groups in the order a run needs them (the README's tables follow the same order)
@@ -3740,13 +3702,11 @@ def build_parser() -> argparse.ArgumentParser:
     local = parser.add_argument_group("the browser and the local port")
     lifetime = parser.add_argument_group("lifetime: waiting, reconnecting, closing")
     connection.add_argument("-s", "--host", type=text_option, nargs="+", action="extend", default=[], metavar="HOST",
-                        help="host(s) to contact in order: all but the last are jump hosts "
-                             "([user@]host[:port], names from ~/.ssh/config work); repeatable: "
-                             "-s gw -s srv is -s gw srv")
+                        help="host(s) to contact in order: all but the last are jump hosts ([user@]host[:port], "
+                             "names from ~/.ssh/config work); repeatable: -s gw -s srv is -s gw srv")
     local.add_argument("-b", "--browser", type=browser_option, metavar="PROG",
-                        help="browser to start once the tunnel answers (it gets a one-time address that "
-                             'redirects to the URL); "n" or "none": start none '
-                             "[default: the system's default browser]")
+                        help="browser to start once the tunnel answers (it gets a one-time address that redirects "
+                             'to the URL); "n" or "none": start none [default: the system\'s default browser]')
     connection.add_argument("-n", "--node", type=text_option, metavar="NODE",
                         help="cluster node (Grid Engine, Slurm) running the server; the last -s host "
                              "is then the head node, from which the node is reached; \"auto\": the node "
@@ -3771,9 +3731,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop the Jupyter server chosen as a run would choose it (with -n auto or --job: "
                              "cancel its job) and exit, without a tunnel")
     local.add_argument("--json", action="store_true",
-                        help="machine-readable output on stdout: the --list as a JSON array, or, "
-                             "once the tunnel is ready, one JSON object (url, local_port, ...) "
-                             "instead of the URL")
+                        help="machine-readable output on stdout: the --list as a JSON array, or, once the tunnel "
+                             "is ready, one JSON object (url, local_port, ...) instead of the URL")
     choosing.add_argument("--port", type=int_option(1, 65535), metavar="RPORT",
                         help="use the server listening on this remote port")
     choosing.add_argument("--dir", metavar="TEXT", help="use the server whose root directory contains TEXT")
@@ -3791,16 +3750,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "after 3 of them [default: %(default)s]")
     lifetime.add_argument("--no-reconnect", action="store_true",
                         help="exit (code 8) when the connection drops instead of reconnecting")
-    lifetime.add_argument("--max-retries", type=int_option(1, MAX_RETRIES), default=DEFAULT_MAX_RETRIES,
-                        metavar="N",
+    lifetime.add_argument("--max-retries", type=int_option(1, MAX_RETRIES), default=DEFAULT_MAX_RETRIES, metavar="N",
                         help=f"give up (code 8) after N failed reconnection attempts after a drop (at most "
                              f"{MAX_RETRIES}); {MAX_REFUSED_LOGINS} logins refused by the server end the run "
                              "anyway [default: %(default)s]")
     lifetime.add_argument("--check-interval", type=number_option("seconds", MAX_CHECK_INTERVAL),
                         default=DEFAULT_CHECK_INTERVAL, metavar="SECONDS",
-                        help=f"how often to check that the Jupyter server still runs (at most "
-                             f"{MAX_CHECK_INTERVAL:g}); the tunnel closes (code 0) when it has stopped "
-                             "[default: %(default)g]")
+                        help=f"how often to check that the Jupyter server still runs (at most {MAX_CHECK_INTERVAL:g}); "
+                             "the tunnel closes (code 0) when it has stopped [default: %(default)g]")
     start = parser.add_argument_group(
         "starting a server (--start)", "without -n: a server on a cluster node needs a job (--submit)")
     start.add_argument("--start", action="store_true",
@@ -3866,9 +3823,8 @@ JOB_OPTIONS = (("--scheduler", "scheduler"), ("--python", "python"), ("--warn-be
 
 
 def ignored_option_problem(args: argparse.Namespace) -> str:
-    """Which option of ``args`` this run would ignore, and with what it goes ("" for none).
-
-    Their argparse defaults are None (or []), so that a value given is told from none given."""
+    """Which option of ``args`` this run would ignore, and with what it goes ("" for none); their
+    argparse defaults are None (or []), so that a value given is told from none given."""
     if not (args.start or args.submit):
         for name, dest in STARTING_OPTIONS:
             if getattr(args, dest):
