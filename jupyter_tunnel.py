@@ -2358,7 +2358,7 @@ def peer_uid(family: int, peer: tuple[str, int], listener: tuple[str, int]) -> i
             uid = parse_diag_answer(diag.recv(8192))
         if uid is not None:
             return uid
-        # an error: no such socket (gone), or a kernel without tcp_diag (the same ENOENT): the table tells
+        # an error: no such socket (gone), or no tcp_diag in the kernel (the same ENOENT): the table tells which
     except (AttributeError, OSError):
         pass  # no netlink (not Linux), or refused: read the table
     try:
@@ -2441,15 +2441,12 @@ def can_tell_peers(listener: socket.socket, uid: int) -> bool:
 
 
 class Relay:
-    """The run's local port, its own for the whole run: it listens on 127.0.0.1:PORT and
-    [::1]:PORT, splices each connection into ssh's forward (a unix socket in the run's private
-    directory), and answers the browser's one-time address (``offer_redirect``).
-
-    So the port never closes while the run lives, reconnects included (a new master forwards the
-    same socket), and on Linux a peer whose socket another uid owns is dropped before it can send
-    a byte: neither the token nor the server (code execution as you) reaches another local user.
-    Where nothing tells who connected (macOS, BSD), the port is open to every local user, as an
-    ssh -L port is (docs: Security)."""
+    """The run's local port, its own for the whole run: it listens on 127.0.0.1:PORT and [::1]:PORT,
+    splices each connection into ssh's forward (a unix socket in the run's private directory), and
+    answers the browser's one-time address (``offer_redirect``).  So the port never closes while the
+    run lives, reconnects included (a new master forwards the same socket), and a peer whose socket
+    another uid owns is dropped before it can send a byte: neither the token nor the server (code
+    execution as you) reaches another local user (unless nothing tells who connected: can_tell_peers)."""
 
     def __init__(self, listeners: list[socket.socket], forward: str = "", secure: bool = False) -> None:
         self.listeners = listeners
@@ -2525,10 +2522,8 @@ class Relay:
                     for key, _ in selector.select():
                         if key.fileobj is self._wake_r:
                             return
-                        try:
+                        with contextlib.suppress(Exception):  # out of threads, stderr gone...: that connection only
                             self._accept(key.fileobj)  # type: ignore[arg-type]
-                        except Exception:  # out of threads, a stderr that is gone...: that one connection
-                            pass
             finally:
                 for sock in self.listeners:
                     sock.close()
@@ -2742,11 +2737,10 @@ class Answer(NamedTuple):
 
 
 def parse_probe_answer(answer: bytes) -> Answer:
-    """The status of the probe's answer, and whether a Jupyter server gave it: any program may
-    listen on the forwarded port (a dead server's, taken again).  jupyter_server and notebook >= 5
-    answer /api/status with a JSON object holding "started", and refuse a request without a valid
-    token (a password server) with a 403 whose body their APIHandler writes as JSON:
-    {"message": "Forbidden", "reason": null} (jupyter_server 2.21 and notebook 6.5 alike)."""
+    """The status of the probe's answer, and whether a Jupyter server gave it (any program may listen
+    on the port: a dead server's, taken again).  jupyter_server and notebook >= 5 answer /api/status
+    with a JSON object holding "started", and a request without a valid token (a password server) with
+    a 403 whose body is {"message": "Forbidden", "reason": null} (jupyter_server 2.21, notebook 6.5)."""
     status = parse_status_line(answer)
     _, sep, body = answer.partition(b"\r\n\r\n")
     try:
@@ -2785,12 +2779,11 @@ def probe_server(forward: str, server: Server, timeout: float = 5.0, method: str
                  path: str = "api/status") -> Answer | None:
     """The answer to ``/api/status`` through ssh's forward (the unix socket ``forward``); status 0
     when the connection closed without a status line (ssh accepted it, then could not connect to
-    the server on the remote side), None when nothing came in time.
-
-    Through the run's own socket, never the local TCP port: the token must reach nobody but the
-    server.  ``Authorization: token`` works on notebook >= 5 and every jupyter_server (``Bearer``
-    only on >= 2), and the request is no activity: probing never defeats idle culling.  A raw socket,
-    not urllib: it costs nothing to import, and HTTP/1.0 makes the server close once it has answered."""
+    the server on the remote side), None when nothing came in time.  Through the run's own socket,
+    never the local TCP port: the token must reach nobody but the server.  ``Authorization: token``
+    works on notebook >= 5 and every jupyter_server (``Bearer`` only on >= 2), and the request is no
+    activity: probing never defeats idle culling.  A raw socket, not urllib: it costs nothing to
+    import, and HTTP/1.0 makes the server close once it has answered."""
     answer = b""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
@@ -3208,9 +3201,8 @@ def write_askpass(directory: str, password: str) -> dict[str, str]:
     askpass, program = os.path.join(directory, ASKPASS_FILE), os.path.join(directory, ASKPASS_PROGRAM)
     with open(os.open(program, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
         f.write(build_askpass_script(sys.executable))
-    # ssh execs SSH_ASKPASS itself: a "#!PYTHON" line would end at a space in the interpreter's
-    # path (a venv in "My Project") and exceed older kernels' 127 bytes; sh quotes it instead,
-    # and exec keeps the helper's parent ssh's (it watches that ssh)
+    # ssh execs SSH_ASKPASS: a "#!PYTHON" line would end at a space in the path (a venv in "My Project")
+    # and exceed older kernels' 127 bytes; sh quotes it, and exec keeps ssh the helper's parent (it watches it)
     with open(os.open(askpass, os.O_WRONLY | os.O_CREAT, 0o700), "w") as f:
         f.write(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -IS {shlex.quote(program)} "$@"\n')
     # OpenSSH >= 8.4 sends every prompt of every hop to SSH_ASKPASS with "force"; sshpass
@@ -3300,10 +3292,9 @@ class Connection:
             self.master.reach(node)
 
     def refusal_error(self, refused_before: int) -> TunnelError | None:
-        """After a failed reconnection: the error that ends the run when the server refused
-        the login again (``refused_before``: the count before it), else None."""
-        # A refused login is a failed attempt at the server (a rate limit would refuse it
-        # again): without a way to ask it ends the run at once, else after MAX_REFUSED_LOGINS.
+        """After a failed reconnection: the error that ends the run when the server refused the login
+        again (``refused_before``: the count before), else None.  Each refusal is a failed attempt at the
+        server (a rate limit refuses again): it ends the run at once in batch mode, else after MAX_REFUSED_LOGINS."""
         if self.refused_logins <= refused_before:
             return None
         if self.batch:
