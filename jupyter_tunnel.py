@@ -2369,10 +2369,9 @@ def peer_uid(family: int, peer: tuple[str, int], listener: tuple[str, int]) -> i
 
 
 def bind_loopback(port: int) -> list[socket.socket]:
-    """Listening sockets on 127.0.0.1:``port`` and [::1]:``port`` (unless the machine has no IPv6
-    loopback: nobody can listen there); OSError (EADDRINUSE) when the port is taken in either.
-    Both: a browser may try [::1] first for ``localhost`` (Chromium does), and another user's
-    listener on the loopback left free would receive the token."""
+    """Listening sockets on 127.0.0.1:``port`` and [::1]:``port`` (unless there is no IPv6 loopback: nobody can
+    listen there); OSError (EADDRINUSE) when the port is taken in either.  Both: a browser may try [::1] first for
+    ``localhost`` (Chromium does), and another user's listener on the loopback left free would receive the token."""
     sockets: list[socket.socket] = []
     try:
         for family, host in LOOPBACKS:
@@ -2760,7 +2759,6 @@ NO_ANSWER = "none"  # nothing yet (a timeout, or the connection closed without a
 
 def probe_verdict(answer: Answer | None, token_sent: bool) -> str:
     """What the probe's answer means: READY_ANSWER, REFUSED_TOKEN, NOT_JUPYTER or NO_ANSWER.
-
     Jupyter's 403 without a token (the runtime file has none: a password server, or no auth) is
     what a password server says to anyone: ready, the page asks for the password.  With a token,
     the server refuses the one its own runtime file holds: the file is not that server's (forged,
@@ -2813,10 +2811,9 @@ def probe_server(forward: str, server: Server, timeout: float = 5.0, method: str
 
 def wait_for_tunnel(master: Master, forward: str, server: Server, timeout: float,
                     still_there: Callable[[], None] | None = None) -> int:
-    """Poll the server through the tunnel until Jupyter answers; returns the HTTP status.
-    ``still_there`` (for a server this run started), called every STARTED_CHECK_INTERVAL until
-    then, raises when the server has gone: one that died right after writing its runtime file
-    fails the start rather than time out as a silent port."""
+    """Poll the server through the tunnel until Jupyter answers; returns the HTTP status.  ``still_there``
+    (for a server this run started), called every STARTED_CHECK_INTERVAL until then, raises when the server
+    has gone: one that died right after writing its runtime file fails the start instead of a silent timeout."""
     started = last_check = time.monotonic()
     deadline = started + timeout
     delay = POLL_INTERVAL
@@ -2945,9 +2942,8 @@ def server_stopped(master: Master, forward: str, server: Server) -> bool:
 
 
 class JobWatch:
-    """The scheduler job a server runs in, while the tunnel stays: the warnings before its
-    time limit, its end (asked of the scheduler on the head: a node may refuse logins once
-    its job is gone), and, at close, its cancelling (--stop-server)."""
+    """The scheduler job a server runs in: the warnings before its time limit, its end (asked of the
+    scheduler on the head: a node may refuse logins once its job is gone), at close its cancelling."""
 
     def __init__(self, job: ClusterJob, options: ClusterOptions, warn_before: float) -> None:
         now = time.monotonic()
@@ -3062,15 +3058,6 @@ def close_server(master: Master | None, host: str, forward: str, server: Server,
                        "it did not shut down when asked")
 
 
-def stop_jupyter(master: Master, host: str, forward: str, server: Server) -> bool:
-    """Shut the server down through ``forward``, saying so; whether it has stopped."""
-    say("Info", f"Stopping the Jupyter server on {host} (pid {server.pid})...")
-    stopped = shutdown_server(master, forward, server)
-    if stopped:
-        say("Info", "The Jupyter server has stopped.")
-    return stopped
-
-
 # Waits until a runtime file is gone: jupyter removes it last when it shuts down.
 GONE_SCRIPT = r"""f=@FILE@
 tries=0
@@ -3078,21 +3065,23 @@ while [ -e "$f" ]; do tries=$((tries + 1)); [ $tries -le @TRIES@ ] || exit 1; sl
 """
 
 
-def shutdown_server(master: Master, forward: str, server: Server, timeout: float = 30.0) -> bool:
-    """``--stop-server``: shut the server down through the tunnel (``POST /api/shutdown`` with
-    its token, which every jupyter_server and notebook >= 5.1 take), and wait until its
-    runtime file is gone; True when it is."""
+def stop_jupyter(master: Master, host: str, forward: str, server: Server, timeout: float = 30.0) -> bool:
+    """Shut the server down through ``forward``, saying so: ``POST /api/shutdown`` with its token
+    (every jupyter_server and notebook >= 5.1 take it), then wait until its runtime file is gone;
+    whether it has stopped."""
+    say("Info", f"Stopping the Jupyter server on {host} (pid {server.pid})...")
     answer = probe_server(forward, server, timeout=10.0, method="POST", path="api/shutdown")
-    if answer is None or answer.status not in (200, 204):
-        return False
-    if not server.source.startswith("/"):
-        return True  # found by "jupyter server list": no file to watch
-    script = fill_script(GONE_SCRIPT, {"FILE": shlex.quote(server.source), "TRIES": str(int(timeout * 10))})
-    try:
-        return master.run("sh -s", stdin=script, timeout=timeout + 10,
-                          what=f"waiting for the Jupyter server (pid {server.pid}) to stop").returncode == 0
-    except (subprocess.TimeoutExpired, TunnelError):  # a TunnelError: too much output
-        return False
+    stopped = answer is not None and answer.status in (200, 204)
+    if stopped and server.source.startswith("/"):  # else found by "jupyter server list": no file to watch
+        script = fill_script(GONE_SCRIPT, {"FILE": shlex.quote(server.source), "TRIES": str(int(timeout * 10))})
+        try:
+            stopped = master.run("sh -s", stdin=script, timeout=timeout + 10,
+                                 what=f"waiting for the Jupyter server (pid {server.pid}) to stop").returncode == 0
+        except (subprocess.TimeoutExpired, TunnelError):  # a TunnelError: too much output
+            stopped = False
+    if stopped:
+        say("Info", "The Jupyter server has stopped.")
+    return stopped
 
 
 # ----------------------------------------------------------------- the registry entry
@@ -3211,9 +3200,8 @@ def write_askpass(directory: str, password: str) -> dict[str, str]:
 
 
 class Connection:
-    """The run's one login per hop: its ssh config file, the agent and askpass helper it may
-    need, the master of the moment (the user's own, or the run's: opened again after a drop),
-    and the logins the server refused."""
+    """The run's one login per hop: its ssh config file, the agent and askpass helper it may need, the
+    master of the moment (the user's own, or the run's: opened again after a drop), the logins refused."""
 
     def __init__(self, settings: Settings, ssh: str, route: Route, password: str | None = None) -> None:
         self.settings = settings
@@ -3225,15 +3213,12 @@ class Connection:
         self.registration: Registration | None = None
         self.agent: subprocess.Popen | None = None
         self.master: Master | None = None
-        # ride the user's own master at the first login (never with -p or -a: they ask for
-        # this run's own login); after it dies, the run logs in itself
+        # ride the user's own master at the first login only (never with -p or -a: they ask for the run's own)
         self.may_share = not (settings.new_login or settings.new_agent or password is not None)
-        # no terminal and no -p: no prompt can be answered, and ssh would send empty answers
-        # (failed attempts at the server): BatchMode from the first login on
+        # no terminal, no -p: ssh would send empty answers (failed attempts at the server): BatchMode
         self.batch = password is None and not can_prompt(has_terminal(), self.env)
         self.refused_logins = 0  # logins of this run the server refused (MAX_REFUSED_LOGINS)
         self.last_refusal = ""  # ssh's words for the last one
-        # whether its own logins use an agent of its own (-a, or none in the environment)
         self.own_agent = settings.new_agent or not self.env.get("SSH_AUTH_SOCK")
 
     def set_up(self, directory: str, registration: Registration) -> None:
@@ -3301,11 +3286,10 @@ class Connection:
             return TunnelError(build_login_error(self.route.describe(), self.last_refusal, batch=True,
                                                  reconnecting=True), EXIT_LOST)
         if self.refused_logins >= MAX_REFUSED_LOGINS:
-            return TunnelError(
-                f"the login to {self.route.describe()} was refused {self.refused_logins} times in "
-                f"this run ({self.last_refusal}): not trying again, as each refusal counts against "
-                "your account, which may lock. Check your password, key or verification code, and "
-                "run jupyter-tunnel again", EXIT_LOST)
+            return TunnelError(f"the login to {self.route.describe()} was refused {self.refused_logins} times in "
+                               f"this run ({self.last_refusal}): not trying again, as each refusal counts against "
+                               "your account, which may lock. Check your password, key or verification code, and "
+                               "run jupyter-tunnel again", EXIT_LOST)
         return None
 
     def retries(self) -> Iterator[int]:
@@ -3459,7 +3443,6 @@ class Tunnel:
         self.directory = make_private_dir()
         # locked before the entry names the directory: a run is never seen registered and unlocked
         self.lock = take_run_lock(self.directory)
-        # registered at once: from now on there is something to clean up after this run
         self.registration = Registration(build_state(os.getpid(), self.route, self.directory, time.time()))
         self.connection.set_up(self.directory, self.registration)
 
@@ -3529,8 +3512,7 @@ class Tunnel:
         still_there = None
         if self.started and self.settings.start is not None and not self.status:
             # the first wait for a server this run started: it may die right after its start
-            still_there = functools.partial(check_started, master, self.server, self.start_log,
-                                            self.settings.start.app)
+            still_there = functools.partial(check_started, master, self.server, self.start_log, self.settings.start.app)
         try:
             self.status = wait_for_tunnel(master, self.forward, self.server, self.settings.timeout, still_there)
         except TunnelError as error:
