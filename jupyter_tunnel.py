@@ -2030,7 +2030,6 @@ def choose_server(servers: Sequence[Server], host: str, port: int | None = None,
                   directory: str | None = None, pick: int | None = None, on_node: bool = False) -> Server:
     """The one server to tunnel to: the only one, the one chosen, or asked on a terminal."""
     if not servers:
-        # the next step: a node's server comes from a job, any other host's from --start
         how = ("start one with --submit (without -n NODE) or jupyter-node on the head" if on_node else
                "add --start to start one (on a cluster's head node, --submit starts one as a scheduler job)")
         raise TunnelError(f"no Jupyter server is running on {host}: {how}", EXIT_NO_SERVER)
@@ -2044,11 +2043,8 @@ def choose_server(servers: Sequence[Server], host: str, port: int | None = None,
         raise TunnelError(f"no Jupyter server on {host} matches --port/--dir/--pick", EXIT_NO_SERVER)
     if not given and sys.stdin.isatty() and sys.stderr.isatty():
         return ask_server(chosen)
-    raise TunnelError(
-        f"{len(chosen)} Jupyter servers {'match' if given else 'are running'} on {host}: "
-        "choose one with --port PORT, --dir TEXT or --pick N",
-        EXIT_NO_SERVER,
-    )
+    raise TunnelError(f"{len(chosen)} Jupyter servers {'match' if given else 'are running'} on {host}: "
+                      "choose one with --port PORT, --dir TEXT or --pick N", EXIT_NO_SERVER)
 
 
 def choose_or_start(master: Master, servers: list[Server], start: StartOptions | None, timeout: float,
@@ -2064,8 +2060,7 @@ def choose_or_start(master: Master, servers: list[Server], start: StartOptions |
         started = start_server(master, start, timeout, known)
         if started.server is not None:
             return started.server, started
-        # another run of this account started a server while this one waited for the
-        # start lock (see START_SCRIPT): look again, and attach to it if it matches
+        # another run took the start lock (START_SCRIPT) first: attach to its server if it matches
         say("Info", f"Another jupyter-tunnel started a Jupyter server on {host} meanwhile: looking again...")
         servers = discover(master)
         known |= {server.pid for server in servers} | set(started.changed)
@@ -2082,26 +2077,18 @@ def candidate_ports(first: int, count: int = 100) -> range:
     return range(first, min(first + count, 65536))
 
 
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
-
-
 def forward_target(server: Server, node: str = "") -> str:
-    """The ``host:port`` (or socket path) the remote side connects to for the forward.
-
-    The remote sshd resolves the host name, so a name only the remote side knows works.
-    """
+    """The ``host:port`` (or socket path) the forward connects to: the remote sshd resolves the
+    host name, so a name only the remote side knows works."""
+    if node and (server.sock or server.host in ("localhost", "127.0.0.1", "::1", "[::1]")):
+        where = "on a unix socket" if server.sock else "on the node's loopback only"
+        raise TunnelError(f"the server on {node} listens {where}, which the head node cannot reach: "
+                          "start it with --ip=$(hostname --fqdn)", EXIT_NO_SERVER)
     if server.sock:
-        if node:
-            raise TunnelError(f"the server on {node} listens on a unix socket, which the head "
-                              "node cannot reach: start it with --ip=$(hostname --fqdn)", EXIT_NO_SERVER)
         return server.sock
     host = server.host
-    if node:
-        if host in LOOPBACK_NAMES:
-            raise TunnelError(f"the server on {node} listens on the node's loopback only, which the "
-                              "head node cannot reach: start it with --ip=$(hostname --fqdn)", EXIT_NO_SERVER)
-        if host in ANY_ADDRESS:
-            host = node  # listening on every interface: the node's name reaches it
+    if node and host in ANY_ADDRESS:
+        host = node  # listening on every interface: the node's name reaches it
     elif host in ("", "0.0.0.0", "*"):
         host = "127.0.0.1"  # a server on every interface listens on loopback too
     elif host in ("::", "[::]"):
@@ -2112,21 +2099,16 @@ def forward_target(server: Server, node: str = "") -> str:
 
 
 def build_forward_spec(path: str, server: Server, node: str = "") -> str:
-    """The ``-L`` argument: ssh listens on the unix socket ``path``, in the run's 0700
-    directory, which no other local user can reach (ssh makes it 0600 too: its
-    StreamLocalBindMask); only the relay connects to it."""
+    """The ``-L`` argument: ssh listens on the unix socket ``path`` in the run's 0700 directory
+    (and makes it 0600: StreamLocalBindMask), which only the relay connects to."""
     return f"{path}:{forward_target(server, node)}"
 
 
 def add_forward(master: Master, server: Server) -> str:
     """Have the master forward the run's unix socket to the server; returns its path."""
     path = os.path.join(os.path.dirname(master.config), FORWARD_SOCKET)
-    try:
-        # a dead master's socket stays (ssh never unlinks a forward's socket), and ssh
-        # refuses to bind over it: "cannot bind to path"
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # ssh never unlinks a forward's socket, and will not bind over a dead one
     ok, message = master.forward(build_forward_spec(path, server, master.route.node))
     if not ok and not master.alive():  # gone meanwhile: a reconnection's business
         raise TunnelError(f"the connection to {master.route.target} was lost: {master.why()}", EXIT_LOST)
@@ -2136,12 +2118,9 @@ def add_forward(master: Master, server: Server) -> str:
 
 
 def proc_net_address(host: str, port: int, byteorder: str = sys.byteorder) -> str:
-    """``host:port`` as ``/proc/net/tcp`` (IPv4) or ``tcp6`` writes it: ``0100007F:1F90`` for
-    127.0.0.1:8080, ``00000000000000000000000001000000:1F90`` for [::1]:8080.
-
-    The kernel prints the address in 32-bit words, each in the machine's own byte order (so
-    little-endian machines show 127.0.0.1 backwards), and the port in hex.
-    """
+    """``host:port`` as ``/proc/net/tcp`` (or ``tcp6``) writes it: the address in 32-bit words, each in
+    the machine's byte order, the port in hex (on a little-endian machine ``0100007F:1F90`` for
+    127.0.0.1:8080, ``00000000000000000000000001000000:1F90`` for [::1]:8080)."""
     packed = socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
     words = "".join(f"{int.from_bytes(packed[i:i + 4], byteorder):08X}"  # type: ignore[arg-type]
                     for i in range(0, len(packed), 4))
@@ -2152,17 +2131,13 @@ def parse_peer_uid(text: str, peer: tuple[str, int], listener: tuple[str, int],
                    byteorder: str = sys.byteorder) -> int | None:
     """The uid that owns the socket connected from ``peer`` to ``listener``, from the text of
     ``/proc/net/tcp`` (or ``tcp6``); None when it is not listed or no process holds it any more.
-
-    The peer's own entry is the one whose local address is ``peer`` and whose remote address
-    is ``listener`` (our accepted socket is listed too, the other way round, with OUR uid).
-    """
+    Its local address is ``peer`` (our accepted socket is listed too, reversed, with OUR uid)."""
     local, remote = proc_net_address(*peer, byteorder), proc_net_address(*listener, byteorder)
     for line in text.splitlines()[1:]:
         # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
         fields = line.split()
         if len(fields) >= 10 and fields[1].upper() == local and fields[2].upper() == remote:
-            # Inode 0: a socket that its process has closed (orphaned, or TIME_WAIT), which
-            # the kernel lists with uid 0 whoever owned it; it could not read an answer anyway.
+            # inode 0: closed by its process (orphaned, TIME_WAIT; it reads nothing), listed as uid 0 whoever owned it
             if fields[9] == "0" or not fields[7].isdigit():
                 return None
             return int(fields[7])
@@ -2194,10 +2169,8 @@ def parse_diag_answer(data: bytes) -> int | None:
 
 def peer_uid(family: int, peer: tuple[str, int], listener: tuple[str, int]) -> int | None:
     """The uid of the local process that connected from ``peer`` (Linux); None when unknown.
-
-    Netlink sock_diag asks the kernel for that one socket (~10 us); /proc/net/tcp is the
-    fallback, but it lists every socket of the machine (29 ms with 10,000 in TIME_WAIT,
-    which a busy browser session leaves), too slow to read for every connection."""
+    Netlink sock_diag asks for that one socket (~10 us); /proc/net/tcp, the fallback, lists every
+    socket (29 ms with the 10,000 in TIME_WAIT a busy browser leaves): too slow for each connection."""
     try:
         with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as diag:  # type: ignore[attr-defined]
             diag.settimeout(1.0)
@@ -2205,8 +2178,7 @@ def peer_uid(family: int, peer: tuple[str, int], listener: tuple[str, int]) -> i
             uid = parse_diag_answer(diag.recv(8192))
         if uid is not None:
             return uid
-        # an error answer: no such socket (gone already), or a kernel without tcp_diag,
-        # which answers the same ENOENT: the table tells the two apart
+        # an error: no such socket (gone), or no tcp_diag in the kernel (the same ENOENT): the table tells which
     except (AttributeError, OSError):
         pass  # no netlink (not Linux), or refused: read the table
     try:
@@ -2217,13 +2189,9 @@ def peer_uid(family: int, peer: tuple[str, int], listener: tuple[str, int]) -> i
 
 
 def bind_loopback(port: int) -> list[socket.socket]:
-    """Listening sockets on 127.0.0.1:``port`` and, where the machine has IPv6 loopback,
-    [::1]:``port``; OSError (EADDRINUSE) when the port is taken in either.
-
-    Both, because a browser asked for ``localhost`` may try [::1] first (Chromium does): a
-    port that is ours on one loopback only would let another user's listener on the other
-    receive the token.  Where the machine has no IPv6 loopback, nobody can listen there.
-    """
+    """Listening sockets on 127.0.0.1:``port`` and [::1]:``port`` (unless there is no IPv6 loopback: nobody can
+    listen there); OSError (EADDRINUSE) when the port is taken in either.  Both: a browser may try [::1] first for
+    ``localhost`` (Chromium does), and another user's listener on the loopback left free would receive the token."""
     sockets: list[socket.socket] = []
     try:
         for family, host in LOOPBACKS:
@@ -2236,9 +2204,7 @@ def bind_loopback(port: int) -> list[socket.socket]:
             sockets.append(sock)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if os.name != "nt":
-                # as ssh does: a port whose last connection is in TIME_WAIT is free.  On
-                # POSIX it lets nobody else bind a port that listens (Windows differs).
+            if os.name != "nt":  # as ssh: a port in TIME_WAIT is free (on Windows, one that listens too)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, port))
@@ -2270,10 +2236,9 @@ def open_local_port(first: int, fixed: bool) -> list[socket.socket]:
 
 
 def can_tell_peers(listener: socket.socket, uid: int) -> bool:
-    """Whether this machine tells who connects to ``listener``: a connection of our own must be
-    found ours (peer_uid).  Where it cannot (no /proc nor netlink: macOS, BSD; a kernel without
-    tcp_diag whose /proc is hidden), every connection would be refused, the user's too: the
-    port is then open to every local user, as any ``ssh -L`` port is (docs: Security)."""
+    """Whether a connection of our own to ``listener`` is found ours (peer_uid).  Where it is not (macOS,
+    BSD; a kernel without tcp_diag whose /proc is hidden) every connection would be refused, the
+    user's too: the port is then open to every local user, as any ``ssh -L`` port is (docs: Security)."""
     address = listener.getsockname()[:2]
     listener.settimeout(2.0)
     try:
@@ -2295,20 +2260,12 @@ def can_tell_peers(listener: socket.socket, uid: int) -> bool:
 
 
 class Relay:
-    """The run's local port, the tool's own for the whole run: it listens on 127.0.0.1:PORT
-    and [::1]:PORT itself and splices each connection into ssh's forward (a unix socket in
-    the run's private directory).
-
-    So the port never closes while the run lives, reconnects included (a new master forwards
-    the same socket again), and only the user's own processes get through: on Linux a peer
-    whose socket another uid owns (``/proc/net/tcp``, ``tcp6``) is dropped at once, before it
-    can send a byte, so that neither the token in a browser's request nor the server (code
-    execution as you, on the remote) reaches another local user.  Without /proc (macOS,
-    BSD) nothing tells who connected, and the port is open to every local user, as a
-    forward by ssh is (see docs: Security).
-
-    It also answers the browser's one-time address (``offer_redirect``) on the same port.
-    """
+    """The run's local port, its own for the whole run: it listens on 127.0.0.1:PORT and [::1]:PORT,
+    splices each connection into ssh's forward (a unix socket in the run's private directory), and
+    answers the browser's one-time address (``offer_redirect``).  So the port never closes while the
+    run lives, reconnects included (a new master forwards the same socket), and a peer whose socket
+    another uid owns is dropped before it can send a byte: neither the token nor the server (code
+    execution as you) reaches another local user (unless nothing tells who connected: can_tell_peers)."""
 
     def __init__(self, listeners: list[socket.socket], forward: str = "", secure: bool = False) -> None:
         self.listeners = listeners
@@ -2326,22 +2283,17 @@ class Relay:
         self._open: set[socket.socket] = set()  # every socket of every relayed connection
         self._clients = 0  # connections being relayed
         self._refused: set[int | None] = set()  # uids warned about, once each
-        # close() wakes the accepting thread through this pair: closing a socket that
-        # another thread waits on does not wake it on Linux
+        # close() wakes the accepting thread through this pair: on Linux, closing its sockets would not
         self._wake_r, self._wake_w = socket.socketpair()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
     def offer_redirect(self, location: str, timeout: float = ONE_SHOT_TIMEOUT) -> str:
-        """The browser's one-time address on this port: ``http://127.0.0.1:PORT/<random>``,
-        answered ONCE with a redirect to ``location`` (the URL with the token).
-
-        Any local user can read a process's command line (``/proc/PID/cmdline``, ``ps``), so
-        the browser never gets the token on its own.  Jupyter's answer, a ``file://…-open.html``
-        redirect file, fails for snap-packaged browsers (no /tmp, no hidden directories), for
-        a Windows browser under WSL and on Chromebooks; a loopback address works wherever the
-        tunnel does.  Only the user's own processes reach the port (see the class).
-        """
+        """The browser's one-time address on this port, ``http://127.0.0.1:PORT/<random>``,
+        answered ONCE with a redirect to ``location`` (the URL with the token): any local user can
+        read a command line (``ps``), so the browser never gets the token itself.  Jupyter's own
+        ``file://…-open.html`` redirect fails for snap browsers (no /tmp, no hidden directories), a
+        Windows browser under WSL and Chromebooks; a loopback address works wherever the tunnel does."""
         import secrets  # only here: it costs ~6 ms (hashlib) at every start
 
         path = "/" + secrets.token_urlsafe(32)
@@ -2363,29 +2315,23 @@ class Relay:
     def close(self) -> None:
         """Stop listening and end every connection (at the tool's exit)."""
         self.closed.set()
-        try:
+        with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
-        except OSError:
-            pass
         self._thread.join(timeout=2)
         with self._lock:
             for conn in self._open:
                 _shutdown(conn)
-        if not self._thread.is_alive():
-            # else the thread closes them at its end: not under its select()
+        if not self._thread.is_alive():  # else the thread closes them at its end, not under its select()
             for sock in self.listeners:
                 sock.close()
         for sock in (self._wake_r, self._wake_w):
             sock.close()
 
     def _serve(self) -> None:
-        """Accept connections until close(); each allowed one is relayed by a thread of its own.
-
-        Nothing but close() ends this loop: were it to end, the listeners would close and the
-        port would be free for anyone to take while the run goes on (issue 19)."""
+        """Accept connections until close(), each allowed one relayed by a thread of its own.
+        Only close() ends this loop: else the port would be free for anyone to take (issue 19)."""
         for sock in self.listeners:
-            # a peer that resets before accept() is dropped from the queue on BSD stacks: a
-            # blocking accept() would then hang the loop
+            # BSD stacks drop a peer that resets before accept(): a blocking accept() would hang
             sock.setblocking(False)
         with selectors.DefaultSelector() as selector:
             for sock in [*self.listeners, self._wake_r]:
@@ -2395,10 +2341,8 @@ class Relay:
                     for key, _ in selector.select():
                         if key.fileobj is self._wake_r:
                             return
-                        try:
+                        with contextlib.suppress(Exception):  # out of threads, stderr gone...: that connection only
                             self._accept(key.fileobj)  # type: ignore[arg-type]
-                        except Exception:  # out of threads, a stderr that is gone...: that one connection
-                            pass
             finally:
                 for sock in self.listeners:
                     sock.close()
@@ -2439,17 +2383,15 @@ class Relay:
         # a cancelled pre-connect): nobody to warn about (can_tell_peers proved the lookup)
         if uid is not None and uid not in self._refused:
             self._refused.add(uid)
-            try:
+            with contextlib.suppress(Exception):  # stderr gone (a closed pipe): the refusal stands, unsaid
                 say("Warning", f"another local user (uid {uid}) connected to the tunnel's port {self.port}: refused.")
-            except Exception:  # stderr gone (a closed pipe): the refusal stands, unsaid
-                pass
         return False
 
     def _relay(self, conn: socket.socket) -> None:
         """Serve one accepted connection: the redirect, or a splice into ssh's forward."""
         upstream = None
         try:
-            first = self._take_redirect(conn) if self.redirect is not None else b""
+            first = self._take_redirect(conn)
             if first is None:
                 return  # the redirect went out, or the peer went away
             upstream = self._connect_forward()
@@ -2516,14 +2458,13 @@ class Relay:
         """A connection to ssh's forward; while the run reconnects, wait for it a while."""
         deadline = time.monotonic() + RELAY_WAIT
         while not self.closed.is_set():
-            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                if not self.forward:
-                    raise OSError("not forwarded yet")
-                upstream.connect(self.forward)
-                return upstream
-            except OSError:
-                upstream.close()
+            if self.forward:
+                upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    upstream.connect(self.forward)
+                    return upstream
+                except OSError:
+                    upstream.close()
             if time.monotonic() >= deadline:
                 return None
             self.closed.wait(RELAY_RETRY)
@@ -2533,15 +2474,13 @@ class Relay:
         """Tell a browser that the tunnel is reconnecting (a page that reloads itself)."""
         if self.secure or self.closed.is_set():
             return  # a TLS client could not read a plain answer
-        try:
+        with contextlib.suppress(OSError):
             conn.settimeout(1.0)
             conn.recv(MAX_REQUEST_HEAD)  # its request: a close with unread data is a reset
             conn.sendall(build_http_response(
                 503, "Service Unavailable", '<!DOCTYPE html>\n<meta http-equiv="refresh" content="5">\n'
                 "<p>jupyter-tunnel is reconnecting to the Jupyter server; this page reloads itself.</p>\n",
                 ["Retry-After: 5"]))
-        except OSError:
-            pass
 
 
 def _pump(source: socket.socket, sink: socket.socket) -> None:
@@ -2559,18 +2498,14 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
         _shutdown(source)
         _shutdown(sink)
         return
-    try:
+    with contextlib.suppress(OSError):
         sink.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
 
 
 def _shutdown(sock: socket.socket) -> None:
     """End both directions of ``sock`` now (a thread blocked on it wakes up)."""
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 def build_http_response(status: int, reason: str, body: str, headers: Sequence[str] = ()) -> bytes:
@@ -2598,13 +2533,11 @@ def build_redirect_response(location: str) -> bytes:
 
 
 def build_probe_request(server: Server, method: str = "GET", path: str = "api/status") -> bytes:
-    """The HTTP/1.0 request of the readiness probe (HTTP/1.0: the server closes after it);
-    ``POST api/shutdown`` for --stop-server."""
+    """The readiness probe's HTTP/1.0 request (the server closes after it); ``POST api/shutdown`` too."""
     auth = f"Authorization: token {server.token}\r\n" if server.token else ""
     body = "Content-Length: 0\r\n" if method == "POST" else ""
     # "localhost": a name Jupyter takes as local whatever its allow_remote_access says
-    return (f"{method} {server.base_url}{path} HTTP/1.0\r\nHost: localhost\r\n"
-            f"{auth}{body}\r\n").encode()
+    return f"{method} {server.base_url}{path} HTTP/1.0\r\nHost: localhost\r\n{auth}{body}\r\n".encode()
 
 
 def parse_status_line(answer: bytes) -> int:
@@ -2623,15 +2556,10 @@ class Answer(NamedTuple):
 
 
 def parse_probe_answer(answer: bytes) -> Answer:
-    """The status of the probe's answer, and whether a Jupyter server gave it.
-
-    Any program may listen on the forwarded port (a dead server's port, taken again): only
-    Jupyter's own answers count.  jupyter_server and notebook >= 5 answer /api/status with
-    a JSON object holding "started" (and last_activity, connections, kernels), and refuse a
-    request without a valid token (a password server) with a 403 whose body their
-    APIHandler writes as JSON: {"message": "Forbidden", "reason": null} (jupyter_server
-    2.21 and notebook 6.5 alike).
-    """
+    """The status of the probe's answer, and whether a Jupyter server gave it (any program may listen
+    on the port: a dead server's, taken again).  jupyter_server and notebook >= 5 answer /api/status
+    with a JSON object holding "started", and a request without a valid token (a password server) with
+    a 403 whose body is {"message": "Forbidden", "reason": null} (jupyter_server 2.21, notebook 6.5)."""
     status = parse_status_line(answer)
     _, sep, body = answer.partition(b"\r\n\r\n")
     try:
@@ -2650,16 +2578,12 @@ NO_ANSWER = "none"  # nothing yet (a timeout, or the connection closed without a
 
 
 def probe_verdict(answer: Answer | None, token_sent: bool) -> str:
-    """What the probe's answer means for readiness: READY_ANSWER, REFUSED_TOKEN, NOT_JUPYTER
-    or NO_ANSWER.
-
-    Jupyter's 403 means two things.  Without a token (the runtime file has none: a password
-    server, or authentication off) it is what a password server says to any request: ready,
-    the page asks for the password.  With a token it is the server refusing the token its own
-    runtime file holds: the file is not that server's (a forged or stale file naming another
-    server's port) or the token changed; never ready.  wait_for_tunnel keeps asking until
-    --timeout (a server may still be setting its token up), then says so.
-    """
+    """What the probe's answer means: READY_ANSWER, REFUSED_TOKEN, NOT_JUPYTER or NO_ANSWER.
+    Jupyter's 403 without a token (the runtime file has none: a password server, or no auth) is
+    what a password server says to anyone: ready, the page asks for the password.  With a token,
+    the server refuses the one its own runtime file holds: the file is not that server's (forged,
+    or stale and naming another's port) or the token changed; never ready (wait_for_tunnel asks
+    until --timeout: a server may still be setting its token up)."""
     if answer is None or not answer.status:
         return NO_ANSWER
     if not answer.jupyter:
@@ -2671,18 +2595,13 @@ def probe_verdict(answer: Answer | None, token_sent: bool) -> str:
 
 def probe_server(forward: str, server: Server, timeout: float = 5.0, method: str = "GET",
                  path: str = "api/status") -> Answer | None:
-    """The answer to ``/api/status`` through ssh's forward (the unix socket ``forward``);
-    status 0 when the connection was closed without an answer (the remote end refused it),
-    None when nothing came in time.
-
-    Through the run's own socket, never the local TCP port: the token in this request must
-    reach nobody but the server, whoever else may listen on a port.  ``Authorization:
-    token`` works on notebook >= 5 and every jupyter_server (``Bearer`` only on
-    jupyter_server >= 2), and the request does not count as activity, so probing never
-    defeats the server's idle culling.  A raw socket, not urllib: it costs nothing to
-    import, and HTTP/1.0 makes the server close once it has answered.
-    """
-    request = build_probe_request(server, method, path)
+    """The answer to ``/api/status`` through ssh's forward (the unix socket ``forward``); status 0
+    when the connection closed without a status line (ssh accepted it, then could not connect to
+    the server on the remote side), None when nothing came in time.  Through the run's own socket,
+    never the local TCP port: the token must reach nobody but the server.  ``Authorization: token``
+    works on notebook >= 5 and every jupyter_server (``Bearer`` only on >= 2), and the request is no
+    activity: probing never defeats idle culling.  A raw socket, not urllib: it costs nothing to
+    import, and HTTP/1.0 makes the server close once it has answered."""
     answer = b""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
@@ -2695,7 +2614,7 @@ def probe_server(forward: str, server: Server, timeout: float = 5.0, method: str
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE  # the server's own self-signed certificate
                 conn = context.wrap_socket(conn)
-            conn.sendall(request)
+            conn.sendall(build_probe_request(server, method, path))
             while len(answer) < MAX_ANSWER:
                 chunk = conn.recv(16384)
                 if not chunk:
@@ -2707,18 +2626,14 @@ def probe_server(forward: str, server: Server, timeout: float = 5.0, method: str
     except OSError:
         if not answer:
             return Answer(0)  # reset, or refused: nothing will answer there
-    # closed without a status line (status 0): ssh accepted the local connection, could not
-    # connect to the server on the remote side, and closed it
     return parse_probe_answer(answer)
 
 
 def wait_for_tunnel(master: Master, forward: str, server: Server, timeout: float,
                     still_there: Callable[[], None] | None = None) -> int:
-    """Poll the server through the tunnel until Jupyter answers; returns the HTTP status.
-
-    ``still_there`` (for a server this run started) raises when the server has gone: it is
-    called every STARTED_CHECK_INTERVAL while no ready answer came, so that a server that died
-    right after writing its runtime file fails the start rather than time out as a silent port."""
+    """Poll the server through the tunnel until Jupyter answers; returns the HTTP status.  ``still_there``
+    (for a server this run started), called every STARTED_CHECK_INTERVAL until then, raises when the server
+    has gone: one that died right after writing its runtime file fails the start instead of a silent timeout."""
     started = last_check = time.monotonic()
     deadline = started + timeout
     delay = POLL_INTERVAL
@@ -2737,35 +2652,28 @@ def wait_for_tunnel(master: Master, forward: str, server: Server, timeout: float
             assert answer is not None
             foreign = answer.status  # maybe a server still starting: keep asking until --timeout
         if not master.alive():
-            raise TunnelError(
-                f"the connection to {master.route.target} was lost: {master.why()}",
-                EXIT_LOST,
-            )
+            raise TunnelError(f"the connection to {master.route.target} was lost: {master.why()}", EXIT_LOST)
         if still_there is not None and time.monotonic() - last_check >= STARTED_CHECK_INTERVAL:
             still_there()
             last_check = time.monotonic()
         if answer == Answer(0) and time.monotonic() - started > CONNECT_FAILURE_GRACE:
             # Jupyter writes its runtime file once it listens: a server that refuses
             # connections now (a dead server's unix socket, say) will not answer later
-            refused = [line for line in master.stderr if "open failed" in line]
+            failures = [line for line in master.stderr if "open failed" in line]
             raise TunnelError(f"the Jupyter server at {where} does not accept connections"
-                              + (f" (ssh: {refused[-1]})" if refused else ""), EXIT_TIMEOUT)
+                              + (f" (ssh: {failures[-1]})" if failures else ""), EXIT_TIMEOUT)
         if time.monotonic() + delay > deadline:
             if refused:
-                raise TunnelError(
-                    f"the Jupyter server at {where} refused the token of its own runtime file (HTTP 403) "
-                    f"for {timeout:g} s: the file (pid {server.pid}) does not describe the server that "
-                    "listens there, or its token changed", EXIT_TIMEOUT)
+                raise TunnelError(f"the Jupyter server at {where} refused the token of its own runtime file "
+                                  f"(HTTP 403) for {timeout:g} s: the file (pid {server.pid}) does not describe "
+                                  "the server that listens there, or its token changed", EXIT_TIMEOUT)
             if foreign:
-                raise TunnelError(
-                    f"{where} answered (HTTP {foreign}), but not as a Jupyter server: another "
-                    f"program listens there, maybe on the port of a Jupyter server that has stopped "
-                    f"(its runtime file says pid {server.pid})", EXIT_TIMEOUT)
+                raise TunnelError(f"{where} answered (HTTP {foreign}), but not as a Jupyter server: another "
+                                  f"program listens there, maybe on the port of a Jupyter server that has "
+                                  f"stopped (its runtime file says pid {server.pid})", EXIT_TIMEOUT)
             reason = master.why(last=2) if master.stderr else "no answer"
-            raise TunnelError(
-                f"the Jupyter server did not answer through the tunnel within {timeout:g} s ({reason})",
-                EXIT_TIMEOUT,
-            )
+            raise TunnelError(f"the Jupyter server did not answer through the tunnel within {timeout:g} s "
+                              f"({reason})", EXIT_TIMEOUT)
         time.sleep(delay)
         delay = min(delay * 2, 0.25)
 
@@ -2779,20 +2687,14 @@ def build_url(local_port: int, server: Server, host: str = "localhost") -> str:
 
     scheme = "https" if server.secure else "http"
     query = f"token={quote(server.token, safe='')}" if server.token else ""
-    # urlunsplit writes the authority first and makes the path start with "/": whatever a
-    # base_url holds (parse_server refuses the odd ones anyway), the URL points at
-    # host:local_port
+    # urlunsplit writes the authority first and starts the path with "/": whatever a base_url
+    # holds (parse_server refuses the odd ones anyway), the URL points at host:local_port
     return urlunsplit((scheme, f"{host}:{local_port}", server.base_url, query, ""))
 
 
 def open_browser(browser: str | None, url: str, relay: Relay) -> None:
-    """Open ``url`` in the browser, detached so it outlives neither Ctrl+C nor our exit.
-
-    The browser gets the relay's one-time address that redirects to ``url``, never ``url``
-    itself (see Relay.offer_redirect): its command line is readable by every local user.
-    """
-    detached = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL, start_new_session=True)
+    """Open the browser, detached (neither Ctrl+C nor our exit ends it), on the relay's one-time
+    address that redirects to ``url``: never ``url`` itself, as every local user reads its command line."""
     if browser is not None:
         command = shlex.split(browser)
     elif sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
@@ -2808,7 +2710,8 @@ def open_browser(browser: str | None, url: str, relay: Relay) -> None:
             say("Warning", "No web browser found: open the URL above yourself.")
             return
         command = [sys.executable, "-m", "webbrowser", "-t"]
-    subprocess.Popen([*command, relay.offer_redirect(url)], **detached)
+    subprocess.Popen([*command, relay.offer_redirect(url)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 # --------------------------------------- 9. stay: reconnect, the server or job ending
@@ -2845,12 +2748,9 @@ def find_again(servers: Sequence[Server], previous: Server, host: str) -> Server
 
 
 def server_stopped(master: Master, forward: str, server: Server) -> bool:
-    """Whether the Jupyter server has stopped (the connection itself still up).
-
-    A probe that fails alone proves nothing (a busy server, a slow network); the server is
-    gone only when its runtime file is gone or its pid is dead, which discovery tells.
-    Neither request counts as activity, so idle culling still works.
-    """
+    """Whether the Jupyter server has stopped (the connection itself still up): a failed probe
+    proves nothing (a busy server, a slow network), a runtime file gone or a dead pid does, as
+    discovery tells.  Neither request counts as activity, so idle culling still works."""
     answer = probe_server(forward, server, timeout=10.0)
     if answer is None or answer.jupyter:
         return False  # it answered, or is too busy to: not stopped
@@ -2862,21 +2762,18 @@ def server_stopped(master: Master, forward: str, server: Server) -> bool:
 
 
 class JobWatch:
-    """The scheduler job a server runs in, while the tunnel stays: the warnings before its
-    time limit, its end (asked of the scheduler on the head: a node may refuse logins once
-    its job is gone), and, at close, its cancelling (--stop-server)."""
+    """The scheduler job a server runs in: the warnings before its time limit, its end (asked of the
+    scheduler on the head: a node may refuse logins once its job is gone), at close its cancelling."""
 
     def __init__(self, job: ClusterJob, options: ClusterOptions, warn_before: float) -> None:
         now = time.monotonic()
-        self.job = job
-        self.options = options
+        self.job, self.options = job, options
         self.end = None if job.time_left is None else now + job.time_left  # time.monotonic() at the limit
         # (monotonic time, seconds left then), soonest first
         self.warnings = [(now + after, left) for after, left in build_warning_times(job.time_left, warn_before)]
 
     def wanted(self, port: int | None, pick: int | None) -> tuple[int | None, int | None]:
-        """--port and --pick on the job's node: its own server, whatever else runs there
-        (with -n auto, --pick chose the job)."""
+        """--port and --pick on the job's node: its own server (with -n auto, --pick chose the job)."""
         return port or self.job.port, pick if self.options.submit else None
 
     def end_time(self) -> float | None:
@@ -2931,8 +2828,7 @@ class JobWatch:
         return all(job.job != self.job.job or job.state not in ("running", "ready") for job in jobs)
 
     def stop(self, master: Master | None, head: str, cancel: bool) -> None:
-        """At close: with ``cancel`` (--stop-server) cancel the job; else say that it keeps
-        running, and how to stop it."""
+        """At close: with ``cancel`` (--stop-server) cancel the job, else say how to stop it."""
         job = self.job
         if not cancel:
             left = self.time_left()
@@ -2961,20 +2857,17 @@ class JobWatch:
 
 def close_server(master: Master | None, host: str, forward: str, server: Server, stop: bool, reached: bool,
                  started: bool, start: bool) -> None:
-    """At close: with ``stop`` (--stop-server), shut the server on ``host`` down through the
-    master; else say whether it keeps running.  ``reached``: the tunnel answered once, or the
-    run started the server; ``start``: --start was given."""
-    # a server never reached through the tunnel (the run failed before) is left alone,
-    # unless this run started it
+    """At close: with ``stop`` (--stop-server), shut the server on ``host`` down; else say whether
+    it keeps running.  ``reached``: the tunnel answered once, or the run started the server (one
+    never reached, the run failing before, is left alone); ``start``: --start was given."""
     if not stop or not reached:
         if started:
             say("Info", f"The Jupyter server started on {host} keeps running (pid {server.pid}): "
                         "a later jupyter-tunnel attaches to it; --stop-server stops it when the tunnel closes.")
         return
     if start and not started:
-        # "--start --stop-server" reads "a server for this session": one that ran before
-        # (someone else's work in it, maybe) is not the run's to stop; plain --stop-server
-        # names the attached server, and stops it
+        # "--start --stop-server" reads "a server for this session": one that ran before (someone
+        # else's work in it, maybe) is not the run's to stop; plain --stop-server stops the attached one
         say("Info", f"The Jupyter server on {host} was already running: left running (--stop-server "
                     "stops only a server this run started when used with --start)")
         return
@@ -2985,15 +2878,6 @@ def close_server(master: Master | None, host: str, forward: str, server: Server,
                        "it did not shut down when asked")
 
 
-def stop_jupyter(master: Master, host: str, forward: str, server: Server) -> bool:
-    """Shut the server down through ``forward``, saying so; whether it has stopped."""
-    say("Info", f"Stopping the Jupyter server on {host} (pid {server.pid})...")
-    stopped = shutdown_server(master, forward, server)
-    if stopped:
-        say("Info", "The Jupyter server has stopped.")
-    return stopped
-
-
 # Waits until a runtime file is gone: jupyter removes it last when it shuts down.
 GONE_SCRIPT = r"""f=@FILE@
 tries=0
@@ -3001,21 +2885,23 @@ while [ -e "$f" ]; do tries=$((tries + 1)); [ $tries -le @TRIES@ ] || exit 1; sl
 """
 
 
-def shutdown_server(master: Master, forward: str, server: Server, timeout: float = 30.0) -> bool:
-    """``--stop-server``: shut the server down through the tunnel (``POST /api/shutdown`` with
-    its token, which every jupyter_server and notebook >= 5.1 take), and wait until its
-    runtime file is gone; True when it is."""
+def stop_jupyter(master: Master, host: str, forward: str, server: Server, timeout: float = 30.0) -> bool:
+    """Shut the server down through ``forward``, saying so: ``POST /api/shutdown`` with its token
+    (every jupyter_server and notebook >= 5.1 take it), then wait until its runtime file is gone;
+    whether it has stopped."""
+    say("Info", f"Stopping the Jupyter server on {host} (pid {server.pid})...")
     answer = probe_server(forward, server, timeout=10.0, method="POST", path="api/shutdown")
-    if answer is None or answer.status not in (200, 204):
-        return False
-    if not server.source.startswith("/"):
-        return True  # found by "jupyter server list": no file to watch
-    script = fill_script(GONE_SCRIPT, {"FILE": shlex.quote(server.source), "TRIES": str(int(timeout * 10))})
-    try:
-        return master.run("sh -s", stdin=script, timeout=timeout + 10,
-                          what=f"waiting for the Jupyter server (pid {server.pid}) to stop").returncode == 0
-    except (subprocess.TimeoutExpired, TunnelError):  # a TunnelError: too much output
-        return False
+    stopped = answer is not None and answer.status in (200, 204)
+    if stopped and server.source.startswith("/"):  # else found by "jupyter server list": no file to watch
+        script = fill_script(GONE_SCRIPT, {"FILE": shlex.quote(server.source), "TRIES": str(int(timeout * 10))})
+        try:
+            stopped = master.run("sh -s", stdin=script, timeout=timeout + 10,
+                                 what=f"waiting for the Jupyter server (pid {server.pid}) to stop").returncode == 0
+        except (subprocess.TimeoutExpired, TunnelError):  # a TunnelError: too much output
+            stopped = False
+    if stopped:
+        say("Info", "The Jupyter server has stopped.")
+    return stopped
 
 
 # ----------------------------------------------------------------- the registry entry
@@ -3023,19 +2909,16 @@ def shutdown_server(master: Master, forward: str, server: Server, timeout: float
 
 
 def build_state(pid: int, route: Route, directory: str, started: float) -> dict:
-    """The registry entry of a run that is connecting: what a user needs to pick it, and
-    what to clean up after it (never the token)."""
+    """A connecting run's registry entry: what a user needs to pick it, and to clean up after it (no token)."""
     return {
         "pid": pid, "state": CONNECTING, "hosts": list(route.hosts), "node": route.node,
         "local_port": None, "remote_host": route.server_host, "remote_port": None, "sock": "",
         "server_pid": None, "root_dir": "", "started": started, "started_server": False,
-        # for cleaning up after a run that was SIGKILLed: its ssh master (and agent)
-        # outlive it, and its private directory stays
+        # to clean up after a SIGKILLed run: its ssh master and agent outlive it, its directory stays
         "control_dir": directory, "master_pid": None, "agent_pid": None,
         # a server in a scheduler job: its id, scheduler and end (epoch seconds; None: no limit)
         "job": "", "scheduler": "", "job_end": None,
-        # riding the user's own master: {"control": its socket, "spec": the -L of this run},
-        # for cancelling the forward on it after a run that was SIGKILLed
+        # riding the user's master: {"control": its socket, "spec": this run's -L}, to cancel after a SIGKILL
         "shared_forward": None,
     }
 
@@ -3050,7 +2933,7 @@ def build_forward_state(server: Server, local_port: int) -> dict:
 
 
 def _raise_interrupted(signum: int, _frame) -> None:
-    """Turn SIGTERM/SIGHUP into an exception, so that cleanup runs in ``finally``."""
+    """Turn SIGTERM/SIGHUP into an exception: cleanup runs in ``finally``."""
     raise Interrupted(signal.Signals(signum).name)
 
 
@@ -3101,10 +2984,8 @@ class Settings(NamedTuple):
 
 def settings_from(args: argparse.Namespace) -> Settings:
     """The Settings named in ``args`` (argparse's answer)."""
-    start = None
-    if args.start:
-        start = StartOptions(args.type or "lab", tuple(args.pre), args.conda_env or "", args.jupyter or "jupyter",
-                             args.root_dir or "")
+    start = StartOptions(args.type or "lab", tuple(args.pre), args.conda_env or "", args.jupyter or "jupyter",
+                         args.root_dir or "") if args.start else None
     browser = "" if args.browser is not None and args.browser.lower() in NO_BROWSER else args.browser
     built = ("ssh_options", "listing", "browser", "start", "cluster", "warn_before")
     return Settings(**{name: getattr(args, name) for name in Settings._fields if name not in built},
@@ -3125,14 +3006,12 @@ def cluster_options(args: argparse.Namespace) -> ClusterOptions | None:
 
 
 def write_askpass(directory: str, password: str) -> dict[str, str]:
-    """Write the SSH_ASKPASS helper (run by this Python) into the run's 0700 ``directory``;
-    returns the environment that makes ssh use it."""
+    """Write the SSH_ASKPASS helper into the run's 0700 ``directory``; the environment that makes ssh use it."""
     askpass, program = os.path.join(directory, ASKPASS_FILE), os.path.join(directory, ASKPASS_PROGRAM)
     with open(os.open(program, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
         f.write(build_askpass_script(sys.executable))
-    # ssh execs SSH_ASKPASS itself: a "#!PYTHON" line would end at a space in the interpreter's
-    # path (a venv in "My Project") and exceed older kernels' 127 bytes; sh quotes it instead,
-    # and exec keeps the helper's parent ssh's (it watches that ssh)
+    # ssh execs SSH_ASKPASS: a "#!PYTHON" line would end at a space in the path (a venv in "My Project")
+    # and exceed older kernels' 127 bytes; sh quotes it, and exec keeps ssh the helper's parent (it watches it)
     with open(os.open(askpass, os.O_WRONLY | os.O_CREAT, 0o700), "w") as f:
         f.write(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -IS {shlex.quote(program)} "$@"\n')
     # OpenSSH >= 8.4 sends every prompt of every hop to SSH_ASKPASS with "force"; sshpass
@@ -3141,9 +3020,8 @@ def write_askpass(directory: str, password: str) -> dict[str, str]:
 
 
 class Connection:
-    """The run's one login per hop: its ssh config file, the agent and askpass helper it may
-    need, the master of the moment (the user's own, or the run's: opened again after a drop),
-    and the logins the server refused."""
+    """The run's one login per hop: its ssh config file, the agent and askpass helper it may need, the
+    master of the moment (the user's own, or the run's: opened again after a drop), the logins refused."""
 
     def __init__(self, settings: Settings, ssh: str, route: Route, password: str | None = None) -> None:
         self.settings = settings
@@ -3155,15 +3033,12 @@ class Connection:
         self.registration: Registration | None = None
         self.agent: subprocess.Popen | None = None
         self.master: Master | None = None
-        # ride the user's own master at the first login (never with -p or -a: they ask for
-        # this run's own login); after it dies, the run logs in itself
+        # ride the user's own master at the first login only (never with -p or -a: they ask for the run's own)
         self.may_share = not (settings.new_login or settings.new_agent or password is not None)
-        # no terminal and no -p: no prompt can be answered, and ssh would send empty answers
-        # (failed attempts at the server): BatchMode from the first login on
+        # no terminal, no -p: ssh would send empty answers (failed attempts at the server): BatchMode
         self.batch = password is None and not can_prompt(has_terminal(), self.env)
         self.refused_logins = 0  # logins of this run the server refused (MAX_REFUSED_LOGINS)
         self.last_refusal = ""  # ssh's words for the last one
-        # whether its own logins use an agent of its own (-a, or none in the environment)
         self.own_agent = settings.new_agent or not self.env.get("SSH_AUTH_SOCK")
 
     def set_up(self, directory: str, registration: Registration) -> None:
@@ -3174,13 +3049,11 @@ class Connection:
         self.write_config()
 
     def write_config(self) -> None:
-        """(Re)write the ssh config file of the run (see build_ssh_config)."""
-        # AddKeysToAgent only for an agent of the run's own, written before it is started:
-        # until then no ssh of the run authenticates
-        text = build_ssh_config(self.settings.ssh_config, self.settings.ssh_options,
-                                add_keys_to_agent=self.own_agent, password=self.password is not None,
-                                keepalive=self.settings.keepalive, batch=self.batch,
-                                first_hop=self.route.hosts[0])
+        """(Re)write the run's ssh config file (AddKeysToAgent only for an agent of the run's own,
+        written before it is started: until then no ssh of the run authenticates)."""
+        text = build_ssh_config(self.settings.ssh_config, self.settings.ssh_options, add_keys_to_agent=self.own_agent,
+                                password=self.password is not None, keepalive=self.settings.keepalive,
+                                batch=self.batch, first_hop=self.route.hosts[0])
         path = os.path.join(self.directory, CONFIG_FILE)
         with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(text)
@@ -3190,12 +3063,10 @@ class Connection:
                 say("Debug", f"  {line}")
 
     def open(self) -> float | None:
-        """Ride the user's open master, or log in (the run's one login): the login's seconds,
-        None when riding."""
+        """Ride the user's open master, or log in (the run's one login): its seconds, None when riding."""
         if self.may_share:
             self.may_share = False
-            self.master = find_shared_master(self.ssh, self.route, self.directory, self.env,
-                                             self.settings.verbose)
+            self.master = find_shared_master(self.ssh, self.route, self.directory, self.env, self.settings.verbose)
             if self.master is not None:
                 say("Info", f"Using your open connection to {self.route.target} (no login).")
                 return None
@@ -3226,29 +3097,25 @@ class Connection:
             self.master.reach(node)
 
     def refusal_error(self, refused_before: int) -> TunnelError | None:
-        """After a failed reconnection: the error that ends the run when the server refused
-        the login again (``refused_before``: the count before it), else None."""
-        # A refused login is a failed attempt at the server (a rate limit would refuse it
-        # again): without a way to ask it ends the run at once, else after MAX_REFUSED_LOGINS.
+        """After a failed reconnection: the error that ends the run when the server refused the login
+        again (``refused_before``: the count before), else None.  Each refusal is a failed attempt at the
+        server (a rate limit refuses again): it ends the run at once in batch mode, else after MAX_REFUSED_LOGINS."""
         if self.refused_logins <= refused_before:
             return None
         if self.batch:
             return TunnelError(build_login_error(self.route.describe(), self.last_refusal, batch=True,
                                                  reconnecting=True), EXIT_LOST)
         if self.refused_logins >= MAX_REFUSED_LOGINS:
-            return TunnelError(
-                f"the login to {self.route.describe()} was refused {self.refused_logins} times in "
-                f"this run ({self.last_refusal}): not trying again, as each refusal counts against "
-                "your account, which may lock. Check your password, key or verification code, and "
-                "run jupyter-tunnel again", EXIT_LOST)
+            return TunnelError(f"the login to {self.route.describe()} was refused {self.refused_logins} times in "
+                               f"this run ({self.last_refusal}): not trying again, as each refusal counts against "
+                               "your account, which may lock. Check your password, key or verification code, and "
+                               "run jupyter-tunnel again", EXIT_LOST)
         return None
 
     def retries(self) -> Iterator[int]:
-        """Attempts at logging in again, with backoff: the refused logins so far, for each.
-
-        Every failed attempt counts against --max-retries, a refused login also against the
-        run's MAX_REFUSED_LOGINS (refusal_error); an unreachable network costs the account
-        nothing: it is retried."""
+        """Attempts at logging in again, with backoff: the refused logins so far, for each.  Every
+        failed attempt counts against --max-retries, a refused login also against the run's
+        MAX_REFUSED_LOGINS (refusal_error); an unreachable network costs the account nothing."""
         for attempt, delay in enumerate(backoff_delays()):
             if attempt >= self.settings.max_retries:
                 raise TunnelError(f"could not reconnect to {self.route.target} after "
@@ -3303,8 +3170,7 @@ def list_jobs(master: Master, jobs: list[ClusterJob], as_json: bool) -> int:
         try:
             servers[node] = discover(master, node)
         except TunnelError as error:
-            # one node refusing (down, or no login allowed) must not hide the other jobs:
-            # its servers show as unknown ("?" / null)
+            # one node refusing (down, no logins) must not hide the other jobs: its servers show as unknown
             say("Warning", f"cannot list the servers on {node}: {error}")
             servers[node] = None
     if as_json:
@@ -3397,7 +3263,6 @@ class Tunnel:
         self.directory = make_private_dir()
         # locked before the entry names the directory: a run is never seen registered and unlocked
         self.lock = take_run_lock(self.directory)
-        # registered at once: from now on there is something to clean up after this run
         self.registration = Registration(build_state(os.getpid(), self.route, self.directory, time.time()))
         self.connection.set_up(self.directory, self.registration)
 
@@ -3462,15 +3327,12 @@ class Tunnel:
             self.relay = Relay(open_local_port(first, fixed), self.forward, self.server.secure)
         self.relay.forward, self.relay.secure = self.forward, self.server.secure
         assert self.registration is not None
-        shared = None
-        if isinstance(master, SharedMaster):
-            shared = {"control": master.control, "spec": master.forwards[-1]}
+        shared = {"control": master.control, "spec": master.forwards[-1]} if isinstance(master, SharedMaster) else None
         self.registration.update(**build_forward_state(self.server, self.relay.port), shared_forward=shared)
         still_there = None
         if self.started and self.settings.start is not None and not self.status:
             # the first wait for a server this run started: it may die right after its start
-            still_there = functools.partial(check_started, master, self.server, self.start_log,
-                                            self.settings.start.app)
+            still_there = functools.partial(check_started, master, self.server, self.start_log, self.settings.start.app)
         try:
             self.status = wait_for_tunnel(master, self.forward, self.server, self.settings.timeout, still_there)
         except TunnelError as error:
@@ -3553,8 +3415,7 @@ class Tunnel:
             return
 
     def stop_server(self) -> None:
-        """At close: with --stop-server, shut the server down (or cancel its job); else say that
-        it keeps running."""
+        """At close: with --stop-server, shut the server down (or cancel its job); else say it keeps running."""
         master = self.connection.master
         if self.watch is not None:
             self.watch.stop(master, self.route.target, self.settings.stop_server)
@@ -3589,11 +3450,8 @@ def resource_option(text: str) -> str:
 
 
 def text_option(text: str) -> str:
-    """An argparse type: text without control characters.
-
-    ``-o`` values and the ``-F`` path are written into the generated ssh config: a newline
-    there would add a line of the user's making to it (ssh reads it as a new option).
-    """
+    """An argparse type: text without control characters (``-o`` values and the ``-F`` path go into
+    the generated ssh config, where a newline would start an option of the user's making)."""
     if has_control(text):
         raise argparse.ArgumentTypeError(f"control characters (a newline, say) are not allowed: {text!r}")
     return text
@@ -3617,22 +3475,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="jupyter-tunnel",
         # one line: an error after it must not drown under 35 options (--help lists them)
         usage="%(prog)s -s [USER@]HOST [HOST ...] [options]   (--help lists the options)",
-        description=(
-            f"jupyter-tunnel {__version__}: create an SSH tunnel to a Jupyter server running\n"
-            "remotely and open the local web browser on it. One login per host for the whole run."
-        ),
-        epilog=(
-            "examples:\n"
-            "  through a gateway:      jupyter-tunnel -s user@gateway.ext user@server.ext\n"
-            "  start one if none runs: jupyter-tunnel -s gw server --start --pre '. ~/venv/bin/activate'\n"
-            "  a cluster job:          jupyter-tunnel -s gw head --submit -t lab -r h_rt=4:00:00 -w 10m\n"
-            "\nexit codes: 0 closed normally, 2 bad option, 3 program missing, 4 cannot connect (or\n"
-            "  the account runs no command), 5 no (single) server, 6 no local port, 7 Jupyter did\n"
-            "  not answer in time (or the job did not start), 8 connection lost, 9 --start or\n"
-            "  --submit could not start a server,\n"
-            "  130 interrupted before the tunnel was ready,\n"
-            "  1 other errors"
-        ),
+        description=f"jupyter-tunnel {__version__}: create an SSH tunnel to a Jupyter server running\n"
+                    "remotely and open the local web browser on it. One login per host for the whole run.",
+        epilog="examples:\n"
+               "  through a gateway:      jupyter-tunnel -s user@gateway.ext user@server.ext\n"
+               "  start one if none runs: jupyter-tunnel -s gw server --start --pre '. ~/venv/bin/activate'\n"
+               "  a cluster job:          jupyter-tunnel -s gw head --submit -t lab -r h_rt=4:00:00 -w 10m\n"
+               "\nexit codes: 0 closed normally, 2 bad option, 3 program missing, 4 cannot connect (or\n"
+               "  the account runs no command), 5 no (single) server, 6 no local port, 7 Jupyter did\n"
+               "  not answer in time (or the job did not start), 8 connection lost, 9 --start or\n"
+               "  --submit could not start a server,\n"
+               "  130 interrupted before the tunnel was ready,\n"
+               "  1 other errors",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     # the groups in the order a run needs them (the README's tables follow the same order)
@@ -3641,13 +3495,11 @@ def build_parser() -> argparse.ArgumentParser:
     local = parser.add_argument_group("the browser and the local port")
     lifetime = parser.add_argument_group("lifetime: waiting, reconnecting, closing")
     connection.add_argument("-s", "--host", type=text_option, nargs="+", action="extend", default=[], metavar="HOST",
-                        help="host(s) to contact in order: all but the last are jump hosts "
-                             "([user@]host[:port], names from ~/.ssh/config work); repeatable: "
-                             "-s gw -s srv is -s gw srv")
+                        help="host(s) to contact in order: all but the last are jump hosts ([user@]host[:port], "
+                             "names from ~/.ssh/config work); repeatable: -s gw -s srv is -s gw srv")
     local.add_argument("-b", "--browser", type=browser_option, metavar="PROG",
-                        help="browser to start once the tunnel answers (it gets a one-time address that "
-                             'redirects to the URL); "n" or "none": start none '
-                             "[default: the system's default browser]")
+                        help="browser to start once the tunnel answers (it gets a one-time address that redirects "
+                             'to the URL); "n" or "none": start none [default: the system\'s default browser]')
     connection.add_argument("-n", "--node", type=text_option, metavar="NODE",
                         help="cluster node (Grid Engine, Slurm) running the server; the last -s host "
                              "is then the head node, from which the node is reached; \"auto\": the node "
@@ -3672,9 +3524,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop the Jupyter server chosen as a run would choose it (with -n auto or --job: "
                              "cancel its job) and exit, without a tunnel")
     local.add_argument("--json", action="store_true",
-                        help="machine-readable output on stdout: the --list as a JSON array, or, "
-                             "once the tunnel is ready, one JSON object (url, local_port, ...) "
-                             "instead of the URL")
+                        help="machine-readable output on stdout: the --list as a JSON array, or, once the tunnel "
+                             "is ready, one JSON object (url, local_port, ...) instead of the URL")
     choosing.add_argument("--port", type=int_option(1, 65535), metavar="RPORT",
                         help="use the server listening on this remote port")
     choosing.add_argument("--dir", metavar="TEXT", help="use the server whose root directory contains TEXT")
@@ -3692,16 +3543,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "after 3 of them [default: %(default)s]")
     lifetime.add_argument("--no-reconnect", action="store_true",
                         help="exit (code 8) when the connection drops instead of reconnecting")
-    lifetime.add_argument("--max-retries", type=int_option(1, MAX_RETRIES), default=DEFAULT_MAX_RETRIES,
-                        metavar="N",
+    lifetime.add_argument("--max-retries", type=int_option(1, MAX_RETRIES), default=DEFAULT_MAX_RETRIES, metavar="N",
                         help=f"give up (code 8) after N failed reconnection attempts after a drop (at most "
                              f"{MAX_RETRIES}); {MAX_REFUSED_LOGINS} logins refused by the server end the run "
                              "anyway [default: %(default)s]")
     lifetime.add_argument("--check-interval", type=number_option("seconds", MAX_CHECK_INTERVAL),
                         default=DEFAULT_CHECK_INTERVAL, metavar="SECONDS",
-                        help=f"how often to check that the Jupyter server still runs (at most "
-                             f"{MAX_CHECK_INTERVAL:g}); the tunnel closes (code 0) when it has stopped "
-                             "[default: %(default)g]")
+                        help=f"how often to check that the Jupyter server still runs (at most {MAX_CHECK_INTERVAL:g}); "
+                             "the tunnel closes (code 0) when it has stopped [default: %(default)g]")
     start = parser.add_argument_group(
         "starting a server (--start)", "without -n: a server on a cluster node needs a job (--submit)")
     start.add_argument("--start", action="store_true",
@@ -3767,9 +3616,8 @@ JOB_OPTIONS = (("--scheduler", "scheduler"), ("--python", "python"), ("--warn-be
 
 
 def ignored_option_problem(args: argparse.Namespace) -> str:
-    """Which option of ``args`` this run would ignore, and with what it goes ("" for none).
-
-    Their argparse defaults are None (or []), so that a value given is told from none given."""
+    """Which option of ``args`` this run would ignore, and with what it goes ("" for none); their
+    argparse defaults are None (or []), so that a value given is told from none given."""
     if not (args.start or args.submit):
         for name, dest in STARTING_OPTIONS:
             if getattr(args, dest):
