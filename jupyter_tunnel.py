@@ -83,8 +83,8 @@ from jupyter_node import (CANCEL_COMMANDS, JOB_ID_RE, NO_TIME_LIMIT, SCHEDULERS,
 from jupyter_node import resource_option as node_resource_option
 # the registry, a run's private directory and its lock
 from jupyter_tunnel_shutdown import (AGENT_SOCKET, CONFIG_FILE, CONNECTING, CONTROL_SOCKET, FORWARD_SOCKET,
-                                     HAVE_PROC, MAX_TIMEOUT, READY, Registration, build_cancel_argv, cancel_forward,
-                                     make_private_dir, prune_registry, socket_answers, take_run_lock)
+                                     HAVE_PROC, MAX_TIMEOUT, READY, Registration, build_cancel_argv, build_state,
+                                     cancel_forward, make_private_dir, prune_registry, socket_answers, take_run_lock)
 
 __version__ = "0.1.0"
 
@@ -513,6 +513,12 @@ def server_auth(server: Server) -> str:
     """How the server authenticates, as far as its runtime file tells ("password": false does not:
     a server protected by `jupyter server password` writes it just as one with no authentication)."""
     return "token" if server.token else "password or none"
+
+
+def build_forward_state(server: Server, local_port: int) -> dict:
+    """The fields of a registry entry known once the local port is forwarded to the server."""
+    return {"local_port": local_port, "remote_port": server.port, "sock": server.sock,
+            "server_pid": server.pid, "root_dir": server.root_dir}
 
 
 def server_info(number: int, server: Server) -> dict:
@@ -2904,31 +2910,6 @@ def stop_jupyter(master: Master, host: str, forward: str, server: Server, timeou
     return stopped
 
 
-# ----------------------------------------------------------------- the registry entry
-# (the registry itself, with process identity: jupyter_tunnel_shutdown.py)
-
-
-def build_state(pid: int, route: Route, directory: str, started: float) -> dict:
-    """A connecting run's registry entry: what a user needs to pick it, and to clean up after it (no token)."""
-    return {
-        "pid": pid, "state": CONNECTING, "hosts": list(route.hosts), "node": route.node,
-        "local_port": None, "remote_host": route.server_host, "remote_port": None, "sock": "",
-        "server_pid": None, "root_dir": "", "started": started, "started_server": False,
-        # to clean up after a SIGKILLed run: its ssh master and agent outlive it, its directory stays
-        "control_dir": directory, "master_pid": None, "agent_pid": None,
-        # a server in a scheduler job: its id, scheduler and end (epoch seconds; None: no limit)
-        "job": "", "scheduler": "", "job_end": None,
-        # riding the user's master: {"control": its socket, "spec": this run's -L}, to cancel after a SIGKILL
-        "shared_forward": None,
-    }
-
-
-def build_forward_state(server: Server, local_port: int) -> dict:
-    """The fields of a registry entry known once the local port is forwarded to the server."""
-    return {"local_port": local_port, "remote_port": server.port, "sock": server.sock,
-            "server_pid": server.pid, "root_dir": server.root_dir}
-
-
 # ------------------------------------- the run: one Tunnel, taken down by one close()
 
 
@@ -3263,7 +3244,9 @@ class Tunnel:
         self.directory = make_private_dir()
         # locked before the entry names the directory: a run is never seen registered and unlocked
         self.lock = take_run_lock(self.directory)
-        self.registration = Registration(build_state(os.getpid(), self.route, self.directory, time.time()))
+        route = self.route
+        self.registration = Registration(build_state(os.getpid(), route.hosts, route.node, route.server_host,
+                                                     self.directory, time.time()))
         self.connection.set_up(self.directory, self.registration)
 
     def login(self) -> Master:

@@ -54,7 +54,7 @@ from jupyter_node import (CANCEL_COMMANDS, JOB_ID_RE, describe_os_error, format_
 # that it imports nothing else from here).
 __all__ = [
     "AGENT_SOCKET", "CONFIG_FILE", "CONNECTING", "CONTROL_SOCKET", "FORWARD_SOCKET", "HAVE_PROC",
-    "MAX_TIMEOUT", "READY", "Registration", "RunningTunnel", "build_cancel_argv", "cancel_forward",
+    "MAX_TIMEOUT", "READY", "Registration", "RunningTunnel", "build_cancel_argv", "build_state", "cancel_forward",
     "find_tunnels", "main", "make_private_dir", "prune_registry", "select_tunnels", "socket_answers",
     "stop_tunnels", "take_run_lock",
 ]
@@ -135,7 +135,7 @@ class RunningTunnel(NamedTuple):
 
     @classmethod
     def from_state(cls, state: Mapping) -> RunningTunnel:
-        """From a registry entry (written by jupyter_tunnel.build_state); odd fields are dropped."""
+        """From a registry entry (written by build_state); odd fields are dropped."""
         hosts, job, scheduler = state.get("hosts"), state.get("job"), state.get("scheduler")
         return cls(
             pid=int(state["pid"]),
@@ -518,6 +518,22 @@ def _number(value: object) -> float:
     except OverflowError:
         return 0.0
     return number if math.isfinite(number) else 0.0
+
+
+def build_state(pid: int, hosts: Sequence[str], node: str, remote_host: str, directory: str,
+                started: float) -> dict:
+    """A connecting run's registry entry: what a user needs to pick it, and to clean up after it (no token)."""
+    return {
+        "pid": pid, "state": CONNECTING, "hosts": list(hosts), "node": node,
+        "local_port": None, "remote_host": remote_host, "remote_port": None, "sock": "",
+        "server_pid": None, "root_dir": "", "started": started, "started_server": False,
+        # to clean up after a SIGKILLed run: its ssh master and agent outlive it, its directory stays
+        "control_dir": directory, "master_pid": None, "agent_pid": None,
+        # a server in a scheduler job: its id, scheduler and end (epoch seconds; None: no limit)
+        "job": "", "scheduler": "", "job_end": None,
+        # riding the user's master: {"control": its socket, "spec": this run's -L}, to cancel after a SIGKILL
+        "shared_forward": None,
+    }
 
 
 class Registration:

@@ -115,7 +115,7 @@ def test_parse_status_field():
 
 def test_entry_of_a_connecting_run():
     server = jt.Server(pid=77, port=8888, host="localhost", base_url="/", token="secret", root_dir="/w")
-    state = jt.build_state(4242, jt.Route(("gw", "srv")), DIR, 1700000000.5)
+    state = sd.build_state(4242, ("gw", "srv"), "", "srv", DIR, 1700000000.5)
     assert (state["state"], state["local_port"], state["master_pid"], state["control_dir"]) == \
         ("connecting", None, None, DIR)
     state.update(jt.build_forward_state(server, 8889))  # still connecting: waiting for the server

@@ -14,7 +14,7 @@ import pytest
 import jupyter_node as jn
 import jupyter_tunnel_shutdown as sd
 
-# A registry entry as jupyter_tunnel.build_state writes it (plus "file", added by read_states).
+# A registry entry as build_state writes it (plus "file", added by read_states).
 STATE = {
     "pid": 4242, "state": "ready", "hosts": ["gw", "u@srv"], "node": "", "local_port": 8889,
     "remote_host": "u@srv", "remote_port": 8888, "sock": "", "server_pid": 77, "root_dir": "/w",
