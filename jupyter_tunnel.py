@@ -1,45 +1,36 @@
 #!/usr/bin/env python3
 """Put the local browser on a Jupyter server that already runs on a remote machine.
 
-The flow, with exactly one SSH login per hop for the whole run.  ``main()`` parses the
-command line and calls ``Tunnel(...).run()``, which takes these steps; each has its section
-below, in this order (docs/how-it-works.md numbers them the same):
+One SSH login per hop for the whole run.  ``main()`` parses the command line and calls
+``Tunnel(...).run()``, which takes these steps, each in its section below, in this order
+(docs/how-it-works.md numbers them the same):
 
-1. connect once (``Connection.open``, ``Master``): register the run (``<pid>.json``, state
-   "connecting": a run killed while it waits leaves nothing unfound), then start ONE
-   OpenSSH master (``ssh -M -S SOCKET -N``) to the last ``-s`` host, through the others as
-   jump hosts (``-J``).  Every later step is multiplexed over it, so a password or 2FA
-   prompt appears once.  When the user's own master to that host answers at the ControlPath
-   their config names (``ssh -G``, ``-O check``), the run rides it instead (``SharedMaster``).
-2. the cluster job (``find_job``, only with ``--submit``, ``-n auto``, ``--job``):
-   jupyter_node.py runs on the head through the master and submits or finds the job; the
-   route gains its node, and a ``JobWatch`` follows the job.
-3. discover (``discover``): a small POSIX ``sh`` script run on the remote (with a node: on
-   the node, from the head) prints the runtime files of the live Jupyter servers; they are
-   parsed and checked here, so the remote needs neither ``python`` nor ``jupyter`` on PATH.
-   ``--list`` stops here.
-4. start (``start_server``, only with ``--start`` and no matching server): a script sent to
-   ``sh -s`` starts a detached Jupyter on 127.0.0.1 and waits for its runtime file.
-5. choose (``choose_or_start``, ``choose_server``): the only server, the one
-   ``--port``/``--dir``/``--pick`` name, or ask on a terminal.  ``--stop`` stops it here.
+1. connect once (``Connection``, ``Master``): register the run, then start ONE OpenSSH master
+   (``ssh -M``) to the last ``-s`` host through the others (``-J``); every later step is
+   multiplexed over it, so a password or 2FA prompt comes once.  The user's own open master
+   to that host, if their config names one, is ridden instead (``SharedMaster``).
+2. the cluster job (``find_job``; ``--submit``, ``-n auto``, ``--job``): jupyter_node.py runs
+   on the head through the master; the route gains the job's node, a ``JobWatch`` follows it.
+3. discover (``discover``): a POSIX ``sh`` script prints the runtime files of the live Jupyter
+   servers (with a node: on the node, from the head), checked here: the remote needs neither
+   ``python`` nor ``jupyter`` on PATH.  ``--list`` stops here.
+4. start (``start_server``; ``--start`` and no matching server): a detached Jupyter on 127.0.0.1.
+5. choose (``choose_or_start``, ``choose_server``): the only server, the one ``--port``/
+   ``--dir``/``--pick`` name, or ask on a terminal.  ``--stop`` stops it here.
 6. forward (``add_forward``, ``Relay``): the master forwards a unix socket in the run's 0700
-   directory to the server, and the tool listens on the local port itself (127.0.0.1 and
-   [::1]) for the whole run, splicing each connection of the user's own into that socket.
-7. wait (``wait_for_tunnel``): poll ``/api/status`` through the socket until Jupyter itself
-   answers; the entry's state becomes "ready".
-8. browser (``Tunnel.announce``, ``open_browser``): print the URL; open the browser on a
-   one-time address of the relay's that redirects to it (never the token on a command line).
-9. stay (``Tunnel.stay``, ``JobWatch``): until Ctrl+C, SIGTERM or SIGHUP; when the master
-   dies, log in again behind a local port that never closed (``Tunnel.reconnect``); when the
-   server stops or its job ends, exit.
-10. clean up (``Tunnel.close``): close the local port, stop the server if asked
-   (``close_server``), stop the master and the agent, remove the private directory and,
-   last, the registry entry.
+   directory to the server; the tool listens on the local port itself for the whole run and
+   splices each connection of the user's own into that socket.
+7. wait (``wait_for_tunnel``): until Jupyter itself answers ``/api/status`` through it.
+8. browser (``Tunnel.announce``, ``open_browser``): the URL; the browser gets a one-time
+   address of the relay's that redirects to it (never the token on a command line).
+9. stay (``Tunnel.stay``, ``JobWatch``): until Ctrl+C, SIGTERM or SIGHUP; log in again when the
+   master dies, behind a local port that never closed; exit when the server or its job ends.
+10. clean up (``Tunnel.close``, ``close_server``): the local port, the server if asked, the
+   master and agent, the private directory and, last, the registry entry.
 
-The registry and process identity live in jupyter_tunnel_shutdown.py (the tool that reads
-them); the scheduler knowledge in jupyter_node.py.  Only the standard library and the
-system ``ssh`` are used: the system client is what honours ``~/.ssh/config``, ProxyJump,
-agents, ControlMaster and 2FA prompts.
+The registry lives in jupyter_tunnel_shutdown.py, the scheduler knowledge in jupyter_node.py.
+Only the standard library and the system ``ssh`` are used: it is what honours ``~/.ssh/config``,
+ProxyJump, agents, ControlMaster and 2FA prompts.
 """
 
 from __future__ import annotations
@@ -1162,25 +1153,19 @@ def wait_for_prompts(directory: str, timeout: float = 2.0) -> bool:
 # -------------------------------------- 2. the cluster job (--submit, -n auto, --job)
 
 
-# With --submit, -n auto and --job the node is not known before the login: jupyter_node.py,
-# which holds all the scheduler knowledge, runs on the head through the master (no new
-# login, nothing installed there) and answers in JSON (its --json); the node it names is then
-# reached as ``-n NODE`` reaches one.
+# The node is not known before the login: jupyter_node.py, which holds the scheduler knowledge,
+# runs on the head through the master (no login, nothing installed) and answers in JSON (--json).
 AUTO_NODE = "auto"  # -n auto: the node of a running Jupyter job of the user
 DEFAULT_PYTHON = "python3"  # --python: the head's interpreter that runs jupyter_node.py
 JOB_STATES = ("ready", "running", "pending", "failed")  # jupyter_node.py --json's words
 DEFAULT_WARN_BEFORE = 10.0  # minutes: the first warning before the job's time limit
 LAST_WARNING = 2.0  # minutes: the last one
 MAX_WARN_BEFORE = 1440.0  # --warn-before: a day
-# Seconds given to jupyter_node.py beyond its own -w: it gives up by itself at -w and says
-# what it knows; this is for a scheduler command that hangs.
-NODE_GRACE = 60.0
-# The program sent to the head's python on stdin.  No argument travels on the remote command
-# line, which the user's login shell (csh, fish...) parses again: the remote command is only
-# "PY -", and the arguments (a --pre command may hold anything) are Python literals here.
-# jupyter_node.py's source is compiled as a module of its own, so that it may start with
-# "from __future__" imports.  It is written to parse on every Python, 2.7 included (ascii()
-# literals, no f-string), so that a head whose python3 is too old gets a clear answer.
+NODE_GRACE = 60.0  # s beyond jupyter_node.py's own -w (it then says what it knows): a hung scheduler
+# The program for the head's "PY -" on stdin: no argument on the remote command line, which the
+# login shell (csh, fish...) parses again; the arguments (a --pre may hold anything) are Python
+# literals.  It parses on every Python, 2.7 too (ascii(), no f-string): a python3 too old gets a
+# clear answer.  The source compiles as a module of its own: it may start with __future__ imports.
 NODE_BOOTSTRAP = """import sys
 if sys.version_info < (3, 6):
     sys.stderr.write("@MARK@ python %d.%d\\n" % tuple(sys.version_info[:2]))
@@ -1299,11 +1284,9 @@ def parse_node_json(stdout: str) -> dict | None:
 def _text(info: Mapping, key: str) -> str:
     """``info[key]`` as text ("" for null or missing); a ValueError for anything else."""
     value = info.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
+    if value is not None and not isinstance(value, str):
         raise ValueError(f"its {key} {_short(value)} is not text")
-    return value
+    return value or ""
 
 
 def parse_job(info: Mapping, scheduler: str = "") -> ClusterJob:
@@ -1339,10 +1322,8 @@ def parse_jobs(info: Mapping) -> list[ClusterJob]:
 
 def parse_python_version(stderr_lines: Iterable[str]) -> str:
     """The version the bootstrap reports for a python too old to run jupyter_node.py ("" if none)."""
-    for line in stderr_lines:
-        if line.startswith(f"{MARK} python "):
-            return line[len(f"{MARK} python "):].strip()
-    return ""
+    prefix = f"{MARK} python "
+    return next((line[len(prefix):].strip() for line in stderr_lines if line.startswith(prefix)), "")
 
 
 def node_tool_failure(python: str, head: str, returncode: int, stderr_lines: Sequence[str],
@@ -1373,13 +1354,6 @@ def node_tool_failure(python: str, head: str, returncode: int, stderr_lines: Seq
         code = EXIT_MISSING if returncode == EXIT_MISSING else EXIT_START if action == SUBMITTING else EXIT_ERROR
         return TunnelError(f"{failed}: {error or words}{log}{tail}", code)
     return None
-
-
-def build_attach_hint(route: Route, job: ClusterJob) -> str:
-    """How to attach to a job later, and how to cancel it (for a job not ready in time)."""
-    hosts = " ".join(shlex.quote(host) for host in route.hosts)
-    return (f"attach to it later with jupyter-tunnel -s {hosts} --job {job.job}, "
-            f"or cancel it with {job.cancel_command} on {route.target}")
 
 
 def build_warning_times(time_left: float | None, warn_before: float) -> list[tuple[float, float]]:
@@ -1546,7 +1520,9 @@ def check_ready(job: ClusterJob, route: Route, timeout: float) -> None:
     if not job.job:
         raise TunnelError(f"the Jupyter job did not start within {timeout:g} s, and the scheduler gave "
                           "no job id yet", EXIT_TIMEOUT)
-    hint = build_attach_hint(route, job)
+    hosts = " ".join(shlex.quote(host) for host in route.hosts)
+    hint = (f"attach to it later with jupyter-tunnel -s {hosts} --job {job.job}, "
+            f"or cancel it with {job.cancel_command} on {route.target}")
     if job.state == "failed":
         raise TunnelError(f"{job.describe()} failed on {route.target}: {job.error or 'no reason given'}", EXIT_START)
     if job.state == "pending":
@@ -2803,9 +2779,7 @@ class JobWatch:
 
     def wait_time(self, interval: float) -> float:
         """Seconds until the next look: ``interval`` (--check-interval), or the next warning."""
-        if not self.warnings:
-            return interval
-        return max(0.0, min(interval, self.warnings[0][0] - time.monotonic()))
+        return max(0.0, min(interval, self.warnings[0][0] - time.monotonic())) if self.warnings else interval
 
     def warn(self) -> None:
         """Print the warnings that are due (at --warn-before and 2 minutes before the end)."""
@@ -2837,10 +2811,8 @@ class JobWatch:
         """At close: with ``cancel`` (--stop-server) cancel the job, else say how to stop it."""
         job = self.job
         if not cancel:
-            left = self.time_left()
-            say("Info", f"{job.describe(first=True)} keeps running on {job.node}"
-                        + ("" if left is None else f" ({format_time_left(left)} left)")
-                        + f": {job.cancel_command} on {head} stops it; jupyter-tunnel -n auto attaches to it again.")
+            say("Info", f"{job.describe(first=True)} keeps running on {job.node} ({self.describe_left()}): "
+                        f"{job.cancel_command} on {head} stops it; jupyter-tunnel -n auto attaches to it again.")
             return
         if master is None or not master.alive():
             say("Warning", f"the connection to {head} is gone: cannot cancel {job.describe()} "
@@ -3039,9 +3011,8 @@ class Connection:
         with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(text)
         if self.settings.verbose:  # it holds no secret: the password travels in the environment
-            say("Debug", f"ssh config file {path}:")
-            for line in text.splitlines():
-                say("Debug", f"  {line}")
+            for line in [f"ssh config file {path}:", *(f"  {line}" for line in text.splitlines())]:
+                say("Debug", line)
 
     def open(self) -> float | None:
         """Ride the user's open master, or log in (the run's one login): its seconds, None when riding."""
@@ -3059,11 +3030,10 @@ class Connection:
                                       outlive_interrupt=self.settings.stop_server, batch=self.batch)
         say("Info", f"Connecting to {self.route.describe()}...")
         started = time.monotonic()
-        # registered before the login: a run killed while ssh waits (a slow host, a 2FA
-        # prompt) leaves a master that the next run or jupyter-tunnel-shutdown must find
-        registration = self.registration
+        # registered before the login: a run killed while ssh waits (a slow host, a 2FA prompt)
+        # leaves a master that the next run or jupyter-tunnel-shutdown must find
         try:
-            master.open(on_start=lambda pid: registration.update(state=CONNECTING, master_pid=pid))
+            master.open(on_start=lambda pid: self.registration.update(state=CONNECTING, master_pid=pid))
         except TunnelError as error:
             if error.code == EXIT_CONNECT and is_login_refused(master.why()):
                 self.refused_logins += 1
