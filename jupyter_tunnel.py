@@ -1911,8 +1911,10 @@ def parse_start_output(output: str) -> Started:
     changed = tuple(int(n) for n in marks.get("changed", "").split()
                     if n.isascii() and n.isdigit() and 0 < int(n) <= MAX_PID)
     failure = marks.get("fail", "")
-    servers, _ = parse_discovery(output) if not failure else ([], [])
+    servers, refusals = parse_discovery(output) if not failure else ([], [])
     server = next((s for s in servers if s.pid == pid), None)
+    if server is None and refusals and not failure:  # which field of its runtime file, and why
+        failure = f"its runtime file was refused ({refusals[-1]})"
     return Started(marks.get("log", ""), pid, server, failure, tail, changed)
 
 
@@ -2242,12 +2244,10 @@ def can_tell_peers(listener: socket.socket, uid: int) -> bool:
 
 
 class Relay:
-    """The run's local port, its own for the whole run: it listens on 127.0.0.1:PORT and [::1]:PORT,
-    splices each connection into ssh's forward (a unix socket in the run's private directory), and
-    answers the browser's one-time address (``offer_redirect``).  So the port never closes while the
-    run lives, reconnects included (a new master forwards the same socket), and a peer whose socket
-    another uid owns is dropped before it can send a byte: neither the token nor the server (code
-    execution as you) reaches another local user (unless nothing tells who connected: can_tell_peers)."""
+    """The run's local port, its own for the whole run (reconnects included): it listens on 127.0.0.1
+    and [::1], splices each connection into ssh's forward (a unix socket in the private directory),
+    and answers the browser's one-time address.  A peer whose socket another uid owns (where the
+    system tells: can_tell_peers) is dropped before it sends a byte: the token reaches no one else."""
 
     def __init__(self, listeners: list[socket.socket], forward: str = "", secure: bool = False) -> None:
         self.listeners = listeners
@@ -2271,11 +2271,9 @@ class Relay:
         self._thread.start()
 
     def offer_redirect(self, location: str, timeout: float = ONE_SHOT_TIMEOUT) -> str:
-        """The browser's one-time address on this port, ``http://127.0.0.1:PORT/<random>``,
-        answered ONCE with a redirect to ``location`` (the URL with the token): any local user can
-        read a command line (``ps``), so the browser never gets the token itself.  Jupyter's own
-        ``file://…-open.html`` redirect fails for snap browsers (no /tmp, no hidden directories), a
-        Windows browser under WSL and Chromebooks; a loopback address works wherever the tunnel does."""
+        """``http://127.0.0.1:PORT/<random>``, answered ONCE with a redirect to ``location``: any local
+        user reads a command line (``ps``), so the browser never gets the token.  Jupyter's own
+        ``file://…-open.html`` fails for snap browsers, WSL and Chromebooks; a loopback address works."""
         import secrets  # only here: it costs ~6 ms (hashlib) at every start
 
         path = "/" + secrets.token_urlsafe(32)
@@ -2310,8 +2308,8 @@ class Relay:
             sock.close()
 
     def _serve(self) -> None:
-        """Accept connections until close(), each allowed one relayed by a thread of its own.
-        Only close() ends this loop: else the port would be free for anyone to take (issue 19)."""
+        """Accept until close() (nothing else ends it: the port would be free for anyone to take),
+        each allowed connection relayed by a thread of its own."""
         for sock in self.listeners:
             # BSD stacks drop a peer that resets before accept(): a blocking accept() would hang
             sock.setblocking(False)
@@ -2758,11 +2756,6 @@ class JobWatch:
         """--port and --pick on the job's node: its own server (with -n auto, --pick chose the job)."""
         return port or self.job.port, pick if self.options.submit else None
 
-    def end_time(self) -> float | None:
-        """The job's time limit in epoch seconds, for the registry (None: no limit, or unknown)."""
-        left = self.time_left()
-        return None if left is None else time.time() + left
-
     def time_left(self) -> float | None:
         """Seconds until the job's time limit (None: no limit, or unknown)."""
         return None if self.end is None else max(0.0, self.end - time.monotonic())
@@ -2835,9 +2828,8 @@ class JobWatch:
 
 def close_server(master: Master | None, host: str, forward: str, server: Server, stop: bool, reached: bool,
                  started: bool, start: bool) -> None:
-    """At close: with ``stop`` (--stop-server), shut the server on ``host`` down; else say whether
-    it keeps running.  ``reached``: the tunnel answered once, or the run started the server (one
-    never reached, the run failing before, is left alone); ``start``: --start was given."""
+    """At close: with ``stop`` (--stop-server) shut the server down, unless never ``reached`` (through the
+    tunnel, or started by the run) or found running with ``start`` (--start); else say it keeps running."""
     if not stop or not reached:
         if started:
             say("Info", f"The Jupyter server started on {host} keeps running (pid {server.pid}): "
@@ -2892,10 +2884,9 @@ def _raise_interrupted(signum: int, _frame) -> None:
 
 @contextlib.contextmanager
 def signals_raised() -> Iterator[None]:
-    """SIGINT raises KeyboardInterrupt, SIGTERM and SIGHUP Interrupted while inside; the
-    caller's handlers are put back after (main() may be called in-process)."""
-    # SIGINT explicitly too: a shell starts a background job with SIGINT ignored, and
-    # jupyter-tunnel-shutdown interrupts tunnels with it, as Ctrl+C would
+    """Inside, SIGINT raises KeyboardInterrupt, SIGTERM and SIGHUP Interrupted; then the caller's
+    handlers are back (main() may run in-process).  SIGINT too: a shell starts a background job
+    with it ignored, and jupyter-tunnel-shutdown interrupts tunnels with it, as Ctrl+C would."""
     previous = {signum: signal.getsignal(signum) for signum in HANDLED_SIGNALS}
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for signum in (signal.SIGTERM, signal.SIGHUP):
@@ -2977,10 +2968,7 @@ class Connection:
     master of the moment (the user's own, or the run's: opened again after a drop), the logins refused."""
 
     def __init__(self, settings: Settings, ssh: str, route: Route, password: str | None = None) -> None:
-        self.settings = settings
-        self.ssh = ssh
-        self.route = route
-        self.password = password
+        self.settings, self.ssh, self.route, self.password = settings, ssh, route, password
         self.env = dict(os.environ)
         self.directory = ""  # the run's private directory (set_up)
         self.registration: Registration | None = None
@@ -3260,7 +3248,8 @@ class Tunnel:
             self.connection.reach(job.node)
             self.started = cluster.submit and not job.existing
             self.registration.update(node=job.node, remote_host=job.node, job=job.job, scheduler=job.scheduler,
-                                     job_end=self.watch.end_time(), started_server=self.started)
+                                     started_server=self.started,
+                                     job_end=None if job.time_left is None else time.time() + job.time_left)
             say("Info", f"Looking for Jupyter servers on {self.route.describe_server_host()}...")
         return discover(master)
 

@@ -86,6 +86,10 @@ def test_start_script_reports_a_missing_jupyter(tmp_path):
     # a runtime file of another pid is not the started server
     (f"{M} pid 7\n{M} file /r/jpserver-4242.json\n{FILE}\n{M} end\n", "", 7, "", (), None),
     (f"{M} pid 1\n", "", None, "", (), None),  # never init
+    # its runtime file refused: which field and why, not "ssh gave no reason" (issue 22)
+    (f"{M} pid 4242\n{M} file /r/jpserver-4242.json\n{FILE.replace('8888', '99999')}\n{M} end\n", "", 4242,
+     "its runtime file was refused (skipping Jupyter runtime file /r/jpserver-4242.json: its port 99999 is not a "
+     "whole number from 0 to 65535)", (), None),
     ("chatter from .profile\n", "", None, "", (), None),
 ])
 def test_parse_start_output(output, log, pid, failure, tail, port):
