@@ -1091,7 +1091,7 @@ def send(tunnel: RunningTunnel, signum: int) -> bool:
 
     A run hosted by another program (``jupyter_tunnel.main([...])``) is signalled too, as the
     script is: its lock proves, right before the signal (a pidfd pins the pid meanwhile), that
-    the pid is a live run, and a run holds its lock only inside run_tunnel, where SIGINT
+    the pid is a live run, and a run holds its lock only inside Tunnel.run, where SIGINT
     raises KeyboardInterrupt into it (its Ctrl+C: it cleans up, main() returns 0) and SIGTERM
     and SIGHUP end it the same way; the host's own handlers come back only once the lock is
     released, with the run's signals ignored in between.  So the signal ends the run, not
