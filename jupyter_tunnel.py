@@ -1150,6 +1150,165 @@ def wait_for_prompts(directory: str, timeout: float = 2.0) -> bool:
         os.close(fd)
 
 
+def write_askpass(directory: str, password: str) -> dict[str, str]:
+    """Write the SSH_ASKPASS helper into the run's 0700 ``directory``; the environment that makes ssh use it."""
+    askpass, program = os.path.join(directory, ASKPASS_FILE), os.path.join(directory, ASKPASS_PROGRAM)
+    with open(os.open(program, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+        f.write(build_askpass_script(sys.executable))
+    # ssh execs SSH_ASKPASS: a "#!PYTHON" line would end at a space in the path (a venv in "My Project")
+    # and exceed older kernels' 127 bytes; sh quotes it, and exec keeps ssh the helper's parent (it watches it)
+    with open(os.open(askpass, os.O_WRONLY | os.O_CREAT, 0o700), "w") as f:
+        f.write(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -IS {shlex.quote(program)} "$@"\n')
+    # OpenSSH >= 8.4 sends every prompt of every hop to SSH_ASKPASS with "force"; sshpass
+    # would answer only the first hop's prompt.  The password stays in the environment.
+    return {"SSH_ASKPASS": askpass, "SSH_ASKPASS_REQUIRE": "force", PASSWORD_ENV: password}
+
+
+def backoff_delays(first: float = 1.0, cap: float = MAX_BACKOFF) -> Iterator[float]:
+    """Waits before reconnection attempts: 0 (at once), then 1, 2, 4 ... capped at ``cap``."""
+    yield 0.0
+    yield from jupyter_node.doubling_delays(first, cap)
+
+
+class Connection:
+    """The run's one login per hop: its ssh config file, the agent and askpass helper it may need, the
+    master of the moment (the user's own, or the run's: opened again after a drop), the logins refused."""
+
+    def __init__(self, settings: Settings, ssh: str, route: Route, password: str | None = None) -> None:
+        self.settings, self.ssh, self.route, self.password = settings, ssh, route, password
+        self.env = dict(os.environ)
+        self.directory = ""  # the run's private directory (set_up)
+        self.registration: Registration | None = None
+        self.agent: subprocess.Popen | None = None
+        self.master: Master | None = None
+        # ride the user's own master at the first login only (never with -p or -a: they ask for the run's own)
+        self.may_share = not (settings.new_login or settings.new_agent or password is not None)
+        # no terminal, no -p: ssh would send empty answers (failed attempts at the server): BatchMode
+        self.batch = password is None and not can_prompt(has_terminal(), self.env)
+        self.refused_logins = 0  # logins of this run the server refused (MAX_REFUSED_LOGINS)
+        self.last_refusal = ""  # ssh's words for the last one
+        self.own_agent = settings.new_agent or not self.env.get("SSH_AUTH_SOCK")
+
+    def set_up(self, directory: str, registration: Registration) -> None:
+        """Write what the logins need into the run's private ``directory``: askpass, the config."""
+        self.directory, self.registration = directory, registration
+        if self.password is not None:
+            self.env.update(write_askpass(directory, self.password))
+        self.write_config()
+
+    def write_config(self) -> None:
+        """(Re)write the run's ssh config file (AddKeysToAgent only for an agent of the run's own,
+        written before it is started: until then no ssh of the run authenticates)."""
+        text = build_ssh_config(self.settings.ssh_config, self.settings.ssh_options, add_keys_to_agent=self.own_agent,
+                                password=self.password is not None, keepalive=self.settings.keepalive,
+                                batch=self.batch, first_hop=self.route.hosts[0])
+        path = os.path.join(self.directory, CONFIG_FILE)
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(text)
+        if self.settings.verbose:  # it holds no secret: the password travels in the environment
+            for line in [f"ssh config file {path}:", *(f"  {line}" for line in text.splitlines())]:
+                say("Debug", line)
+
+    def open(self) -> float | None:
+        """Ride the user's open master, or log in (the run's one login): its seconds, None when riding."""
+        if self.may_share:
+            self.may_share = False
+            self.master = find_shared_master(self.ssh, self.route, self.directory, self.env, self.settings.verbose)
+            if self.master is not None:
+                say("Info", f"Using your open connection to {self.route.target} (no login).")
+                return None
+        assert self.registration is not None
+        if self.agent is None and self.own_agent:  # riding the user's master needs none
+            self.agent, self.env["SSH_AUTH_SOCK"] = start_agent(self.directory, self.registration)
+            self.env.pop("SSH_AGENT_PID", None)
+        self.master = master = Master(self.ssh, self.route, self.directory, self.env, self.settings.verbose,
+                                      outlive_interrupt=self.settings.stop_server, batch=self.batch)
+        say("Info", f"Connecting to {self.route.describe()}...")
+        started = time.monotonic()
+        # registered before the login: a run killed while ssh waits (a slow host, a 2FA prompt)
+        # leaves a master that the next run or jupyter-tunnel-shutdown must find
+        try:
+            master.open(on_start=lambda pid: self.registration.update(state=CONNECTING, master_pid=pid))
+        except TunnelError as error:
+            if error.code == EXIT_CONNECT and is_login_refused(master.why()):
+                self.refused_logins += 1
+                self.last_refusal = master.why()
+            raise
+        return time.monotonic() - started
+
+    def reach(self, node: str) -> None:
+        """From now on the remote commands and forwards go on to ``node`` (a job's)."""
+        self.route = self.route._replace(node=node)
+        if self.master is not None:
+            self.master.reach(node)
+
+    def refusal_error(self, refused_before: int) -> TunnelError | None:
+        """After a failed reconnection: the error that ends the run when the server refused the login
+        again (``refused_before``: the count before), else None.  Each refusal is a failed attempt at the
+        server (a rate limit refuses again): it ends the run at once in batch mode, else after MAX_REFUSED_LOGINS."""
+        if self.refused_logins <= refused_before:
+            return None
+        if self.batch:
+            return TunnelError(build_login_error(self.route.describe(), self.last_refusal, batch=True,
+                                                 reconnecting=True), EXIT_LOST)
+        if self.refused_logins >= MAX_REFUSED_LOGINS:
+            return TunnelError(f"the login to {self.route.describe()} was refused {self.refused_logins} times in "
+                               f"this run ({self.last_refusal}): not trying again, as each refusal counts against "
+                               "your account, which may lock. Check your password, key or verification code, and "
+                               "run jupyter-tunnel again", EXIT_LOST)
+        return None
+
+    def retries(self) -> Iterator[int]:
+        """Attempts at logging in again, with backoff: the refused logins so far, for each.  Every
+        failed attempt counts against --max-retries, a refused login also against the run's
+        MAX_REFUSED_LOGINS (refusal_error); an unreachable network costs the account nothing."""
+        for attempt, delay in enumerate(backoff_delays()):
+            if attempt >= self.settings.max_retries:
+                raise TunnelError(f"could not reconnect to {self.route.target} after "
+                                  f"{self.settings.max_retries} attempts", EXIT_LOST)
+            if delay:
+                say("Info", f"Retrying in {delay:g} s...")
+                time.sleep(delay)
+            yield self.refused_logins
+
+    def reset(self) -> None:
+        """Before logging in again: the dead master gone, its prompts ended, the config anew."""
+        self.close_master()
+        wait_for_prompts(self.directory)  # a helper of the dead login must not ask beside the new one
+        self.batch = self.password is None and not can_prompt(has_terminal(), self.env)
+        self.write_config()
+
+    def end_prompts(self) -> None:
+        """Interrupted while logging in: let the login's ssh and the -p helper end their prompt's
+        line (each ends it when interrupted at a prompt) before the run writes its own."""
+        if self.master is not None and self.master.process is not None:
+            self.master.wait(1.0)
+        if self.directory:
+            wait_for_prompts(self.directory, 1.0)
+
+    def close_master(self) -> None:
+        """Stop the master of the moment (its forward goes with it)."""
+        if self.master is not None:
+            self.master.close()
+            self.master = None
+
+    def close(self) -> None:
+        """Stop the master, what reads the terminal, and the agent."""
+        self.close_master()
+        if self.directory:
+            wait_for_prompts(self.directory)  # what the run started to read the terminal ends with it
+        if self.agent is not None:
+            stop_process(self.agent)
+
+
+def build_connected_line(seconds: float, could_prompt: bool) -> str:
+    """``Connected in 0.62 s``; a login long enough to have waited for a person says that
+    their time at the prompts is in it (ssh asks on the terminal itself: the run cannot tell)."""
+    if could_prompt and seconds >= PROMPT_SECONDS:
+        return f"Connected in {seconds:.2f} s, your time at the prompts included"
+    return f"Connected in {seconds:.2f} s"
+
+
 # -------------------------------------- 2. the cluster job (--submit, -n auto, --job)
 
 
@@ -2697,12 +2856,6 @@ def open_browser(browser: str | None, url: str, relay: Relay) -> None:
 # --------------------------------------- 9. stay: reconnect, the server or job ending
 
 
-def backoff_delays(first: float = 1.0, cap: float = MAX_BACKOFF) -> Iterator[float]:
-    """Waits before reconnection attempts: 0 (at once), then 1, 2, 4 ... capped at ``cap``."""
-    yield 0.0
-    yield from jupyter_node.doubling_delays(first, cap)
-
-
 def follow_server(servers: Sequence[Server], previous: Server) -> Server | None:
     """After a reconnection: the same server, or the one that replaced it if unambiguous."""
     for server in servers:
@@ -2947,159 +3100,6 @@ def cluster_options(args: argparse.Namespace) -> ClusterOptions | None:
         new=args.new, app=args.type or "lab", pre=tuple(args.pre), conda_env=args.conda_env or "",
         queue=args.queue or "", resources=tuple(args.resource), scheduler=args.scheduler or "",
         python=args.python or DEFAULT_PYTHON, listing=args.list)
-
-
-def write_askpass(directory: str, password: str) -> dict[str, str]:
-    """Write the SSH_ASKPASS helper into the run's 0700 ``directory``; the environment that makes ssh use it."""
-    askpass, program = os.path.join(directory, ASKPASS_FILE), os.path.join(directory, ASKPASS_PROGRAM)
-    with open(os.open(program, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
-        f.write(build_askpass_script(sys.executable))
-    # ssh execs SSH_ASKPASS: a "#!PYTHON" line would end at a space in the path (a venv in "My Project")
-    # and exceed older kernels' 127 bytes; sh quotes it, and exec keeps ssh the helper's parent (it watches it)
-    with open(os.open(askpass, os.O_WRONLY | os.O_CREAT, 0o700), "w") as f:
-        f.write(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -IS {shlex.quote(program)} "$@"\n')
-    # OpenSSH >= 8.4 sends every prompt of every hop to SSH_ASKPASS with "force"; sshpass
-    # would answer only the first hop's prompt.  The password stays in the environment.
-    return {"SSH_ASKPASS": askpass, "SSH_ASKPASS_REQUIRE": "force", PASSWORD_ENV: password}
-
-
-class Connection:
-    """The run's one login per hop: its ssh config file, the agent and askpass helper it may need, the
-    master of the moment (the user's own, or the run's: opened again after a drop), the logins refused."""
-
-    def __init__(self, settings: Settings, ssh: str, route: Route, password: str | None = None) -> None:
-        self.settings, self.ssh, self.route, self.password = settings, ssh, route, password
-        self.env = dict(os.environ)
-        self.directory = ""  # the run's private directory (set_up)
-        self.registration: Registration | None = None
-        self.agent: subprocess.Popen | None = None
-        self.master: Master | None = None
-        # ride the user's own master at the first login only (never with -p or -a: they ask for the run's own)
-        self.may_share = not (settings.new_login or settings.new_agent or password is not None)
-        # no terminal, no -p: ssh would send empty answers (failed attempts at the server): BatchMode
-        self.batch = password is None and not can_prompt(has_terminal(), self.env)
-        self.refused_logins = 0  # logins of this run the server refused (MAX_REFUSED_LOGINS)
-        self.last_refusal = ""  # ssh's words for the last one
-        self.own_agent = settings.new_agent or not self.env.get("SSH_AUTH_SOCK")
-
-    def set_up(self, directory: str, registration: Registration) -> None:
-        """Write what the logins need into the run's private ``directory``: askpass, the config."""
-        self.directory, self.registration = directory, registration
-        if self.password is not None:
-            self.env.update(write_askpass(directory, self.password))
-        self.write_config()
-
-    def write_config(self) -> None:
-        """(Re)write the run's ssh config file (AddKeysToAgent only for an agent of the run's own,
-        written before it is started: until then no ssh of the run authenticates)."""
-        text = build_ssh_config(self.settings.ssh_config, self.settings.ssh_options, add_keys_to_agent=self.own_agent,
-                                password=self.password is not None, keepalive=self.settings.keepalive,
-                                batch=self.batch, first_hop=self.route.hosts[0])
-        path = os.path.join(self.directory, CONFIG_FILE)
-        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-            f.write(text)
-        if self.settings.verbose:  # it holds no secret: the password travels in the environment
-            for line in [f"ssh config file {path}:", *(f"  {line}" for line in text.splitlines())]:
-                say("Debug", line)
-
-    def open(self) -> float | None:
-        """Ride the user's open master, or log in (the run's one login): its seconds, None when riding."""
-        if self.may_share:
-            self.may_share = False
-            self.master = find_shared_master(self.ssh, self.route, self.directory, self.env, self.settings.verbose)
-            if self.master is not None:
-                say("Info", f"Using your open connection to {self.route.target} (no login).")
-                return None
-        assert self.registration is not None
-        if self.agent is None and self.own_agent:  # riding the user's master needs none
-            self.agent, self.env["SSH_AUTH_SOCK"] = start_agent(self.directory, self.registration)
-            self.env.pop("SSH_AGENT_PID", None)
-        self.master = master = Master(self.ssh, self.route, self.directory, self.env, self.settings.verbose,
-                                      outlive_interrupt=self.settings.stop_server, batch=self.batch)
-        say("Info", f"Connecting to {self.route.describe()}...")
-        started = time.monotonic()
-        # registered before the login: a run killed while ssh waits (a slow host, a 2FA prompt)
-        # leaves a master that the next run or jupyter-tunnel-shutdown must find
-        try:
-            master.open(on_start=lambda pid: self.registration.update(state=CONNECTING, master_pid=pid))
-        except TunnelError as error:
-            if error.code == EXIT_CONNECT and is_login_refused(master.why()):
-                self.refused_logins += 1
-                self.last_refusal = master.why()
-            raise
-        return time.monotonic() - started
-
-    def reach(self, node: str) -> None:
-        """From now on the remote commands and forwards go on to ``node`` (a job's)."""
-        self.route = self.route._replace(node=node)
-        if self.master is not None:
-            self.master.reach(node)
-
-    def refusal_error(self, refused_before: int) -> TunnelError | None:
-        """After a failed reconnection: the error that ends the run when the server refused the login
-        again (``refused_before``: the count before), else None.  Each refusal is a failed attempt at the
-        server (a rate limit refuses again): it ends the run at once in batch mode, else after MAX_REFUSED_LOGINS."""
-        if self.refused_logins <= refused_before:
-            return None
-        if self.batch:
-            return TunnelError(build_login_error(self.route.describe(), self.last_refusal, batch=True,
-                                                 reconnecting=True), EXIT_LOST)
-        if self.refused_logins >= MAX_REFUSED_LOGINS:
-            return TunnelError(f"the login to {self.route.describe()} was refused {self.refused_logins} times in "
-                               f"this run ({self.last_refusal}): not trying again, as each refusal counts against "
-                               "your account, which may lock. Check your password, key or verification code, and "
-                               "run jupyter-tunnel again", EXIT_LOST)
-        return None
-
-    def retries(self) -> Iterator[int]:
-        """Attempts at logging in again, with backoff: the refused logins so far, for each.  Every
-        failed attempt counts against --max-retries, a refused login also against the run's
-        MAX_REFUSED_LOGINS (refusal_error); an unreachable network costs the account nothing."""
-        for attempt, delay in enumerate(backoff_delays()):
-            if attempt >= self.settings.max_retries:
-                raise TunnelError(f"could not reconnect to {self.route.target} after "
-                                  f"{self.settings.max_retries} attempts", EXIT_LOST)
-            if delay:
-                say("Info", f"Retrying in {delay:g} s...")
-                time.sleep(delay)
-            yield self.refused_logins
-
-    def reset(self) -> None:
-        """Before logging in again: the dead master gone, its prompts ended, the config anew."""
-        self.close_master()
-        wait_for_prompts(self.directory)  # a helper of the dead login must not ask beside the new one
-        self.batch = self.password is None and not can_prompt(has_terminal(), self.env)
-        self.write_config()
-
-    def end_prompts(self) -> None:
-        """Interrupted while logging in: let the login's ssh and the -p helper end their prompt's
-        line (each ends it when interrupted at a prompt) before the run writes its own."""
-        if self.master is not None and self.master.process is not None:
-            self.master.wait(1.0)
-        if self.directory:
-            wait_for_prompts(self.directory, 1.0)
-
-    def close_master(self) -> None:
-        """Stop the master of the moment (its forward goes with it)."""
-        if self.master is not None:
-            self.master.close()
-            self.master = None
-
-    def close(self) -> None:
-        """Stop the master, what reads the terminal, and the agent."""
-        self.close_master()
-        if self.directory:
-            wait_for_prompts(self.directory)  # what the run started to read the terminal ends with it
-        if self.agent is not None:
-            stop_process(self.agent)
-
-
-def build_connected_line(seconds: float, could_prompt: bool) -> str:
-    """``Connected in 0.62 s``; a login long enough to have waited for a person says that
-    their time at the prompts is in it (ssh asks on the terminal itself: the run cannot tell)."""
-    if could_prompt and seconds >= PROMPT_SECONDS:
-        return f"Connected in {seconds:.2f} s, your time at the prompts included"
-    return f"Connected in {seconds:.2f} s"
 
 
 def list_jobs(master: Master, jobs: list[ClusterJob], as_json: bool) -> int:

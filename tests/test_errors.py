@@ -4,9 +4,14 @@ hop, and the next step; never three lines of ssh's noise, never a login spent.""
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+
 import pytest
 
 import jupyter_tunnel as jt
+from tunnelrun import Terminal
 
 pytestmark = pytest.mark.integration
 
@@ -53,3 +58,23 @@ def test_a_refused_port_is_named(tunnel):
     assert last_line(run) == ("Error: cannot connect to dead: 127.0.0.4 refuses connections on port 1 "
                               "(Connection refused): no ssh server listens there")
     run.assert_clean()
+
+
+def test_ctrl_c_at_a_passphrase_prompt_ends_its_line(sshd, tmp_path):
+    """Ctrl+C at ssh's own passphrase prompt (a key with a passphrase, no agent), asked by the
+    jump host's ssh: "Info: Interrupted." starts a line of its own, nothing is left behind."""
+    key = tmp_path / "id_passphrase"
+    shutil.copyfile(sshd.client_key, key)
+    key.chmod(0o600)
+    subprocess.run(["ssh-keygen", "-q", "-p", "-P", "", "-N", "a passphrase", "-f", str(key)], check=True,
+                   capture_output=True, timeout=30)
+    term = Terminal("-F", str(sshd.config), "-b", "none", "-s", "gw", "srv", "-o", f"IdentityFile={key}",
+                    env={"JUPYTER_TUNNEL_REGISTRY": str(tmp_path)})
+    try:
+        term.read_until(b"Enter passphrase for key ")
+        term.read_until(b": ")
+        assert term.ctrl_c() == jt.EXIT_INTERRUPTED
+        assert re.search(rb"(^|\n)Info: Interrupted\.", term.screen.replace(b"\r", b"")), term.screen
+        assert term.processes() == []
+    finally:
+        term.close()
