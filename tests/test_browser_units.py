@@ -172,7 +172,10 @@ class Upstream:
                         break
                     data += chunk
                 self.requests.append(data)
-                conn.sendall(b"answer:" + data)
+                try:
+                    conn.sendall(b"answer:" + data)
+                except OSError:  # a client that closed first: the relay's own can_tell_peers check
+                    pass
 
     def close(self) -> None:
         self.sock.close()
