@@ -70,7 +70,7 @@ import jupyter_node  # --submit sends its source to the head
 from jupyter_node import (CANCEL_COMMANDS, JOB_ID_RE, NO_TIME_LIMIT, SCHEDULERS, add_server_options,
                           build_activation_steps, describe_os_error, escape_text, format_table, format_time_left,
                           has_control, int_option, job_option, last_lines, number_option, say, split_host,
-                          split_host_list)
+                          split_host_list, which_or_fail)
 from jupyter_node import resource_option as node_resource_option
 # the registry, a run's private directory and its lock
 from jupyter_tunnel_shutdown import (AGENT_SOCKET, CONFIG_FILE, CONNECTING, CONTROL_SOCKET, FORWARD_SOCKET,
@@ -306,11 +306,6 @@ class Interrupted(Exception):
 
 class ServerStopped(Exception):
     """The Jupyter server stopped while the tunnel was up: a normal end."""
-
-
-def which_or_fail(program: str, why: str) -> str:
-    """The full path of ``program``, or a TunnelError naming what needs it (jupyter_node's)."""
-    return jupyter_node.which_or_fail(program, why, TunnelError)
 
 
 def fill_script(template: str, values: Mapping[str, str]) -> str:
@@ -562,25 +557,22 @@ def build_ssh_config(user_config: str | None, options: Sequence[str], add_keys_t
         lines.append(f"{key.strip()} {value.strip()}")
     # an absolute path: a relative Include is taken relative to ~/.ssh
     include = build_include_path(os.path.abspath(user_config)) if user_config else "~/.ssh/config"
-    # ControlMaster no, before the user's config: a jump hop's ssh reads this file too, and with
-    # the user's "ControlMaster auto" and "ControlPersist" it would become a master that outlives
-    # the run (OpenSSH 9.2).  "no" still rides a master the user has open (a hop with no login).
-    # Our own master is -M (the command line wins); the user's -o wins too.
-    # LogLevel INFO at least: a jump host's "channel 0: open failed: connect failed: Name or
-    # service not known" is logged at INFO (channels.c), and a user's ERROR or QUIET hides it.
-    # ssh's stderr is the run's to read, never shown as it is (explain_ssh_failure).
+    # ControlMaster no, before the user's config: a jump hop's ssh reads this file too, and with their
+    # "ControlMaster auto" and "ControlPersist" would become a master outliving the run (OpenSSH 9.2);
+    # "no" still rides a master the user has open.  Our master is -M (the command line wins).
+    # LogLevel INFO: a jump host's "channel 0: open failed: ..." is logged at INFO (channels.c), and
+    # a user's ERROR hides it; ssh's stderr is the run's to read (explain_ssh_failure), never shown.
     # ServerAliveCountMax 3: a dead network is noticed after 3 --keepalive intervals
-    lines += ["ControlMaster no", "LogLevel INFO", f"Include {include}", f"ServerAliveInterval {keepalive}", "ServerAliveCountMax 3"]
+    lines += ["ControlMaster no", "LogLevel INFO", f"Include {include}", f"ServerAliveInterval {keepalive}",
+              "ServerAliveCountMax 3"]
     if add_keys_to_agent:  # only for an agent this run started: never the user's own behind their back
         lines.append("AddKeysToAgent yes")
     name = split_host(first_hop)[1]
     if MATCH_HOST_RE.fullmatch(name):
-        # ConnectTimeout bounds the TCP connect AND the wait for the banner (sshconnect.c passes it
-        # to kex_exchange_identification), also over a jump host's "ssh -W" pipe, where the banner
-        # waits for the person to answer the jump host's prompts: a slow 2FA code would be cut short
-        # ("Connection timed out during banner exchange").  So only the first hop, the one ssh
-        # connects to over TCP itself, gets one; a logged-in hop's dead network is noticed by its
-        # keepalive.  "originalhost": the name as ssh was given it, which ssh -J passes on.
+        # ConnectTimeout bounds the TCP connect AND the banner's wait (sshconnect.c), also over a jump
+        # host's "ssh -W" pipe, where the banner waits for the person at the jump host's prompts: a
+        # slow 2FA code would be cut short.  So only the first hop, reached over TCP by ssh itself, gets
+        # one (a logged-in hop's keepalive notices a dead network); "originalhost": the name ssh -J passes.
         lines += [f"Match originalhost {name}", f"ConnectTimeout {FIRST_HOP_CONNECT_TIMEOUT}", "Match all"]
     lines.append("Include /etc/ssh/ssh_config")
     return "\n".join(lines) + "\n"
@@ -861,10 +853,9 @@ class Master:
         argv = self.shown(build_master_argv(self.ssh, self.config, self.control, self.route))
         if os.path.exists(self.control):
             os.unlink(self.control)  # left by a master that was killed: not a sign of login
-        # The terminal's foreground process group (no new session or group): ssh asks for passwords
-        # only from there, so the master gets the user's Ctrl+C too (it exits 255: fine).  ssh keeps
-        # SIGINT and SIGHUP ignored when started so (clientloop.c sets its handlers only over a
-        # disposition that is not SIG_IGN), and exec keeps that: set it around the fork.
+        # In the terminal's foreground group (ssh asks for passwords only from there), the master gets
+        # the user's Ctrl+C too.  ssh keeps SIGINT and SIGHUP ignored when started so (clientloop.c
+        # sets handlers only over a disposition not SIG_IGN), and exec keeps that: set around the fork.
         ignored = (signal.SIGINT, signal.SIGHUP) if self.outlive_interrupt else ()
         previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in ignored}
         # Only the reader thread holds the read end of ssh's stderr: a file object on Popen could
@@ -1045,7 +1036,7 @@ def mux_hello(path: str, timeout: float = MUX_HELLO_TIMEOUT) -> bool:
 
 def start_agent(directory: str, registration: Registration) -> tuple[subprocess.Popen, str]:
     """Start a private ssh-agent as our child (``-D``: killed at exit), registered at once (found if we are killed)."""
-    agent = which_or_fail("ssh-agent", "needed to start an agent")
+    agent = which_or_fail("ssh-agent", "needed to start an agent", TunnelError)
     sock = os.path.join(directory, AGENT_SOCKET)
     process = subprocess.Popen([agent, "-D", "-a", sock], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
@@ -1102,6 +1093,17 @@ def save_terminal() -> tuple[int, list] | None:
     except termios.error:
         os.close(fd)
         return None
+
+
+def prompt_left_open() -> bool:
+    """Whether the terminal's echo is off: a password prompt (readpassphrase) left its line open."""
+    saved = save_terminal()
+    if saved is None:
+        return False
+    import termios  # here: Windows has none (save_terminal found a terminal, so it imports)
+
+    os.close(saved[0])
+    return not saved[1][3] & termios.ECHO
 
 
 def restore_terminal(saved: tuple[int, list] | None) -> None:
@@ -1285,6 +1287,8 @@ class Connection:
             self.master.wait(1.0)
         if self.directory:
             wait_for_prompts(self.directory, 1.0)
+        if prompt_left_open():  # an ssh still at its prompt (it missed the Ctrl+C), or killed there
+            print(file=sys.stderr, flush=True)
 
     def close_master(self) -> None:
         """Stop the master of the moment (its forward goes with it)."""
@@ -3570,13 +3574,9 @@ def ignored_option_problem(args: argparse.Namespace) -> str:
                 return f"{name} goes with a scheduler job: --submit, -n auto or --job"
     if args.list and args.stop_server:
         return "--stop-server cannot go with --list: --list only lists, it stops nothing"
-    if args.stop:
-        clashes = [("--list", args.list), ("--start", args.start), ("--submit", args.submit),
-                   ("--stop-server", args.stop_server)]
-        given = [name for name, value in clashes if value]
-        if given:
-            return f"--stop cannot go with {given[0]}: it stops a running server, and opens no tunnel"
-    return ""
+    clashes = [name for name, given in (("--list", args.list), ("--start", args.start), ("--submit", args.submit),
+                                        ("--stop-server", args.stop_server)) if given and args.stop]
+    return f"--stop cannot go with {clashes[0]}: it stops a running server, and opens no tunnel" if clashes else ""
 
 
 def cluster_option_problem(args: argparse.Namespace) -> str:
@@ -3625,9 +3625,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # put back at every exit whatever a prompt of the run left changed (echo off)
     terminal = save_terminal()
     try:
-        ssh = which_or_fail("ssh", "the OpenSSH client")
+        ssh = which_or_fail("ssh", "the OpenSSH client", TunnelError)
         if settings.browser:
-            which_or_fail(shlex.split(settings.browser)[0], "given with -b/--browser")
+            which_or_fail(shlex.split(settings.browser)[0], "given with -b/--browser", TunnelError)
         password = read_password() if args.password else None
         prune_registry()  # a SIGKILLed tunnel's ssh master and files go now
         return Tunnel(settings, ssh, route, password).run()

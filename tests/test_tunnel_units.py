@@ -194,7 +194,7 @@ def test_a_missing_program_is_a_tunnel_error(monkeypatch):
     """jupyter_node's which_or_fail, failing with this tool's error and exit code."""
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(jt.TunnelError) as failed:
-        jt.which_or_fail("ssh", "the OpenSSH client")
+        jn.which_or_fail("ssh", "the OpenSSH client", jt.TunnelError)
     assert (str(failed.value), failed.value.code) == ("ssh not found in PATH (the OpenSSH client)", jt.EXIT_MISSING)
     with pytest.raises(jn.NodeError) as failed:
         jn.which_or_fail("qrsh", "Grid Engine's job launcher")
