@@ -442,8 +442,7 @@ def _short(value: object) -> str:
 def _whole_number(info: dict, key: str, low: int, high: int, default: int | None = None) -> int:
     """``info[key]`` if it is an int from ``low`` to ``high``, else a ValueError that says so."""
     value = info.get(key, default)
-    # type() and not isinstance(): JSON true is a bool (an int subclass), and JSON 1e999
-    # is a float (inf) that int() cannot even convert
+    # type(), not isinstance(): JSON true is a bool (an int subclass); JSON 1e999 a float (inf)
     if type(value) is not int or not low <= value <= high:
         raise ValueError(f"its {key} {_short(value)} is not a whole number from {low} to {high}")
     return value
@@ -1116,8 +1115,7 @@ def restore_terminal(saved: tuple[int, list] | None) -> None:
     fd, settings = saved
     try:
         if termios.tcgetattr(fd) != settings:
-            # a run in the background would be stopped (SIGTTOU) for changing its terminal:
-            # with the signal ignored the change is made (POSIX, tcsetattr)
+            # a run in the background would be stopped (SIGTTOU) for this; ignored, it is done (POSIX)
             previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
             try:
                 termios.tcsetattr(fd, termios.TCSADRAIN, settings)
@@ -1359,7 +1357,6 @@ class ClusterOptions(NamedTuple):
     resources: tuple[str, ...] = ()
     scheduler: str = ""  # "": jupyter-node finds it on the head's PATH
     python: str = DEFAULT_PYTHON
-    listing: bool = False  # --list -n auto: list the jobs, choose none
 
 
 class ClusterJob(NamedTuple):
@@ -1552,8 +1549,7 @@ def format_job_table(jobs: Sequence[ClusterJob], servers: Mapping[str, Sequence[
 
 
 def job_info(number: int, job: ClusterJob, servers: Sequence[Server] | None) -> dict:
-    """A job as a JSON object for ``--list -n auto --json``, with the servers on its node
-    (None: its node could not be asked)."""
+    """A job as a JSON object for ``--list -n auto --json``, with its node's servers (None: not asked)."""
     return {"number": number, "job": job.job, "scheduler": job.scheduler, "name": job.name, "state": job.state,
             "node": job.node, "time_left": job.time_left, "reason": job.reason,
             "servers": None if servers is None else [server_info(n, s) for n, s in enumerate(servers, 1)]}
@@ -3056,6 +3052,12 @@ def signals_raised() -> Iterator[None]:
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
+def ignore_signals() -> None:
+    """No signal may cut the cleanup short: it leaves nothing behind (signals_raised restores them)."""
+    for signum in HANDLED_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 class Settings(NamedTuple):
     """What a run needs of the command line (settings_from builds it from argparse's answer)."""
 
@@ -3103,7 +3105,7 @@ def cluster_options(args: argparse.Namespace) -> ClusterOptions | None:
         submit=args.submit, node=args.node if args.submit and args.node else "", job=args.job or "",
         new=args.new, app=args.type or "lab", pre=tuple(args.pre), conda_env=args.conda_env or "",
         queue=args.queue or "", resources=tuple(args.resource), scheduler=args.scheduler or "",
-        python=args.python or DEFAULT_PYTHON, listing=args.list)
+        python=args.python or DEFAULT_PYTHON)
 
 
 def list_jobs(master: Master, jobs: list[ClusterJob], as_json: bool) -> int:
@@ -3189,6 +3191,7 @@ class Tunnel:
                 self.server = self.watch = None  # nothing left for --stop-server to stop
                 return EXIT_OK
             except (KeyboardInterrupt, Interrupted):
+                ignore_signals()  # a second signal (SIGTERM then SIGHUP) must not cut end_prompts short
                 if self.ready:
                     say("Info", "Closing the tunnel.")
                     return EXIT_OK
@@ -3196,9 +3199,7 @@ class Tunnel:
                 say("Info", "Interrupted.")
                 return EXIT_INTERRUPTED
             finally:
-                # No signal may cut the cleanup short: it is what leaves nothing behind.
-                for signum in HANDLED_SIGNALS:
-                    signal.signal(signum, signal.SIG_IGN)
+                ignore_signals()
                 self.close()
 
     def prepare(self) -> None:
@@ -3631,7 +3632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         password = read_password() if args.password else None
         prune_registry()  # a SIGKILLed tunnel's ssh master and files go now
         return Tunnel(settings, ssh, route, password).run()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):  # before the run, or a signal that escaped its handling
         say("Info", "Interrupted.")
         return EXIT_INTERRUPTED
     except (TunnelError, subprocess.TimeoutExpired, OSError) as error:  # the one place: one line

@@ -294,7 +294,7 @@ def test_a_scheduled_route_forwards_the_agent_to_the_head():
 @pytest.mark.parametrize("argv, expected", [
     (["-s", "head", "-n", "auto"], jt.ClusterOptions()),
     (["-s", "head", "--job", "4711", "--python", "/usr/bin/python3.9", "--list"],
-     jt.ClusterOptions(job="4711", python="/usr/bin/python3.9", listing=True)),
+     jt.ClusterOptions(job="4711", python="/usr/bin/python3.9")),
     (["-s", "head", "--submit", "-n", "node07", "-t", "notebook", "-q", "gpu", "-r", "mem=4G", "-r", "time=1:00",
       "--pre", "module load x", "--conda-env", "e", "--scheduler", "slurm", "--new"],
      jt.ClusterOptions(submit=True, node="node07", new=True, app="notebook", pre=("module load x",), conda_env="e",

@@ -78,3 +78,15 @@ def test_a_refused_key_says_what_to_do(reason, hint):
 ])
 def test_the_login_time_says_what_it_includes(seconds, could_prompt, line):
     assert jt.build_connected_line(seconds, could_prompt) == line
+
+
+def test_a_signal_that_escapes_the_run_is_an_interruption_not_a_traceback(monkeypatch, capsys):
+    """SIGTERM then SIGHUP at once: the second may come while the first is handled; main() says
+    'Interrupted' (exit 130), never a traceback with exit 1."""
+    def run(self):
+        raise jt.Interrupted("SIGHUP")
+
+    monkeypatch.setattr(jt.Tunnel, "run", run)
+    monkeypatch.setattr(jt, "prune_registry", lambda: [])
+    assert jt.main(["-s", "srv", "-b", "none"]) == jt.EXIT_INTERRUPTED
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("Interrupted.")
