@@ -3231,13 +3231,12 @@ class Tunnel:
 
     def stop_now(self) -> int:
         """``--stop``: choose the server (or job) as a run would, stop it now, and exit."""
-        master = self.login()
-        servers, host = self.discover(master), self.route.server_host
-        if self.watch is not None:
-            self.watch.cancel(master, self.route.target)
-            self.watch = None  # cancelled: nothing left to say at close
+        master, cluster, host = self.login(), self.settings.cluster, self.route.server_host
+        if cluster is not None:  # the job is what stops: its node is not asked (nor logged into)
+            job = find_job(master, cluster, self.settings.timeout, self.settings.pick)
+            JobWatch(job, cluster, self.settings.warn_before).cancel(master, self.route.target)
             return EXIT_OK
-        server = self.choose_or_start(master, servers)
+        server = self.choose_or_start(master, discover(master))
         if not stop_jupyter(master, host, add_forward(master, server), server):
             raise TunnelError(f"the Jupyter server on {host} (pid {server.pid}) did not stop when asked: "
                               f"it may be busy; kill {server.pid} on {host} stops it", EXIT_ERROR)
