@@ -1401,11 +1401,14 @@ class Connection:
         # one ssh with a shell and a SOCKS port instead of a master (StdioMaster): asked for, or on
         # Windows, whose own ssh cannot be a master; else chosen at the first login (choose_mode)
         self.stdio = settings.no_control_master or os.name == "nt"
-        self.mode_known = self.stdio
+        self.version_probe: subprocess.Popen | None = None  # ssh -V, while the run sets up (choose_mode)
 
     def set_up(self, directory: str, registration: Registration) -> None:
         """Write what the logins need into the run's private ``directory``: askpass, the config."""
         self.directory, self.registration = directory, registration
+        if not self.stdio:  # started now, read at the first login: its ~5-30 ms overlap the set-up
+            self.version_probe = subprocess.Popen([self.ssh, "-V"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                                  stderr=subprocess.STDOUT, env=self.env)
         if self.password is not None:
             self.env.update(write_askpass(directory, self.password))
         self.write_config()
@@ -1424,11 +1427,11 @@ class Connection:
                 say("Debug", line)
 
     def choose_mode(self) -> None:
-        """Before the first login: without a master when this ssh cannot be one (``ssh -V``: ~3 ms)."""
-        self.mode_known = True
-        done = subprocess.run([self.ssh, "-V"], stdin=subprocess.DEVNULL, capture_output=True, env=self.env,
-                              timeout=30)
-        version = (done.stderr or done.stdout).decode(errors="replace").strip()
+        """At the first login: without a master when ``ssh -V`` says this ssh cannot be one."""
+        probe, self.version_probe = self.version_probe, None
+        if probe is None:
+            return
+        version = probe.communicate(timeout=30)[0].decode(errors="replace").strip()
         if is_windows_ssh(version):
             self.no_master(f"{escape_text(version.split(',')[0])} cannot share a connection (no ControlMaster)")
 
@@ -1439,8 +1442,7 @@ class Connection:
 
     def open(self) -> float | None:
         """Ride the user's open master, or log in (the run's one login): its seconds, None when riding."""
-        if not self.mode_known:
-            self.choose_mode()
+        self.choose_mode()
         if self.may_share and not self.stdio:
             self.may_share = False
             self.master = find_shared_master(self.ssh, self.route, self.directory, self.env, self.settings.verbose)
@@ -1532,6 +1534,9 @@ class Connection:
 
     def close(self) -> None:
         """Stop the master, what reads the terminal, and the agent."""
+        if self.version_probe is not None:  # never read: the run ended before its login
+            stop_process(self.version_probe)
+            self.version_probe.stdout.close()  # type: ignore[union-attr]
         self.close_master()
         if self.directory:
             wait_for_prompts(self.directory)  # what the run started to read the terminal ends with it

@@ -22,11 +22,12 @@ import pytest
 
 import jupyter_tunnel as jt
 from helpers import wait_for
-from realenv import MULTI_USER
+from realenv import CODE_PROMPT, MULTI_USER
 from test_browser import browser_result, chromium
 import test_start
 from test_start import ACTIVATE, runtime_files
-from tunnelrun import get_status, local_port_of
+from test_2fa import url_on
+from tunnelrun import Terminal, get_status, local_port_of
 
 pytestmark = pytest.mark.integration
 
@@ -195,3 +196,22 @@ def test_json_and_the_registry_say_the_same_as_with_a_master(tunnel, jtuser_serv
     assert run.states()[0]["local_port"] == printed["local_port"]
     assert run.stop() == jt.EXIT_OK
     run.assert_clean()
+
+
+def test_a_code_prompt_comes_once_on_the_terminal(two_factor_sshd, sshd, jtuser_server, tmp_path):
+    """ssh asks on the terminal as with a master (its stdin is the remote shell's: the prompts
+    open /dev/tty, as Win32-OpenSSH's open the console): the gateway's 2FA code, typed once."""
+    offsets = (two_factor_sshd.log_offset(), sshd.log_offset())
+    term = Terminal("-F", str(two_factor_sshd.config), "-b", "none", NO_MASTER, "-s", "kgw", "srv",
+                    env={"JUPYTER_TUNNEL_REGISTRY": str(tmp_path)})
+    try:
+        term.read_until(CODE_PROMPT.encode())
+        term.type(two_factor_sshd.code())
+        term.read_until(f"?token={jtuser_server.token}".encode(), timeout=30)
+        assert get_status(url_on(term))[0] == 200
+        assert len(two_factor_sshd.logins_since(offsets[0])) == 1 and len(sshd.logins_since(offsets[1])) == 1
+        assert two_factor_sshd.failures_since(offsets[0]) == []
+        assert term.ctrl_c() == jt.EXIT_OK
+        assert term.processes() == []
+    finally:
+        term.close()
