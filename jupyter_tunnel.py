@@ -1100,7 +1100,7 @@ class StdioMaster(Master):
         # only this thread holds the read end (see spawn)
         threading.Thread(target=self._read_stdout, args=(stdout,), daemon=True).start()
         done = self.run("exit 0", timeout=None, what=f"the shell on {self.route.target}")
-        if not self.alive():
+        if done.returncode and self.wait(5.0):  # ssh ended (its stdout may close a moment before it exits)
             self.login_failed()
         if done.returncode:  # logged in, but the account runs no "sh"
             raise TunnelError(f"logged in to {self.route.describe()}, but it runs no shell for us: "

@@ -27,6 +27,7 @@ import time
 LAB_UI = "#jp-main-dock-panel"
 LOGIN_FORM = "input[type=password]"
 WAIT_MS = 60_000
+NOTEBOOK_IN_FRONT = ".jp-NotebookPanel:not(.lm-mod-hidden)"  # Lumino hides the tabs behind
 
 
 def write_result(path: str, result: dict) -> None:
@@ -59,8 +60,14 @@ def visit(browser, url: str, result: dict) -> None:
     stranger.goto(page.url.split("?")[0], wait_until="commit", timeout=WAIT_MS)
     result["without_token"] = shows(stranger)
     if os.environ.get("JT_BROWSER_CELL") and result["lab_ui"]:
-        page.locator('.jp-LauncherCard[data-category="Notebook"]').first.click(timeout=WAIT_MS)
-        result["cell"] = run_cell(page, "print(6 * 7)", 0)
+        try:
+            # a new launcher: the lab may restore the user's last layout, a notebook in front
+            page.locator('[data-command="launcher:create"]').first.click(timeout=WAIT_MS)
+            page.locator('.jp-LauncherCard[data-category="Notebook"]:visible').first.click(timeout=WAIT_MS)
+            result["cell"] = run_cell(page, "print(6 * 7)", 0)
+        except Exception as error:  # the test tells what, and a screenshot shows it
+            result["cell"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            page.screenshot(path=os.environ["JT_BROWSER_RESULT"] + ".png")
     go = os.environ.get("JT_BROWSER_GO")
     if go:
         stay(page, go, result)
@@ -69,12 +76,13 @@ def visit(browser, url: str, result: dict) -> None:
 def run_cell(page, code: str, number: int) -> str:
     """Type ``code`` into the open notebook's last cell, run it (Shift+Enter), and return the
     text of output ``number`` of the notebook once the kernel has answered."""
-    editor = page.locator(".jp-Notebook .jp-Cell .cm-content").last
+    notebook = page.locator(f"{NOTEBOOK_IN_FRONT} .jp-Notebook")
+    editor = notebook.locator(".jp-Cell .cm-content").last
     editor.wait_for(timeout=WAIT_MS)
     editor.click()
     page.keyboard.type(code)
     page.keyboard.press("Shift+Enter")
-    output = page.locator(".jp-Notebook .jp-OutputArea-output").nth(number)
+    output = notebook.locator(".jp-OutputArea-output").nth(number)
     output.wait_for(timeout=WAIT_MS)
     return output.inner_text()
 

@@ -150,7 +150,7 @@ def test_json_has_samples_summaries_and_targets() -> None:
 
 def test_benchmark_smoke_one_run_one_hop(test_users: Dict[str, UserAccount], jupyter_venv: Path) -> None:
     """The real benchmark, 1 run on 1 hop of each kind: a well-formed table whose login counts
-    are 1, 0 (the user's master already open) and 1 (--start)."""
+    are 1, 0 (the user's master already open), 1 (--start) and 1 (no master)."""
     # --no-lock: this session holds the machine-wide lock and has set the users up
     proc = subprocess.Popen(
         [sys.executable, str(BENCHMARK), "--runs", "1", "--hosts", "1", "--idle", "0.5", "--no-lock"],
@@ -168,8 +168,8 @@ def test_benchmark_smoke_one_run_one_hop(test_users: Dict[str, UserAccount], jup
     print(stdout)  # the report, for pytest -s
     lines = stdout.splitlines()
     start = lines.index(next(line for line in lines if line.startswith("| run | hops |")))
-    header, separator, *rows = lines[start:start + 5]
-    assert not lines[start + 5].startswith("|")  # one row per kind: 1 hop, no delay
+    header, separator, *rows = lines[start:start + 6]
+    assert not lines[start + 6].startswith("|")  # one row per kind: 1 hop, no delay
     names = [cell.strip() for cell in header.strip("|").split("|")]
     table = {}
     for row in rows:
@@ -177,11 +177,14 @@ def test_benchmark_smoke_one_run_one_hop(test_users: Dict[str, UserAccount], jup
         values = dict(zip(names, (cell.strip() for cell in row.strip("|").split("|"))))
         table[values["run"]] = values
     assert {run: values["(d) logins"] for run, values in table.items()} == \
-        {"cold": "1", "master already open": "0", "--start, no server running": "1"}
+        {"cold": "1", "master already open": "0", "--start, no server running": "1",
+         "no master (--no-control-master)": "1"}
     assert all(value not in ("", "–") for value in table["cold"].values())
+    assert all(value not in ("", "–") for value in table["no master (--no-control-master)"].values())
     for kept in ("- [x] (d) logins = hops on every run, 1 hop, 0 ms",
                  "- [x] (d) logins = 0 on every run, master already open, 1 hop, 0 ms",
-                 "- [x] (d) logins = hops on every run, --start, no server running, 1 hop, 0 ms"):
+                 "- [x] (d) logins = hops on every run, --start, no server running, 1 hop, 0 ms",
+                 "- [x] (d) logins = hops on every run, no master (--no-control-master), 1 hop, 0 ms"):
         assert kept in stdout
     assert "(f) start-up <= 35 ms, 1 hop, 0 ms" in stdout  # the floor's terms are reported
 
