@@ -75,8 +75,9 @@ from jupyter_node import ProfileError, expand_profile, profile_keys, show_profil
 from jupyter_node import resource_option as node_resource_option
 # the registry, a run's private directory and its lock
 from jupyter_tunnel_shutdown import (AGENT_SOCKET, CONFIG_FILE, CONNECTING, CONTROL_SOCKET, FORWARD_SOCKET,
-                                     HAVE_PROC, MAX_TIMEOUT, READY, Registration, build_cancel_argv, build_state,
-                                     cancel_forward, make_private_dir, prune_registry, socket_answers, take_run_lock)
+                                     HAVE_PROC, MAX_TIMEOUT, READY, STDIO_SHELL, Registration, build_cancel_argv,
+                                     build_state, cancel_forward, make_private_dir, prune_registry, socket_answers,
+                                     take_run_lock)
 
 __version__ = "0.1.0"
 
@@ -114,6 +115,16 @@ SHARED_POLL_INTERVAL = 1.0  # s between looks at the user's own master: a connec
 MUX_MSG_HELLO = 0x00000001
 MUX_HELLO_TIMEOUT = 3.0
 FIRST_HOP_CONNECT_TIMEOUT = 20  # seconds, not minutes, for an unreachable first hop (see build_ssh_config)
+# Without ControlMaster (StdioMaster): Windows' own OpenSSH, whose ``ssh -V`` says NO_MUX_VERSION, cannot
+# be a master (its AF_UNIX is a named-pipe client only: PowerShell/Win32-OpenSSH#405, #1328).  NO_MUX_WORDS:
+# what an ssh says that failed to become one (Win32-OpenSSH's "getsockname failed: Not a socket" or "Bad
+# file descriptor", "Failed to connect to new control master"; w32fd.c; unix_listener on this machine).
+NO_MUX_VERSION = "OpenSSH_for_Windows"
+NO_MUX_WORDS = ("getsockname failed", "Failed to connect to new control master",
+                "Unix domain server sockets are not supported", "unix_listener:")
+STDIO_ERROR_WAIT = 5.0  # s for a command's stderr end line once its stdout ended (both come at once)
+# ssh's own lines on the connection's stderr, never a remote command's (a SOCKS connection that failed)
+SSH_OWN_RE = re.compile(r"channel \d+: |Warning: Permanently added|Connection to \S+ closed")
 # A host name ssh's Match takes as it is (no pattern characters: * ? ! , nor quotes or spaces).
 MATCH_HOST_RE = re.compile(r"[A-Za-z0-9_.:%\[\]-]+")
 DEFAULT_KEEPALIVE = 10  # seconds: a dropped network is noticed within ~30 s
@@ -169,6 +180,7 @@ RELAY_BUFFER = 65536  # bytes per read and direction: 128 KiB a connection, and 
 # (JupyterLab's requests then go through unharmed), then gets a page that reloads itself.
 RELAY_WAIT = 10.0
 RELAY_RETRY = 0.1
+SOCKS_VERSION = 5  # the forward without a master: ssh -D's SOCKS5 (channels.c; auth "none" only)
 PROC_NET_TCP, PROC_NET_TCP6 = "/proc/net/tcp", "/proc/net/tcp6"  # Linux: every TCP socket and its owner's uid
 # Linux's netlink sock_diag (linux/sock_diag.h, inet_diag.h): the owner of one TCP socket.
 NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST = 4, 20, 1
@@ -593,6 +605,49 @@ def build_master_argv(ssh: str, config: str, control: str, route: Route) -> list
     return argv + build_destination(route.target)
 
 
+def build_stdio_argv(ssh: str, config: str, socks_port: int, route: Route) -> list[str]:
+    """argv of the run's one ssh without ControlMaster (StdioMaster): a remote sh on its stdin and
+    stdout for the run's commands, a SOCKS port on 127.0.0.1 for its forwards."""
+    # ControlPath=none: no master to ride nor to become (Win32-OpenSSH fails at any unix socket);
+    # a SOCKS port that cannot be had fails the login (ExitOnForwardFailure), as a forward does
+    argv = [ssh, "-F", config, "-T", "-D", f"127.0.0.1:{socks_port}", "-o", "ControlPath=none",
+            "-o", "ExitOnForwardFailure=yes"]
+    if route.node or route.scheduled:
+        argv.append("-A")  # the head logs into the node with the agent (see build_master_argv)
+    if route.jumps:
+        argv += ["-J", ",".join(route.jumps)]
+    return argv + build_destination(route.target) + [STDIO_SHELL]
+
+
+def build_framed_command(command: str, stdin: str, nonce: str) -> bytes:
+    """What StdioMaster's remote sh reads to run ``command`` once: a begin line; the command in a child
+    sh (its syntax error, exit or exec ends only that child), its stdin a here-document of ``stdin`` (a
+    newline added if it lacks one) or /dev/null, never the shell's own; then its exit status and an end
+    line, on stdout and on stderr.  Every mark holds ``nonce``: no output is taken for another command's."""
+    redirect, body = "</dev/null", ""
+    if stdin:
+        redirect, body = f"<<'E{nonce}'", f"{stdin}{'' if stdin.endswith(chr(10)) else chr(10)}E{nonce}\n"
+    return (f"printf '%s\\n' B{nonce}\nsh -c {shlex.quote(command)} {redirect}\n{body}"
+            f"printf '\\n%s %s\\n' R{nonce} \"$?\"; printf '\\n%s\\n' R{nonce} >&2\n").encode()
+
+
+def parse_framed_output(data: bytes, nonce: str) -> tuple[bytes, int] | None:
+    """The stdout and exit status of the command framed with ``nonce`` (build_framed_command) in what
+    the remote sh printed; None until its end line has come.  What came before its begin line (a
+    login banner, a late write of an earlier command's child) is not its."""
+    begin = data.find(f"B{nonce}\n".encode())
+    if begin < 0:
+        return None
+    start = begin + len(nonce) + 2
+    end = data.find(f"\nR{nonce} ".encode(), start - 1)
+    if end < 0:
+        return None
+    status, newline, _ = data[end + len(nonce) + 3:].partition(b"\n")
+    if not newline:
+        return None
+    return bytes(data[start:max(start, end)]), int(status) if status.isdigit() else 255
+
+
 def build_mux_argv(ssh: str, config: str, control: str, route: Route, *args: str) -> list[str]:
     """argv of an ssh that only talks to the running master (never a login of its own)."""
     # ControlMaster=no: never become a master ourselves if the socket vanished.  A socket gone or
@@ -850,9 +905,27 @@ class Master:
     def open(self, on_start: Callable[[int], None] = lambda pid: None) -> None:
         """Start the master and wait until it has logged in (its control socket exists);
         ``on_start`` gets its pid at once, before the login (which may wait for a person)."""
-        argv = self.shown(build_master_argv(self.ssh, self.config, self.control, self.route))
         if os.path.exists(self.control):
             os.unlink(self.control)  # left by a master that was killed: not a sign of login
+        self.spawn(build_master_argv(self.ssh, self.config, self.control, self.route), on_start)
+        started, delay = time.monotonic(), POLL_INTERVAL
+        while not os.path.exists(self.control):
+            if not self.alive():
+                self.login_failed()
+            time.sleep(delay)
+            if time.monotonic() - started > FAST_POLL_SECONDS:
+                delay = min(delay * 2, SLOW_POLL_INTERVAL)
+
+    def login_failed(self) -> None:
+        """Raise the error for a master that exited before it had logged in, in ssh's words."""
+        assert self._reader is not None
+        self._reader.join(timeout=1)
+        raise TunnelError(build_login_error(self.route.describe(), self.why(), self.batch), EXIT_CONNECT)
+
+    def spawn(self, argv: list[str], on_start: Callable[[int], None], stdin: int = subprocess.DEVNULL,
+              stdout: int = subprocess.DEVNULL) -> None:
+        """Start the connection's ssh (``argv``), its stderr read by a thread of ours."""
+        argv = self.shown(argv)
         # In the terminal's foreground group (ssh asks for passwords only from there), the master gets
         # the user's Ctrl+C too.  ssh keeps SIGINT and SIGHUP ignored when started so (clientloop.c
         # sets handlers only over a disposition not SIG_IGN), and exec keeps that: set around the fork.
@@ -863,8 +936,7 @@ class Master:
         # "PyMemoryView_FromBuffer(): info->buf must not be NULL" in the reader at exit).
         read_end, write_end = os.pipe()
         try:
-            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                            stderr=write_end, env=self.env)
+            self.process = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=write_end, env=self.env)
         except BaseException:
             os.close(read_end)
             raise
@@ -876,23 +948,18 @@ class Master:
         # Drain stderr all the time: a full pipe would block ssh.
         self._reader = threading.Thread(target=self._read_stderr, args=(read_end,), daemon=True)
         self._reader.start()
-        started, delay = time.monotonic(), POLL_INTERVAL
-        while not os.path.exists(self.control):
-            if self.process.poll() is not None:
-                self._reader.join(timeout=1)
-                raise TunnelError(build_login_error(self.route.describe(), self.why(), self.batch), EXIT_CONNECT)
-            time.sleep(delay)
-            if time.monotonic() - started > FAST_POLL_SECONDS:
-                delay = min(delay * 2, SLOW_POLL_INTERVAL)
 
     def _read_stderr(self, fd: int) -> None:
         """Keep the last lines ssh wrote, to explain a failure with ssh's own words."""
         with open(fd, "rb") as stream:  # closed here at EOF, and nowhere else
             # a line cut at MAX_REMOTE_LINE bytes: ssh passes on a server's banner, a jump host's words
             for raw in iter(lambda: stream.readline(MAX_REMOTE_LINE), b""):
-                line = raw.decode(errors="replace").rstrip()
-                if self.relay(line):
-                    self.stderr.append(line)
+                self.stderr_line(raw.decode(errors="replace").rstrip())
+
+    def stderr_line(self, line: str) -> None:
+        """Take a line of the connection's stderr: kept (a reason) unless a debug line."""
+        if self.relay(line):
+            self.stderr.append(line)
 
     @property
     def pid(self) -> int:
@@ -917,16 +984,17 @@ class Master:
         self._reader.join(timeout)
         return not self.alive()
 
-    def run(self, command: str, stdin: str = "", timeout: float = 60.0,
-            forward_agent: bool = False, what: str = "") -> subprocess.CompletedProcess:
+    def run(self, command: str, stdin: str = "", timeout: float = 60.0, forward_agent: bool = False,
+            what: str = "", keep: Callable[[str], bool] | None = None) -> subprocess.CompletedProcess:
         """Run ``command`` on the target through the master (no new login), bounded as run_bounded
-        says; ``what`` is the stage its errors name ("looking for Jupyter servers on srv")."""
+        says; ``what`` is the stage its errors name ("looking for Jupyter servers on srv"), ``keep``
+        sees each stderr line (run_bounded)."""
         options = ["-T", "-A"] if forward_agent else ["-T"]
         if not stdin:
             options.append("-n")  # no stdin: ssh sends none, and the command needs none
         argv = self.shown(build_mux_argv(self.ssh, self.config, self.control, self.route, *options, "--")
                              + [command])
-        code, stdout, stderr = run_bounded(argv, self.env, stdin.encode(), timeout, self.relay,
+        code, stdout, stderr = run_bounded(argv, self.env, stdin.encode(), timeout, keep or self.relay,
                                            what or f"a command on {self.route.target}")
         return subprocess.CompletedProcess(argv, code, stdout, "\n".join(stderr).encode())
 
@@ -993,6 +1061,148 @@ class SharedMaster(Master):
         for spec in self.forwards:
             self.echo(cancel_forward(self.shown(build_cancel_argv(self.ssh, self.control, spec))))
         self.forwards = []
+
+
+class StdioMaster(Master):
+    """The run's one connection where ssh cannot be a master (Windows' own OpenSSH, --no-control-master):
+    one ssh whose remote sh runs the run's commands one at a time, framed on its stdin and stdout
+    (build_framed_command), and whose SOCKS port (``-D``) carries the forwards (add_forward).  A command
+    that outlives its timeout would hold that shell for ever: the connection is closed, and the run logs
+    in again, as after a drop."""
+
+    def __init__(self, ssh: str, route: Route, directory: str, env: dict[str, str], verbose: int = 0,
+                 outlive_interrupt: bool = False, batch: bool = False) -> None:
+        super().__init__(ssh, route, directory, env, verbose, outlive_interrupt, batch)
+        self.socks_port = 0
+        self._stdin = -1  # the write end of ssh's stdin: the remote shell's input
+        self._one = threading.Lock()  # one command at a time: there is one shell
+        self._changed = threading.Condition()  # stdout came, or ended
+        self._out = bytearray()  # the stdout of the command being run (up to MAX_REMOTE_OUTPUT)
+        self._nonce = ""  # the command being run's ("" none)
+        self._eof = self._overflow = False
+        self._keep: Callable[[str], bool] | None = None  # sees the command's stderr lines
+        self._kept: deque[str] = deque(maxlen=REMOTE_STDERR_LINES)
+        self._err_done = threading.Event()
+
+    def open(self, on_start: Callable[[int], None] = lambda pid: None) -> None:
+        """Start the ssh and wait until its remote shell answers (it has logged in)."""
+        self.socks_port = free_loopback_port()
+        stdin, self._stdin = os.pipe()
+        stdout, write_end = os.pipe()
+        try:
+            self.spawn(build_stdio_argv(self.ssh, self.config, self.socks_port, self.route), on_start,
+                       stdin=stdin, stdout=write_end)
+        except BaseException:
+            os.close(stdout)
+            raise
+        finally:
+            os.close(stdin)
+            os.close(write_end)
+        # only this thread holds the read end (see spawn)
+        threading.Thread(target=self._read_stdout, args=(stdout,), daemon=True).start()
+        done = self.run("exit 0", timeout=None, what=f"the shell on {self.route.target}")
+        if not self.alive():
+            self.login_failed()
+        if done.returncode:  # logged in, but the account runs no "sh"
+            raise TunnelError(f"logged in to {self.route.describe()}, but it runs no shell for us: "
+                              f"{parse_ssh_error(done.stderr.decode(errors='replace').splitlines())}", EXIT_CONNECT)
+
+    def _read_stdout(self, fd: int) -> None:
+        """Keep what the remote shell prints while a command runs (at most MAX_REMOTE_OUTPUT bytes)."""
+        with open(fd, "rb", buffering=0) as stream:
+            while True:
+                chunk = stream.read(65536)
+                with self._changed:
+                    if not chunk:
+                        self._eof = True
+                        self._changed.notify_all()
+                        return
+                    if self._nonce and not self._overflow:  # between commands: nobody's output
+                        self._out += chunk
+                        self._overflow = len(self._out) > MAX_REMOTE_OUTPUT + 256  # 256: the marks
+                    self._changed.notify_all()
+
+    def stderr_line(self, line: str) -> None:
+        """A line of stderr: the running command's (until its end line), else the connection's."""
+        keep, nonce = self._keep, self._nonce
+        if keep is not None and line == f"R{nonce}":
+            self._keep = None
+            self._err_done.set()
+        elif keep is not None and not SSH_OWN_RE.match(line):
+            if line and keep(line):
+                self._kept.append(line)
+                self.stderr.append(line)  # the connection's reason too, if ssh dies now
+        else:
+            super().stderr_line(line)
+
+    def _write(self, data: bytes) -> None:
+        """Send ``data`` to the remote shell (a thread: a shell that stops reading must not hold us)."""
+        view = memoryview(data)
+        with contextlib.suppress(OSError):  # ssh has gone: run() finds it dead
+            while view:
+                view = view[os.write(self._stdin, view[:65536]):]
+
+    def run(self, command: str, stdin: str = "", timeout: float | None = 60.0, forward_agent: bool = False,
+            what: str = "", keep: Callable[[str], bool] | None = None) -> subprocess.CompletedProcess:
+        """Run ``command`` in the connection's remote shell, as Master.run says (the agent, if the route
+        needs it, is the connection's: ``forward_agent`` asks nothing more); ``timeout`` None: no limit."""
+        what = what or f"a command on {self.route.target}"
+        argv = [STDIO_SHELL, "-c", command]  # what the CompletedProcess says ran
+        if self.verbose:
+            say("Debug", f"on {self.route.target}: {command}" + (" (a script on stdin)" if stdin else ""))
+        with self._one:
+            nonce = os.urandom(16).hex()
+            self._kept.clear()
+            self._err_done.clear()
+            with self._changed:
+                self._out.clear()
+                self._overflow = False
+                self._nonce, self._keep = nonce, keep or self.relay
+            threading.Thread(target=self._write, args=(build_framed_command(command, stdin, nonce),),
+                             daemon=True).start()
+            deadline = None if timeout is None else time.monotonic() + timeout
+            try:
+                with self._changed:
+                    while True:
+                        found = parse_framed_output(self._out, nonce)
+                        left = None if deadline is None else deadline - time.monotonic()
+                        if found or self._overflow or self._eof or not self.alive() or (left is not None and left <= 0):
+                            break
+                        self._changed.wait(1.0 if left is None else min(left, 1.0))
+                if self._overflow:
+                    self.close()  # its shell is busy sending more: the connection is spent
+                    raise TunnelError(f"{what} sent more than {MAX_REMOTE_OUTPUT // 1048576} MiB of output, "
+                                      "which no answer of ours is: stopped reading it")
+                if found is None and not self._eof and self.alive():  # the shell is held: spent
+                    self.close()
+                    raise subprocess.TimeoutExpired(argv, timeout or 0)
+                if found is not None:
+                    self._err_done.wait(STDIO_ERROR_WAIT if left is None else max(0.0, min(left, STDIO_ERROR_WAIT)))
+            finally:
+                with self._changed:
+                    self._nonce, self._keep = "", None
+        stdout, code = found if found is not None else (b"", 255)  # 255: ssh's own failure, as a mux client's
+        return subprocess.CompletedProcess(argv, code, stdout, "\n".join(self._kept).encode())
+
+    def close(self) -> None:
+        """End the remote shell's input (it exits), then stop ssh as Master.close does."""
+        if self._stdin >= 0:
+            os.close(self._stdin)
+            self._stdin = -1
+        super().close()
+
+
+def free_loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for ssh's ``-D`` (the kernel's pick; a program that takes it
+    before ssh does fails that login: ExitOnForwardFailure)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def is_windows_ssh(version: str) -> bool:
+    """Whether ``ssh -V``'s words are those of Windows' own OpenSSH (no ControlMaster)."""
+    return version.startswith(NO_MUX_VERSION)
 
 
 def find_shared_master(ssh: str, route: Route, directory: str, env: dict[str, str],
@@ -1189,10 +1399,17 @@ class Connection:
         self.refused_logins = 0  # logins of this run the server refused (MAX_REFUSED_LOGINS)
         self.last_refusal = ""  # ssh's words for the last one
         self.own_agent = settings.new_agent or not self.env.get("SSH_AUTH_SOCK")
+        # one ssh with a shell and a SOCKS port instead of a master (StdioMaster): asked for, or on
+        # Windows, whose own ssh cannot be a master; else chosen at the first login (choose_mode)
+        self.stdio = settings.no_control_master or os.name == "nt"
+        self.version_probe: subprocess.Popen | None = None  # ssh -V, while the run sets up (choose_mode)
 
     def set_up(self, directory: str, registration: Registration) -> None:
         """Write what the logins need into the run's private ``directory``: askpass, the config."""
         self.directory, self.registration = directory, registration
+        if not self.stdio:  # started now, read at the first login: its ~5-30 ms overlap the set-up
+            self.version_probe = subprocess.Popen([self.ssh, "-V"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                                  stderr=subprocess.STDOUT, env=self.env)
         if self.password is not None:
             self.env.update(write_askpass(directory, self.password))
         self.write_config()
@@ -1210,9 +1427,24 @@ class Connection:
             for line in [f"ssh config file {path}:", *(f"  {line}" for line in text.splitlines())]:
                 say("Debug", line)
 
+    def choose_mode(self) -> None:
+        """At the first login: without a master when ``ssh -V`` says this ssh cannot be one."""
+        probe, self.version_probe = self.version_probe, None
+        if probe is None:
+            return
+        version = probe.communicate(timeout=30)[0].decode(errors="replace").strip()
+        if is_windows_ssh(version):
+            self.no_master(f"{escape_text(version.split(',')[0])} cannot share a connection (no ControlMaster)")
+
+    def no_master(self, why: str) -> None:
+        """From now on, log in without a master (StdioMaster), saying ``why``."""
+        self.stdio = True
+        say("Info", f"{why}: one ssh carries this run's commands and forwards instead (--no-control-master).")
+
     def open(self) -> float | None:
         """Ride the user's open master, or log in (the run's one login): its seconds, None when riding."""
-        if self.may_share:
+        self.choose_mode()
+        if self.may_share and not self.stdio:
             self.may_share = False
             self.master = find_shared_master(self.ssh, self.route, self.directory, self.env, self.settings.verbose)
             if self.master is not None:
@@ -1222,8 +1454,9 @@ class Connection:
         if self.agent is None and self.own_agent:  # riding the user's master needs none
             self.agent, self.env["SSH_AUTH_SOCK"] = start_agent(self.directory, self.registration)
             self.env.pop("SSH_AGENT_PID", None)
-        self.master = master = Master(self.ssh, self.route, self.directory, self.env, self.settings.verbose,
-                                      outlive_interrupt=self.settings.stop_server, batch=self.batch)
+        kind = StdioMaster if self.stdio else Master
+        self.master = master = kind(self.ssh, self.route, self.directory, self.env, self.settings.verbose,
+                                    outlive_interrupt=self.settings.stop_server, batch=self.batch)
         say("Info", f"Connecting to {self.route.describe()}...")
         started = time.monotonic()
         # registered before the login: a run killed while ssh waits (a slow host, a 2FA prompt)
@@ -1234,7 +1467,12 @@ class Connection:
             if error.code == EXIT_CONNECT and is_login_refused(master.why()):
                 self.refused_logins += 1
                 self.last_refusal = master.why()
-            raise
+            failure = "\n".join(master.stderr)
+            if self.stdio or not any(words in failure for words in NO_MUX_WORDS):
+                raise
+            self.close_master()  # this ssh cannot be a master after all: the login once more, without
+            self.no_master(f"ssh could not become a master ({master.why()})")
+            return self.open()
         return time.monotonic() - started
 
     def reach(self, node: str) -> None:
@@ -1297,6 +1535,9 @@ class Connection:
 
     def close(self) -> None:
         """Stop the master, what reads the terminal, and the agent."""
+        if self.version_probe is not None:  # never read: the run ended before its login
+            stop_process(self.version_probe)
+            self.version_probe.stdout.close()  # type: ignore[union-attr]
         self.close_master()
         if self.directory:
             wait_for_prompts(self.directory)  # what the run started to read the terminal ends with it
@@ -1390,9 +1631,9 @@ def build_node_program(args: Sequence[str], source: str) -> str:
     return fill_script(NODE_BOOTSTRAP, {"MARK": MARK, "ARGS": ascii(list(args)), "SOURCE": ascii(source)})
 
 
-def build_node_argv(ssh: str, config: str, control: str, route: Route, python: str) -> list[str]:
-    """argv of the ssh that runs the head's python through the master (its program on stdin)."""
-    return build_mux_argv(ssh, config, control, route, "-T", "--") + [f"{shlex.quote(python)} -"]
+def build_node_command(python: str) -> str:
+    """The remote command that runs the head's ``python`` on its program, sent on stdin."""
+    return f"{shlex.quote(python)} -"
 
 
 def build_submit_args(options: ClusterOptions, timeout: float) -> list[str]:
@@ -1611,7 +1852,6 @@ def run_node_tool(master: Master, python: str, args: Sequence[str], timeout: flo
     and size as every remote command (run_bounded): a TunnelError that names the stage."""
     head = master.route.target
     what = f"jupyter_node.py on {head} ({describe_node_args(args)})"
-    argv = master.shown(build_node_argv(master.ssh, master.config, master.control, master.route, python))
     if master.verbose:
         say("Debug", f"on {head}: {shlex.join([python, '-', *args])} (jupyter_node.py on stdin)")
 
@@ -1626,11 +1866,12 @@ def run_node_tool(master: Master, python: str, args: Sequence[str], timeout: flo
         return True
 
     try:
-        code, stdout, lines = run_bounded(argv, master.env, build_node_program(args, node_source()).encode(),
-                                          timeout, keep, what)
+        done = master.run(build_node_command(python), build_node_program(args, node_source()), timeout,
+                          what=what, keep=keep)
     except subprocess.TimeoutExpired:  # a scheduler command that hangs, a python that never answers
         raise TunnelError(f"{what} did not answer within {timeout:g} s", EXIT_ERROR) from None
-    return parse_node_json(stdout.decode(errors="replace")), code, lines
+    lines = done.stderr.decode(errors="replace").splitlines()
+    return parse_node_json(done.stdout.decode(errors="replace")), done.returncode, lines
 
 
 def ask_node_tool(master: Master, python: str, args: Sequence[str], timeout: float, relay: bool = True) -> dict:
@@ -2248,8 +2489,81 @@ def build_forward_spec(path: str, server: Server, node: str = "") -> str:
     return f"{path}:{forward_target(server, node)}"
 
 
+def build_socks_forward(socks_port: int, target: str) -> str:
+    """The forward without a master: a CONNECT to ``target`` (``host:port``) through ssh's SOCKS port."""
+    return f"socks5://127.0.0.1:{socks_port}/{target}"
+
+
+def parse_socks_forward(forward: str) -> tuple[int, str, int] | None:
+    """(SOCKS port, host, port) of a build_socks_forward; None for ssh's unix socket (a path)."""
+    if not forward.startswith("socks5://127.0.0.1:"):
+        return None
+    socks, _, target = forward[len("socks5://127.0.0.1:"):].partition("/")
+    host, _, port = target.rpartition(":")
+    return int(socks), host.strip("[]"), int(port)
+
+
+def build_socks_request(host: str, port: int) -> bytes:
+    """SOCKS5's CONNECT (RFC 1928) to ``host`` as a domain name (ATYP 3): ssh passes the name on,
+    and the remote side resolves it (channels.c), so a name only the cluster knows works."""
+    name = host.encode("idna")
+    return bytes([SOCKS_VERSION, 1, 0, 3, len(name)]) + name + port.to_bytes(2, "big")
+
+
+def socks_address_length(head: bytes) -> int:
+    """The bytes still to come of a SOCKS5 reply after its first 5 (``head``): the rest of
+    BND.ADDR (IPv4, IPv6, or a name whose length byte is the 5th), then BND.PORT."""
+    if head[3] == 3:
+        return head[4] + 2
+    return {1: 4, 4: 16}.get(head[3], 1) - 1 + 2
+
+
+def receive(conn: socket.socket, size: int) -> bytes:
+    """Exactly ``size`` bytes of ``conn``; ConnectionResetError when it ends before."""
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise ConnectionResetError("the connection ended")
+        data += chunk
+    return data
+
+
+def open_forward(forward: str, timeout: float | None = None) -> socket.socket:
+    """A connection to the server through the run's forward: ssh's unix socket, or a CONNECT through
+    its SOCKS port; OSError when none is had.  ssh answers a CONNECT only once the server's side took
+    it, and closes without an answer when it could not (channels.c): that is a ConnectionResetError."""
+    socks = parse_socks_forward(forward)
+    conn = socket.socket(socket.AF_UNIX if socks is None else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        conn.settimeout(timeout)
+        if socks is None:
+            conn.connect(forward)
+            return conn
+        conn.connect(("127.0.0.1", socks[0]))
+        conn.sendall(bytes([SOCKS_VERSION, 1, 0]))  # one method: none (ssh offers no other)
+        if receive(conn, 2) != bytes([SOCKS_VERSION, 0]):
+            raise ConnectionRefusedError("the SOCKS port refused")
+        conn.sendall(build_socks_request(socks[1], socks[2]))
+        head = receive(conn, 5)
+        if head[1] != 0:
+            raise ConnectionRefusedError(f"the SOCKS port answered {head[1]}")
+        receive(conn, socks_address_length(head))
+        return conn
+    except BaseException:
+        conn.close()
+        raise
+
+
 def add_forward(master: Master, server: Server) -> str:
-    """Have the master forward the run's unix socket to the server; returns its path."""
+    """Have the master forward the run's unix socket to the server; returns its path (without a
+    master: the SOCKS forward, which needs nothing added)."""
+    if isinstance(master, StdioMaster):
+        if server.sock:  # SOCKS speaks TCP only; a unix socket needs ssh -L, which needs a master here
+            raise TunnelError(f"the Jupyter server on {master.route.server_host} listens on a unix socket "
+                              f"({escape_text(server.sock)}), which a connection without ControlMaster cannot "
+                              "reach: start it on a port (--port), or use an ssh that can be a master", EXIT_NO_SERVER)
+        return build_socks_forward(master.socks_port, forward_target(server, master.route.node))
     path = os.path.join(os.path.dirname(master.config), FORWARD_SOCKET)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)  # ssh never unlinks a forward's socket, and will not bind over a dead one
@@ -2599,12 +2913,12 @@ class Relay:
         deadline = time.monotonic() + RELAY_WAIT
         while not self.closed.is_set():
             if self.forward:
-                upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 try:
-                    upstream.connect(self.forward)
+                    upstream = open_forward(self.forward, max(RELAY_RETRY, deadline - time.monotonic()))
+                    upstream.settimeout(None)
                     return upstream
                 except OSError:
-                    upstream.close()
+                    pass
             if time.monotonic() >= deadline:
                 return None
             self.closed.wait(RELAY_RETRY)
@@ -2744,9 +3058,7 @@ def probe_server(forward: str, server: Server, timeout: float = 5.0, method: str
     import, and HTTP/1.0 makes the server close once it has answered."""
     answer = b""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(timeout)
-            conn.connect(forward)
+        with open_forward(forward, timeout) as conn:
             if server.secure:
                 import ssl  # only now: it costs ~15 ms and ~5 MB for every other server
 
@@ -3068,6 +3380,7 @@ class Settings(NamedTuple):
     verbose: int = 0
     new_agent: bool = False  # -a
     new_login: bool = False  # --new-login: never ride the user's own master
+    no_control_master: bool = False  # one ssh with a shell and a SOCKS port (StdioMaster), never a master
     port: int | None = None  # the server's remote port (--port)
     dir: str | None = None
     pick: int | None = None
@@ -3458,6 +3771,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="log in for this run even when your own ssh connection to the host is open "
                              "(a ControlMaster at its ControlPath), which is otherwise used without a login; "
                              "-a and -p imply it")
+    connection.add_argument("--no-control-master", action="store_true",
+                        help="hold the run's one login without an ssh master: one ssh runs the remote commands "
+                             "in a shell on its stdin and forwards through a SOCKS port on 127.0.0.1 (chosen by "
+                             "itself for Windows' own OpenSSH); for an ssh or a machine where ControlMaster "
+                             "fails. A server on a unix socket cannot be reached so")
     connection.add_argument("-p", "--pass", "--sshp", dest="password", action="store_true",
                         help="ask the SSH password once and answer every hop's password prompt with it "
                              "(read from stdin when it is not a terminal)")

@@ -54,7 +54,7 @@ from jupyter_node import (CANCEL_COMMANDS, JOB_ID_RE, describe_os_error, format_
 # that it imports nothing else from here).
 __all__ = [
     "AGENT_SOCKET", "CONFIG_FILE", "CONNECTING", "CONTROL_SOCKET", "FORWARD_SOCKET", "HAVE_PROC",
-    "MAX_TIMEOUT", "READY", "Registration", "RunningTunnel", "build_cancel_argv", "build_state", "cancel_forward",
+    "MAX_TIMEOUT", "READY", "STDIO_SHELL", "Registration", "RunningTunnel", "build_cancel_argv", "build_state", "cancel_forward",
     "find_tunnels", "main", "make_private_dir", "prune_registry", "select_tunnels", "socket_answers",
     "stop_tunnels", "take_run_lock",
 ]
@@ -96,8 +96,9 @@ CONFIG_FILE, CONTROL_SOCKET, AGENT_SOCKET, FORWARD_SOCKET = "ssh_config", "c", "
 RUN_LOCK = "lock"
 # The master's command line holds only these ssh options (see build_master_argv); -v may
 # come from the user asking for ssh's own debug output.
-MASTER_FLAGS = ("-M", "-N", "-T")
-MASTER_OPTIONS_WITH_VALUE = ("-F", "-S", "-o", "-J")
+MASTER_FLAGS = ("-M", "-N", "-T", "-A")
+MASTER_OPTIONS_WITH_VALUE = ("-F", "-S", "-o", "-J", "-D")
+STDIO_SHELL = "sh"  # the remote command of a run's one ssh without a master (the tunnel's StdioMaster)
 # What tells a jupyter-tunnel process from a reused pid (see is_tunnel_argv).
 TUNNEL_SCRIPTS = ("jupyter_tunnel.py", "jupyter-tunnel", "jupyter-tunnel.sh")
 TUNNEL_MODULE = "jupyter_tunnel"  # python -m jupyter_tunnel
@@ -271,7 +272,11 @@ def private_dir_problem(mode: int, owner: int, uid: int) -> str:
 def is_master_argv(argv: Sequence[str], control_dir: str) -> bool:
     """Whether ``argv`` is exactly the shape of the ssh master build_master_argv makes for
     ``control_dir``: ``ssh``, its options only, ``-M``, ``-S DIR/c``, ``-F DIR/ssh_config``,
-    ``-N``, ``-o ControlPersist=no``, then one destination."""
+    ``-N``, ``-o ControlPersist=no``, then one destination; or of the one ssh without a master
+    (build_stdio_argv): ``-T``, one ``-D 127.0.0.1:PORT``, ``-o ControlPath=none``, ``-F
+    DIR/ssh_config``, no ``-M``/``-N``/``-S``, then one destination and STDIO_SHELL."""
+    stdio = len(argv) > 3 and argv[-1] == STDIO_SHELL
+    argv = argv[:-1] if stdio else argv
     if len(argv) < 3 or os.path.basename(argv[0]) != "ssh" or argv[-1].startswith("-"):
         return False
     values: dict[str, list[str]] = {}
@@ -287,9 +292,15 @@ def is_master_argv(argv: Sequence[str], control_dir: str) -> bool:
             i += 1
         else:
             return False
-    return (flags >= {"-M", "-N"} and "ControlPersist=no" in values.get("-o", [])
-            and values.get("-S") == [os.path.join(control_dir, CONTROL_SOCKET)]
-            and values.get("-F") == [os.path.join(control_dir, CONFIG_FILE)])
+    if values.get("-F") != [os.path.join(control_dir, CONFIG_FILE)]:
+        return False
+    if stdio:
+        socks = values.get("-D", [])
+        return ("-T" in flags and not flags & {"-M", "-N"} and "-S" not in values and len(socks) == 1
+                and socks[0].startswith("127.0.0.1:") and socks[0][10:].isdigit()
+                and "ControlPath=none" in values.get("-o", []))
+    return (flags >= {"-M", "-N"} and "-D" not in values and "ControlPersist=no" in values.get("-o", [])
+            and values.get("-S") == [os.path.join(control_dir, CONTROL_SOCKET)])
 
 
 def is_agent_argv(argv: Sequence[str], control_dir: str) -> bool:

@@ -34,6 +34,8 @@ the chain".  The flow:
      that no running server matches (``--stop-server`` at the end of each run), next to
      the server's own start-up (``jupyter lab`` started by hand on the remote until its
      runtime file appears, timed on the remote, in the same run): (b) <= (a) + that + 0.3 s.
+   - "no master (--no-control-master)": as cold, with the run's login held by one ssh with a
+     remote shell and a SOCKS port (issue 23): (b) <= 1.2 x (a) + 0.1 s, and logins = hops.
 4. (e) ``jupyter_tunnel.py --help`` wall time (the import cost), with a bare
    ``python -c pass`` as the floor.
 5. Print Markdown tables (medians with [min–max], the ratio (b)/(a) per row) and the
@@ -90,7 +92,9 @@ GROUP_GRACE = 2.0  # after the tool's exit, for the last of its processes to go
 PROXY_START_TIMEOUT = 10.0
 
 # The kinds of rows (--kinds), and their names in the tables.
-KINDS = {"cold": "cold", "shared": "master already open", "start": "--start, no server running"}
+KINDS = {"cold": "cold", "shared": "master already open", "start": "--start, no server running",
+         "stdio": "no master (--no-control-master)"}
+LOGGING_IN = ("cold", "stdio")  # the kinds of rows whose runs log in, one login per hop
 
 # The targets of the claim (README "Benchmark"); checked on the medians.
 TARGET_SHARED_RATIO = 0.5  # master already open: (b) <= 0.5 * (a)
@@ -302,7 +306,7 @@ def check_targets(result: Result) -> List[Tuple[str, bool, str]]:
         ready, ssh, teardown = summarize(row.ready), summarize(row.ssh), summarize(row.teardown)
         startup = summarize(row.server_startup)
         logins = 0 if row.kind == "shared" else row.hops
-        if ready and ssh and row.kind == "cold":
+        if ready and ssh and row.kind in LOGGING_IN:
             limit = TARGET_RATIO * ssh.median + TARGET_SLACK
             checks.append((f"(b) <= {TARGET_RATIO:g}*(a)+{TARGET_SLACK:g} s, {where}", ready.median <= limit,
                            f"{ready.median:.3f} s vs {limit:.3f} s"))
@@ -462,7 +466,7 @@ def tool_args(kind: str, hops: int, config: Path, server: realenv.JupyterProc, r
         which = ["--start", "-t", "lab", "--jupyter", str(VENV / "bin" / "jupyter"), "--root-dir", root,
                  "--dir", root, "--stop-server"]
     else:
-        which = ["--port", str(server.port)]
+        which = ["--port", str(server.port), *(["--no-control-master"] if kind == "stdio" else [])]
     return ["-F", str(config), "-b", "none", *which, *hosts]
 
 
@@ -702,7 +706,8 @@ def run_tool(tool: Tool, args: Sequence[str], sshd: realenv.SshServer, idle: flo
             time.sleep(idle)
             rss_python = _rss_mb(proc.pid)
             masters = [pid for pid, cmdline in _children(proc.pid)
-                       if os.path.basename(cmdline.split(" ", 1)[0]) == "ssh" and " -M " in cmdline]
+                       if os.path.basename(cmdline.split(" ", 1)[0]) == "ssh"
+                       and (" -M " in cmdline or " -D 127.0.0.1:" in cmdline)]
             rss_master = _rss_mb(masters[0]) if masters else None
         t_int = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)
@@ -793,7 +798,7 @@ def measure_row(kind: str, hops: int, delay_ms: float, config: Path, server: rea
             if kind == "start":
                 row.server_startup.append(time_server_startup(config))
                 root = new_root_dir()
-            last = i == args.runs - 1 and kind == "cold"
+            last = i == args.runs - 1 and kind in LOGGING_IN
             try:
                 run = run_tool(tool, tool_args(kind, hops, run_config, server, root), sshd,
                                idle=args.idle if last else 0.0)
@@ -836,7 +841,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one-way delay added per hop, one table row set per value [default: 0]")
     parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS),
                         help="kinds of rows: cold (a login), shared (the user's master already open), "
-                             "start (--start with no server running, 1 hop only) [default: all]")
+                             "start (--start with no server running, 1 hop only), stdio (--no-control-master) "
+                             "[default: all]")
     parser.add_argument("--form", choices=list(FORMS), default="installed",
                         help="how the tool is run: as the installed command, or as python SCRIPT "
                              "[default: %(default)s]")

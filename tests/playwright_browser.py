@@ -9,7 +9,9 @@ it followed, and what the same address shows to a browser without the token (the
 With ``JT_BROWSER_GO`` set to a file, the tab then stays open: once that file exists (the
 test has cut the tunnel's connection), the page asks its server for ``api/kernels`` until it
 answers 200 or 90 s pass, as JupyterLab's own polling would, and the result is written again
-with what it got (``after_drop``).  Playwright's own browser download needs the internet:
+with what it got (``after_drop``).  With ``JT_BROWSER_CELL`` set, it also opens a notebook from
+the launcher and runs a cell (``cell``: its output; the kernel's websocket goes through the
+tunnel too), and after the drop another one (``cell_after_drop``).  Playwright's own browser download needs the internet:
 Debian's ``chromium`` (``/usr/bin/chromium``, or ``JT_CHROMIUM``) is used instead.
 """
 
@@ -56,9 +58,25 @@ def visit(browser, url: str, result: dict) -> None:
     stranger = browser.new_context().new_page()
     stranger.goto(page.url.split("?")[0], wait_until="commit", timeout=WAIT_MS)
     result["without_token"] = shows(stranger)
+    if os.environ.get("JT_BROWSER_CELL") and result["lab_ui"]:
+        page.locator('.jp-LauncherCard[data-category="Notebook"]').first.click(timeout=WAIT_MS)
+        result["cell"] = run_cell(page, "print(6 * 7)", 0)
     go = os.environ.get("JT_BROWSER_GO")
     if go:
         stay(page, go, result)
+
+
+def run_cell(page, code: str, number: int) -> str:
+    """Type ``code`` into the open notebook's last cell, run it (Shift+Enter), and return the
+    text of output ``number`` of the notebook once the kernel has answered."""
+    editor = page.locator(".jp-Notebook .jp-Cell .cm-content").last
+    editor.wait_for(timeout=WAIT_MS)
+    editor.click()
+    page.keyboard.type(code)
+    page.keyboard.press("Shift+Enter")
+    output = page.locator(".jp-Notebook .jp-OutputArea-output").nth(number)
+    output.wait_for(timeout=WAIT_MS)
+    return output.inner_text()
 
 
 def stay(page, go: str, result: dict) -> None:
@@ -77,6 +95,11 @@ def stay(page, go: str, result: dict) -> None:
             " {cache: 'no-store'})).status; } catch (e) { return String(e); } }"))
         time.sleep(0.2)
     result["after_drop"] = statuses
+    if "cell" in result and statuses[-1:] == [200]:
+        try:
+            result["cell_after_drop"] = run_cell(page, "print(7 * 7)", 1)
+        except Exception as error:  # the test tells what
+            result["cell_after_drop"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 
 def main() -> int:

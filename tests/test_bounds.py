@@ -189,3 +189,44 @@ def test_run_bounded_answers():
     jt.run_bounded(["sh", "-c", "echo 'debug1: x' >&2; echo 'reason' >&2"], dict(os.environ), b"", 30,
                    lambda line: kept.append(line) or not line.startswith("debug1:"), "the test")
     assert kept == ["debug1: x", "reason"]
+
+
+# --- the same bounds without a master (StdioMaster): one shell runs every command ---
+
+
+@pytest.fixture
+def local_shell(tmp_path) -> Iterator[jt.StdioMaster]:
+    """A StdioMaster whose "ssh" is a local sh (a stand-in, as above: the bounds are the class's
+    own; tests/test_no_control_master.py runs it through the real ssh and sshd)."""
+    fake = tmp_path / "ssh"
+    fake.write_text("#!/bin/sh\nexec sh\n")
+    fake.chmod(0o755)
+    master = jt.StdioMaster(str(fake), jt.Route(("srv",)), str(tmp_path), dict(os.environ))
+    master.open()
+    yield master
+    master.close()
+    kill_all(helpers.user_processes(os.getuid(), str(tmp_path)))
+
+
+def test_one_shell_answers_command_after_command(local_shell):
+    kept: list[str] = []
+    done = local_shell.run("cat | wc -c; echo 'Info: relayed' >&2; echo reason >&2; exit 4", stdin="x" * 300_000,
+                           keep=lambda line: kept.append(line) or not line.startswith("Info:"))
+    assert (done.returncode, done.stdout.strip(), done.stderr) == (4, b"300001", b"reason")  # the newline added
+    assert kept == ["Info: relayed", "reason"]
+    assert [local_shell.run(f"echo {n}").stdout for n in range(3)] == [b"0\n", b"1\n", b"2\n"]
+
+
+def test_a_command_that_never_ends_spends_the_connection(local_shell, tmp_path):
+    started = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        local_shell.run(SLEEP.format(mark=tmp_path), timeout=0.5)
+    assert time.monotonic() - started < 10
+    assert not local_shell.alive()  # its shell is held: the run logs in again
+    assert local_shell.run("echo late").returncode == 255  # as a mux client's, with its master gone
+
+
+def test_a_command_that_sends_for_ever_is_cut(local_shell):
+    with pytest.raises(jt.TunnelError, match="sent more than 4 MiB of output, which no answer of ours is"):
+        local_shell.run("yes")
+    assert not local_shell.alive()

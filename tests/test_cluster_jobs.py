@@ -133,6 +133,26 @@ def test_slurm_submit_then_auto_then_stop(slurm_netns, cluster_user: ClusterUser
     submit_find_and_cancel(hosts, cluster, cluster_user, "slurm", "RUNNING", find="job", cancel_with="--stop")
 
 
+def test_slurm_submit_and_stop_server_without_a_master(slurm_netns, cluster_user: ClusterUser):
+    """Issue 23: jupyter_node.py, the discovery and the cancel through the one ssh's shell, the
+    node (known to the head only) through its SOCKS port; one login per host, as with a master."""
+    hosts, cluster = slurm_netns
+    offsets = hosts.log_offsets()
+    with TunnelRun(hosts.config, "--no-control-master", "-s", "gw", "head", "--submit", "-t", "lab",
+                   "--pre", activate(cluster_user), "--scheduler", "slurm", "-w", WAIT, "--json",
+                   "--stop-server") as run:
+        info = ready(run)
+        job = job_of(run)
+        assert info["remote_host"] == "node" and info["job"] == job
+        assert hosts.logins_since(offsets) == {"gw": [cluster_user.name], "head": [cluster_user.name],
+                                               "node": [cluster_user.name]}
+        assert not [line for line in run.leftovers() if " -M " in line or " -S " in line]
+        assert run.stop(signal.SIGINT) == jt.EXIT_OK
+        run.assert_clean()
+    assert f"Info: Cancelled job {job} (jp-lab)." in run.stderr and "Traceback" not in run.stderr
+    wait_for(lambda: cluster.job_state(job) in (None, "CANCELLED"), 60, interval=0.2, what="the job to end")
+
+
 def test_sge_short_job_warns_then_the_tunnel_closes_when_it_ends(sge_netns, cluster_user: ClusterUser):
     hosts, cell = sge_netns
     # h_rt 100 s, --warn-before 1: the 2-minute mark has passed at the start (a warning at once),

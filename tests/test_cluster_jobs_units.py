@@ -76,9 +76,8 @@ def test_node_program_tells_a_python_too_old():
     ("/opt/my python/bin/python3", "'/opt/my python/bin/python3' -"),
 ])
 def test_node_command_is_only_the_interpreter(python, command):
-    # through the master, the command after the destination (no agent: the head needs none)
-    assert jt.build_node_argv("ssh", "/d/ssh_config", "/d/c", HEAD, python) == [
-        "ssh", "-F", "/d/ssh_config", "-S", "/d/c", "-o", "ControlMaster=no", "-o", "ProxyCommand=false", "-o", "BatchMode=yes", "-T", "--", "alice@head", command]
+    # the program comes on stdin: nothing on the command line for the login shell to parse again
+    assert jt.build_node_command(python) == command
 
 
 @pytest.mark.parametrize("stdout, expected", [

@@ -192,3 +192,28 @@ def test_holds_run_lock(prepare, pid, expect):
             os.close(held)
     finally:
         shutil.rmtree(directory)
+
+
+STDIO = jt.build_stdio_argv("/usr/bin/ssh", f"{DIR}/ssh_config", 40123, jt.Route(("srv",)))
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=["direct", "jumps", "node"])
+def test_the_one_ssh_without_a_master_is_recognised(route):
+    argv = jt.build_stdio_argv("/usr/bin/ssh", f"{DIR}/ssh_config", 40123, route)
+    assert sd.is_master_argv(argv, DIR) and sd.is_master_argv([*argv[:1], "-vv", *argv[1:]], DIR)
+    assert not sd.is_master_argv(argv, "/tmp/jt-otherdir")
+
+
+@pytest.mark.parametrize("argv", [
+    [*STDIO[:-1], "bash"],  # another remote command
+    STDIO[:-1],  # none: not the shape of either
+    [x.replace("127.0.0.1:40123", "0.0.0.0:40123") for x in STDIO],  # a SOCKS port for the network
+    [x.replace("127.0.0.1:40123", "40123") for x in STDIO],
+    [*STDIO[:3], "-D", "127.0.0.1:40124", *STDIO[3:]],  # two SOCKS ports
+    [x for x in STDIO if x not in ("-o", "ControlPath=none")],  # it could ride or be a master
+    [*STDIO[:3], "-M", *STDIO[3:]],
+    [*STDIO[:3], "-S", f"{DIR}/c", *STDIO[3:]],
+    [*MASTER[:-1], "-D", "127.0.0.1:40123", "srv"],  # a master with a SOCKS port: never the tool's
+])
+def test_other_command_lines_are_not_the_one_ssh(argv):
+    assert not sd.is_master_argv(argv, DIR)
