@@ -42,16 +42,19 @@ which is how jupyter-tunnel --submit runs it through its ssh master.
 """
 
 import argparse
+import configparser
+import difflib
 import json
 import os
 import re
 import shlex
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Collection, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 __version__ = "0.1.0"
 
@@ -1290,6 +1293,359 @@ def int_option(low: int, high: int):
     return whole_number
 
 
+# --------------------------------------------------------------------------- profiles
+
+
+# Named profiles, one implementation for both tools: "jupyter-tunnel NAME [options]" and
+# "jupyter-node NAME [options]" put the options of the INI section [NAME] before the user's
+# own, and the tool's one parser reads the whole, so the command line adds to a repeatable
+# option and overrides a single one (argparse keeps the last).  A profile holds options only:
+# nothing of it reaches a shell here.  The files are read in this order, the later winning key
+# by key: the site's (an HPC centre's), then the user's.  See docs/profiles.md.
+PROFILES_DIR = "jupyter-tunnel"
+PROFILES_FILE = "profiles.ini"
+SITE_PROFILES = "/etc/jupyter-tunnel/profiles.ini"  # none on Windows
+# configparser gives the keys of its default section to every other: a name that no "[...]"
+# line can hold (a newline) turns that off, and a section [DEFAULT] is refused by name.
+NO_DEFAULT_SECTION = "\n"
+REFUSED_PROFILE = "DEFAULT"
+# What no profile may hold: the options that only print (their dests)
+NOT_PROFILE_KEYS = ("help", "version", "profiles")
+# argparse's actions by their class names (action="append"...), which argparse does not export:
+# those whose option repeats, append (-r, --pre) and extend (jupyter-tunnel's -s), and count (-v)
+REPEATABLE_ACTIONS = ("_AppendAction", "_ExtendAction")
+COUNT_ACTION = "_CountAction"
+BOOLEAN_WORDS = configparser.RawConfigParser.BOOLEAN_STATES  # yes/no, true/false, on/off, 1/0
+MAX_COUNT = 9  # a counted flag's value (verbose = 2 is -v -v)
+
+
+class ProfileError(Exception):
+    """A profile that cannot be used; the message names the file and, where there is one, the line."""
+
+
+class ProfileValue(NamedTuple):
+    """One line of a key's value, and its line number."""
+
+    line: int
+    text: str
+
+
+class ProfileKey(NamedTuple):
+    """A key of a profile as written: its file, its line, and its values, one per line."""
+
+    key: str
+    path: str
+    line: int
+    values: Tuple[ProfileValue, ...]
+
+
+class Profile(NamedTuple):
+    """A profile: its name, its keys (in the order written, the user's replacing the site's),
+    and the (file, line) of each of its [NAME] lines."""
+
+    name: str
+    keys: Dict[str, ProfileKey]
+    sections: Tuple[Tuple[str, int], ...]
+
+
+def join_command(argv: Sequence[str]) -> str:
+    """``argv`` quoted as a shell would need it (shlex.join, which Python 3.6 lacks)."""
+    return " ".join(shlex.quote(word) for word in argv)
+
+
+def profile_paths(environ: Dict[str, str], home: str, windows: bool = False) -> List[Tuple[str, bool]]:
+    """The profile files in the order they are read (the later wins), each with whether it is
+    the site's: /etc's, then ${XDG_CONFIG_HOME:-~/.config}'s; on Windows %APPDATA%'s alone."""
+    if windows:
+        base = environ.get("APPDATA") or os.path.join(home, "AppData", "Roaming")
+        return [(os.path.join(base, PROFILES_DIR, PROFILES_FILE), False)]
+    config = environ.get("XDG_CONFIG_HOME", "")
+    base = config if os.path.isabs(config) else os.path.join(home, ".config")  # a relative one is none (XDG)
+    return [(SITE_PROFILES, True), (os.path.join(base, PROFILES_DIR, PROFILES_FILE), False)]
+
+
+def describe_ini_error(error: configparser.Error, text: str, path: str) -> str:
+    """configparser's error for an ``Error:`` line: the file, the line, what is wrong."""
+    if isinstance(error, configparser.MissingSectionHeaderError):  # a ParsingError: first
+        return f"{path}:{error.lineno}: a key before the first [NAME] line: {error.line.strip()!r}"
+    if isinstance(error, configparser.DuplicateSectionError):
+        return f"{path}:{error.lineno}: profile [{error.section}] a second time in the file"
+    if isinstance(error, configparser.DuplicateOptionError):
+        return f"{path}:{error.lineno}: key {error.option!r} a second time in [{error.section}]"
+    if isinstance(error, configparser.ParsingError) and error.errors:
+        number = error.errors[0][0]  # its text is repr()'d: take the line itself
+        line = text.split("\n")[number - 1].strip() if 0 < number <= text.count("\n") + 1 else ""
+        return f"{path}:{number}: neither a [NAME] line, nor a 'key = value' line, nor a comment: {line!r}"
+    return f"{path}: {error}"
+
+
+def locate_profile_keys(text: str, path: str, section_re) -> Dict[str, Profile]:
+    """The profiles of a file that configparser has read without error, with the line of every
+    key and value (configparser tells none): its rules, for the settings of parse_profiles."""
+    profiles = {}  # type: Dict[str, Profile]
+    keys = {}  # type: Dict[str, ProfileKey]
+    key, indent = "", 0  # the key whose value continues on more indented lines
+    for number, line in enumerate(text.split("\n"), 1):  # configparser splits at "\n" only
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("#", ";")):
+            key = ""  # an empty line or a comment ends a value (empty_lines_in_values=False)
+            continue
+        level = len(line) - len(line.lstrip())
+        if key and level > indent:
+            keys[key] = keys[key]._replace(values=keys[key].values + (ProfileValue(number, stripped),))
+            continue
+        header = section_re.match(stripped)
+        if header:
+            keys, key = {}, ""
+            profiles[header.group("header")] = Profile(header.group("header"), keys, ((path, number),))
+            continue
+        name, _, value = stripped.partition("=")
+        key, indent = name.strip(), level
+        keys[key] = ProfileKey(key, path, number, (ProfileValue(number, value.strip()),) if value.strip() else ())
+    return profiles
+
+
+def parse_profiles(text: str, path: str) -> Dict[str, Profile]:
+    """The profiles of one INI file's ``text``; ``path`` names it in the errors."""
+    config = configparser.ConfigParser(delimiters=("=",), interpolation=None, strict=True,
+                                       empty_lines_in_values=False, default_section=NO_DEFAULT_SECTION)
+    config.optionxform = str  # keys as written: "Host" is no key, as --Host is no option
+    try:
+        config.read_string(text, source=path)
+    except configparser.Error as error:
+        raise ProfileError(describe_ini_error(error, text, path)) from None
+    profiles = locate_profile_keys(text, path, config.SECTCRE)
+    for name, profile in profiles.items():
+        line = profile.sections[0][1]
+        if name == REFUSED_PROFILE:
+            raise ProfileError(f"{path}:{line}: [{name}] is no profile (configparser would give its keys to "
+                               "every profile): write the keys in each profile")
+        if name.startswith("-"):
+            raise ProfileError(f"{path}:{line}: [{name}]: a profile's name cannot start with '-' (it is "
+                               "given as the first argument, which an option cannot be)")
+    return profiles
+
+
+def merge_profiles(files: Sequence[Dict[str, Profile]]) -> Dict[str, Profile]:
+    """One profile per name from the files' profiles in reading order: a later file's key
+    replaces an earlier one's, in its place; the earlier file's other keys stay."""
+    merged = {}  # type: Dict[str, Profile]
+    for profiles in files:
+        for name, profile in profiles.items():
+            if name in merged:
+                keys = dict(merged[name].keys)
+                keys.update(profile.keys)
+                profile = Profile(name, keys, merged[name].sections + profile.sections)
+            merged[name] = profile
+    return merged
+
+
+def profile_keys(parser: argparse.ArgumentParser) -> Dict[str, Optional[argparse.Action]]:
+    """Every long option of ``parser`` without its dashes, the key a profile names it by, and
+    its action (None: an option that only prints, which no profile may hold)."""
+    keys = {}  # type: Dict[str, Optional[argparse.Action]]
+    for action in parser._actions:  # argparse's own list: it has no public accessor
+        refused = action.dest in NOT_PROFILE_KEYS
+        for option in action.option_strings:
+            if option.startswith("--"):
+                keys[option[2:]] = None if refused else action
+    return keys
+
+
+def check_option_value(action: argparse.Action, text: str) -> str:
+    """What ``action``'s own type and choices say against ``text`` ("" when it is good), in the
+    words argparse would use after "argument -x/--xyz:"."""
+    try:
+        value = action.type(text) if callable(action.type) else text
+    except argparse.ArgumentTypeError as error:
+        return str(error)
+    except (TypeError, ValueError):
+        return f"invalid {getattr(action.type, '__name__', repr(action.type))} value: {text!r}"
+    if action.choices is not None and value not in action.choices:
+        return f"invalid choice: {text!r} (choose from {', '.join(map(repr, action.choices))})"
+    return ""
+
+
+def flag_count(action: argparse.Action, text: str) -> Optional[int]:
+    """How many times a flag's profile value ``text`` gives it (None: not a flag's value)."""
+    state = BOOLEAN_WORDS.get(text.lower())
+    if state is not None:
+        return int(state)
+    if type(action).__name__ == COUNT_ACTION and re.fullmatch(r"[0-9]", text):
+        return int(text)
+    return None
+
+
+def build_key_argv(profile: str, entry: ProfileKey, action: argparse.Action) -> List[str]:
+    """The options one key of profile ``profile`` stands for (``--queue=short``; ``--pre=...``
+    per line; nothing for "submit = no"), each value checked by the option's own type."""
+    flag, where = f"--{entry.key}", f"[{profile}] {entry.key}"
+    if not entry.values:
+        raise ProfileError(f"{entry.path}:{entry.line}: {where}: no value")
+    if len(entry.values) > 1 and (action.nargs == 0 or type(action).__name__ not in REPEATABLE_ACTIONS):
+        raise ProfileError(f"{entry.path}:{entry.values[1].line}: {where}: one value, on one line "
+                           "(only a repeatable option takes one value per line)")
+    if action.nargs == 0:  # a flag: store_true, count
+        value = entry.values[0]
+        count = flag_count(action, value.text)
+        if count is None:
+            number = f", or a number up to {MAX_COUNT}" if type(action).__name__ == COUNT_ACTION else ""
+            raise ProfileError(f"{entry.path}:{value.line}: {where}: expected yes or no (true/false, on/off, "
+                               f"1/0{number}), not {value.text!r}")
+        return [flag] * count
+    argv = []
+    for value in entry.values:
+        # "host = gw head": an option of several values (-s) takes them on one line too
+        for word in value.text.split() if action.nargs in ("+", "*") else [value.text]:
+            problem = check_option_value(action, word)
+            if problem:
+                raise ProfileError(f"{entry.path}:{value.line}: {where}: {problem}")
+            # "--opt=value": a value starting with "-" stays a value, and -s takes no more words
+            argv.append(f"{flag}={word}")
+    return argv
+
+
+def build_profile_argv(profile: Profile, parser: argparse.ArgumentParser,
+                       left_out: Optional[Collection[str]] = ()) -> List[str]:
+    """The command line that ``profile`` stands for, in ``parser``'s options.  A key that is no
+    option of it is an error, unless it is in ``left_out``, the other tool's keys (None: every
+    such key, for jupyter-node, which cannot know jupyter-tunnel's): so one profile serves both."""
+    keys = profile_keys(parser)
+    argv = []  # type: List[str]
+    for entry in profile.keys.values():
+        if entry.key not in keys:
+            if left_out is None or entry.key in left_out:
+                continue
+            near = difflib.get_close_matches(entry.key, [key for key, action in keys.items() if action], 1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ProfileError(f"{entry.path}:{entry.line}: [{profile.name}] unknown key {entry.key!r}{hint}: the "
+                               f"keys are {parser.prog}'s long options without their dashes")
+        action = keys[entry.key]
+        if action is None:
+            raise ProfileError(f"{entry.path}:{entry.line}: [{profile.name}] {entry.key}: --{entry.key} only "
+                               "prints, it cannot be in a profile")
+        argv += build_key_argv(profile.name, entry, action)
+    return argv
+
+
+def split_profile_name(argv: Sequence[str]) -> Tuple[Optional[str], List[str]]:
+    """``PROG NAME [options]``: the profile's NAME, a first argument that is no option (None
+    when there is none), and the options."""
+    if argv and not argv[0].startswith("-"):
+        return argv[0], list(argv[1:])
+    return None, list(argv)
+
+
+def unsafe_file_problem(info: os.stat_result, path: str, uid: int) -> str:
+    """Why someone else than root and user ``uid`` could change the file or directory that
+    ``info`` describes ("" when nobody can)."""
+    if info.st_uid not in (0, uid):
+        return f"{path} is owned by uid {info.st_uid}, neither root nor you"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{path} is writable by others than its owner (mode {stat.S_IMODE(info.st_mode):04o})"
+    return ""
+
+
+def read_profile_file(path: str, site: bool) -> Optional[str]:
+    """The text of a profile file; None when there is none, or when others than root and the
+    user could change a site file (then a ``Warning:`` says so and it is skipped)."""
+    try:
+        with open(path, "rb") as file:
+            if site:
+                directory = os.path.dirname(path)
+                problem = (unsafe_file_problem(os.stat(directory), directory, os.getuid())
+                           or unsafe_file_problem(os.fstat(file.fileno()), path, os.getuid()))
+                if problem:
+                    say("Warning", f"{path} is skipped: {problem}")
+                    return None
+            data = file.read()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise ProfileError(f"cannot read {path}: {describe_os_error(error)}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise ProfileError(f"{path}:{line}: not UTF-8 text") from None
+
+
+def load_profiles(paths: Sequence[Tuple[str, bool]]) -> Tuple[Dict[str, Profile], List[str]]:
+    """The profiles of the files at ``paths`` (profile_paths), and what was read, for -v."""
+    files, notes = [], []
+    for path, site in paths:
+        text = read_profile_file(path, site)
+        notes.append(f"Profiles: {path}: {'read' if text is not None else 'not read (none)'}")
+        if text is not None:
+            files.append(parse_profiles(text, path))
+    return merge_profiles(files), notes
+
+
+def format_sections(profile: Profile) -> str:
+    """Where ``profile`` is written: ``FILE:LINE``, one for each file."""
+    return ", ".join(f"{path}:{line}" for path, line in profile.sections)
+
+
+def expand_profile(argv: Sequence[str], parser: argparse.ArgumentParser,
+                   paths: Optional[Sequence[Tuple[str, bool]]] = None,
+                   left_out: Optional[Collection[str]] = ()) -> Tuple[Optional[str], List[str], List[str]]:
+    """``PROG NAME [options]``: the profile's name (None without one), the command line it
+    stands for (the profile's options, then the user's), and ``Debug:`` notes for -v."""
+    name, rest = split_profile_name(argv)
+    if name is None:
+        return None, rest, []
+    if paths is None:
+        paths = profile_paths(dict(os.environ), os.path.expanduser("~"), os.name == "nt")
+    profiles, notes = load_profiles(paths)
+    if name not in profiles:
+        files = ", ".join(path for path, _ in reversed(paths))  # the user's first: the one to edit
+        raise ProfileError(f"no profile {name} in {files} ({parser.prog} --profiles lists them)")
+    argv = build_profile_argv(profiles[name], parser, left_out) + rest
+    notes += [f"Profile {name}: {format_sections(profiles[name])}", f"Command line: {join_command([parser.prog, *argv])}"]
+    return name, argv, notes
+
+
+def without_profiles_option(argv: Sequence[str]) -> List[str]:
+    """``argv`` without --profiles (or an abbreviation argparse took for it: no value can
+    be a "--" word, argparse would read it as an option)."""
+    return [word for word in argv if not (len(word) > 4 and "--profiles".startswith(word))]
+
+
+def show_profiles(parser: argparse.ArgumentParser, name: Optional[str], argv: Sequence[str],
+                  paths: Optional[Sequence[Tuple[str, bool]]] = None,
+                  left_out: Optional[Collection[str]] = ()) -> int:
+    """--profiles: after a profile's NAME, the command line ``argv`` on stdout (to read, or
+    copy); else every profile, where it is written and what it stands for.  Returns the exit code."""
+    if name is not None:
+        print(join_command([parser.prog, *without_profiles_option(argv)]), flush=True)
+        return EXIT_OK
+    if paths is None:
+        paths = profile_paths(dict(os.environ), os.path.expanduser("~"), os.name == "nt")
+    try:
+        profiles, _ = load_profiles(paths)
+    except ProfileError as error:
+        say("Error", str(error))
+        return EXIT_USAGE
+    if not profiles:
+        say("Info", f"No profiles in {', '.join(path for path, _ in reversed(paths))}.")
+        return EXIT_OK
+    code = EXIT_OK
+    keys = profile_keys(parser)
+    for profile_name in sorted(profiles):
+        profile = profiles[profile_name]
+        try:
+            command = join_command([parser.prog, *build_profile_argv(profile, parser, left_out)])
+        except ProfileError as error:
+            say("Error", str(error))
+            code = EXIT_USAGE
+            continue
+        print(f"{profile_name}  ({format_sections(profile)})\n  {command}", flush=True)
+        others = [key for key in profile.keys if key not in keys]
+        if others:  # the other tool's (left_out)
+            print(f"  (not {parser.prog}'s, left out: {', '.join(others)})", flush=True)
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line, with the original tool's option names."""
 
@@ -1360,6 +1716,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="submit only if no Jupyter job of yours is pending or running; "
                             "else wait for that one")
     which.add_argument("--cancel", type=job_option, metavar="ID", help="cancel that job (qdel/scancel)")
+    parser.add_argument("--profiles", action="store_true",
+                        help="list the profiles (jupyter-node NAME [options]: the options of [NAME] in "
+                             "/etc/jupyter-tunnel/profiles.ini and ~/.config/jupyter-tunnel/profiles.ini) and "
+                             "exit; after NAME: print the command line it stands for and exit")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -1378,7 +1738,15 @@ def fail(args: argparse.Namespace, message: str, code: int, details: str = "",
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:  # "jupyter-node NAME": a profile's keys that are jupyter-node's options; the tunnel's are left out
+        profile, argv, _ = expand_profile(sys.argv[1:] if argv is None else argv, parser, left_out=None)
+    except ProfileError as error:
+        say("Error", str(error))
+        return EXIT_USAGE
+    args = parser.parse_args(argv)
+    if args.profiles:
+        return show_profiles(parser, profile, argv, left_out=None)
     try:
         if args.cancel or args.jobs or args.job:
             # nothing is submitted, so nothing to choose: ask every scheduler there is

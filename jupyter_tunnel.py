@@ -71,6 +71,7 @@ from jupyter_node import (CANCEL_COMMANDS, JOB_ID_RE, NO_TIME_LIMIT, SCHEDULERS,
                           build_activation_steps, describe_os_error, escape_text, format_table, format_time_left,
                           has_control, int_option, job_option, last_lines, number_option, say, split_host,
                           split_host_list, which_or_fail)
+from jupyter_node import ProfileError, expand_profile, profile_keys, show_profiles  # the profiles: one implementation
 from jupyter_node import resource_option as node_resource_option
 # the registry, a run's private directory and its lock
 from jupyter_tunnel_shutdown import (AGENT_SOCKET, CONFIG_FILE, CONNECTING, CONTROL_SOCKET, FORWARD_SOCKET,
@@ -3733,7 +3734,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jupyter-tunnel",
         # one line: an error after it must not drown under 35 options (--help lists them)
-        usage="%(prog)s -s [USER@]HOST [HOST ...] [options]   (--help lists the options)",
+        usage="%(prog)s [PROFILE] -s [USER@]HOST [HOST ...] [options]   (--help lists the options)",
         description=f"jupyter-tunnel {__version__}: create an SSH tunnel to a Jupyter server running\n"
                     "remotely and open the local web browser on it. One login per host for the whole run.",
         epilog="examples:\n"
@@ -3853,6 +3854,10 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--warn-before", type=number_option("minutes", MAX_WARN_BEFORE), metavar="MINUTES",
                          help=f"warn this long before the job's time limit, and again {LAST_WARNING:g} minutes "
                               f"before [default: {DEFAULT_WARN_BEFORE:g}]")
+    parser.add_argument("--profiles", action="store_true",
+                        help="list the profiles (jupyter-tunnel PROFILE [options]: the options of [PROFILE] in "
+                             "/etc/jupyter-tunnel/profiles.ini and ~/.config/jupyter-tunnel/profiles.ini, "
+                             "before yours) and exit; after PROFILE: print the command line it runs and exit")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="show every ssh command run and the ssh config file it reads (on "
                              "Debug: lines); twice (-vv): run ssh with -v too, and show what it says")
@@ -3914,14 +3919,27 @@ def cluster_option_problem(args: argparse.Namespace) -> str:
     return ""
 
 
+# A profile's keys that are jupyter-node's options (--wait, --log...): left out here, not
+# refused, so that one profile serves both tools (jupyter-node leaves out the tunnel's).
+NODE_KEYS = frozenset(profile_keys(jupyter_node.build_parser()))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
+    try:  # "jupyter-tunnel PROFILE [options]": the profile's options, then the user's
+        profile, argv, notes = expand_profile(sys.argv[1:] if argv is None else list(argv), parser, left_out=NODE_KEYS)
+    except ProfileError as error:
+        say("Error", str(error))
+        return EXIT_USAGE
     if "-J" in argv:
         parser.error("-J is ssh's option: give jupyter-tunnel the whole chain with -s, in order "
                      "(ssh -J gw srv is jupyter-tunnel -s gw srv)")
     args = parser.parse_args(argv)
+    if args.profiles:
+        return show_profiles(parser, profile, argv, left_out=NODE_KEYS)
+    for note in notes if args.verbose else ():
+        say("Debug", note)
     if not args.host:
         parser.error("no host given: name them with -s, in order, e.g. jupyter-tunnel -s gw.example.org "
                      "server.internal")

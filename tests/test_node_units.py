@@ -968,3 +968,44 @@ def test_submitting_with_both_schedulers_asks_which(both, capsys):
     assert (code, err) == (jn.EXIT_MISSING, ["Error: found both Grid Engine (qrsh) and Slurm (sbatch) on PATH: "
                                              "choose the one to submit to with --scheduler sge|slurm"])
     assert not [line for line in both.called() if line.startswith(("qrsh", "sbatch"))]
+
+
+# --- profiles (issue 24; tests/test_profiles_units.py has the rest): the code is here, so it
+# must run on Python 3.6 as the rest of this file does
+
+@pytest.fixture
+def profiles_file(tmp_path, monkeypatch) -> Path:
+    """The user's profiles.ini (not yet written) in the test's own XDG_CONFIG_HOME; no site file."""
+    monkeypatch.setattr(jn, "SITE_PROFILES", str(tmp_path / "none" / "profiles.ini"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    (tmp_path / "jupyter-tunnel").mkdir()
+    return tmp_path / "jupyter-tunnel" / "profiles.ini"
+
+
+def test_a_profile_gives_jupyter_node_its_own_options(profiles_file, capsys):
+    profiles_file.write_text("[hpc]\nhost = gw head\nsubmit = yes\nqueue = short\nresource =\n  mem=8G\n"
+                             "  -pe smp 4\npre = module load x 50%\nwait = 2m\nreuse = yes\n")
+    assert jn.main(["hpc", "-r", "h_rt=1:00:00", "--profiles"]) == jn.EXIT_OK
+    out = capsys.readouterr().out
+    assert shlex.split(out) == ["jupyter-node", "--queue=short", "--resource=mem=8G", "--resource=-pe smp 4",
+                                "--pre=module load x 50%", "--wait=2m", "--reuse", "-r", "h_rt=1:00:00"]
+    args = jn.build_parser().parse_args(shlex.split(out)[1:])
+    assert (args.queue, args.resource, args.pre, args.wait, args.reuse) == \
+        ("short", ["mem=8G", "-pe smp 4", "h_rt=1:00:00"], ["module load x 50%"], "2m", True)
+    assert jn.main(["--profiles"]) == jn.EXIT_OK
+    assert capsys.readouterr().out.splitlines()[2] == "  (not jupyter-node's, left out: host, submit)"
+
+
+@pytest.mark.parametrize("text, argv, message", [
+    ("[hpc]\nwait = 5x\n", ["hpc"], "{file}:2: [hpc] wait: invalid wait time '5x'"),
+    ("[hpc]\ntype = server\n", ["hpc"], "{file}:2: [hpc] type: invalid choice: 'server' (choose from 'notebook', 'lab')"),
+    ("[hpc]\nqueue =\n  a\n  b\n", ["hpc"], "{file}:4: [hpc] queue: one value, on one line"),
+    ("[hpc\nqueue = a\n", ["hpc"], "{file}:1: a key before the first [NAME] line: '[hpc'"),
+    ("[hpc]\nqueue = a\n", ["other"], "no profile other in {file}, {site} (jupyter-node --profiles lists them)"),
+])
+def test_a_profile_error_is_one_line_with_its_file_and_line(profiles_file, text, argv, message, capsys):
+    profiles_file.write_text(text)
+    assert jn.main(argv) == jn.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("Error: " + message.format(file=profiles_file, site=jn.SITE_PROFILES))
+    assert err.count("\n") == 1

@@ -45,7 +45,7 @@ class TunnelRun:
     """A running jupyter_tunnel.py, with its output collected as it comes."""
 
     def __init__(self, config: "str | os.PathLike[str]", *args: str, stdin: str | None = None, env: dict | None = None,
-                 registry: str | None = None, in_process: bool = False) -> None:
+                 registry: str | None = None, in_process: bool = False, profile: str | None = None) -> None:
         # A private short TMPDIR per run: whatever the tool leaves behind shows up there.
         self.tmp = tempfile.mkdtemp(prefix="jtt-", dir="/tmp")
         # the registry the caller's other runs share, or a private one
@@ -59,7 +59,9 @@ class TunnelRun:
         program = ["-c", IN_PROCESS] if in_process else [str(SCRIPT)]
         if in_process:
             self.env["PYTHONPATH"] = str(SCRIPT.parent)
-        self.argv = [sys.executable, *program, "-F", str(config), "-b", "none", *args]
+        # profile: "jupyter-tunnel PROFILE ARGS", the profile naming the ssh config and the browser itself
+        fixed = [profile] if profile else ["-F", str(config), "-b", "none"]
+        self.argv = [sys.executable, *program, *fixed, *args]
         self.process = subprocess.Popen(
             self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=self.env, text=True, start_new_session=True,
