@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 
@@ -77,6 +78,8 @@ def run_cell(page, code: str, number: int) -> str:
     """Type ``code`` into the open notebook's last cell, run it (Shift+Enter), and return the
     text of output ``number`` of the notebook once the kernel has answered."""
     notebook = page.locator(f"{NOTEBOOK_IN_FRONT} .jp-Notebook")
+    # a cell run before the kernel is up stays unrun ("[ ]"): the status bar says when it is
+    page.locator(".jp-StatusBar-TextItem", has_text=re.compile(r"\| Idle$")).first.wait_for(timeout=WAIT_MS)
     editor = notebook.locator(".jp-Cell .cm-content").last
     editor.wait_for(timeout=WAIT_MS)
     editor.click()
