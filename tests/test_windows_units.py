@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
+import helpers
 import jupyter_tunnel as jt
 import winsim
 
@@ -331,3 +333,86 @@ def test_the_run_lock_is_seen_held_from_another_process_until_the_run_ends(tmp_p
     finally:
         holder.kill()
         holder.wait()
+
+
+RUN = """
+import os, shutil, subprocess, sys, time
+import jupyter_tunnel_shutdown as sd
+directory = sd.make_private_dir()
+lock = sd.take_run_lock(directory)
+connection = subprocess.Popen([sys.argv[1], "600"])  # its ssh.exe: a process named ssh
+registration = sd.Registration(sd.build_state(os.getpid(), ["gw", "srv"], "", "srv", directory, time.time()))
+registration.update(master_pid=int(sys.argv[2]) if len(sys.argv) > 2 else connection.pid, state=sd.READY,
+                    local_port=9000, remote_port=8888)
+print(directory, connection.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture
+def windows_env(tmp_path):
+    """A simulated Windows user: %LOCALAPPDATA%, USERDOMAIN\\USERNAME, and the stand-in tasklist first on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    winsim.write_tasklist(bin_dir)
+    return {"LOCALAPPDATA": str(tmp_path / "Local"), "JUPYTER_TUNNEL_REGISTRY": "", "USERDOMAIN": "SIM",
+            "USERNAME": "ana", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+def start_run(tmp_path, env: dict, *args: str) -> tuple[subprocess.Popen, str, int]:
+    """A simulated Windows run (RUN): its lock, its registry entry, a child named ssh; (process, directory, ssh pid)."""
+    ssh = tmp_path / "ssh"
+    shutil.copy(shutil.which("sleep"), ssh)
+    code = "import sys, winsim\nwinsim.simulate_windows()\nsys.argv[1:] = sys.argv[2:]\n" + RUN
+    run = subprocess.Popen([sys.executable, "-c", code, "--", str(ssh), *args], stdout=subprocess.PIPE, text=True,
+                           env=winsim.environment(env), cwd=winsim.REPO)
+    directory, pid = run.stdout.readline().split()
+    return run, directory, int(pid)
+
+
+def gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie awaiting its reaper counts)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return any(line.split()[1] in ("Z", "X") for line in f if line.startswith("State:"))
+    except OSError:
+        return True
+
+
+def test_shutdown_on_windows_ends_the_run_then_its_ssh_and_removes_its_files(tmp_path, windows_env):
+    """end_windows_tunnels, in the simulation with the stand-in tasklist: the run (found by its
+    lock) is ended, then the ssh.exe it registered, then its directory and entry are removed here,
+    as no handler runs in a process that TerminateProcess ends."""
+    run, directory, ssh = start_run(tmp_path, windows_env)
+    try:
+        listed = winsim.run_python("import jupyter_tunnel_shutdown as sd\nsd.main(['--list'])", env=windows_env)
+        assert f"{run.pid} " in listed.stdout and "gw,srv" in listed.stdout, listed.stdout + listed.stderr
+        done = winsim.run_python("import sys, jupyter_tunnel_shutdown as sd\nsys.exit(sd.main([]))",
+                                 env=windows_env)
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.strip().splitlines() == [
+            f"Info: Ended the tunnel localhost:9000 -> srv:8888 via gw (pid {run.pid}), and removed its files."]
+        assert run.wait(timeout=10) == -15  # on Windows, TerminateProcess
+        helpers.wait_for(lambda: gone(ssh), 10, what="the run's ssh to end")
+        assert not os.path.exists(directory)
+        assert os.listdir(os.path.join(windows_env["LOCALAPPDATA"], "jupyter-tunnel", "registry")) == []
+    finally:
+        helpers.kill_all([run.pid, ssh])
+        run.wait()
+
+
+def test_shutdown_on_windows_never_ends_a_registered_pid_that_is_no_ssh(tmp_path, windows_env):
+    """A registry entry whose master_pid is some other program of the user's (a pid reused, a
+    forged entry): the run is ended, that process is left alone."""
+    other = subprocess.Popen(["sleep", "600"])
+    run, directory, ssh = start_run(tmp_path, windows_env, str(other.pid))
+    try:
+        done = winsim.run_python("import sys, jupyter_tunnel_shutdown as sd\nsys.exit(sd.main([]))",
+                                 env=windows_env)
+        assert done.returncode == 0, done.stderr
+        assert run.wait(timeout=10) == -15
+        assert other.poll() is None and not os.path.exists(directory)
+    finally:
+        helpers.kill_all([run.pid, ssh, other.pid])
+        run.wait()
+        other.wait()

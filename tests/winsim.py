@@ -176,6 +176,38 @@ def run_pytest(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)
 
 
+# A stand-in for Windows' tasklist, as a program on PATH: the rows its documented CSV format has
+# (/FO CSV /NH) for the /FI "PID eq N" process when it lives and belongs to this uid (what its
+# /FI "USERNAME eq DOMAIN\USER" filter does); the image name is the Linux process's name + ".exe".
+TASKLIST = r'''#!@PYTHON@
+import os, sys
+args = sys.argv[1:]
+filters = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg.upper() == "/FI"]
+pids = [f.split(" eq ", 1)[1] for f in filters if f.upper().startswith("PID EQ ")]
+users = [f.split(" eq ", 1)[1] for f in filters if f.upper().startswith("USERNAME EQ ")]
+me = os.environ.get("USERDOMAIN", "") + "\\" + os.environ.get("USERNAME", "")
+try:
+    with open(f"/proc/{pids[0]}/status") as f:
+        status = dict(line.split(":", 1) for line in f if ":" in line)
+    alive = status["State"].split()[0] not in ("Z", "X")
+    ours = int(status["Uid"].split()[0]) == os.getuid() and all(user == me for user in users)
+except (IndexError, OSError, KeyError, ValueError):
+    alive = ours = False
+if alive and ours:
+    print(f'"{status["Name"].strip()}.exe","{pids[0]}","Console","1","9,876 K"')
+else:
+    print("INFO: No tasks are running which match the specified criteria.")
+'''
+
+
+def write_tasklist(directory: Path) -> Path:
+    """Write the stand-in tasklist (TASKLIST) into ``directory``, to be put first on PATH."""
+    path = directory / "tasklist"
+    path.write_text(TASKLIST.replace("@PYTHON@", sys.executable))
+    path.chmod(0o755)
+    return path
+
+
 # As a pytest plugin (``-p winsim``), this module flips the interpreter when pytest imports it:
 # pytest's own modules are imported by then, the test modules (and so ours) only later.
 if __name__ != "__main__" and "pytest" in sys.modules and os.environ.get("WINSIM_PLUGIN") == "1":
