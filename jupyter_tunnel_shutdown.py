@@ -21,6 +21,10 @@ Only processes of the user running this script are signalled, and only after the
 line was checked right before: a pid reused by an unrelated process is left alone.  Nothing
 is ever asked, so it runs without a terminal.
 
+On Windows (docs/windows.md) no signal lets a run clean up (SIGTERM is TerminateProcess) and
+no command line can be read: a run is found by its registry entry and its lock, ended, then
+its ssh, and its files are removed here (``end_windows_tunnels``).
+
 The registry itself lives here (the section "the registry and process identity"): a run's
 private directory, its entry, its lock, and what tells a live run from a dead one's
 leftovers.  jupyter_tunnel.py writes its entry with this code and cleans up after dead runs

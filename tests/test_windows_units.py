@@ -11,11 +11,14 @@ POSIX_ONLY); and their Windows branches choose right: the registry and the priva
 under %LOCALAPPDATA%, SIGBREAK for SIGHUP, -p and -a refused with what to do instead, no
 agent of the run's own, a new process group for children, the browser through webbrowser's
 "windows-default", tasklist's CSV parsed, the run's lock (msvcrt.locking, through a stand-in
-over POSIX record locks) held and seen held from another process.
+over POSIX record locks) held and seen held from another process; and jupyter-tunnel-shutdown's
+Windows path end to end (a run found by its lock, ended, then its ssh, its files removed) with
+a stand-in tasklist (winsim.TASKLIST) that prints tasklist's documented CSV rows.
 
 What it does not prove: that any Win32 API behaves as its documentation says (LockFile,
 TerminateProcess, CONIN$, ACLs of mkdtemp and %LOCALAPPDATA%); that tasklist prints what
-these tables say on a real Windows (they copy its documented format); anything about the real
+these tables and the stand-in say on a real Windows (they copy its documented format); that a
+SIGTERM ends a process as TerminateProcess does (here it is a POSIX signal); anything about the real
 Win32-OpenSSH or a real console (prompts, Ctrl+C, Ctrl+Break); ntpath's path rules (os.path
 stays posixpath here, as the standard modules were imported before the flip).
 """
