@@ -475,11 +475,24 @@ def write_state(state: dict, directory: str) -> str:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(state, f)
-        os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one
+        replace_file(tmp, path)  # a reader sees the old file or the new one, never half of one
     except BaseException:
         os.unlink(tmp)
         raise
     return path
+
+
+def replace_file(source: str, target: str) -> None:
+    """os.replace; on Windows tried again for a moment while ``target`` is open elsewhere (a
+    shutdown reading the entry): a file open without FILE_SHARE_DELETE, as Python opens them
+    there, cannot be replaced, and the first failure would end the run's registration."""
+    for delay in (0.01, 0.02, 0.05, 0.1, 0.2) if WINDOWS else ():
+        try:
+            os.replace(source, target)
+            return
+        except PermissionError:
+            time.sleep(delay)
+    os.replace(source, target)
 
 
 def parse_state(data: bytes) -> dict | None:
