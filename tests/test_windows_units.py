@@ -438,12 +438,12 @@ def test_profiles_come_from_appdata_alone(tmp_path):
     """Windows' profile file is %APPDATA%\\jupyter-tunnel\\profiles.ini, and there is no site file."""
     (tmp_path / "jupyter-tunnel").mkdir()
     (tmp_path / "jupyter-tunnel" / "profiles.ini").write_text("[hpc]\nhost = gw head\nno-control-master = yes\n")
-    done = run(f"""
+    done = run("""
         import contextlib, io, os
         import jupyter_tunnel as jt
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
             code = jt.main(["hpc", "--profiles"])
-        tell({{"code": code, "printed": printed.getvalue()}})
+        tell({"code": code, "printed": printed.getvalue()})
     """, APPDATA=str(tmp_path))
     assert answer(done) == {"code": 0, "printed": "jupyter-tunnel --host=gw --host=head --no-control-master\n"}
