@@ -644,13 +644,13 @@ def parse_framed_output(data: bytes, nonce: str) -> tuple[bytes, int] | None:
     if begin < 0:
         return None
     start = begin + len(nonce) + 2
-    end = data.find(f"\nR{nonce} ".encode(), start - 1)
+    end = data.find(f"\nR{nonce} ".encode(), start)  # its output, then the newline printf adds
     if end < 0:
         return None
     status, newline, _ = data[end + len(nonce) + 3:].partition(b"\n")
     if not newline:
         return None
-    return bytes(data[start:max(start, end)]), int(status) if status.isdigit() else 255
+    return bytes(data[start:end]), int(status) if status.isdigit() else 255
 
 
 def build_mux_argv(ssh: str, config: str, control: str, route: Route, *args: str) -> list[str]:

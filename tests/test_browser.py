@@ -233,6 +233,16 @@ def browser_result(tmp_path: Path, done=lambda seen: True, timeout: float = 120)
                     timeout, what="the browser's result")
 
 
+def end_browser(go: Path, pid: "int | None") -> None:
+    """Let a browser waiting for ``go`` go on, and stop it (a session of its own) however it is."""
+    go.touch()
+    if pid:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # done and gone
+
+
 def test_another_users_listener_on_ipv6_loopback_gets_nothing_from_a_real_browser(
         tunnel, start_jupyter, test_users, tmp_path):
     """localhost is two addresses: Chromium tries [::1] first.  A port that another user holds
@@ -294,12 +304,7 @@ def test_the_port_stays_the_runs_through_a_reconnect_and_the_open_tab_works_agai
         assert run.stop() == jt.EXIT_OK
         run.assert_clean()
     finally:
-        go.touch()
-        if browser_pid:
-            try:
-                os.killpg(browser_pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass  # done and gone
+        end_browser(go, browser_pid)
         if other is not None:
             other.kill()
 

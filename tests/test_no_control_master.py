@@ -23,7 +23,7 @@ import pytest
 import jupyter_tunnel as jt
 from helpers import alive, wait_for
 from realenv import CODE_PROMPT, MULTI_USER
-from test_browser import browser_result, chromium
+from test_browser import browser_result, chromium, end_browser
 import test_start
 from test_start import ACTIVATE, runtime_files
 from test_2fa import url_on
@@ -188,17 +188,12 @@ def test_a_real_browser_runs_a_cell_and_the_tab_works_after_the_connection_died(
         go.touch()
         wait_for(lambda: "Info: Reconnected." in run.stderr, 60, what="the run to reconnect")
         seen = browser_result(tmp_path, lambda seen: "cell_after_drop" in seen or "after_drop" in seen
-                              and seen["after_drop"][-1:] != [200], timeout=300)
+                              and seen["after_drop"][-1:] != [200], timeout=240)
         assert seen["after_drop"][-1:] == [200] and seen.get("cell_after_drop", "").strip() == "49", seen
         assert run.stop() == jt.EXIT_OK, run.stderr
         run.assert_clean()
     finally:
-        go.touch()
-        if browser_pid:
-            try:
-                os.killpg(browser_pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        end_browser(go, browser_pid)
         home = Path(test_users[MULTI_USER].home)  # the notebook it saved, the layout the lab keeps
         for path in [*home.glob("Untitled*.ipynb"), home / ".jupyter/lab/workspaces"]:
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
