@@ -3627,6 +3627,7 @@ class Tunnel:
                 self.announce()
                 if self.settings.browser != "" and self.relay is not None:
                     open_browser(self.settings.browser, self.url, self.relay)
+                self.announce_extras()
                 say("Info", "Press Ctrl+C to close the tunnel.")
                 return self.stay()
             except ServerStopped as stopped:
@@ -3761,9 +3762,6 @@ class Tunnel:
         if self.watch is not None:
             job = self.watch.job
             say("Info", f"Running in {job.scheduler} {job.describe()} on {job.node}: {self.watch.describe_left()}")
-        self.probe_extras()
-        for extra in self.extras:
-            say("Info", build_extra_line(extra.describe(self.route.server_host), extra.answered))
         say("Info", f"Port used on localhost: {port}")  # last, right before the URL
         if self.settings.json:
             where = {"sock": server.sock} if server.sock else {"remote_port": server.port}
@@ -3772,6 +3770,13 @@ class Tunnel:
                               **(self.watch.info() if self.watch else {})}), flush=True)
         else:
             print(self.url, flush=True)
+
+    def announce_extras(self) -> None:
+        """The --forward ports' Info lines, once: after the URL and the browser's start, which the
+        probe (up to FORWARD_PROBE_TIMEOUT) must not hold back; their ports never change."""
+        self.probe_extras()
+        for extra in self.extras:
+            say("Info", build_extra_line(extra.describe(self.route.server_host), extra.answered))
 
     def probe_extras(self) -> list[ExtraForward]:
         """Probe the --forward ports nothing answered on yet (all at once, FORWARD_PROBE_TIMEOUT); those

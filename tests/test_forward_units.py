@@ -245,14 +245,15 @@ def test_announce_says_each_forward_and_json_lists_them(capsys):
                 extra.relay = jt.Relay(jt.open_local_port(extra.fixed or extra.remote_port, extra.fixed is not None),
                                        forward, secure=True)
             tunnel.announce()
+            tunnel.announce_extras()  # run() says them after the URL and the browser's start
             out, err = capsys.readouterr()
             ports = [first.relay.port, second.relay.port, tunnel.relay.port]
             assert second.relay.port == 27006 and first.relay.port >= 28787
             assert [line for line in err.splitlines() if "forwarding" in line or "Port used" in line] == [
+                f"Info: Port used on localhost: {ports[2]}",
                 f"Info: Also forwarding localhost:{ports[0]} -> srv:28787 (nothing answers there yet: you will be "
                 "told when it does)",
                 "Info: Also forwarding localhost:27006 -> srv:26006 (answers)",
-                f"Info: Port used on localhost: {ports[2]}",
             ]
             printed = json.loads(out)
             assert printed["forwards"] == [{"remote_port": 28787, "local_port": ports[0]},
