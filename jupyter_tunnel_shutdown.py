@@ -820,7 +820,7 @@ def cancel_shared_forward(value: object, control_dir: str) -> None:
     try:
         info = os.lstat(control)
     except OSError:
-        return  # the master is gone, and its forwards with it
+        return  # the master is gone, and its forward with it
     if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.getuid():
         return
     for spec in specs:
