@@ -159,23 +159,27 @@ def unix_forward(behaviour: str):
 
 
 @contextlib.contextmanager
-def socks_port(connected: bool):
+def socks_port(connected: bool | None):
     """A SOCKS5 port that answers every CONNECT as ssh -D does: a success once the remote side
-    connected, else the connection closed without an answer; yields the forward to port 8787."""
+    connected (True), else the connection closed without an answer (False), or, while the remote
+    connect hangs, nothing (None); yields the forward to node7:8787 and the requests it got."""
     listener = socket.create_server(("127.0.0.1", 0))
     requests: list[bytes] = []
+
+    def answer(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.recv(3)
+            conn.sendall(bytes([5, 0]))
+            requests.append(conn.recv(300))
+            if connected:
+                conn.sendall(bytes([5, 0, 0, 1, 127, 0, 0, 1, 0, 0]))
+            if connected is not False:
+                conn.recv(1)  # until the client is done
 
     def serve() -> None:
         with contextlib.suppress(OSError):
             while True:
-                conn, _ = listener.accept()
-                with conn:
-                    conn.recv(3)
-                    conn.sendall(bytes([5, 0]))
-                    requests.append(conn.recv(300))
-                    if connected:
-                        conn.sendall(bytes([5, 0, 0, 1, 127, 0, 0, 1, 0, 0]))
-                        conn.recv(1)
+                threading.Thread(target=answer, args=(listener.accept()[0],), daemon=True).start()
 
     threading.Thread(target=serve, daemon=True).start()
     try:
@@ -196,19 +200,21 @@ def test_forward_answers_nothing_without_the_socket(tmp_path):
     assert jt.forward_answers(str(tmp_path / "f1"), timeout=0.5) is False
 
 
-@pytest.mark.parametrize("connected", [True, False])
-def test_forward_answers_through_socks(connected):
+@pytest.mark.parametrize("connected, answers", [(True, True), (False, False), (None, False)])
+def test_forward_answers_through_socks(connected, answers):
     with socks_port(connected) as (forward, requests):
-        assert jt.forward_answers(forward, timeout=0.5) is connected
+        started = time.monotonic()
+        assert jt.forward_answers(forward, timeout=0.5) is answers
+        assert time.monotonic() - started < 2.0  # a hung remote connect: the timeout, no more
     assert requests == [jt.build_socks_request("node7", 8787)]
 
 
 def test_probe_forwards_probes_them_all_at_once():
-    with unix_forward("open") as open_one, unix_forward("refused") as refused, unix_forward("open") as other:
+    with socks_port(None) as (hung, _), socks_port(True) as (connected, _), socks_port(None) as (other, _):
         started = time.monotonic()
-        # three who each take the whole timeout but one: about one timeout in all
-        assert jt.probe_forwards([open_one, refused, other], timeout=1.0) == [True, False, True]
-        assert time.monotonic() - started < 2.0
+        # two that each take the whole timeout: about one timeout in all, not two
+        assert jt.probe_forwards([hung, connected, other], timeout=1.0) == [False, True, False]
+        assert time.monotonic() - started < 1.9
     assert jt.probe_forwards([]) == []
 
 
@@ -239,7 +245,7 @@ def test_announce_says_each_forward_and_json_lists_them(capsys):
     tunnel.relay = jt.Relay(jt.open_local_port(28888, False))
     first, second = tunnel.extras
     try:
-        with unix_forward("refused") as refused, unix_forward("open") as listening:
+        with socks_port(False) as (refused, _), socks_port(True) as (listening, _):
             for extra, forward in ((first, refused), (second, listening)):
                 extra.forward = forward
                 extra.relay = jt.Relay(jt.open_local_port(extra.fixed or extra.remote_port, extra.fixed is not None),

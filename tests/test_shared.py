@@ -157,7 +157,7 @@ def test_a_killed_run_leaves_no_forward_on_the_users_master(tunnel, sshd, jtuser
     master = user_ssh.open("srv")
     run = tunnel("-F", str(user_ssh.config), "-s", "srv")
     port = local_port_of(run.url())
-    forward = run.states()[0]["shared_forward"]["spec"].split(":")[0]
+    [forward] = [spec.split(":")[0] for spec in run.states()[0]["shared_forward"]["specs"]]
     os.killpg(run.process.pid, signal.SIGKILL)
     run.process.wait()
     assert port_is_free(port)  # the port was the run's own: it went with it
