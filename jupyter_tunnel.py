@@ -103,7 +103,12 @@ MAX_RETRIES = 1_000_000  # --max-retries
 MAX_PICK = 10_000  # --pick: a number of --list
 DEFAULT_SOCKET_PORT = 8888  # first local port tried for a unix-socket server
 NO_BROWSER = ("n", "none")
-HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each ends the run cleanly
+# Windows (docs/windows.md): no SIGHUP there, but SIGBREAK (Ctrl+Break); signal.signal() takes
+# no other (a closed console window is CTRL_CLOSE_EVENT, which Python turns into no signal).
+WINDOWS = sys.platform == "win32"
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGBREAK if WINDOWS else signal.SIGHUP)  # each ends the run
+# What ssh asks its prompts on (readpassphrase): the terminal; Win32-OpenSSH's _PATH_TTY is "conin$", the console
+TERMINAL = "CONIN$" if WINDOWS else "/dev/tty"
 # The master is polled every 2 ms while it logs in (a login takes 0.3 s or more: a few percent
 # at most); after FAST_POLL_SECONDS a person is typing a password or 2FA code, and the poll backs
 # off to SLOW_POLL_INTERVAL (a 20 s login: 0.28 s of CPU, start-up included, instead of 0.84 s).
@@ -936,14 +941,17 @@ class Master:
         # In the terminal's foreground group (ssh asks for passwords only from there), the master gets
         # the user's Ctrl+C too.  ssh keeps SIGINT and SIGHUP ignored when started so (clientloop.c
         # sets handlers only over a disposition not SIG_IGN), and exec keeps that: set around the fork.
-        ignored = (signal.SIGINT, signal.SIGHUP) if self.outlive_interrupt else ()
+        ignored = (signal.SIGINT, signal.SIGHUP) if self.outlive_interrupt and not WINDOWS else ()
         previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in ignored}
+        # Windows: a group of its own, where the console's Ctrl+C never reaches it (the run stops it
+        # itself); it still asks on the console, which it shares (not tested: docs/windows.md)
+        group = popen_group_options() if WINDOWS else {}
         # Only the reader thread holds the read end of ssh's stderr: a file object on Popen could
         # be closed by another thread under the reader's read, freeing its buffer (CI saw
         # "PyMemoryView_FromBuffer(): info->buf must not be NULL" in the reader at exit).
         read_end, write_end = os.pipe()
         try:
-            self.process = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=write_end, env=self.env)
+            self.process = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=write_end, env=self.env, **group)
         except BaseException:
             os.close(read_end)
             raise
@@ -1271,6 +1279,15 @@ def start_agent(directory: str, registration: Registration) -> tuple[subprocess.
     return process, sock
 
 
+def popen_group_options() -> dict:
+    """Popen's options for a child of its own group, so that the console's Ctrl+C is ours to
+    handle (and our exit is not its): a new session on POSIX; on Windows, where Popen ignores
+    start_new_session, a new process group (a CTRL_BREAK_EVENT reaches it alone, a Ctrl+C never)."""
+    if WINDOWS:
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+    return {"start_new_session": True}
+
+
 def stop_process(process: subprocess.Popen, timeout: float = 3.0) -> None:
     """Terminate a child and reap it, killing it if it does not go."""
     if process.poll() is None:
@@ -1292,9 +1309,10 @@ def read_password() -> str:
 
 
 def has_terminal() -> bool:
-    """Whether ssh could ask for a password or 2FA code on a terminal."""
+    """Whether ssh could ask for a password or 2FA code on a terminal: the one it opens itself,
+    whatever stdin is (Windows: the console, which it reads with _getwch even from a pipe)."""
     try:
-        os.close(os.open("/dev/tty", os.O_RDWR))
+        os.close(os.open(TERMINAL, os.O_RDWR))
     except OSError:
         return False
     return True
@@ -1409,10 +1427,12 @@ class Connection:
         self.batch = password is None and not can_prompt(has_terminal(), self.env)
         self.refused_logins = 0  # logins of this run the server refused (MAX_REFUSED_LOGINS)
         self.last_refusal = ""  # ssh's words for the last one
-        self.own_agent = settings.new_agent or not self.env.get("SSH_AUTH_SOCK")
+        # Windows: an unset SSH_AUTH_SOCK means the ssh-agent service's pipe (\\.\pipe\openssh-ssh-agent),
+        # which ssh uses by itself; an agent of the run's own cannot listen there (-a is refused)
+        self.own_agent = settings.new_agent or not (self.env.get("SSH_AUTH_SOCK") or WINDOWS)
         # one ssh with a shell and a SOCKS port instead of a master (StdioMaster): asked for, or on
         # Windows, whose own ssh cannot be a master; else chosen at the first login (choose_mode)
-        self.stdio = settings.no_control_master or os.name == "nt"
+        self.stdio = settings.no_control_master or WINDOWS
         self.version_probe: subprocess.Popen | None = None  # ssh -V, while the run sets up (choose_mode)
 
     def set_up(self, directory: str, registration: Registration) -> None:
@@ -3288,8 +3308,9 @@ def open_browser(browser: str | None, url: str, relay: Relay) -> None:
             say("Warning", "No web browser found: open the URL above yourself.")
             return
         command = [sys.executable, "-m", "webbrowser", "-t"]
+    # Windows: webbrowser's "windows-default" (os.startfile): the user's default browser, no xdg-open
     subprocess.Popen([*command, relay.offer_redirect(url)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, start_new_session=True)
+                     stderr=subprocess.DEVNULL, **popen_group_options())
 
 
 # --------------------------------------- 9. stay: reconnect, the server or job ending
@@ -3470,7 +3491,7 @@ def stop_jupyter(master: Master, host: str, forward: str, server: Server, timeou
 
 
 def _raise_interrupted(signum: int, _frame) -> None:
-    """Turn SIGTERM/SIGHUP into an exception: cleanup runs in ``finally``."""
+    """Turn SIGTERM/SIGHUP (Windows: SIGBREAK) into an exception: cleanup runs in ``finally``."""
     raise Interrupted(signal.Signals(signum).name)
 
 
@@ -3481,7 +3502,7 @@ def signals_raised() -> Iterator[None]:
     with it ignored, and jupyter-tunnel-shutdown interrupts tunnels with it, as Ctrl+C would."""
     previous = {signum: signal.getsignal(signum) for signum in HANDLED_SIGNALS}
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    for signum in HANDLED_SIGNALS[1:]:  # SIGTERM, SIGHUP (Windows: SIGBREAK)
         signal.signal(signum, _raise_interrupted)
     try:
         yield
@@ -3846,6 +3867,11 @@ class Tunnel:
         self.stop_server()
         self.connection.close()
         if self.directory:
+            if WINDOWS and self.lock is not None:
+                # an open file cannot be removed there: the lock goes first (a shutdown that finds
+                # the run dead meanwhile only removes its files on Windows: clean_leftovers)
+                os.close(self.lock)
+                self.lock = None
             shutil.rmtree(self.directory, ignore_errors=True)
         if self.registration is not None:
             self.registration.remove()
@@ -4094,6 +4120,25 @@ def cluster_option_problem(args: argparse.Namespace) -> str:
 NODE_KEYS = frozenset(profile_keys(jupyter_node.build_parser()))
 
 
+# Windows' answers to the options it cannot serve (docs/windows.md)
+WINDOWS_NO_PASSWORD = ("-p/--pass cannot work on Windows: its ssh runs an SSH_ASKPASS helper only if it is an .exe "
+                       "(a script fails with \"CreateProcessW failed error:193\"). Type the password at ssh's own "
+                       "prompt in this console (once per host for the whole run), or load your key into the "
+                       "Windows ssh-agent service (ssh-add) and leave -p out")
+WINDOWS_NO_AGENT = ("-a/--ssha cannot work on Windows: the agent there is the Windows service ssh-agent, which "
+                    "every ssh uses. Enable it once in an elevated PowerShell (Get-Service ssh-agent | "
+                    "Set-Service -StartupType Automatic; Start-Service ssh-agent), run ssh-add, and leave -a out")
+
+
+def platform_option_problem(args: argparse.Namespace, windows: bool) -> str:
+    """Why this system cannot do what ``args`` ask ("" when it can): -p and -a on ``windows``."""
+    if windows and args.password:
+        return WINDOWS_NO_PASSWORD
+    if windows and args.new_agent:
+        return WINDOWS_NO_AGENT
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
@@ -4113,7 +4158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.host:
         parser.error("no host given: name them with -s, in order, e.g. jupyter-tunnel -s gw.example.org "
                      "server.internal")
-    for problem in (ignored_option_problem(args), cluster_option_problem(args)):
+    for problem in (ignored_option_problem(args), cluster_option_problem(args),
+                    platform_option_problem(args, WINDOWS)):
         if problem:
             parser.error(problem)
     if args.ssh_config and not os.path.isfile(args.ssh_config):

@@ -21,6 +21,10 @@ Only processes of the user running this script are signalled, and only after the
 line was checked right before: a pid reused by an unrelated process is left alone.  Nothing
 is ever asked, so it runs without a terminal.
 
+On Windows (docs/windows.md) no signal lets a run clean up (SIGTERM is TerminateProcess) and
+no command line can be read: a run is found by its registry entry and its lock, ended, then
+its ssh, and its files are removed here (``end_windows_tunnels``).
+
 The registry itself lives here (the section "the registry and process identity"): a run's
 private directory, its entry, its lock, and what tells a live run from a dead one's
 leftovers.  jupyter_tunnel.py writes its entry with this code and cleans up after dead runs
@@ -32,6 +36,7 @@ jupyter_tunnel.py, and ``__all__`` names what jupyter_tunnel.py takes from it.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -106,7 +111,18 @@ TUNNEL_SCRIPTS = ("jupyter_tunnel.py", "jupyter-tunnel", "jupyter-tunnel.sh")
 TUNNEL_MODULE = "jupyter_tunnel"  # python -m jupyter_tunnel
 SHELLS = ("sh", "bash", "dash", "zsh", "ksh")
 OPTIONS_WITH_VALUE = ("-W", "-X", "--check-hash-based-pycs", "-o")  # -o: the shells' option
-HAVE_PROC = os.path.isdir("/proc/self")  # Linux; elsewhere ps(1) tells
+HAVE_PROC = os.path.isdir("/proc/self")  # Linux; elsewhere ps(1) tells (Windows: tasklist, see windows_image)
+# Windows (docs/windows.md): no uid, no /proc, no ps, no fcntl, no signal but TerminateProcess.
+# Its per-user %LOCALAPPDATA% is the boundary there: the registry and the private directories
+# live under it (see windows_data_dir), and a pid is identified by the run's lock (msvcrt).
+WINDOWS = sys.platform == "win32"
+WINDOWS_APP_DIR = "jupyter-tunnel"  # under %LOCALAPPDATA%: "registry" and "runs" in it
+# tasklist's CSV row for one process: "Image Name","PID","Session Name","Session#","Mem Usage"
+TASKLIST_IMAGE, TASKLIST_PID = 0, 1
+# The run's lock on Windows (msvcrt.locking: LockFile, a mandatory byte-range lock that the
+# system drops when the process dies): one byte past the pid written at the file's start, so
+# that a reader can still read the pid (a locked range cannot be read through another handle).
+WINDOWS_LOCK_OFFSET = 64
 # ssh appends ".<16 random chars>" to a ControlPath while binding it, and a unix socket path
 # is limited to 104-108 bytes: keep the private directory's path short.
 MAX_TMP_PREFIX = 60
@@ -217,8 +233,23 @@ class RunningTunnel(NamedTuple):
 # ----------------------------------------- the registry and process identity (jupyter_tunnel.py's too)
 
 
+def windows_data_dir(environ: Mapping[str, str]) -> str:
+    """Windows: ``%LOCALAPPDATA%\\jupyter-tunnel``, the user's own local app-data (``~\\AppData\\Local``
+    without the variable).  Only its user (and SYSTEM, administrators) may enter the profile
+    there: it is what the uid and the 0700 mode are on POSIX."""
+    base = environ.get("LOCALAPPDATA") or os.path.join(os.path.expanduser("~"), "AppData", "Local")
+    return os.path.join(base, WINDOWS_APP_DIR)
+
+
 def make_private_dir() -> str:
     """A fresh 0700 directory with a short path, for the control socket and friends."""
+    if WINDOWS:
+        # no unix socket there, so no path limit.  mkdtemp's mkdir(0o700) gives the directory an
+        # owner-only ACL on Python >= 3.9.20, 3.10.15, 3.11.10, 3.12.4 and 3.13 (cpython#118486);
+        # before, it inherits %LOCALAPPDATA%'s, which is the user's alone too (see check_private_dir)
+        base = os.path.join(windows_data_dir(os.environ), "runs")
+        os.makedirs(base, mode=0o700, exist_ok=True)
+        return tempfile.mkdtemp(prefix=PRIVATE_PREFIX, dir=base)
     base = tempfile.gettempdir()
     if len(base) > MAX_TMP_PREFIX and os.access("/tmp", os.W_OK):
         base = "/tmp"  # macOS's $TMPDIR alone is ~49 bytes: too long for a socket path
@@ -227,13 +258,24 @@ def make_private_dir() -> str:
 
 def private_dir_parents() -> tuple[str, ...]:
     """Where make_private_dir may have made a run's directory."""
+    if WINDOWS:
+        return (os.path.join(windows_data_dir(os.environ), "runs"),)
     return (tempfile.gettempdir(), "/tmp")
+
+
+def own_uid() -> int | None:
+    """The uid files and processes of ours have; None on Windows, which has no uid (its boundary
+    is the per-user %LOCALAPPDATA%: see windows_data_dir and check_private_dir)."""
+    return os.getuid() if hasattr(os, "getuid") else None
 
 
 def check_private_dir(path: str) -> str:
     """Why ``path`` is not a real directory of ours with mode 0700 ("" when it is).
 
-    ``lstat``: a symbolic link is refused, never followed to wherever it points.
+    ``lstat``: a symbolic link is refused, never followed to wherever it points.  On Windows
+    only that much is checked (a directory, no link or junction): st_uid is always 0 there and
+    the mode tells only the read-only flag, so owner and mode would refuse every directory; the
+    ACLs of %LOCALAPPDATA% and of mkdtemp's directories keep other users out (docs/windows.md).
     """
     try:
         info = os.lstat(path)
@@ -241,7 +283,7 @@ def check_private_dir(path: str) -> str:
         return MISSING
     except OSError as error:
         return error.strerror or str(error)
-    return private_dir_problem(info.st_mode, info.st_uid, os.getuid())
+    return private_dir_problem(info.st_mode, info.st_uid, own_uid(), getattr(info, "st_file_attributes", 0))
 
 
 def as_pid(value: object) -> int | None:
@@ -261,12 +303,16 @@ def is_private_dir_path(path: object, parents: Iterable[str]) -> bool:
             and parent in {os.path.normpath(p) for p in parents})
 
 
-def private_dir_problem(mode: int, owner: int, uid: int) -> str:
-    """Why a directory with this ``lstat`` mode and owner is not a private one of ``uid``; "" if it is."""
-    if stat.S_ISLNK(mode):
+def private_dir_problem(mode: int, owner: int, uid: int | None, attributes: int = 0) -> str:
+    """Why a directory with this ``lstat`` mode and owner is not a private one of ``uid``; "" if it is.
+    ``uid`` None (Windows): neither owner nor mode is checked, but a reparse point (a junction,
+    which is no symbolic link to S_ISLNK) is refused too (its ``st_file_attributes``)."""
+    if stat.S_ISLNK(mode) or attributes & stat.FILE_ATTRIBUTE_REPARSE_POINT:
         return "it is a symbolic link"
     if not stat.S_ISDIR(mode):
         return "it is not a directory"
+    if uid is None:
+        return ""
     if owner != uid:
         return f"it belongs to uid {owner}"
     if stat.S_IMODE(mode) != 0o700:
@@ -392,6 +438,8 @@ def registry_dir() -> str:
     """The private per-user directory where running tunnels register themselves."""
     if os.environ.get(REGISTRY_ENV):
         return os.environ[REGISTRY_ENV]
+    if WINDOWS:
+        return os.path.join(windows_data_dir(os.environ), "registry")
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
         return os.path.join(runtime, "jupyter-tunnel")
@@ -406,7 +454,7 @@ def registry_dir() -> str:
 
 def registry_dirs() -> list[str]:
     """Every directory where a tunnel of this user may have registered, the usual one first."""
-    if os.environ.get(REGISTRY_ENV):
+    if os.environ.get(REGISTRY_ENV) or WINDOWS:  # Windows: one place, whatever the session
         return [registry_dir()]
     # A tunnel started in a desktop session registers under $XDG_RUNTIME_DIR, which cron
     # jobs, sleep hooks (runuser) and plain ssh sessions lack: they would look in the cache
@@ -443,11 +491,24 @@ def write_state(state: dict, directory: str) -> str:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(state, f)
-        os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one
+        replace_file(tmp, path)  # a reader sees the old file or the new one, never half of one
     except BaseException:
         os.unlink(tmp)
         raise
     return path
+
+
+def replace_file(source: str, target: str) -> None:
+    """os.replace; on Windows tried again for a moment while ``target`` is open elsewhere (a
+    shutdown reading the entry): a file open without FILE_SHARE_DELETE, as Python opens them
+    there, cannot be replaced, and the first failure would end the run's registration."""
+    for delay in (0.01, 0.02, 0.05, 0.1, 0.2) if WINDOWS else ():
+        try:
+            os.replace(source, target)
+            return
+        except PermissionError:
+            time.sleep(delay)
+    os.replace(source, target)
 
 
 def parse_state(data: bytes) -> dict | None:
@@ -470,6 +531,7 @@ def open_own_file(path: str) -> int | None:
     it is no file), and O_NOFOLLOW refuses a symbolic link (ELOOP).
     """
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags |= getattr(os, "O_BINARY", 0)  # Windows: no newline translation
     try:
         fd = os.open(path, flags)
     except OSError:  # gone, a symbolic link, unreadable
@@ -478,7 +540,8 @@ def open_own_file(path: str) -> int | None:
         info = os.fstat(fd)
     except OSError:
         info = None
-    if info is None or not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+    uid = own_uid()  # None on Windows: the registry's and the runs' directories are the user's alone
+    if info is None or not stat.S_ISREG(info.st_mode) or (uid is not None and info.st_uid != uid):
         os.close(fd)
         return None
     return fd
@@ -591,7 +654,10 @@ class Registration:
 
 
 def process_info(pid: int) -> tuple[int, list[str]] | None:
-    """The real uid and argv of process ``pid``; None when it is gone or a zombie."""
+    """The real uid and argv of process ``pid``; None when it is gone or a zombie, and always
+    on Windows: no uid, and no command line without ctypes or WMI (see windows_image)."""
+    if WINDOWS:
+        return None
     if HAVE_PROC:
         try:
             with open(f"/proc/{pid}/status") as f:
@@ -613,8 +679,46 @@ def is_own_tunnel(pid: int) -> bool:
     The uid is checked, not a PermissionError awaited: root may signal anyone, and must
     still touch only its own tunnels.
     """
-    info = process_info(pid)
-    return info is not None and info[0] == os.getuid() and is_tunnel_argv(info[1])
+    info = process_info(pid)  # Windows: None, so never (a run is told by its lock there)
+    return info is not None and info[0] == own_uid() and is_tunnel_argv(info[1])
+
+
+def build_tasklist_argv(pid: int, environ: Mapping[str, str]) -> list[str] | None:
+    """argv of ``tasklist`` (Windows) for process ``pid`` if it belongs to the user of ``environ``
+    (USERDOMAIN\\USERNAME: its filters go together); None when that user is not known."""
+    domain, user = environ.get("USERDOMAIN"), environ.get("USERNAME")
+    if not (domain and user):
+        return None
+    return ["tasklist", "/FI", f"PID eq {pid}", "/FI", f"USERNAME eq {domain}\\{user}", "/FO", "CSV", "/NH"]
+
+
+def parse_tasklist(text: str, pid: int) -> str | None:
+    """The image name (``ssh.exe``) in the output of ``tasklist /FO CSV /NH`` for process ``pid``;
+    None when no row is that process (tasklist's "INFO: No tasks..." line is in the user's language)."""
+    import csv  # only here: Windows' shutdown and clean-up need it, nothing else does
+
+    for row in csv.reader(text.splitlines()):
+        if len(row) > TASKLIST_PID and row[TASKLIST_PID].strip() == str(pid) and row[TASKLIST_IMAGE]:
+            return row[TASKLIST_IMAGE]
+    return None
+
+
+def windows_image(pid: int) -> str | None:
+    """Windows: the image name of ``pid`` if it is a live process of this user, else None.
+
+    tasklist, not ctypes (OpenProcess, QueryFullProcessImageNameW, GetExitCodeProcess): it is on
+    every Windows since XP, filters by owner itself (what os.getuid would be), its output is
+    parsed by a pure function tested here, and a ctypes call could not run at all in the
+    simulated Windows of tests/winsim.py.  Neither gives a command line: the run is told by its
+    lock (holds_run_lock), and nothing else is ever signalled on this word alone."""
+    argv = build_tasklist_argv(pid, os.environ)
+    if argv is None:
+        return None
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return parse_tasklist(done.stdout.decode(errors="replace"), pid) if done.returncode == 0 else None
 
 
 def parent_pid(pid: int) -> int | None:
@@ -633,8 +737,8 @@ def is_leftover(pid: int, control_dir: str, shape: Callable[[Sequence[str], str]
     """Whether ``pid`` is, right now, a dead run's own master or agent: ours, with exactly the
     command line the run gave it (``shape``), and orphaned (its parent is no live tunnel:
     a live run's master is its child; a run inside another program holds its lock)."""
-    info = process_info(pid)
-    if info is None or info[0] != os.getuid() or not shape(info[1], control_dir):
+    info = process_info(pid)  # Windows: None, so never (no command line tells an ssh.exe is the run's)
+    if info is None or info[0] != own_uid() or not shape(info[1], control_dir):
         return False
     parent = parent_pid(pid)
     return parent is not None and not is_own_tunnel(parent) and not holds_run_lock(parent, control_dir)
@@ -642,25 +746,23 @@ def is_leftover(pid: int, control_dir: str, shape: Callable[[Sequence[str], str]
 
 def take_run_lock(directory: str) -> int | None:
     """Create the run's lock file in its fresh private directory, holding its pid, and lock it
-    (``flock``, exclusive) for the run's whole life; its descriptor (None without fcntl).
+    (``flock``, exclusive; Windows: lock_file's msvcrt lock) for the run's whole life; its
+    descriptor (None when this system cannot lock).
 
     A run's argv tells a live jupyter-tunnel (is_own_tunnel) only when it runs as the script;
     ``jupyter_tunnel.main([...])`` called by another program (the README allows it) runs
     under that program's argv.  The lock tells it whatever the argv: the kernel drops it when
     the process dies, so a lock that is held is a live run.  The descriptor is not inherited
-    (O_CLOEXEC: the master and the agent, which outlive a killed run, must not hold it).
+    (O_CLOEXEC: the master and the agent, which outlive a killed run, must not hold it;
+    Python's descriptors are not inherited on Windows either).  On Windows, with no command
+    line to read, the lock is the only thing that tells a run.
     """
-    try:
-        import fcntl  # not on Windows (a later port): there the argv alone tells
-    except ImportError:
-        return None
-    fd = os.open(os.path.join(directory, RUN_LOCK),
-                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0),
-                 0o600)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(os.path.join(directory, RUN_LOCK), flags | getattr(os, "O_BINARY", 0), 0o600)
     try:
         os.write(fd, f"{os.getpid()}\n".encode())
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+        lock_file(fd, shared=False)
+    except (OSError, ImportError):
         # a file system without flock (ENOLCK): the run goes on, told live by its argv alone
         os.close(fd)
         return None
@@ -668,6 +770,37 @@ def take_run_lock(directory: str) -> int | None:
         os.close(fd)
         raise
     return fd
+
+
+def lock_file(fd: int, shared: bool) -> None:
+    """Lock the run's lock file ``fd`` without waiting; BlockingIOError when another holds it.
+
+    POSIX: flock (``shared`` for a reader).  Windows: msvcrt.locking (LockFile), exclusive only,
+    on one byte at WINDOWS_LOCK_OFFSET (a reader still reads the pid before it); the system
+    drops it when its process dies, as the kernel drops a flock."""
+    if not WINDOWS:
+        import fcntl  # imported here: Windows has none
+
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        return
+    import msvcrt  # Windows' own
+
+    os.lseek(fd, WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+    try:
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except OSError as error:  # msvcrt says EACCES (or EDEADLOCK) for a range another holds
+        if error.errno in (errno.EACCES, errno.EDEADLK):
+            raise BlockingIOError(error.errno, "locked by another process") from None
+        raise
+
+
+def unlock_file(fd: int) -> None:
+    """Let go of a lock that lock_file took for a reader (POSIX: closing the file does it)."""
+    if WINDOWS:
+        import msvcrt
+
+        os.lseek(fd, WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # at once: the system may take a while at close
 
 
 def has_file_open(pid: int, path: str) -> bool:
@@ -697,12 +830,10 @@ def holds_run_lock(pid: int, control_dir: object) -> bool:
     file of ours (O_NONBLOCK, O_NOFOLLOW: never a FIFO's wait, never a link followed) naming
     that pid, and locked by someone; and the pid must be ours and, where /proc tells, hold
     the file open (a child that inherited the lock through a bare fork is not the run).
+    Windows: the lock names the pid and is held, and tasklist shows that pid as a live
+    process of this user's (windows_image).
     """
     if not (is_private_dir_path(control_dir, private_dir_parents()) and check_private_dir(control_dir) == ""):
-        return False
-    try:
-        import fcntl
-    except ImportError:
         return False
     path = os.path.join(control_dir, RUN_LOCK)  # type: ignore[arg-type]
     fd = open_own_file(path)
@@ -712,17 +843,20 @@ def holds_run_lock(pid: int, control_dir: object) -> bool:
         if os.read(fd, 32).strip() != str(pid).encode():
             return False
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            lock_file(fd, shared=True)
         except BlockingIOError:
             pass  # held: a live run
         else:
+            unlock_file(fd)
             return False  # nobody holds it: the run is gone (closing fd lets it go again)
-    except OSError:
+    except (OSError, ImportError):  # ImportError: no lock at all here (take_run_lock took none)
         return False
     finally:
         os.close(fd)
+    if WINDOWS:
+        return windows_image(pid) is not None
     owner = process_info(pid)
-    return owner is not None and owner[0] == os.getuid() and has_file_open(pid, path)
+    return owner is not None and owner[0] == own_uid() and has_file_open(pid, path)
 
 
 def is_live_run(state: Mapping) -> bool:
@@ -758,7 +892,10 @@ def signal_if(pid: int, check: Callable[[], bool], signum: int) -> bool:
 
 
 def socket_answers(path: str) -> bool:
-    """Whether a process listens on the unix socket ``path`` (a live master or agent)."""
+    """Whether a process listens on the unix socket ``path`` (a live master or agent); never on
+    Windows, where Python has no AF_UNIX (and ssh listens on none: facts of docs/windows.md)."""
+    if not hasattr(socket, "AF_UNIX"):
+        return False
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(1.0)
         try:
@@ -821,7 +958,7 @@ def cancel_shared_forward(value: object, control_dir: str) -> None:
         info = os.lstat(control)
     except OSError:
         return  # the master is gone, and its forward with it
-    if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.getuid():
+    if not stat.S_ISSOCK(info.st_mode) or info.st_uid != own_uid():
         return
     for spec in specs:
         cancel_forward(build_cancel_argv(ssh, control, spec))
@@ -1074,8 +1211,11 @@ def process_environ(pid: int) -> dict[str, str] | None:
         return None
 
 
-def scan_processes(uid: int) -> list[tuple[int, list[str]]]:
-    """``(pid, argv)`` of every process of user ``uid``."""
+def scan_processes(uid: int | None) -> list[tuple[int, list[str]]]:
+    """``(pid, argv)`` of every process of user ``uid``; none on Windows (no uid, no command
+    lines): only registered tunnels are found there."""
+    if uid is None:
+        return []
     if not HAVE_PROC:
         done = subprocess.run(["ps", "-U", str(uid), "-o", "pid=,uid=,command="],
                               capture_output=True, text=True)
@@ -1107,7 +1247,7 @@ def find_tunnels(clean: bool = True) -> list[RunningTunnel]:
             continue  # read_states checked pid; keep going whatever else is odd
     ours = os.environ.get(REGISTRY_ENV, "")
     known = {t.pid for t in found}
-    for pid, argv in scan_processes(os.getuid()):
+    for pid, argv in scan_processes(own_uid()):
         if pid not in known and pid != os.getpid() and is_tunnel_argv(argv) \
                 and in_registry_scope(ours, process_environ(pid)):
             found.append(RunningTunnel.from_argv(pid, argv))
@@ -1160,6 +1300,8 @@ def stop_tunnels(tunnels: Sequence[RunningTunnel], timeout: float, force: bool) 
     The words say what happened: a tunnel that honoured the SIGINT "Closed" (it closed its
     connection and cleaned up itself), "Killed" only for SIGKILL.
     """
+    if WINDOWS:
+        return end_windows_tunnels(tunnels, timeout)
     signalled = []
     for tunnel in tunnels:
         if send(tunnel, signal.SIGINT):  # what Ctrl+C sends: the tunnel cleans up itself
@@ -1191,6 +1333,50 @@ def stop_tunnels(tunnels: Sequence[RunningTunnel], timeout: float, force: bool) 
     for tunnel in survivors:
         say("Error", f"{tunnel.name()} survived SIGKILL")
     return EXIT_NOT_STOPPED if survivors else EXIT_OK
+
+
+def registered_ssh(tunnel: RunningTunnel) -> int | None:
+    """Windows: the ssh.exe the registry names as ``tunnel``'s connection, if tasklist shows it
+    as a live process of this user's while the run itself still proves live (its lock) afterwards:
+    so the pid is the run's own ssh right now, not one reused since."""
+    state = read_state(tunnel.state["file"]) if tunnel.state and "file" in tunnel.state else None
+    pid = as_pid(state.get("master_pid")) if state is not None else None
+    if pid is None or (windows_image(pid) or "").lower() != "ssh.exe":
+        return None
+    return pid if tunnel.alive() else None
+
+
+def end_windows_tunnels(tunnels: Sequence[RunningTunnel], timeout: float) -> int:
+    """Windows: end each tunnel's process, then its ssh, then remove its private directory and
+    entry here; the exit code.
+
+    No signal lets a run clean up there: os.kill(pid, SIGTERM) is TerminateProcess (no handler
+    runs), and a console's Ctrl+C reaches only the processes that share that console.  So the
+    run's ssh (found before, while the run proved live: registered_ssh) is ended right after
+    it, and what the run would have removed goes as after a run that died (clean_leftovers).
+    A run inside another program (jupyter_tunnel.main) ends that program too: say so in the docs.
+    """
+    ended = []
+    for tunnel in tunnels:
+        ssh = registered_ssh(tunnel)
+        if not send(tunnel, signal.SIGTERM):
+            say("Info", f"{tunnel.name(first=True)} had already exited.")
+            continue
+        ended.append(tunnel)
+        if ssh is not None:
+            try:
+                os.kill(ssh, signal.SIGTERM)
+            except OSError:
+                pass  # gone by itself: its stdin, the run's pipe, closed
+
+    def gone(tunnel: RunningTunnel) -> None:
+        clean_after(tunnel)
+        say("Info", f"Ended {tunnel.name()}, and removed its files.")
+
+    remaining = wait_until_gone(ended, timeout, gone)
+    for tunnel in remaining:
+        say("Error", f"{tunnel.name()} did not end within {timeout:g} s")
+    return EXIT_NOT_STOPPED if remaining else EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:

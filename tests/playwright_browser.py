@@ -109,8 +109,9 @@ def stay(page, go: str, result: dict) -> None:
     if "cell" in result and statuses[-1:] == [200]:
         try:
             result["cell_after_drop"] = run_cell(page, "print(7 * 7)", 1)
-        except Exception as error:  # the test tells what
+        except Exception as error:  # the test tells what, and a screenshot shows it
             result["cell_after_drop"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            page.screenshot(path=os.environ["JT_BROWSER_RESULT"] + ".png")
 
 
 def main() -> int:

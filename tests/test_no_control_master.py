@@ -160,27 +160,29 @@ def test_a_unix_socket_server_is_refused_with_the_reason(tunnel, start_jupyter, 
     run.assert_clean()
 
 
+@pytest.mark.parametrize("mode", [[NO_MASTER], []], ids=["no-master", "master"])
 def test_a_real_browser_runs_a_cell_and_the_tab_works_after_the_connection_died(
-        tunnel, start_jupyter, test_users, tmp_path):
+        tunnel, start_jupyter, test_users, tmp_path, mode):
     start_jupyter(MULTI_USER, app="lab")
     go = tmp_path / "go"
     browser, env = chromium(tmp_path, JT_BROWSER_GO=str(go), JT_BROWSER_CELL="1")
-    run = tunnel(NO_MASTER, "-s", "gw", f"{MULTI_USER}@srv", "-b", browser, env=env)
+    run = tunnel(*mode, "-s", "gw", f"{MULTI_USER}@srv", "-b", browser, env=env)
     url = run.url()
     seen = browser_result(tmp_path, lambda seen: seen.get("waiting") or "error" in seen)
     browser_pid = seen.get("pid")
     try:
         assert seen["lab_ui"] and seen.get("cell", "").strip() == "42", seen
         assert seen["final_url"].startswith(f"http://localhost:{local_port_of(url)}/lab"), seen
-        os.kill(stdio_ssh(run), signal.SIGKILL)
+        os.kill(run.states()[0]["master_pid"], signal.SIGKILL)
         go.touch()
         wait_for(lambda: "Info: Reconnected." in run.stderr, 60, what="the run to reconnect")
         seen = browser_result(tmp_path, lambda seen: "cell_after_drop" in seen or "after_drop" in seen
                               and seen["after_drop"][-1:] != [200], timeout=150)
         assert seen["after_drop"][-1:] == [200] and seen.get("cell_after_drop", "").strip() == "49", seen
-        assert run.stop() == jt.EXIT_OK
+        assert run.stop() == jt.EXIT_OK, run.stderr
         run.assert_clean()
     finally:
+        print(run.stderr)
         go.touch()
         if browser_pid:
             try:
