@@ -186,6 +186,13 @@ RELAY_BUFFER = 65536  # bytes per read and direction: 128 KiB a connection, and 
 RELAY_WAIT = 10.0
 RELAY_RETRY = 0.1
 SOCKS_VERSION = 5  # the forward without a master: ssh -D's SOCKS5 (channels.c; auth "none" only)
+# --forward's probe (forward_answers): how long a connect through a forward may take to tell whether
+# anything listens at its other end.  ssh refuses within a round trip to the remote side (its sshd's
+# connect() refused), so 1 s covers a slow link; it bounds the stay loop's pause at each check.
+FORWARD_PROBE_TIMEOUT = 1.0
+# a line of ssh's for one forwarded connection that failed (channels.c): a port where nothing listens,
+# never why an established connection ended (Master.why, lost=True)
+CHANNEL_FAILED_RE = re.compile(r"channel \d+: open failed: ")
 PROC_NET_TCP, PROC_NET_TCP6 = "/proc/net/tcp", "/proc/net/tcp6"  # Linux: every TCP socket and its owner's uid
 # Linux's netlink sock_diag (linux/sock_diag.h, inet_diag.h): the owner of one TCP socket.
 NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST = 4, 20, 1
@@ -979,9 +986,13 @@ class Master:
         """Whether the master process still runs."""
         return self.process is not None and self.process.poll() is None
 
-    def why(self, last: int = 0) -> str:
-        """ssh's own words for what went wrong (its last ``last`` lines only, if given)."""
-        lines = list(self.stderr)[-last:] if last else self.stderr
+    def why(self, last: int = 0, lost: bool = False) -> str:
+        """ssh's own words for what went wrong (its last ``last`` lines only, if given); ``lost``: for an
+        established connection that ended, without the lines of forwarded connections that failed (a
+        --forward port nothing listens on yet), which would read as a jump host's failure."""
+        lines = list(self.stderr)[-last:] if last else list(self.stderr)
+        if lost:
+            lines = [line for line in lines if not CHANNEL_FAILED_RE.match(line)]
         return parse_ssh_error(lines, self.process.poll() if self.process is not None else None, self.route.hosts)
 
     def wait(self, timeout: float) -> bool:
@@ -1043,7 +1054,7 @@ class SharedMaster(Master):
         """Whether the master still answers on its socket (it removes it when it exits)."""
         return socket_answers(self.control)
 
-    def why(self, last: int = 0) -> str:
+    def why(self, last: int = 0, lost: bool = False) -> str:
         """Why the connection is gone: the user's master stopped (its words are not ours to read)."""
         return f"your ssh master at {self.control} stopped answering"
 
@@ -2584,15 +2595,130 @@ def add_forward(master: Master, server: Server) -> str:
                               f"({escape_text(server.sock)}), which a connection without ControlMaster cannot "
                               "reach: start it on a port (--port), or use an ssh that can be a master", EXIT_NO_SERVER)
         return build_socks_forward(master.socks_port, forward_target(server, master.route.node))
-    path = os.path.join(os.path.dirname(master.config), FORWARD_SOCKET)
+    path = fresh_socket_path(master, FORWARD_SOCKET)
+    request_forward(master, build_forward_spec(path, server, master.route.node), "the server")
+    return path
+
+
+def extra_target(port: int, node: str = "") -> str:
+    """The ``host:port`` a ``--forward PORT`` reaches, resolved by the remote side as Jupyter's is: with a
+    node, ``NODE:PORT`` from the head (a service on the node's loopback only is out of its reach, as a
+    Jupyter server there is); else ``localhost:PORT`` on the target, whose sshd resolves the name."""
+    host = node or "localhost"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def extra_socket_name(number: int) -> str:
+    """The unix socket of the run's ``number``-th --forward (1, 2...) in its private directory, next to
+    Jupyter's FORWARD_SOCKET (jupyter_tunnel_shutdown.parse_shared_forward knows the shape)."""
+    return f"{FORWARD_SOCKET}{number}"
+
+
+def add_extra_forward(master: Master, number: int, port: int) -> str:
+    """Have the master forward the ``number``-th --forward, to ``port`` where Jupyter runs (extra_target);
+    returns the forward: a unix socket of the run's, or, without a master, a SOCKS forward."""
+    target = extra_target(port, master.route.node)
+    if isinstance(master, StdioMaster):
+        return build_socks_forward(master.socks_port, target)
+    path = fresh_socket_path(master, extra_socket_name(number))
+    request_forward(master, f"{path}:{target}", f"port {port} on {master.route.server_host}")
+    return path
+
+
+def fresh_socket_path(master: Master, name: str) -> str:
+    """The path of the forward's socket ``name`` in the run's 0700 directory, nothing there: ssh never
+    unlinks a forward's socket, and will not bind over a dead one."""
+    path = os.path.join(os.path.dirname(master.config), name)
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)  # ssh never unlinks a forward's socket, and will not bind over a dead one
-    ok, message = master.forward(build_forward_spec(path, server, master.route.node))
+        os.unlink(path)
+    return path
+
+
+def request_forward(master: Master, spec: str, what: str) -> None:
+    """Ask the master for ``-L spec`` (a forward to ``what``, for the error)."""
+    ok, message = master.forward(spec)
     if not ok and not master.alive():  # gone meanwhile: a reconnection's business
         raise TunnelError(f"the connection to {master.route.target} was lost: {master.why()}", EXIT_LOST)
     if not ok:
-        raise TunnelError(f"cannot forward to the server: {parse_ssh_error(message.splitlines())}", EXIT_PORT)
-    return path
+        raise TunnelError(f"cannot forward to {what}: {parse_ssh_error(message.splitlines())}", EXIT_PORT)
+
+
+def forward_answers(forward: str, timeout: float = FORWARD_PROBE_TIMEOUT) -> bool:
+    """Whether something listens where ``forward`` leads, told within about ``timeout`` s, nothing sent.
+    Through SOCKS ssh answers the CONNECT only once the remote side has connected (open_forward).
+    Through ssh's unix socket the local connect always succeeds: ssh then closes it as soon as the remote
+    connect is refused, so an end of file within ``timeout`` says no; a connection still open (a server
+    waiting for a request), or a byte from it (a banner), says yes.  A remote connect that hangs (a
+    firewall that drops) reads as yes there, as no through SOCKS: nothing ssh says tells it sooner."""
+    try:
+        conn = open_forward(forward, timeout)
+    except OSError:  # refused, reset, or no answer within timeout
+        return False
+    with conn:
+        if parse_socks_forward(forward) is not None:
+            return True
+        try:
+            return conn.recv(1) != b""
+        except socket.timeout:
+            return True
+        except OSError:
+            return False
+
+
+def probe_forwards(forwards: Sequence[str], timeout: float = FORWARD_PROBE_TIMEOUT) -> list[bool]:
+    """forward_answers for each of ``forwards`` at once (a thread each): the stay loop pauses about
+    ``timeout`` s in all, however many wait; a probe not done by then counts as no."""
+    answers = [False] * len(forwards)
+
+    def probe(number: int) -> None:
+        answers[number] = forward_answers(forwards[number], timeout)
+
+    threads = [threading.Thread(target=probe, args=(number,), daemon=True) for number in range(len(forwards))]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 2 * timeout + 0.5  # SOCKS: its greeting, then the CONNECT's answer
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [answer and not thread.is_alive() for answer, thread in zip(answers, threads)]
+
+
+class ExtraForward:
+    """One ``--forward PORT[:LOCAL]``: a port of the host where Jupyter runs, with the same guarantees as
+    Jupyter's (a Relay of its own, the master's forward added again at each login), told once it answers."""
+
+    def __init__(self, number: int, remote_port: int, local_port: int | None = None) -> None:
+        self.number = number  # 1, 2...: its socket's name (extra_socket_name)
+        self.remote_port = remote_port
+        self.fixed = local_port  # LOCAL: that port or an error; None: PORT or the next free one
+        self.forward = ""  # the master's forward of the moment
+        self.relay: Relay | None = None
+        self.answered = False  # something answered there once: said, and never probed again
+
+    def connect(self, master: Master) -> None:
+        """Add its forward to ``master`` (at each login); the first time, listen on its local port."""
+        self.forward = add_extra_forward(master, self.number, self.remote_port)
+        if self.relay is None:
+            # secure: no plain-HTTP page of ours (a dashboard's protocol is not known)
+            self.relay = Relay(open_local_port(self.fixed or self.remote_port, self.fixed is not None),
+                               self.forward, secure=True)
+        self.relay.forward = self.forward
+
+    def describe(self, host: str) -> str:
+        """``localhost:8787 -> node1:8787``."""
+        assert self.relay is not None
+        return f"localhost:{self.relay.port} -> {host}:{self.remote_port}"
+
+    def info(self) -> dict:
+        """Its --json and registry form."""
+        return {"remote_port": self.remote_port, "local_port": self.relay.port if self.relay else None}
+
+
+def build_extra_line(description: str, answers: bool) -> str:
+    """The Info line that announces a --forward (``description``: ExtraForward.describe)."""
+    said = "answers" if answers else "nothing answers there yet: you will be told when it does"
+    return f"Also forwarding {description} ({said})"
 
 
 def proc_net_address(host: str, port: int, byteorder: str = sys.byteorder) -> str:
@@ -3406,6 +3532,7 @@ class Settings(NamedTuple):
     dir: str | None = None
     pick: int | None = None
     local_port: int | None = None
+    forwards: tuple[tuple[int, int | None], ...] = ()  # --forward: (PORT, LOCAL or None), each once
     timeout: float = DEFAULT_TIMEOUT
     check_interval: float = DEFAULT_CHECK_INTERVAL
     no_reconnect: bool = False
@@ -3425,9 +3552,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
     start = StartOptions(args.type or "lab", tuple(args.pre), args.conda_env or "", args.jupyter or "jupyter",
                          args.root_dir or "") if args.start else None
     browser = "" if args.browser is not None and args.browser.lower() in NO_BROWSER else args.browser
-    built = ("ssh_options", "listing", "browser", "start", "cluster", "warn_before")
+    built = ("ssh_options", "listing", "browser", "start", "cluster", "warn_before", "forwards")
     return Settings(**{name: getattr(args, name) for name in Settings._fields if name not in built},
                     ssh_options=tuple(args.ssh_option), listing=args.list, browser=browser, start=start,
+                    forwards=tuple(dict.fromkeys(args.forward)),  # a profile's and the same given again: one
                     cluster=cluster_options(args),
                     warn_before=DEFAULT_WARN_BEFORE if args.warn_before is None else args.warn_before)
 
@@ -3493,6 +3621,8 @@ class Tunnel:
         self.started = False  # whether this run started its server (--start, --submit)
         self.start_log = ""  # --start: the started server's log on the remote
         self.watch: JobWatch | None = None  # the scheduler job the server runs in
+        self.extras = [ExtraForward(number, port, local)  # --forward: the session's other ports
+                       for number, (port, local) in enumerate(settings.forwards, 1)]
 
     @property
     def route(self) -> Route:
@@ -3518,6 +3648,7 @@ class Tunnel:
                 self.announce()
                 if self.settings.browser != "" and self.relay is not None:
                     open_browser(self.settings.browser, self.url, self.relay)
+                self.announce_extras()
                 say("Info", "Press Ctrl+C to close the tunnel.")
                 return self.stay()
             except ServerStopped as stopped:
@@ -3607,9 +3738,13 @@ class Tunnel:
             first = self.settings.local_port or self.server.port or DEFAULT_SOCKET_PORT
             self.relay = Relay(open_local_port(first, fixed), self.forward, self.server.secure)
         self.relay.forward, self.relay.secure = self.forward, self.server.secure
+        for extra in self.extras:  # their local ports after Jupyter's, which keeps its own rule
+            extra.connect(master)
         assert self.registration is not None
-        shared = {"control": master.control, "spec": master.forwards[-1]} if isinstance(master, SharedMaster) else None
-        self.registration.update(**build_forward_state(self.server, self.relay.port), shared_forward=shared)
+        # every forward this run added to the user's master, to be cancelled if the run is killed
+        shared = {"control": master.control, "specs": list(master.forwards)} if isinstance(master, SharedMaster) else None
+        self.registration.update(**build_forward_state(self.server, self.relay.port), shared_forward=shared,
+                                 forwards=[extra.info() for extra in self.extras])
         still_there = None
         if self.started and self.settings.start is not None and not self.status:
             # the first wait for a server this run started: it may die right after its start
@@ -3652,12 +3787,29 @@ class Tunnel:
         if self.settings.json:
             where = {"sock": server.sock} if server.sock else {"remote_port": server.port}
             print(json.dumps({"url": self.url, "local_port": port, "remote_host": self.route.server_host,
-                              **where, "pid": os.getpid(), **(self.watch.info() if self.watch else {})}), flush=True)
+                              **where, "forwards": [extra.info() for extra in self.extras], "pid": os.getpid(),
+                              **(self.watch.info() if self.watch else {})}), flush=True)
         else:
             print(self.url, flush=True)
 
+    def announce_extras(self) -> None:
+        """The --forward ports' Info lines, once: after the URL and the browser's start, which the
+        probe (up to FORWARD_PROBE_TIMEOUT) must not hold back; their ports never change."""
+        self.probe_extras()
+        for extra in self.extras:
+            say("Info", build_extra_line(extra.describe(self.route.server_host), extra.answered))
+
+    def probe_extras(self) -> list[ExtraForward]:
+        """Probe the --forward ports nothing answered on yet (all at once, FORWARD_PROBE_TIMEOUT); those
+        that answer now."""
+        waiting = [extra for extra in self.extras if not extra.answered]
+        for extra, answers in zip(waiting, probe_forwards([extra.forward for extra in waiting])):
+            extra.answered = answers
+        return [extra for extra in waiting if extra.answered]
+
     def stay(self) -> int:
-        """Step 9: watch the connection and the server until interrupted; reconnect when it drops."""
+        """Step 9: watch the connection and the server until interrupted; reconnect when it drops.
+        At each check, a --forward port that nothing answered on yet is probed: the user hears when it does."""
         while True:
             master = self.connection.master
             assert master is not None and self.server is not None
@@ -3667,8 +3819,10 @@ class Tunnel:
                     raise ServerStopped()
                 if self.watch is not None and self.watch.check(master, self.forward, self.server):
                     raise ServerStopped(f"{self.watch.job.describe(first=True)} has ended; closing the tunnel.")
+                for extra in self.probe_extras():
+                    say("Info", f"{extra.describe(self.route.server_host)} answers now.")
                 continue
-            reason = master.why()
+            reason = master.why(lost=True)
             if self.settings.no_reconnect:
                 raise TunnelError(f"the connection to {self.route.target} was lost: {reason}", EXIT_LOST)
             say("Warning", f"connection to {self.route.target} lost ({reason}); reconnecting...")
@@ -3707,8 +3861,9 @@ class Tunnel:
     def close(self) -> None:
         """Step 10: leave nothing behind: the local port, the server if asked, the connection,
         the private directory, and the registry entry last (until all is gone, it leads to it)."""
-        if self.relay is not None:
-            self.relay.close()  # first: no new connection reaches a server about to stop
+        for relay in [self.relay, *(extra.relay for extra in self.extras)]:
+            if relay is not None:
+                relay.close()  # first: no new connection reaches a server about to stop
         self.stop_server()
         self.connection.close()
         if self.directory:
@@ -3741,6 +3896,17 @@ def text_option(text: str) -> str:
     if has_control(text):
         raise argparse.ArgumentTypeError(f"control characters (a newline, say) are not allowed: {text!r}")
     return text
+
+
+def forward_option(text: str) -> tuple[int, int | None]:
+    """An argparse type: ``--forward PORT[:LOCAL]``, each a port (1 to 65535); (PORT, LOCAL or None)."""
+    port, colon, local = text.partition(":")
+    check = int_option(1, 65535)
+    try:
+        return check(port), check(local) if colon else None
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected PORT or PORT:LOCAL, each a whole number from 1 to 65535, "
+                                         f"not {text!r}") from None
 
 
 def browser_option(text: str) -> str:
@@ -3823,6 +3989,10 @@ def build_parser() -> argparse.ArgumentParser:
     choosing.add_argument("--pick", type=int_option(1, MAX_PICK), metavar="N", help="use server number N of --list")
     local.add_argument("--local-port", type=int_option(1, 65535), metavar="LPORT",
                         help="local port to use [default: the remote port, or the next free one]")
+    local.add_argument("--forward", type=forward_option, action="append", default=[], metavar="PORT[:LOCAL]",
+                        help="also forward PORT of the host where Jupyter runs (the node, on a cluster), e.g. a "
+                             "Dask dashboard (8787) or TensorBoard (6006), to local port LOCAL [default: PORT, or "
+                             "the next free one]; as Jupyter's port: yours only, kept across reconnects; repeatable")
     lifetime.add_argument("-w", "--timeout", type=number_option("seconds", MAX_TIMEOUT, durations=True),
                         default=DEFAULT_TIMEOUT, metavar="SECONDS",
                         help=f"give up when Jupyter does not answer (with --start: has not started) within "

@@ -78,8 +78,9 @@ KILL_TIMEOUT = 5.0  # after SIGKILL: instant, unless the process is stuck in the
 POLL_INTERVAL = 0.05
 # SERVER: "started" when the run started its Jupyter server (--start, --submit), "found" when it
 # attached; JOB and TIME LEFT: the scheduler job the server runs in (--submit, -n auto, --job)
+# FORWARDS: the run's --forward ports, LOCAL->REMOTE (last: the columns before keep their places)
 TABLE_COLUMNS = ("PID", "LOCAL PORT", "HOSTS", "NODE", "REMOTE", "SERVER", "JOB", "TIME LEFT", "STATE",
-                 "STARTED")
+                 "STARTED", "FORWARDS")
 
 # The registry's, which jupyter_tunnel.py shares.
 # Running tunnels register in $XDG_RUNTIME_DIR/jupyter-tunnel (or ~/.cache/jupyter-tunnel);
@@ -96,6 +97,7 @@ READY = "ready"  # the URL was printed
 PRIVATE_PREFIX = "jt-"
 MKDTEMP_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")  # tempfile's alphabet
 CONFIG_FILE, CONTROL_SOCKET, AGENT_SOCKET, FORWARD_SOCKET = "ssh_config", "c", "a", "f"
+# ...and FORWARD_SOCKET followed by a number (f1, f2...) for each --forward of the run
 # ...and the run's lock: held (flock) for the run's whole life, it tells a live run whatever
 # process hosts it (see take_run_lock)
 RUN_LOCK = "lock"
@@ -148,6 +150,7 @@ class RunningTunnel(NamedTuple):
     job: str = ""  # the scheduler job the server runs in ("" when none)
     scheduler: str = ""
     job_end: float | None = None  # epoch seconds at the job's time limit (None: no limit, or unknown)
+    forwards: tuple[tuple[int, int], ...] = ()  # --forward: (remote port, local port) each
     state: dict | None = None  # the registry entry (None: found by the process scan)
 
     @classmethod
@@ -172,6 +175,7 @@ class RunningTunnel(NamedTuple):
             job=job if isinstance(job, str) and JOB_ID_RE.fullmatch(job) else "",
             scheduler=scheduler if isinstance(scheduler, str) and scheduler in CANCEL_COMMANDS else "",
             job_end=_finite_or_none(state.get("job_end")),
+            forwards=parse_forwards(state.get("forwards")),
             state=dict(state),
         )
 
@@ -222,6 +226,7 @@ class RunningTunnel(NamedTuple):
             "started": self.started, "started_server": self.started_server, "command": self.command,
             "job": self.job or None, "scheduler": self.scheduler or None,
             "time_left": time_left(self.job_end, time.time()) if self.job else None,
+            "forwards": [{"remote_port": remote, "local_port": local} for remote, local in self.forwards],
         }
 
 
@@ -605,8 +610,10 @@ def build_state(pid: int, hosts: Sequence[str], node: str, remote_host: str, dir
         "control_dir": directory, "master_pid": None, "agent_pid": None,
         # a server in a scheduler job: its id, scheduler and end (epoch seconds; None: no limit)
         "job": "", "scheduler": "", "job_end": None,
-        # riding the user's master: {"control": its socket, "spec": this run's -L}, to cancel after a SIGKILL
+        # riding the user's master: {"control": its socket, "specs": this run's -L's}, to cancel after a SIGKILL
         "shared_forward": None,
+        # --forward: [{"remote_port": P, "local_port": L}] once forwarded
+        "forwards": [],
     }
 
 
@@ -917,37 +924,44 @@ def cancel_forward(argv: list[str]) -> bytes:
         return b""
 
 
-def parse_shared_forward(value: object, control_dir: str) -> tuple[str, str] | None:
-    """(socket, ``-L`` spec) of an entry's "shared_forward" if it is what a run writes there,
-    else None: the user's master's socket (an absolute path) and a forward that listens on
-    the run's own socket in its private directory ``control_dir`` (a name nobody else's
-    forward can have: that proves the run added it, see build_forward_spec)."""
+def parse_shared_forward(value: object, control_dir: str) -> tuple[str, tuple[str, ...]] | None:
+    """(socket, ``-L`` specs) of an entry's "shared_forward" if it is what a run writes there,
+    else None: the user's master's socket (an absolute path) and forwards that each listen on
+    one of the run's own sockets in its private directory ``control_dir`` (names nobody else's
+    forward can have: that proves the run added them, see build_forward_spec).  "specs" is a
+    list (Jupyter's forward and each --forward's); "spec", one, is an older run's."""
     if not isinstance(value, dict):
         return None
-    control, spec = value.get("control"), value.get("spec")
-    if not (isinstance(control, str) and isinstance(spec, str) and os.path.isabs(control)):
+    control, specs = value.get("control"), value.get("specs", [value.get("spec")])
+    if not (isinstance(control, str) and isinstance(specs, list) and specs and os.path.isabs(control)):
         return None
-    if has_control(control + spec) or not spec.startswith(os.path.join(control_dir, FORWARD_SOCKET) + ":"):
-        return None
-    return control, spec
+    own = os.path.join(control_dir, FORWARD_SOCKET)
+    for spec in specs:
+        if not isinstance(spec, str) or has_control(control + spec) or not spec.startswith(own):
+            return None
+        number, colon, _ = spec[len(own):].partition(":")  # "" (Jupyter's) or a --forward's number
+        if not colon or len(number) > 4 or not (number.isascii() and number.isdigit() or not number):
+            return None
+    return control, tuple(specs)
 
 
 def cancel_shared_forward(value: object, control_dir: str) -> None:
-    """After a run that died while riding the user's master: take its forward off that
-    master (``-O cancel``), which would keep it until it exits; only through a socket of
+    """After a run that died while riding the user's master: take its forwards off that
+    master (``-O cancel``), which would keep them until it exits; only through a socket of
     this user's, and nothing else of the master is touched."""
     found = parse_shared_forward(value, control_dir)
     ssh = shutil.which("ssh")
     if found is None or ssh is None:
         return
-    control, spec = found
+    control, specs = found
     try:
         info = os.lstat(control)
     except OSError:
         return  # the master is gone, and its forward with it
     if not stat.S_ISSOCK(info.st_mode) or info.st_uid != own_uid():
         return
-    cancel_forward(build_cancel_argv(ssh, control, spec))
+    for spec in specs:
+        cancel_forward(build_cancel_argv(ssh, control, spec))
 
 
 def clean_leftovers(state: Mapping) -> str:
@@ -1034,6 +1048,23 @@ def _int_or_none(value: object) -> int | None:
         return int(value)  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError):
         return None
+
+
+def parse_forwards(value: object) -> tuple[tuple[int, int], ...]:
+    """(remote port, local port) of each of an entry's "forwards" (--forward) that is what a run
+    writes there: two ports from 1 to 65535; anything else is left out."""
+    found = []
+    for forward in value if isinstance(value, list) else []:
+        if isinstance(forward, dict):
+            ports = [forward.get(key) for key in ("remote_port", "local_port")]
+            if all(type(port) is int and 1 <= port <= 65535 for port in ports):
+                found.append((ports[0], ports[1]))
+    return tuple(found)
+
+
+def format_forwards(forwards: Sequence[tuple[int, int]]) -> str:
+    """The FORWARDS cell: ``8787->8787,6007->6006`` (local->remote), ``-`` for none."""
+    return ",".join(f"{local}->{remote}" for remote, local in forwards) or "-"
 
 
 def _float_or_none(value: object) -> float | None:
@@ -1138,7 +1169,7 @@ def format_started(started: float | None) -> str:
 
 def table_row(tunnel: RunningTunnel) -> tuple[str, ...]:
     """One ``--list`` row, in TABLE_COLUMNS order; no cell holds a space, but TIME LEFT and
-    STARTED (last)."""
+    STARTED."""
     if tunnel.registered:
         remote = tunnel.sock or (str(tunnel.remote_port) if tunnel.remote_port else "?")
     else:
@@ -1154,6 +1185,7 @@ def table_row(tunnel: RunningTunnel) -> tuple[str, ...]:
         time_left_cell(tunnel.job, tunnel.job_end, time.time()),
         tunnel.phase or "?",
         format_started(tunnel.started),
+        format_forwards(tunnel.forwards),
     )
 
 

@@ -143,12 +143,14 @@ def test_every_long_option_is_a_key_and_a_new_option_needs_no_code():
     assert set(keys) == longs
     assert sorted(key for key, action in keys.items() if action is None) == ["help", "profiles", "version"]
     # an option added later (issue 24's --forward) is a key at once, with its own type's errors
-    parser.add_argument("--forward", type=jn.int_option(1, 65535), action="append", default=[])
-    profile = jn.parse_profiles("[hpc]\nforward =\n  8787\n  6006\n", "f.ini")["hpc"]
-    assert jn.build_profile_argv(profile, parser) == ["--forward=8787", "--forward=6006"]
-    bad = jn.parse_profiles("[hpc]\nforward =\n  8787\n  0\n", "f.ini")["hpc"]
-    with pytest.raises(jn.ProfileError, match=r"^f\.ini:4: \[hpc\] forward: expected a whole number from 1 to 65535, "
-                                              r"not '0'$"):
+    profile = jn.parse_profiles("[hpc]\nforward =\n  8787\n  6006:7006\n", "f.ini")["hpc"]
+    argv = jn.build_profile_argv(profile, parser)
+    assert argv == ["--forward=8787", "--forward=6006:7006"]
+    assert jt.settings_from(parser.parse_args(["-s", "srv", *argv, "--forward", "8787"])).forwards == \
+        ((8787, None), (6006, 7006))  # the profile's and the command line's, each once
+    bad = jn.parse_profiles("[hpc]\nforward =\n  8787\n  6006:0\n", "f.ini")["hpc"]
+    with pytest.raises(jn.ProfileError, match=r"^f\.ini:4: \[hpc\] forward: expected PORT or PORT:LOCAL, each a "
+                                              r"whole number from 1 to 65535, not '6006:0'$"):
         jn.build_profile_argv(bad, parser)
 
 

@@ -21,7 +21,7 @@ from typing import Iterator, List, Optional
 import pytest
 
 import jupyter_tunnel as jt
-from helpers import port_is_free, wait_for
+from helpers import free_port, port_is_free, wait_for
 from tunnelrun import get_status, local_port_of
 
 pytestmark = pytest.mark.integration
@@ -155,17 +155,21 @@ def unix_listeners() -> str:
 
 def test_a_killed_run_leaves_no_forward_on_the_users_master(tunnel, sshd, jtuser_server, user_ssh, shutdown):
     master = user_ssh.open("srv")
-    run = tunnel("-F", str(user_ssh.config), "-s", "srv")
+    # a --forward too (nothing listens there): the user's master forwards it as well
+    run = tunnel("-F", str(user_ssh.config), "-s", "srv", "--forward", f"{free_port()}:{free_port()}")
     port = local_port_of(run.url())
-    forward = run.states()[0]["shared_forward"]["spec"].split(":")[0]
+    forwards = [spec.split(":")[0] for spec in run.states()[0]["shared_forward"]["specs"]]
+    assert [os.path.basename(path) for path in forwards] == ["f", "f1"]
     os.killpg(run.process.pid, signal.SIGKILL)
     run.process.wait()
     assert port_is_free(port)  # the port was the run's own: it went with it
-    assert forward in unix_listeners()  # the user's master still forwards the dead run's socket
-    # jupyter-tunnel-shutdown (as the next run would) cleans up after it: the forward only
+    listening = unix_listeners()
+    assert all(forward in listening for forward in forwards)  # the user's master still forwards the dead run's sockets
+    # jupyter-tunnel-shutdown (as the next run would) cleans up after it: the forwards only
     done = shutdown(TMPDIR=run.tmp)
     assert "Traceback" not in done.stderr, done.stderr
-    wait_for(lambda: forward not in unix_listeners(), 5, what="the dead run's forward to be cancelled")
+    wait_for(lambda: not any(forward in unix_listeners() for forward in forwards), 5,
+             what="the dead run's forwards to be cancelled")
     assert user_ssh.master_pid("srv") == master
     run.assert_clean()
 

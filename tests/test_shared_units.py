@@ -74,10 +74,24 @@ DIR = "/tmp/jt-abcd1234"
 
 
 @pytest.mark.parametrize("value, found", [
-    ({"control": "/home/u/.ssh/cm-1afc", "spec": f"{DIR}/f:localhost:8888"},
-     ("/home/u/.ssh/cm-1afc", f"{DIR}/f:localhost:8888")),
-    ({"control": "/c", "spec": f"{DIR}/f:/run/j.sock"}, ("/c", f"{DIR}/f:/run/j.sock")),
+    ({"control": "/home/u/.ssh/cm-1afc", "specs": [f"{DIR}/f:localhost:8888"]},
+     ("/home/u/.ssh/cm-1afc", (f"{DIR}/f:localhost:8888",))),
+    ({"control": "/c", "specs": [f"{DIR}/f:/run/j.sock"]}, ("/c", (f"{DIR}/f:/run/j.sock",))),
+    # Jupyter's and each --forward's (f1, f2...: the run's own sockets too)
+    ({"control": "/c", "specs": [f"{DIR}/f:n1:8888", f"{DIR}/f1:n1:8787", f"{DIR}/f2:localhost:6006"]},
+     ("/c", (f"{DIR}/f:n1:8888", f"{DIR}/f1:n1:8787", f"{DIR}/f2:localhost:6006"))),
+    # an older run's entry: its one forward
+    ({"control": "/c", "spec": f"{DIR}/f:localhost:8888"}, ("/c", (f"{DIR}/f:localhost:8888",))),
     (None, None),
+    ({"control": "/c", "specs": []}, None),
+    ({"control": "/c", "specs": f"{DIR}/f:localhost:8888"}, None),  # not a list
+    # one forward that is not the run's own spoils the whole entry: nothing of it is cancelled
+    ({"control": "/c", "specs": [f"{DIR}/f:n1:8888", "127.0.0.1:8787:n1:8787"]}, None),
+    ({"control": "/c", "specs": [f"{DIR}/f:n1:8888", f"{DIR}/fx:n1:8787"]}, None),
+    ({"control": "/c", "specs": [f"{DIR}/f12345:n1:8787"]}, None),
+    ({"control": "/c", "specs": [f"{DIR}/f\u0661:n1:8787"]}, None),  # a digit, but not an ASCII one
+    ({"control": "/c", "specs": [f"{DIR}/f1"]}, None),
+    ({"control": "/c", "specs": [f"{DIR}/f:n1:8888", None]}, None),
     ({"control": "c", "spec": f"{DIR}/f:localhost:8888"}, None),  # relative
     # a forward the run did not add: only its own socket, in its own directory, proves it did
     ({"control": "/c", "spec": "127.0.0.1:8889:localhost:8888"}, None),

@@ -51,7 +51,8 @@ def test_list_then_stop_one_by_port_then_the_rest(tunnel, shutdown, registry, st
     assert done.returncode == sd.EXIT_OK
     header, *rows = done.stdout.splitlines()
     assert header.split() == ["PID", "LOCAL", "PORT", "HOSTS", "NODE", "REMOTE", "SERVER", "JOB", "TIME", "LEFT",
-                              "STATE", "STARTED"]
+                              "STATE", "STARTED", "FORWARDS"]
+    assert [row.split()[-1] for row in rows] == ["-", "-"]  # no --forward
     assert sorted(row.split()[:9] for row in rows) == sorted([
         [str(pid_one), str(port_one), "jtmulti@srv", "-", str(first.port), "found", "-", "-", "ready"],
         [str(pid_two), str(port_two), "gw,jtmulti@srv", "-", str(second.port), "found", "-", "-", "ready"],

@@ -24,7 +24,9 @@ STATE = {
 DIRECT = sd.RunningTunnel.from_state(dict(STATE, pid=1, hosts=["srv"], remote_host="srv", local_port=9000))
 VIA_GW = sd.RunningTunnel.from_state(dict(STATE, started_server=True))
 ON_NODE = sd.RunningTunnel.from_state(dict(STATE, pid=3, hosts=["gw", "head"], node="node1", job="4711",
-                                           scheduler="sge", remote_host="node1", local_port=9001))
+                                           scheduler="sge", remote_host="node1", local_port=9001,
+                                           forwards=[{"remote_port": 8787, "local_port": 8787},
+                                                     {"remote_port": 6006, "local_port": 7006}]))
 UNREGISTERED = sd.RunningTunnel.from_argv(4, ["python3", "./jupyter_tunnel.py", "-s", "gw", "srv:2222"])
 
 
@@ -154,10 +156,10 @@ def test_table():
     rows = [sd.TABLE_COLUMNS, sd.table_row(VIA_GW), sd.table_row(ON_NODE), sd.table_row(UNREGISTERED)]
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(STATE["started"]))
     assert jn.format_table(rows).splitlines() == [
-        "PID   LOCAL PORT  HOSTS        NODE   REMOTE  SERVER   JOB   TIME LEFT      STATE  STARTED",
-        f"4242  8889        gw,u@srv     -      8888    started  -     -              ready  {started}",
-        f"3     9001        gw,head      node1  8888    found    4711  no time limit  ready  {started}",
-        "4     ?           gw,srv:2222  -      ?       ?        -     -              ?      ?",
+        "PID   LOCAL PORT  HOSTS        NODE   REMOTE  SERVER   JOB   TIME LEFT      STATE  STARTED              FORWARDS",
+        f"4242  8889        gw,u@srv     -      8888    started  -     -              ready  {started}  -",
+        f"3     9001        gw,head      node1  8888    found    4711  no time limit  ready  {started}  8787->8787,7006->6006",
+        "4     ?           gw,srv:2222  -      ?       ?        -     -              ?      ?                    -",
     ]
     assert jn.format_table([]) == ""
 
@@ -291,7 +293,7 @@ def test_job_fields_from_the_registry_are_checked():
 @pytest.mark.parametrize("started", [float("nan"), float("inf"), 1e20, "x", None])
 def test_a_registry_start_time_that_is_no_time_shows_as_unknown(started):
     tunnel = sd.RunningTunnel.from_state({"pid": 4242, "hosts": ["srv"], "started": started})
-    assert sd.table_row(tunnel)[-1] == "?"
+    assert sd.table_row(tunnel)[sd.TABLE_COLUMNS.index("STARTED")] == "?"
 
 
 # What a damaged registry entry may hold in any field: numbers no float or int takes, NaN,

@@ -68,6 +68,10 @@ POSIX_ONLY = {
     "test_browser_units.py::test_a_request_while_the_forward_is_down_goes_through_once_it_is_back": RELAY_UPSTREAM,
     "test_browser_units.py::test_close_ends_the_connections_and_frees_the_port": RELAY_UPSTREAM,
     "test_browser_units.py::test_a_failure_while_accepting_never_frees_the_port": RELAY_UPSTREAM,
+    "test_forward_units.py::test_forward_answers_through_a_unix_socket": RELAY_UPSTREAM,
+    "test_forward_units.py::test_forward_answers_nothing_without_the_socket": RELAY_UPSTREAM,
+    "test_forward_units.py::test_announce_says_each_forward_and_json_lists_them":
+        "a Relay, whose wake-up socketpair is AF_UNIX in the simulation (Windows' own is made over TCP)",
     # Windows' shutil.which looks for ssh.exe (PATHEXT): the Linux ssh is not found under that name
     "test_errors_units.py::test_a_signal_that_escapes_the_run_is_an_interruption_not_a_traceback":
         "main() needs ssh on PATH as ssh.exe",
