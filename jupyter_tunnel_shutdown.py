@@ -950,8 +950,10 @@ def cancel_shared_forward(value: object, control_dir: str) -> None:
     master (``-O cancel``), which would keep them until it exits; only through a socket of
     this user's, and nothing else of the master is touched."""
     found = parse_shared_forward(value, control_dir)
+    if found is None:  # none: the run rode no master of the user's (never on Windows)
+        return
     ssh = shutil.which("ssh")
-    if found is None or ssh is None:
+    if ssh is None:
         return
     control, specs = found
     try:

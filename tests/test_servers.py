@@ -232,7 +232,7 @@ def test_json_output_for_scripts(tunnel, start_jupyter):
     run = tunnel("-s", f"{MULTI_USER}@srv", "--json")
     info = json.loads(run.url())
     assert info == {"url": info["url"], "local_port": local_port_of(info["url"]), "remote_host": f"{MULTI_USER}@srv",
-                    "remote_port": server.info["port"], "pid": run.process.pid}
+                    "remote_port": server.info["port"], "forwards": [], "pid": run.process.pid}
     assert get_status(info["url"])[0] == 200
     assert run.stop() == jt.EXIT_OK
 
