@@ -28,7 +28,7 @@ import time
 LAB_UI = "#jp-main-dock-panel"
 LOGIN_FORM = "input[type=password]"
 WAIT_MS = 60_000
-AFTER_DROP_MS = 90_000
+AFTER_DROP_MS = 60_000
 NOTEBOOK_IN_FRONT = ".jp-NotebookPanel:not(.lm-mod-hidden)"  # Lumino hides the tabs behind
 
 
