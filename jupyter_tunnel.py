@@ -2537,7 +2537,12 @@ def parse_socks_forward(forward: str) -> tuple[int, str, int] | None:
 def build_socks_request(host: str, port: int) -> bytes:
     """SOCKS5's CONNECT (RFC 1928) to ``host`` as a domain name (ATYP 3): ssh passes the name on,
     and the remote side resolves it (channels.c), so a name only the cluster knows works."""
-    name = host.encode("idna")
+    try:
+        name = host.encode("idna")  # ASCII names as they are
+    except UnicodeError:
+        name = b""
+    if not 0 < len(name) <= 255:  # a name no resolver takes ("a..b", a label over 63 bytes)
+        raise ConnectionRefusedError(f"{host!r} is no host name SOCKS5 can carry")
     return bytes([SOCKS_VERSION, 1, 0, 3, len(name)]) + name + port.to_bytes(2, "big")
 
 
@@ -3831,11 +3836,13 @@ class Tunnel:
     def reconnect(self) -> None:
         """Log in again with backoff and forward the SAME local port (open tabs keep working)."""
         old_url = self.url
+        self.unforward()
         self.connection.reset()
         for refused in self.connection.retries():
             try:
                 self.connect()
             except TunnelError as error:
+                self.unforward()
                 self.connection.close_master()
                 if error.code in (EXIT_NO_SERVER, EXIT_PORT):
                     raise
@@ -3848,6 +3855,13 @@ class Tunnel:
             if self.url != old_url:
                 self.announce()  # the server was restarted: new token, new URL
             return
+
+    def unforward(self) -> None:
+        """While no connection holds the forwards, the relays wait instead of using them: a dead
+        ssh's SOCKS port is free for any local user to listen on (and to get the browser's cookies)."""
+        for relay in [self.relay, *(extra.relay for extra in self.extras)]:
+            if relay is not None:
+                relay.forward = ""
 
     def stop_server(self) -> None:
         """At close: with --stop-server, shut the server down (or cancel its job); else say it keeps running."""

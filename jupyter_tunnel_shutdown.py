@@ -36,6 +36,7 @@ jupyter_tunnel.py, and ``__all__`` names what jupyter_tunnel.py takes from it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import math
@@ -854,7 +855,10 @@ def holds_run_lock(pid: int, control_dir: object) -> bool:
     finally:
         os.close(fd)
     if WINDOWS:
-        return windows_image(pid) is not None
+        # held, with its pid in it: Windows drops a process's locks when it dies, and only the run
+        # writes its pid there and locks it.  tasklist cannot add to that (and may not answer:
+        # no USERNAME, a timeout), so a live run is never taken for a dead one's leftovers
+        return True
     owner = process_info(pid)
     return owner is not None and owner[0] == own_uid() and has_file_open(pid, path)
 
@@ -1343,9 +1347,14 @@ def registered_ssh(tunnel: RunningTunnel) -> int | None:
     so the pid is the run's own ssh right now, not one reused since."""
     state = read_state(tunnel.state["file"]) if tunnel.state and "file" in tunnel.state else None
     pid = as_pid(state.get("master_pid")) if state is not None else None
-    if pid is None or (windows_image(pid) or "").lower() != "ssh.exe":
+    if pid is None or not is_ssh_image(pid):
         return None
     return pid if tunnel.alive() else None
+
+
+def is_ssh_image(pid: int) -> bool:
+    """Windows: whether ``pid`` is, right now, a live ssh.exe of this user (tasklist)."""
+    return (windows_image(pid) or "").lower() == "ssh.exe"
 
 
 def end_windows_tunnels(tunnels: Sequence[RunningTunnel], timeout: float) -> int:
@@ -1365,11 +1374,10 @@ def end_windows_tunnels(tunnels: Sequence[RunningTunnel], timeout: float) -> int
             say("Info", f"{tunnel.name(first=True)} had already exited.")
             continue
         ended.append(tunnel)
-        if ssh is not None:
-            try:
-                os.kill(ssh, signal.SIGTERM)
-            except OSError:
-                pass  # gone by itself: its stdin, the run's pipe, closed
+        if ssh is not None:  # asked again right before: it ends by itself as its stdin (the run's) closes,
+            # and a pid that ended may be another's already
+            with contextlib.suppress(OSError):
+                signal_if(ssh, lambda: is_ssh_image(ssh), signal.SIGTERM)
 
     def gone(tunnel: RunningTunnel) -> None:
         clean_after(tunnel)

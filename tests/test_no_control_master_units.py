@@ -110,3 +110,9 @@ def test_a_unix_socket_forward_needs_a_master():
     assert caught.value.code == jt.EXIT_NO_SERVER
     tcp = server._replace(sock="", port=8888, host="127.0.0.1")
     assert jt.add_forward(master, tcp) == "socks5://127.0.0.1:40123/127.0.0.1:8888"
+
+
+@pytest.mark.parametrize("host", ["a..b", "x" * 64 + ".cluster", "", "n" * 256])
+def test_a_name_socks5_cannot_carry_is_no_connection_not_a_traceback(host):
+    with pytest.raises(OSError, match="is no host name SOCKS5 can carry"):
+        jt.build_socks_request(host, 8888)
