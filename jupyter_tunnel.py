@@ -128,6 +128,7 @@ NO_MUX_VERSION = "OpenSSH_for_Windows"
 NO_MUX_WORDS = ("getsockname failed", "Failed to connect to new control master",
                 "Unix domain server sockets are not supported", "unix_listener:")
 STDIO_ERROR_WAIT = 5.0  # s for a command's stderr end line once its stdout ended (both come at once)
+STDIO_SHELL_TIMEOUT = 60.0  # s for the remote shell's first answer once ssh has logged in
 # ssh's own lines on the connection's stderr, never a remote command's (a SOCKS connection that failed)
 SSH_OWN_RE = re.compile(r"channel \d+: |Warning: Permanently added|Connection to \S+ closed")
 # A host name ssh's Match takes as it is (no pattern characters: * ? ! , nor quotes or spaces).
@@ -1093,6 +1094,7 @@ class StdioMaster(Master):
                  outlive_interrupt: bool = False, batch: bool = False) -> None:
         super().__init__(ssh, route, directory, env, verbose, outlive_interrupt, batch)
         self.socks_port = 0
+        self.shell_timeout = STDIO_SHELL_TIMEOUT
         self._stdin = -1  # the write end of ssh's stdin: the remote shell's input
         self._one = threading.Lock()  # one command at a time: there is one shell
         self._changed = threading.Condition()  # stdout came, or ended
@@ -1119,7 +1121,21 @@ class StdioMaster(Master):
             os.close(write_end)
         # only this thread holds the read end (see spawn)
         threading.Thread(target=self._read_stdout, args=(stdout,), daemon=True).start()
-        done = self.run("exit 0", timeout=None, what=f"the shell on {self.route.target}")
+        # ssh listens on its SOCKS port once it has logged in (ssh.c: ssh_init_forwarding): until then a
+        # person may be at the prompts, after it the shell must answer in time (a ForceCommand that runs
+        # no shell would hold the run for ever)
+        started, delay = time.monotonic(), POLL_INTERVAL
+        while not tcp_answers(("127.0.0.1", self.socks_port)):
+            if not self.alive():
+                self.login_failed()
+            time.sleep(delay)
+            if time.monotonic() - started > FAST_POLL_SECONDS:
+                delay = min(delay * 2, SLOW_POLL_INTERVAL)
+        try:
+            done = self.run("exit 0", timeout=self.shell_timeout, what=f"the shell on {self.route.target}")
+        except subprocess.TimeoutExpired:
+            raise TunnelError(f"logged in to {self.route.describe()}, but no shell answered within "
+                              f"{self.shell_timeout:g} s (does the account run a fixed command?)", EXIT_CONNECT) from None
         if done.returncode and self.wait(5.0):  # ssh ended (its stdout may close a moment before it exits)
             self.login_failed()
         if done.returncode:  # logged in, but the account runs no "sh"
@@ -1209,6 +1225,15 @@ class StdioMaster(Master):
             os.close(self._stdin)
             self._stdin = -1
         super().close()
+
+
+def tcp_answers(address: tuple[str, int], timeout: float = 0.5) -> bool:
+    """Whether something accepts a TCP connection at ``address`` now (nothing is sent)."""
+    try:
+        with socket.create_connection(address, timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def free_loopback_port() -> int:

@@ -194,18 +194,47 @@ def test_run_bounded_answers():
 # --- the same bounds without a master (StdioMaster): one shell runs every command ---
 
 
+# A stand-in for the one ssh without a master: it listens on its -D port, as ssh does once
+# logged in, and runs PROGRAM on its stdin and stdout (the remote shell).
+FAKE_SSH = """#!{python}
+import socket, subprocess, sys
+port = int(sys.argv[sys.argv.index("-D") + 1].rpartition(":")[2])
+listener = socket.socket()
+listener.bind(("127.0.0.1", port))
+listener.listen()
+sys.exit(subprocess.call({program}))
+"""
+
+
+def stdio_master(tmp_path, program: list[str]) -> jt.StdioMaster:
+    """A StdioMaster whose "ssh" is FAKE_SSH running ``program`` (a stand-in, as above: the bounds
+    are the class's own; tests/test_no_control_master.py runs it through the real ssh and sshd)."""
+    fake = tmp_path / "ssh"
+    fake.write_text(FAKE_SSH.format(python=sys.executable, program=program))
+    fake.chmod(0o755)
+    return jt.StdioMaster(str(fake), jt.Route(("srv",)), str(tmp_path), dict(os.environ))
+
+
 @pytest.fixture
 def local_shell(tmp_path) -> Iterator[jt.StdioMaster]:
-    """A StdioMaster whose "ssh" is a local sh (a stand-in, as above: the bounds are the class's
-    own; tests/test_no_control_master.py runs it through the real ssh and sshd)."""
-    fake = tmp_path / "ssh"
-    fake.write_text("#!/bin/sh\nexec sh\n")
-    fake.chmod(0o755)
-    master = jt.StdioMaster(str(fake), jt.Route(("srv",)), str(tmp_path), dict(os.environ))
+    """A StdioMaster open on a local sh."""
+    master = stdio_master(tmp_path, ["sh"])
     master.open()
     yield master
     master.close()
     kill_all(helpers.user_processes(os.getuid(), str(tmp_path)))
+
+
+def test_a_login_whose_shell_never_answers_is_an_error_in_time(tmp_path):
+    master = stdio_master(tmp_path, ["sleep", "60"])  # an account whose fixed command runs no shell
+    master.shell_timeout = 0.5
+    try:
+        with pytest.raises(jt.TunnelError, match=r"logged in to srv, but no shell answered within 0\.5 s") as caught:
+            master.open()
+        assert caught.value.code == jt.EXIT_CONNECT and not master.alive()
+    finally:
+        master.close()
+        kill_all(helpers.user_processes(os.getuid(), str(tmp_path)))
 
 
 def test_one_shell_answers_command_after_command(local_shell):
