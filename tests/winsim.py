@@ -143,6 +143,17 @@ def simulate_windows(msvcrt: bool = True) -> None:
     import pathlib
 
     pathlib.WindowsPath = pathlib.PosixPath  # type: ignore[misc]
+    if "pathlib._local" in sys.modules:  # Python >= 3.13: Path() looks the name up there
+        sys.modules["pathlib._local"].WindowsPath = pathlib.PosixPath  # type: ignore[attr-defined]
+    # shutil.which takes its Windows branch at each call, and since Python 3.12 it asks _winapi
+    # whether the current directory is searched; Linux's shutil has none (None): a stand-in that
+    # answers as Windows does by default (yes, unless NoDefaultCurrentDirectoryInExePath is set)
+    import shutil
+    import types
+
+    if getattr(shutil, "_winapi", False) is None:
+        shutil._winapi = types.SimpleNamespace(  # type: ignore[attr-defined]
+            NeedCurrentDirectoryForExePath=lambda name: "NoDefaultCurrentDirectoryInExePath" not in os.environ)
     for name in OUR_MODULES:
         if name in sys.modules:
             raise RuntimeError(f"{name} was imported before the flip: its import-time choices are Linux's")
