@@ -43,7 +43,6 @@ which is how jupyter-tunnel --submit runs it through its ssh master.
 
 import argparse
 import configparser
-import difflib
 import json
 import os
 import re
@@ -1516,6 +1515,8 @@ def build_profile_argv(profile: Profile, parser: argparse.ArgumentParser,
         if entry.key not in keys:
             if left_out is None or entry.key in left_out:
                 continue
+            import difflib  # here: ~10 ms at every start of the tools, for a typo's hint only
+
             near = difflib.get_close_matches(entry.key, [key for key, action in keys.items() if action], 1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise ProfileError(f"{entry.path}:{entry.line}: [{profile.name}] unknown key {entry.key!r}{hint}: the "
