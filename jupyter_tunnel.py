@@ -1135,12 +1135,19 @@ class StdioMaster(Master):
             done = self.run("exit 0", timeout=self.shell_timeout, what=f"the shell on {self.route.target}")
         except subprocess.TimeoutExpired:
             raise TunnelError(f"logged in to {self.route.describe()}, but no shell answered within "
-                              f"{self.shell_timeout:g} s (does the account run a fixed command?)", EXIT_CONNECT) from None
+                              f"{self.shell_timeout:g} s: does the account run a fixed command? Check that "
+                              f"{self.check_command()} prints ok", EXIT_CONNECT) from None
         if done.returncode and self.wait(5.0):  # ssh ended (its stdout may close a moment before it exits)
             self.login_failed()
         if done.returncode:  # logged in, but the account runs no "sh"
             raise TunnelError(f"logged in to {self.route.describe()}, but it runs no shell for us: "
-                              f"{parse_ssh_error(done.stderr.decode(errors='replace').splitlines())}", EXIT_CONNECT)
+                              f"{parse_ssh_error(done.stderr.decode(errors='replace').splitlines())} "
+                              f"(check that {self.check_command()} prints ok)", EXIT_CONNECT)
+
+    def check_command(self) -> str:
+        """The user's own command that runs a shell command where the run's shell runs."""
+        jumps = ["-J", ",".join(self.route.jumps)] if self.route.jumps else []
+        return shlex.join(["ssh", *jumps, self.route.target, "sh -c 'echo ok'"])
 
     def _read_stdout(self, fd: int) -> None:
         """Keep what the remote shell prints while a command runs (at most MAX_REMOTE_OUTPUT bytes)."""
