@@ -2546,10 +2546,11 @@ def forward_target(server: Server, node: str = "") -> str:
     return f"{host}:{server.port}"
 
 
-def build_forward_spec(path: str, server: Server, node: str = "") -> str:
-    """The ``-L`` argument: ssh listens on the unix socket ``path`` in the run's 0700 directory
-    (and makes it 0600: StreamLocalBindMask), which only the relay connects to."""
-    return f"{path}:{forward_target(server, node)}"
+def build_forward_spec(path: str, target: str) -> str:
+    """The ``-L`` argument to ``target`` (forward_target, extra_target): ssh listens on the unix socket
+    ``path`` in the run's 0700 directory (and makes it 0600: StreamLocalBindMask), which only the relay
+    connects to."""
+    return f"{path}:{target}"
 
 
 def build_socks_forward(socks_port: int, target: str) -> str:
@@ -2624,16 +2625,23 @@ def open_forward(forward: str, timeout: float | None = None) -> socket.socket:
 
 
 def add_forward(master: Master, server: Server) -> str:
-    """Have the master forward the run's unix socket to the server; returns its path (without a
-    master: the SOCKS forward, which needs nothing added)."""
+    """Have the master forward the run's unix socket to the server; returns the forward (forward_to)."""
+    if server.sock and isinstance(master, StdioMaster):  # SOCKS speaks TCP only: a socket needs ssh -L
+        raise TunnelError(f"the Jupyter server on {master.route.server_host} listens on a unix socket "
+                          f"({escape_text(server.sock)}), which a connection without ControlMaster cannot "
+                          "reach: start it on a port instead (jupyter lab --port=8888, without --sock), or run "
+                          "jupyter-tunnel where ssh can be a master (not Windows' own ssh)", EXIT_NO_SERVER)
+    return forward_to(master, forward_target(server, master.route.node), FORWARD_SOCKET, "the server")
+
+
+def forward_to(master: Master, target: str, name: str, what: str) -> str:
+    """The run's forward to ``target`` (``host:port`` or a socket path, as the remote side names it):
+    the master's ``-L`` from the run's socket ``name``, whose path it returns; without a master, the
+    SOCKS forward, which needs nothing added.  ``what``: the target, for an error."""
     if isinstance(master, StdioMaster):
-        if server.sock:  # SOCKS speaks TCP only; a unix socket needs ssh -L, which needs a master here
-            raise TunnelError(f"the Jupyter server on {master.route.server_host} listens on a unix socket "
-                              f"({escape_text(server.sock)}), which a connection without ControlMaster cannot "
-                              "reach: start it on a port (--port), or use an ssh that can be a master", EXIT_NO_SERVER)
-        return build_socks_forward(master.socks_port, forward_target(server, master.route.node))
-    path = fresh_socket_path(master, FORWARD_SOCKET)
-    request_forward(master, build_forward_spec(path, server, master.route.node), "the server")
+        return build_socks_forward(master.socks_port, target)
+    path = fresh_socket_path(master, name)
+    request_forward(master, build_forward_spec(path, target), what)
     return path
 
 
@@ -2656,12 +2664,8 @@ def extra_socket_name(number: int) -> str:
 def add_extra_forward(master: Master, number: int, port: int) -> str:
     """Have the master forward the ``number``-th --forward, to ``port`` where Jupyter runs (extra_target);
     returns the forward: a unix socket of the run's, or, without a master, a SOCKS forward."""
-    target = extra_target(port, master.route.node)
-    if isinstance(master, StdioMaster):
-        return build_socks_forward(master.socks_port, target)
-    path = fresh_socket_path(master, extra_socket_name(number))
-    request_forward(master, f"{path}:{target}", f"port {port} on {master.route.server_host}")
-    return path
+    return forward_to(master, extra_target(port, master.route.node), extra_socket_name(number),
+                      f"port {port} on {master.route.server_host}")
 
 
 def fresh_socket_path(master: Master, name: str) -> str:

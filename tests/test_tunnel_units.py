@@ -247,7 +247,7 @@ def test_candidate_ports(first, expect):
     (SOCKET, "/tmp/jt-x/f:/tmp/x.sock"),  # unix socket to unix socket: -L semantics kept
 ])
 def test_build_forward_spec(info, spec):
-    assert jt.build_forward_spec("/tmp/jt-x/f", jt.parse_server(info)) == spec
+    assert jt.build_forward_spec("/tmp/jt-x/f", jt.forward_target(jt.parse_server(info))) == spec
 
 
 @pytest.mark.parametrize("info, spec", [
@@ -255,13 +255,13 @@ def test_build_forward_spec(info, spec):
     (ALL_IFACES, "/d/f:n7:18931"),  # every interface: the node's name reaches it
 ])
 def test_build_forward_spec_through_head_to_node(info, spec):
-    assert jt.build_forward_spec("/d/f", jt.parse_server(info), node="n7") == spec
+    assert jt.build_forward_spec("/d/f", jt.forward_target(jt.parse_server(info), node="n7")) == spec
 
 
 @pytest.mark.parametrize("info", [JPSERVER, dict(JPSERVER, hostname="127.0.0.1"), SOCKET])
 def test_node_server_on_loopback_or_socket_is_an_error(info):
     with pytest.raises(jt.TunnelError, match="--ip=\\$\\(hostname --fqdn\\)"):
-        jt.build_forward_spec("/d/f", jt.parse_server(info), node="n7")
+        jt.forward_target(jt.parse_server(info), node="n7")
 
 
 @pytest.mark.parametrize("info, url", [
